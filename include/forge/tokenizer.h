@@ -1,0 +1,92 @@
+// forge/tokenizer.h - tokenizers built from a GGUF file's own vocabulary:
+// SentencePiece-style (`llama`), byte-level BPE (`gpt2`, pre-tokenizer from `tokenizer.ggml.pre`,
+// PCRE2) and WordPiece (`bert`). Tokenization matches llama.cpp exactly.
+// Thread safety: a created tokenizer is immutable; all calls may run concurrently.
+#ifndef FORGE_TOKENIZER_H
+#define FORGE_TOKENIZER_H
+
+#include "forge.h"
+#include "forge/gguf.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct fg_tokenizer fg_tokenizer;
+
+typedef struct fg_tokenizer_opts {
+    const char *pre_override; // use this pre-tokenizer instead of tokenizer.ggml.pre (NULL: file's)
+} fg_tokenizer_opts;
+
+// Token attributes (from tokenizer.ggml.token_type).
+typedef enum fg_token_kind {
+    FG_TOKEN_NORMAL = 1,
+    FG_TOKEN_UNKNOWN = 2,
+    FG_TOKEN_CONTROL = 3,
+    FG_TOKEN_USER_DEFINED = 4,
+    FG_TOKEN_UNUSED = 5,
+    FG_TOKEN_BYTE = 6,
+} fg_token_kind;
+
+// Builds the tokenizer from the file's tokenizer.* metadata. The tokenizer copies what it
+// needs: the fg_gguf may be closed afterwards. opts may be NULL.
+// Errors: FG_ERR_UNSUPPORTED for an unknown tokenizer model or pre-tokenizer (naming it),
+// FG_ERR_FORMAT for inconsistent vocabulary data (naming the key).
+fg_status fg_tokenizer_create(const fg_gguf *g, const fg_tokenizer_opts *opts, fg_tokenizer **out);
+void fg_tokenizer_destroy(fg_tokenizer *t);
+
+int32_t fg_tokenizer_n_vocab(const fg_tokenizer *t);
+const char *fg_tokenizer_model_name(const fg_tokenizer *t); // "llama", "gpt2", "bert"
+const char *fg_tokenizer_pre_name(const fg_tokenizer *t);   // "default", "llama-bpe", ...
+int32_t fg_tokenizer_bos(const fg_tokenizer *t);  // -1 when the model has none
+int32_t fg_tokenizer_eos(const fg_tokenizer *t);
+int32_t fg_tokenizer_eot(const fg_tokenizer *t);
+int32_t fg_tokenizer_pad(const fg_tokenizer *t);
+bool fg_tokenizer_add_bos(const fg_tokenizer *t); // the model's add-BOS rule
+bool fg_tokenizer_add_eos(const fg_tokenizer *t);
+// End of generation: EOS, EOT and any other end-of-generation token the vocabulary marks.
+bool fg_tokenizer_is_eog(const fg_tokenizer *t, int32_t id);
+fg_token_kind fg_tokenizer_token_kind(const fg_tokenizer *t, int32_t id);
+// The raw vocabulary string of a token (as stored in the file), NUL-terminated.
+const char *fg_tokenizer_token_text(const fg_tokenizer *t, int32_t id);
+// Id of an exact vocabulary string, -1 if absent.
+int32_t fg_tokenizer_find(const fg_tokenizer *t, const char *text, size_t len);
+
+// Tokenizes text[0..len). add_special: apply the model's add-BOS/add-EOS rule.
+// parse_special: recognise control/user-defined token strings in the text (never for user
+// text in the server). *ids is heap-allocated (free()); *n may be 0.
+fg_status fg_tokenize(const fg_tokenizer *t, const char *text, size_t len, bool add_special,
+                      bool parse_special, int32_t **ids, size_t *n);
+
+// The bytes one token decodes to (▁ -> space, <0xNN> -> the byte, byte-level BPE mapping
+// undone). special: render control tokens' text (otherwise they decode to nothing).
+// Writes up to cap bytes to out and returns the full length (like snprintf, no NUL), or
+// -1 for an out-of-range id.
+int32_t fg_token_to_piece(const fg_tokenizer *t, int32_t id, bool special, char *out, size_t cap);
+
+// Detokenizes a whole sequence as llama.cpp's llama_detokenize does (the SentencePiece
+// leading space of the first piece is removed when the vocabulary adds a space prefix;
+// control tokens are skipped unless special).
+// *text is heap-allocated and NUL-terminated (free()).
+fg_status fg_detokenize(const fg_tokenizer *t, const int32_t *ids, size_t n, bool special,
+                        char **text, size_t *len);
+
+// Streaming detokenization that emits only complete UTF-8 characters: bytes of a character
+// split across tokens are held until it completes; invalid sequences come out as U+FFFD.
+typedef struct fg_detok_stream {
+    uint8_t pending[8];
+    int n_pending;
+} fg_detok_stream; // a continuation keeps its leading space: nothing is stripped here
+void fg_detok_stream_init(fg_detok_stream *s);
+// Appends the text of `id` to out (cap bytes); returns bytes written, or -1 when cap is
+// too small (nothing written; 64 + 4 * piece length always suffices).
+int32_t fg_detok_stream_push(const fg_tokenizer *t, fg_detok_stream *s, int32_t id, bool special,
+                             char *out, size_t cap);
+// Flushes held bytes at the end of generation (as U+FFFD).
+int32_t fg_detok_stream_flush(fg_detok_stream *s, char *out, size_t cap);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif // FORGE_TOKENIZER_H

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# tests/run.sh - runs every suite and ends with one line "N passed, N failed".
+#   1. C unit/golden suites (cmocka binaries build/tests/test_*), each test counted;
+#   2. Python suites (pytest tests/py: CLI, tokenizer vectors, server with real clients);
+#   3. fuzz targets (libFuzzer + ASan/UBSan) for a bounded time each (FORGE_FUZZ_SECONDS).
+# Test data comes from FORGE_SHARED (default ../shared); its absence is a failure, not a skip.
+set -u
+cd "$(dirname "$0")/.."
+export FORGE_SHARED="${FORGE_SHARED:-../shared}"
+export FORGE_BIN="${FORGE_BIN:-$PWD/build/forge}"
+FUZZ_SECONDS="${FORGE_FUZZ_SECONDS:-45}"
+passed=0
+failed=0
+failures=()
+
+if [ ! -f "$FORGE_SHARED/models/MANIFEST.md" ]; then
+    echo "tests: FORGE_SHARED=$FORGE_SHARED does not hold the shared test data (models/MANIFEST.md)"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+
+jobs=$(nproc 2>/dev/null || echo 2)
+if ! make -j"$jobs" tests; then
+    echo "tests: build failed"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+
+echo "== C suites"
+for t in build/tests/test_*; do
+    [ -x "$t" ] || continue
+    log="build/tests/$(basename "$t").log"
+    "$t" >"$log" 2>&1
+    rc=$?
+    p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+    f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        f=1 # crashed or failed outside a test
+    fi
+    passed=$((passed + p))
+    failed=$((failed + f))
+    printf '%-32s %4d passed %4d failed\n' "$(basename "$t")" "$p" "$f"
+    if [ "$f" -ne 0 ]; then
+        failures+=("$(basename "$t")")
+        tail -n 40 "$log"
+    fi
+done
+
+if ls tests/py/test_*.py >/dev/null 2>&1; then
+    echo "== Python suites"
+    log=build/tests/pytest.log
+    python3 -m pytest -q -p no:cacheprovider tests/py >"$log" 2>&1
+    rc=$?
+    tail -n 30 "$log"
+    summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed)|^=+ .*(passed|failed|error)' "$log" | tail -n 1)
+    p=$(grep -oE '[0-9]+ passed' <<<"$summary" | grep -oE '[0-9]+' || echo 0)
+    f=$(grep -oE '[0-9]+ failed' <<<"$summary" | grep -oE '[0-9]+' || echo 0)
+    e=$(grep -oE '[0-9]+ error' <<<"$summary" | grep -oE '[0-9]+' || echo 0)
+    f=$((f + e))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+    passed=$((passed + p))
+    failed=$((failed + f))
+    [ "$f" -ne 0 ] && failures+=("pytest")
+fi
+
+if [ "${FORGE_SKIP_FUZZ:-0}" != "1" ] && ls tests/fuzz/fuzz_*.c >/dev/null 2>&1; then
+    echo "== Fuzz targets (${FUZZ_SECONDS}s each)"
+    if make -j"$jobs" fuzz >build/fuzz-build.log 2>&1; then
+        for fz in build/fuzz/fuzz_*; do
+            name=$(basename "$fz")
+            corpus="build/fuzz/$name.corpus"
+            mkdir -p "$corpus"
+            seeds="tests/fuzz/corpus/${name#fuzz_}"
+            "$fz" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -timeout=10 "$corpus" \
+                ${seeds:+$( [ -d "$seeds" ] && echo "$seeds")} >"build/fuzz/$name.log" 2>&1
+            if [ $? -eq 0 ]; then
+                passed=$((passed + 1))
+                echo "$name: ok ($(grep -o 'stat::number_of_executed_units: [0-9]*' "build/fuzz/$name.log" | grep -oE '[0-9]+' || echo '?') runs)"
+            else
+                failed=$((failed + 1))
+                failures+=("$name")
+                tail -n 40 "build/fuzz/$name.log"
+            fi
+        done
+    else
+        tail -n 40 build/fuzz-build.log
+        failed=$((failed + 1))
+        failures+=("fuzz build")
+    fi
+fi
+
+[ "${#failures[@]}" -gt 0 ] && echo "failing: ${failures[*]}"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
