@@ -44,6 +44,7 @@ const char *fg_last_error(void);
 #include "forge/gguf.h"
 #include "forge/types.h"
 #include "forge/tokenizer.h"
-// (module headers added as modules land)
+#include "forge/model.h"
+#include "forge/engine.h"
 
 #endif // FORGE_H

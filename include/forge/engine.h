@@ -1,0 +1,190 @@
+// forge/engine.h - what runs requests on a model: the KV page allocator (free list, page
+// tables per sequence), the sampler, and the engine: a bounded request queue and one
+// scheduler thread doing continuous batching with chunked prefill over the paged KV cache.
+// Used by `forge run`, `forge serve`, `forge perplexity`, `forge bench`.
+#ifndef FORGE_ENGINE_H
+#define FORGE_ENGINE_H
+
+#include "forge.h"
+#include "forge/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---- KV page allocator (host bookkeeping only; the pages' memory is an fg_kv_store)
+typedef struct fg_kv_pages fg_kv_pages;
+
+fg_status fg_kv_pages_create(int32_t n_pages, int32_t page_size, int32_t max_seqs,
+                             fg_kv_pages **out);
+void fg_kv_pages_destroy(fg_kv_pages *p);
+int32_t fg_kv_pages_page_size(const fg_kv_pages *p);
+int32_t fg_kv_pages_n_free(const fg_kv_pages *p);
+int32_t fg_kv_pages_n_total(const fg_kv_pages *p);
+// A new empty sequence: FG_ERR_CAPACITY when max_seqs are live.
+fg_status fg_kv_seq_new(fg_kv_pages *p, int32_t *seq);
+// Grows the sequence by n tokens, taking pages as needed: FG_ERR_CAPACITY (nothing changed)
+// when not enough pages are free.
+fg_status fg_kv_seq_append(fg_kv_pages *p, int32_t seq, int32_t n);
+// Shrinks to n tokens, returning whole pages no longer needed.
+fg_status fg_kv_seq_truncate(fg_kv_pages *p, int32_t seq, int32_t n);
+// Frees the sequence and its pages (pages shared with a fork are freed with the last user).
+void fg_kv_seq_free(fg_kv_pages *p, int32_t seq);
+// A new sequence sharing src's pages (reference counted). Before writing into a shared page
+// the caller must un-share it: fg_kv_seq_prepare_write reports the copies to do.
+fg_status fg_kv_seq_fork(fg_kv_pages *p, int32_t src, int32_t *dst);
+int32_t fg_kv_seq_len(const fg_kv_pages *p, int32_t seq);
+const int32_t *fg_kv_seq_pages(const fg_kv_pages *p, int32_t seq); // page table
+int32_t fg_kv_seq_n_pages(const fg_kv_pages *p, int32_t seq);
+// Makes the pages covering positions [from, len) exclusively owned by seq; for each page that
+// had to be copied, *copies gets (dst, src) pairs (n_copies of them, at most 2 * cap_copies
+// ints) for the caller to apply with fg_kv_store_copy_page.
+fg_status fg_kv_seq_prepare_write(fg_kv_pages *p, int32_t seq, int32_t from, int32_t *copies,
+                                  int32_t cap_copies, int32_t *n_copies);
+
+// ---- sampling
+typedef struct fg_sampling {
+    float temperature;       // <= 0: greedy (argmax, ties to the lowest id)
+    int32_t top_k;           // <= 0: off
+    float top_p;             // >= 1: off
+    float min_p;             // <= 0: off
+    float repeat_penalty;    // 1: off (llama.cpp's: logit / p if > 0 else logit * p)
+    int32_t repeat_last_n;   // window for the penalties (-1: whole history, 0: off)
+    float frequency_penalty; // 0: off (OpenAI's)
+    float presence_penalty;  // 0: off
+    uint64_t seed;           // same seed + same logits -> same tokens
+} fg_sampling;
+
+fg_sampling fg_sampling_default(void); // temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, ...
+fg_sampling fg_sampling_greedy(void);
+
+typedef struct fg_sampler fg_sampler;
+fg_status fg_sampler_create(const fg_sampling *params, int32_t n_vocab, fg_sampler **out);
+void fg_sampler_destroy(fg_sampler *s);
+// Records a token in the history the penalties look at (prompt tokens and generated ones).
+void fg_sampler_accept(fg_sampler *s, int32_t token);
+// Picks the next token from logits[n_vocab] (logits are not modified).
+int32_t fg_sampler_sample(fg_sampler *s, const float *logits);
+void fg_sampler_reset(fg_sampler *s);
+
+// ---- engine: requests, continuous batching
+typedef struct fg_engine fg_engine;
+
+typedef struct fg_engine_opts {
+    int32_t n_ctx;            // max tokens (prompt + generated) per sequence; 0: model's n_ctx_train capped at 4096
+    int32_t max_seqs;         // running sequences at once (--parallel); 0: 16
+    int32_t page_size;        // tokens per KV page; 0: 16
+    int32_t n_pages;          // KV pages in the pool; 0: enough for max_seqs * n_ctx
+    int32_t max_batch_tokens; // per-step token budget (decode + prefill chunks); 0: 512
+    int32_t queue_cap;        // waiting requests before FG_ERR_CAPACITY; 0: 256
+    uint32_t kv_type;         // FG_TYPE_F16 (0 means F16 too) or FG_TYPE_F32
+} fg_engine_opts;
+
+#define FG_MAX_STOP 8
+#define FG_MAX_TOP_LOGPROBS 20
+
+typedef struct fg_request_params {
+    const int32_t *prompt;   // tokens (copied at submit)
+    int32_t n_prompt;        // >= 1
+    int32_t max_tokens;      // >= 0; 0 with echo: score the prompt only
+    fg_sampling sampling;
+    const char *stop[FG_MAX_STOP]; // stop strings (copied); NULL-terminated or n_stop
+    int32_t n_stop;
+    bool ignore_eos;
+    int32_t logprobs;        // -1: none; 0..FG_MAX_TOP_LOGPROBS: chosen token's logprob + top-N
+    bool echo_logprobs;      // also report logprobs of the prompt tokens (positions 1..)
+} fg_request_params;
+
+typedef enum fg_finish_reason {
+    FG_FINISH_NONE = 0,
+    FG_FINISH_STOP,      // EOS/EOT or a stop string
+    FG_FINISH_LENGTH,    // max_tokens or context full
+    FG_FINISH_CANCELLED,
+    FG_FINISH_ERROR,
+} fg_finish_reason;
+
+typedef enum fg_event_kind {
+    FG_EVENT_PROMPT_LOGPROB, // echo: one per prompt token from the second on
+    FG_EVENT_TOKEN,          // one generated token (text may be empty while UTF-8 is incomplete)
+    FG_EVENT_DONE,           // last event of a request
+} fg_event_kind;
+
+typedef struct fg_top_logprob {
+    int32_t token;
+    float logprob;
+} fg_top_logprob;
+
+typedef struct fg_event {
+    fg_event_kind kind;
+    uint64_t request_id;
+    int32_t token;           // TOKEN, PROMPT_LOGPROB
+    float logprob;           // log-softmax of the token (when logprobs >= 0)
+    int32_t n_top;
+    fg_top_logprob top[FG_MAX_TOP_LOGPROBS];
+    const char *text;        // TOKEN: UTF-8 delta to append (stop strings held back/removed)
+    size_t text_len;
+    fg_finish_reason finish; // DONE
+    fg_status status;        // DONE: FG_OK or the failure (message in error)
+    const char *error;       // DONE with a failure
+    int32_t n_prompt_tokens; // DONE: usage
+    int32_t n_gen_tokens;    // DONE: usage
+    double t_prompt_s;       // DONE: time from first scheduling to first token
+    double t_gen_s;          // DONE: time spent generating after the first token
+} fg_event;
+
+// Called on the scheduler thread: must not block (copy what you need and return).
+typedef void (*fg_event_fn)(void *user, const fg_event *ev);
+
+typedef enum fg_request_state {
+    FG_REQ_QUEUED,
+    FG_REQ_RUNNING,
+    FG_REQ_FINISHED,
+    FG_REQ_CANCELLED,
+    FG_REQ_FAILED,
+} fg_request_state;
+
+typedef struct fg_request_info {
+    uint64_t id;
+    fg_request_state state;
+    int32_t n_prompt_tokens;
+    int32_t n_gen_tokens;
+} fg_request_info;
+
+typedef struct fg_engine_stats {
+    uint64_t requests_total, requests_finished, requests_cancelled, requests_failed;
+    uint64_t tokens_in, tokens_out;
+    int32_t queue_depth, running;
+    int32_t kv_pages_used, kv_pages_free;
+    uint64_t steps, preemptions;
+    // histograms for /metrics (cumulative counts per bucket upper bound, seconds)
+    int32_t n_buckets;
+    const double *bucket_le;           // [n_buckets]
+    uint64_t ttft_counts[16];          // time to first token
+    double ttft_sum;
+    uint64_t ttft_count;
+    uint64_t itl_counts[16];           // inter-token latency
+    double itl_sum;
+    uint64_t itl_count;
+} fg_engine_stats;
+
+// Starts the scheduler thread. The model must outlive the engine.
+fg_status fg_engine_create(fg_model *m, const fg_engine_opts *opts, fg_engine **out);
+// Stops accepting, cancels what is left after `grace_s` seconds, joins the thread, frees.
+void fg_engine_destroy(fg_engine *e, double grace_s);
+// Validates and enqueues (prompt longer than n_ctx: FG_ERR_INVALID_ARG; queue full:
+// FG_ERR_CAPACITY). On success the callback will get exactly one DONE event for the id.
+fg_status fg_engine_submit(fg_engine *e, const fg_request_params *p, fg_event_fn fn, void *user,
+                           uint64_t *id);
+// Cancels a queued or running request (its pages are freed at the next step); DONE with
+// FG_FINISH_CANCELLED follows. FG_ERR_INVALID_ARG for an unknown id.
+fg_status fg_engine_cancel(fg_engine *e, uint64_t id);
+// State of a request (remembered for a while after it ends). FG_ERR_INVALID_ARG if unknown.
+fg_status fg_engine_request_info(fg_engine *e, uint64_t id, fg_request_info *out);
+void fg_engine_get_stats(fg_engine *e, fg_engine_stats *out);
+int32_t fg_engine_n_ctx(const fg_engine *e);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif // FORGE_ENGINE_H
