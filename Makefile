@@ -35,7 +35,7 @@ HAVE_NVCC :=
 endif
 ifeq ($(HAVE_NVCC),1)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
-MODULES := server engine model cuda backend tokenizer quant gguf base
+MODULES := server engine model backend cuda tokenizer quant gguf base
 CPPFLAGS += -DFG_HAVE_CUDA=1
 NVCCFLAGS := -O2 -std=c++17 -Iinclude -Isrc $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
              -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter -Werror all-warnings
@@ -78,7 +78,7 @@ endef
 $(foreach m,$(MODULES),$(eval $(call MODULE_RULE,$(m))))
 
 $(BUILD)/forge: $(CLI_OBJ) $(ALL_LIBS)
-	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(ALL_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS)
 
 # A test may list the modules it needs on a line "// forge-test-modules: gguf quant base"
 # (link order, higher first) so that it builds while other modules are in progress.
@@ -86,7 +86,7 @@ test_mods = $(or $(shell sed -n 's|^// forge-test-modules: ||p' tests/unit/$(1).
 define TEST_RULE
 $(BUILD)/tests/$(1): $(BUILD)/obj/tests/unit/$(1).o $(TEST_SUPPORT_OBJ) $(foreach m,$(call test_mods,$(1)),$(call mod_lib,$(m)))
 	@mkdir -p $$(dir $$@)
-	$(CC) $(CFLAGS) -o $$@ $$< $(TEST_SUPPORT_OBJ) $(foreach m,$(call test_mods,$(1)),$(call mod_lib,$(m))) -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -o $$@ $$< $(TEST_SUPPORT_OBJ) -Wl,--start-group $(foreach m,$(call test_mods,$(1)),$(call mod_lib,$(m))) -Wl,--end-group -lcmocka $(LDLIBS)
 endef
 $(foreach t,$(patsubst tests/unit/%.c,%,$(TEST_SRC)),$(eval $(call TEST_RULE,$(t))))
 
