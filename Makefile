@@ -101,13 +101,17 @@ demo:
 # Fuzz targets: tests/fuzz/fuzz_*.c, built with clang, libFuzzer, ASan and UBSan, against
 # the library sources compiled the same way (separate object tree).
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
-FUZZ_LIB_SRC := $(foreach m,$(filter-out cuda,$(MODULES)),$(call mod_c,$(m)))
 FUZZ_FLAGS := -std=c11 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
               -Iinclude -Isrc -D_GNU_SOURCE -pthread -Wall -Wextra -Werror -Wno-unused-parameter
+# A target lists the modules it needs on a line "// forge-fuzz-modules: gguf quant base".
+fuzz_mods = $(or $(shell sed -n 's|^// forge-fuzz-modules: ||p' tests/fuzz/$(1).c 2>/dev/null),$(filter-out cuda,$(MODULES)))
 fuzz: $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB_SRC)
-	@mkdir -p $(dir $@)
-	clang $(FUZZ_FLAGS) -o $@ $< $(FUZZ_LIB_SRC) $(LDLIBS)
+define FUZZ_RULE
+$(BUILD)/fuzz/$(1): tests/fuzz/$(1).c $(foreach m,$(call fuzz_mods,$(1)),$(call mod_c,$(m)))
+	@mkdir -p $$(dir $$@)
+	clang $(FUZZ_FLAGS) -o $$@ $$< $(foreach m,$(call fuzz_mods,$(1)),$(call mod_c,$(m))) $(filter-out -L% -Wl% -lcudart -lcublas -lstdc++,$(LDLIBS))
+endef
+$(foreach t,$(patsubst tests/fuzz/%.c,%,$(FUZZ_SRC)),$(eval $(call FUZZ_RULE,$(t))))
 
 clean:
 	rm -rf $(BUILD)
