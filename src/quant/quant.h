@@ -28,7 +28,26 @@ typedef struct fg_type_traits {
     uint32_t vec_dot_type;     // activation type vec_dot expects
 } fg_type_traits;
 
-// NULL for an unknown or retired id.
+// NULL for an unknown or retired id. The kernels are the fast (SIMD) ones unless
+// fg_quant_set_use_ref(true) was called; fg_type_traits_ref always gives the scalar reference.
 const fg_type_traits *fg_type_traits_get(uint32_t type);
+const fg_type_traits *fg_type_traits_ref(uint32_t type);
+
+// Process-wide switch (set it before starting threads): true = scalar reference kernels.
+void fg_quant_set_use_ref(bool use_ref);
+bool fg_quant_use_ref(void);
+// Names of the fast paths compiled in ("avx2" or "scalar").
+const char *fg_quant_simd_name(void);
+
+// Converts an activation row x[0..n) to vec_dot_type (Q8_0, Q8_1, Q8_K, F16, BF16 or F32);
+// n a multiple of its block size; other types are a bug (asserts). Bit-identical to what
+// ggml's x86 CPU backend does before its dot products (which produced the goldens):
+// Q8_0/Q8_1 as its AVX2 quantize_row_q8_0/q8_1 (multiplier 127/amax, ties to even; NOT the
+// traits' from_float, which is ggml's *_ref: 1/(amax/127), ties away from zero), Q8_K as
+// quantize_row_q8_K_ref, F16/BF16 round to nearest even.
+void fg_quantize_row(uint32_t vec_dot_type, const float *x, void *y, int64_t n);
+
+// Bytes of n elements of a type (n a multiple of its block size); 0 for an unknown type.
+size_t fg_type_row_size_n(uint32_t type, int64_t n);
 
 #endif // FG_QUANT_QUANT_H

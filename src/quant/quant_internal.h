@@ -38,6 +38,10 @@ FG_DECL_KERNELS(q5_k)
 FG_DECL_KERNELS(q6_k)
 FG_DECL_KERNELS(q8_k)
 
+// Activation quantizers with the arithmetic of ggml's x86 CPU backend (see quant_ref.c).
+void fg_quant_q8_0_act(const float *src, void *dst, int64_t n);
+void fg_quant_q8_1_act(const float *src, void *dst, int64_t n);
+
 // Q4_K/Q5_K: the 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes.
 static inline void fg_get_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
     if (j < 4) {
@@ -66,12 +70,16 @@ void fg_vec_dot_bf16_avx2(int64_t n, float *s, const void *x, const void *y);
 void fg_vec_dot_q4_0_avx2(int64_t n, float *s, const void *x, const void *y);
 void fg_vec_dot_q4_1_avx2(int64_t n, float *s, const void *x, const void *y);
 void fg_vec_dot_q5_0_avx2(int64_t n, float *s, const void *x, const void *y);
+void fg_vec_dot_q5_1_avx2(int64_t n, float *s, const void *x, const void *y);
+void fg_vec_dot_q2_k_avx2(int64_t n, float *s, const void *x, const void *y);
+void fg_vec_dot_q3_k_avx2(int64_t n, float *s, const void *x, const void *y);
 void fg_vec_dot_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
 void fg_vec_dot_mxfp4_avx2(int64_t n, float *s, const void *x, const void *y);
 void fg_vec_dot_q4_k_avx2(int64_t n, float *s, const void *x, const void *y);
 void fg_vec_dot_q5_k_avx2(int64_t n, float *s, const void *x, const void *y);
 void fg_vec_dot_q6_k_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_quant_q8_0_avx2(const float *src, void *dst, int64_t n);
+void fg_quant_q8_0_act_avx2(const float *src, void *dst, int64_t n);
+void fg_quant_q8_1_act_avx2(const float *src, void *dst, int64_t n);
 #endif
 
 #endif // FG_QUANT_INTERNAL_H

@@ -1,7 +1,7 @@
-// quant_ref.c - the traits tables and the scalar reference kernels of the float types
-// (F32/F16/BF16), the 32-element types (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q8_1/MXFP4) and the activation
-// quantizers (bit-identical to ggml's quantize_row_q8_0/q8_1/q8_K reference rounding).
-// K-quants are in quant_kquants.c, AVX2 fast paths in quant_simd.c.
+// quant_ref.c - the traits tables (scalar reference and fast) and the scalar kernels of the
+// float types (F32/F16/BF16) and the 32-element types (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q8_1/MXFP4):
+// dequantize, ggml's *_ref quantizers (bit-identical), vec_dot; plus the Q8_0/Q8_1 activation
+// quantizers of ggml's x86 CPU backend. K-quants: quant_kquants.c; AVX2: quant_simd.c.
 // Who calls it: types.c (fg_type_traits_get), backend/cpu (fg_quantize_row), synth, tests.
 #include "quant/quant_internal.h"
 
@@ -340,6 +340,39 @@ void fg_vec_dot_q8_1(int64_t n, float *s, const void *x, const void *y) {
     *s = sum;
 }
 
+// Activation quantizers of ggml's x86 CPU backend (quantize_row_q8_0 / q8_1 with AVX/AVX2,
+// which produced the llama.cpp goldens): d = amax / 127 stored as f16, but the multiplier is
+// 127 / amax (not 1 / d) and rounding is to nearest, ties to even. They differ from the
+// reference quantizers above in the last ulp of the multiplier and in ties.
+static float quant_q8_act(const float *x, int8_t *qs, fg_f16 *hd, int *sum) {
+    float amax = 0.0f;
+    for (int j = 0; j < 32; j++)
+        amax = amax > fabsf(x[j]) ? amax : fabsf(x[j]);
+    float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    *hd = fg_f32_to_f16(d);
+    int s = 0;
+    for (int j = 0; j < 32; j++) {
+        qs[j] = (int8_t)fg_nearest_int(x[j] * id);
+        s += qs[j];
+    }
+    *sum = s;
+    return d;
+}
+void fg_quant_q8_0_act(const float *src, void *dst, int64_t n) {
+    fg_block_q8_0 *b = dst;
+    int sum;
+    for (int64_t i = 0; i < n / FG_QK8_0; i++)
+        quant_q8_act(src + i * 32, b[i].qs, &b[i].d, &sum);
+}
+void fg_quant_q8_1_act(const float *src, void *dst, int64_t n) {
+    fg_block_q8_1 *b = dst;
+    int sum;
+    for (int64_t i = 0; i < n / FG_QK8_1; i++) {
+        float d = quant_q8_act(src + i * 32, b[i].qs, &b[i].d, &sum);
+        b[i].s = fg_f32_to_f16(d * (float)sum);
+    }
+}
+
 // ---------------------------------------------------------------- MXFP4
 void fg_dequant_mxfp4(const void *src, float *dst, int64_t n) {
     const fg_block_mxfp4 *b = src;
@@ -428,12 +461,14 @@ static const fg_type_traits k_ref_table[FG_TYPE_COUNT] = {ALL_ROWS};
 #define fg_vec_dot_q4_0 fg_vec_dot_q4_0_avx2
 #define fg_vec_dot_q4_1 fg_vec_dot_q4_1_avx2
 #define fg_vec_dot_q5_0 fg_vec_dot_q5_0_avx2
+#define fg_vec_dot_q5_1 fg_vec_dot_q5_1_avx2
+#define fg_vec_dot_q2_k fg_vec_dot_q2_k_avx2
+#define fg_vec_dot_q3_k fg_vec_dot_q3_k_avx2
 #define fg_vec_dot_q8_0 fg_vec_dot_q8_0_avx2
 #define fg_vec_dot_mxfp4 fg_vec_dot_mxfp4_avx2
 #define fg_vec_dot_q4_k fg_vec_dot_q4_k_avx2
 #define fg_vec_dot_q5_k fg_vec_dot_q5_k_avx2
 #define fg_vec_dot_q6_k fg_vec_dot_q6_k_avx2
-#define fg_quant_q8_0 fg_quant_q8_0_avx2
 #endif
 static const fg_type_traits k_fast_table[FG_TYPE_COUNT] = {ALL_ROWS};
 

@@ -1,22 +1,95 @@
-// types.c - the weight-type traits table and the public fg_type_* queries.
-// One row per GGUF type id; kernels are filled in by quant_ref.c (reference) and the
-// backends' fast paths. Ids 4 and 5 (retired Q4_2/Q4_3) and unknown ids have no row.
+// types.c - the public fg_type_* queries, the choice between the scalar reference table and
+// the fast (AVX2) table (fg_quant_set_use_ref), and the activation quantizer entry point
+// fg_quantize_row used by the CPU backend. The tables and kernels live in quant_ref.c,
+// quant_kquants.c, quant_simd.c. Ids 4 and 5 (retired Q4_2/Q4_3) and unknown ids have no row.
 #include "quant/quant.h"
+#include "quant/quant_internal.h"
 
 #include "base/status.h"
 
 #include <ctype.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <strings.h>
 
 // Kernels defined in quant_ref.c (NULL-safe: a row without kernels can still be sized).
 extern const fg_type_traits *fg_quant_ref_table(void);
+extern const fg_type_traits *fg_quant_fast_table(void);
 
-const fg_type_traits *fg_type_traits_get(uint32_t type) {
+// The only mutable state of the module: which table fg_type_traits_get returns.
+static atomic_bool g_use_ref;
+
+void fg_quant_set_use_ref(bool use_ref) { atomic_store(&g_use_ref, use_ref); }
+bool fg_quant_use_ref(void) { return atomic_load(&g_use_ref); }
+
+const char *fg_quant_simd_name(void) {
+#ifdef FG_QUANT_HAVE_AVX2
+    return "avx2";
+#else
+    return "scalar";
+#endif
+}
+
+const fg_type_traits *fg_type_traits_ref(uint32_t type) {
     if (type >= FG_TYPE_COUNT)
         return NULL;
     const fg_type_traits *t = &fg_quant_ref_table()[type];
     return t->name ? t : NULL;
+}
+
+const fg_type_traits *fg_type_traits_get(uint32_t type) {
+    if (type >= FG_TYPE_COUNT)
+        return NULL;
+    const fg_type_traits *t =
+        &(atomic_load_explicit(&g_use_ref, memory_order_relaxed) ? fg_quant_ref_table() : fg_quant_fast_table())[type];
+    return t->name ? t : NULL;
+}
+
+void fg_quantize_row(uint32_t vec_dot_type, const float *x, void *y, int64_t n) {
+#ifdef FG_QUANT_HAVE_AVX2
+    bool ref = atomic_load_explicit(&g_use_ref, memory_order_relaxed);
+#endif
+    FG_ASSERT(n >= 0);
+    switch (vec_dot_type) {
+    case FG_TYPE_Q8_0:
+        FG_ASSERT(n % FG_QK8_0 == 0);
+#ifdef FG_QUANT_HAVE_AVX2
+        if (!ref) {
+            fg_quant_q8_0_act_avx2(x, y, n);
+            return;
+        }
+#endif
+        fg_quant_q8_0_act(x, y, n);
+        return;
+    case FG_TYPE_Q8_1:
+        FG_ASSERT(n % FG_QK8_1 == 0);
+#ifdef FG_QUANT_HAVE_AVX2
+        if (!ref) {
+            fg_quant_q8_1_act_avx2(x, y, n);
+            return;
+        }
+#endif
+        fg_quant_q8_1_act(x, y, n);
+        return;
+    case FG_TYPE_F32:
+    case FG_TYPE_F16:
+    case FG_TYPE_BF16:
+    case FG_TYPE_Q8_K: {
+        const fg_type_traits *t = fg_type_traits_get(vec_dot_type);
+        FG_ASSERT(n % t->blck_size == 0);
+        t->from_float(x, y, n);
+        return;
+    }
+    default:
+        FG_ASSERT(!"fg_quantize_row: not an activation type");
+    }
+}
+
+size_t fg_type_row_size_n(uint32_t type, int64_t n) {
+    const fg_type_traits *t = fg_type_traits_get(type);
+    if (!t || n < 0)
+        return 0;
+    return (size_t)(n / t->blck_size) * t->type_size;
 }
 
 bool fg_type_known(uint32_t type) {
