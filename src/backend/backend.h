@@ -131,7 +131,7 @@ fg_status fg_backend_cpu_create(const fg_backend_opts *opts, fg_backend **out);
 fg_status fg_backend_cuda_create(const fg_backend_opts *opts, fg_backend **out);
 #endif
 
-// Helpers shared by all backends and the model (backend.c).
+// Helpers shared by all backends and the model (tensor.c).
 // A contiguous tensor view over buf at byte offset `off`.
 fg_tensor fg_tensor_view(fg_buffer *buf, void *base, size_t off, uint32_t type, int n_dims,
                          const int64_t *ne);

@@ -1,0 +1,158 @@
+// bench_ops.c - single-op timings of the CPU backend: a decode matvec and a prefill matmul per
+// weight type (GB/s of weights read, GFLOP/s), F16-KV attention for decode, and the cost of one
+// thread-pool dispatch. Not a test: no assertions on time. Build and run:
+//   make build/lib/libfg_backend.a build/lib/libfg_quant.a build/lib/libfg_base.a
+//   cc -O2 -march=native -Iinclude -Isrc -D_GNU_SOURCE bench/bench_ops.c build/lib/libfg_backend.a
+//      build/lib/libfg_quant.a build/lib/libfg_base.a -lm -lpthread -o build/bench_ops
+//   build/bench_ops [n_threads] [type ...]
+#include "backend/backend.h"
+#include "base/status.h"
+#include "base/util.h"
+#include "quant/quant.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t g_rng = 1234567;
+static float rnd_f(void) {
+    g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((g_rng >> 40) / 16777216.0 * 2.0 - 1.0);
+}
+
+static fg_tensor alloc_t(fg_backend *be, uint32_t type, int64_t ne0, int64_t ne1, fg_buffer **buf) {
+    int64_t ne[2] = {ne0, ne1};
+    fg_tensor probe = fg_tensor_view(NULL, NULL, 0, type, 2, ne);
+    if (be->ops->buf_alloc(be, fg_tensor_nbytes(&probe), buf) != FG_OK) {
+        fprintf(stderr, "bench: %s\n", fg_last_error());
+        exit(1);
+    }
+    return fg_tensor_view(*buf, be->ops->buf_base(*buf), 0, type, 2, ne);
+}
+
+static void bench_matmul(fg_backend *be, uint32_t type, int64_t n_out, int64_t n_in, int64_t rows) {
+    const fg_type_traits *tr = fg_type_traits_get(type);
+    fg_buffer *bw, *bx, *bd;
+    fg_tensor w = alloc_t(be, type, n_in, n_out, &bw);
+    fg_tensor x = alloc_t(be, FG_TYPE_F32, n_in, rows, &bx);
+    fg_tensor d = alloc_t(be, FG_TYPE_F32, n_out, rows, &bd);
+    float *tmp = malloc((size_t)n_in * 4);
+    size_t rb = (size_t)(n_in / tr->blck_size) * tr->type_size;
+    for (int64_t o = 0; o < n_out; o++) {
+        for (int64_t i = 0; i < n_in; i++)
+            tmp[i] = rnd_f();
+        tr->from_float(tmp, (char *)w.data + (size_t)o * rb, n_in); // bench: direct host access
+    }
+    for (int64_t i = 0; i < n_in * rows; i++)
+        ((float *)x.data)[i] = rnd_f();
+    be->ops->matmul(be, &d, &w, &x, NULL); // warm-up (scratch growth)
+    int iters = rows == 1 ? 200 : 3;
+    double t0 = fg_time_s();
+    for (int i = 0; i < iters; i++)
+        if (be->ops->matmul(be, &d, &w, &x, NULL) != FG_OK) {
+            fprintf(stderr, "bench: %s\n", fg_last_error());
+            exit(1);
+        }
+    double dt = (fg_time_s() - t0) / iters;
+    double gb = (double)rb * n_out / dt / 1e9, gf = 2.0 * n_out * n_in * rows / dt / 1e9;
+    printf("matmul %-5s w[%lld][%lld] x %4lld rows: %9.3f ms  %7.2f GB/s (weights)  %8.2f GFLOP/s\n",
+           tr->name, (long long)n_out, (long long)n_in, (long long)rows, dt * 1e3, gb, gf);
+    free(tmp);
+    be->ops->buf_free(be, bw);
+    be->ops->buf_free(be, bx);
+    be->ops->buf_free(be, bd);
+}
+
+static void bench_attention(fg_backend *be, int n_kv, int n_seqs) {
+    const int n_head = 32, n_head_kv = 8, hd = 128, ps = 64;
+    const int pages_per_seq = (n_kv + ps - 1) / ps, n_pages = pages_per_seq * n_seqs;
+    int64_t cne[4] = {n_head_kv * hd, ps, n_pages, 1};
+    fg_tensor probe = fg_tensor_view(NULL, NULL, 0, FG_TYPE_F16, 4, cne);
+    fg_buffer *bk, *bv, *bq, *bd;
+    be->ops->buf_alloc(be, fg_tensor_nbytes(&probe), &bk);
+    be->ops->buf_alloc(be, fg_tensor_nbytes(&probe), &bv);
+    memset(be->ops->buf_base(bk), 0x11, fg_tensor_nbytes(&probe));
+    memset(be->ops->buf_base(bv), 0x22, fg_tensor_nbytes(&probe));
+    fg_kv_view kv = {1, n_pages, ps, n_head_kv, hd, FG_TYPE_F16,
+                     fg_tensor_view(bk, be->ops->buf_base(bk), 0, FG_TYPE_F16, 4, cne),
+                     fg_tensor_view(bv, be->ops->buf_base(bv), 0, FG_TYPE_F16, 4, cne)};
+    fg_tensor q = alloc_t(be, FG_TYPE_F32, n_head * hd, n_seqs, &bq);
+    fg_tensor d = alloc_t(be, FG_TYPE_F32, n_head * hd, n_seqs, &bd);
+    for (int i = 0; i < n_head * hd * n_seqs; i++)
+        ((float *)q.data)[i] = rnd_f();
+    int32_t *tok = calloc((size_t)n_seqs, 4), *pos = calloc((size_t)n_seqs, 4), *seq = calloc((size_t)n_seqs, 4),
+            *nkv = calloc((size_t)n_seqs, 4), *pt = calloc((size_t)n_pages, 4);
+    for (int s = 0; s < n_seqs; s++) {
+        pos[s] = n_kv - 1;
+        seq[s] = s;
+        nkv[s] = n_kv;
+    }
+    for (int i = 0; i < n_pages; i++)
+        pt[i] = i;
+    fg_step st = {n_seqs, tok, pos, seq, n_seqs, nkv, pages_per_seq, pt, 0, NULL};
+    be->ops->set_step(be, &st);
+    be->ops->attention(be, &d, &q, &kv, 0, n_head, 0.088f);
+    int iters = 20;
+    double t0 = fg_time_s();
+    for (int i = 0; i < iters; i++)
+        be->ops->attention(be, &d, &q, &kv, 0, n_head, 0.088f);
+    double dt = (fg_time_s() - t0) / iters;
+    double bytes = 2.0 * n_kv * n_head_kv * hd * 2 * n_seqs;
+    printf("attention f16 decode %d seqs x n_kv %5d (32 q / 8 kv heads, d 128): %8.3f ms  %6.2f GB/s (KV)\n",
+           n_seqs, n_kv, dt * 1e3, bytes / dt / 1e9);
+    free(tok);
+    free(pos);
+    free(seq);
+    free(nkv);
+    free(pt);
+    be->ops->buf_free(be, bk);
+    be->ops->buf_free(be, bv);
+    be->ops->buf_free(be, bq);
+    be->ops->buf_free(be, bd);
+}
+
+static void bench_dispatch(fg_backend *be) {
+    fg_buffer *b;
+    fg_tensor t = alloc_t(be, FG_TYPE_F32, 65536, 1, &b); // above the serial threshold
+    memset(t.data, 0, 65536 * 4);
+    int iters = 2000;
+    double t0 = fg_time_s();
+    for (int i = 0; i < iters; i++)
+        be->ops->add(be, &t, &t, &t);
+    double dt = (fg_time_s() - t0) / iters;
+    printf("add of 65536 floats (one threaded dispatch): %.2f us\n", dt * 1e6);
+    be->ops->buf_free(be, b);
+}
+
+int main(int argc, char **argv) {
+    int n_threads = argc > 1 ? atoi(argv[1]) : 2;
+    fg_backend_opts o = {n_threads, 0};
+    fg_backend *be;
+    if (fg_backend_cpu_create(&o, &be) != FG_OK) {
+        fprintf(stderr, "bench: %s\n", fg_last_error());
+        return 1;
+    }
+    printf("cpu backend, %d threads, quant kernels %s\n", n_threads, fg_quant_simd_name());
+    uint32_t types[16];
+    int n_types = 0;
+    for (int i = 2; i < argc && n_types < 16; i++)
+        if (fg_type_from_name(argv[i], &types[n_types]) == FG_OK)
+            n_types++;
+    if (n_types == 0) {
+        types[n_types++] = FG_TYPE_Q4_0;
+        types[n_types++] = FG_TYPE_Q4_K;
+        types[n_types++] = FG_TYPE_Q8_0;
+        types[n_types++] = FG_TYPE_F16;
+    }
+    for (int i = 0; i < n_types; i++) {
+        bench_matmul(be, types[i], 2048, 8192, 1);
+        bench_matmul(be, types[i], 8192, 2048, 1);
+        bench_matmul(be, types[i], 2048, 8192, 512);
+    }
+    bench_attention(be, 4096, 1);
+    bench_attention(be, 1024, 8);
+    bench_dispatch(be);
+    be->ops->destroy(be);
+    return 0;
+}

@@ -1,0 +1,142 @@
+// cpu_matmul.c - dst[r][o] = vec_dot(w row o, x row r) (+ bias[o]) for every weight type of
+// the traits table, as ggml's CPU mul_mat does it: each activation row is converted ONCE to
+// the weight type's vec_dot_type (Q8_0/Q8_1/Q8_K/F16/BF16, or used as is for F32), then one
+// vec_dot per output element. Work is split into tiles of (weight rows x activation rows),
+// taken dynamically by the workers; inside a tile a weight row is reused across the tile's
+// activation rows. Every element is computed by the same call whatever the thread count.
+#include "backend/cpu/cpu_internal.h"
+
+#include "base/status.h"
+#include "base/util.h"
+#include "quant/quant.h"
+
+#include <stdatomic.h>
+#include <string.h>
+
+#define ROW_TILE 32      // activation rows per tile
+#define QUANT_SERIAL 65536 // activation elements converted on the caller alone below this
+
+typedef struct mm_args {
+    const fg_tensor *w;
+    const fg_tensor *x;
+    fg_tensor *dst;
+    const float *bias;       // [n_out] or NULL
+    fg_vec_dot_fn vec_dot;
+    uint32_t vdt;
+    const char *act;         // converted activations (or x's data for F32)
+    size_t act_stride;       // bytes between converted rows
+    int64_t n_in, n_out, n_rows;
+    int64_t o_tile, n_o_tiles, n_r_tiles;
+    atomic_long next;        // next tile to take
+} mm_args;
+
+static void mm_quant_work(void *p, int ith, int nth) {
+    mm_args *a = p;
+    int64_t b, e;
+    fg_cpu_split(a->n_rows, ith, nth, &b, &e);
+    for (int64_t r = b; r < e; r++)
+        fg_quantize_row(a->vdt, (const float *)((const char *)a->x->data + (size_t)r * a->x->nb[1]),
+                        (char *)a->act + (size_t)r * a->act_stride, a->n_in);
+}
+
+static void mm_dot_work(void *p, int ith, int nth) {
+    mm_args *a = p;
+    const int64_t n_tiles = a->n_o_tiles * a->n_r_tiles;
+    const size_t wnb = a->w->nb[1], dnb = a->dst->nb[1];
+    const char *wdata = a->w->data;
+    char *ddata = a->dst->data;
+    for (;;) {
+        int64_t tile = atomic_fetch_add_explicit(&a->next, 1, memory_order_relaxed);
+        if (tile >= n_tiles)
+            break;
+        int64_t ot = tile / a->n_r_tiles, rt = tile % a->n_r_tiles;
+        int64_t o0 = ot * a->o_tile, o1 = FG_MIN(o0 + a->o_tile, a->n_out);
+        int64_t r0 = rt * ROW_TILE, r1 = FG_MIN(r0 + ROW_TILE, a->n_rows);
+        for (int64_t o = o0; o < o1; o++) {
+            const char *wr = wdata + (size_t)o * wnb;
+            const float b = a->bias ? a->bias[o] : 0.0f;
+            for (int64_t r = r0; r < r1; r++) {
+                float s;
+                a->vec_dot(a->n_in, &s, wr, a->act + (size_t)r * a->act_stride);
+                float *d = (float *)(ddata + (size_t)r * dnb) + o;
+                *d = a->bias ? s + b : s;
+            }
+        }
+    }
+    (void)ith;
+    (void)nth;
+}
+
+fg_status fg_cpu_matmul(fg_backend *be, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x,
+                        const fg_tensor *bias) {
+    fg_cpu *c = fg_cpu_ctx(be);
+    if (!w || !w->data)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "matmul: w is NULL");
+    const fg_type_traits *tr = fg_type_traits_get(w->type);
+    if (!tr || !tr->vec_dot)
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "matmul: no vec_dot kernel for weight type %s",
+                       fg_type_name(w->type));
+    const uint32_t vdt = tr->vec_dot_type;
+    const fg_type_traits *vt = fg_type_traits_get(vdt);
+    if (!vt || (vdt != FG_TYPE_F32 && !vt->from_float))
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "matmul: no %s activation quantizer for weight type %s",
+                       fg_type_name(vdt), tr->name);
+    const int64_t n_in = w->ne[0], n_out = w->ne[1];
+    if (n_in < 1 || n_out < 1 || w->ne[2] != 1 || w->ne[3] != 1 || n_in % tr->blck_size != 0 ||
+        n_in % vt->blck_size != 0 || w->nb[0] != tr->type_size ||
+        (n_out > 1 && w->nb[1] < (size_t)(n_in / tr->blck_size) * tr->type_size))
+        return FG_FAIL(FG_ERR_INVALID_ARG,
+                       "matmul: w %s [%lld][%lld] (rows must be whole %s blocks of %lld and %s blocks of "
+                       "%lld, contiguous)",
+                       tr->name, (long long)n_out, (long long)n_in, tr->name, (long long)tr->blck_size,
+                       vt->name, (long long)vt->blck_size);
+    if (!x)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "matmul: x is NULL");
+    const int64_t n_rows = x->ne[1];
+    if (n_rows < 1)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "matmul: x has %lld rows", (long long)n_rows);
+    if (x->ne[0] != n_in)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "matmul: x rows have %lld elements, w rows %lld",
+                       (long long)x->ne[0], (long long)n_in);
+    FG_TRY(fg_cpu_check_f32_rows("matmul", "x", x, n_in, n_rows));
+    FG_TRY(fg_cpu_check_f32_rows("matmul", "dst", dst, n_out, n_rows));
+    if (bias)
+        FG_TRY(fg_cpu_check_f32_rows("matmul", "bias", bias, n_out, 1));
+
+    mm_args a;
+    memset(&a, 0, sizeof(a));
+    a.w = w;
+    a.x = x;
+    a.dst = dst;
+    a.bias = bias ? (const float *)bias->data : NULL;
+    a.vec_dot = tr->vec_dot;
+    a.vdt = vdt;
+    a.n_in = n_in;
+    a.n_out = n_out;
+    a.n_rows = n_rows;
+    if (vdt == FG_TYPE_F32) {
+        a.act = x->data;
+        a.act_stride = x->nb[1];
+    } else {
+        a.act_stride = (size_t)(n_in / vt->blck_size) * vt->type_size;
+        a.act_stride = (a.act_stride + 63) / 64 * 64;
+        size_t need;
+        if (!fg_mul_size(a.act_stride, (size_t)n_rows, &need))
+            return FG_FAIL(FG_ERR_INVALID_ARG, "matmul: activation scratch size overflows");
+        FG_TRY(fg_cpu_scratch_reserve(&c->act, &c->act_size, need, "matmul activation"));
+        a.act = c->act;
+        fg_tp_run(c->tp, mm_quant_work, &a, n_rows * n_in < QUANT_SERIAL ? 1 : 0);
+    }
+    // Output-row tile: decode (few rows) wants many small tiles for balance; prefill wants
+    // tiles big enough to amortise but still several per thread.
+    const int nth = c->n_threads;
+    a.n_r_tiles = (n_rows + ROW_TILE - 1) / ROW_TILE;
+    int64_t o_tile = n_out / ((int64_t)nth * 8 / (a.n_r_tiles < 8 ? a.n_r_tiles : 8) + 1);
+    o_tile = FG_MAX(4, FG_MIN(o_tile, 64));
+    a.o_tile = o_tile;
+    a.n_o_tiles = (n_out + o_tile - 1) / o_tile;
+    atomic_init(&a.next, 0);
+    int64_t work = n_rows * n_out * (n_in / 32 + 1);
+    fg_tp_run(c->tp, mm_dot_work, &a, work < 16384 ? 1 : 0);
+    return FG_OK;
+}
