@@ -124,6 +124,13 @@ void fg_gguf_writer_set_arr(fg_gguf_writer *w, const char *key, fg_gguf_type ele
 // String array (copied): strs[i] of lens[i] bytes (lens NULL: NUL-terminated strings).
 void fg_gguf_writer_set_arr_str(fg_gguf_writer *w, const char *key, const char *const *strs,
                                 const size_t *lens, uint64_t n);
+// Any scalar type (not STRING/ARRAY): the value's little-endian bytes are read from v.
+void fg_gguf_writer_set_scalar(fg_gguf_writer *w, const char *key, fg_gguf_type type,
+                               const void *v);
+// An already encoded value of `type` (the bytes after the type id; e.g. nested arrays). The
+// encoding is not checked here: tests use it to build unusual files.
+void fg_gguf_writer_set_raw(fg_gguf_writer *w, const char *key, fg_gguf_type type,
+                            const void *raw, size_t len);
 // Copies key `key` (any type, arrays included) from an open file.
 fg_status fg_gguf_writer_copy_kv(fg_gguf_writer *w, const fg_gguf *src, const char *key);
 // Declares a tensor; its bytes are produced by the fill callback at write time.

@@ -101,7 +101,18 @@ static void print_info(const fg_gguf *g) {
         char tl[64];
         fg_gguf_value v = fg_gguf_kv_value(g, i);
         type_label(v, tl, sizeof tl);
-        printf("  %-42s %-18s = ", fg_gguf_kv_key(g, i), tl);
+        const char *key = fg_gguf_kv_key(g, i);
+        size_t klen = strlen(key);
+        bool plain = klen <= 80;
+        for (size_t k = 0; k < klen && plain; k++)
+            plain = (unsigned char)key[k] > 0x20 && (unsigned char)key[k] < 0x7f;
+        if (plain) {
+            printf("  %-42s %-18s = ", key, tl);
+        } else { // keys with odd bytes are shown escaped
+            fputs("  ", stdout);
+            print_escaped(key, klen, STR_SHOW);
+            printf(" %-18s = ", tl);
+        }
         print_value(g, v, 0);
         putchar('\n');
     }
@@ -122,8 +133,16 @@ static void print_info(const fg_gguf *g) {
         }
         params += n;
         bytes += t->n_bytes;
-        printf("  %-5" PRId64 " %-36s %-6s %-26s %14" PRIu64 " %14" PRIu64 "\n", i, t->name,
-               fg_type_name(t->type), shape, t->n_bytes, t->offset);
+        bool plain = strlen(t->name) <= 120;
+        for (const char *c = t->name; *c && plain; c++)
+            plain = (unsigned char)*c > 0x20 && (unsigned char)*c < 0x7f;
+        printf("  %-5" PRId64 " ", i);
+        if (plain)
+            printf("%-36s", t->name);
+        else
+            print_escaped(t->name, strlen(t->name), STR_SHOW);
+        printf(" %-6s %-26s %14" PRIu64 " %14" PRIu64 "\n", fg_type_name(t->type), shape,
+               t->n_bytes, t->offset);
     }
     printf("parameters: %" PRIu64 " (%.3f M)\n", params, (double)params / 1e6);
     printf("tensor data: %" PRIu64 " bytes (%.2f MiB), %.3f bits per parameter\n", bytes,

@@ -4,8 +4,7 @@
 // input can cause an out-of-bounds read, a hang or an allocation larger than the file.
 // Not here: the writer (gguf_write.c), weight-type geometry (src/quant/types.c).
 // Who calls it: model loading, tokenizer loading, `forge info`, synth (--vocab-from), tests.
-#include "forge/gguf.h"
-#include "forge/types.h"
+#include "forge.h"
 
 #include "base/mapfile.h"
 #include "base/status.h"
@@ -569,42 +568,42 @@ static fg_status lookup_typed(const fg_gguf *g, const char *key, fg_gguf_type wa
 }
 
 fg_status fg_gguf_get_u32(const fg_gguf *g, const char *key, uint32_t *out) {
-    const fg_gguf_value *v;
+    const fg_gguf_value *v = NULL;
     FG_TRY(lookup_typed(g, key, FG_GGUF_UINT32, &v));
     *out = ld_u32(v->data);
     return FG_OK;
 }
 
 fg_status fg_gguf_get_i32(const fg_gguf *g, const char *key, int32_t *out) {
-    const fg_gguf_value *v;
+    const fg_gguf_value *v = NULL;
     FG_TRY(lookup_typed(g, key, FG_GGUF_INT32, &v));
     *out = (int32_t)ld_u32(v->data);
     return FG_OK;
 }
 
 fg_status fg_gguf_get_u64(const fg_gguf *g, const char *key, uint64_t *out) {
-    const fg_gguf_value *v;
+    const fg_gguf_value *v = NULL;
     FG_TRY(lookup_typed(g, key, FG_GGUF_UINT64, &v));
     *out = ld_u64(v->data);
     return FG_OK;
 }
 
 fg_status fg_gguf_get_f32(const fg_gguf *g, const char *key, float *out) {
-    const fg_gguf_value *v;
+    const fg_gguf_value *v = NULL;
     FG_TRY(lookup_typed(g, key, FG_GGUF_FLOAT32, &v));
     memcpy(out, v->data, 4);
     return FG_OK;
 }
 
 fg_status fg_gguf_get_bool(const fg_gguf *g, const char *key, bool *out) {
-    const fg_gguf_value *v;
+    const fg_gguf_value *v = NULL;
     FG_TRY(lookup_typed(g, key, FG_GGUF_BOOL, &v));
     *out = *(const uint8_t *)v->data != 0;
     return FG_OK;
 }
 
 fg_status fg_gguf_get_str(const fg_gguf *g, const char *key, const char **s, size_t *len) {
-    const fg_gguf_value *v;
+    const fg_gguf_value *v = NULL;
     FG_TRY(lookup_typed(g, key, FG_GGUF_STRING, &v));
     *s = v->data;
     *len = (size_t)v->n;
@@ -634,7 +633,7 @@ static bool int_value(fg_gguf_value v, int64_t *out, bool *too_big) {
 }
 
 fg_status fg_gguf_get_int(const fg_gguf *g, const char *key, int64_t *out) {
-    const fg_gguf_value *v;
+    const fg_gguf_value *v = NULL;
     FG_TRY(lookup(g, key, &v, NULL));
     int64_t x;
     bool big;
@@ -649,7 +648,7 @@ fg_status fg_gguf_get_int(const fg_gguf *g, const char *key, int64_t *out) {
 }
 
 fg_status fg_gguf_get_float(const fg_gguf *g, const char *key, double *out) {
-    const fg_gguf_value *v;
+    const fg_gguf_value *v = NULL;
     FG_TRY(lookup(g, key, &v, NULL));
     if (v->type == FG_GGUF_FLOAT32) {
         float f;
@@ -673,7 +672,7 @@ static fg_status lookup_arr(const fg_gguf *g, const char *key, const fg_gguf_val
 }
 
 fg_status fg_gguf_get_arr(const fg_gguf *g, const char *key, fg_gguf_type *elem_type, uint64_t *n) {
-    const fg_gguf_value *v;
+    const fg_gguf_value *v = NULL;
     FG_TRY(lookup_arr(g, key, &v, NULL));
     *elem_type = v->elem_type;
     *n = v->n;
@@ -682,7 +681,7 @@ fg_status fg_gguf_get_arr(const fg_gguf *g, const char *key, fg_gguf_type *elem_
 
 fg_status fg_gguf_get_arr_str(const fg_gguf *g, const char *key, uint64_t i, const char **s,
                               size_t *len) {
-    const fg_gguf_value *v;
+    const fg_gguf_value *v = NULL;
     int64_t k;
     FG_TRY(lookup_arr(g, key, &v, &k));
     if (v->elem_type != FG_GGUF_STRING)
@@ -705,7 +704,7 @@ static fg_status check_count(const fg_gguf *g, const char *key, const fg_gguf_va
 }
 
 fg_status fg_gguf_get_arr_f32(const fg_gguf *g, const char *key, float *dst, uint64_t n) {
-    const fg_gguf_value *v;
+    const fg_gguf_value *v = NULL;
     FG_TRY(lookup_arr(g, key, &v, NULL));
     if (v->elem_type != FG_GGUF_FLOAT32)
         return FG_FAIL(FG_ERR_FORMAT, "%s: key '%s': expected array of float32, found array of %s",
@@ -717,7 +716,7 @@ fg_status fg_gguf_get_arr_f32(const fg_gguf *g, const char *key, float *dst, uin
 }
 
 fg_status fg_gguf_get_arr_i32(const fg_gguf *g, const char *key, int32_t *dst, uint64_t n) {
-    const fg_gguf_value *v;
+    const fg_gguf_value *v = NULL;
     FG_TRY(lookup_arr(g, key, &v, NULL));
     if (v->elem_type != FG_GGUF_INT32 && v->elem_type != FG_GGUF_UINT32)
         return FG_FAIL(FG_ERR_FORMAT, "%s: key '%s': expected array of int32, found array of %s",

@@ -3,8 +3,7 @@
 // time, each at an offset aligned to general.alignment (default 32).
 // Not here: reading (gguf_read.c), choosing weights (cli/cmd_synth.c).
 // Who calls it: `forge synth`, tests that build GGUF files.
-#include "forge/gguf.h"
-#include "forge/types.h"
+#include "forge.h"
 
 #include "base/status.h"
 #include "base/util.h"
@@ -112,6 +111,20 @@ static void set_scalar(fg_gguf_writer *w, const char *key, uint32_t type, const 
     uint8_t *raw = fg_xmalloc(n);
     memcpy(raw, v, n);
     set_raw(w, key, type, raw, n);
+}
+
+void fg_gguf_writer_set_scalar(fg_gguf_writer *w, const char *key, fg_gguf_type type,
+                               const void *v) {
+    FG_ASSERT(fg_gguf_scalar_size(type) > 0);
+    set_scalar(w, key, type, v);
+}
+
+void fg_gguf_writer_set_raw(fg_gguf_writer *w, const char *key, fg_gguf_type type,
+                            const void *raw, size_t len) {
+    uint8_t *copy = fg_xmalloc(len ? len : 1);
+    if (len)
+        memcpy(copy, raw, len);
+    set_raw(w, key, type, copy, len);
 }
 
 void fg_gguf_writer_set_u32(fg_gguf_writer *w, const char *key, uint32_t v) {
@@ -268,25 +281,31 @@ static fg_status write_file(fg_gguf_writer *w, FILE *f, const char *path, fg_ggu
     free(h.p);
     FG_TRY(st);
     FG_TRY(write_pad(f, &pos, align, path));
-    for (size_t i = 0; i < w->n_t; i++) {
+    // one buffer, reused for every tensor (sized for the largest)
+    uint64_t max_bytes = 1;
+    for (size_t i = 0; i < w->n_t; i++)
+        max_bytes = w->t[i].n_bytes > max_bytes ? w->t[i].n_bytes : max_bytes;
+    if (max_bytes > SIZE_MAX / 2)
+        return FG_FAIL(FG_ERR_NOMEM, "%s: a tensor of %" PRIu64 " bytes is too large", path, max_bytes);
+    uint8_t *data = malloc((size_t)max_bytes);
+    if (!data)
+        return FG_FAIL(FG_ERR_NOMEM, "%s: out of memory for %" PRIu64 " bytes of tensor data", path,
+                       max_bytes);
+    for (size_t i = 0; i < w->n_t && st == FG_OK; i++) {
         const wtensor *t = &w->t[i];
-        if (t->n_bytes > SIZE_MAX / 2)
-            return FG_FAIL(FG_ERR_NOMEM, "%s: tensor '%s': %" PRIu64 " bytes is too large", path,
-                           t->name, t->n_bytes);
-        void *data = malloc(t->n_bytes ? (size_t)t->n_bytes : 1);
-        if (!data)
-            return FG_FAIL(FG_ERR_NOMEM, "%s: tensor '%s': out of memory for %" PRIu64 " bytes",
-                           path, t->name, t->n_bytes);
-        memset(data, 0, (size_t)t->n_bytes);
-        st = fill ? fill(user, (int64_t)i, data, t->n_bytes) : FG_OK;
+        if (fill) {
+            st = fill(user, (int64_t)i, data, t->n_bytes);
+        } else {
+            memset(data, 0, (size_t)t->n_bytes);
+        }
         if (st == FG_OK)
             st = write_all(f, data, (size_t)t->n_bytes, path);
-        free(data);
-        FG_TRY(st);
         pos += t->n_bytes;
-        FG_TRY(write_pad(f, &pos, align, path));
+        if (st == FG_OK)
+            st = write_pad(f, &pos, align, path);
     }
-    return FG_OK;
+    free(data);
+    return st;
 }
 
 fg_status fg_gguf_writer_write(fg_gguf_writer *w, const char *path, fg_gguf_fill_fn fill,
