@@ -71,7 +71,7 @@ if [ "${FORGE_SKIP_FUZZ:-0}" != "1" ] && ls tests/fuzz/fuzz_*.c >/dev/null 2>&1;
             corpus="build/fuzz/$name.corpus"
             mkdir -p "$corpus"
             seeds="tests/fuzz/corpus/${name#fuzz_}"
-            "$fz" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -timeout=10 "$corpus" \
+            "$fz" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 "$corpus" \
                 ${seeds:+$( [ -d "$seeds" ] && echo "$seeds")} >"build/fuzz/$name.log" 2>&1
             if [ $? -eq 0 ]; then
                 passed=$((passed + 1))
