@@ -11,6 +11,7 @@ export FORGE_BIN="${FORGE_BIN:-$PWD/build/forge}"
 FUZZ_SECONDS="${FORGE_FUZZ_SECONDS:-45}"
 passed=0
 failed=0
+skipped=0
 failures=()
 
 if [ ! -f "$FORGE_SHARED/models/MANIFEST.md" ]; then
@@ -34,17 +35,34 @@ for t in build/tests/test_*; do
     rc=$?
     p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
     f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
+    k=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
         f=1 # crashed or failed outside a test
     fi
     passed=$((passed + p))
     failed=$((failed + f))
-    printf '%-32s %4d passed %4d failed\n' "$(basename "$t")" "$p" "$f"
+    skipped=$((skipped + k))
+    printf '%-32s %4d passed %4d failed %4d skipped\n' "$(basename "$t")" "$p" "$f" "$k"
+    if [ "$k" -ne 0 ]; then
+        grep -m1 '^SKIP' "$log" || true
+    fi
     if [ "$f" -ne 0 ]; then
         failures+=("$(basename "$t")")
         tail -n 40 "$log"
     fi
 done
+
+echo "== clang build (-Wall -Wextra -Werror)"
+if command -v clang >/dev/null 2>&1; then
+    if make -j"$jobs" CC=clang CUDA=0 BUILD=build/clang build/forge >build/clang-build.log 2>&1; then
+        passed=$((passed + 1))
+        echo "clang build: ok"
+    else
+        failed=$((failed + 1))
+        failures+=("clang build")
+        grep -E 'error|warning' build/clang-build.log | head -n 20
+    fi
+fi
 
 if ls tests/py/test_*.py >/dev/null 2>&1; then
     echo "== Python suites"
@@ -90,5 +108,5 @@ if [ "${FORGE_SKIP_FUZZ:-0}" != "1" ] && ls tests/fuzz/fuzz_*.c >/dev/null 2>&1;
 fi
 
 [ "${#failures[@]}" -gt 0 ] && echo "failing: ${failures[*]}"
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
