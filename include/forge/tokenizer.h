@@ -5,6 +5,9 @@
 #ifndef FORGE_TOKENIZER_H
 #define FORGE_TOKENIZER_H
 
+// Declared before the includes: forge.h includes the module headers that use it.
+typedef struct fg_tokenizer fg_tokenizer;
+
 #include "forge.h"
 #include "forge/gguf.h"
 
@@ -12,10 +15,9 @@
 extern "C" {
 #endif
 
-typedef struct fg_tokenizer fg_tokenizer;
-
 typedef struct fg_tokenizer_opts {
-    const char *pre_override; // use this pre-tokenizer instead of tokenizer.ggml.pre (NULL: file's)
+    const char *pre_override; // use this pre-tokenizer instead of tokenizer.ggml.pre (NULL: the
+                              // file's; ignored for llama/bert vocabularies, which have none)
 } fg_tokenizer_opts;
 
 // Token attributes (from tokenizer.ggml.token_type).
@@ -42,21 +44,34 @@ int32_t fg_tokenizer_bos(const fg_tokenizer *t);  // -1 when the model has none
 int32_t fg_tokenizer_eos(const fg_tokenizer *t);
 int32_t fg_tokenizer_eot(const fg_tokenizer *t);
 int32_t fg_tokenizer_pad(const fg_tokenizer *t);
+int32_t fg_tokenizer_unk(const fg_tokenizer *t);
+int32_t fg_tokenizer_sep(const fg_tokenizer *t);
 bool fg_tokenizer_add_bos(const fg_tokenizer *t); // the model's add-BOS rule
 bool fg_tokenizer_add_eos(const fg_tokenizer *t);
-// End of generation: EOS, EOT and any other end-of-generation token the vocabulary marks.
+// End of generation: EOS, EOT, EOM and, as llama.cpp builds the set, tokens named like
+// <|eot_id|>, <|im_end|>, <|end|>, <end_of_turn>, <|endoftext|>, <|eom_id|>, ... and the
+// FIM pad/repo/file-separator tokens. Ids outside the vocabulary: false.
 bool fg_tokenizer_is_eog(const fg_tokenizer *t, int32_t id);
+// Kind of a token; tokens llama.cpp treats as control by their text (EOT/EOG/FIM markers)
+// report FG_TOKEN_CONTROL. Ids outside the vocabulary: FG_TOKEN_UNUSED.
 fg_token_kind fg_tokenizer_token_kind(const fg_tokenizer *t, int32_t id);
 // The raw vocabulary string of a token (as stored in the file), NUL-terminated.
 const char *fg_tokenizer_token_text(const fg_tokenizer *t, int32_t id);
 // Id of an exact vocabulary string, -1 if absent.
 int32_t fg_tokenizer_find(const fg_tokenizer *t, const char *text, size_t len);
 
-// Tokenizes text[0..len). add_special: apply the model's add-BOS/add-EOS rule.
-// parse_special: recognise control/user-defined token strings in the text (never for user
-// text in the server). *ids is heap-allocated (free()); *n may be 0.
+// Tokenizes text[0..len) (at most 1 GiB). add_special: apply the model's add-BOS/add-EOS
+// (bert: [CLS]/[SEP]) rule. parse_special: recognise control-token strings in the text
+// (never for user text in the server); user-defined tokens are always recognised, as in
+// llama.cpp. *ids is heap-allocated (free()); *n may be 0.
 fg_status fg_tokenize(const fg_tokenizer *t, const char *text, size_t len, bool add_special,
                       bool parse_special, int32_t **ids, size_t *n);
+
+// Byte-level BPE only: the pre-tokenizer's words of text[0..len) as (start, length) byte
+// pairs in (*spans)[2*i], (*spans)[2*i+1] (heap, free()), for testing and debugging.
+// Errors: FG_ERR_INVALID_ARG for other tokenizer types and for text that is not valid UTF-8.
+fg_status fg_tokenizer_pre_split(const fg_tokenizer *t, const char *text, size_t len,
+                                 size_t **spans, size_t *n_words);
 
 // The bytes one token decodes to (▁ -> space, <0xNN> -> the byte, byte-level BPE mapping
 // undone). special: render control tokens' text (otherwise they decode to nothing).
@@ -64,12 +79,23 @@ fg_status fg_tokenize(const fg_tokenizer *t, const char *text, size_t len, bool 
 // -1 for an out-of-range id.
 int32_t fg_token_to_piece(const fg_tokenizer *t, int32_t id, bool special, char *out, size_t cap);
 
-// Detokenizes a whole sequence as llama.cpp's llama_detokenize does (the SentencePiece
-// leading space of the first piece is removed when the vocabulary adds a space prefix;
-// control tokens are skipped unless special).
+// Detokenizes a whole sequence as llama.cpp's llama_detokenize does (remove_special false):
+// the SentencePiece leading space of the first piece is removed when the vocabulary adds a
+// space prefix (a leading BOS counts as that first piece, so " Hello" stays after it);
+// control tokens are skipped unless special; spaces before punctuation are cleaned up for
+// vocabularies that ask for it (see fg_detokenize_ex).
 // *text is heap-allocated and NUL-terminated (free()).
 fg_status fg_detokenize(const fg_tokenizer *t, const int32_t *ids, size_t n, bool special,
                         char **text, size_t *len);
+
+// fg_detokenize with flags. FG_DETOK_NO_CLEAN skips llama.cpp's clean-up of spaces before
+// punctuation and contractions (done for vocabularies with clean_up_tokenization_spaces:
+// gpt-2, falcon, bert, ...), which makes byte-level BPE round trips exact;
+// FG_DETOK_KEEP_SPACE keeps the SentencePiece leading space of the first piece.
+// Errors: FG_ERR_INVALID_ARG for an id outside the vocabulary (naming it).
+enum { FG_DETOK_SPECIAL = 1, FG_DETOK_NO_CLEAN = 2, FG_DETOK_KEEP_SPACE = 4 };
+fg_status fg_detokenize_ex(const fg_tokenizer *t, const int32_t *ids, size_t n, unsigned flags,
+                           char **text, size_t *len);
 
 // Streaming detokenization that emits only complete UTF-8 characters: bytes of a character
 // split across tokens are held until it completes; invalid sequences come out as U+FFFD.
@@ -79,7 +105,7 @@ typedef struct fg_detok_stream {
 } fg_detok_stream; // a continuation keeps its leading space: nothing is stripped here
 void fg_detok_stream_init(fg_detok_stream *s);
 // Appends the text of `id` to out (cap bytes); returns bytes written, or -1 when cap is
-// too small (nothing written; 64 + 4 * piece length always suffices).
+// too small (nothing written; 64 + 4 * piece length always suffices) or id is out of range.
 int32_t fg_detok_stream_push(const fg_tokenizer *t, fg_detok_stream *s, int32_t id, bool special,
                              char *out, size_t cap);
 // Flushes held bytes at the end of generation (as U+FFFD).
