@@ -41,6 +41,12 @@ int32_t fg_kv_seq_n_pages(const fg_kv_pages *p, int32_t seq);
 // ints) for the caller to apply with fg_kv_store_copy_page.
 fg_status fg_kv_seq_prepare_write(fg_kv_pages *p, int32_t seq, int32_t from, int32_t *copies,
                                   int32_t cap_copies, int32_t *n_copies);
+// Pages that appending n tokens to seq would take (seq -1 or not live: a new sequence).
+int32_t fg_kv_seq_pages_needed(const fg_kv_pages *p, int32_t seq, int32_t n);
+int32_t fg_kv_pages_n_seqs(const fg_kv_pages *p);                 // live sequences
+int32_t fg_kv_pages_refcount(const fg_kv_pages *p, int32_t page); // -1 for a bad id
+// Checks the invariants (every page free or owned, refcounts = holders); tests and debugging.
+fg_status fg_kv_pages_check(const fg_kv_pages *p);
 
 // ---- sampling
 typedef struct fg_sampling {
@@ -65,17 +71,22 @@ void fg_sampler_destroy(fg_sampler *s);
 void fg_sampler_accept(fg_sampler *s, int32_t token);
 // Picks the next token from logits[n_vocab] (logits are not modified).
 int32_t fg_sampler_sample(fg_sampler *s, const float *logits);
+// Resets the history and the RNG (to the seed).
 void fg_sampler_reset(fg_sampler *s);
+// The logits after the penalties (out[n_vocab]); what sampling starts from. Tests, debugging.
+void fg_sampler_penalize(const fg_sampler *s, const float *logits, float *out);
 
 // ---- engine: requests, continuous batching
 typedef struct fg_engine fg_engine;
 
 typedef struct fg_engine_opts {
     int32_t n_ctx;            // max tokens (prompt + generated) per sequence; 0: model's n_ctx_train capped at 4096
-    int32_t max_seqs;         // running sequences at once (--parallel); 0: 16
+    int32_t max_seqs;         // running sequences at once (--parallel); 0: 16;
+                              // <= the model's max_seqs (fg_model_opts)
     int32_t page_size;        // tokens per KV page; 0: 16
     int32_t n_pages;          // KV pages in the pool; 0: enough for max_seqs * n_ctx
-    int32_t max_batch_tokens; // per-step token budget (decode + prefill chunks); 0: 512
+    int32_t max_batch_tokens; // per-step token budget (decode + prefill chunks); 0: 512;
+                              // <= the model's max_batch_tokens (fg_model_opts)
     int32_t queue_cap;        // waiting requests before FG_ERR_CAPACITY; 0: 256
     uint32_t kv_type;         // FG_TYPE_F16 (0 means F16 too) or FG_TYPE_F32
 } fg_engine_opts;
@@ -86,13 +97,15 @@ typedef struct fg_engine_opts {
 typedef struct fg_request_params {
     const int32_t *prompt;   // tokens (copied at submit)
     int32_t n_prompt;        // >= 1
-    int32_t max_tokens;      // >= 0; 0 with echo: score the prompt only
+    int32_t max_tokens;      // >= 0, n_prompt + max_tokens <= n_ctx (clamp before submitting);
+                             // 0 with echo: score the prompt only; 0 without: DONE at once
     fg_sampling sampling;
     const char *stop[FG_MAX_STOP]; // stop strings (copied); NULL-terminated or n_stop
     int32_t n_stop;
     bool ignore_eos;
     int32_t logprobs;        // -1: none; 0..FG_MAX_TOP_LOGPROBS: chosen token's logprob + top-N
-    bool echo_logprobs;      // also report logprobs of the prompt tokens (positions 1..)
+    bool echo_logprobs;      // also report logprobs of the prompt tokens (positions 1..), with
+                             // top-`logprobs` alternatives each
 } fg_request_params;
 
 typedef enum fg_finish_reason {
@@ -114,6 +127,12 @@ typedef struct fg_top_logprob {
     float logprob;
 } fg_top_logprob;
 
+// Log-softmax of a raw logits row: returns the logprob of `token` (-inf when out of range or
+// NaN) and, when top is not NULL, the n_top (<= FG_MAX_TOP_LOGPROBS) best tokens, best first
+// (ties to the lower id) in top[0..*n_top_out). NaN logits count as -inf.
+float fg_logprobs(const float *logits, int32_t n_vocab, int32_t token, int32_t n_top,
+                  fg_top_logprob *top, int32_t *n_top_out);
+
 typedef struct fg_event {
     fg_event_kind kind;
     uint64_t request_id;
@@ -121,13 +140,14 @@ typedef struct fg_event {
     float logprob;           // log-softmax of the token (when logprobs >= 0)
     int32_t n_top;
     fg_top_logprob top[FG_MAX_TOP_LOGPROBS];
-    const char *text;        // TOKEN: UTF-8 delta to append (stop strings held back/removed)
+    const char *text;        // TOKEN: UTF-8 delta to append (stop strings held back/removed);
+                             // DONE: held-back text flushed at the end (usually empty)
     size_t text_len;
     fg_finish_reason finish; // DONE
     fg_status status;        // DONE: FG_OK or the failure (message in error)
     const char *error;       // DONE with a failure
     int32_t n_prompt_tokens; // DONE: usage
-    int32_t n_gen_tokens;    // DONE: usage
+    int32_t n_gen_tokens;    // DONE: usage (an EOG token counts; it gets no TOKEN event)
     double t_prompt_s;       // DONE: time from first scheduling to first token
     double t_gen_s;          // DONE: time spent generating after the first token
 } fg_event;
@@ -171,12 +191,15 @@ typedef struct fg_engine_stats {
 fg_status fg_engine_create(fg_model *m, const fg_engine_opts *opts, fg_engine **out);
 // Stops accepting, cancels what is left after `grace_s` seconds, joins the thread, frees.
 void fg_engine_destroy(fg_engine *e, double grace_s);
-// Validates and enqueues (prompt longer than n_ctx: FG_ERR_INVALID_ARG; queue full:
-// FG_ERR_CAPACITY). On success the callback will get exactly one DONE event for the id.
+// Validates and enqueues (prompt + max_tokens longer than n_ctx, bad token ids or sampling
+// parameters: FG_ERR_INVALID_ARG; queue full: FG_ERR_CAPACITY; shutting down:
+// FG_ERR_CANCELLED; after a device error: FG_ERR_DEVICE). On success the callback will get
+// exactly one DONE event for the id. The callback must not call fg_engine_destroy.
 fg_status fg_engine_submit(fg_engine *e, const fg_request_params *p, fg_event_fn fn, void *user,
                            uint64_t *id);
 // Cancels a queued or running request (its pages are freed at the next step); DONE with
-// FG_FINISH_CANCELLED follows. FG_ERR_INVALID_ARG for an unknown id.
+// FG_FINISH_CANCELLED follows. A request already over: FG_OK, nothing happens.
+// FG_ERR_INVALID_ARG for an unknown id.
 fg_status fg_engine_cancel(fg_engine *e, uint64_t id);
 // State of a request (remembered for a while after it ends). FG_ERR_INVALID_ARG if unknown.
 fg_status fg_engine_request_info(fg_engine *e, uint64_t id, fg_request_info *out);

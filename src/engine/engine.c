@@ -1,0 +1,1013 @@
+// engine.c - requests and the iteration-level scheduler: a bounded submit queue (mutex +
+// condvar) feeding one scheduler thread that owns the model, the KV store, the page allocator
+// and the running sequences. Each step batches one decode token per generating sequence plus
+// prompt chunks (chunked prefill) up to max_batch_tokens, runs one fg_model_forward, samples
+// per sequence, and emits events (text deltas with stop strings held back, logprobs, DONE).
+// Out of pages: the newest sequences are preempted and recomputed later. Not here: HTTP, JSON.
+#include "forge/engine.h"
+
+#include "base/status.h"
+#include "base/util.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_STOP_LEN 256  // bytes per stop string
+#define INFO_RING 1024    // finished requests remembered for fg_engine_request_info
+#define ECHO_ROWS 64      // logits rows per step beyond one per sequence (prompt scoring)
+#define N_BUCKETS 15
+
+static const double g_bucket_le[N_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
+                                              0.75,  1.0,  2.5,   5.0,  10.0,  30.0, 60.0};
+
+typedef struct req req;
+struct req {
+    uint64_t id;
+    req *live_prev, *live_next; // all live requests (engine mutex)
+    req *qnext;                 // incoming list (mutex) or waiting list (scheduler)
+    fg_event_fn fn;
+    void *user;
+
+    int32_t *tokens; // [cap] prompt then generated tokens
+    int32_t cap;     // n_prompt + max_tokens
+    int32_t n_tokens;
+    int32_t n_prompt;
+    int32_t max_tokens;
+    int32_t n_past;   // tokens whose KV is in the cache
+    int32_t n_scored; // echo: prompt tokens 1..n_scored have had their PROMPT_LOGPROB event
+    int32_t n_gen;
+    int32_t logprobs; // -1: none
+    bool echo;
+    bool ignore_eos;
+    int32_t kv_seq; // -1: holds no KV
+    fg_sampler *sampler;
+
+    fg_detok_stream ds;
+    char *held; // [held_cap] text not yet emitted (could start a stop string)
+    size_t n_held, held_cap;
+    char *stops[FG_MAX_STOP];
+    size_t stop_len[FG_MAX_STOP];
+    int n_stop;
+
+    fg_request_state state; // mutex
+    bool cancel;            // mutex: fg_engine_cancel asked
+    bool do_cancel;         // scheduler's copy of cancel
+    bool counted_in;        // tokens_in counted
+    bool queued_new;        // counted in e->n_queued (never admitted yet)
+    double t_submit, t_sched, t_first, t_last;
+
+    // this step
+    int32_t chunk, row0, n_rows, bslot;
+};
+
+struct fg_engine {
+    fg_model *model; // borrowed
+    const fg_tokenizer *tok;
+    int32_t n_vocab;
+    int32_t n_ctx, max_seqs, page_size, n_pages, max_batch_tokens, queue_cap;
+    fg_kv_store *kv;
+    fg_kv_pages *pages;
+
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    // --- under mu
+    req *in_head, *in_tail; // submitted, not yet seen by the scheduler
+    req *live;              // every live request
+    int32_t n_queued;       // submitted, never admitted (for queue_cap)
+    int32_t n_queued_in;    // in the incoming list
+    uint64_t next_id;
+    bool stopping;
+    double deadline;
+    bool dead; // sticky device error
+    char dead_msg[256];
+    fg_request_info ring[INFO_RING];
+    int32_t ring_n, ring_pos;
+    fg_engine_stats st;
+    uint64_t ttft_b[N_BUCKETS], itl_b[N_BUCKETS];
+    // --- scheduler thread only
+    req **running; // [max_seqs] admission order
+    int32_t n_running;
+    req *w_head, *w_tail; // waiting (preempted ones first)
+    int32_t n_waiting;
+    // step scratch
+    int32_t *b_tokens, *b_pos, *b_seq; // [max_batch_tokens]
+    bool *b_want;                      // [max_batch_tokens]
+    int32_t *b_nkv;                    // [max_seqs]
+    const int32_t **b_pt;              // [max_seqs]
+    req **b_req;                       // [max_seqs]
+    float *logits;                     // [logit_rows][n_vocab]
+    int32_t logit_rows;
+    char *text;                        // [text_cap] event text scratch
+    size_t text_cap;
+    size_t piece_cap;
+    char err[256];
+};
+
+static double now_s(void) { return fg_time_s(); }
+
+static void observe(uint64_t *b, double v) {
+    for (int i = 0; i < N_BUCKETS; i++)
+        if (v <= g_bucket_le[i]) {
+            b[i]++;
+            return;
+        }
+}
+
+// Gauges for fg_engine_get_stats; called with the lock held, on the scheduler thread.
+static void refresh_stats_locked(fg_engine *e) {
+    e->st.queue_depth = e->n_waiting + e->n_queued_in;
+    e->st.running = e->n_running;
+    e->st.kv_pages_free = fg_kv_pages_n_free(e->pages);
+    e->st.kv_pages_used = fg_kv_pages_n_total(e->pages) - e->st.kv_pages_free;
+}
+
+static void req_free(req *r) {
+    if (!r)
+        return;
+    free(r->tokens);
+    free(r->held);
+    for (int i = 0; i < r->n_stop; i++)
+        free(r->stops[i]);
+    fg_sampler_destroy(r->sampler);
+    free(r);
+}
+
+// ---- events
+static void emit_done(fg_engine *e, req *r, fg_finish_reason fin, fg_status st,
+                      const char *error, const char *text, size_t text_len) {
+    fg_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.kind = FG_EVENT_DONE;
+    ev.request_id = r->id;
+    ev.token = -1;
+    ev.finish = fin;
+    ev.status = st;
+    ev.error = error;
+    ev.text = text ? text : "";
+    ev.text_len = text ? text_len : 0;
+    ev.n_prompt_tokens = r->n_prompt;
+    ev.n_gen_tokens = r->n_gen;
+    double t0 = r->t_sched > 0 ? r->t_sched : r->t_submit;
+    if (r->t_first > 0) {
+        ev.t_prompt_s = r->t_first - t0;
+        ev.t_gen_s = r->t_last - r->t_first;
+    } else if (r->t_sched > 0) {
+        ev.t_prompt_s = now_s() - t0;
+    }
+    (void)e;
+    r->fn(r->user, &ev);
+}
+
+// Ends a request: bookkeeping under the lock (state visible before DONE), then DONE, then free.
+// The caller has removed it from the running array / waiting list already.
+static void finish(fg_engine *e, req *r, fg_finish_reason fin, fg_status status,
+                   const char *error, const char *text, size_t text_len) {
+    if (r->kv_seq >= 0) {
+        fg_kv_seq_free(e->pages, r->kv_seq);
+        r->kv_seq = -1;
+    }
+    fg_request_state rs = fin == FG_FINISH_CANCELLED ? FG_REQ_CANCELLED
+                          : fin == FG_FINISH_ERROR   ? FG_REQ_FAILED
+                                                     : FG_REQ_FINISHED;
+    pthread_mutex_lock(&e->mu);
+    if (r->live_prev)
+        r->live_prev->live_next = r->live_next;
+    else
+        e->live = r->live_next;
+    if (r->live_next)
+        r->live_next->live_prev = r->live_prev;
+    if (r->queued_new) {
+        e->n_queued--;
+        r->queued_new = false;
+    }
+    r->state = rs;
+    fg_request_info *inf = &e->ring[e->ring_pos];
+    inf->id = r->id;
+    inf->state = rs;
+    inf->n_prompt_tokens = r->n_prompt;
+    inf->n_gen_tokens = r->n_gen;
+    e->ring_pos = (e->ring_pos + 1) % INFO_RING;
+    if (e->ring_n < INFO_RING)
+        e->ring_n++;
+    if (rs == FG_REQ_FINISHED)
+        e->st.requests_finished++;
+    else if (rs == FG_REQ_CANCELLED)
+        e->st.requests_cancelled++;
+    else
+        e->st.requests_failed++;
+    refresh_stats_locked(e);
+    pthread_mutex_unlock(&e->mu);
+    emit_done(e, r, fin, status, error, text, text_len);
+    req_free(r);
+}
+
+// ---- running / waiting lists (scheduler thread)
+static void running_remove(fg_engine *e, req *r) {
+    for (int32_t i = 0; i < e->n_running; i++)
+        if (e->running[i] == r) {
+            memmove(&e->running[i], &e->running[i + 1],
+                    (size_t)(e->n_running - i - 1) * sizeof *e->running);
+            e->n_running--;
+            return;
+        }
+    FG_ASSERT(!"request not running");
+}
+
+static void waiting_push_back(fg_engine *e, req *r) {
+    r->qnext = NULL;
+    if (e->w_tail)
+        e->w_tail->qnext = r;
+    else
+        e->w_head = r;
+    e->w_tail = r;
+    e->n_waiting++;
+}
+
+static void waiting_push_front(fg_engine *e, req *r) {
+    r->qnext = e->w_head;
+    e->w_head = r;
+    if (!e->w_tail)
+        e->w_tail = r;
+    e->n_waiting++;
+}
+
+static req *waiting_pop(fg_engine *e) {
+    req *r = e->w_head;
+    if (!r)
+        return NULL;
+    e->w_head = r->qnext;
+    if (!e->w_head)
+        e->w_tail = NULL;
+    r->qnext = NULL;
+    e->n_waiting--;
+    return r;
+}
+
+// Frees the sequence's pages; it goes back to the front of the waiting list to be
+// recomputed from its prompt + generated tokens.
+static void preempt(fg_engine *e, req *r) {
+    running_remove(e, r);
+    if (r->kv_seq >= 0) {
+        fg_kv_seq_free(e->pages, r->kv_seq);
+        r->kv_seq = -1;
+    }
+    r->n_past = 0;
+    waiting_push_front(e, r);
+    pthread_mutex_lock(&e->mu);
+    r->state = FG_REQ_QUEUED;
+    e->st.preemptions++;
+    pthread_mutex_unlock(&e->mu);
+}
+
+// ---- text and stop strings
+static bool ends_with_stop_prefix(const req *r, size_t *hold) {
+    size_t h = 0;
+    for (int i = 0; i < r->n_stop; i++) {
+        size_t L = r->stop_len[i];
+        size_t k = FG_MIN(L - 1, r->n_held);
+        for (; k > h; k--)
+            if (memcmp(r->held + r->n_held - k, r->stops[i], k) == 0)
+                break;
+        if (k > h)
+            h = k;
+    }
+    *hold = h;
+    return h > 0;
+}
+
+// Earliest full stop-string occurrence in held; returns its offset or -1.
+static ptrdiff_t find_stop(const req *r) {
+    ptrdiff_t best = -1;
+    for (int i = 0; i < r->n_stop; i++) {
+        const char *p = memmem(r->held, r->n_held, r->stops[i], r->stop_len[i]);
+        if (p && (best < 0 || p - r->held < best))
+            best = p - r->held;
+    }
+    return best;
+}
+
+// Moves up to n bytes from the front of held into e->text; returns the count.
+static size_t take_held(fg_engine *e, req *r, size_t n) {
+    FG_ASSERT(n <= r->n_held && n <= e->text_cap);
+    memcpy(e->text, r->held, n);
+    memmove(r->held, r->held + n, r->n_held - n);
+    r->n_held -= n;
+    return n;
+}
+
+// ---- create / destroy
+static void *sched_main(void *arg);
+
+fg_status fg_engine_create(fg_model *m, const fg_engine_opts *opts, fg_engine **out) {
+    fg_engine_opts o;
+    memset(&o, 0, sizeof o);
+    if (opts)
+        o = *opts;
+    const fg_model_info *mi = fg_model_get_info(m);
+    const fg_tokenizer *tok = fg_model_tokenizer(m);
+    if (!mi || !tok)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "engine: model without info or tokenizer");
+    if (o.n_ctx <= 0)
+        o.n_ctx = mi->n_ctx_train > 0 ? FG_MIN(mi->n_ctx_train, 4096) : 4096;
+    if (o.max_seqs <= 0)
+        o.max_seqs = 16;
+    if (o.page_size <= 0)
+        o.page_size = 16;
+    if (o.max_batch_tokens <= 0)
+        o.max_batch_tokens = 512;
+    if (o.queue_cap <= 0)
+        o.queue_cap = 256;
+    if (o.kv_type == 0)
+        o.kv_type = FG_TYPE_F16;
+    if (o.n_ctx > (1 << 24) || o.max_seqs > 4096 || o.page_size > 65536 ||
+        o.max_batch_tokens > (1 << 20) || o.queue_cap > (1 << 20))
+        return FG_FAIL(FG_ERR_INVALID_ARG,
+                       "engine: n_ctx %d, max_seqs %d, page_size %d, max_batch_tokens %d or "
+                       "queue_cap %d too large",
+                       (int)o.n_ctx, (int)o.max_seqs, (int)o.page_size, (int)o.max_batch_tokens,
+                       (int)o.queue_cap);
+    int64_t pages_per_seq = ((int64_t)o.n_ctx + o.page_size - 1) / o.page_size;
+    if (o.n_pages <= 0) {
+        int64_t np = pages_per_seq * o.max_seqs;
+        if (np > (1 << 26))
+            return FG_FAIL(FG_ERR_INVALID_ARG, "engine: %lld KV pages for max_seqs %d x n_ctx %d: "
+                           "too many, set n_pages", (long long)np, (int)o.max_seqs, (int)o.n_ctx);
+        o.n_pages = (int32_t)np;
+    }
+    if (o.n_pages < pages_per_seq)
+        return FG_FAIL(FG_ERR_INVALID_ARG,
+                       "engine: n_pages %d x page_size %d holds less than one sequence of n_ctx %d",
+                       (int)o.n_pages, (int)o.page_size, (int)o.n_ctx);
+
+    fg_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return FG_FAIL(FG_ERR_NOMEM, "engine: out of memory");
+    e->model = m;
+    e->tok = tok;
+    e->n_vocab = mi->n_vocab;
+    e->n_ctx = o.n_ctx;
+    e->max_seqs = o.max_seqs;
+    e->page_size = o.page_size;
+    e->n_pages = o.n_pages;
+    e->max_batch_tokens = o.max_batch_tokens;
+    e->queue_cap = o.queue_cap;
+    e->next_id = 1;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    fg_status st = fg_kv_store_create(m, o.n_pages, o.page_size, o.kv_type, &e->kv);
+    if (st != FG_OK)
+        goto fail;
+    st = fg_kv_pages_create(o.n_pages, o.page_size, o.max_seqs, &e->pages);
+    if (st != FG_OK)
+        goto fail;
+    int32_t T = o.max_batch_tokens, S = o.max_seqs;
+    e->logit_rows = FG_MIN(T, S + ECHO_ROWS);
+    size_t n_logits;
+    if (!fg_mul_size((size_t)e->logit_rows, (size_t)e->n_vocab, &n_logits)) {
+        st = FG_FAIL(FG_ERR_INVALID_ARG, "engine: logits buffer size overflows");
+        goto fail;
+    }
+    // the longest piece bounds the text of one token
+    size_t max_piece = 0;
+    for (int32_t i = 0; i < e->n_vocab; i++) {
+        char tmp[8];
+        int32_t n = fg_token_to_piece(tok, i, false, tmp, sizeof tmp);
+        if (n > 0 && (size_t)n > max_piece)
+            max_piece = (size_t)n;
+    }
+    e->piece_cap = 64 + 4 * max_piece;
+    e->text_cap = e->piece_cap + 2 * FG_MAX_STOP * MAX_STOP_LEN + 16;
+    e->running = calloc((size_t)S, sizeof *e->running);
+    e->b_tokens = malloc((size_t)T * sizeof *e->b_tokens);
+    e->b_pos = malloc((size_t)T * sizeof *e->b_pos);
+    e->b_seq = malloc((size_t)T * sizeof *e->b_seq);
+    e->b_want = malloc((size_t)T * sizeof *e->b_want);
+    e->b_nkv = malloc((size_t)S * sizeof *e->b_nkv);
+    e->b_pt = malloc((size_t)S * sizeof *e->b_pt);
+    e->b_req = malloc((size_t)S * sizeof *e->b_req);
+    e->logits = malloc(n_logits * sizeof *e->logits);
+    e->text = malloc(e->text_cap);
+    if (!e->running || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_want || !e->b_nkv ||
+        !e->b_pt || !e->b_req || !e->logits || !e->text) {
+        st = FG_FAIL(FG_ERR_NOMEM, "engine: out of memory for step buffers (%d rows x %d vocab)",
+                     (int)e->logit_rows, (int)e->n_vocab);
+        goto fail;
+    }
+    e->st.n_buckets = N_BUCKETS;
+    e->st.bucket_le = g_bucket_le;
+    if (pthread_create(&e->thread, NULL, sched_main, e) != 0) {
+        st = FG_FAIL(FG_ERR_NOMEM, "engine: cannot start the scheduler thread");
+        goto fail;
+    }
+    e->thread_started = true;
+    *out = e;
+    return FG_OK;
+fail:
+    fg_engine_destroy(e, 0);
+    return st;
+}
+
+void fg_engine_destroy(fg_engine *e, double grace_s) {
+    if (!e)
+        return;
+    if (e->thread_started) {
+        pthread_mutex_lock(&e->mu);
+        e->stopping = true;
+        e->deadline = now_s() + (grace_s > 0 ? grace_s : 0);
+        pthread_cond_broadcast(&e->cv);
+        pthread_mutex_unlock(&e->mu);
+        pthread_join(e->thread, NULL);
+    }
+    // the scheduler finished every request before exiting; nothing is left in the lists
+    FG_ASSERT(!e->live && !e->in_head && !e->w_head && e->n_running == 0);
+    fg_kv_pages_destroy(e->pages);
+    fg_kv_store_destroy(e->kv);
+    free(e->running);
+    free(e->b_tokens);
+    free(e->b_pos);
+    free(e->b_seq);
+    free(e->b_want);
+    free(e->b_nkv);
+    free(e->b_pt);
+    free(e->b_req);
+    free(e->logits);
+    free(e->text);
+    pthread_cond_destroy(&e->cv);
+    pthread_mutex_destroy(&e->mu);
+    free(e);
+}
+
+int32_t fg_engine_n_ctx(const fg_engine *e) { return e->n_ctx; }
+
+// ---- submit / cancel / info / stats (any thread)
+fg_status fg_engine_submit(fg_engine *e, const fg_request_params *p, fg_event_fn fn, void *user,
+                           uint64_t *id) {
+    if (!p || !fn)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "engine: submit needs params and a callback");
+    if (p->n_prompt < 1 || !p->prompt)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "engine: request: prompt must have >= 1 token");
+    if (p->max_tokens < 0)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "engine: request: max_tokens %d must be >= 0",
+                       (int)p->max_tokens);
+    if (p->n_prompt > e->n_ctx)
+        return FG_FAIL(FG_ERR_INVALID_ARG,
+                       "engine: request: prompt of %d tokens exceeds the context of %d",
+                       (int)p->n_prompt, (int)e->n_ctx);
+    if ((int64_t)p->n_prompt + p->max_tokens > e->n_ctx)
+        return FG_FAIL(FG_ERR_INVALID_ARG,
+                       "engine: request: prompt of %d tokens + max_tokens %d exceeds the context "
+                       "of %d",
+                       (int)p->n_prompt, (int)p->max_tokens, (int)e->n_ctx);
+    if (p->logprobs < -1 || p->logprobs > FG_MAX_TOP_LOGPROBS)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "engine: request: logprobs %d outside -1..%d",
+                       (int)p->logprobs, FG_MAX_TOP_LOGPROBS);
+    if (p->n_stop < 0 || p->n_stop > FG_MAX_STOP)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "engine: request: n_stop %d outside 0..%d",
+                       (int)p->n_stop, FG_MAX_STOP);
+    for (int32_t i = 0; i < p->n_prompt; i++)
+        if (p->prompt[i] < 0 || p->prompt[i] >= e->n_vocab)
+            return FG_FAIL(FG_ERR_INVALID_ARG,
+                           "engine: request: prompt token %d at index %d outside 0..%d",
+                           (int)p->prompt[i], (int)i, (int)e->n_vocab - 1);
+    int n_stop = p->n_stop;
+    if (n_stop == 0)
+        while (n_stop < FG_MAX_STOP && p->stop[n_stop])
+            n_stop++;
+    size_t max_stop = 0;
+    for (int i = 0; i < n_stop; i++) {
+        size_t L = p->stop[i] ? strlen(p->stop[i]) : 0;
+        if (L > MAX_STOP_LEN)
+            return FG_FAIL(FG_ERR_INVALID_ARG, "engine: request: stop string %d is %zu bytes, "
+                           "at most %d", i, L, MAX_STOP_LEN);
+        max_stop = FG_MAX(max_stop, L);
+    }
+
+    req *r = calloc(1, sizeof *r);
+    if (!r)
+        return FG_FAIL(FG_ERR_NOMEM, "engine: out of memory for a request");
+    r->kv_seq = -1;
+    r->fn = fn;
+    r->user = user;
+    r->n_prompt = p->n_prompt;
+    r->max_tokens = p->max_tokens;
+    r->cap = p->n_prompt + p->max_tokens;
+    r->logprobs = p->logprobs;
+    r->echo = p->echo_logprobs;
+    r->ignore_eos = p->ignore_eos;
+    r->tokens = malloc((size_t)r->cap * sizeof *r->tokens);
+    r->held_cap = max_stop + e->piece_cap + 16;
+    r->held = malloc(r->held_cap);
+    fg_status st = FG_OK;
+    if (!r->tokens || !r->held) {
+        st = FG_FAIL(FG_ERR_NOMEM, "engine: out of memory for a request of %d tokens",
+                     (int)r->cap);
+        goto fail;
+    }
+    memcpy(r->tokens, p->prompt, (size_t)p->n_prompt * sizeof *r->tokens);
+    r->n_tokens = p->n_prompt;
+    for (int i = 0; i < n_stop; i++) {
+        if (!p->stop[i] || !p->stop[i][0])
+            continue; // empty stop strings never match
+        r->stops[r->n_stop] = fg_xstrdup(p->stop[i]);
+        r->stop_len[r->n_stop] = strlen(p->stop[i]);
+        r->n_stop++;
+    }
+    st = fg_sampler_create(&p->sampling, e->n_vocab, &r->sampler);
+    if (st != FG_OK) {
+        fg_error_prefix("engine: request");
+        goto fail;
+    }
+    for (int32_t i = 0; i < p->n_prompt; i++)
+        fg_sampler_accept(r->sampler, p->prompt[i]);
+    fg_detok_stream_init(&r->ds);
+    r->t_submit = now_s();
+    r->state = FG_REQ_QUEUED;
+
+    pthread_mutex_lock(&e->mu);
+    if (e->dead) {
+        st = FG_FAIL(FG_ERR_DEVICE, "engine: %s", e->dead_msg);
+    } else if (e->stopping) {
+        st = FG_FAIL(FG_ERR_CANCELLED, "engine: shutting down, not accepting requests");
+    } else if (e->n_queued >= e->queue_cap) {
+        st = FG_FAIL(FG_ERR_CAPACITY, "engine: queue full (%d requests waiting)",
+                     (int)e->n_queued);
+    }
+    if (st != FG_OK) {
+        pthread_mutex_unlock(&e->mu);
+        goto fail;
+    }
+    r->id = e->next_id++;
+    r->queued_new = true;
+    e->n_queued++;
+    r->live_next = e->live;
+    if (e->live)
+        e->live->live_prev = r;
+    e->live = r;
+    if (e->in_tail)
+        e->in_tail->qnext = r;
+    else
+        e->in_head = r;
+    e->in_tail = r;
+    e->n_queued_in++;
+    e->st.requests_total++;
+    e->st.queue_depth++;
+    uint64_t rid = r->id;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    if (id)
+        *id = rid;
+    return FG_OK;
+fail:
+    req_free(r);
+    return st;
+}
+
+fg_status fg_engine_cancel(fg_engine *e, uint64_t id) {
+    pthread_mutex_lock(&e->mu);
+    for (req *r = e->live; r; r = r->live_next)
+        if (r->id == id) {
+            r->cancel = true;
+            pthread_cond_broadcast(&e->cv);
+            pthread_mutex_unlock(&e->mu);
+            return FG_OK;
+        }
+    for (int32_t i = 0; i < e->ring_n; i++)
+        if (e->ring[i].id == id) { // already over: nothing to do
+            pthread_mutex_unlock(&e->mu);
+            return FG_OK;
+        }
+    pthread_mutex_unlock(&e->mu);
+    return FG_FAIL(FG_ERR_INVALID_ARG, "engine: cancel: unknown request %llu",
+                   (unsigned long long)id);
+}
+
+fg_status fg_engine_request_info(fg_engine *e, uint64_t id, fg_request_info *out) {
+    pthread_mutex_lock(&e->mu);
+    for (req *r = e->live; r; r = r->live_next)
+        if (r->id == id) {
+            out->id = id;
+            out->state = r->state;
+            out->n_prompt_tokens = r->n_prompt;
+            out->n_gen_tokens = r->n_gen;
+            pthread_mutex_unlock(&e->mu);
+            return FG_OK;
+        }
+    for (int32_t i = 0; i < e->ring_n; i++)
+        if (e->ring[i].id == id) {
+            *out = e->ring[i];
+            pthread_mutex_unlock(&e->mu);
+            return FG_OK;
+        }
+    pthread_mutex_unlock(&e->mu);
+    return FG_FAIL(FG_ERR_INVALID_ARG, "engine: unknown request %llu", (unsigned long long)id);
+}
+
+void fg_engine_get_stats(fg_engine *e, fg_engine_stats *out) {
+    pthread_mutex_lock(&e->mu);
+    *out = e->st;
+    uint64_t ct = 0, ci = 0;
+    for (int i = 0; i < N_BUCKETS; i++) {
+        ct += e->ttft_b[i];
+        ci += e->itl_b[i];
+        out->ttft_counts[i] = ct;
+        out->itl_counts[i] = ci;
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
+// ---- the scheduler
+// Tokens seq r can take without new pages + what the free pages hold.
+static int32_t fit_pages(const fg_engine *e, const req *r, int32_t c) {
+    int64_t len = fg_kv_seq_len(e->pages, r->kv_seq);
+    int64_t room = (int64_t)fg_kv_seq_n_pages(e->pages, r->kv_seq) * e->page_size - len +
+                   (int64_t)fg_kv_pages_n_free(e->pages) * e->page_size;
+    return (int32_t)FG_MIN((int64_t)c, room);
+}
+
+static bool wants_row(const req *r, int32_t p) {
+    if (p == r->n_tokens - 1 && r->n_gen < r->max_tokens)
+        return true; // sample the next token
+    return r->echo && p >= r->n_scored && p <= r->n_prompt - 2;
+}
+
+// Largest chunk <= c whose logits rows fit in rows_left.
+static int32_t fit_rows(const req *r, int32_t c, int32_t rows_left) {
+    int32_t rows = 0;
+    for (int32_t i = 0; i < c; i++) {
+        rows += wants_row(r, r->n_past + i);
+        if (rows > rows_left)
+            return i;
+    }
+    return c;
+}
+
+typedef struct build {
+    int32_t nt, nb, rows, budget;
+} build;
+
+static void add_chunk(fg_engine *e, build *b, req *r, int32_t c) {
+    fg_status st = fg_kv_seq_append(e->pages, r->kv_seq, c);
+    FG_ASSERT(st == FG_OK); // pages were checked by the caller
+    r->chunk = c;
+    r->row0 = b->rows;
+    r->n_rows = 0;
+    r->bslot = b->nb;
+    for (int32_t i = 0; i < c; i++) {
+        int32_t p = r->n_past + i;
+        e->b_tokens[b->nt] = r->tokens[p];
+        e->b_pos[b->nt] = p;
+        e->b_seq[b->nt] = b->nb;
+        bool w = wants_row(r, p);
+        e->b_want[b->nt] = w;
+        r->n_rows += w;
+        b->nt++;
+    }
+    e->b_req[b->nb] = r;
+    e->b_nkv[b->nb] = r->n_past + c;
+    b->nb++;
+    b->rows += r->n_rows;
+    b->budget -= c;
+    if (r->t_sched == 0)
+        r->t_sched = now_s();
+}
+
+static bool in_batch(const fg_engine *e, const build *b, const req *r) {
+    return r->bslot >= 0 && r->bslot < b->nb && e->b_req[r->bslot] == r;
+}
+
+// Plans one step. Returns the number of tokens (0: nothing can run).
+static int32_t plan_step(fg_engine *e, build *b) {
+    memset(b, 0, sizeof *b);
+    b->budget = e->max_batch_tokens;
+    bool preempted = false;
+    for (int32_t i = 0; i < e->n_running; i++)
+        e->running[i]->bslot = -1;
+    // 1. decode: one token per generating sequence, oldest first; out of pages -> preempt newest
+    for (int32_t i = 0; i < e->n_running && b->budget > 0; i++) {
+        req *r = e->running[i];
+        if (r->n_tokens - r->n_past != 1 || b->rows >= e->logit_rows)
+            continue;
+        bool self = false;
+        preempted |=
+            fg_kv_seq_pages_needed(e->pages, r->kv_seq, 1) > fg_kv_pages_n_free(e->pages);
+        while (fg_kv_seq_pages_needed(e->pages, r->kv_seq, 1) > fg_kv_pages_n_free(e->pages)) {
+            req *victim = e->running[e->n_running - 1];
+            if (victim == r)
+                self = true;
+            preempt(e, victim);
+            if (self)
+                break;
+        }
+        if (self)
+            break;
+        add_chunk(e, b, r, 1);
+    }
+    // 2. prefill chunks of running sequences
+    for (int32_t i = 0; i < e->n_running && b->budget > 0; i++) {
+        req *r = e->running[i];
+        if (in_batch(e, b, r) || r->n_tokens - r->n_past < 1)
+            continue;
+        int32_t c = FG_MIN(r->n_tokens - r->n_past, b->budget);
+        c = fit_rows(r, c, e->logit_rows - b->rows);
+        c = fit_pages(e, r, c);
+        if (c > 0)
+            add_chunk(e, b, r, c);
+    }
+    // 3. admit waiting sequences (FIFO) while slots, budget and pages allow (not right after
+    // a preemption: the pool is short)
+    while (!preempted && e->w_head && e->n_running < e->max_seqs && b->budget > 0 &&
+           b->rows < e->logit_rows) {
+        req *r = e->w_head;
+        int32_t c = FG_MIN(r->n_tokens - r->n_past, b->budget);
+        c = fit_rows(r, c, e->logit_rows - b->rows);
+        if (c <= 0)
+            break;
+        // pages for the whole chunk, keeping one page of headroom per running sequence
+        int32_t need = fg_kv_seq_pages_needed(e->pages, -1, c);
+        int32_t reserve = e->n_running;
+        if (need + reserve > fg_kv_pages_n_free(e->pages) && e->n_running > 0)
+            break;
+        if (need > fg_kv_pages_n_free(e->pages))
+            break;
+        int32_t seq;
+        if (fg_kv_seq_new(e->pages, &seq) != FG_OK)
+            break;
+        waiting_pop(e);
+        r->kv_seq = seq;
+        r->n_past = 0;
+        e->running[e->n_running++] = r;
+        pthread_mutex_lock(&e->mu);
+        r->state = FG_REQ_RUNNING;
+        if (r->queued_new) {
+            r->queued_new = false;
+            e->n_queued--;
+        }
+        if (!r->counted_in) {
+            r->counted_in = true;
+            e->st.tokens_in += (uint64_t)r->n_prompt;
+        }
+        pthread_mutex_unlock(&e->mu);
+        r->bslot = -1;
+        add_chunk(e, b, r, c);
+    }
+    return b->nt;
+}
+
+// Handles the sampled token of r (logits row `row`, raw); a finished r leaves the running
+// array and is freed.
+static void on_token(fg_engine *e, req *r, const float *row) {
+    int32_t t = fg_sampler_sample(r->sampler, row);
+    double now = now_s();
+    pthread_mutex_lock(&e->mu);
+    if (r->n_gen == 0) {
+        r->t_first = now;
+        double v = now - r->t_submit;
+        observe(e->ttft_b, v);
+        e->st.ttft_sum += v;
+        e->st.ttft_count++;
+    } else {
+        double v = now - r->t_last;
+        observe(e->itl_b, v);
+        e->st.itl_sum += v;
+        e->st.itl_count++;
+    }
+    e->st.tokens_out++;
+    r->n_gen++;
+    pthread_mutex_unlock(&e->mu);
+    r->t_last = now;
+    fg_sampler_accept(r->sampler, t);
+    r->tokens[r->n_tokens++] = t;
+
+    if (!r->ignore_eos && fg_tokenizer_is_eog(e->tok, t)) {
+        // flush what was held back: it did not turn into a stop string
+        size_t n = take_held(e, r, r->n_held);
+        int32_t f = fg_detok_stream_flush(&r->ds, e->text + n, e->text_cap - n);
+        n += f > 0 ? (size_t)f : 0;
+        running_remove(e, r);
+        finish(e, r, FG_FINISH_STOP, FG_OK, NULL, e->text, n);
+        return;
+    }
+    fg_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.kind = FG_EVENT_TOKEN;
+    ev.request_id = r->id;
+    ev.token = t;
+    if (r->logprobs >= 0)
+        ev.logprob = fg_logprobs(row, e->n_vocab, t, r->logprobs, ev.top, &ev.n_top);
+    int32_t n = fg_detok_stream_push(e->tok, &r->ds, t, false, r->held + r->n_held,
+                                     r->held_cap - r->n_held);
+    if (n < 0) { // held_cap leaves room for one piece beyond the longest stop prefix
+        snprintf(e->err, sizeof e->err, "engine: token %d does not fit the text buffer (%zu bytes)",
+                 (int)t, r->held_cap - r->n_held);
+        running_remove(e, r);
+        finish(e, r, FG_FINISH_ERROR, FG_ERR_FORMAT, e->err, NULL, 0);
+        return;
+    }
+    r->n_held += (size_t)n;
+    bool done = false;
+    fg_finish_reason fin = FG_FINISH_NONE;
+    size_t out_n;
+    ptrdiff_t at = find_stop(r);
+    if (at >= 0) {
+        out_n = take_held(e, r, (size_t)at);
+        done = true;
+        fin = FG_FINISH_STOP;
+    } else if (r->n_gen >= r->max_tokens || r->n_tokens >= e->n_ctx) {
+        out_n = take_held(e, r, r->n_held);
+        int32_t f = fg_detok_stream_flush(&r->ds, e->text + out_n, e->text_cap - out_n);
+        out_n += f > 0 ? (size_t)f : 0;
+        done = true;
+        fin = FG_FINISH_LENGTH;
+    } else {
+        size_t hold;
+        ends_with_stop_prefix(r, &hold);
+        out_n = take_held(e, r, r->n_held - hold);
+    }
+    ev.text = e->text;
+    ev.text_len = out_n;
+    r->fn(r->user, &ev);
+    if (done) {
+        running_remove(e, r);
+        finish(e, r, fin, FG_OK, NULL, NULL, 0);
+    }
+}
+
+static void emit_prompt_logprob(fg_engine *e, req *r, int32_t p, const float *row) {
+    fg_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.kind = FG_EVENT_PROMPT_LOGPROB;
+    ev.request_id = r->id;
+    ev.token = r->tokens[p + 1];
+    ev.logprob = fg_logprobs(row, e->n_vocab, ev.token, r->logprobs > 0 ? r->logprobs : 0,
+                             ev.top, &ev.n_top);
+    ev.text = "";
+    r->fn(r->user, &ev);
+    r->n_scored = p + 1;
+}
+
+static void fail_all(fg_engine *e, fg_status st, const char *msg) {
+    while (e->n_running > 0) {
+        req *r = e->running[e->n_running - 1];
+        e->n_running--;
+        finish(e, r, FG_FINISH_ERROR, st, msg, NULL, 0);
+    }
+    req *r;
+    while ((r = waiting_pop(e)))
+        finish(e, r, FG_FINISH_ERROR, st, msg, NULL, 0);
+}
+
+// Finishes cancelled requests (and all of them past the shutdown deadline), and waiting
+// requests with nothing to compute (max_tokens 0 without echo).
+static void reap_cancelled(fg_engine *e, bool all) {
+    for (int32_t i = e->n_running - 1; i >= 0; i--) {
+        req *r = e->running[i];
+        if (all || r->do_cancel) {
+            running_remove(e, r);
+            finish(e, r, FG_FINISH_CANCELLED, FG_ERR_CANCELLED, "request cancelled", NULL, 0);
+        }
+    }
+    req **pp = &e->w_head;
+    e->w_tail = NULL;
+    while (*pp) {
+        req *r = *pp;
+        if (all || r->do_cancel) {
+            *pp = r->qnext;
+            e->n_waiting--;
+            finish(e, r, FG_FINISH_CANCELLED, FG_ERR_CANCELLED, "request cancelled", NULL, 0);
+        } else if (r->max_tokens == 0 && !r->echo) { // nothing to compute
+            *pp = r->qnext;
+            e->n_waiting--;
+            finish(e, r, FG_FINISH_LENGTH, FG_OK, NULL, NULL, 0);
+        } else {
+            e->w_tail = r;
+            pp = &r->qnext;
+        }
+    }
+}
+
+static void run_step(fg_engine *e) {
+    build b;
+    int32_t nt = plan_step(e, &b);
+    if (nt == 0) {
+        if (e->n_running > 1) { // every running sequence is stuck on pages: free the newest
+            preempt(e, e->running[e->n_running - 1]);
+            return;
+        }
+        if (e->n_running == 1) { // cannot happen (n_pages holds n_ctx); never spin on it
+            req *r = e->running[0];
+            running_remove(e, r);
+            finish(e, r, FG_FINISH_ERROR, FG_ERR_CAPACITY,
+                   "engine: a sequence cannot get KV pages", NULL, 0);
+        }
+        return;
+    }
+    for (int32_t s = 0; s < b.nb; s++)
+        e->b_pt[s] = fg_kv_seq_pages(e->pages, e->b_req[s]->kv_seq);
+    fg_batch batch = {
+        .n_tokens = nt,
+        .tokens = e->b_tokens,
+        .pos = e->b_pos,
+        .seq = e->b_seq,
+        .want_logits = e->b_want,
+        .n_seqs = b.nb,
+        .n_kv = e->b_nkv,
+        .page_tables = e->b_pt,
+    };
+    fg_status st = fg_model_forward(e->model, e->kv, &batch, e->logits);
+    pthread_mutex_lock(&e->mu);
+    e->st.steps++;
+    pthread_mutex_unlock(&e->mu);
+    if (st != FG_OK) {
+        snprintf(e->err, sizeof e->err, "%s", fg_last_error());
+        if (st == FG_ERR_DEVICE) {
+            pthread_mutex_lock(&e->mu);
+            e->dead = true;
+            snprintf(e->dead_msg, sizeof e->dead_msg, "%s", e->err);
+            pthread_mutex_unlock(&e->mu);
+            fail_all(e, st, e->err);
+            return;
+        }
+        for (int32_t s = 0; s < b.nb; s++) {
+            req *r = e->b_req[s];
+            running_remove(e, r);
+            finish(e, r, FG_FINISH_ERROR, st, e->err, NULL, 0);
+        }
+        return;
+    }
+    for (int32_t s = 0; s < b.nb; s++) {
+        req *r = e->b_req[s];
+        int32_t row = r->row0;
+        int32_t first = r->n_past;
+        bool sample = false;
+        const float *sample_row = NULL;
+        for (int32_t i = 0; i < r->chunk; i++) {
+            int32_t p = first + i;
+            if (!wants_row(r, p))
+                continue;
+            const float *lr = e->logits + (size_t)row * (size_t)e->n_vocab;
+            row++;
+            if (r->echo && p >= r->n_scored && p <= r->n_prompt - 2)
+                emit_prompt_logprob(e, r, p, lr);
+            if (p == r->n_tokens - 1 && r->n_gen < r->max_tokens) {
+                sample = true;
+                sample_row = lr;
+            }
+        }
+        r->n_past += r->chunk;
+        if (r->do_cancel)
+            continue; // reaped at the next step
+        if (sample) {
+            on_token(e, r, sample_row);
+        } else if (r->n_past == r->n_tokens && r->n_gen >= r->max_tokens) {
+            running_remove(e, r); // max_tokens 0: the prompt is scored
+            finish(e, r, FG_FINISH_LENGTH, FG_OK, NULL, NULL, 0);
+        }
+    }
+}
+
+static void *sched_main(void *arg) {
+    fg_engine *e = arg;
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
+        while (e->in_head) {
+            req *r = e->in_head;
+            e->in_head = r->qnext;
+            if (!e->in_head)
+                e->in_tail = NULL;
+            e->n_queued_in--;
+            waiting_push_back(e, r);
+        }
+        for (req *r = e->live; r; r = r->live_next)
+            r->do_cancel = r->cancel;
+        bool stopping = e->stopping;
+        bool past_deadline = stopping && now_s() >= e->deadline;
+        bool idle = e->n_running == 0 && !e->w_head;
+        if (idle && stopping) {
+            pthread_mutex_unlock(&e->mu);
+            break;
+        }
+        if (idle) {
+            pthread_cond_wait(&e->cv, &e->mu);
+            pthread_mutex_unlock(&e->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&e->mu);
+
+        reap_cancelled(e, past_deadline);
+        if (e->n_running == 0 && !e->w_head)
+            continue;
+        run_step(e);
+        pthread_mutex_lock(&e->mu);
+        refresh_stats_locked(e);
+        pthread_mutex_unlock(&e->mu);
+    }
+    pthread_mutex_lock(&e->mu);
+    refresh_stats_locked(e);
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
