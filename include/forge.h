@@ -46,5 +46,6 @@ const char *fg_last_error(void);
 #include "forge/tokenizer.h"
 #include "forge/model.h"
 #include "forge/engine.h"
+#include "forge/server.h"
 
 #endif // FORGE_H

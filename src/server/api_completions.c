@@ -1,0 +1,538 @@
+// api_completions.c - POST /v1/completions and /v1/chat/completions: parse the body, build the
+// prompt tokens (user text never parsed for special tokens), submit n engine requests whose
+// events land in the request's queue, then either hand over to sse.c or wait and answer with
+// one JSON body in OpenAI's shape (text/message, logprobs, finish_reason, usage).
+// Not here: HTTP plumbing (server.c) or the SSE writer (sse.c).
+#include "server/server_internal.h"
+
+#include "base/status.h"
+#include "base/util.h"
+
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+// ---- the engine callback (scheduler thread: copy and return)
+static void on_event(void *user, const fg_event *ev) {
+    srv_choice *ch = user;
+    srv_req *r = ch->req;
+    srv_event e;
+    memset(&e, 0, sizeof e);
+    e.kind = ev->kind;
+    e.choice = ch->index;
+    e.token = ev->token;
+    e.logprob = ev->logprob;
+    e.n_top = ev->n_top > 0 ? FG_MIN(ev->n_top, FG_MAX_TOP_LOGPROBS) : 0;
+    if (e.n_top > 0) {
+        e.top = fg_xmalloc((size_t)e.n_top * sizeof *e.top);
+        memcpy(e.top, ev->top, (size_t)e.n_top * sizeof *e.top);
+    }
+    if (ev->kind != FG_EVENT_PROMPT_LOGPROB && ev->text && ev->text_len) {
+        e.text = fg_xstrndup(ev->text, ev->text_len);
+        e.text_len = ev->text_len;
+    }
+    if (ev->kind == FG_EVENT_DONE && ev->status != FG_OK && ev->error)
+        e.error = fg_xstrdup(ev->error);
+    e.finish = ev->finish;
+    e.status = ev->status;
+    e.n_prompt = ev->n_prompt_tokens;
+    e.n_gen = ev->n_gen_tokens;
+
+    pthread_mutex_lock(&r->mu);
+    if (r->http_done) { // nobody will read it
+        free(e.top);
+        free(e.text);
+        free(e.error);
+    } else {
+        if (r->q_head > 0 && r->q_head == r->q_len)
+            r->q_head = r->q_len = 0;
+        if (r->q_len == r->q_cap) {
+            r->q_cap = r->q_cap ? 2 * r->q_cap : 32;
+            r->q = fg_xrealloc(r->q, r->q_cap * sizeof *r->q);
+        }
+        r->q[r->q_len++] = e;
+    }
+    bool done = ev->kind == FG_EVENT_DONE;
+    if (done) {
+        ch->done = true;
+        ch->finish = ev->finish;
+        ch->status = ev->status;
+        ch->n_gen = ev->n_gen_tokens;
+        r->n_gen_total += ev->n_gen_tokens;
+        r->n_done++;
+    }
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    if (done)
+        fg_srv_req_decref(r); // the engine's reference for this choice
+}
+
+srv_event *fg_srv_take_events(srv_req *r, size_t *n) {
+    // caller holds r->mu
+    size_t k = r->q_len - r->q_head;
+    *n = k;
+    if (k == 0)
+        return NULL;
+    srv_event *ev = fg_xmalloc(k * sizeof *ev);
+    memcpy(ev, r->q + r->q_head, k * sizeof *ev);
+    r->q_head = r->q_len = 0;
+    return ev;
+}
+
+void fg_srv_events_free(srv_event *ev, size_t n) {
+    for (size_t i = 0; ev && i < n; i++) {
+        free(ev[i].top);
+        free(ev[i].text);
+        free(ev[i].error);
+    }
+}
+
+bool fg_srv_client_gone(int fd) {
+    if (fd < 0)
+        return false;
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    if (poll(&p, 1, 0) <= 0)
+        return false;
+    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+// ---- JSON pieces
+const char *fg_srv_finish_name(fg_finish_reason f) {
+    switch (f) {
+    case FG_FINISH_STOP: return "stop";
+    case FG_FINISH_LENGTH: return "length";
+    case FG_FINISH_CANCELLED: return "cancelled";
+    case FG_FINISH_ERROR: return "error";
+    default: return "stop";
+    }
+}
+
+json_t *fg_srv_usage_json(const srv_req *r) {
+    json_t *u = json_object();
+    json_object_set_new(u, "prompt_tokens", json_integer(r->n_prompt));
+    json_object_set_new(u, "completion_tokens", json_integer(r->n_gen_total));
+    json_object_set_new(u, "total_tokens", json_integer(r->n_prompt + r->n_gen_total));
+    return u;
+}
+
+// The text of one token (SentencePiece ▁ -> space, bytes undone; control tokens empty).
+static json_t *piece_json(const srv_req *r, int32_t id, json_t **bytes) {
+    char small[128];
+    const fg_tokenizer *t = r->srv->tok;
+    int32_t n = fg_token_to_piece(t, id, false, small, sizeof small);
+    char *buf = small;
+    if (n < 0)
+        n = 0;
+    if ((size_t)n > sizeof small) {
+        buf = fg_xmalloc((size_t)n);
+        fg_token_to_piece(t, id, false, buf, (size_t)n);
+    }
+    json_t *s = json_stringn(buf, (size_t)n);
+    if (!s) { // a lone byte of a multi-byte character: show it as U+FFFD
+        char *fix = fg_xmalloc(3 * (size_t)n + 1);
+        size_t k = 0;
+        for (int32_t i = 0; i < n; i++) {
+            if ((unsigned char)buf[i] < 0x80) {
+                fix[k++] = buf[i];
+            } else {
+                memcpy(fix + k, "\xEF\xBF\xBD", 3);
+                k += 3;
+            }
+        }
+        s = json_stringn(fix, k);
+        free(fix);
+        if (!s)
+            s = json_string("");
+    }
+    if (bytes) {
+        *bytes = json_array();
+        for (int32_t i = 0; i < n; i++)
+            json_array_append_new(*bytes, json_integer((unsigned char)buf[i]));
+    }
+    if (buf != small)
+        free(buf);
+    return s;
+}
+
+json_t *fg_srv_completion_logprobs_new(void) {
+    json_t *lp = json_object();
+    json_object_set_new(lp, "tokens", json_array());
+    json_object_set_new(lp, "token_logprobs", json_array());
+    json_object_set_new(lp, "top_logprobs", json_array());
+    json_object_set_new(lp, "text_offset", json_array());
+    return lp;
+}
+
+static int32_t piece_len(const srv_req *r, int32_t id) {
+    char small[8];
+    int32_t n = fg_token_to_piece(r->srv->tok, id, false, small, sizeof small);
+    return n > 0 ? n : 0;
+}
+
+// Appends one token: completions shape into lp {tokens, token_logprobs, top_logprobs,
+// text_offset}; chat shape into lp (an array: "content" entries).
+void fg_srv_add_logprob(const srv_req *r, srv_choice *ch, json_t *lp, const srv_event *ev,
+                        bool is_prompt) {
+    if (r->api.kind == FG_API_COMPLETION) {
+        json_array_append_new(json_object_get(lp, "tokens"), piece_json(r, ev->token, NULL));
+        json_array_append_new(json_object_get(lp, "token_logprobs"), json_real(ev->logprob));
+        json_t *top = json_object();
+        for (int32_t i = 0; i < ev->n_top; i++) {
+            json_t *k = piece_json(r, ev->top[i].token, NULL);
+            if (!json_object_get(top, json_string_value(k)))
+                json_object_set_new(top, json_string_value(k), json_real(ev->top[i].logprob));
+            json_decref(k);
+        }
+        json_array_append_new(json_object_get(lp, "top_logprobs"), top);
+        json_array_append_new(json_object_get(lp, "text_offset"),
+                              json_integer((json_int_t)ch->text_off));
+        if (is_prompt)
+            ch->text_off += (size_t)piece_len(r, ev->token);
+        return;
+    }
+    json_t *bytes = NULL;
+    json_t *e = json_object();
+    json_object_set_new(e, "token", piece_json(r, ev->token, &bytes));
+    json_object_set_new(e, "logprob", json_real(ev->logprob));
+    json_object_set_new(e, "bytes", bytes);
+    json_t *tops = json_array();
+    for (int32_t i = 0; i < ev->n_top; i++) {
+        json_t *tb = NULL;
+        json_t *t = json_object();
+        json_object_set_new(t, "token", piece_json(r, ev->top[i].token, &tb));
+        json_object_set_new(t, "logprob", json_real(ev->top[i].logprob));
+        json_object_set_new(t, "bytes", tb);
+        json_array_append_new(tops, t);
+    }
+    json_object_set_new(e, "top_logprobs", tops);
+    json_array_append_new(lp, e);
+}
+
+// ---- prompt
+static fg_status build_prompt(fg_server *s, srv_req *r, fg_api_error *err) {
+    fg_api_request *a = &r->api;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    fg_status st;
+    if (a->kind == FG_API_CHAT) {
+        fg_chat_rendered cr;
+        st = fg_chat_render(s->chat_format, a->messages, a->n_messages, a->add_generation_prompt,
+                            &cr);
+        if (st == FG_OK) {
+            st = fg_chat_tokenize(s->tok, &cr, &ids, &n);
+            fg_chat_rendered_free(&cr);
+        }
+    } else if (a->prompt_is_ids) {
+        n = (size_t)a->n_prompt_ids;
+        ids = fg_xmalloc(n * sizeof(int32_t));
+        memcpy(ids, a->prompt_ids, n * sizeof(int32_t));
+        st = FG_OK;
+    } else {
+        st = fg_tokenize(s->tok, a->prompt_text, a->prompt_len, true, false, &ids, &n);
+    }
+    if (st != FG_OK) {
+        err->http_status = 400;
+        err->type = "invalid_request_error";
+        err->param = a->kind == FG_API_CHAT ? "messages" : "prompt";
+        snprintf(err->message, sizeof err->message, "cannot tokenize the prompt: %s",
+                 fg_last_error());
+        return st;
+    }
+    if (n == 0) {
+        free(ids);
+        err->http_status = 400;
+        err->type = "invalid_request_error";
+        err->param = "prompt";
+        snprintf(err->message, sizeof err->message, "the prompt is empty (no tokens)");
+        return FG_ERR_INVALID_ARG;
+    }
+    if (n > (size_t)s->n_ctx) {
+        if (!a->truncate) {
+            err->http_status = 400;
+            err->type = "invalid_request_error";
+            err->param = a->kind == FG_API_CHAT ? "messages" : "prompt";
+            err->code = "context_length_exceeded";
+            snprintf(err->message, sizeof err->message,
+                     "the prompt has %zu tokens, more than the context of %d tokens (pass "
+                     "\"truncate\": true to keep its end)",
+                     n, s->n_ctx);
+            free(ids);
+            return FG_ERR_INVALID_ARG;
+        }
+        // keep the end of the prompt, leaving room for the completion
+        int32_t room = a->max_tokens > 0 ? FG_MIN(a->max_tokens, s->n_ctx / 2) : 1;
+        size_t keep = (size_t)(s->n_ctx - room);
+        memmove(ids, ids + (n - keep), keep * sizeof(int32_t));
+        n = keep;
+    }
+    r->prompt = ids;
+    r->n_prompt = (int32_t)n;
+    if (a->kind == FG_API_COMPLETION && a->echo) {
+        if (a->prompt_is_ids) {
+            char *text = NULL;
+            size_t len = 0;
+            if (fg_detokenize(s->tok, r->prompt, n, false, &text, &len) == FG_OK) {
+                r->echo_text = text;
+                r->echo_len = len;
+            }
+        } else {
+            r->echo_text = fg_xstrndup(a->prompt_text, a->prompt_len);
+            r->echo_len = a->prompt_len;
+        }
+    }
+    if (a->max_tokens < 0)
+        a->max_tokens = a->kind == FG_API_COMPLETION ? 16 : FG_MAX(s->n_ctx - r->n_prompt, 0);
+    return FG_OK;
+}
+
+static srv_req *req_new(fg_server *s, srv_conn *c, fg_api_request *api) {
+    srv_req *r = fg_xcalloc(1, sizeof *r);
+    r->srv = s;
+    r->id = c->id;
+    snprintf(r->id_str, sizeof r->id_str, "%s-%llu", fg_srv_id_prefix(c->route),
+             (unsigned long long)c->id);
+    atomic_init(&r->refs, 1);
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    r->api = *api;
+    r->created = (int64_t)time(NULL);
+    r->conn_fd = -1;
+    r->t_start = fg_time_s();
+    return r;
+}
+
+// Submits the n choices; on failure cancels the ones already in and fills *err.
+static fg_status submit_all(fg_server *s, srv_req *r, fg_api_error *err) {
+    fg_api_request *a = &r->api;
+    if (!a->seed_given) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        a->sampling.seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)ts.tv_sec ^ r->id;
+    }
+    r->n_choices = a->n;
+    r->choices = fg_xcalloc((size_t)a->n, sizeof *r->choices);
+    for (int32_t i = 0; i < a->n; i++) {
+        r->choices[i].req = r;
+        r->choices[i].index = i;
+    }
+    fg_status st = FG_OK;
+    int32_t i = 0;
+    pthread_rwlock_rdlock(&s->engine_lock);
+    for (; i < a->n; i++) {
+        fg_request_params p;
+        fg_api_request_to_params(a, r->prompt, r->n_prompt, i, &p);
+        uint64_t id = 0;
+        atomic_fetch_add(&r->refs, 1);
+        st = s->engine ? fg_engine_submit(s->engine, &p, on_event, &r->choices[i], &id)
+                       : FG_FAIL(FG_ERR_CANCELLED, "the server is shutting down");
+        if (st != FG_OK) {
+            atomic_fetch_sub(&r->refs, 1);
+            break;
+        }
+        pthread_mutex_lock(&r->mu);
+        r->choices[i].engine_id = id;
+        r->choices[i].submitted = true;
+        pthread_mutex_unlock(&r->mu);
+    }
+    pthread_rwlock_unlock(&s->engine_lock);
+    if (st == FG_OK)
+        return FG_OK;
+    pthread_mutex_lock(&r->mu);
+    r->n_choices = i; // the others never started
+    pthread_mutex_unlock(&r->mu);
+    fg_srv_req_cancel(r);
+    err->type = "invalid_request_error";
+    snprintf(err->message, sizeof err->message, "%s", fg_last_error());
+    if (st == FG_ERR_CAPACITY) {
+        err->http_status = 429;
+        err->type = "rate_limit_error";
+        err->code = "queue_full";
+        snprintf(err->message, sizeof err->message,
+                 "the server is overloaded (request queue full): retry later");
+    } else if (st == FG_ERR_INVALID_ARG) {
+        err->http_status = 400;
+    } else if (st == FG_ERR_CANCELLED) {
+        err->http_status = 503;
+        err->type = "server_error";
+        err->code = "shutting_down";
+    } else {
+        err->http_status = 500;
+        err->type = "server_error";
+    }
+    return st;
+}
+
+// ---- non-streaming answer
+static json_t *build_response(srv_req *r, srv_event *ev, size_t n_ev) {
+    fg_api_request *a = &r->api;
+    int32_t nc = r->n_choices;
+    char **text = fg_xcalloc((size_t)nc, sizeof(char *));
+    size_t *len = fg_xcalloc((size_t)nc, sizeof(size_t));
+    json_t **lps = fg_xcalloc((size_t)nc, sizeof(json_t *));
+    bool want_lp = a->logprobs >= 0;
+    for (int32_t i = 0; i < nc; i++) {
+        srv_choice *ch = &r->choices[i];
+        size_t cap = r->echo_len + 64;
+        text[i] = fg_xmalloc(cap);
+        if (r->echo_text) {
+            memcpy(text[i], r->echo_text, r->echo_len);
+            len[i] = r->echo_len;
+        }
+        if (want_lp) {
+            lps[i] = a->kind == FG_API_COMPLETION ? fg_srv_completion_logprobs_new() : json_array();
+            if (a->kind == FG_API_COMPLETION && a->echo) { // the first prompt token: no logprob
+                json_array_append_new(json_object_get(lps[i], "tokens"),
+                                      piece_json(r, r->prompt[0], NULL));
+                json_array_append_new(json_object_get(lps[i], "token_logprobs"), json_null());
+                json_array_append_new(json_object_get(lps[i], "top_logprobs"), json_null());
+                json_array_append_new(json_object_get(lps[i], "text_offset"), json_integer(0));
+                ch->text_off = (size_t)piece_len(r, r->prompt[0]);
+            }
+        }
+        ch->sent_first = false;
+    }
+    for (size_t k = 0; k < n_ev; k++) {
+        srv_event *e = &ev[k];
+        if (e->choice < 0 || e->choice >= nc)
+            continue;
+        srv_choice *ch = &r->choices[e->choice];
+        if (e->kind == FG_EVENT_PROMPT_LOGPROB) {
+            if (want_lp && a->kind == FG_API_COMPLETION)
+                fg_srv_add_logprob(r, ch, lps[e->choice], e, true);
+            continue;
+        }
+        if (!ch->sent_first) { // generated text starts after the echoed prompt
+            ch->sent_first = true;
+            ch->text_off = r->echo_len;
+        }
+        if (e->kind == FG_EVENT_TOKEN && want_lp)
+            fg_srv_add_logprob(r, ch, lps[e->choice], e, false);
+        if (e->text_len) {
+            text[e->choice] = fg_xrealloc(text[e->choice], len[e->choice] + e->text_len + 1);
+            memcpy(text[e->choice] + len[e->choice], e->text, e->text_len);
+            len[e->choice] += e->text_len;
+            ch->text_off += e->text_len;
+        }
+    }
+    json_t *choices = json_array();
+    for (int32_t i = 0; i < nc; i++) {
+        json_t *c = json_object();
+        json_t *content = json_stringn(text[i], len[i]);
+        if (!content)
+            content = json_string("");
+        if (a->kind == FG_API_COMPLETION) {
+            json_object_set_new(c, "text", content);
+            json_object_set_new(c, "index", json_integer(i));
+            json_object_set_new(c, "logprobs", want_lp ? lps[i] : json_null());
+        } else {
+            json_object_set_new(c, "index", json_integer(i));
+            json_t *m = json_object();
+            json_object_set_new(m, "role", json_string("assistant"));
+            json_object_set_new(m, "content", content);
+            json_object_set_new(c, "message", m);
+            if (want_lp) {
+                json_t *o = json_object();
+                json_object_set_new(o, "content", lps[i]);
+                json_object_set_new(c, "logprobs", o);
+            } else {
+                json_object_set_new(c, "logprobs", json_null());
+            }
+        }
+        json_object_set_new(c, "finish_reason",
+                            json_string(fg_srv_finish_name(r->choices[i].finish)));
+        json_array_append_new(choices, c);
+        free(text[i]);
+    }
+    free(text);
+    free(len);
+    free(lps);
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(r->id_str));
+    json_object_set_new(o, "object",
+                        json_string(a->kind == FG_API_COMPLETION ? "text_completion"
+                                                                 : "chat.completion"));
+    json_object_set_new(o, "created", json_integer(r->created));
+    json_object_set_new(o, "model", json_string(r->srv->model_id));
+    json_object_set_new(o, "choices", choices);
+    json_object_set_new(o, "usage", fg_srv_usage_json(r));
+    return o;
+}
+
+enum MHD_Result fg_api_completions(fg_server *s, struct MHD_Connection *con, srv_conn *c,
+                                   fg_api_kind kind) {
+    fg_api_limits lim = {.model_id = s->model_id,
+                         .n_ctx = s->n_ctx,
+                         .n_vocab = s->n_vocab,
+                         .max_n = s->opts.max_n};
+    fg_api_request api;
+    fg_api_error err;
+    if (fg_server_parse_request(kind, c->body ? c->body : "", c->body_len, &lim, &api, &err) !=
+        FG_OK)
+        return fg_srv_respond_error(s, con, c, &err);
+    srv_req *r = req_new(s, c, &api);
+    c->req = r; // the connection's reference
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci)
+        r->conn_fd = ci->connect_fd;
+    memset(&err, 0, sizeof err);
+    if (build_prompt(s, r, &err) != FG_OK)
+        return fg_srv_respond_error(s, con, c, &err);
+    if (submit_all(s, r, &err) != FG_OK)
+        return fg_srv_respond_error(s, con, c, &err);
+    atomic_fetch_add(&r->refs, 1);
+    fg_srv_registry_add(s, r);
+    if (s->opts.log_requests)
+        fprintf(stderr, "forge serve: %s: %d prompt tokens, n %d, max_tokens %d%s\n", r->id_str,
+                r->n_prompt, r->n_choices, r->api.max_tokens, r->api.stream ? ", stream" : "");
+    if (r->api.stream)
+        return fg_srv_start_stream(s, con, c, r);
+
+    // wait for every choice to end, watching for the client going away
+    pthread_mutex_lock(&r->mu);
+    bool cancelled = false;
+    while (r->n_done < r->n_choices) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+        if (!cancelled && r->n_done < r->n_choices && fg_srv_client_gone(r->conn_fd)) {
+            r->client_gone = true;
+            cancelled = true;
+            pthread_mutex_unlock(&r->mu);
+            fg_srv_req_cancel(r);
+            pthread_mutex_lock(&r->mu);
+        }
+    }
+    size_t n_ev = 0;
+    srv_event *ev = fg_srv_take_events(r, &n_ev);
+    pthread_mutex_unlock(&r->mu);
+    if (r->client_gone) {
+        fg_srv_events_free(ev, n_ev);
+        free(ev);
+        return MHD_NO; // nobody to answer
+    }
+    for (int32_t i = 0; i < r->n_choices; i++) {
+        srv_choice *ch = &r->choices[i];
+        if (ch->status != FG_OK && ch->status != FG_ERR_CANCELLED) {
+            const char *msg = "generation failed";
+            for (size_t k = 0; k < n_ev; k++)
+                if (ev[k].kind == FG_EVENT_DONE && ev[k].choice == i && ev[k].error)
+                    msg = ev[k].error;
+            enum MHD_Result ret = fg_srv_error(s, con, c, 500, "server_error", "engine_error",
+                                               "%s: %s", r->id_str, msg);
+            fg_srv_events_free(ev, n_ev);
+            free(ev);
+            return ret;
+        }
+    }
+    json_t *o = build_response(r, ev, n_ev);
+    fg_srv_events_free(ev, n_ev);
+    free(ev);
+    return fg_srv_respond_json(s, con, c, 200, o);
+}

@@ -1,0 +1,213 @@
+// sse.c - "stream": true answers: a libmicrohttpd callback response (chunked) whose reader,
+// on the connection's own thread, waits on the request's event queue (mutex + cond, fed by the
+// engine callback) and writes one `data: {json}` chunk per event, the finish chunks, usage and
+// `data: [DONE]`. A client that goes away (peer hang-up seen by poll, or a failed write) cancels
+// the request. Not here: parsing or non-streaming answers (api_completions.c).
+#include "server/server_internal.h"
+
+#include "base/util.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void out_append(srv_req *r, const char *s, size_t n) {
+    if (r->out_len + n > r->out_cap) {
+        size_t cap = r->out_cap ? r->out_cap : 4096;
+        while (cap < r->out_len + n)
+            cap *= 2;
+        r->out = fg_xrealloc(r->out, cap);
+        r->out_cap = cap;
+    }
+    memcpy(r->out + r->out_len, s, n);
+    r->out_len += n;
+}
+
+static void out_data(srv_req *r, json_t *j) {
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (!text)
+        return;
+    out_append(r, "data: ", 6);
+    out_append(r, text, strlen(text));
+    out_append(r, "\n\n", 2);
+    free(text);
+}
+
+static json_t *chunk_new(srv_req *r) {
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(r->id_str));
+    json_object_set_new(o, "object", json_string(r->api.kind == FG_API_COMPLETION
+                                                     ? "text_completion"
+                                                     : "chat.completion.chunk"));
+    json_object_set_new(o, "created", json_integer(r->created));
+    json_object_set_new(o, "model", json_string(r->srv->model_id));
+    return o;
+}
+
+// One chunk with one choice: text delta (may be NULL), logprobs (stolen, may be NULL),
+// finish reason (NULL while running), usage (stolen, may be NULL).
+static void emit(srv_req *r, int32_t index, const char *text, size_t len, bool role,
+                 json_t *logprobs, const char *finish, json_t *usage) {
+    json_t *o = chunk_new(r);
+    json_t *c = json_object();
+    json_t *t = text ? json_stringn(text, len) : NULL;
+    if (text && !t)
+        t = json_string("");
+    if (r->api.kind == FG_API_COMPLETION) {
+        json_object_set_new(c, "text", t ? t : json_string(""));
+        json_object_set_new(c, "index", json_integer(index));
+        json_object_set_new(c, "logprobs", logprobs ? logprobs : json_null());
+    } else {
+        json_object_set_new(c, "index", json_integer(index));
+        json_t *d = json_object();
+        if (role)
+            json_object_set_new(d, "role", json_string("assistant"));
+        if (t)
+            json_object_set_new(d, "content", t);
+        json_object_set_new(c, "delta", d);
+        if (logprobs) {
+            json_t *lp = json_object();
+            json_object_set_new(lp, "content", logprobs);
+            json_object_set_new(c, "logprobs", lp);
+        } else {
+            json_object_set_new(c, "logprobs", json_null());
+        }
+    }
+    json_object_set_new(c, "finish_reason", finish ? json_string(finish) : json_null());
+    json_t *choices = json_array();
+    json_array_append_new(choices, c);
+    json_object_set_new(o, "choices", choices);
+    if (usage)
+        json_object_set_new(o, "usage", usage);
+    else if (r->api.include_usage)
+        json_object_set_new(o, "usage", json_null());
+    out_data(r, o);
+}
+
+static void format_events(srv_req *r, srv_event *ev, size_t n, bool all_done) {
+    bool want_lp = r->api.logprobs >= 0;
+    for (size_t k = 0; k < n; k++) {
+        srv_event *e = &ev[k];
+        if (e->choice < 0 || e->choice >= r->n_choices)
+            continue;
+        srv_choice *ch = &r->choices[e->choice];
+        if (e->kind == FG_EVENT_PROMPT_LOGPROB)
+            continue; // echo + logprobs is refused when streaming
+        if (!ch->sent_first) {
+            ch->sent_first = true;
+            if (r->api.kind == FG_API_CHAT)
+                emit(r, e->choice, "", 0, true, NULL, NULL, NULL);
+            else if (r->echo_text && r->echo_len)
+                emit(r, e->choice, r->echo_text, r->echo_len, false, NULL, NULL, NULL);
+            ch->text_off = r->echo_len;
+        }
+        if (e->kind == FG_EVENT_TOKEN) {
+            if (e->text_len == 0 && !want_lp)
+                continue; // an incomplete UTF-8 character: nothing to say yet
+            json_t *lp = NULL;
+            if (want_lp) {
+                lp = r->api.kind == FG_API_COMPLETION ? fg_srv_completion_logprobs_new()
+                                                      : json_array();
+                fg_srv_add_logprob(r, ch, lp, e, false);
+            }
+            emit(r, e->choice, e->text ? e->text : "", e->text_len, false, lp, NULL, NULL);
+            ch->text_off += e->text_len;
+            continue;
+        }
+        // DONE: text held back for a possible stop string comes first
+        if (e->text_len) {
+            emit(r, e->choice, e->text, e->text_len, false, NULL, NULL, NULL);
+            ch->text_off += e->text_len;
+        }
+        if (e->status != FG_OK && e->status != FG_ERR_CANCELLED) {
+            char msg[600];
+            snprintf(msg, sizeof msg, "%s: %s", r->id_str, e->error ? e->error : "generation failed");
+            out_data(r, fg_srv_error_json(msg, "server_error", NULL, "engine_error"));
+        }
+        bool last = all_done && !r->api.include_usage;
+        if (last) { // is another DONE still to come in this batch?
+            for (size_t j = k + 1; j < n; j++)
+                if (ev[j].kind == FG_EVENT_DONE)
+                    last = false;
+        }
+        emit(r, e->choice, r->api.kind == FG_API_COMPLETION ? "" : NULL, 0, false, NULL,
+             fg_srv_finish_name(e->finish), last ? fg_srv_usage_json(r) : NULL);
+    }
+    if (all_done) {
+        if (r->api.include_usage) {
+            json_t *o = chunk_new(r);
+            json_object_set_new(o, "choices", json_array());
+            json_object_set_new(o, "usage", fg_srv_usage_json(r));
+            out_data(r, o);
+        }
+        out_append(r, "data: [DONE]\n\n", 14);
+        r->final_sent = true;
+    }
+}
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    srv_req *r = cls;
+    for (;;) {
+        if (r->out_off < r->out_len) {
+            size_t n = FG_MIN(max, r->out_len - r->out_off);
+            memcpy(buf, r->out + r->out_off, n);
+            r->out_off += n;
+            return (ssize_t)n;
+        }
+        r->out_len = r->out_off = 0;
+        if (r->final_sent)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        pthread_mutex_lock(&r->mu);
+        while (r->q_len == r->q_head && r->n_done < r->n_choices) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 50 * 1000 * 1000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+            if (r->q_len == r->q_head && fg_srv_client_gone(r->conn_fd)) {
+                r->client_gone = true;
+                pthread_mutex_unlock(&r->mu);
+                fg_srv_req_cancel(r);
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            }
+        }
+        size_t n_ev = 0;
+        srv_event *ev = fg_srv_take_events(r, &n_ev);
+        bool all_done = r->n_done == r->n_choices;
+        pthread_mutex_unlock(&r->mu);
+        format_events(r, ev, n_ev, all_done);
+        fg_srv_events_free(ev, n_ev);
+        free(ev);
+    }
+}
+
+static void stream_free(void *cls) {
+    srv_req *r = cls;
+    atomic_fetch_sub(&r->srv->n_streams, 1);
+    fg_srv_req_decref(r);
+}
+
+enum MHD_Result fg_srv_start_stream(fg_server *s, struct MHD_Connection *con, srv_conn *c,
+                                    srv_req *r) {
+    atomic_fetch_add(&r->refs, 1);
+    atomic_fetch_add(&s->n_streams, 1);
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_reader, r, stream_free);
+    if (!resp) {
+        stream_free(r);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    MHD_add_response_header(resp, "X-Request-Id", r->id_str);
+    fg_srv_count_status(s, 200);
+    (void)c;
+    enum MHD_Result ret = MHD_queue_response(con, 200, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}

@@ -1,0 +1,157 @@
+# test_server_load.py - `forge serve` under load (stories260K, loopback): 64 concurrent greedy
+# streaming requests must all complete with the same text as the same requests run one at a
+# time; then 64 more with random cancellations (DELETE) and client disconnects. Afterwards the
+# engine is idle (KV pages used back to 0) and the server's RSS is back near its idle level.
+import json
+import random
+import threading
+import time
+
+import requests
+
+from conftest import FORGE_SHARED
+
+SEED = 20261121
+N = 64
+
+
+def prompts():
+    words = (FORGE_SHARED / "text" / "stories-a.txt").read_text().split()
+    rng = random.Random(SEED)
+    out = []
+    for i in range(N):
+        start = rng.randrange(0, len(words) - 40)
+        out.append((" ".join(words[start : start + rng.randint(1, 30)]), rng.randint(4, 40)))
+    return out
+
+
+def sequential(server, items):
+    res = []
+    for prompt, max_tokens in items:
+        r = requests.post(server.url("/v1/completions"), timeout=60,
+                          json={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
+        assert r.status_code == 200, r.text
+        c = r.json()["choices"][0]
+        res.append((c["text"], c["finish_reason"], r.json()["usage"]["completion_tokens"]))
+    return res
+
+
+def stream_one(server, prompt, max_tokens, action=None, after=0, extra=None):
+    """Streams one completion. action: None (read to the end), 'disconnect' or 'delete'
+    after `after` chunks. Returns (text, finish_reason, usage, request id, events seen)."""
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}, **(extra or {})}
+    with requests.Session() as sess:
+        resp = sess.post(server.url("/v1/completions"), json=body, stream=True, timeout=120)
+        assert resp.status_code == 200, resp.text
+        rid = resp.headers["x-request-id"]
+        text, finish, usage, n = "", None, None, 0
+        for line in resp.iter_lines(decode_unicode=True):
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]":
+                return text, finish, usage, rid, n + 1
+            ev = json.loads(line[6:])
+            assert "error" not in ev, ev
+            n += 1
+            if ev.get("usage"):
+                usage = ev["usage"]
+            for c in ev["choices"]:
+                text += c["text"]
+                finish = c["finish_reason"] or finish
+            if action and n == after:
+                if action == "disconnect":
+                    resp.close()
+                    return text, "disconnected", None, rid, n
+                d = requests.delete(server.url(f"/v1/requests/{rid}"), timeout=30)
+                assert d.status_code == 200 and d.json()["id"] == rid
+                action = None  # keep reading: the stream must still end properly
+        raise AssertionError(f"{rid}: stream ended without [DONE]")
+
+
+def run_threads(fn, n):
+    out, errs = [None] * n, []
+
+    def wrap(i):
+        try:
+            out[i] = fn(i)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errs.append((i, repr(e)))
+
+    ts = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(180)
+    assert not errs, errs[:5]
+    assert all(o is not None for o in out)
+    return out
+
+
+def wait_idle(server, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = server.metrics()
+        if (m["forge_kv_pages_used"] == 0 and m["forge_running_sequences"] == 0
+                and m["forge_queue_depth"] == 0 and m["forge_streams_open"] == 0):
+            return m
+        time.sleep(0.05)
+    raise AssertionError(f"server not idle: { {k: v for k, v in m.items() if 'kv' in k or 'running' in k} }")
+
+
+def test_concurrent_streams_match_sequential_then_cancellations(start_server):
+    print(f"seed {SEED}")
+    s = start_server("--parallel", "16", "--ctx", "512", "--queue", "256")
+    items = prompts()
+    ref = sequential(s, items)
+    rss_idle = s.rss_kb()
+
+    # 64 concurrent streams: every one completes with the text it had alone
+    got = run_threads(lambda i: stream_one(s, *items[i]), N)
+    for i, ((text, finish, n_tok), (gtext, gfinish, usage, rid, _)) in enumerate(zip(ref, got)):
+        assert gtext == text, (i, rid, items[i], gtext, text)
+        assert gfinish == finish, (i, rid)
+        assert usage["completion_tokens"] == n_tok, (i, rid)
+    assert len({g[3] for g in got}) == N  # distinct request ids
+    m = wait_idle(s)
+    assert m['forge_engine_requests_total{result="finished"}'] >= 2 * N
+
+    # the same with random DELETEs and disconnects on long requests
+    rng = random.Random(SEED + 1)
+    plan = [(rng.choice([None, "disconnect", "delete"]), rng.randint(1, 20)) for _ in range(N)]
+
+    def job(i):
+        action, after = plan[i]
+        prompt, max_tokens = items[i]
+        if action is None:
+            return stream_one(s, prompt, max_tokens)
+        return stream_one(s, prompt, 300, action, after, extra={"ignore_eos": True})
+
+    got = run_threads(job, N)
+    for i, (action, _) in enumerate(plan):
+        text, finish, usage, rid, _ = got[i]
+        if action is None:
+            assert (text, finish) == ref[i][:2], (i, rid)
+        elif action == "delete":
+            assert finish in ("cancelled", "length"), (i, rid, finish)
+            assert usage is not None
+            st = requests.get(s.url(f"/v1/requests/{rid}"), timeout=10).json()
+            assert st["state"] == ("cancelled" if finish == "cancelled" else "finished"), st
+        else:
+            deadline = time.monotonic() + 20
+            while True:
+                st = requests.get(s.url(f"/v1/requests/{rid}"), timeout=10).json()
+                if st["state"] in ("cancelled", "finished") or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            assert st["state"] in ("cancelled", "finished"), st
+    print("actions:", {a: sum(1 for p in plan if p[0] == a) for a in (None, "disconnect", "delete")})
+    m = wait_idle(s)
+    assert m["forge_kv_pages_used"] == 0
+    assert m['forge_engine_requests_total{result="cancelled"}'] >= 1
+    # the server still answers correctly afterwards
+    assert sequential(s, items[:4]) == ref[:4]
+    time.sleep(0.2)
+    rss = s.rss_kb()
+    print(f"RSS idle {rss_idle} kB, after load {rss} kB")
+    assert rss <= rss_idle + 48 * 1024, (rss_idle, rss)
