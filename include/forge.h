@@ -1,46 +1,12 @@
 // forge.h - the public C API of Forge, an LLM inference engine for GGUF models.
 // This umbrella header is what the CLI, the server and embedders include. Each module's
-// API lives in include/forge/<module>.h; this file holds what they all share: the status
-// codes and the per-thread error message.
+// API lives in include/forge/<module>.h; what they all share (status codes, the per-thread
+// error message) is in include/forge/status.h.
 // Not here: backend internals (src/backend), kernels, scheduler internals.
 #ifndef FORGE_H
 #define FORGE_H
 
-#include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
-
-#ifdef __cplusplus
-extern "C" {
-#endif
-
-#define FORGE_VERSION "0.1.0"
-
-// Every fallible function returns an fg_status and writes its results through
-// out-parameters only on FG_OK. On failure, fg_last_error() returns the one-line message
-// written by the failing site (naming the file, tensor, field or request concerned).
-typedef enum fg_status {
-    FG_OK = 0,
-    FG_ERR_NOMEM,       // host or device allocation failed
-    FG_ERR_IO,          // open/read/mmap/socket failed
-    FG_ERR_FORMAT,      // malformed bytes: GGUF, JSON, HTTP, tokenizer data
-    FG_ERR_UNSUPPORTED, // well-formed but not implemented (arch, weight type, op)
-    FG_ERR_INVALID_ARG, // caller or client error (bad parameter, out of range)
-    FG_ERR_CAPACITY,    // out of KV pages, queue full, context full: retry later
-    FG_ERR_DEVICE,      // GPU runtime error; sticky
-    FG_ERR_CANCELLED,   // request cancelled or client gone
-} fg_status;
-
-// Short name of a status ("ok", "format", ...).
-const char *fg_status_name(fg_status st);
-
-// The message of the last failure on the calling thread ("" if none).
-const char *fg_last_error(void);
-
-#ifdef __cplusplus
-}
-#endif
-
+#include "forge/status.h"
 #include "forge/gguf.h"
 #include "forge/types.h"
 #include "forge/tokenizer.h"

@@ -5,7 +5,7 @@
 #ifndef FORGE_ENGINE_H
 #define FORGE_ENGINE_H
 
-#include "forge.h"
+#include "forge/status.h"
 #include "forge/model.h"
 
 #ifdef __cplusplus

@@ -5,7 +5,7 @@
 #ifndef FORGE_GGUF_H
 #define FORGE_GGUF_H
 
-#include "forge.h"
+#include "forge/status.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -7,7 +7,7 @@
 #ifndef FORGE_MODEL_H
 #define FORGE_MODEL_H
 
-#include "forge.h"
+#include "forge/status.h"
 #include "forge/gguf.h"
 #include "forge/tokenizer.h"
 

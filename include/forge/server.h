@@ -6,7 +6,7 @@
 #ifndef FORGE_SERVER_H
 #define FORGE_SERVER_H
 
-#include "forge.h"
+#include "forge/status.h"
 #include "forge/engine.h"
 #include "forge/tokenizer.h"
 

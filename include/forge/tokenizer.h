@@ -8,7 +8,7 @@
 // Declared before the includes: forge.h includes the module headers that use it.
 typedef struct fg_tokenizer fg_tokenizer;
 
-#include "forge.h"
+#include "forge/status.h"
 #include "forge/gguf.h"
 
 #ifdef __cplusplus

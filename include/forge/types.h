@@ -3,7 +3,7 @@
 #ifndef FORGE_TYPES_H
 #define FORGE_TYPES_H
 
-#include "forge.h"
+#include "forge/status.h"
 
 #ifdef __cplusplus
 extern "C" {
