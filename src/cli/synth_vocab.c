@@ -122,9 +122,10 @@ int64_t fg_synth_vocab_size(void) {
 void fg_synth_vocab_write(fg_gguf_writer *w, int64_t n_vocab) {
     vocab v = {0};
     build(&v);
-    for (int64_t i = v.n; i < n_vocab; i++) {
+    const int64_t n_real = v.n; // v.n grows as padding is appended
+    for (int64_t i = n_real; i < n_vocab; i++) {
         char s[32];
-        snprintf(s, sizeof s, "<unused_%lld>", (long long)(i - v.n));
+        snprintf(s, sizeof s, "<unused_%lld>", (long long)(i - n_real));
         append(&v, s, -1e4f, TT_UNUSED); // unique by construction
     }
     fg_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama");
