@@ -7,7 +7,8 @@
 set -u
 cd "$(dirname "$0")/.."
 export FORGE_SHARED="${FORGE_SHARED:-../shared}"
-export FORGE_BIN="${FORGE_BIN:-$PWD/build/forge}"
+BUILD="${BUILD:-build}"
+export BUILD
 FUZZ_SECONDS="${FORGE_FUZZ_SECONDS:-45}"
 passed=0
 failed=0
@@ -21,16 +22,18 @@ if [ ! -f "$FORGE_SHARED/models/MANIFEST.md" ]; then
 fi
 
 jobs=$(nproc 2>/dev/null || echo 2)
-if ! make -j"$jobs" tests; then
+if ! make -j"$jobs" BUILD="$BUILD" tests; then
     echo "tests: build failed"
     echo "0 passed, 1 failed"
     exit 1
 fi
 
+export FORGE_BIN="${FORGE_BIN:-$(cd "$BUILD" && pwd)/forge}"
+
 echo "== C suites"
-for t in build/tests/test_*; do
+for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] || continue
-    log="build/tests/$(basename "$t").log"
+    log="$BUILD/tests/$(basename "$t").log"
     "$t" >"$log" 2>&1
     rc=$?
     p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s+=$1} END {print s+0}')
@@ -54,19 +57,19 @@ done
 
 echo "== clang build (-Wall -Wextra -Werror)"
 if command -v clang >/dev/null 2>&1; then
-    if make -j"$jobs" CC=clang CUDA=0 BUILD=build/clang build/forge >build/clang-build.log 2>&1; then
+    if make -j"$jobs" CC=clang CUDA=0 BUILD="$BUILD/clang" "$BUILD/clang/forge" >"$BUILD/clang-build.log" 2>&1; then
         passed=$((passed + 1))
         echo "clang build: ok"
     else
         failed=$((failed + 1))
         failures+=("clang build")
-        grep -E 'error|warning' build/clang-build.log | head -n 20
+        grep -E 'error|warning' "$BUILD/clang-build.log" | head -n 20
     fi
 fi
 
 if ls tests/py/test_*.py >/dev/null 2>&1; then
     echo "== Python suites"
-    log=build/tests/pytest.log
+    log="$BUILD/tests/pytest.log"
     python3 -m pytest -q -p no:cacheprovider tests/py >"$log" 2>&1
     rc=$?
     tail -n 30 "$log"
@@ -83,25 +86,25 @@ fi
 
 if [ "${FORGE_SKIP_FUZZ:-0}" != "1" ] && ls tests/fuzz/fuzz_*.c >/dev/null 2>&1; then
     echo "== Fuzz targets (${FUZZ_SECONDS}s each)"
-    if make -j"$jobs" fuzz >build/fuzz-build.log 2>&1; then
-        for fz in build/fuzz/fuzz_*; do
+    if make -j"$jobs" BUILD="$BUILD" fuzz >"$BUILD/fuzz-build.log" 2>&1; then
+        for fz in "$BUILD"/fuzz/fuzz_*; do
             name=$(basename "$fz")
-            corpus="build/fuzz/$name.corpus"
+            corpus="$BUILD/fuzz/$name.corpus"
             mkdir -p "$corpus"
             seeds="tests/fuzz/corpus/${name#fuzz_}"
             "$fz" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 "$corpus" \
-                ${seeds:+$( [ -d "$seeds" ] && echo "$seeds")} >"build/fuzz/$name.log" 2>&1
+                ${seeds:+$( [ -d "$seeds" ] && echo "$seeds")} >"$BUILD/fuzz/$name.log" 2>&1
             if [ $? -eq 0 ]; then
                 passed=$((passed + 1))
-                echo "$name: ok ($(grep -o 'stat::number_of_executed_units: [0-9]*' "build/fuzz/$name.log" | grep -oE '[0-9]+' || echo '?') runs)"
+                echo "$name: ok ($(grep -o 'stat::number_of_executed_units: [0-9]*' "$BUILD/fuzz/$name.log" | grep -oE '[0-9]+' || echo '?') runs)"
             else
                 failed=$((failed + 1))
                 failures+=("$name")
-                tail -n 40 "build/fuzz/$name.log"
+                tail -n 40 "$BUILD/fuzz/$name.log"
             fi
         done
     else
-        tail -n 40 build/fuzz-build.log
+        tail -n 40 "$BUILD/fuzz-build.log"
         failed=$((failed + 1))
         failures+=("fuzz build")
     fi
