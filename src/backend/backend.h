@@ -54,8 +54,8 @@ typedef struct fg_step {
 } fg_step;
 
 typedef enum fg_rope_mode {
-    FG_ROPE_NORMAL = 0, // rotate adjacent pairs (x[2i], x[2i+1]) - llama
-    FG_ROPE_NEOX = 2,   // rotate halves (x[i], x[i + n_rot/2]) - qwen2, qwen3, glm4
+    FG_ROPE_NORMAL = 0, // rotate adjacent pairs (x[2i], x[2i+1]) - llama, glm4 (partial)
+    FG_ROPE_NEOX = 2,   // rotate halves (x[i], x[i + n_rot/2]) - qwen2, qwen3
 } fg_rope_mode;
 
 typedef struct fg_rope_params {

@@ -1,11 +1,312 @@
-// cmd_run.c - `forge run` (placeholder until its module lands; replaced by the module's owner).
+// cmd_run.c - `forge run`: loads a model, tokenizes a prompt with the model's add-BOS rule,
+// prefills it in chunks of max_batch_tokens and generates token by token with the sampler,
+// streaming the continuation to stdout (timings to stderr). One sequence, pages from the
+// engine's page allocator; no scheduler thread (that is `forge serve`).
+// Choices: -n 0 prints nothing and exits 0 after the prefill; -n -1 generates until EOG or
+// the context is full; an empty prompt is allowed when the model adds BOS.
 #include "cli/cli.h"
 
+#include "base/status.h"
+#include "base/util.h"
+
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define PAGE_SIZE 16
+#define MAX_BATCH 512
+
+static void run_usage(FILE *f) {
+    fprintf(f,
+            "usage: forge run -m MODEL [-p PROMPT | -f FILE] [options]\n"
+            "  -m, --model PATH       GGUF model\n"
+            "  -p, --prompt TEXT      prompt (may be empty when the model adds BOS)\n"
+            "  -f, --file PATH        read the prompt from a file\n"
+            "  -n, --n-predict N      tokens to generate (default 128; 0: none; -1: until EOG or full context)\n"
+            "  --temp T               temperature (default 0.8; 0: greedy)\n"
+            "  --top-k K              (default 40; 0: off)\n"
+            "  --top-p P              (default 0.95; 1: off)\n"
+            "  --min-p P              (default 0.05; 0: off)\n"
+            "  --repeat-penalty R     (default 1: off)\n"
+            "  --seed S               sampling seed (default: from the clock, printed)\n"
+            "  -t, --threads N        CPU threads (default: all cores)\n"
+            "  -c, --ctx N            context length (default: the model's, at most 4096)\n"
+            "  --device NAME          cpu (default) or cuda\n"
+            "  --ids                  print generated token ids instead of text\n"
+            "  --special              render control tokens in the output\n");
+}
+
+typedef struct run_args {
+    const char *model, *prompt, *file, *device;
+    int64_t n_predict, threads, ctx;
+    fg_sampling smp;
+    bool seed_set, ids, special;
+} run_args;
+
+// 0: ok, 2: usage error (message printed), 3: --help
+static int parse(int argc, char **argv, run_args *a) {
+    const char *C = "run";
+    a->n_predict = 128;
+    a->device = "cpu";
+    a->smp = fg_sampling_default();
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        bool has_val = i + 1 < argc;
+        const char *val = has_val ? argv[i + 1] : NULL;
+        double d;
+        int64_t v;
+#define NEED_VAL()                                                            \
+    do {                                                                      \
+        if (!has_val) {                                                       \
+            fprintf(stderr, "forge run: %s needs a value\n", f);              \
+            return 2;                                                         \
+        }                                                                     \
+        i++;                                                                  \
+    } while (0)
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
+            return 3;
+        } else if (!strcmp(f, "-m") || !strcmp(f, "--model")) {
+            NEED_VAL();
+            a->model = val;
+        } else if (!strcmp(f, "-p") || !strcmp(f, "--prompt")) {
+            NEED_VAL();
+            a->prompt = val;
+        } else if (!strcmp(f, "-f") || !strcmp(f, "--file")) {
+            NEED_VAL();
+            a->file = val;
+        } else if (!strcmp(f, "-n") || !strcmp(f, "--n-predict")) {
+            NEED_VAL();
+            if (!fg_cli_parse_i64(C, f, val, -1, INT32_MAX, &a->n_predict))
+                return 2;
+        } else if (!strcmp(f, "--temp")) {
+            NEED_VAL();
+            if (!fg_cli_parse_f64(C, f, val, 0, 100, &d))
+                return 2;
+            a->smp.temperature = (float)d;
+        } else if (!strcmp(f, "--top-k")) {
+            NEED_VAL();
+            if (!fg_cli_parse_i64(C, f, val, 0, INT32_MAX, &v))
+                return 2;
+            a->smp.top_k = (int32_t)v;
+        } else if (!strcmp(f, "--top-p")) {
+            NEED_VAL();
+            if (!fg_cli_parse_f64(C, f, val, 0, 1, &d))
+                return 2;
+            a->smp.top_p = (float)d;
+        } else if (!strcmp(f, "--min-p")) {
+            NEED_VAL();
+            if (!fg_cli_parse_f64(C, f, val, 0, 1, &d))
+                return 2;
+            a->smp.min_p = (float)d;
+        } else if (!strcmp(f, "--repeat-penalty")) {
+            NEED_VAL();
+            if (!fg_cli_parse_f64(C, f, val, 0.01, 100, &d))
+                return 2;
+            a->smp.repeat_penalty = (float)d;
+        } else if (!strcmp(f, "--seed")) {
+            NEED_VAL();
+            if (!fg_cli_parse_i64(C, f, val, 0, INT64_MAX, &v))
+                return 2;
+            a->smp.seed = (uint64_t)v;
+            a->seed_set = true;
+        } else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) {
+            NEED_VAL();
+            if (!fg_cli_parse_i64(C, f, val, 1, 1024, &a->threads))
+                return 2;
+        } else if (!strcmp(f, "-c") || !strcmp(f, "--ctx")) {
+            NEED_VAL();
+            if (!fg_cli_parse_i64(C, f, val, 1, 1 << 24, &a->ctx))
+                return 2;
+        } else if (!strcmp(f, "--device")) {
+            NEED_VAL();
+            a->device = val;
+        } else if (!strcmp(f, "--ids")) {
+            a->ids = true;
+        } else if (!strcmp(f, "--special")) {
+            a->special = true;
+        } else {
+            fprintf(stderr, "forge run: unknown option '%s' (see forge run --help)\n", f);
+            return 2;
+        }
+#undef NEED_VAL
+    }
+    if (!a->model) {
+        fprintf(stderr, "forge run: -m MODEL is required\n");
+        return 2;
+    }
+    if (!a->prompt == !a->file) {
+        fprintf(stderr, "forge run: give exactly one of -p PROMPT or -f FILE\n");
+        return 2;
+    }
+    return 0;
+}
+
+// Evaluates n tokens of the sequence at positions len..len+n-1; logits of the last one.
+static fg_status eval(fg_model *m, fg_kv_store *kv, fg_kv_pages *pages, int32_t seq,
+                      const int32_t *toks, int32_t n, int32_t *pos, int32_t *seqv, float *logits) {
+    int32_t len = fg_kv_seq_len(pages, seq);
+    FG_TRY(fg_kv_seq_append(pages, seq, n));
+    for (int32_t i = 0; i < n; i++) {
+        pos[i] = len + i;
+        seqv[i] = 0;
+    }
+    int32_t n_kv = len + n;
+    const int32_t *pt = fg_kv_seq_pages(pages, seq);
+    fg_batch b = {
+        .n_tokens = n,
+        .tokens = toks,
+        .pos = pos,
+        .seq = seqv,
+        .want_logits = NULL,
+        .n_seqs = 1,
+        .n_kv = &n_kv,
+        .page_tables = &pt,
+    };
+    return fg_model_forward(m, kv, &b, logits);
+}
 
 int fg_cmd_run(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "forge run: not built yet\n");
-    return 1;
+    run_args a = {0};
+    int pr = parse(argc, argv, &a);
+    if (pr == 3) {
+        run_usage(stdout);
+        return 0;
+    }
+    if (pr)
+        return pr;
+    int rc = 1;
+    fg_backend *be = NULL;
+    fg_model *m = NULL;
+    fg_kv_store *kv = NULL;
+    fg_kv_pages *pages = NULL;
+    fg_sampler *smp = NULL;
+    char *text = NULL;
+    int32_t *ids = NULL, *pos = NULL, *seqv = NULL;
+    float *logits = NULL;
+    size_t n_ids = 0, text_len = 0;
+
+    if (a.file) {
+        if (fg_cli_read_file(a.file, &text, &text_len) != FG_OK)
+            return fg_cli_fail("run");
+    } else {
+        text = fg_xstrdup(a.prompt);
+        text_len = strlen(text);
+    }
+    fg_backend_opts bo = {.n_threads = (int32_t)a.threads, .device = 0};
+    if (fg_backend_create(a.device, &bo, &be) != FG_OK)
+        goto fail;
+    fg_model_opts mo = {.max_batch_tokens = MAX_BATCH, .max_seqs = 1, .progress = true};
+    if (fg_model_load(a.model, be, &mo, &m) != FG_OK)
+        goto fail;
+    const fg_model_info *info = fg_model_get_info(m);
+    const fg_tokenizer *tok = fg_model_tokenizer(m);
+    if (fg_tokenize(tok, text, text_len, true, false, &ids, &n_ids) != FG_OK)
+        goto fail;
+    if (n_ids == 0) {
+        fprintf(stderr, "forge run: the prompt is empty and the model adds no BOS token\n");
+        goto fail_quiet;
+    }
+    int32_t n_ctx = a.ctx > 0 ? (int32_t)a.ctx : FG_MIN(info->n_ctx_train, 4096);
+    if ((int64_t)n_ids > n_ctx) {
+        fprintf(stderr, "forge run: the prompt has %zu tokens, more than the context (%d; see --ctx)\n",
+                n_ids, n_ctx);
+        goto fail_quiet;
+    }
+    int32_t n_pages = (n_ctx + PAGE_SIZE - 1) / PAGE_SIZE;
+    if (fg_kv_store_create(m, n_pages, PAGE_SIZE, FG_TYPE_F16, &kv) != FG_OK)
+        goto fail;
+    if (fg_kv_pages_create(n_pages, PAGE_SIZE, 1, &pages) != FG_OK)
+        goto fail;
+    int32_t seq = 0;
+    if (fg_kv_seq_new(pages, &seq) != FG_OK)
+        goto fail;
+    if (!a.seed_set) {
+        a.smp.seed = (uint64_t)time(NULL);
+        if (a.smp.temperature > 0)
+            fprintf(stderr, "forge run: seed %llu\n", (unsigned long long)a.smp.seed);
+    }
+    if (fg_sampler_create(&a.smp, info->n_vocab, &smp) != FG_OK)
+        goto fail;
+    pos = fg_xcalloc(MAX_BATCH, sizeof *pos);
+    seqv = fg_xcalloc(MAX_BATCH, sizeof *seqv);
+    logits = malloc((size_t)info->n_vocab * sizeof *logits);
+    if (!logits) {
+        FG_FAIL(FG_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < n_ids; i++)
+        fg_sampler_accept(smp, ids[i]);
+
+    double t0 = fg_time_s();
+    for (size_t i = 0; i < n_ids; i += MAX_BATCH) {
+        int32_t n = (int32_t)FG_MIN(n_ids - i, (size_t)MAX_BATCH);
+        if (eval(m, kv, pages, seq, ids + i, n, pos, seqv, logits) != FG_OK)
+            goto fail;
+    }
+    double t1 = fg_time_s();
+    int64_t limit = a.n_predict < 0 ? INT64_MAX : a.n_predict;
+    int64_t n_gen = 0;
+    bool ctx_full = false;
+    fg_detok_stream ds;
+    fg_detok_stream_init(&ds);
+    char piece[1024];
+    while (n_gen < limit) {
+        int32_t t = fg_sampler_sample(smp, logits);
+        n_gen++;
+        if (fg_tokenizer_is_eog(tok, t))
+            break;
+        fg_sampler_accept(smp, t);
+        if (a.ids) {
+            printf("%s%d", n_gen > 1 ? " " : "", t);
+        } else {
+            int32_t w = fg_detok_stream_push(tok, &ds, t, a.special, piece, sizeof piece);
+            if (w > 0)
+                fwrite(piece, 1, (size_t)w, stdout);
+        }
+        fflush(stdout);
+        if (n_gen >= limit)
+            break;
+        if (fg_kv_seq_len(pages, seq) >= n_ctx) {
+            ctx_full = true;
+            break;
+        }
+        if (eval(m, kv, pages, seq, &t, 1, pos, seqv, logits) != FG_OK)
+            goto fail;
+    }
+    if (a.ids) {
+        if (n_gen > 0)
+            printf("\n");
+    } else {
+        int32_t w = fg_detok_stream_flush(&ds, piece, sizeof piece);
+        if (w > 0)
+            fwrite(piece, 1, (size_t)w, stdout);
+    }
+    fflush(stdout);
+    double t2 = fg_time_s();
+    if (ctx_full)
+        fprintf(stderr, "\nforge run: context full (%d tokens)\n", n_ctx);
+    double tp = t1 - t0, tg = t2 - t1;
+    fprintf(stderr, "\nforge run: prompt %zu tokens in %.3f s (%.1f tok/s); generated %lld tokens in %.3f s (%.1f tok/s)\n",
+            n_ids, tp, tp > 0 ? (double)n_ids / tp : 0.0, (long long)n_gen, tg,
+            tg > 0 ? (double)n_gen / tg : 0.0);
+    rc = 0;
+    goto done;
+fail:
+    rc = fg_cli_fail("run");
+    goto done;
+fail_quiet:
+    rc = 1;
+done:
+    free(logits);
+    free(pos);
+    free(seqv);
+    free(ids);
+    free(text);
+    fg_sampler_destroy(smp);
+    fg_kv_pages_destroy(pages);
+    fg_kv_store_destroy(kv);
+    fg_model_destroy(m);
+    fg_backend_destroy(be);
+    return rc;
 }

@@ -1,0 +1,81 @@
+// kv_store.c - the paged KV cache storage: n_pages pages of page_size tokens for every layer,
+// K and V, in one backend buffer, seen by the forward pass as an fg_kv_view. Which page
+// belongs to which sequence is the caller's business (src/engine's page allocator).
+// Who calls it: the engine, `forge run`/`perplexity`/`bench`, tests.
+#include "model/model_internal.h"
+
+#include "base/status.h"
+#include "base/util.h"
+
+#include <stdlib.h>
+
+fg_status fg_kv_store_create(fg_model *m, int32_t n_pages, int32_t page_size, uint32_t kv_type,
+                             fg_kv_store **out) {
+    if (!m || !out)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: model and out are required");
+    if (n_pages < 1 || page_size < 1 || page_size > (1 << 16))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: n_pages (%d) and page_size (%d) must be >= 1 (page_size <= 65536)",
+                       n_pages, page_size);
+    if (kv_type != FG_TYPE_F16 && kv_type != FG_TYPE_F32)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: type %s: expected f16 or f32",
+                       fg_type_name(kv_type));
+    const fg_hparams *hp = &m->hp;
+    uint64_t kv_dim = (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
+    uint64_t el = kv_type == FG_TYPE_F16 ? 2 : 4, one = 0, all = 0;
+    if (!fg_mul_u64(kv_dim * el, (uint64_t)page_size, &one) ||
+        !fg_mul_u64(one, (uint64_t)n_pages * (uint64_t)hp->n_layer, &one) || !fg_mul_u64(one, 2, &all) ||
+        all > SIZE_MAX / 2)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: %d pages of %d tokens overflow", n_pages, page_size);
+    size_t pt_n = 0;
+    if (!fg_mul_size((size_t)m->max_seqs, (size_t)n_pages, &pt_n))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: %d pages overflow", n_pages);
+    fg_kv_store *kv = fg_xcalloc(1, sizeof *kv);
+    kv->m = m;
+    kv->page_table = malloc(pt_n * sizeof(int32_t));
+    if (!kv->page_table) {
+        free(kv);
+        return FG_FAIL(FG_ERR_NOMEM, "kv store: out of memory for page tables (%zu entries)", pt_n);
+    }
+    fg_status st = m->be->ops->buf_alloc(m->be, (size_t)all, &kv->buf);
+    if (st != FG_OK) {
+        fg_error_prefix("kv store (%llu bytes)", (unsigned long long)all);
+        free(kv->page_table);
+        free(kv);
+        return st;
+    }
+    void *base = m->be->ops->buf_base(kv->buf);
+    int64_t ne[4] = {(int64_t)kv_dim, page_size, n_pages, hp->n_layer};
+    fg_kv_view *v = &kv->view;
+    v->n_layer = hp->n_layer;
+    v->n_pages = n_pages;
+    v->page_size = page_size;
+    v->n_head_kv = hp->n_head_kv;
+    v->head_dim = hp->head_dim;
+    v->type = kv_type;
+    v->k = fg_tensor_view(kv->buf, base, 0, kv_type, 4, ne);
+    v->v = fg_tensor_view(kv->buf, base, (size_t)one, kv_type, 4, ne);
+    *out = kv;
+    return FG_OK;
+}
+
+void fg_kv_store_destroy(fg_kv_store *kv) {
+    if (!kv)
+        return;
+    if (kv->buf)
+        kv->m->be->ops->buf_free(kv->m->be, kv->buf);
+    free(kv->page_table);
+    free(kv);
+}
+
+int32_t fg_kv_store_n_pages(const fg_kv_store *kv) { return kv->view.n_pages; }
+int32_t fg_kv_store_page_size(const fg_kv_store *kv) { return kv->view.page_size; }
+
+fg_status fg_kv_store_copy_page(fg_kv_store *kv, int32_t dst, int32_t src) {
+    int32_t n = kv->view.n_pages;
+    if (dst < 0 || dst >= n || src < 0 || src >= n)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: copy page %d <- %d: pages are 0..%d", dst, src,
+                       n - 1);
+    if (dst == src)
+        return FG_OK;
+    return kv->m->be->ops->kv_copy_page(kv->m->be, &kv->view, dst, src);
+}

@@ -1,0 +1,127 @@
+// model_internal.h - the loaded model as the forward pass sees it: hyper-parameters, the
+// architecture's traits, the bound weight tensors (views into one backend buffer), the
+// scratch activations sized at load, and the KV store. Shared by model_load.c, forward.c and
+// kv_store.c only; callers use include/forge/model.h.
+// Not here: which KV page belongs to whom (src/engine), kernels (src/backend).
+#ifndef FG_MODEL_MODEL_INTERNAL_H
+#define FG_MODEL_MODEL_INTERNAL_H
+
+#include "backend/backend.h"
+#include "forge/model.h"
+
+typedef enum fg_arch {
+    FG_ARCH_LLAMA = 0,
+    FG_ARCH_QWEN2,
+    FG_ARCH_QWEN3,
+    FG_ARCH_GLM4,
+    FG_ARCH_COUNT
+} fg_arch;
+
+// What distinguishes the supported architectures (one row per fg_arch, model_arch.c).
+typedef struct fg_arch_traits {
+    const char *name;      // general.architecture
+    fg_rope_mode rope;     // llama, glm4: NORMAL; qwen2, qwen3: NEOX
+    bool qkv_bias;         // q/k/v biases required (qwen2); optional otherwise
+    bool qk_norm;          // per-head RMSNorm of q and k before rope (qwen3)
+    bool post_norms;       // post_attention_norm / post_ffw_norm before the residual adds (glm4)
+    bool fused_gate_up;    // ffn_up is [2*n_ff][n_embd] = gate | up halves (glm4)
+} fg_arch_traits;
+
+extern const fg_arch_traits fg_arch_table[FG_ARCH_COUNT];
+// Index in fg_arch_table, or -1; `list` gets "llama, qwen2, qwen3, glm4".
+int fg_arch_find(const char *name, size_t len);
+const char *fg_arch_list(void);
+
+typedef struct fg_hparams {
+    int32_t n_vocab;
+    int32_t n_ctx_train;
+    int32_t n_embd;
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t head_dim;  // attention.key_length, else n_embd / n_head
+    int32_t n_rot;     // rope.dimension_count, else head_dim
+    int32_t n_ff;
+    float rms_eps;
+    float rope_freq_base;
+    float rope_freq_scale;
+} fg_hparams;
+
+// Weight views in the model's backend buffer; NULL when absent (optional tensors).
+typedef struct fg_layer {
+    const fg_tensor *attn_norm;   // F32 [n_embd]
+    const fg_tensor *wq;          // [n_head*head_dim][n_embd]
+    const fg_tensor *wk;          // [n_head_kv*head_dim][n_embd]
+    const fg_tensor *wv;          // [n_head_kv*head_dim][n_embd]
+    const fg_tensor *bq;          // F32 [n_head*head_dim] or NULL
+    const fg_tensor *bk;          // F32 [n_head_kv*head_dim] or NULL
+    const fg_tensor *bv;          // F32 [n_head_kv*head_dim] or NULL
+    const fg_tensor *q_norm;      // F32 [head_dim] (qwen3) or NULL
+    const fg_tensor *k_norm;      // F32 [head_dim] (qwen3) or NULL
+    const fg_tensor *wo;          // [n_embd][n_head*head_dim]
+    const fg_tensor *bo;          // F32 [n_embd] or NULL
+    const fg_tensor *post_attn_norm; // F32 [n_embd] (glm4) or NULL
+    const fg_tensor *ffn_norm;    // F32 [n_embd]
+    const fg_tensor *w_gate;      // [n_ff][n_embd] (NULL when fused)
+    const fg_tensor *w_up;        // [n_ff][n_embd], or [2*n_ff][n_embd] fused gate|up (glm4)
+    const fg_tensor *w_down;      // [n_embd][n_ff]
+    const fg_tensor *post_ffw_norm; // F32 [n_embd] (glm4) or NULL
+} fg_layer;
+
+// Scratch activations, F32, allocated at load for max_batch_tokens rows.
+typedef struct fg_scratch {
+    fg_buffer *buf;
+    fg_tensor x;    // [T][n_embd] residual stream
+    fg_tensor xn;   // [T][n_embd] normed input / post-norm output
+    fg_tensor ao;   // [T][n_embd] attention or FFN projection output
+    fg_tensor q;    // [T][n_head*head_dim]
+    fg_tensor qt;   // [T][n_head*head_dim] q before qk-norm; attention output
+    fg_tensor k;    // [T][n_head_kv*head_dim]
+    fg_tensor kt;   // [T][n_head_kv*head_dim] k before qk-norm
+    fg_tensor v;    // [T][n_head_kv*head_dim]
+    fg_tensor g;    // [T][n_ff] gate, or [T][2*n_ff] fused gate|up
+    fg_tensor u;    // [T][n_ff] up
+    fg_tensor h;    // [T][n_ff] swiglu output
+    fg_tensor xo;   // [T][n_embd] rows wanting logits
+    fg_tensor xon;  // [T][n_embd] the same after output_norm
+    fg_tensor lg;   // [lg_rows][n_vocab] one chunk of logits
+    int32_t lg_rows;
+} fg_scratch;
+
+struct fg_model {
+    char *path;
+    fg_arch arch;
+    const fg_arch_traits *at; // borrowed: fg_arch_table row
+    fg_hparams hp;
+    fg_model_info info;
+    char *name;
+    fg_gguf *gguf;
+    fg_tokenizer *tok;
+    fg_backend *be; // borrowed
+    int32_t max_batch_tokens;
+    int32_t max_seqs;
+
+    fg_buffer *wbuf;     // all weights
+    fg_tensor *tensors;  // [n_tensors] views into wbuf
+    int32_t n_tensors;
+    const fg_tensor *tok_embd;    // [n_vocab][n_embd]
+    const fg_tensor *output_norm; // F32 [n_embd]
+    const fg_tensor *output;      // [n_vocab][n_embd] (token_embd when tied)
+    const fg_tensor *rope_freqs;  // F32 [n_rot/2] or NULL
+    fg_layer *layers;             // [n_layer]
+
+    fg_scratch s;
+    // host step metadata, sized at load
+    int32_t *seq_count; // [max_seqs]
+    int32_t *seq_first; // [max_seqs]
+    int32_t *out_rows;  // [max_batch_tokens]
+};
+
+struct fg_kv_store {
+    fg_model *m; // borrowed
+    fg_buffer *buf;
+    fg_kv_view view;
+    int32_t *page_table; // [max_seqs][n_pages] host scratch for fg_step
+};
+
+#endif // FG_MODEL_MODEL_INTERNAL_H

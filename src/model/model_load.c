@@ -1,0 +1,520 @@
+// model_load.c - loads a GGUF model onto a backend: reads the hyper-parameters with
+// llama.cpp's defaults, binds every tensor by name with its expected shape and type, uploads
+// the weights into one backend buffer and sizes the scratch activations for max_batch_tokens.
+// Not here: the forward pass (forward.c), the KV pages (kv_store.c), tokenization.
+// Who calls it: the CLI (run, perplexity, bench, serve), the engine, tests.
+#include "model/model_internal.h"
+
+#include "base/progress.h"
+#include "base/status.h"
+#include "base/util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define WEIGHT_ALIGN 256
+
+// ---- hyper-parameters
+
+typedef struct loader {
+    fg_model *m;
+    const fg_gguf *g;
+    const char *path;
+    const char *arch;
+    const fg_gguf_tensor **src; // [cap] file tensor of m->tensors[i]
+    int32_t cap;
+} loader;
+
+static bool has_key(const loader *L, const char *suffix, char *key, size_t cap) {
+    snprintf(key, cap, "%s.%s", L->arch, suffix);
+    return fg_gguf_find_key(L->g, key) >= 0;
+}
+
+// Integer hyper-parameter <arch>.<suffix> in [lo, hi]; def < 0 means required.
+static fg_status get_hp_int(const loader *L, const char *suffix, int64_t def, int64_t lo,
+                            int64_t hi, int32_t *out) {
+    char key[160];
+    int64_t v = def;
+    if (has_key(L, suffix, key, sizeof key)) {
+        FG_TRY(fg_gguf_get_int(L->g, key, &v));
+    } else if (def < 0) {
+        return FG_FAIL(FG_ERR_FORMAT, "%s: key '%s' not found", L->path, key);
+    }
+    if (v < lo || v > hi)
+        return FG_FAIL(FG_ERR_FORMAT, "%s: key '%s': expected a value in [%lld, %lld], found %lld",
+                       L->path, key, (long long)lo, (long long)hi, (long long)v);
+    *out = (int32_t)v;
+    return FG_OK;
+}
+
+static fg_status get_hp_float(const loader *L, const char *suffix, double def, bool required,
+                              double *out) {
+    char key[160];
+    double v = def;
+    if (has_key(L, suffix, key, sizeof key)) {
+        FG_TRY(fg_gguf_get_float(L->g, key, &v));
+    } else if (required) {
+        return FG_FAIL(FG_ERR_FORMAT, "%s: key '%s' not found", L->path, key);
+    }
+    if (!isfinite(v))
+        return FG_FAIL(FG_ERR_FORMAT, "%s: key '%s': expected a finite number, found %g", L->path,
+                       key, v);
+    *out = v;
+    return FG_OK;
+}
+
+static fg_status read_hparams(loader *L, fg_hparams *hp) {
+    const char *p = L->path;
+    char key[160], key2[160];
+    FG_TRY(get_hp_int(L, "context_length", -1, 1, INT32_MAX, &hp->n_ctx_train));
+    FG_TRY(get_hp_int(L, "embedding_length", -1, 1, 1 << 20, &hp->n_embd));
+    FG_TRY(get_hp_int(L, "block_count", -1, 1, 4096, &hp->n_layer));
+    FG_TRY(get_hp_int(L, "feed_forward_length", -1, 1, 1 << 22, &hp->n_ff));
+    FG_TRY(get_hp_int(L, "attention.head_count", -1, 1, 1 << 16, &hp->n_head));
+    FG_TRY(get_hp_int(L, "attention.head_count_kv", hp->n_head, 1, 1 << 16, &hp->n_head_kv));
+    if (hp->n_head % hp->n_head_kv != 0) {
+        has_key(L, "attention.head_count", key, sizeof key);
+        has_key(L, "attention.head_count_kv", key2, sizeof key2);
+        return FG_FAIL(FG_ERR_FORMAT, "%s: %s (%d) is not a multiple of %s (%d)", p, key,
+                       hp->n_head, key2, hp->n_head_kv);
+    }
+    if (has_key(L, "attention.key_length", key, sizeof key)) {
+        FG_TRY(get_hp_int(L, "attention.key_length", -1, 1, 4096, &hp->head_dim));
+    } else {
+        if (hp->n_embd % hp->n_head != 0) {
+            has_key(L, "attention.head_count", key2, sizeof key2);
+            return FG_FAIL(FG_ERR_FORMAT, "%s: %s.embedding_length (%d) is not a multiple of %s (%d)",
+                           p, L->arch, hp->n_embd, key2, hp->n_head);
+        }
+        hp->head_dim = hp->n_embd / hp->n_head;
+    }
+    int32_t v_len = hp->head_dim;
+    FG_TRY(get_hp_int(L, "attention.value_length", hp->head_dim, 1, 4096, &v_len));
+    if (v_len != hp->head_dim) {
+        has_key(L, "attention.value_length", key, sizeof key);
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: %s (%d) differs from the key length (%d)", p, key,
+                       v_len, hp->head_dim);
+    }
+    FG_TRY(get_hp_int(L, "rope.dimension_count", hp->head_dim, 0, hp->head_dim, &hp->n_rot));
+    if (hp->n_rot % 2 != 0) {
+        has_key(L, "rope.dimension_count", key, sizeof key);
+        return FG_FAIL(FG_ERR_FORMAT, "%s: %s: expected an even number, found %d", p, key,
+                       hp->n_rot);
+    }
+    double eps = 0, base = 10000.0, scale = 0, linear = 0;
+    FG_TRY(get_hp_float(L, "attention.layer_norm_rms_epsilon", 0, true, &eps));
+    if (!(eps > 0 && eps < 1)) {
+        has_key(L, "attention.layer_norm_rms_epsilon", key, sizeof key);
+        return FG_FAIL(FG_ERR_FORMAT, "%s: key '%s': expected a value in (0, 1), found %g", p, key,
+                       eps);
+    }
+    FG_TRY(get_hp_float(L, "rope.freq_base", 10000.0, false, &base));
+    if (!(base > 0)) {
+        has_key(L, "rope.freq_base", key, sizeof key);
+        return FG_FAIL(FG_ERR_FORMAT, "%s: key '%s': expected a positive number, found %g", p, key,
+                       base);
+    }
+    if (has_key(L, "rope.scaling.type", key, sizeof key)) {
+        const char *s;
+        size_t n;
+        FG_TRY(fg_gguf_get_str(L->g, key, &s, &n));
+        bool ok = (n == 4 && !memcmp(s, "none", 4)) || (n == 6 && !memcmp(s, "linear", 6));
+        if (!ok)
+            return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: %s '%.*s' is not supported (none, linear)", p,
+                           key, (int)FG_MIN(n, 64), s);
+    }
+    FG_TRY(get_hp_float(L, "rope.scaling.factor", 0, false, &scale));
+    FG_TRY(get_hp_float(L, "rope.scale_linear", 0, false, &linear));
+    if (scale == 0)
+        scale = linear;
+    if (scale < 0) {
+        return FG_FAIL(FG_ERR_FORMAT, "%s: %s.rope.scaling.factor: expected >= 0, found %g", p,
+                       L->arch, scale);
+    }
+    hp->rms_eps = (float)eps;
+    hp->rope_freq_base = (float)base;
+    hp->rope_freq_scale = scale == 0 ? 1.0f : (float)(1.0 / scale);
+    if (has_key(L, "expert_count", key, sizeof key)) {
+        int32_t n_expert = 0;
+        FG_TRY(get_hp_int(L, "expert_count", 0, 0, 1 << 16, &n_expert));
+        if (n_expert > 0)
+            return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: %s = %d: mixture-of-experts models are not supported",
+                           p, key, n_expert);
+    }
+    return FG_OK;
+}
+
+// ---- tensors
+
+static void fmt_shape(char *out, size_t cap, int n_dims, const int64_t *ne) {
+    size_t o = 0;
+    o += (size_t)snprintf(out + o, cap - o, "[");
+    for (int i = 0; i < n_dims && o < cap; i++)
+        o += (size_t)snprintf(out + o, cap - o, "%s%lld", i ? ", " : "", (long long)ne[i]);
+    if (o < cap)
+        snprintf(out + o, cap - o, "]");
+}
+
+// Binds tensor `name` of shape ne0 (x ne1 when ne1 > 0). f32_only: norms, biases, rope freqs.
+// *out = NULL when absent and optional.
+static fg_status bind(loader *L, const char *name, int64_t ne0, int64_t ne1, bool required,
+                      bool f32_only, const fg_tensor **out) {
+    fg_model *m = L->m;
+    *out = NULL;
+    const fg_gguf_tensor *t = fg_gguf_find_tensor(L->g, name);
+    if (!t) {
+        if (required)
+            return FG_FAIL(FG_ERR_FORMAT, "%s: tensor '%s' not found", L->path, name);
+        return FG_OK;
+    }
+    int n_dims = ne1 > 0 ? 2 : 1;
+    int64_t want[4] = {ne0, ne1 > 0 ? ne1 : 1, 1, 1};
+    bool same = t->ne[0] == want[0] && t->ne[1] == want[1] && t->ne[2] == 1 && t->ne[3] == 1;
+    if (!same) {
+        char a[96], b[96];
+        fmt_shape(a, sizeof a, n_dims, want);
+        fmt_shape(b, sizeof b, t->n_dims, t->ne);
+        return FG_FAIL(FG_ERR_FORMAT, "%s: tensor '%s': expected shape %s, found %s", L->path,
+                       name, a, b);
+    }
+    if (!fg_type_known(t->type))
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: tensor '%s': unknown type %u", L->path, name,
+                       t->type);
+    if (f32_only && t->type != FG_TYPE_F32)
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: tensor '%s': expected type f32, found %s", L->path,
+                       name, fg_type_name(t->type));
+    if (!f32_only && !m->be->ops->supports_type(m->be, t->type))
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: tensor '%s': type %s is not supported by the %s backend",
+                       L->path, name, fg_type_name(t->type), m->be->ops->name);
+    FG_ASSERT(m->n_tensors < L->cap);
+    int32_t i = m->n_tensors++;
+    L->src[i] = t;
+    fg_tensor *d = &m->tensors[i];
+    memset(d, 0, sizeof *d);
+    d->type = t->type;
+    for (int k = 0; k < 4; k++)
+        d->ne[k] = want[k];
+    *out = d;
+    return FG_OK;
+}
+
+static fg_status bind_layer(loader *L, int il, fg_layer *ly) {
+    const fg_hparams *hp = &L->m->hp;
+    const fg_arch_traits *at = L->m->at;
+    int64_t E = hp->n_embd, D = hp->head_dim, Q = (int64_t)hp->n_head * D,
+            KV = (int64_t)hp->n_head_kv * D, F = hp->n_ff;
+    char n[96];
+#define BIND(field, suffix, ne0, ne1, req, f32)                       \
+    do {                                                              \
+        snprintf(n, sizeof n, "blk.%d.%s", il, suffix);               \
+        FG_TRY(bind(L, n, (ne0), (ne1), (req), (f32), &ly->field));   \
+    } while (0)
+    BIND(attn_norm, "attn_norm.weight", E, 0, true, true);
+    BIND(wq, "attn_q.weight", E, Q, true, false);
+    BIND(wk, "attn_k.weight", E, KV, true, false);
+    BIND(wv, "attn_v.weight", E, KV, true, false);
+    BIND(bq, "attn_q.bias", Q, 0, at->qkv_bias, true);
+    BIND(bk, "attn_k.bias", KV, 0, at->qkv_bias, true);
+    BIND(bv, "attn_v.bias", KV, 0, at->qkv_bias, true);
+    if (at->qk_norm) {
+        BIND(q_norm, "attn_q_norm.weight", D, 0, true, true);
+        BIND(k_norm, "attn_k_norm.weight", D, 0, true, true);
+    }
+    BIND(wo, "attn_output.weight", Q, E, true, false);
+    BIND(bo, "attn_output.bias", E, 0, false, true);
+    if (at->post_norms)
+        BIND(post_attn_norm, "post_attention_norm.weight", E, 0, true, true);
+    BIND(ffn_norm, "ffn_norm.weight", E, 0, true, true);
+    if (at->fused_gate_up) {
+        BIND(w_up, "ffn_up.weight", E, 2 * F, true, false);
+    } else {
+        BIND(w_gate, "ffn_gate.weight", E, F, true, false);
+        BIND(w_up, "ffn_up.weight", E, F, true, false);
+    }
+    BIND(w_down, "ffn_down.weight", F, E, true, false);
+    if (at->post_norms)
+        BIND(post_ffw_norm, "post_ffw_norm.weight", E, 0, true, true);
+#undef BIND
+    return FG_OK;
+}
+
+static fg_status bind_all(loader *L) {
+    fg_model *m = L->m;
+    const fg_hparams *hp = &m->hp;
+    const fg_gguf_tensor *te = fg_gguf_find_tensor(L->g, "token_embd.weight");
+    if (te && te->ne[0] == hp->n_embd && te->ne[1] != hp->n_vocab)
+        return FG_FAIL(FG_ERR_FORMAT,
+                       "%s: vocabulary size mismatch: the tokenizer has %d tokens, "
+                       "'token_embd.weight' has %lld rows",
+                       L->path, hp->n_vocab, (long long)te->ne[1]);
+    FG_TRY(bind(L, "token_embd.weight", hp->n_embd, hp->n_vocab, true, false, &m->tok_embd));
+    FG_TRY(bind(L, "output_norm.weight", hp->n_embd, 0, true, true, &m->output_norm));
+    FG_TRY(bind(L, "output.weight", hp->n_embd, hp->n_vocab, false, false, &m->output));
+    if (!m->output)
+        m->output = m->tok_embd; // tied embeddings
+    if (hp->n_rot > 0)
+        FG_TRY(bind(L, "rope_freqs.weight", hp->n_rot / 2, 0, false, true, &m->rope_freqs));
+    for (int il = 0; il < hp->n_layer; il++)
+        FG_TRY(bind_layer(L, il, &m->layers[il]));
+    return FG_OK;
+}
+
+// One buffer for every bound tensor, WEIGHT_ALIGN-aligned offsets; uploads from the mapping.
+static fg_status upload_all(loader *L, bool progress) {
+    fg_model *m = L->m;
+    fg_backend *be = m->be;
+    uint64_t total = 0, offs_end = 0;
+    uint64_t *offs = calloc((size_t)m->n_tensors + 1, sizeof *offs);
+    if (!offs)
+        return FG_FAIL(FG_ERR_NOMEM, "%s: out of memory", L->path);
+    for (int32_t i = 0; i < m->n_tensors; i++) {
+        uint64_t a = (offs_end + WEIGHT_ALIGN - 1) / WEIGHT_ALIGN * WEIGHT_ALIGN;
+        offs[i] = a;
+        if (!fg_add_u64(a, L->src[i]->n_bytes, &offs_end)) {
+            free(offs);
+            return FG_FAIL(FG_ERR_FORMAT, "%s: tensor sizes overflow", L->path);
+        }
+        total += L->src[i]->n_bytes;
+    }
+    if (offs_end > SIZE_MAX) {
+        free(offs);
+        return FG_FAIL(FG_ERR_NOMEM, "%s: %llu bytes of weights do not fit the address space",
+                       L->path, (unsigned long long)offs_end);
+    }
+    fg_status st = be->ops->buf_alloc(be, (size_t)FG_MAX(offs_end, 1), &m->wbuf);
+    if (st != FG_OK) {
+        free(offs);
+        fg_error_prefix("%s: weights (%llu bytes)", L->path, (unsigned long long)offs_end);
+        return st;
+    }
+    void *base = be->ops->buf_base(m->wbuf);
+    fg_progress pr;
+    if (progress)
+        fg_progress_begin(&pr, "loading", total);
+    uint64_t done = 0;
+    for (int32_t i = 0; i < m->n_tensors && st == FG_OK; i++) {
+        fg_tensor *t = &m->tensors[i];
+        int n_dims = t->ne[1] > 1 ? 2 : 1;
+        int64_t ne[4] = {t->ne[0], t->ne[1], 1, 1};
+        *t = fg_tensor_view(m->wbuf, base, (size_t)offs[i], t->type, n_dims, ne);
+        // upload in slices so the progress bar moves on big tensors
+        uint64_t n = L->src[i]->n_bytes, off = 0;
+        while (off < n && st == FG_OK) {
+            uint64_t len = FG_MIN(n - off, (uint64_t)64 << 20);
+            st = be->ops->upload(be, t, (size_t)off, (const uint8_t *)L->src[i]->data + off,
+                                 (size_t)len);
+            off += len;
+            done += len;
+            if (progress)
+                fg_progress_update(&pr, done);
+        }
+        if (st != FG_OK)
+            fg_error_prefix("%s: tensor '%s'", L->path, L->src[i]->name);
+    }
+    if (progress)
+        fg_progress_end(&pr);
+    free(offs);
+    if (st == FG_OK)
+        st = be->ops->sync(be);
+    return st;
+}
+
+// ---- scratch
+
+static fg_status alloc_scratch(fg_model *m) {
+    fg_backend *be = m->be;
+    const fg_hparams *hp = &m->hp;
+    fg_scratch *s = &m->s;
+    int64_t T = m->max_batch_tokens, E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim,
+            KV = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff;
+    s->lg_rows = (int32_t)FG_MIN(T, 64);
+    struct {
+        fg_tensor *t;
+        int64_t cols, rows;
+    } plan[] = {
+        {&s->x, E, T},   {&s->xn, E, T}, {&s->ao, E, T},
+        {&s->q, Q, T},   {&s->qt, Q, T}, {&s->k, KV, T},
+        {&s->kt, KV, T}, {&s->v, KV, T}, {&s->g, m->at->fused_gate_up ? 2 * F : F, T},
+        {&s->u, F, T},   {&s->h, F, T},  {&s->xo, E, T},
+        {&s->xon, E, T}, {&s->lg, hp->n_vocab, s->lg_rows},
+    };
+    uint64_t offs[FG_ARRAY_LEN(plan)], end = 0;
+    for (size_t i = 0; i < FG_ARRAY_LEN(plan); i++) {
+        offs[i] = (end + WEIGHT_ALIGN - 1) / WEIGHT_ALIGN * WEIGHT_ALIGN;
+        end = offs[i] + (uint64_t)plan[i].cols * (uint64_t)plan[i].rows * sizeof(float);
+    }
+    fg_status st = be->ops->buf_alloc(be, (size_t)end, &s->buf);
+    if (st != FG_OK) {
+        fg_error_prefix("%s: scratch activations (%llu bytes)", m->path, (unsigned long long)end);
+        return st;
+    }
+    void *base = be->ops->buf_base(s->buf);
+    for (size_t i = 0; i < FG_ARRAY_LEN(plan); i++) {
+        int64_t ne[4] = {plan[i].cols, plan[i].rows, 1, 1};
+        *plan[i].t = fg_tensor_view(s->buf, base, (size_t)offs[i], FG_TYPE_F32, 2, ne);
+    }
+    return FG_OK;
+}
+
+// ---- info
+
+static void fill_info(fg_model *m) {
+    fg_model_info *in = &m->info;
+    const fg_hparams *hp = &m->hp;
+    in->arch = m->at->name;
+    in->name = m->name;
+    in->n_vocab = hp->n_vocab;
+    in->n_ctx_train = hp->n_ctx_train;
+    in->n_embd = hp->n_embd;
+    in->n_layer = hp->n_layer;
+    in->n_head = hp->n_head;
+    in->n_head_kv = hp->n_head_kv;
+    in->head_dim = hp->head_dim;
+    in->n_ff = hp->n_ff;
+    uint64_t params = 0, bytes = 0, per_tok = 0;
+    for (int32_t i = 0; i < m->n_tensors; i++) {
+        const fg_tensor *t = &m->tensors[i];
+        params += (uint64_t)t->ne[0] * (uint64_t)t->ne[1];
+        bytes += fg_tensor_nbytes(t);
+        if (t->ne[1] > 1 && t != m->tok_embd) // 2-D: a matmul weight
+            per_tok += fg_tensor_nbytes(t);
+    }
+    uint64_t row = 0;
+    fg_type_row_bytes(m->tok_embd->type, m->tok_embd->ne[0], &row);
+    per_tok += row;
+    if (m->output == m->tok_embd)
+        per_tok += fg_tensor_nbytes(m->tok_embd);
+    in->n_params = params;
+    in->weight_bytes = bytes;
+    in->bytes_per_token = per_tok;
+}
+
+static char *model_name(const fg_gguf *g, const char *path) {
+    const char *s;
+    size_t n;
+    if (fg_gguf_find_key(g, "general.name") >= 0 && fg_gguf_get_str(g, "general.name", &s, &n) == FG_OK &&
+        n > 0)
+        return fg_xstrndup(s, n);
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    const char *dot = strrchr(b, '.');
+    return fg_xstrndup(b, dot && dot != b ? (size_t)(dot - b) : strlen(b));
+}
+
+// ---- public
+
+fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *opts, fg_model **out) {
+    if (!path || !be || !out)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "fg_model_load: path, backend and out are required");
+    fg_model_opts o = {0};
+    if (opts)
+        o = *opts;
+    if (o.max_batch_tokens <= 0)
+        o.max_batch_tokens = 512;
+    if (o.max_seqs <= 0)
+        o.max_seqs = 64;
+    if (o.max_batch_tokens > (1 << 20) || o.max_seqs > (1 << 16))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: max_batch_tokens (%d) or max_seqs (%d) too large",
+                       path, o.max_batch_tokens, o.max_seqs);
+    loader L = {0};
+    fg_model *m = fg_xcalloc(1, sizeof *m);
+    m->path = fg_xstrdup(path);
+    m->be = be;
+    m->max_batch_tokens = o.max_batch_tokens;
+    m->max_seqs = o.max_seqs;
+    fg_status st = fg_gguf_open(path, &m->gguf);
+    if (st != FG_OK)
+        goto fail;
+    L.m = m;
+    L.g = m->gguf;
+    L.path = path;
+
+    const char *arch_s;
+    size_t arch_n;
+    if (fg_gguf_find_key(m->gguf, "general.architecture") < 0) {
+        st = FG_FAIL(FG_ERR_FORMAT, "%s: key 'general.architecture' not found", path);
+        goto fail;
+    }
+    if ((st = fg_gguf_get_str(m->gguf, "general.architecture", &arch_s, &arch_n)) != FG_OK)
+        goto fail;
+    int ai = fg_arch_find(arch_s, arch_n);
+    if (ai < 0) {
+        st = FG_FAIL(FG_ERR_UNSUPPORTED, "%s: unsupported architecture '%.*s' (supported: %s)", path,
+                     (int)FG_MIN(arch_n, 64), arch_s, fg_arch_list());
+        goto fail;
+    }
+    m->arch = (fg_arch)ai;
+    m->at = &fg_arch_table[ai];
+    L.arch = m->at->name;
+    if ((st = read_hparams(&L, &m->hp)) != FG_OK)
+        goto fail;
+
+    fg_tokenizer_opts to = {.pre_override = o.tokenizer_pre};
+    if ((st = fg_tokenizer_create(m->gguf, &to, &m->tok)) != FG_OK)
+        goto fail; // the tokenizer's message names the file
+    m->hp.n_vocab = fg_tokenizer_n_vocab(m->tok);
+    {
+        char key[160];
+        if (has_key(&L, "vocab_size", key, sizeof key)) {
+            int32_t nv = 0;
+            if ((st = get_hp_int(&L, "vocab_size", -1, 1, INT32_MAX, &nv)) != FG_OK)
+                goto fail;
+            if (nv != m->hp.n_vocab) {
+                st = FG_FAIL(FG_ERR_FORMAT,
+                             "%s: vocabulary size mismatch: the tokenizer has %d tokens, '%s' is %d",
+                             path, m->hp.n_vocab, key, nv);
+                goto fail;
+            }
+        }
+    }
+    m->name = model_name(m->gguf, path);
+
+    L.cap = 4 + 20 * m->hp.n_layer;
+    m->tensors = fg_xcalloc((size_t)L.cap, sizeof *m->tensors);
+    L.src = fg_xcalloc((size_t)L.cap, sizeof *L.src);
+    m->layers = fg_xcalloc((size_t)m->hp.n_layer, sizeof *m->layers);
+    if ((st = bind_all(&L)) != FG_OK)
+        goto fail;
+    if ((st = upload_all(&L, o.progress)) != FG_OK)
+        goto fail;
+    if ((st = alloc_scratch(m)) != FG_OK)
+        goto fail;
+    m->seq_count = fg_xcalloc((size_t)m->max_seqs, sizeof *m->seq_count);
+    m->seq_first = fg_xcalloc((size_t)m->max_seqs, sizeof *m->seq_first);
+    m->out_rows = fg_xcalloc((size_t)m->max_batch_tokens, sizeof *m->out_rows);
+    fill_info(m);
+    free(L.src);
+    *out = m;
+    return FG_OK;
+fail:
+    free(L.src);
+    fg_model_destroy(m);
+    return st;
+}
+
+void fg_model_destroy(fg_model *m) {
+    if (!m)
+        return;
+    if (m->be) {
+        if (m->s.buf)
+            m->be->ops->buf_free(m->be, m->s.buf);
+        if (m->wbuf)
+            m->be->ops->buf_free(m->be, m->wbuf);
+    }
+    fg_tokenizer_destroy(m->tok);
+    fg_gguf_close(m->gguf);
+    free(m->tensors);
+    free(m->layers);
+    free(m->seq_count);
+    free(m->seq_first);
+    free(m->out_rows);
+    free(m->name);
+    free(m->path);
+    free(m);
+}
+
+const fg_model_info *fg_model_get_info(const fg_model *m) { return &m->info; }
+const fg_tokenizer *fg_model_tokenizer(const fg_model *m) { return m->tok; }
+const fg_gguf *fg_model_gguf(const fg_model *m) { return m->gguf; }
