@@ -150,7 +150,7 @@ typedef struct golden_ctx {
 } golden_ctx;
 
 static fg_backend *make_backend(void) {
-    fg_backend_opts o = {.n_threads = 1}; // tiny models: a second thread only adds barriers
+    fg_backend_opts o = {.n_threads = 2}; // the threaded paths are what ships
     fg_backend *be = NULL;
     fg_status s = fg_backend_cpu_create(&o, &be);
     if (s != FG_OK)

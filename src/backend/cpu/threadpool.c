@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,10 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-#define SPIN_ITERS 20000
+// Spin briefly (decode issues hundreds of small jobs per token), yielding the core now and
+// then so that an oversubscribed machine (HTTP threads, other processes) is not starved.
+#define SPIN_ITERS 4096
+#define SPIN_YIELD_EVERY 256
 
 typedef struct worker {
     fg_threadpool *tp;
@@ -48,7 +52,10 @@ static void *worker_main(void *p) {
     for (;;) {
         unsigned g = atomic_load_explicit(&tp->gen, memory_order_acquire);
         for (int i = 0; i < SPIN_ITERS && g == seen; i++) {
-            CPU_RELAX();
+            if ((i + 1) % SPIN_YIELD_EVERY == 0)
+                sched_yield();
+            else
+                CPU_RELAX();
             g = atomic_load_explicit(&tp->gen, memory_order_acquire);
         }
         if (g == seen) {
@@ -143,7 +150,10 @@ void fg_tp_run(fg_threadpool *tp, fg_tp_fn fn, void *arg, int n_jobs_hint) {
     for (int i = 0; i < SPIN_ITERS; i++) {
         if (atomic_load_explicit(&tp->n_pending, memory_order_acquire) == 0)
             return;
-        CPU_RELAX();
+        if ((i + 1) % SPIN_YIELD_EVERY == 0)
+            sched_yield();
+        else
+            CPU_RELAX();
     }
     pthread_mutex_lock(&tp->mu);
     while (atomic_load_explicit(&tp->n_pending, memory_order_acquire) != 0)
