@@ -53,6 +53,8 @@ typedef struct fg_model_info {
     uint64_t n_params;
     uint64_t weight_bytes;       // bytes of all weights
     uint64_t bytes_per_token;    // weight bytes read per decoded token (all matmul weights + one embedding row)
+    int32_t max_batch_tokens;    // limits of one forward step (fg_model_opts, after defaults)
+    int32_t max_seqs;
 } fg_model_info;
 
 // Loads a GGUF model onto the backend. Errors name what is wrong (tensor missing or of the

@@ -331,6 +331,12 @@ fg_status fg_engine_create(fg_model *m, const fg_engine_opts *opts, fg_engine **
                        "queue_cap %d too large",
                        (int)o.n_ctx, (int)o.max_seqs, (int)o.page_size, (int)o.max_batch_tokens,
                        (int)o.queue_cap);
+    if (o.max_seqs > mi->max_seqs || o.max_batch_tokens > mi->max_batch_tokens)
+        return FG_FAIL(FG_ERR_INVALID_ARG,
+                       "engine: max_seqs %d / max_batch_tokens %d exceed what the model was loaded "
+                       "for (%d / %d): load it with larger fg_model_opts",
+                       (int)o.max_seqs, (int)o.max_batch_tokens, (int)mi->max_seqs,
+                       (int)mi->max_batch_tokens);
     int64_t pages_per_seq = ((int64_t)o.n_ctx + o.page_size - 1) / o.page_size;
     if (o.n_pages <= 0) {
         int64_t np = pages_per_seq * o.max_seqs;

@@ -373,6 +373,8 @@ static void fill_info(fg_model *m) {
     in->n_head_kv = hp->n_head_kv;
     in->head_dim = hp->head_dim;
     in->n_ff = hp->n_ff;
+    in->max_batch_tokens = m->max_batch_tokens;
+    in->max_seqs = m->max_seqs;
     uint64_t params = 0, bytes = 0, per_tok = 0;
     for (int32_t i = 0; i < m->n_tensors; i++) {
         const fg_tensor *t = &m->tensors[i];
