@@ -1,16 +1,19 @@
 // bench_ops.c - single-op timings of the CPU backend: a decode matvec and a prefill matmul per
-// weight type (GB/s of weights read, GFLOP/s), F16-KV attention for decode, and the cost of one
-// thread-pool dispatch. Not a test: no assertions on time. Build and run:
+// weight type (GB/s of weights read, GFLOP/s), a large decode matvec (4096 x 14336, beyond the
+// caches) against the memory bandwidth (memcpy, threaded read), F16-KV attention for decode,
+// and the cost of one thread-pool dispatch. Times are the best and the median of several runs
+// (the box may be shared). Not a test: no assertions on time. Build and run:
 //   make build/lib/libfg_backend.a build/lib/libfg_quant.a build/lib/libfg_base.a
 //   cc -O2 -march=native -Iinclude -Isrc -D_GNU_SOURCE bench/bench_ops.c build/lib/libfg_backend.a
 //      build/lib/libfg_quant.a build/lib/libfg_base.a -lm -lpthread -o build/bench_ops
-//   build/bench_ops [n_threads] [type ...]
+//   build/bench_ops [n_threads] [type ...]      (env BENCH_ONLY=decode|prefill|big|mem: one group)
 #include "backend/backend.h"
 #include "base/status.h"
 #include "base/util.h"
 #include "quant/quant.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +22,17 @@ static uint64_t g_rng = 1234567;
 static float rnd_f(void) {
     g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
     return (float)((g_rng >> 40) / 16777216.0 * 2.0 - 1.0);
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+// Best and median of the times in t[0..n) (sorted in place).
+static void best_med(double *t, int n, double *best, double *med) {
+    qsort(t, (size_t)n, sizeof(double), cmp_d);
+    *best = t[0];
+    *med = t[n / 2];
 }
 
 static fg_tensor alloc_t(fg_backend *be, uint32_t type, int64_t ne0, int64_t ne1, fg_buffer **buf) {
@@ -47,17 +61,23 @@ static void bench_matmul(fg_backend *be, uint32_t type, int64_t n_out, int64_t n
     for (int64_t i = 0; i < n_in * rows; i++)
         ((float *)x.data)[i] = rnd_f();
     be->ops->matmul(be, &d, &w, &x, NULL); // warm-up (scratch growth)
-    int iters = rows == 1 ? 200 : 3;
-    double t0 = fg_time_s();
-    for (int i = 0; i < iters; i++)
+    enum { MAX_IT = 100 };
+    double t[MAX_IT];
+    int iters = rows == 1 ? MAX_IT : rows <= 64 ? 20 : 7;
+    for (int i = 0; i < iters; i++) {
+        double t0 = fg_time_s();
         if (be->ops->matmul(be, &d, &w, &x, NULL) != FG_OK) {
             fprintf(stderr, "bench: %s\n", fg_last_error());
             exit(1);
         }
-    double dt = (fg_time_s() - t0) / iters;
+        t[i] = fg_time_s() - t0;
+    }
+    double dt, med;
+    best_med(t, iters, &dt, &med);
     double gb = (double)rb * n_out / dt / 1e9, gf = 2.0 * n_out * n_in * rows / dt / 1e9;
-    printf("matmul %-5s w[%lld][%lld] x %4lld rows: %9.3f ms  %7.2f GB/s (weights)  %8.2f GFLOP/s\n",
-           tr->name, (long long)n_out, (long long)n_in, (long long)rows, dt * 1e3, gb, gf);
+    printf("matmul %-5s w[%5lld][%5lld] x %4lld rows: best %9.3f ms (median %9.3f)  %7.2f GB/s (weights)  "
+           "%8.2f GFLOP/s\n",
+           tr->name, (long long)n_out, (long long)n_in, (long long)rows, dt * 1e3, med * 1e3, gb, gf);
     free(tmp);
     be->ops->buf_free(be, bw);
     be->ops->buf_free(be, bx);
@@ -112,6 +132,68 @@ static void bench_attention(fg_backend *be, int n_kv, int n_seqs) {
     be->ops->buf_free(be, bd);
 }
 
+// Memory bandwidth: memcpy of 256 MiB on one thread (read + write bytes), and a read of
+// 256 MiB split over n_threads threads (the bound of a matvec that streams its weights).
+typedef struct rd_arg {
+    const char *p;
+    size_t n;
+    double sum;
+} rd_arg;
+static void *read_worker(void *p) {
+    rd_arg *a = p;
+    const uint64_t *q = (const uint64_t *)a->p;
+    uint64_t x0 = 0, x1 = 0, x2 = 0, x3 = 0; // the compiler vectorizes this (-O2 -march=native)
+    for (size_t i = 0; i + 4 <= a->n / 8; i += 4) {
+        x0 ^= q[i];
+        x1 ^= q[i + 1];
+        x2 ^= q[i + 2];
+        x3 ^= q[i + 3];
+    }
+    a->sum = (double)((x0 ^ x1 ^ x2 ^ x3) & 0xffff);
+    return NULL;
+}
+static void bench_membw(int n_threads) {
+    const size_t n = (size_t)256 << 20;
+    char *a = malloc(n), *b = malloc(n);
+    if (!a || !b) {
+        fprintf(stderr, "bench: no memory for the bandwidth test\n");
+        exit(1);
+    }
+    memset(a, 1, n);
+    memset(b, 2, n);
+    double t[5], best, med;
+    for (int i = 0; i < 5; i++) {
+        double t0 = fg_time_s();
+        memcpy(b, a, n);
+        t[i] = fg_time_s() - t0;
+    }
+    best_med(t, 5, &best, &med);
+    printf("memcpy 256 MiB, 1 thread: best %.2f GB/s (read + write), median %.2f\n", 2.0 * n / best / 1e9,
+           2.0 * n / med / 1e9);
+    if (n_threads > 16)
+        n_threads = 16;
+    pthread_t th[16];
+    rd_arg ra[16];
+    double xs = 0;
+    for (int i = 0; i < 5; i++) {
+        double t0 = fg_time_s();
+        for (int k = 0; k < n_threads; k++) {
+            ra[k] = (rd_arg){a + n / (size_t)n_threads * (size_t)k, n / (size_t)n_threads, 0};
+            pthread_create(&th[k], NULL, read_worker, &ra[k]);
+        }
+        for (int k = 0; k < n_threads; k++) {
+            pthread_join(th[k], NULL);
+            xs += ra[k].sum;
+        }
+        t[i] = fg_time_s() - t0;
+    }
+    best_med(t, 5, &best, &med);
+    printf("read 256 MiB, %d threads: best %.2f GB/s, median %.2f (checksum %g)\n", n_threads, n / best / 1e9,
+           n / med / 1e9, xs);
+    free(a);
+    free(b);
+}
+
 static void bench_dispatch(fg_backend *be) {
     fg_buffer *b;
     fg_tensor t = alloc_t(be, FG_TYPE_F32, 65536, 1, &b); // above the serial threshold
@@ -145,10 +227,27 @@ int main(int argc, char **argv) {
         types[n_types++] = FG_TYPE_Q8_0;
         types[n_types++] = FG_TYPE_F16;
     }
+    const char *only = getenv("BENCH_ONLY"); // "decode", "prefill", "big", "mem": one group
+    bool all = !only;
+    if (all || strcmp(only, "mem") == 0)
+        bench_membw(n_threads);
+    if (all || strcmp(only, "big") == 0) // Q4_0: ~33 MB of weights, beyond the caches
+        for (int i = 0; i < n_types; i++)
+            for (int rows = 1; rows <= 8; rows *= 2)
+                bench_matmul(be, types[i], 14336, 4096, rows);
     for (int i = 0; i < n_types; i++) {
-        bench_matmul(be, types[i], 2048, 8192, 1);
-        bench_matmul(be, types[i], 8192, 2048, 1);
-        bench_matmul(be, types[i], 2048, 8192, 512);
+        if (all || strcmp(only, "decode") == 0) {
+            bench_matmul(be, types[i], 2048, 8192, 1);
+            bench_matmul(be, types[i], 8192, 2048, 1);
+        }
+        if (all || strcmp(only, "prefill") == 0) {
+            bench_matmul(be, types[i], 2048, 8192, 8);
+            bench_matmul(be, types[i], 2048, 8192, 512);
+        }
+    }
+    if (!all) {
+        be->ops->destroy(be);
+        return 0;
     }
     bench_attention(be, 4096, 1);
     bench_attention(be, 1024, 8);

@@ -50,4 +50,16 @@ void fg_quantize_row(uint32_t vec_dot_type, const float *x, void *y, int64_t n);
 // Bytes of n elements of a type (n a multiple of its block size); 0 for an unknown type.
 size_t fg_type_row_size_n(uint32_t type, int64_t n);
 
+// Multi-row dot products (prefill matmul): dst[r * dst_stride + o] = vec_dot(n, w row o, x row r)
+// for o < n_w, r < n_x; w rows w_stride bytes apart, x rows (already vec_dot_type) x_stride
+// bytes apart, dst_stride in floats. Each element is bit for bit what the type's vec_dot of
+// fg_type_traits_get gives (fast or reference table), whatever n_w, n_x and the tiling: each
+// weight block is decoded once per several x rows. FG_ERR_UNSUPPORTED for a type without
+// vec_dot, FG_ERR_INVALID_ARG for n not a multiple of the block size.
+fg_status fg_quant_gemm(uint32_t type, int64_t n, int64_t n_w, int64_t n_x, const void *w, size_t w_stride,
+                        const void *x, size_t x_stride, float *dst, size_t dst_stride);
+// True when fg_quant_gemm has a multi-row kernel for the type in this build and mode that is
+// worth using for n_x activation rows (false: use vec_dot, or fg_quant_gemm's plain loop).
+bool fg_quant_gemm_has_fast(uint32_t type, int64_t n_x);
+
 #endif // FG_QUANT_QUANT_H

@@ -1,9 +1,9 @@
-// cpu_matmul.c - dst[r][o] = vec_dot(w row o, x row r) (+ bias[o]) for every weight type of
-// the traits table, as ggml's CPU mul_mat does it: each activation row is converted ONCE to
-// the weight type's vec_dot_type (Q8_0/Q8_1/Q8_K/F16/BF16, or used as is for F32), then one
-// vec_dot per output element. Work is split into tiles of (weight rows x activation rows),
-// taken dynamically by the workers; inside a tile a weight row is reused across the tile's
-// activation rows. Every element is computed by the same call whatever the thread count.
+// cpu_matmul.c - dst[r][o] = vec_dot(w row o, x row r) (+ bias[o]) for every weight type, as
+// ggml's CPU mul_mat: each activation row converted ONCE to the weight type's vec_dot_type (F32
+// used as is), then one vec_dot per output, or fg_quant_gemm's multi-row kernels where
+// fg_quant_gemm_has_fast says so (bit-identical values; each weight block decoded once per
+// several rows). Tiles of (weight rows x activation rows) are taken dynamically by the workers;
+// every element's value is independent of the thread count, the tiling and the batch size.
 #include "backend/cpu/cpu_internal.h"
 
 #include "base/status.h"
@@ -23,6 +23,7 @@ typedef struct mm_args {
     const float *bias;       // [n_out] or NULL
     fg_vec_dot_fn vec_dot;
     uint32_t vdt;
+    bool gemm;               // tiles go to fg_quant_gemm
     const char *act;         // converted activations (or x's data for F32)
     size_t act_stride;       // bytes between converted rows
     int64_t n_in, n_out, n_rows;
@@ -52,6 +53,18 @@ static void mm_dot_work(void *p, int ith, int nth) {
         int64_t ot = tile / a->n_r_tiles, rt = tile % a->n_r_tiles;
         int64_t o0 = ot * a->o_tile, o1 = FG_MIN(o0 + a->o_tile, a->n_out);
         int64_t r0 = rt * ROW_TILE, r1 = FG_MIN(r0 + ROW_TILE, a->n_rows);
+        if (a->gemm) {
+            const size_t dsf = dnb / sizeof(float);
+            float *d0 = (float *)(ddata + (size_t)r0 * dnb) + o0;
+            // cannot fail: the type and the row length were checked by fg_cpu_matmul
+            (void)fg_quant_gemm(a->w->type, a->n_in, o1 - o0, r1 - r0, wdata + (size_t)o0 * wnb, wnb,
+                                a->act + (size_t)r0 * a->act_stride, a->act_stride, d0, dsf);
+            if (a->bias)
+                for (int64_t r = 0; r < r1 - r0; r++)
+                    for (int64_t o = 0; o < o1 - o0; o++)
+                        d0[r * dsf + o] += a->bias[o0 + o];
+            continue;
+        }
         for (int64_t o = o0; o < o1; o++) {
             const char *wr = wdata + (size_t)o * wnb;
             const float b = a->bias ? a->bias[o] : 0.0f;
@@ -111,6 +124,7 @@ fg_status fg_cpu_matmul(fg_backend *be, fg_tensor *dst, const fg_tensor *w, cons
     a.bias = bias ? (const float *)bias->data : NULL;
     a.vec_dot = tr->vec_dot;
     a.vdt = vdt;
+    a.gemm = dst->nb[1] % sizeof(float) == 0 && fg_quant_gemm_has_fast(w->type, n_rows);
     a.n_in = n_in;
     a.n_out = n_out;
     a.n_rows = n_rows;
@@ -132,7 +146,7 @@ fg_status fg_cpu_matmul(fg_backend *be, fg_tensor *dst, const fg_tensor *w, cons
     const int nth = c->n_threads;
     a.n_r_tiles = (n_rows + ROW_TILE - 1) / ROW_TILE;
     int64_t o_tile = n_out / ((int64_t)nth * 8 / (a.n_r_tiles < 8 ? a.n_r_tiles : 8) + 1);
-    o_tile = FG_MAX(4, FG_MIN(o_tile, 64));
+    o_tile = FG_MAX(4, FG_MIN(o_tile, 64)) / 4 * 4; // whole 4-row groups of the gemm kernels
     a.o_tile = o_tile;
     a.n_o_tiles = (n_out + o_tile - 1) / o_tile;
     atomic_init(&a.next, 0);
