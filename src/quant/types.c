@@ -23,7 +23,12 @@ void fg_quant_set_use_ref(bool use_ref) { atomic_store(&g_use_ref, use_ref); }
 bool fg_quant_use_ref(void) { return atomic_load(&g_use_ref); }
 
 const char *fg_quant_simd_name(void) {
-#ifdef FG_QUANT_HAVE_AVX2
+#if defined(FG_QUANT_HAVE_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512BW__) && \
+    defined(__AVX512VL__)
+    return "avx2+avx512-vnni";
+#elif defined(FG_QUANT_HAVE_AVX2) && (defined(__AVX512VNNI__) || defined(__AVXVNNI__))
+    return "avx2+vnni";
+#elif defined(FG_QUANT_HAVE_AVX2)
     return "avx2";
 #else
     return "scalar";
