@@ -746,10 +746,8 @@ int fg_cmd_synth(int argc, char **argv) {
     int r = parse_args(argc, argv, &o);
     if (r == 1)
         return 0;
-    if (r == 2) {
-        usage(stderr);
-        return 2;
-    }
+    if (r == 2)
+        return 2; // parse_args printed the one-line reason
     if (run_synth(&o) != FG_OK)
         return fg_cli_fail("synth");
     return 0;

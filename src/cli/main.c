@@ -88,16 +88,17 @@ fg_status fg_cli_read_file(const char *path, char **out, size_t *len) {
             buf = nb;
             cap *= 2;
         }
+        errno = 0;
         size_t r = fread(buf + n, 1, cap - n - 1, f);
         n += r;
         if (r == 0)
             break;
     }
-    int err = ferror(f);
+    int err = ferror(f) ? (errno ? errno : EIO) : 0; // EISDIR for a directory
     fclose(f);
     if (err) {
         free(buf);
-        return FG_FAIL(FG_ERR_IO, "%s: read error", path);
+        return FG_FAIL(FG_ERR_IO, "%s: cannot read: %s", path, strerror(err));
     }
     buf[n] = '\0';
     *out = buf;

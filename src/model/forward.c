@@ -247,5 +247,17 @@ fg_status fg_model_forward(fg_model *m, fg_kv_store *kv, const fg_batch *b, floa
         OP(ops->matmul(be, &lg, m->output, &xr, NULL));
         OP(ops->download(be, &lg, 0, logits + r0 * V, (size_t)(nr * V) * sizeof(float)));
     }
-    return ops->sync(be);
+    OP(ops->sync(be));
+    // A weight holding NaN/inf (or an overflow in a broken file) poisons every logit; say so
+    // rather than let the sampler turn NaNs into a stream of token 0.
+    for (int64_t r = 0; r < step.n_out; r++) {
+        const float *row = logits + r * V;
+        for (int64_t i = 0; i < V; i++)
+            if (!isfinite(row[i]))
+                return FG_FAIL(FG_ERR_FORMAT,
+                               "%s: forward: logit %lld of token %d is %g: the weights produce "
+                               "non-finite values",
+                               m->path, (long long)i, step.out_rows[r], (double)row[i]);
+    }
+    return FG_OK;
 }

@@ -21,7 +21,7 @@ typedef enum fg_arch {
 typedef struct fg_arch_traits {
     const char *name;      // general.architecture
     fg_rope_mode rope;     // llama, glm4: NORMAL; qwen2, qwen3: NEOX
-    bool qkv_bias;         // q/k/v biases required (qwen2); optional otherwise
+    bool qkv_bias;         // q/k/v biases all or none (qwen2); any subset otherwise
     bool qk_norm;          // per-head RMSNorm of q and k before rope (qwen3)
     bool post_norms;       // post_attention_norm / post_ffw_norm before the residual adds (glm4)
     bool fused_gate_up;    // ffn_up is [2*n_ff][n_embd] = gate | up halves (glm4)

@@ -15,6 +15,9 @@
 #include <string.h>
 
 #define WEIGHT_ALIGN 256
+// Largest head size the backends' attention and rope kernels take (they keep a head on the
+// stack: FG_CPU_MAX_HEAD_DIM); refused at load rather than at the first forward step.
+#define MAX_HEAD_DIM 512
 
 // ---- hyper-parameters
 
@@ -81,7 +84,7 @@ static fg_status read_hparams(loader *L, fg_hparams *hp) {
                        hp->n_head, key2, hp->n_head_kv);
     }
     if (has_key(L, "attention.key_length", key, sizeof key)) {
-        FG_TRY(get_hp_int(L, "attention.key_length", -1, 1, 4096, &hp->head_dim));
+        FG_TRY(get_hp_int(L, "attention.key_length", -1, 1, MAX_HEAD_DIM, &hp->head_dim));
     } else {
         if (hp->n_embd % hp->n_head != 0) {
             has_key(L, "attention.head_count", key2, sizeof key2);
@@ -89,9 +92,16 @@ static fg_status read_hparams(loader *L, fg_hparams *hp) {
                            p, L->arch, hp->n_embd, key2, hp->n_head);
         }
         hp->head_dim = hp->n_embd / hp->n_head;
+        if (hp->head_dim > MAX_HEAD_DIM) {
+            has_key(L, "embedding_length", key, sizeof key);
+            has_key(L, "attention.head_count", key2, sizeof key2);
+            return FG_FAIL(FG_ERR_UNSUPPORTED,
+                           "%s: head size %s / %s = %d exceeds the supported %d", p, key, key2,
+                           hp->head_dim, MAX_HEAD_DIM);
+        }
     }
     int32_t v_len = hp->head_dim;
-    FG_TRY(get_hp_int(L, "attention.value_length", hp->head_dim, 1, 4096, &v_len));
+    FG_TRY(get_hp_int(L, "attention.value_length", hp->head_dim, 1, MAX_HEAD_DIM, &v_len));
     if (v_len != hp->head_dim) {
         has_key(L, "attention.value_length", key, sizeof key);
         return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: %s (%d) differs from the key length (%d)", p, key,
@@ -157,10 +167,27 @@ static void fmt_shape(char *out, size_t cap, int n_dims, const int64_t *ne) {
         snprintf(out + o, cap - o, "]");
 }
 
-// Binds tensor `name` of shape ne0 (x ne1 when ne1 > 0). f32_only: norms, biases, rope freqs.
-// *out = NULL when absent and optional.
-static fg_status bind(loader *L, const char *name, int64_t ne0, int64_t ne1, bool required,
-                      bool f32_only, const fg_tensor **out) {
+// The small F32 tensors (norms, biases, rope frequency factors) must hold finite values
+// (and positive ones for rope factors, which divide the rotation angle): a NaN there turns
+// every logit into NaN, which would otherwise only show as garbage text.
+static fg_status check_finite(const loader *L, const fg_gguf_tensor *t, bool positive) {
+    const uint8_t *p = t->data;
+    uint64_t n = t->n_bytes / sizeof(float);
+    for (uint64_t i = 0; i < n; i++) {
+        float v;
+        memcpy(&v, p + i * sizeof(float), sizeof v);
+        if (!isfinite(v) || (positive && !(v > 0)))
+            return FG_FAIL(FG_ERR_FORMAT, "%s: tensor '%s': element %llu is %g, expected a %s number",
+                           L->path, t->name, (unsigned long long)i, (double)v,
+                           positive ? "positive finite" : "finite");
+    }
+    return FG_OK;
+}
+
+// Binds tensor `name` of shape ne0 (x ne1 when ne1 > 0). f32_only: norms, biases, rope freqs
+// (positive: values must be > 0). *out = NULL when absent and optional.
+static fg_status bind_ex(loader *L, const char *name, int64_t ne0, int64_t ne1, bool required,
+                         bool f32_only, bool positive, const fg_tensor **out) {
     fg_model *m = L->m;
     *out = NULL;
     const fg_gguf_tensor *t = fg_gguf_find_tensor(L->g, name);
@@ -188,6 +215,8 @@ static fg_status bind(loader *L, const char *name, int64_t ne0, int64_t ne1, boo
     if (!f32_only && !m->be->ops->supports_type(m->be, t->type))
         return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: tensor '%s': type %s is not supported by the %s backend",
                        L->path, name, fg_type_name(t->type), m->be->ops->name);
+    if (f32_only)
+        FG_TRY(check_finite(L, t, positive));
     FG_ASSERT(m->n_tensors < L->cap);
     int32_t i = m->n_tensors++;
     L->src[i] = t;
@@ -198,6 +227,11 @@ static fg_status bind(loader *L, const char *name, int64_t ne0, int64_t ne1, boo
         d->ne[k] = want[k];
     *out = d;
     return FG_OK;
+}
+
+static fg_status bind(loader *L, const char *name, int64_t ne0, int64_t ne1, bool required,
+                      bool f32_only, const fg_tensor **out) {
+    return bind_ex(L, name, ne0, ne1, required, f32_only, false, out);
 }
 
 static fg_status bind_layer(loader *L, int il, fg_layer *ly) {
@@ -215,9 +249,19 @@ static fg_status bind_layer(loader *L, int il, fg_layer *ly) {
     BIND(wq, "attn_q.weight", E, Q, true, false);
     BIND(wk, "attn_k.weight", E, KV, true, false);
     BIND(wv, "attn_v.weight", E, KV, true, false);
-    BIND(bq, "attn_q.bias", Q, 0, at->qkv_bias, true);
-    BIND(bk, "attn_k.bias", KV, 0, at->qkv_bias, true);
-    BIND(bv, "attn_v.bias", KV, 0, at->qkv_bias, true);
+    // qwen2 files come with all three q/k/v biases or (some fine-tunes/conversions) none:
+    // one or two of them alone is a broken file. Other architectures take any subset.
+    bool biases = false;
+    if (at->qkv_bias) {
+        static const char *const bn[3] = {"attn_q.bias", "attn_k.bias", "attn_v.bias"};
+        for (int i = 0; i < 3; i++) {
+            snprintf(n, sizeof n, "blk.%d.%s", il, bn[i]);
+            biases = biases || fg_gguf_find_tensor(L->g, n) != NULL;
+        }
+    }
+    BIND(bq, "attn_q.bias", Q, 0, biases, true);
+    BIND(bk, "attn_k.bias", KV, 0, biases, true);
+    BIND(bv, "attn_v.bias", KV, 0, biases, true);
     if (at->qk_norm) {
         BIND(q_norm, "attn_q_norm.weight", D, 0, true, true);
         BIND(k_norm, "attn_k_norm.weight", D, 0, true, true);
@@ -255,7 +299,7 @@ static fg_status bind_all(loader *L) {
     if (!m->output)
         m->output = m->tok_embd; // tied embeddings
     if (hp->n_rot > 0)
-        FG_TRY(bind(L, "rope_freqs.weight", hp->n_rot / 2, 0, false, true, &m->rope_freqs));
+        FG_TRY(bind_ex(L, "rope_freqs.weight", hp->n_rot / 2, 0, false, true, true, &m->rope_freqs));
     for (int il = 0; il < hp->n_layer; il++)
         FG_TRY(bind_layer(L, il, &m->layers[il]));
     return FG_OK;
@@ -345,6 +389,17 @@ static fg_status alloc_scratch(fg_model *m) {
         offs[i] = (end + WEIGHT_ALIGN - 1) / WEIGHT_ALIGN * WEIGHT_ALIGN;
         end = offs[i] + (uint64_t)plan[i].cols * (uint64_t)plan[i].rows * sizeof(float);
     }
+    // The activations grow with the shapes the metadata claims; a small file with quantized
+    // weights must not make us reserve many times its size (the weights justify the shapes).
+    uint64_t wbytes = 0;
+    for (int32_t i = 0; i < m->n_tensors; i++)
+        wbytes += fg_tensor_nbytes(&m->tensors[i]);
+    if (end > ((uint64_t)1 << 30) && end / 8 > wbytes)
+        return FG_FAIL(FG_ERR_INVALID_ARG,
+                       "%s: scratch activations for max_batch_tokens %lld would take %llu bytes, more "
+                       "than 8x the %llu bytes of weights (n_embd %d, n_ff %d, n_vocab %d)",
+                       m->path, (long long)T, (unsigned long long)end, (unsigned long long)wbytes,
+                       hp->n_embd, hp->n_ff, hp->n_vocab);
     fg_status st = be->ops->buf_alloc(be, (size_t)end, &s->buf);
     if (st != FG_OK) {
         fg_error_prefix("%s: scratch activations (%llu bytes)", m->path, (unsigned long long)end);

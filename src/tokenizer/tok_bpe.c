@@ -31,6 +31,9 @@
 // llama.cpp runs regexes that hold literal non-ASCII characters on text where non-ASCII
 // white space became U+000B, so such spaces never match those classes: (?!\s) says so here.
 #define NOT_WS "(?!" S_ ")"
+// Groups of (?!\s)[class] are repeated possessively (++): nothing follows them in their
+// pattern, so the match is the same, and PCRE2 keeps no backtracking frame per character
+// (a greedy group ran out of JIT stack on a word of ~10,000 letters).
 
 static const char *const k_re_default[] = {
     "[\\p{P}\\$\\+<=>\\^~\\|]+",
@@ -52,10 +55,10 @@ static const char *const k_re_falcon[] = {
 static const char *const k_re_deepseek_llm[] = {
     "[\\r\\n]",
     S_ "?(?:" NOT_WS
-       "[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\\x{1f7d}ᾀ-ᾴᾶ-ᾼ\\x{1fbe}ῂ-ῄῆ-ῌῐ-\\x{1fd3}ῖ-\\x{1fdb}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\\x{2126}ℨ\\x{212a}-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃])+",
-    S_ "?(?:" NOT_WS "[!-/:-~！-／：-～‘-‟　-。])+",
+       "[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\\x{1f7d}ᾀ-ᾴᾶ-ᾼ\\x{1fbe}ῂ-ῄῆ-ῌῐ-\\x{1fd3}ῖ-\\x{1fdb}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\\x{2126}ℨ\\x{212a}-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃])++",
+    S_ "?(?:" NOT_WS "[!-/:-~！-／：-～‘-‟　-。])++",
     S_ "+$",
-    "(?:" NOT_WS "[一-龥ࠀ-一가-퟿])+",
+    "(?:" NOT_WS "[一-龥ࠀ-一가-퟿])++",
     "\\p{N}+",
     NULL,
 };
@@ -63,7 +66,7 @@ static const char *const k_re_deepseek_coder[] = {
     "[\\r\\n]",
     S_ "?\\p{L}+",
     S_ "?\\p{P}+",
-    "(?:" NOT_WS "[一-龥ࠀ-一가-퟿])+",
+    "(?:" NOT_WS "[一-龥ࠀ-一가-퟿])++",
     "\\p{N}",
     NULL,
 };

@@ -260,6 +260,72 @@ def read_gguf(path):
     return kv, tensors
 
 
+def read_typed(path):
+    """Reader that keeps value types, for rewriting a model: returns (kvs, tensors) where kvs
+    is a list of [key, vtype, value] (arrays as (elem_type, [values]), strings as bytes) and
+    tensors a list of dicts name, dims, type, data; rebuild(kvs, tensors) writes them back."""
+    with open(path, "rb") as f:
+        d = f.read()
+    assert d[:4] == b"GGUF"
+    _, n_t, n_kv = struct.unpack_from("<IQQ", d, 4)
+    pos = 24
+
+    def rd_str(p):
+        (n,) = struct.unpack_from("<Q", d, p)
+        return d[p + 8:p + 8 + n], p + 8 + n
+
+    def rd_val(t, p):
+        if t in SCALAR_FMT:
+            (v,) = struct.unpack_from(SCALAR_FMT[t], d, p)
+            return v, p + struct.calcsize(SCALAR_FMT[t])
+        if t == STR:
+            return rd_str(p)
+        et, n = struct.unpack_from("<IQ", d, p)
+        p += 12
+        vals = []
+        for _ in range(n):
+            v, p = rd_val(et, p)
+            vals.append(v)
+        return (et, vals), p
+
+    kvs = []
+    for _ in range(n_kv):
+        k, pos = rd_str(pos)
+        (t,) = struct.unpack_from("<I", d, pos)
+        v, pos = rd_val(t, pos + 4)
+        kvs.append([k.decode(), t, v])
+    align = 32
+    for k, t, v in kvs:
+        if k == "general.alignment":
+            align = v
+    tensors = []
+    for _ in range(n_t):
+        name, pos = rd_str(pos)
+        (nd,) = struct.unpack_from("<I", d, pos)
+        dims = list(struct.unpack_from("<%dq" % nd, d, pos + 4))
+        ttype, off = struct.unpack_from("<IQ", d, pos + 4 + 8 * nd)
+        pos += 4 + 8 * nd + 12
+        tensors.append(dict(name=name.decode(), dims=dims, type=ttype, offset=off))
+    base = (pos + align - 1) // align * align
+    for t in tensors:
+        bs, bb = TYPE_GEOM[t["type"]]
+        n = 1
+        for x in t["dims"]:
+            n *= x
+        o = base + t.pop("offset")
+        t["data"] = d[o:o + n // bs * bb]
+    return kvs, tensors
+
+
+def rebuild(kvs, tensors):
+    b = Builder()
+    for k, t, v in kvs:
+        b.kv(k, t, v)
+    for t in tensors:
+        b.tensor(t["name"], t["dims"], t["type"], data=t["data"])
+    return b.build()
+
+
 if __name__ == "__main__":
     outdir = sys.argv[1] if len(sys.argv) > 1 else "hostile"
     os.makedirs(outdir, exist_ok=True)

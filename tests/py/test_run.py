@@ -121,6 +121,8 @@ def test_missing_model_and_file():
     assert "/nonexistent/prompt.txt" in line
     line = one_line_error(run("-p", "x"), 2)
     assert "-m MODEL is required" in line
+    line = one_line_error(run("-m", STORIES, "-f", "/"), 1)
+    assert line == "forge run: /: cannot read: Is a directory"
 
 
 def test_not_a_model(tmp_path):

@@ -181,6 +181,14 @@ def test_synth_v2(tmp_path):
     (["--arch", "llama", "--n-head", 4, "--n-head-kv", 3], 1, "not a multiple of n_head_kv"),
     (["--arch", "llama", "--n-vocab", 100], 1, "smaller than the built-in vocabulary"),
     (["--arch", "llama", "--n-embd", 0], 2, "--n-embd expects an integer"),
+    (["--arch", "llama", "--n-head", 0], 2, "--n-head expects an integer in [1, 1024], got '0'"),
+    (["--arch", "llama", "--n-head-kv", 0], 2, "--n-head-kv expects an integer in [1, 1024], got '0'"),
+    (["--arch", "llama", "--head-dim", 7], 1, "head_dim 7 must be even (rope)"),
+    (["--arch", "llama", "--n-embd", 30, "--n-head", 4], 1,
+     "n_embd 30 is not a multiple of n_head 4 (give --head-dim)"),
+    (["--arch", "llama", "--n-head", 4, "--n-head-kv", 8], 1, "n_head 4 is not a multiple of n_head_kv 8"),
+    (["--arch", "llama", "--bogus"], 2, "unknown or incomplete option '--bogus'"),
+    ([], 2, "give --preset NAME or --arch ARCH"),
 ])
 def test_synth_errors(tmp_path, args, code, msg):
     out = tmp_path / "e.gguf"
@@ -188,8 +196,7 @@ def test_synth_errors(tmp_path, args, code, msg):
     assert r.returncode == code
     err = r.stderr.decode()
     assert msg in err
-    if code == 1:
-        assert len(err.splitlines()) == 1 and err.startswith("forge synth: ")
+    assert len(err.splitlines()) == 1 and err.startswith("forge synth: "), err
     assert not out.exists()
 
 

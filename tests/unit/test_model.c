@@ -2,8 +2,11 @@
 // architecture loads (llama tied/untied, qwen2 biases, qwen3 head_dim != n_embd/n_head, glm4
 // fused FFN and post norms) and runs a forward step with finite logits; loading errors give
 // their exact one-line messages (missing tensor or key, wrong shape, head counts that don't
-// divide, vocabulary mismatch, unsupported architecture, unknown weight type); bad batches
-// are refused with the field named. Tokenizer metadata is copied from stories260K.
+// divide, vocabulary mismatch, unsupported architecture, unknown weight type, NaN in a norm,
+// rope factors <= 0, scratch out of proportion to the weights); bad batches are refused with
+// the field named; non-finite logits are an error; the forward pass matches a scalar
+// reference for every architecture and for big heads, MQA, odd n_ff, partial rope and long
+// prompts over many pages. Tokenizer metadata is copied from stories260K.
 // forge-test-modules: model backend tokenizer quant gguf base
 #include <setjmp.h>
 #include <stdarg.h>
@@ -32,12 +35,17 @@ typedef struct spec {
     const char *reshape;   // tensor whose ne[1] (or ne[0] for 1-D) is doubled
     float rope_freqs;      // > 0: a rope_freqs.weight of this constant, written last
     int rope_freqs_len;    // its length (0: head_dim / 2)
+    int n_rot;             // > 0: rope.dimension_count (partial rotary)
+    const char *poison;    // tensor whose values are all poison_value
+    float poison_value;
 } spec;
 
 typedef struct fill_info {
     int64_t const_index; // tensor filled with const_value (-1: none)
     float const_value;
     const float *scale;  // [tensor index] gain of the random values
+    int64_t poison_index; // tensor filled with poison_value (-1: none)
+    float poison_value;
 } fill_info;
 
 static spec base_spec(void) {
@@ -55,9 +63,10 @@ static fg_status fill(void *user, int64_t index, void *dst, uint64_t n_bytes) {
     const fill_info *fi = user;
     float *f = dst;
     uint64_t n = n_bytes / 4;
-    if (index == fi->const_index) {
+    if (index == fi->const_index || index == fi->poison_index) {
+        float c = index == fi->poison_index ? fi->poison_value : fi->const_value;
         for (uint64_t i = 0; i < n; i++)
-            f[i] = fi->const_value;
+            f[i] = c;
         return FG_OK;
     }
     uint32_t x = 0x9e3779b9u ^ (uint32_t)index * 2654435761u;
@@ -78,6 +87,7 @@ typedef struct wctx {
     const spec *s;
     int64_t n; // tensors added so far
     float scale[MAX_TENSORS];
+    int64_t poison_index;
 } wctx;
 
 static void add(wctx *wc, const char *name, int64_t ne0, int64_t ne1) {
@@ -91,6 +101,8 @@ static void add(wctx *wc, const char *name, int64_t ne0, int64_t ne1) {
             ne0 *= 2;
     }
     int64_t ne[2] = {ne0, ne1};
+    if (s->poison && !strcmp(name, s->poison))
+        wc->poison_index = wc->n;
     assert_int_equal(fg_gguf_writer_add_tensor(wc->w, name, FG_TYPE_F32, ne1 > 0 ? 2 : 1, ne), FG_OK);
     assert_true(wc->n < MAX_TENSORS);
     // larger q/k projections: attention far from uniform, so rope and masking matter
@@ -124,8 +136,8 @@ static void write_model(const char *path, const spec *s) {
         fg_gguf_writer_set_u32(w, KEY("attention.key_length"), (uint32_t)hd);
         fg_gguf_writer_set_u32(w, KEY("attention.value_length"), (uint32_t)hd);
     }
-    if (s->glm)
-        fg_gguf_writer_set_u32(w, KEY("rope.dimension_count"), (uint32_t)hd / 2);
+    if (s->glm || s->n_rot)
+        fg_gguf_writer_set_u32(w, KEY("rope.dimension_count"), (uint32_t)(s->n_rot ? s->n_rot : hd / 2));
 #undef KEY
     static const char *const tk[] = {"tokenizer.ggml.model", "tokenizer.ggml.tokens",
                                      "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
@@ -134,7 +146,7 @@ static void write_model(const char *path, const spec *s) {
     for (size_t i = 0; i < sizeof tk / sizeof tk[0]; i++)
         assert_int_equal(fg_gguf_writer_copy_kv(w, voc, tk[i]), FG_OK);
     fg_gguf_close(voc);
-    wctx wc = {w, s, 0, {0}};
+    wctx wc = {w, s, 0, {0}, -1};
     int E = s->n_embd, Q = s->n_head * hd, KV = s->n_head_kv * hd, F = s->n_ff;
     add(&wc, "token_embd.weight", E, s->vocab_rows);
     add(&wc, "output_norm.weight", E, 0);
@@ -171,12 +183,13 @@ static void write_model(const char *path, const spec *s) {
             T("post_ffw_norm.weight", E, 0);
 #undef T
     }
-    fill_info fi = {-1, 0, wc.scale};
+    fill_info fi = {-1, 0, wc.scale, wc.poison_index, s->poison_value};
     if (s->rope_freqs > 0) {
         fi.const_index = wc.n;
         fi.const_value = s->rope_freqs;
         add(&wc, "rope_freqs.weight", s->rope_freqs_len ? s->rope_freqs_len : hd / 2, 0);
     }
+    fi.poison_index = wc.poison_index;
     if (fg_gguf_writer_write(w, path, fill, &fi) != FG_OK)
         fail_msg("write %s: %s", path, fg_last_error());
     fg_gguf_writer_destroy(w);
@@ -476,7 +489,7 @@ static double *ref_forward(const char *path, const spec *s, const int32_t *toks,
     if (fg_gguf_open(path, &g) != FG_OK)
         fail_msg("%s", fg_last_error());
     int E = s->n_embd, H = s->n_head, HK = s->n_head_kv, hd = s->head_dim ? s->head_dim : E / H;
-    int F = s->n_ff, Q = H * hd, KV = HK * hd, V = 512, n_rot = s->glm ? hd / 2 : hd;
+    int F = s->n_ff, Q = H * hd, KV = HK * hd, V = 512, n_rot = s->n_rot ? s->n_rot : s->glm ? hd / 2 : hd;
     bool neox = !strcmp(s->arch, "qwen2") || !strcmp(s->arch, "qwen3");
     size_t big = (size_t)T * (size_t)(2 * F > Q ? (2 * F > E ? 2 * F : E) : (Q > E ? Q : E));
     double *x = calloc((size_t)T * E, sizeof *x), *h = calloc(big, sizeof *h),
@@ -616,6 +629,117 @@ static void test_forward_matches_reference(void **state) {
     }
 }
 
+// Shapes the small reference test does not reach: head_dim 128 and 256 (!= n_embd/n_head),
+// multi-query attention, n_ff 172 and 100 (not a multiple of 32), qwen2 without q/k/v biases
+// (all three absent is fine; one missing of three is refused, test_missing_tensor), partial
+// rotary dims (rope.dimension_count < head_dim, neox and normal), a 50-token prompt over 13
+// pages of 4 in a scrambled page table; the prompt in one step (every row's logits) and the
+// same tokens decoded one at a time both match the scalar reference.
+static void test_big_heads_long_prompt(void **state) {
+    fixture *f = *state;
+    spec specs[5] = {base_spec(), base_spec(), base_spec(), base_spec(), base_spec()};
+    specs[0].n_head = 2, specs[0].n_head_kv = 1, specs[0].head_dim = 128, specs[0].n_ff = 172;
+    specs[0].rope_freqs = 1.5f;
+    specs[1].arch = "qwen2", specs[1].biases = true, specs[1].n_head = 2, specs[1].n_head_kv = 2;
+    specs[1].head_dim = 256, specs[1].n_ff = 100, specs[1].tied = true, specs[1].n_layer = 1;
+    specs[2].arch = "qwen2", specs[2].biases = false; // qwen2 without q/k/v biases
+    specs[3].arch = "qwen2", specs[3].biases = true, specs[3].n_rot = 4; // partial rope, neox
+    specs[4].n_rot = 6, specs[4].rope_freqs = 3.0f, specs[4].rope_freqs_len = 3; // partial, normal
+    enum { T = 50, NP = 13 };
+    int32_t toks[T], pos[T], seq[T] = {0}, pages[NP];
+    bool want[T];
+    for (int i = 0; i < T; i++)
+        toks[i] = (i * 37 + 1) % 512, pos[i] = i, want[i] = true;
+    for (int i = 0; i < NP; i++)
+        pages[i] = (i * 5 + 3) % NP;
+    for (int si = 0; si < 5; si++) {
+        write_model(f->path, &specs[si]);
+        fg_model *m = NULL;
+        fg_model_opts mo = {.max_batch_tokens = 64, .max_seqs = 2};
+        if (fg_model_load(f->path, f->be, &mo, &m) != FG_OK)
+            fail_msg("load: %s", fg_last_error());
+        double *ref = ref_forward(f->path, &specs[si], toks, T);
+        float *lg = malloc(sizeof(float) * T * 512);
+        const int32_t *pt = pages;
+        double md = 0, mx = 0;
+        for (int mode = 0; mode < 2; mode++) {
+            fg_kv_store *kv = NULL;
+            assert_int_equal(fg_kv_store_create(m, NP, 4, FG_TYPE_F32, &kv), FG_OK);
+            for (int t0 = 0; t0 < T;) {
+                int n = mode == 0 ? T : 1;
+                int32_t n_kv = t0 + n;
+                fg_batch b = {.n_tokens = n, .tokens = toks + t0, .pos = pos + t0, .seq = seq,
+                              .want_logits = want, .n_seqs = 1, .n_kv = &n_kv, .page_tables = &pt};
+                if (fg_model_forward(m, kv, &b, lg + (size_t)t0 * 512) != FG_OK)
+                    fail_msg("forward: %s", fg_last_error());
+                t0 += n;
+            }
+            for (int i = 0; i < T * 512; i++) {
+                md = fmax(md, fabs(lg[i] - ref[i]));
+                mx = fmax(mx, fabs(ref[i]));
+            }
+            fg_kv_store_destroy(kv);
+        }
+        printf("reference %s head_dim %d n_ff %d n_rot %d%s, %d tokens: max |d logit| %.3g (max |logit| %.3g)\n",
+               specs[si].arch, specs[si].head_dim, specs[si].n_ff, specs[si].n_rot,
+               si == 2 ? " no biases" : "", T, md, mx);
+        assert_true(md <= 1e-5 * fmax(1.0, mx));
+        free(lg);
+        free(ref);
+        fg_model_destroy(m);
+    }
+}
+
+// Non-finite weights: a NaN in a norm or a rope factor of 0 is refused at load naming the
+// tensor; an infinite embedding (not scanned at load: too big) makes the forward step fail
+// instead of returning NaN logits.
+static void test_nonfinite_weights(void **state) {
+    fixture *f = *state;
+    spec s = base_spec();
+    s.poison = "blk.1.ffn_norm.weight", s.poison_value = NAN;
+    load_expect(f, &s, FG_ERR_FORMAT,
+                "tensor 'blk.1.ffn_norm.weight': element 0 is nan, expected a finite number");
+    s.poison = "blk.0.attn_norm.weight", s.poison_value = -INFINITY;
+    load_expect(f, &s, FG_ERR_FORMAT,
+                "tensor 'blk.0.attn_norm.weight': element 0 is -inf, expected a finite number");
+    s.rope_freqs = 1.0f;
+    s.poison = "rope_freqs.weight", s.poison_value = -1.0f;
+    load_expect(f, &s, FG_ERR_FORMAT,
+                "tensor 'rope_freqs.weight': element 0 is -1, expected a positive finite number");
+    s.rope_freqs = 0;
+    s.poison = "token_embd.weight", s.poison_value = INFINITY;
+    fg_model *m = load_expect(f, &s, FG_OK, NULL);
+    fg_kv_store *kv = NULL;
+    assert_int_equal(fg_kv_store_create(m, 1, 4, FG_TYPE_F16, &kv), FG_OK);
+    int32_t tok = 5, pos = 0, seq = 0, n_kv = 1, p0 = 0;
+    const int32_t *pt = &p0;
+    fg_batch b = {.n_tokens = 1, .tokens = &tok, .pos = &pos, .seq = &seq, .n_seqs = 1, .n_kv = &n_kv,
+                  .page_tables = &pt};
+    float lg[512];
+    assert_int_equal(fg_model_forward(m, kv, &b, lg), FG_ERR_FORMAT);
+    // "<path>: forward: logit 0 of token 0 is nan|-nan: ..." (the NaN's sign is the CPU's business)
+    const char *e = fg_last_error();
+    assert_int_equal(strncmp(e, f->path, strlen(f->path)), 0);
+    assert_non_null(strstr(e, ": forward: logit 0 of token 0 is "));
+    assert_non_null(strstr(e, "nan: the weights produce non-finite values"));
+    fg_kv_store_destroy(kv);
+    fg_model_destroy(m);
+}
+
+// Scratch activations are sized by the shapes the file claims times max_batch_tokens: more
+// than 8x the weights (and over 1 GiB) is refused before anything is allocated.
+static void test_scratch_limit(void **state) {
+    fixture *f = *state;
+    spec s = base_spec();
+    write_model(f->path, &s);
+    fg_model *m = NULL;
+    fg_model_opts mo = {.max_batch_tokens = 1 << 20, .max_seqs = 1};
+    assert_int_equal(fg_model_load(f->path, f->be, &mo, &m), FG_ERR_INVALID_ARG);
+    assert_null(m);
+    assert_non_null(strstr(fg_last_error(), "scratch activations for max_batch_tokens 1048576 would take"));
+    assert_non_null(strstr(fg_last_error(), "(n_embd 32, n_ff 64, n_vocab 512)"));
+}
+
 static void test_bad_batches(void **state) {
     fixture *f = *state;
     spec s = base_spec();
@@ -671,6 +795,9 @@ int main(void) {
         cmocka_unit_test(test_rope_freqs),
         cmocka_unit_test(test_forward_matches_reference),
         cmocka_unit_test(test_bad_batches),
+        cmocka_unit_test(test_big_heads_long_prompt),
+        cmocka_unit_test(test_nonfinite_weights),
+        cmocka_unit_test(test_scratch_limit),
     };
     return cmocka_run_group_tests_name("model", tests, setup, teardown);
 }
