@@ -116,6 +116,65 @@ json_t *fg_srv_usage_json(const srv_req *r) {
     return u;
 }
 
+// Length of the valid UTF-8 sequence at p[0..n) (1..4), or 0 when it is invalid or cut short
+// (overlongs, surrogates and code points above U+10FFFF are invalid, as jansson judges them).
+static size_t utf8_seq_len(const unsigned char *p, size_t n) {
+    unsigned c = p[0];
+    size_t len;
+    unsigned cp;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+        cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return len;
+}
+
+json_t *fg_srv_json_text(const char *text, size_t len) {
+    json_t *s = json_stringn(text ? text : "", text ? len : 0);
+    if (s)
+        return s;
+    // invalid UTF-8 (a character cut by max_tokens, byte tokens of an id prompt): each bad byte
+    // becomes U+FFFD, the valid text around it is kept
+    char *fix = fg_xmalloc(3 * len + 1);
+    size_t k = 0;
+    const unsigned char *p = (const unsigned char *)text;
+    for (size_t i = 0; i < len;) {
+        size_t L = utf8_seq_len(p + i, len - i);
+        if (L == 0) {
+            memcpy(fix + k, "\xEF\xBF\xBD", 3);
+            k += 3;
+            i++;
+        } else {
+            memcpy(fix + k, p + i, L);
+            k += L;
+            i += L;
+        }
+    }
+    s = json_stringn(fix, k);
+    free(fix);
+    return s ? s : json_string("");
+}
+
 // The text of one token (SentencePiece ▁ -> space, bytes undone; control tokens empty).
 static json_t *piece_json(const srv_req *r, int32_t id, json_t **bytes) {
     char small[128];
@@ -128,23 +187,7 @@ static json_t *piece_json(const srv_req *r, int32_t id, json_t **bytes) {
         buf = fg_xmalloc((size_t)n);
         fg_token_to_piece(t, id, false, buf, (size_t)n);
     }
-    json_t *s = json_stringn(buf, (size_t)n);
-    if (!s) { // a lone byte of a multi-byte character: show it as U+FFFD
-        char *fix = fg_xmalloc(3 * (size_t)n + 1);
-        size_t k = 0;
-        for (int32_t i = 0; i < n; i++) {
-            if ((unsigned char)buf[i] < 0x80) {
-                fix[k++] = buf[i];
-            } else {
-                memcpy(fix + k, "\xEF\xBF\xBD", 3);
-                k += 3;
-            }
-        }
-        s = json_stringn(fix, k);
-        free(fix);
-        if (!s)
-            s = json_string("");
-    }
+    json_t *s = fg_srv_json_text(buf, (size_t)n); // a lone byte of a character: U+FFFD
     if (bytes) {
         *bytes = json_array();
         for (int32_t i = 0; i < n; i++)
@@ -281,8 +324,31 @@ static fg_status build_prompt(fg_server *s, srv_req *r, fg_api_error *err) {
             r->echo_len = a->prompt_len;
         }
     }
-    if (a->max_tokens < 0)
-        a->max_tokens = a->kind == FG_API_COMPLETION ? 16 : FG_MAX(s->n_ctx - r->n_prompt, 0);
+    int32_t room = s->n_ctx - r->n_prompt; // >= 0 here
+    if (a->max_tokens < 0 && a->kind == FG_API_COMPLETION) { // not given: the default, if it fits
+        a->max_tokens = FG_MIN(16, room);
+    } else if (a->max_tokens < 0 && room > 0) {
+        a->max_tokens = room; // chat: up to the end of the context
+    } else if (a->max_tokens > room || (a->kind == FG_API_CHAT && room == 0)) {
+        if (!a->truncate || room == 0) {
+            err->http_status = 400;
+            err->type = "invalid_request_error";
+            err->param = room == 0 ? "messages" : "max_tokens";
+            err->code = "context_length_exceeded";
+            if (room == 0) // a chat answer needs at least one token
+                snprintf(err->message, sizeof err->message,
+                         "the prompt has %d tokens: it fills the context of %d tokens and "
+                         "leaves no room for an answer",
+                         r->n_prompt, s->n_ctx);
+            else
+                snprintf(err->message, sizeof err->message,
+                         "the prompt has %d tokens and max_tokens is %d: together more than "
+                         "the context of %d tokens (ask for at most %d)",
+                         r->n_prompt, a->max_tokens, s->n_ctx, room);
+            return FG_ERR_INVALID_ARG;
+        }
+        a->max_tokens = room; // "truncate": the completion ends at the context (finish "length")
+    }
     return FG_OK;
 }
 
@@ -418,9 +484,7 @@ static json_t *build_response(srv_req *r, srv_event *ev, size_t n_ev) {
     json_t *choices = json_array();
     for (int32_t i = 0; i < nc; i++) {
         json_t *c = json_object();
-        json_t *content = json_stringn(text[i], len[i]);
-        if (!content)
-            content = json_string("");
+        json_t *content = fg_srv_json_text(text[i], len[i]);
         if (a->kind == FG_API_COMPLETION) {
             json_object_set_new(c, "text", content);
             json_object_set_new(c, "index", json_integer(i));
@@ -464,7 +528,8 @@ enum MHD_Result fg_api_completions(fg_server *s, struct MHD_Connection *con, srv
     fg_api_limits lim = {.model_id = s->model_id,
                          .n_ctx = s->n_ctx,
                          .n_vocab = s->n_vocab,
-                         .max_n = s->opts.max_n};
+                         .max_n = FG_MIN(s->opts.max_n, s->queue_cap)};
+    // (n choices wait in the queue together: more than it holds could never be accepted)
     fg_api_request api;
     fg_api_error err;
     if (fg_server_parse_request(kind, c->body ? c->body : "", c->body_len, &lim, &api, &err) !=
@@ -472,6 +537,7 @@ enum MHD_Result fg_api_completions(fg_server *s, struct MHD_Connection *con, srv
         return fg_srv_respond_error(s, con, c, &err);
     srv_req *r = req_new(s, c, &api);
     c->req = r; // the connection's reference
+    atomic_fetch_add(&s->n_answering, 1); // until on_completed: the shutdown waits for it
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (ci)
@@ -511,14 +577,26 @@ enum MHD_Result fg_api_completions(fg_server *s, struct MHD_Connection *con, srv
     }
     size_t n_ev = 0;
     srv_event *ev = fg_srv_take_events(r, &n_ev);
+    bool user_cancelled = r->user_cancelled;
     pthread_mutex_unlock(&r->mu);
     if (r->client_gone) {
+        fg_srv_count_status(s, 499);
         fg_srv_events_free(ev, n_ev);
         free(ev);
         return MHD_NO; // nobody to answer
     }
     for (int32_t i = 0; i < r->n_choices; i++) {
         srv_choice *ch = &r->choices[i];
+        if (ch->status == FG_ERR_CANCELLED && !user_cancelled &&
+            atomic_load(&s->state) != SRV_READY) {
+            // cut short by the shutdown, not by DELETE: a 503 the client may retry elsewhere
+            // (not a 200 with an empty or truncated text that looks like an answer)
+            fg_srv_events_free(ev, n_ev);
+            free(ev);
+            return fg_srv_error(s, con, c, 503, "server_error", "shutting_down",
+                                "%s: cancelled because the server is shutting down; retry",
+                                r->id_str);
+        }
         if (ch->status != FG_OK && ch->status != FG_ERR_CANCELLED) {
             const char *msg = "generation failed";
             for (size_t k = 0; k < n_ev; k++)

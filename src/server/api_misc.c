@@ -58,8 +58,7 @@ enum MHD_Result fg_api_apply_template(fg_server *s, struct MHD_Connection *con, 
     char *text = fg_chat_rendered_text(&cr, &len);
     fg_chat_rendered_free(&cr);
     json_t *o = json_object();
-    json_t *t = json_stringn(text, len);
-    json_object_set_new(o, "prompt", t ? t : json_string(""));
+    json_object_set_new(o, "prompt", fg_srv_json_text(text, len));
     json_object_set_new(o, "format", json_string(fg_chat_format_name(s->chat_format)));
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++)
@@ -260,13 +259,19 @@ static json_t *request_json(fg_server *s, srv_req *r) {
 
 enum MHD_Result fg_api_request_get(fg_server *s, struct MHD_Connection *con, srv_conn *c,
                                    const char *id, bool cancel) {
+    // "N", "cmpl-N" or "chatcmpl-N" (the id a completion answered with), N decimal digits only
     const char *num = strrchr(id, '-');
     num = num ? num + 1 : id;
-    char *end = NULL;
-    unsigned long long v = strtoull(num, &end, 10);
+    bool digits = *num && strlen(num) <= 19;
+    for (const char *p = num; *p && digits; p++)
+        digits = *p >= '0' && *p <= '9';
     srv_req *r = NULL;
-    if (*num && end && !*end)
-        r = fg_srv_registry_find(s, (uint64_t)v);
+    if (digits)
+        r = fg_srv_registry_find(s, (uint64_t)strtoull(num, NULL, 10));
+    if (r && num != id && strcmp(id, r->id_str)) { // a prefix that is not this request's
+        fg_srv_req_decref(r);
+        r = NULL;
+    }
     if (!r)
         return fg_srv_error(s, con, c, 404, "invalid_request_error", "request_not_found",
                             "no request with id '%.100s'", id);

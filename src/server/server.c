@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #define REGISTRY_KEEP 512 // finished requests remembered for GET /v1/requests/{id}
+#define SRV_CONN_TIMEOUT_S 60 // seconds a connection may stay silent
 
 const int fg_srv_codes[SRV_N_CODES] = {200, 400, 401, 404, 405, 413, 429, 499, 500, 503};
 
@@ -123,7 +124,8 @@ enum MHD_Result fg_srv_error(fg_server *s, struct MHD_Connection *con, srv_conn 
 void fg_srv_req_decref(srv_req *r) {
     if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
         return;
-    fg_srv_events_free(r->q + r->q_head, r->q_len - r->q_head);
+    if (r->q)
+        fg_srv_events_free(r->q + r->q_head, r->q_len - r->q_head);
     free(r->q);
     fg_api_request_free(&r->api);
     free(r->prompt);
@@ -419,6 +421,7 @@ static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
             fg_srv_req_cancel(r);
         }
         fg_srv_req_decref(r);
+        atomic_fetch_sub(&s->n_answering, 1);
     }
     free(c->body);
     free(c);
@@ -470,6 +473,7 @@ fg_status fg_server_create(const fg_server_opts *opts, fg_server **out) {
     atomic_init(&s->state, SRV_LOADING);
     atomic_init(&s->next_id, 1);
     atomic_init(&s->n_streams, 0);
+    atomic_init(&s->n_answering, 0);
     for (int i = 0; i <= SRV_N_CODES; i++)
         atomic_init(&s->http_counts[i], 0);
     pthread_rwlock_init(&s->engine_lock, NULL);
@@ -506,7 +510,10 @@ fg_status fg_server_create(const fg_server_opts *opts, fg_server **out) {
                                  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
+                                 // idle clients (no bytes either way) are dropped: slow
+                                 // headers/bodies, readers that stopped reading (their
+                                 // request is cancelled); streams send keep-alives (sse.c)
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)SRV_CONN_TIMEOUT_S,
                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
                                  MHD_OPTION_END);
     if (!s->daemon) {
@@ -611,8 +618,9 @@ void fg_server_shutdown(fg_server *s, double grace_s) {
         double left = grace_s - (fg_time_s() - t0);
         fg_engine_destroy(e, left > 0 ? left : 0); // cancels the rest: DONE reaches every stream
     }
-    // give open streams a moment to send their last chunks
-    while (atomic_load(&s->n_streams) > 0 && fg_time_s() - t0 < grace_s + 2.0) {
+    // give the answers (streams and JSON bodies) a moment to go out: stopping the daemon closes
+    // every connection, a response not yet sent included
+    while (atomic_load(&s->n_answering) > 0 && fg_time_s() - t0 < grace_s + 2.0) {
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }

@@ -42,6 +42,7 @@ struct fg_server {
     struct srv_req *reg_head, *reg_tail;
     int32_t reg_n;
     atomic_int n_streams;      // open streaming responses
+    atomic_int n_answering;    // completion requests whose connection has not finished yet
     bool shut_down;
     double t_start;
 };
@@ -103,6 +104,7 @@ typedef struct srv_req {
     // streaming output not yet handed to MHD
     char *out;
     size_t out_len, out_off, out_cap;
+    double t_out;              // when bytes were last handed to MHD (keep-alive comments)
     double t_start;
     struct srv_req *reg_prev, *reg_next; // registry links (reg_mu)
     bool in_registry;
@@ -144,6 +146,8 @@ enum MHD_Result fg_api_completions(fg_server *s, struct MHD_Connection *con, srv
 // JSON pieces shared with sse.c
 json_t *fg_srv_usage_json(const srv_req *r);
 const char *fg_srv_finish_name(fg_finish_reason f);
+// A JSON string of text[0..len); bytes of invalid UTF-8 become U+FFFD, the rest is kept.
+json_t *fg_srv_json_text(const char *text, size_t len);
 json_t *fg_srv_error_json(const char *message, const char *type, const char *param,
                           const char *code);
 // Appends one token's logprob data to a completions-shaped logprobs object / chat content list.

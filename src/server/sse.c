@@ -2,7 +2,8 @@
 // on the connection's own thread, waits on the request's event queue (mutex + cond, fed by the
 // engine callback) and writes one `data: {json}` chunk per event, the finish chunks, usage and
 // `data: [DONE]`. A client that goes away (peer hang-up seen by poll, or a failed write) cancels
-// the request. Not here: parsing or non-streaming answers (api_completions.c).
+// the request; a silent stream gets ": keep-alive" comments. Not here: parsing or
+// non-streaming answers (api_completions.c).
 #include "server/server_internal.h"
 
 #include "base/util.h"
@@ -10,6 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+// Seconds without an event after which the stream gets an SSE comment line (": keep-alive"):
+// clients ignore it, while libmicrohttpd counts it as activity (a stream queued for longer than
+// the connection timeout is not dropped) and a client that left is noticed by the failed write.
+#define SSE_KEEPALIVE_S 2.0
 
 static void out_append(srv_req *r, const char *s, size_t n) {
     if (r->out_len + n > r->out_cap) {
@@ -51,9 +57,7 @@ static void emit(srv_req *r, int32_t index, const char *text, size_t len, bool r
                  json_t *logprobs, const char *finish, json_t *usage) {
     json_t *o = chunk_new(r);
     json_t *c = json_object();
-    json_t *t = text ? json_stringn(text, len) : NULL;
-    if (text && !t)
-        t = json_string("");
+    json_t *t = text ? fg_srv_json_text(text, len) : NULL;
     if (r->api.kind == FG_API_COMPLETION) {
         json_object_set_new(c, "text", t ? t : json_string(""));
         json_object_set_new(c, "index", json_integer(index));
@@ -154,12 +158,14 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             size_t n = FG_MIN(max, r->out_len - r->out_off);
             memcpy(buf, r->out + r->out_off, n);
             r->out_off += n;
+            r->t_out = fg_time_s();
             return (ssize_t)n;
         }
         r->out_len = r->out_off = 0;
         if (r->final_sent)
             return MHD_CONTENT_READER_END_OF_STREAM;
         pthread_mutex_lock(&r->mu);
+        bool ping = false;
         while (r->q_len == r->q_head && r->n_done < r->n_choices) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
@@ -175,6 +181,15 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
                 fg_srv_req_cancel(r);
                 return MHD_CONTENT_READER_END_WITH_ERROR;
             }
+            if (r->q_len == r->q_head && fg_time_s() - r->t_out >= SSE_KEEPALIVE_S) {
+                ping = true; // queued or prefilling for a while: show the connection is alive
+                break;
+            }
+        }
+        if (ping) {
+            pthread_mutex_unlock(&r->mu);
+            out_append(r, ": keep-alive\n\n", 14);
+            continue;
         }
         size_t n_ev = 0;
         srv_event *ev = fg_srv_take_events(r, &n_ev);
@@ -196,13 +211,14 @@ enum MHD_Result fg_srv_start_stream(fg_server *s, struct MHD_Connection *con, sr
                                     srv_req *r) {
     atomic_fetch_add(&r->refs, 1);
     atomic_fetch_add(&s->n_streams, 1);
+    r->t_out = fg_time_s();
     struct MHD_Response *resp =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_reader, r, stream_free);
     if (!resp) {
         stream_free(r);
         return MHD_NO;
     }
-    MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+    MHD_add_response_header(resp, "Content-Type", "text/event-stream; charset=utf-8");
     MHD_add_response_header(resp, "Cache-Control", "no-cache");
     MHD_add_response_header(resp, "X-Request-Id", r->id_str);
     fg_srv_count_status(s, 200);

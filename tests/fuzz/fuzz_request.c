@@ -2,8 +2,10 @@
 // JSON body -> fg_api_request (validation, limits) -> fg_request_params, and for chat bodies the
 // rendering in every template format plus tokenization with stories260K's tokenizer (checking
 // that message text never turns into control tokens). First input byte: bit 0 chat/completion,
-// bit 1 whether "model" must match. Built by `make fuzz`; seeds in tests/fuzz/corpus/request/.
+// bit 1 whether "model" must match. Also: any bytes -> fg_srv_json_text (invalid UTF-8 becomes
+// U+FFFD, never a lost string). Built by `make fuzz`; seeds in tests/fuzz/corpus/request/.
 #include "forge/server.h"
+#include "server/server_internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +87,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fg_api_limits lim = {.model_id = (sel & 2) ? "stories260K" : NULL, .n_ctx = 2048,
                          .n_vocab = 512, .max_n = 4, .max_messages = 64};
     (void)fg_json_nesting_depth(json, len);
+    json_t *js = fg_srv_json_text(json, len); // generated/echoed text of any bytes: a string
+    CHECK(js && json_is_string(js) && json_string_length(js) >= len);
+    json_decref(js);
     fg_chat_format df = fg_chat_format_detect(json, len); // the bytes as a template text
     CHECK(df >= FG_CHAT_UNKNOWN && df <= FG_CHAT_GLM4);
     fg_api_request r;

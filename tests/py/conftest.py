@@ -112,6 +112,10 @@ class ForgeServer:
 
     def close(self):
         rc = self.stop()
+        out = self.output()
+        # a sanitizer build (ASan/UBSan) reports without failing the exit status for UBSan
+        if rc == 0 and ("runtime error:" in out or "Sanitizer" in out):
+            rc = -1000
         if rc != 0:
             print(f"forge serve exit status {rc}; its output:\n{self.output()[-6000:]}")
         try:

@@ -706,3 +706,161 @@ def test_huge_content_length_413_early(server):
     s.close()
     assert data.startswith(b"HTTP/1.1 413"), data[:200]
     assert requests.get(server.url("/health")).status_code == 200
+
+
+# ---- adversarial QA: each test locks in a fixed bug
+def test_invalid_utf8_text_is_replaced_not_dropped(server):
+    # token ids 229, 133 are the byte tokens <0xE2> <0x82>: an unfinished UTF-8 character. The
+    # echoed prompt used to turn the whole "text" (generated part included) into ""
+    body = {"prompt": [1, 229, 133], "echo": True, "max_tokens": 4, "temperature": 0}
+    r = post(server, "/v1/completions", body)
+    assert r.status_code == 200, r.text
+    text = r.json()["choices"][0]["text"]
+    assert text.startswith("\ufffd") and len(text.lstrip("\ufffd")) > 0, text
+    s = requests.post(server.url("/v1/completions"), json={**body, "stream": True}, timeout=60)
+    assert s.headers["content-type"] == "text/event-stream; charset=utf-8"  # requests' .text decodes by it
+    ev = sse_events(s.text.splitlines())
+    assert ev[-1] == "[DONE]"
+    assert "".join(e["choices"][0]["text"] for e in ev[:-1] if e["choices"]) == text
+    t = post(server, "/v1/completions", {"prompt": [1, 229, 133], "echo": True, "max_tokens": 0,
+                                         "logprobs": 1}).json()["choices"][0]
+    assert t["text"] == "\ufffd\ufffd" and t["logprobs"]["tokens"][1:] == ["\ufffd", "\ufffd"], t
+
+
+def test_max_tokens_beyond_context_and_n_beyond_queue(start_server):
+    s = start_server("--ctx", "64", "--queue", "2", "--parallel", "2")
+    prompt = [1] + [403] * 59
+    e = assert_error(post(s, "/v1/completions", {"prompt": prompt, "max_tokens": 10}), 400,
+                     param="max_tokens", code="context_length_exceeded")
+    assert "at most 4" in e["message"], e
+    assert_error(post(s, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                                  "max_tokens": 64}), 400, param="max_tokens")
+    # the default max_tokens (16) shrinks to what fits; "truncate" clamps an explicit one
+    for extra in ({}, {"max_tokens": 10, "truncate": True}):
+        r = post(s, "/v1/completions", {"prompt": prompt, "ignore_eos": True, **extra})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 4
+        assert r.json()["choices"][0]["finish_reason"] == "length"
+    # a chat prompt that fills the context leaves no room for an answer: 400, not an empty 200
+    def n_tok(text):
+        return len(post(s, "/apply-template", {"messages": [{"role": "user", "content": text}]}).json()["tokens"])
+
+    text = ""
+    while n_tok(text + " a dog") <= 64:
+        text += " a dog"
+    for tail in (" a", ".", "!"):  # one token each
+        if n_tok(text) < 64:
+            text += tail
+    assert n_tok(text) == 64, text
+    msgs = [{"role": "user", "content": text}]
+    e = assert_error(post(s, "/v1/chat/completions", {"messages": msgs}), 400, param="messages",
+                     code="context_length_exceeded")
+    assert "no room" in e["message"], e
+    # n choices wait in the queue together: more than it holds is a 400, not a 429 forever
+    e = assert_error(post(s, "/v1/completions", {"prompt": "x", "n": 3}), 400, param="n")
+    assert "[1, 2]" in e["message"]
+    r = post(s, "/v1/completions", {"prompt": "x", "n": 2, "max_tokens": 2})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 2
+
+
+def test_request_ids_parse_strictly(server):
+    rid = post(server, "/v1/completions", {"prompt": "x", "max_tokens": 1}).json()["id"]
+    num = rid.split("-")[1]
+    for ok in (rid, num):
+        j = requests.get(server.url(f"/v1/requests/{ok}")).json()
+        assert j["id"] == rid, j
+    for bad in ("-" + num, "+" + num, "%20" + num, "x-" + num, "chat" + rid, num + "x",
+                "99999999999999999999", "0", "abc", "cmpl-"):
+        assert_error(requests.get(server.url(f"/v1/requests/{bad}")), 404, code="request_not_found")
+        assert_error(requests.delete(server.url(f"/v1/requests/{bad}")), 404)
+
+
+def test_non_streaming_disconnect_counts_499(server):
+    def attempt():
+        before = server.metrics()
+        s = socket.create_connection(("127.0.0.1", server.port))
+        body = json.dumps({"prompt": "Once", "max_tokens": LONG, "ignore_eos": True}).encode()
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        deadline = time.monotonic() + 10
+        while server.metrics()["forge_running_sequences"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        s.close()
+        wait_idle(server)
+        after = server.metrics()
+        key = 'forge_engine_requests_total{result="cancelled"}'
+        if after[key] == before[key]:
+            return False  # it finished (and was answered) before the close
+        deadline = time.monotonic() + 10
+        while server.metrics()['forge_requests_total{status="499"}'] == before['forge_requests_total{status="499"}']:
+            assert time.monotonic() < deadline, "a client that left was not counted as 499"
+            time.sleep(0.01)
+        return True
+
+    until_cancel_lands(attempt)
+
+
+def test_queued_stream_gets_keepalive_comments(start_server):
+    # a stream that waits (queued behind others) sends ": keep-alive" SSE comments every ~2 s, so
+    # libmicrohttpd's idle timeout never drops it; clients skip comment lines
+    s = start_server("--parallel", "1", "--ctx", "2048")
+
+    def attempt(n):
+        blocker = threading.Thread(target=post, args=(s, "/v1/completions", {
+            "prompt": "Once", "max_tokens": LONG, "ignore_eos": True, "n": n}))
+        blocker.start()
+        deadline = time.monotonic() + 10
+        while s.metrics()["forge_running_sequences"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        t0 = time.monotonic()
+        r = requests.post(s.url("/v1/completions"), stream=True, timeout=60,
+                          json={"prompt": "Once", "max_tokens": 3, "stream": True, "temperature": 0})
+        lines, t_first = [], None
+        for line in r.iter_lines(decode_unicode=True):
+            if line.startswith("data: ") and t_first is None:
+                t_first = time.monotonic() - t0
+            if line:
+                lines.append(line)
+        blocker.join()
+        assert lines[-1] == "data: [DONE]" and all(l.startswith(("data: ", ": keep-alive")) for l in lines)
+        assert len(sse_events(lines)) == 5  # 3 tokens, the finish chunk, [DONE]
+        if t_first < 3.0:
+            return False  # the queue drained too fast to need a keep-alive
+        assert lines[0] == ": keep-alive", lines[:3]
+        return True
+
+    assert attempt(4) or attempt(8) or attempt(16), "the blocking requests were too fast"
+
+
+def test_shutdown_cancels_non_streaming_with_503(start_server):
+    # a non-streaming request cut short by the shutdown (running past the grace period, or still
+    # queued) is a 503 the client can retry, not a 200 whose empty text looks like an answer
+    s = start_server("--ctx", "2048", "--parallel", "1", "--grace", "0.05")
+    res = {}
+
+    def run(k):
+        try:
+            res[k] = post(s, "/v1/completions", {"prompt": "Once", "max_tokens": LONG,
+                                                "ignore_eos": True, "n": 2})
+        except requests.ConnectionError as e:
+            res[k] = e
+
+    ts = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in ts:
+        t.start()
+    deadline = time.monotonic() + 10
+    while s.metrics()["forge_queue_depth"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)  # 1 choice running, 3 queued
+    s.proc.send_signal(signal.SIGTERM)
+    for t in ts:
+        t.join(20)
+    assert s.proc.wait(15) == 0
+    assert sorted(res) == [0, 1], res  # every client got an answer (none a dropped connection)
+    for r in res.values():
+        assert isinstance(r, requests.Response), r
+        if r.status_code == 200:  # only possible if it finished within the grace period
+            assert all(c["finish_reason"] == "length" for c in r.json()["choices"]), r.text
+            continue
+        assert_error(r, 503, code="shutting_down", contains="shutting down")
+        assert r.headers["retry-after"] == "1"
+    assert any(r.status_code == 503 for r in res.values())
