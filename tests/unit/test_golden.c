@@ -37,9 +37,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define N_GEN 48
+#define MAX_GEN 1024 // greedy steps per case: the golden's own count (48 in ../shared)
 #define PAGE 16
-#define MAX_CASES 8
+#define MAX_CASES 32
 
 typedef struct tolerance {
     const char *kind;
@@ -185,22 +185,44 @@ static void run_golden(void **state) {
     char mpath[1200];
     snprintf(mpath, sizeof mpath, "%s/models/%s", shared_dir(), model_file);
     FILE *probe = fopen(mpath, "rb");
-    if (!probe)
+    if (!probe) { // models/<sub>/<file>: synth/ in ../shared, other folders for unseen models
+        char pat[1200];
+        glob_t gl;
+        snprintf(pat, sizeof pat, "%s/models/*/%s", shared_dir(), model_file);
         snprintf(mpath, sizeof mpath, "%s/models/synth/%s", shared_dir(), model_file);
-    else
+        if (glob(pat, 0, NULL, &gl) == 0 && gl.gl_pathc > 0)
+            snprintf(mpath, sizeof mpath, "%s", gl.gl_pathv[0]);
+        globfree(&gl);
+    } else {
         fclose(probe);
+    }
 
+    // Size the step from the golden itself (its prompt_tokens), so that longer prompts and more
+    // cases than ../shared has are checked the same way.
+    json_t *cases = json_object_get(root, "cases");
+    size_t n_cases = json_array_size(cases);
+    assert_true(n_cases >= 1 && n_cases <= MAX_CASES);
+    size_t gold_total = 0;
+    int32_t ng[MAX_CASES] = {0}, max_ng = 0;
+    for (size_t c = 0; c < n_cases; c++) {
+        json_t *cs = json_array_get(cases, c);
+        gold_total += json_array_size(json_object_get(cs, "prompt_tokens"));
+        size_t g = json_array_size(json_object_get(cs, "greedy_tokens"));
+        if (g > MAX_GEN || json_array_size(json_object_get(cs, "greedy_top2")) < g)
+            fail_msg("%s case %zu: %zu greedy tokens (at most %d, with as many greedy_top2)", file, c,
+                     g, MAX_GEN);
+        ng[c] = (int32_t)g;
+        max_ng = ng[c] > max_ng ? ng[c] : max_ng;
+    }
+    int32_t budget = (int32_t)(gold_total > n_cases ? gold_total : n_cases) + 8;
     fg_backend *be = make_backend();
     fg_model *m = NULL;
-    fg_model_opts mo = {.max_batch_tokens = 512, .max_seqs = MAX_CASES};
+    fg_model_opts mo = {.max_batch_tokens = budget < 512 ? 512 : budget, .max_seqs = MAX_CASES};
     if (fg_model_load(mpath, be, &mo, &m) != FG_OK)
         fail_msg("%s: %s", mpath, fg_last_error());
     tolerance tl = tolerance_for(m, file);
     const fg_tokenizer *tok = fg_model_tokenizer(m);
     int32_t V = fg_model_get_info(m)->n_vocab;
-    json_t *cases = json_object_get(root, "cases");
-    size_t n_cases = json_array_size(cases);
-    assert_true(n_cases >= 1 && n_cases <= MAX_CASES);
 
     // prompts
     int32_t *ptok[MAX_CASES] = {0};
@@ -221,8 +243,8 @@ static void run_golden(void **state) {
         total += np[c];
         max_np = np[c] > max_np ? np[c] : max_np;
     }
-    assert_true(total <= 512);
-    int32_t pages_per_seq = (int32_t)((max_np + N_GEN + PAGE - 1) / PAGE);
+    assert_true(total <= (size_t)mo.max_batch_tokens);
+    int32_t pages_per_seq = (int32_t)((max_np + (size_t)max_ng + PAGE - 1) / PAGE);
     int32_t n_pages = pages_per_seq * (int32_t)n_cases;
     fg_kv_store *kv = NULL;
     if (fg_kv_store_create(m, n_pages, PAGE, FG_TYPE_F16, &kv) != FG_OK)
@@ -232,10 +254,12 @@ static void run_golden(void **state) {
     for (int32_t s = 0; s < (int32_t)n_cases; s++)
         for (int32_t j = 0; j < pages_per_seq; j++)
             pt[s * pages_per_seq + j] = j * (int32_t)n_cases + s;
-    float *logits = malloc(sizeof(float) * 512 * (size_t)V);
-    int32_t *toks = calloc(512, sizeof *toks), *pos = calloc(512, sizeof *pos),
-            *seq = calloc(512, sizeof *seq);
-    bool *want = calloc(512, sizeof *want);
+    size_t cap = (size_t)mo.max_batch_tokens;
+    float *logits = malloc(sizeof(float) * cap * (size_t)V);
+    int32_t *toks = calloc(cap, sizeof *toks), *pos = calloc(cap, sizeof *pos),
+            *seq = calloc(cap, sizeof *seq);
+    bool *want = calloc(cap, sizeof *want);
+    assert_non_null(logits);
     const int32_t *ptabs[MAX_CASES];
     int32_t n_kv[MAX_CASES];
     for (size_t c = 0; c < n_cases; c++)
@@ -271,7 +295,7 @@ static void run_golden(void **state) {
         topk(lrow, V, 1, top1);
         cur = top1[0];
         int k = 0, ok_steps = 0;
-        for (; k < N_GEN; k++) {
+        for (; k < ng[c]; k++) {
             json_t *t2 = json_array_get(g2, (size_t)k);
             double margin = json_number_value(json_array_get(json_array_get(t2, 0), 1)) -
                             json_number_value(json_array_get(json_array_get(t2, 1), 1));
@@ -287,7 +311,7 @@ static void run_golden(void **state) {
                 break;
             }
             ok_steps++;
-            if (k + 1 == N_GEN)
+            if (k + 1 == ng[c])
                 break;
             int32_t p = n + k;
             n_kv[0] = p + 1;
@@ -332,9 +356,11 @@ static void run_golden(void **state) {
         lrows[c] = logits + (size_t)(row - 1) * (size_t)V;
         topk(lrows[c], V, 1, &cur[c]);
         live[c] = true;
-        batched.prefix[c] = N_GEN;
+        batched.prefix[c] = ng[c];
+        if (ng[c] == 0)
+            live[c] = false;
     }
-    for (int k = 0; k < N_GEN; k++) {
+    for (int k = 0; k < max_ng; k++) {
         int32_t nl = 0;
         for (size_t c = 0; c < n_cases; c++) {
             if (!live[c])
@@ -356,8 +382,10 @@ static void run_golden(void **state) {
                 batched.prefix[c] = k;
                 continue;
             }
-            if (k + 1 == N_GEN)
+            if (k + 1 == ng[c]) {
+                live[c] = false; // done: all its golden steps matched
                 continue;
+            }
             toks[nl] = cur[c];
             pos[nl] = (int32_t)np[c] + k;
             seq[nl] = nl;
@@ -374,7 +402,7 @@ static void run_golden(void **state) {
             fail_msg("%s batch step %d: forward: %s", file, k, fg_last_error());
         int32_t r = 0;
         for (size_t c = 0; c < n_cases; c++)
-            if (live[c] && k + 1 < N_GEN) {
+            if (live[c] && k + 1 < ng[c]) {
                 lrows[c] = logits + (size_t)(r++) * (size_t)V;
                 topk(lrows[c], V, 1, &cur[c]);
             }
