@@ -13,7 +13,10 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 if [ "${1:-}" = "--test" ]; then
-    python3 -c "import pytest, openai, requests" 2>/dev/null ||
-        python3 -m pip install -q pytest openai requests 2>/dev/null ||
-        python3 -m pip install -q --break-system-packages pytest openai requests
+    # test tooling only: pytest, the official openai client and requests (server suites), numpy
+    # (weight statistics in the synth suite), regex (reference splits for BPE pre-tokenizers)
+    pypkgs="pytest openai requests numpy regex"
+    python3 -c "import pytest, openai, requests, numpy, regex" 2>/dev/null ||
+        python3 -m pip install -q $pypkgs 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages $pypkgs
 fi
