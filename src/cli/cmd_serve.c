@@ -40,6 +40,8 @@ static void usage(FILE *f) {
             "  --alias NAME            model id in the API (default: file stem)\n"
             "  --chat-template NAME    chatml|llama3|llama2|mistral|glm4|plain (default: from the file)\n"
             "  --queue N               waiting requests before 429 (default 256)\n"
+            "  --kv-tokens N           KV cache size in tokens for all sequences together\n"
+            "                          (default parallel x ctx; smaller pools preempt and recompute)\n"
             "  --max-body BYTES        request body limit (default 1048576)\n"
             "  --grace SECONDS         shutdown deadline for running requests (default 10)\n"
             "  --verbose               log each request on stderr\n");
@@ -102,6 +104,10 @@ int fg_cmd_serve(int argc, char **argv) {
             if (!fg_cli_parse_i64("serve", a, v, 1, 1 << 20, &n))
                 return 2;
             o.queue_cap = (int32_t)n;
+        } else if (!strcmp(a, "--kv-tokens")) {
+            if (!fg_cli_parse_i64("serve", a, v, 16, 1 << 28, &n))
+                return 2;
+            o.kv_tokens = (int32_t)n;
         } else if (!strcmp(a, "--max-body")) {
             if (!fg_cli_parse_i64("serve", a, v, 64, (int64_t)1 << 32, &n))
                 return 2;

@@ -569,6 +569,9 @@ fg_status fg_server_load(fg_server *s) {
     eo.n_ctx = s->opts.n_ctx;
     eo.max_seqs = s->opts.n_parallel;
     eo.queue_cap = s->opts.queue_cap;
+    eo.page_size = 16;
+    if (s->opts.kv_tokens > 0) // a pool smaller than parallel x ctx: the engine preempts
+        eo.n_pages = (s->opts.kv_tokens + eo.page_size - 1) / eo.page_size;
     fg_engine *e = NULL;
     st = fg_engine_create(s->model, &eo, &e);
     if (st != FG_OK)

@@ -155,3 +155,31 @@ def test_concurrent_streams_match_sequential_then_cancellations(start_server):
     rss = s.rss_kb()
     print(f"RSS idle {rss_idle} kB, after load {rss} kB")
     assert rss <= rss_idle + 48 * 1024, (rss_idle, rss)
+
+
+def test_small_kv_pool_preempts_and_matches_sequential(start_server):
+    # --kv-tokens 320 with 16 parallel sequences of up to 160 tokens: the pool holds two full
+    # sequences, so concurrent requests preempt (free and recompute) the newest ones; every
+    # request must still complete with the text it has alone.
+    s = start_server("--parallel", "16", "--ctx", "160", "--kv-tokens", "320")
+    items = [(p, min(mt + 40, 80)) for p, mt in prompts()[:24]]
+
+    def job(i):
+        prompt, max_tokens = items[i]
+        return stream_one(s, prompt, max_tokens, extra={"ignore_eos": True})
+
+    ref_ie = []
+    for prompt, max_tokens in items:  # the reference with the same ignore_eos setting
+        r = requests.post(s.url("/v1/completions"), timeout=60,
+                          json={"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                                "ignore_eos": True})
+        assert r.status_code == 200, r.text
+        ref_ie.append(r.json()["choices"][0]["text"])
+    got = run_threads(job, len(items))
+    for i, (gtext, _, usage, rid, _) in enumerate(got):
+        assert gtext == ref_ie[i], (i, rid)
+        assert usage["completion_tokens"] == items[i][1], (i, rid)
+    m = wait_idle(s)
+    assert m["forge_preemptions_total"] >= 1, m["forge_preemptions_total"]
+    assert m["forge_kv_pages_used"] == 0
+    assert m["forge_kv_pages_free"] == 20  # 320 tokens / 16 per page
