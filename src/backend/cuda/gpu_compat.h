@@ -1,52 +1,134 @@
-// gpu_compat.h - the one header where vendor differences live (CUDA today, HIP next):
-// neutral names for the runtime calls Forge uses, the warp width, and the checked-call macro.
-// Kernels and launchers use only these names; never a literal warp size of 32.
+// gpu_compat.h - the one header where vendor differences live (CUDA and HIP): neutral names
+// for the runtime calls Forge uses, the warp width per target, shuffles, and the checked-call
+// macros. Kernels and launchers use only these names; never a literal warp size of 32.
+// Device code: FG_WARP is the compile target's width (32 NVIDIA and RDNA, 64 CDNA/GCN).
+// Host code: the width of the device in use comes from its properties (fg_cuda.warp).
 #ifndef FG_GPU_COMPAT_H
 #define FG_GPU_COMPAT_H
 
+#include <stdint.h>
+
 #if defined(__HIPCC__)
+#include <hip/hip_fp16.h>
 #include <hip/hip_runtime.h>
 #define gpuError_t hipError_t
 #define gpuSuccess hipSuccess
+#define gpuErrorMemoryAllocation hipErrorOutOfMemory
 #define gpuGetErrorString hipGetErrorString
 #define gpuGetLastError hipGetLastError
+#define gpuPeekAtLastError hipPeekAtLastError
 #define gpuGetDeviceCount hipGetDeviceCount
 #define gpuSetDevice hipSetDevice
 #define gpuMalloc hipMalloc
 #define gpuFree hipFree
+#define gpuMallocHost(p, n) hipHostMalloc((p), (n), hipHostMallocDefault)
+#define gpuFreeHost hipHostFree
+#define gpuMemGetInfo hipMemGetInfo
 #define gpuMemcpyAsync hipMemcpyAsync
+#define gpuMemsetAsync hipMemsetAsync
 #define gpuMemcpyHostToDevice hipMemcpyHostToDevice
 #define gpuMemcpyDeviceToHost hipMemcpyDeviceToHost
 #define gpuMemcpyDeviceToDevice hipMemcpyDeviceToDevice
 #define gpuStream_t hipStream_t
 #define gpuStreamCreate hipStreamCreate
+#define gpuStreamCreateWithFlags hipStreamCreateWithFlags
+#define gpuStreamNonBlocking hipStreamNonBlocking
 #define gpuStreamDestroy hipStreamDestroy
 #define gpuStreamSynchronize hipStreamSynchronize
+#define gpuEvent_t hipEvent_t
+#define gpuEventCreateWithFlags hipEventCreateWithFlags
+#define gpuEventDisableTiming hipEventDisableTiming
+#define gpuEventDestroy hipEventDestroy
+#define gpuEventRecord hipEventRecord
+#define gpuEventSynchronize hipEventSynchronize
 #define gpuDeviceProp hipDeviceProp_t
 #define gpuGetDeviceProperties hipGetDeviceProperties
-#define FG_WARP_SIZE 64
+#define gpuFuncSetAttribute(f, a, v) hipFuncSetAttribute((const void *)(f), (a), (v))
+#define gpuFuncAttributeMaxDynamicSharedMemorySize hipFuncAttributeMaxDynamicSharedMemorySize
+#define gpuGraph_t hipGraph_t
+#define gpuGraphExec_t hipGraphExec_t
+#define gpuStreamBeginCapture hipStreamBeginCapture
+#define gpuStreamEndCapture hipStreamEndCapture
+#define gpuStreamCaptureModeThreadLocal hipStreamCaptureModeThreadLocal
+#define gpuGraphInstantiate(e, g) hipGraphInstantiate((e), (g), NULL, NULL, 0)
+#define gpuGraphLaunch hipGraphLaunch
+#define gpuGraphExecDestroy hipGraphExecDestroy
+#define gpuGraphDestroy hipGraphDestroy
+typedef __half fg_half;
+#define FG_GPU_VENDOR "hip"
+#if defined(__HIP_DEVICE_COMPILE__)
+#define FG_WARP __AMDGCN_WAVEFRONT_SIZE
 #else
+#define FG_WARP 64 // host pass: never used for launch geometry (fg_cuda.warp is)
+#endif
+typedef uint64_t fg_lane_mask;
+#define FG_FULL_MASK (~(fg_lane_mask)0)
+// HIP's shuffles take no mask: every active lane takes part.
+#define fg_shfl_xor(v, m) __shfl_xor((v), (m))
+#define fg_shfl(v, l) __shfl((v), (l))
+#define fg_shfl_down(v, d) __shfl_down((v), (d))
+#else
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #define gpuError_t cudaError_t
 #define gpuSuccess cudaSuccess
+#define gpuErrorMemoryAllocation cudaErrorMemoryAllocation
 #define gpuGetErrorString cudaGetErrorString
 #define gpuGetLastError cudaGetLastError
+#define gpuPeekAtLastError cudaPeekAtLastError
 #define gpuGetDeviceCount cudaGetDeviceCount
 #define gpuSetDevice cudaSetDevice
 #define gpuMalloc cudaMalloc
 #define gpuFree cudaFree
+#define gpuMallocHost(p, n) cudaMallocHost((p), (n))
+#define gpuFreeHost cudaFreeHost
+#define gpuMemGetInfo cudaMemGetInfo
 #define gpuMemcpyAsync cudaMemcpyAsync
+#define gpuMemsetAsync cudaMemsetAsync
 #define gpuMemcpyHostToDevice cudaMemcpyHostToDevice
 #define gpuMemcpyDeviceToHost cudaMemcpyDeviceToHost
 #define gpuMemcpyDeviceToDevice cudaMemcpyDeviceToDevice
 #define gpuStream_t cudaStream_t
 #define gpuStreamCreate cudaStreamCreate
+#define gpuStreamCreateWithFlags cudaStreamCreateWithFlags
+#define gpuStreamNonBlocking cudaStreamNonBlocking
 #define gpuStreamDestroy cudaStreamDestroy
 #define gpuStreamSynchronize cudaStreamSynchronize
+#define gpuEvent_t cudaEvent_t
+#define gpuEventCreateWithFlags cudaEventCreateWithFlags
+#define gpuEventDisableTiming cudaEventDisableTiming
+#define gpuEventDestroy cudaEventDestroy
+#define gpuEventRecord cudaEventRecord
+#define gpuEventSynchronize cudaEventSynchronize
 #define gpuDeviceProp cudaDeviceProp
 #define gpuGetDeviceProperties cudaGetDeviceProperties
-#define FG_WARP_SIZE 32
+#define gpuFuncSetAttribute(f, a, v) cudaFuncSetAttribute((f), (a), (v))
+#define gpuFuncAttributeMaxDynamicSharedMemorySize cudaFuncAttributeMaxDynamicSharedMemorySize
+#define gpuGraph_t cudaGraph_t
+#define gpuGraphExec_t cudaGraphExec_t
+#define gpuStreamBeginCapture cudaStreamBeginCapture
+#define gpuStreamEndCapture cudaStreamEndCapture
+#define gpuStreamCaptureModeThreadLocal cudaStreamCaptureModeThreadLocal
+#define gpuGraphInstantiate(e, g) cudaGraphInstantiate((e), (g), 0)
+#define gpuGraphLaunch cudaGraphLaunch
+#define gpuGraphExecDestroy cudaGraphExecDestroy
+#define gpuGraphDestroy cudaGraphDestroy
+typedef __half fg_half;
+#define FG_GPU_VENDOR "cuda"
+#define FG_WARP 32
+typedef uint32_t fg_lane_mask;
+#define FG_FULL_MASK 0xffffffffu
+#define fg_shfl_xor(v, m) __shfl_xor_sync(FG_FULL_MASK, (v), (m))
+#define fg_shfl(v, l) __shfl_sync(FG_FULL_MASK, (v), (l))
+#define fg_shfl_down(v, d) __shfl_down_sync(FG_FULL_MASK, (v), (d))
+// Tensor-core (mma.sync) fast paths exist for NVIDIA sm_80+ only; each has a portable twin.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define FG_GPU_HAS_MMA 1
 #endif
+#endif
+
+// Kept for code that says "warp size": the compile target's width.
+#define FG_WARP_SIZE FG_WARP
 
 // Evaluates a runtime call; on failure records the sticky device error and returns
 // FG_ERR_DEVICE from the enclosing function, naming the call and the vendor's message.
@@ -55,9 +137,29 @@
         gpuError_t fg_gpu_err_ = (call);                                                      \
         if (fg_gpu_err_ != gpuSuccess) {                                                      \
             (ctx)->sticky = 1;                                                                \
-            return fg_fail(FG_ERR_DEVICE, "cuda: %s failed at %s:%d: %s", #call, __FILE__,    \
-                           __LINE__, gpuGetErrorString(fg_gpu_err_));                        \
+            return fg_fail(FG_ERR_DEVICE, "%s: %s failed at %s:%d: %s", FG_GPU_VENDOR, #call,  \
+                           __FILE__, __LINE__, gpuGetErrorString(fg_gpu_err_));               \
         }                                                                                     \
+    } while (0)
+
+// After a kernel launch: a launch error (bad configuration, missing image) is sticky too.
+#define FG_GPU_LAUNCH_CHECK(ctx, what)                                                        \
+    do {                                                                                      \
+        gpuError_t fg_gpu_err_ = gpuGetLastError();                                           \
+        if (fg_gpu_err_ != gpuSuccess) {                                                      \
+            (ctx)->sticky = 1;                                                                \
+            return fg_fail(FG_ERR_DEVICE, "%s: launch of %s failed at %s:%d: %s",             \
+                           FG_GPU_VENDOR, (what), __FILE__, __LINE__,                         \
+                           gpuGetErrorString(fg_gpu_err_));                                   \
+        }                                                                                     \
+    } while (0)
+
+// Calls whose failure cannot be acted on (frees in destroy paths): the result is read and
+// dropped explicitly (HIP marks every runtime call nodiscard).
+#define FG_GPU_IGNORE(call)              \
+    do {                                 \
+        gpuError_t fg_gpu_ign_ = (call); \
+        (void)fg_gpu_ign_;               \
     } while (0)
 
 #endif // FG_GPU_COMPAT_H

@@ -1,0 +1,112 @@
+// cuda_internal.h - what the CUDA backend's files share (not for other modules): the backend
+// context (device, stream, the current step's metadata on the device, scratch arenas sized at
+// reserve), the buffer struct, and the launchers each .cu file provides to the ops table in
+// cuda_backend.cu. Files:
+//   cuda_backend.cu  lifecycle, buffers, copies, step begin/end/wait, reserve, the ops table
+//   cuda_ops.cu      row-wise ops: rmsnorm, add, swiglu, rope, gather_out, check_finite, fused
+//   cuda_matmul.cu   get_rows, convert, matmul for every weight type (matvec and tiled paths)
+//   cuda_attn.cu     kv_store, kv_copy_page, paged flash attention (prefill and decode)
+//   cuda_common.cuh  device helpers (warp reductions, half conversion, block dequantizers)
+// Every launch is checked (FG_GPU_LAUNCH_CHECK); launchers trust their arguments (backend.c
+// validated them) and guard our own invariants with FG_ASSERT.
+#ifndef FG_BACKEND_CUDA_INTERNAL_H
+#define FG_BACKEND_CUDA_INTERNAL_H
+
+extern "C" {
+#include "backend/backend.h"
+#include "base/status.h"
+}
+#include "backend/cuda/gpu_compat.h"
+
+struct fg_buffer {
+    void *dev;
+    size_t size;
+};
+
+// The current step's metadata on the device (valid from step_begin to the next step_begin);
+// the scalars are host copies the launchers size their grids with.
+typedef struct fg_cuda_step {
+    int32_t n_tokens, n_seqs, max_pages, n_out;
+    int32_t max_n_kv;        // longest seq_n_kv
+    int32_t max_seq_tokens;  // most tokens of one sequence in the step
+    const int32_t *tokens;       // [n_tokens]
+    const int32_t *pos;          // [n_tokens]
+    const int32_t *seq;          // [n_tokens]
+    const int32_t *seq_n_kv;     // [n_seqs]
+    const int32_t *seq_first;    // [n_seqs]
+    const int32_t *seq_n_tokens; // [n_seqs]
+    const int32_t *page_table;   // [n_seqs][max_pages]
+    const int32_t *out_rows;     // [n_out]
+} fg_cuda_step;
+
+// A bump arena of device memory, reset at every step_begin; sized at reserve.
+typedef struct fg_cuda_arena {
+    char *base;
+    size_t size, used;
+} fg_cuda_arena;
+
+typedef struct fg_cuda {
+    int device;
+    int sticky;          // a device error happened: every later call fails
+    gpuStream_t stream;
+    int warp;            // the device's warp width (32, or 64 on CDNA)
+    int n_sm;
+    size_t smem_optin;   // most dynamic shared memory a block may opt into
+    int cc_major, cc_minor;
+    uint64_t mem_total;
+    char name[256];
+    char desc[320];
+
+    fg_backend_limits lim;  // reserved so far
+
+    // step metadata: one pinned staging block and its device twin, packed int32 arrays
+    int32_t *h_meta, *d_meta;
+    size_t meta_cap;        // int32 elements of each
+    fg_cuda_step step;
+    bool in_step;
+
+    // step result: the first non-finite value any check_finite saw
+    // d_bad: [0] flag (0/1), [1] row, [2] col, [3] value bits; h_bad its pinned copy
+    int32_t *d_bad, *h_bad;
+
+    // scratch arenas, reset per step
+    fg_cuda_arena mm;   // matmul: converted activations, partial sums
+    fg_cuda_arena attn; // attention: split-sequence partials
+} fg_cuda;
+
+static inline fg_cuda *fg_cuda_ctx(fg_backend *be) { return (fg_cuda *)be->ctx; }
+
+// Takes n bytes (256-aligned) from an arena: FG_ERR_CAPACITY naming `what` when reserve sized
+// it too small (our bug: the *_scratch_bytes functions below must cover every step).
+fg_status fg_cuda_arena_take(fg_cuda_arena *a, size_t n, const char *what, void **out);
+
+// ---- cuda_ops.cu
+fg_status fg_cuda_rmsnorm(fg_cuda *c, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w, float eps);
+fg_status fg_cuda_add(fg_cuda *c, fg_tensor *dst, const fg_tensor *a, const fg_tensor *b);
+fg_status fg_cuda_swiglu(fg_cuda *c, fg_tensor *dst, const fg_tensor *gate, const fg_tensor *up);
+fg_status fg_cuda_rope(fg_cuda *c, fg_tensor *x, const fg_rope_params *p);
+fg_status fg_cuda_gather_out(fg_cuda *c, fg_tensor *dst, const fg_tensor *src);
+fg_status fg_cuda_check_finite(fg_cuda *c, const fg_tensor *x, int64_t row0);
+fg_status fg_cuda_add_rmsnorm(fg_cuda *c, fg_tensor *x, fg_tensor *xn, const fg_tensor *a,
+                              const fg_tensor *w, float eps);
+
+// ---- cuda_matmul.cu
+bool fg_cuda_matmul_supports(uint32_t wtype);                // matmul and get_rows
+bool fg_cuda_convert_supports(uint32_t act_type);
+uint32_t fg_cuda_act_type(fg_cuda *c, uint32_t wtype, int64_t n_rows);
+size_t fg_cuda_matmul_scratch_bytes(const fg_backend_limits *lim);
+fg_status fg_cuda_get_rows(fg_cuda *c, fg_tensor *dst, const fg_tensor *table);
+fg_status fg_cuda_convert(fg_cuda *c, fg_tensor *dst, const fg_tensor *x);
+fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x,
+                         const fg_tensor *bias, bool accumulate);
+
+// ---- cuda_attn.cu
+bool fg_cuda_kv_supports(uint32_t kv_type);
+size_t fg_cuda_attn_scratch_bytes(const fg_backend_limits *lim);
+fg_status fg_cuda_kv_store(fg_cuda *c, const fg_kv_view *kv, int32_t layer, const fg_tensor *k,
+                           const fg_tensor *v);
+fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
+                            const fg_attn_params *p);
+fg_status fg_cuda_kv_copy_page(fg_cuda *c, const fg_kv_view *kv, int32_t dst_page, int32_t src_page);
+
+#endif // FG_BACKEND_CUDA_INTERNAL_H
