@@ -2,8 +2,9 @@
 # found (CUDA=0 turns it off, CUDA_ARCHS overrides the architectures). See docs/ARCHITECTURE.md.
 #
 #   make            build/forge and the libraries
-#   make tests      the unit-test binaries (build/tests/*)
+#   make tests      the unit-test binaries (build/tests/*) and the benchmarks (build/bench/*)
 #   make check      tests/run.sh: every suite, ending with "N passed, N failed"
+#   make asan       the unit tests built with ASan+UBSan (build-asan/) and run
 #   make fuzz       libFuzzer targets (clang, ASan+UBSan) in build/fuzz/
 #   CC=clang make   the same with clang
 
@@ -14,8 +15,10 @@ NATIVE ?= 1
 CUDA_ARCHS ?= 80 90
 
 # Each module is a directory under src/ and a static library; the order is the link order
-# (higher layers first: a module may only call modules to its right).
-MODULES := server engine model backend tokenizer quant gguf base
+# (higher layers first: a module may only call modules to its right, and the link has no
+# --start-group, so a call into a higher layer fails to link). `registry` (fg_backend_create)
+# sits above the backends so that the shared backend code never calls the CUDA one.
+MODULES := server engine model registry backend tokenizer gguf quant base
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wstrict-prototypes \
         -Wmissing-prototypes -Wvla -Wformat=2
@@ -35,16 +38,16 @@ HAVE_NVCC :=
 endif
 ifeq ($(HAVE_NVCC),1)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
-MODULES := server engine model backend cuda tokenizer quant gguf base
+MODULES := server engine model registry cuda backend tokenizer gguf quant base
 CPPFLAGS += -DFG_HAVE_CUDA=1
 NVCCFLAGS := -O2 -std=c++17 -Iinclude -Isrc $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
              -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter -Werror all-warnings
 LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
 endif
 
-srcdir = $(if $(filter cuda,$(1)),src/backend/cuda,src/$(1))
-# backend/ holds the interface and cpu/; cuda/ is its own library.
-mod_c = $(if $(filter backend,$(1)),$(wildcard src/backend/*.c src/backend/cpu/*.c),$(if $(filter cuda,$(1)),$(wildcard src/backend/cuda/*.c),$(wildcard src/$(1)/*.c)))
+# backend/ holds the interface, the checked wrappers and cpu/; cuda/ and registry.c are their
+# own libraries.
+mod_c = $(if $(filter backend,$(1)),$(filter-out src/backend/registry.c,$(wildcard src/backend/*.c src/backend/cpu/*.c)),$(if $(filter cuda,$(1)),$(wildcard src/backend/cuda/*.c),$(if $(filter registry,$(1)),src/backend/registry.c,$(wildcard src/$(1)/*.c))))
 mod_cu = $(if $(filter cuda,$(1)),$(wildcard src/backend/cuda/*.cu))
 mod_objs = $(patsubst %.c,$(BUILD)/obj/%.o,$(call mod_c,$(1))) $(patsubst %.cu,$(BUILD)/obj/%.cu.o,$(call mod_cu,$(1)))
 mod_lib = $(BUILD)/lib/libfg_$(1).a
@@ -58,7 +61,7 @@ TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 TEST_SUPPORT := $(filter-out tests/unit/test_%.c,$(wildcard tests/unit/*.c))
 TEST_SUPPORT_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(TEST_SUPPORT))
 
-.PHONY: all tests check fuzz clean demo
+.PHONY: all tests check fuzz clean demo asan
 all: $(BUILD)/forge
 
 $(BUILD)/obj/%.o: %.c
@@ -78,19 +81,37 @@ endef
 $(foreach m,$(MODULES),$(eval $(call MODULE_RULE,$(m))))
 
 $(BUILD)/forge: $(CLI_OBJ) $(ALL_LIBS)
-	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(ALL_LIBS) $(LDLIBS)
 
 # A test may list the modules it needs on a line "// forge-test-modules: gguf quant base"
-# (link order, higher first) so that it builds while other modules are in progress.
-test_mods = $(or $(shell sed -n 's|^// forge-test-modules: ||p' tests/unit/$(1).c 2>/dev/null),$(MODULES))
+# (link order, higher first) so that it builds while other modules are in progress; the
+# registry brings the CUDA backend along when the build has it.
+with_cuda = $(if $(HAVE_NVCC),$(patsubst registry,registry cuda,$(1)),$(1))
+test_mods = $(call with_cuda,$(or $(shell sed -n 's|^// forge-test-modules: ||p' tests/unit/$(1).c 2>/dev/null),$(MODULES)))
 define TEST_RULE
 $(BUILD)/tests/$(1): $(BUILD)/obj/tests/unit/$(1).o $(TEST_SUPPORT_OBJ) $(foreach m,$(call test_mods,$(1)),$(call mod_lib,$(m)))
 	@mkdir -p $$(dir $$@)
-	$(CC) $(CFLAGS) -o $$@ $$< $(TEST_SUPPORT_OBJ) -Wl,--start-group $(foreach m,$(call test_mods,$(1)),$(call mod_lib,$(m))) -Wl,--end-group -lcmocka $(LDLIBS)
+	$(CC) $(CFLAGS) -o $$@ $$< $(TEST_SUPPORT_OBJ) $(foreach m,$(call test_mods,$(1)),$(call mod_lib,$(m))) -lcmocka $(LDLIBS)
 endef
 $(foreach t,$(patsubst tests/unit/%.c,%,$(TEST_SRC)),$(eval $(call TEST_RULE,$(t))))
 
-tests: $(BUILD)/forge $(TESTS)
+# Benchmarks (bench/*.c): built with the tests so that they cannot rot; each links all modules.
+BENCH_SRC := $(wildcard bench/*.c)
+BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+
+tests: $(BUILD)/forge $(TESTS) $(BENCHES)
+
+# The unit tests under AddressSanitizer + UndefinedBehaviorSanitizer (CPU build, own tree).
+asan:
+	$(MAKE) BUILD=build-asan CUDA=0 NATIVE=$(NATIVE) OPT="-O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
+	    build-asan/forge $(patsubst $(BUILD)/%,build-asan/%,$(TESTS))
+	@fail=0; for t in build-asan/tests/test_*; do \
+	    printf '%-32s ' "$$(basename $$t)"; \
+	    if FORGE_ASAN=1 $$t > $$t.asan.log 2>&1; then echo ok; else echo FAILED; tail -n 30 $$t.asan.log; fail=1; fi; \
+	done; exit $$fail
 
 check:
 	bash tests/run.sh

@@ -10,6 +10,7 @@
 #include "backend/backend.h"
 #include "base/status.h"
 #include "base/util.h"
+#include "backend/cpu/cpu_kernels.h"
 #include "quant/quant.h"
 
 #include <math.h>
@@ -60,13 +61,13 @@ static void bench_matmul(fg_backend *be, uint32_t type, int64_t n_out, int64_t n
     }
     for (int64_t i = 0; i < n_in * rows; i++)
         ((float *)x.data)[i] = rnd_f();
-    be->ops->matmul(be, &d, &w, &x, NULL); // warm-up (scratch growth)
+    fg_op_matmul(be, &d, &w, &x, NULL, false); // warm-up (scratch growth)
     enum { MAX_IT = 100 };
     double t[MAX_IT];
     int iters = rows == 1 ? MAX_IT : rows <= 64 ? 20 : 7;
     for (int i = 0; i < iters; i++) {
         double t0 = fg_time_s();
-        if (be->ops->matmul(be, &d, &w, &x, NULL) != FG_OK) {
+        if (fg_op_matmul(be, &d, &w, &x, NULL, false) != FG_OK) {
             fprintf(stderr, "bench: %s\n", fg_last_error());
             exit(1);
         }
@@ -110,14 +111,20 @@ static void bench_attention(fg_backend *be, int n_kv, int n_seqs) {
     }
     for (int i = 0; i < n_pages; i++)
         pt[i] = i;
-    fg_step st = {n_seqs, tok, pos, seq, n_seqs, nkv, pages_per_seq, pt, 0, NULL};
-    be->ops->set_step(be, &st);
-    be->ops->attention(be, &d, &q, &kv, 0, n_head, 0.088f);
+    fg_step st = {n_seqs, tok, pos, seq, n_seqs, nkv, NULL, NULL, pages_per_seq, pt, 0, NULL};
+    fg_backend_limits lim = {n_seqs, n_seqs, pages_per_seq, n_kv, n_head, hd, n_head * hd};
+    fg_attn_params ap = {0, n_head, 0.088f, true};
+    if (fg_backend_reserve(be, &lim) != FG_OK || fg_step_begin(be, &st) != FG_OK ||
+        fg_op_attention(be, &d, &q, &kv, &ap) != FG_OK) {
+        fprintf(stderr, "bench: %s\n", fg_last_error());
+        exit(1);
+    }
     int iters = 20;
     double t0 = fg_time_s();
     for (int i = 0; i < iters; i++)
-        be->ops->attention(be, &d, &q, &kv, 0, n_head, 0.088f);
+        fg_op_attention(be, &d, &q, &kv, &ap);
     double dt = (fg_time_s() - t0) / iters;
+    fg_step_abort(be);
     double bytes = 2.0 * n_kv * n_head_kv * hd * 2 * n_seqs;
     printf("attention f16 decode %d seqs x n_kv %5d (32 q / 8 kv heads, d 128): %8.3f ms  %6.2f GB/s (KV)\n",
            n_seqs, n_kv, dt * 1e3, bytes / dt / 1e9);
@@ -209,13 +216,13 @@ static void bench_dispatch(fg_backend *be) {
 
 int main(int argc, char **argv) {
     int n_threads = argc > 1 ? atoi(argv[1]) : 2;
-    fg_backend_opts o = {n_threads, 0};
+    fg_backend_opts o = {n_threads, 0, false};
     fg_backend *be;
     if (fg_backend_cpu_create(&o, &be) != FG_OK) {
         fprintf(stderr, "bench: %s\n", fg_last_error());
         return 1;
     }
-    printf("cpu backend, %d threads, quant kernels %s\n", n_threads, fg_quant_simd_name());
+    printf("cpu backend, %d threads, quant kernels %s\n", n_threads, fg_cpu_simd_name());
     uint32_t types[16];
     int n_types = 0;
     for (int i = 2; i < argc && n_types < 16; i++)

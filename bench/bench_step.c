@@ -21,7 +21,7 @@ int main(int argc, char **argv) {
     }
     int threads = argc > 2 ? atoi(argv[2]) : 1;
     int steps = argc > 3 ? atoi(argv[3]) : 400;
-    fg_backend_opts bo = {threads, 0};
+    fg_backend_opts bo = {threads, 0, false};
     fg_backend *be = NULL;
     fg_model *m = NULL;
     fg_kv_store *kv = NULL;

@@ -8,26 +8,14 @@
 #define FORGE_MODEL_H
 
 #include "forge/status.h"
+#include "forge/backend.h"
 #include "forge/gguf.h"
+#include "forge/types.h"
 #include "forge/tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-// ---- backends
-typedef struct fg_backend fg_backend;
-
-typedef struct fg_backend_opts {
-    int32_t n_threads; // CPU: worker threads (0: all cores)
-    int32_t device;    // GPU index
-} fg_backend_opts;
-
-// name: "cpu" or "cuda". FG_ERR_UNSUPPORTED for an unknown name or a backend not built in;
-// FG_ERR_DEVICE when the device can't be used (no driver, no GPU).
-fg_status fg_backend_create(const char *name, const fg_backend_opts *opts, fg_backend **out);
-void fg_backend_destroy(fg_backend *be);
-const char *fg_backend_name(const fg_backend *be);
 
 // ---- models
 typedef struct fg_model fg_model;
@@ -35,6 +23,7 @@ typedef struct fg_model fg_model;
 typedef struct fg_model_opts {
     int32_t max_batch_tokens; // most tokens in one forward step (scratch sized at load); 0: 512
     int32_t max_seqs;         // most sequences in one step; 0: 64
+    int32_t max_logit_rows;   // most rows of logits one step returns; 0: max_batch_tokens
     const char *tokenizer_pre; // pre-tokenizer override (NULL: the file's)
     bool progress;            // progress bar while loading (on a terminal only)
 } fg_model_opts;
@@ -55,6 +44,7 @@ typedef struct fg_model_info {
     uint64_t bytes_per_token;    // weight bytes read per decoded token (all matmul weights + one embedding row)
     int32_t max_batch_tokens;    // limits of one forward step (fg_model_opts, after defaults)
     int32_t max_seqs;
+    int32_t max_logit_rows;
 } fg_model_info;
 
 // Loads a GGUF model onto the backend. Errors name what is wrong (tensor missing or of the
@@ -93,10 +83,18 @@ typedef struct fg_batch {
     const int32_t *const *page_tables; // [n_seqs] -> page ids
 } fg_batch;
 
-// Runs the step and writes logits [n_out][n_vocab] for the tokens that want them, in token
-// order (n_out = number of such tokens; logits must hold n_out * n_vocab floats).
+// Submits the step: validates the batch and enqueues the whole forward pass on the backend
+// (a GPU runs it asynchronously; the CPU computes it here). The batch's arrays may be reused
+// as soon as it returns. One step at a time: fg_model_wait before the next submit.
 // FG_ERR_INVALID_ARG for an inconsistent batch (naming the field), FG_ERR_CAPACITY when it
-// exceeds max_batch_tokens/max_seqs or a page table is too short.
+// exceeds max_batch_tokens/max_seqs/max_logit_rows or a page table is too short.
+fg_status fg_model_submit(fg_model *m, fg_kv_store *kv, const fg_batch *b);
+// Waits for the submitted step. *logits gets its logits [n_out][n_vocab] (the tokens that
+// want them, in token order) in memory the model owns, valid until the next submit; *n_out
+// their count (either may be NULL). FG_ERR_FORMAT naming the logit when one is not finite
+// (broken weights), FG_ERR_DEVICE on a device fault (sticky).
+fg_status fg_model_wait(fg_model *m, const float **logits, int32_t *n_out);
+// Submit + wait, copying the logits into logits[n_out * n_vocab] (NULL when none are wanted).
 fg_status fg_model_forward(fg_model *m, fg_kv_store *kv, const fg_batch *b, float *logits);
 
 #ifdef __cplusplus

@@ -64,6 +64,7 @@ typedef struct fg_step {
     const int32_t *seq_n_kv;     // [n_seqs] KV length of the sequence after this step
     const int32_t *seq_first;    // [n_seqs] index of the sequence's first token in the step
     const int32_t *seq_n_tokens; // [n_seqs] its number of tokens in the step
+                                 // (these two are derived by fg_step_begin: callers leave them NULL)
     int32_t max_pages;           // row length of page_table
     const int32_t *page_table;   // [n_seqs][max_pages] page ids (first ceil(n_kv/page_size) valid)
     int32_t n_out;
@@ -220,10 +221,17 @@ typedef struct fg_backend_ops {
     fg_status (*kv_copy_page)(fg_backend *be, const fg_kv_view *kv, int32_t dst_page, int32_t src_page);
 } fg_backend_ops;
 
+// Largest head size the attention and rope ops take (the CPU keeps heads on the stack);
+// the model refuses larger ones at load.
+#define FG_MAX_HEAD_DIM 512
+
 // What backend.c keeps about the current step for the checked wrappers.
 typedef struct fg_step_state {
     bool active;            // between fg_step_begin and fg_step_end
-    fg_step step;           // the caller's arrays (valid until fg_step_end)
+    fg_step step;           // the caller's arrays (valid until fg_step_end) + the derived ones
+    int32_t *seq_first;     // [cap_seqs] derived per step
+    int32_t *seq_n_tokens;  // [cap_seqs]
+    int32_t cap_seqs;       // sized by fg_backend_reserve
     int32_t max_n_kv;       // longest seq_n_kv
     int32_t max_token;      // largest token id and the first index holding it
     int32_t max_token_at;
@@ -238,12 +246,18 @@ struct fg_backend {
 
 // ---- construction (each backend's create; fg_backend_create in registry.c picks one)
 fg_status fg_backend_cpu_create(const fg_backend_opts *opts, fg_backend **out);
+// Frees backend.c's per-backend state; every backend's destroy calls it.
+void fg_step_state_free(fg_step_state *ss);
 
 // ---- checked entry points (backend.c). Each validates, then calls the backend.
 // Validation failures are FG_ERR_INVALID_ARG / FG_ERR_UNSUPPORTED naming the op and field.
+// Sizes the backend for the largest step (at load; never inside a step).
+fg_status fg_backend_reserve(fg_backend *be, const fg_backend_limits *lim);
 fg_status fg_step_begin(fg_backend *be, const fg_step *step);
 fg_status fg_step_end(fg_backend *be);
 fg_status fg_step_wait(fg_backend *be, fg_step_result *res);
+// After an op of the step failed: ends and drains it, dropping its errors (the op's stands).
+void fg_step_abort(fg_backend *be);
 const fg_step *fg_step_current(const fg_backend *be); // NULL outside a step
 
 bool fg_backend_supports(fg_backend *be, fg_op op, uint32_t type);

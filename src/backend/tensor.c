@@ -1,5 +1,5 @@
 // tensor.c - the fg_tensor helpers of backend.h shared by every backend and the model:
-// contiguous views, byte extents and the contiguity test. Pure arithmetic on the shape;
+// contiguous views, strided row views, byte extents and the contiguity test. Pure arithmetic on the shape;
 // never touches tensor data. Who calls it: backends, src/model, tests.
 #include "backend/backend.h"
 
@@ -57,4 +57,16 @@ bool fg_tensor_is_contiguous(const fg_tensor *t) {
         expect *= (size_t)t->ne[i];
     }
     return true;
+}
+
+fg_tensor fg_tensor_rows(const fg_tensor *t, size_t off, int64_t cols, int64_t rows, size_t nb1) {
+    fg_tensor v = *t;
+    v.data = (char *)t->data + off;
+    v.ne[0] = cols;
+    v.ne[1] = rows;
+    v.ne[2] = v.ne[3] = 1;
+    v.nb[0] = sizeof(float);
+    v.nb[1] = nb1;
+    v.nb[2] = v.nb[3] = nb1 * (size_t)rows;
+    return v;
 }

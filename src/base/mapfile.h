@@ -2,7 +2,7 @@
 #ifndef FG_BASE_MAPFILE_H
 #define FG_BASE_MAPFILE_H
 
-#include "forge.h"
+#include "forge/status.h"
 
 typedef struct fg_mapfile {
     const uint8_t *data; // the mapping (NULL for an empty file)

@@ -4,7 +4,7 @@
 #ifndef FG_BASE_STATUS_H
 #define FG_BASE_STATUS_H
 
-#include "forge.h"
+#include "forge/status.h"
 
 #include <stdio.h>
 #include <stdlib.h>

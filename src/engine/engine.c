@@ -100,7 +100,7 @@ struct fg_engine {
     int32_t *b_nkv;                    // [max_seqs]
     const int32_t **b_pt;              // [max_seqs]
     req **b_req;                       // [max_seqs]
-    float *logits;                     // [logit_rows][n_vocab]
+    const float *logits;               // [logit_rows][n_vocab] of the last step (the model's)
     int32_t logit_rows;
     char *text;                        // [text_cap] event text scratch
     size_t text_cap;
@@ -372,10 +372,13 @@ fg_status fg_engine_create(fg_model *m, const fg_engine_opts *opts, fg_engine **
     if (st != FG_OK)
         goto fail;
     int32_t T = o.max_batch_tokens, S = o.max_seqs;
-    e->logit_rows = FG_MIN(T, S + ECHO_ROWS);
-    size_t n_logits;
-    if (!fg_mul_size((size_t)e->logit_rows, (size_t)e->n_vocab, &n_logits)) {
-        st = FG_FAIL(FG_ERR_INVALID_ARG, "engine: logits buffer size overflows");
+    // rows of logits a step may ask for: one per sequence plus prompt scoring (echo), within
+    // what the model hands back (fg_model_opts.max_logit_rows)
+    e->logit_rows = FG_MIN(FG_MIN(T, S + ECHO_ROWS), fg_model_get_info(m)->max_logit_rows);
+    if (e->logit_rows < FG_MIN(T, S)) {
+        st = FG_FAIL(FG_ERR_INVALID_ARG, "engine: the model returns at most %d rows of logits a step, fewer than "
+                                         "max_seqs %d: load it with a larger max_logit_rows",
+                     e->logit_rows, S);
         goto fail;
     }
     // the longest piece bounds the text of one token
@@ -396,10 +399,9 @@ fg_status fg_engine_create(fg_model *m, const fg_engine_opts *opts, fg_engine **
     e->b_nkv = malloc((size_t)S * sizeof *e->b_nkv);
     e->b_pt = malloc((size_t)S * sizeof *e->b_pt);
     e->b_req = malloc((size_t)S * sizeof *e->b_req);
-    e->logits = malloc(n_logits * sizeof *e->logits);
     e->text = malloc(e->text_cap);
     if (!e->running || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_want || !e->b_nkv ||
-        !e->b_pt || !e->b_req || !e->logits || !e->text) {
+        !e->b_pt || !e->b_req || !e->text) {
         st = FG_FAIL(FG_ERR_NOMEM, "engine: out of memory for step buffers (%d rows x %d vocab)",
                      (int)e->logit_rows, (int)e->n_vocab);
         goto fail;
@@ -441,7 +443,6 @@ void fg_engine_destroy(fg_engine *e, double grace_s) {
     free(e->b_nkv);
     free(e->b_pt);
     free(e->b_req);
-    free(e->logits);
     free(e->text);
     pthread_cond_destroy(&e->cv);
     pthread_mutex_destroy(&e->mu);
@@ -924,7 +925,10 @@ static void run_step(fg_engine *e) {
         .n_kv = e->b_nkv,
         .page_tables = e->b_pt,
     };
-    fg_status st = fg_model_forward(e->model, e->kv, &batch, e->logits);
+    // submit, then wait: the step runs on the backend (asynchronously on a GPU)
+    fg_status st = fg_model_submit(e->model, e->kv, &batch);
+    if (st == FG_OK)
+        st = fg_model_wait(e->model, &e->logits, NULL);
     pthread_mutex_lock(&e->mu);
     e->st.steps++;
     pthread_mutex_unlock(&e->mu);

@@ -4,7 +4,8 @@
 #ifndef FG_GGUF_INTERNAL_H
 #define FG_GGUF_INTERNAL_H
 
-#include "forge.h"
+#include "forge/gguf.h"
+#include "forge/types.h"
 
 // Raw encoded bytes of value i (everything after the u32 value type), as found in the file.
 void fg_gguf_kv_raw(const fg_gguf *g, int64_t i, const uint8_t **raw, uint64_t *len);

@@ -4,7 +4,8 @@
 // input can cause an out-of-bounds read, a hang or an allocation larger than the file.
 // Not here: the writer (gguf_write.c), weight-type geometry (src/quant/types.c).
 // Who calls it: model loading, tokenizer loading, `forge info`, synth (--vocab-from), tests.
-#include "forge.h"
+#include "forge/gguf.h"
+#include "forge/types.h"
 
 #include "base/mapfile.h"
 #include "base/status.h"

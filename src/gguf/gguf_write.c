@@ -3,7 +3,8 @@
 // time, each at an offset aligned to general.alignment (default 32).
 // Not here: reading (gguf_read.c), choosing weights (cli/cmd_synth.c).
 // Who calls it: `forge synth`, tests that build GGUF files.
-#include "forge.h"
+#include "forge/gguf.h"
+#include "forge/types.h"
 
 #include "base/status.h"
 #include "base/util.h"

@@ -1,10 +1,13 @@
-// forward.c - the batched forward pass, written once against fg_backend_ops: embeddings ->
-// per layer (rmsnorm, q/k/v projections with biases, qk-norm, rope, KV store, paged
-// attention, output projection, residual, rmsnorm, SwiGLU FFN, residual; glm4's post norms; the
-// last layer continues only with the rows wanting logits) -> output norm -> output projection
-// in chunks -> logits on the host.
-// Nothing is allocated here: scratch tensors and host metadata are sized at load.
-// Who calls it: the engine, `forge run`/`perplexity`/`bench`, the golden tests.
+// forward.c - the batched forward pass, written once against the backend interface: one step
+// is fg_step_begin ... ops ... fg_step_end, then fg_model_wait collects it. Embeddings ->
+// per layer (rmsnorm, the fused q|k|v projection with biases, qk-norm, rope + KV store, paged
+// attention, output projection accumulated into the residual, rmsnorm, the fused gate|up
+// projection, SwiGLU, down projection into the residual; glm4's post norms; the last layer
+// continues only with the rows wanting logits) -> output norm -> output projection in chunks,
+// each checked for non-finite values on the backend and copied back asynchronously.
+// The op sequence depends only on the step's shape (n_tokens, n_out), never on its data, so a
+// GPU backend may capture it. Nothing is allocated here: scratch and host metadata are sized
+// at load. Who calls it: the engine, `forge run`/`perplexity`/`bench`, the golden tests.
 #include "model/model_internal.h"
 
 #include "base/status.h"
@@ -13,24 +16,8 @@
 #include <math.h>
 #include <string.h>
 
-// A 2-D F32 view of `rows` rows of `cols` floats, row stride nb1 bytes, starting `off` bytes
-// into t's data.
-static fg_tensor view2d(const fg_tensor *t, size_t off, int64_t cols, int64_t rows, size_t nb1) {
-    fg_tensor v = *t;
-    v.data = (char *)t->data + off;
-    v.ne[0] = cols;
-    v.ne[1] = rows;
-    v.ne[2] = v.ne[3] = 1;
-    v.nb[0] = sizeof(float);
-    v.nb[1] = nb1;
-    v.nb[2] = v.nb[3] = nb1 * (size_t)rows;
-    return v;
-}
-
 // The first n rows of a contiguous scratch tensor.
-static fg_tensor rows_of(const fg_tensor *t, int64_t n) {
-    return view2d(t, 0, t->ne[0], n, t->nb[1]);
-}
+static fg_tensor rows_of(const fg_tensor *t, int64_t n) { return fg_tensor_rows(t, 0, t->ne[0], n, t->nb[1]); }
 
 // Checks the batch and fills the step's host metadata (page table in the KV store's scratch).
 static fg_status make_step(fg_model *m, fg_kv_store *kv, const fg_batch *b, fg_step *st) {
@@ -68,6 +55,9 @@ static fg_status make_step(fg_model *m, fg_kv_store *kv, const fg_batch *b, fg_s
         if (want)
             m->out_rows[n_out++] = t;
     }
+    if (n_out > m->max_logit_rows)
+        return FG_FAIL(FG_ERR_CAPACITY, "forward: %d rows want logits, the model was loaded for %d (max_logit_rows)",
+                       n_out, m->max_logit_rows);
     int32_t max_pages = 1;
     for (int32_t s = 0; s < b->n_seqs; s++) {
         if (m->seq_count[s] == 0)
@@ -123,36 +113,86 @@ static fg_status make_step(fg_model *m, fg_kv_store *kv, const fg_batch *b, fg_s
             return op_st_;              \
     } while (0)
 
-// One layer over n rows. n_out >= 0 on the last layer: after storing K/V only the n_out rows
-// that want logits go on (gathered into s->xo, as llama.cpp does with inp_out_ids); the rows
-// are independent, so the result is the same, minus the work on rows nobody reads.
-static fg_status run_layer(fg_model *m, fg_kv_store *kv, int32_t il, int64_t n, int64_t n_out) {
+// The activations a group of matmuls reads, converted once to what the backend's matmul wants
+// for the weight type (F32 rows are used as they are). A conversion is reused while the source,
+// its row count and the type stay the same; every op that rewrites a source forgets it.
+typedef struct act_cache {
+    const void *src;
+    int64_t rows;
+    uint32_t type;
+    fg_tensor t;
+} act_cache;
+
+static fg_status matmul(fg_model *m, act_cache *ac, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x,
+                        const fg_tensor *bias, bool accumulate) {
     fg_backend *be = m->be;
-    const fg_backend_ops *ops = be->ops;
+    int64_t rows = x->ne[1];
+    uint32_t at = fg_backend_act_type(be, w->type, rows);
+    if (at == FG_TYPE_F32)
+        return fg_op_matmul(be, dst, w, x, bias, accumulate);
+    if (ac->src != x->data || ac->rows != rows || ac->type != at) {
+        int64_t ne[2] = {x->ne[0], rows};
+        ac->t = fg_tensor_view(m->s.buf, m->s.act, 0, at, 2, ne);
+        FG_ASSERT(fg_tensor_nbytes(&ac->t) <= m->s.act_bytes);
+        OP(fg_op_convert(be, &ac->t, x));
+        ac->src = x->data;
+        ac->rows = rows;
+        ac->type = at;
+    }
+    return fg_op_matmul(be, dst, w, &ac->t, bias, accumulate);
+}
+
+// One layer over n rows; *n_rows becomes n_out on the last layer when it gathers: after
+// storing K/V only the rows that want logits go on (gathered into s->xo, as llama.cpp does
+// with inp_out_ids; the rows are independent, so the result is the same, minus the work on
+// rows nobody reads). Reads xn (this layer's normed input), leaves the next norm's output in
+// xn (attn_norm of the next layer, output_norm after the last). *x_out: the residual tensor.
+static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t il, int64_t *n_rows,
+                           int64_t n_out, fg_tensor *x) {
+    fg_backend *be = m->be;
     const fg_hparams *hp = &m->hp;
     const fg_layer *ly = &m->layers[il];
+    const bool last = il == hp->n_layer - 1;
     fg_scratch *s = &m->s;
-    int64_t D = hp->head_dim;
-    fg_tensor x = rows_of(&s->x, n), xn = rows_of(&s->xn, n), ao = rows_of(&s->ao, n);
-    fg_tensor q = rows_of(&s->q, n), qt = rows_of(&s->qt, n), k = rows_of(&s->k, n),
-              kt = rows_of(&s->kt, n), v = rows_of(&s->v, n);
+    int64_t n = *n_rows;
+    const int64_t D = hp->head_dim, Q = (int64_t)hp->n_head * D, KV = (int64_t)hp->n_head_kv * D;
+    fg_tensor xn = rows_of(&s->xn, n);
 
-    OP(ops->rmsnorm(be, &xn, &x, ly->attn_norm, hp->rms_eps));
-    if (ly->q_norm) {
-        OP(ops->matmul(be, &qt, ly->wq, &xn, ly->bq));
-        OP(ops->matmul(be, &kt, ly->wk, &xn, ly->bk));
-        // per-head RMSNorm: rows are heads
-        fg_tensor qh = view2d(&qt, 0, D, n * hp->n_head, D * sizeof(float));
-        fg_tensor qo = view2d(&q, 0, D, n * hp->n_head, D * sizeof(float));
-        fg_tensor kh = view2d(&kt, 0, D, n * hp->n_head_kv, D * sizeof(float));
-        fg_tensor ko = view2d(&k, 0, D, n * hp->n_head_kv, D * sizeof(float));
-        OP(ops->rmsnorm(be, &qo, &qh, ly->q_norm, hp->rms_eps));
-        OP(ops->rmsnorm(be, &ko, &kh, ly->k_norm, hp->rms_eps));
+    // ---- attention
+    fg_tensor q, k, v;
+    if (ly->wqkv) {
+        fg_tensor qkv = rows_of(&s->qkv, n);
+        OP(matmul(m, ac, &qkv, ly->wqkv, &xn, ly->bqkv, false));
+        q = fg_tensor_rows(&qkv, 0, Q, n, qkv.nb[1]);
+        k = fg_tensor_rows(&qkv, (size_t)Q * sizeof(float), KV, n, qkv.nb[1]);
+        v = fg_tensor_rows(&qkv, (size_t)(Q + KV) * sizeof(float), KV, n, qkv.nb[1]);
     } else {
-        OP(ops->matmul(be, &q, ly->wq, &xn, ly->bq));
-        OP(ops->matmul(be, &k, ly->wk, &xn, ly->bk));
+        q = rows_of(&s->q, n);
+        k = rows_of(&s->k, n);
+        v = rows_of(&s->v, n);
+        OP(matmul(m, ac, &q, ly->wq, &xn, ly->bq, false));
+        OP(matmul(m, ac, &k, ly->wk, &xn, ly->bk, false));
+        OP(matmul(m, ac, &v, ly->wv, &xn, ly->bv, false));
     }
-    OP(ops->matmul(be, &v, ly->wv, &xn, ly->bv));
+    if (ly->q_norm) { // per-head RMSNorm over [n][heads][D] views into s->q and s->k
+        fg_tensor qh = q, kh = k, qo = rows_of(&s->q, n), ko = rows_of(&s->k, n);
+        fg_tensor *h4[4] = {&qh, &qo, &kh, &ko};
+        const int64_t heads[4] = {hp->n_head, hp->n_head, hp->n_head_kv, hp->n_head_kv};
+        for (int i = 0; i < 4; i++) {
+            fg_tensor *t = h4[i];
+            size_t row = t->nb[1];
+            t->ne[0] = D;
+            t->ne[1] = heads[i];
+            t->ne[2] = n;
+            t->nb[1] = (size_t)D * sizeof(float);
+            t->nb[2] = row;
+            t->nb[3] = row * (size_t)n;
+        }
+        OP(fg_op_rmsnorm(be, &qo, &qh, ly->q_norm, hp->rms_eps));
+        OP(fg_op_rmsnorm(be, &ko, &kh, ly->k_norm, hp->rms_eps));
+        q = rows_of(&s->q, n);
+        k = rows_of(&s->k, n);
+    }
     if (hp->n_rot > 0) {
         fg_rope_params rp = {
             .n_head = hp->n_head,
@@ -163,101 +203,153 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, int32_t il, int64_t n, 
             .freq_scale = hp->rope_freq_scale,
             .freq_factors = m->rope_freqs,
         };
-        OP(ops->rope(be, &q, &rp));
-        rp.n_head = hp->n_head_kv;
-        OP(ops->rope(be, &k, &rp));
+        OP(fg_op_rope_kv_store(be, &q, &k, &v, &rp, hp->n_head_kv, &kv->view, il));
+    } else {
+        OP(fg_op_kv_store(be, &kv->view, il, &k, &v));
     }
-    OP(ops->kv_store(be, &kv->view, il, &k, &v));
-    if (n_out == 0)
-        return FG_OK; // last layer, no logits wanted: the K/V of the step is all that matters
-    fg_tensor att = qt; // qt is free again: attention output [n][n_head*head_dim]
-    OP(ops->attention(be, &att, &q, &kv->view, il, hp->n_head, 1.0f / sqrtf((float)D)));
-    if (n_out > 0 && n_out < n) {
+    if (last && n_out == 0)
+        return FG_OK; // no logits wanted: the K/V of the step is all that matters
+    fg_tensor att = rows_of(&s->att, n);
+    fg_attn_params ap = {.layer = il, .n_head = hp->n_head, .scale = 1.0f / sqrtf((float)D), .causal = true};
+    OP(fg_op_attention(be, &att, &q, &kv->view, &ap));
+    if (last && n_out < n) {
         fg_tensor ag = rows_of(&s->q, n_out), xg = rows_of(&s->xo, n_out);
-        OP(ops->gather_out(be, &ag, &att));
-        OP(ops->gather_out(be, &xg, &x));
+        OP(fg_op_gather_out(be, &ag, &att));
+        OP(fg_op_gather_out(be, &xg, x));
         att = ag;
-        x = xg;
+        *x = xg;
         n = n_out;
+        *n_rows = n;
         xn = rows_of(&s->xn, n);
-        ao = rows_of(&s->ao, n);
     }
-    OP(ops->matmul(be, &ao, ly->wo, &att, ly->bo));
     if (ly->post_attn_norm) {
-        OP(ops->rmsnorm(be, &xn, &ao, ly->post_attn_norm, hp->rms_eps));
-        OP(ops->add(be, &x, &x, &xn));
+        fg_tensor ao = rows_of(&s->ao, n);
+        OP(matmul(m, ac, &ao, ly->wo, &att, ly->bo, false));
+        OP(fg_op_rmsnorm(be, &ao, &ao, ly->post_attn_norm, hp->rms_eps));
+        OP(fg_op_add_rmsnorm(be, x, &xn, &ao, ly->ffn_norm, hp->rms_eps));
     } else {
-        OP(ops->add(be, &x, &x, &ao));
+        OP(matmul(m, ac, x, ly->wo, &att, ly->bo, true)); // x += att . wo^T + bo
+        OP(fg_op_rmsnorm(be, &xn, x, ly->ffn_norm, hp->rms_eps));
     }
+    ac->src = NULL; // xn was rewritten
 
-    OP(ops->rmsnorm(be, &xn, &x, ly->ffn_norm, hp->rms_eps));
-    int64_t F = hp->n_ff;
+    // ---- feed-forward
+    const int64_t F = hp->n_ff;
     fg_tensor h = rows_of(&s->h, n);
-    if (m->at->fused_gate_up) {
+    if (ly->w_gate_up) {
         fg_tensor gu = rows_of(&s->g, n); // [n][2*n_ff] = gate | up
-        OP(ops->matmul(be, &gu, ly->w_up, &xn, NULL));
-        fg_tensor gate = view2d(&gu, 0, F, n, gu.nb[1]);
-        fg_tensor up = view2d(&gu, (size_t)F * sizeof(float), F, n, gu.nb[1]);
-        OP(ops->swiglu(be, &h, &gate, &up));
+        OP(matmul(m, ac, &gu, ly->w_gate_up, &xn, NULL, false));
+        fg_tensor gate = fg_tensor_rows(&gu, 0, F, n, gu.nb[1]);
+        fg_tensor up = fg_tensor_rows(&gu, (size_t)F * sizeof(float), F, n, gu.nb[1]);
+        OP(fg_op_swiglu(be, &h, &gate, &up));
     } else {
-        fg_tensor g = rows_of(&s->g, n), u = rows_of(&s->u, n);
-        OP(ops->matmul(be, &g, ly->w_gate, &xn, NULL));
-        OP(ops->matmul(be, &u, ly->w_up, &xn, NULL));
-        OP(ops->swiglu(be, &h, &g, &u));
+        fg_tensor g = fg_tensor_rows(&s->g, 0, F, n, (size_t)F * sizeof(float)), u = rows_of(&s->u, n);
+        OP(matmul(m, ac, &g, ly->w_gate, &xn, NULL, false));
+        OP(matmul(m, ac, &u, ly->w_up, &xn, NULL, false));
+        OP(fg_op_swiglu(be, &h, &g, &u));
     }
-    OP(ops->matmul(be, &ao, ly->w_down, &h, NULL));
+    const fg_tensor *next_norm = last ? m->output_norm : m->layers[il + 1].attn_norm;
     if (ly->post_ffw_norm) {
-        OP(ops->rmsnorm(be, &xn, &ao, ly->post_ffw_norm, hp->rms_eps));
-        OP(ops->add(be, &x, &x, &xn));
+        fg_tensor ao = rows_of(&s->ao, n);
+        OP(matmul(m, ac, &ao, ly->w_down, &h, NULL, false));
+        OP(fg_op_rmsnorm(be, &ao, &ao, ly->post_ffw_norm, hp->rms_eps));
+        OP(fg_op_add_rmsnorm(be, x, &xn, &ao, next_norm, hp->rms_eps));
     } else {
-        OP(ops->add(be, &x, &x, &ao));
+        OP(matmul(m, ac, x, ly->w_down, &h, NULL, true)); // x += h . w_down^T
+        OP(fg_op_rmsnorm(be, &xn, x, next_norm, hp->rms_eps));
+    }
+    ac->src = NULL;
+    return FG_OK;
+}
+
+// The ops of one step, between step_begin and step_end.
+static fg_status run_ops(fg_model *m, fg_kv_store *kv, const fg_step *st) {
+    fg_backend *be = m->be;
+    fg_scratch *s = &m->s;
+    int64_t n = st->n_tokens;
+    act_cache ac = {0};
+    fg_tensor x = rows_of(&s->x, n), xn = rows_of(&s->xn, n);
+    OP(fg_op_get_rows(be, &x, m->tok_embd));
+    OP(fg_op_rmsnorm(be, &xn, &x, m->layers[0].attn_norm, m->hp.rms_eps));
+    for (int32_t il = 0; il < m->hp.n_layer; il++)
+        FG_TRY(run_layer(m, kv, &ac, il, &n, il == m->hp.n_layer - 1 ? st->n_out : -1, &x));
+    if (st->n_out == 0)
+        return FG_OK;
+    // xn holds output_norm(x) for the n_out rows
+    const int64_t V = m->hp.n_vocab;
+    for (int64_t r0 = 0; r0 < st->n_out; r0 += s->lg_rows) {
+        int64_t nr = FG_MIN((int64_t)s->lg_rows, st->n_out - r0);
+        fg_tensor xr = fg_tensor_rows(&s->xn, (size_t)r0 * s->xn.nb[1], s->xn.ne[0], nr, s->xn.nb[1]);
+        fg_tensor lg = rows_of(&s->lg, nr);
+        OP(matmul(m, &ac, &lg, m->output, &xr, NULL, false));
+        // A weight holding NaN/inf (or an overflow in a broken file) poisons every logit: the
+        // backend finds the first such value (fg_model_wait reports it) rather than letting the
+        // sampler turn NaNs into a stream of token 0.
+        OP(fg_op_check_finite(be, &lg, r0));
+        OP(fg_op_download_async(be, &lg, 0, m->logits + r0 * V, (size_t)(nr * V) * sizeof(float)));
     }
     return FG_OK;
 }
 
-fg_status fg_model_forward(fg_model *m, fg_kv_store *kv, const fg_batch *b, float *logits) {
+fg_status fg_model_submit(fg_model *m, fg_kv_store *kv, const fg_batch *b) {
     if (!m || !kv || kv->m != m)
         return FG_FAIL(FG_ERR_INVALID_ARG, "forward: the KV store belongs to another model");
+    if (m->pending)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "forward: the previous step was submitted and not waited for");
     fg_step step;
     FG_TRY(make_step(m, kv, b, &step));
-    if (step.n_out > 0 && !logits)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "forward: logits is NULL but %d rows want logits", step.n_out);
-    fg_backend *be = m->be;
-    const fg_backend_ops *ops = be->ops;
-    fg_scratch *s = &m->s;
-    int64_t n = b->n_tokens;
-    OP(ops->set_step(be, &step));
-    fg_tensor x = rows_of(&s->x, n);
-    OP(ops->get_rows(be, &x, m->tok_embd));
-    int32_t last = m->hp.n_layer - 1;
-    for (int32_t il = 0; il < last; il++)
-        FG_TRY(run_layer(m, kv, il, n, -1));
-    // the last layer leaves the n_out rows in s->xo, or in s->x when every row is wanted
-    FG_TRY(run_layer(m, kv, last, n, step.n_out));
-    if (step.n_out == 0)
-        return ops->sync(be);
-    fg_tensor xo = step.n_out < n ? rows_of(&s->xo, step.n_out) : x;
-    fg_tensor xon = rows_of(&s->xon, step.n_out);
-    OP(ops->rmsnorm(be, &xon, &xo, m->output_norm, m->hp.rms_eps));
-    int64_t V = m->hp.n_vocab;
-    for (int64_t r0 = 0; r0 < step.n_out; r0 += s->lg_rows) {
-        int64_t nr = FG_MIN((int64_t)s->lg_rows, step.n_out - r0);
-        fg_tensor xr = view2d(&xon, (size_t)r0 * xon.nb[1], xon.ne[0], nr, xon.nb[1]);
-        fg_tensor lg = rows_of(&s->lg, nr);
-        OP(ops->matmul(be, &lg, m->output, &xr, NULL));
-        OP(ops->download(be, &lg, 0, logits + r0 * V, (size_t)(nr * V) * sizeof(float)));
+    FG_TRY(fg_step_begin(m->be, &step));
+    fg_status st = run_ops(m, kv, &step);
+    if (st != FG_OK) {
+        fg_step_abort(m->be);
+        return st;
     }
-    OP(ops->sync(be));
-    // A weight holding NaN/inf (or an overflow in a broken file) poisons every logit; say so
-    // rather than let the sampler turn NaNs into a stream of token 0.
-    for (int64_t r = 0; r < step.n_out; r++) {
-        const float *row = logits + r * V;
-        for (int64_t i = 0; i < V; i++)
-            if (!isfinite(row[i]))
-                return FG_FAIL(FG_ERR_FORMAT,
-                               "%s: forward: logit %lld of token %d is %g: the weights produce "
-                               "non-finite values",
-                               m->path, (long long)i, step.out_rows[r], (double)row[i]);
-    }
+    FG_TRY(fg_step_end(m->be));
+    m->pending = true;
+    m->pending_out = step.n_out;
+    return FG_OK;
+}
+
+fg_status fg_model_wait(fg_model *m, const float **logits, int32_t *n_out) {
+    if (!m || !m->pending)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "forward: no step was submitted");
+    m->pending = false;
+    fg_step_result res;
+    FG_TRY(fg_step_wait(m->be, &res));
+    if (res.bad_row >= 0)
+        return FG_FAIL(FG_ERR_FORMAT,
+                       "%s: forward: logit %lld of token %d is %g: the weights produce non-finite values", m->path,
+                       (long long)res.bad_col, m->out_rows[res.bad_row], (double)res.bad_value);
+    if (logits)
+        *logits = m->logits;
+    if (n_out)
+        *n_out = m->pending_out;
+    return FG_OK;
+}
+
+// Rows of the batch that want logits (make_step's rule), or -1 when the batch is malformed
+// (fg_model_submit then says how).
+static int32_t count_wanted(const fg_batch *b) {
+    if (!b || b->n_tokens < 1 || !b->seq)
+        return -1;
+    int32_t n = 0;
+    for (int32_t t = 0; t < b->n_tokens; t++)
+        n += b->want_logits ? b->want_logits[t] : (t + 1 == b->n_tokens || b->seq[t + 1] != b->seq[t]);
+    return n;
+}
+
+fg_status fg_model_forward(fg_model *m, fg_kv_store *kv, const fg_batch *b, float *logits) {
+    int32_t wanted = count_wanted(b);
+    if (!logits && wanted > 0 && m && kv && kv->m == m && !m->pending &&
+        b->n_tokens <= m->max_batch_tokens) // (a malformed batch is reported by submit)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "forward: logits is NULL but %d rows want logits", wanted);
+    FG_TRY(fg_model_submit(m, kv, b));
+    const float *lg = NULL;
+    int32_t n_out = 0;
+    FG_TRY(fg_model_wait(m, &lg, &n_out));
+    if (n_out > 0 && !logits)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "forward: logits is NULL but %d rows want logits", n_out);
+    if (n_out > 0)
+        memcpy(logits, lg, (size_t)n_out * (size_t)m->hp.n_vocab * sizeof(float));
     return FG_OK;
 }

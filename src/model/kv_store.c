@@ -1,6 +1,7 @@
 // kv_store.c - the paged KV cache storage: n_pages pages of page_size tokens for every layer,
-// K and V, in one backend buffer, seen by the forward pass as an fg_kv_view. Which page
-// belongs to which sequence is the caller's business (src/engine's page allocator).
+// K and V, allocated and laid out by the backend (kv_alloc), seen by the forward pass as an
+// fg_kv_view. Which page belongs to which sequence is the caller's business (src/engine's
+// page allocator).
 // Who calls it: the engine, `forge run`/`perplexity`/`bench`, tests.
 #include "model/model_internal.h"
 
@@ -20,15 +21,11 @@ fg_status fg_kv_store_create(fg_model *m, int32_t n_pages, int32_t page_size, ui
         return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: type %s: expected f16 or f32",
                        fg_type_name(kv_type));
     const fg_hparams *hp = &m->hp;
-    uint64_t kv_dim = (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
-    uint64_t el = kv_type == FG_TYPE_F16 ? 2 : 4, one = 0, all = 0;
-    if (!fg_mul_u64(kv_dim * el, (uint64_t)page_size, &one) ||
-        !fg_mul_u64(one, (uint64_t)n_pages * (uint64_t)hp->n_layer, &one) || !fg_mul_u64(one, 2, &all) ||
-        all > SIZE_MAX / 2)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: %d pages of %d tokens overflow", n_pages, page_size);
     size_t pt_n = 0;
     if (!fg_mul_size((size_t)m->max_seqs, (size_t)n_pages, &pt_n))
         return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: %d pages overflow", n_pages);
+    if ((int64_t)n_pages * page_size > INT32_MAX)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: %d pages of %d tokens overflow", n_pages, page_size);
     fg_kv_store *kv = fg_xcalloc(1, sizeof *kv);
     kv->m = m;
     kv->page_table = malloc(pt_n * sizeof(int32_t));
@@ -36,15 +33,6 @@ fg_status fg_kv_store_create(fg_model *m, int32_t n_pages, int32_t page_size, ui
         free(kv);
         return FG_FAIL(FG_ERR_NOMEM, "kv store: out of memory for page tables (%zu entries)", pt_n);
     }
-    fg_status st = m->be->ops->buf_alloc(m->be, (size_t)all, &kv->buf);
-    if (st != FG_OK) {
-        fg_error_prefix("kv store (%llu bytes)", (unsigned long long)all);
-        free(kv->page_table);
-        free(kv);
-        return st;
-    }
-    void *base = m->be->ops->buf_base(kv->buf);
-    int64_t ne[4] = {(int64_t)kv_dim, page_size, n_pages, hp->n_layer};
     fg_kv_view *v = &kv->view;
     v->n_layer = hp->n_layer;
     v->n_pages = n_pages;
@@ -52,8 +40,17 @@ fg_status fg_kv_store_create(fg_model *m, int32_t n_pages, int32_t page_size, ui
     v->n_head_kv = hp->n_head_kv;
     v->head_dim = hp->head_dim;
     v->type = kv_type;
-    v->k = fg_tensor_view(kv->buf, base, 0, kv_type, 4, ne);
-    v->v = fg_tensor_view(kv->buf, base, (size_t)one, kv_type, 4, ne);
+    fg_status st = m->be->ops->kv_alloc(m->be, v, &kv->buf);
+    if (st == FG_OK) {
+        // a sequence may hold every page: the backend sizes its step metadata for that
+        fg_backend_limits lim = {.max_pages = n_pages, .max_kv_len = n_pages * page_size};
+        st = fg_backend_reserve(m->be, &lim);
+    }
+    if (st != FG_OK) {
+        fg_error_prefix("kv store (%d pages of %d tokens)", n_pages, page_size);
+        fg_kv_store_destroy(kv);
+        return st;
+    }
     *out = kv;
     return FG_OK;
 }
@@ -77,5 +74,5 @@ fg_status fg_kv_store_copy_page(fg_kv_store *kv, int32_t dst, int32_t src) {
                        n - 1);
     if (dst == src)
         return FG_OK;
-    return kv->m->be->ops->kv_copy_page(kv->m->be, &kv->view, dst, src);
+    return fg_kv_copy_page_checked(kv->m->be, &kv->view, dst, src);
 }

@@ -50,7 +50,11 @@ typedef struct fg_hparams {
 // Weight views in the model's backend buffer; NULL when absent (optional tensors).
 typedef struct fg_layer {
     const fg_tensor *attn_norm;   // F32 [n_embd]
-    const fg_tensor *wq;          // [n_head*head_dim][n_embd]
+    // q|k|v: one fused weight [(n_head + 2*n_head_kv)*head_dim][n_embd] (and bias) when the
+    // three have the same type (concatenated at load); else three (wqkv NULL)
+    const fg_tensor *wqkv;
+    const fg_tensor *bqkv;        // F32 fused bias or NULL
+    const fg_tensor *wq;          // [n_head*head_dim][n_embd] (NULL when fused)
     const fg_tensor *wk;          // [n_head_kv*head_dim][n_embd]
     const fg_tensor *wv;          // [n_head_kv*head_dim][n_embd]
     const fg_tensor *bq;          // F32 [n_head*head_dim] or NULL
@@ -63,29 +67,32 @@ typedef struct fg_layer {
     const fg_tensor *post_attn_norm; // F32 [n_embd] (glm4) or NULL
     const fg_tensor *ffn_norm;    // F32 [n_embd]
     const fg_tensor *w_gate;      // [n_ff][n_embd] (NULL when fused)
-    const fg_tensor *w_up;        // [n_ff][n_embd], or [2*n_ff][n_embd] fused gate|up (glm4)
+    const fg_tensor *w_up;        // [n_ff][n_embd] (NULL when fused)
+    const fg_tensor *w_gate_up;   // [2*n_ff][n_embd] gate|up: glm4's file tensor, or gate and up
+                                  // concatenated at load when their types match; else NULL
     const fg_tensor *w_down;      // [n_embd][n_ff]
     const fg_tensor *post_ffw_norm; // F32 [n_embd] (glm4) or NULL
 } fg_layer;
 
-// Scratch activations, F32, allocated at load for max_batch_tokens rows.
+// Scratch activations, F32 unless noted, allocated at load for max_batch_tokens rows.
 typedef struct fg_scratch {
     fg_buffer *buf;
     fg_tensor x;    // [T][n_embd] residual stream
-    fg_tensor xn;   // [T][n_embd] normed input / post-norm output
-    fg_tensor ao;   // [T][n_embd] attention or FFN projection output
-    fg_tensor q;    // [T][n_head*head_dim]
-    fg_tensor qt;   // [T][n_head*head_dim] q before qk-norm; attention output
+    fg_tensor xn;   // [T][n_embd] normed input
+    fg_tensor ao;   // [T][n_embd] projection output before a post-norm (glm4)
+    fg_tensor qkv;  // [T][(n_head + 2*n_head_kv)*head_dim] fused projection output
+    fg_tensor q;    // [T][n_head*head_dim] q (unfused or qk-normed); gathered attention rows
     fg_tensor k;    // [T][n_head_kv*head_dim]
-    fg_tensor kt;   // [T][n_head_kv*head_dim] k before qk-norm
     fg_tensor v;    // [T][n_head_kv*head_dim]
-    fg_tensor g;    // [T][n_ff] gate, or [T][2*n_ff] fused gate|up
-    fg_tensor u;    // [T][n_ff] up
+    fg_tensor att;  // [T][n_head*head_dim] attention output
+    fg_tensor g;    // [T][2*n_ff] gate|up (fused), or gate
+    fg_tensor u;    // [T][n_ff] up (unfused)
     fg_tensor h;    // [T][n_ff] swiglu output
-    fg_tensor xo;   // [T][n_embd] rows wanting logits
-    fg_tensor xon;  // [T][n_embd] the same after output_norm
+    fg_tensor xo;   // [T][n_embd] rows wanting logits (last layer)
     fg_tensor lg;   // [lg_rows][n_vocab] one chunk of logits
     int32_t lg_rows;
+    void *act;      // activations converted for the matmuls (fg_op_convert), act_bytes
+    size_t act_bytes;
 } fg_scratch;
 
 struct fg_model {
@@ -102,7 +109,8 @@ struct fg_model {
     int32_t max_seqs;
 
     fg_buffer *wbuf;     // all weights
-    fg_tensor *tensors;  // [n_tensors] views into wbuf
+    fg_tensor *tensors;  // [n_tensors] views into wbuf: the file's, then the fused ones made at
+                         // load (the parts of a fused weight keep data NULL: never read)
     int32_t n_tensors;
     const fg_tensor *tok_embd;    // [n_vocab][n_embd]
     const fg_tensor *output_norm; // F32 [n_embd]
@@ -115,11 +123,16 @@ struct fg_model {
     int32_t *seq_count; // [max_seqs]
     int32_t *seq_first; // [max_seqs]
     int32_t *out_rows;  // [max_batch_tokens]
+    // results: logits of the last submitted step, in backend host memory (pinned on a GPU)
+    float *logits;         // [max_logit_rows][n_vocab]
+    int32_t max_logit_rows;
+    bool pending;          // a step was submitted and not yet waited for
+    int32_t pending_out;   // its n_out
 };
 
 struct fg_kv_store {
     fg_model *m; // borrowed
-    fg_buffer *buf;
+    fg_buffer *buf; // allocated and laid out by the backend (kv_alloc)
     fg_kv_view view;
     int32_t *page_table; // [max_seqs][n_pages] host scratch for fg_step
 };

@@ -15,18 +15,29 @@
 #include <string.h>
 
 #define WEIGHT_ALIGN 256
-// Largest head size the backends' attention and rope kernels take (they keep a head on the
-// stack: FG_CPU_MAX_HEAD_DIM); refused at load rather than at the first forward step.
-#define MAX_HEAD_DIM 512
+// Largest head size the backends' attention and rope kernels take; refused at load rather
+// than at the first forward step.
+#define MAX_HEAD_DIM FG_MAX_HEAD_DIM
 
 // ---- hyper-parameters
+
+// A weight made at load from parts of the file (q|k|v, gate|up and their biases): the parts'
+// bytes one after the other are the fused tensor's canonical bytes; a missing bias part is
+// zeros (adding 0 changes no value).
+typedef struct fused_parts {
+    int32_t idx[3];      // m->tensors index of each part, -1: zeros
+    uint64_t bytes[3];   // bytes of each part
+    int n;
+} fused_parts;
 
 typedef struct loader {
     fg_model *m;
     const fg_gguf *g;
     const char *path;
     const char *arch;
-    const fg_gguf_tensor **src; // [cap] file tensor of m->tensors[i]
+    const fg_gguf_tensor **src; // [cap] file tensor of m->tensors[i] (NULL: fused at load)
+    fused_parts *parts;         // [cap] the parts of a fused m->tensors[i]
+    bool *absorbed;             // [cap] a part of a fused tensor: not uploaded on its own
     int32_t cap;
 } loader;
 
@@ -212,7 +223,7 @@ static fg_status bind_ex(loader *L, const char *name, int64_t ne0, int64_t ne1, 
     if (f32_only && t->type != FG_TYPE_F32)
         return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: tensor '%s': expected type f32, found %s", L->path,
                        name, fg_type_name(t->type));
-    if (!f32_only && !m->be->ops->supports_type(m->be, t->type))
+    if (!f32_only && !fg_backend_supports(m->be, FG_OP_MATMUL, t->type))
         return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: tensor '%s': type %s is not supported by the %s backend",
                        L->path, name, fg_type_name(t->type), m->be->ops->name);
     if (f32_only)
@@ -305,27 +316,108 @@ static fg_status bind_all(loader *L) {
     return FG_OK;
 }
 
-// One buffer for every bound tensor, WEIGHT_ALIGN-aligned offsets; uploads from the mapping.
+// ---- fusion: q|k|v and gate|up become one weight each where their types match, so one
+// matmul reads one activation row once per projection group. Each output row of a matmul
+// depends only on its weight row, so the values are those of the separate projections.
+
+// Canonical bytes of a bound tensor (its strides are set only when it is placed).
+static uint64_t bound_bytes(const fg_tensor *t) {
+    uint64_t row = 0;
+    fg_type_row_bytes(t->type, t->ne[0], &row); // shape checked at bind
+    return row * (uint64_t)t->ne[1];
+}
+
+static int32_t tensor_index(const fg_model *m, const fg_tensor *t) {
+    return t ? (int32_t)(t - m->tensors) : -1;
+}
+
+// Appends a fused tensor of `type`, ne = {ne0, ne1 (0: 1-D)} made of parts p[0..n).
+static const fg_tensor *add_fused(loader *L, uint32_t type, int64_t ne0, int64_t ne1, const fg_tensor *const *p,
+                                  const uint64_t *bytes, int n) {
+    fg_model *m = L->m;
+    FG_ASSERT(m->n_tensors < L->cap);
+    int32_t i = m->n_tensors++;
+    fg_tensor *d = &m->tensors[i];
+    memset(d, 0, sizeof *d);
+    d->type = type;
+    d->ne[0] = ne0;
+    d->ne[1] = ne1 > 0 ? ne1 : 1;
+    d->ne[2] = d->ne[3] = 1;
+    L->src[i] = NULL;
+    L->parts[i].n = n;
+    for (int k = 0; k < n; k++) {
+        L->parts[i].idx[k] = tensor_index(m, p[k]);
+        L->parts[i].bytes[k] = bytes[k];
+        if (p[k])
+            L->absorbed[tensor_index(m, p[k])] = true;
+    }
+    return d;
+}
+
+static void plan_fusion(loader *L) {
+    fg_model *m = L->m;
+    const fg_hparams *hp = &m->hp;
+    const int64_t E = hp->n_embd, D = hp->head_dim, Q = (int64_t)hp->n_head * D, KV = (int64_t)hp->n_head_kv * D,
+                  F = hp->n_ff;
+    for (int il = 0; il < hp->n_layer; il++) {
+        fg_layer *ly = &m->layers[il];
+        if (ly->wq->type == ly->wk->type && ly->wq->type == ly->wv->type) {
+            const fg_tensor *w[3] = {ly->wq, ly->wk, ly->wv};
+            uint64_t wb[3];
+            for (int k = 0; k < 3; k++)
+                wb[k] = bound_bytes(w[k]);
+            ly->wqkv = add_fused(L, ly->wq->type, E, Q + 2 * KV, w, wb, 3);
+            if (ly->bq || ly->bk || ly->bv) {
+                const fg_tensor *b[3] = {ly->bq, ly->bk, ly->bv};
+                uint64_t bb[3] = {(uint64_t)Q * 4, (uint64_t)KV * 4, (uint64_t)KV * 4};
+                ly->bqkv = add_fused(L, FG_TYPE_F32, Q + 2 * KV, 0, b, bb, 3);
+            }
+            ly->wq = ly->wk = ly->wv = ly->bq = ly->bk = ly->bv = NULL;
+        }
+        if (ly->w_gate && ly->w_gate->type == ly->w_up->type) {
+            const fg_tensor *w[2] = {ly->w_gate, ly->w_up};
+            uint64_t wb[2] = {bound_bytes(ly->w_gate), bound_bytes(ly->w_up)};
+            ly->w_gate_up = add_fused(L, ly->w_gate->type, E, 2 * F, w, wb, 2);
+            ly->w_gate = ly->w_up = NULL;
+        } else if (!ly->w_gate) {
+            ly->w_gate_up = ly->w_up; // glm4: the file's fused gate|up
+            ly->w_up = NULL;
+        }
+    }
+}
+
+// One buffer for every weight the forward pass uses (the parts of fused ones excepted),
+// WEIGHT_ALIGN-aligned offsets, sized as the backend lays each weight out; each weight is
+// handed to the backend whole (it may repack it): straight from the mapping, or from a host
+// staging buffer where the parts of a fused weight are put side by side.
 static fg_status upload_all(loader *L, bool progress) {
     fg_model *m = L->m;
     fg_backend *be = m->be;
-    uint64_t total = 0, offs_end = 0;
+    uint64_t total = 0, offs_end = 0, stage = 0;
     uint64_t *offs = calloc((size_t)m->n_tensors + 1, sizeof *offs);
     if (!offs)
         return FG_FAIL(FG_ERR_NOMEM, "%s: out of memory", L->path);
     for (int32_t i = 0; i < m->n_tensors; i++) {
+        if (L->absorbed[i])
+            continue;
+        fg_tensor *t = &m->tensors[i];
+        uint64_t canon = 0, sz = be->ops->weight_size(be, t->type, t->ne[0], t->ne[1]);
+        fg_type_row_bytes(t->type, t->ne[0], &canon);
+        canon *= (uint64_t)t->ne[1];
         uint64_t a = (offs_end + WEIGHT_ALIGN - 1) / WEIGHT_ALIGN * WEIGHT_ALIGN;
         offs[i] = a;
-        if (!fg_add_u64(a, L->src[i]->n_bytes, &offs_end)) {
+        if (sz == 0 || !fg_add_u64(a, sz, &offs_end)) {
             free(offs);
             return FG_FAIL(FG_ERR_FORMAT, "%s: tensor sizes overflow", L->path);
         }
-        total += L->src[i]->n_bytes;
+        total += canon;
+        if (!L->src[i])
+            stage = FG_MAX(stage, canon);
     }
     if (offs_end > SIZE_MAX) {
         free(offs);
-        return FG_FAIL(FG_ERR_NOMEM, "%s: %llu bytes of weights do not fit the address space",
-                       L->path, (unsigned long long)offs_end);
+        return FG_FAIL(FG_ERR_NOMEM, "%s: %llu bytes of weights do not fit the address space", L->path,
+                       (unsigned long long)offs_end);
     }
     fg_status st = be->ops->buf_alloc(be, (size_t)FG_MAX(offs_end, 1), &m->wbuf);
     if (st != FG_OK) {
@@ -333,32 +425,53 @@ static fg_status upload_all(loader *L, bool progress) {
         fg_error_prefix("%s: weights (%llu bytes)", L->path, (unsigned long long)offs_end);
         return st;
     }
+    uint8_t *tmp = stage ? malloc((size_t)stage) : NULL;
+    if (stage && !tmp) {
+        free(offs);
+        return FG_FAIL(FG_ERR_NOMEM, "%s: out of memory staging a fused weight (%llu bytes)", L->path,
+                       (unsigned long long)stage);
+    }
     void *base = be->ops->buf_base(m->wbuf);
     fg_progress pr;
     if (progress)
         fg_progress_begin(&pr, "loading", total);
     uint64_t done = 0;
     for (int32_t i = 0; i < m->n_tensors && st == FG_OK; i++) {
+        if (L->absorbed[i])
+            continue;
         fg_tensor *t = &m->tensors[i];
         int n_dims = t->ne[1] > 1 ? 2 : 1;
         int64_t ne[4] = {t->ne[0], t->ne[1], 1, 1};
         *t = fg_tensor_view(m->wbuf, base, (size_t)offs[i], t->type, n_dims, ne);
-        // upload in slices so the progress bar moves on big tensors
-        uint64_t n = L->src[i]->n_bytes, off = 0;
-        while (off < n && st == FG_OK) {
-            uint64_t len = FG_MIN(n - off, (uint64_t)64 << 20);
-            st = be->ops->upload(be, t, (size_t)off, (const uint8_t *)L->src[i]->data + off,
-                                 (size_t)len);
-            off += len;
-            done += len;
-            if (progress)
-                fg_progress_update(&pr, done);
+        const void *src;
+        const char *name;
+        if (L->src[i]) {
+            src = L->src[i]->data;
+            name = L->src[i]->name;
+        } else { // fused: the parts side by side
+            const fused_parts *fp = &L->parts[i];
+            uint64_t o = 0;
+            for (int k = 0; k < fp->n; k++) {
+                if (fp->idx[k] >= 0)
+                    memcpy(tmp + o, L->src[fp->idx[k]]->data, (size_t)fp->bytes[k]);
+                else
+                    memset(tmp + o, 0, (size_t)fp->bytes[k]);
+                o += fp->bytes[k];
+            }
+            FG_ASSERT(o == fg_tensor_nbytes(t));
+            src = tmp;
+            name = L->src[fp->idx[0] >= 0 ? fp->idx[0] : fp->idx[1] >= 0 ? fp->idx[1] : fp->idx[2]]->name;
         }
+        st = be->ops->weight_upload(be, t, src);
+        done += fg_tensor_nbytes(t);
+        if (progress)
+            fg_progress_update(&pr, done);
         if (st != FG_OK)
-            fg_error_prefix("%s: tensor '%s'", L->path, L->src[i]->name);
+            fg_error_prefix("%s: tensor '%s'%s", L->path, name, L->src[i] ? "" : " (fused)");
     }
     if (progress)
         fg_progress_end(&pr);
+    free(tmp);
     free(offs);
     if (st == FG_OK)
         st = be->ops->sync(be);
@@ -378,22 +491,27 @@ static fg_status alloc_scratch(fg_model *m) {
         fg_tensor *t;
         int64_t cols, rows;
     } plan[] = {
-        {&s->x, E, T},   {&s->xn, E, T}, {&s->ao, E, T},
-        {&s->q, Q, T},   {&s->qt, Q, T}, {&s->k, KV, T},
-        {&s->kt, KV, T}, {&s->v, KV, T}, {&s->g, m->at->fused_gate_up ? 2 * F : F, T},
-        {&s->u, F, T},   {&s->h, F, T},  {&s->xo, E, T},
-        {&s->xon, E, T}, {&s->lg, hp->n_vocab, s->lg_rows},
+        {&s->x, E, T},   {&s->xn, E, T},  {&s->ao, E, T},          {&s->qkv, Q + 2 * KV, T},
+        {&s->q, Q, T},   {&s->k, KV, T},  {&s->v, KV, T},          {&s->att, Q, T},
+        {&s->g, 2 * F, T}, {&s->u, F, T}, {&s->h, F, T},           {&s->xo, E, T},
+        {&s->lg, hp->n_vocab, s->lg_rows},
     };
     uint64_t offs[FG_ARRAY_LEN(plan)], end = 0;
     for (size_t i = 0; i < FG_ARRAY_LEN(plan); i++) {
         offs[i] = (end + WEIGHT_ALIGN - 1) / WEIGHT_ALIGN * WEIGHT_ALIGN;
         end = offs[i] + (uint64_t)plan[i].cols * (uint64_t)plan[i].rows * sizeof(float);
     }
+    // converted activations (fg_op_convert): at most 2 bytes an element (F16/BF16; the 8-bit
+    // types take 1.06-1.14) of the widest matmul input, plus a block's slack per row
+    int64_t max_in = FG_MAX(E, FG_MAX(Q, F));
+    uint64_t act_off = (end + WEIGHT_ALIGN - 1) / WEIGHT_ALIGN * WEIGHT_ALIGN;
+    s->act_bytes = (size_t)((uint64_t)T * ((uint64_t)max_in * 2 + 512));
+    end = act_off + s->act_bytes;
     // The activations grow with the shapes the metadata claims; a small file with quantized
     // weights must not make us reserve many times its size (the weights justify the shapes).
     uint64_t wbytes = 0;
     for (int32_t i = 0; i < m->n_tensors; i++)
-        wbytes += fg_tensor_nbytes(&m->tensors[i]);
+        wbytes += (m->tensors[i].data ? fg_tensor_nbytes(&m->tensors[i]) : 0);
     if (end > ((uint64_t)1 << 30) && end / 8 > wbytes)
         return FG_FAIL(FG_ERR_INVALID_ARG,
                        "%s: scratch activations for max_batch_tokens %lld would take %llu bytes, more "
@@ -410,12 +528,33 @@ static fg_status alloc_scratch(fg_model *m) {
         int64_t ne[4] = {plan[i].cols, plan[i].rows, 1, 1};
         *plan[i].t = fg_tensor_view(s->buf, base, (size_t)offs[i], FG_TYPE_F32, 2, ne);
     }
+    s->act = (char *)base + act_off;
+    // the largest step the backend will see (the KV store reserves its pages on creation)
+    fg_backend_limits lim = {
+        .max_tokens = (int32_t)T,
+        .max_seqs = m->max_seqs,
+        .max_heads = hp->n_head,
+        .max_head_dim = hp->head_dim,
+        .max_cols = FG_MAX(FG_MAX(E, Q + 2 * KV), FG_MAX(2 * F, (int64_t)hp->n_vocab)),
+    };
+    FG_TRY(fg_backend_reserve(be, &lim));
+    // the logits of a step come back into host memory the backend can copy into asynchronously
+    size_t lb = 0;
+    if (!fg_mul_size((size_t)m->max_logit_rows, (size_t)hp->n_vocab * sizeof(float), &lb))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: %d logit rows overflow", m->path, m->max_logit_rows);
+    void *lg = NULL;
+    st = be->ops->host_alloc(be, lb, &lg);
+    if (st != FG_OK) {
+        fg_error_prefix("%s: logits (%zu bytes)", m->path, lb);
+        return st;
+    }
+    m->logits = lg;
     return FG_OK;
 }
 
 // ---- info
 
-static void fill_info(fg_model *m) {
+static void fill_info(fg_model *m, const loader *L) {
     fg_model_info *in = &m->info;
     const fg_hparams *hp = &m->hp;
     in->arch = m->at->name;
@@ -430,9 +569,12 @@ static void fill_info(fg_model *m) {
     in->n_ff = hp->n_ff;
     in->max_batch_tokens = m->max_batch_tokens;
     in->max_seqs = m->max_seqs;
+    in->max_logit_rows = m->max_logit_rows;
     uint64_t params = 0, bytes = 0, per_tok = 0;
     for (int32_t i = 0; i < m->n_tensors; i++) {
         const fg_tensor *t = &m->tensors[i];
+        if (L->absorbed[i])
+            continue; // counted in its fused tensor
         params += (uint64_t)t->ne[0] * (uint64_t)t->ne[1];
         bytes += fg_tensor_nbytes(t);
         if (t->ne[1] > 1 && t != m->tok_embd) // 2-D: a matmul weight
@@ -472,6 +614,8 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
         o.max_batch_tokens = 512;
     if (o.max_seqs <= 0)
         o.max_seqs = 64;
+    if (o.max_logit_rows <= 0 || o.max_logit_rows > o.max_batch_tokens)
+        o.max_logit_rows = o.max_batch_tokens;
     if (o.max_batch_tokens > (1 << 20) || o.max_seqs > (1 << 16))
         return FG_FAIL(FG_ERR_INVALID_ARG, "%s: max_batch_tokens (%d) or max_seqs (%d) too large",
                        path, o.max_batch_tokens, o.max_seqs);
@@ -481,6 +625,7 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
     m->be = be;
     m->max_batch_tokens = o.max_batch_tokens;
     m->max_seqs = o.max_seqs;
+    m->max_logit_rows = o.max_logit_rows;
     fg_status st = fg_gguf_open(path, &m->gguf);
     if (st != FG_OK)
         goto fail;
@@ -528,12 +673,20 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
     }
     m->name = model_name(m->gguf, path);
 
-    L.cap = 4 + 20 * m->hp.n_layer;
+    L.cap = 4 + 24 * m->hp.n_layer; // bound tensors, then fused ones (<= 3 a layer)
     m->tensors = fg_xcalloc((size_t)L.cap, sizeof *m->tensors);
     L.src = fg_xcalloc((size_t)L.cap, sizeof *L.src);
+    L.parts = fg_xcalloc((size_t)L.cap, sizeof *L.parts);
+    L.absorbed = fg_xcalloc((size_t)L.cap, sizeof *L.absorbed);
     m->layers = fg_xcalloc((size_t)m->hp.n_layer, sizeof *m->layers);
     if ((st = bind_all(&L)) != FG_OK)
         goto fail;
+    if (!fg_backend_supports(be, FG_OP_GET_ROWS, m->tok_embd->type)) {
+        st = FG_FAIL(FG_ERR_UNSUPPORTED, "%s: tensor 'token_embd.weight': type %s has no get_rows on the %s backend",
+                     path, fg_type_name(m->tok_embd->type), be->ops->name);
+        goto fail;
+    }
+    plan_fusion(&L);
     if ((st = upload_all(&L, o.progress)) != FG_OK)
         goto fail;
     if ((st = alloc_scratch(m)) != FG_OK)
@@ -541,12 +694,16 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
     m->seq_count = fg_xcalloc((size_t)m->max_seqs, sizeof *m->seq_count);
     m->seq_first = fg_xcalloc((size_t)m->max_seqs, sizeof *m->seq_first);
     m->out_rows = fg_xcalloc((size_t)m->max_batch_tokens, sizeof *m->out_rows);
-    fill_info(m);
+    fill_info(m, &L);
     free(L.src);
+    free(L.parts);
+    free(L.absorbed);
     *out = m;
     return FG_OK;
 fail:
     free(L.src);
+    free(L.parts);
+    free(L.absorbed);
     fg_model_destroy(m);
     return st;
 }
@@ -555,6 +712,8 @@ void fg_model_destroy(fg_model *m) {
     if (!m)
         return;
     if (m->be) {
+        if (m->logits)
+            m->be->ops->host_free(m->be, m->logits);
         if (m->s.buf)
             m->be->ops->buf_free(m->be, m->s.buf);
         if (m->wbuf)

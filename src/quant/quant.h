@@ -2,12 +2,12 @@
 // dequantizer, the reference quantizer and the dot product against an activation row that
 // has been converted to the type's `vec_dot_type` (Q8_0 / Q8_1 / Q8_K / F16 / BF16 / F32),
 // which is how the reference implementation computes quantized matmuls.
-// Block structs are in blocks.h (shared with CUDA). Who calls it: gguf (sizes), backend/cpu,
+// Block structs are in blocks.h (shared with CUDA). Who calls it: gguf (sizes), the backends,
 // synth, tests.
 #ifndef FG_QUANT_QUANT_H
 #define FG_QUANT_QUANT_H
 
-#include "forge.h"
+#include "forge/types.h"
 
 // dst[0..n) = dequantized src; n a multiple of the block size.
 typedef void (*fg_to_float_fn)(const void *src, float *dst, int64_t n);
@@ -28,38 +28,21 @@ typedef struct fg_type_traits {
     uint32_t vec_dot_type;     // activation type vec_dot expects
 } fg_type_traits;
 
-// NULL for an unknown or retired id. The kernels are the fast (SIMD) ones unless
-// fg_quant_set_use_ref(true) was called; fg_type_traits_ref always gives the scalar reference.
+// NULL for an unknown or retired id. The kernels are the scalar reference (the oracle every
+// fast path is tested against); fg_type_traits_ref is the same table under its older name.
+// The CPU backend's SIMD kernels: src/backend/cpu/cpu_kernels.h.
 const fg_type_traits *fg_type_traits_get(uint32_t type);
 const fg_type_traits *fg_type_traits_ref(uint32_t type);
-
-// Process-wide switch (set it before starting threads): true = scalar reference kernels.
-void fg_quant_set_use_ref(bool use_ref);
-bool fg_quant_use_ref(void);
-// Names of the fast paths compiled in ("avx2" or "scalar").
-const char *fg_quant_simd_name(void);
 
 // Converts an activation row x[0..n) to vec_dot_type (Q8_0, Q8_1, Q8_K, F16, BF16 or F32);
 // n a multiple of its block size; other types are a bug (asserts). Bit-identical to what
 // ggml's x86 CPU backend does before its dot products (which produced the goldens):
 // Q8_0/Q8_1 as its AVX2 quantize_row_q8_0/q8_1 (multiplier 127/amax, ties to even; NOT the
 // traits' from_float, which is ggml's *_ref: 1/(amax/127), ties away from zero), Q8_K as
-// quantize_row_q8_K_ref, F16/BF16 round to nearest even.
+// quantize_row_q8_K_ref, F16/BF16 round to nearest even. Scalar code.
 void fg_quantize_row(uint32_t vec_dot_type, const float *x, void *y, int64_t n);
 
 // Bytes of n elements of a type (n a multiple of its block size); 0 for an unknown type.
 size_t fg_type_row_size_n(uint32_t type, int64_t n);
-
-// Multi-row dot products (prefill matmul): dst[r * dst_stride + o] = vec_dot(n, w row o, x row r)
-// for o < n_w, r < n_x; w rows w_stride bytes apart, x rows (already vec_dot_type) x_stride
-// bytes apart, dst_stride in floats. Each element is bit for bit what the type's vec_dot of
-// fg_type_traits_get gives (fast or reference table), whatever n_w, n_x and the tiling: each
-// weight block is decoded once per several x rows. FG_ERR_UNSUPPORTED for a type without
-// vec_dot, FG_ERR_INVALID_ARG for n not a multiple of the block size.
-fg_status fg_quant_gemm(uint32_t type, int64_t n, int64_t n_w, int64_t n_x, const void *w, size_t w_stride,
-                        const void *x, size_t x_stride, float *dst, size_t dst_stride);
-// True when fg_quant_gemm has a multi-row kernel for the type in this build and mode that is
-// worth using for n_x activation rows (false: use vec_dot, or fg_quant_gemm's plain loop).
-bool fg_quant_gemm_has_fast(uint32_t type, int64_t n_x);
 
 #endif // FG_QUANT_QUANT_H

@@ -1,7 +1,7 @@
 // quant_internal.h - declarations shared by the quant module's files (not for other modules):
-// the scalar reference kernels of each type and their AVX2 fast versions.
-// quant_ref.c holds the table and the legacy/float types, quant_kquants.c the K-quants,
-// quant_simd.c the fast paths.
+// the scalar reference kernels of each type (the oracle) and small helpers the CPU backend's
+// fast paths (src/backend/cpu/quant_simd.c, quant_gemm.c) share with them.
+// quant_ref.c holds the table and the legacy/float types, quant_kquants.c the K-quants.
 #ifndef FG_QUANT_INTERNAL_H
 #define FG_QUANT_INTERNAL_H
 
@@ -61,25 +61,5 @@ static inline void fg_q3_k_scales(const uint8_t *s, uint8_t out[16]) {
         out[j] = (uint8_t)(lo | (hi << 4));
     }
 }
-
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define FG_QUANT_HAVE_AVX2 1
-void fg_vec_dot_f32_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_vec_dot_f16_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_vec_dot_bf16_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_vec_dot_q4_0_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_vec_dot_q4_1_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_vec_dot_q5_0_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_vec_dot_q5_1_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_vec_dot_q2_k_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_vec_dot_q3_k_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_vec_dot_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_vec_dot_mxfp4_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_vec_dot_q4_k_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_vec_dot_q5_k_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_vec_dot_q6_k_avx2(int64_t n, float *s, const void *x, const void *y);
-void fg_quant_q8_0_act_avx2(const float *src, void *dst, int64_t n);
-void fg_quant_q8_1_act_avx2(const float *src, void *dst, int64_t n);
-#endif
 
 #endif // FG_QUANT_INTERNAL_H

@@ -10,7 +10,6 @@
 #include <string.h>
 
 const fg_type_traits *fg_quant_ref_table(void);
-const fg_type_traits *fg_quant_fast_table(void);
 
 // ---------------------------------------------------------------- float types
 void fg_dequant_f32(const void *src, float *dst, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
@@ -453,24 +452,4 @@ void fg_vec_dot_mxfp4(int64_t n, float *s, const void *x, const void *y) {
 
 static const fg_type_traits k_ref_table[FG_TYPE_COUNT] = {ALL_ROWS};
 
-// The fast table: the same rows with the SIMD vec_dots where this build has them.
-#ifdef FG_QUANT_HAVE_AVX2
-#define fg_vec_dot_f32 fg_vec_dot_f32_avx2
-#define fg_vec_dot_f16 fg_vec_dot_f16_avx2
-#define fg_vec_dot_bf16 fg_vec_dot_bf16_avx2
-#define fg_vec_dot_q4_0 fg_vec_dot_q4_0_avx2
-#define fg_vec_dot_q4_1 fg_vec_dot_q4_1_avx2
-#define fg_vec_dot_q5_0 fg_vec_dot_q5_0_avx2
-#define fg_vec_dot_q5_1 fg_vec_dot_q5_1_avx2
-#define fg_vec_dot_q2_k fg_vec_dot_q2_k_avx2
-#define fg_vec_dot_q3_k fg_vec_dot_q3_k_avx2
-#define fg_vec_dot_q8_0 fg_vec_dot_q8_0_avx2
-#define fg_vec_dot_mxfp4 fg_vec_dot_mxfp4_avx2
-#define fg_vec_dot_q4_k fg_vec_dot_q4_k_avx2
-#define fg_vec_dot_q5_k fg_vec_dot_q5_k_avx2
-#define fg_vec_dot_q6_k fg_vec_dot_q6_k_avx2
-#endif
-static const fg_type_traits k_fast_table[FG_TYPE_COUNT] = {ALL_ROWS};
-
 const fg_type_traits *fg_quant_ref_table(void) { return k_ref_table; }
-const fg_type_traits *fg_quant_fast_table(void) { return k_fast_table; }

@@ -1,39 +1,18 @@
-// types.c - the public fg_type_* queries, the choice between the scalar reference table and
-// the fast (AVX2) table (fg_quant_set_use_ref), and the activation quantizer entry point
-// fg_quantize_row used by the CPU backend. The tables and kernels live in quant_ref.c,
-// quant_kquants.c, quant_simd.c. Ids 4 and 5 (retired Q4_2/Q4_3) and unknown ids have no row.
+// types.c - the public fg_type_* queries over the traits table and the reference activation
+// quantizer fg_quantize_row. The table and the scalar kernels live in quant_ref.c and
+// quant_kquants.c; the CPU backend's SIMD versions in src/backend/cpu. Ids 4 and 5 (retired
+// Q4_2/Q4_3) and unknown ids have no row.
 #include "quant/quant.h"
 #include "quant/quant_internal.h"
 
 #include "base/status.h"
 
 #include <ctype.h>
-#include <stdatomic.h>
 #include <string.h>
 #include <strings.h>
 
-// Kernels defined in quant_ref.c (NULL-safe: a row without kernels can still be sized).
+// The table and kernels are defined in quant_ref.c.
 extern const fg_type_traits *fg_quant_ref_table(void);
-extern const fg_type_traits *fg_quant_fast_table(void);
-
-// The only mutable state of the module: which table fg_type_traits_get returns.
-static atomic_bool g_use_ref;
-
-void fg_quant_set_use_ref(bool use_ref) { atomic_store(&g_use_ref, use_ref); }
-bool fg_quant_use_ref(void) { return atomic_load(&g_use_ref); }
-
-const char *fg_quant_simd_name(void) {
-#if defined(FG_QUANT_HAVE_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512BW__) && \
-    defined(__AVX512VL__)
-    return "avx2+avx512-vnni";
-#elif defined(FG_QUANT_HAVE_AVX2) && (defined(__AVX512VNNI__) || defined(__AVXVNNI__))
-    return "avx2+vnni";
-#elif defined(FG_QUANT_HAVE_AVX2)
-    return "avx2";
-#else
-    return "scalar";
-#endif
-}
 
 const fg_type_traits *fg_type_traits_ref(uint32_t type) {
     if (type >= FG_TYPE_COUNT)
@@ -42,38 +21,17 @@ const fg_type_traits *fg_type_traits_ref(uint32_t type) {
     return t->name ? t : NULL;
 }
 
-const fg_type_traits *fg_type_traits_get(uint32_t type) {
-    if (type >= FG_TYPE_COUNT)
-        return NULL;
-    const fg_type_traits *t =
-        &(atomic_load_explicit(&g_use_ref, memory_order_relaxed) ? fg_quant_ref_table() : fg_quant_fast_table())[type];
-    return t->name ? t : NULL;
-}
+const fg_type_traits *fg_type_traits_get(uint32_t type) { return fg_type_traits_ref(type); }
 
 void fg_quantize_row(uint32_t vec_dot_type, const float *x, void *y, int64_t n) {
-#ifdef FG_QUANT_HAVE_AVX2
-    bool ref = atomic_load_explicit(&g_use_ref, memory_order_relaxed);
-#endif
     FG_ASSERT(n >= 0);
     switch (vec_dot_type) {
     case FG_TYPE_Q8_0:
         FG_ASSERT(n % FG_QK8_0 == 0);
-#ifdef FG_QUANT_HAVE_AVX2
-        if (!ref) {
-            fg_quant_q8_0_act_avx2(x, y, n);
-            return;
-        }
-#endif
         fg_quant_q8_0_act(x, y, n);
         return;
     case FG_TYPE_Q8_1:
         FG_ASSERT(n % FG_QK8_1 == 0);
-#ifdef FG_QUANT_HAVE_AVX2
-        if (!ref) {
-            fg_quant_q8_1_act_avx2(x, y, n);
-            return;
-        }
-#endif
         fg_quant_q8_1_act(x, y, n);
         return;
     case FG_TYPE_F32:

@@ -538,6 +538,8 @@ fg_status fg_server_load(fg_server *s) {
     fg_model_opts mo;
     memset(&mo, 0, sizeof mo);
     mo.max_seqs = s->opts.n_parallel > 0 ? s->opts.n_parallel : 0;
+    // logits come back for one row per sequence plus prompt scoring (the engine's 64 echo rows)
+    mo.max_logit_rows = mo.max_seqs > 0 ? mo.max_seqs + 64 : 0;
     st = fg_backend_create(s->device, &bo, &s->backend);
     if (st != FG_OK)
         goto fail;

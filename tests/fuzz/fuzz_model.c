@@ -4,7 +4,7 @@
 // sequences) and, when it loads, tokenizes a short text and runs one forward step of up to 3
 // tokens over 2 KV pages. Any status is fine; a crash, sanitizer report, hang or runaway
 // allocation is a bug. Built by `make fuzz`; seeds in tests/fuzz/corpus/model/.
-// forge-fuzz-modules: model backend tokenizer quant gguf base
+// forge-fuzz-modules: model registry backend tokenizer gguf quant base
 #include "forge.h"
 
 #include <stdint.h>

@@ -1,7 +1,7 @@
 // test_cuda.c - the CUDA backend on a real GPU: device lifecycle, buffer round trips, checked
 // errors. Without a GPU (CI has nvcc but no driver) every test SKIPS LOUDLY and says why;
 // in a build without CUDA it checks that "cuda" is refused with a clear message.
-// forge-test-modules: backend cuda quant base
+// forge-test-modules: registry backend quant base
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

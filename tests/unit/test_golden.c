@@ -1,6 +1,6 @@
 // test_golden.c - the forward pass against llama.cpp's CPU reference outputs: every
 // $FORGE_SHARED/golden/*.json (globbed, so new goldens are picked up), one test per file.
-// forge-test-modules: model backend tokenizer quant gguf base
+// forge-test-modules: model registry backend tokenizer gguf quant base
 //
 // Per case: prompt tokens identical; one forward over the whole prompt with logits for every
 // position: our top-1 is in the golden top-5 and the golden top-1 in our top-5, next-token
@@ -20,7 +20,7 @@
 // Tolerances: mean |d logprob| 0.05 (F32/F16), 0.15 (BF16), 0.25 (quantized); greedy margin
 // 0.1 (F32/F16, ~8x the max logit error), 0.25 (BF16), 0.5 (quantized: a divergence above it
 // needs errors of 0.25 on both logits in opposite directions).
-// FORGE_GOLDEN_REF=1 runs with the scalar reference kernels (diagnosis).
+// FORGE_GOLDEN_REF=1 runs with the scalar reference kernels (diagnosis); FORGE_DEVICE=cuda on the GPU.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -149,12 +149,25 @@ typedef struct golden_ctx {
     char path[1024];
 } golden_ctx;
 
+// FORGE_DEVICE picks the backend (cpu by default; cuda on a GPU machine: it SKIPS loudly
+// when no GPU is usable); FORGE_GOLDEN_REF=1 the CPU's scalar reference kernels.
+static const char *device_name(void) {
+    const char *d = getenv("FORGE_DEVICE");
+    return d && *d ? d : "cpu";
+}
+
 static fg_backend *make_backend(void) {
     fg_backend_opts o = {.n_threads = 2}; // the threaded paths are what ships
+    const char *r = getenv("FORGE_GOLDEN_REF");
+    o.use_ref = r && !strcmp(r, "1");
     fg_backend *be = NULL;
-    fg_status s = fg_backend_cpu_create(&o, &be);
+    fg_status s = fg_backend_create(device_name(), &o, &be);
+    if (s == FG_ERR_DEVICE && strcmp(device_name(), "cpu") != 0) {
+        fprintf(stderr, "SKIP (no GPU): %s backend: %s\n", device_name(), fg_last_error());
+        skip();
+    }
     if (s != FG_OK)
-        fail_msg("cpu backend: %s", fg_last_error());
+        fail_msg("%s backend: %s", device_name(), fg_last_error());
     return be;
 }
 
@@ -445,8 +458,8 @@ static void test_goldens_present(void **state) {
 }
 
 int main(void) {
-    if (getenv("FORGE_GOLDEN_REF") && !strcmp(getenv("FORGE_GOLDEN_REF"), "1"))
-        fg_quant_set_use_ref(true); // diagnosis: scalar reference kernels
+    printf("test_golden: backend %s%s\n", device_name(),
+           getenv("FORGE_GOLDEN_REF") && !strcmp(getenv("FORGE_GOLDEN_REF"), "1") ? " (scalar reference kernels)" : "");
     char pat[1024];
     snprintf(pat, sizeof pat, "%s/golden/*.json", shared_dir());
     glob_t g = {0};

@@ -7,7 +7,7 @@
 // the field named; non-finite logits are an error; the forward pass matches a scalar
 // reference for every architecture and for big heads, MQA, odd n_ff, partial rope and long
 // prompts over many pages. Tokenizer metadata is copied from stories260K.
-// forge-test-modules: model backend tokenizer quant gguf base
+// forge-test-modules: model registry backend tokenizer gguf quant base
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -2,19 +2,27 @@
 // (values derived from the format definitions), activation quantizers (ggml's rounding), round
 // trips through the reference quantizers, vec_dot against a double-precision dot of the
 // dequantized operands, and the AVX2 fast paths against the scalar reference.
-// forge-test-modules: quant base
+// forge-test-modules: backend quant base
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
 #include "quant/blocks.h"
+#include "backend/cpu/cpu_kernels.h"
 #include "quant/quant.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+// The CPU backend's kernels, scalar reference or SIMD as a backend instance would choose them
+// (use_ref); the tests flip the choice the way fg_backend_opts.use_ref does.
+static bool g_ref;
+static void set_use_ref(bool v) { g_ref = v; }
+static const fg_type_traits *kernels(uint32_t type) { return fg_cpu_traits(type, g_ref); }
+static void quantize_act(uint32_t type, const float *x, void *y, int64_t n) { fg_cpu_quantize_row(g_ref, type, x, y, n); }
 
 #define SEED 20261121u
 
@@ -73,7 +81,7 @@ static void test_geometry(void **state) {
         {FG_TYPE_Q8_K, 256, 292, FG_TYPE_Q8_K},   {FG_TYPE_MXFP4, 32, 17, FG_TYPE_Q8_0},
     };
     for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++) {
-        const fg_type_traits *t = fg_type_traits_get(g[i].t);
+        const fg_type_traits *t = kernels(g[i].t);
         assert_non_null(t);
         assert_int_equal(t->blck_size, g[i].bs);
         assert_int_equal(t->type_size, g[i].ts);
@@ -86,16 +94,16 @@ static void test_geometry(void **state) {
     assert_int_equal(fg_type_row_size_n(FG_TYPE_Q4_K, 4096), 16 * 144);
     assert_int_equal(fg_type_row_size_n(4, 32), 0);   // retired Q4_2
     assert_int_equal(fg_type_row_size_n(200, 32), 0); // unknown
-    assert_null(fg_type_traits_get(5));
+    assert_null(kernels(5));
     assert_false(fg_type_known(FG_TYPE_Q8_K)); // activations only
     assert_true(fg_type_known(FG_TYPE_MXFP4));
-    printf("  simd: %s\n", fg_quant_simd_name());
+    printf("  simd: %s\n", fg_cpu_simd_name());
     // the switch picks the scalar table
-    fg_quant_set_use_ref(true);
-    assert_true(fg_quant_use_ref());
-    assert_ptr_equal(fg_type_traits_get(FG_TYPE_Q4_K)->vec_dot, fg_type_traits_ref(FG_TYPE_Q4_K)->vec_dot);
-    fg_quant_set_use_ref(false);
-    assert_false(fg_quant_use_ref());
+    set_use_ref(true);
+    assert_true(g_ref);
+    assert_ptr_equal(kernels(FG_TYPE_Q4_K)->vec_dot, fg_type_traits_ref(FG_TYPE_Q4_K)->vec_dot);
+    set_use_ref(false);
+    assert_false(g_ref);
     // public queries and their error messages
     uint64_t bytes = 0;
     assert_int_equal(fg_type_row_bytes(FG_TYPE_Q6_K, 512, &bytes), FG_OK);
@@ -353,20 +361,20 @@ static void test_activation_rounding(void **state) {
     assert_true(fg_f16_to_f32(q1.s) == (float)(127 + 3 - 3 + 4 + 0 - 127));
     // activations (ggml's x86 CPU quantize_row_q8_0/q8_1): ties to even, scalar and AVX2
     for (int use_ref = 1; use_ref >= 0; use_ref--) {
-        fg_quant_set_use_ref(use_ref);
-        fg_quantize_row(FG_TYPE_Q8_0, x, &q0, 32);
+        set_use_ref(use_ref);
+        quantize_act(FG_TYPE_Q8_0, x, &q0, 32);
         assert_true(fg_f16_to_f32(q0.d) == 1.0f);
         assert_int_equal(q0.qs[0], 127);
         assert_int_equal(q0.qs[1], 2);
         assert_int_equal(q0.qs[2], -2);
         assert_int_equal(q0.qs[3], 4);
         assert_int_equal(q0.qs[31], -126);
-        fg_quantize_row(FG_TYPE_Q8_1, x, &q1, 32);
+        quantize_act(FG_TYPE_Q8_1, x, &q1, 32);
         assert_int_equal(q1.qs[1], 2);
         assert_int_equal(q1.qs[31], -126);
         assert_true(fg_f16_to_f32(q1.s) == (float)(127 + 2 - 2 + 4 + 0 - 126));
     }
-    fg_quant_set_use_ref(false);
+    set_use_ref(false);
     // the multiplier is 127/amax, not 1/(amax/127): amax = 0.3 gives different products
     {
         float amax = 0.3f, d = amax / 127.0f;
@@ -379,7 +387,7 @@ static void test_activation_rounding(void **state) {
     x[3] = 0.0f;
     x[31] = 100.25f;
     fg_block_q8_k qk;
-    fg_quantize_row(FG_TYPE_Q8_K, x, &qk, 256);
+    quantize_act(FG_TYPE_Q8_K, x, &qk, 256);
     assert_true(qk.d == 1.0f);
     assert_int_equal(qk.qs[0], -127);
     assert_int_equal(qk.qs[1], 2);
@@ -388,23 +396,23 @@ static void test_activation_rounding(void **state) {
     assert_int_equal(qk.bsums[0], -127 + 2 + 4);
     assert_int_equal(qk.bsums[1], 100);
     x[0] = 127.0f; // positive max: negative scale
-    fg_quantize_row(FG_TYPE_Q8_K, x, &qk, 256);
+    quantize_act(FG_TYPE_Q8_K, x, &qk, 256);
     assert_true(qk.d == -1.0f);
     assert_int_equal(qk.qs[0], -127);
     assert_int_equal(qk.qs[1], -2);
     // an all-zero block
     float z[256] = {0};
-    fg_quantize_row(FG_TYPE_Q8_K, z, &qk, 256);
+    quantize_act(FG_TYPE_Q8_K, z, &qk, 256);
     assert_true(qk.d == 0.0f);
-    fg_quantize_row(FG_TYPE_Q8_0, z, &q0, 32);
+    quantize_act(FG_TYPE_Q8_0, z, &q0, 32);
     assert_true(fg_f16_to_f32(q0.d) == 0.0f && q0.qs[5] == 0);
     // float activations
     fg_f16 h[4];
     fg_bf16 bh[4];
     float f[4], in[4] = {1.0f, -2.5f, 65504.0f, 0.1f};
-    fg_quantize_row(FG_TYPE_F16, in, h, 4);
-    fg_quantize_row(FG_TYPE_BF16, in, bh, 4);
-    fg_quantize_row(FG_TYPE_F32, in, f, 4);
+    quantize_act(FG_TYPE_F16, in, h, 4);
+    quantize_act(FG_TYPE_BF16, in, bh, 4);
+    quantize_act(FG_TYPE_F32, in, f, 4);
     for (int i = 0; i < 4; i++) {
         assert_int_equal(h[i], fg_f32_to_f16(in[i]));
         assert_int_equal(bh[i], fg_f32_to_bf16(in[i]));
@@ -427,16 +435,16 @@ static void test_activation_fast_bitexact(void **state) {
     for (int k = 0; k < 2; k++) {
         size_t bytes = fg_type_row_size_n(types[k], N);
         void *a = malloc(bytes), *b = malloc(bytes);
-        fg_quant_set_use_ref(true);
-        fg_quantize_row(types[k], x, a, N);
-        fg_quant_set_use_ref(false);
-        fg_quantize_row(types[k], x, b, N);
+        set_use_ref(true);
+        quantize_act(types[k], x, a, N);
+        set_use_ref(false);
+        quantize_act(types[k], x, b, N);
         assert_memory_equal(a, b, bytes);
         free(a);
         free(b);
     }
     fg_block_q8_0 q[N / 32], qr[N / 32];
-    fg_quantize_row(FG_TYPE_Q8_0, x, q, N);
+    quantize_act(FG_TYPE_Q8_0, x, q, N);
     fg_type_traits_ref(FG_TYPE_Q8_0)->from_float(x, qr, N);
     assert_int_equal(q[1].qs[1], -14); // -14.5 -> even
     assert_int_equal(qr[1].qs[1], -15); // -14.5 -> away from zero
@@ -547,8 +555,8 @@ static void check_vec_dot(int64_t n, int rows, uint32_t salt) {
     for (size_t k = 0; k < N_WEIGHT_TYPES; k++) {
         uint32_t type = k_weight_types[k];
         const fg_type_traits *ref = fg_type_traits_ref(type);
-        fg_quant_set_use_ref(false);
-        const fg_type_traits *fast = fg_type_traits_get(type);
+        set_use_ref(false);
+        const fg_type_traits *fast = kernels(type);
         if (n % ref->blck_size != 0)
             continue;
         size_t row = fg_type_row_size_n(type, n);
@@ -557,7 +565,7 @@ static void check_vec_dot(int64_t n, int rows, uint32_t salt) {
                 x[i] = rng_gauss(&r) * 0.08f + (rI == 1 ? 0.05f : 0.0f);
             ref->from_float(x, (char *)w + row * (size_t)rI, n);
         }
-        fg_quantize_row(ref->vec_dot_type, act, qa, n);
+        quantize_act(ref->vec_dot_type, act, qa, n);
         double worst_ref = 0, worst_fast = 0;
         for (int rI = 0; rI < rows; rI++) {
             const void *wr = (const char *)w + row * (size_t)rI;
@@ -611,12 +619,12 @@ static void test_vec_dot_known(void **state) {
         isum += q * (j - 10);
     }
     for (int use_ref = 1; use_ref >= 0; use_ref--) {
-        fg_quant_set_use_ref(use_ref);
+        set_use_ref(use_ref);
         float s = NAN;
-        fg_type_traits_get(FG_TYPE_Q4_0)->vec_dot(32, &s, &w, &a);
+        kernels(FG_TYPE_Q4_0)->vec_dot(32, &s, &w, &a);
         assert_true(s == (float)isum * 0.125f);
     }
-    fg_quant_set_use_ref(false);
+    set_use_ref(false);
 }
 
 // ---------------------------------------------------------------- ggml x86 arithmetic
@@ -690,7 +698,7 @@ static float emulate_q4_k(const fg_block_q4_k *w, const fg_block_q8_k *a, int64_
 
 static void test_fast_matches_ggml_x86_order(void **state) {
     (void)state;
-    if (strncmp(fg_quant_simd_name(), "avx2", 4) != 0) {
+    if (strncmp(fg_cpu_simd_name(), "avx2", 4) != 0) {
         printf("  scalar build: the fast kernels are the reference ones\n");
         return;
     }
@@ -700,27 +708,27 @@ static void test_fast_matches_ggml_x86_order(void **state) {
     void *w = malloc(N * 4), *qa = malloc(N * 4);
     for (int i = 0; i < N; i++)
         act[i] = rng_gauss(&r);
-    fg_quant_set_use_ref(false);
+    set_use_ref(false);
     for (int rep = 0; rep < 4; rep++) {
         for (int i = 0; i < N; i++)
             x[i] = rng_gauss(&r) * 0.08f + (rep == 3 ? 0.03f : 0.0f);
         static const uint32_t t32[] = {FG_TYPE_Q8_0, FG_TYPE_Q4_0, FG_TYPE_Q5_0};
         for (int k = 0; k < 3; k++) {
-            const fg_type_traits *t = fg_type_traits_get(t32[k]);
+            const fg_type_traits *t = kernels(t32[k]);
             t->from_float(x, w, N);
-            fg_quantize_row(FG_TYPE_Q8_0, act, qa, N);
+            quantize_act(FG_TYPE_Q8_0, act, qa, N);
             float got = NAN, want = emulate_32(t32[k], w, qa, N);
             t->vec_dot(N, &got, w, qa);
             if (got != want)
                 fail_msg("%s: fast %.9g != ggml-order %.9g", t->name, (double)got, (double)want);
         }
-        fg_quantize_row(FG_TYPE_Q8_K, act, qa, N);
+        quantize_act(FG_TYPE_Q8_K, act, qa, N);
         float got = NAN;
-        fg_type_traits_get(FG_TYPE_Q6_K)->from_float(x, w, N);
-        fg_type_traits_get(FG_TYPE_Q6_K)->vec_dot(N, &got, w, qa);
+        kernels(FG_TYPE_Q6_K)->from_float(x, w, N);
+        kernels(FG_TYPE_Q6_K)->vec_dot(N, &got, w, qa);
         assert_true(got == emulate_q6_k(w, qa, N));
-        fg_type_traits_get(FG_TYPE_Q4_K)->from_float(x, w, N);
-        fg_type_traits_get(FG_TYPE_Q4_K)->vec_dot(N, &got, w, qa);
+        kernels(FG_TYPE_Q4_K)->from_float(x, w, N);
+        kernels(FG_TYPE_Q4_K)->vec_dot(N, &got, w, qa);
         assert_true(got == emulate_q4_k(w, qa, N));
     }
     free(x);

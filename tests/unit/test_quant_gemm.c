@@ -3,19 +3,27 @@
 // mode: random weights (reference quantizer, plus -128 bytes in Q8_0), activations converted
 // by fg_quantize_row, every (weight rows x activation rows) count 1..9 and 13 at shifted
 // starts (all tile remainders), padded strides, row lengths with and without float tails.
-// forge-test-modules: quant base
+// forge-test-modules: backend quant base
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
 #include "quant/blocks.h"
+#include "backend/cpu/cpu_kernels.h"
 #include "quant/quant.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+// The CPU backend's kernels, scalar reference or SIMD as a backend instance would choose them
+// (use_ref); the tests flip the choice the way fg_backend_opts.use_ref does.
+static bool g_ref;
+static void set_use_ref(bool v) { g_ref = v; }
+static const fg_type_traits *kernels(uint32_t type) { return fg_cpu_traits(type, g_ref); }
+static void quantize_act(uint32_t type, const float *x, void *y, int64_t n) { fg_cpu_quantize_row(g_ref, type, x, y, n); }
 
 #define SEED 20261122u
 #define NW 16 // weight rows generated
@@ -45,7 +53,7 @@ static const uint32_t k_types[] = {
 // Compares fg_quant_gemm with vec_dot for one type and row length; returns the number of
 // mismatching elements (printing the first).
 static int check_type(uint32_t type, int64_t n, uint32_t salt) {
-    const fg_type_traits *tr = fg_type_traits_get(type);
+    const fg_type_traits *tr = kernels(type);
     rng g = {((uint64_t)SEED << 32) ^ salt};
     const size_t wrow = fg_type_row_size_n(type, n), xrow = fg_type_row_size_n(tr->vec_dot_type, n);
     const size_t ws = wrow + 48, xs = xrow + 80; // padded strides
@@ -73,7 +81,7 @@ static int check_type(uint32_t type, int64_t n, uint32_t salt) {
         if (tr->vec_dot_type == FG_TYPE_F32)
             memcpy(x + r * xs, f, (size_t)n * sizeof(float));
         else
-            fg_quantize_row(tr->vec_dot_type, f, x + r * xs, n);
+            quantize_act(tr->vec_dot_type, f, x + r * xs, n);
     }
     for (int r = 0; r < NX; r++)
         for (int o = 0; o < NW; o++)
@@ -86,7 +94,7 @@ static int check_type(uint32_t type, int64_t n, uint32_t salt) {
             int o0 = (int)((a + b) % (size_t)(NW - nw + 1)), r0 = (int)((3 * a + b) % (size_t)(NX - nx + 1));
             const size_t ds = (size_t)nw + 3;
             memset(out, 0xAB, sizeof(out));
-            assert_int_equal(fg_quant_gemm(type, n, nw, nx, w + o0 * ws, ws, x + r0 * xs, xs, out, ds), FG_OK);
+            assert_int_equal(fg_cpu_gemm(g_ref, type, n, nw, nx, w + o0 * ws, ws, x + r0 * xs, xs, out, ds), FG_OK);
             for (int r = 0; r < nx; r++)
                 for (int o = 0; o < nw; o++)
                     if (memcmp(&out[r * ds + o], &ref[r0 + r][o0 + o], sizeof(float)) != 0) {
@@ -104,11 +112,11 @@ static int check_type(uint32_t type, int64_t n, uint32_t salt) {
 }
 
 static void check_all(bool use_ref) {
-    fg_quant_set_use_ref(use_ref);
-    printf("  seed %u, %s kernels (%s build)\n", SEED, use_ref ? "reference" : "fast", fg_quant_simd_name());
+    set_use_ref(use_ref);
+    printf("  seed %u, %s kernels (%s build)\n", SEED, use_ref ? "reference" : "fast", fg_cpu_simd_name());
     int bad = 0;
     for (size_t t = 0; t < N_TYPES; t++) {
-        const fg_type_traits *tr = fg_type_traits_get(k_types[t]);
+        const fg_type_traits *tr = kernels(k_types[t]);
         int64_t bs = tr->blck_size;
         // block types: 1, 3 and 8 blocks (of 256) / 1, 5, 40 blocks (of 32); floats: tails too
         int64_t lens[4] = {bs == 1 ? 77 : bs, bs == 1 ? 96 : 3 * bs, bs == 1 ? 1000 : bs == 32 ? 1280 : 2048,
@@ -116,7 +124,7 @@ static void check_all(bool use_ref) {
         for (int l = 0; l < 4; l++)
             bad += check_type(k_types[t], lens[l], (uint32_t)(t * 16 + (size_t)l + (use_ref ? 8 : 0)));
     }
-    fg_quant_set_use_ref(false);
+    set_use_ref(false);
     assert_int_equal(bad, 0);
 }
 
@@ -132,30 +140,30 @@ static void test_gemm_ref_matches_vec_dot(void **state) {
 
 static void test_gemm_has_fast(void **state) {
     (void)state;
-    bool simd = strcmp(fg_quant_simd_name(), "scalar") != 0;
+    bool simd = strcmp(fg_cpu_simd_name(), "scalar") != 0;
     static const uint32_t required[] = {FG_TYPE_Q4_0, FG_TYPE_Q8_0, FG_TYPE_Q4_K, FG_TYPE_Q6_K, FG_TYPE_F16};
     for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
-        assert_int_equal(fg_quant_gemm_has_fast(required[i], 2), simd);
-    assert_false(fg_quant_gemm_has_fast(FG_TYPE_Q2_K, 1));
-    assert_false(fg_quant_gemm_has_fast(FG_TYPE_Q6_K, 1));
-    assert_false(fg_quant_gemm_has_fast(FG_TYPE_Q4_0, 0));
-    fg_quant_set_use_ref(true);
-    assert_false(fg_quant_gemm_has_fast(FG_TYPE_Q4_0, 8));
-    fg_quant_set_use_ref(false);
-    assert_false(fg_quant_gemm_has_fast(FG_TYPE_I32, 8));
+        assert_int_equal(fg_cpu_gemm_has_fast(g_ref, required[i], 2), simd);
+    assert_false(fg_cpu_gemm_has_fast(g_ref, FG_TYPE_Q2_K, 1));
+    assert_false(fg_cpu_gemm_has_fast(g_ref, FG_TYPE_Q6_K, 1));
+    assert_false(fg_cpu_gemm_has_fast(g_ref, FG_TYPE_Q4_0, 0));
+    set_use_ref(true);
+    assert_false(fg_cpu_gemm_has_fast(g_ref, FG_TYPE_Q4_0, 8));
+    set_use_ref(false);
+    assert_false(fg_cpu_gemm_has_fast(g_ref, FG_TYPE_I32, 8));
 }
 
 static void test_gemm_errors(void **state) {
     (void)state;
     float out[4];
     char buf[64] = {0};
-    assert_int_equal(fg_quant_gemm(FG_TYPE_I8, 32, 1, 1, buf, 32, buf, 32, out, 1), FG_ERR_UNSUPPORTED);
+    assert_int_equal(fg_cpu_gemm(g_ref, FG_TYPE_I8, 32, 1, 1, buf, 32, buf, 32, out, 1), FG_ERR_UNSUPPORTED);
     assert_string_equal(fg_last_error(), "gemm: no vec_dot kernel for weight type i8");
-    assert_int_equal(fg_quant_gemm(FG_TYPE_Q4_0, 33, 1, 1, buf, 18, buf, 34, out, 1), FG_ERR_INVALID_ARG);
+    assert_int_equal(fg_cpu_gemm(g_ref, FG_TYPE_Q4_0, 33, 1, 1, buf, 18, buf, 34, out, 1), FG_ERR_INVALID_ARG);
     assert_string_equal(fg_last_error(), "gemm: q4_0 rows of 33 elements (block 32), 1 x 1 rows");
     // zero rows: nothing written
     out[0] = 7.0f;
-    assert_int_equal(fg_quant_gemm(FG_TYPE_Q4_0, 32, 0, 3, buf, 18, buf, 34, out, 1), FG_OK);
+    assert_int_equal(fg_cpu_gemm(g_ref, FG_TYPE_Q4_0, 32, 0, 3, buf, 18, buf, 34, out, 1), FG_OK);
     assert_true(out[0] == 7.0f);
 }
 

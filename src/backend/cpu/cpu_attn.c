@@ -123,6 +123,7 @@ typedef struct attn_args {
     int32_t layer, n_head, group; // group: q heads per kv head
     int32_t sub;                  // q heads per task (divides group, <= FG_CPU_ATTN_HEADS)
     float scale;
+    bool causal;                  // false: the whole sequence (n_kv), not 0..pos
     int64_t n_tasks;              // n_tokens * n_head / sub
     atomic_long next;
 } attn_args;
@@ -136,8 +137,8 @@ static void attn_heads(attn_args *a, float *sc0, int64_t t, int h0, int nh) {
     const bool f16 = kv->type == FG_TYPE_F16;
     const size_t esz = f16 ? 2 : 4, stride = c->scores_stride;
     const int kvh = h0 / a->group;
-    const int32_t n_kv = c->pos[t] + 1;
-    const int32_t *pt = c->page_table + (size_t)c->seq[t] * c->max_pages;
+    const int32_t n_kv = a->causal ? c->st->pos[t] + 1 : c->st->seq_n_kv[c->st->seq[t]];
+    const int32_t *pt = c->st->page_table + (size_t)c->st->seq[t] * c->st->max_pages;
     const size_t head_off = (size_t)kvh * hd * esz;
     const char *kbase = (const char *)kv->k.data + (size_t)a->layer * kv->k.nb[3] + head_off;
     const char *vbase = (const char *)kv->v.data + (size_t)a->layer * kv->v.nb[3] + head_off;
@@ -228,24 +229,11 @@ static void attn_work(void *p, int ith, int nth) {
 }
 
 fg_status fg_cpu_attention(fg_backend *be, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
-                           int32_t layer, int32_t n_head, float scale) {
+                           const fg_attn_params *p) {
     fg_cpu *c = fg_cpu_ctx(be);
-    FG_TRY(fg_cpu_check_step(c, "attention"));
-    FG_TRY(fg_cpu_check_kv(c, "attention", kv, layer));
-    if (n_head < 1 || n_head % kv->n_head_kv != 0)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "attention: n_head = %d is not a multiple of n_head_kv = %d",
-                       n_head, kv->n_head_kv);
-    if (kv->head_dim > FG_CPU_MAX_HEAD_DIM)
-        return FG_FAIL(FG_ERR_UNSUPPORTED, "attention: head_dim %d exceeds %d", kv->head_dim,
-                       FG_CPU_MAX_HEAD_DIM);
-    if (!isfinite(scale))
-        return FG_FAIL(FG_ERR_INVALID_ARG, "attention: scale = %g", (double)scale);
-    int64_t width = (int64_t)n_head * kv->head_dim;
-    FG_TRY(fg_cpu_check_f32_rows("attention", "q", q, width, c->n_tokens));
-    FG_TRY(fg_cpu_check_f32_rows("attention", "dst", dst, width, c->n_tokens));
-    if ((size_t)c->max_n_kv > c->scores_stride) // set_step sizes it: our bug if it happens
-        return FG_FAIL(FG_ERR_INVALID_ARG, "attention: score scratch (%zu) shorter than n_kv %d",
-                       c->scores_stride, c->max_n_kv);
+    FG_ASSERT(c->st && kv->head_dim <= FG_CPU_MAX_HEAD_DIM && (size_t)c->max_n_kv <= c->scores_stride);
+    const int32_t layer = p->layer, n_head = p->n_head;
+    const float scale = p->scale;
     attn_args a;
     memset(&a, 0, sizeof(a));
     a.c = c;
@@ -256,16 +244,17 @@ fg_status fg_cpu_attention(fg_backend *be, fg_tensor *dst, const fg_tensor *q, c
     a.n_head = n_head;
     a.group = n_head / kv->n_head_kv;
     a.scale = scale;
+    a.causal = p->causal;
     // heads per task: the whole GQA group (K/V rows loaded once) unless that leaves too few
     // tasks for the threads; always a divisor of the group, at most FG_CPU_ATTN_HEADS
     int32_t sub = 1;
     for (int32_t g = 1; g <= a.group && g <= FG_CPU_ATTN_HEADS; g++)
-        if (a.group % g == 0 && (int64_t)c->n_tokens * (n_head / g) >= 2 * (int64_t)c->n_threads)
+        if (a.group % g == 0 && (int64_t)c->st->n_tokens * (n_head / g) >= 2 * (int64_t)c->n_threads)
             sub = g;
     a.sub = sub;
-    a.n_tasks = (int64_t)c->n_tokens * (n_head / sub);
+    a.n_tasks = (int64_t)c->st->n_tokens * (n_head / sub);
     atomic_init(&a.next, 0);
-    int64_t work = (int64_t)c->n_tokens * n_head * (c->max_n_kv + 1) * kv->head_dim;
+    int64_t work = (int64_t)c->st->n_tokens * n_head * (c->max_n_kv + 1) * kv->head_dim;
     fg_tp_run(c->tp, attn_work, &a, work < 32768 ? 1 : 0);
     return FG_OK;
 }

@@ -1,14 +1,16 @@
-// cpu_backend.c - the CPU backend: host buffers (64-byte aligned), copies, the step metadata
-// (copied once per step, arrays grown only when a larger step appears), shared validation
-// helpers and the ops table. The ops themselves are in cpu_ops.c, cpu_matmul.c, cpu_attn.c.
-// This is the reference every other backend is tested against. Who calls it: backend.c.
+// cpu_backend.c - the CPU backend: host buffers (64-byte aligned), copies, the KV pool, the
+// step (backend.c's validated metadata is used in place; the CPU computes synchronously, so a
+// step is done when its last op returns) and the ops table. The ops themselves are in
+// cpu_ops.c, cpu_matmul.c, cpu_attn.c. This is the reference every other backend is tested
+// against. Who calls it: registry.c, tests.
 #include "backend/cpu/cpu_internal.h"
 
 #include "base/status.h"
 #include "base/util.h"
-#include "quant/quant.h"
+#include "backend/cpu/cpu_kernels.h"
 
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -25,91 +27,6 @@ fg_status fg_cpu_scratch_reserve(void **p, size_t *size, size_t n, const char *w
     free(*p);
     *p = q;
     *size = want;
-    return FG_OK;
-}
-
-static fg_status grow_i32(int32_t **p, size_t *cap, size_t n, const char *what) {
-    if (n <= *cap)
-        return FG_OK;
-    size_t want = n < 64 ? 64 : n + n / 2;
-    int32_t *q = realloc(*p, want * sizeof(int32_t));
-    if (!q)
-        return FG_FAIL(FG_ERR_NOMEM, "cpu backend: set_step: %s array of %zu entries: out of memory",
-                       what, want);
-    *p = q;
-    *cap = want;
-    return FG_OK;
-}
-
-// ---------------------------------------------------------------- validation helpers
-fg_status fg_cpu_check_f32_rows(const char *op, const char *name, const fg_tensor *t, int64_t cols,
-                                int64_t rows) {
-    if (!t || !t->data)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: %s is NULL", op, name);
-    if (t->type != FG_TYPE_F32)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: %s must be f32, found %s", op, name,
-                       fg_type_name(t->type));
-    if (t->ne[0] != cols || t->ne[1] != rows || t->ne[2] != 1 || t->ne[3] != 1)
-        return FG_FAIL(FG_ERR_INVALID_ARG,
-                       "%s: %s has shape [%lld,%lld,%lld,%lld], expected [%lld][%lld] (rows x cols)",
-                       op, name, (long long)t->ne[3], (long long)t->ne[2], (long long)t->ne[1],
-                       (long long)t->ne[0], (long long)rows, (long long)cols);
-    if (t->nb[0] != sizeof(float) || (rows > 1 && t->nb[1] < (size_t)cols * sizeof(float)))
-        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: %s rows are not contiguous (nb[0]=%zu, nb[1]=%zu)", op,
-                       name, t->nb[0], t->nb[1]);
-    return FG_OK;
-}
-
-fg_status fg_cpu_check_step(fg_cpu *c, const char *op) {
-    if (!c->have_step)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: no step set (call set_step first)", op);
-    return FG_OK;
-}
-
-fg_status fg_cpu_check_kv(fg_cpu *c, const char *op, const fg_kv_view *kv, int32_t layer) {
-    if (!kv)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: kv view is NULL", op);
-    if (kv->type != FG_TYPE_F16 && kv->type != FG_TYPE_F32)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: kv type must be f16 or f32, found %s", op,
-                       fg_type_name(kv->type));
-    if (kv->n_layer < 1 || kv->n_pages < 1 || kv->page_size < 1 || kv->n_head_kv < 1 ||
-        kv->head_dim < 1)
-        return FG_FAIL(FG_ERR_INVALID_ARG,
-                       "%s: kv geometry n_layer=%d n_pages=%d page_size=%d n_head_kv=%d head_dim=%d",
-                       op, kv->n_layer, kv->n_pages, kv->page_size, kv->n_head_kv, kv->head_dim);
-    if (layer < 0 || layer >= kv->n_layer)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: layer %d out of range [0, %d)", op, layer, kv->n_layer);
-    const int64_t ne[4] = {(int64_t)kv->n_head_kv * kv->head_dim, kv->page_size, kv->n_pages,
-                           kv->n_layer};
-    size_t esz = kv->type == FG_TYPE_F16 ? 2 : 4;
-    const fg_tensor *tt[2] = {&kv->k, &kv->v};
-    for (int i = 0; i < 2; i++) {
-        const fg_tensor *t = tt[i];
-        if (!t->data || t->type != kv->type || t->ne[0] != ne[0] || t->ne[1] != ne[1] ||
-            t->ne[2] != ne[2] || t->ne[3] != ne[3] || !fg_tensor_is_contiguous(t) || t->nb[0] != esz)
-            return FG_FAIL(FG_ERR_INVALID_ARG,
-                           "%s: kv %s tensor (type %s, ne [%lld,%lld,%lld,%lld]) does not match the view "
-                           "(type %s, ne [%lld,%lld,%lld,%lld], contiguous)",
-                           op, i ? "v" : "k", fg_type_name(t->type), (long long)t->ne[0],
-                           (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3],
-                           fg_type_name(kv->type), (long long)ne[0], (long long)ne[1],
-                           (long long)ne[2], (long long)ne[3]);
-    }
-    // every page a step token may touch: pages 0..(n_kv-1)/page_size of each sequence
-    for (int32_t s = 0; s < c->n_seqs; s++) {
-        int64_t need = ((int64_t)c->seq_n_kv[s] + kv->page_size - 1) / kv->page_size;
-        if (need > c->max_pages)
-            return FG_FAIL(FG_ERR_INVALID_ARG,
-                           "%s: sequence %d needs %lld pages for n_kv=%d (page_size %d), page table "
-                           "rows hold %d",
-                           op, s, (long long)need, c->seq_n_kv[s], kv->page_size, c->max_pages);
-        const int32_t *pt = c->page_table + (size_t)s * c->max_pages;
-        for (int64_t j = 0; j < need; j++)
-            if (pt[j] < 0 || pt[j] >= kv->n_pages)
-                return FG_FAIL(FG_ERR_INVALID_ARG,
-                               "%s: sequence %d page_table[%lld] = %d out of range [0, %d)", op, s,
-                               (long long)j, pt[j], kv->n_pages);
-    }
     return FG_OK;
 }
 
@@ -177,97 +94,125 @@ static fg_status cpu_download(fg_backend *be, const fg_tensor *src, size_t off, 
     return FG_OK;
 }
 
-static fg_status cpu_sync(fg_backend *be) {
-    fg_cpu *c = fg_cpu_ctx(be);
-    if (c->sticky != FG_OK)
-        return FG_FAIL(c->sticky, "%s", c->sticky_msg);
+static fg_status cpu_sync(fg_backend *be) { return FG_OK; } // every op ran to completion
+
+static fg_status cpu_host_alloc(fg_backend *be, size_t n_bytes, void **out) {
+    void *p = NULL;
+    if (posix_memalign(&p, FG_CPU_ALIGN, n_bytes ? n_bytes : 1) != 0)
+        return FG_FAIL(FG_ERR_NOMEM, "cpu backend: host buffer of %zu bytes: out of memory", n_bytes);
+    *out = p;
     return FG_OK;
 }
 
-static bool cpu_supports_type(fg_backend *be, uint32_t type) {
+static void cpu_host_free(fg_backend *be, void *p) { free(p); }
+
+static size_t cpu_buf_size(fg_buffer *buf) { return buf ? buf->size : 0; }
+
+static const char *cpu_describe(fg_backend *be) { return fg_cpu_ctx(be)->desc; }
+
+static fg_status cpu_mem_info(fg_backend *be, uint64_t *free_bytes, uint64_t *total_bytes) {
+    *free_bytes = 0;
+    *total_bytes = 0;
+    return FG_OK;
+}
+
+static bool cpu_supports(fg_backend *be, fg_op op, uint32_t type) {
     const fg_type_traits *t = fg_type_traits_get(type);
-    if (!t || !t->is_weight || !t->to_float || !t->vec_dot)
-        return false;
-    const fg_type_traits *vt = fg_type_traits_get(t->vec_dot_type);
-    return vt && (t->vec_dot_type == FG_TYPE_F32 || vt->from_float);
+    switch (op) {
+    case FG_OP_GET_ROWS:
+        return t && t->is_weight && t->to_float;
+    case FG_OP_MATMUL: {
+        if (!t || !t->is_weight || !t->to_float || !t->vec_dot)
+            return false;
+        const fg_type_traits *vt = fg_type_traits_get(t->vec_dot_type);
+        return vt && (t->vec_dot_type == FG_TYPE_F32 || vt->from_float);
+    }
+    case FG_OP_CONVERT:
+        return type == FG_TYPE_Q8_0 || type == FG_TYPE_Q8_1 || type == FG_TYPE_Q8_K || type == FG_TYPE_F16 ||
+               type == FG_TYPE_BF16;
+    case FG_OP_KV_STORE:
+    case FG_OP_ATTENTION:
+    case FG_OP_KV_COPY_PAGE:
+        return type == FG_TYPE_F16 || type == FG_TYPE_F32;
+    default:
+        return type == FG_TYPE_F32;
+    }
+}
+
+// The canonical layout: the GGUF bytes as they are.
+static size_t cpu_weight_size(fg_backend *be, uint32_t type, int64_t ne0, int64_t ne1) {
+    return fg_type_row_size_n(type, ne0) * (size_t)ne1;
+}
+
+static fg_status cpu_weight_upload(fg_backend *be, fg_tensor *w, const void *src) {
+    memcpy(w->data, src, fg_tensor_nbytes(w));
+    return FG_OK;
+}
+
+static fg_status cpu_kv_alloc(fg_backend *be, fg_kv_view *v, fg_buffer **out) {
+    uint64_t kv_dim = (uint64_t)v->n_head_kv * (uint64_t)v->head_dim;
+    uint64_t el = v->type == FG_TYPE_F16 ? 2 : 4, one = 0, all = 0;
+    if (!fg_mul_u64(kv_dim * el, (uint64_t)v->page_size, &one) ||
+        !fg_mul_u64(one, (uint64_t)v->n_pages * (uint64_t)v->n_layer, &one) || !fg_mul_u64(one, 2, &all) ||
+        all > SIZE_MAX / 2)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: %d pages of %d tokens overflow", v->n_pages, v->page_size);
+    fg_buffer *buf = NULL;
+    FG_TRY(cpu_buf_alloc(be, (size_t)all, &buf));
+    int64_t ne[4] = {(int64_t)kv_dim, v->page_size, v->n_pages, v->n_layer};
+    v->k = fg_tensor_view(buf, buf->data, 0, v->type, 4, ne);
+    v->v = fg_tensor_view(buf, buf->data, (size_t)one, v->type, 4, ne);
+    *out = buf;
+    return FG_OK;
+}
+
+// Attention keeps each task's probabilities: n_threads x FG_CPU_ATTN_HEADS rows of max_n_kv.
+static fg_status reserve_scores(fg_cpu *c, int64_t max_n_kv) {
+    if ((size_t)max_n_kv <= c->scores_stride)
+        return FG_OK;
+    size_t stride = ((size_t)max_n_kv + (size_t)max_n_kv / 4 + 15) / 16 * 16, need = 0;
+    if (!fg_mul_size(stride, sizeof(float) * FG_CPU_ATTN_HEADS * (size_t)c->n_threads, &need))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "cpu backend: attention scratch size overflows");
+    size_t cur = c->scores_stride * sizeof(float) * FG_CPU_ATTN_HEADS * (size_t)c->n_threads;
+    void *p = c->scores;
+    FG_TRY(fg_cpu_scratch_reserve(&p, &cur, need, "attention scores"));
+    c->scores = p;
+    c->scores_stride = stride;
+    return FG_OK;
+}
+
+static fg_status cpu_reserve(fg_backend *be, const fg_backend_limits *lim) {
+    fg_cpu *c = fg_cpu_ctx(be);
+    FG_TRY(reserve_scores(c, lim->max_kv_len));
+    // converted activations: at most 4 bytes per element (F32 rows are used as they are)
+    size_t act = 0;
+    if (!fg_mul_size((size_t)lim->max_tokens, (size_t)lim->max_cols * 2 + 64, &act))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "cpu backend: activation scratch size overflows");
+    return fg_cpu_scratch_reserve(&c->act, &c->act_size, act, "matmul activation");
+}
+
+static uint32_t cpu_act_type(fg_backend *be, uint32_t wtype, int64_t n_rows) {
+    const fg_type_traits *t = fg_type_traits_get(wtype);
+    return t ? t->vec_dot_type : FG_TYPE_F32;
 }
 
 // ---------------------------------------------------------------- step
-static fg_status cpu_set_step(fg_backend *be, const fg_step *st) {
+static fg_status cpu_step_begin(fg_backend *be, const fg_step *st) {
     fg_cpu *c = fg_cpu_ctx(be);
-    c->have_step = false;
-    if (!st)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "set_step: step is NULL");
-    if (st->n_tokens < 1 || st->n_seqs < 1 || st->max_pages < 1 || st->n_out < 0 ||
-        st->n_out > st->n_tokens)
-        return FG_FAIL(FG_ERR_INVALID_ARG,
-                       "set_step: n_tokens=%d n_seqs=%d max_pages=%d n_out=%d (need n_tokens, n_seqs, "
-                       "max_pages >= 1 and 0 <= n_out <= n_tokens)",
-                       st->n_tokens, st->n_seqs, st->max_pages, st->n_out);
-    if (!st->tokens || !st->pos || !st->seq || !st->seq_n_kv || !st->page_table ||
-        (st->n_out > 0 && !st->out_rows))
-        return FG_FAIL(FG_ERR_INVALID_ARG, "set_step: a metadata array is NULL");
-    int32_t max_n_kv = 0;
-    for (int32_t s = 0; s < st->n_seqs; s++) {
-        if (st->seq_n_kv[s] < 1)
-            return FG_FAIL(FG_ERR_INVALID_ARG, "set_step: seq_n_kv[%d] = %d (must be >= 1)", s,
-                           st->seq_n_kv[s]);
-        max_n_kv = FG_MAX(max_n_kv, st->seq_n_kv[s]);
-    }
-    for (int32_t t = 0; t < st->n_tokens; t++) {
-        int32_t s = st->seq[t];
-        if (s < 0 || s >= st->n_seqs)
-            return FG_FAIL(FG_ERR_INVALID_ARG, "set_step: seq[%d] = %d out of range [0, %d)", t, s,
-                           st->n_seqs);
-        if (st->tokens[t] < 0)
-            return FG_FAIL(FG_ERR_INVALID_ARG, "set_step: tokens[%d] = %d is negative", t, st->tokens[t]);
-        if (st->pos[t] < 0 || st->pos[t] >= st->seq_n_kv[s])
-            return FG_FAIL(FG_ERR_INVALID_ARG, "set_step: pos[%d] = %d outside sequence %d's kv length %d",
-                           t, st->pos[t], s, st->seq_n_kv[s]);
-    }
-    for (int32_t i = 0; i < st->n_out; i++) {
-        if (st->out_rows[i] < 0 || st->out_rows[i] >= st->n_tokens ||
-            (i > 0 && st->out_rows[i] <= st->out_rows[i - 1]))
-            return FG_FAIL(FG_ERR_INVALID_ARG,
-                           "set_step: out_rows[%d] = %d (must be ascending and in [0, %d))", i,
-                           st->out_rows[i], st->n_tokens);
-    }
-    size_t nt = (size_t)st->n_tokens, ns = (size_t)st->n_seqs, npt = 0;
-    if (!fg_mul_size(ns, (size_t)st->max_pages, &npt))
-        return FG_FAIL(FG_ERR_INVALID_ARG, "set_step: page table size overflows");
-    FG_TRY(grow_i32(&c->tokens, &c->cap_tokens, nt, "tokens"));
-    FG_TRY(grow_i32(&c->pos, &c->cap_pos, nt, "pos"));
-    FG_TRY(grow_i32(&c->seq, &c->cap_seq, nt, "seq"));
-    FG_TRY(grow_i32(&c->out_rows, &c->cap_out, nt, "out_rows"));
-    FG_TRY(grow_i32(&c->seq_n_kv, &c->cap_seqs, ns, "seq_n_kv"));
-    FG_TRY(grow_i32(&c->page_table, &c->cap_pt, npt, "page_table"));
-    size_t need_scores = 0;
-    if (!fg_mul_size((size_t)max_n_kv, sizeof(float) * FG_CPU_ATTN_HEADS, &need_scores) ||
-        !fg_mul_size(need_scores, (size_t)c->n_threads, &need_scores))
-        return FG_FAIL(FG_ERR_INVALID_ARG, "set_step: attention scratch size overflows");
-    if ((size_t)max_n_kv > c->scores_stride) {
-        size_t stride = ((size_t)max_n_kv + (size_t)max_n_kv / 4 + 15) / 16 * 16;
-        size_t cur = c->scores_stride * sizeof(float) * FG_CPU_ATTN_HEADS * (size_t)c->n_threads;
-        void *p = c->scores;
-        FG_TRY(fg_cpu_scratch_reserve(&p, &cur,
-                                      stride * sizeof(float) * FG_CPU_ATTN_HEADS * (size_t)c->n_threads,
-                                      "attention scores"));
-        c->scores = p;
-        c->scores_stride = stride;
-    }
-    memcpy(c->tokens, st->tokens, nt * sizeof(int32_t));
-    memcpy(c->pos, st->pos, nt * sizeof(int32_t));
-    memcpy(c->seq, st->seq, nt * sizeof(int32_t));
-    memcpy(c->seq_n_kv, st->seq_n_kv, ns * sizeof(int32_t));
-    memcpy(c->page_table, st->page_table, npt * sizeof(int32_t));
-    if (st->n_out)
-        memcpy(c->out_rows, st->out_rows, (size_t)st->n_out * sizeof(int32_t));
-    c->n_tokens = st->n_tokens;
-    c->n_seqs = st->n_seqs;
-    c->max_pages = st->max_pages;
-    c->n_out = st->n_out;
-    c->max_n_kv = max_n_kv;
-    c->have_step = true;
+    c->st = st;
+    c->max_n_kv = be->state.max_n_kv;
+    c->result = (fg_step_result){-1, -1, 0.0f};
+    return reserve_scores(c, c->max_n_kv); // grows only past every earlier step (and reserve)
+}
+
+static fg_status cpu_step_end(fg_backend *be) { return FG_OK; }
+
+static fg_status cpu_step_wait(fg_backend *be, fg_step_result *res) {
+    *res = fg_cpu_ctx(be)->result;
+    return FG_OK;
+}
+
+static fg_status cpu_download_async(fg_backend *be, const fg_tensor *src, size_t off, void *host, size_t n) {
+    memcpy(host, (const char *)src->data + off, n); // the CPU computes synchronously
     return FG_OK;
 }
 
@@ -278,39 +223,49 @@ static void cpu_destroy(fg_backend *be) {
     fg_cpu *c = be->ctx;
     if (c) {
         fg_tp_destroy(c->tp);
-        free(c->tokens);
-        free(c->pos);
-        free(c->seq);
-        free(c->seq_n_kv);
-        free(c->page_table);
-        free(c->out_rows);
         free(c->scores);
         free(c->act);
         free(c);
     }
+    fg_step_state_free(&be->state);
     free(be);
 }
 
 static const fg_backend_ops k_cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
+    .describe = cpu_describe,
+    .mem_info = cpu_mem_info,
     .buf_alloc = cpu_buf_alloc,
     .buf_free = cpu_buf_free,
     .buf_base = cpu_buf_base,
+    .buf_size = cpu_buf_size,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
     .upload = cpu_upload,
     .download = cpu_download,
     .sync = cpu_sync,
-    .supports_type = cpu_supports_type,
-    .set_step = cpu_set_step,
+    .supports = cpu_supports,
+    .weight_size = cpu_weight_size,
+    .weight_upload = cpu_weight_upload,
+    .kv_alloc = cpu_kv_alloc,
+    .reserve = cpu_reserve,
+    .act_type = cpu_act_type,
+    .step_begin = cpu_step_begin,
+    .step_end = cpu_step_end,
+    .step_wait = cpu_step_wait,
     .get_rows = fg_cpu_get_rows,
     .gather_out = fg_cpu_gather_out,
     .rmsnorm = fg_cpu_rmsnorm,
+    .convert = fg_cpu_convert,
     .matmul = fg_cpu_matmul,
     .add = fg_cpu_add,
     .swiglu = fg_cpu_swiglu,
     .rope = fg_cpu_rope,
     .kv_store = fg_cpu_kv_store,
     .attention = fg_cpu_attention,
+    .check_finite = fg_cpu_check_finite,
+    .download_async = cpu_download_async,
     .kv_copy_page = fg_cpu_kv_copy_page,
 };
 
@@ -342,7 +297,9 @@ fg_status fg_backend_cpu_create(const fg_backend_opts *opts, fg_backend **out) {
     be->ops = &k_cpu_ops;
     be->ctx = c;
     c->n_threads = n_threads;
-    c->sticky = FG_OK;
+    c->use_ref = opts && opts->use_ref;
+    snprintf(c->desc, sizeof c->desc, "cpu (%d threads, %s kernels)", n_threads,
+             c->use_ref ? "scalar reference" : fg_cpu_simd_name());
     fg_status st = fg_tp_create(n_threads, &c->tp);
     if (st != FG_OK) {
         cpu_destroy(be);

@@ -1,8 +1,8 @@
 // cpu_internal.h - state shared by the CPU backend's files: the backend context (thread pool,
-// the copied step metadata, scratch), the buffer struct and the op entry points that
-// cpu_backend.c puts into the ops table. Not for other modules.
-// Files: cpu_backend.c (buffers, set_step, table), cpu_ops.c (element-wise, norms, rope, KV),
-// cpu_matmul.c, cpu_attn.c.
+// the current step, scratch), the buffer struct and the op entry points that cpu_backend.c
+// puts into the ops table. Not for other modules.
+// Files: cpu_backend.c (buffers, step, table), cpu_ops.c (element-wise, norms, rope, KV),
+// cpu_matmul.c, cpu_attn.c; cpu_kernels.c, quant_simd.c, quant_gemm.c (SIMD kernels).
 #ifndef FG_BACKEND_CPU_INTERNAL_H
 #define FG_BACKEND_CPU_INTERNAL_H
 
@@ -10,7 +10,7 @@
 #include "backend/cpu/threadpool.h"
 
 #define FG_CPU_ALIGN 64
-#define FG_CPU_MAX_HEAD_DIM 512 // attention keeps heads on the stack
+#define FG_CPU_MAX_HEAD_DIM FG_MAX_HEAD_DIM // attention keeps heads on the stack
 #define FG_CPU_ATTN_HEADS 8     // most q heads one attention task handles together
 
 struct fg_buffer {
@@ -21,27 +21,20 @@ struct fg_buffer {
 typedef struct fg_cpu {
     fg_threadpool *tp;
     int n_threads;
+    bool use_ref;           // scalar reference kernels (fg_backend_opts.use_ref)
+    char desc[96];
 
-    // the current step (copies of fg_step's arrays; capacities grow, never shrink)
-    bool have_step;
-    int32_t n_tokens, n_seqs, max_pages, n_out;
+    // the current step: backend.c's validated copy (valid from step_begin to step_end)
+    const fg_step *st;
     int32_t max_n_kv;       // longest seq_n_kv of the step
-    int32_t *tokens;        // [n_tokens]
-    int32_t *pos;           // [n_tokens]
-    int32_t *seq;           // [n_tokens]
-    int32_t *seq_n_kv;      // [n_seqs]
-    int32_t *page_table;    // [n_seqs][max_pages]
-    int32_t *out_rows;      // [n_out]
-    size_t cap_tokens, cap_pos, cap_seq, cap_out, cap_seqs, cap_pt;
 
-    // scratch
+    // scratch (grown at reserve or step_begin, never inside an op)
     float *scores;          // [n_threads][FG_CPU_ATTN_HEADS][scores_stride] probabilities
     size_t scores_stride;   // floats per thread (>= max_n_kv of every step so far)
     void *act;              // matmul activations converted to vec_dot_type
     size_t act_size;
 
-    fg_status sticky;       // first asynchronous failure (none on the CPU so far)
-    char sticky_msg[256];
+    fg_step_result result;  // first non-finite value check_finite saw this step
 } fg_cpu;
 
 static inline fg_cpu *fg_cpu_ctx(fg_backend *be) { return (fg_cpu *)be->ctx; }
@@ -49,27 +42,22 @@ static inline fg_cpu *fg_cpu_ctx(fg_backend *be) { return (fg_cpu *)be->ctx; }
 // Grows *p to at least n bytes (64-aligned, contents not kept). FG_ERR_NOMEM naming what.
 fg_status fg_cpu_scratch_reserve(void **p, size_t *size, size_t n, const char *what);
 
-// Checks an F32 activation tensor [rows][cols] with contiguous rows (nb[0] = 4, nb[1] >= 4*cols).
-fg_status fg_cpu_check_f32_rows(const char *op, const char *name, const fg_tensor *t, int64_t cols,
-                                int64_t rows);
-// The step must have been set.
-fg_status fg_cpu_check_step(fg_cpu *c, const char *op);
-// KV view checks (type, geometry, layer) and the page ids of every step token's sequence.
-fg_status fg_cpu_check_kv(fg_cpu *c, const char *op, const fg_kv_view *kv, int32_t layer);
-
+// The op entry points (trusting: backend.c validated the step and the shapes).
 fg_status fg_cpu_get_rows(fg_backend *be, fg_tensor *dst, const fg_tensor *table);
 fg_status fg_cpu_gather_out(fg_backend *be, fg_tensor *dst, const fg_tensor *src);
 fg_status fg_cpu_rmsnorm(fg_backend *be, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w,
                          float eps);
+fg_status fg_cpu_convert(fg_backend *be, fg_tensor *dst, const fg_tensor *x);
 fg_status fg_cpu_matmul(fg_backend *be, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x,
-                        const fg_tensor *bias);
+                        const fg_tensor *bias, bool accumulate);
 fg_status fg_cpu_add(fg_backend *be, fg_tensor *dst, const fg_tensor *a, const fg_tensor *b);
 fg_status fg_cpu_swiglu(fg_backend *be, fg_tensor *dst, const fg_tensor *gate, const fg_tensor *up);
 fg_status fg_cpu_rope(fg_backend *be, fg_tensor *x, const fg_rope_params *p);
 fg_status fg_cpu_kv_store(fg_backend *be, const fg_kv_view *kv, int32_t layer, const fg_tensor *k,
                           const fg_tensor *v);
 fg_status fg_cpu_attention(fg_backend *be, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
-                           int32_t layer, int32_t n_head, float scale);
+                           const fg_attn_params *p);
+fg_status fg_cpu_check_finite(fg_backend *be, const fg_tensor *x, int64_t row0);
 fg_status fg_cpu_kv_copy_page(fg_backend *be, const fg_kv_view *kv, int32_t dst_page,
                               int32_t src_page);
 

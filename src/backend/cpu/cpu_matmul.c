@@ -1,14 +1,14 @@
-// cpu_matmul.c - dst[r][o] = vec_dot(w row o, x row r) (+ bias[o]) for every weight type, as
+// cpu_matmul.c - dst[r][o] (+)= vec_dot(w row o, x row r) (+ bias[o]) for every weight type, as
 // ggml's CPU mul_mat: each activation row converted ONCE to the weight type's vec_dot_type (F32
-// used as is), then one vec_dot per output, or fg_quant_gemm's multi-row kernels where
-// fg_quant_gemm_has_fast says so (bit-identical values; each weight block decoded once per
+// used as is; the forward pass usually hands rows already converted by fg_op_convert), then
+// one vec_dot per output, or fg_cpu_gemm's multi-row kernels where fg_cpu_gemm_has_fast says so (bit-identical values; each weight block decoded once per
 // several rows). Tiles of (weight rows x activation rows) are taken dynamically by the workers;
 // every element's value is independent of the thread count, the tiling and the batch size.
 #include "backend/cpu/cpu_internal.h"
 
 #include "base/status.h"
 #include "base/util.h"
-#include "quant/quant.h"
+#include "backend/cpu/cpu_kernels.h"
 
 #include <stdatomic.h>
 #include <string.h>
@@ -21,6 +21,8 @@ typedef struct mm_args {
     const fg_tensor *x;
     fg_tensor *dst;
     const float *bias;       // [n_out] or NULL
+    bool accumulate;         // dst += result
+    bool use_ref;
     fg_vec_dot_fn vec_dot;
     uint32_t vdt;
     bool gemm;               // tiles go to fg_quant_gemm
@@ -36,7 +38,7 @@ static void mm_quant_work(void *p, int ith, int nth) {
     int64_t b, e;
     fg_cpu_split(a->n_rows, ith, nth, &b, &e);
     for (int64_t r = b; r < e; r++)
-        fg_quantize_row(a->vdt, (const float *)((const char *)a->x->data + (size_t)r * a->x->nb[1]),
+        fg_cpu_quantize_row(a->use_ref, a->vdt, (const float *)((const char *)a->x->data + (size_t)r * a->x->nb[1]),
                         (char *)a->act + (size_t)r * a->act_stride, a->n_in);
 }
 
@@ -46,6 +48,7 @@ static void mm_dot_work(void *p, int ith, int nth) {
     const size_t wnb = a->w->nb[1], dnb = a->dst->nb[1];
     const char *wdata = a->w->data;
     char *ddata = a->dst->data;
+    float tile_buf[ROW_TILE * 64]; // accumulate: one tile's raw dots (o_tile <= 64)
     for (;;) {
         int64_t tile = atomic_fetch_add_explicit(&a->next, 1, memory_order_relaxed);
         if (tile >= n_tiles)
@@ -56,13 +59,23 @@ static void mm_dot_work(void *p, int ith, int nth) {
         if (a->gemm) {
             const size_t dsf = dnb / sizeof(float);
             float *d0 = (float *)(ddata + (size_t)r0 * dnb) + o0;
-            // cannot fail: the type and the row length were checked by fg_cpu_matmul
-            (void)fg_quant_gemm(a->w->type, a->n_in, o1 - o0, r1 - r0, wdata + (size_t)o0 * wnb, wnb,
-                                a->act + (size_t)r0 * a->act_stride, a->act_stride, d0, dsf);
-            if (a->bias)
-                for (int64_t r = 0; r < r1 - r0; r++)
-                    for (int64_t o = 0; o < o1 - o0; o++)
-                        d0[r * dsf + o] += a->bias[o0 + o];
+            // the kernel writes the raw dots; bias and accumulation follow (same float ops as
+            // the vec_dot path below)
+            float *t0 = a->accumulate ? tile_buf : d0;
+            size_t ts = a->accumulate ? (size_t)(o1 - o0) : dsf;
+            // cannot fail: the type and the row length were checked by fg_op_matmul
+            (void)fg_cpu_gemm(a->use_ref, a->w->type, a->n_in, o1 - o0, r1 - r0, wdata + (size_t)o0 * wnb,
+                              wnb, a->act + (size_t)r0 * a->act_stride, a->act_stride, t0, ts);
+            for (int64_t r = 0; r < r1 - r0; r++)
+                for (int64_t o = 0; o < o1 - o0; o++) {
+                    float v = t0[r * ts + o];
+                    if (a->bias)
+                        v += a->bias[o0 + o];
+                    if (a->accumulate)
+                        d0[r * dsf + o] += v;
+                    else
+                        d0[r * dsf + o] = v;
+                }
             continue;
         }
         for (int64_t o = o0; o < o1; o++) {
@@ -72,7 +85,8 @@ static void mm_dot_work(void *p, int ith, int nth) {
                 float s;
                 a->vec_dot(a->n_in, &s, wr, a->act + (size_t)r * a->act_stride);
                 float *d = (float *)(ddata + (size_t)r * dnb) + o;
-                *d = a->bias ? s + b : s;
+                float v = a->bias ? s + b : s;
+                *d = a->accumulate ? *d + v : v;
             }
         }
     }
@@ -81,40 +95,13 @@ static void mm_dot_work(void *p, int ith, int nth) {
 }
 
 fg_status fg_cpu_matmul(fg_backend *be, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x,
-                        const fg_tensor *bias) {
+                        const fg_tensor *bias, bool accumulate) {
     fg_cpu *c = fg_cpu_ctx(be);
-    if (!w || !w->data)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "matmul: w is NULL");
-    const fg_type_traits *tr = fg_type_traits_get(w->type);
-    if (!tr || !tr->vec_dot)
-        return FG_FAIL(FG_ERR_UNSUPPORTED, "matmul: no vec_dot kernel for weight type %s",
-                       fg_type_name(w->type));
+    const fg_type_traits *tr = fg_cpu_traits(w->type, c->use_ref);
     const uint32_t vdt = tr->vec_dot_type;
     const fg_type_traits *vt = fg_type_traits_get(vdt);
-    if (!vt || (vdt != FG_TYPE_F32 && !vt->from_float))
-        return FG_FAIL(FG_ERR_UNSUPPORTED, "matmul: no %s activation quantizer for weight type %s",
-                       fg_type_name(vdt), tr->name);
-    const int64_t n_in = w->ne[0], n_out = w->ne[1];
-    if (n_in < 1 || n_out < 1 || w->ne[2] != 1 || w->ne[3] != 1 || n_in % tr->blck_size != 0 ||
-        n_in % vt->blck_size != 0 || w->nb[0] != tr->type_size ||
-        (n_out > 1 && w->nb[1] < (size_t)(n_in / tr->blck_size) * tr->type_size))
-        return FG_FAIL(FG_ERR_INVALID_ARG,
-                       "matmul: w %s [%lld][%lld] (rows must be whole %s blocks of %lld and %s blocks of "
-                       "%lld, contiguous)",
-                       tr->name, (long long)n_out, (long long)n_in, tr->name, (long long)tr->blck_size,
-                       vt->name, (long long)vt->blck_size);
-    if (!x)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "matmul: x is NULL");
-    const int64_t n_rows = x->ne[1];
-    if (n_rows < 1)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "matmul: x has %lld rows", (long long)n_rows);
-    if (x->ne[0] != n_in)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "matmul: x rows have %lld elements, w rows %lld",
-                       (long long)x->ne[0], (long long)n_in);
-    FG_TRY(fg_cpu_check_f32_rows("matmul", "x", x, n_in, n_rows));
-    FG_TRY(fg_cpu_check_f32_rows("matmul", "dst", dst, n_out, n_rows));
-    if (bias)
-        FG_TRY(fg_cpu_check_f32_rows("matmul", "bias", bias, n_out, 1));
+    const int64_t n_in = w->ne[0], n_out = w->ne[1], n_rows = x->ne[1];
+    FG_ASSERT(tr->vec_dot && vt && (x->type == FG_TYPE_F32 || x->type == vdt));
 
     mm_args a;
     memset(&a, 0, sizeof(a));
@@ -122,13 +109,15 @@ fg_status fg_cpu_matmul(fg_backend *be, fg_tensor *dst, const fg_tensor *w, cons
     a.x = x;
     a.dst = dst;
     a.bias = bias ? (const float *)bias->data : NULL;
+    a.accumulate = accumulate;
     a.vec_dot = tr->vec_dot;
     a.vdt = vdt;
-    a.gemm = dst->nb[1] % sizeof(float) == 0 && fg_quant_gemm_has_fast(w->type, n_rows);
+    a.use_ref = c->use_ref;
+    a.gemm = dst->nb[1] % sizeof(float) == 0 && fg_cpu_gemm_has_fast(c->use_ref, w->type, n_rows);
     a.n_in = n_in;
     a.n_out = n_out;
     a.n_rows = n_rows;
-    if (vdt == FG_TYPE_F32) {
+    if (vdt == FG_TYPE_F32 || x->type == vdt) { // used as given (converted once by the caller)
         a.act = x->data;
         a.act_stride = x->nb[1];
     } else {

@@ -1,12 +1,12 @@
-// cpu_ops.c - the CPU backend's row-wise ops: get_rows, gather_out, rmsnorm, add, swiglu,
-// rope, kv_store, kv_copy_page. Numerics follow ggml's CPU ops (rmsnorm sum in double,
+// cpu_ops.c - the CPU backend's row-wise ops: get_rows, gather_out, rmsnorm, convert, add,
+// swiglu, rope, kv_store, kv_copy_page, check_finite. Numerics follow ggml's CPU ops (rmsnorm sum in double,
 // silu in f32, rope cos/sin in f32 with theta *= theta_scale per pair, F16 rounding to
 // nearest even). Matmul and attention are in their own files. Who calls it: the ops table.
 #include "backend/cpu/cpu_internal.h"
 
 #include "base/half.h"
 #include "base/status.h"
-#include "quant/quant.h"
+#include "backend/cpu/cpu_kernels.h"
 
 #include <math.h>
 #include <string.h>
@@ -30,50 +30,31 @@ typedef struct get_rows_args {
 static void get_rows_work(void *p, int ith, int nth) {
     get_rows_args *a = p;
     int64_t b, e;
-    fg_cpu_split(a->c->n_tokens, ith, nth, &b, &e);
+    fg_cpu_split(a->c->st->n_tokens, ith, nth, &b, &e);
     for (int64_t t = b; t < e; t++) {
-        const char *src = (const char *)a->table->data + (size_t)a->c->tokens[t] * a->table->nb[1];
+        const char *src = (const char *)a->table->data + (size_t)a->c->st->tokens[t] * a->table->nb[1];
         a->to_float(src, row_f32(a->dst, t), a->table->ne[0]);
     }
 }
 
 fg_status fg_cpu_get_rows(fg_backend *be, fg_tensor *dst, const fg_tensor *table) {
     fg_cpu *c = fg_cpu_ctx(be);
-    FG_TRY(fg_cpu_check_step(c, "get_rows"));
-    if (!table || !table->data)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "get_rows: table is NULL");
     const fg_type_traits *tr = fg_type_traits_get(table->type);
-    if (!tr || !tr->to_float)
-        return FG_FAIL(FG_ERR_UNSUPPORTED, "get_rows: no dequantizer for table type %s",
-                       fg_type_name(table->type));
-    int64_t n_embd = table->ne[0];
-    if (n_embd % tr->blck_size != 0 || table->ne[2] != 1 || table->ne[3] != 1)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "get_rows: table rows of %lld %s elements (block %lld)",
-                       (long long)n_embd, tr->name, (long long)tr->blck_size);
-    FG_TRY(fg_cpu_check_f32_rows("get_rows", "dst", dst, n_embd, c->n_tokens));
-    for (int32_t t = 0; t < c->n_tokens; t++)
-        if (c->tokens[t] >= table->ne[1])
-            return FG_FAIL(FG_ERR_INVALID_ARG, "get_rows: token %d of the step is id %d, table has %lld rows",
-                           t, c->tokens[t], (long long)table->ne[1]);
+    FG_ASSERT(c->st && tr && tr->to_float);
     get_rows_args a = {c, dst, table, tr->to_float};
-    fg_tp_run(c->tp, get_rows_work, &a, hint_for((int64_t)c->n_tokens * n_embd));
+    fg_tp_run(c->tp, get_rows_work, &a, hint_for((int64_t)c->st->n_tokens * table->ne[0]));
     return FG_OK;
 }
 
 // ---------------------------------------------------------------- gather_out
 fg_status fg_cpu_gather_out(fg_backend *be, fg_tensor *dst, const fg_tensor *src) {
     fg_cpu *c = fg_cpu_ctx(be);
-    FG_TRY(fg_cpu_check_step(c, "gather_out"));
-    if (!src)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "gather_out: src is NULL");
+    FG_ASSERT(c->st);
     int64_t n = src->ne[0];
-    FG_TRY(fg_cpu_check_f32_rows("gather_out", "src", src, n, c->n_tokens));
-    if (c->n_out == 0)
-        return FG_OK;
-    FG_TRY(fg_cpu_check_f32_rows("gather_out", "dst", dst, n, c->n_out));
-    for (int32_t i = 0; i < c->n_out; i++) {
+    // in order: out_rows ascend and i <= out_rows[i], so in place (dst aliasing src) is safe
+    for (int32_t i = 0; i < c->st->n_out; i++) {
         float *d = row_f32(dst, i);
-        const float *s = row_f32(src, c->out_rows[i]);
+        const float *s = row_f32(src, c->st->out_rows[i]);
         if (d != s)
             memmove(d, s, (size_t)n * sizeof(float));
     }
@@ -86,8 +67,13 @@ typedef struct rmsnorm_args {
     const fg_tensor *x;
     const float *w; // [n] or NULL
     float eps;
-    int64_t n, rows;
+    int64_t n, rows, ne1; // rows = ne1 * ne2 of a 3-D view
 } rmsnorm_args;
+
+// Row r of a [ne2][ne1][n] view.
+static inline float *row3_f32(const fg_tensor *t, int64_t r, int64_t ne1) {
+    return (float *)((char *)t->data + (size_t)(r / ne1) * t->nb[2] + (size_t)(r % ne1) * t->nb[1]);
+}
 
 static void rmsnorm_work(void *p, int ith, int nth) {
     rmsnorm_args *a = p;
@@ -95,8 +81,8 @@ static void rmsnorm_work(void *p, int ith, int nth) {
     fg_cpu_split(a->rows, ith, nth, &b, &e);
     const int64_t n = a->n;
     for (int64_t r = b; r < e; r++) {
-        const float *x = row_f32(a->x, r);
-        float *y = row_f32(a->dst, r);
+        const float *x = row3_f32(a->x, r, a->ne1);
+        float *y = row3_f32(a->dst, r, a->ne1);
         double sum = 0.0; // ggml_float
         for (int64_t i = 0; i < n; i++)
             sum += (double)(x[i] * x[i]);
@@ -115,21 +101,32 @@ static void rmsnorm_work(void *p, int ith, int nth) {
 fg_status fg_cpu_rmsnorm(fg_backend *be, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w,
                          float eps) {
     fg_cpu *c = fg_cpu_ctx(be);
-    if (!x)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "rmsnorm: x is NULL");
-    int64_t n = x->ne[0], rows = x->ne[1];
-    if (n < 1 || rows < 1)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "rmsnorm: x has %lld x %lld elements", (long long)rows,
-                       (long long)n);
-    FG_TRY(fg_cpu_check_f32_rows("rmsnorm", "x", x, n, rows));
-    FG_TRY(fg_cpu_check_f32_rows("rmsnorm", "dst", dst, n, rows));
-    if (w) {
-        FG_TRY(fg_cpu_check_f32_rows("rmsnorm", "w", w, n, 1));
-    }
-    if (!(eps >= 0.0f))
-        return FG_FAIL(FG_ERR_INVALID_ARG, "rmsnorm: eps = %g", (double)eps);
-    rmsnorm_args a = {dst, x, w ? (const float *)w->data : NULL, eps, n, rows};
+    int64_t n = x->ne[0], rows = x->ne[1] * x->ne[2];
+    rmsnorm_args a = {dst, x, w ? (const float *)w->data : NULL, eps, n, rows, x->ne[1]};
     fg_tp_run(c->tp, rmsnorm_work, &a, hint_for(n * rows));
+    return FG_OK;
+}
+
+// ---------------------------------------------------------------- convert
+typedef struct convert_args {
+    fg_cpu *c;
+    fg_tensor *dst;
+    const fg_tensor *x;
+} convert_args;
+
+static void convert_work(void *p, int ith, int nth) {
+    convert_args *a = p;
+    int64_t b, e;
+    fg_cpu_split(a->x->ne[1], ith, nth, &b, &e);
+    for (int64_t r = b; r < e; r++)
+        fg_cpu_quantize_row(a->c->use_ref, a->dst->type, row_f32(a->x, r),
+                            (char *)a->dst->data + (size_t)r * a->dst->nb[1], a->x->ne[0]);
+}
+
+fg_status fg_cpu_convert(fg_backend *be, fg_tensor *dst, const fg_tensor *x) {
+    fg_cpu *c = fg_cpu_ctx(be);
+    convert_args a = {c, dst, x};
+    fg_tp_run(c->tp, convert_work, &a, hint_for(x->ne[0] * x->ne[1] * 2));
     return FG_OK;
 }
 
@@ -174,29 +171,21 @@ static void ew_work(void *p, int ith, int nth) {
     }
 }
 
-static fg_status elementwise(fg_backend *be, const char *op, const char *na, const char *nb,
-                             fg_tensor *dst, const fg_tensor *a, const fg_tensor *b, bool swiglu) {
+static fg_status elementwise(fg_backend *be, fg_tensor *dst, const fg_tensor *a, const fg_tensor *b,
+                             bool swiglu) {
     fg_cpu *c = fg_cpu_ctx(be);
-    if (!a || !b)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: %s is NULL", op, a ? nb : na);
     int64_t n = a->ne[0], rows = a->ne[1];
-    if (n < 1 || rows < 1)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: %s has %lld x %lld elements", op, na, (long long)rows,
-                       (long long)n);
-    FG_TRY(fg_cpu_check_f32_rows(op, na, a, n, rows));
-    FG_TRY(fg_cpu_check_f32_rows(op, nb, b, n, rows));
-    FG_TRY(fg_cpu_check_f32_rows(op, "dst", dst, n, rows));
     ew_args e = {dst, a, b, n, rows, swiglu};
     fg_tp_run(c->tp, ew_work, &e, hint_for(n * rows * (swiglu ? 4 : 1)));
     return FG_OK;
 }
 
 fg_status fg_cpu_add(fg_backend *be, fg_tensor *dst, const fg_tensor *a, const fg_tensor *b) {
-    return elementwise(be, "add", "a", "b", dst, a, b, false);
+    return elementwise(be, dst, a, b, false);
 }
 
 fg_status fg_cpu_swiglu(fg_backend *be, fg_tensor *dst, const fg_tensor *gate, const fg_tensor *up) {
-    return elementwise(be, "swiglu", "gate", "up", dst, gate, up, true);
+    return elementwise(be, dst, gate, up, true);
 }
 
 // ---------------------------------------------------------------- rope
@@ -214,10 +203,10 @@ static void rope_work(void *pp, int ith, int nth) {
     const int n_rot = p->n_rot, half = n_rot / 2;
     float cs[FG_CPU_MAX_HEAD_DIM / 2], sn[FG_CPU_MAX_HEAD_DIM / 2];
     int64_t b, e;
-    fg_cpu_split(a->c->n_tokens, ith, nth, &b, &e);
+    fg_cpu_split(a->c->st->n_tokens, ith, nth, &b, &e);
     for (int64_t t = b; t < e; t++) {
         // ggml_rope_cache_init with ext_factor 0, attn_factor 1: theta_interp = scale * theta
-        float theta = (float)a->c->pos[t];
+        float theta = (float)a->c->st->pos[t];
         for (int i = 0; i < half; i++) {
             float ff = a->ff ? a->ff[i] : 1.0f;
             float th = p->freq_scale * (theta / ff);
@@ -247,30 +236,10 @@ static void rope_work(void *pp, int ith, int nth) {
 
 fg_status fg_cpu_rope(fg_backend *be, fg_tensor *x, const fg_rope_params *p) {
     fg_cpu *c = fg_cpu_ctx(be);
-    FG_TRY(fg_cpu_check_step(c, "rope"));
-    if (!p)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "rope: params are NULL");
-    if (p->n_head < 1 || p->head_dim < 2 || p->head_dim > FG_CPU_MAX_HEAD_DIM || p->n_rot < 2 ||
-        p->n_rot > p->head_dim || (p->n_rot & 1))
-        return FG_FAIL(FG_ERR_INVALID_ARG,
-                       "rope: n_head=%d head_dim=%d n_rot=%d (need n_rot even, 2 <= n_rot <= head_dim <= %d)",
-                       p->n_head, p->head_dim, p->n_rot, FG_CPU_MAX_HEAD_DIM);
-    if (p->mode != FG_ROPE_NORMAL && p->mode != FG_ROPE_NEOX)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "rope: unknown mode %d", (int)p->mode);
-    if (!(p->freq_base > 0.0f) || !(p->freq_scale > 0.0f))
-        return FG_FAIL(FG_ERR_INVALID_ARG, "rope: freq_base=%g freq_scale=%g (must be > 0)",
-                       (double)p->freq_base, (double)p->freq_scale);
-    FG_TRY(fg_cpu_check_f32_rows("rope", "x", x, (int64_t)p->n_head * p->head_dim, c->n_tokens));
-    const float *ff = NULL;
-    if (p->freq_factors) {
-        const fg_tensor *f = p->freq_factors;
-        if (!f->data || f->type != FG_TYPE_F32 || f->ne[0] < p->n_rot / 2 || f->nb[0] != 4)
-            return FG_FAIL(FG_ERR_INVALID_ARG, "rope: freq_factors must be f32 [%d], found %s [%lld]",
-                           p->n_rot / 2, fg_type_name(f->type), (long long)f->ne[0]);
-        ff = f->data;
-    }
+    FG_ASSERT(c->st && p->n_rot <= FG_CPU_MAX_HEAD_DIM);
+    const float *ff = p->freq_factors ? p->freq_factors->data : NULL;
     rope_args a = {c, x, p, ff, powf(p->freq_base, -2.0f / (float)p->n_rot)};
-    fg_tp_run(c->tp, rope_work, &a, hint_for((int64_t)c->n_tokens * p->n_head * p->n_rot));
+    fg_tp_run(c->tp, rope_work, &a, hint_for((int64_t)c->st->n_tokens * p->n_head * p->n_rot));
     return FG_OK;
 }
 
@@ -292,10 +261,10 @@ static void kv_store_work(void *p, int ith, int nth) {
     const fg_kv_view *kv = a->kv;
     const int64_t n = (int64_t)kv->n_head_kv * kv->head_dim;
     int64_t b, e;
-    fg_cpu_split(a->c->n_tokens, ith, nth, &b, &e);
+    fg_cpu_split(a->c->st->n_tokens, ith, nth, &b, &e);
     for (int64_t t = b; t < e; t++) {
-        int32_t s = a->c->seq[t], pos = a->c->pos[t];
-        int32_t page = a->c->page_table[(size_t)s * a->c->max_pages + pos / kv->page_size];
+        int32_t s = a->c->st->seq[t], pos = a->c->st->pos[t];
+        int32_t page = a->c->st->page_table[(size_t)s * a->c->st->max_pages + pos / kv->page_size];
         int32_t slot = pos % kv->page_size;
         const float *src[2] = {row_f32(a->k, t), row_f32(a->v, t)};
         char *dst[2] = {kv_row(&kv->k, a->layer, page, slot), kv_row(&kv->v, a->layer, page, slot)};
@@ -314,32 +283,36 @@ static void kv_store_work(void *p, int ith, int nth) {
 fg_status fg_cpu_kv_store(fg_backend *be, const fg_kv_view *kv, int32_t layer, const fg_tensor *k,
                           const fg_tensor *v) {
     fg_cpu *c = fg_cpu_ctx(be);
-    FG_TRY(fg_cpu_check_step(c, "kv_store"));
-    FG_TRY(fg_cpu_check_kv(c, "kv_store", kv, layer));
+    FG_ASSERT(c->st);
     int64_t n = (int64_t)kv->n_head_kv * kv->head_dim;
-    FG_TRY(fg_cpu_check_f32_rows("kv_store", "k", k, n, c->n_tokens));
-    FG_TRY(fg_cpu_check_f32_rows("kv_store", "v", v, n, c->n_tokens));
     kv_store_args a = {c, kv, layer, k, v};
-    fg_tp_run(c->tp, kv_store_work, &a, hint_for((int64_t)c->n_tokens * n * 2));
+    fg_tp_run(c->tp, kv_store_work, &a, hint_for((int64_t)c->st->n_tokens * n * 2));
     return FG_OK;
 }
 
 // ---------------------------------------------------------------- kv_copy_page
 fg_status fg_cpu_kv_copy_page(fg_backend *be, const fg_kv_view *kv, int32_t dst_page,
                               int32_t src_page) {
-    if (!kv || !kv->k.data || !kv->v.data)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "kv_copy_page: kv view is NULL");
-    if (dst_page < 0 || dst_page >= kv->n_pages || src_page < 0 || src_page >= kv->n_pages)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "kv_copy_page: pages %d <- %d out of range [0, %d)", dst_page,
-                       src_page, kv->n_pages);
-    if (kv->k.ne[2] != kv->n_pages || kv->v.ne[2] != kv->n_pages || kv->k.ne[3] != kv->n_layer ||
-        kv->v.ne[3] != kv->n_layer)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "kv_copy_page: kv tensors do not match the view's geometry");
-    if (dst_page == src_page)
-        return FG_OK;
     for (int32_t l = 0; l < kv->n_layer; l++) {
         memcpy(kv_row(&kv->k, l, dst_page, 0), kv_row(&kv->k, l, src_page, 0), kv->k.nb[2]);
         memcpy(kv_row(&kv->v, l, dst_page, 0), kv_row(&kv->v, l, src_page, 0), kv->v.nb[2]);
+    }
+    return FG_OK;
+}
+
+// ---------------------------------------------------------------- check_finite
+// The first non-finite element (lowest row, then column) of x is recorded as row row0 + r.
+fg_status fg_cpu_check_finite(fg_backend *be, const fg_tensor *x, int64_t row0) {
+    fg_cpu *c = fg_cpu_ctx(be);
+    if (c->result.bad_row >= 0)
+        return FG_OK; // an earlier call of the step found one: it comes first
+    for (int64_t r = 0; r < x->ne[1]; r++) {
+        const float *v = row_f32(x, r);
+        for (int64_t i = 0; i < x->ne[0]; i++)
+            if (!isfinite(v[i])) {
+                c->result = (fg_step_result){row0 + r, i, v[i]};
+                return FG_OK;
+            }
     }
     return FG_OK;
 }

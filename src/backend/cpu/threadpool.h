@@ -5,7 +5,7 @@
 #ifndef FG_BACKEND_CPU_THREADPOOL_H
 #define FG_BACKEND_CPU_THREADPOOL_H
 
-#include "forge.h"
+#include "forge/status.h"
 
 typedef struct fg_threadpool fg_threadpool;
 typedef void (*fg_tp_fn)(void *arg, int ith, int nth);

@@ -1,9 +1,10 @@
-// quant_gemm.c - multi-row dot products (prefill): fg_quant_gemm computes tiles of (weight rows x
+// quant_gemm.c - multi-row dot products (prefill): fg_cpu_gemm computes tiles of (weight rows x
 // activation rows), decoding each weight block once per several activation rows. Every output
 // is bit for bit the type's single-row vec_dot (quant_simd.c): the same int32 lanes per block
 // (exact integer sums, computed differently) and the same float operations in the same order
 // per output; only independent outputs are interleaved. Without a kernel here (reference table,
 // build without AVX2, other types) it loops over vec_dot.
+#include "backend/cpu/cpu_kernels.h"
 #include "quant/quant_internal.h"
 
 #include "base/status.h"
@@ -19,7 +20,7 @@ static void gemm_loop(fg_vec_dot_fn vd, int64_t n, int64_t n_w, int64_t n_x, con
             vd(n, d + r * ds + o, w + o * ws, x + r * xs);
 }
 
-#ifdef FG_QUANT_HAVE_AVX2
+#ifdef FG_CPU_HAVE_AVX2
 #include <immintrin.h>
 
 #define FG_AI static inline __attribute__((always_inline))
@@ -1213,13 +1214,13 @@ static bool gemm_fast(uint32_t type, const gemm_kernel **full, const gemm_kernel
         return false;
     }
 }
-#endif // FG_QUANT_HAVE_AVX2
+#endif // FG_CPU_HAVE_AVX2
 
-bool fg_quant_gemm_has_fast(uint32_t type, int64_t n_x) {
-#ifdef FG_QUANT_HAVE_AVX2
+bool fg_cpu_gemm_has_fast(bool use_ref, uint32_t type, int64_t n_x) {
+#ifdef FG_CPU_HAVE_AVX2
     const gemm_kernel *full, *one;
     int tw, tx;
-    if (fg_quant_use_ref() || n_x < 1 || !gemm_fast(type, &full, &one, &tw, &tx))
+    if (use_ref || n_x < 1 || !gemm_fast(type, &full, &one, &tw, &tx))
         return false;
     if (n_x >= 2)
         return true;
@@ -1241,24 +1242,25 @@ bool fg_quant_gemm_has_fast(uint32_t type, int64_t n_x) {
     return false; // the 256-bit kernels were not measured against vec_dot for one row
 #endif
 #else
+    (void)use_ref;
     (void)type;
     (void)n_x;
     return false;
 #endif
 }
 
-fg_status fg_quant_gemm(uint32_t type, int64_t n, int64_t n_w, int64_t n_x, const void *w, size_t w_stride,
-                        const void *x, size_t x_stride, float *dst, size_t dst_stride) {
-    const fg_type_traits *tr = fg_type_traits_get(type);
+fg_status fg_cpu_gemm(bool use_ref, uint32_t type, int64_t n, int64_t n_w, int64_t n_x, const void *w,
+                      size_t w_stride, const void *x, size_t x_stride, float *dst, size_t dst_stride) {
+    const fg_type_traits *tr = fg_cpu_traits(type, use_ref);
     if (!tr || !tr->vec_dot)
         return FG_FAIL(FG_ERR_UNSUPPORTED, "gemm: no vec_dot kernel for weight type %s", fg_type_name(type));
     if (n < 0 || n_w < 0 || n_x < 0 || n % tr->blck_size != 0)
         return FG_FAIL(FG_ERR_INVALID_ARG, "gemm: %s rows of %lld elements (block %lld), %lld x %lld rows",
                        tr->name, (long long)n, (long long)tr->blck_size, (long long)n_w, (long long)n_x);
-#ifdef FG_QUANT_HAVE_AVX2
+#ifdef FG_CPU_HAVE_AVX2
     const gemm_kernel *full, *one;
     int tw, tx;
-    if (!fg_quant_use_ref() && gemm_fast(type, &full, &one, &tw, &tx)) {
+    if (!use_ref && gemm_fast(type, &full, &one, &tw, &tx)) {
         run_tiles(full, one, tw, tx, n, n_w, n_x, w, w_stride, x, x_stride, dst, dst_stride);
         return FG_OK;
     }

@@ -2,10 +2,11 @@
 // Each computes the same integer sums per block as its scalar reference in quant_ref.c /
 // quant_kquants.c; only the float accumulation order differs (8 lanes, FMA). The Q8_0
 // quantizer is bit-identical to the reference. Compiled only with -mavx2 -mfma -mf16c
-// (-march=native); the table in quant_ref.c falls back to the scalar kernels otherwise.
+// (-march=native); cpu_kernels.c falls back to the scalar kernels otherwise.
+#include "backend/cpu/cpu_kernels.h"
 #include "quant/quant_internal.h"
 
-#ifdef FG_QUANT_HAVE_AVX2
+#ifdef FG_CPU_HAVE_AVX2
 #include <immintrin.h>
 #include <math.h>
 

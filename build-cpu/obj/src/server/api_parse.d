@@ -1,0 +1,16 @@
+build-cpu/obj/src/server/api_parse.o: src/server/api_parse.c \
+ src/server/server_internal.h include/forge/server.h \
+ include/forge/status.h include/forge/engine.h include/forge/model.h \
+ include/forge/backend.h include/forge/gguf.h include/forge/types.h \
+ include/forge/tokenizer.h src/base/status.h src/base/util.h
+src/server/server_internal.h:
+include/forge/server.h:
+include/forge/status.h:
+include/forge/engine.h:
+include/forge/model.h:
+include/forge/backend.h:
+include/forge/gguf.h:
+include/forge/types.h:
+include/forge/tokenizer.h:
+src/base/status.h:
+src/base/util.h:

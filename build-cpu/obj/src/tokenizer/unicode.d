@@ -1,0 +1,3 @@
+build-cpu/obj/src/tokenizer/unicode.o: src/tokenizer/unicode.c \
+ src/tokenizer/unicode.h
+src/tokenizer/unicode.h:

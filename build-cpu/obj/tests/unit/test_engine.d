@@ -1,0 +1,23 @@
+build-cpu/obj/tests/unit/test_engine.o: tests/unit/test_engine.c \
+ include/forge.h include/forge/status.h include/forge/gguf.h \
+ include/forge/status.h include/forge/types.h include/forge/tokenizer.h \
+ include/forge/gguf.h include/forge/backend.h include/forge/model.h \
+ include/forge/backend.h include/forge/types.h include/forge/tokenizer.h \
+ include/forge/engine.h include/forge/model.h include/forge/server.h \
+ include/forge/engine.h
+include/forge.h:
+include/forge/status.h:
+include/forge/gguf.h:
+include/forge/status.h:
+include/forge/types.h:
+include/forge/tokenizer.h:
+include/forge/gguf.h:
+include/forge/backend.h:
+include/forge/model.h:
+include/forge/backend.h:
+include/forge/types.h:
+include/forge/tokenizer.h:
+include/forge/engine.h:
+include/forge/model.h:
+include/forge/server.h:
+include/forge/engine.h:

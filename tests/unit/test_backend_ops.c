@@ -1,0 +1,1158 @@
+// test_backend_ops.c - every op of the backend interface x weight type x shape against plain
+// scalar references written here (double precision), on each backend the build has: the CPU
+// (run with 1 and 3 threads, which must agree bit for bit) and, in a CUDA build, the GPU
+// (SKIPPED loudly when no GPU is usable). Inputs are random from a printed seed (FORGE_SEED
+// overrides it); every output is poisoned with NaN before the op and 64 guard bytes after it
+// must survive; comparisons are NaN-safe (!(err <= tol)). Shapes: odd row counts (1, 2, 3,
+// 7, 8, 9, 33, 511, 512), columns that are no multiple of any tile, several sequences per
+// step with scattered and shared pages, GQA 1/4/8 and multi-query, page sizes 7 and 16,
+// causal and non-causal attention, a 2,100-token sequence.
+// Tolerances (per op; the reference states what it emulates):
+//   get_rows, gather_out, kv_store, kv_copy_page, CPU convert: bit-exact
+//   add, swiglu: |d| <= 1e-6 + 1e-5 |ref|; rmsnorm, rope: NMSE 1e-6 (+ the element bound for
+//   rmsnorm); matmul: NMSE 5e-4 against double dequantized weights x f32 activations (the
+//   activation conversion is the only loss: ~1.5e-5 measured for 8-bit), and on the CPU 1e-9
+//   against the reference vec_dot on the same converted activations (summation order only);
+//   attention: NMSE 5e-4 against a double reference with ggml's f16 roundings, 5e-9 on the CPU.
+// forge-test-modules: registry backend quant base
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "backend/backend.h"
+#include "backend/cpu/cpu_kernels.h"
+#include "base/half.h"
+#include "base/status.h"
+#include "base/util.h"
+#include "quant/quant.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GUARD 64
+#define GUARD_BYTE 0xA5
+#define POISON_BYTE 0xFF // 0xFFFFFFFF: a NaN in every float an op forgets to write
+
+static uint64_t g_seed = 0x0b5eedf00dULL;
+static uint64_t g_rng;
+static uint64_t rnd_u64(void) { // splitmix64
+    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+static float rnd_f(void) { return (float)((double)(rnd_u64() >> 11) / 9007199254740992.0 * 2.0 - 1.0); }
+static int rnd_int(int n) { return (int)(rnd_u64() % (uint64_t)n); }
+static void fill(float *x, size_t n, float amp) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = rnd_f() * amp;
+}
+
+// ---------------------------------------------------------------- targets
+typedef struct target {
+    const char *name; // "cpu", "cuda"
+    bool cpu;         // two instances (1 and 3 threads) that must agree bit for bit
+} target;
+static const target k_cpu = {"cpu", true};
+#ifdef FG_HAVE_CUDA
+static const target k_cuda = {"cuda", false};
+#endif
+
+static int n_instances(const target *tg) { return tg->cpu ? 2 : 1; }
+
+// Instance i of the target; a GPU target that cannot start SKIPS the test (loudly).
+static fg_backend *open_backend(const target *tg, int i) {
+    fg_backend *be = NULL;
+    fg_backend_opts o = {tg->cpu ? (i == 0 ? 1 : 3) : 0, 0, false};
+    fg_status st = fg_backend_create(tg->name, &o, &be);
+    if (!tg->cpu && (st == FG_ERR_DEVICE || st == FG_ERR_UNSUPPORTED)) {
+        fprintf(stderr, "SKIP (no GPU): %s backend: %s\n", tg->name, fg_last_error());
+        skip();
+    }
+    if (st != FG_OK)
+        fail_msg("%s backend: %s", tg->name, fg_last_error());
+    return be;
+}
+
+// Called first in each test: skips before anything is allocated when the GPU is missing.
+static void need_target(const target *tg) { fg_backend_destroy(open_backend(tg, 0)); }
+
+// Sizes every backend must be ready for (tests use small ones).
+static void reserve(fg_backend *be, int max_tokens, int max_seqs, int max_pages, int max_kv, int64_t max_cols) {
+    fg_backend_limits lim = {max_tokens, max_seqs, max_pages, max_kv, 64, 512, max_cols};
+    if (fg_backend_reserve(be, &lim) != FG_OK)
+        fail_msg("reserve: %s", fg_last_error());
+}
+
+// ---------------------------------------------------------------- device tensors
+// A tensor in its own backend buffer: its bytes poisoned, then GUARD guard bytes.
+typedef struct dev {
+    fg_buffer *buf;
+    fg_tensor t;
+    size_t bytes;
+} dev;
+
+static dev dev_new(fg_backend *be, uint32_t type, int n_dims, const int64_t *ne) {
+    dev d;
+    fg_tensor probe = fg_tensor_view(NULL, NULL, 0, type, n_dims, ne);
+    d.bytes = fg_tensor_nbytes(&probe);
+    if (be->ops->buf_alloc(be, d.bytes + GUARD, &d.buf) != FG_OK)
+        fail_msg("buf_alloc: %s", fg_last_error());
+    void *base = be->ops->buf_base(d.buf);
+    d.t = fg_tensor_view(d.buf, base, 0, type, n_dims, ne);
+    int64_t all = (int64_t)(d.bytes + GUARD);
+    fg_tensor whole = fg_tensor_view(d.buf, base, 0, FG_TYPE_I8, 1, &all);
+    unsigned char *g = malloc(d.bytes + GUARD);
+    memset(g, POISON_BYTE, d.bytes);
+    memset(g + d.bytes, GUARD_BYTE, GUARD);
+    assert_int_equal(be->ops->upload(be, &whole, 0, g, d.bytes + GUARD), FG_OK);
+    free(g);
+    return d;
+}
+static dev dev_2d(fg_backend *be, uint32_t type, int64_t cols, int64_t rows) {
+    int64_t ne[2] = {cols, rows};
+    return dev_new(be, type, 2, ne);
+}
+static void dev_put(fg_backend *be, dev *d, const void *src) {
+    assert_int_equal(be->ops->upload(be, &d->t, 0, src, d->bytes), FG_OK);
+}
+static void *dev_get(fg_backend *be, const dev *d) {
+    void *p = malloc(d->bytes);
+    assert_int_equal(be->ops->sync(be), FG_OK);
+    if (be->ops->download(be, &d->t, 0, p, d->bytes) != FG_OK)
+        fail_msg("download: %s", fg_last_error());
+    return p;
+}
+static void dev_check_guard(fg_backend *be, const dev *d, const char *what) {
+    int64_t all = (int64_t)(d->bytes + GUARD);
+    fg_tensor whole = fg_tensor_view(d->buf, be->ops->buf_base(d->buf), 0, FG_TYPE_I8, 1, &all);
+    unsigned char g[GUARD];
+    assert_int_equal(be->ops->download(be, &whole, d->bytes, g, GUARD), FG_OK);
+    for (int i = 0; i < GUARD; i++)
+        if (g[i] != GUARD_BYTE)
+            fail_msg("%s: guard byte %d after the output was overwritten (0x%02x)", what, i, g[i]);
+}
+static void dev_free(fg_backend *be, dev *d) { be->ops->buf_free(be, d->buf); }
+
+// ---------------------------------------------------------------- comparisons
+static double nmse(const float *got, const double *ref, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = (double)got[i] - ref[i];
+        num += e * e;
+        den += ref[i] * ref[i];
+    }
+    return den > 0.0 ? num / den : num;
+}
+static void check_nmse(const char *what, const float *got, const double *ref, size_t n, double tol) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(got[i]))
+            fail_msg("%s: element %zu is %g (unwritten or non-finite), expected %.6g", what, i, (double)got[i],
+                     ref[i]);
+    double e = nmse(got, ref, n);
+    if (getenv("FORGE_TEST_VERBOSE"))
+        print_message("%s: nmse %.3g (tol %.3g)\n", what, e, tol);
+    if (!(e <= tol)) {
+        size_t worst = 0;
+        double wd = -1;
+        int shown = 0;
+        for (size_t i = 0; i < n; i++) {
+            double d = fabs((double)got[i] - ref[i]);
+            if (d > wd) {
+                wd = d;
+                worst = i;
+            }
+            if (d > 1e-3 * (1.0 + fabs(ref[i])) && shown < 5) {
+                print_message("  [%zu] got %.7g expected %.7g\n", i, (double)got[i], ref[i]);
+                shown++;
+            }
+        }
+        fail_msg("%s: nmse %.3g > %.3g (worst at %zu: got %.7g expected %.7g)", what, e, tol, worst,
+                 (double)got[worst], ref[worst]);
+    }
+}
+static void check_close(const char *what, const float *got, const double *ref, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - ref[i]);
+        if (!(e <= 1e-6 + 1e-5 * fabs(ref[i])))
+            fail_msg("%s: element %zu: got %.9g, expected %.9g", what, i, (double)got[i], ref[i]);
+    }
+}
+static void check_same(const char *what, const void *a, const void *b, size_t n) {
+    if (memcmp(a, b, n) != 0) {
+        const unsigned char *x = a, *y = b;
+        size_t i = 0;
+        while (x[i] == y[i])
+            i++;
+        fail_msg("%s: differs at byte %zu of %zu (0x%02x, expected 0x%02x)", what, i, n, x[i], y[i]);
+    }
+}
+
+// ---------------------------------------------------------------- steps
+// A step over n_seqs sequences: sequence s ends at n_kv[s] with its last n_new[s] tokens new;
+// pages are scattered (a shuffled pool); with share_prefix every sequence maps its first
+// `share` pages to the same pages as sequence 0 (a shared, read-only prefix).
+typedef struct step_data {
+    fg_step st;
+    int32_t *tokens, *pos, *seq, *out_rows;
+    int32_t n_kv[16];
+    int32_t *page_table; // [n_seqs][max_pages]
+    int max_pages, n_pages, page_size;
+} step_data;
+
+static void make_step(step_data *sd, int n_seqs, const int *n_kv, const int *n_new, int page_size, int n_vocab,
+                      int share) {
+    memset(sd, 0, sizeof *sd);
+    assert_true(n_seqs <= 16);
+    int nt = 0, max_pages = 1, total_pages = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        nt += n_new[s];
+        int need = (n_kv[s] + page_size - 1) / page_size;
+        max_pages = FG_MAX(max_pages, need);
+        total_pages += need;
+    }
+    sd->max_pages = max_pages;
+    sd->page_size = page_size;
+    sd->n_pages = total_pages + 3; // a few pages nobody uses
+    sd->tokens = malloc(sizeof(int32_t) * nt);
+    sd->pos = malloc(sizeof(int32_t) * nt);
+    sd->seq = malloc(sizeof(int32_t) * nt);
+    sd->out_rows = malloc(sizeof(int32_t) * nt);
+    sd->page_table = malloc(sizeof(int32_t) * n_seqs * max_pages);
+    int *perm = malloc(sizeof(int) * sd->n_pages);
+    for (int i = 0; i < sd->n_pages; i++)
+        perm[i] = i;
+    for (int i = sd->n_pages - 1; i > 0; i--) {
+        int j = rnd_int(i + 1), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    int next = 0, t = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        sd->n_kv[s] = n_kv[s];
+        int need = (n_kv[s] + page_size - 1) / page_size;
+        for (int j = 0; j < max_pages; j++) {
+            int p = -1;
+            if (j < need)
+                p = (s > 0 && j < share && j < (n_kv[0] + page_size - 1) / page_size) ? sd->page_table[j]
+                                                                                         : perm[next++];
+            sd->page_table[s * max_pages + j] = p < 0 ? 0 : p;
+        }
+        for (int i = 0; i < n_new[s]; i++, t++) {
+            sd->tokens[t] = rnd_int(n_vocab);
+            sd->pos[t] = n_kv[s] - n_new[s] + i;
+            sd->seq[t] = s;
+        }
+        sd->out_rows[sd->st.n_out++] = t - 1;
+    }
+    free(perm);
+    sd->st.n_tokens = nt;
+    sd->st.tokens = sd->tokens;
+    sd->st.pos = sd->pos;
+    sd->st.seq = sd->seq;
+    sd->st.n_seqs = n_seqs;
+    sd->st.seq_n_kv = sd->n_kv;
+    sd->st.max_pages = max_pages;
+    sd->st.page_table = sd->page_table;
+    sd->st.out_rows = sd->out_rows;
+}
+static void free_step(step_data *sd) {
+    free(sd->tokens);
+    free(sd->pos);
+    free(sd->seq);
+    free(sd->out_rows);
+    free(sd->page_table);
+}
+static void simple_step(step_data *sd, int n, int p0, int n_vocab) {
+    int n_kv = p0 + n, n_new = n;
+    make_step(sd, 1, &n_kv, &n_new, 64, n_vocab, 0);
+}
+static void begin(fg_backend *be, step_data *sd) {
+    if (fg_step_begin(be, &sd->st) != FG_OK)
+        fail_msg("step_begin: %s", fg_last_error());
+}
+static void end(fg_backend *be) {
+    if (fg_step_end(be) != FG_OK)
+        fail_msg("step_end: %s", fg_last_error());
+    fg_step_result r;
+    if (fg_step_wait(be, &r) != FG_OK)
+        fail_msg("step_wait: %s", fg_last_error());
+}
+
+// ---------------------------------------------------------------- matmul, convert
+static bool weight_type(uint32_t type) {
+    const fg_type_traits *t = fg_type_traits_get(type);
+    return t && t->is_weight && t->vec_dot && t->to_float && t->from_float;
+}
+
+static void matmul_case(const target *tg, uint32_t type, int64_t n_in, int64_t n_out, int64_t n_rows, bool with_bias,
+                        bool strided_x, bool accumulate, bool preconvert) {
+    const fg_type_traits *ref = fg_type_traits_ref(type);
+    const fg_type_traits *vref = fg_type_traits_ref(ref->vec_dot_type);
+    size_t wrow = (size_t)(n_in / ref->blck_size) * ref->type_size;
+    float *wf = malloc((size_t)(n_in * n_out) * sizeof(float));
+    fill(wf, (size_t)(n_in * n_out), 1.0f);
+    unsigned char *wq = malloc(wrow * (size_t)n_out);
+    for (int64_t o = 0; o < n_out; o++)
+        ref->from_float(wf + o * n_in, wq + (size_t)o * wrow, n_in);
+    float *wd = malloc((size_t)(n_in * n_out) * sizeof(float)); // dequantized weights
+    for (int64_t o = 0; o < n_out; o++)
+        ref->to_float(wq + (size_t)o * wrow, wd + o * n_in, n_in);
+    int64_t xcols = strided_x ? n_in + 5 : n_in;
+    float *x = malloc((size_t)(xcols * n_rows) * sizeof(float));
+    fill(x, (size_t)(xcols * n_rows), 2.0f);
+    float *bias = malloc((size_t)n_out * sizeof(float)), *d0 = malloc((size_t)(n_out * n_rows) * sizeof(float));
+    fill(bias, (size_t)n_out, 0.5f);
+    fill(d0, (size_t)(n_out * n_rows), 3.0f);
+    // reference 1 (math): double dot of the dequantized weights and the f32 activations
+    // reference 2 (semantics, CPU): the scalar reference vec_dot on the activation row converted
+    // to vec_dot_type, i.e. what ggml computes; only the summation order may differ.
+    double *r1 = malloc((size_t)(n_out * n_rows) * sizeof(double));
+    double *r2 = malloc((size_t)(n_out * n_rows) * sizeof(double));
+    size_t arow = (size_t)(n_in / vref->blck_size) * vref->type_size;
+    unsigned char *xa = malloc(arow);
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *xr = x + r * xcols;
+        if (ref->vec_dot_type == FG_TYPE_F32)
+            memcpy(xa, xr, arow);
+        else
+            fg_quantize_row(ref->vec_dot_type, xr, xa, n_in);
+        for (int64_t o = 0; o < n_out; o++) {
+            double s = 0.0;
+            for (int64_t i = 0; i < n_in; i++)
+                s += (double)wd[o * n_in + i] * xr[i];
+            float s2;
+            ref->vec_dot(n_in, &s2, wq + (size_t)o * wrow, xa);
+            double add = (with_bias ? bias[o] : 0.0) + (accumulate ? d0[r * n_out + o] : 0.0);
+            r1[r * n_out + o] = s + add;
+            r2[r * n_out + o] = (double)((with_bias ? s2 + bias[o] : s2) + (accumulate ? d0[r * n_out + o] : 0.0f));
+        }
+    }
+    char what[192];
+    snprintf(what, sizeof what, "%s matmul %s n_in=%lld n_out=%lld rows=%lld%s%s%s%s", tg->name, ref->name,
+             (long long)n_in, (long long)n_out, (long long)n_rows, with_bias ? " bias" : "",
+             strided_x ? " strided" : "", accumulate ? " accumulate" : "", preconvert ? " converted" : "");
+    float *out[2] = {NULL, NULL};
+    for (int k = 0; k < n_instances(tg); k++) {
+        fg_backend *be = open_backend(tg, k);
+        reserve(be, (int)n_rows, 1, 1, 1, xcols);
+        int64_t wne[2] = {n_in, n_out};
+        dev dw = dev_new(be, type, 2, wne);
+        dev_put(be, &dw, wq);
+        dev dx = dev_2d(be, FG_TYPE_F32, xcols, n_rows);
+        dev_put(be, &dx, x);
+        fg_tensor xv = dx.t; // strided view: the first n_in columns of each row
+        xv.ne[0] = n_in;
+        dev db = dev_2d(be, FG_TYPE_F32, n_out, 1);
+        dev_put(be, &db, bias);
+        dev dd = dev_2d(be, FG_TYPE_F32, n_out, n_rows);
+        if (accumulate)
+            dev_put(be, &dd, d0);
+        dev da = {0};
+        fg_tensor *xin = &xv;
+        uint32_t at = fg_backend_act_type(be, type, n_rows);
+        if (preconvert && at != FG_TYPE_F32) {
+            da = dev_2d(be, at, n_in, n_rows);
+            if (fg_op_convert(be, &da.t, &xv) != FG_OK)
+                fail_msg("%s: convert to %s: %s", what, fg_type_name(at), fg_last_error());
+            xin = &da.t;
+        }
+        fg_status st = fg_op_matmul(be, &dd.t, &dw.t, xin, with_bias ? &db.t : NULL, accumulate);
+        if (st != FG_OK)
+            fail_msg("%s: %s", what, fg_last_error());
+        out[k] = dev_get(be, &dd);
+        dev_check_guard(be, &dd, what);
+        dev_free(be, &dw);
+        dev_free(be, &dx);
+        dev_free(be, &db);
+        dev_free(be, &dd);
+        if (da.buf)
+            dev_free(be, &da);
+        fg_backend_destroy(be);
+    }
+    if (tg->cpu)
+        check_same(what, out[0], out[1], (size_t)(n_out * n_rows) * sizeof(float)); // 1 vs 3 threads
+    check_nmse(what, out[0], r1, (size_t)(n_out * n_rows), 5e-4);
+    if (tg->cpu)
+        check_nmse(what, out[0], r2, (size_t)(n_out * n_rows), 1e-9);
+    free(out[0]);
+    free(out[1]);
+    free(wf);
+    free(wq);
+    free(wd);
+    free(x);
+    free(bias);
+    free(d0);
+    free(r1);
+    free(r2);
+    free(xa);
+}
+
+static void test_matmul_all_types(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    static const int rows[] = {1, 2, 3, 7, 8, 9, 33};
+    int n_types = 0;
+    char tested[512] = "";
+    fg_backend *be = open_backend(tg, 0);
+    for (uint32_t type = 0; type < FG_TYPE_COUNT; type++) {
+        if (!weight_type(type))
+            continue;
+        if (!fg_backend_supports(be, FG_OP_MATMUL, type))
+            fail_msg("%s: matmul does not support weight type %s", tg->name, fg_type_name(type));
+        const fg_type_traits *tr = fg_type_traits_get(type);
+        const fg_type_traits *vt = fg_type_traits_get(tr->vec_dot_type);
+        int64_t blk = FG_MAX(tr->blck_size, vt->blck_size);
+        int64_t n_in = blk == 1 ? 67 : (blk == 32 ? 7 * 32 : 2 * 256);
+        for (size_t i = 0; i < FG_ARRAY_LEN(rows); i++)
+            matmul_case(tg, type, n_in, 37, rows[i], i % 2 == 0, i == 3, i == 4, i == 5);
+        // both sides of any matvec/matmul crossover, threaded on the CPU
+        matmul_case(tg, type, blk == 1 ? 515 : 4 * 256, 131, 9, true, false, false, true);
+        matmul_case(tg, type, blk == 1 ? 515 : 4 * 256, 300, 1, false, false, true, false);
+        matmul_case(tg, type, blk == 1 ? 131 : 256, 37, 511, true, true, false, true);
+        matmul_case(tg, type, blk == 1 ? 131 : 256, 64, 512, false, false, true, false);
+        n_types++;
+        strcat(tested, " ");
+        strcat(tested, tr->name);
+    }
+    fg_backend_destroy(be);
+    print_message("%s: matmul tested for %d types:%s\n", tg->name, n_types, tested);
+    assert_int_equal(n_types, 14); // F32, F16, BF16, the legacy and K quants, MXFP4
+}
+
+// convert: every activation type the backend converts to holds x within half a quantization
+// step of each block (8-bit types) or exactly rounded (F16/BF16); on the CPU bit for bit what
+// the reference quantizer writes.
+static void test_convert(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    static const uint32_t acts[] = {FG_TYPE_Q8_0, FG_TYPE_Q8_1, FG_TYPE_Q8_K, FG_TYPE_F16, FG_TYPE_BF16};
+    int tested = 0;
+    for (size_t ai = 0; ai < FG_ARRAY_LEN(acts); ai++) {
+        const fg_type_traits *tr = fg_type_traits_get(acts[ai]);
+        fg_backend *be = open_backend(tg, 0);
+        if (!fg_backend_supports(be, FG_OP_CONVERT, acts[ai])) {
+            fg_backend_destroy(be);
+            continue;
+        }
+        const int64_t n = tr->blck_size == 1 ? 515 : 3 * 256, rows = 9;
+        float *x = malloc(sizeof(float) * n * rows);
+        fill(x, (size_t)(n * rows), 4.0f);
+        x[3] = 0.0f; // a zero and a block of zeros
+        for (int i = 256; i < 288; i++)
+            x[i] = 0.0f;
+        reserve(be, (int)rows, 1, 1, 1, n);
+        dev dx = dev_2d(be, FG_TYPE_F32, n, rows), dd = dev_2d(be, acts[ai], n, rows);
+        dev_put(be, &dx, x);
+        if (fg_op_convert(be, &dd.t, &dx.t) != FG_OK)
+            fail_msg("%s convert %s: %s", tg->name, tr->name, fg_last_error());
+        unsigned char *got = dev_get(be, &dd);
+        dev_check_guard(be, &dd, "convert");
+        size_t rb = (size_t)(n / tr->blck_size) * tr->type_size;
+        float *deq = malloc(sizeof(float) * n);
+        for (int64_t r = 0; r < rows; r++) {
+            if (tg->cpu) {
+                unsigned char *want = malloc(rb);
+                fg_quantize_row(acts[ai], x + r * n, want, n);
+                check_same("cpu convert", got + r * rb, want, rb);
+                free(want);
+            }
+            tr->to_float(got + r * rb, deq, n);
+            for (int64_t b0 = 0; b0 < n; b0 += tr->blck_size) {
+                float amax = 0.0f;
+                for (int64_t i = b0; i < b0 + tr->blck_size; i++)
+                    amax = fmaxf(amax, fabsf(x[r * n + i]));
+                for (int64_t i = b0; i < b0 + tr->blck_size; i++) {
+                    // 8-bit: half a step, plus the f16 rounding of the block's scale times 127
+                    double tol = tr->blck_size == 1 ? fabs(x[r * n + i]) * (acts[ai] == FG_TYPE_BF16 ? 4e-3 : 5e-4)
+                                                    : amax / 127.0 * 0.5 * 1.01 + amax * 1e-3 + 1e-7;
+                    if (!(fabs((double)deq[i] - x[r * n + i]) <= tol))
+                        fail_msg("%s convert %s: row %lld element %lld: %g -> %g (tolerance %g)", tg->name, tr->name,
+                                 (long long)r, (long long)i, (double)x[r * n + i], (double)deq[i], tol);
+                }
+            }
+        }
+        tested++;
+        free(deq);
+        free(got);
+        free(x);
+        dev_free(be, &dx);
+        dev_free(be, &dd);
+        fg_backend_destroy(be);
+    }
+    print_message("%s: convert tested for %d activation types\n", tg->name, tested);
+    assert_true(tested >= 1);
+}
+
+// ---------------------------------------------------------------- row-wise ops
+static void test_rmsnorm(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    static const int64_t shapes[5][3] = {{67, 7, 1}, {64, 33, 1}, {4096, 2, 1}, {4096, 9, 1}, {64, 5, 9}};
+    for (int sh = 0; sh < 5; sh++) {
+        int64_t n = shapes[sh][0], ne1 = shapes[sh][1], ne2 = shapes[sh][2], rows = ne1 * ne2;
+        // 3-D case: heads of a strided row (a fused projection of 3 * n * ne1 floats per token)
+        int64_t rowlen = ne2 > 1 ? 3 * n * ne1 : n * ne1;
+        float *x = malloc(sizeof(float) * rowlen * ne2), *w = malloc((size_t)n * 4), *o[2];
+        fill(x, (size_t)(rowlen * ne2), 3.0f);
+        fill(w, (size_t)n, 1.5f);
+        double *ref = malloc(sizeof(double) * n * rows);
+        for (int64_t r = 0; r < rows; r++) {
+            const float *xr = x + (r / ne1) * rowlen + (r % ne1) * n;
+            double ss = 0.0;
+            for (int64_t i = 0; i < n; i++)
+                ss += (double)xr[i] * xr[i];
+            double sc = 1.0 / sqrt(ss / (double)n + 1e-5);
+            for (int64_t i = 0; i < n; i++)
+                ref[r * n + i] = xr[i] * sc * w[i];
+        }
+        char what[96];
+        snprintf(what, sizeof what, "%s rmsnorm [%lld][%lld][%lld]", tg->name, (long long)ne2, (long long)ne1,
+                 (long long)n);
+        for (int k = 0; k < n_instances(tg); k++) {
+            fg_backend *be = open_backend(tg, k);
+            dev dx = ne2 > 1 ? dev_2d(be, FG_TYPE_F32, rowlen, ne2) : dev_2d(be, FG_TYPE_F32, n, ne1),
+                dw = dev_2d(be, FG_TYPE_F32, n, 1), dd = dev_2d(be, FG_TYPE_F32, n * ne1, ne2);
+            dev_put(be, &dx, x);
+            dev_put(be, &dw, w);
+            fg_tensor xv = dx.t, dv = dd.t;
+            if (ne2 > 1) { // [ne2][ne1][n] views, x strided
+                xv.ne[0] = dv.ne[0] = n;
+                xv.ne[1] = dv.ne[1] = ne1;
+                xv.ne[2] = dv.ne[2] = ne2;
+                xv.nb[1] = dv.nb[1] = (size_t)n * 4;
+                xv.nb[2] = (size_t)rowlen * 4;
+                dv.nb[2] = (size_t)(n * ne1) * 4;
+                xv.nb[3] = xv.nb[2] * ne2;
+                dv.nb[3] = dv.nb[2] * ne2;
+                if (fg_op_rmsnorm(be, &dv, &xv, &dw.t, 1e-5f) != FG_OK)
+                    fail_msg("%s: %s", what, fg_last_error());
+                o[k] = dev_get(be, &dd);
+            } else { // in place (dst aliases x)
+                assert_int_equal(fg_op_rmsnorm(be, &dx.t, &dx.t, &dw.t, 1e-5f), FG_OK);
+                o[k] = dev_get(be, &dx);
+            }
+            dev_check_guard(be, ne2 > 1 ? &dd : &dx, what);
+            dev_free(be, &dx);
+            dev_free(be, &dw);
+            dev_free(be, &dd);
+            fg_backend_destroy(be);
+        }
+        if (tg->cpu)
+            check_same(what, o[0], o[1], (size_t)(n * rows) * 4);
+        check_close(what, o[0], ref, (size_t)(n * rows));
+        check_nmse(what, o[0], ref, (size_t)(n * rows), 1e-6);
+        free(o[0]);
+        if (tg->cpu)
+            free(o[1]);
+        free(x);
+        free(w);
+        free(ref);
+    }
+}
+
+static void test_add_swiglu(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    static const int64_t shapes[3][2] = {{67, 9}, {11008, 2}, {3000, 33}};
+    for (int sh = 0; sh < 3; sh++) {
+        int64_t n = shapes[sh][0], rows = shapes[sh][1];
+        float *gu = malloc((size_t)(2 * n * rows) * 4), *b = malloc((size_t)(n * rows) * 4);
+        fill(gu, (size_t)(2 * n * rows), 8.0f);
+        fill(b, (size_t)(n * rows), 1.0f);
+        double *rs = malloc((size_t)(n * rows) * 8), *ra = malloc((size_t)(n * rows) * 8);
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t i = 0; i < n; i++) {
+                double g = gu[r * 2 * n + i], u = gu[r * 2 * n + n + i];
+                rs[r * n + i] = g / (1.0 + exp(-g)) * u;
+                ra[r * n + i] = (double)gu[r * 2 * n + i] + b[r * n + i];
+            }
+        float *os[2] = {0}, *oa[2] = {0};
+        for (int k = 0; k < n_instances(tg); k++) {
+            fg_backend *be = open_backend(tg, k);
+            dev dgu = dev_2d(be, FG_TYPE_F32, 2 * n, rows), db = dev_2d(be, FG_TYPE_F32, n, rows);
+            dev ds = dev_2d(be, FG_TYPE_F32, n, rows), da = dev_2d(be, FG_TYPE_F32, n, rows);
+            dev_put(be, &dgu, gu);
+            dev_put(be, &db, b);
+            fg_tensor g = dgu.t, u = dgu.t; // halves of a fused projection: strided views
+            g.ne[0] = u.ne[0] = n;
+            u.data = (char *)u.data + n * 4;
+            assert_int_equal(fg_op_swiglu(be, &ds.t, &g, &u), FG_OK);
+            assert_int_equal(fg_op_add(be, &da.t, &g, &db.t), FG_OK);
+            os[k] = dev_get(be, &ds);
+            oa[k] = dev_get(be, &da);
+            dev_check_guard(be, &ds, "swiglu");
+            dev_check_guard(be, &da, "add");
+            // add in place: dst aliases a
+            assert_int_equal(fg_op_add(be, &db.t, &db.t, &db.t), FG_OK);
+            float *two = dev_get(be, &db);
+            for (int i = 0; i < 4; i++)
+                assert_true(two[i] == 2.0f * b[i]);
+            free(two);
+            dev_free(be, &dgu);
+            dev_free(be, &db);
+            dev_free(be, &ds);
+            dev_free(be, &da);
+            fg_backend_destroy(be);
+        }
+        if (tg->cpu) {
+            check_same("swiglu threads", os[0], os[1], (size_t)(n * rows) * 4);
+            check_same("add threads", oa[0], oa[1], (size_t)(n * rows) * 4);
+        }
+        check_close("swiglu", os[0], rs, (size_t)(n * rows));
+        check_close("add", oa[0], ra, (size_t)(n * rows));
+        for (int k = 0; k < 2; k++) {
+            free(os[k]);
+            free(oa[k]);
+        }
+        free(gu);
+        free(b);
+        free(rs);
+        free(ra);
+    }
+}
+
+// x = x + a; xn = rmsnorm(x) * w: the fused op (or its composition) against the reference.
+static void test_add_rmsnorm(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    const int64_t n = 1000, rows = 7;
+    float *x = malloc(sizeof(float) * n * rows), *a = malloc(sizeof(float) * n * rows), *w = malloc(sizeof(float) * n);
+    fill(x, (size_t)(n * rows), 2.0f);
+    fill(a, (size_t)(n * rows), 2.0f);
+    fill(w, (size_t)n, 1.0f);
+    double *rx = malloc(sizeof(double) * n * rows), *rn = malloc(sizeof(double) * n * rows);
+    for (int64_t r = 0; r < rows; r++) {
+        double ss = 0;
+        for (int64_t i = 0; i < n; i++) {
+            float s = x[r * n + i] + a[r * n + i];
+            rx[r * n + i] = s;
+            ss += (double)s * s;
+        }
+        double sc = 1.0 / sqrt(ss / n + 1e-6);
+        for (int64_t i = 0; i < n; i++)
+            rn[r * n + i] = rx[r * n + i] * sc * w[i];
+    }
+    fg_backend *be = open_backend(tg, 0);
+    dev dx = dev_2d(be, FG_TYPE_F32, n, rows), da = dev_2d(be, FG_TYPE_F32, n, rows), dw = dev_2d(be, FG_TYPE_F32, n, 1),
+        dn = dev_2d(be, FG_TYPE_F32, n, rows);
+    dev_put(be, &dx, x);
+    dev_put(be, &da, a);
+    dev_put(be, &dw, w);
+    assert_int_equal(fg_op_add_rmsnorm(be, &dx.t, &dn.t, &da.t, &dw.t, 1e-6f), FG_OK);
+    float *gx = dev_get(be, &dx), *gn = dev_get(be, &dn);
+    check_close("add_rmsnorm x", gx, rx, (size_t)(n * rows));
+    check_close("add_rmsnorm xn", gn, rn, (size_t)(n * rows));
+    dev_check_guard(be, &dn, "add_rmsnorm");
+    free(gx);
+    free(gn);
+    dev_free(be, &dx);
+    dev_free(be, &da);
+    dev_free(be, &dw);
+    dev_free(be, &dn);
+    fg_backend_destroy(be);
+    free(x);
+    free(a);
+    free(w);
+    free(rx);
+    free(rn);
+}
+
+static void rope_case(const target *tg, fg_rope_mode mode, int n_head, int head_dim, int n_rot, bool factors,
+                      float freq_scale, int n_tokens, bool strided) {
+    step_data sd;
+    simple_step(&sd, n_tokens, 3 + rnd_int(90), 100);
+    int64_t width = (int64_t)n_head * head_dim, rowlen = strided ? width + 37 : width;
+    float *x = malloc((size_t)(rowlen * n_tokens) * 4), *o[2] = {0};
+    fill(x, (size_t)(rowlen * n_tokens), 2.0f);
+    float ff[512];
+    for (int i = 0; i < n_rot / 2; i++)
+        ff[i] = 1.0f + 3.0f * (float)rnd_int(8);
+    const float base = 10000.0f;
+    double *ref = malloc((size_t)(width * n_tokens) * 8);
+    for (int t = 0; t < n_tokens; t++)
+        for (int h = 0; h < n_head; h++) {
+            const float *v = x + t * rowlen + h * head_dim;
+            double *r = ref + t * width + h * head_dim;
+            for (int d = 0; d < head_dim; d++)
+                r[d] = v[d];
+            for (int i = 0; i < n_rot / 2; i++) {
+                double th =
+                    sd.pos[t] * (double)freq_scale * pow(base, -2.0 * i / n_rot) / (factors ? ff[i] : 1.0);
+                int i0 = mode == FG_ROPE_NEOX ? i : 2 * i, i1 = mode == FG_ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
+                r[i0] = v[i0] * cos(th) - v[i1] * sin(th);
+                r[i1] = v[i0] * sin(th) + v[i1] * cos(th);
+            }
+        }
+    char what[128];
+    snprintf(what, sizeof what, "%s rope mode %d heads %d dim %d rot %d%s scale %g tokens %d%s", tg->name, (int)mode,
+             n_head, head_dim, n_rot, factors ? " factors" : "", (double)freq_scale, n_tokens, strided ? " strided" : "");
+    for (int k = 0; k < n_instances(tg); k++) {
+        fg_backend *be = open_backend(tg, k);
+        reserve(be, n_tokens, 1, sd.max_pages, sd.max_pages * sd.page_size, rowlen);
+        begin(be, &sd);
+        dev dx = dev_2d(be, FG_TYPE_F32, rowlen, n_tokens), df = dev_2d(be, FG_TYPE_F32, n_rot / 2, 1);
+        dev_put(be, &dx, x);
+        dev_put(be, &df, ff);
+        fg_tensor xv = dx.t;
+        xv.ne[0] = width;
+        fg_rope_params p = {n_head, head_dim, n_rot, mode, base, freq_scale, factors ? &df.t : NULL};
+        if (fg_op_rope(be, &xv, &p) != FG_OK)
+            fail_msg("%s: %s", what, fg_last_error());
+        end(be);
+        float *got = dev_get(be, &dx);
+        o[k] = malloc((size_t)(width * n_tokens) * 4);
+        for (int t = 0; t < n_tokens; t++) {
+            memcpy(o[k] + t * width, got + t * rowlen, (size_t)width * 4);
+            for (int64_t c = width; c < rowlen; c++) // past the view: untouched
+                assert_true(memcmp(&got[t * rowlen + c], &x[t * rowlen + c], 4) == 0);
+        }
+        free(got);
+        dev_check_guard(be, &dx, what);
+        dev_free(be, &dx);
+        dev_free(be, &df);
+        fg_backend_destroy(be);
+    }
+    if (tg->cpu)
+        check_same(what, o[0], o[1], (size_t)(width * n_tokens) * 4);
+    // untouched dims beyond n_rot are bit-exact
+    for (int t = 0; t < n_tokens; t++)
+        for (int h = 0; h < n_head; h++)
+            for (int d = n_rot; d < head_dim; d++)
+                assert_true(o[0][t * width + h * head_dim + d] == x[t * rowlen + h * head_dim + d]);
+    // f32 cos/sin of an f32 theta (ggml) against double: positions < 100 keep theta's
+    // accumulated rounding (theta *= theta_scale per pair) well inside 1e-6.
+    check_nmse(what, o[0], ref, (size_t)(width * n_tokens), 1e-6);
+    free(o[0]);
+    free(o[1]);
+    free(x);
+    free(ref);
+    free_step(&sd);
+}
+
+static void test_rope(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    rope_case(tg, FG_ROPE_NORMAL, 4, 64, 64, false, 1.0f, 7, false);
+    rope_case(tg, FG_ROPE_NEOX, 3, 128, 128, false, 1.0f, 33, true);
+    rope_case(tg, FG_ROPE_NEOX, 2, 128, 64, false, 0.5f, 9, false); // glm4-like partial rotation
+    rope_case(tg, FG_ROPE_NORMAL, 5, 96, 32, true, 1.0f, 2, true);  // freq_factors, n_rot < head_dim
+    rope_case(tg, FG_ROPE_NEOX, 8, 64, 64, true, 0.25f, 1, false);
+    rope_case(tg, FG_ROPE_NORMAL, 32, 128, 128, false, 1.0f, 33, false); // large enough to run threaded
+    rope_case(tg, FG_ROPE_NEOX, 4, 8, 8, false, 1.0f, 3, false);          // tiny heads (stories260K)
+}
+
+static void test_get_rows_gather(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    int n_types = 0;
+    for (uint32_t type = 0; type < FG_TYPE_COUNT; type++) {
+        if (!weight_type(type))
+            continue;
+        const fg_type_traits *ref = fg_type_traits_ref(type);
+        const int64_t n_embd = ref->blck_size == 1 ? 3001 : 512, n_vocab = 50;
+        size_t rb = (size_t)(n_embd / ref->blck_size) * ref->type_size;
+        float *tf = malloc((size_t)(n_embd * n_vocab) * 4);
+        fill(tf, (size_t)(n_embd * n_vocab), 1.0f);
+        unsigned char *tq = malloc(rb * n_vocab);
+        for (int64_t v = 0; v < n_vocab; v++)
+            ref->from_float(tf + v * n_embd, tq + v * rb, n_embd);
+        int lens[3] = {9, 20, 4}, news[3] = {9, 1, 4};
+        step_data sd;
+        make_step(&sd, 3, lens, news, 8, (int)n_vocab, 0);
+        int nt = sd.st.n_tokens;
+        float *exp_rows = malloc((size_t)(n_embd * nt) * 4);
+        for (int t = 0; t < nt; t++)
+            ref->to_float(tq + (size_t)sd.tokens[t] * rb, exp_rows + t * n_embd, n_embd);
+        for (int k = 0; k < n_instances(tg); k++) {
+            fg_backend *be = open_backend(tg, k);
+            if (!fg_backend_supports(be, FG_OP_GET_ROWS, type))
+                fail_msg("%s: get_rows does not support %s", tg->name, ref->name);
+            reserve(be, nt, 3, sd.max_pages, sd.max_pages * sd.page_size, n_embd);
+            begin(be, &sd);
+            int64_t tne[2] = {n_embd, n_vocab};
+            dev dt = dev_new(be, type, 2, tne);
+            dev_put(be, &dt, tq);
+            dev dd = dev_2d(be, FG_TYPE_F32, n_embd, nt), dg = dev_2d(be, FG_TYPE_F32, n_embd, sd.st.n_out);
+            assert_int_equal(fg_op_get_rows(be, &dd.t, &dt.t), FG_OK);
+            assert_int_equal(fg_op_gather_out(be, &dg.t, &dd.t), FG_OK);
+            end(be);
+            float *got = dev_get(be, &dd), *gat = dev_get(be, &dg);
+            dev_check_guard(be, &dd, "get_rows");
+            dev_check_guard(be, &dg, "gather_out");
+            char what[64];
+            snprintf(what, sizeof what, "%s get_rows %s", tg->name, ref->name);
+            check_same(what, got, exp_rows, dd.bytes); // dequantization is bit-exact
+            for (int i = 0; i < sd.st.n_out; i++)
+                check_same("gather_out", gat + i * n_embd, exp_rows + sd.out_rows[i] * n_embd, n_embd * 4);
+            // gather in place (dst aliases src: rows move down in order)
+            begin(be, &sd);
+            fg_tensor in_place = dd.t;
+            in_place.ne[1] = sd.st.n_out;
+            assert_int_equal(fg_op_gather_out(be, &in_place, &dd.t), FG_OK);
+            end(be);
+            float *ip = dev_get(be, &dd);
+            for (int i = 0; i < sd.st.n_out; i++)
+                check_same("gather_out in place", ip + i * n_embd, exp_rows + sd.out_rows[i] * n_embd, n_embd * 4);
+            free(ip);
+            free(got);
+            free(gat);
+            dev_free(be, &dt);
+            dev_free(be, &dd);
+            dev_free(be, &dg);
+            fg_backend_destroy(be);
+        }
+        free(tf);
+        free(tq);
+        free(exp_rows);
+        free_step(&sd);
+        n_types++;
+    }
+    assert_int_equal(n_types, 14);
+}
+
+// check_finite: the first non-finite value (lowest row, then column) over several calls of a
+// step, reported by step_wait with the caller's row numbering; none when all are finite.
+static void test_check_finite(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    const int64_t cols = 1001, rows = 6;
+    float *x = malloc(sizeof(float) * cols * rows);
+    fill(x, (size_t)(cols * rows), 50.0f);
+    step_data sd;
+    simple_step(&sd, 1, 0, 10);
+    fg_backend *be = open_backend(tg, 0);
+    reserve(be, 8, 1, 1, 64, cols);
+    dev dx = dev_2d(be, FG_TYPE_F32, cols, rows);
+    fg_tensor first = fg_tensor_rows(&dx.t, 0, cols, 3, dx.t.nb[1]);
+    fg_tensor second = fg_tensor_rows(&dx.t, 3 * dx.t.nb[1], cols, 3, dx.t.nb[1]);
+    const struct {
+        int64_t row, col;
+        float v;
+    } cases[] = {{-1, -1, 0.0f}, {4, 17, INFINITY}, {1, 1000, NAN}, {0, 0, -INFINITY}};
+    for (size_t c = 0; c < FG_ARRAY_LEN(cases); c++) {
+        float *y = malloc(sizeof(float) * cols * rows);
+        memcpy(y, x, sizeof(float) * cols * rows);
+        if (cases[c].row >= 0) {
+            y[cases[c].row * cols + cases[c].col] = cases[c].v;
+            y[5 * cols + 3] = NAN; // a later one does not win
+        }
+        dev_put(be, &dx, y);
+        begin(be, &sd);
+        assert_int_equal(fg_op_check_finite(be, &first, 10), FG_OK);
+        assert_int_equal(fg_op_check_finite(be, &second, 13), FG_OK);
+        assert_int_equal(fg_step_end(be), FG_OK);
+        fg_step_result r;
+        assert_int_equal(fg_step_wait(be, &r), FG_OK);
+        if (cases[c].row < 0) {
+            assert_int_equal(r.bad_row, -1);
+        } else {
+            assert_int_equal(r.bad_row, 10 + cases[c].row);
+            assert_int_equal(r.bad_col, cases[c].col);
+            assert_true(isnan(cases[c].v) ? isnan(r.bad_value) : r.bad_value == cases[c].v);
+        }
+        free(y);
+    }
+    dev_free(be, &dx);
+    fg_backend_destroy(be);
+    free(x);
+    free_step(&sd);
+}
+
+// ---------------------------------------------------------------- KV cache and attention
+typedef struct kv_case {
+    int n_seqs;
+    int n_kv[8];  // after the step
+    int n_new[8]; // new tokens of the step
+    int n_head, n_head_kv, head_dim, page_size;
+    uint32_t kv_type;
+    bool causal;
+    int share; // pages of sequence 0's prefix every other sequence maps too
+} kv_case;
+
+static inline float kv_get(const unsigned char *c, bool f16, size_t i) {
+    return f16 ? fg_f16_to_f32(((const fg_f16 *)c)[i]) : ((const float *)c)[i];
+}
+
+static void attention_case(const target *tg, const kv_case *kc) {
+    const int n_layer = 2, layer = 1;
+    const int hd = kc->head_dim, nkv = kc->n_head_kv, ps = kc->page_size;
+    const int64_t kw = (int64_t)nkv * hd, qw = (int64_t)kc->n_head * hd;
+    const bool f16 = kc->kv_type == FG_TYPE_F16;
+    const size_t esz = f16 ? 2 : 4;
+    step_data sd;
+    make_step(&sd, kc->n_seqs, kc->n_kv, kc->n_new, ps, 100, kc->share);
+    const int nt = sd.st.n_tokens, n_pages = sd.n_pages, max_pages = sd.max_pages;
+    // a shared prefix is written by nobody in this step: its sequences' new tokens start past it
+    for (int s = 1; s < kc->n_seqs && kc->share; s++)
+        assert_true(kc->n_kv[s] - kc->n_new[s] >= FG_MIN(kc->share, (kc->n_kv[0] + ps - 1) / ps) * ps);
+    // initial cache contents: random everywhere (stale pages included)
+    const size_t cache_elems = (size_t)n_layer * n_pages * ps * kw;
+    unsigned char *k0 = malloc(cache_elems * esz), *v0 = malloc(cache_elems * esz);
+    for (size_t i = 0; i < cache_elems; i++) {
+        float a = rnd_f() * 2.0f, b = rnd_f();
+        if (f16) {
+            ((fg_f16 *)k0)[i] = fg_f32_to_f16(a);
+            ((fg_f16 *)v0)[i] = fg_f32_to_f16(b);
+        } else {
+            ((float *)k0)[i] = a;
+            ((float *)v0)[i] = b;
+        }
+    }
+    // q, k, v as strided views of one fused projection row per token: q | k | v | 5 floats
+    const int64_t rowlen = qw + 2 * kw + 5;
+    float *qkv = malloc(sizeof(float) * rowlen * nt);
+    fill(qkv, (size_t)(rowlen * nt), 2.0f);
+    // expected cache after kv_store
+    unsigned char *ke = malloc(cache_elems * esz), *ve = malloc(cache_elems * esz);
+    memcpy(ke, k0, cache_elems * esz);
+    memcpy(ve, v0, cache_elems * esz);
+    for (int t = 0; t < nt; t++) {
+        int page = sd.page_table[sd.seq[t] * max_pages + sd.pos[t] / ps], slot = sd.pos[t] % ps;
+        size_t off = (((size_t)layer * n_pages + page) * ps + slot) * kw;
+        const float *kn = qkv + t * rowlen + qw, *vn = kn + kw;
+        for (int64_t j = 0; j < kw; j++) {
+            if (f16) {
+                ((fg_f16 *)ke)[off + j] = fg_f32_to_f16(kn[j]);
+                ((fg_f16 *)ve)[off + j] = fg_f32_to_f16(vn[j]);
+            } else {
+                ((float *)ke)[off + j] = kn[j];
+                ((float *)ve)[off + j] = vn[j];
+            }
+        }
+    }
+    // reference attention in double, with ggml's roundings (q and probabilities to F16)
+    double *ref = malloc((size_t)(qw * nt) * 8);
+    int max_kv = 0;
+    for (int s = 0; s < kc->n_seqs; s++)
+        max_kv = FG_MAX(max_kv, kc->n_kv[s]);
+    double *sc = malloc(sizeof(double) * max_kv);
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int t = 0; t < nt; t++) {
+        const int s = sd.seq[t], n = kc->causal ? sd.pos[t] + 1 : kc->n_kv[s];
+        for (int h = 0; h < kc->n_head; h++) {
+            const int kvh = h / (kc->n_head / nkv);
+            double qv[512];
+            for (int d = 0; d < hd; d++) {
+                float x = qkv[t * rowlen + h * hd + d];
+                qv[d] = f16 ? fg_f16_to_f32(fg_f32_to_f16(x)) : x;
+            }
+            double mx = -INFINITY;
+            for (int j = 0; j < n; j++) {
+                int page = sd.page_table[s * max_pages + j / ps];
+                size_t off = (((size_t)layer * n_pages + page) * ps + j % ps) * kw + (size_t)kvh * hd;
+                double dot = 0.0;
+                for (int d = 0; d < hd; d++)
+                    dot += qv[d] * kv_get(ke, f16, off + d);
+                sc[j] = dot * scale;
+                mx = fmax(mx, sc[j]);
+            }
+            double sum = 0.0;
+            for (int j = 0; j < n; j++)
+                sum += (sc[j] = exp(sc[j] - mx));
+            for (int d = 0; d < hd; d++)
+                ref[t * qw + h * hd + d] = 0.0;
+            for (int j = 0; j < n; j++) {
+                double p = sc[j] / sum;
+                if (f16)
+                    p = fg_f16_to_f32(fg_f32_to_f16((float)p));
+                int page = sd.page_table[s * max_pages + j / ps];
+                size_t off = (((size_t)layer * n_pages + page) * ps + j % ps) * kw + (size_t)kvh * hd;
+                for (int d = 0; d < hd; d++)
+                    ref[t * qw + h * hd + d] += p * kv_get(ve, f16, off + d);
+            }
+        }
+    }
+    char what[192];
+    snprintf(what, sizeof(what), "%s attention %s%s n_seqs=%d n_tokens=%d max_kv=%d n_head=%d n_head_kv=%d head_dim=%d page=%d%s",
+             tg->name, f16 ? "f16" : "f32", kc->causal ? "" : " non-causal", kc->n_seqs, nt, max_kv, kc->n_head, nkv, hd,
+             ps, kc->share ? " shared-prefix" : "");
+    float *out[2] = {0};
+    for (int k = 0; k < n_instances(tg); k++) {
+        fg_backend *be = open_backend(tg, k);
+        if (!fg_backend_supports(be, FG_OP_ATTENTION, kc->kv_type))
+            fail_msg("%s: no attention for a %s cache", what, fg_type_name(kc->kv_type));
+        reserve(be, nt, kc->n_seqs, max_pages, max_pages * ps, rowlen);
+        fg_kv_view kv = {n_layer, n_pages, ps, nkv, hd, kc->kv_type, {0}, {0}};
+        fg_buffer *kvbuf = NULL;
+        if (be->ops->kv_alloc(be, &kv, &kvbuf) != FG_OK)
+            fail_msg("%s: kv_alloc: %s", what, fg_last_error());
+        assert_int_equal(be->ops->upload(be, &kv.k, 0, k0, cache_elems * esz), FG_OK);
+        assert_int_equal(be->ops->upload(be, &kv.v, 0, v0, cache_elems * esz), FG_OK);
+        dev dqkv = dev_2d(be, FG_TYPE_F32, rowlen, nt), dd = dev_2d(be, FG_TYPE_F32, qw, nt);
+        dev_put(be, &dqkv, qkv);
+        fg_tensor q = fg_tensor_rows(&dqkv.t, 0, qw, nt, dqkv.t.nb[1]);
+        fg_tensor kn = fg_tensor_rows(&dqkv.t, (size_t)qw * 4, kw, nt, dqkv.t.nb[1]);
+        fg_tensor vn = fg_tensor_rows(&dqkv.t, (size_t)(qw + kw) * 4, kw, nt, dqkv.t.nb[1]);
+        begin(be, &sd);
+        fg_status st = fg_op_kv_store(be, &kv, layer, &kn, &vn);
+        if (st != FG_OK)
+            fail_msg("%s: kv_store: %s", what, fg_last_error());
+        fg_attn_params ap = {layer, kc->n_head, scale, kc->causal};
+        st = fg_op_attention(be, &dd.t, &q, &kv, &ap);
+        if (st != FG_OK)
+            fail_msg("%s: %s", what, fg_last_error());
+        end(be);
+        unsigned char *kg = malloc(cache_elems * esz), *vg = malloc(cache_elems * esz);
+        assert_int_equal(be->ops->download(be, &kv.k, 0, kg, cache_elems * esz), FG_OK);
+        assert_int_equal(be->ops->download(be, &kv.v, 0, vg, cache_elems * esz), FG_OK);
+        check_same("kv_store k", kg, ke, cache_elems * esz); // KV writes are bit-exact (stale slots kept)
+        check_same("kv_store v", vg, ve, cache_elems * esz);
+        out[k] = dev_get(be, &dd);
+        dev_check_guard(be, &dd, what);
+        // kv_copy_page: page a <- page b, all layers
+        int pa = sd.page_table[0], pb = sd.page_table[max_pages > 1 ? 1 : 0];
+        if (pb != pa) {
+            assert_int_equal(fg_kv_copy_page_checked(be, &kv, pa, pb), FG_OK);
+            assert_int_equal(be->ops->sync(be), FG_OK);
+            assert_int_equal(be->ops->download(be, &kv.k, 0, kg, cache_elems * esz), FG_OK);
+            for (int l = 0; l < n_layer; l++) {
+                size_t pbytes = (size_t)ps * kw * esz;
+                check_same("kv_copy_page", kg + ((size_t)l * n_pages + pa) * pbytes,
+                           ke + ((size_t)l * n_pages + pb) * pbytes, pbytes);
+            }
+        }
+        free(kg);
+        free(vg);
+        be->ops->buf_free(be, kvbuf);
+        dev_free(be, &dqkv);
+        dev_free(be, &dd);
+        fg_backend_destroy(be);
+    }
+    if (tg->cpu)
+        check_same(what, out[0], out[1], (size_t)(qw * nt) * 4);
+    check_nmse(what, out[0], ref, (size_t)(qw * nt), 5e-4);
+    // the CPU emulates the roundings of the reference: only f32 summation order differs (and
+    // the odd probability on the other side of an f16 rounding); ~3e-8 without the rounding
+    if (tg->cpu)
+        check_nmse(what, out[0], ref, (size_t)(qw * nt), 5e-9);
+    free(out[0]);
+    free(out[1]);
+    free(k0);
+    free(v0);
+    free(ke);
+    free(ve);
+    free(qkv);
+    free(ref);
+    free(sc);
+    free_step(&sd);
+}
+
+static void test_attention(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    static const kv_case cases[] = {
+        // n_seqs, n_kv, n_new, n_head, n_head_kv, head_dim, page_size, type, causal, share
+        {1, {1}, {1}, 4, 4, 64, 16, FG_TYPE_F16, true, 0},                     // 1 token, first position
+        {2, {37, 5}, {1, 1}, 8, 4, 64, 16, FG_TYPE_F16, true, 0},              // 2 decodes, GQA 2, mid-page
+        {3, {40, 7, 19}, {3, 2, 2}, 8, 2, 40, 8, FG_TYPE_F16, true, 0},        // 7 tokens, GQA 4, head_dim 40
+        {2, {33, 8}, {4, 4}, 4, 1, 64, 16, FG_TYPE_F16, true, 0},              // 8 tokens, multi-query
+        {3, {50, 12, 9}, {1, 4, 4}, 6, 6, 72, 16, FG_TYPE_F32, true, 0},       // 9 tokens, F32 cache
+        {2, {45, 20}, {30, 3}, 8, 4, 128, 16, FG_TYPE_F16, true, 0},           // prefill after a cached prefix
+        {4, {17, 3, 64, 30}, {2, 3, 1, 3}, 4, 2, 64, 32, FG_TYPE_F32, true, 0}, // F32, GQA 2
+        {3, {61, 29, 90}, {1, 1, 1}, 16, 2, 128, 7, FG_TYPE_F16, true, 0},     // GQA 8, odd page size
+        {3, {70, 50, 80}, {6, 2, 9}, 8, 1, 64, 16, FG_TYPE_F16, true, 3},      // shared prefix pages, MQA
+        {2, {23, 9}, {23, 9}, 4, 2, 16, 16, FG_TYPE_F16, false, 0},            // non-causal (embeddings)
+        {2, {12, 40}, {12, 40}, 2, 2, 8, 7, FG_TYPE_F32, false, 0},            // non-causal, tiny heads
+        {2, {2100, 300}, {64, 1}, 8, 2, 128, 16, FG_TYPE_F16, true, 0},        // a 2,100-token sequence
+        {1, {1000}, {1}, 4, 4, 256, 16, FG_TYPE_F16, true, 0},                 // head_dim 256, long decode
+        {2, {77, 31}, {5, 31}, 10, 5, 80, 16, FG_TYPE_F16, true, 0},           // head_dim 80
+        {1, {10}, {10}, 8, 4, 8, 16, FG_TYPE_F32, true, 0},                    // stories260K's shape
+    };
+    for (size_t i = 0; i < FG_ARRAY_LEN(cases); i++)
+        attention_case(tg, &cases[i]);
+}
+
+// The fused rope + KV store equals rope then kv_store (bit for bit on the same backend).
+static void test_rope_kv_store(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    const int n_head = 8, nkv = 2, hd = 64, ps = 16, n_layer = 1;
+    int lens[2] = {40, 7}, news[2] = {5, 7};
+    step_data sd;
+    make_step(&sd, 2, lens, news, ps, 100, 0);
+    const int nt = sd.st.n_tokens;
+    const int64_t qw = n_head * hd, kw = nkv * hd;
+    float *q = malloc(sizeof(float) * qw * nt), *k = malloc(sizeof(float) * kw * nt), *v = malloc(sizeof(float) * kw * nt);
+    fill(q, (size_t)(qw * nt), 1.0f);
+    fill(k, (size_t)(kw * nt), 1.0f);
+    fill(v, (size_t)(kw * nt), 1.0f);
+    unsigned char *res[2][2];
+    float *qres[2];
+    for (int fused = 0; fused < 2; fused++) {
+        fg_backend *be = open_backend(tg, 0);
+        reserve(be, nt, 2, sd.max_pages, sd.max_pages * ps, qw);
+        fg_kv_view kv = {n_layer, sd.n_pages, ps, nkv, hd, FG_TYPE_F16, {0}, {0}};
+        fg_buffer *kvbuf = NULL;
+        assert_int_equal(be->ops->kv_alloc(be, &kv, &kvbuf), FG_OK);
+        size_t kvb = fg_tensor_nbytes(&kv.k);
+        unsigned char *z = calloc(1, kvb);
+        assert_int_equal(be->ops->upload(be, &kv.k, 0, z, kvb), FG_OK);
+        assert_int_equal(be->ops->upload(be, &kv.v, 0, z, kvb), FG_OK);
+        dev dq = dev_2d(be, FG_TYPE_F32, qw, nt), dk = dev_2d(be, FG_TYPE_F32, kw, nt), dv = dev_2d(be, FG_TYPE_F32, kw, nt);
+        dev_put(be, &dq, q);
+        dev_put(be, &dk, k);
+        dev_put(be, &dv, v);
+        fg_rope_params p = {n_head, hd, hd, FG_ROPE_NEOX, 1e6f, 1.0f, NULL};
+        begin(be, &sd);
+        if (fused) {
+            assert_int_equal(fg_op_rope_kv_store(be, &dq.t, &dk.t, &dv.t, &p, nkv, &kv, 0), FG_OK);
+        } else {
+            fg_rope_params pk = p;
+            pk.n_head = nkv;
+            assert_int_equal(fg_op_rope(be, &dq.t, &p), FG_OK);
+            assert_int_equal(fg_op_rope(be, &dk.t, &pk), FG_OK);
+            assert_int_equal(fg_op_kv_store(be, &kv, 0, &dk.t, &dv.t), FG_OK);
+        }
+        end(be);
+        res[fused][0] = malloc(kvb);
+        res[fused][1] = malloc(kvb);
+        assert_int_equal(be->ops->download(be, &kv.k, 0, res[fused][0], kvb), FG_OK);
+        assert_int_equal(be->ops->download(be, &kv.v, 0, res[fused][1], kvb), FG_OK);
+        qres[fused] = dev_get(be, &dq);
+        if (fused) {
+            check_same("rope_kv_store k", res[1][0], res[0][0], kvb);
+            check_same("rope_kv_store v", res[1][1], res[0][1], kvb);
+            check_same("rope_kv_store q", qres[1], qres[0], dq.bytes);
+        }
+        free(z);
+        be->ops->buf_free(be, kvbuf);
+        dev_free(be, &dq);
+        dev_free(be, &dk);
+        dev_free(be, &dv);
+        fg_backend_destroy(be);
+    }
+    for (int i = 0; i < 2; i++) {
+        free(res[i][0]);
+        free(res[i][1]);
+        free(qres[i]);
+    }
+    free(q);
+    free(k);
+    free(v);
+    free_step(&sd);
+}
+
+int main(void) {
+    const char *s = getenv("FORGE_SEED");
+    if (s)
+        g_seed = strtoull(s, NULL, 0);
+    g_rng = g_seed;
+    printf("test_backend_ops: seed 0x%llx (FORGE_SEED replays it), cpu kernels %s\n", (unsigned long long)g_seed,
+           fg_cpu_simd_name());
+#define T(tg, fn) {#tg ": " #fn, fn, NULL, NULL, (void *)&tg}
+#define PER_TARGET(tg)                                                                                     \
+    T(tg, test_matmul_all_types), T(tg, test_convert), T(tg, test_rmsnorm), T(tg, test_add_swiglu),       \
+        T(tg, test_add_rmsnorm), T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), \
+        T(tg, test_attention), T(tg, test_rope_kv_store)
+    const struct CMUnitTest tests[] = {
+        PER_TARGET(k_cpu),
+#ifdef FG_HAVE_CUDA
+        PER_TARGET(k_cuda),
+#endif
+    };
+    return cmocka_run_group_tests_name("backend_ops", tests, NULL, NULL);
+}
