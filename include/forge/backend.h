@@ -28,6 +28,9 @@ const char *fg_backend_name(const fg_backend *be);
 const char *fg_backend_describe(const fg_backend *be);
 // Device memory (bytes): free and total. The CPU reports 0 for both (no separate pool).
 fg_status fg_backend_mem_info(fg_backend *be, uint64_t *free_bytes, uint64_t *total_bytes);
+// The device's copy bandwidth in GB/s (bytes read + written), measured over a copy of `bytes`
+// (benchmarks: the decode bound is this over the bytes a token reads).
+fg_status fg_backend_copy_bandwidth(fg_backend *be, size_t bytes, double *gb_per_s);
 
 #ifdef __cplusplus
 }

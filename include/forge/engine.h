@@ -205,6 +205,8 @@ fg_status fg_engine_cancel(fg_engine *e, uint64_t id);
 fg_status fg_engine_request_info(fg_engine *e, uint64_t id, fg_request_info *out);
 void fg_engine_get_stats(fg_engine *e, fg_engine_stats *out);
 int32_t fg_engine_n_ctx(const fg_engine *e);
+int32_t fg_engine_kv_tokens(const fg_engine *e); // KV pool capacity in tokens
+uint64_t fg_engine_kv_bytes(const fg_engine *e); // and in backend bytes
 
 #ifdef __cplusplus
 }

@@ -40,7 +40,9 @@ typedef struct fg_model_info {
     int32_t head_dim;
     int32_t n_ff;
     uint64_t n_params;
+    uint64_t n_layer_params;     // weights of the layers' projections (q, k, v, o, gate, up, down)
     uint64_t weight_bytes;       // bytes of all weights
+    uint64_t scratch_bytes;      // backend bytes of the activation scratch
     uint64_t bytes_per_token;    // weight bytes read per decoded token (all matmul weights + one embedding row)
     int32_t max_batch_tokens;    // limits of one forward step (fg_model_opts, after defaults)
     int32_t max_seqs;
@@ -65,6 +67,7 @@ fg_status fg_kv_store_create(fg_model *m, int32_t n_pages, int32_t page_size, ui
 void fg_kv_store_destroy(fg_kv_store *kv);
 int32_t fg_kv_store_n_pages(const fg_kv_store *kv);
 int32_t fg_kv_store_page_size(const fg_kv_store *kv);
+uint64_t fg_kv_store_bytes(const fg_kv_store *kv); // backend bytes of the pool
 // Copy-on-write support: page dst <- page src (all layers).
 fg_status fg_kv_store_copy_page(fg_kv_store *kv, int32_t dst, int32_t src);
 

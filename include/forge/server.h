@@ -24,7 +24,8 @@ typedef struct fg_server_opts {
     const char *api_key;       // NULL: no auth; else "Authorization: Bearer <key>" required on /v1/*
     const char *alias;         // model id in the API; NULL: the file stem
     const char *chat_template; // chatml|llama3|llama2|mistral|glm4|plain; NULL: from the file
-    const char *device;        // "cpu" (NULL) or "cuda"
+    const char *device;        // "auto" (NULL: the GPU when usable, else the CPU), "cpu" or "cuda"
+    int32_t gpu;               // GPU index
     int32_t n_threads;         // CPU threads (0: all cores)
     int32_t n_parallel;        // running sequences (engine max_seqs; 0: engine default)
     int32_t n_ctx;             // context per sequence (0: engine default)

@@ -44,6 +44,14 @@ fg_status fg_backend_mem_info(fg_backend *be, uint64_t *free_bytes, uint64_t *to
     return be->ops->mem_info(be, free_bytes, total_bytes);
 }
 
+fg_status fg_backend_copy_bandwidth(fg_backend *be, size_t bytes, double *gb_per_s) {
+    if (!be || !gb_per_s || bytes == 0)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "copy_bandwidth: backend, size and output are required");
+    if (!be->ops->copy_bandwidth)
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "copy_bandwidth: the %s backend cannot measure it", be->ops->name);
+    return be->ops->copy_bandwidth(be, bytes, gb_per_s);
+}
+
 bool fg_backend_supports(fg_backend *be, fg_op op, uint32_t type) {
     return (unsigned)op < FG_OP_COUNT && be->ops->supports(be, op, type);
 }

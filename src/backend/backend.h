@@ -217,6 +217,9 @@ typedef struct fg_backend_ops {
                           int32_t layer);
 
     // ---- outside steps
+    // Measures the device's copy bandwidth: a device-to-device copy of `bytes` (best or median
+    // of a few; bytes read + written per second). For benchmarks; allocates its own buffers.
+    fg_status (*copy_bandwidth)(fg_backend *be, size_t bytes, double *gb_per_s);
     // Copies one KV page (all layers) dst_page <- src_page (copy-on-write for forked prefixes).
     fg_status (*kv_copy_page)(fg_backend *be, const fg_kv_view *kv, int32_t dst_page, int32_t src_page);
 } fg_backend_ops;

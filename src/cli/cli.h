@@ -20,6 +20,11 @@ int fg_cli_fail(const char *cmd);
 // Parse helpers: print a usage error naming the flag and return false on bad input.
 bool fg_cli_parse_i64(const char *cmd, const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out);
 bool fg_cli_parse_f64(const char *cmd, const char *flag, const char *s, double lo, double hi, double *out);
+// --device auto|cpu|cuda (auto: the GPU when usable, else the CPU with a notice), --gpu N.
+bool fg_cli_device_valid(const char *cmd, const char *device);
+fg_status fg_cli_backend(const char *cmd, const char *device, int gpu, int threads, fg_backend **out);
+// "forge <cmd>: <device>; weights X GiB, KV pool Y GiB (N tokens), scratch Z GiB; F of T GiB free"
+void fg_cli_print_memory(const char *cmd, fg_backend *be, const fg_model *m, const fg_kv_store *kv);
 // Reads a whole file into a NUL-terminated heap buffer (caller frees).
 fg_status fg_cli_read_file(const char *path, char **out, size_t *len);
 

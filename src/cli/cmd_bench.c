@@ -1,24 +1,34 @@
-// cmd_bench.c - `forge bench`, modelled on llama-bench: prefill tokens/s over a p-token
-// prompt (one sequence, chunks of max_batch_tokens), decode tokens/s over n tokens after it,
-// median of r repetitions after a warm-up; the decode bound from the weight bytes read per
-// token and a measured memory bandwidth (large memcpy, best of a few). --json for machines.
+// cmd_bench.c - `forge bench`, modelled on llama-bench: for each prompt length p of -p, the
+// prefill rate over a fresh p-token prompt (one sequence, chunks of -b tokens, logits of the
+// last token only); for each depth d of -d, the decode rate over n tokens generated one at a
+// time after a d-token context (logits back every step, as `forge run` does). Each figure is
+// the median of -r repetitions after a warm-up. Alongside: the weight and KV bytes a decoded
+// token reads, the device's measured copy bandwidth (bytes read + written) and the decode
+// bound they give, prefill TFLOP/s, device memory in use. --json for scripts.
 // Not a test: nothing here asserts on time.
 #include "cli/cli.h"
 
 #include "base/status.h"
 #include "base/util.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define BENCH_PAGE 16
-#define BENCH_BATCH 512
+#define MAX_LIST 16
 
 static void bench_usage(FILE *f) {
-    fprintf(f, "usage: forge bench -m MODEL [-p 512] [-n 128] [-r 5] [--threads N] [--device cpu] [--json]\n");
+    fprintf(f, "usage: forge bench -m MODEL [options]\n"
+               "  -p LIST         prompt lengths for the prefill test, comma-separated (default 512; 0: none)\n"
+               "  -n N            tokens generated for the decode test (default 128; 0: none)\n"
+               "  -d LIST         context depths before the decode test (default 0)\n"
+               "  -r N            repetitions; the median is reported (default 5)\n"
+               "  -b N            tokens per forward step during prefill (default 512)\n"
+               "  -t, --threads N CPU threads (default: all cores)\n"
+               "  --device NAME   auto (default), cpu or cuda\n"
+               "  --gpu N         GPU index (default 0)\n"
+               "  --json          one JSON object on stdout\n");
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -31,68 +41,37 @@ static double median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-typedef struct copy_job {
-    char *dst;
-    const char *src;
-    size_t n;
-} copy_job;
-
-static void *copy_worker(void *arg) {
-    copy_job *j = arg;
-    memcpy(j->dst, j->src, j->n);
-    return NULL;
-}
-
-// Best-of-5 memcpy bandwidth over `bytes` split across n_threads threads (read + write
-// bytes counted), GB/s.
-static double measure_bandwidth(size_t bytes, int n_threads) {
-    char *a = malloc(bytes), *b = malloc(bytes);
-    double best = 0;
-    if (!a || !b)
-        goto out;
-    memset(a, 1, bytes);
-    memset(b, 2, bytes);
-    n_threads = n_threads < 1 ? 1 : n_threads > 64 ? 64 : n_threads;
-    for (int i = 0; i < 5; i++) {
-        pthread_t th[64];
-        copy_job jobs[64];
-        size_t per = bytes / (size_t)n_threads;
-        double t0 = fg_time_s();
-        bool started[64] = {false};
-        for (int t = 0; t < n_threads; t++) {
-            jobs[t] = (copy_job){(i % 2 ? a : b) + per * (size_t)t, (i % 2 ? b : a) + per * (size_t)t,
-                                 t + 1 == n_threads ? bytes - per * (size_t)t : per};
-            started[t] = t > 0 && pthread_create(&th[t], NULL, copy_worker, &jobs[t]) == 0;
+// "512,4096" -> values; a usage error names the flag.
+static bool parse_list(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out, int *n) {
+    *n = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (*n == MAX_LIST) {
+            fprintf(stderr, "forge bench: %s takes at most %d values\n", flag, MAX_LIST);
+            return false;
         }
-        copy_worker(&jobs[0]);
-        for (int t = 1; t < n_threads; t++) {
-            if (started[t])
-                pthread_join(th[t], NULL);
-            else
-                copy_worker(&jobs[t]);
-        }
-        double dt = fg_time_s() - t0;
-        double gbs = 2.0 * (double)bytes / dt / 1e9;
-        if (gbs > best)
-            best = gbs;
+        if (!fg_cli_parse_i64("bench", flag, tok, lo, hi, &out[*n]))
+            return false;
+        (*n)++;
     }
-out:
-    free(a);
-    free(b);
-    return best;
+    if (*n == 0)
+        return fg_cli_parse_i64("bench", flag, s, lo, hi, &out[0]); // prints the usage error
+    return true;
 }
 
 typedef struct bench_ctx {
     fg_model *m;
     fg_kv_store *kv;
+    int32_t batch;
     int32_t *toks, *pos, *seqv, *pt;
     float *logits;
 } bench_ctx;
 
 // Evaluates tokens [from, from + n) of one sequence (fresh when from == 0).
 static fg_status eval(bench_ctx *c, int32_t from, int32_t n) {
-    for (int32_t s = 0; s < n; s += BENCH_BATCH) {
-        int32_t k = FG_MIN(BENCH_BATCH, n - s);
+    for (int32_t s = 0; s < n; s += c->batch) {
+        int32_t k = FG_MIN(c->batch, n - s);
         for (int32_t i = 0; i < k; i++) {
             c->pos[i] = from + s + i;
             c->seqv[i] = 0;
@@ -106,10 +85,21 @@ static fg_status eval(bench_ctx *c, int32_t from, int32_t n) {
     return FG_OK;
 }
 
+// Matmul FLOPs of one prompt token: 2 per weight of the layers' projections (the output
+// projection runs for the last token only).
+static double token_flops(const fg_model_info *in) { return 2.0 * (double)in->n_layer_params; }
+
+// Attention FLOPs of positions [0, p): q.k and p.v, 2 FLOPs a multiply-add each.
+static double attn_flops(const fg_model_info *in, int64_t p) {
+    double w = (double)in->n_head * in->head_dim;
+    return 4.0 * in->n_layer * w * ((double)p * (double)(p + 1) / 2.0);
+}
+
 int fg_cmd_bench(int argc, char **argv) {
     const char *C = "bench";
-    const char *model = NULL, *device = "cpu";
-    int64_t n_p = 512, n_g = 128, reps = 5, threads = 0;
+    const char *model = NULL, *device = "auto";
+    int64_t P[MAX_LIST] = {512}, D[MAX_LIST] = {0}, n_g = 128, reps = 5, threads = 0, batch = 512, gpu = 0;
+    int n_p = 1, n_d = 1;
     bool json = false;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
@@ -122,9 +112,9 @@ int fg_cmd_bench(int argc, char **argv) {
             json = true;
             continue;
         }
-        bool known = !strcmp(f, "-m") || !strcmp(f, "--model") || !strcmp(f, "-p") ||
-                     !strcmp(f, "-n") || !strcmp(f, "-r") || !strcmp(f, "-t") ||
-                     !strcmp(f, "--threads") || !strcmp(f, "--device");
+        bool known = !strcmp(f, "-m") || !strcmp(f, "--model") || !strcmp(f, "-p") || !strcmp(f, "-n") ||
+                     !strcmp(f, "-d") || !strcmp(f, "-r") || !strcmp(f, "-b") || !strcmp(f, "-t") ||
+                     !strcmp(f, "--threads") || !strcmp(f, "--device") || !strcmp(f, "--gpu");
         if (!known) {
             fprintf(stderr, "forge bench: unknown option '%s' (see forge bench --help)\n", f);
             return 2;
@@ -137,7 +127,10 @@ int fg_cmd_bench(int argc, char **argv) {
         if (!strcmp(f, "-m") || !strcmp(f, "--model")) {
             model = val;
         } else if (!strcmp(f, "-p")) {
-            if (!fg_cli_parse_i64(C, f, val, 0, 1 << 16, &n_p))
+            if (!parse_list(f, val, 0, 1 << 20, P, &n_p))
+                return 2;
+        } else if (!strcmp(f, "-d")) {
+            if (!parse_list(f, val, 0, 1 << 20, D, &n_d))
                 return 2;
         } else if (!strcmp(f, "-n")) {
             if (!fg_cli_parse_i64(C, f, val, 0, 1 << 16, &n_g))
@@ -145,108 +138,168 @@ int fg_cmd_bench(int argc, char **argv) {
         } else if (!strcmp(f, "-r")) {
             if (!fg_cli_parse_i64(C, f, val, 1, 1000, &reps))
                 return 2;
+        } else if (!strcmp(f, "-b")) {
+            if (!fg_cli_parse_i64(C, f, val, 1, 1 << 16, &batch))
+                return 2;
         } else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) {
             if (!fg_cli_parse_i64(C, f, val, 1, 1024, &threads))
                 return 2;
+        } else if (!strcmp(f, "--gpu")) {
+            if (!fg_cli_parse_i64(C, f, val, 0, 1023, &gpu))
+                return 2;
         } else {
             device = val;
+            if (!fg_cli_device_valid(C, val))
+                return 2;
         }
     }
     if (!model) {
         fprintf(stderr, "forge bench: -m MODEL is required\n");
         return 2;
     }
-    if (n_p + n_g < 1) {
+    int64_t max_p = 0, max_d = 0;
+    for (int i = 0; i < n_p; i++)
+        max_p = FG_MAX(max_p, P[i]);
+    for (int i = 0; i < n_d; i++)
+        max_d = FG_MAX(max_d, D[i]);
+    if (max_p == 0 && n_g == 0) {
         fprintf(stderr, "forge bench: -p and -n are both 0: nothing to measure\n");
         return 2;
     }
     int rc = 1;
     fg_backend *be = NULL;
     bench_ctx c = {0};
-    double *tp = NULL, *tg = NULL;
-    fg_backend_opts bo = {.n_threads = (int32_t)threads};
-    if (fg_backend_create(device, &bo, &be) != FG_OK)
+    double *t = fg_xcalloc((size_t)reps, sizeof *t);
+    double pp_tps[MAX_LIST] = {0}, tg_tps[MAX_LIST] = {0};
+    if (fg_cli_backend(C, device, (int)gpu, (int)threads, &be) != FG_OK)
         goto fail;
-    fg_model_opts mo = {.max_batch_tokens = BENCH_BATCH, .max_seqs = 1, .progress = true};
+    c.batch = (int32_t)batch;
+    fg_model_opts mo = {.max_batch_tokens = c.batch, .max_seqs = 1, .progress = !json};
     if (fg_model_load(model, be, &mo, &c.m) != FG_OK)
         goto fail;
     const fg_model_info *info = fg_model_get_info(c.m);
-    int32_t total = (int32_t)(n_p + n_g);
+    int32_t total = (int32_t)FG_MAX(FG_MAX(max_p, max_d + n_g), 1);
     int32_t n_pages = (total + BENCH_PAGE - 1) / BENCH_PAGE;
     if (fg_kv_store_create(c.m, n_pages, BENCH_PAGE, FG_TYPE_F16, &c.kv) != FG_OK)
         goto fail;
+    if (!json)
+        fg_cli_print_memory(C, be, c.m, c.kv);
     c.toks = fg_xcalloc((size_t)total, sizeof *c.toks);
-    c.pos = fg_xcalloc(BENCH_BATCH, sizeof *c.pos);
-    c.seqv = fg_xcalloc(BENCH_BATCH, sizeof *c.seqv);
+    c.pos = fg_xcalloc((size_t)c.batch, sizeof *c.pos);
+    c.seqv = fg_xcalloc((size_t)c.batch, sizeof *c.seqv);
     c.pt = fg_xcalloc((size_t)n_pages, sizeof *c.pt);
     c.logits = malloc((size_t)info->n_vocab * sizeof *c.logits);
-    tp = fg_xcalloc((size_t)reps, sizeof *tp);
-    tg = fg_xcalloc((size_t)reps, sizeof *tg);
     if (!c.logits) {
         FG_FAIL(FG_ERR_NOMEM, "out of memory");
         goto fail;
     }
     for (int32_t i = 0; i < n_pages; i++)
         c.pt[i] = i;
-    uint64_t rng = 0x2545f4914f6cdd1dull; // fixed token stream (seed printed in the JSON)
+    uint64_t rng = 0x2545f4914f6cdd1dull; // fixed token stream (the work does not depend on text)
     for (int32_t i = 0; i < total; i++) {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
         c.toks[i] = (int32_t)(rng % (uint64_t)info->n_vocab);
     }
-    // warm-up: a short prefill and a few decode steps
-    if (eval(&c, 0, (int32_t)FG_MIN(n_p > 0 ? n_p : 1, 32)) != FG_OK)
+    // warm-up: a short prefill and a few decode steps (kernels loaded, graphs captured)
+    if (eval(&c, 0, (int32_t)FG_MIN(total, 32)) != FG_OK || eval(&c, (int32_t)FG_MIN(total, 32) - 1, 1) != FG_OK)
         goto fail;
-    for (int64_t r = 0; r < reps; r++) {
-        double t0 = fg_time_s();
-        if (n_p > 0 && eval(&c, 0, (int32_t)n_p) != FG_OK)
-            goto fail;
-        double t1 = fg_time_s();
-        for (int32_t i = 0; i < n_g; i++)
-            if (eval(&c, (int32_t)n_p + i, 1) != FG_OK)
+    for (int i = 0; i < n_p; i++) {
+        if (P[i] == 0)
+            continue;
+        for (int64_t r = 0; r < reps; r++) {
+            double t0 = fg_time_s();
+            if (eval(&c, 0, (int32_t)P[i]) != FG_OK)
                 goto fail;
-        double t2 = fg_time_s();
-        tp[r] = t1 - t0;
-        tg[r] = t2 - t1;
+            t[r] = fg_time_s() - t0;
+        }
+        double m = median(t, (int)reps);
+        pp_tps[i] = m > 0 ? (double)P[i] / m : 0;
     }
-    double mp = median(tp, (int)reps), mg = median(tg, (int)reps);
-    double pp_tps = n_p > 0 && mp > 0 ? (double)n_p / mp : 0;
-    double tg_tps = n_g > 0 && mg > 0 ? (double)n_g / mg : 0;
-    int bw_threads = threads > 0 ? (int)threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    double bw = measure_bandwidth((size_t)1 << 30, bw_threads);
-    double gb_tok = (double)info->bytes_per_token / 1e9;
-    double bound = gb_tok > 0 ? bw / gb_tok : 0;
-    double frac = bound > 0 ? tg_tps / bound : 0;
+    for (int i = 0; i < n_d && n_g > 0; i++) {
+        for (int64_t r = 0; r < reps; r++) {
+            if (D[i] > 0 && eval(&c, 0, (int32_t)D[i]) != FG_OK) // the context, not timed
+                goto fail;
+            double t0 = fg_time_s();
+            for (int32_t k = 0; k < n_g; k++)
+                if (eval(&c, (int32_t)D[i] + k, 1) != FG_OK)
+                    goto fail;
+            t[r] = fg_time_s() - t0;
+        }
+        double m = median(t, (int)reps);
+        tg_tps[i] = m > 0 ? (double)n_g / m : 0;
+    }
+    double bw = 0;
+    if (fg_backend_copy_bandwidth(be, (size_t)1 << 30, &bw) != FG_OK)
+        goto fail;
+    uint64_t mem_free = 0, mem_total = 0;
+    if (fg_backend_mem_info(be, &mem_free, &mem_total) != FG_OK)
+        goto fail;
+    const double w_tok = (double)info->bytes_per_token;
+    // KV bytes a decoded token reads: K and V of every layer over its context (F16)
+    const double kv_pos = 2.0 * info->n_layer * info->n_head_kv * info->head_dim * 2.0;
     if (json) {
-        printf("{\"model\": \"%s\", \"arch\": \"%s\", \"backend\": \"%s\", \"threads\": %lld, "
-               "\"n_prompt\": %lld, \"n_gen\": %lld, \"reps\": %lld, "
-               "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, "
-               "\"weight_bytes\": %llu, \"bytes_per_token\": %llu, "
-               "\"mem_bandwidth_gb_s\": %.2f, \"decode_bound_tok_s\": %.2f, "
-               "\"decode_fraction_of_bound\": %.3f, \"decode_gb_s\": %.2f}\n",
-               info->name, info->arch, fg_backend_name(be), (long long)bw_threads, (long long)n_p,
-               (long long)n_g, (long long)reps, pp_tps, tg_tps,
-               (unsigned long long)info->weight_bytes, (unsigned long long)info->bytes_per_token,
-               bw, bound, frac, tg_tps * gb_tok);
+        printf("{\"model\": \"%s\", \"arch\": \"%s\", \"backend\": \"%s\", \"device\": \"%s\", \"threads\": %lld, "
+               "\"n_params\": %llu, \"weight_bytes\": %llu, \"bytes_per_token\": %llu, \"reps\": %lld, "
+               "\"batch\": %lld, \"copy_bandwidth_gb_s\": %.2f, \"mem_bandwidth_gb_s\": %.2f, "
+               "\"vram_used_bytes\": %llu, \"pp\": [",
+               info->name, info->arch, fg_backend_name(be), fg_backend_describe(be), (long long)threads,
+               (unsigned long long)info->n_params, (unsigned long long)info->weight_bytes,
+               (unsigned long long)info->bytes_per_token, (long long)reps, (long long)batch, bw, bw,
+               (unsigned long long)(mem_total - mem_free));
+        for (int i = 0, k = 0; i < n_p; i++) {
+            if (P[i] == 0)
+                continue;
+            double fl = (double)P[i] * token_flops(info) + attn_flops(info, P[i]);
+            printf("%s{\"n_prompt\": %lld, \"tok_s\": %.2f, \"tflop_s\": %.3f}", k++ ? ", " : "", (long long)P[i],
+                   pp_tps[i], pp_tps[i] > 0 ? fl / ((double)P[i] / pp_tps[i]) / 1e12 : 0);
+        }
+        printf("], \"tg\": [");
+        for (int i = 0; i < n_d && n_g > 0; i++) {
+            double kvb = kv_pos * ((double)D[i] + (double)(n_g + 1) / 2.0);
+            double bound = bw * 1e9 / (w_tok + kvb);
+            printf("%s{\"n_gen\": %lld, \"depth\": %lld, \"tok_s\": %.2f, \"kv_bytes_per_token\": %.0f, "
+                   "\"bound_tok_s\": %.2f, \"fraction_of_bound\": %.4f}",
+                   i ? ", " : "", (long long)n_g, (long long)D[i], tg_tps[i], kvb, bound, tg_tps[i] / bound);
+        }
+        // the first figures under flat names too (older scripts read these)
+        double kvb0 = kv_pos * ((double)D[0] + (double)(n_g + 1) / 2.0), bound0 = bw * 1e9 / (w_tok + kvb0);
+        printf("], \"n_prompt\": %lld, \"n_gen\": %lld, \"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, "
+               "\"decode_bound_tok_s\": %.2f, \"decode_fraction_of_bound\": %.4f, \"decode_gb_s\": %.2f}\n",
+               (long long)P[0], (long long)n_g, pp_tps[0], tg_tps[0], bound0, tg_tps[0] / bound0,
+               tg_tps[0] * (w_tok + kvb0) / 1e9);
     } else {
-        printf("model       %s (%s, %.1f M params, %.1f MB weights)\n", info->name, info->arch,
-               (double)info->n_params / 1e6, (double)info->weight_bytes / 1e6);
-        printf("backend     %s, threads %d, median of %lld runs\n", fg_backend_name(be),
-               bw_threads, (long long)reps);
-        printf("prefill     pp%lld: %.1f tok/s\n", (long long)n_p, pp_tps);
-        printf("decode      tg%lld: %.2f tok/s (%.2f GB/s of weights)\n", (long long)n_g, tg_tps,
-               tg_tps * gb_tok);
-        printf("bound       %.1f MB/token, memcpy bandwidth %.2f GB/s -> %.2f tok/s; decode at %.0f%%\n",
-               gb_tok * 1e3, bw, bound, frac * 100);
+        printf("model    %s (%s, %.1f M params, %.2f GB weights, %.2f GB read per decoded token)\n", info->name,
+               info->arch, (double)info->n_params / 1e6, (double)info->weight_bytes / 1e9, w_tok / 1e9);
+        printf("device   %s; copy bandwidth %.1f GB/s (read + write); %.2f GB in use; median of %lld runs\n",
+               fg_backend_describe(be), bw, (double)(mem_total - mem_free) / 1e9, (long long)reps);
+        printf("%-8s %9s %12s %10s %14s %14s %10s\n", "test", "depth", "tok/s", "TFLOP/s", "KV MB/token",
+               "bound tok/s", "of bound");
+        for (int i = 0; i < n_p; i++) {
+            if (P[i] == 0)
+                continue;
+            double fl = (double)P[i] * token_flops(info) + attn_flops(info, P[i]);
+            char name[32];
+            snprintf(name, sizeof name, "pp%lld", (long long)P[i]);
+            printf("%-8s %9d %12.1f %10.2f %14s %14s %10s\n", name, 0, pp_tps[i],
+                   pp_tps[i] > 0 ? fl / ((double)P[i] / pp_tps[i]) / 1e12 : 0.0, "-", "-", "-");
+        }
+        for (int i = 0; i < n_d && n_g > 0; i++) {
+            double kvb = kv_pos * ((double)D[i] + (double)(n_g + 1) / 2.0);
+            double bound = bw * 1e9 / (w_tok + kvb);
+            char name[32];
+            snprintf(name, sizeof name, "tg%lld", (long long)n_g);
+            printf("%-8s %9lld %12.2f %10s %14.1f %14.1f %9.1f%%\n", name, (long long)D[i], tg_tps[i], "-", kvb / 1e6,
+                   bound, 100.0 * tg_tps[i] / bound);
+        }
     }
     rc = 0;
     goto done;
 fail:
-    rc = fg_cli_fail("bench");
+    rc = fg_cli_fail(C);
 done:
-    free(tp);
-    free(tg);
+    free(t);
     free(c.toks);
     free(c.pos);
     free(c.seqv);

@@ -18,7 +18,7 @@
 #define PPL_PAGE 16
 
 static void ppl_usage(FILE *f) {
-    fprintf(f, "usage: forge perplexity -m MODEL -f FILE [-c CTX] [--threads N] [--device cpu]\n"
+    fprintf(f, "usage: forge perplexity -m MODEL -f FILE [-c CTX] [--threads N] [--device auto|cpu|cuda] [--gpu N]\n"
                "  -c, --ctx N     chunk length in tokens (default 512)\n");
 }
 
@@ -35,8 +35,8 @@ static double log_softmax_at(const float *logits, int32_t n_vocab, int32_t tok) 
 
 int fg_cmd_perplexity(int argc, char **argv) {
     const char *C = "perplexity";
-    const char *model = NULL, *file = NULL, *device = "cpu";
-    int64_t ctx = 512, threads = 0;
+    const char *model = NULL, *file = NULL, *device = "auto";
+    int64_t ctx = 512, threads = 0, gpu = 0;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -46,7 +46,8 @@ int fg_cmd_perplexity(int argc, char **argv) {
         }
         bool known = !strcmp(f, "-m") || !strcmp(f, "--model") || !strcmp(f, "-f") ||
                      !strcmp(f, "--file") || !strcmp(f, "-c") || !strcmp(f, "--ctx") ||
-                     !strcmp(f, "-t") || !strcmp(f, "--threads") || !strcmp(f, "--device");
+                     !strcmp(f, "-t") || !strcmp(f, "--threads") || !strcmp(f, "--device") ||
+                     !strcmp(f, "--gpu");
         if (!known) {
             fprintf(stderr, "forge perplexity: unknown option '%s' (see forge perplexity --help)\n", f);
             return 2;
@@ -66,8 +67,13 @@ int fg_cmd_perplexity(int argc, char **argv) {
         } else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) {
             if (!fg_cli_parse_i64(C, f, val, 1, 1024, &threads))
                 return 2;
+        } else if (!strcmp(f, "--gpu")) {
+            if (!fg_cli_parse_i64(C, f, val, 0, 1023, &gpu))
+                return 2;
         } else {
             device = val;
+            if (!fg_cli_device_valid(C, val))
+                return 2;
         }
     }
     if (!model || !file) {
@@ -87,8 +93,7 @@ int fg_cmd_perplexity(int argc, char **argv) {
 
     if (fg_cli_read_file(file, &text, &text_len) != FG_OK)
         goto fail;
-    fg_backend_opts bo = {.n_threads = (int32_t)threads};
-    if (fg_backend_create(device, &bo, &be) != FG_OK)
+    if (fg_cli_backend(C, device, (int)gpu, (int)threads, &be) != FG_OK)
         goto fail;
     int32_t max_batch = FG_MIN(n_ctx, 512);
     fg_model_opts mo = {.max_batch_tokens = max_batch, .max_seqs = 1, .progress = true};
@@ -107,6 +112,7 @@ int fg_cmd_perplexity(int argc, char **argv) {
     int32_t n_pages = (n_ctx + PPL_PAGE - 1) / PPL_PAGE;
     if (fg_kv_store_create(m, n_pages, PPL_PAGE, FG_TYPE_F16, &kv) != FG_OK)
         goto fail;
+    fg_cli_print_memory(C, be, m, kv);
     chunk = fg_xcalloc((size_t)n_ctx, sizeof *chunk);
     pos = fg_xcalloc((size_t)n_ctx, sizeof *pos);
     seqv = fg_xcalloc((size_t)n_ctx, sizeof *seqv);

@@ -32,14 +32,15 @@ static void run_usage(FILE *f) {
             "  --seed S               sampling seed (default: from the clock, printed)\n"
             "  -t, --threads N        CPU threads (default: all cores)\n"
             "  -c, --ctx N            context length (default: the model's, at most 4096)\n"
-            "  --device NAME          cpu (default) or cuda\n"
+            "  --device NAME          auto (default: the GPU when usable), cpu or cuda\n"
+            "  --gpu N                GPU index (default 0)\n"
             "  --ids                  print generated token ids instead of text\n"
             "  --special              render control tokens in the output\n");
 }
 
 typedef struct run_args {
     const char *model, *prompt, *file, *device;
-    int64_t n_predict, threads, ctx;
+    int64_t n_predict, threads, ctx, gpu;
     fg_sampling smp;
     bool seed_set, ids, special;
 } run_args;
@@ -48,7 +49,7 @@ typedef struct run_args {
 static int parse(int argc, char **argv, run_args *a) {
     const char *C = "run";
     a->n_predict = 128;
-    a->device = "cpu";
+    a->device = "auto";
     a->smp = fg_sampling_default();
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
@@ -121,6 +122,12 @@ static int parse(int argc, char **argv, run_args *a) {
         } else if (!strcmp(f, "--device")) {
             NEED_VAL();
             a->device = val;
+            if (!fg_cli_device_valid(C, val))
+                return 2;
+        } else if (!strcmp(f, "--gpu")) {
+            NEED_VAL();
+            if (!fg_cli_parse_i64(C, f, val, 0, 1023, &a->gpu))
+                return 2;
         } else if (!strcmp(f, "--ids")) {
             a->ids = true;
         } else if (!strcmp(f, "--special")) {
@@ -193,8 +200,7 @@ int fg_cmd_run(int argc, char **argv) {
         text = fg_xstrdup(a.prompt);
         text_len = strlen(text);
     }
-    fg_backend_opts bo = {.n_threads = (int32_t)a.threads, .device = 0};
-    if (fg_backend_create(a.device, &bo, &be) != FG_OK)
+    if (fg_cli_backend("run", a.device, (int)a.gpu, (int)a.threads, &be) != FG_OK)
         goto fail;
     fg_model_opts mo = {.max_batch_tokens = MAX_BATCH, .max_seqs = 1, .progress = true};
     if (fg_model_load(a.model, be, &mo, &m) != FG_OK)
@@ -221,6 +227,7 @@ int fg_cmd_run(int argc, char **argv) {
     int32_t seq = 0;
     if (fg_kv_seq_new(pages, &seq) != FG_OK)
         goto fail;
+    fg_cli_print_memory("run", be, m, kv);
     if (!a.seed_set) {
         a.smp.seed = (uint64_t)time(NULL);
         if (a.smp.temperature > 0)

@@ -35,7 +35,8 @@ static void usage(FILE *f) {
             "  --api-key KEY           require 'Authorization: Bearer KEY' on /v1/*\n"
             "  --parallel N            sequences decoded together (default 16)\n"
             "  --ctx N                 context per sequence (default: model's, capped at 4096)\n"
-            "  --device cpu|cuda       backend (default cpu)\n"
+            "  --device auto|cpu|cuda  backend (default auto: the GPU when usable, else the CPU)\n"
+            "  --gpu N                 GPU index (default 0)\n"
             "  --threads N             CPU threads (default: all cores but one; 0: all)\n"
             "  --alias NAME            model id in the API (default: file stem)\n"
             "  --chat-template NAME    chatml|llama3|llama2|mistral|glm4|plain (default: from the file)\n"
@@ -89,8 +90,15 @@ int fg_cmd_serve(int argc, char **argv) {
             if (!fg_cli_parse_i64("serve", a, v, 16, 1 << 20, &n))
                 return 2;
             o.n_ctx = (int32_t)n;
-        } else if (!strcmp(a, "--device"))
+        } else if (!strcmp(a, "--device")) {
+            if (!fg_cli_device_valid("serve", v))
+                return 2;
             o.device = v;
+        } else if (!strcmp(a, "--gpu")) {
+            if (!fg_cli_parse_i64("serve", a, v, 0, 1023, &n))
+                return 2;
+            o.gpu = (int32_t)n;
+        }
         else if (!strcmp(a, "--threads")) {
             if (!fg_cli_parse_i64("serve", a, v, 0, 1024, &n))
                 return 2;
@@ -131,10 +139,6 @@ int fg_cmd_serve(int argc, char **argv) {
         // stall behind it (measured on 2 cores, stories260K, 16 streams: 1.5k vs 12.9k tok/s)
         long n_cpu = sysconf(_SC_NPROCESSORS_ONLN);
         o.n_threads = n_cpu > 1 ? (int32_t)(n_cpu - 1) : 1;
-    }
-    if (o.device && strcmp(o.device, "cpu") && strcmp(o.device, "cuda")) {
-        fprintf(stderr, "forge serve: --device expects cpu or cuda, got '%s'\n", o.device);
-        return 2;
     }
     if (pipe(g_sig_pipe) != 0) {
         fprintf(stderr, "forge serve: pipe: %s\n", strerror(errno));

@@ -449,6 +449,9 @@ void fg_engine_destroy(fg_engine *e, double grace_s) {
     free(e);
 }
 
+int32_t fg_engine_kv_tokens(const fg_engine *e) { return e->n_pages * e->page_size; }
+uint64_t fg_engine_kv_bytes(const fg_engine *e) { return fg_kv_store_bytes(e->kv); }
+
 int32_t fg_engine_n_ctx(const fg_engine *e) { return e->n_ctx; }
 
 // ---- submit / cancel / info / stats (any thread)

@@ -570,15 +570,19 @@ static void fill_info(fg_model *m, const loader *L) {
     in->max_batch_tokens = m->max_batch_tokens;
     in->max_seqs = m->max_seqs;
     in->max_logit_rows = m->max_logit_rows;
-    uint64_t params = 0, bytes = 0, per_tok = 0;
+    in->scratch_bytes = m->be->ops->buf_size(m->s.buf);
+    uint64_t params = 0, bytes = 0, per_tok = 0, layer_params = 0;
     for (int32_t i = 0; i < m->n_tensors; i++) {
         const fg_tensor *t = &m->tensors[i];
         if (L->absorbed[i])
             continue; // counted in its fused tensor
         params += (uint64_t)t->ne[0] * (uint64_t)t->ne[1];
         bytes += fg_tensor_nbytes(t);
-        if (t->ne[1] > 1 && t != m->tok_embd) // 2-D: a matmul weight
+        if (t->ne[1] > 1 && t != m->tok_embd) { // 2-D: a matmul weight
             per_tok += fg_tensor_nbytes(t);
+            if (t != m->output)
+                layer_params += (uint64_t)t->ne[0] * (uint64_t)t->ne[1];
+        }
     }
     uint64_t row = 0;
     fg_type_row_bytes(m->tok_embd->type, m->tok_embd->ne[0], &row);
@@ -586,6 +590,7 @@ static void fill_info(fg_model *m, const loader *L) {
     if (m->output == m->tok_embd)
         per_tok += fg_tensor_nbytes(m->tok_embd);
     in->n_params = params;
+    in->n_layer_params = layer_params;
     in->weight_bytes = bytes;
     in->bytes_per_token = per_tok;
 }

@@ -456,7 +456,7 @@ fg_status fg_server_create(const fg_server_opts *opts, fg_server **out) {
     s->api_key = opts->api_key && *opts->api_key ? fg_xstrdup(opts->api_key) : NULL;
     s->model_path = fg_xstrdup(opts->model_path);
     s->chat_template_name = dup_or_null(opts->chat_template);
-    s->device = fg_xstrdup(opts->device ? opts->device : "cpu");
+    s->device = fg_xstrdup(opts->device ? opts->device : "auto");
     s->model_id = opts->alias ? fg_xstrdup(opts->alias) : file_stem(opts->model_path);
     s->opts.host = s->host;
     s->opts.api_key = s->api_key;
@@ -534,13 +534,17 @@ int32_t fg_server_port(const fg_server *s) { return s->port; }
 
 fg_status fg_server_load(fg_server *s) {
     fg_status st;
-    fg_backend_opts bo = {.n_threads = s->opts.n_threads, .device = 0};
+    fg_backend_opts bo = {.n_threads = s->opts.n_threads, .device = s->opts.gpu};
     fg_model_opts mo;
     memset(&mo, 0, sizeof mo);
     mo.max_seqs = s->opts.n_parallel > 0 ? s->opts.n_parallel : 0;
     // logits come back for one row per sequence plus prompt scoring (the engine's 64 echo rows)
     mo.max_logit_rows = mo.max_seqs > 0 ? mo.max_seqs + 64 : 0;
-    st = fg_backend_create(s->device, &bo, &s->backend);
+    st = fg_backend_create(strcmp(s->device, "auto") ? s->device : "cuda", &bo, &s->backend);
+    if (st != FG_OK && !strcmp(s->device, "auto")) { // auto: the GPU when usable, else the CPU
+        fprintf(stderr, "forge serve: no usable GPU (%s); running on the CPU\n", fg_last_error());
+        st = fg_backend_create("cpu", &bo, &s->backend);
+    }
     if (st != FG_OK)
         goto fail;
     st = fg_model_load(s->model_path, s->backend, &mo, &s->model);
@@ -580,6 +584,13 @@ fg_status fg_server_load(fg_server *s) {
         goto fail;
     s->n_ctx = fg_engine_n_ctx(e);
     s->queue_cap = s->opts.queue_cap > 0 ? s->opts.queue_cap : 256;
+    {
+        const fg_model_info *mi = fg_model_get_info(s->model);
+        const double G = 1024.0 * 1024.0 * 1024.0;
+        fprintf(stderr, "forge serve: %s; weights %.2f GiB, KV pool %.2f GiB (%d tokens), scratch %.2f GiB\n",
+                fg_backend_describe(s->backend), (double)mi->weight_bytes / G, (double)fg_engine_kv_bytes(e) / G,
+                fg_engine_kv_tokens(e), (double)mi->scratch_bytes / G);
+    }
     pthread_rwlock_wrlock(&s->engine_lock);
     s->engine = e;
     pthread_rwlock_unlock(&s->engine_lock);

@@ -216,6 +216,45 @@ static fg_status cpu_download_async(fg_backend *be, const fg_tensor *src, size_t
     return FG_OK;
 }
 
+// ---------------------------------------------------------------- copy bandwidth
+typedef struct copy_args {
+    char *dst;
+    const char *src;
+    size_t n;
+} copy_args;
+
+static void copy_work(void *p, int ith, int nth) {
+    copy_args *a = p;
+    int64_t b, e;
+    fg_cpu_split((int64_t)(a->n / 64), ith, nth, &b, &e);
+    memcpy(a->dst + b * 64, a->src + b * 64, (size_t)(e - b) * 64);
+}
+
+// Best of 5 copies of `bytes` split across the backend's threads (read + write counted).
+static fg_status cpu_copy_bandwidth(fg_backend *be, size_t bytes, double *gb_per_s) {
+    fg_cpu *c = fg_cpu_ctx(be);
+    bytes = bytes / 64 * 64;
+    char *a = NULL, *b = NULL;
+    if (posix_memalign((void **)&a, FG_CPU_ALIGN, bytes) != 0 || posix_memalign((void **)&b, FG_CPU_ALIGN, bytes) != 0) {
+        free(a);
+        return FG_FAIL(FG_ERR_NOMEM, "cpu backend: copy bandwidth: %zu bytes", bytes);
+    }
+    memset(a, 1, bytes);
+    memset(b, 2, bytes);
+    double best = 0;
+    for (int i = 0; i < 5; i++) {
+        copy_args ca = {i % 2 ? a : b, i % 2 ? b : a, bytes};
+        double t0 = fg_time_s();
+        fg_tp_run(c->tp, copy_work, &ca, 0);
+        double dt = fg_time_s() - t0;
+        best = FG_MAX(best, 2.0 * (double)bytes / dt / 1e9);
+    }
+    free(a);
+    free(b);
+    *gb_per_s = best;
+    return FG_OK;
+}
+
 // ---------------------------------------------------------------- create / destroy
 static void cpu_destroy(fg_backend *be) {
     if (!be)
@@ -266,6 +305,7 @@ static const fg_backend_ops k_cpu_ops = {
     .attention = fg_cpu_attention,
     .check_finite = fg_cpu_check_finite,
     .download_async = cpu_download_async,
+    .copy_bandwidth = cpu_copy_bandwidth,
     .kv_copy_page = fg_cpu_kv_copy_page,
 };
 

@@ -1,0 +1,24 @@
+build-cpu/obj/src/cli/cli_backend.o: src/cli/cli_backend.c src/cli/cli.h \
+ include/forge.h include/forge/status.h include/forge/gguf.h \
+ include/forge/status.h include/forge/types.h include/forge/tokenizer.h \
+ include/forge/gguf.h include/forge/backend.h include/forge/model.h \
+ include/forge/backend.h include/forge/types.h include/forge/tokenizer.h \
+ include/forge/engine.h include/forge/model.h include/forge/server.h \
+ include/forge/engine.h
+src/cli/cli.h:
+include/forge.h:
+include/forge/status.h:
+include/forge/gguf.h:
+include/forge/status.h:
+include/forge/types.h:
+include/forge/tokenizer.h:
+include/forge/gguf.h:
+include/forge/backend.h:
+include/forge/model.h:
+include/forge/backend.h:
+include/forge/types.h:
+include/forge/tokenizer.h:
+include/forge/engine.h:
+include/forge/model.h:
+include/forge/server.h:
+include/forge/engine.h:

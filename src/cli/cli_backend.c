@@ -1,0 +1,41 @@
+// cli_backend.c - the --device / --gpu / --threads choice shared by run, perplexity, bench,
+// serve and chat: "auto" (the default) takes the GPU when one is usable and otherwise the
+// CPU with a one-line notice; "cuda" without a usable GPU is an error. Also the one line each
+// command prints after loading: the device and the bytes of weights, KV pool and scratch.
+#include "cli/cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+bool fg_cli_device_valid(const char *cmd, const char *device) {
+    if (!strcmp(device, "auto") || !strcmp(device, "cpu") || !strcmp(device, "cuda"))
+        return true;
+    fprintf(stderr, "forge %s: --device expects auto, cpu or cuda, got '%s'\n", cmd, device);
+    return false;
+}
+
+fg_status fg_cli_backend(const char *cmd, const char *device, int gpu, int threads, fg_backend **out) {
+    fg_backend_opts o = {.n_threads = threads, .device = gpu};
+    if (!device)
+        device = "auto";
+    if (!strcmp(device, "auto")) {
+        if (fg_backend_create("cuda", &o, out) == FG_OK)
+            return FG_OK;
+        fprintf(stderr, "forge %s: no usable GPU (%s); running on the CPU\n", cmd, fg_last_error());
+        device = "cpu";
+    }
+    return fg_backend_create(device, &o, out);
+}
+
+static double gib(uint64_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
+
+void fg_cli_print_memory(const char *cmd, fg_backend *be, const fg_model *m, const fg_kv_store *kv) {
+    const fg_model_info *in = fg_model_get_info(m);
+    uint64_t kvb = kv ? fg_kv_store_bytes(kv) : 0, free_b = 0, total_b = 0;
+    fprintf(stderr, "forge %s: %s; weights %.2f GiB, KV pool %.2f GiB (%d tokens), scratch %.2f GiB", cmd,
+            fg_backend_describe(be), gib(in->weight_bytes), gib(kvb),
+            kv ? fg_kv_store_n_pages(kv) * fg_kv_store_page_size(kv) : 0, gib(in->scratch_bytes));
+    if (fg_backend_mem_info(be, &free_b, &total_b) == FG_OK && total_b > 0)
+        fprintf(stderr, "; %.2f of %.2f GiB device memory free", gib(free_b), gib(total_b));
+    fputc('\n', stderr);
+}
