@@ -56,7 +56,7 @@ endif
 # build (that is the compile check CI runs), but linking build/forge and the tests fails with
 # undefined hip* symbols: install libamdhip64-dev or point ROCM_PATH at a ROCm install.
 ifeq ($(HIP),1)
-MODULES := server engine model backend cuda tokenizer quant gguf base
+MODULES := $(patsubst backend,backend cuda,$(MODULES))
 CPPFLAGS += -DFG_HAVE_CUDA=1
 HIPFLAGS := -x hip $(foreach a,$(HIP_ARCHS),--offload-arch=$(a)) -std=c++17 -O2 -Wall -Wextra -Werror \
             -Wno-unused-parameter -MMD -MP

@@ -727,7 +727,7 @@ extern "C" fg_status fg_backend_cuda_create(const fg_backend_opts *opts, fg_back
             return fg_fail(FG_ERR_DEVICE, "%s: no %s device found (%s)", FG_GPU_VENDOR, FG_GPU_VENDOR,
                            gpuGetErrorString(err));
         if (err == gpuErrorInsufficientDriver)
-            return fg_fail(FG_ERR_DEVICE, "%s: no usable driver: %s (is the kernel driver loaded and new enough?)",
+            return fg_fail(FG_ERR_DEVICE, "%s: no usable driver: %s (no GPU driver loaded, or one older than this runtime)",
                            FG_GPU_VENDOR, gpuGetErrorString(err));
         return fg_fail(FG_ERR_DEVICE, "%s: cannot count devices: %s", FG_GPU_VENDOR, gpuGetErrorString(err));
     }
