@@ -30,6 +30,11 @@ static fg_status sticky_error(const fg_cuda *c) {
             return sticky_error((c));  \
     } while (0)
 
+// The current device is per host thread: the backend may be created on one thread and driven
+// from another (the engine's scheduler), so every entry point that is not an op makes its
+// device current (cheap when it already is). Ops run on the thread that began the step.
+#define USE_DEVICE(c) FG_GPU_CHECK((c), gpuSetDevice((c)->device))
+
 // ------------------------------------------------------------------------------ arenas
 
 fg_status fg_cuda_arena_take(fg_cuda_arena *a, size_t n, const char *what, void **out) {
@@ -73,6 +78,7 @@ static void cuda_destroy(fg_backend *be) {
     if (c) {
         // Frees whatever was built (destroy accepts half-built contexts); failures can't be
         // acted on here, so each result is read and dropped.
+        FG_GPU_IGNORE(gpuSetDevice(c->device));
         if (c->stream)
             FG_GPU_IGNORE(gpuStreamSynchronize(c->stream));
         for (int i = 0; i < 2; i++)
@@ -106,6 +112,7 @@ static const char *cuda_describe(fg_backend *be) { return fg_cuda_ctx(be)->desc;
 static fg_status cuda_mem_info(fg_backend *be, uint64_t *free_bytes, uint64_t *total_bytes) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    USE_DEVICE(c);
     size_t fr = 0, tot = 0;
     FG_GPU_CHECK(c, gpuMemGetInfo(&fr, &tot));
     if (free_bytes)
@@ -130,6 +137,7 @@ static size_t free_device_bytes(void) {
 static fg_status cuda_buf_alloc(fg_backend *be, size_t n_bytes, fg_buffer **out) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    USE_DEVICE(c);
     void *p = NULL;
     gpuError_t err = gpuMalloc(&p, n_bytes ? n_bytes : 1);
     if (err == gpuErrorMemoryAllocation) {
@@ -163,6 +171,7 @@ static size_t cuda_buf_size(fg_buffer *buf) { return buf->size; }
 static fg_status cuda_host_alloc(fg_backend *be, size_t n_bytes, void **out) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    USE_DEVICE(c);
     void *p = NULL;
     gpuError_t err = gpuMallocHost(&p, n_bytes ? n_bytes : 1);
     if (err != gpuSuccess) {
@@ -194,6 +203,7 @@ static fg_status cuda_upload(fg_backend *be, const fg_tensor *dst, size_t off, c
     FG_TRY(check_range(dst, off, n, "upload"));
     if (n == 0)
         return FG_OK;
+    USE_DEVICE(c);
     FG_GPU_CHECK(c, gpuMemcpyAsync((char *)dst->data + off, src, n, gpuMemcpyHostToDevice, c->stream));
     FG_GPU_CHECK(c, gpuStreamSynchronize(c->stream)); // src may be reused by the caller at once
     return FG_OK;
@@ -205,6 +215,7 @@ static fg_status cuda_download(fg_backend *be, const fg_tensor *src, size_t off,
     FG_TRY(check_range(src, off, n, "download"));
     if (n == 0)
         return FG_OK;
+    USE_DEVICE(c);
     FG_GPU_CHECK(c, gpuMemcpyAsync(dst, (const char *)src->data + off, n, gpuMemcpyDeviceToHost, c->stream));
     FG_GPU_CHECK(c, gpuStreamSynchronize(c->stream));
     return FG_OK;
@@ -213,6 +224,7 @@ static fg_status cuda_download(fg_backend *be, const fg_tensor *src, size_t off,
 static fg_status cuda_sync(fg_backend *be) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    USE_DEVICE(c);
     FG_GPU_CHECK(c, gpuStreamSynchronize(c->stream));
     FG_GPU_CHECK(c, gpuGetLastError());
     return FG_OK;
@@ -268,6 +280,7 @@ static fg_status cuda_weight_upload(fg_backend *be, fg_tensor *w, const void *sr
                        FG_GPU_VENDOR, n, (size_t)((char *)w->data - (char *)w->buf->dev), w->buf->size);
     if (n == 0)
         return FG_OK;
+    USE_DEVICE(c);
     FG_GPU_CHECK(c, gpuMemcpyAsync(w->data, src, n, gpuMemcpyHostToDevice, c->stream));
     FG_GPU_CHECK(c, gpuStreamSynchronize(c->stream));
     return FG_OK;
@@ -362,7 +375,9 @@ static fg_backend_limits limits_max(const fg_backend_limits *a, const fg_backend
 static fg_status cuda_reserve(fg_backend *be, const fg_backend_limits *lim) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
-    FG_ASSERT(!c->in_step);
+    if (c->in_step)
+        return fg_fail(FG_ERR_INVALID_ARG, "%s: reserve inside a step (it sizes memory the step uses)", FG_GPU_VENDOR);
+    USE_DEVICE(c);
     if (lim->max_tokens < 0 || lim->max_seqs < 0 || lim->max_pages < 0 || lim->max_kv_len < 0 ||
         lim->max_heads < 0 || lim->max_head_dim < 0 || lim->max_cols < 0)
         return fg_fail(FG_ERR_INVALID_ARG, "%s: reserve with a negative limit", FG_GPU_VENDOR);
@@ -454,16 +469,12 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
                                          (size_t)s->max_pages);
     FG_ASSERT(l.total <= c->meta_cap); // the layout is monotonic in every count
 
+    USE_DEVICE(c);
+    // The half this step packs was the source of the copy two steps back: normally long done
+    // (the event has completed and this returns at once).
     const int half = c->meta_half ^ 1;
-    if (c->meta_ev_live[half]) {
-        gpuError_t q = gpuEventQuery(c->meta_ev[half]);
-        if (q == gpuErrorNotReady) {
-            FG_GPU_IGNORE(gpuGetLastError()); // not an error; clear it for later launch checks
-            FG_GPU_CHECK(c, gpuEventSynchronize(c->meta_ev[half]));
-        } else {
-            FG_GPU_CHECK(c, q);
-        }
-    }
+    if (c->meta_ev_live[half])
+        FG_GPU_CHECK(c, gpuEventSynchronize(c->meta_ev[half]));
     int32_t *h = c->h_meta + (size_t)half * c->meta_cap;
     pack(h, l.tokens, s->tokens, (size_t)s->n_tokens);
     pack(h, l.pos, s->pos, (size_t)s->n_tokens);
@@ -510,7 +521,8 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
 static fg_status cuda_step_end(fg_backend *be) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
-    FG_ASSERT(c->in_step);
+    if (!c->in_step)
+        return fg_fail(FG_ERR_INVALID_ARG, "%s: step_end without step_begin", FG_GPU_VENDOR);
     c->in_step = false;
     // CUDA GRAPHS (a later issue): end the capture here (gpuStreamEndCapture, then
     // gpuGraphInstantiate and cache the exec by shape), or gpuGraphLaunch the cached one.
@@ -530,6 +542,7 @@ static fg_status cuda_step_wait(fg_backend *be, fg_step_result *res) {
     CHECK_STICKY(c);
     if (c->n_pending == 0)
         return fg_fail(FG_ERR_INVALID_ARG, "%s: step_wait without an ended step", FG_GPU_VENDOR);
+    USE_DEVICE(c);
     const int slot = c->pending_head;
     c->pending_head = (c->pending_head + 1) % FG_CUDA_MAX_PENDING;
     c->n_pending--;
@@ -632,6 +645,7 @@ static fg_status op_add_rmsnorm(fg_backend *be, fg_tensor *x, fg_tensor *xn, con
 static fg_status op_kv_copy_page(fg_backend *be, const fg_kv_view *kv, int32_t dst_page, int32_t src_page) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    USE_DEVICE(c); // outside steps
     return fg_cuda_kv_copy_page(c, kv, dst_page, src_page);
 }
 
@@ -714,6 +728,8 @@ static fg_status init_device(fg_cuda *c) {
     c->d_bad = (int32_t *)p;
     FG_GPU_CHECK(c, gpuMallocHost(&p, FG_CUDA_MAX_PENDING * 4 * sizeof(int32_t)));
     c->h_bad = (int32_t *)p;
+    FG_GPU_CHECK(c, gpuMemsetAsync(c->d_bad, 0xff, 4 * sizeof(int32_t), c->stream)); // key: none
+    FG_GPU_CHECK(c, gpuStreamSynchronize(c->stream));
     c->meta_half = 1; // the first step packs half 0
     return FG_OK;
 }
