@@ -213,7 +213,7 @@ if [ "${FORGE_SANITIZE:-1}" != "0" ]; then
             log="$LOGDIR/$tool.log"
             t=$(now)
             # shellcheck disable=SC2086
-            timeout -k 5 "$lim" env ${FORGE_SANITIZE_ENV:-} compute-sanitizer --tool "$tool" "${extra[@]}" \
+            timeout -k 5 "$lim" env ${FORGE_SANITIZE_ENV:-} compute-sanitizer --tool "$tool" ${extra[@]+"${extra[@]}"} \
                 --error-exitcode 99 --print-limit 50 "$BUILD/tests/$ss" >"$log" 2>&1
             rc=$?
             read -r p f k <<<"$(counts "$log")"
