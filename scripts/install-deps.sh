@@ -13,6 +13,17 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 if [ "${1:-}" = "--test" ]; then
+    # hipcc (ROCm's, from Debian) for the HIP compile check of the GPU backend in tests/run.sh;
+    # libamdhip64-dev (a dependency of hipcc, named for clarity) has the HIP headers and library.
+    hip_missing=""
+    for p in hipcc libamdhip64-dev; do
+        dpkg -s "$p" >/dev/null 2>&1 || hip_missing="$hip_missing $p"
+    done
+    if [ -n "$hip_missing" ]; then
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $hip_missing >/dev/null ||
+            echo "install-deps: could not install$hip_missing (the HIP compile check will be skipped)"
+    fi
     # test tooling only: pytest, the official openai client and requests (server suites), numpy
     # (weight statistics in the synth suite), regex (reference splits for BPE pre-tokenizers)
     pypkgs="pytest openai requests numpy regex"

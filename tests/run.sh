@@ -2,7 +2,8 @@
 # tests/run.sh - runs every suite and ends with one line "N passed, N failed".
 #   1. C unit/golden suites (cmocka binaries build/tests/test_*), each test counted;
 #   2. Python suites (pytest tests/py: CLI, tokenizer vectors, server with real clients);
-#   3. fuzz targets (libFuzzer + ASan/UBSan) for a bounded time each (FORGE_FUZZ_SECONDS).
+#   3. fuzz targets (libFuzzer + ASan/UBSan) for a bounded time each (FORGE_FUZZ_SECONDS);
+# plus two counted build checks: clang -Werror, and hipcc -Werror over the GPU backend.
 # Test data comes from FORGE_SHARED (default ../shared); its absence is a failure, not a skip.
 set -u
 cd "$(dirname "$0")/.."
@@ -65,6 +66,24 @@ if command -v clang >/dev/null 2>&1; then
         failures+=("clang build")
         grep -E 'error|warning' "$BUILD/clang-build.log" | head -n 20
     fi
+fi
+
+echo "== HIP compile check (hipcc, every src/backend/cuda/*.cu for gfx90a and gfx1030, -Werror)"
+if command -v hipcc >/dev/null 2>&1; then
+    # Compile only (no AMD GPU here): the cuda module's objects through the Makefile's HIP=1
+    # rule, both architectures in one hipcc call per file, files in parallel.
+    n_cu=$(ls src/backend/cuda/*.cu 2>/dev/null | wc -l)
+    if make -j"$jobs" HIP=1 HIP_ARCHS="gfx90a gfx1030" BUILD="$BUILD/hip" "$BUILD/hip/lib/libfg_cuda.a" \
+        >"$BUILD/hip-build.log" 2>&1; then
+        passed=$((passed + 1))
+        echo "hip build: ok ($n_cu files, gfx90a gfx1030)"
+    else
+        failed=$((failed + 1))
+        failures+=("hip build")
+        grep -E 'error:|warning:' "$BUILD/hip-build.log" | head -n 20
+    fi
+else
+    echo "hip build: hipcc not found (scripts/install-deps.sh --test installs it); not checked"
 fi
 
 if ls tests/py/test_*.py >/dev/null 2>&1; then

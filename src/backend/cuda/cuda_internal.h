@@ -18,6 +18,10 @@ extern "C" {
 }
 #include "backend/cuda/gpu_compat.h"
 
+#define FG_CUDA_MAX_PENDING 2              // ended steps that may await step_wait at once
+#define FG_CUDA_BAD_NONE (~0ull)           // d_bad key: no non-finite value seen
+#define FG_CUDA_ARENA_ALIGN ((size_t)256)  // fg_cuda_arena_take alignment
+
 struct fg_buffer {
     void *dev;
     size_t size;
@@ -59,15 +63,26 @@ typedef struct fg_cuda {
 
     fg_backend_limits lim;  // reserved so far
 
-    // step metadata: one pinned staging block and its device twin, packed int32 arrays
+    // step metadata: packed int32 arrays (tokens, pos, seq, out_rows, seq_n_kv, seq_first,
+    // seq_n_tokens, page_table; offsets depend only on n_tokens, n_out, n_seqs) in pinned
+    // staging and their device twin. The staging has two halves of meta_cap elements used by
+    // alternate steps, so a step can be packed while the previous one's copy is in flight.
     int32_t *h_meta, *d_meta;
-    size_t meta_cap;        // int32 elements of each
+    size_t meta_cap;        // int32 elements of d_meta and of each staging half
+    int meta_half;          // the half the last step_begin packed
+    gpuEvent_t meta_ev[2];  // recorded after each half's H2D copy
+    bool meta_ev_live[2];   // meta_ev[i] has been recorded
     fg_cuda_step step;
     bool in_step;
 
-    // step result: the first non-finite value any check_finite saw
-    // d_bad: [0] flag (0/1), [1] row, [2] col, [3] value bits; h_bad its pinned copy
+    // step result: the first non-finite value any check_finite saw (lowest row, then col).
+    // d_bad words: [0..1] uint64 key (row << 32 | col), FG_CUDA_BAD_NONE when none (reduced with
+    // atomicMin), [2] the value's bits, [3] unused. h_bad: pinned, FG_CUDA_MAX_PENDING slots of
+    // 4 words; an ended step copies d_bad into its slot and records done_ev[slot].
     int32_t *d_bad, *h_bad;
+    gpuEvent_t done_ev[FG_CUDA_MAX_PENDING];
+    int n_pending;          // ended steps not yet waited (FIFO of slots)
+    int pending_head;       // slot of the oldest
 
     // scratch arenas, reset per step
     fg_cuda_arena mm;   // matmul: converted activations, partial sums

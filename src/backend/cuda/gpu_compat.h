@@ -7,6 +7,8 @@
 #define FG_GPU_COMPAT_H
 
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 
 #if defined(__HIPCC__)
 #include <hip/hip_fp16.h>
@@ -14,6 +16,10 @@
 #define gpuError_t hipError_t
 #define gpuSuccess hipSuccess
 #define gpuErrorMemoryAllocation hipErrorOutOfMemory
+#define gpuErrorNoDevice hipErrorNoDevice
+#define gpuErrorInsufficientDriver hipErrorInsufficientDriver
+#define gpuErrorNotReady hipErrorNotReady
+#define gpuEventQuery hipEventQuery
 #define gpuGetErrorString hipGetErrorString
 #define gpuGetLastError hipGetLastError
 #define gpuPeekAtLastError hipPeekAtLastError
@@ -36,7 +42,9 @@
 #define gpuStreamDestroy hipStreamDestroy
 #define gpuStreamSynchronize hipStreamSynchronize
 #define gpuEvent_t hipEvent_t
+#define gpuEventCreate hipEventCreate
 #define gpuEventCreateWithFlags hipEventCreateWithFlags
+#define gpuEventElapsedTime hipEventElapsedTime
 #define gpuEventDisableTiming hipEventDisableTiming
 #define gpuEventDestroy hipEventDestroy
 #define gpuEventRecord hipEventRecord
@@ -56,6 +64,11 @@
 #define gpuGraphDestroy hipGraphDestroy
 typedef __half fg_half;
 #define FG_GPU_VENDOR "hip"
+// Device properties that differ: AMD has no opt-in shared memory beyond the per-block LDS
+// limit, calls its multiprocessors CUs and names its architecture by string ("gfx90a:...").
+#define FG_GPU_SMEM_OPTIN(prop) ((prop).sharedMemPerBlock)
+#define FG_GPU_SM_WORD "CUs"
+#define FG_GPU_ARCH_FMT(buf, n, prop) snprintf((buf), (n), "%.*s", (int)strcspn((prop).gcnArchName, ":"), (prop).gcnArchName)
 #if defined(__HIP_DEVICE_COMPILE__)
 #define FG_WARP __AMDGCN_WAVEFRONT_SIZE
 #else
@@ -73,6 +86,10 @@ typedef uint64_t fg_lane_mask;
 #define gpuError_t cudaError_t
 #define gpuSuccess cudaSuccess
 #define gpuErrorMemoryAllocation cudaErrorMemoryAllocation
+#define gpuErrorNoDevice cudaErrorNoDevice
+#define gpuErrorInsufficientDriver cudaErrorInsufficientDriver
+#define gpuErrorNotReady cudaErrorNotReady
+#define gpuEventQuery cudaEventQuery
 #define gpuGetErrorString cudaGetErrorString
 #define gpuGetLastError cudaGetLastError
 #define gpuPeekAtLastError cudaPeekAtLastError
@@ -95,7 +112,9 @@ typedef uint64_t fg_lane_mask;
 #define gpuStreamDestroy cudaStreamDestroy
 #define gpuStreamSynchronize cudaStreamSynchronize
 #define gpuEvent_t cudaEvent_t
+#define gpuEventCreate cudaEventCreate
 #define gpuEventCreateWithFlags cudaEventCreateWithFlags
+#define gpuEventElapsedTime cudaEventElapsedTime
 #define gpuEventDisableTiming cudaEventDisableTiming
 #define gpuEventDestroy cudaEventDestroy
 #define gpuEventRecord cudaEventRecord
@@ -115,6 +134,9 @@ typedef uint64_t fg_lane_mask;
 #define gpuGraphDestroy cudaGraphDestroy
 typedef __half fg_half;
 #define FG_GPU_VENDOR "cuda"
+#define FG_GPU_SMEM_OPTIN(prop) ((prop).sharedMemPerBlockOptin)
+#define FG_GPU_SM_WORD "SMs"
+#define FG_GPU_ARCH_FMT(buf, n, prop) snprintf((buf), (n), "sm_%d%d", (prop).major, (prop).minor)
 #define FG_WARP 32
 typedef uint32_t fg_lane_mask;
 #define FG_FULL_MASK 0xffffffffu
