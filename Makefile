@@ -138,7 +138,7 @@ asan:
 	    build-asan/forge $(patsubst $(BUILD)/%,build-asan/%,$(TESTS))
 	@fail=0; for t in build-asan/tests/test_*; do \
 	    printf '%-32s ' "$$(basename $$t)"; \
-	    if FORGE_ASAN=1 $$t > $$t.asan.log 2>&1; then echo ok; else echo FAILED; tail -n 30 $$t.asan.log; fail=1; fi; \
+	    if ASAN_OPTIONS=allocator_may_return_null=1 FORGE_ASAN=1 $$t > $$t.asan.log 2>&1; then echo ok; else echo FAILED; tail -n 30 $$t.asan.log; fail=1; fi; \
 	done; exit $$fail
 
 check:

@@ -83,7 +83,28 @@ if command -v hipcc >/dev/null 2>&1; then
         grep -E 'error:|warning:' "$BUILD/hip-build.log" | head -n 20
     fi
 else
-    echo "hip build: hipcc not found (scripts/install-deps.sh --test installs it); not checked"
+    # CI must prove the HIP build: a missing compiler is a failure, not a skip
+    failed=$((failed + 1))
+    failures+=("hip build")
+    echo "hip build: hipcc not found (scripts/install-deps.sh --test installs it)"
+fi
+
+if [ "${FORGE_SKIP_ASAN:-0}" != "1" ]; then
+    echo "== unit tests under ASan+UBSan (make asan)"
+    make asan >"$BUILD/asan.log" 2>&1
+    while read -r name verdict; do
+        case "$verdict" in
+        ok) passed=$((passed + 1)) ;;
+        FAILED) failed=$((failed + 1)); failures+=("asan $name") ;;
+        esac
+    done < <(grep -E '^test_[a-z_0-9]+ +(ok|FAILED)$' "$BUILD/asan.log")
+    n_ok=$(grep -cE '^test_[a-z_0-9]+ +ok$' "$BUILD/asan.log")
+    n_bad=$(grep -cE '^test_[a-z_0-9]+ +FAILED$' "$BUILD/asan.log")
+    echo "asan: $n_ok suites clean, $n_bad failed"
+    if [ "$n_ok" -eq 0 ] || [ "$n_bad" -ne 0 ]; then
+        [ "$n_ok" -eq 0 ] && { failed=$((failed + 1)); failures+=("asan build"); }
+        tail -n 40 "$BUILD/asan.log"
+    fi
 fi
 
 if ls tests/py/test_*.py >/dev/null 2>&1; then
