@@ -37,6 +37,9 @@
 #define POISON_BYTE 0xFF // 0xFFFFFFFF: a NaN in every float an op forgets to write
 
 static uint64_t g_seed = 0x0b5eedf00dULL;
+// FORGE_OPS_QUICK=1: fewer types and shapes (for runs under compute-sanitizer, which is slow);
+// FORGE_TEST_FILTER=pattern: only the tests whose name matches (cmocka's filter, e.g. "k_cuda*").
+static bool g_quick;
 static uint64_t g_rng;
 static uint64_t rnd_u64(void) { // splitmix64
     uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
@@ -395,11 +398,17 @@ static void test_matmul_all_types(void **state) {
     const target *tg = *state;
     need_target(tg);
     static const int rows[] = {1, 2, 3, 7, 8, 9, 33};
+    static const uint32_t quick_types[] = {FG_TYPE_F16, FG_TYPE_Q4_0, FG_TYPE_Q4_K, FG_TYPE_Q6_K};
     int n_types = 0;
     char tested[512] = "";
     fg_backend *be = open_backend(tg, 0);
     for (uint32_t type = 0; type < FG_TYPE_COUNT; type++) {
         if (!weight_type(type))
+            continue;
+        bool in_quick = false;
+        for (size_t q = 0; q < FG_ARRAY_LEN(quick_types); q++)
+            in_quick |= quick_types[q] == type;
+        if (g_quick && !in_quick)
             continue;
         if (!fg_backend_supports(be, FG_OP_MATMUL, type))
             fail_msg("%s: matmul does not support weight type %s", tg->name, fg_type_name(type));
@@ -408,19 +417,22 @@ static void test_matmul_all_types(void **state) {
         int64_t blk = FG_MAX(tr->blck_size, vt->blck_size);
         int64_t n_in = blk == 1 ? 67 : (blk == 32 ? 7 * 32 : 2 * 256);
         for (size_t i = 0; i < FG_ARRAY_LEN(rows); i++)
-            matmul_case(tg, type, n_in, 37, rows[i], i % 2 == 0, i == 3, i == 4, i == 5);
+            if (!g_quick || i % 3 == 0)
+                matmul_case(tg, type, n_in, 37, rows[i], i % 2 == 0, i == 3, i == 4, i == 5);
         // both sides of any matvec/matmul crossover, threaded on the CPU
         matmul_case(tg, type, blk == 1 ? 515 : 4 * 256, 131, 9, true, false, false, true);
         matmul_case(tg, type, blk == 1 ? 515 : 4 * 256, 300, 1, false, false, true, false);
-        matmul_case(tg, type, blk == 1 ? 131 : 256, 37, 511, true, true, false, true);
-        matmul_case(tg, type, blk == 1 ? 131 : 256, 64, 512, false, false, true, false);
+        if (!g_quick) {
+            matmul_case(tg, type, blk == 1 ? 131 : 256, 37, 511, true, true, false, true);
+            matmul_case(tg, type, blk == 1 ? 131 : 256, 64, 512, false, false, true, false);
+        }
         n_types++;
         strcat(tested, " ");
         strcat(tested, tr->name);
     }
     fg_backend_destroy(be);
     print_message("%s: matmul tested for %d types:%s\n", tg->name, n_types, tested);
-    assert_int_equal(n_types, 14); // F32, F16, BF16, the legacy and K quants, MXFP4
+    assert_int_equal(n_types, g_quick ? (int)FG_ARRAY_LEN(quick_types) : 14); // all 14 weight types
 }
 
 // convert: every activation type the backend converts to holds x within half a quantization
@@ -1063,7 +1075,8 @@ static void test_attention(void **state) {
         {1, {10}, {10}, 8, 4, 8, 16, FG_TYPE_F32, true, 0},                    // stories260K's shape
     };
     for (size_t i = 0; i < FG_ARRAY_LEN(cases); i++)
-        attention_case(tg, &cases[i]);
+        if (!g_quick || cases[i].n_kv[0] < 1000)
+            attention_case(tg, &cases[i]);
 }
 
 // The fused rope + KV store equals rope then kv_store (bit for bit on the same backend).
@@ -1141,6 +1154,9 @@ int main(void) {
     if (s)
         g_seed = strtoull(s, NULL, 0);
     g_rng = g_seed;
+    g_quick = getenv("FORGE_OPS_QUICK") && !strcmp(getenv("FORGE_OPS_QUICK"), "1");
+    if (getenv("FORGE_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("FORGE_TEST_FILTER"));
     printf("test_backend_ops: seed 0x%llx (FORGE_SEED replays it), cpu kernels %s\n", (unsigned long long)g_seed,
            fg_cpu_simd_name());
 #define T(tg, fn) {#tg ": " #fn, fn, NULL, NULL, (void *)&tg}
