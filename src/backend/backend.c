@@ -279,6 +279,10 @@ void fg_step_abort(fg_backend *be) {
     if (!be->state.active)
         return;
     be->state.active = false;
+    if (be->ops->step_abort) {
+        be->ops->step_abort(be);
+        return;
+    }
     (void)be->ops->step_end(be);
     fg_step_result r;
     (void)be->ops->step_wait(be, &r);

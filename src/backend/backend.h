@@ -69,6 +69,11 @@ typedef struct fg_step {
     const int32_t *page_table;   // [n_seqs][max_pages] page ids (first ceil(n_kv/page_size) valid)
     int32_t n_out;
     const int32_t *out_rows;     // [n_out] token indices whose results are wanted, ascending
+    // Identifies what the step's ops read and write besides the metadata (the model's weights
+    // and scratch, the KV store, the host result buffer): two steps with the same graph_id and
+    // the same shape run the same ops on the same buffers, so a backend may record the op
+    // sequence once and replay it. 0: never record.
+    uint64_t graph_id;
 } fg_step;
 
 // What a step reports back (fg_step_wait).
@@ -171,6 +176,8 @@ typedef struct fg_backend_ops {
     fg_status (*step_begin)(fg_backend *be, const fg_step *step);
     fg_status (*step_end)(fg_backend *be);
     fg_status (*step_wait)(fg_backend *be, fg_step_result *res);
+    // Abandons a step whose ops failed before step_end (NULL: step_end + step_wait do).
+    void (*step_abort)(fg_backend *be);
 
     // ---- ops (enqueued between step_begin and step_end; trusting: shapes were checked. They
     // return FG_OK, or FG_ERR_DEVICE / FG_ERR_NOMEM for a failure of the launch itself)

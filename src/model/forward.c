@@ -103,6 +103,8 @@ static fg_status make_step(fg_model *m, fg_kv_store *kv, const fg_batch *b, fg_s
     st->page_table = kv->page_table;
     st->n_out = n_out;
     st->out_rows = m->out_rows;
+    // the same model, KV store and buffers every step: a backend may replay a recorded step
+    st->graph_id = ((uint64_t)(uintptr_t)m * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)(uintptr_t)kv;
     return FG_OK;
 }
 

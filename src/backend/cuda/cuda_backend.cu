@@ -34,6 +34,18 @@ static fg_status sticky_error(const fg_cuda *c) {
 // from another (the engine's scheduler), so every entry point that is not an op makes its
 // device current (cheap when it already is). Ops run on the thread that began the step.
 #define USE_DEVICE(c) FG_GPU_CHECK((c), gpuSetDevice((c)->device))
+#define USE_DEVICE_VOID(c) FG_GPU_IGNORE(gpuSetDevice((c)->device))
+
+// Forgets every recorded step: they name buffers by address, and a freed or reallocated
+// buffer (a model unloaded, the arenas grown) may come back at the same address for another
+// use.
+static void drop_graphs(fg_cuda *c) {
+    for (int i = 0; i < FG_CUDA_GRAPHS; i++)
+        if (c->graphs[i].used) {
+            FG_GPU_IGNORE(gpuGraphExecDestroy(c->graphs[i].exec));
+            c->graphs[i].used = false;
+        }
+}
 
 // ------------------------------------------------------------------------------ arenas
 
@@ -81,6 +93,7 @@ static void cuda_destroy(fg_backend *be) {
         FG_GPU_IGNORE(gpuSetDevice(c->device));
         if (c->stream)
             FG_GPU_IGNORE(gpuStreamSynchronize(c->stream));
+        drop_graphs(c);
         for (int i = 0; i < 2; i++)
             if (c->meta_ev[i])
                 FG_GPU_IGNORE(gpuEventDestroy(c->meta_ev[i]));
@@ -158,9 +171,9 @@ static fg_status cuda_buf_alloc(fg_backend *be, size_t n_bytes, fg_buffer **out)
 }
 
 static void cuda_buf_free(fg_backend *be, fg_buffer *buf) {
-    (void)be;
     if (!buf)
         return;
+    drop_graphs(fg_cuda_ctx(be));
     FG_GPU_IGNORE(gpuFree(buf->dev)); // waits for work using it (cudaFree synchronises)
     free(buf);
 }
@@ -389,6 +402,7 @@ static fg_status cuda_reserve(fg_backend *be, const fg_backend_limits *lim) {
     const size_t need = meta_layout_of((size_t)m.max_tokens, (size_t)m.max_tokens, (size_t)m.max_seqs,
                                        (size_t)m.max_pages).total;
 
+    drop_graphs(c); // the metadata and the arenas may move
     // The staging may be the source of a copy in flight and the arenas in use by queued
     // kernels: drain the stream before freeing anything.
     FG_GPU_CHECK(c, gpuStreamSynchronize(c->stream));
@@ -431,6 +445,16 @@ static uint32_t cuda_act_type(fg_backend *be, uint32_t wtype, int64_t n_rows) {
 
 // ------------------------------------------------------------------------------ the step
 
+static void drop_capture(fg_cuda *c);
+
+// The smallest power of two >= n (n >= 1), at most cap (and at least n).
+static int32_t round_up_pow2(int32_t n, int32_t cap) {
+    int32_t p = 1;
+    while (p < n && p < (1 << 30))
+        p <<= 1;
+    return FG_MAX(n, FG_MIN(p, cap));
+}
+
 static void pack(int32_t *base, size_t off, const int32_t *src, size_t n) {
     if (n)
         memcpy(base + off, src, n * sizeof(int32_t));
@@ -444,7 +468,8 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
     // A step left open (an op failed and its caller gave up) is abandoned: its queued work is
-    // harmless and everything below is reset.
+    // harmless and everything below is reset; a capture in progress is dropped.
+    drop_capture(c);
     c->in_step = false;
     if (c->n_pending >= FG_CUDA_MAX_PENDING)
         return fg_fail(FG_ERR_INVALID_ARG, "%s: step_begin with %d ended steps not yet waited (at most %d)",
@@ -465,8 +490,13 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
     if (max_n_kv > L->max_kv_len)
         return fg_fail(FG_ERR_INVALID_ARG, "%s: step has a sequence of %d KV tokens, the reserve says max_kv_len %d",
                        FG_GPU_VENDOR, max_n_kv, L->max_kv_len);
+    // launch geometry may depend only on the shape (graphs replay it): the lengths are
+    // rounded up to powers of two within the reserve
+    const int32_t pt_stride = round_up_pow2(s->max_pages, L->max_pages);
+    max_n_kv = round_up_pow2(max_n_kv, FG_MAX(L->max_kv_len, max_n_kv));
+    max_seq_tokens = round_up_pow2(max_seq_tokens, s->n_tokens);
     const meta_layout l = meta_layout_of((size_t)s->n_tokens, (size_t)s->n_out, (size_t)s->n_seqs,
-                                         (size_t)s->max_pages);
+                                         (size_t)pt_stride);
     FG_ASSERT(l.total <= c->meta_cap); // the layout is monotonic in every count
 
     USE_DEVICE(c);
@@ -483,7 +513,13 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
     pack(h, l.seq_n_kv, s->seq_n_kv, (size_t)s->n_seqs);
     pack(h, l.seq_first, s->seq_first, (size_t)s->n_seqs);
     pack(h, l.seq_n_tokens, s->seq_n_tokens, (size_t)s->n_seqs);
-    pack(h, l.page_table, s->page_table, (size_t)s->n_seqs * (size_t)s->max_pages);
+    // the page table with rows of the (rounded-up) stride: the extra entries are page 0, which
+    // no kernel reads (a sequence reads pages 0..ceil(n_kv/page_size)-1 only)
+    for (int32_t i = 0; i < s->n_seqs; i++) {
+        int32_t *row = h + l.page_table + (size_t)i * (size_t)pt_stride;
+        memcpy(row, s->page_table + (size_t)i * (size_t)s->max_pages, (size_t)s->max_pages * sizeof(int32_t));
+        memset(row + s->max_pages, 0, (size_t)(pt_stride - s->max_pages) * sizeof(int32_t));
+    }
     if (l.total) {
         // d_meta is single: the stream orders this copy after the previous step's kernels.
         FG_GPU_CHECK(c, gpuMemcpyAsync(c->d_meta, h, l.total * sizeof(int32_t), gpuMemcpyHostToDevice, c->stream));
@@ -496,7 +532,7 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
     fg_cuda_step *d = &c->step;
     d->n_tokens = s->n_tokens;
     d->n_seqs = s->n_seqs;
-    d->max_pages = s->max_pages;
+    d->max_pages = pt_stride;
     d->n_out = s->n_out;
     d->max_n_kv = max_n_kv;
     d->max_seq_tokens = max_seq_tokens;
@@ -510,11 +546,40 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
     d->page_table = c->d_meta + l.page_table;
     c->mm.used = c->attn.used = 0;
     c->in_step = true;
-    // CUDA GRAPHS (a later issue): the ops enqueued from here to step_end are a pure function
-    // of the step's shape (n_tokens, n_out, n_seqs, max_pages and the model), and the device
-    // addresses above depend only on those counts. Begin stream capture here
-    // (gpuStreamBeginCapture(c->stream, gpuStreamCaptureModeThreadLocal)) when the shape has no
-    // graph yet, or set a flag so that the ops are skipped and step_end launches the graph.
+    // Recorded steps: the ops enqueued from here to step_end are a function of the step's
+    // shape and of what graph_id names (model, KV store, buffers), and the device addresses
+    // above depend only on the counts. A known step replays its graph (the ops only return);
+    // a new one is captured as it is enqueued. The metadata copy and the d_bad reset above
+    // stay outside the graph.
+    c->graph_mode = 0;
+    if (c->graphs_on && s->graph_id != 0 && s->n_tokens <= FG_CUDA_GRAPH_MAX_TOKENS) {
+        const int32_t shape[6] = {s->n_tokens, s->n_seqs, s->n_out, pt_stride, max_n_kv, max_seq_tokens};
+        int hit = -1, victim = 0;
+        for (int i = 0; i < FG_CUDA_GRAPHS; i++) {
+            if (c->graphs[i].used && c->graphs[i].id == s->graph_id &&
+                !memcmp(c->graphs[i].shape, shape, sizeof shape)) {
+                hit = i;
+                break;
+            }
+            if (!c->graphs[i].used || (c->graphs[victim].used && c->graphs[i].last_use < c->graphs[victim].last_use))
+                victim = i;
+        }
+        if (hit >= 0) {
+            c->graph_mode = 2;
+            c->graph_cur = hit;
+        } else {
+            if (c->graphs[victim].used) {
+                FG_GPU_IGNORE(gpuGraphExecDestroy(c->graphs[victim].exec));
+                c->graphs[victim].used = false;
+            }
+            FG_GPU_CHECK(c, gpuStreamBeginCapture(c->stream, gpuStreamCaptureModeRelaxed));
+            c->graph_mode = 1;
+            c->graph_cur = victim;
+            c->graphs[victim].id = s->graph_id;
+            memcpy(c->graphs[victim].shape, shape, sizeof shape);
+        }
+        c->graphs[c->graph_cur].last_use = ++c->graph_clock;
+    }
     return FG_OK;
 }
 
@@ -524,15 +589,55 @@ static fg_status cuda_step_end(fg_backend *be) {
     if (!c->in_step)
         return fg_fail(FG_ERR_INVALID_ARG, "%s: step_end without step_begin", FG_GPU_VENDOR);
     c->in_step = false;
-    // CUDA GRAPHS (a later issue): end the capture here (gpuStreamEndCapture, then
-    // gpuGraphInstantiate and cache the exec by shape), or gpuGraphLaunch the cached one.
-    // The metadata copy and the d_bad reset of step_begin stay outside the graph.
+    if (c->graph_mode == 1) { // the step was captured: instantiate it, then run it
+        gpuGraph_t g = NULL;
+        c->graph_mode = 0;
+        gpuError_t err = gpuStreamEndCapture(c->stream, &g);
+        gpuGraphExec_t exec = NULL;
+        if (err == gpuSuccess)
+            err = gpuGraphInstantiate(&exec, g);
+        if (g)
+            FG_GPU_IGNORE(gpuGraphDestroy(g));
+        if (err != gpuSuccess) {
+            c->sticky = 1;
+            return fg_fail(FG_ERR_DEVICE, "%s: recording the step as a graph failed: %s", FG_GPU_VENDOR,
+                           gpuGetErrorString(err));
+        }
+        c->graphs[c->graph_cur].exec = exec;
+        c->graphs[c->graph_cur].used = true;
+        c->graph_captures++;
+        FG_GPU_CHECK(c, gpuGraphLaunch(exec, c->stream));
+        c->graph_launches++;
+    } else if (c->graph_mode == 2) {
+        c->graph_mode = 0;
+        FG_GPU_CHECK(c, gpuGraphLaunch(c->graphs[c->graph_cur].exec, c->stream));
+        c->graph_launches++;
+    }
     const int slot = (c->pending_head + c->n_pending) % FG_CUDA_MAX_PENDING;
     FG_GPU_CHECK(c, gpuMemcpyAsync(c->h_bad + 4 * slot, c->d_bad, 4 * sizeof(int32_t), gpuMemcpyDeviceToHost,
                                    c->stream));
     FG_GPU_CHECK(c, gpuEventRecord(c->done_ev[slot], c->stream));
     c->n_pending++;
     return FG_OK;
+}
+
+// Drops a step whose ops failed before it ended: nothing of it runs and nothing is recorded.
+static void drop_capture(fg_cuda *c) {
+    if (c->graph_mode == 1) {
+        gpuGraph_t g = NULL;
+        if (gpuStreamEndCapture(c->stream, &g) == gpuSuccess && g)
+            FG_GPU_IGNORE(gpuGraphDestroy(g));
+        FG_GPU_IGNORE(gpuGetLastError());
+        c->graphs[c->graph_cur].used = false;
+    }
+    c->graph_mode = 0;
+}
+
+static void cuda_step_abort(fg_backend *be) {
+    fg_cuda *c = fg_cuda_ctx(be);
+    USE_DEVICE_VOID(c);
+    drop_capture(c);
+    c->in_step = false;
 }
 
 // Waits for the oldest ended step (the only blocking call of a step) and reports the first
@@ -568,6 +673,8 @@ static fg_status cuda_step_wait(fg_backend *be, fg_step_result *res) {
 static fg_status cuda_download_async(fg_backend *be, const fg_tensor *src, size_t off, void *host, size_t n) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
     if (n == 0)
         return FG_OK;
     FG_GPU_CHECK(c, gpuMemcpyAsync(host, (const char *)src->data + off, n, gpuMemcpyDeviceToHost, c->stream));
@@ -583,21 +690,29 @@ static fg_status cuda_download_async(fg_backend *be, const fg_tensor *src, size_
 static fg_status op_get_rows(fg_backend *be, fg_tensor *dst, const fg_tensor *table) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
     return fg_cuda_get_rows(c, dst, table);
 }
 static fg_status op_gather_out(fg_backend *be, fg_tensor *dst, const fg_tensor *src) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
     return fg_cuda_gather_out(c, dst, src);
 }
 static fg_status op_rmsnorm(fg_backend *be, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w, float eps) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
     return fg_cuda_rmsnorm(c, dst, x, w, eps);
 }
 static fg_status op_convert(fg_backend *be, fg_tensor *dst, const fg_tensor *x) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
     c->mm.used = 0;
     return fg_cuda_convert(c, dst, x);
 }
@@ -605,46 +720,62 @@ static fg_status op_matmul(fg_backend *be, fg_tensor *dst, const fg_tensor *w, c
                            const fg_tensor *bias, bool accumulate) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
     c->mm.used = 0;
     return fg_cuda_matmul(c, dst, w, x, bias, accumulate);
 }
 static fg_status op_add(fg_backend *be, fg_tensor *dst, const fg_tensor *a, const fg_tensor *b) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
     return fg_cuda_add(c, dst, a, b);
 }
 static fg_status op_swiglu(fg_backend *be, fg_tensor *dst, const fg_tensor *gate, const fg_tensor *up) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
     return fg_cuda_swiglu(c, dst, gate, up);
 }
 static fg_status op_rope(fg_backend *be, fg_tensor *x, const fg_rope_params *p) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
     return fg_cuda_rope(c, x, p);
 }
 static fg_status op_kv_store(fg_backend *be, const fg_kv_view *kv, int32_t layer, const fg_tensor *k,
                              const fg_tensor *v) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
     return fg_cuda_kv_store(c, kv, layer, k, v);
 }
 static fg_status op_attention(fg_backend *be, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
                               const fg_attn_params *p) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
     c->attn.used = 0;
     return fg_cuda_attention(c, dst, q, kv, p);
 }
 static fg_status op_check_finite(fg_backend *be, const fg_tensor *x, int64_t row0) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
     return fg_cuda_check_finite(c, x, row0);
 }
 static fg_status op_add_rmsnorm(fg_backend *be, fg_tensor *x, fg_tensor *xn, const fg_tensor *a,
                                 const fg_tensor *w, float eps) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
     return fg_cuda_add_rmsnorm(c, x, xn, a, w, eps);
 }
 static fg_status op_kv_copy_page(fg_backend *be, const fg_kv_view *kv, int32_t dst_page, int32_t src_page) {
@@ -729,6 +860,7 @@ static fg_backend_ops make_cuda_ops(void) {
     o.step_begin = cuda_step_begin;
     o.step_end = cuda_step_end;
     o.step_wait = cuda_step_wait;
+    o.step_abort = cuda_step_abort;
     o.get_rows = op_get_rows;
     o.gather_out = op_gather_out;
     o.rmsnorm = op_rmsnorm;
@@ -786,6 +918,8 @@ static fg_status init_device(fg_cuda *c) {
     FG_GPU_CHECK(c, gpuMemsetAsync(c->d_bad, 0xff, 4 * sizeof(int32_t), c->stream)); // key: none
     FG_GPU_CHECK(c, gpuStreamSynchronize(c->stream));
     c->meta_half = 1; // the first step packs half 0
+    const char *gv = getenv("FORGE_CUDA_GRAPHS");
+    c->graphs_on = !(gv && !strcmp(gv, "0"));
     return FG_OK;
 }
 

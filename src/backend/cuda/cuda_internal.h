@@ -21,6 +21,8 @@ extern "C" {
 #define FG_CUDA_MAX_PENDING 2              // ended steps that may await step_wait at once
 #define FG_CUDA_BAD_NONE (~0ull)           // d_bad key: no non-finite value seen
 #define FG_CUDA_ARENA_ALIGN ((size_t)256)  // fg_cuda_arena_take alignment
+#define FG_CUDA_GRAPHS 48                   // recorded steps kept (least recently used goes)
+#define FG_CUDA_GRAPH_MAX_TOKENS 256        // steps of at most this many tokens are recorded
 
 struct fg_buffer {
     void *dev;
@@ -28,11 +30,15 @@ struct fg_buffer {
 };
 
 // The current step's metadata on the device (valid from step_begin to the next step_begin);
-// the scalars are host copies the launchers size their grids with.
+// the scalars are host copies the launchers size their grids with. A recorded step (CUDA
+// graph) replays for every later step of the same shape, so launch geometry may depend only
+// on the shape: n_tokens, n_seqs and n_out are exact; max_pages (the page table's row
+// stride), max_n_kv and max_seq_tokens are upper bounds rounded up to a power of two (the
+// per-sequence values are in device memory: seq_n_kv, seq_n_tokens, pos).
 typedef struct fg_cuda_step {
     int32_t n_tokens, n_seqs, max_pages, n_out;
-    int32_t max_n_kv;        // longest seq_n_kv
-    int32_t max_seq_tokens;  // most tokens of one sequence in the step
+    int32_t max_n_kv;        // >= the longest seq_n_kv (a power of two, capped at the reserve)
+    int32_t max_seq_tokens;  // >= the most tokens of one sequence (a power of two, <= n_tokens)
     const int32_t *tokens;       // [n_tokens]
     const int32_t *pos;          // [n_tokens]
     const int32_t *seq;          // [n_tokens]
@@ -84,9 +90,23 @@ typedef struct fg_cuda {
     int n_pending;          // ended steps not yet waited (FIFO of slots)
     int pending_head;       // slot of the oldest
 
-    // scratch arenas, reset per step
+    // scratch arenas, reset per op
     fg_cuda_arena mm;   // matmul: converted activations, partial sums
     fg_cuda_arena attn; // attention: split-sequence partials
+
+    // recorded steps (CUDA graphs), keyed by the step's graph_id and shape
+    bool graphs_on;        // FORGE_CUDA_GRAPHS=0 turns them off
+    int graph_mode;        // 0: ops launch; 1: ops are being captured; 2: a recorded step replays
+    int graph_cur;         // slot being captured or replayed
+    uint64_t graph_clock;
+    struct {
+        bool used;
+        uint64_t id;
+        int32_t shape[6];
+        uint64_t last_use;
+        gpuGraphExec_t exec;
+    } graphs[FG_CUDA_GRAPHS];
+    uint64_t graph_launches, graph_captures; // counters (bench, tests)
 } fg_cuda;
 
 static inline fg_cuda *fg_cuda_ctx(fg_backend *be) { return (fg_cuda *)be->ctx; }
