@@ -10,6 +10,7 @@
 #include "forge/gguf.h"
 #include "forge/types.h"
 #include "forge/tokenizer.h"
+#include "forge/chat.h"
 #include "forge/model.h"
 #include "forge/engine.h"
 #include "forge/server.h"

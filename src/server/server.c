@@ -546,24 +546,10 @@ fg_status fg_server_load(fg_server *s) {
         goto fail;
     s->tok = fg_model_tokenizer(s->model);
     s->n_vocab = fg_tokenizer_n_vocab(s->tok);
-    if (s->chat_template_name) {
-        s->chat_format = fg_chat_format_from_name(s->chat_template_name);
-    } else {
-        const char *t = NULL;
-        size_t tl = 0;
-        const fg_gguf *g = fg_model_gguf(s->model);
-        if (g && fg_gguf_find_key(g, "tokenizer.chat_template") >= 0 &&
-            fg_gguf_get_str(g, "tokenizer.chat_template", &t, &tl) != FG_OK)
-            goto fail_msg;
-        s->chat_format = fg_chat_format_detect(t, tl);
-        if (s->chat_format == FG_CHAT_UNKNOWN) {
-            st = FG_FAIL(FG_ERR_UNSUPPORTED,
-                         "%s: tokenizer.chat_template is not a format forge recognises; pass "
-                         "--chat-template chatml|llama3|llama2|mistral|glm4|plain",
-                         s->model_path);
-            goto fail;
-        }
-    }
+    st = fg_chat_format_select(fg_model_gguf(s->model), s->chat_template_name, s->model_path,
+                               &s->chat_format);
+    if (st != FG_OK)
+        goto fail;
     fg_engine_opts eo;
     memset(&eo, 0, sizeof eo);
     eo.n_ctx = s->opts.n_ctx;
@@ -583,8 +569,6 @@ fg_status fg_server_load(fg_server *s) {
     pthread_rwlock_unlock(&s->engine_lock);
     atomic_store(&s->state, SRV_READY);
     return FG_OK;
-fail_msg:
-    st = FG_ERR_FORMAT;
 fail:
     atomic_store(&s->state, SRV_FAILED);
     return st;
