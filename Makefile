@@ -77,8 +77,10 @@ $(call mod_lib,$(1)): $(call mod_objs,$(1))
 endef
 $(foreach m,$(MODULES),$(eval $(call MODULE_RULE,$(m))))
 
+# libedit (BSD licence): line editing and history for `forge chat`, the CLI only
+CLI_LDLIBS := -ledit
 $(BUILD)/forge: $(CLI_OBJ) $(ALL_LIBS)
-	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS) $(CLI_LDLIBS)
 
 # A test may list the modules it needs on a line "// forge-test-modules: gguf quant base"
 # (link order, higher first) so that it builds while other modules are in progress.
