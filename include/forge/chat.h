@@ -69,9 +69,11 @@ char *fg_chat_rendered_text(const fg_chat_rendered *r, size_t *len);
 // token ids, text pieces with parse_special = false. *ids heap-allocated (free()).
 fg_status fg_chat_tokenize(const fg_tokenizer *t, const fg_chat_rendered *r, int32_t **ids,
                            size_t *n);
-// The same with BOS only when add_bos (a continuation of a conversation has none).
+// The same with BOS only when add_bos; `continues`: r continues text already tokenized (the
+// token before it is not a control token), so a first text run gets no SentencePiece space
+// prefix (what a conversation that grows by a delta needs).
 fg_status fg_chat_tokenize_ex(const fg_tokenizer *t, const fg_chat_rendered *r, bool add_bos,
-                              int32_t **ids, size_t *n);
+                              bool continues, int32_t **ids, size_t *n);
 // What `full` adds after `past` followed by the text `then` (e.g. the answer the model gave
 // after the prompt `past`): true when full's pieces start with past's pieces (the last one, if
 // text, may continue in full) and then with the text `then` (text pieces only); out gets the

@@ -273,9 +273,12 @@ static fg_status make_plan(fg_cli_chat *c, plan *p) {
         return st;
     fg_chat_rendered d;
     size_t n = 0;
-    if (c->synced && fg_chat_rendered_delta(&c->last_prompt, c->last_raw, c->last_raw_len,
+    if (c->synced && c->n_hist > 0 && fg_chat_rendered_delta(&c->last_prompt, c->last_raw, c->last_raw_len,
                                             &p->full, &d)) {
-        st = fg_chat_tokenize_ex(c->tok, &d, false, &p->add, &n);
+        // the delta continues the cache's last token: text unless it is a control token
+        fg_token_kind k = fg_tokenizer_token_kind(c->tok, c->hist[c->n_hist - 1]);
+        bool cont = k != FG_TOKEN_CONTROL && k != FG_TOKEN_USER_DEFINED;
+        st = fg_chat_tokenize_ex(c->tok, &d, false, cont, &p->add, &n);
         fg_chat_rendered_free(&d);
         if (st != FG_OK)
             goto fail;

@@ -326,14 +326,15 @@ static void ids_push(id_buf *b, const int32_t *ids, size_t n) {
 // joins the surrounding text (e.g. "[INST]" in the Llama 2 vocabulary is plain text).
 fg_status fg_chat_tokenize(const fg_tokenizer *t, const fg_chat_rendered *r, int32_t **ids,
                            size_t *n) {
-    return fg_chat_tokenize_ex(t, r, fg_tokenizer_add_bos(t), ids, n);
+    return fg_chat_tokenize_ex(t, r, fg_tokenizer_add_bos(t), false, ids, n);
 }
 
 fg_status fg_chat_tokenize_ex(const fg_tokenizer *t, const fg_chat_rendered *r, bool add_bos,
-                              int32_t **ids, size_t *n) {
+                              bool continues, int32_t **ids, size_t *n) {
     id_buf out = {0};
     char *run = NULL;
     size_t run_len = 0;
+    bool started = false; // a piece of r went out already
     fg_status st = FG_OK;
     if (add_bos && fg_tokenizer_bos(t) >= 0) {
         int32_t bos = fg_tokenizer_bos(t);
@@ -359,15 +360,20 @@ fg_status fg_chat_tokenize_ex(const fg_tokenizer *t, const fg_chat_rendered *r, 
         if (run_len > 0) { // flush the run before the control token / at the end
             int32_t *tok = NULL;
             size_t nt = 0;
-            st = fg_tokenize(t, run, run_len, false, false, &tok, &nt);
+            // a delta's first run continues the text before it
+            unsigned fl = continues && !started ? FG_TOKENIZE_CONTINUE : 0u;
+            st = fg_tokenize_ex(t, run, run_len, fl, &tok, &nt);
             if (st != FG_OK)
                 goto fail;
             ids_push(&out, tok, nt);
             free(tok);
             run_len = 0;
+            started = true;
         }
-        if (p)
+        if (p) {
             ids_push(&out, &id, 1);
+            started = true;
+        }
     }
     free(run);
     if (!out.ids)

@@ -1,7 +1,7 @@
 // test_chat.c - chat templates shared by the server and `forge chat` (forge/chat.h): the format
 // chosen for a model (name, file template, errors), the difference of two renderings that the
 // terminal chat feeds to its KV cache (for every format: exact when it exists, refused when the
-// template rewrites the past), and tokenization without BOS for a continuation.
+// template rewrites the past), and tokenization of a continuation (no BOS, no space prefix).
 // Data: $FORGE_SHARED (default ../shared)/models/stories260K.gguf; missing data fails.
 // forge-test-modules: tokenizer gguf quant base
 #include <setjmp.h>
@@ -134,12 +134,29 @@ static void test_tokenize_without_bos(void **state) {
     int32_t *a = NULL, *b = NULL;
     size_t na = 0, nb = 0;
     assert_int_equal(fg_chat_tokenize(t, &r, &a, &na), FG_OK);
-    assert_int_equal(fg_chat_tokenize_ex(t, &r, false, &b, &nb), FG_OK);
+    assert_int_equal(fg_chat_tokenize_ex(t, &r, false, false, &b, &nb), FG_OK);
     assert_true(fg_tokenizer_add_bos(t));
     assert_int_equal(na, nb + 1);
     assert_int_equal(a[0], fg_tokenizer_bos(t));
     assert_memory_equal(a + 1, b, nb * sizeof *b);
     free(a);
+    free(b);
+    // a continuation gets no SentencePiece space prefix: "Hello" after text is not " Hello"
+    int32_t *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    assert_int_equal(fg_tokenize_ex(t, "Hello", 5, 0, &x, &nx), FG_OK);
+    assert_int_equal(fg_tokenize_ex(t, "Hello", 5, FG_TOKENIZE_CONTINUE, &y, &ny), FG_OK);
+    char px[64], py[64];
+    int32_t lx = fg_token_to_piece(t, x[0], false, px, sizeof px);
+    int32_t ly = fg_token_to_piece(t, y[0], false, py, sizeof py);
+    assert_true(lx > 0 && ly > 0);
+    assert_int_equal(px[0], ' ');
+    assert_int_equal(py[0], 'H');
+    free(x);
+    free(y);
+    assert_int_equal(fg_chat_tokenize_ex(t, &r, false, true, &b, &nb), FG_OK);
+    ly = fg_token_to_piece(t, b[0], false, py, sizeof py);
+    assert_true(ly > 0 && py[0] == 'U'); // "User: ..." right after earlier text
     free(b);
     fg_chat_rendered_free(&r);
     fg_tokenizer_destroy(t);
