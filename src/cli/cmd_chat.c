@@ -74,6 +74,16 @@ static int parse(int argc, char **argv, chat_args *a) {
             a->verbose = true;
             continue;
         }
+        static const char *const k_valued[] = {"-m", "--model", "--system", "--chat-template",
+                                               "-n", "--n-predict", "-t", "--threads", "-c",
+                                               "--ctx", "--device"};
+        bool valued = false;
+        for (size_t k = 0; k < sizeof k_valued / sizeof k_valued[0]; k++)
+            valued = valued || !strcmp(f, k_valued[k]);
+        if (!valued) {
+            fprintf(stderr, "forge chat: unknown option '%s' (see forge chat --help)\n", f);
+            return 2;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "forge chat: %s needs a value\n", f);
             return 2;
@@ -94,11 +104,8 @@ static int parse(int argc, char **argv, chat_args *a) {
         } else if (!strcmp(f, "-c") || !strcmp(f, "--ctx")) {
             if (!fg_cli_parse_i64(C, f, v, 16, 1 << 24, &a->ctx))
                 return 2;
-        } else if (!strcmp(f, "--device")) {
+        } else { // --device
             a->o.device = v;
-        } else {
-            fprintf(stderr, "forge chat: unknown option '%s' (see forge chat --help)\n", f);
-            return 2;
         }
     }
     if (!a->o.model_path) {
