@@ -77,6 +77,9 @@ $(call mod_lib,$(1)): $(call mod_objs,$(1))
 endef
 $(foreach m,$(MODULES),$(eval $(call MODULE_RULE,$(m))))
 
+# the chat page is built into the server (.incbin in webui.c)
+$(BUILD)/obj/src/server/webui.o: src/server/webui/index.html
+
 # libedit (BSD licence): line editing and history for `forge chat`, the CLI only
 CLI_LDLIBS := -ledit
 $(BUILD)/forge: $(CLI_OBJ) $(ALL_LIBS)

@@ -1,6 +1,6 @@
 // forge/server.h - the OpenAI-compatible HTTP server behind `forge serve` (libmicrohttpd +
 // jansson): /v1/completions, /v1/chat/completions (JSON and SSE), /v1/models, /health,
-// /metrics, /v1/requests/{id}; and the network-free pieces it is built from (request parsing
+// /metrics, /v1/requests/{id}, the chat page at /; and the network-free pieces it is built from (request parsing
 // and validation; chat templates are in forge/chat.h) so that fuzzers and unit tests can call
 // them directly.
 // Not here: the engine (forge/engine.h) or tokenization internals. Called by src/cli/cmd_serve.c.
@@ -35,6 +35,7 @@ typedef struct fg_server_opts {
     size_t max_body;           // request body limit in bytes (0: 1 MiB)
     int32_t max_n;             // largest "n" accepted (0: 16; at most 64)
     bool log_requests;         // one line per request on stderr
+    bool no_webui;             // no chat page at / (404)
 } fg_server_opts;
 
 // Binds and starts the HTTP listener; /health answers "loading" (503) until fg_server_load

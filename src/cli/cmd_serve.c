@@ -44,6 +44,7 @@ static void usage(FILE *f) {
             "                          (default parallel x ctx; smaller pools preempt and recompute)\n"
             "  --max-body BYTES        request body limit (default 1048576)\n"
             "  --grace SECONDS         shutdown deadline for running requests (default 10)\n"
+            "  --no-webui              no chat page at / (404)\n"
             "  --verbose               log each request on stderr\n");
 }
 
@@ -63,6 +64,10 @@ int fg_cmd_serve(int argc, char **argv) {
         }
         if (!strcmp(a, "--verbose")) {
             o.log_requests = true;
+            continue;
+        }
+        if (!strcmp(a, "--no-webui")) {
+            o.no_webui = true;
             continue;
         }
         if (!v) {
@@ -159,8 +164,8 @@ int fg_cmd_serve(int argc, char **argv) {
         fg_server_destroy(s);
         return rc;
     }
-    fprintf(stderr, "forge serve: ready on http://%s:%d\n", o.host ? o.host : "127.0.0.1",
-            fg_server_port(s));
+    fprintf(stderr, "forge serve: ready on http://%s:%d%s\n", o.host ? o.host : "127.0.0.1",
+            fg_server_port(s), o.no_webui ? "" : " (chat page at /)");
     for (;;) {
         struct pollfd p = {.fd = g_sig_pipe[0], .events = POLLIN};
         int rc = poll(&p, 1, -1);

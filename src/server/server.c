@@ -34,6 +34,7 @@ enum {
     R_METRICS,
     R_REQUESTS,
     R_TEMPLATE,
+    R_WEBUI, // the chat page (webui.c)
 };
 
 const char *fg_srv_id_prefix(int route) {
@@ -228,6 +229,8 @@ static int route_of(const char *url, const char **rest) {
         return R_METRICS;
     if (!strcmp(url, "/apply-template") || !strcmp(url, "/v1/apply-template"))
         return R_TEMPLATE;
+    if (!strcmp(url, "/") || !strcmp(url, "/favicon.ico"))
+        return R_WEBUI;
     if (!strncmp(url, "/v1/requests/", 13) && url[13]) {
         *rest = url + 13;
         return R_REQUESTS;
@@ -281,6 +284,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *con, const ch
         c->id = atomic_fetch_add(&s->next_id, 1);
         const char *rest;
         c->route = route_of(url, &rest);
+        if (c->route == R_WEBUI && s->opts.no_webui)
+            c->route = R_NOT_FOUND;
         *con_cls = c;
         const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Length");
         if (cl) {
@@ -355,6 +360,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *con, const ch
         MHD_destroy_response(resp);
         return ret;
     }
+    if (c->route == R_WEBUI) // a static page: no key (the API calls it makes need one)
+        return fg_webui_serve(s, con, c, url);
     if (c->route == R_HEALTH)
         return fg_api_health(s, con, c);
     if (c->route == R_METRICS)
