@@ -17,7 +17,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import FORGE_BIN, STORIES, ForgeServer
+from conftest import FORGE_BIN, STORIES, gguf_with_kv_string
 
 CHATML = ["--chat-template", "chatml"]
 STATS = re.compile(r"\[cache: (\d+) tokens reused, (\d+) evaluated \((appended|re-rendered)\); "
@@ -131,6 +131,12 @@ def test_two_turns_reuse_the_cache_and_ctrl_d_leaves(term):
     t.keys('"""', "Enter", "block one", "Enter", "block two", "Enter")
     out4 = t.send('"""')
     assert '> """\n... block one\n... block two\n... """\n' in t.screen() and stats(out4)[3] > 0
+    # history: Up recalls the last message (the block), Up again the one before
+    t.keys("Up", "Up")
+    t.wait_for(lambda s: s.rstrip().endswith("> second line") or s.rstrip().endswith("second line"),
+               what="the history recall")
+    t.keys("C-c")
+    t.wait_for(lambda s: s.rstrip().endswith(">"), what="a fresh prompt")
     t.keys("C-d")
     t.wait_for(lambda s: "EXITED rc=0" in s, what="forge chat to leave on Ctrl-D")
 
@@ -285,3 +291,18 @@ def test_bad_flags():
     assert p.returncode == 1 and p.stderr.startswith("forge chat: ") and p.stderr.count("\n") == 1
     p = subprocess.run([str(FORGE_BIN), "chat", "--help"], capture_output=True, text=True, timeout=20)
     assert p.returncode == 0 and "/help" in p.stdout and "--system" in p.stdout
+
+
+def test_template_from_the_file(tmp_path):
+    qwen = gguf_with_kv_string(STORIES, tmp_path / "q.gguf", "tokenizer.chat_template",
+                               "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+                               "<|im_end|>\n{% endfor %}")
+    p = subprocess.run([str(FORGE_BIN), "chat", "-m", str(qwen), "-n", "24", "--temp", "0"],
+                       input="Hello there\n", capture_output=True, text=True, timeout=60)
+    want = chat(*CHATML, "-n", 24, "--temp", 0, inp="Hello there\n")
+    assert p.returncode == 0 and p.stdout == want.stdout and p.stdout.strip(), (p.stdout, p.stderr)
+    odd = gguf_with_kv_string(STORIES, tmp_path / "odd.gguf", "tokenizer.chat_template",
+                              "{% for m in messages %}### {{ m.content }}{% endfor %}")
+    p = subprocess.run([str(FORGE_BIN), "chat", "-m", str(odd)], input="hi\n", capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 1 and "odd.gguf" in p.stderr and "--chat-template" in p.stderr, p.stderr
