@@ -273,8 +273,8 @@ static fg_status make_plan(fg_cli_chat *c, plan *p) {
         return st;
     fg_chat_rendered d;
     size_t n = 0;
-    if (c->synced && c->n_hist > 0 && fg_chat_rendered_delta(&c->last_prompt, c->last_raw, c->last_raw_len,
-                                            &p->full, &d)) {
+    if (c->synced && c->n_hist > 0 &&
+        fg_chat_rendered_delta(&c->last_prompt, c->last_raw, c->last_raw_len, &p->full, &d)) {
         // the delta continues the cache's last token: text unless it is a control token
         fg_token_kind k = fg_tokenizer_token_kind(c->tok, c->hist[c->n_hist - 1]);
         bool cont = k != FG_TOKEN_CONTROL && k != FG_TOKEN_USER_DEFINED;
@@ -284,6 +284,11 @@ static fg_status make_plan(fg_cli_chat *c, plan *p) {
             goto fail;
         p->keep = c->n_hist;
         p->incremental = true;
+        if (n == 0) { // nothing new (cannot happen with a new message): the last token again
+            p->add = fg_xrealloc(p->add, sizeof *p->add);
+            p->add[0] = c->hist[--p->keep];
+            n = 1;
+        }
     } else {
         int32_t *ids = NULL;
         st = fg_chat_tokenize(c->tok, &p->full, &ids, &n);
@@ -301,6 +306,10 @@ static fg_status make_plan(fg_cli_chat *c, plan *p) {
     }
     if (n > (size_t)INT32_MAX / 2) {
         st = FG_FAIL(FG_ERR_CAPACITY, "the conversation has %zu tokens", n);
+        goto fail;
+    }
+    if (n == 0) { // an empty rendering and no BOS: no logits to answer from
+        st = FG_FAIL(FG_ERR_INVALID_ARG, "the conversation renders to no tokens");
         goto fail;
     }
     p->n_add = (int32_t)n;
