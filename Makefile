@@ -108,8 +108,13 @@ $(call mod_lib,$(1)): $(call mod_objs,$(1))
 endef
 $(foreach m,$(MODULES),$(eval $(call MODULE_RULE,$(m))))
 
+# the chat page is built into the server (.incbin in webui.c)
+$(BUILD)/obj/src/server/webui.o: src/server/webui/index.html
+
+# libedit (BSD licence): line editing and history for `forge chat`, the CLI only
+CLI_LDLIBS := -ledit
 $(BUILD)/forge: $(CLI_OBJ) $(ALL_LIBS)
-	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(ALL_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(ALL_LIBS) $(LDLIBS) $(CLI_LDLIBS)
 
 # A test may list the modules it needs on a line "// forge-test-modules: gguf quant base"
 # (link order, higher first) so that it builds while other modules are in progress; the

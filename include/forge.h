@@ -11,6 +11,7 @@
 #include "forge/types.h"
 #include "forge/tokenizer.h"
 #include "forge/backend.h"
+#include "forge/chat.h"
 #include "forge/model.h"
 #include "forge/engine.h"
 #include "forge/server.h"

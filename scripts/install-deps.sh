@@ -3,7 +3,9 @@
 set -e
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-pkgs="build-essential clang libclang-rt-14-dev libmicrohttpd-dev libjansson-dev libpcre2-dev libcmocka-dev curl python3 python3-pip"
+pkgs="build-essential clang libclang-rt-14-dev libmicrohttpd-dev libjansson-dev libpcre2-dev libcmocka-dev libedit-dev curl python3 python3-pip"
+# --test: tmux drives `forge chat` on a terminal, chromium + chromium-driver run the chat page
+if [ "${1:-}" = "--test" ]; then pkgs="$pkgs tmux chromium chromium-driver"; fi
 missing=""
 for p in $pkgs; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
@@ -25,9 +27,10 @@ if [ "${1:-}" = "--test" ]; then
             echo "install-deps: could not install$hip_missing (the HIP compile check will be skipped)"
     fi
     # test tooling only: pytest, the official openai client and requests (server suites), numpy
-    # (weight statistics in the synth suite), regex (reference splits for BPE pre-tokenizers)
-    pypkgs="pytest openai requests numpy regex"
-    python3 -c "import pytest, openai, requests, numpy, regex" 2>/dev/null ||
+    # (weight statistics in the synth suite), regex (reference splits for BPE pre-tokenizers),
+    # selenium (drives chromium through chromium-driver for the chat page)
+    pypkgs="pytest openai requests numpy regex selenium"
+    python3 -c "import pytest, openai, requests, numpy, regex, selenium" 2>/dev/null ||
         python3 -m pip install -q $pypkgs 2>/dev/null ||
         python3 -m pip install -q --break-system-packages $pypkgs
 fi

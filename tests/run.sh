@@ -110,7 +110,7 @@ fi
 if ls tests/py/test_*.py >/dev/null 2>&1; then
     echo "== Python suites"
     log="$BUILD/tests/pytest.log"
-    python3 -m pytest -q -p no:cacheprovider tests/py >"$log" 2>&1
+    python3 -m pytest -q -rs -p no:cacheprovider tests/py >"$log" 2>&1
     rc=$?
     tail -n 30 "$log"
     summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed)|^=+ .*(passed|failed|error)' "$log" | tail -n 1)
@@ -119,8 +119,10 @@ if ls tests/py/test_*.py >/dev/null 2>&1; then
     e=$(grep -oE '[0-9]+ error' <<<"$summary" | grep -oE '[0-9]+' || echo 0)
     f=$((f + e))
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+    k=$(grep -oE '[0-9]+ skipped' <<<"$summary" | grep -oE '[0-9]+' || echo 0)
     passed=$((passed + p))
     failed=$((failed + f))
+    skipped=$((skipped + k)) # the reasons are in the summary above (-rs)
     [ "$f" -ne 0 ] && failures+=("pytest")
 fi
 

@@ -1,7 +1,8 @@
 // forge/server.h - the OpenAI-compatible HTTP server behind `forge serve` (libmicrohttpd +
 // jansson): /v1/completions, /v1/chat/completions (JSON and SSE), /v1/models, /health,
-// /metrics, /v1/requests/{id}; and the network-free pieces it is built from (request parsing
-// and validation, chat templates) so that fuzzers and unit tests can call them directly.
+// /metrics, /v1/requests/{id}, the chat page at /; and the network-free pieces it is built from (request parsing
+// and validation; chat templates are in forge/chat.h) so that fuzzers and unit tests can call
+// them directly.
 // Not here: the engine (forge/engine.h) or tokenization internals. Called by src/cli/cmd_serve.c.
 #ifndef FORGE_SERVER_H
 #define FORGE_SERVER_H
@@ -9,6 +10,7 @@
 #include "forge/status.h"
 #include "forge/engine.h"
 #include "forge/tokenizer.h"
+#include "forge/chat.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -34,6 +36,7 @@ typedef struct fg_server_opts {
     size_t max_body;           // request body limit in bytes (0: 1 MiB)
     int32_t max_n;             // largest "n" accepted (0: 16; at most 64)
     bool log_requests;         // one line per request on stderr
+    bool no_webui;             // no chat page at / (404)
 } fg_server_opts;
 
 // Binds and starts the HTTP listener; /health answers "loading" (503) until fg_server_load
@@ -48,55 +51,7 @@ int32_t fg_server_port(const fg_server *s); // the bound port
 void fg_server_shutdown(fg_server *s, double grace_s);
 void fg_server_destroy(fg_server *s); // shuts down (grace 0) if still running; NULL: no-op
 
-// ---- chat templates (network- and model-free)
-typedef enum fg_chat_format {
-    FG_CHAT_UNKNOWN = 0,
-    FG_CHAT_PLAIN,
-    FG_CHAT_CHATML,  // <|im_start|>role\n...<|im_end|>\n (Qwen)
-    FG_CHAT_LLAMA3,  // <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>
-    FG_CHAT_LLAMA2,  // [INST] <<SYS>>\n...\n<</SYS>>\n\n... [/INST]
-    FG_CHAT_MISTRAL, // [INST] ...[/INST] ...</s>
-    FG_CHAT_GLM4,    // [gMASK]<sop><|role|>\n...
-} fg_chat_format;
-
-// By name ("chatml", "qwen", "llama3", "llama2", "mistral", "glm4", "plain"); FG_CHAT_UNKNOWN if none.
-fg_chat_format fg_chat_format_from_name(const char *name);
-const char *fg_chat_format_name(fg_chat_format f);
-// Recognises a Jinja template text by its signature; NULL/empty text: FG_CHAT_PLAIN;
-// a template that matches none: FG_CHAT_UNKNOWN.
-fg_chat_format fg_chat_format_detect(const char *tmpl, size_t len);
-
-typedef struct fg_chat_msg {
-    const char *role;    // "system", "user", "assistant" (views, not owned)
-    const char *content;
-    size_t content_len;
-} fg_chat_msg;
-
-// A rendered conversation: pieces in order. Text pieces are tokenized WITHOUT special-token
-// parsing (they may hold user content); control pieces are the template's own special-token
-// strings (looked up in the vocabulary, falling back to plain text when absent).
-typedef struct fg_chat_piece {
-    bool control;
-    char *text; // owned, NUL-terminated
-    size_t len;
-} fg_chat_piece;
-
-typedef struct fg_chat_rendered {
-    fg_chat_piece *pieces;
-    int32_t n_pieces;
-    int32_t cap;
-} fg_chat_rendered;
-
-// FG_ERR_INVALID_ARG for an unknown role or an empty conversation (message names the index).
-fg_status fg_chat_render(fg_chat_format f, const fg_chat_msg *msgs, int32_t n_msgs,
-                         bool add_generation_prompt, fg_chat_rendered *out);
-void fg_chat_rendered_free(fg_chat_rendered *r);
-// Flattens the pieces into one string (for logs and tests); caller frees.
-char *fg_chat_rendered_text(const fg_chat_rendered *r, size_t *len);
-// Tokens of a rendered conversation: BOS if the vocabulary adds one, control pieces as their
-// token ids, text pieces with parse_special = false. *ids heap-allocated (free()).
-fg_status fg_chat_tokenize(const fg_tokenizer *t, const fg_chat_rendered *r, int32_t **ids,
-                           size_t *n);
+// ---- chat templates: forge/chat.h (shared with `forge chat`)
 
 // ---- request parsing and validation (network- and model-free)
 typedef enum fg_api_kind { FG_API_COMPLETION = 0, FG_API_CHAT = 1 } fg_api_kind;

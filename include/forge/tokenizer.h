@@ -67,6 +67,13 @@ int32_t fg_tokenizer_find(const fg_tokenizer *t, const char *text, size_t len);
 fg_status fg_tokenize(const fg_tokenizer *t, const char *text, size_t len, bool add_special,
                       bool parse_special, int32_t **ids, size_t *n);
 
+// fg_tokenize with flags: FG_TOKENIZE_ADD_SPECIAL and FG_TOKENIZE_PARSE_SPECIAL as the bools
+// above; FG_TOKENIZE_CONTINUE: the text continues text tokenized before (a conversation that
+// grows), so SentencePiece's space prefix is not added to its first fragment.
+enum { FG_TOKENIZE_ADD_SPECIAL = 1, FG_TOKENIZE_PARSE_SPECIAL = 2, FG_TOKENIZE_CONTINUE = 4 };
+fg_status fg_tokenize_ex(const fg_tokenizer *t, const char *text, size_t len, unsigned flags,
+                         int32_t **ids, size_t *n);
+
 // Byte-level BPE only: the pre-tokenizer's words of text[0..len) as (start, length) byte
 // pairs in (*spans)[2*i], (*spans)[2*i+1] (heap, free()), for testing and debugging.
 // Errors: FG_ERR_INVALID_ARG for other tokenizer types and for text that is not valid UTF-8.

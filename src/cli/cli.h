@@ -14,6 +14,7 @@ int fg_cmd_run(int argc, char **argv);
 int fg_cmd_perplexity(int argc, char **argv);
 int fg_cmd_bench(int argc, char **argv);
 int fg_cmd_serve(int argc, char **argv);
+int fg_cmd_chat(int argc, char **argv);
 
 // Prints "forge <cmd>: <fg_last_error()>" to stderr and returns 1.
 int fg_cli_fail(const char *cmd);
@@ -22,9 +23,22 @@ bool fg_cli_parse_i64(const char *cmd, const char *flag, const char *s, int64_t 
 bool fg_cli_parse_f64(const char *cmd, const char *flag, const char *s, double lo, double hi, double *out);
 // --device auto|cpu|cuda (auto: the GPU when usable, else the CPU with a notice), --gpu N.
 bool fg_cli_device_valid(const char *cmd, const char *device);
+const char *fg_cli_default_device(void); // $FORGE_DEVICE, else "auto"
 fg_status fg_cli_backend(const char *cmd, const char *device, int gpu, int threads, fg_backend **out);
 // "forge <cmd>: <device>; weights X GiB, KV pool Y GiB (N tokens), scratch Z GiB; F of T GiB free"
 void fg_cli_print_memory(const char *cmd, fg_backend *be, const fg_model *m, const fg_kv_store *kv);
+// The sampling flags of run and chat (cli_sampling.c): when argv[*i] is one of them, parses its
+// value into *s (--seed also sets *seed_set), advances *i and returns 1; returns 0 for another
+// flag and -1 after printing a usage error.
+int fg_cli_sampling_flag(const char *cmd, int argc, char **argv, int *i, fg_sampling *s,
+                         bool *seed_set);
+#define FG_CLI_SAMPLING_HELP                                                                  \
+    "  --temp T               temperature (default 0.8; 0: greedy)\n"                         \
+    "  --top-k K              (default 40; 0: off)\n"                                         \
+    "  --top-p P              (default 0.95; 1: off)\n"                                       \
+    "  --min-p P              (default 0.05; 0: off)\n"                                       \
+    "  --repeat-penalty R     (default 1: off)\n"                                             \
+    "  --seed S               sampling seed (default: from the clock, printed)\n"
 // Reads a whole file into a NUL-terminated heap buffer (caller frees).
 fg_status fg_cli_read_file(const char *path, char **out, size_t *len);
 

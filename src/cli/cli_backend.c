@@ -1,11 +1,14 @@
 // cli_backend.c - the --device / --gpu / --threads choice shared by run, perplexity, bench,
-// serve and chat: "auto" (the default) takes the GPU when one is usable and otherwise the
-// CPU with a one-line notice; "cuda" without a usable GPU is an error. Also the one line each
+// serve and chat: "auto" (the default; FORGE_DEVICE overrides the default) takes the GPU when
+// one is usable and otherwise the CPU, with a one-line notice when the build has a GPU backend
+// but no GPU is usable; "cuda" without a usable GPU is an error. Also the one line each
 // command prints after loading: the device and the bytes of weights, KV pool and scratch.
 #include "cli/cli.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 bool fg_cli_device_valid(const char *cmd, const char *device) {
     if (!strcmp(device, "auto") || !strcmp(device, "cpu") || !strcmp(device, "cuda"))
@@ -14,14 +17,21 @@ bool fg_cli_device_valid(const char *cmd, const char *device) {
     return false;
 }
 
+const char *fg_cli_default_device(void) {
+    const char *d = getenv("FORGE_DEVICE");
+    return d && *d ? d : "auto";
+}
+
 fg_status fg_cli_backend(const char *cmd, const char *device, int gpu, int threads, fg_backend **out) {
     fg_backend_opts o = {.n_threads = threads, .device = gpu};
     if (!device)
-        device = "auto";
+        device = fg_cli_default_device();
     if (!strcmp(device, "auto")) {
-        if (fg_backend_create("cuda", &o, out) == FG_OK)
+        fg_status st = fg_backend_create("cuda", &o, out);
+        if (st == FG_OK)
             return FG_OK;
-        fprintf(stderr, "forge %s: no usable GPU (%s); running on the CPU\n", cmd, fg_last_error());
+        if (st != FG_ERR_UNSUPPORTED) // a GPU build on a machine without a usable GPU
+            fprintf(stderr, "forge %s: no usable GPU (%s); running on the CPU\n", cmd, fg_last_error());
         device = "cpu";
     }
     return fg_backend_create(device, &o, out);
@@ -30,6 +40,10 @@ fg_status fg_cli_backend(const char *cmd, const char *device, int gpu, int threa
 static double gib(uint64_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
 
 void fg_cli_print_memory(const char *cmd, fg_backend *be, const fg_model *m, const fg_kv_store *kv) {
+    // on a terminal (like the loading bar) or with FORGE_VERBOSE=1: scripts read stderr for errors
+    const char *v = getenv("FORGE_VERBOSE");
+    if (!isatty(2) && !(v && !strcmp(v, "1")))
+        return;
     const fg_model_info *in = fg_model_get_info(m);
     uint64_t kvb = kv ? fg_kv_store_bytes(kv) : 0, free_b = 0, total_b = 0;
     fprintf(stderr, "forge %s: %s; weights %.2f GiB, KV pool %.2f GiB (%d tokens), scratch %.2f GiB", cmd,

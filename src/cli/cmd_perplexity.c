@@ -35,7 +35,7 @@ static double log_softmax_at(const float *logits, int32_t n_vocab, int32_t tok) 
 
 int fg_cmd_perplexity(int argc, char **argv) {
     const char *C = "perplexity";
-    const char *model = NULL, *file = NULL, *device = "auto";
+    const char *model = NULL, *file = NULL, *device = NULL;
     int64_t ctx = 512, threads = 0, gpu = 0;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
@@ -72,8 +72,6 @@ int fg_cmd_perplexity(int argc, char **argv) {
                 return 2;
         } else {
             device = val;
-            if (!fg_cli_device_valid(C, val))
-                return 2;
         }
     }
     if (!model || !file) {

@@ -24,12 +24,7 @@ static void run_usage(FILE *f) {
             "  -p, --prompt TEXT      prompt (may be empty when the model adds BOS)\n"
             "  -f, --file PATH        read the prompt from a file\n"
             "  -n, --n-predict N      tokens to generate (default 128; 0: none; -1: until EOG or full context)\n"
-            "  --temp T               temperature (default 0.8; 0: greedy)\n"
-            "  --top-k K              (default 40; 0: off)\n"
-            "  --top-p P              (default 0.95; 1: off)\n"
-            "  --min-p P              (default 0.05; 0: off)\n"
-            "  --repeat-penalty R     (default 1: off)\n"
-            "  --seed S               sampling seed (default: from the clock, printed)\n"
+            FG_CLI_SAMPLING_HELP
             "  -t, --threads N        CPU threads (default: all cores)\n"
             "  -c, --ctx N            context length (default: the model's, at most 4096)\n"
             "  --device NAME          auto (default: the GPU when usable), cpu or cuda\n"
@@ -49,14 +44,17 @@ typedef struct run_args {
 static int parse(int argc, char **argv, run_args *a) {
     const char *C = "run";
     a->n_predict = 128;
-    a->device = "auto";
+    a->device = NULL; // fg_cli_default_device()
     a->smp = fg_sampling_default();
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         bool has_val = i + 1 < argc;
         const char *val = has_val ? argv[i + 1] : NULL;
-        double d;
-        int64_t v;
+        int sr = fg_cli_sampling_flag(C, argc, argv, &i, &a->smp, &a->seed_set);
+        if (sr < 0)
+            return 2;
+        if (sr > 0)
+            continue;
 #define NEED_VAL()                                                            \
     do {                                                                      \
         if (!has_val) {                                                       \
@@ -80,37 +78,6 @@ static int parse(int argc, char **argv, run_args *a) {
             NEED_VAL();
             if (!fg_cli_parse_i64(C, f, val, -1, INT32_MAX, &a->n_predict))
                 return 2;
-        } else if (!strcmp(f, "--temp")) {
-            NEED_VAL();
-            if (!fg_cli_parse_f64(C, f, val, 0, 100, &d))
-                return 2;
-            a->smp.temperature = (float)d;
-        } else if (!strcmp(f, "--top-k")) {
-            NEED_VAL();
-            if (!fg_cli_parse_i64(C, f, val, 0, INT32_MAX, &v))
-                return 2;
-            a->smp.top_k = (int32_t)v;
-        } else if (!strcmp(f, "--top-p")) {
-            NEED_VAL();
-            if (!fg_cli_parse_f64(C, f, val, 0, 1, &d))
-                return 2;
-            a->smp.top_p = (float)d;
-        } else if (!strcmp(f, "--min-p")) {
-            NEED_VAL();
-            if (!fg_cli_parse_f64(C, f, val, 0, 1, &d))
-                return 2;
-            a->smp.min_p = (float)d;
-        } else if (!strcmp(f, "--repeat-penalty")) {
-            NEED_VAL();
-            if (!fg_cli_parse_f64(C, f, val, 0.01, 100, &d))
-                return 2;
-            a->smp.repeat_penalty = (float)d;
-        } else if (!strcmp(f, "--seed")) {
-            NEED_VAL();
-            if (!fg_cli_parse_i64(C, f, val, 0, INT64_MAX, &v))
-                return 2;
-            a->smp.seed = (uint64_t)v;
-            a->seed_set = true;
         } else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) {
             NEED_VAL();
             if (!fg_cli_parse_i64(C, f, val, 1, 1024, &a->threads))
@@ -122,8 +89,6 @@ static int parse(int argc, char **argv, run_args *a) {
         } else if (!strcmp(f, "--device")) {
             NEED_VAL();
             a->device = val;
-            if (!fg_cli_device_valid(C, val))
-                return 2;
         } else if (!strcmp(f, "--gpu")) {
             NEED_VAL();
             if (!fg_cli_parse_i64(C, f, val, 0, 1023, &a->gpu))

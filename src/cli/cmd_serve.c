@@ -45,6 +45,7 @@ static void usage(FILE *f) {
             "                          (default parallel x ctx; smaller pools preempt and recompute)\n"
             "  --max-body BYTES        request body limit (default 1048576)\n"
             "  --grace SECONDS         shutdown deadline for running requests (default 10)\n"
+            "  --no-webui              no chat page at / (404)\n"
             "  --verbose               log each request on stderr\n");
 }
 
@@ -64,6 +65,10 @@ int fg_cmd_serve(int argc, char **argv) {
         }
         if (!strcmp(a, "--verbose")) {
             o.log_requests = true;
+            continue;
+        }
+        if (!strcmp(a, "--no-webui")) {
+            o.no_webui = true;
             continue;
         }
         if (!v) {
@@ -140,6 +145,8 @@ int fg_cmd_serve(int argc, char **argv) {
         long n_cpu = sysconf(_SC_NPROCESSORS_ONLN);
         o.n_threads = n_cpu > 1 ? (int32_t)(n_cpu - 1) : 1;
     }
+    if (!o.device)
+        o.device = fg_cli_default_device();
     if (pipe(g_sig_pipe) != 0) {
         fprintf(stderr, "forge serve: pipe: %s\n", strerror(errno));
         return 1;
@@ -163,8 +170,8 @@ int fg_cmd_serve(int argc, char **argv) {
         fg_server_destroy(s);
         return rc;
     }
-    fprintf(stderr, "forge serve: ready on http://%s:%d\n", o.host ? o.host : "127.0.0.1",
-            fg_server_port(s));
+    fprintf(stderr, "forge serve: ready on http://%s:%d%s\n", o.host ? o.host : "127.0.0.1",
+            fg_server_port(s), o.no_webui ? "" : " (chat page at /)");
     for (;;) {
         struct pollfd p = {.fd = g_sig_pipe[0], .events = POLLIN};
         int rc = poll(&p, 1, -1);

@@ -17,6 +17,7 @@ typedef struct command {
 
 static const command k_commands[] = {
     {"run", fg_cmd_run, "generate text from a prompt"},
+    {"chat", fg_cmd_chat, "talk with a model on a terminal, in its chat template"},
     {"serve", fg_cmd_serve, "OpenAI-compatible HTTP server with continuous batching"},
     {"bench", fg_cmd_bench, "prefill and decode throughput against the memory bound"},
     {"perplexity", fg_cmd_perplexity, "perplexity of a text file (llama.cpp's method)"},

@@ -34,6 +34,7 @@ enum {
     R_METRICS,
     R_REQUESTS,
     R_TEMPLATE,
+    R_WEBUI, // the chat page (webui.c)
 };
 
 const char *fg_srv_id_prefix(int route) {
@@ -228,6 +229,8 @@ static int route_of(const char *url, const char **rest) {
         return R_METRICS;
     if (!strcmp(url, "/apply-template") || !strcmp(url, "/v1/apply-template"))
         return R_TEMPLATE;
+    if (!strcmp(url, "/") || !strcmp(url, "/favicon.ico"))
+        return R_WEBUI;
     if (!strncmp(url, "/v1/requests/", 13) && url[13]) {
         *rest = url + 13;
         return R_REQUESTS;
@@ -281,6 +284,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *con, const ch
         c->id = atomic_fetch_add(&s->next_id, 1);
         const char *rest;
         c->route = route_of(url, &rest);
+        if (c->route == R_WEBUI && s->opts.no_webui)
+            c->route = R_NOT_FOUND;
         *con_cls = c;
         const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Length");
         if (cl) {
@@ -355,6 +360,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *con, const ch
         MHD_destroy_response(resp);
         return ret;
     }
+    if (c->route == R_WEBUI) // a static page: no key (the API calls it makes need one)
+        return fg_webui_serve(s, con, c, url);
     if (c->route == R_HEALTH)
         return fg_api_health(s, con, c);
     if (c->route == R_METRICS)
@@ -542,7 +549,8 @@ fg_status fg_server_load(fg_server *s) {
     mo.max_logit_rows = mo.max_seqs > 0 ? mo.max_seqs + 64 : 0;
     st = fg_backend_create(strcmp(s->device, "auto") ? s->device : "cuda", &bo, &s->backend);
     if (st != FG_OK && !strcmp(s->device, "auto")) { // auto: the GPU when usable, else the CPU
-        fprintf(stderr, "forge serve: no usable GPU (%s); running on the CPU\n", fg_last_error());
+        if (st != FG_ERR_UNSUPPORTED) // a GPU build on a machine without a usable GPU
+            fprintf(stderr, "forge serve: no usable GPU (%s); running on the CPU\n", fg_last_error());
         st = fg_backend_create("cpu", &bo, &s->backend);
     }
     if (st != FG_OK)
@@ -552,24 +560,10 @@ fg_status fg_server_load(fg_server *s) {
         goto fail;
     s->tok = fg_model_tokenizer(s->model);
     s->n_vocab = fg_tokenizer_n_vocab(s->tok);
-    if (s->chat_template_name) {
-        s->chat_format = fg_chat_format_from_name(s->chat_template_name);
-    } else {
-        const char *t = NULL;
-        size_t tl = 0;
-        const fg_gguf *g = fg_model_gguf(s->model);
-        if (g && fg_gguf_find_key(g, "tokenizer.chat_template") >= 0 &&
-            fg_gguf_get_str(g, "tokenizer.chat_template", &t, &tl) != FG_OK)
-            goto fail_msg;
-        s->chat_format = fg_chat_format_detect(t, tl);
-        if (s->chat_format == FG_CHAT_UNKNOWN) {
-            st = FG_FAIL(FG_ERR_UNSUPPORTED,
-                         "%s: tokenizer.chat_template is not a format forge recognises; pass "
-                         "--chat-template chatml|llama3|llama2|mistral|glm4|plain",
-                         s->model_path);
-            goto fail;
-        }
-    }
+    st = fg_chat_format_select(fg_model_gguf(s->model), s->chat_template_name, s->model_path,
+                               &s->chat_format);
+    if (st != FG_OK)
+        goto fail;
     fg_engine_opts eo;
     memset(&eo, 0, sizeof eo);
     eo.n_ctx = s->opts.n_ctx;
@@ -596,8 +590,6 @@ fg_status fg_server_load(fg_server *s) {
     pthread_rwlock_unlock(&s->engine_lock);
     atomic_store(&s->state, SRV_READY);
     return FG_OK;
-fail_msg:
-    st = FG_ERR_FORMAT;
 fail:
     atomic_store(&s->state, SRV_FAILED);
     return st;

@@ -172,4 +172,9 @@ enum MHD_Result fg_api_metrics(fg_server *s, struct MHD_Connection *con, srv_con
 enum MHD_Result fg_api_request_get(fg_server *s, struct MHD_Connection *con, srv_conn *c,
                                    const char *id, bool cancel);
 
+// ---- webui.c
+// GET / (the chat page, under a strict Content-Security-Policy) and GET /favicon.ico (204).
+enum MHD_Result fg_webui_serve(fg_server *s, struct MHD_Connection *con, srv_conn *c,
+                               const char *url);
+
 #endif // FG_SERVER_INTERNAL_H

@@ -771,6 +771,16 @@ nomem:
 
 fg_status fg_tokenize(const fg_tokenizer *t, const char *text, size_t len, bool add_special,
                       bool parse_special, int32_t **ids, size_t *n) {
+    return fg_tokenize_ex(t, text, len,
+                          (add_special ? FG_TOKENIZE_ADD_SPECIAL : 0u) |
+                              (parse_special ? FG_TOKENIZE_PARSE_SPECIAL : 0u),
+                          ids, n);
+}
+
+fg_status fg_tokenize_ex(const fg_tokenizer *t, const char *text, size_t len, unsigned flags,
+                         int32_t **ids, size_t *n) {
+    bool add_special = flags & FG_TOKENIZE_ADD_SPECIAL;
+    bool parse_special = flags & FG_TOKENIZE_PARSE_SPECIAL;
     if (!t || !ids || !n || (!text && len))
         return FG_FAIL(FG_ERR_INVALID_ARG, "fg_tokenize: NULL argument");
     if (len > (size_t)1 << 30)
@@ -785,7 +795,8 @@ fg_status fg_tokenize(const fg_tokenizer *t, const char *text, size_t len, bool 
     if (add_special && t->add_bos)
         tok_out_push(&out, t->bos);
     if (t->type == TOK_SPM) {
-        bool prev_special = true; // the first fragment gets the space prefix
+        // the first fragment gets the space prefix, unless the text continues earlier text
+        bool prev_special = !(flags & FG_TOKENIZE_CONTINUE);
         for (size_t i = 0; i < frags.n && st == FG_OK; i++) {
             frag f = frags.v[i];
             if (f.id >= 0) {

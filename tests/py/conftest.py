@@ -19,6 +19,10 @@ FORGE_BIN = Path(os.environ.get("FORGE_BIN", REPO / "build" / "forge"))
 _shared = Path(os.environ.get("FORGE_SHARED", "../shared"))
 FORGE_SHARED = _shared if _shared.is_absolute() else (REPO / _shared).resolve()
 STORIES = FORGE_SHARED / "models" / "stories260K.gguf"
+# The CLI's default --device is $FORGE_DEVICE, else auto (the GPU when usable, with a notice on
+# stderr when a GPU build finds none). These suites test the CPU unless told otherwise
+# (FORGE_DEVICE=cuda on a GPU machine), so their stderr holds only what they check.
+os.environ.setdefault("FORGE_DEVICE", "cpu")
 
 
 def _require(path, what):

@@ -1,10 +1,11 @@
 build-cpu/obj/bench/bench_tokenize.o: bench/bench_tokenize.c \
  include/forge.h include/forge/status.h include/forge/gguf.h \
  include/forge/status.h include/forge/types.h include/forge/tokenizer.h \
- include/forge/gguf.h include/forge/backend.h include/forge/model.h \
- include/forge/backend.h include/forge/types.h include/forge/tokenizer.h \
- include/forge/engine.h include/forge/model.h include/forge/server.h \
- include/forge/engine.h src/base/util.h
+ include/forge/gguf.h include/forge/backend.h include/forge/chat.h \
+ include/forge/tokenizer.h include/forge/model.h include/forge/backend.h \
+ include/forge/types.h include/forge/engine.h include/forge/model.h \
+ include/forge/server.h include/forge/engine.h include/forge/chat.h \
+ src/base/util.h
 include/forge.h:
 include/forge/status.h:
 include/forge/gguf.h:
@@ -13,12 +14,14 @@ include/forge/types.h:
 include/forge/tokenizer.h:
 include/forge/gguf.h:
 include/forge/backend.h:
+include/forge/chat.h:
+include/forge/tokenizer.h:
 include/forge/model.h:
 include/forge/backend.h:
 include/forge/types.h:
-include/forge/tokenizer.h:
 include/forge/engine.h:
 include/forge/model.h:
 include/forge/server.h:
 include/forge/engine.h:
+include/forge/chat.h:
 src/base/util.h:

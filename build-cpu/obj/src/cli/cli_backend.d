@@ -1,10 +1,10 @@
 build-cpu/obj/src/cli/cli_backend.o: src/cli/cli_backend.c src/cli/cli.h \
  include/forge.h include/forge/status.h include/forge/gguf.h \
  include/forge/status.h include/forge/types.h include/forge/tokenizer.h \
- include/forge/gguf.h include/forge/backend.h include/forge/model.h \
- include/forge/backend.h include/forge/types.h include/forge/tokenizer.h \
- include/forge/engine.h include/forge/model.h include/forge/server.h \
- include/forge/engine.h
+ include/forge/gguf.h include/forge/backend.h include/forge/chat.h \
+ include/forge/tokenizer.h include/forge/model.h include/forge/backend.h \
+ include/forge/types.h include/forge/engine.h include/forge/model.h \
+ include/forge/server.h include/forge/engine.h include/forge/chat.h
 src/cli/cli.h:
 include/forge.h:
 include/forge/status.h:
@@ -14,11 +14,13 @@ include/forge/types.h:
 include/forge/tokenizer.h:
 include/forge/gguf.h:
 include/forge/backend.h:
+include/forge/chat.h:
+include/forge/tokenizer.h:
 include/forge/model.h:
 include/forge/backend.h:
 include/forge/types.h:
-include/forge/tokenizer.h:
 include/forge/engine.h:
 include/forge/model.h:
 include/forge/server.h:
 include/forge/engine.h:
+include/forge/chat.h:

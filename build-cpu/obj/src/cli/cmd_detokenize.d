@@ -2,9 +2,10 @@ build-cpu/obj/src/cli/cmd_detokenize.o: src/cli/cmd_detokenize.c \
  src/cli/cli.h include/forge.h include/forge/status.h \
  include/forge/gguf.h include/forge/status.h include/forge/types.h \
  include/forge/tokenizer.h include/forge/gguf.h include/forge/backend.h \
- include/forge/model.h include/forge/backend.h include/forge/types.h \
- include/forge/tokenizer.h include/forge/engine.h include/forge/model.h \
- include/forge/server.h include/forge/engine.h src/base/status.h
+ include/forge/chat.h include/forge/tokenizer.h include/forge/model.h \
+ include/forge/backend.h include/forge/types.h include/forge/engine.h \
+ include/forge/model.h include/forge/server.h include/forge/engine.h \
+ include/forge/chat.h src/base/status.h
 src/cli/cli.h:
 include/forge.h:
 include/forge/status.h:
@@ -14,12 +15,14 @@ include/forge/types.h:
 include/forge/tokenizer.h:
 include/forge/gguf.h:
 include/forge/backend.h:
+include/forge/chat.h:
+include/forge/tokenizer.h:
 include/forge/model.h:
 include/forge/backend.h:
 include/forge/types.h:
-include/forge/tokenizer.h:
 include/forge/engine.h:
 include/forge/model.h:
 include/forge/server.h:
 include/forge/engine.h:
+include/forge/chat.h:
 src/base/status.h:

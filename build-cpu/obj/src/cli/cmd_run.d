@@ -1,10 +1,11 @@
 build-cpu/obj/src/cli/cmd_run.o: src/cli/cmd_run.c src/cli/cli.h \
  include/forge.h include/forge/status.h include/forge/gguf.h \
  include/forge/status.h include/forge/types.h include/forge/tokenizer.h \
- include/forge/gguf.h include/forge/backend.h include/forge/model.h \
- include/forge/backend.h include/forge/types.h include/forge/tokenizer.h \
- include/forge/engine.h include/forge/model.h include/forge/server.h \
- include/forge/engine.h src/base/status.h src/base/util.h
+ include/forge/gguf.h include/forge/backend.h include/forge/chat.h \
+ include/forge/tokenizer.h include/forge/model.h include/forge/backend.h \
+ include/forge/types.h include/forge/engine.h include/forge/model.h \
+ include/forge/server.h include/forge/engine.h include/forge/chat.h \
+ src/base/status.h src/base/util.h
 src/cli/cli.h:
 include/forge.h:
 include/forge/status.h:
@@ -14,13 +15,15 @@ include/forge/types.h:
 include/forge/tokenizer.h:
 include/forge/gguf.h:
 include/forge/backend.h:
+include/forge/chat.h:
+include/forge/tokenizer.h:
 include/forge/model.h:
 include/forge/backend.h:
 include/forge/types.h:
-include/forge/tokenizer.h:
 include/forge/engine.h:
 include/forge/model.h:
 include/forge/server.h:
 include/forge/engine.h:
+include/forge/chat.h:
 src/base/status.h:
 src/base/util.h:

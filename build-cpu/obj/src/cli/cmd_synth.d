@@ -1,11 +1,12 @@
 build-cpu/obj/src/cli/cmd_synth.o: src/cli/cmd_synth.c src/cli/cli.h \
  include/forge.h include/forge/status.h include/forge/gguf.h \
  include/forge/status.h include/forge/types.h include/forge/tokenizer.h \
- include/forge/gguf.h include/forge/backend.h include/forge/model.h \
- include/forge/backend.h include/forge/types.h include/forge/tokenizer.h \
- include/forge/engine.h include/forge/model.h include/forge/server.h \
- include/forge/engine.h src/cli/synth_vocab.h src/base/half.h \
- src/base/progress.h src/base/status.h src/base/util.h src/quant/quant.h
+ include/forge/gguf.h include/forge/backend.h include/forge/chat.h \
+ include/forge/tokenizer.h include/forge/model.h include/forge/backend.h \
+ include/forge/types.h include/forge/engine.h include/forge/model.h \
+ include/forge/server.h include/forge/engine.h include/forge/chat.h \
+ src/cli/synth_vocab.h src/base/half.h src/base/progress.h \
+ src/base/status.h src/base/util.h src/quant/quant.h
 src/cli/cli.h:
 include/forge.h:
 include/forge/status.h:
@@ -15,14 +16,16 @@ include/forge/types.h:
 include/forge/tokenizer.h:
 include/forge/gguf.h:
 include/forge/backend.h:
+include/forge/chat.h:
+include/forge/tokenizer.h:
 include/forge/model.h:
 include/forge/backend.h:
 include/forge/types.h:
-include/forge/tokenizer.h:
 include/forge/engine.h:
 include/forge/model.h:
 include/forge/server.h:
 include/forge/engine.h:
+include/forge/chat.h:
 src/cli/synth_vocab.h:
 src/base/half.h:
 src/base/progress.h:

@@ -2,7 +2,8 @@ build-cpu/obj/src/server/api_parse.o: src/server/api_parse.c \
  src/server/server_internal.h include/forge/server.h \
  include/forge/status.h include/forge/engine.h include/forge/model.h \
  include/forge/backend.h include/forge/gguf.h include/forge/types.h \
- include/forge/tokenizer.h src/base/status.h src/base/util.h
+ include/forge/tokenizer.h include/forge/chat.h src/base/status.h \
+ src/base/util.h
 src/server/server_internal.h:
 include/forge/server.h:
 include/forge/status.h:
@@ -12,5 +13,6 @@ include/forge/backend.h:
 include/forge/gguf.h:
 include/forge/types.h:
 include/forge/tokenizer.h:
+include/forge/chat.h:
 src/base/status.h:
 src/base/util.h:

@@ -1,10 +1,10 @@
 build-cpu/obj/tests/unit/test_engine.o: tests/unit/test_engine.c \
  include/forge.h include/forge/status.h include/forge/gguf.h \
  include/forge/status.h include/forge/types.h include/forge/tokenizer.h \
- include/forge/gguf.h include/forge/backend.h include/forge/model.h \
- include/forge/backend.h include/forge/types.h include/forge/tokenizer.h \
- include/forge/engine.h include/forge/model.h include/forge/server.h \
- include/forge/engine.h
+ include/forge/gguf.h include/forge/backend.h include/forge/chat.h \
+ include/forge/tokenizer.h include/forge/model.h include/forge/backend.h \
+ include/forge/types.h include/forge/engine.h include/forge/model.h \
+ include/forge/server.h include/forge/engine.h include/forge/chat.h
 include/forge.h:
 include/forge/status.h:
 include/forge/gguf.h:
@@ -13,11 +13,13 @@ include/forge/types.h:
 include/forge/tokenizer.h:
 include/forge/gguf.h:
 include/forge/backend.h:
+include/forge/chat.h:
+include/forge/tokenizer.h:
 include/forge/model.h:
 include/forge/backend.h:
 include/forge/types.h:
-include/forge/tokenizer.h:
 include/forge/engine.h:
 include/forge/model.h:
 include/forge/server.h:
 include/forge/engine.h:
+include/forge/chat.h:

@@ -2,9 +2,10 @@ build-cpu/obj/tests/unit/test_model.o: tests/unit/test_model.c \
  src/backend/backend.h include/forge/backend.h include/forge/status.h \
  include/forge/types.h include/forge.h include/forge/status.h \
  include/forge/gguf.h include/forge/types.h include/forge/tokenizer.h \
- include/forge/gguf.h include/forge/backend.h include/forge/model.h \
- include/forge/tokenizer.h include/forge/engine.h include/forge/model.h \
- include/forge/server.h include/forge/engine.h
+ include/forge/gguf.h include/forge/backend.h include/forge/chat.h \
+ include/forge/tokenizer.h include/forge/model.h include/forge/engine.h \
+ include/forge/model.h include/forge/server.h include/forge/engine.h \
+ include/forge/chat.h
 src/backend/backend.h:
 include/forge/backend.h:
 include/forge/status.h:
@@ -16,9 +17,11 @@ include/forge/types.h:
 include/forge/tokenizer.h:
 include/forge/gguf.h:
 include/forge/backend.h:
-include/forge/model.h:
+include/forge/chat.h:
 include/forge/tokenizer.h:
+include/forge/model.h:
 include/forge/engine.h:
 include/forge/model.h:
 include/forge/server.h:
 include/forge/engine.h:
+include/forge/chat.h:

@@ -2,8 +2,9 @@
 // signature (no Jinja interpreter) and rendering messages in that format as pieces that keep
 // the template's control tokens apart from message text, so user content never becomes a
 // control token. Formats follow the models' published templates (BOS comes from the tokenizer).
-// Not here: HTTP or JSON. Called by server.c (detection), api_completions.c, the fuzzer.
-#include "forge/server.h"
+// Also the difference of two renderings, so that a growing conversation is fed incrementally.
+// Not here: HTTP or JSON. Called by the server (src/server), `forge chat`, the fuzzer.
+#include "forge/chat.h"
 
 #include "base/status.h"
 #include "base/util.h"
@@ -55,6 +56,32 @@ fg_chat_format fg_chat_format_detect(const char *t, size_t len) {
         return FG_CHAT_MISTRAL;
     }
     return FG_CHAT_UNKNOWN;
+}
+
+fg_status fg_chat_format_select(const fg_gguf *g, const char *name, const char *path,
+                                fg_chat_format *out) {
+    if (name) {
+        fg_chat_format f = fg_chat_format_from_name(name);
+        if (f == FG_CHAT_UNKNOWN)
+            return FG_FAIL(FG_ERR_INVALID_ARG,
+                           "--chat-template: unknown template '%s' (expected chatml, llama3, "
+                           "llama2, mistral, glm4 or plain)",
+                           name);
+        *out = f;
+        return FG_OK;
+    }
+    const char *t = NULL;
+    size_t tl = 0;
+    if (g && fg_gguf_find_key(g, "tokenizer.chat_template") >= 0)
+        FG_TRY(fg_gguf_get_str(g, "tokenizer.chat_template", &t, &tl));
+    fg_chat_format f = fg_chat_format_detect(t, tl);
+    if (f == FG_CHAT_UNKNOWN)
+        return FG_FAIL(FG_ERR_UNSUPPORTED,
+                       "%s: tokenizer.chat_template is not a format forge recognises; pass "
+                       "--chat-template chatml|llama3|llama2|mistral|glm4|plain",
+                       path ? path : "model");
+    *out = f;
+    return FG_OK;
 }
 
 // ---- rendering
@@ -299,11 +326,17 @@ static void ids_push(id_buf *b, const int32_t *ids, size_t n) {
 // joins the surrounding text (e.g. "[INST]" in the Llama 2 vocabulary is plain text).
 fg_status fg_chat_tokenize(const fg_tokenizer *t, const fg_chat_rendered *r, int32_t **ids,
                            size_t *n) {
+    return fg_chat_tokenize_ex(t, r, fg_tokenizer_add_bos(t), false, ids, n);
+}
+
+fg_status fg_chat_tokenize_ex(const fg_tokenizer *t, const fg_chat_rendered *r, bool add_bos,
+                              bool continues, int32_t **ids, size_t *n) {
     id_buf out = {0};
     char *run = NULL;
     size_t run_len = 0;
+    bool started = false; // a piece of r went out already
     fg_status st = FG_OK;
-    if (fg_tokenizer_add_bos(t) && fg_tokenizer_bos(t) >= 0) {
+    if (add_bos && fg_tokenizer_bos(t) >= 0) {
         int32_t bos = fg_tokenizer_bos(t);
         ids_push(&out, &bos, 1);
     }
@@ -327,15 +360,20 @@ fg_status fg_chat_tokenize(const fg_tokenizer *t, const fg_chat_rendered *r, int
         if (run_len > 0) { // flush the run before the control token / at the end
             int32_t *tok = NULL;
             size_t nt = 0;
-            st = fg_tokenize(t, run, run_len, false, false, &tok, &nt);
+            // a delta's first run continues the text before it
+            unsigned fl = continues && !started ? FG_TOKENIZE_CONTINUE : 0u;
+            st = fg_tokenize_ex(t, run, run_len, fl, &tok, &nt);
             if (st != FG_OK)
                 goto fail;
             ids_push(&out, tok, nt);
             free(tok);
             run_len = 0;
+            started = true;
         }
-        if (p)
+        if (p) {
             ids_push(&out, &id, 1);
+            started = true;
+        }
     }
     free(run);
     if (!out.ids)
@@ -347,4 +385,52 @@ fail:
     free(run);
     free(out.ids);
     return st;
+}
+
+// ---- the difference of two renderings
+// Walks full's pieces against past's and then the text `then`; the position reached is
+// (piece index, byte offset inside that piece).
+bool fg_chat_rendered_delta(const fg_chat_rendered *past, const char *then, size_t then_len,
+                            const fg_chat_rendered *full, fg_chat_rendered *out) {
+    int32_t i = 0;  // piece of full
+    size_t off = 0; // bytes of full->pieces[i] already matched
+    for (int32_t k = 0; k < past->n_pieces; k++) {
+        const fg_chat_piece *p = &past->pieces[k];
+        if (i >= full->n_pieces)
+            return false;
+        const fg_chat_piece *q = &full->pieces[i];
+        if (p->control != q->control || p->len > q->len || memcmp(p->text, q->text, p->len))
+            return false;
+        // a text piece may continue in full (pieces merge): only the last one of past
+        if (p->len < q->len && (p->control || k + 1 < past->n_pieces))
+            return false;
+        if (p->len == q->len) {
+            i++;
+            off = 0;
+        } else {
+            off = p->len;
+        }
+    }
+    size_t left = then ? then_len : 0;
+    const char *s = then;
+    while (left > 0) {
+        if (i >= full->n_pieces || full->pieces[i].control)
+            return false;
+        const fg_chat_piece *q = &full->pieces[i];
+        size_t take = FG_MIN(left, q->len - off);
+        if (memcmp(q->text + off, s, take))
+            return false;
+        s += take;
+        left -= take;
+        off += take;
+        if (off == q->len) {
+            i++;
+            off = 0;
+        }
+    }
+    fg_chat_rendered r = {0};
+    for (; i < full->n_pieces; i++, off = 0)
+        push(&r, full->pieces[i].control, full->pieces[i].text + off, full->pieces[i].len - off);
+    *out = r;
+    return true;
 }
