@@ -19,7 +19,7 @@ fg_status fg_kv_pages_create(int32_t n_pages, int32_t page_size, int32_t max_seq
                              fg_kv_pages **out);
 void fg_kv_pages_destroy(fg_kv_pages *p);
 int32_t fg_kv_pages_page_size(const fg_kv_pages *p);
-int32_t fg_kv_pages_n_free(const fg_kv_pages *p);
+int32_t fg_kv_pages_n_free(const fg_kv_pages *p); // pages that can be taken (incl. idle cached)
 int32_t fg_kv_pages_n_total(const fg_kv_pages *p);
 // A new empty sequence: FG_ERR_CAPACITY when max_seqs are live.
 fg_status fg_kv_seq_new(fg_kv_pages *p, int32_t *seq);
@@ -45,8 +45,41 @@ fg_status fg_kv_seq_prepare_write(fg_kv_pages *p, int32_t seq, int32_t from, int
 int32_t fg_kv_seq_pages_needed(const fg_kv_pages *p, int32_t seq, int32_t n);
 int32_t fg_kv_pages_n_seqs(const fg_kv_pages *p);                 // live sequences
 int32_t fg_kv_pages_refcount(const fg_kv_pages *p, int32_t page); // -1 for a bad id
-// Checks the invariants (every page free or owned, refcounts = holders); tests and debugging.
+// Checks the invariants (every page free, cached-idle or held; refcounts = holders; with the
+// prefix cache: LRU list and hash table consistent, every cached page's parent cached);
+// tests and debugging.
 fg_status fg_kv_pages_check(const fg_kv_pages *p);
+
+// ---- prefix cache (issue 13). Off until enabled. A full page whose KV has been computed is
+// published under hash_fn(parent's hash, its page_size tokens), the chain rooted at model_id;
+// a later sequence maps the longest cached chain of its tokens' full pages (shared, read-only:
+// fg_kv_seq_prepare_write copies cached pages as it copies shared ones). A match compares the
+// page's stored tokens and its parent page, never the hash alone. Cached pages nobody holds
+// stay on an LRU list; fg_kv_pages_n_free counts them (free list + idle cached) and taking a
+// page evicts the least recently used one only when the free list is empty.
+typedef uint64_t (*fg_kv_hash_fn)(uint64_t parent_hash, const int32_t *tokens, int32_t n);
+uint64_t fg_kv_hash_tokens(uint64_t parent_hash, const int32_t *tokens, int32_t n); // built-in
+// Before any sequence exists; hash_fn NULL: fg_kv_hash_tokens (tests force collisions).
+fg_status fg_kv_pages_enable_prefix_cache(fg_kv_pages *p, uint64_t model_id,
+                                          fg_kv_hash_fn hash_fn);
+bool fg_kv_pages_prefix_cache_on(const fg_kv_pages *p);
+// Tokens (a multiple of page_size, at most n) covered by the longest cached chain of
+// tokens[0..n); *n_idle (may be NULL): how many of those pages no sequence holds. 0 when off.
+int32_t fg_kv_pages_lookup_prefix(const fg_kv_pages *p, const int32_t *tokens, int32_t n,
+                                  int32_t *n_idle);
+// Maps that chain into seq (live, empty); *n_mapped: its length now.
+fg_status fg_kv_seq_map_prefix(fg_kv_pages *p, int32_t seq, const int32_t *tokens, int32_t n,
+                               int32_t *n_mapped);
+// Publishes seq's full pages among its first n tokens (tokens: the sequence's own, their KV
+// computed). A page whose content is cached already is replaced by the cached one (its own
+// page is released). No-op when the cache is off.
+fg_status fg_kv_seq_publish(fg_kv_pages *p, int32_t seq, const int32_t *tokens, int32_t n);
+typedef struct fg_kv_cache_info {
+    int32_t pages;      // cached pages, held or idle
+    int32_t idle;       // cached pages no sequence holds (evictable, LRU)
+    uint64_t evictions; // cached pages dropped to make room
+} fg_kv_cache_info;
+void fg_kv_pages_cache_info(const fg_kv_pages *p, fg_kv_cache_info *out);
 
 // ---- sampling
 typedef struct fg_sampling {
