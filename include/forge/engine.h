@@ -122,6 +122,11 @@ typedef struct fg_engine_opts {
                               // <= the model's max_batch_tokens (fg_model_opts)
     int32_t queue_cap;        // waiting requests before FG_ERR_CAPACITY; 0: 256
     uint32_t kv_type;         // FG_TYPE_F16 (0 means F16 too) or FG_TYPE_F32
+    // prefix cache (issue 13): a request maps the cached KV pages of its prompt's longest
+    // cached prefix and prefills the rest; off by default here, on by default in forge serve
+    bool prefix_cache;
+    fg_kv_hash_fn prefix_hash; // test hook: the page hash (NULL: fg_kv_hash_tokens)
+    bool check_pages;          // tests: fg_kv_pages_check after every step (aborts if broken)
 } fg_engine_opts;
 
 #define FG_MAX_STOP 8
@@ -183,6 +188,7 @@ typedef struct fg_event {
     int32_t n_gen_tokens;    // DONE: usage (an EOG token counts; it gets no TOKEN event)
     double t_prompt_s;       // DONE: time from first scheduling to first token
     double t_gen_s;          // DONE: time spent generating after the first token
+    int32_t n_cached_tokens; // DONE: prompt tokens whose KV came from the prefix cache
 } fg_event;
 
 // Called on the scheduler thread: must not block (copy what you need and return).
@@ -218,6 +224,12 @@ typedef struct fg_engine_stats {
     uint64_t itl_counts[16];           // inter-token latency
     double itl_sum;
     uint64_t itl_count;
+    // prefix cache (zeros when off). Every admission (a preempted request's too) looks its
+    // tokens up: hit tokens are mapped from the cache, miss tokens are computed.
+    uint64_t prefix_lookups, prefix_hits; // admissions; those that mapped >= 1 page
+    uint64_t prefix_hit_tokens, prefix_miss_tokens;
+    uint64_t prefix_evictions;            // cached pages dropped to make room
+    int32_t prefix_pages, prefix_idle_pages; // cached pages; of those, held by no sequence
 } fg_engine_stats;
 
 // Starts the scheduler thread. The model must outlive the engine.
@@ -238,6 +250,9 @@ fg_status fg_engine_cancel(fg_engine *e, uint64_t id);
 fg_status fg_engine_request_info(fg_engine *e, uint64_t id, fg_request_info *out);
 void fg_engine_get_stats(fg_engine *e, fg_engine_stats *out);
 int32_t fg_engine_n_ctx(const fg_engine *e);
+// The root of the prefix cache's hash chains: a 64-bit digest of the model (architecture,
+// metadata scalars and strings, tensor table, 3 x 64 sampled bytes of every tensor's data).
+uint64_t fg_engine_model_identity(const fg_model *m);
 
 #ifdef __cplusplus
 }
