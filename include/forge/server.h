@@ -33,6 +33,7 @@ typedef struct fg_server_opts {
     size_t max_body;           // request body limit in bytes (0: 1 MiB)
     int32_t max_n;             // largest "n" accepted (0: 16; at most 64)
     bool log_requests;         // one line per request on stderr
+    bool no_prefix_cache;      // --no-prefix-cache: the engine's prefix cache is on by default
 } fg_server_opts;
 
 // Binds and starts the HTTP listener; /health answers "loading" (503) until fg_server_load

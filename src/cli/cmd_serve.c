@@ -42,6 +42,8 @@ static void usage(FILE *f) {
             "  --queue N               waiting requests before 429 (default 256)\n"
             "  --kv-tokens N           KV cache size in tokens for all sequences together\n"
             "                          (default parallel x ctx; smaller pools preempt and recompute)\n"
+            "  --no-prefix-cache       compute every prompt in full (default: reuse the cached KV\n"
+            "                          of prompt prefixes seen before, evicted least recently used)\n"
             "  --max-body BYTES        request body limit (default 1048576)\n"
             "  --grace SECONDS         shutdown deadline for running requests (default 10)\n"
             "  --verbose               log each request on stderr\n");
@@ -63,6 +65,10 @@ int fg_cmd_serve(int argc, char **argv) {
         }
         if (!strcmp(a, "--verbose")) {
             o.log_requests = true;
+            continue;
+        }
+        if (!strcmp(a, "--no-prefix-cache")) {
+            o.no_prefix_cache = true;
             continue;
         }
         if (!v) {
