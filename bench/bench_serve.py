@@ -2,10 +2,14 @@
 # bench_serve.py - HTTP benchmark of `forge serve` (or any OpenAI-compatible server): streams
 # greedy completions at several concurrency levels (default 1, 4, 16) and reports aggregate
 # generated tokens/s, time to first token and per-token latency percentiles (p50/p90/p99).
-# Not a test (no assertions). Used for docs/PERF.md.
+# Shared-prefix mode (--shared-prefix N): every request is a chat whose N-token system prompt
+# is the same for all users (each has its own user message), the prefix warmed by one request
+# first; --ab-prefix-cache runs it against `forge serve` with and without --no-prefix-cache
+# and compares TTFT and the outputs. Not a test (no assertions). Used for docs/PERF.md.
 #
 #   bench/bench_serve.py --url http://127.0.0.1:8080            # a running server
 #   bench/bench_serve.py --model ../shared/models/stories260K.gguf  # starts forge serve itself
+#   bench/bench_serve.py --model M.gguf --shared-prefix 1000 --concurrency 64 --ab-prefix-cache
 import argparse
 import json
 import os
@@ -31,16 +35,22 @@ def pct(xs, p):
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def one_stream(url, body, headers):
+def chunk_text(ev):
+    c = ev["choices"][0]
+    return c.get("text") or (c.get("delta") or {}).get("content") or ""
+
+
+def one_stream(url, body, headers, path="/v1/completions", out=None):
     """Returns (ttft_s, [inter-token gaps s], completion_tokens). Speaks HTTP/1.0 over a raw
-    socket so that every SSE line is timed when it arrives (no client-side buffering)."""
+    socket so that every SSE line is timed when it arrives (no client-side buffering).
+    out (a dict), when given, receives the text and the usage."""
     host, port = url.split("//", 1)[1].rstrip("/").split(":")
     payload = json.dumps(body).encode()
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     t0 = time.perf_counter()
-    ttft, last, gaps, usage, n_chunks = None, None, [], None, 0
-    with socket.create_connection((host, int(port)), timeout=600) as sock:
-        sock.sendall(f"POST /v1/completions HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    ttft, last, gaps, usage, n_chunks, text = None, None, [], None, 0, []
+    with socket.create_connection((host, int(port)), timeout=1800) as sock:
+        sock.sendall(f"POST {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                      f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
         f = sock.makefile("rb")
         status = f.readline().split()
@@ -53,8 +63,9 @@ def one_stream(url, body, headers):
             ev = json.loads(line[6:])
             if ev.get("usage"):
                 usage = ev["usage"]
-            if not ev.get("choices") or not ev["choices"][0].get("text"):
+            if not ev.get("choices") or not chunk_text(ev):
                 continue
+            text.append(chunk_text(ev))
             now = time.perf_counter()
             n_chunks += 1
             if ttft is None:
@@ -62,25 +73,32 @@ def one_stream(url, body, headers):
             else:
                 gaps.append(now - last)
             last = now
+    if out is not None:
+        out["text"], out["usage"] = "".join(text), usage
     return ttft, gaps, (usage or {}).get("completion_tokens", n_chunks)
 
 
-def run_level(url, conc, n_requests, body, headers):
+def run_level(url, conc, n_requests, body, headers, make_request=None):
+    """make_request(i) -> (path, body) for request i (default: body on /v1/completions)."""
     ttfts, gaps, tokens, lock = [], [], [0], threading.Lock()
     todo = list(range(n_requests))
+    outs = [None] * n_requests
 
     def worker():
         while True:
             with lock:
                 if not todo:
                     return
-                todo.pop()
-            t, g, n = one_stream(url, body, headers)
+                i = todo.pop()
+            path, b = make_request(i) if make_request else ("/v1/completions", body)
+            out = {}
+            t, g, n = one_stream(url, b, headers, path, out)
             with lock:
                 if t is not None:
                     ttfts.append(t)
                 gaps.extend(g)
                 tokens[0] += n
+                outs[i] = out
 
     t0 = time.perf_counter()
     ts = [threading.Thread(target=worker) for _ in range(conc)]
@@ -98,16 +116,78 @@ def run_level(url, conc, n_requests, body, headers):
         "ttft_ms": {f"p{p}": round(pct(ttfts, p) * 1e3, 3) for p in (50, 90, 99)},
         "itl_ms": {f"p{p}": round(pct(gaps, p) * 1e3, 3) for p in (50, 90, 99)},
         "itl_mean_ms": round(statistics.fmean(gaps) * 1e3, 3) if gaps else None,
+        "outputs": outs,
     }
 
 
-def start_server(args):
+# ---- shared-prefix chat workload
+def system_prompt(url, headers, n_tokens, text_path):
+    """A system message of about n_tokens tokens (as the server's chat template renders and
+    tokenizes it, measured with /apply-template), cut from the words of text_path."""
+    words = Path(text_path).read_text().split()
+    while len(words) < 4 * n_tokens:
+        words = words + words
+
+    def n_tok(k):
+        r = requests.post(url + "/apply-template", headers=headers, timeout=60,
+                          json={"messages": [{"role": "system", "content": " ".join(words[:k])}]})
+        r.raise_for_status()
+        return len(r.json()["tokens"])
+
+    lo, hi = 1, 4 * n_tokens  # the most words whose rendering is <= n_tokens tokens
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if n_tok(mid) <= n_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join(words[:lo]), n_tok(lo)
+
+
+def user_message(i):
+    return f"User {i} asks: tell me a story about the number {i * 7919 % 1000}."
+
+
+def shared_prefix_run(url, headers, args, system, n_sys):
+    def make(i):
+        return "/v1/chat/completions", {
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user_message(i)}],
+            "max_tokens": args.max_tokens, "temperature": 0, "stream": True, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+
+    # warm-up: the shared prefix is computed (and cached, when the server caches) once
+    one_stream(url, {**make(10 ** 6)[1], "max_tokens": 2}, headers, "/v1/chat/completions")
+    results = []
+    for c in args.concurrency:
+        n = args.requests or c
+        r = run_level(url, c, n, None, headers, make)
+        cached = [((o or {}).get("usage") or {}).get("prompt_tokens_details", {}).get("cached_tokens", 0) for o in r["outputs"]]
+        prompt = [((o or {}).get("usage") or {}).get("prompt_tokens", 0) for o in r["outputs"]]
+        r["system_prompt_tokens"] = n_sys
+        r["prompt_tokens_mean"] = round(statistics.fmean(prompt), 1) if prompt else None
+        r["cached_tokens_mean"] = round(statistics.fmean(cached), 1) if cached else None
+        results.append(r)
+    return results
+
+
+def print_header(extra=""):
+    print(f"{'conc':>4} {'reqs':>5} {'tokens':>7} {'tok/s':>9} {'ttft p50/p90/p99 ms':>24} "
+          f"{'itl p50/p90/p99 ms':>24}{extra}")
+
+
+def print_row(r, extra=""):
+    t, i = r["ttft_ms"], r["itl_ms"]
+    print(f"{r['concurrency']:>4} {r['requests']:>5} {r['completion_tokens']:>7} {r['tokens_per_s']:>9.1f} "
+          f"{t['p50']:>8.2f}/{t['p90']:.2f}/{t['p99']:.2f} {i['p50']:>10.3f}/{i['p90']:.3f}/{i['p99']:.3f}{extra}")
+
+
+def start_server(args, extra=()):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     forge = os.environ.get("FORGE_BIN", str(REPO / "build" / "forge"))
     cmd = [forge, "serve", "-m", args.model, "--port", str(port), "--parallel", str(max(args.concurrency))]
-    cmd += args.server_args
+    cmd += args.server_args + list(extra)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -124,6 +204,43 @@ def start_server(args):
     sys.exit("bench_serve: server not ready within 120 s")
 
 
+def main_shared_prefix(args, headers):
+    text = args.prefix_text or str(Path(os.environ.get("FORGE_SHARED", REPO / ".." / "shared")) / "text" / "stories-a.txt")
+    modes = [("cache", ()), ("no cache", ("--no-prefix-cache",))] if args.ab_prefix_cache else [("", ())]
+    runs = {}
+    for name, extra in modes:
+        proc, url = (start_server(args, extra) if args.model else (None, args.url))
+        try:
+            system, n_sys = system_prompt(url, headers, args.shared_prefix, text)
+            if name:
+                print(f"== {name}: forge serve {' '.join(args.server_args + list(extra))}")
+            print(f"shared system prompt: {n_sys} tokens (rendered); {args.max_tokens} tokens per answer")
+            print_header(f" {'cached/prompt tokens':>22}")
+            runs[name] = shared_prefix_run(url, headers, args, system, n_sys)
+            for r in runs[name]:
+                print_row(r, f" {r['cached_tokens_mean']:>10}/{r['prompt_tokens_mean']}")
+        finally:
+            if proc:
+                proc.terminate()
+                proc.wait(60)
+    out = {"mode": "shared_prefix", "shared_prefix_tokens": args.shared_prefix, "max_tokens": args.max_tokens,
+           "runs": runs}
+    if args.ab_prefix_cache:
+        cmp = []
+        for a, b in zip(runs["cache"], runs["no cache"]):
+            same = sum(1 for x, y in zip(a["outputs"], b["outputs"]) if x and y and x["text"] == y["text"])
+            ratio = b["ttft_ms"]["p50"] / a["ttft_ms"]["p50"] if a["ttft_ms"]["p50"] > 0 else float("nan")
+            cmp.append({"concurrency": a["concurrency"], "identical_outputs": same, "requests": a["requests"],
+                        "ttft_p50_ratio": round(ratio, 2),
+                        "tokens_per_s_ratio": round(a["tokens_per_s"] / b["tokens_per_s"], 2)})
+            print(f"concurrency {a['concurrency']}: TTFT p50 {b['ttft_ms']['p50']:.1f} ms without the cache, "
+                  f"{a['ttft_ms']['p50']:.1f} ms with it ({ratio:.1f}x lower); tokens/s {a['tokens_per_s']:.1f} vs "
+                  f"{b['tokens_per_s']:.1f}; identical outputs {same}/{a['requests']}")
+        out["comparison"] = cmp
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--url", help="base URL of a running server")
@@ -136,26 +253,35 @@ def main():
     ap.add_argument("--prompt", default="Once upon a time, there was a little")
     ap.add_argument("--api-key", default=os.environ.get("FORGE_API_KEY"))
     ap.add_argument("--json", help="write the results to this file")
+    ap.add_argument("--shared-prefix", type=int, default=0, metavar="N",
+                    help="chat workload: an N-token system prompt shared by all requests, each with its "
+                         "own user message; --requests defaults to the concurrency (one per user)")
+    ap.add_argument("--prefix-text", help="text the system prompt is cut from (default: "
+                    "$FORGE_SHARED/text/stories-a.txt)")
+    ap.add_argument("--ab-prefix-cache", action="store_true",
+                    help="with --model and --shared-prefix: run with and without --no-prefix-cache and compare")
     args = ap.parse_args()
     if not args.url and not args.model:
         ap.error("give --url or --model")
+    if args.ab_prefix_cache and not (args.model and args.shared_prefix):
+        ap.error("--ab-prefix-cache needs --model and --shared-prefix")
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    if args.shared_prefix:
+        return main_shared_prefix(args, headers)
     proc = None
     if args.model:
         proc, args.url = start_server(args)
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     body = {"prompt": args.prompt, "max_tokens": args.max_tokens, "temperature": 0, "stream": True,
             "ignore_eos": True, "stream_options": {"include_usage": True}}
     try:
         one_stream(args.url, {**body, "max_tokens": 8}, headers)  # warm-up
         results = []
-        print(f"{'conc':>4} {'reqs':>5} {'tokens':>7} {'tok/s':>9} {'ttft p50/p90/p99 ms':>24} "
-              f"{'itl p50/p90/p99 ms':>24}")
+        print_header()
         for c in args.concurrency:
             r = run_level(args.url, c, args.requests or 4 * c, body, headers)
+            r.pop("outputs")
             results.append(r)
-            t, i = r["ttft_ms"], r["itl_ms"]
-            print(f"{c:>4} {r['requests']:>5} {r['completion_tokens']:>7} {r['tokens_per_s']:>9.1f} "
-                  f"{t['p50']:>8.2f}/{t['p90']:.2f}/{t['p99']:.2f} {i['p50']:>10.3f}/{i['p90']:.3f}/{i['p99']:.3f}")
+            print_row(r)
         out = {"url": args.url, "max_tokens": args.max_tokens, "prompt": args.prompt, "levels": results}
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1))

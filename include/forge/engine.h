@@ -19,7 +19,7 @@ fg_status fg_kv_pages_create(int32_t n_pages, int32_t page_size, int32_t max_seq
                              fg_kv_pages **out);
 void fg_kv_pages_destroy(fg_kv_pages *p);
 int32_t fg_kv_pages_page_size(const fg_kv_pages *p);
-int32_t fg_kv_pages_n_free(const fg_kv_pages *p);
+int32_t fg_kv_pages_n_free(const fg_kv_pages *p); // pages that can be taken (incl. idle cached)
 int32_t fg_kv_pages_n_total(const fg_kv_pages *p);
 // A new empty sequence: FG_ERR_CAPACITY when max_seqs are live.
 fg_status fg_kv_seq_new(fg_kv_pages *p, int32_t *seq);
@@ -45,8 +45,41 @@ fg_status fg_kv_seq_prepare_write(fg_kv_pages *p, int32_t seq, int32_t from, int
 int32_t fg_kv_seq_pages_needed(const fg_kv_pages *p, int32_t seq, int32_t n);
 int32_t fg_kv_pages_n_seqs(const fg_kv_pages *p);                 // live sequences
 int32_t fg_kv_pages_refcount(const fg_kv_pages *p, int32_t page); // -1 for a bad id
-// Checks the invariants (every page free or owned, refcounts = holders); tests and debugging.
+// Checks the invariants (every page free, cached-idle or held; refcounts = holders; with the
+// prefix cache: LRU list and hash table consistent, every cached page's parent cached);
+// tests and debugging.
 fg_status fg_kv_pages_check(const fg_kv_pages *p);
+
+// ---- prefix cache (issue 13). Off until enabled. A full page whose KV has been computed is
+// published under hash_fn(parent's hash, its page_size tokens), the chain rooted at model_id;
+// a later sequence maps the longest cached chain of its tokens' full pages (shared, read-only:
+// fg_kv_seq_prepare_write copies cached pages as it copies shared ones). A match compares the
+// page's stored tokens and its parent page, never the hash alone. Cached pages nobody holds
+// stay on an LRU list; fg_kv_pages_n_free counts them (free list + idle cached) and taking a
+// page evicts the least recently used one only when the free list is empty.
+typedef uint64_t (*fg_kv_hash_fn)(uint64_t parent_hash, const int32_t *tokens, int32_t n);
+uint64_t fg_kv_hash_tokens(uint64_t parent_hash, const int32_t *tokens, int32_t n); // built-in
+// Before any sequence exists; hash_fn NULL: fg_kv_hash_tokens (tests force collisions).
+fg_status fg_kv_pages_enable_prefix_cache(fg_kv_pages *p, uint64_t model_id,
+                                          fg_kv_hash_fn hash_fn);
+bool fg_kv_pages_prefix_cache_on(const fg_kv_pages *p);
+// Tokens (a multiple of page_size, at most n) covered by the longest cached chain of
+// tokens[0..n); *n_idle (may be NULL): how many of those pages no sequence holds. 0 when off.
+int32_t fg_kv_pages_lookup_prefix(const fg_kv_pages *p, const int32_t *tokens, int32_t n,
+                                  int32_t *n_idle);
+// Maps that chain into seq (live, empty); *n_mapped: its length now.
+fg_status fg_kv_seq_map_prefix(fg_kv_pages *p, int32_t seq, const int32_t *tokens, int32_t n,
+                               int32_t *n_mapped);
+// Publishes seq's full pages among its first n tokens (tokens: the sequence's own, their KV
+// computed). A page whose content is cached already is replaced by the cached one (its own
+// page is released). No-op when the cache is off.
+fg_status fg_kv_seq_publish(fg_kv_pages *p, int32_t seq, const int32_t *tokens, int32_t n);
+typedef struct fg_kv_cache_info {
+    int32_t pages;      // cached pages, held or idle
+    int32_t idle;       // cached pages no sequence holds (evictable, LRU)
+    uint64_t evictions; // cached pages dropped to make room
+} fg_kv_cache_info;
+void fg_kv_pages_cache_info(const fg_kv_pages *p, fg_kv_cache_info *out);
 
 // ---- sampling
 typedef struct fg_sampling {
@@ -89,6 +122,11 @@ typedef struct fg_engine_opts {
                               // <= the model's max_batch_tokens (fg_model_opts)
     int32_t queue_cap;        // waiting requests before FG_ERR_CAPACITY; 0: 256
     uint32_t kv_type;         // FG_TYPE_F16 (0 means F16 too) or FG_TYPE_F32
+    // prefix cache (issue 13): a request maps the cached KV pages of its prompt's longest
+    // cached prefix and prefills the rest; off by default here, on by default in forge serve
+    bool prefix_cache;
+    fg_kv_hash_fn prefix_hash; // test hook: the page hash (NULL: fg_kv_hash_tokens)
+    bool check_pages;          // tests: fg_kv_pages_check after every step (aborts if broken)
 } fg_engine_opts;
 
 #define FG_MAX_STOP 8
@@ -150,6 +188,7 @@ typedef struct fg_event {
     int32_t n_gen_tokens;    // DONE: usage (an EOG token counts; it gets no TOKEN event)
     double t_prompt_s;       // DONE: time from first scheduling to first token
     double t_gen_s;          // DONE: time spent generating after the first token
+    int32_t n_cached_tokens; // DONE: prompt tokens whose KV came from the prefix cache
 } fg_event;
 
 // Called on the scheduler thread: must not block (copy what you need and return).
@@ -185,6 +224,12 @@ typedef struct fg_engine_stats {
     uint64_t itl_counts[16];           // inter-token latency
     double itl_sum;
     uint64_t itl_count;
+    // prefix cache (zeros when off). Every admission (a preempted request's too) looks its
+    // tokens up: hit tokens are mapped from the cache, miss tokens are computed.
+    uint64_t prefix_lookups, prefix_hits; // admissions; those that mapped >= 1 page
+    uint64_t prefix_hit_tokens, prefix_miss_tokens;
+    uint64_t prefix_evictions;            // cached pages dropped to make room
+    int32_t prefix_pages, prefix_idle_pages; // cached pages; of those, held by no sequence
 } fg_engine_stats;
 
 // Starts the scheduler thread. The model must outlive the engine.
@@ -207,6 +252,9 @@ void fg_engine_get_stats(fg_engine *e, fg_engine_stats *out);
 int32_t fg_engine_n_ctx(const fg_engine *e);
 int32_t fg_engine_kv_tokens(const fg_engine *e); // KV pool capacity in tokens
 uint64_t fg_engine_kv_bytes(const fg_engine *e); // and in backend bytes
+// The root of the prefix cache's hash chains: a 64-bit digest of the model (architecture,
+// metadata scalars and strings, tensor table, 3 x 64 sampled bytes of every tensor's data).
+uint64_t fg_engine_model_identity(const fg_model *m);
 
 #ifdef __cplusplus
 }

@@ -37,6 +37,7 @@ typedef struct fg_server_opts {
     int32_t max_n;             // largest "n" accepted (0: 16; at most 64)
     bool log_requests;         // one line per request on stderr
     bool no_webui;             // no chat page at / (404)
+    bool no_prefix_cache;      // --no-prefix-cache: the engine's prefix cache is on by default
 } fg_server_opts;
 
 // Binds and starts the HTTP listener; /health answers "loading" (503) until fg_server_load

@@ -43,6 +43,8 @@ static void usage(FILE *f) {
             "  --queue N               waiting requests before 429 (default 256)\n"
             "  --kv-tokens N           KV cache size in tokens for all sequences together\n"
             "                          (default parallel x ctx; smaller pools preempt and recompute)\n"
+            "  --no-prefix-cache       compute every prompt in full (default: reuse the cached KV\n"
+            "                          of prompt prefixes seen before, evicted least recently used)\n"
             "  --max-body BYTES        request body limit (default 1048576)\n"
             "  --grace SECONDS         shutdown deadline for running requests (default 10)\n"
             "  --no-webui              no chat page at / (404)\n"
@@ -69,6 +71,10 @@ int fg_cmd_serve(int argc, char **argv) {
         }
         if (!strcmp(a, "--no-webui")) {
             o.no_webui = true;
+            continue;
+        }
+        if (!strcmp(a, "--no-prefix-cache")) {
+            o.no_prefix_cache = true;
             continue;
         }
         if (!v) {

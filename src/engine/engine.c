@@ -3,7 +3,9 @@
 // and the running sequences. Each step batches one decode token per generating sequence plus
 // prompt chunks (chunked prefill) up to max_batch_tokens, runs one fg_model_forward, samples
 // per sequence, and emits events (text deltas with stop strings held back, logprobs, DONE).
-// Out of pages: the newest sequences are preempted and recomputed later. Not here: HTTP, JSON.
+// Out of pages: the newest sequences are preempted and recomputed later. With the prefix
+// cache, admission maps the cached pages of a request's longest cached prefix and computes
+// only the rest; every step publishes the full pages it completed. Not here: HTTP, JSON.
 #include "forge/engine.h"
 
 #include "base/status.h"
@@ -39,6 +41,7 @@ struct req {
     int32_t n_past;   // tokens whose KV is in the cache
     int32_t n_scored; // echo: prompt tokens 1..n_scored have had their PROMPT_LOGPROB event
     int32_t n_gen;
+    int32_t n_cached; // prompt tokens mapped from the prefix cache at the first admission
     int32_t logprobs; // -1: none
     bool echo;
     bool ignore_eos;
@@ -70,6 +73,7 @@ struct fg_engine {
     int32_t n_ctx, max_seqs, page_size, n_pages, max_batch_tokens, queue_cap;
     fg_kv_store *kv;
     fg_kv_pages *pages;
+    bool prefix_cache, check_pages;
 
     pthread_t thread;
     bool thread_started;
@@ -100,6 +104,8 @@ struct fg_engine {
     int32_t *b_nkv;                    // [max_seqs]
     const int32_t **b_pt;              // [max_seqs]
     req **b_req;                       // [max_seqs]
+    int32_t *b_copies;                 // [2 * max_seqs] copy-on-write (dst, src) pages
+    int32_t n_copies;
     const float *logits;               // [logit_rows][n_vocab] of the last step (the model's)
     int32_t logit_rows;
     char *text;                        // [text_cap] event text scratch
@@ -122,8 +128,13 @@ static void observe(uint64_t *b, double v) {
 static void refresh_stats_locked(fg_engine *e) {
     e->st.queue_depth = e->n_waiting + e->n_queued_in;
     e->st.running = e->n_running;
-    e->st.kv_pages_free = fg_kv_pages_n_free(e->pages);
+    e->st.kv_pages_free = fg_kv_pages_n_free(e->pages); // idle cached pages count as free
     e->st.kv_pages_used = fg_kv_pages_n_total(e->pages) - e->st.kv_pages_free;
+    fg_kv_cache_info ci;
+    fg_kv_pages_cache_info(e->pages, &ci);
+    e->st.prefix_pages = ci.pages;
+    e->st.prefix_idle_pages = ci.idle;
+    e->st.prefix_evictions = ci.evictions;
 }
 
 static void req_free(req *r) {
@@ -152,6 +163,7 @@ static void emit_done(fg_engine *e, req *r, fg_finish_reason fin, fg_status st,
     ev.text_len = text ? text_len : 0;
     ev.n_prompt_tokens = r->n_prompt;
     ev.n_gen_tokens = r->n_gen;
+    ev.n_cached_tokens = r->n_cached;
     double t0 = r->t_sched > 0 ? r->t_sched : r->t_submit;
     if (r->t_first > 0) {
         ev.t_prompt_s = r->t_first - t0;
@@ -371,6 +383,15 @@ fg_status fg_engine_create(fg_model *m, const fg_engine_opts *opts, fg_engine **
     st = fg_kv_pages_create(o.n_pages, o.page_size, o.max_seqs, &e->pages);
     if (st != FG_OK)
         goto fail;
+    if (o.prefix_cache) {
+        // KV of another element type is other content: the type joins the chain's root
+        uint64_t id = fg_engine_model_identity(m) ^ ((uint64_t)o.kv_type * 0x9E3779B97F4A7C15ull);
+        st = fg_kv_pages_enable_prefix_cache(e->pages, id, o.prefix_hash);
+        if (st != FG_OK)
+            goto fail;
+        e->prefix_cache = true;
+    }
+    e->check_pages = o.check_pages;
     int32_t T = o.max_batch_tokens, S = o.max_seqs;
     // rows of logits a step may ask for: one per sequence plus prompt scoring (echo), within
     // what the model hands back (fg_model_opts.max_logit_rows)
@@ -399,9 +420,10 @@ fg_status fg_engine_create(fg_model *m, const fg_engine_opts *opts, fg_engine **
     e->b_nkv = malloc((size_t)S * sizeof *e->b_nkv);
     e->b_pt = malloc((size_t)S * sizeof *e->b_pt);
     e->b_req = malloc((size_t)S * sizeof *e->b_req);
+    e->b_copies = malloc((size_t)S * 2 * sizeof *e->b_copies);
     e->text = malloc(e->text_cap);
     if (!e->running || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_want || !e->b_nkv ||
-        !e->b_pt || !e->b_req || !e->text) {
+        !e->b_pt || !e->b_req || !e->b_copies || !e->text) {
         st = FG_FAIL(FG_ERR_NOMEM, "engine: out of memory for step buffers (%d rows x %d vocab)",
                      (int)e->logit_rows, (int)e->n_vocab);
         goto fail;
@@ -443,6 +465,7 @@ void fg_engine_destroy(fg_engine *e, double grace_s) {
     free(e->b_nkv);
     free(e->b_pt);
     free(e->b_req);
+    free(e->b_copies);
     free(e->text);
     pthread_cond_destroy(&e->cv);
     pthread_mutex_destroy(&e->mu);
@@ -645,11 +668,11 @@ static bool wants_row(const req *r, int32_t p) {
     return r->echo && p >= r->n_scored && p <= r->n_prompt - 2;
 }
 
-// Largest chunk <= c whose logits rows fit in rows_left.
-static int32_t fit_rows(const req *r, int32_t c, int32_t rows_left) {
+// Largest chunk <= c from position `from` whose logits rows fit in rows_left.
+static int32_t fit_rows(const req *r, int32_t from, int32_t c, int32_t rows_left) {
     int32_t rows = 0;
     for (int32_t i = 0; i < c; i++) {
-        rows += wants_row(r, r->n_past + i);
+        rows += wants_row(r, from + i);
         if (rows > rows_left)
             return i;
     }
@@ -660,9 +683,23 @@ typedef struct build {
     int32_t nt, nb, rows, budget;
 } build;
 
+// The first position whose logits r needs: the KV before it may come from the prefix cache.
+static int32_t first_row(const req *r) {
+    if (r->echo && r->n_scored <= r->n_prompt - 2)
+        return r->n_scored; // echo: every prompt position not yet scored
+    return r->n_tokens - 1;
+}
+
 static void add_chunk(fg_engine *e, build *b, req *r, int32_t c) {
     fg_status st = fg_kv_seq_append(e->pages, r->kv_seq, c);
     FG_ASSERT(st == FG_OK); // pages were checked by the caller
+    // a cached (or shared) page about to be written is copied first: only right after an
+    // admission that mapped the whole prompt and recomputes its last token
+    int32_t nc = 0;
+    st = fg_kv_seq_prepare_write(e->pages, r->kv_seq, r->n_past, e->b_copies + 2 * e->n_copies,
+                                 e->max_seqs - e->n_copies, &nc);
+    FG_ASSERT(st == FG_OK); // the admission counted the copy's page
+    e->n_copies += nc;
     r->chunk = c;
     r->row0 = b->rows;
     r->n_rows = 0;
@@ -694,6 +731,7 @@ static bool in_batch(const fg_engine *e, const build *b, const req *r) {
 static int32_t plan_step(fg_engine *e, build *b) {
     memset(b, 0, sizeof *b);
     b->budget = e->max_batch_tokens;
+    e->n_copies = 0;
     bool preempted = false;
     for (int32_t i = 0; i < e->n_running; i++)
         e->running[i]->bslot = -1;
@@ -723,7 +761,7 @@ static int32_t plan_step(fg_engine *e, build *b) {
         if (in_batch(e, b, r) || r->n_tokens - r->n_past < 1)
             continue;
         int32_t c = FG_MIN(r->n_tokens - r->n_past, b->budget);
-        c = fit_rows(r, c, e->logit_rows - b->rows);
+        c = fit_rows(r, r->n_past, c, e->logit_rows - b->rows);
         c = fit_pages(e, r, c);
         if (c > 0)
             add_chunk(e, b, r, c);
@@ -733,12 +771,21 @@ static int32_t plan_step(fg_engine *e, build *b) {
     while (!preempted && e->w_head && e->n_running < e->max_seqs && b->budget > 0 &&
            b->rows < e->logit_rows) {
         req *r = e->w_head;
-        int32_t c = FG_MIN(r->n_tokens - r->n_past, b->budget);
-        c = fit_rows(r, c, e->logit_rows - b->rows);
+        // the longest cached prefix, up to and including the first position that needs
+        // logits: that one is recomputed (copying its page) when it lies inside the match
+        int32_t first = first_row(r), idle = 0;
+        int32_t m = e->prefix_cache
+                        ? fg_kv_pages_lookup_prefix(e->pages, r->tokens, first + 1, &idle)
+                        : 0;
+        int32_t start = FG_MIN(m, first);
+        int32_t c = FG_MIN(r->n_tokens - start, b->budget);
+        c = fit_rows(r, start, c, e->logit_rows - b->rows);
         if (c <= 0)
             break;
-        // pages for the whole chunk, keeping one page of headroom per running sequence
-        int32_t need = fg_kv_seq_pages_needed(e->pages, -1, c);
+        // pages for the whole chunk (+ the idle cached pages mapping takes off the free
+        // count, + a copy-on-write page), keeping one page of headroom per running sequence
+        int32_t need = idle + (start + c + e->page_size - 1) / e->page_size - m / e->page_size +
+                       (start < m);
         int32_t reserve = e->n_running;
         if (need + reserve > fg_kv_pages_n_free(e->pages) && e->n_running > 0)
             break;
@@ -747,11 +794,29 @@ static int32_t plan_step(fg_engine *e, build *b) {
         int32_t seq;
         if (fg_kv_seq_new(e->pages, &seq) != FG_OK)
             break;
+        if (m > 0) {
+            int32_t got = 0;
+            if (fg_kv_seq_map_prefix(e->pages, seq, r->tokens, first + 1, &got) != FG_OK) {
+                fg_kv_seq_free(e->pages, seq); // out of memory for the page table: retry later
+                break;
+            }
+            FG_ASSERT(got == m);
+            fg_status tst = start < m ? fg_kv_seq_truncate(e->pages, seq, start) : FG_OK;
+            FG_ASSERT(tst == FG_OK);
+        }
         waiting_pop(e);
         r->kv_seq = seq;
-        r->n_past = 0;
+        r->n_past = start;
         e->running[e->n_running++] = r;
         pthread_mutex_lock(&e->mu);
+        if (e->prefix_cache) {
+            e->st.prefix_lookups++;
+            e->st.prefix_hits += start > 0;
+            e->st.prefix_hit_tokens += (uint64_t)start;
+            e->st.prefix_miss_tokens += (uint64_t)(r->n_tokens - start);
+        }
+        if (!r->counted_in)
+            r->n_cached = FG_MIN(start, r->n_prompt);
         r->state = FG_REQ_RUNNING;
         if (r->queued_new) {
             r->queued_new = false;
@@ -918,6 +983,10 @@ static void run_step(fg_engine *e) {
     }
     for (int32_t s = 0; s < b.nb; s++)
         e->b_pt[s] = fg_kv_seq_pages(e->pages, e->b_req[s]->kv_seq);
+    fg_status st = FG_OK;
+    for (int32_t k = 0; k < e->n_copies && st == FG_OK; k++) // in order: a source may be
+        st = fg_kv_store_copy_page(e->kv, e->b_copies[2 * k], // reused as a later copy's
+                                   e->b_copies[2 * k + 1]);  // destination
     fg_batch batch = {
         .n_tokens = nt,
         .tokens = e->b_tokens,
@@ -929,7 +998,8 @@ static void run_step(fg_engine *e) {
         .page_tables = e->b_pt,
     };
     // submit, then wait: the step runs on the backend (asynchronously on a GPU)
-    fg_status st = fg_model_submit(e->model, e->kv, &batch);
+    if (st == FG_OK)
+        st = fg_model_submit(e->model, e->kv, &batch);
     if (st == FG_OK)
         st = fg_model_wait(e->model, &e->logits, NULL);
     pthread_mutex_lock(&e->mu);
@@ -972,6 +1042,10 @@ static void run_step(fg_engine *e) {
             }
         }
         r->n_past += r->chunk;
+        if (e->prefix_cache) { // the pages this step filled become cached (or shared)
+            fg_status pst = fg_kv_seq_publish(e->pages, r->kv_seq, r->tokens, r->n_past);
+            FG_ASSERT(pst == FG_OK);
+        }
         if (r->do_cancel)
             continue; // reaped at the next step
         if (sample) {
@@ -1015,6 +1089,10 @@ static void *sched_main(void *arg) {
         if (e->n_running == 0 && !e->w_head)
             continue;
         run_step(e);
+        if (e->check_pages && fg_kv_pages_check(e->pages) != FG_OK) {
+            fprintf(stderr, "forge: engine: KV page accounting broken: %s\n", fg_last_error());
+            abort();
+        }
         pthread_mutex_lock(&e->mu);
         refresh_stats_locked(e);
         pthread_mutex_unlock(&e->mu);
@@ -1023,4 +1101,67 @@ static void *sched_main(void *arg) {
     refresh_stats_locked(e);
     pthread_mutex_unlock(&e->mu);
     return NULL;
+}
+
+// ---- model identity (the prefix cache's chain root)
+static uint64_t mix_bytes(uint64_t h, const void *data, size_t n) {
+    const unsigned char *b = data;
+    for (size_t i = 0; i < n; i++) { // FNV-1a, 64-bit
+        h ^= b[i];
+        h *= 0x100000001B3ull;
+    }
+    return h;
+}
+
+static uint64_t mix_u64(uint64_t h, uint64_t v) { return mix_bytes(h, &v, sizeof v); }
+
+static size_t gguf_scalar_size(fg_gguf_type t) {
+    switch (t) {
+    case FG_GGUF_UINT8: case FG_GGUF_INT8: case FG_GGUF_BOOL: return 1;
+    case FG_GGUF_UINT16: case FG_GGUF_INT16: return 2;
+    case FG_GGUF_UINT32: case FG_GGUF_INT32: case FG_GGUF_FLOAT32: return 4;
+    case FG_GGUF_UINT64: case FG_GGUF_INT64: case FG_GGUF_FLOAT64: return 8;
+    default: return 0;
+    }
+}
+
+uint64_t fg_engine_model_identity(const fg_model *m) {
+    uint64_t h = 0xCBF29CE484222325ull;
+    const fg_model_info *mi = fg_model_get_info(m);
+    if (mi) {
+        h = mix_bytes(h, mi->arch, strlen(mi->arch) + 1);
+        int32_t dims[] = {mi->n_vocab, mi->n_layer, mi->n_embd, mi->n_head,
+                          mi->n_head_kv, mi->head_dim, mi->n_ff, mi->n_ctx_train};
+        h = mix_bytes(h, dims, sizeof dims);
+    }
+    const fg_gguf *g = fg_model_gguf(m);
+    if (!g)
+        return h;
+    h = mix_u64(h, fg_gguf_file_size(g));
+    for (int64_t i = 0; i < fg_gguf_n_kv(g); i++) { // rope, norms, ...: scalars and strings
+        const char *k = fg_gguf_kv_key(g, i);
+        fg_gguf_value v = fg_gguf_kv_value(g, i);
+        h = mix_bytes(h, k, strlen(k) + 1);
+        h = mix_u64(h, (uint64_t)v.type);
+        if (v.type == FG_GGUF_STRING)
+            h = mix_bytes(h, v.data, (size_t)v.n);
+        else if (v.type == FG_GGUF_ARRAY)
+            h = mix_u64(h, v.n); // vocabularies: their length is enough
+        else
+            h = mix_bytes(h, v.data, gguf_scalar_size(v.type));
+    }
+    for (int64_t i = 0; i < fg_gguf_n_tensors(g); i++) {
+        const fg_gguf_tensor *t = fg_gguf_tensor_at(g, i);
+        h = mix_bytes(h, t->name, strlen(t->name) + 1);
+        h = mix_u64(h, t->type);
+        h = mix_bytes(h, t->ne, sizeof t->ne);
+        h = mix_u64(h, t->offset);
+        h = mix_u64(h, t->n_bytes);
+        // weights differ between same-shaped files: 64 bytes at the start, middle and end
+        uint64_t at[3] = {0, t->n_bytes / 2, t->n_bytes > 64 ? t->n_bytes - 64 : 0};
+        for (int k = 0; k < 3 && t->data; k++)
+            h = mix_bytes(h, (const unsigned char *)t->data + at[k],
+                          (size_t)FG_MIN((uint64_t)64, t->n_bytes - at[k]));
+    }
+    return h;
 }

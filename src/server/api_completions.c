@@ -38,6 +38,7 @@ static void on_event(void *user, const fg_event *ev) {
     e.status = ev->status;
     e.n_prompt = ev->n_prompt_tokens;
     e.n_gen = ev->n_gen_tokens;
+    e.n_cached = ev->n_cached_tokens;
 
     pthread_mutex_lock(&r->mu);
     if (r->http_done) { // nobody will read it
@@ -60,6 +61,8 @@ static void on_event(void *user, const fg_event *ev) {
         ch->status = ev->status;
         ch->n_gen = ev->n_gen_tokens;
         r->n_gen_total += ev->n_gen_tokens;
+        if (r->n_cached < 0 || ev->n_cached_tokens < r->n_cached)
+            r->n_cached = ev->n_cached_tokens;
         r->n_done++;
     }
     pthread_cond_broadcast(&r->cv);
@@ -113,6 +116,9 @@ json_t *fg_srv_usage_json(const srv_req *r) {
     json_object_set_new(u, "prompt_tokens", json_integer(r->n_prompt));
     json_object_set_new(u, "completion_tokens", json_integer(r->n_gen_total));
     json_object_set_new(u, "total_tokens", json_integer(r->n_prompt + r->n_gen_total));
+    json_t *d = json_object(); // OpenAI's shape; n > 1: the fewest any choice had
+    json_object_set_new(d, "cached_tokens", json_integer(r->n_cached > 0 ? r->n_cached : 0));
+    json_object_set_new(u, "prompt_tokens_details", d);
     return u;
 }
 
@@ -364,6 +370,7 @@ static srv_req *req_new(fg_server *s, srv_conn *c, fg_api_request *api) {
     r->api = *api;
     r->created = (int64_t)time(NULL);
     r->conn_fd = -1;
+    r->n_cached = -1;
     r->t_start = fg_time_s();
     return r;
 }

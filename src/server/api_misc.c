@@ -186,6 +186,25 @@ enum MHD_Result fg_api_metrics(fg_server *s, struct MHD_Connection *con, srv_con
                   "# HELP forge_preemptions_total Sequences preempted for KV pages.\n"
                   "# TYPE forge_preemptions_total counter\nforge_preemptions_total %llu\n",
                   (unsigned long long)st.steps, (unsigned long long)st.preemptions);
+        tb_printf(&b,
+                  "# HELP forge_prefix_cache_lookups_total Admissions that looked their prompt up in the prefix cache.\n"
+                  "# TYPE forge_prefix_cache_lookups_total counter\nforge_prefix_cache_lookups_total %llu\n"
+                  "# HELP forge_prefix_cache_hits_total Admissions that mapped at least one cached page.\n"
+                  "# TYPE forge_prefix_cache_hits_total counter\nforge_prefix_cache_hits_total %llu\n"
+                  "# HELP forge_prefix_cache_hit_tokens_total Tokens whose KV came from the prefix cache.\n"
+                  "# TYPE forge_prefix_cache_hit_tokens_total counter\nforge_prefix_cache_hit_tokens_total %llu\n"
+                  "# HELP forge_prefix_cache_miss_tokens_total Tokens of admitted requests that were computed.\n"
+                  "# TYPE forge_prefix_cache_miss_tokens_total counter\nforge_prefix_cache_miss_tokens_total %llu\n"
+                  "# HELP forge_prefix_cache_evictions_total Cached KV pages evicted to make room.\n"
+                  "# TYPE forge_prefix_cache_evictions_total counter\nforge_prefix_cache_evictions_total %llu\n"
+                  "# HELP forge_prefix_cache_pages KV pages holding a cached prefix.\n"
+                  "# TYPE forge_prefix_cache_pages gauge\nforge_prefix_cache_pages %d\n"
+                  "# HELP forge_prefix_cache_idle_pages Cached KV pages no sequence holds (evictable; counted in forge_kv_pages_free).\n"
+                  "# TYPE forge_prefix_cache_idle_pages gauge\nforge_prefix_cache_idle_pages %d\n",
+                  (unsigned long long)st.prefix_lookups, (unsigned long long)st.prefix_hits,
+                  (unsigned long long)st.prefix_hit_tokens,
+                  (unsigned long long)st.prefix_miss_tokens,
+                  (unsigned long long)st.prefix_evictions, st.prefix_pages, st.prefix_idle_pages);
         histogram(&b, "forge_ttft_seconds", "Time to first token.", &st, st.ttft_counts,
                   st.ttft_sum, st.ttft_count);
         histogram(&b, "forge_itl_seconds", "Time between generated tokens.", &st, st.itl_counts,

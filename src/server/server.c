@@ -572,6 +572,7 @@ fg_status fg_server_load(fg_server *s) {
     eo.page_size = 16;
     if (s->opts.kv_tokens > 0) // a pool smaller than parallel x ctx: the engine preempts
         eo.n_pages = (s->opts.kv_tokens + eo.page_size - 1) / eo.page_size;
+    eo.prefix_cache = !s->opts.no_prefix_cache; // issue 13: on unless --no-prefix-cache
     fg_engine *e = NULL;
     st = fg_engine_create(s->model, &eo, &e);
     if (st != FG_OK)

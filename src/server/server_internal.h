@@ -61,6 +61,7 @@ typedef struct srv_event {
     fg_finish_reason finish;
     fg_status status;
     int32_t n_prompt, n_gen;
+    int32_t n_cached;          // DONE: prompt tokens from the prefix cache
 } srv_event;
 
 typedef struct srv_choice {
@@ -96,6 +97,8 @@ typedef struct srv_req {
     int32_t n_choices;
     int32_t n_done;            // choices whose DONE arrived (guarded by mu)
     int32_t n_gen_total;
+    int32_t n_cached;          // prompt tokens from the prefix cache: fewest over the choices
+                               // done (-1: none done yet); usage.prompt_tokens_details
     bool client_gone;          // disconnect seen
     bool user_cancelled;       // DELETE /v1/requests/{id}
     bool final_sent;           // streaming: usage + [DONE] formatted
