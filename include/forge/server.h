@@ -21,7 +21,8 @@ typedef struct fg_server_opts {
     const char *model_path;    // GGUF file (required)
     const char *host;          // bind address; NULL: "127.0.0.1"
     int32_t port;              // 0: any free port (see fg_server_port)
-    const char *api_key;       // NULL: no auth; else "Authorization: Bearer <key>" required on /v1/*
+    const char *const *api_keys; // [n_api_keys]: "Authorization: Bearer <one of them>" required on
+    int32_t n_api_keys;          // /v1/*; 0: no auth. An empty key is refused (FG_ERR_INVALID_ARG)
     const char *alias;         // model id in the API; NULL: the file stem
     const char *chat_template; // chatml|llama3|llama2|mistral|glm4|plain; NULL: from the file
     const char *device;        // "cpu" (NULL) or "cuda"
@@ -33,6 +34,10 @@ typedef struct fg_server_opts {
     size_t max_body;           // request body limit in bytes (0: 1 MiB)
     int32_t max_n;             // largest "n" accepted (0: 16; at most 64)
     bool log_requests;         // one line per request on stderr
+    int32_t http_threads;      // libmicrohttpd worker threads (event loops; 0: 4)
+    int32_t max_conns;         // open connections, all clients together (0: 512)
+    int32_t max_conns_per_ip;  // open connections from one client address (0: 128)
+    double request_timeout_s;  // a request's head and body must arrive within this (0: 30 s)
 } fg_server_opts;
 
 // Binds and starts the HTTP listener; /health answers "loading" (503) until fg_server_load
@@ -46,6 +51,23 @@ int32_t fg_server_port(const fg_server *s); // the bound port
 // seconds, cancels the rest, stops the engine and the listener. Safe to call once loaded or not.
 void fg_server_shutdown(fg_server *s, double grace_s);
 void fg_server_destroy(fg_server *s); // shuts down (grace 0) if still running; NULL: no-op
+
+// ---- HTTP request heads (network-free): what the connection gate checks before libmicrohttpd
+// sees a byte of a request
+typedef struct fg_http_head_verdict {
+    int status;                // refusal: the HTTP status to answer (400, 413, 431, 501, 505)
+    char message[160];         // refusal: one line naming the fault
+    size_t head_len;           // accepted: bytes of the head, its final empty line included
+    bool http11, chunked, has_content_length;
+    uint64_t content_length;
+} fg_http_head_verdict;
+
+// Looks at the first n bytes a client sent: 0 while the head is incomplete (and nothing is wrong
+// yet), 1 for a complete, well-framed head (request line METHOD SP TARGET SP HTTP/1.0|1.1, header
+// lines "name: value", Content-Length digits only and consistent, Transfer-Encoding only
+// "chunked" and never with Content-Length, exactly one Host in HTTP/1.1), -1 to refuse it
+// (v->status, v->message). A head longer than max_head is refused with 431.
+int fg_http_head_check(const char *buf, size_t n, size_t max_head, fg_http_head_verdict *v);
 
 // ---- chat templates (network- and model-free)
 typedef enum fg_chat_format {

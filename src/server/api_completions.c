@@ -1,7 +1,8 @@
 // api_completions.c - POST /v1/completions and /v1/chat/completions: parse the body, build the
 // prompt tokens (user text never parsed for special tokens), submit n engine requests whose
-// events land in the request's queue, then either hand over to sse.c or wait and answer with
-// one JSON body in OpenAI's shape (text/message, logprobs, finish_reason, usage).
+// events land in the request's queue, then either hand over to sse.c or suspend the connection
+// until every choice is done and answer with one JSON body in OpenAI's shape (text/message,
+// logprobs, finish_reason, usage). The engine callback copies events and resumes the connection.
 // Not here: HTTP plumbing (server.c) or the SSE writer (sse.c).
 #include "server/server_internal.h"
 
@@ -62,6 +63,12 @@ static void on_event(void *user, const fg_event *ev) {
         r->n_gen_total += ev->n_gen_tokens;
         r->n_done++;
     }
+    // wake the connection waiting for this: a stream for any event, a JSON answer at the end
+    bool all_done = r->n_done == r->n_choices;
+    if (r->stream || all_done)
+        fg_srv_req_resume_locked(r);
+    if (all_done)
+        fg_srv_wake_waiters_locked(r);
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
     if (done)
@@ -355,9 +362,11 @@ static fg_status build_prompt(fg_server *s, srv_req *r, fg_api_error *err) {
 static srv_req *req_new(fg_server *s, srv_conn *c, fg_api_request *api) {
     srv_req *r = fg_xcalloc(1, sizeof *r);
     r->srv = s;
-    r->id = c->id;
-    snprintf(r->id_str, sizeof r->id_str, "%s-%llu", fg_srv_id_prefix(c->route),
-             (unsigned long long)c->id);
+    snprintf(r->id_str, sizeof r->id_str, "%s", c->id_str); // the X-Request-Id: random
+    r->key_idx = c->key_idx;
+    char hex[17]; // random bits for the default sampling seed
+    if (fg_srv_random_hex(hex, 16))
+        r->seed_bits = strtoull(hex, NULL, 16);
     atomic_init(&r->refs, 1);
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
@@ -374,7 +383,8 @@ static fg_status submit_all(fg_server *s, srv_req *r, fg_api_error *err) {
     if (!a->seed_given) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        a->sampling.seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)ts.tv_sec ^ r->id;
+        a->sampling.seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)ts.tv_sec ^
+                           r->seed_bits;
     }
     r->n_choices = a->n;
     r->choices = fg_xcalloc((size_t)a->n, sizeof *r->choices);
@@ -523,68 +533,31 @@ static json_t *build_response(srv_req *r, srv_event *ev, size_t n_ev) {
     return o;
 }
 
-enum MHD_Result fg_api_completions(fg_server *s, struct MHD_Connection *con, srv_conn *c,
-                                   fg_api_kind kind) {
-    fg_api_limits lim = {.model_id = s->model_id,
-                         .n_ctx = s->n_ctx,
-                         .n_vocab = s->n_vocab,
-                         .max_n = FG_MIN(s->opts.max_n, s->queue_cap)};
-    // (n choices wait in the queue together: more than it holds could never be accepted)
-    fg_api_request api;
-    fg_api_error err;
-    if (fg_server_parse_request(kind, c->body ? c->body : "", c->body_len, &lim, &api, &err) !=
-        FG_OK)
-        return fg_srv_respond_error(s, con, c, &err);
-    srv_req *r = req_new(s, c, &api);
-    c->req = r; // the connection's reference
-    atomic_fetch_add(&s->n_answering, 1); // until on_completed: the shutdown waits for it
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci)
-        r->conn_fd = ci->connect_fd;
-    memset(&err, 0, sizeof err);
-    if (build_prompt(s, r, &err) != FG_OK)
-        return fg_srv_respond_error(s, con, c, &err);
-    if (submit_all(s, r, &err) != FG_OK)
-        return fg_srv_respond_error(s, con, c, &err);
-    atomic_fetch_add(&r->refs, 1);
-    fg_srv_registry_add(s, r);
-    if (s->opts.log_requests)
-        fprintf(stderr, "forge serve: %s: %d prompt tokens, n %d, max_tokens %d%s\n", r->id_str,
-                r->n_prompt, r->n_choices, r->api.max_tokens, r->api.stream ? ", stream" : "");
-    if (r->api.stream)
-        return fg_srv_start_stream(s, con, c, r);
-
-    // wait for every choice to end, watching for the client going away
+// Answers a non-streaming request once every choice is done; until then its connection is
+// suspended (the engine callback resumes it, or the sweep when the client leaves).
+static enum MHD_Result completion_answer(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
+    srv_req *r = c->req;
     pthread_mutex_lock(&r->mu);
-    bool cancelled = false;
-    while (r->n_done < r->n_choices) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
-        if (!cancelled && r->n_done < r->n_choices && fg_srv_client_gone(r->conn_fd)) {
-            r->client_gone = true;
-            cancelled = true;
+    if (r->client_gone) {
+        pthread_mutex_unlock(&r->mu);
+        return MHD_NO; // nobody to answer (counted as 499 when the connection ends)
+    }
+    if (r->n_done < r->n_choices) {
+        if (!atomic_load(&s->http_stopping)) {
+            r->suspended = true;
+            atomic_fetch_add(&s->n_suspended, 1);
+            MHD_suspend_connection(con);
             pthread_mutex_unlock(&r->mu);
-            fg_srv_req_cancel(r);
-            pthread_mutex_lock(&r->mu);
+            return MHD_YES;
         }
+        pthread_mutex_unlock(&r->mu);
+        return fg_srv_error(s, con, c, 503, "server_error", "shutting_down",
+                            "%s: the server is shutting down; retry", r->id_str);
     }
     size_t n_ev = 0;
     srv_event *ev = fg_srv_take_events(r, &n_ev);
     bool user_cancelled = r->user_cancelled;
     pthread_mutex_unlock(&r->mu);
-    if (r->client_gone) {
-        fg_srv_count_status(s, 499);
-        fg_srv_events_free(ev, n_ev);
-        free(ev);
-        return MHD_NO; // nobody to answer
-    }
     for (int32_t i = 0; i < r->n_choices; i++) {
         srv_choice *ch = &r->choices[i];
         if (ch->status == FG_ERR_CANCELLED && !user_cancelled &&
@@ -613,4 +586,53 @@ enum MHD_Result fg_api_completions(fg_server *s, struct MHD_Connection *con, srv
     fg_srv_events_free(ev, n_ev);
     free(ev);
     return fg_srv_respond_json(s, con, c, 200, o);
+}
+
+enum MHD_Result fg_api_completions_resume(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
+    return completion_answer(s, con, c);
+}
+
+static enum MHD_Result completions(fg_server *s, struct MHD_Connection *con, srv_conn *c,
+                                   fg_api_kind kind) {
+    fg_api_limits lim = {.model_id = s->model_id,
+                         .n_ctx = s->n_ctx,
+                         .n_vocab = s->n_vocab,
+                         .max_n = FG_MIN(s->opts.max_n, s->queue_cap)};
+    // (n choices wait in the queue together: more than it holds could never be accepted)
+    fg_api_request api;
+    fg_api_error err;
+    if (fg_server_parse_request(kind, c->body ? c->body : "", c->body_len, &lim, &api, &err) !=
+        FG_OK)
+        return fg_srv_respond_error(s, con, c, &err);
+    srv_req *r = req_new(s, c, &api);
+    r->stream = api.stream;
+    r->con = con;
+    c->req = r; // the connection's reference
+    atomic_fetch_add(&s->n_answering, 1); // until on_completed: the shutdown waits for it
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci)
+        r->conn_fd = ci->connect_fd;
+    memset(&err, 0, sizeof err);
+    if (build_prompt(s, r, &err) != FG_OK)
+        return fg_srv_respond_error(s, con, c, &err);
+    if (submit_all(s, r, &err) != FG_OK)
+        return fg_srv_respond_error(s, con, c, &err);
+    atomic_fetch_add(&r->refs, 1);
+    fg_srv_registry_add(s, r);
+    fg_srv_active_add(s, r);
+    if (s->opts.log_requests)
+        fprintf(stderr, "forge serve: %s: %d prompt tokens, n %d, max_tokens %d%s\n", r->id_str,
+                r->n_prompt, r->n_choices, r->api.max_tokens, r->api.stream ? ", stream" : "");
+    if (r->api.stream)
+        return fg_srv_start_stream(s, con, c, r);
+    return completion_answer(s, con, c);
+}
+
+enum MHD_Result fg_api_completions(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
+    return completions(s, con, c, FG_API_COMPLETION);
+}
+
+enum MHD_Result fg_api_chat(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
+    return completions(s, con, c, FG_API_CHAT);
 }

@@ -4,6 +4,7 @@
 # status with its OpenAI-style error body, chat templates, loading/overload/shutdown.
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -496,6 +497,31 @@ def test_api_key_401(start_server):
     assert requests.get(s.url("/health")).status_code == 200  # health needs no key
 
 
+def test_empty_api_key_refused_and_env_key(start_server):
+    from conftest import FORGE_BIN
+    env = {k: v for k, v in os.environ.items() if k != "FORGE_API_KEY"}
+    # an empty key (an unset variable: --api-key "$KEY") is not "no key": refuse to start
+    for args, extra_env, says in ((["--api-key", ""], {}, "--api-key: API key 1 is empty"),
+                                  (["--api-key", "ok", "--api-key", ""], {}, "API key 2 is empty"),
+                                  (["--api-key", "has space"], {}, "space"),
+                                  ([], {"FORGE_API_KEY": ""}, "FORGE_API_KEY is set but empty"),
+                                  ([], {"FORGE_API_KEY": "a,,b"}, "empty key")):
+        p = subprocess.run([str(FORGE_BIN), "serve", "-m", str(STORIES), "--port", "0", *args],
+                           capture_output=True, text=True, timeout=20, env={**env, **extra_env})
+        assert p.returncode == 2, (args, p.returncode, p.stderr)
+        assert says in p.stderr and "listening" not in p.stderr, p.stderr
+    # FORGE_API_KEY instead of the flag (comma-separated keys)
+    os.environ["FORGE_API_KEY"] = "k-one,k-two"
+    try:
+        s = start_server("--ctx", "256")
+    finally:
+        del os.environ["FORGE_API_KEY"]
+    assert_error(post(s, "/v1/completions", {"prompt": "x", "max_tokens": 1}), 401)
+    for key in ("k-one", "k-two"):
+        assert client(s, key=key).completions.create(model="stories260K", prompt="x", max_tokens=1).usage.completion_tokens == 1
+    assert_error(post(s, "/v1/completions", {"prompt": "x"}, headers={"Authorization": "Bearer k-one,k-two"}), 401)
+
+
 def test_queue_full_429_and_overloaded(start_server):
     s = start_server("--parallel", "1", "--queue", "1", "--ctx", "2048")
     count_429 = [0]
@@ -763,16 +789,43 @@ def test_max_tokens_beyond_context_and_n_beyond_queue(start_server):
     assert r.status_code == 200 and len(r.json()["choices"]) == 2
 
 
-def test_request_ids_parse_strictly(server):
-    rid = post(server, "/v1/completions", {"prompt": "x", "max_tokens": 1}).json()["id"]
-    num = rid.split("-")[1]
-    for ok in (rid, num):
-        j = requests.get(server.url(f"/v1/requests/{ok}")).json()
-        assert j["id"] == rid, j
-    for bad in ("-" + num, "+" + num, "%20" + num, "x-" + num, "chat" + rid, num + "x",
-                "99999999999999999999", "0", "abc", "cmpl-"):
+def test_request_ids_are_unguessable(server):
+    ids = [post(server, "/v1/completions", {"prompt": "x", "max_tokens": 1}).json()["id"] for _ in range(4)]
+    ids.append(client(server).chat.completions.create(
+        model="stories260K", messages=[{"role": "user", "content": "x"}], max_tokens=1).id)
+    assert all(re.fullmatch(r"(chat)?cmpl-[0-9a-f]{32}", i) for i in ids), ids  # 128 random bits
+    assert len(set(ids)) == len(ids)
+    rid = ids[0]
+    assert requests.get(server.url(f"/v1/requests/{rid}")).json()["id"] == rid
+    # only the full id names a request: no bare numbers, parts, other prefixes or case changes
+    hexpart = rid.split("-")[1]
+    for bad in (hexpart, rid[:-1], rid + "0", "chat" + rid, rid.upper(), "cmpl-1", "1", "0",
+                "%20" + rid, "-" + hexpart, "99999999999999999999"):
         assert_error(requests.get(server.url(f"/v1/requests/{bad}")), 404, code="request_not_found")
         assert_error(requests.delete(server.url(f"/v1/requests/{bad}")), 404)
+    assert requests.get(server.url(f"/v1/requests/{rid}")).json()["state"] == "finished"
+
+
+def test_requests_belong_to_their_api_key(start_server):
+    s = start_server("--api-key", "key-alice", "--api-key", "key-bob", "--ctx", "2048")
+    alice = {"Authorization": "Bearer key-alice"}
+    bob = {"Authorization": "Bearer key-bob"}
+    r = post(s, "/v1/completions", {"prompt": "Once", "max_tokens": LONG, "ignore_eos": True,
+                                    "stream": True}, headers=alice, stream=True)
+    assert r.status_code == 200
+    rid = r.headers["x-request-id"]
+    # bob sees nothing and cancels nothing; no key at all is a 401
+    e = assert_error(requests.get(s.url(f"/v1/requests/{rid}"), headers=bob), 404, code="request_not_found")
+    assert "this API key" in e["message"]
+    assert_error(requests.delete(s.url(f"/v1/requests/{rid}"), headers=bob), 404)
+    assert_error(requests.get(s.url(f"/v1/requests/{rid}")), 401)
+    j = requests.get(s.url(f"/v1/requests/{rid}"), headers=alice).json()
+    assert j["id"] == rid and j["state"] in ("queued", "running"), j
+    d = requests.delete(s.url(f"/v1/requests/{rid}"), headers=alice).json()
+    assert d["state"] in ("cancelled", "finished"), d
+    ev = sse_events(r.iter_lines(decode_unicode=True))
+    assert ev[-1] == "[DONE]"
+    r.close()
 
 
 def test_non_streaming_disconnect_counts_499(server):
@@ -864,3 +917,146 @@ def test_shutdown_cancels_non_streaming_with_503(start_server):
         assert_error(r, 503, code="shutting_down", contains="shutting down")
         assert r.headers["retry-after"] == "1"
     assert any(r.status_code == 503 for r in res.values())
+
+
+# ---- the connection gate: heads, deadlines, limits
+def raw_exchange(port, data, wait=10.0, source=None):
+    """Sends raw bytes, reads until the server closes (or `wait` passes); returns the bytes."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=wait,
+                                 source_address=(source, 0) if source else None)
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            out += c
+    except (socket.timeout, ConnectionResetError):
+        pass
+    s.close()
+    return out
+
+
+def one_response(data):
+    """Splits raw bytes into (status, headers, body), asserting they hold exactly one response."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    assert sep, data[:300]
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {l.split(":", 1)[0].strip().lower(): l.split(":", 1)[1].strip() for l in lines[1:]}
+    assert int(headers["content-length"]) == len(body), data[:400]  # nothing after the body
+    assert not re.search(rb"HTTP/1\.[01] \d{3} ", body), data[:400]  # no second status line
+    return status, headers, body
+
+
+@pytest.mark.parametrize("head,status,contains", [
+    (b"Content-Length: abc", 400, "Content-Length"),
+    (b"Content-Length: -1", 400, "Content-Length"),
+    (b"Content-Length: 1 2", 400, "Content-Length"),
+    (b"Content-Length: 0x10", 400, "Content-Length"),
+    (b"Content-Length:", 400, "Content-Length"),
+    (b"Content-Length: 99999999999999999999999", 413, "too large"),
+    (b"Content-Length: 5\r\nContent-Length: 7", 400, "conflicting"),
+    (b"Content-Length: 5\r\nTransfer-Encoding: chunked", 400, "both"),
+    (b"Transfer-Encoding: gzip", 501, "gzip"),
+    (b"Bad Header: x", 400, "malformed header"),
+])
+def test_malformed_head_gets_one_wellformed_error(server, head, status, contains):
+    # libmicrohttpd 0.9.75 answers these with its status line and headers written twice and an
+    # HTML body; the gate answers first, once, in the API's JSON error shape
+    data = raw_exchange(server.port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + head +
+                        b"\r\n\r\n" + b'{"prompt": "x"}')
+    got, headers, body = one_response(data)
+    assert got == status
+    assert headers["content-type"] == "application/json" and headers["connection"] == "close"
+    assert headers["x-request-id"].startswith("req-")
+    e = json.loads(body)["error"]
+    assert contains in e["message"] and e["type"] == "invalid_request_error", e
+    assert requests.get(server.url("/health")).status_code == 200
+
+
+def test_malformed_request_lines(server):
+    for req, status in ((b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+                        (b"GET /health\r\nHost: x\r\n\r\n", 400),
+                        (b"GET /health HTTP/1.1\r\n\r\n", 400),  # no Host
+                        (b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400)):
+        got, _, body = one_response(raw_exchange(server.port, req))
+        assert got == status, (req, body)
+    # a head that never ends within the limit
+    got, _, body = one_response(raw_exchange(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000))
+    assert got == 431 and "larger than" in json.loads(body)["error"]["message"]
+
+
+def test_request_deadline_covers_the_whole_head_and_body(start_server):
+    # one header line every 0.3 s would restart an idle timer forever; the deadline is for the
+    # whole request: --request-timeout 1 ends it with a 408 however the bytes trickle
+    s = start_server("--ctx", "256", "--request-timeout", "1")
+    for first, trickle in ((b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n", b"X-Slow: 1\r\n"),
+                           (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{", b" ")):
+        c = socket.create_connection(("127.0.0.1", s.port))
+        c.sendall(first)
+        c.settimeout(0.3)
+        t0, out = time.monotonic(), b""
+        while time.monotonic() - t0 < 20:
+            try:
+                chunk = c.recv(4096)
+                if not chunk:
+                    break
+                out += chunk
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                break
+            try:
+                c.sendall(trickle)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+        took = time.monotonic() - t0
+        c.close()
+        assert took < 5, f"a trickled request stayed open {took:.1f} s with --request-timeout 1"
+        assert out.startswith(b"HTTP/1.1 408"), out[:200]
+        assert b"request_timeout" in out
+    m = s.metrics()
+    assert m['forge_http_refused_total{reason="deadline"}'] == 2
+    assert requests.get(s.url("/health")).status_code == 200
+
+
+def http_from(source, port, method, path, body=None):
+    """One request from a given loopback source address (http.client)."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    c.request(method, path, body=json.dumps(body) if body is not None else None,
+              headers={"Content-Type": "application/json"})
+    return c, c.getresponse()
+
+
+def test_connection_limits_refuse_cleanly(start_server):
+    # 2 connections per address, 3 in all: beyond that (when no connection is still sending its
+    # request and could make room) a new one gets a well-formed 503 at once, not a hang or a reset
+    s = start_server("--ctx", "2048", "--max-conns", "3", "--max-conns-per-ip", "2")
+    long_body = {"prompt": "Once", "max_tokens": LONG, "ignore_eos": True, "stream": True}
+    held = [http_from("127.0.0.1", s.port, "POST", "/v1/completions", long_body) for _ in range(2)]
+    for _, r in held:
+        assert r.status == 200
+        r.fp.readline()  # the stream has started
+    _, r = http_from("127.0.0.1", s.port, "GET", "/health")
+    assert r.status == 503 and r.getheader("retry-after") == "1" and r.getheader("connection") == "close"
+    e = json.loads(r.read())["error"]
+    assert e["code"] == "too_many_connections" and "127.0.0.1" in e["message"] and "per address" in e["message"]
+    # another address still gets in, up to the total
+    c3, r3 = http_from("127.0.0.2", s.port, "POST", "/v1/completions", long_body)
+    assert r3.status == 200
+    r3.fp.readline()
+    _, r = http_from("127.0.0.3", s.port, "GET", "/health")
+    assert r.status == 503 and "limit 3" in json.loads(r.read())["error"]["message"]
+    for c, r in held + [(c3, r3)]:
+        c.close()
+    deadline = time.monotonic() + 10
+    while True:  # the streams are cancelled and their connections closed
+        _, r = http_from("127.0.0.1", s.port, "GET", "/health")
+        if r.status == 200:
+            break
+        assert time.monotonic() < deadline, r.read()
+        time.sleep(0.05)
+    assert s.metrics()['forge_http_refused_total{reason="limit"}'] >= 2
