@@ -534,6 +534,8 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
     m->layers = fg_xcalloc((size_t)m->hp.n_layer, sizeof *m->layers);
     if ((st = bind_all(&L)) != FG_OK)
         goto fail;
+    if ((st = fg_model_check(m->gguf, path, m->at, &m->hp, 0)) != FG_OK) // model_check.c
+        goto fail;
     if ((st = upload_all(&L, o.progress)) != FG_OK)
         goto fail;
     if ((st = alloc_scratch(m)) != FG_OK)

@@ -247,6 +247,15 @@ static fg_status load_tokens(fg_tokenizer *t, const fg_gguf *g) {
             return FG_FAIL(FG_ERR_NOMEM, "%s: out of memory for token types", path_of(g));
         fg_status st = fg_gguf_get_arr_i32(g, key, tmp, nt);
         for (uint64_t i = 0; st == FG_OK && i < n; i++) {
+            // llama.cpp's types are 0 (undefined) .. 6 (byte) and it aborts on any other: a
+            // file with one is broken, not a vocabulary with an odd token
+            if (tmp[i] < 0 || tmp[i] > FG_TOKEN_BYTE) {
+                st = FG_FAIL(FG_ERR_FORMAT,
+                             "%s: key '%s': token %llu has type %d, expected 0..6 (undefined, "
+                             "normal, unknown, control, user-defined, unused, byte)",
+                             path_of(g), key, (unsigned long long)i, tmp[i]);
+                break;
+            }
             switch (tmp[i]) {
             case FG_TOKEN_NORMAL: t->attr[i] = TOK_ATTR_NORMAL; break;
             case FG_TOKEN_UNKNOWN: t->attr[i] = TOK_ATTR_UNKNOWN; break;
