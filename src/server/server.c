@@ -204,6 +204,9 @@ void fg_srv_req_decref(srv_req *r) {
     fg_api_request_free(&r->api);
     free(r->prompt);
     free(r->echo_text);
+    free(r->echo_offs);
+    for (int32_t i = 0; r->choices && i < r->n_choices; i++)
+        fg_srv_lp_free(&r->choices[i]);
     free(r->choices);
     free(r->out);
     pthread_mutex_destroy(&r->mu);
@@ -533,9 +536,13 @@ static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
         fg_api_request_free(&r->api);
         free(r->prompt);
         free(r->echo_text);
+        free(r->echo_offs);
         free(r->out);
+        for (int32_t i = 0; i < r->n_choices; i++)
+            fg_srv_lp_free(&r->choices[i]);
         r->prompt = NULL;
         r->echo_text = NULL;
+        r->echo_offs = NULL;
         r->out = NULL;
         r->out_len = r->out_off = r->out_cap = 0;
         if (cut && (unfinished || !c->responded))

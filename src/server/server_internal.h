@@ -123,6 +123,16 @@ typedef struct srv_event {
     int32_t n_prompt, n_gen;
 } srv_event;
 
+// A generated token's logprobs, held until its share of the text has been sent: then its
+// "token" and text_offset index the returned text exactly.
+typedef struct srv_lp_entry {
+    int32_t token;
+    float logprob;
+    int32_t n_top;
+    fg_top_logprob top[FG_MAX_TOP_LOGPROBS];
+    size_t start, len;         // its share: bytes [start, start + len) of srv_choice.lp_text
+} srv_lp_entry;
+
 typedef struct srv_choice {
     struct srv_req *req;       // borrowed back-pointer
     int32_t index;
@@ -133,8 +143,17 @@ typedef struct srv_choice {
     int32_t n_gen;
     // streaming/formatting state
     bool sent_first;           // chat: role delta sent; completions: echo sent
-    size_t text_off;           // bytes of text emitted so far (for text_offset)
-    int32_t n_prompt_lp;       // prompt logprob events seen
+    // logprobs (formatting side only): each token's share of the text is its piece through a
+    // UTF-8 stream (a character split over tokens belongs to the token that completes it)
+    int32_t n_prompt_lp;       // prompt entries written (echo)
+    size_t cp_prompt;          // code points of the echo written so far
+    fg_detok_stream lp_ds;
+    char *lp_text;             // the generated tokens' shares, concatenated [lp_len]
+    size_t lp_len, lp_text_cap;
+    srv_lp_entry *lp_q;        // entries not yet written [lp_n] (oldest first)
+    int32_t lp_n, lp_cap;
+    size_t gen_sent;           // generated text bytes sent (or put in the answer) so far
+    size_t cp_gen;             // code points of the generated shares written so far
 } srv_choice;
 
 typedef struct srv_req {
@@ -151,8 +170,10 @@ typedef struct srv_req {
     bool stream;
     int32_t *prompt;           // [n_prompt] tokens submitted
     int32_t n_prompt;
-    char *echo_text;           // prompt text for echo (owned) or NULL
+    char *echo_text;           // echo: the prompt's tokens' text, split by token (owned) or NULL
     size_t echo_len;
+    size_t *echo_offs;         // [n_prompt + 1]: token i's share is echo_text[offs[i]..offs[i+1])
+    size_t echo_cp;            // code points of echo_text
     int64_t created;
     srv_choice *choices;       // [n_choices]
     int32_t n_choices;
@@ -272,9 +293,15 @@ const char *fg_srv_finish_name(fg_finish_reason f);
 json_t *fg_srv_json_text(const char *text, size_t len);
 json_t *fg_srv_error_json(const char *message, const char *type, const char *param,
                           const char *code);
-// Appends one token's logprob data to a completions-shaped logprobs object / chat content list.
-void fg_srv_add_logprob(const srv_req *r, srv_choice *ch, json_t *lp, const srv_event *ev,
-                        bool is_prompt);
+// Logprobs in the answer's shape (completions: {tokens, token_logprobs, top_logprobs,
+// text_offset}; chat: the "content" list): the entries an event makes ready, appended to lp.
+// Every entry's token is exactly its share of the returned text and text_offset its position
+// (code points), so text[offset[i]:offset[i+1]] == tokens[i]. A generated entry waits until its
+// share has been sent; at DONE the rest is written, cut to the text (a stop string).
+void fg_srv_lp_event(const srv_req *r, srv_choice *ch, json_t *lp, const srv_event *ev);
+// Echo: the first prompt token's entry (no logprob), before the prompt events.
+void fg_srv_lp_first_prompt(const srv_req *r, srv_choice *ch, json_t *lp);
+void fg_srv_lp_free(srv_choice *ch);
 json_t *fg_srv_completion_logprobs_new(void);
 // Pops all queued events (caller frees with fg_srv_events_free).
 srv_event *fg_srv_take_events(srv_req *r, size_t *n);

@@ -102,26 +102,27 @@ static void format_events(srv_req *r, srv_event *ev, size_t n, bool all_done) {
                 emit(r, e->choice, "", 0, true, NULL, NULL, NULL);
             else if (r->echo_text && r->echo_len)
                 emit(r, e->choice, r->echo_text, r->echo_len, false, NULL, NULL, NULL);
-            ch->text_off = r->echo_len;
+        }
+        // the logprobs whose tokens' text this event sends (a token's entry waits for its text)
+        json_t *lp = NULL;
+        if (want_lp) {
+            lp = r->api.kind == FG_API_COMPLETION ? fg_srv_completion_logprobs_new() : json_array();
+            fg_srv_lp_event(r, ch, lp, e);
+            json_t *arr = r->api.kind == FG_API_COMPLETION ? json_object_get(lp, "tokens") : lp;
+            if (json_array_size(arr) == 0) {
+                json_decref(lp);
+                lp = NULL;
+            }
         }
         if (e->kind == FG_EVENT_TOKEN) {
-            if (e->text_len == 0 && !want_lp)
+            if (e->text_len == 0 && !lp)
                 continue; // an incomplete UTF-8 character: nothing to say yet
-            json_t *lp = NULL;
-            if (want_lp) {
-                lp = r->api.kind == FG_API_COMPLETION ? fg_srv_completion_logprobs_new()
-                                                      : json_array();
-                fg_srv_add_logprob(r, ch, lp, e, false);
-            }
             emit(r, e->choice, e->text ? e->text : "", e->text_len, false, lp, NULL, NULL);
-            ch->text_off += e->text_len;
             continue;
         }
         // DONE: text held back for a possible stop string comes first
-        if (e->text_len) {
-            emit(r, e->choice, e->text, e->text_len, false, NULL, NULL, NULL);
-            ch->text_off += e->text_len;
-        }
+        if (e->text_len || lp)
+            emit(r, e->choice, e->text ? e->text : "", e->text_len, false, lp, NULL, NULL);
         if (e->status != FG_OK && e->status != FG_ERR_CANCELLED) {
             char msg[600];
             snprintf(msg, sizeof msg, "%s: %s", r->id_str, e->error ? e->error : "generation failed");

@@ -750,7 +750,9 @@ def test_invalid_utf8_text_is_replaced_not_dropped(server):
     assert "".join(e["choices"][0]["text"] for e in ev[:-1] if e["choices"]) == text
     t = post(server, "/v1/completions", {"prompt": [1, 229, 133], "echo": True, "max_tokens": 0,
                                          "logprobs": 1}).json()["choices"][0]
-    assert t["text"] == "\ufffd\ufffd" and t["logprobs"]["tokens"][1:] == ["\ufffd", "\ufffd"], t
+    # the unfinished character is one U+FFFD, the share of the token that ends the prompt
+    assert t["text"] == "\ufffd" and t["logprobs"]["tokens"] == ["", "", "\ufffd"], t
+    assert t["logprobs"]["text_offset"] == [0, 0, 0]
 
 
 def test_max_tokens_beyond_context_and_n_beyond_queue(start_server):
