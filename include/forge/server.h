@@ -135,8 +135,9 @@ typedef struct fg_api_error {
     int http_status;
     char message[512];
     const char *type;  // "invalid_request_error", ...
-    const char *param; // field name or NULL
+    const char *param; // field name or NULL (static, or param_buf)
     const char *code;  // or NULL
+    char param_buf[64];
 } fg_api_error;
 
 typedef struct fg_api_request {
@@ -167,7 +168,16 @@ typedef struct fg_api_request {
     bool include_usage;
     bool ignore_eos;
     bool truncate;
+    fg_logit_bias *logit_bias; // owned, [n_logit_bias] (token ids checked against n_vocab)
+    int32_t n_logit_bias;
 } fg_api_request;
+
+// Request fields accepted and ignored, because OpenAI documents them as having no effect on
+// the generated text (metadata): "user" (both endpoints), "metadata" (chat). Fields accepted
+// only in their no-op form: "suffix" null or "" (completions); "response_format" {"type":
+// "text"}, "tool_choice" "none", "store" false, "modalities" ["text"] (chat); "service_tier"
+// "auto" or "default". Any other field Forge does not implement ("tools", "functions",
+// "response_format" with a schema, ...) or does not know is a 400 naming it.
 
 // Parses and validates one request body. On failure fills *err (400 malformed JSON, wrong
 // types or ranges; 404 unknown model) and returns FG_ERR_INVALID_ARG (or FG_ERR_FORMAT for

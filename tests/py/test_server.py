@@ -441,11 +441,100 @@ def test_bad_chat_input_400(server, body, param):
 def test_nesting_depth_and_garbage(server):
     deep = '{"prompt": "x", "extra": ' + "[" * 100 + "]" * 100 + "}"
     assert_error(post(server, "/v1/completions", deep), 400, code="json_too_deep")
-    ok = '{"prompt": "x", "max_tokens": 1, "extra": ' + "[" * 60 + "]" * 60 + "}"
-    assert post(server, "/v1/completions", ok).status_code == 200
+    # 60 levels parse (in "metadata", which chat accepts and ignores)
+    ok = ('{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1, "metadata": {"a": '
+          + "[" * 58 + "]" * 58 + "}}")
+    assert post(server, "/v1/chat/completions", ok).status_code == 200
     assert_error(post(server, "/v1/completions", b"\xff\xfe\x00garbage"), 400)
     assert_error(post(server, "/v1/completions", b""), 400)
     assert_error(post(server, "/v1/completions", '{"prompt": "a\\u0000b"}'), 400)
+
+
+# ---- no silently ignored fields
+@pytest.mark.parametrize("path,extra,param,code", [
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "unsupported_parameter"),
+    ("/v1/chat/completions", {"tool_choice": "auto"}, "tool_choice", "unsupported_parameter"),
+    ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions", "unsupported_parameter"),
+    ("/v1/chat/completions", {"function_call": "auto"}, "function_call", "unsupported_parameter"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+     "response_format", "unsupported_parameter"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format", "unsupported_parameter"),
+    ("/v1/chat/completions", {"parallel_tool_calls": False}, "parallel_tool_calls", "unsupported_parameter"),
+    ("/v1/chat/completions", {"store": True}, "store", "unsupported_parameter"),
+    ("/v1/chat/completions", {"modalities": ["text", "audio"]}, "modalities", "unsupported_parameter"),
+    ("/v1/chat/completions", {"echo": True}, "echo", "unsupported_parameter"),
+    ("/v1/chat/completions", {"user": 5}, "user", None),
+    ("/v1/chat/completions", {"temprature": 0.5}, "temprature", "unknown_parameter"),
+    ("/v1/completions", {"suffix": "and then"}, "suffix", "unsupported_parameter"),
+    ("/v1/completions", {"tools": [{"type": "function"}]}, "tools", "unsupported_parameter"),
+    ("/v1/completions", {"top_logprobs": 2}, "top_logprobs", "unsupported_parameter"),
+    ("/v1/completions", {"metadata": {"a": "b"}}, "metadata", "unknown_parameter"),
+    ("/v1/completions", {"extra": 1}, "extra", "unknown_parameter"),
+])
+def test_unsupported_fields_400(server, path, extra, param, code):
+    body = {"prompt": "x"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "x"}]}
+    e = assert_error(post(server, path, {**body, "max_tokens": 1, **extra}), 400, param=param, code=code)
+    assert f"'{param}'" in e["message"], e
+
+
+def test_noop_fields_accepted(server):
+    msgs = [{"role": "user", "content": "x"}]
+    for extra in ({"user": "alice"}, {"metadata": {"k": "v"}}, {"response_format": {"type": "text"}},
+                  {"tool_choice": "none"}, {"tools": []}, {"tools": None, "functions": None},
+                  {"store": False}, {"modalities": ["text"]}, {"service_tier": "auto"}):
+        r = post(server, "/v1/chat/completions", {"messages": msgs, "max_tokens": 1, **extra})
+        assert r.status_code == 200, (extra, r.text)
+    for extra in ({"user": "alice"}, {"suffix": ""}, {"suffix": None}):
+        r = post(server, "/v1/completions", {"prompt": "x", "max_tokens": 1, **extra})
+        assert r.status_code == 200, (extra, r.text)
+    # a message field that would be dropped is refused too
+    e = assert_error(post(server, "/v1/chat/completions", {"messages": [
+        {"role": "user", "content": "x", "name": "bob"}]}), 400, param="messages")
+    assert "messages[0].name" in e["message"]
+
+
+def test_logit_bias(server):
+    case = GOLDEN["cases"][0]
+    first, runner_up = case["greedy_top2"][0][0][0], case["greedy_top2"][0][1][0]
+    assert first == case["greedy_tokens"][0]
+
+    def piece(tok):  # a token's text in the middle of a text (its leading space kept)
+        e = post(server, "/v1/completions", {"prompt": [1, 403, tok], "max_tokens": 0, "echo": True,
+                                             "logprobs": 0}).json()["choices"][0]["logprobs"]
+        return e["tokens"][2]
+
+    base = {"prompt": case["prompt_tokens"], "max_tokens": 4, "temperature": 0}
+    plain = post(server, "/v1/completions", base).json()["choices"][0]["text"]
+    assert plain.startswith(piece(first))
+    # the greedy first token banned: the runner-up comes first
+    banned = post(server, "/v1/completions", {**base, "logit_bias": {str(first): -100}}).json()
+    assert banned["choices"][0]["text"].startswith(piece(runner_up)), banned
+    # +100 on one token: it is chosen at every step, greedy or sampled
+    once = piece(403)
+    for extra in ({}, {"temperature": 1.0, "seed": 7}):
+        forced = post(server, "/v1/completions", {**base, **extra, "logit_bias": {"403": 100}}).json()
+        assert forced["choices"][0]["text"] == once * 4, forced
+    # a small bias moves nothing that has a clear margin; chat takes it too
+    small = post(server, "/v1/completions", {**base, "logit_bias": {str(runner_up): 0.5}}).json()
+    assert small["choices"][0]["text"] == plain
+    c = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+                                              "temperature": 0, "logit_bias": {"403": 100}}).json()
+    assert c["choices"][0]["message"]["content"].endswith(once * 2), c
+
+
+@pytest.mark.parametrize("bias,contains", [
+    ([1, 2], "must be an object"),
+    ({"abc": 1}, "is not a token id"),
+    ({"-1": 1}, "is not a token id"),
+    ({"01": 1}, "is not a token id"),
+    ({"512": 1}, "is not a token id in [0, 511]"),
+    ({"5": 101}, "must be in [-100, 100]"),
+    ({"5": -100.5}, "must be in [-100, 100]"),
+    ({"5": "1"}, "must be a number"),
+])
+def test_logit_bias_bad_400(server, bias, contains):
+    assert_error(post(server, "/v1/completions", {"prompt": "x", "logit_bias": bias}), 400, param="logit_bias",
+                 contains=contains)
 
 
 def test_unknown_model_404(server):

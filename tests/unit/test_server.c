@@ -102,11 +102,81 @@ static void test_head_refused(void **state) {
     assert_int_equal(v.status, 431);
 }
 
+static fg_status parse(fg_api_kind kind, const char *json, fg_api_request *r, fg_api_error *e) {
+    fg_api_limits lim = {.n_ctx = 256, .n_vocab = 512};
+    return fg_server_parse_request(kind, json, strlen(json), &lim, r, e);
+}
+
+// logit_bias parses into (token, bias) pairs that reach the sampling parameters.
+static void test_parse_logit_bias(void **state) {
+    (void)state;
+    fg_api_request r;
+    fg_api_error e;
+    assert_int_equal(parse(FG_API_COMPLETION,
+                           "{\"prompt\": \"x\", \"logit_bias\": {\"5\": -100, \"511\": 2.5}}", &r, &e),
+                     FG_OK);
+    assert_int_equal(r.n_logit_bias, 2);
+    int32_t prompt[1] = {1};
+    fg_request_params p;
+    fg_api_request_to_params(&r, prompt, 1, 0, &p);
+    assert_int_equal(p.sampling.n_logit_bias, 2);
+    float b5 = 0, b511 = 0;
+    for (int32_t i = 0; i < 2; i++) {
+        if (p.sampling.logit_bias[i].token == 5)
+            b5 = p.sampling.logit_bias[i].bias;
+        if (p.sampling.logit_bias[i].token == 511)
+            b511 = p.sampling.logit_bias[i].bias;
+    }
+    assert_true(b5 == -100.0f && b511 == 2.5f);
+    fg_api_request_free(&r);
+    assert_int_equal(parse(FG_API_COMPLETION, "{\"prompt\": \"x\", \"logit_bias\": {\"512\": 1}}", &r,
+                           &e),
+                     FG_ERR_INVALID_ARG);
+    assert_string_equal(e.param, "logit_bias");
+    assert_string_equal(e.message, "'logit_bias' key '512' is not a token id in [0, 511]");
+}
+
+// Every field is known or refused by name (param = the field); no-op forms pass.
+static void test_parse_fields(void **state) {
+    (void)state;
+    fg_api_request r;
+    fg_api_error e;
+    static const struct {
+        fg_api_kind kind;
+        const char *json, *param, *code;
+    } bad[] = {
+        {FG_API_CHAT, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{}]}",
+         "tools", "unsupported_parameter"},
+        {FG_API_CHAT,
+         "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"response_format\": "
+         "{\"type\": \"json_schema\"}}",
+         "response_format", "unsupported_parameter"},
+        {FG_API_COMPLETION, "{\"prompt\": \"x\", \"frobnicate\": true}", "frobnicate",
+         "unknown_parameter"},
+        {FG_API_COMPLETION, "{\"prompt\": \"x\", \"messages\": []}", "messages", "unknown_parameter"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(parse(bad[i].kind, bad[i].json, &r, &e), FG_ERR_INVALID_ARG);
+        assert_int_equal(e.http_status, 400);
+        assert_string_equal(e.param, bad[i].param);
+        assert_string_equal(e.code, bad[i].code);
+    }
+    assert_int_equal(parse(FG_API_CHAT,
+                           "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"user\": \"u\", "
+                           "\"tool_choice\": \"none\", \"tools\": [], \"response_format\": {\"type\": "
+                           "\"text\"}, \"functions\": null}",
+                           &r, &e),
+                     FG_OK);
+    fg_api_request_free(&r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_head_complete),
         cmocka_unit_test(test_head_incomplete),
         cmocka_unit_test(test_head_refused),
+        cmocka_unit_test(test_parse_logit_bias),
+        cmocka_unit_test(test_parse_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
