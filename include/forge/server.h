@@ -47,6 +47,9 @@ fg_status fg_server_create(const fg_server_opts *opts, fg_server **out);
 // --chat-template is FG_ERR_UNSUPPORTED naming the flag), starts the engine. Blocking.
 fg_status fg_server_load(fg_server *s);
 int32_t fg_server_port(const fg_server *s); // the bound port
+// After fg_server_load: the model's facts and the context per sequence (NULL / 0 before).
+const fg_model_info *fg_server_model_info(const fg_server *s);
+int32_t fg_server_n_ctx(const fg_server *s);
 // Graceful stop: stops accepting connections, lets running requests finish for up to grace_s
 // seconds, cancels the rest, stops the engine and the listener. Safe to call once loaded or not.
 void fg_server_shutdown(fg_server *s, double grace_s);

@@ -17,7 +17,8 @@ extern "C" {
 
 typedef struct fg_tokenizer_opts {
     const char *pre_override; // use this pre-tokenizer instead of tokenizer.ggml.pre (NULL: the
-                              // file's; ignored for llama/bert vocabularies, which have none)
+                              // file's); FG_ERR_INVALID_ARG for llama/bert vocabularies, which
+                              // have none
 } fg_tokenizer_opts;
 
 // Token attributes (from tokenizer.ggml.token_type).

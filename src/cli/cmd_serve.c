@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 static int g_sig_pipe[2] = {-1, -1};
@@ -253,12 +254,22 @@ int fg_cmd_serve(int argc, char **argv) {
     }
     fprintf(stderr, "forge serve: listening on http://%s:%d (loading %s)\n",
             o.host ? o.host : "127.0.0.1", fg_server_port(s), o.model_path);
+    // FORGE_SERVE_LOAD_DELAY_S (tests only): hold the "loading" state that long before the
+    // model loads, so that clients can be checked against it
+    const char *delay = getenv("FORGE_SERVE_LOAD_DELAY_S");
+    double d = delay ? atof(delay) : 0;
+    if (d > 0 && d <= 60) {
+        struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
+        nanosleep(&ts, NULL); // (a signal ends it early; the shutdown follows the load)
+    }
     if (fg_server_load(s) != FG_OK) {
         int rc = fg_cli_fail("serve");
         fg_server_destroy(s);
         free(env_keys);
         return rc;
     }
+    if (o.n_ctx > 0 && fg_server_model_info(s))
+        fg_cli_warn_ctx("serve", "--ctx", fg_server_n_ctx(s), fg_server_model_info(s));
     fprintf(stderr, "forge serve: ready on http://%s:%d\n", o.host ? o.host : "127.0.0.1",
             fg_server_port(s));
     for (;;) {

@@ -441,9 +441,10 @@ static fg_status build_prompt(fg_server *s, srv_req *r, fg_api_error *err) {
         if (!a->truncate || room == 0) {
             err->http_status = 400;
             err->type = "invalid_request_error";
-            err->param = room == 0 ? "messages" : "max_tokens";
+            // a full context is the prompt's doing: the field named is the one that holds it
+            err->param = room > 0 ? "max_tokens" : a->kind == FG_API_CHAT ? "messages" : "prompt";
             err->code = "context_length_exceeded";
-            if (room == 0) // a chat answer needs at least one token
+            if (room == 0) // an answer needs at least one token
                 snprintf(err->message, sizeof err->message,
                          "the prompt has %d tokens: it fills the context of %d tokens and "
                          "leaves no room for an answer",

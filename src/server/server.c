@@ -702,6 +702,12 @@ fg_status fg_server_create(const fg_server_opts *opts, fg_server **out) {
 
 int32_t fg_server_port(const fg_server *s) { return s->port; }
 
+const fg_model_info *fg_server_model_info(const fg_server *s) {
+    return s->model && atomic_load(&s->state) != SRV_LOADING ? fg_model_get_info(s->model) : NULL;
+}
+
+int32_t fg_server_n_ctx(const fg_server *s) { return s->n_ctx; }
+
 fg_status fg_server_load(fg_server *s) {
     fg_status st;
     fg_backend_opts bo = {.n_threads = s->opts.n_threads, .device = 0};

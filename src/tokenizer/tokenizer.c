@@ -511,6 +511,14 @@ fg_status fg_tokenizer_create(const fg_gguf *g, const fg_tokenizer_opts *opts, f
 
     const char *pre = "default";
     size_t pre_len = 7;
+    if (opts && opts->pre_override && t->type != TOK_BPE) {
+        // a pre-tokenizer asked for and silently not used would be a lie about the output
+        st = FG_FAIL(FG_ERR_INVALID_ARG,
+                     "%s: pre-tokenizer '%.64s' asked for, but the '%.*s' tokenizer has no "
+                     "pre-tokenizers (only gpt2 byte-level BPE vocabularies do)",
+                     path_of(g), opts->pre_override, (int)FG_MIN(model_len, 16), model);
+        goto fail;
+    }
     if (opts && opts->pre_override) {
         pre = opts->pre_override;
         pre_len = strlen(pre);

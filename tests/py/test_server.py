@@ -76,6 +76,20 @@ def test_health_models_metrics(server):
         assert k in met, k
 
 
+def test_ctx_beyond_training_warns(start_server):
+    s = start_server("--ctx", "4096", "--parallel", "1")
+    assert ("forge serve: warning: --ctx 4096 is beyond the 2048 tokens the model was trained on"
+            in s.output()), s.output()
+    assert client(s).completions.create(model="stories260K", prompt="x", max_tokens=1).usage.completion_tokens == 1
+
+
+def test_metrics_kv_pages_from_start(start_server):
+    # the KV pool's gauges are right before the first request (they used to read 0 free)
+    s = start_server("--ctx", "256", "--parallel", "2")
+    m = s.metrics()
+    assert m["forge_kv_pages_free"] == 2 * 256 / 16 and m["forge_kv_pages_used"] == 0, m
+
+
 def test_completion_curl(server):
     body = json.dumps({"model": "stories260K", "prompt": PROMPT, "max_tokens": 12, "temperature": 0})
     out = subprocess.run(["curl", "-s", "-i", "--max-time", "30", "-H", "Content-Type: application/json",
@@ -653,24 +667,40 @@ def test_queue_full_429_and_overloaded(start_server):
     assert s.metrics()['forge_requests_total{status="429"}'] == count_429[0]
 
 
-def test_loading_503(tmp_path):
-    fifo = tmp_path / "model.gguf"
-    os.mkfifo(fifo)  # opening it blocks the loader until we open the other end
-    s = ForgeServer(model=fifo, wait=False)
+def test_loading_503():
+    os.environ["FORGE_SERVE_LOAD_DELAY_S"] = "3"  # the loading state, held for the test
+    try:
+        s = ForgeServer(wait=False)
+    finally:
+        del os.environ["FORGE_SERVE_LOAD_DELAY_S"]
     try:
         s.wait_listening()
         h = requests.get(s.url("/health"))
         assert h.status_code == 503 and h.json() == {"status": "loading"}
         assert_error(post(s, "/v1/completions", {"prompt": "x"}), 503, code="model_loading")
-        try:  # a FIFO is not a mappable model file: the load fails with a message, exit 1
-            with open(fifo, "wb") as f:
-                f.write(b"GGUF")
-        except BrokenPipeError:
-            pass  # the loader gave up before reading
-        assert s.proc.wait(20) == 1
-        assert "model.gguf" in s.output()
+        s.wait_ready()
+        assert requests.get(s.url("/health")).json() == {"status": "ok"}
     finally:
-        s.close()
+        assert s.close() == 0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dir", "chardev"])
+def test_non_regular_model_refused_at_once(tmp_path, kind):
+    # a FIFO given as -m used to block the loader until something wrote to it
+    from conftest import FORGE_BIN
+    p = tmp_path / "model.gguf"
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "dir":
+        p.mkdir()
+    else:
+        p = Path("/dev/null")
+    what = {"fifo": "a FIFO", "dir": "a directory", "chardev": "a character device"}[kind]
+    for cmd in (["run", "-m", str(p), "-p", "x", "-n", "1"], ["info", str(p)],
+                ["tokenize", "-m", str(p), "-p", "x"], ["serve", "-m", str(p), "--port", "0"]):
+        r = subprocess.run([str(FORGE_BIN), *cmd], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 1, (cmd, r.returncode, r.stderr)
+        assert f"{p}: not a regular file ({what})" in r.stderr, (cmd, r.stderr)
 
 
 # ---- chat templates
@@ -872,6 +902,10 @@ def test_max_tokens_beyond_context_and_n_beyond_queue(start_server):
     msgs = [{"role": "user", "content": text}]
     e = assert_error(post(s, "/v1/chat/completions", {"messages": msgs}), 400, param="messages",
                      code="context_length_exceeded")
+    assert "no room" in e["message"], e
+    # the same on /v1/completions names the prompt (it used to say "messages")
+    e = assert_error(post(s, "/v1/completions", {"prompt": [1] + [403] * 63, "max_tokens": 1}), 400,
+                     param="prompt", code="context_length_exceeded")
     assert "no room" in e["message"], e
     # n choices wait in the queue together: more than it holds is a 400, not a 429 forever
     e = assert_error(post(s, "/v1/completions", {"prompt": "x", "n": 3}), 400, param="n")

@@ -298,6 +298,13 @@ static void test_unknown_model_and_pre(void **state) {
     assert_non_null(strstr(fg_last_error(), "'bogus'"));
     fg_gguf_close(g);
 
+    g = tiny_vocab("llama", NULL); // SentencePiece has no pre-tokenizers: an override is an error
+    o.pre_override = "gpt-2";
+    assert_int_equal(fg_tokenizer_create(g, &o, &t), FG_ERR_INVALID_ARG);
+    assert_non_null(strstr(fg_last_error(), "pre-tokenizer 'gpt-2' asked for, but the 'llama' "
+                                            "tokenizer has no pre-tokenizers"));
+    fg_gguf_close(g);
+
     g = tiny_vocab("gpt2", NULL); // missing pre -> default
     assert_int_equal(fg_tokenizer_create(g, NULL, &t), FG_OK);
     assert_string_equal(fg_tokenizer_pre_name(t), "default");
