@@ -134,6 +134,7 @@ static fg_status check_hparams(const char *path, const fg_arch_traits *at, const
 // ---- NaN / infinity in the weights
 #define CHUNK_BYTES ((uint64_t)16 << 20)
 #define MAX_SCAN_THREADS 8
+#define SMALL_FILE_BYTES ((uint64_t)64 << 20)
 
 typedef struct scale_geom {
     uint32_t type;
@@ -348,10 +349,15 @@ static fg_status check_values(const fg_gguf *g, const char *path, int32_t n_thre
     atomic_init(&j.bad_item, j.n_items);
     j.msg_item = j.n_items;
     pthread_mutex_init(&j.mu, NULL);
+    uint64_t total = 0;
+    for (int64_t i = 0; i < nt; i++)
+        total += fg_gguf_tensor_at(g, i)->n_bytes;
     if (n_threads <= 0) {
         long nc = sysconf(_SC_NPROCESSORS_ONLN);
         n_threads = nc > 0 ? (int32_t)nc : 1;
     }
+    if (total < SMALL_FILE_BYTES) // a few milliseconds: not worth starting threads
+        n_threads = 1;
     n_threads = (int32_t)FG_MIN(FG_MIN(n_threads, MAX_SCAN_THREADS), FG_MAX(j.n_items, 1));
     pthread_t th[MAX_SCAN_THREADS];
     int32_t started = 0;
