@@ -2,8 +2,10 @@
 # tests/run.sh - runs every suite and ends with one line "N passed, N failed".
 #   1. C unit/golden suites (cmocka binaries build/tests/test_*), each test counted;
 #   2. Python suites (pytest tests/py: CLI, tokenizer vectors, server with real clients);
-#   3. fuzz targets (libFuzzer + ASan/UBSan) for a bounded time each (FORGE_FUZZ_SECONDS);
-# plus two counted build checks: clang -Werror, and hipcc -Werror over the GPU backend.
+#   3. the demo (scripts/demo.sh) from a fresh git clone, with the binary built here;
+#   4. fuzz targets (libFuzzer + ASan/UBSan) for a bounded time each (FORGE_FUZZ_SECONDS);
+# plus counted build checks: clang -Werror, and hipcc -Werror over the GPU backend; and the unit
+# tests again under ASan+UBSan (make asan).
 # Test data comes from FORGE_SHARED (default ../shared); its absence is a failure, not a skip.
 set -u
 cd "$(dirname "$0")/.."
@@ -125,6 +127,22 @@ if ls tests/py/test_*.py >/dev/null 2>&1; then
     skipped=$((skipped + k)) # the reasons are in the summary above (-rs)
     [ "$f" -ne 0 ] && failures+=("pytest")
 fi
+
+# README command 1 as a new user runs it: scripts/demo.sh from a fresh clone of the committed
+# tree (with the binary built above, FORGE_DEMO_BIN, so that it takes seconds)
+echo "== demo from a fresh clone"
+demo_tmp=$(mktemp -d)
+demo_log="$BUILD/tests/demo.log"
+if git clone -q "$(pwd)" "$demo_tmp/forge" >"$demo_log" 2>&1 &&
+    FORGE_DEMO_BIN="$FORGE_BIN" bash "$demo_tmp/forge/scripts/demo.sh" >>"$demo_log" 2>&1; then
+    passed=$((passed + 1))
+    echo "demo: ok"
+else
+    failed=$((failed + 1))
+    failures+=("demo")
+    tail -n 30 "$demo_log"
+fi
+rm -rf "$demo_tmp"
 
 if [ "${FORGE_SKIP_FUZZ:-0}" != "1" ] && ls tests/fuzz/fuzz_*.c >/dev/null 2>&1; then
     echo "== Fuzz targets (${FUZZ_SECONDS}s each)"

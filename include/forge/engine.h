@@ -82,6 +82,13 @@ typedef struct fg_kv_cache_info {
 void fg_kv_pages_cache_info(const fg_kv_pages *p, fg_kv_cache_info *out);
 
 // ---- sampling
+// One token's logit bias (OpenAI's logit_bias): added to its logit before anything else.
+typedef struct fg_logit_bias {
+    int32_t token;
+    float bias;
+} fg_logit_bias;
+#define FG_MAX_LOGIT_BIAS 1024
+
 typedef struct fg_sampling {
     float temperature;       // <= 0: greedy (argmax, ties to the lowest id)
     int32_t top_k;           // <= 0: off
@@ -92,6 +99,10 @@ typedef struct fg_sampling {
     float frequency_penalty; // 0: off (OpenAI's)
     float presence_penalty;  // 0: off
     uint64_t seed;           // same seed + same logits -> same tokens
+    // [n_logit_bias] (borrowed: the sampler copies it) token ids in [0, n_vocab), finite
+    // biases; a sparse list any sampler (CPU now, GPU later) applies before the penalties
+    const fg_logit_bias *logit_bias;
+    int32_t n_logit_bias;    // 0..FG_MAX_LOGIT_BIAS
 } fg_sampling;
 
 fg_sampling fg_sampling_default(void); // temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, ...
@@ -106,7 +117,8 @@ void fg_sampler_accept(fg_sampler *s, int32_t token);
 int32_t fg_sampler_sample(fg_sampler *s, const float *logits);
 // Resets the history and the RNG (to the seed).
 void fg_sampler_reset(fg_sampler *s);
-// The logits after the penalties (out[n_vocab]); what sampling starts from. Tests, debugging.
+// The logits after the logit bias and the penalties (out[n_vocab]); what sampling starts from.
+// Tests, debugging.
 void fg_sampler_penalize(const fg_sampler *s, const float *logits, float *out);
 
 // ---- engine: requests, continuous batching

@@ -23,7 +23,8 @@ typedef struct fg_server_opts {
     const char *model_path;    // GGUF file (required)
     const char *host;          // bind address; NULL: "127.0.0.1"
     int32_t port;              // 0: any free port (see fg_server_port)
-    const char *api_key;       // NULL: no auth; else "Authorization: Bearer <key>" required on /v1/*
+    const char *const *api_keys; // [n_api_keys]: "Authorization: Bearer <one of them>" required on
+    int32_t n_api_keys;          // /v1/*; 0: no auth. An empty key is refused (FG_ERR_INVALID_ARG)
     const char *alias;         // model id in the API; NULL: the file stem
     const char *chat_template; // chatml|llama3|llama2|mistral|glm4|plain; NULL: from the file
     const char *device;        // "auto" (NULL: the GPU when usable, else the CPU), "cpu" or "cuda"
@@ -38,6 +39,10 @@ typedef struct fg_server_opts {
     bool log_requests;         // one line per request on stderr
     bool no_webui;             // no chat page at / (404)
     bool no_prefix_cache;      // --no-prefix-cache: the engine's prefix cache is on by default
+    int32_t http_threads;      // libmicrohttpd worker threads (event loops; 0: 4)
+    int32_t max_conns;         // open connections, all clients together (0: 512)
+    int32_t max_conns_per_ip;  // open connections from one client address (0: 128)
+    double request_timeout_s;  // a request's head and body must arrive within this (0: 30 s)
 } fg_server_opts;
 
 // Binds and starts the HTTP listener; /health answers "loading" (503) until fg_server_load
@@ -47,10 +52,30 @@ fg_status fg_server_create(const fg_server_opts *opts, fg_server **out);
 // --chat-template is FG_ERR_UNSUPPORTED naming the flag), starts the engine. Blocking.
 fg_status fg_server_load(fg_server *s);
 int32_t fg_server_port(const fg_server *s); // the bound port
+// After fg_server_load: the model's facts and the context per sequence (NULL / 0 before).
+const fg_model_info *fg_server_model_info(const fg_server *s);
+int32_t fg_server_n_ctx(const fg_server *s);
 // Graceful stop: stops accepting connections, lets running requests finish for up to grace_s
 // seconds, cancels the rest, stops the engine and the listener. Safe to call once loaded or not.
 void fg_server_shutdown(fg_server *s, double grace_s);
 void fg_server_destroy(fg_server *s); // shuts down (grace 0) if still running; NULL: no-op
+
+// ---- HTTP request heads (network-free): what the connection gate checks before libmicrohttpd
+// sees a byte of a request
+typedef struct fg_http_head_verdict {
+    int status;                // refusal: the HTTP status to answer (400, 413, 431, 501, 505)
+    char message[160];         // refusal: one line naming the fault
+    size_t head_len;           // accepted: bytes of the head, its final empty line included
+    bool http11, chunked, has_content_length;
+    uint64_t content_length;
+} fg_http_head_verdict;
+
+// Looks at the first n bytes a client sent: 0 while the head is incomplete (and nothing is wrong
+// yet), 1 for a complete, well-framed head (request line METHOD SP TARGET SP HTTP/1.0|1.1, header
+// lines "name: value", Content-Length digits only and consistent, Transfer-Encoding only
+// "chunked" and never with Content-Length, exactly one Host in HTTP/1.1), -1 to refuse it
+// (v->status, v->message). A head longer than max_head is refused with 431.
+int fg_http_head_check(const char *buf, size_t n, size_t max_head, fg_http_head_verdict *v);
 
 // ---- chat templates: forge/chat.h (shared with `forge chat`)
 
@@ -70,8 +95,9 @@ typedef struct fg_api_error {
     int http_status;
     char message[512];
     const char *type;  // "invalid_request_error", ...
-    const char *param; // field name or NULL
+    const char *param; // field name or NULL (static, or param_buf)
     const char *code;  // or NULL
+    char param_buf[64];
 } fg_api_error;
 
 typedef struct fg_api_request {
@@ -102,7 +128,16 @@ typedef struct fg_api_request {
     bool include_usage;
     bool ignore_eos;
     bool truncate;
+    fg_logit_bias *logit_bias; // owned, [n_logit_bias] (token ids checked against n_vocab)
+    int32_t n_logit_bias;
 } fg_api_request;
+
+// Request fields accepted and ignored, because OpenAI documents them as having no effect on
+// the generated text (metadata): "user" (both endpoints), "metadata" (chat). Fields accepted
+// only in their no-op form: "suffix" null or "" (completions); "response_format" {"type":
+// "text"}, "tool_choice" "none", "store" false, "modalities" ["text"] (chat); "service_tier"
+// "auto" or "default". Any other field Forge does not implement ("tools", "functions",
+// "response_format" with a schema, ...) or does not know is a 400 naming it.
 
 // Parses and validates one request body. On failure fills *err (400 malformed JSON, wrong
 // types or ranges; 404 unknown model) and returns FG_ERR_INVALID_ARG (or FG_ERR_FORMAT for

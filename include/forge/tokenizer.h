@@ -17,7 +17,8 @@ extern "C" {
 
 typedef struct fg_tokenizer_opts {
     const char *pre_override; // use this pre-tokenizer instead of tokenizer.ggml.pre (NULL: the
-                              // file's; ignored for llama/bert vocabularies, which have none)
+                              // file's); FG_ERR_INVALID_ARG for llama/bert vocabularies, which
+                              // have none
 } fg_tokenizer_opts;
 
 // Token attributes (from tokenizer.ggml.token_type).
@@ -103,6 +104,17 @@ fg_status fg_detokenize(const fg_tokenizer *t, const int32_t *ids, size_t n, boo
 enum { FG_DETOK_SPECIAL = 1, FG_DETOK_NO_CLEAN = 2, FG_DETOK_KEEP_SPACE = 4 };
 fg_status fg_detokenize_ex(const fg_tokenizer *t, const int32_t *ids, size_t n, unsigned flags,
                            char **text, size_t *len);
+
+// The text of ids[0..n) split by token, for offsets that index it exactly: token i adds the
+// bytes text[offs[i]..offs[i+1]) (offs: n + 1 entries). Pieces go through the streaming
+// detokenizer below (a character whose bytes span tokens belongs to the token that completes
+// it; bytes that never form one become U+FFFD, at the end on the last token); no clean-up of
+// spaces. strip_space: the first piece that renders anything loses one leading space when the
+// vocabulary adds a space prefix (so a tokenized text comes back as it was given). special:
+// control tokens render their text. *text heap-allocated, NUL-terminated (free()).
+// Errors: FG_ERR_INVALID_ARG for an id outside the vocabulary (naming it).
+fg_status fg_detokenize_split(const fg_tokenizer *t, const int32_t *ids, size_t n, bool special,
+                              bool strip_space, char **text, size_t *len, size_t *offs);
 
 // Streaming detokenization that emits only complete UTF-8 characters: bytes of a character
 // split across tokens are held until it completes; invalid sequences come out as U+FFFD.

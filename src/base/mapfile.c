@@ -1,4 +1,5 @@
-// mapfile.c - mmap a file read-only; a directory or special file is refused.
+// mapfile.c - mmap a file read-only; a directory, FIFO or device is refused at once (opened
+// without waiting, then fstat).
 #define _POSIX_C_SOURCE 200809L
 #include "base/mapfile.h"
 
@@ -11,8 +12,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+static const char *kind_of(mode_t m) {
+    return S_ISDIR(m)    ? "a directory"
+           : S_ISFIFO(m) ? "a FIFO"
+           : S_ISCHR(m)  ? "a character device"
+           : S_ISBLK(m)  ? "a block device"
+           : S_ISSOCK(m) ? "a socket"
+                         : "not a regular file";
+}
+
 fg_status fg_mapfile_open(const char *path, fg_mapfile *out) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; fstat decides
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0)
         return FG_FAIL(FG_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
@@ -23,7 +34,7 @@ fg_status fg_mapfile_open(const char *path, fg_mapfile *out) {
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return FG_FAIL(FG_ERR_IO, "%s: not a regular file", path);
+        return FG_FAIL(FG_ERR_IO, "%s: not a regular file (%s)", path, kind_of(st.st_mode));
     }
     fg_mapfile m = {0};
     m.size = (size_t)st.st_size;

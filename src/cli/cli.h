@@ -39,6 +39,9 @@ int fg_cli_sampling_flag(const char *cmd, int argc, char **argv, int *i, fg_samp
     "  --min-p P              (default 0.05; 0: off)\n"                                       \
     "  --repeat-penalty R     (default 1: off)\n"                                             \
     "  --seed S               sampling seed (default: from the clock, printed)\n"
+// A context asked for beyond what the model was trained on works, but positions past it were
+// never trained: one warning line on stderr (run, perplexity, serve).
+void fg_cli_warn_ctx(const char *cmd, const char *flag, int32_t n_ctx, const fg_model_info *info);
 // Reads a whole file into a NUL-terminated heap buffer (caller frees).
 fg_status fg_cli_read_file(const char *path, char **out, size_t *len);
 

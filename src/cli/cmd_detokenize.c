@@ -16,9 +16,10 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: forge detokenize -m MODEL [options] [ID...]\n\n"
+            "usage: forge detokenize -m MODEL [options] [ID...] [options]\n\n"
             "Prints the text of the token ids (from the arguments, else from stdin; separated\n"
-            "by spaces, commas or newlines) exactly, with no newline added.\n\n"
+            "by spaces, commas or newlines) exactly, with no newline added. Options may come\n"
+            "before or after the ids (\"--\" ends the options).\n\n"
             "  -m, --model PATH     GGUF file with a tokenizer\n"
             "  --special            render control tokens' text (otherwise they print nothing)\n"
             "  --no-clean           skip the clean-up of spaces before punctuation that some\n"
@@ -93,11 +94,23 @@ static fg_status print_text(const fg_tokenizer *t, const char *s, size_t n, unsi
 int fg_cmd_detokenize(int argc, char **argv) {
     const char *model = NULL, *batch = NULL;
     unsigned flags = 0;
-    int first_id = argc;
+    // ids and options may come in any order (`forge detokenize -m M 1 2 3 --special`)
+    char **id_args = calloc((size_t)argc + 1, sizeof *id_args);
+    int n_id_args = 0;
+    bool only_ids = false; // after "--"
+    if (!id_args) {
+        fprintf(stderr, "forge detokenize: out of memory\n");
+        return 1;
+    }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has_next = i + 1 < argc;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+        if (only_ids || a[0] != '-' || isdigit((unsigned char)a[1])) {
+            id_args[n_id_args++] = argv[i];
+        } else if (!strcmp(a, "--")) {
+            only_ids = true;
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            free(id_args);
             usage(stdout);
             return 0;
         } else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && has_next) {
@@ -108,16 +121,15 @@ int fg_cmd_detokenize(int argc, char **argv) {
             flags |= FG_DETOK_SPECIAL;
         } else if (!strcmp(a, "--no-clean")) {
             flags |= FG_DETOK_NO_CLEAN;
-        } else if (a[0] == '-' && !isdigit((unsigned char)a[1])) {
-            fprintf(stderr, "forge detokenize: unknown or incomplete option '%s' (see --help)\n", a);
-            return 2;
         } else {
-            first_id = i;
-            break;
+            fprintf(stderr, "forge detokenize: unknown or incomplete option '%s' (see --help)\n", a);
+            free(id_args);
+            return 2;
         }
     }
     if (!model) {
         fprintf(stderr, "forge detokenize: -m MODEL is required (see --help)\n");
+        free(id_args);
         return 2;
     }
     fg_gguf *g = NULL;
@@ -131,18 +143,18 @@ int fg_cmd_detokenize(int argc, char **argv) {
         goto fail;
     fg_gguf_close(g);
     g = NULL;
-    if (first_id < argc) { // ids from the arguments: join them
+    if (n_id_args > 0) { // ids from the arguments: join them
         size_t cap = 1;
-        for (int i = first_id; i < argc; i++)
-            cap += strlen(argv[i]) + 1;
+        for (int i = 0; i < n_id_args; i++)
+            cap += strlen(id_args[i]) + 1;
         in = malloc(cap);
         if (!in) {
             FG_FAIL(FG_ERR_NOMEM, "out of memory");
             goto fail;
         }
-        for (int i = first_id; i < argc; i++) {
-            size_t l = strlen(argv[i]);
-            memcpy(in + len, argv[i], l);
+        for (int i = 0; i < n_id_args; i++) {
+            size_t l = strlen(id_args[i]);
+            memcpy(in + len, id_args[i], l);
             len += l;
             in[len++] = ' ';
         }
@@ -167,6 +179,7 @@ int fg_cmd_detokenize(int argc, char **argv) {
 fail:
     rc = fg_cli_fail("detokenize");
 done:
+    free(id_args);
     free(in);
     fg_tokenizer_destroy(t);
     fg_gguf_close(g);

@@ -99,6 +99,7 @@ int fg_cmd_perplexity(int argc, char **argv) {
         goto fail;
     const fg_tokenizer *tok = fg_model_tokenizer(m);
     int32_t n_vocab = fg_model_get_info(m)->n_vocab;
+    fg_cli_warn_ctx("perplexity", "-c", n_ctx, fg_model_get_info(m));
     if (fg_tokenize(tok, text, text_len, true, false, &ids, &n_ids) != FG_OK)
         goto fail;
     int64_t n_chunks = (int64_t)n_ids / n_ctx;

@@ -179,6 +179,7 @@ int fg_cmd_run(int argc, char **argv) {
         goto fail_quiet;
     }
     int32_t n_ctx = a.ctx > 0 ? (int32_t)a.ctx : FG_MIN(info->n_ctx_train, 4096);
+    fg_cli_warn_ctx("run", "--ctx", n_ctx, info);
     if ((int64_t)n_ids > n_ctx) {
         fprintf(stderr, "forge run: the prompt has %zu tokens, more than the context (%d; see --ctx)\n",
                 n_ids, n_ctx);

@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 static int g_sig_pipe[2] = {-1, -1};
@@ -32,7 +34,9 @@ static void usage(FILE *f) {
             "  -m, --model PATH        GGUF model file\n"
             "  --host ADDR             bind address (default 127.0.0.1)\n"
             "  --port N                port (default 8080; 0: any free port)\n"
-            "  --api-key KEY           require 'Authorization: Bearer KEY' on /v1/*\n"
+            "  --api-key KEY           require 'Authorization: Bearer KEY' on /v1/* (repeat for\n"
+            "                          several keys; default: $FORGE_API_KEY, comma-separated keys;\n"
+            "                          an empty key is an error). Requests are visible to their key\n"
             "  --parallel N            sequences decoded together (default 16)\n"
             "  --ctx N                 context per sequence (default: model's, capped at 4096)\n"
             "  --device auto|cpu|cuda  backend (default auto: the GPU when usable, else the CPU)\n"
@@ -46,14 +50,64 @@ static void usage(FILE *f) {
             "  --no-prefix-cache       compute every prompt in full (default: reuse the cached KV\n"
             "                          of prompt prefixes seen before, evicted least recently used)\n"
             "  --max-body BYTES        request body limit (default 1048576)\n"
+            "  --http-threads N        HTTP event-loop threads (default 4)\n"
+            "  --max-conns N           open connections in total (default 512)\n"
+            "  --max-conns-per-ip N    open connections from one address (default 128)\n"
+            "  --request-timeout S     a request's head and body must arrive within S seconds\n"
+            "                          (default 30)\n"
             "  --grace SECONDS         shutdown deadline for running requests (default 10)\n"
             "  --no-webui              no chat page at / (404)\n"
             "  --verbose               log each request on stderr\n");
 }
 
+#define MAX_KEYS 64
+
+// Keys from FORGE_API_KEY ("k1,k2"): copies into keys[], FG-style message on a bad value.
+static int keys_from_env(const char *env, char **store, const char **keys, int *n_keys) {
+    if (!*env) {
+        fprintf(stderr, "forge serve: FORGE_API_KEY is set but empty (an unset variable?); set "
+                        "it to a key, or unset it for a server without keys\n");
+        return 2;
+    }
+    *store = strdup(env);
+    if (!*store)
+        return 1;
+    for (char *save = NULL, *k = strtok_r(*store, ",", &save); k; k = strtok_r(NULL, ",", &save)) {
+        if (*n_keys == MAX_KEYS) {
+            fprintf(stderr, "forge serve: FORGE_API_KEY holds more than %d keys\n", MAX_KEYS);
+            return 2;
+        }
+        keys[(*n_keys)++] = k;
+    }
+    if (*n_keys == 0 || strstr(env, ",,") || env[0] == ',' || env[strlen(env) - 1] == ',') {
+        fprintf(stderr, "forge serve: FORGE_API_KEY has an empty key (keys are comma-separated)\n");
+        return 2;
+    }
+    return 0;
+}
+
+// An API key must be something a client can send: visible ASCII, no spaces.
+static bool key_ok(const char *k, const char *from, int i) {
+    if (!*k) {
+        fprintf(stderr, "forge serve: %s: API key %d is empty (an unset variable?); give a "
+                        "non-empty key, or no --api-key for a server without keys\n", from, i + 1);
+        return false;
+    }
+    for (const char *p = k; *p; p++)
+        if (*p < 0x21 || *p > 0x7e) {
+            fprintf(stderr, "forge serve: %s: API key %d contains a space, control or non-ASCII "
+                            "character\n", from, i + 1);
+            return false;
+        }
+    return true;
+}
+
 int fg_cmd_serve(int argc, char **argv) {
     fg_server_opts o;
     memset(&o, 0, sizeof o);
+    const char *keys[MAX_KEYS];
+    int n_keys = 0;
+    char *env_keys = NULL;
     o.port = 8080;
     double grace = 10.0;
     bool threads_given = false;
@@ -91,8 +145,28 @@ int fg_cmd_serve(int argc, char **argv) {
             if (!fg_cli_parse_i64("serve", a, v, 0, 65535, &n))
                 return 2;
             o.port = (int32_t)n;
-        } else if (!strcmp(a, "--api-key"))
-            o.api_key = v;
+        } else if (!strcmp(a, "--api-key")) {
+            if (n_keys == MAX_KEYS) {
+                fprintf(stderr, "forge serve: more than %d --api-key\n", MAX_KEYS);
+                return 2;
+            }
+            keys[n_keys++] = v;
+        } else if (!strcmp(a, "--http-threads")) {
+            if (!fg_cli_parse_i64("serve", a, v, 1, 64, &n))
+                return 2;
+            o.http_threads = (int32_t)n;
+        } else if (!strcmp(a, "--max-conns")) {
+            if (!fg_cli_parse_i64("serve", a, v, 1, 1 << 20, &n))
+                return 2;
+            o.max_conns = (int32_t)n;
+        } else if (!strcmp(a, "--max-conns-per-ip")) {
+            if (!fg_cli_parse_i64("serve", a, v, 1, 1 << 20, &n))
+                return 2;
+            o.max_conns_per_ip = (int32_t)n;
+        } else if (!strcmp(a, "--request-timeout")) {
+            if (!fg_cli_parse_f64("serve", a, v, 0.1, 3600, &o.request_timeout_s))
+                return 2;
+        }
         else if (!strcmp(a, "--parallel")) {
             if (!fg_cli_parse_i64("serve", a, v, 1, 1024, &n))
                 return 2;
@@ -153,6 +227,30 @@ int fg_cmd_serve(int argc, char **argv) {
     }
     if (!o.device)
         o.device = fg_cli_default_device();
+    const char *key_src = "--api-key";
+    const char *env = getenv("FORGE_API_KEY");
+    if (n_keys == 0 && env) {
+        key_src = "FORGE_API_KEY";
+        int rc = keys_from_env(env, &env_keys, keys, &n_keys);
+        if (rc) {
+            free(env_keys);
+            return rc;
+        }
+    }
+    for (int k = 0; k < n_keys; k++)
+        if (!key_ok(keys[k], key_src, k)) {
+            free(env_keys);
+            return 2;
+        }
+    o.api_keys = keys;
+    o.n_api_keys = n_keys;
+    // every connection is a descriptor: allow what --max-conns asks for (up to the hard limit)
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = (rlim_t)(o.max_conns > 0 ? o.max_conns : 512) * 2 + 256;
+        rl.rlim_cur = want < rl.rlim_max ? (want > rl.rlim_cur ? want : rl.rlim_cur) : rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     if (pipe(g_sig_pipe) != 0) {
         fprintf(stderr, "forge serve: pipe: %s\n", strerror(errno));
         return 1;
@@ -167,15 +265,28 @@ int fg_cmd_serve(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
 
     fg_server *s = NULL;
-    if (fg_server_create(&o, &s) != FG_OK)
+    if (fg_server_create(&o, &s) != FG_OK) {
+        free(env_keys);
         return fg_cli_fail("serve");
+    }
     fprintf(stderr, "forge serve: listening on http://%s:%d (loading %s)\n",
             o.host ? o.host : "127.0.0.1", fg_server_port(s), o.model_path);
+    // FORGE_SERVE_LOAD_DELAY_S (tests only): hold the "loading" state that long before the
+    // model loads, so that clients can be checked against it
+    const char *delay = getenv("FORGE_SERVE_LOAD_DELAY_S");
+    double d = delay ? atof(delay) : 0;
+    if (d > 0 && d <= 60) {
+        struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
+        nanosleep(&ts, NULL); // (a signal ends it early; the shutdown follows the load)
+    }
     if (fg_server_load(s) != FG_OK) {
         int rc = fg_cli_fail("serve");
         fg_server_destroy(s);
+        free(env_keys);
         return rc;
     }
+    if (o.n_ctx > 0 && fg_server_model_info(s))
+        fg_cli_warn_ctx("serve", "--ctx", fg_server_n_ctx(s), fg_server_model_info(s));
     fprintf(stderr, "forge serve: ready on http://%s:%d%s\n", o.host ? o.host : "127.0.0.1",
             fg_server_port(s), o.no_webui ? "" : " (chat page at /)");
     for (;;) {
@@ -189,6 +300,7 @@ int fg_cmd_serve(int argc, char **argv) {
     fprintf(stderr, "forge serve: shutting down (grace %.0f s)\n", grace);
     fg_server_shutdown(s, grace);
     fg_server_destroy(s);
+    free(env_keys);
     close(g_sig_pipe[0]);
     close(g_sig_pipe[1]);
     fprintf(stderr, "forge serve: stopped\n");

@@ -68,6 +68,15 @@ bool fg_cli_parse_f64(const char *cmd, const char *flag, const char *s, double l
     return true;
 }
 
+void fg_cli_warn_ctx(const char *cmd, const char *flag, int32_t n_ctx, const fg_model_info *info) {
+    if (n_ctx > info->n_ctx_train)
+        fprintf(stderr,
+                "forge %s: warning: %s %d is beyond the %d tokens the model was trained on "
+                "(%s.context_length): positions past it were never trained, expect worse "
+                "results there\n",
+                cmd, flag, n_ctx, info->n_ctx_train, info->arch);
+}
+
 fg_status fg_cli_read_file(const char *path, char **out, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f)

@@ -430,6 +430,7 @@ fg_status fg_engine_create(fg_model *m, const fg_engine_opts *opts, fg_engine **
     }
     e->st.n_buckets = N_BUCKETS;
     e->st.bucket_le = g_bucket_le;
+    refresh_stats_locked(e); // the gauges hold from the start (no thread runs yet)
     if (pthread_create(&e->thread, NULL, sched_main, e) != 0) {
         st = FG_FAIL(FG_ERR_NOMEM, "engine: cannot start the scheduler thread");
         goto fail;

@@ -1,5 +1,6 @@
 // sampler.c - next-token sampling from a logits row, in llama.cpp's common chain order:
-// penalties (repeat, frequency, presence) -> top-k -> top-p -> min-p -> temperature -> draw.
+// logit bias -> penalties (repeat, frequency, presence) -> top-k -> top-p -> min-p ->
+// temperature -> draw.
 // Each sampler owns its RNG (xoshiro256** seeded by splitmix64) and its scratch, sized at
 // create: sampling allocates nothing. Also the log-softmax helper behind logprobs.
 // Not here: grammars, DRY, mirostat. Called by the engine's scheduler thread (one per request).
@@ -20,8 +21,10 @@ typedef struct cand {
 } cand;
 
 struct fg_sampler {
-    fg_sampling params;
+    fg_sampling params;      // logit_bias points at `bias` below
     int32_t n_vocab;
+    fg_logit_bias *bias;     // [n_bias] sorted by token, one entry per token (summed)
+    int32_t n_bias;
     cand *cands;     // [n_vocab] scratch
     int32_t *counts; // [n_vocab] occurrences in the penalty window
     int32_t *ring;   // [window] last tokens (window > 0), NULL otherwise
@@ -85,6 +88,11 @@ static bool penalties_on(const fg_sampling *p) {
             p->presence_penalty != 0.0f);
 }
 
+static int cmp_bias(const void *a, const void *b) {
+    int32_t x = ((const fg_logit_bias *)a)->token, y = ((const fg_logit_bias *)b)->token;
+    return x < y ? -1 : x > y;
+}
+
 fg_status fg_sampler_create(const fg_sampling *params, int32_t n_vocab, fg_sampler **out) {
     const fg_sampling *p = params;
     if (n_vocab <= 0)
@@ -99,10 +107,42 @@ fg_status fg_sampler_create(const fg_sampling *params, int32_t n_vocab, fg_sampl
     if (p->repeat_last_n < -1 || p->repeat_last_n > MAX_PENALTY_WINDOW)
         return FG_FAIL(FG_ERR_INVALID_ARG, "sampler: repeat_last_n %d outside -1..%d",
                        (int)p->repeat_last_n, MAX_PENALTY_WINDOW);
+    if (p->n_logit_bias < 0 || p->n_logit_bias > FG_MAX_LOGIT_BIAS ||
+        (p->n_logit_bias > 0 && !p->logit_bias))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "sampler: logit_bias: %d entries, expected 0..%d",
+                       (int)p->n_logit_bias, FG_MAX_LOGIT_BIAS);
+    for (int32_t i = 0; i < p->n_logit_bias; i++) {
+        const fg_logit_bias *b = &p->logit_bias[i];
+        if (b->token < 0 || b->token >= n_vocab)
+            return FG_FAIL(FG_ERR_INVALID_ARG, "sampler: logit_bias: token %d outside [0, %d)",
+                           (int)b->token, (int)n_vocab);
+        if (!isfinite(b->bias))
+            return FG_FAIL(FG_ERR_INVALID_ARG, "sampler: logit_bias: token %d has bias %g",
+                           (int)b->token, (double)b->bias);
+    }
     fg_sampler *s = calloc(1, sizeof *s);
     if (!s)
         return FG_FAIL(FG_ERR_NOMEM, "sampler: out of memory");
     s->params = *p;
+    if (p->n_logit_bias > 0) {
+        s->bias = malloc((size_t)p->n_logit_bias * sizeof *s->bias);
+        if (!s->bias) {
+            free(s);
+            return FG_FAIL(FG_ERR_NOMEM, "sampler: out of memory");
+        }
+        memcpy(s->bias, p->logit_bias, (size_t)p->n_logit_bias * sizeof *s->bias);
+        qsort(s->bias, (size_t)p->n_logit_bias, sizeof *s->bias, cmp_bias);
+        int32_t m = 0; // a token given twice: its biases add up
+        for (int32_t i = 0; i < p->n_logit_bias; i++) {
+            if (m > 0 && s->bias[m - 1].token == s->bias[i].token)
+                s->bias[m - 1].bias += s->bias[i].bias;
+            else
+                s->bias[m++] = s->bias[i];
+        }
+        s->n_bias = m;
+    }
+    s->params.logit_bias = s->bias;
+    s->params.n_logit_bias = s->n_bias;
     s->n_vocab = n_vocab;
     s->window = penalties_on(p) ? p->repeat_last_n : 0;
     s->cands = malloc((size_t)n_vocab * sizeof *s->cands);
@@ -124,6 +164,7 @@ void fg_sampler_destroy(fg_sampler *s) {
     free(s->cands);
     free(s->counts);
     free(s->ring);
+    free(s->bias);
     free(s);
 }
 
@@ -198,8 +239,13 @@ static float penalize(const fg_sampler *s, int32_t i, float l) {
 }
 
 void fg_sampler_penalize(const fg_sampler *s, const float *logits, float *out) {
-    for (int32_t i = 0; i < s->n_vocab; i++)
-        out[i] = s->window != 0 ? penalize(s, i, logits[i]) : logits[i];
+    int32_t b = 0; // the sorted bias list, walked alongside the vocabulary
+    for (int32_t i = 0; i < s->n_vocab; i++) {
+        float l = logits[i];
+        if (b < s->n_bias && s->bias[b].token == i)
+            l += s->bias[b++].bias;
+        out[i] = s->window != 0 ? penalize(s, i, l) : l;
+    }
 }
 
 int32_t fg_sampler_sample(fg_sampler *s, const float *logits) {
@@ -214,8 +260,11 @@ int32_t fg_sampler_sample(fg_sampler *s, const float *logits) {
     int32_t fallback = -1; // lowest id that is not NaN, in case nothing is finite
     int32_t best = -1;     // greedy: first maximum
     float maxv = -INFINITY;
+    int32_t nb = 0; // next entry of the sorted bias list
     for (int32_t i = 0; i < s->n_vocab; i++) {
         float l = logits[i];
+        if (nb < s->n_bias && s->bias[nb].token == i)
+            l += s->bias[nb++].bias;
         if (isnan(l))
             continue;
         if (fallback < 0)

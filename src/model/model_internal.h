@@ -130,6 +130,12 @@ struct fg_model {
     int32_t pending_out;   // its n_out
 };
 
+// model_check.c: the file's tensors, the hyper-parameters and every weight's values agree with
+// the architecture (FG_ERR_FORMAT naming the tensor or key; see the file for the list of
+// known-optional tensors). n_threads: for the NaN/inf scan (0: the cores, at most 8).
+fg_status fg_model_check(const fg_gguf *g, const char *path, const fg_arch_traits *at,
+                         const fg_hparams *hp, int32_t n_threads);
+
 struct fg_kv_store {
     fg_model *m; // borrowed
     fg_buffer *buf; // allocated and laid out by the backend (kv_alloc)

@@ -686,6 +686,8 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
     m->layers = fg_xcalloc((size_t)m->hp.n_layer, sizeof *m->layers);
     if ((st = bind_all(&L)) != FG_OK)
         goto fail;
+    if ((st = fg_model_check(m->gguf, path, m->at, &m->hp, 0)) != FG_OK) // model_check.c
+        goto fail;
     if (!fg_backend_supports(be, FG_OP_GET_ROWS, m->tok_embd->type)) {
         st = FG_FAIL(FG_ERR_UNSUPPORTED, "%s: tensor 'token_embd.weight': type %s has no get_rows on the %s backend",
                      path, fg_type_name(m->tok_embd->type), be->ops->name);

@@ -1,7 +1,8 @@
 // api_completions.c - POST /v1/completions and /v1/chat/completions: parse the body, build the
 // prompt tokens (user text never parsed for special tokens), submit n engine requests whose
-// events land in the request's queue, then either hand over to sse.c or wait and answer with
-// one JSON body in OpenAI's shape (text/message, logprobs, finish_reason, usage).
+// events land in the request's queue, then either hand over to sse.c or suspend the connection
+// until every choice is done and answer with one JSON body in OpenAI's shape (text/message,
+// logprobs, finish_reason, usage). The engine callback copies events and resumes the connection.
 // Not here: HTTP plumbing (server.c) or the SSE writer (sse.c).
 #include "server/server_internal.h"
 
@@ -65,6 +66,12 @@ static void on_event(void *user, const fg_event *ev) {
             r->n_cached = ev->n_cached_tokens;
         r->n_done++;
     }
+    // wake the connection waiting for this: a stream for any event, a JSON answer at the end
+    bool all_done = r->n_done == r->n_choices;
+    if (r->stream || all_done)
+        fg_srv_req_resume_locked(r);
+    if (all_done)
+        fg_srv_wake_waiters_locked(r);
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
     if (done)
@@ -213,49 +220,146 @@ json_t *fg_srv_completion_logprobs_new(void) {
     return lp;
 }
 
-static int32_t piece_len(const srv_req *r, int32_t id) {
-    char small[8];
-    int32_t n = fg_token_to_piece(r->srv->tok, id, false, small, sizeof small);
-    return n > 0 ? n : 0;
+// Code points in p[0..n) (valid UTF-8: the bytes that do not continue a character).
+static size_t cp_count(const char *p, size_t n) {
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += ((unsigned char)p[i] & 0xC0) != 0x80;
+    return c;
 }
 
-// Appends one token: completions shape into lp {tokens, token_logprobs, top_logprobs,
-// text_offset}; chat shape into lp (an array: "content" entries).
-void fg_srv_add_logprob(const srv_req *r, srv_choice *ch, json_t *lp, const srv_event *ev,
-                        bool is_prompt) {
+// Appends one entry: token (its share of the text), logprob (NULL: none), top alternatives
+// (their own pieces), text_offset (completions) or bytes (chat: the token's own bytes).
+static void lp_append(const srv_req *r, json_t *lp, int32_t token, const char *share, size_t len,
+                      const float *logprob, const fg_top_logprob *top, int32_t n_top,
+                      size_t offset) {
     if (r->api.kind == FG_API_COMPLETION) {
-        json_array_append_new(json_object_get(lp, "tokens"), piece_json(r, ev->token, NULL));
-        json_array_append_new(json_object_get(lp, "token_logprobs"), json_real(ev->logprob));
-        json_t *top = json_object();
-        for (int32_t i = 0; i < ev->n_top; i++) {
-            json_t *k = piece_json(r, ev->top[i].token, NULL);
-            if (!json_object_get(top, json_string_value(k)))
-                json_object_set_new(top, json_string_value(k), json_real(ev->top[i].logprob));
-            json_decref(k);
+        json_array_append_new(json_object_get(lp, "tokens"), fg_srv_json_text(share, len));
+        json_array_append_new(json_object_get(lp, "token_logprobs"),
+                              logprob ? json_real(*logprob) : json_null());
+        json_t *tops = json_null();
+        if (logprob) {
+            tops = json_object();
+            for (int32_t i = 0; i < n_top; i++) {
+                json_t *k = piece_json(r, top[i].token, NULL);
+                if (!json_object_get(tops, json_string_value(k)))
+                    json_object_set_new(tops, json_string_value(k), json_real(top[i].logprob));
+                json_decref(k);
+            }
         }
-        json_array_append_new(json_object_get(lp, "top_logprobs"), top);
-        json_array_append_new(json_object_get(lp, "text_offset"),
-                              json_integer((json_int_t)ch->text_off));
-        if (is_prompt)
-            ch->text_off += (size_t)piece_len(r, ev->token);
+        json_array_append_new(json_object_get(lp, "top_logprobs"), tops);
+        json_array_append_new(json_object_get(lp, "text_offset"), json_integer((json_int_t)offset));
         return;
     }
     json_t *bytes = NULL;
     json_t *e = json_object();
-    json_object_set_new(e, "token", piece_json(r, ev->token, &bytes));
-    json_object_set_new(e, "logprob", json_real(ev->logprob));
+    json_decref(piece_json(r, token, &bytes));
+    json_object_set_new(e, "token", fg_srv_json_text(share, len));
+    json_object_set_new(e, "logprob", json_real(logprob ? *logprob : 0.0f));
     json_object_set_new(e, "bytes", bytes);
     json_t *tops = json_array();
-    for (int32_t i = 0; i < ev->n_top; i++) {
+    for (int32_t i = 0; i < n_top; i++) {
         json_t *tb = NULL;
         json_t *t = json_object();
-        json_object_set_new(t, "token", piece_json(r, ev->top[i].token, &tb));
-        json_object_set_new(t, "logprob", json_real(ev->top[i].logprob));
+        json_object_set_new(t, "token", piece_json(r, top[i].token, &tb));
+        json_object_set_new(t, "logprob", json_real(top[i].logprob));
         json_object_set_new(t, "bytes", tb);
         json_array_append_new(tops, t);
     }
     json_object_set_new(e, "top_logprobs", tops);
     json_array_append_new(lp, e);
+}
+
+// Echo entries: prompt token i's share of the echoed text.
+static void lp_prompt(const srv_req *r, srv_choice *ch, json_t *lp, int32_t i,
+                      const srv_event *ev) {
+    if (!r->echo_offs || i >= r->n_prompt)
+        return;
+    const char *share = r->echo_text + r->echo_offs[i];
+    size_t len = r->echo_offs[i + 1] - r->echo_offs[i];
+    lp_append(r, lp, r->prompt[i], share, len, ev ? &ev->logprob : NULL, ev ? ev->top : NULL,
+              ev ? ev->n_top : 0, ch->cp_prompt);
+    ch->cp_prompt += cp_count(share, len);
+    ch->n_prompt_lp = i + 1;
+}
+
+void fg_srv_lp_first_prompt(const srv_req *r, srv_choice *ch, json_t *lp) {
+    lp_prompt(r, ch, lp, 0, NULL);
+}
+
+// Writes the queued entries whose share has been sent (final: all of them, each cut to the
+// text that was sent: a stop string removes the end of the last shares).
+static void lp_release(const srv_req *r, srv_choice *ch, json_t *lp, bool final) {
+    int32_t k = 0;
+    for (; k < ch->lp_n; k++) {
+        srv_lp_entry *e = &ch->lp_q[k];
+        bool last = k == ch->lp_n - 1;
+        // the last entry waits while a character is half-decoded: its rest (or U+FFFD) is its
+        if (!final && (e->start + e->len > ch->gen_sent || (last && ch->lp_ds.n_pending)))
+            break;
+        size_t a = FG_MIN(e->start, ch->gen_sent), b = FG_MIN(e->start + e->len, ch->gen_sent);
+        lp_append(r, lp, e->token, ch->lp_text + a, b - a, &e->logprob, e->top, e->n_top,
+                  r->echo_cp + ch->cp_gen);
+        ch->cp_gen += cp_count(ch->lp_text + a, b - a);
+    }
+    memmove(ch->lp_q, ch->lp_q + k, (size_t)(ch->lp_n - k) * sizeof *ch->lp_q);
+    ch->lp_n -= k;
+}
+
+static void lp_text_append(srv_choice *ch, const char *p, size_t n) {
+    if (ch->lp_len + n > ch->lp_text_cap) {
+        ch->lp_text_cap = FG_MAX(2 * ch->lp_text_cap, ch->lp_len + n + 256);
+        ch->lp_text = fg_xrealloc(ch->lp_text, ch->lp_text_cap);
+    }
+    memcpy(ch->lp_text + ch->lp_len, p, n);
+    ch->lp_len += n;
+}
+
+void fg_srv_lp_event(const srv_req *r, srv_choice *ch, json_t *lp, const srv_event *ev) {
+    if (ev->kind == FG_EVENT_PROMPT_LOGPROB) {
+        lp_prompt(r, ch, lp, ch->n_prompt_lp > 0 ? ch->n_prompt_lp : 1, ev);
+        return;
+    }
+    if (ev->kind == FG_EVENT_TOKEN) {
+        char small[1024];
+        int32_t pn = fg_token_to_piece(r->srv->tok, ev->token, false, NULL, 0);
+        size_t cap = 3 * (size_t)FG_MAX(pn, 0) + 3; // what the stream may write for it
+        char *buf = cap <= sizeof small ? small : fg_xmalloc(cap);
+        int32_t n = fg_detok_stream_push(r->srv->tok, &ch->lp_ds, ev->token, false, buf, cap);
+        n = FG_MAX(n, 0);
+        if (ch->lp_n == ch->lp_cap) {
+            ch->lp_cap = ch->lp_cap ? 2 * ch->lp_cap : 16;
+            ch->lp_q = fg_xrealloc(ch->lp_q, (size_t)ch->lp_cap * sizeof *ch->lp_q);
+        }
+        srv_lp_entry *e = &ch->lp_q[ch->lp_n++];
+        e->token = ev->token;
+        e->logprob = ev->logprob;
+        e->n_top = ev->n_top;
+        if (ev->n_top > 0)
+            memcpy(e->top, ev->top, (size_t)ev->n_top * sizeof *e->top);
+        e->start = ch->lp_len;
+        lp_text_append(ch, buf, (size_t)n);
+        e->len = (size_t)n;
+        if (buf != small)
+            free(buf);
+    }
+    if (ev->kind == FG_EVENT_DONE && ch->lp_ds.n_pending && ch->lp_n > 0) {
+        char buf[8]; // the engine ends such a text with U+FFFD too: the last entry's share
+        int32_t f = fg_detok_stream_flush(&ch->lp_ds, buf, sizeof buf);
+        lp_text_append(ch, buf, f > 0 ? (size_t)f : 0);
+        ch->lp_q[ch->lp_n - 1].len += f > 0 ? (size_t)f : 0;
+    }
+    ch->gen_sent += ev->text_len;
+    lp_release(r, ch, lp, ev->kind == FG_EVENT_DONE);
+}
+
+void fg_srv_lp_free(srv_choice *ch) {
+    free(ch->lp_text);
+    free(ch->lp_q);
+    ch->lp_text = NULL;
+    ch->lp_q = NULL;
+    ch->lp_n = ch->lp_cap = 0;
+    ch->lp_len = ch->lp_text_cap = 0;
 }
 
 // ---- prompt
@@ -318,17 +422,21 @@ static fg_status build_prompt(fg_server *s, srv_req *r, fg_api_error *err) {
     r->prompt = ids;
     r->n_prompt = (int32_t)n;
     if (a->kind == FG_API_COMPLETION && a->echo) {
-        if (a->prompt_is_ids) {
-            char *text = NULL;
-            size_t len = 0;
-            if (fg_detokenize(s->tok, r->prompt, n, false, &text, &len) == FG_OK) {
-                r->echo_text = text;
-                r->echo_len = len;
-            }
-        } else {
-            r->echo_text = fg_xstrndup(a->prompt_text, a->prompt_len);
-            r->echo_len = a->prompt_len;
+        // the echo is the prompt's tokens' text split by token (a text prompt comes back as
+        // given, the added SentencePiece space dropped), so that each prompt token's offset
+        // indexes it exactly
+        r->echo_offs = fg_xmalloc((n + 1) * sizeof *r->echo_offs);
+        if (fg_detokenize_split(s->tok, r->prompt, n, false, true, &r->echo_text, &r->echo_len,
+                                r->echo_offs) != FG_OK) {
+            err->http_status = 400;
+            err->type = "invalid_request_error";
+            err->param = "prompt";
+            snprintf(err->message, sizeof err->message, "cannot echo the prompt: %s",
+                     fg_last_error());
+            return FG_ERR_INVALID_ARG;
         }
+        for (size_t i = 0; i < r->echo_len; i++)
+            r->echo_cp += ((unsigned char)r->echo_text[i] & 0xC0) != 0x80;
     }
     int32_t room = s->n_ctx - r->n_prompt; // >= 0 here
     if (a->max_tokens < 0 && a->kind == FG_API_COMPLETION) { // not given: the default, if it fits
@@ -339,9 +447,10 @@ static fg_status build_prompt(fg_server *s, srv_req *r, fg_api_error *err) {
         if (!a->truncate || room == 0) {
             err->http_status = 400;
             err->type = "invalid_request_error";
-            err->param = room == 0 ? "messages" : "max_tokens";
+            // a full context is the prompt's doing: the field named is the one that holds it
+            err->param = room > 0 ? "max_tokens" : a->kind == FG_API_CHAT ? "messages" : "prompt";
             err->code = "context_length_exceeded";
-            if (room == 0) // a chat answer needs at least one token
+            if (room == 0) // an answer needs at least one token
                 snprintf(err->message, sizeof err->message,
                          "the prompt has %d tokens: it fills the context of %d tokens and "
                          "leaves no room for an answer",
@@ -361,9 +470,11 @@ static fg_status build_prompt(fg_server *s, srv_req *r, fg_api_error *err) {
 static srv_req *req_new(fg_server *s, srv_conn *c, fg_api_request *api) {
     srv_req *r = fg_xcalloc(1, sizeof *r);
     r->srv = s;
-    r->id = c->id;
-    snprintf(r->id_str, sizeof r->id_str, "%s-%llu", fg_srv_id_prefix(c->route),
-             (unsigned long long)c->id);
+    snprintf(r->id_str, sizeof r->id_str, "%s", c->id_str); // the X-Request-Id: random
+    r->key_idx = c->key_idx;
+    char hex[17]; // random bits for the default sampling seed
+    if (fg_srv_random_hex(hex, 16))
+        r->seed_bits = strtoull(hex, NULL, 16);
     atomic_init(&r->refs, 1);
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
@@ -381,7 +492,8 @@ static fg_status submit_all(fg_server *s, srv_req *r, fg_api_error *err) {
     if (!a->seed_given) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        a->sampling.seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)ts.tv_sec ^ r->id;
+        a->sampling.seed = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)ts.tv_sec ^
+                           r->seed_bits;
     }
     r->n_choices = a->n;
     r->choices = fg_xcalloc((size_t)a->n, sizeof *r->choices);
@@ -454,39 +566,22 @@ static json_t *build_response(srv_req *r, srv_event *ev, size_t n_ev) {
         }
         if (want_lp) {
             lps[i] = a->kind == FG_API_COMPLETION ? fg_srv_completion_logprobs_new() : json_array();
-            if (a->kind == FG_API_COMPLETION && a->echo) { // the first prompt token: no logprob
-                json_array_append_new(json_object_get(lps[i], "tokens"),
-                                      piece_json(r, r->prompt[0], NULL));
-                json_array_append_new(json_object_get(lps[i], "token_logprobs"), json_null());
-                json_array_append_new(json_object_get(lps[i], "top_logprobs"), json_null());
-                json_array_append_new(json_object_get(lps[i], "text_offset"), json_integer(0));
-                ch->text_off = (size_t)piece_len(r, r->prompt[0]);
-            }
+            if (a->kind == FG_API_COMPLETION && a->echo) // the first prompt token: no logprob
+                fg_srv_lp_first_prompt(r, ch, lps[i]);
         }
-        ch->sent_first = false;
     }
     for (size_t k = 0; k < n_ev; k++) {
         srv_event *e = &ev[k];
         if (e->choice < 0 || e->choice >= nc)
             continue;
         srv_choice *ch = &r->choices[e->choice];
-        if (e->kind == FG_EVENT_PROMPT_LOGPROB) {
-            if (want_lp && a->kind == FG_API_COMPLETION)
-                fg_srv_add_logprob(r, ch, lps[e->choice], e, true);
-            continue;
-        }
-        if (!ch->sent_first) { // generated text starts after the echoed prompt
-            ch->sent_first = true;
-            ch->text_off = r->echo_len;
-        }
-        if (e->kind == FG_EVENT_TOKEN && want_lp)
-            fg_srv_add_logprob(r, ch, lps[e->choice], e, false);
-        if (e->text_len) {
+        if (e->text_len && e->kind != FG_EVENT_PROMPT_LOGPROB) {
             text[e->choice] = fg_xrealloc(text[e->choice], len[e->choice] + e->text_len + 1);
             memcpy(text[e->choice] + len[e->choice], e->text, e->text_len);
             len[e->choice] += e->text_len;
-            ch->text_off += e->text_len;
         }
+        if (want_lp && (e->kind != FG_EVENT_PROMPT_LOGPROB || a->kind == FG_API_COMPLETION))
+            fg_srv_lp_event(r, ch, lps[e->choice], e);
     }
     json_t *choices = json_array();
     for (int32_t i = 0; i < nc; i++) {
@@ -530,68 +625,31 @@ static json_t *build_response(srv_req *r, srv_event *ev, size_t n_ev) {
     return o;
 }
 
-enum MHD_Result fg_api_completions(fg_server *s, struct MHD_Connection *con, srv_conn *c,
-                                   fg_api_kind kind) {
-    fg_api_limits lim = {.model_id = s->model_id,
-                         .n_ctx = s->n_ctx,
-                         .n_vocab = s->n_vocab,
-                         .max_n = FG_MIN(s->opts.max_n, s->queue_cap)};
-    // (n choices wait in the queue together: more than it holds could never be accepted)
-    fg_api_request api;
-    fg_api_error err;
-    if (fg_server_parse_request(kind, c->body ? c->body : "", c->body_len, &lim, &api, &err) !=
-        FG_OK)
-        return fg_srv_respond_error(s, con, c, &err);
-    srv_req *r = req_new(s, c, &api);
-    c->req = r; // the connection's reference
-    atomic_fetch_add(&s->n_answering, 1); // until on_completed: the shutdown waits for it
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci)
-        r->conn_fd = ci->connect_fd;
-    memset(&err, 0, sizeof err);
-    if (build_prompt(s, r, &err) != FG_OK)
-        return fg_srv_respond_error(s, con, c, &err);
-    if (submit_all(s, r, &err) != FG_OK)
-        return fg_srv_respond_error(s, con, c, &err);
-    atomic_fetch_add(&r->refs, 1);
-    fg_srv_registry_add(s, r);
-    if (s->opts.log_requests)
-        fprintf(stderr, "forge serve: %s: %d prompt tokens, n %d, max_tokens %d%s\n", r->id_str,
-                r->n_prompt, r->n_choices, r->api.max_tokens, r->api.stream ? ", stream" : "");
-    if (r->api.stream)
-        return fg_srv_start_stream(s, con, c, r);
-
-    // wait for every choice to end, watching for the client going away
+// Answers a non-streaming request once every choice is done; until then its connection is
+// suspended (the engine callback resumes it, or the sweep when the client leaves).
+static enum MHD_Result completion_answer(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
+    srv_req *r = c->req;
     pthread_mutex_lock(&r->mu);
-    bool cancelled = false;
-    while (r->n_done < r->n_choices) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
-        if (!cancelled && r->n_done < r->n_choices && fg_srv_client_gone(r->conn_fd)) {
-            r->client_gone = true;
-            cancelled = true;
+    if (r->client_gone) {
+        pthread_mutex_unlock(&r->mu);
+        return MHD_NO; // nobody to answer (counted as 499 when the connection ends)
+    }
+    if (r->n_done < r->n_choices) {
+        if (!atomic_load(&s->http_stopping)) {
+            r->suspended = true;
+            atomic_fetch_add(&s->n_suspended, 1);
+            MHD_suspend_connection(con);
             pthread_mutex_unlock(&r->mu);
-            fg_srv_req_cancel(r);
-            pthread_mutex_lock(&r->mu);
+            return MHD_YES;
         }
+        pthread_mutex_unlock(&r->mu);
+        return fg_srv_error(s, con, c, 503, "server_error", "shutting_down",
+                            "%s: the server is shutting down; retry", r->id_str);
     }
     size_t n_ev = 0;
     srv_event *ev = fg_srv_take_events(r, &n_ev);
     bool user_cancelled = r->user_cancelled;
     pthread_mutex_unlock(&r->mu);
-    if (r->client_gone) {
-        fg_srv_count_status(s, 499);
-        fg_srv_events_free(ev, n_ev);
-        free(ev);
-        return MHD_NO; // nobody to answer
-    }
     for (int32_t i = 0; i < r->n_choices; i++) {
         srv_choice *ch = &r->choices[i];
         if (ch->status == FG_ERR_CANCELLED && !user_cancelled &&
@@ -620,4 +678,53 @@ enum MHD_Result fg_api_completions(fg_server *s, struct MHD_Connection *con, srv
     fg_srv_events_free(ev, n_ev);
     free(ev);
     return fg_srv_respond_json(s, con, c, 200, o);
+}
+
+enum MHD_Result fg_api_completions_resume(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
+    return completion_answer(s, con, c);
+}
+
+static enum MHD_Result completions(fg_server *s, struct MHD_Connection *con, srv_conn *c,
+                                   fg_api_kind kind) {
+    fg_api_limits lim = {.model_id = s->model_id,
+                         .n_ctx = s->n_ctx,
+                         .n_vocab = s->n_vocab,
+                         .max_n = FG_MIN(s->opts.max_n, s->queue_cap)};
+    // (n choices wait in the queue together: more than it holds could never be accepted)
+    fg_api_request api;
+    fg_api_error err;
+    if (fg_server_parse_request(kind, c->body ? c->body : "", c->body_len, &lim, &api, &err) !=
+        FG_OK)
+        return fg_srv_respond_error(s, con, c, &err);
+    srv_req *r = req_new(s, c, &api);
+    r->stream = api.stream;
+    r->con = con;
+    c->req = r; // the connection's reference
+    atomic_fetch_add(&s->n_answering, 1); // until on_completed: the shutdown waits for it
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(con, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci)
+        r->conn_fd = ci->connect_fd;
+    memset(&err, 0, sizeof err);
+    if (build_prompt(s, r, &err) != FG_OK)
+        return fg_srv_respond_error(s, con, c, &err);
+    if (submit_all(s, r, &err) != FG_OK)
+        return fg_srv_respond_error(s, con, c, &err);
+    atomic_fetch_add(&r->refs, 1);
+    fg_srv_registry_add(s, r);
+    fg_srv_active_add(s, r);
+    if (s->opts.log_requests)
+        fprintf(stderr, "forge serve: %s: %d prompt tokens, n %d, max_tokens %d%s\n", r->id_str,
+                r->n_prompt, r->n_choices, r->api.max_tokens, r->api.stream ? ", stream" : "");
+    if (r->api.stream)
+        return fg_srv_start_stream(s, con, c, r);
+    return completion_answer(s, con, c);
+}
+
+enum MHD_Result fg_api_completions(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
+    return completions(s, con, c, FG_API_COMPLETION);
+}
+
+enum MHD_Result fg_api_chat(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
+    return completions(s, con, c, FG_API_CHAT);
 }

@@ -1,6 +1,7 @@
 // api_misc.c - the small endpoints: GET /v1/models, GET /health, GET /metrics (Prometheus text
 // format from the engine's statistics and the server's response counters), and
-// GET/DELETE /v1/requests/{id} (state of a completion request; cancel it).
+// GET/DELETE /v1/requests/{id} (state of a completion request; cancel it; only for the id's
+// owner).
 // Not here: completions (api_completions.c).
 #include "server/server_internal.h"
 
@@ -149,6 +150,17 @@ enum MHD_Result fg_api_metrics(fg_server *s, struct MHD_Connection *con, srv_con
     tb_printf(&b, "# HELP forge_streams_open Streaming responses in progress.\n"
                   "# TYPE forge_streams_open gauge\nforge_streams_open %d\n",
               atomic_load(&s->n_streams));
+    tb_printf(&b, "# HELP forge_http_connections_open Client connections open (gate and workers).\n"
+                  "# TYPE forge_http_connections_open gauge\nforge_http_connections_open %d\n",
+              fg_srv_gate_n_open(s));
+    static const char *const reasons[SRV_N_REFUSE] = {"limit", "evicted", "deadline",
+                                                      "malformed", "stopping"};
+    tb_printf(&b, "# HELP forge_http_refused_total Connections the gate closed: over the limits "
+                  "(limit), to make room (evicted), late (deadline), bad heads (malformed).\n"
+                  "# TYPE forge_http_refused_total counter\n");
+    for (int i = 0; i < SRV_N_REFUSE; i++)
+        tb_printf(&b, "forge_http_refused_total{reason=\"%s\"} %llu\n", reasons[i],
+                  (unsigned long long)atomic_load(&s->gate.refused[i]));
     pthread_rwlock_rdlock(&s->engine_lock);
     if (s->engine) {
         fg_engine_stats st;
@@ -244,10 +256,9 @@ static json_t *request_json(fg_server *s, srv_req *r) {
             live[n_live++] = ch->engine_id;
         }
     }
-    cancelled = cancelled || r->user_cancelled || r->client_gone;
     pthread_mutex_unlock(&r->mu);
     fg_request_state st = FG_REQ_FINISHED;
-    if (all_done) {
+    if (all_done) { // what the choices' ends say (a DELETE that came too late changes nothing)
         st = failed ? FG_REQ_FAILED : cancelled ? FG_REQ_CANCELLED : FG_REQ_FINISHED;
     } else {
         st = FG_REQ_QUEUED;
@@ -276,49 +287,79 @@ static json_t *request_json(fg_server *s, srv_req *r) {
     return o;
 }
 
-enum MHD_Result fg_api_request_get(fg_server *s, struct MHD_Connection *con, srv_conn *c,
-                                   const char *id, bool cancel) {
-    // "N", "cmpl-N" or "chatcmpl-N" (the id a completion answered with), N decimal digits only
-    const char *num = strrchr(id, '-');
-    num = num ? num + 1 : id;
-    bool digits = *num && strlen(num) <= 19;
-    for (const char *p = num; *p && digits; p++)
-        digits = *p >= '0' && *p <= '9';
-    srv_req *r = NULL;
-    if (digits)
-        r = fg_srv_registry_find(s, (uint64_t)strtoull(num, NULL, 10));
-    if (r && num != id && strcmp(id, r->id_str)) { // a prefix that is not this request's
+// The request named by the URL, if it belongs to the caller: the full id (the one a completion
+// answered with: unguessable) and, when the server has API keys, the key that made it. Anything
+// else is "not found", never "forbidden" (which would confirm that the id exists).
+static srv_req *owned_request(fg_server *s, srv_conn *c) {
+    const char *id = c->rest ? c->rest : "";
+    srv_req *r = fg_srv_registry_find(s, id);
+    if (r && s->opts.n_api_keys > 0 && r->key_idx != c->key_idx) {
         fg_srv_req_decref(r);
         r = NULL;
     }
+    return r;
+}
+
+static enum MHD_Result not_found(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
+    return fg_srv_error(s, con, c, 404, "invalid_request_error", "request_not_found",
+                        "no request with id '%.100s'%s", c->rest ? c->rest : "",
+                        s->opts.n_api_keys > 0 ? " made with this API key" : "");
+}
+
+enum MHD_Result fg_api_request_get(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
+    srv_req *r = owned_request(s, c);
     if (!r)
-        return fg_srv_error(s, con, c, 404, "invalid_request_error", "request_not_found",
-                            "no request with id '%.100s'", id);
-    if (cancel) {
-        pthread_mutex_lock(&r->mu);
-        bool running = r->n_done < r->n_choices;
-        if (running)
-            r->user_cancelled = true;
-        pthread_mutex_unlock(&r->mu);
-        if (running) {
-            fg_srv_req_cancel(r);
-            // wait briefly for the engine to confirm, so the answer shows the final state
-            double t0 = fg_time_s();
-            pthread_mutex_lock(&r->mu);
-            while (r->n_done < r->n_choices && fg_time_s() - t0 < 2.0) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                ts.tv_nsec += 20 * 1000 * 1000;
-                if (ts.tv_nsec >= 1000000000) {
-                    ts.tv_sec++;
-                    ts.tv_nsec -= 1000000000;
-                }
-                pthread_cond_timedwait(&r->cv, &r->mu, &ts);
-            }
-            pthread_mutex_unlock(&r->mu);
-        }
-    }
+        return not_found(s, con, c);
     json_t *o = request_json(s, r);
     fg_srv_req_decref(r);
     return fg_srv_respond_json(s, con, c, 200, o);
+}
+
+void fg_srv_wake_waiters_locked(srv_req *r) {
+    while (r->waiters) {
+        srv_conn *w = r->waiters;
+        r->waiters = w->wait_next;
+        w->wait_next = NULL;
+        if (w->wait_suspended) {
+            w->wait_suspended = false;
+            atomic_fetch_sub(&r->srv->n_suspended, 1);
+            MHD_resume_connection(w->con);
+        }
+    }
+}
+
+// DELETE: cancels, then answers once the engine has confirmed (the connection is suspended
+// meanwhile and resumed by the request's last DONE), so the answer shows the final state.
+enum MHD_Result fg_api_request_delete(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
+    srv_req *r = owned_request(s, c);
+    if (!r)
+        return not_found(s, con, c);
+    pthread_mutex_lock(&r->mu);
+    bool running = r->n_done < r->n_choices;
+    if (running)
+        r->user_cancelled = true;
+    pthread_mutex_unlock(&r->mu);
+    if (running)
+        fg_srv_req_cancel(r);
+    c->wait_req = r; // the reference moves to the connection
+    return fg_api_request_delete_resume(s, con, c);
+}
+
+enum MHD_Result fg_api_request_delete_resume(fg_server *s, struct MHD_Connection *con,
+                                             srv_conn *c) {
+    srv_req *r = c->wait_req;
+    pthread_mutex_lock(&r->mu);
+    if (r->n_done < r->n_choices && !atomic_load(&s->http_stopping)) {
+        if (!c->wait_suspended) {
+            c->wait_next = r->waiters;
+            r->waiters = c;
+            c->wait_suspended = true;
+            atomic_fetch_add(&s->n_suspended, 1);
+            MHD_suspend_connection(con);
+        }
+        pthread_mutex_unlock(&r->mu);
+        return MHD_YES;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return fg_srv_respond_json(s, con, c, 200, request_json(s, r));
 }

@@ -1,5 +1,6 @@
 // api_parse.c - request bodies of /v1/completions and /v1/chat/completions: JSON text ->
-// fg_api_request (validated, clamped to the server's limits) -> fg_request_params.
+// fg_api_request (every field known or refused by name, validated, clamped to the server's
+// limits; logit_bias) -> fg_request_params.
 // Network-free and model-free so that tests/fuzz/fuzz_request.c can drive it directly.
 // Not here: tokenization (api_completions.c) or HTTP (server.c).
 #include "server/server_internal.h"
@@ -79,6 +80,143 @@ static const char *json_type_name(const json_t *v) {
 static json_t *field(json_t *obj, const char *key) {
     json_t *v = json_object_get(obj, key);
     return (v && !json_is_null(v)) ? v : NULL;
+}
+
+// A 400 whose param is a field name from the request (copied: the JSON is freed after parsing).
+static fg_status bad_field(fg_api_error *err, const char *field, const char *code,
+                           const char *msg) {
+    snprintf(err->param_buf, sizeof err->param_buf, "%s", field);
+    return api_fail(err, 400, "invalid_request_error", err->param_buf, code, "%s", msg);
+}
+
+enum { F_COMP = 1, F_CHAT = 2, F_BOTH = 3 };
+
+// Every field a request may carry. Others are refused by name: nothing is silently ignored
+// except what OpenAI itself documents as having no effect on the text (see forge/server.h).
+static const struct {
+    const char *name;
+    unsigned kinds;
+} k_fields[] = {
+    {"model", F_BOTH},         {"prompt", F_COMP},           {"messages", F_CHAT},
+    {"max_tokens", F_BOTH},    {"max_completion_tokens", F_CHAT},
+    {"temperature", F_BOTH},   {"top_p", F_BOTH},            {"top_k", F_BOTH},
+    {"min_p", F_BOTH},         {"presence_penalty", F_BOTH}, {"frequency_penalty", F_BOTH},
+    {"repeat_penalty", F_BOTH}, {"repeat_last_n", F_BOTH},   {"seed", F_BOTH},
+    {"n", F_BOTH},             {"stop", F_BOTH},             {"logprobs", F_BOTH},
+    {"top_logprobs", F_CHAT},  {"echo", F_COMP},             {"stream", F_BOTH},
+    {"stream_options", F_BOTH}, {"ignore_eos", F_BOTH},      {"truncate", F_BOTH},
+    {"add_generation_prompt", F_CHAT}, {"best_of", F_COMP},  {"logit_bias", F_BOTH},
+    // no effect on the text (checked for type only)
+    {"user", F_BOTH},          {"metadata", F_CHAT},
+    // accepted in their no-op form only (checked in check_noop)
+    {"suffix", F_COMP},        {"response_format", F_CHAT},  {"tool_choice", F_CHAT},
+    {"store", F_CHAT},         {"modalities", F_CHAT},       {"service_tier", F_BOTH},
+};
+
+// OpenAI fields Forge knows and does not implement (a clearer message than "unknown").
+static const char *const k_unsupported[] = {
+    "tools", "functions", "function_call", "parallel_tool_calls", "audio", "prediction",
+    "reasoning_effort", "web_search_options", "response_format", "suffix", "tool_choice",
+    "store", "modalities", "service_tier", "top_logprobs", "echo", "best_of",
+};
+
+static bool str_is(const json_t *v, const char *s) {
+    return json_is_string(v) && !strcmp(json_string_value(v), s);
+}
+
+// Fields accepted only in the form that changes nothing: false when v is another form.
+static bool check_noop(const char *key, const json_t *v) {
+    if (!strcmp(key, "suffix"))
+        return json_is_string(v) && json_string_length(v) == 0;
+    if (!strcmp(key, "response_format"))
+        return json_is_object(v) && json_object_size(v) == 1 &&
+               str_is(json_object_get(v, "type"), "text");
+    if (!strcmp(key, "tool_choice"))
+        return str_is(v, "none");
+    if (!strcmp(key, "store"))
+        return json_is_false(v);
+    if (!strcmp(key, "modalities"))
+        return json_is_array(v) && json_array_size(v) == 1 && str_is(json_array_get(v, 0), "text");
+    if (!strcmp(key, "service_tier"))
+        return str_is(v, "auto") || str_is(v, "default");
+    if (!strcmp(key, "user"))
+        return json_is_string(v);
+    if (!strcmp(key, "metadata"))
+        return json_is_object(v);
+    return true;
+}
+
+static fg_status check_fields(json_t *root, fg_api_kind kind, fg_api_error *err) {
+    unsigned want = kind == FG_API_CHAT ? F_CHAT : F_COMP;
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v) {
+        // null is "not given", and so is an empty tool list
+        if (json_is_null(v) || ((!strcmp(key, "tools") || !strcmp(key, "functions")) &&
+                                json_is_array(v) && json_array_size(v) == 0))
+            continue;
+        bool known = false;
+        for (size_t i = 0; i < FG_ARRAY_LEN(k_fields) && !known; i++)
+            known = (k_fields[i].kinds & want) && !strcmp(key, k_fields[i].name);
+        if (known && check_noop(key, v))
+            continue;
+        bool openai = known;
+        for (size_t i = 0; i < FG_ARRAY_LEN(k_unsupported) && !openai; i++)
+            openai = !strcmp(key, k_unsupported[i]);
+        char msg[200];
+        if (known && (!strcmp(key, "user") || !strcmp(key, "metadata"))) {
+            snprintf(msg, sizeof msg, "'%.60s' must be %s", key,
+                     !strcmp(key, "user") ? "a string" : "an object");
+            return bad_field(err, key, NULL, msg);
+        }
+        if (openai) {
+            snprintf(msg, sizeof msg, "'%.60s' is not supported by this server%s", key,
+                     known ? " in this form (only its no-op form is accepted)"
+                     : kind == FG_API_CHAT ? "" : " on /v1/completions");
+            return bad_field(err, key, "unsupported_parameter", msg);
+        }
+        snprintf(msg, sizeof msg, "unrecognized request field '%.60s'", key);
+        return bad_field(err, key, "unknown_parameter", msg);
+    }
+    return FG_OK;
+}
+
+// "logit_bias": {"<token id>": bias in [-100, 100], ...}.
+static fg_status parse_logit_bias(json_t *root, const fg_api_limits *lim, fg_api_request *r,
+                                  fg_api_error *err) {
+    json_t *v = field(root, "logit_bias");
+    if (!v)
+        return FG_OK;
+    if (!json_is_object(v))
+        return BAD("logit_bias", "'logit_bias' must be an object mapping token ids (as strings) "
+                                 "to numbers in [-100, 100], got %s", json_type_name(v));
+    size_t n = json_object_size(v);
+    if (n > FG_MAX_LOGIT_BIAS)
+        return BAD("logit_bias", "'logit_bias' holds at most %d tokens, got %zu", FG_MAX_LOGIT_BIAS,
+                   n);
+    r->logit_bias = fg_xcalloc(n ? n : 1, sizeof *r->logit_bias);
+    int64_t hi = lim->n_vocab > 0 ? lim->n_vocab - 1 : INT32_MAX;
+    const char *key;
+    json_t *b;
+    json_object_foreach(v, key, b) {
+        size_t kl = strlen(key);
+        bool digits = kl > 0 && kl <= 10 && (key[0] != '0' || kl == 1);
+        for (size_t i = 0; i < kl && digits; i++)
+            digits = key[i] >= '0' && key[i] <= '9';
+        long long id = digits ? strtoll(key, NULL, 10) : -1;
+        if (!digits || id > hi)
+            return BAD("logit_bias", "'logit_bias' key '%.40s' is not a token id in [0, %lld]",
+                       key, (long long)hi);
+        if (!json_is_number(b))
+            return BAD("logit_bias", "'logit_bias[\"%s\"]' must be a number, got %s", key,
+                       json_type_name(b));
+        double d = json_number_value(b);
+        if (!(d >= -100.0 && d <= 100.0))
+            return BAD("logit_bias", "'logit_bias[\"%s\"]' must be in [-100, 100], got %g", key,
+                       d);
+        r->logit_bias[r->n_logit_bias++] = (fg_logit_bias){(int32_t)id, (float)d};
+    }
+    return FG_OK;
 }
 
 static fg_status get_number(json_t *obj, const char *key, double lo, double hi, bool lo_open,
@@ -237,6 +375,13 @@ static fg_status parse_messages(json_t *obj, const fg_api_limits *lim, fg_api_re
         if (!json_is_object(msg))
             return BAD("messages", "'messages[%zu]' must be an object, got %s", i,
                        json_type_name(msg));
+        const char *mk;
+        json_t *mv;
+        json_object_foreach(msg, mk, mv) { // "name", "tool_calls", ...: not silently dropped
+            if (strcmp(mk, "role") && strcmp(mk, "content") && !json_is_null(mv))
+                return BAD("messages", "'messages[%zu].%.60s' is not supported by this server", i,
+                           mk);
+        }
         json_t *role = json_object_get(msg, "role");
         if (!json_is_string(role))
             return BAD("messages", "'messages[%zu].role' must be a string", i);
@@ -297,6 +442,7 @@ static fg_status parse_body(fg_api_kind kind, json_t *root, const fg_api_limits 
                             fg_api_request *r, fg_api_error *err) {
     if (!json_is_object(root))
         return BAD(NULL, "the request body must be a JSON object, got %s", json_type_name(root));
+    FG_TRY(check_fields(root, kind, err));
     json_t *model = field(root, "model");
     if (model && !json_is_string(model))
         return BAD("model", "'model' must be a string, got %s", json_type_name(model));
@@ -358,6 +504,7 @@ static fg_status parse_body(fg_api_kind kind, json_t *root, const fg_api_limits 
     FG_TRY(get_int(root, "n", 1, max_n, &iv, NULL, err));
     r->n = (int32_t)iv;
     FG_TRY(parse_stop(root, r, err));
+    FG_TRY(parse_logit_bias(root, lim, r, err));
 
     r->logprobs = -1;
     if (kind == FG_API_COMPLETION) {
@@ -441,6 +588,7 @@ void fg_api_request_free(fg_api_request *r) {
     free(r->msg_store);
     for (int32_t i = 0; i < r->n_stop; i++)
         free(r->stop[i]);
+    free(r->logit_bias);
     memset(r, 0, sizeof *r);
 }
 
@@ -452,6 +600,8 @@ void fg_api_request_to_params(const fg_api_request *r, const int32_t *prompt, in
     out->max_tokens = r->max_tokens;
     out->sampling = r->sampling;
     out->sampling.seed = r->sampling.seed + (uint64_t)choice;
+    out->sampling.logit_bias = r->logit_bias; // view: the sampler copies it at submit
+    out->sampling.n_logit_bias = r->n_logit_bias;
     for (int32_t i = 0; i < r->n_stop && i < FG_MAX_STOP; i++)
         out->stop[i] = r->stop[i];
     out->n_stop = r->n_stop;

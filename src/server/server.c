@@ -1,44 +1,98 @@
-// server.c - the HTTP side of `forge serve`: the libmicrohttpd daemon (one thread per
-// connection), routing, the API key check, body limits, the registry of completion requests,
-// start-up (listener first, then the model: /health says "loading" meanwhile) and the
-// graceful shutdown. Not here: endpoint bodies (api_*.c), SSE (sse.c), parsing (api_parse.c).
+// server.c - the HTTP side of `forge serve`: the route table, the access handler of the
+// libmicrohttpd workers (auth, body limits, dispatch, resumption of suspended requests), the
+// registry of completion requests and the sweep over the open ones, start-up (listener first,
+// then the model: /health says "loading" meanwhile) and the graceful shutdown.
+// Threads: the gate (gate.c) accepts and hands complete request heads to N worker daemons (one
+// libmicrohttpd event loop each, no listen socket); handlers never block: a request waiting for
+// the engine suspends its connection. Every response closes its connection, so each request
+// passes through the gate. Not here: endpoint bodies (api_*.c), SSE (sse.c), parsing
+// (api_parse.c), connection limits and deadlines (gate.c).
 // Called by src/cli/cmd_serve.c through include/forge/server.h.
 #include "server/server_internal.h"
 
 #include "base/status.h"
 #include "base/util.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
-#include <netinet/in.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
+#include <strings.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
-#define REGISTRY_KEEP 512 // finished requests remembered for GET /v1/requests/{id}
-#define SRV_CONN_TIMEOUT_S 60 // seconds a connection may stay silent
+#define REGISTRY_KEEP 512     // finished requests remembered for GET /v1/requests/{id}
+#define SRV_IDLE_TIMEOUT_S 60 // seconds a worker's connection may stay silent either way
 
-const int fg_srv_codes[SRV_N_CODES] = {200, 400, 401, 404, 405, 413, 429, 499, 500, 503};
+const int fg_srv_codes[SRV_N_CODES] = {200, 400, 401, 404, 405, 408,
+                                       413, 429, 431, 499, 500, 503};
 
-enum {
-    R_NOT_FOUND = 0,
-    R_COMPLETIONS,
-    R_CHAT,
-    R_MODELS,
-    R_HEALTH,
-    R_METRICS,
-    R_REQUESTS,
-    R_TEMPLATE,
-    R_WEBUI, // the chat page (webui.c)
+// The chat page (webui.c): static, no key (the API calls it makes need one); 404 with --no-webui.
+static enum MHD_Result webui_route(fg_server *s, struct MHD_Connection *con, srv_conn *c, const char *path) {
+    if (s->opts.no_webui)
+        return fg_srv_error(s, con, c, 404, "invalid_request_error", "not_found", "no route for GET %s", path);
+    return fg_webui_serve(s, con, c, path);
+}
+static enum MHD_Result webui_page(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
+    return webui_route(s, con, c, "/");
+}
+static enum MHD_Result webui_icon(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
+    return webui_route(s, con, c, "/favicon.ico");
+}
+
+// ---- the route table: every endpoint, its method, and what it needs
+static const srv_route k_routes[] = {
+    {"GET", "/", webui_page, 0, "req"},
+    {"GET", "/favicon.ico", webui_icon, 0, "req"},
+    {"POST", "/v1/completions", fg_api_completions, SRV_AUTH | SRV_NEEDS_MODEL, "cmpl"},
+    {"POST", "/completions", fg_api_completions, SRV_AUTH | SRV_NEEDS_MODEL, "cmpl"},
+    {"POST", "/v1/chat/completions", fg_api_chat, SRV_AUTH | SRV_NEEDS_MODEL, "chatcmpl"},
+    {"POST", "/chat/completions", fg_api_chat, SRV_AUTH | SRV_NEEDS_MODEL, "chatcmpl"},
+    {"GET", "/v1/models", fg_api_models, SRV_AUTH | SRV_NEEDS_MODEL, "req"},
+    {"GET", "/models", fg_api_models, SRV_AUTH | SRV_NEEDS_MODEL, "req"},
+    {"POST", "/apply-template", fg_api_apply_template, SRV_AUTH | SRV_NEEDS_MODEL, "req"},
+    {"POST", "/v1/apply-template", fg_api_apply_template, SRV_AUTH | SRV_NEEDS_MODEL, "req"},
+    {"GET", "/v1/requests/", fg_api_request_get, SRV_AUTH | SRV_NEEDS_MODEL | SRV_PREFIX, "req"},
+    {"DELETE", "/v1/requests/", fg_api_request_delete, SRV_AUTH | SRV_NEEDS_MODEL | SRV_PREFIX,
+     "req"},
+    {"GET", "/health", fg_api_health, 0, "req"},
+    {"GET", "/v1/health", fg_api_health, 0, "req"},
+    {"GET", "/metrics", fg_api_metrics, 0, "req"},
 };
 
-const char *fg_srv_id_prefix(int route) {
-    return route == R_COMPLETIONS ? "cmpl" : route == R_CHAT ? "chatcmpl" : "req";
+static bool path_matches(const srv_route *rt, const char *url) {
+    if (!(rt->flags & SRV_PREFIX))
+        return !strcmp(url, rt->path);
+    size_t n = strlen(rt->path);
+    return !strncmp(url, rt->path, n) && url[n];
+}
+
+static bool method_matches(const srv_route *rt, const char *method) {
+    return !strcmp(method, rt->method) || (!strcmp(rt->method, "GET") && !strcmp(method, "HEAD"));
+}
+
+// The row for (method, url); NULL with *path_known telling 405 from 404.
+static const srv_route *route_find(const char *method, const char *url, bool *path_known) {
+    *path_known = false;
+    for (size_t i = 0; i < FG_ARRAY_LEN(k_routes); i++) {
+        if (!path_matches(&k_routes[i], url))
+            continue;
+        *path_known = true;
+        if (method_matches(&k_routes[i], method))
+            return &k_routes[i];
+    }
+    return NULL;
+}
+
+static void allowed_methods(const char *url, char *out, size_t n) {
+    out[0] = '\0';
+    for (size_t i = 0; i < FG_ARRAY_LEN(k_routes); i++)
+        if (path_matches(&k_routes[i], url) && !strstr(out, k_routes[i].method))
+            snprintf(out + strlen(out), n - strlen(out), "%s%s", out[0] ? ", " : "",
+                     k_routes[i].method);
 }
 
 void fg_srv_count_status(fg_server *s, int status) {
@@ -47,6 +101,36 @@ void fg_srv_count_status(fg_server *s, int status) {
         if (fg_srv_codes[i] == status)
             k = i;
     atomic_fetch_add(&s->http_counts[k], 1);
+}
+
+bool fg_srv_random_hex(char *out, int hex) {
+    unsigned char b[64];
+    size_t n = (size_t)(hex + 1) / 2;
+    if (n > sizeof b)
+        return false;
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = getrandom(b + got, n - got, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    if (got < n) { // no getrandom: the device
+        int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return false;
+        ssize_t r = read(fd, b, n);
+        close(fd);
+        if (r != (ssize_t)n)
+            return false;
+    }
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < hex; i++)
+        out[i] = digits[(b[i / 2] >> (i % 2 ? 0 : 4)) & 15];
+    out[hex] = '\0';
+    return true;
 }
 
 // ---- responses
@@ -58,15 +142,20 @@ enum MHD_Result fg_srv_respond(fg_server *s, struct MHD_Connection *con, srv_con
         free(body);
         return MHD_NO;
     }
-    char rid[48];
-    snprintf(rid, sizeof rid, "%s-%llu", fg_srv_id_prefix(c->route), (unsigned long long)c->id);
     MHD_add_response_header(resp, "Content-Type", content_type);
-    MHD_add_response_header(resp, "X-Request-Id", rid);
+    MHD_add_response_header(resp, "X-Request-Id", c->id_str);
+    MHD_add_response_header(resp, "Connection", "close");
     if (status == 429 || status == 503)
         MHD_add_response_header(resp, "Retry-After", "1");
     if (status == 401)
         MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    if (status == 405 && !c->route && c->rest) {
+        char allow[64];
+        allowed_methods(c->rest, allow, sizeof allow);
+        MHD_add_response_header(resp, "Allow", allow);
+    }
     fg_srv_count_status(s, status);
+    c->responded = true;
     enum MHD_Result ret = MHD_queue_response(con, (unsigned)status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -101,8 +190,7 @@ json_t *fg_srv_error_json(const char *message, const char *type, const char *par
 enum MHD_Result fg_srv_respond_error(fg_server *s, struct MHD_Connection *con, srv_conn *c,
                                      const fg_api_error *e) {
     if (s->opts.log_requests)
-        fprintf(stderr, "forge serve: %s-%llu: %d %s\n", fg_srv_id_prefix(c->route),
-                (unsigned long long)c->id, e->http_status, e->message);
+        fprintf(stderr, "forge serve: %s: %d %s\n", c->id_str, e->http_status, e->message);
     return fg_srv_respond_json(s, con, c, e->http_status,
                                fg_srv_error_json(e->message, e->type, e->param, e->code));
 }
@@ -121,7 +209,7 @@ enum MHD_Result fg_srv_error(fg_server *s, struct MHD_Connection *con, srv_conn 
     return fg_srv_respond_error(s, con, c, &e);
 }
 
-// ---- requests and the registry
+// ---- requests, the registry and the active list
 void fg_srv_req_decref(srv_req *r) {
     if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
         return;
@@ -131,6 +219,9 @@ void fg_srv_req_decref(srv_req *r) {
     fg_api_request_free(&r->api);
     free(r->prompt);
     free(r->echo_text);
+    free(r->echo_offs);
+    for (int32_t i = 0; r->choices && i < r->n_choices; i++)
+        fg_srv_lp_free(&r->choices[i]);
     free(r->choices);
     free(r->out);
     pthread_mutex_destroy(&r->mu);
@@ -183,17 +274,51 @@ void fg_srv_registry_add(fg_server *s, srv_req *r) {
         fg_srv_req_decref(drop[i]);
 }
 
-srv_req *fg_srv_registry_find(fg_server *s, uint64_t id) {
+srv_req *fg_srv_registry_find(fg_server *s, const char *id) {
     srv_req *found = NULL;
     pthread_mutex_lock(&s->reg_mu);
     for (srv_req *it = s->reg_tail; it; it = it->reg_prev)
-        if (it->id == id) {
+        if (!strcmp(it->id_str, id)) {
             atomic_fetch_add(&it->refs, 1);
             found = it;
             break;
         }
     pthread_mutex_unlock(&s->reg_mu);
     return found;
+}
+
+void fg_srv_active_add(fg_server *s, srv_req *r) {
+    pthread_mutex_lock(&s->act_mu);
+    r->act_prev = NULL;
+    r->act_next = s->act_head;
+    if (s->act_head)
+        s->act_head->act_prev = r;
+    s->act_head = r;
+    r->active = true;
+    pthread_mutex_unlock(&s->act_mu);
+}
+
+static void active_remove(fg_server *s, srv_req *r) {
+    pthread_mutex_lock(&s->act_mu);
+    if (r->active) {
+        if (r->act_prev)
+            r->act_prev->act_next = r->act_next;
+        else
+            s->act_head = r->act_next;
+        if (r->act_next)
+            r->act_next->act_prev = r->act_prev;
+        r->act_prev = r->act_next = NULL;
+        r->active = false;
+    }
+    pthread_mutex_unlock(&s->act_mu);
+}
+
+void fg_srv_req_resume_locked(srv_req *r) {
+    if (r->suspended && r->con) {
+        r->suspended = false;
+        atomic_fetch_sub(&r->srv->n_suspended, 1);
+        MHD_resume_connection(r->con);
+    }
 }
 
 void fg_srv_req_cancel(srv_req *r) {
@@ -214,62 +339,161 @@ void fg_srv_req_cancel(srv_req *r) {
     pthread_rwlock_unlock(&s->engine_lock);
 }
 
-// ---- routing
-static int route_of(const char *url, const char **rest) {
-    *rest = NULL;
-    if (!strcmp(url, "/v1/completions") || !strcmp(url, "/completions"))
-        return R_COMPLETIONS;
-    if (!strcmp(url, "/v1/chat/completions") || !strcmp(url, "/chat/completions"))
-        return R_CHAT;
-    if (!strcmp(url, "/v1/models") || !strcmp(url, "/models"))
-        return R_MODELS;
-    if (!strcmp(url, "/health") || !strcmp(url, "/v1/health"))
-        return R_HEALTH;
-    if (!strcmp(url, "/metrics"))
-        return R_METRICS;
-    if (!strcmp(url, "/apply-template") || !strcmp(url, "/v1/apply-template"))
-        return R_TEMPLATE;
-    if (!strcmp(url, "/") || !strcmp(url, "/favicon.ico"))
-        return R_WEBUI;
-    if (!strncmp(url, "/v1/requests/", 13) && url[13]) {
-        *rest = url + 13;
-        return R_REQUESTS;
+// Suspended connections whose client left (cancel the request, let the handler close) or whose
+// stream has been silent for SSE_KEEPALIVE_S (let the reader write a comment); everything when
+// the workers are about to stop.
+void fg_srv_sweep(fg_server *s, double now) {
+    srv_req *gone[64];
+    int n_gone = 0;
+    bool stopping = atomic_load(&s->http_stopping);
+    pthread_mutex_lock(&s->act_mu);
+    for (srv_req *r = s->act_head; r; r = r->act_next) {
+        pthread_mutex_lock(&r->mu);
+        if (r->suspended) {
+            bool left = fg_srv_client_gone(r->conn_fd); // the fd is open while r->con is set
+            bool ping = r->stream && now - r->t_out >= SSE_KEEPALIVE_S;
+            if (left && !r->client_gone && n_gone < 64) {
+                r->client_gone = true;
+                atomic_fetch_add(&r->refs, 1);
+                gone[n_gone++] = r;
+            }
+            if (left || ping || stopping)
+                fg_srv_req_resume_locked(r);
+        }
+        pthread_mutex_unlock(&r->mu);
     }
-    return R_NOT_FOUND;
-}
-
-static const char *allowed_methods(int route) {
-    switch (route) {
-    case R_COMPLETIONS:
-    case R_CHAT:
-    case R_TEMPLATE: return "POST";
-    case R_REQUESTS: return "GET, DELETE";
-    default: return "GET";
+    pthread_mutex_unlock(&s->act_mu);
+    for (int i = 0; i < n_gone; i++) {
+        fg_srv_req_cancel(gone[i]);
+        fg_srv_req_decref(gone[i]);
     }
 }
 
-static bool method_ok(int route, const char *method) {
-    switch (route) {
-    case R_COMPLETIONS:
-    case R_CHAT:
-    case R_TEMPLATE: return !strcmp(method, "POST");
-    case R_REQUESTS: return !strcmp(method, "GET") || !strcmp(method, "DELETE");
-    default: return !strcmp(method, "GET") || !strcmp(method, "HEAD");
-    }
-}
-
-static bool auth_ok(fg_server *s, struct MHD_Connection *con) {
-    if (!s->api_key)
-        return true;
+// ---- the access handler
+static int32_t auth_key(fg_server *s, struct MHD_Connection *con) {
     const char *h = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Authorization");
     if (!h || strncasecmp(h, "Bearer ", 7))
-        return false;
+        return -2;
     h += 7;
-    size_t a = strlen(h), b = strlen(s->api_key);
-    unsigned diff = (unsigned)(a ^ b);
-    for (size_t i = 0; i < a; i++)
-        diff |= (unsigned)(unsigned char)h[i] ^ (unsigned)(unsigned char)s->api_key[i % (b ? b : 1)];
-    return diff == 0;
+    size_t a = strlen(h);
+    int32_t found = -2;
+    for (int32_t k = 0; k < s->opts.n_api_keys; k++) { // every key compared in full
+        const char *key = s->api_keys[k];
+        size_t b = strlen(key);
+        unsigned diff = (unsigned)(a ^ b);
+        for (size_t i = 0; i < a; i++)
+            diff |= (unsigned)(unsigned char)h[i] ^ (unsigned)(unsigned char)key[i % b];
+        if (diff == 0)
+            found = k;
+    }
+    return found;
+}
+
+static enum MHD_Result first_call(fg_server *s, struct MHD_Connection *con, srv_conn *c,
+                                  const char *url, const char *method) {
+    c->started = true;
+    c->con = con;
+    c->key_idx = -1;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(con, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    c->sock = ci ? ci->socket_context : NULL;
+    bool path_known = false;
+    c->route = route_find(method, url, &path_known);
+    if (c->route && (c->route->flags & SRV_PREFIX))
+        c->rest = fg_xstrdup(url + strlen(c->route->path));
+    else if (!c->route)
+        c->rest = fg_xstrdup(url); // for the Allow header of a 405
+    snprintf(c->id_str, sizeof c->id_str, "%s-", c->route ? c->route->id_prefix : "req");
+    if (!fg_srv_random_hex(c->id_str + strlen(c->id_str), SRV_ID_HEX))
+        return fg_srv_error(s, con, c, 500, "server_error", "no_randomness",
+                            "cannot read random bytes for the request id");
+    const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Length");
+    if (cl) { // digits only: the gate checked its syntax
+        unsigned long long n = strtoull(cl, NULL, 10);
+        if (n > s->opts.max_body) {
+            c->too_big = true;
+            // far beyond the limit: answer now instead of reading it all
+            if (n > 16 * (unsigned long long)s->opts.max_body)
+                return fg_srv_error(s, con, c, 413, "invalid_request_error",
+                                    "request_too_large",
+                                    "request body of %llu bytes exceeds the limit of %zu",
+                                    n, s->opts.max_body);
+        }
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result take_body(fg_server *s, srv_conn *c, const char *data, size_t n) {
+    c->seen += n;
+    if (c->seen > 16 * (uint64_t)s->opts.max_body)
+        return MHD_NO; // a body that never ends: drop the connection
+    if (c->too_big || c->body_len + n > s->opts.max_body) {
+        c->too_big = true;
+        free(c->body);
+        c->body = NULL;
+        c->body_len = c->body_cap = 0;
+        return MHD_YES; // keep reading, discard
+    }
+    if (c->oom)
+        return MHD_YES;
+    if (c->body_len + n + 1 > c->body_cap) {
+        size_t cap = c->body_cap ? c->body_cap : 4096;
+        while (cap < c->body_len + n + 1)
+            cap *= 2;
+        char *nb = realloc(c->body, cap); // input-sized: no abort on failure
+        if (!nb) {
+            c->oom = true;
+            return MHD_YES;
+        }
+        c->body = nb;
+        c->body_cap = cap;
+    }
+    memcpy(c->body + c->body_len, data, n);
+    c->body_len += n;
+    c->body[c->body_len] = '\0';
+    return MHD_YES;
+}
+
+static enum MHD_Result dispatch(fg_server *s, struct MHD_Connection *con, srv_conn *c,
+                                const char *url, const char *method) {
+    c->dispatched = true;
+    if (!fg_srv_gate_request_in(s, c))
+        return MHD_NO; // the gate already closed it (deadline)
+    if (!c->route) {
+        bool path_known = false;
+        route_find(method, url, &path_known);
+        if (!path_known)
+            return fg_srv_error(s, con, c, 404, "invalid_request_error", "not_found",
+                                "no route for %s %.200s", method, url);
+        char allow[64];
+        allowed_methods(url, allow, sizeof allow);
+        return fg_srv_error(s, con, c, 405, "invalid_request_error", "method_not_allowed",
+                            "method %s is not allowed on %.200s (allowed: %s)", method, url,
+                            allow);
+    }
+    unsigned flags = c->route->flags;
+    if ((flags & SRV_AUTH) && s->opts.n_api_keys > 0) {
+        c->key_idx = auth_key(s, con);
+        if (c->key_idx < 0)
+            return fg_srv_error(s, con, c, 401, "authentication_error", "invalid_api_key",
+                                "invalid or missing API key (Authorization: Bearer <key>)");
+    }
+    if (c->too_big)
+        return fg_srv_error(s, con, c, 413, "invalid_request_error", "request_too_large",
+                            "request body exceeds the limit of %zu bytes", s->opts.max_body);
+    if (c->oom)
+        return fg_srv_error(s, con, c, 500, "server_error", "out_of_memory",
+                            "out of memory while reading the request body");
+    if (flags & SRV_NEEDS_MODEL) {
+        int state = atomic_load(&s->state);
+        if (state == SRV_LOADING)
+            return fg_srv_error(s, con, c, 503, "server_error", "model_loading",
+                                "the model is still loading");
+        if (state != SRV_READY)
+            return fg_srv_error(s, con, c, 503, "server_error", "shutting_down",
+                                "the server is shutting down");
+    }
+    return c->route->handler(s, con, c);
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *con, const char *url,
@@ -281,116 +505,22 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *con, const ch
     (void)version;
     if (!c) {
         c = fg_xcalloc(1, sizeof *c);
-        c->id = atomic_fetch_add(&s->next_id, 1);
-        const char *rest;
-        c->route = route_of(url, &rest);
-        if (c->route == R_WEBUI && s->opts.no_webui)
-            c->route = R_NOT_FOUND;
         *con_cls = c;
-        const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "Content-Length");
-        if (cl) {
-            unsigned long long n = strtoull(cl, NULL, 10);
-            if (n > s->opts.max_body) {
-                c->too_big = true;
-                // far beyond the limit: answer now instead of reading it all
-                if (n > 16 * (unsigned long long)s->opts.max_body)
-                    return fg_srv_error(s, con, c, 413, "invalid_request_error",
-                                        "request_too_large",
-                                        "request body of %llu bytes exceeds the limit of %zu",
-                                        n, s->opts.max_body);
-            }
-        }
-        return MHD_YES;
+        return first_call(s, con, c, url, method);
     }
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        c->seen += n;
-        if (c->seen > 16 * (uint64_t)s->opts.max_body)
-            return MHD_NO; // a body that never ends: drop the connection
-        if (c->too_big || c->body_len + n > s->opts.max_body) {
-            c->too_big = true;
-            free(c->body);
-            c->body = NULL;
-            c->body_len = c->body_cap = 0;
-            return MHD_YES; // keep reading, discard
-        }
-        if (c->body_len + n + 1 > c->body_cap) {
-            size_t cap = c->body_cap ? c->body_cap : 4096;
-            while (cap < c->body_len + n + 1)
-                cap *= 2;
-            char *nb = realloc(c->body, cap); // input-sized: no abort on failure
-            if (!nb) {
-                c->oom = true;
-                return MHD_YES;
-            }
-            c->body = nb;
-            c->body_cap = cap;
-        }
-        if (c->oom)
-            return MHD_YES;
-        memcpy(c->body + c->body_len, upload_data, n);
-        c->body_len += n;
-        c->body[c->body_len] = '\0';
-        return MHD_YES;
+        return take_body(s, c, upload_data, n);
     }
-    // the whole request is in
-    const char *rest = NULL;
-    route_of(url, &rest);
-    if (c->route == R_NOT_FOUND)
-        return fg_srv_error(s, con, c, 404, "invalid_request_error", "not_found",
-                            "no route for %s %.200s", method, url);
-    if (!method_ok(c->route, method)) {
-        struct MHD_Response *resp;
-        fg_api_error e = {.http_status = 405, .type = "invalid_request_error",
-                          .code = "method_not_allowed"};
-        snprintf(e.message, sizeof e.message, "method %s is not allowed on %.200s (allowed: %s)",
-                 method, url, allowed_methods(c->route));
-        json_t *j = fg_srv_error_json(e.message, e.type, NULL, e.code);
-        char *text = json_dumps(j, JSON_COMPACT);
-        json_decref(j);
-        resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-        char rid[48];
-        snprintf(rid, sizeof rid, "req-%llu", (unsigned long long)c->id);
-        MHD_add_response_header(resp, "Content-Type", "application/json");
-        MHD_add_response_header(resp, "X-Request-Id", rid);
-        MHD_add_response_header(resp, "Allow", allowed_methods(c->route));
-        fg_srv_count_status(s, 405);
-        enum MHD_Result ret = MHD_queue_response(con, 405, resp);
-        MHD_destroy_response(resp);
-        return ret;
-    }
-    if (c->route == R_WEBUI) // a static page: no key (the API calls it makes need one)
-        return fg_webui_serve(s, con, c, url);
-    if (c->route == R_HEALTH)
-        return fg_api_health(s, con, c);
-    if (c->route == R_METRICS)
-        return fg_api_metrics(s, con, c);
-    if (!auth_ok(s, con))
-        return fg_srv_error(s, con, c, 401, "authentication_error", "invalid_api_key",
-                            "invalid or missing API key (Authorization: Bearer <key>)");
-    if (c->too_big)
-        return fg_srv_error(s, con, c, 413, "invalid_request_error", "request_too_large",
-                            "request body exceeds the limit of %zu bytes", s->opts.max_body);
-    if (c->oom)
-        return fg_srv_error(s, con, c, 500, "server_error", "out_of_memory",
-                            "out of memory while reading the request body");
-    int state = atomic_load(&s->state);
-    if (state == SRV_LOADING)
-        return fg_srv_error(s, con, c, 503, "server_error", "model_loading",
-                            "the model is still loading");
-    if (state != SRV_READY)
-        return fg_srv_error(s, con, c, 503, "server_error", "shutting_down",
-                            "the server is shutting down");
-    switch (c->route) {
-    case R_COMPLETIONS: return fg_api_completions(s, con, c, FG_API_COMPLETION);
-    case R_CHAT: return fg_api_completions(s, con, c, FG_API_CHAT);
-    case R_MODELS: return fg_api_models(s, con, c);
-    case R_TEMPLATE: return fg_api_apply_template(s, con, c);
-    case R_REQUESTS: return fg_api_request_get(s, con, c, rest, !strcmp(method, "DELETE"));
-    default: break;
-    }
-    return fg_srv_error(s, con, c, 404, "invalid_request_error", "not_found", "no route");
+    // the whole request is in (or a suspended request was resumed)
+    if (c->req)
+        return fg_api_completions_resume(s, con, c);
+    if (c->wait_req)
+        return fg_api_request_delete_resume(s, con, c);
+    if (c->dispatched)
+        return MHD_NO; // resumed with nothing to do: cannot happen
+    return dispatch(s, con, c, url, method);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
@@ -402,13 +532,17 @@ static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
         return;
     if (c->req) {
         srv_req *r = c->req;
+        active_remove(s, r);
         pthread_mutex_lock(&r->mu);
         bool unfinished = r->n_done < r->n_choices;
-        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && unfinished)
+        bool cut = toe != MHD_REQUEST_TERMINATED_COMPLETED_OK;
+        if (cut && unfinished)
             r->client_gone = true;
         // the HTTP side is done with it: drop what only it needed, so the registry keeps
         // small records; events still arriving are counted, not queued
         r->http_done = true;
+        r->con = NULL;
+        r->conn_fd = -1;
         size_t n_ev = 0;
         srv_event *ev = fg_srv_take_events(r, &n_ev);
         pthread_mutex_unlock(&r->mu);
@@ -417,19 +551,34 @@ static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls,
         fg_api_request_free(&r->api);
         free(r->prompt);
         free(r->echo_text);
+        free(r->echo_offs);
         free(r->out);
+        for (int32_t i = 0; i < r->n_choices; i++)
+            fg_srv_lp_free(&r->choices[i]);
         r->prompt = NULL;
         r->echo_text = NULL;
+        r->echo_offs = NULL;
         r->out = NULL;
         r->out_len = r->out_off = r->out_cap = 0;
-        if (unfinished) {
-            if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
-                fg_srv_count_status(s, 499);
+        if (cut && (unfinished || !c->responded))
+            fg_srv_count_status(s, 499); // the client left before its answer ended
+        if (unfinished)
             fg_srv_req_cancel(r);
-        }
         fg_srv_req_decref(r);
         atomic_fetch_sub(&s->n_answering, 1);
     }
+    if (c->wait_req) {
+        srv_req *r = c->wait_req;
+        pthread_mutex_lock(&r->mu);
+        for (srv_conn **pp = &r->waiters; *pp; pp = &(*pp)->wait_next)
+            if (*pp == c) {
+                *pp = c->wait_next;
+                break;
+            }
+        pthread_mutex_unlock(&r->mu);
+        fg_srv_req_decref(r);
+    }
+    free(c->rest);
     free(c->body);
     free(c);
     *con_cls = NULL;
@@ -447,6 +596,41 @@ static char *file_stem(const char *path) {
 
 static char *dup_or_null(const char *s) { return s ? fg_xstrdup(s) : NULL; }
 
+static fg_status start_workers(fg_server *s) {
+    srv_gate *g = &s->gate;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_NO_LISTEN_SOCKET |
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC;
+    flags |= MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL
+                                                                     : MHD_USE_POLL;
+    g->n_workers = s->opts.http_threads;
+    g->workers = fg_xcalloc((size_t)g->n_workers, sizeof *g->workers);
+    for (int32_t i = 0; i < g->n_workers; i++) {
+        g->workers[i] = MHD_start_daemon(
+            flags, 0, NULL, NULL, on_access, s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+            MHD_OPTION_NOTIFY_CONNECTION, fg_srv_gate_notify, s,
+            // the gate keeps the real limit; this only bounds a worker's own tables
+            MHD_OPTION_CONNECTION_LIMIT, (unsigned)(s->opts.max_conns + 64),
+            // silent connections (no bytes either way) are dropped: readers that stopped
+            // reading (their request is cancelled); streams send keep-alives (sse.c)
+            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)SRV_IDLE_TIMEOUT_S,
+            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024), MHD_OPTION_END);
+        if (!g->workers[i])
+            return FG_FAIL(FG_ERR_IO, "serve: cannot start HTTP worker %d of %d", i + 1,
+                           g->n_workers);
+    }
+    return FG_OK;
+}
+
+static void stop_workers(fg_server *s) {
+    srv_gate *g = &s->gate;
+    for (int32_t i = 0; i < g->n_workers; i++)
+        if (g->workers[i])
+            MHD_stop_daemon(g->workers[i]);
+    free(g->workers);
+    g->workers = NULL;
+    g->n_workers = 0;
+}
+
 fg_status fg_server_create(const fg_server_opts *opts, fg_server **out) {
     if (!opts || !opts->model_path)
         return FG_FAIL(FG_ERR_INVALID_ARG, "serve: no model path");
@@ -457,16 +641,33 @@ fg_status fg_server_create(const fg_server_opts *opts, fg_server **out) {
                        opts->chat_template);
     if (opts->port < 0 || opts->port > 65535)
         return FG_FAIL(FG_ERR_INVALID_ARG, "--port: %d out of range", opts->port);
+    if (opts->n_api_keys < 0 || (opts->n_api_keys > 0 && !opts->api_keys))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "serve: api_keys missing");
+    for (int32_t k = 0; k < opts->n_api_keys; k++)
+        if (!opts->api_keys[k] || !opts->api_keys[k][0])
+            return FG_FAIL(FG_ERR_INVALID_ARG,
+                           "--api-key: API key %d is empty (an unset variable?); give a "
+                           "non-empty key, or no --api-key for a server without keys",
+                           k + 1);
+    char probe[8];
+    if (!fg_srv_random_hex(probe, 4))
+        return FG_FAIL(FG_ERR_IO, "serve: no source of random bytes (getrandom, /dev/urandom)");
     fg_server *s = fg_xcalloc(1, sizeof *s);
+    s->gate.listen_fd = s->gate.epoll_fd = s->gate.wake_fd = -1;
+    pthread_mutex_init(&s->gate.mu, NULL);
     s->opts = *opts;
     s->host = fg_xstrdup(opts->host ? opts->host : "127.0.0.1");
-    s->api_key = opts->api_key && *opts->api_key ? fg_xstrdup(opts->api_key) : NULL;
+    if (opts->n_api_keys > 0) {
+        s->api_keys = fg_xcalloc((size_t)opts->n_api_keys, sizeof(char *));
+        for (int32_t k = 0; k < opts->n_api_keys; k++)
+            s->api_keys[k] = fg_xstrdup(opts->api_keys[k]);
+    }
     s->model_path = fg_xstrdup(opts->model_path);
     s->chat_template_name = dup_or_null(opts->chat_template);
     s->device = fg_xstrdup(opts->device ? opts->device : "auto");
     s->model_id = opts->alias ? fg_xstrdup(opts->alias) : file_stem(opts->model_path);
     s->opts.host = s->host;
-    s->opts.api_key = s->api_key;
+    s->opts.api_keys = (const char *const *)s->api_keys;
     s->opts.model_path = s->model_path;
     s->opts.chat_template = s->chat_template_name;
     s->opts.device = s->device;
@@ -477,67 +678,50 @@ fg_status fg_server_create(const fg_server_opts *opts, fg_server **out) {
         s->opts.max_n = 16;
     if (s->opts.max_n > 64)
         s->opts.max_n = 64; // fg_srv_req_cancel handles up to 64 choices
+    if (s->opts.http_threads <= 0)
+        s->opts.http_threads = 4;
+    if (s->opts.max_conns <= 0)
+        s->opts.max_conns = 512;
+    if (s->opts.max_conns_per_ip <= 0)
+        s->opts.max_conns_per_ip = 128;
+    if (!(s->opts.request_timeout_s > 0))
+        s->opts.request_timeout_s = 30.0;
     atomic_init(&s->state, SRV_LOADING);
-    atomic_init(&s->next_id, 1);
+    atomic_init(&s->http_stopping, false);
     atomic_init(&s->n_streams, 0);
     atomic_init(&s->n_answering, 0);
+    atomic_init(&s->n_suspended, 0);
     for (int i = 0; i <= SRV_N_CODES; i++)
         atomic_init(&s->http_counts[i], 0);
+    for (int i = 0; i < SRV_N_REFUSE; i++)
+        atomic_init(&s->gate.refused[i], 0);
     pthread_rwlock_init(&s->engine_lock, NULL);
     pthread_mutex_init(&s->reg_mu, NULL);
+    pthread_mutex_init(&s->act_mu, NULL);
     s->t_start = fg_time_s();
 
-    // the bind address: a numeric address or a name resolved once (first result)
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_POLL | MHD_USE_ITC;
-    struct addrinfo hints, *ai = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    int gai = getaddrinfo(s->host, NULL, &hints, &ai);
-    if (gai != 0 || !ai || ai->ai_addrlen > sizeof ss) {
-        if (ai)
-            freeaddrinfo(ai);
+    fg_status st = fg_srv_gate_listen(s, s->host, opts->port, &s->port);
+    if (st == FG_OK)
+        st = start_workers(s);
+    if (st == FG_OK)
+        st = fg_srv_gate_start(s);
+    if (st != FG_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", fg_last_error());
         fg_server_destroy(s);
-        return FG_FAIL(FG_ERR_INVALID_ARG, "--host: cannot resolve '%s': %s", opts->host,
-                       gai ? gai_strerror(gai) : "no address");
+        return FG_FAIL(st, "%s", msg);
     }
-    memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
-    freeaddrinfo(ai);
-    if (ss.ss_family == AF_INET6) {
-        ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)opts->port);
-        flags |= MHD_USE_IPv6;
-    } else {
-        ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)opts->port);
-    }
-    s->daemon = MHD_start_daemon(flags, (uint16_t)opts->port, NULL, NULL, on_access, s,
-                                 MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
-                                 // idle clients (no bytes either way) are dropped: slow
-                                 // headers/bodies, readers that stopped reading (their
-                                 // request is cancelled); streams send keep-alives (sse.c)
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)SRV_CONN_TIMEOUT_S,
-                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
-                                 MHD_OPTION_END);
-    if (!s->daemon) {
-        int port = opts->port;
-        char host[256];
-        snprintf(host, sizeof host, "%s", s->host);
-        fg_server_destroy(s);
-        return FG_FAIL(FG_ERR_IO, "serve: cannot listen on %s:%d (address in use or not local?)",
-                       host, port);
-    }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    s->port = di ? di->port : opts->port;
     *out = s;
     return FG_OK;
 }
 
 int32_t fg_server_port(const fg_server *s) { return s->port; }
+
+const fg_model_info *fg_server_model_info(const fg_server *s) {
+    return s->model && atomic_load(&s->state) != SRV_LOADING ? fg_model_get_info(s->model) : NULL;
+}
+
+int32_t fg_server_n_ctx(const fg_server *s) { return s->n_ctx; }
 
 fg_status fg_server_load(fg_server *s) {
     fg_status st;
@@ -596,17 +780,18 @@ fail:
     return st;
 }
 
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000 * 1000};
+    nanosleep(&ts, NULL);
+}
+
 void fg_server_shutdown(fg_server *s, double grace_s) {
     if (!s || s->shut_down)
         return;
     s->shut_down = true;
     double t0 = fg_time_s();
     atomic_store(&s->state, SRV_STOPPING);
-    if (s->daemon) {
-        MHD_socket fd = MHD_quiesce_daemon(s->daemon); // stop accepting
-        if (fd != MHD_INVALID_SOCKET)
-            close(fd);
-    }
+    fg_srv_gate_stop_accepting(s);
     // let what is queued or running finish
     pthread_rwlock_rdlock(&s->engine_lock);
     fg_engine *e = s->engine;
@@ -615,8 +800,7 @@ void fg_server_shutdown(fg_server *s, double grace_s) {
         fg_engine_get_stats(e, &st);
         if (st.queue_depth == 0 && st.running == 0)
             break;
-        struct timespec ts = {0, 20 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        sleep_ms(20);
     }
     pthread_rwlock_unlock(&s->engine_lock);
     pthread_rwlock_wrlock(&s->engine_lock);
@@ -627,22 +811,25 @@ void fg_server_shutdown(fg_server *s, double grace_s) {
         double left = grace_s - (fg_time_s() - t0);
         fg_engine_destroy(e, left > 0 ? left : 0); // cancels the rest: DONE reaches every stream
     }
-    // give the answers (streams and JSON bodies) a moment to go out: stopping the daemon closes
-    // every connection, a response not yet sent included
-    while (atomic_load(&s->n_answering) > 0 && fg_time_s() - t0 < grace_s + 2.0) {
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    if (s->daemon) {
-        MHD_stop_daemon(s->daemon);
-        s->daemon = NULL;
-    }
+    // give the answers (streams and JSON bodies) a moment to go out: stopping the workers
+    // closes every connection, a response not yet sent included
+    while (atomic_load(&s->n_answering) > 0 && fg_time_s() - t0 < grace_s + 2.0)
+        sleep_ms(10);
+    // no connection may stay suspended when a worker stops: the sweep resumes them all and
+    // handlers no longer suspend
+    atomic_store(&s->http_stopping, true);
+    double t1 = fg_time_s();
+    while (atomic_load(&s->n_suspended) > 0 && fg_time_s() - t1 < 2.0)
+        sleep_ms(10);
+    fg_srv_gate_stop(s);
+    stop_workers(s);
 }
 
 void fg_server_destroy(fg_server *s) {
     if (!s)
         return;
     fg_server_shutdown(s, 0);
+    fg_srv_gate_destroy(s);
     pthread_mutex_lock(&s->reg_mu);
     while (s->reg_head) {
         srv_req *r = s->reg_head;
@@ -654,8 +841,12 @@ void fg_server_destroy(fg_server *s) {
     fg_backend_destroy(s->backend);
     pthread_rwlock_destroy(&s->engine_lock);
     pthread_mutex_destroy(&s->reg_mu);
+    pthread_mutex_destroy(&s->act_mu);
+    pthread_mutex_destroy(&s->gate.mu);
     free(s->host);
-    free(s->api_key);
+    for (int32_t k = 0; k < s->opts.n_api_keys; k++)
+        free(s->api_keys[k]);
+    free(s->api_keys);
     free(s->model_path);
     free(s->chat_template_name);
     free(s->device);

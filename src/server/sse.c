@@ -1,9 +1,9 @@
-// sse.c - "stream": true answers: a libmicrohttpd callback response (chunked) whose reader,
-// on the connection's own thread, waits on the request's event queue (mutex + cond, fed by the
-// engine callback) and writes one `data: {json}` chunk per event, the finish chunks, usage and
-// `data: [DONE]`. A client that goes away (peer hang-up seen by poll, or a failed write) cancels
-// the request; a silent stream gets ": keep-alive" comments. Not here: parsing or
-// non-streaming answers (api_completions.c).
+// sse.c - "stream": true answers: a libmicrohttpd callback response (chunked) whose reader
+// takes the request's queued events (fed by the engine callback) and writes one `data: {json}`
+// chunk per event, the finish chunks, usage and `data: [DONE]`; with nothing to write it
+// suspends the connection until the next event. A client that goes away (peer hang-up seen by
+// the sweep, or a failed write) cancels the request; a silent stream gets ": keep-alive"
+// comments. Not here: parsing or non-streaming answers (api_completions.c).
 #include "server/server_internal.h"
 
 #include "base/util.h"
@@ -12,10 +12,8 @@
 #include <string.h>
 #include <time.h>
 
-// Seconds without an event after which the stream gets an SSE comment line (": keep-alive"):
-// clients ignore it, while libmicrohttpd counts it as activity (a stream queued for longer than
-// the connection timeout is not dropped) and a client that left is noticed by the failed write.
-#define SSE_KEEPALIVE_S 2.0
+// After SSE_KEEPALIVE_S seconds without an event the stream gets an SSE comment line
+// (": keep-alive"): clients ignore it, and a client that left is noticed by the failed write.
 
 static void out_append(srv_req *r, const char *s, size_t n) {
     if (r->out_len + n > r->out_cap) {
@@ -104,26 +102,27 @@ static void format_events(srv_req *r, srv_event *ev, size_t n, bool all_done) {
                 emit(r, e->choice, "", 0, true, NULL, NULL, NULL);
             else if (r->echo_text && r->echo_len)
                 emit(r, e->choice, r->echo_text, r->echo_len, false, NULL, NULL, NULL);
-            ch->text_off = r->echo_len;
+        }
+        // the logprobs whose tokens' text this event sends (a token's entry waits for its text)
+        json_t *lp = NULL;
+        if (want_lp) {
+            lp = r->api.kind == FG_API_COMPLETION ? fg_srv_completion_logprobs_new() : json_array();
+            fg_srv_lp_event(r, ch, lp, e);
+            json_t *arr = r->api.kind == FG_API_COMPLETION ? json_object_get(lp, "tokens") : lp;
+            if (json_array_size(arr) == 0) {
+                json_decref(lp);
+                lp = NULL;
+            }
         }
         if (e->kind == FG_EVENT_TOKEN) {
-            if (e->text_len == 0 && !want_lp)
+            if (e->text_len == 0 && !lp)
                 continue; // an incomplete UTF-8 character: nothing to say yet
-            json_t *lp = NULL;
-            if (want_lp) {
-                lp = r->api.kind == FG_API_COMPLETION ? fg_srv_completion_logprobs_new()
-                                                      : json_array();
-                fg_srv_add_logprob(r, ch, lp, e, false);
-            }
             emit(r, e->choice, e->text ? e->text : "", e->text_len, false, lp, NULL, NULL);
-            ch->text_off += e->text_len;
             continue;
         }
         // DONE: text held back for a possible stop string comes first
-        if (e->text_len) {
-            emit(r, e->choice, e->text, e->text_len, false, NULL, NULL, NULL);
-            ch->text_off += e->text_len;
-        }
+        if (e->text_len || lp)
+            emit(r, e->choice, e->text ? e->text : "", e->text_len, false, lp, NULL, NULL);
         if (e->status != FG_OK && e->status != FG_ERR_CANCELLED) {
             char msg[600];
             snprintf(msg, sizeof msg, "%s: %s", r->id_str, e->error ? e->error : "generation failed");
@@ -150,6 +149,9 @@ static void format_events(srv_req *r, srv_event *ev, size_t n, bool all_done) {
     }
 }
 
+// MHD asks for more bytes: what is formatted, else new events, else a keep-alive comment after
+// a silence, else suspend the connection (the engine callback or the sweep resumes it) and
+// return 0.
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     srv_req *r = cls;
@@ -165,31 +167,27 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         if (r->final_sent)
             return MHD_CONTENT_READER_END_OF_STREAM;
         pthread_mutex_lock(&r->mu);
-        bool ping = false;
-        while (r->q_len == r->q_head && r->n_done < r->n_choices) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 50 * 1000 * 1000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
-            pthread_cond_timedwait(&r->cv, &r->mu, &ts);
-            if (r->q_len == r->q_head && fg_srv_client_gone(r->conn_fd)) {
-                r->client_gone = true;
+        if (r->q_len == r->q_head && r->n_done < r->n_choices) {
+            if (r->client_gone) { // seen by the sweep
                 pthread_mutex_unlock(&r->mu);
                 fg_srv_req_cancel(r);
                 return MHD_CONTENT_READER_END_WITH_ERROR;
             }
-            if (r->q_len == r->q_head && fg_time_s() - r->t_out >= SSE_KEEPALIVE_S) {
-                ping = true; // queued or prefilling for a while: show the connection is alive
-                break;
+            if (fg_time_s() - r->t_out >= SSE_KEEPALIVE_S) {
+                // queued or prefilling for a while: show the connection is alive
+                pthread_mutex_unlock(&r->mu);
+                out_append(r, ": keep-alive\n\n", 14);
+                continue;
             }
-        }
-        if (ping) {
+            if (atomic_load(&r->srv->http_stopping)) {
+                pthread_mutex_unlock(&r->mu);
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            }
+            r->suspended = true;
+            atomic_fetch_add(&r->srv->n_suspended, 1);
+            MHD_suspend_connection(r->con);
             pthread_mutex_unlock(&r->mu);
-            out_append(r, ": keep-alive\n\n", 14);
-            continue;
+            return 0;
         }
         size_t n_ev = 0;
         srv_event *ev = fg_srv_take_events(r, &n_ev);
@@ -221,8 +219,9 @@ enum MHD_Result fg_srv_start_stream(fg_server *s, struct MHD_Connection *con, sr
     MHD_add_response_header(resp, "Content-Type", "text/event-stream; charset=utf-8");
     MHD_add_response_header(resp, "Cache-Control", "no-cache");
     MHD_add_response_header(resp, "X-Request-Id", r->id_str);
+    MHD_add_response_header(resp, "Connection", "close");
     fg_srv_count_status(s, 200);
-    (void)c;
+    c->responded = true;
     enum MHD_Result ret = MHD_queue_response(con, 200, resp);
     MHD_destroy_response(resp);
     return ret;

@@ -272,3 +272,58 @@ int32_t fg_detok_stream_flush(fg_detok_stream *s, char *out, size_t cap) {
     s->n_pending = 0;
     return 3;
 }
+
+fg_status fg_detokenize_split(const fg_tokenizer *t, const int32_t *ids, size_t n, bool special,
+                              bool strip_space, char **text, size_t *len, size_t *offs) {
+    if (!t || (!ids && n) || !text || !len || !offs)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "fg_detokenize_split: NULL argument");
+    size_t cap = 4;
+    for (size_t i = 0; i < n; i++) {
+        int32_t k = piece(t, ids[i], special, 0, NULL, 0);
+        if (k < 0)
+            return FG_FAIL(FG_ERR_INVALID_ARG, "detokenize: token id %d out of range [0, %d)", ids[i],
+                           t->n_vocab);
+        cap += 3 * (size_t)k + 3; // the stream writes at most 3 bytes per input byte + 3
+    }
+    char *s = malloc(cap);
+    char *pc = malloc(256);
+    if (!s || !pc) {
+        free(s);
+        free(pc);
+        return FG_FAIL(FG_ERR_NOMEM, "detokenize: out of memory for %zu bytes", cap);
+    }
+    size_t pcap = 256, m = 0;
+    bool strip = strip_space && t->add_space_prefix;
+    fg_detok_stream ds;
+    fg_detok_stream_init(&ds);
+    for (size_t i = 0; i < n; i++) {
+        offs[i] = m;
+        int32_t k = piece(t, ids[i], special, strip ? 1 : 0, pc, pcap);
+        if ((size_t)k > pcap) {
+            char *np = realloc(pc, (size_t)k);
+            if (!np) {
+                free(s);
+                free(pc);
+                return FG_FAIL(FG_ERR_NOMEM, "detokenize: out of memory for a %d-byte piece", k);
+            }
+            pc = np;
+            pcap = (size_t)k;
+            k = piece(t, ids[i], special, strip ? 1 : 0, pc, pcap);
+        }
+        // the strip is spent by the first piece that renders something (a leading BOS
+        // renders nothing and keeps it for the text's first word)
+        if (k > 0 || piece(t, ids[i], special, 0, NULL, 0) > 0)
+            strip = false;
+        m += feed(&ds, (const uint8_t *)pc, (size_t)k, s + m);
+    }
+    if (ds.n_pending) { // bytes that never formed a character: U+FFFD, on the last token
+        memcpy(s + m, "\xef\xbf\xbd", 3);
+        m += 3;
+    }
+    offs[n] = m;
+    free(pc);
+    s[m] = 0;
+    *text = s;
+    *len = m;
+    return FG_OK;
+}

@@ -247,6 +247,15 @@ static fg_status load_tokens(fg_tokenizer *t, const fg_gguf *g) {
             return FG_FAIL(FG_ERR_NOMEM, "%s: out of memory for token types", path_of(g));
         fg_status st = fg_gguf_get_arr_i32(g, key, tmp, nt);
         for (uint64_t i = 0; st == FG_OK && i < n; i++) {
+            // llama.cpp's types are 0 (undefined) .. 6 (byte) and it aborts on any other: a
+            // file with one is broken, not a vocabulary with an odd token
+            if (tmp[i] < 0 || tmp[i] > FG_TOKEN_BYTE) {
+                st = FG_FAIL(FG_ERR_FORMAT,
+                             "%s: key '%s': token %llu has type %d, expected 0..6 (undefined, "
+                             "normal, unknown, control, user-defined, unused, byte)",
+                             path_of(g), key, (unsigned long long)i, tmp[i]);
+                break;
+            }
             switch (tmp[i]) {
             case FG_TOKEN_NORMAL: t->attr[i] = TOK_ATTR_NORMAL; break;
             case FG_TOKEN_UNKNOWN: t->attr[i] = TOK_ATTR_UNKNOWN; break;
@@ -502,6 +511,14 @@ fg_status fg_tokenizer_create(const fg_gguf *g, const fg_tokenizer_opts *opts, f
 
     const char *pre = "default";
     size_t pre_len = 7;
+    if (opts && opts->pre_override && t->type != TOK_BPE) {
+        // a pre-tokenizer asked for and silently not used would be a lie about the output
+        st = FG_FAIL(FG_ERR_INVALID_ARG,
+                     "%s: pre-tokenizer '%.64s' asked for, but the '%.*s' tokenizer has no "
+                     "pre-tokenizers (only gpt2 byte-level BPE vocabularies do)",
+                     path_of(g), opts->pre_override, (int)FG_MIN(model_len, 16), model);
+        goto fail;
+    }
     if (opts && opts->pre_override) {
         pre = opts->pre_override;
         pre_len = strlen(pre);

@@ -3,7 +3,8 @@
 // rendering in every template format plus tokenization with stories260K's tokenizer (checking
 // that message text never turns into control tokens). First input byte: bit 0 chat/completion,
 // bit 1 whether "model" must match. Also: any bytes -> fg_srv_json_text (invalid UTF-8 becomes
-// U+FFFD, never a lost string). Built by `make fuzz`; seeds in tests/fuzz/corpus/request/.
+// U+FFFD, never a lost string) and -> fg_http_head_check (the connection gate's request-head
+// check). Built by `make fuzz`; seeds in tests/fuzz/corpus/request/.
 #include "forge/server.h"
 #include "server/server_internal.h"
 
@@ -90,6 +91,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     json_t *js = fg_srv_json_text(json, len); // generated/echoed text of any bytes: a string
     CHECK(js && json_is_string(js) && json_string_length(js) >= len);
     json_decref(js);
+    fg_http_head_verdict hv; // the bytes as the start of a connection (the gate's check)
+    int hrc = fg_http_head_check(json, len, 512, &hv);
+    CHECK(hrc >= -1 && hrc <= 1);
+    if (hrc == 1)
+        CHECK(hv.head_len > 0 && hv.head_len <= len && hv.head_len <= 512 && hv.status == 0);
+    if (hrc == -1)
+        CHECK(hv.message[0] && (hv.status == 400 || hv.status == 413 || hv.status == 431 ||
+                                hv.status == 501 || hv.status == 505));
     fg_chat_format df = fg_chat_format_detect(json, len); // the bytes as a template text
     CHECK(df >= FG_CHAT_UNKNOWN && df <= FG_CHAT_GLM4);
     fg_api_request r;

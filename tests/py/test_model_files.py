@@ -2,7 +2,10 @@
 (f32, 1 layer) is rewritten with one thing wrong (key missing, of the wrong type or out of
 range; heads that don't divide; tensor missing or of the wrong shape/type; tokenizer arrays of
 different lengths; NaN in a norm; rope factors of 0) and `forge run` must exit 1 with one
-line naming the key or tensor, never crash. Also: files the loader must accept (rope_freqs,
+line naming the key or tensor, never crash; a model that disagrees with itself (tensors beyond
+block_count, another architecture's tensors, tensors no layer reads, rope.dimension_count 0,
+NaN/inf in any weight including quantized block scales, token types out of range) likewise.
+Also: files the loader must accept (rope_freqs,
 no-BOS vocabularies, out-of-range special ids falling back as llama.cpp does) and a few
 `forge run` prompt/context edge cases on the same model. FORGE_BIN, FORGE_SHARED."""
 import copy
@@ -100,6 +103,30 @@ def no_output(k, ts):
     ts.remove(tensor(ts, "output.weight"))
 
 
+def extra_tensor(name, n):
+    return lambda k, ts: ts.append(dict(name=name, dims=[n], type=0, data=f32(n, 1.0)))
+
+
+def second_block(k, ts):
+    """blk.1.* copies of blk.0.* while block_count stays 1."""
+    for t in [t for t in ts if t["name"].startswith("blk.0.")]:
+        ts.append(dict(t, name="blk.1." + t["name"][6:]))
+
+
+def token_type(i, v):
+    def f(k, ts):
+        e = [x for x in k if x[0] == "tokenizer.ggml.token_type"][0]
+        types = list(e[2][1])
+        types[i] = v
+        e[2] = (hg.I32, types)
+    return f
+
+
+def nan_matrix(k, ts):
+    t = tensor(ts, "blk.0.ffn_down.weight")
+    t["data"] = t["data"][:4 * 100] + struct.pack("<f", float("nan")) + t["data"][4 * 101:]
+
+
 # (name, mutation, message after "<path>: ")
 REFUSED = [
     ("no_ctx", lambda k, t: delkv(k, A + "context_length"), "key 'llama.context_length' not found"),
@@ -191,6 +218,31 @@ REFUSED = [
     ("rope_freqs_0", add_rope_freqs(4, 0.0),
      "tensor 'rope_freqs.weight': element 0 is 0, expected a positive finite number"),
     ("qwen2_one_bias", lambda k, t: to_qwen2(k, t, ["attn_k.bias"]), "tensor 'blk.0.attn_q.bias' not found"),
+    # a model that disagrees with itself
+    ("rot_0", lambda k, t: setkv(k, A + "rope.dimension_count", hg.U32, 0),
+     "key 'llama.rope.dimension_count' is 0: expected an even number in [2, 8] (the head size)"),
+    ("blocks_beyond_count", second_block,
+     "tensor 'blk.1.attn_norm.weight' belongs to block 1, but llama.block_count is 1"),
+    ("qwen3_tensor_in_llama", extra_tensor("blk.0.attn_q_norm.weight", 8),
+     "tensor 'blk.0.attn_q_norm.weight' is not used by architecture 'llama' (it is qwen3's): "
+     "the file's general.architecture and its tensors disagree"),
+    ("glm4_tensor_in_llama", extra_tensor("blk.0.post_ffw_norm.weight", 32),
+     "tensor 'blk.0.post_ffw_norm.weight' is not used by architecture 'llama' (it is glm4's): "
+     "the file's general.architecture and its tensors disagree"),
+    ("unused_layer_tensor", extra_tensor("blk.0.ffn_extra.weight", 32),
+     "tensor 'blk.0.ffn_extra.weight' is not used by architecture 'llama' (nor on its list of "
+     "optional tensors): a model with tensors no layer reads is refused"),
+    ("unused_global_tensor", extra_tensor("pos_embd.weight", 32),
+     "tensor 'pos_embd.weight' is not used by architecture 'llama' (nor on its list of "
+     "optional tensors): a model with tensors no layer reads is refused"),
+    ("nan_in_matrix", nan_matrix,
+     "tensor 'blk.0.ffn_down.weight': element 100 is nan: a model with non-finite weights is refused"),
+    ("token_type_7", token_type(5, 7),
+     "key 'tokenizer.ggml.token_type': token 5 has type 7, expected 0..6 (undefined, normal, "
+     "unknown, control, user-defined, unused, byte)"),
+    ("token_type_neg", token_type(0, -1),
+     "key 'tokenizer.ggml.token_type': token 0 has type -1, expected 0..6 (undefined, normal, "
+     "unknown, control, user-defined, unused, byte)"),
     ("qwen2_bias_shape", lambda k, t: to_qwen2(k, t, ["attn_q.bias", "attn_v.bias", "attn_k.bias:32"]),
      "tensor 'blk.0.attn_k.bias': expected shape [16], found [32]"),
 ]
@@ -223,7 +275,6 @@ ACCEPTED = [
     ("unchanged", lambda k, t: None, 5),
     ("tied", no_output, 5),
     ("rope_freqs", add_rope_freqs(4, 2.0), 5),
-    ("rot_0", lambda k, t: setkv(k, A + "rope.dimension_count", hg.U32, 0), 5),
     ("no_bos", lambda k, t: setkv(k, "tokenizer.ggml.add_bos_token", hg.BOOL, 0), 4),
     # llama.cpp keeps the default id when a special id is out of range
     ("bos_out_of_range", lambda k, t: setkv(k, "tokenizer.ggml.bos_token_id", hg.U32, 100000), 5),
@@ -244,15 +295,49 @@ def test_accepted(base, name, mutate, n_prompt):
     assert ("prompt %d tokens" % n_prompt) in r.stderr.decode()
 
 
-def test_nonfinite_logits_are_an_error(base):
-    # an infinite embedding is not scanned at load (too big): the forward step says so
+def test_nonfinite_weights_refused_at_load(base):
+    # an infinite embedding used to surface only as non-finite logits at the first step
     def inf_embd(k, ts):
         tensor(ts, "token_embd.weight")["data"] = f32(32 * 894, float("inf"))
     p = write(base, "inf_embd", inf_embd)
     r = forge_run("-m", p, "-p", "hello", "-n", "2", "--temp", "0")
     assert r.returncode == 1, r.stderr
-    err = r.stderr.decode()
-    assert err.count("\n") == 1 and "non-finite values" in err, err
+    assert r.stderr.decode() == (f"forge run: {p}: tensor 'token_embd.weight': element 0 is inf: "
+                                 "a model with non-finite weights is refused\n")
+
+
+# weight type -> (synth --type, block bytes, byte offset of the first f16 scale, elements per
+# unit): a NaN/inf put into one block's scale (or one element) of blk.0.attn_q.weight
+SCALE_CASES = [
+    ("f16", "f16", 2, 0, 1, "element 300 is inf", 0x7C00),
+    ("bf16", "bf16", 2, 0, 1, "element 300 is nan", 0x7FC1),
+    ("q8_0", "q8_0", 34, 0, 32, "block 300 (elements 9600..9631) has scale d = nan", 0x7E00),
+    ("q4_0", "q4_0", 18, 0, 32, "block 300 (elements 9600..9631) has scale d = -inf", 0xFC00),
+    ("q4_k_dmin", "q4_k", 144, 2, 256, "block 30 (elements 7680..7935) has scale dmin = inf", 0x7C00),
+    ("q6_k", "q6_k", 210, 208, 256, "block 30 (elements 7680..7935) has scale d = nan", 0x7E00),
+]
+
+
+@pytest.mark.parametrize("name,stype,bb,off,per,msg,bits", SCALE_CASES, ids=[c[0] for c in SCALE_CASES])
+def test_nonfinite_quantized_weights_refused(tmp_path, name, stype, bb, off, per, msg, bits):
+    src = tmp_path / "m.gguf"
+    r = subprocess.run([BIN, "synth", "-o", str(src), "--arch", "llama", "--type", stype,
+                        "--n-embd", "256", "--n-layer", "1", "--n-ff", "512", "--n-head", "4",
+                        "--n-vocab", "894", "--ctx", "64", "--seed", "3"], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    kvs, ts = hg.read_typed(src)
+    t = tensor(ts, "blk.0.attn_q.weight")
+    unit = 300 if per in (1, 32) else 30
+    at = unit * bb + off
+    t["data"] = t["data"][:at] + struct.pack("<H", bits) + t["data"][at + 2:]
+    p = tmp_path / (name + ".gguf")
+    p.write_bytes(hg.rebuild(kvs, ts))
+    ok = forge_run("-m", src, "-p", "hello", "-n", "1", "--temp", "0")
+    assert ok.returncode == 0, ok.stderr  # the unchanged file loads
+    r = forge_run("-m", p, "-p", "hello", "-n", "1", "--temp", "0")
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.decode() == (f"forge run: {p}: tensor 'blk.0.attn_q.weight': {msg}: a model "
+                                 "with non-finite weights is refused\n")
 
 
 def test_prompt_at_context_edges(base):

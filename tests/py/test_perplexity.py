@@ -59,3 +59,16 @@ def test_bad_inputs(tmp_path):
     short.write_text("Once upon a time.")
     line = one_line_error(ppl("-m", stories, "-f", short, "-c", 128), 1)
     assert "fewer than one chunk of 128" in line
+
+
+def test_ctx_beyond_training_warns():
+    # stories260K was trained on 2048 tokens: -c 4096 works, with a warning naming both numbers
+    stories = SHARED / "models" / "stories260K.gguf"
+    p = ppl("-m", stories, "-f", TEXT, "-c", 4096, "-t", 2)
+    parse(p)
+    err = p.stderr.decode()
+    assert ("forge perplexity: warning: -c 4096 is beyond the 2048 tokens the model was trained on "
+            "(llama.context_length)") in err, err
+    p = ppl("-m", stories, "-f", TEXT, "-c", 2048, "-t", 2)
+    parse(p)
+    assert "warning" not in p.stderr.decode()

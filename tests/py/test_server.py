@@ -4,6 +4,7 @@
 # status with its OpenAI-style error body, chat templates, loading/overload/shutdown.
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -73,6 +74,20 @@ def test_health_models_metrics(server):
               'forge_ttft_seconds_bucket{le="+Inf"}', "forge_ttft_seconds_count",
               "forge_itl_seconds_sum"):
         assert k in met, k
+
+
+def test_ctx_beyond_training_warns(start_server):
+    s = start_server("--ctx", "4096", "--parallel", "1")
+    assert ("forge serve: warning: --ctx 4096 is beyond the 2048 tokens the model was trained on"
+            in s.output()), s.output()
+    assert client(s).completions.create(model="stories260K", prompt="x", max_tokens=1).usage.completion_tokens == 1
+
+
+def test_metrics_kv_pages_from_start(start_server):
+    # the KV pool's gauges are right before the first request (they used to read 0 free)
+    s = start_server("--ctx", "256", "--parallel", "2")
+    m = s.metrics()
+    assert m["forge_kv_pages_free"] == 2 * 256 / 16 and m["forge_kv_pages_used"] == 0, m
 
 
 def test_completion_curl(server):
@@ -441,11 +456,100 @@ def test_bad_chat_input_400(server, body, param):
 def test_nesting_depth_and_garbage(server):
     deep = '{"prompt": "x", "extra": ' + "[" * 100 + "]" * 100 + "}"
     assert_error(post(server, "/v1/completions", deep), 400, code="json_too_deep")
-    ok = '{"prompt": "x", "max_tokens": 1, "extra": ' + "[" * 60 + "]" * 60 + "}"
-    assert post(server, "/v1/completions", ok).status_code == 200
+    # 60 levels parse (in "metadata", which chat accepts and ignores)
+    ok = ('{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1, "metadata": {"a": '
+          + "[" * 58 + "]" * 58 + "}}")
+    assert post(server, "/v1/chat/completions", ok).status_code == 200
     assert_error(post(server, "/v1/completions", b"\xff\xfe\x00garbage"), 400)
     assert_error(post(server, "/v1/completions", b""), 400)
     assert_error(post(server, "/v1/completions", '{"prompt": "a\\u0000b"}'), 400)
+
+
+# ---- no silently ignored fields
+@pytest.mark.parametrize("path,extra,param,code", [
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "unsupported_parameter"),
+    ("/v1/chat/completions", {"tool_choice": "auto"}, "tool_choice", "unsupported_parameter"),
+    ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions", "unsupported_parameter"),
+    ("/v1/chat/completions", {"function_call": "auto"}, "function_call", "unsupported_parameter"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+     "response_format", "unsupported_parameter"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format", "unsupported_parameter"),
+    ("/v1/chat/completions", {"parallel_tool_calls": False}, "parallel_tool_calls", "unsupported_parameter"),
+    ("/v1/chat/completions", {"store": True}, "store", "unsupported_parameter"),
+    ("/v1/chat/completions", {"modalities": ["text", "audio"]}, "modalities", "unsupported_parameter"),
+    ("/v1/chat/completions", {"echo": True}, "echo", "unsupported_parameter"),
+    ("/v1/chat/completions", {"user": 5}, "user", None),
+    ("/v1/chat/completions", {"temprature": 0.5}, "temprature", "unknown_parameter"),
+    ("/v1/completions", {"suffix": "and then"}, "suffix", "unsupported_parameter"),
+    ("/v1/completions", {"tools": [{"type": "function"}]}, "tools", "unsupported_parameter"),
+    ("/v1/completions", {"top_logprobs": 2}, "top_logprobs", "unsupported_parameter"),
+    ("/v1/completions", {"metadata": {"a": "b"}}, "metadata", "unknown_parameter"),
+    ("/v1/completions", {"extra": 1}, "extra", "unknown_parameter"),
+])
+def test_unsupported_fields_400(server, path, extra, param, code):
+    body = {"prompt": "x"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "x"}]}
+    e = assert_error(post(server, path, {**body, "max_tokens": 1, **extra}), 400, param=param, code=code)
+    assert f"'{param}'" in e["message"], e
+
+
+def test_noop_fields_accepted(server):
+    msgs = [{"role": "user", "content": "x"}]
+    for extra in ({"user": "alice"}, {"metadata": {"k": "v"}}, {"response_format": {"type": "text"}},
+                  {"tool_choice": "none"}, {"tools": []}, {"tools": None, "functions": None},
+                  {"store": False}, {"modalities": ["text"]}, {"service_tier": "auto"}):
+        r = post(server, "/v1/chat/completions", {"messages": msgs, "max_tokens": 1, **extra})
+        assert r.status_code == 200, (extra, r.text)
+    for extra in ({"user": "alice"}, {"suffix": ""}, {"suffix": None}):
+        r = post(server, "/v1/completions", {"prompt": "x", "max_tokens": 1, **extra})
+        assert r.status_code == 200, (extra, r.text)
+    # a message field that would be dropped is refused too
+    e = assert_error(post(server, "/v1/chat/completions", {"messages": [
+        {"role": "user", "content": "x", "name": "bob"}]}), 400, param="messages")
+    assert "messages[0].name" in e["message"]
+
+
+def test_logit_bias(server):
+    case = GOLDEN["cases"][0]
+    first, runner_up = case["greedy_top2"][0][0][0], case["greedy_top2"][0][1][0]
+    assert first == case["greedy_tokens"][0]
+
+    def piece(tok):  # a token's text in the middle of a text (its leading space kept)
+        e = post(server, "/v1/completions", {"prompt": [1, 403, tok], "max_tokens": 0, "echo": True,
+                                             "logprobs": 0}).json()["choices"][0]["logprobs"]
+        return e["tokens"][2]
+
+    base = {"prompt": case["prompt_tokens"], "max_tokens": 4, "temperature": 0}
+    plain = post(server, "/v1/completions", base).json()["choices"][0]["text"]
+    assert plain.startswith(piece(first))
+    # the greedy first token banned: the runner-up comes first
+    banned = post(server, "/v1/completions", {**base, "logit_bias": {str(first): -100}}).json()
+    assert banned["choices"][0]["text"].startswith(piece(runner_up)), banned
+    # +100 on one token: it is chosen at every step, greedy or sampled
+    once = piece(403)
+    for extra in ({}, {"temperature": 1.0, "seed": 7}):
+        forced = post(server, "/v1/completions", {**base, **extra, "logit_bias": {"403": 100}}).json()
+        assert forced["choices"][0]["text"] == once * 4, forced
+    # a small bias moves nothing that has a clear margin; chat takes it too
+    small = post(server, "/v1/completions", {**base, "logit_bias": {str(runner_up): 0.5}}).json()
+    assert small["choices"][0]["text"] == plain
+    c = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+                                              "temperature": 0, "logit_bias": {"403": 100}}).json()
+    assert c["choices"][0]["message"]["content"].endswith(once * 2), c
+
+
+@pytest.mark.parametrize("bias,contains", [
+    ([1, 2], "must be an object"),
+    ({"abc": 1}, "is not a token id"),
+    ({"-1": 1}, "is not a token id"),
+    ({"01": 1}, "is not a token id"),
+    ({"512": 1}, "is not a token id in [0, 511]"),
+    ({"5": 101}, "must be in [-100, 100]"),
+    ({"5": -100.5}, "must be in [-100, 100]"),
+    ({"5": "1"}, "must be a number"),
+])
+def test_logit_bias_bad_400(server, bias, contains):
+    assert_error(post(server, "/v1/completions", {"prompt": "x", "logit_bias": bias}), 400, param="logit_bias",
+                 contains=contains)
 
 
 def test_unknown_model_404(server):
@@ -497,6 +601,31 @@ def test_api_key_401(start_server):
     assert requests.get(s.url("/health")).status_code == 200  # health needs no key
 
 
+def test_empty_api_key_refused_and_env_key(start_server):
+    from conftest import FORGE_BIN
+    env = {k: v for k, v in os.environ.items() if k != "FORGE_API_KEY"}
+    # an empty key (an unset variable: --api-key "$KEY") is not "no key": refuse to start
+    for args, extra_env, says in ((["--api-key", ""], {}, "--api-key: API key 1 is empty"),
+                                  (["--api-key", "ok", "--api-key", ""], {}, "API key 2 is empty"),
+                                  (["--api-key", "has space"], {}, "space"),
+                                  ([], {"FORGE_API_KEY": ""}, "FORGE_API_KEY is set but empty"),
+                                  ([], {"FORGE_API_KEY": "a,,b"}, "empty key")):
+        p = subprocess.run([str(FORGE_BIN), "serve", "-m", str(STORIES), "--port", "0", *args],
+                           capture_output=True, text=True, timeout=20, env={**env, **extra_env})
+        assert p.returncode == 2, (args, p.returncode, p.stderr)
+        assert says in p.stderr and "listening" not in p.stderr, p.stderr
+    # FORGE_API_KEY instead of the flag (comma-separated keys)
+    os.environ["FORGE_API_KEY"] = "k-one,k-two"
+    try:
+        s = start_server("--ctx", "256")
+    finally:
+        del os.environ["FORGE_API_KEY"]
+    assert_error(post(s, "/v1/completions", {"prompt": "x", "max_tokens": 1}), 401)
+    for key in ("k-one", "k-two"):
+        assert client(s, key=key).completions.create(model="stories260K", prompt="x", max_tokens=1).usage.completion_tokens == 1
+    assert_error(post(s, "/v1/completions", {"prompt": "x"}, headers={"Authorization": "Bearer k-one,k-two"}), 401)
+
+
 def test_queue_full_429_and_overloaded(start_server):
     s = start_server("--parallel", "1", "--queue", "1", "--ctx", "2048")
     count_429 = [0]
@@ -539,24 +668,40 @@ def test_queue_full_429_and_overloaded(start_server):
     assert s.metrics()['forge_requests_total{status="429"}'] == count_429[0]
 
 
-def test_loading_503(tmp_path):
-    fifo = tmp_path / "model.gguf"
-    os.mkfifo(fifo)  # opening it blocks the loader until we open the other end
-    s = ForgeServer(model=fifo, wait=False)
+def test_loading_503():
+    os.environ["FORGE_SERVE_LOAD_DELAY_S"] = "3"  # the loading state, held for the test
+    try:
+        s = ForgeServer(wait=False)
+    finally:
+        del os.environ["FORGE_SERVE_LOAD_DELAY_S"]
     try:
         s.wait_listening()
         h = requests.get(s.url("/health"))
         assert h.status_code == 503 and h.json() == {"status": "loading"}
         assert_error(post(s, "/v1/completions", {"prompt": "x"}), 503, code="model_loading")
-        try:  # a FIFO is not a mappable model file: the load fails with a message, exit 1
-            with open(fifo, "wb") as f:
-                f.write(b"GGUF")
-        except BrokenPipeError:
-            pass  # the loader gave up before reading
-        assert s.proc.wait(20) == 1
-        assert "model.gguf" in s.output()
+        s.wait_ready()
+        assert requests.get(s.url("/health")).json() == {"status": "ok"}
     finally:
-        s.close()
+        assert s.close() == 0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dir", "chardev"])
+def test_non_regular_model_refused_at_once(tmp_path, kind):
+    # a FIFO given as -m used to block the loader until something wrote to it
+    from conftest import FORGE_BIN
+    p = tmp_path / "model.gguf"
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "dir":
+        p.mkdir()
+    else:
+        p = Path("/dev/null")
+    what = {"fifo": "a FIFO", "dir": "a directory", "chardev": "a character device"}[kind]
+    for cmd in (["run", "-m", str(p), "-p", "x", "-n", "1"], ["info", str(p)],
+                ["tokenize", "-m", str(p), "-p", "x"], ["serve", "-m", str(p), "--port", "0"]):
+        r = subprocess.run([str(FORGE_BIN), *cmd], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 1, (cmd, r.returncode, r.stderr)
+        assert f"{p}: not a regular file ({what})" in r.stderr, (cmd, r.stderr)
 
 
 # ---- chat templates
@@ -725,7 +870,9 @@ def test_invalid_utf8_text_is_replaced_not_dropped(server):
     assert "".join(e["choices"][0]["text"] for e in ev[:-1] if e["choices"]) == text
     t = post(server, "/v1/completions", {"prompt": [1, 229, 133], "echo": True, "max_tokens": 0,
                                          "logprobs": 1}).json()["choices"][0]
-    assert t["text"] == "\ufffd\ufffd" and t["logprobs"]["tokens"][1:] == ["\ufffd", "\ufffd"], t
+    # the unfinished character is one U+FFFD, the share of the token that ends the prompt
+    assert t["text"] == "\ufffd" and t["logprobs"]["tokens"] == ["", "", "\ufffd"], t
+    assert t["logprobs"]["text_offset"] == [0, 0, 0]
 
 
 def test_max_tokens_beyond_context_and_n_beyond_queue(start_server):
@@ -757,6 +904,10 @@ def test_max_tokens_beyond_context_and_n_beyond_queue(start_server):
     e = assert_error(post(s, "/v1/chat/completions", {"messages": msgs}), 400, param="messages",
                      code="context_length_exceeded")
     assert "no room" in e["message"], e
+    # the same on /v1/completions names the prompt (it used to say "messages")
+    e = assert_error(post(s, "/v1/completions", {"prompt": [1] + [403] * 63, "max_tokens": 1}), 400,
+                     param="prompt", code="context_length_exceeded")
+    assert "no room" in e["message"], e
     # n choices wait in the queue together: more than it holds is a 400, not a 429 forever
     e = assert_error(post(s, "/v1/completions", {"prompt": "x", "n": 3}), 400, param="n")
     assert "[1, 2]" in e["message"]
@@ -764,16 +915,43 @@ def test_max_tokens_beyond_context_and_n_beyond_queue(start_server):
     assert r.status_code == 200 and len(r.json()["choices"]) == 2
 
 
-def test_request_ids_parse_strictly(server):
-    rid = post(server, "/v1/completions", {"prompt": "x", "max_tokens": 1}).json()["id"]
-    num = rid.split("-")[1]
-    for ok in (rid, num):
-        j = requests.get(server.url(f"/v1/requests/{ok}")).json()
-        assert j["id"] == rid, j
-    for bad in ("-" + num, "+" + num, "%20" + num, "x-" + num, "chat" + rid, num + "x",
-                "99999999999999999999", "0", "abc", "cmpl-"):
+def test_request_ids_are_unguessable(server):
+    ids = [post(server, "/v1/completions", {"prompt": "x", "max_tokens": 1}).json()["id"] for _ in range(4)]
+    ids.append(client(server).chat.completions.create(
+        model="stories260K", messages=[{"role": "user", "content": "x"}], max_tokens=1).id)
+    assert all(re.fullmatch(r"(chat)?cmpl-[0-9a-f]{32}", i) for i in ids), ids  # 128 random bits
+    assert len(set(ids)) == len(ids)
+    rid = ids[0]
+    assert requests.get(server.url(f"/v1/requests/{rid}")).json()["id"] == rid
+    # only the full id names a request: no bare numbers, parts, other prefixes or case changes
+    hexpart = rid.split("-")[1]
+    for bad in (hexpart, rid[:-1], rid + "0", "chat" + rid, rid.upper(), "cmpl-1", "1", "0",
+                "%20" + rid, "-" + hexpart, "99999999999999999999"):
         assert_error(requests.get(server.url(f"/v1/requests/{bad}")), 404, code="request_not_found")
         assert_error(requests.delete(server.url(f"/v1/requests/{bad}")), 404)
+    assert requests.get(server.url(f"/v1/requests/{rid}")).json()["state"] == "finished"
+
+
+def test_requests_belong_to_their_api_key(start_server):
+    s = start_server("--api-key", "key-alice", "--api-key", "key-bob", "--ctx", "2048")
+    alice = {"Authorization": "Bearer key-alice"}
+    bob = {"Authorization": "Bearer key-bob"}
+    r = post(s, "/v1/completions", {"prompt": "Once", "max_tokens": LONG, "ignore_eos": True,
+                                    "stream": True}, headers=alice, stream=True)
+    assert r.status_code == 200
+    rid = r.headers["x-request-id"]
+    # bob sees nothing and cancels nothing; no key at all is a 401
+    e = assert_error(requests.get(s.url(f"/v1/requests/{rid}"), headers=bob), 404, code="request_not_found")
+    assert "this API key" in e["message"]
+    assert_error(requests.delete(s.url(f"/v1/requests/{rid}"), headers=bob), 404)
+    assert_error(requests.get(s.url(f"/v1/requests/{rid}")), 401)
+    j = requests.get(s.url(f"/v1/requests/{rid}"), headers=alice).json()
+    assert j["id"] == rid and j["state"] in ("queued", "running"), j
+    d = requests.delete(s.url(f"/v1/requests/{rid}"), headers=alice).json()
+    assert d["state"] in ("cancelled", "finished"), d
+    ev = sse_events(r.iter_lines(decode_unicode=True))
+    assert ev[-1] == "[DONE]"
+    r.close()
 
 
 def test_non_streaming_disconnect_counts_499(server):
@@ -865,3 +1043,146 @@ def test_shutdown_cancels_non_streaming_with_503(start_server):
         assert_error(r, 503, code="shutting_down", contains="shutting down")
         assert r.headers["retry-after"] == "1"
     assert any(r.status_code == 503 for r in res.values())
+
+
+# ---- the connection gate: heads, deadlines, limits
+def raw_exchange(port, data, wait=10.0, source=None):
+    """Sends raw bytes, reads until the server closes (or `wait` passes); returns the bytes."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=wait,
+                                 source_address=(source, 0) if source else None)
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            out += c
+    except (socket.timeout, ConnectionResetError):
+        pass
+    s.close()
+    return out
+
+
+def one_response(data):
+    """Splits raw bytes into (status, headers, body), asserting they hold exactly one response."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    assert sep, data[:300]
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {l.split(":", 1)[0].strip().lower(): l.split(":", 1)[1].strip() for l in lines[1:]}
+    assert int(headers["content-length"]) == len(body), data[:400]  # nothing after the body
+    assert not re.search(rb"HTTP/1\.[01] \d{3} ", body), data[:400]  # no second status line
+    return status, headers, body
+
+
+@pytest.mark.parametrize("head,status,contains", [
+    (b"Content-Length: abc", 400, "Content-Length"),
+    (b"Content-Length: -1", 400, "Content-Length"),
+    (b"Content-Length: 1 2", 400, "Content-Length"),
+    (b"Content-Length: 0x10", 400, "Content-Length"),
+    (b"Content-Length:", 400, "Content-Length"),
+    (b"Content-Length: 99999999999999999999999", 413, "too large"),
+    (b"Content-Length: 5\r\nContent-Length: 7", 400, "conflicting"),
+    (b"Content-Length: 5\r\nTransfer-Encoding: chunked", 400, "both"),
+    (b"Transfer-Encoding: gzip", 501, "gzip"),
+    (b"Bad Header: x", 400, "malformed header"),
+])
+def test_malformed_head_gets_one_wellformed_error(server, head, status, contains):
+    # libmicrohttpd 0.9.75 answers these with its status line and headers written twice and an
+    # HTML body; the gate answers first, once, in the API's JSON error shape
+    data = raw_exchange(server.port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + head +
+                        b"\r\n\r\n" + b'{"prompt": "x"}')
+    got, headers, body = one_response(data)
+    assert got == status
+    assert headers["content-type"] == "application/json" and headers["connection"] == "close"
+    assert headers["x-request-id"].startswith("req-")
+    e = json.loads(body)["error"]
+    assert contains in e["message"] and e["type"] == "invalid_request_error", e
+    assert requests.get(server.url("/health")).status_code == 200
+
+
+def test_malformed_request_lines(server):
+    for req, status in ((b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+                        (b"GET /health\r\nHost: x\r\n\r\n", 400),
+                        (b"GET /health HTTP/1.1\r\n\r\n", 400),  # no Host
+                        (b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400)):
+        got, _, body = one_response(raw_exchange(server.port, req))
+        assert got == status, (req, body)
+    # a head that never ends within the limit
+    got, _, body = one_response(raw_exchange(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000))
+    assert got == 431 and "larger than" in json.loads(body)["error"]["message"]
+
+
+def test_request_deadline_covers_the_whole_head_and_body(start_server):
+    # one header line every 0.3 s would restart an idle timer forever; the deadline is for the
+    # whole request: --request-timeout 1 ends it with a 408 however the bytes trickle
+    s = start_server("--ctx", "256", "--request-timeout", "1")
+    for first, trickle in ((b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n", b"X-Slow: 1\r\n"),
+                           (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{", b" ")):
+        c = socket.create_connection(("127.0.0.1", s.port))
+        c.sendall(first)
+        c.settimeout(0.3)
+        t0, out = time.monotonic(), b""
+        while time.monotonic() - t0 < 20:
+            try:
+                chunk = c.recv(4096)
+                if not chunk:
+                    break
+                out += chunk
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                break
+            try:
+                c.sendall(trickle)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+        took = time.monotonic() - t0
+        c.close()
+        assert took < 5, f"a trickled request stayed open {took:.1f} s with --request-timeout 1"
+        assert out.startswith(b"HTTP/1.1 408"), out[:200]
+        assert b"request_timeout" in out
+    m = s.metrics()
+    assert m['forge_http_refused_total{reason="deadline"}'] == 2
+    assert requests.get(s.url("/health")).status_code == 200
+
+
+def http_from(source, port, method, path, body=None):
+    """One request from a given loopback source address (http.client)."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    c.request(method, path, body=json.dumps(body) if body is not None else None,
+              headers={"Content-Type": "application/json"})
+    return c, c.getresponse()
+
+
+def test_connection_limits_refuse_cleanly(start_server):
+    # 2 connections per address, 3 in all: beyond that (when no connection is still sending its
+    # request and could make room) a new one gets a well-formed 503 at once, not a hang or a reset
+    s = start_server("--ctx", "2048", "--max-conns", "3", "--max-conns-per-ip", "2")
+    long_body = {"prompt": "Once", "max_tokens": LONG, "ignore_eos": True, "stream": True}
+    held = [http_from("127.0.0.1", s.port, "POST", "/v1/completions", long_body) for _ in range(2)]
+    for _, r in held:
+        assert r.status == 200
+        r.fp.readline()  # the stream has started
+    _, r = http_from("127.0.0.1", s.port, "GET", "/health")
+    assert r.status == 503 and r.getheader("retry-after") == "1" and r.getheader("connection") == "close"
+    e = json.loads(r.read())["error"]
+    assert e["code"] == "too_many_connections" and "127.0.0.1" in e["message"] and "per address" in e["message"]
+    # another address still gets in, up to the total
+    c3, r3 = http_from("127.0.0.2", s.port, "POST", "/v1/completions", long_body)
+    assert r3.status == 200
+    r3.fp.readline()
+    _, r = http_from("127.0.0.3", s.port, "GET", "/health")
+    assert r.status == 503 and "limit 3" in json.loads(r.read())["error"]["message"]
+    for c, r in held + [(c3, r3)]:
+        c.close()
+    deadline = time.monotonic() + 10
+    while True:  # the streams are cancelled and their connections closed
+        _, r = http_from("127.0.0.1", s.port, "GET", "/health")
+        if r.status == 200:
+            break
+        assert time.monotonic() < deadline, r.read()
+        time.sleep(0.05)
+    assert s.metrics()['forge_http_refused_total{reason="limit"}'] >= 2

@@ -2,10 +2,15 @@
 # streaming requests must all complete with the same text as the same requests run one at a
 # time; then 64 more with random cancellations (DELETE) and client disconnects. Afterwards the
 # engine is idle (KV pages used back to 0) and the server's RSS is back near its idle level.
+# And a slow-loris (hundreds of trickling connections from one process) while another client's
+# requests keep succeeding within a stated latency.
 import json
 import random
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import requests
 
@@ -183,3 +188,71 @@ def test_small_kv_pool_preempts_and_matches_sequential(start_server):
     assert m["forge_preemptions_total"] >= 1, m["forge_preemptions_total"]
     assert m["forge_kv_pages_used"] == 0
     assert m["forge_kv_pages_free"] == 20  # 320 tokens / 16 per page
+
+
+# ---- slow clients: a slow-loris must not lock others out
+SLOWLORIS = Path(__file__).with_name("slowloris.py")
+VICTIM_LATENCY_S = 3.0  # the stated bound: every request of the other client completes within it
+
+
+def test_slowloris_does_not_lock_out_others(start_server):
+    # 300 connections from the same address as the victim, each trickling one header line every
+    # 0.5 s (an idle timer would never fire) and reopening when closed, against a server that
+    # takes 128 connections, 64 per address, and gives a request 3 s to arrive. Meanwhile a
+    # second client's requests (completions, streams, /health) must all succeed, each within
+    # VICTIM_LATENCY_S, with the right text; the server's open connections stay within its cap.
+    seed = 20261206
+    print(f"seed {seed}")
+    s = start_server("--parallel", "4", "--ctx", "256", "--max-conns", "128",
+                     "--max-conns-per-ip", "64", "--request-timeout", "3")
+    body = {"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}
+    want = requests.post(s.url("/v1/completions"), json=body, timeout=30).json()["choices"][0]["text"]
+    attack = subprocess.Popen([sys.executable, str(SLOWLORIS), "--port", str(s.port), "--conns", "300",
+                               "--seconds", "12", "--interval", "0.5", "--seed", str(seed)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)  # the attack reaches its full size
+        worst, n_ok, max_open, i = 0.0, 0, 0, 0
+        t_end = time.monotonic() + 8.0
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            kind = i % 3
+            if kind == 0:
+                r = requests.post(s.url("/v1/completions"), json=body, timeout=VICTIM_LATENCY_S * 3)
+                assert r.status_code == 200, r.text
+                assert r.json()["choices"][0]["text"] == want
+            elif kind == 1:
+                r = requests.post(s.url("/v1/completions"), json={**body, "stream": True}, stream=True,
+                                  timeout=VICTIM_LATENCY_S * 3)
+                assert r.status_code == 200, r.text
+                text = "".join(json.loads(l[6:])["choices"][0]["text"]
+                               for l in r.iter_lines(decode_unicode=True)
+                               if l.startswith("data: ") and l != "data: [DONE]")
+                assert text == want
+            else:
+                m = s.metrics()
+                max_open = max(max_open, m["forge_http_connections_open"])
+            dt = time.monotonic() - t0
+            worst = max(worst, dt)
+            assert dt < VICTIM_LATENCY_S, f"request {i} ({kind}) took {dt:.2f} s"
+            n_ok += 1
+            i += 1
+        out, _ = attack.communicate(timeout=30)
+    finally:
+        if attack.poll() is None:
+            attack.kill()
+            attack.wait()
+    stats = json.loads(out.strip().splitlines()[-1])
+    m = s.metrics()
+    print(f"victim: {n_ok} requests, worst {worst:.3f} s; attacker: {stats}; "
+          f"max open {max_open}; refused {[m[k] for k in m if k.startswith('forge_http_refused_total')]}")
+    assert n_ok >= 15
+    assert max_open <= 128
+    assert stats["opened"] > 300 and stats["closed_by_server"] > 100  # it was cut off, and retried
+    assert m['forge_http_refused_total{reason="evicted"}'] + m['forge_http_refused_total{reason="deadline"}'] > 100
+    # the attack over, its connections are gone and the server answers as before
+    deadline = time.monotonic() + 10
+    while s.metrics()["forge_http_connections_open"] > 1:
+        assert time.monotonic() < deadline, s.metrics()["forge_http_connections_open"]
+        time.sleep(0.05)
+    assert requests.post(s.url("/v1/completions"), json=body, timeout=30).json()["choices"][0]["text"] == want

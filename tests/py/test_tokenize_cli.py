@@ -124,6 +124,11 @@ def test_detokenize_args_stdin_special():
     assert r.stdout == b"Hello, world"  # " ," cleaned as llama.cpp does for gpt-2
     r = forge("detokenize", "-m", GPT2, "--no-clean", "15496", "837", "995")
     assert r.stdout == b"Hello , world"
+    # options after the ids (they used to be read as ids)
+    r = forge("detokenize", "-m", GPT2, "15496", "837", "995", "--no-clean")
+    assert r.returncode == 0 and r.stdout == b"Hello , world", r.stderr
+    r = forge("detokenize", "1", "15043", "-m", SPM, "--special")
+    assert r.returncode == 0 and r.stdout == b"<s> Hello", r.stderr
 
 
 @pytest.mark.parametrize("args,code,msg", [
@@ -132,6 +137,10 @@ def test_detokenize_args_stdin_special():
     (["detokenize", "-m", SPM, "15043", "99999"], 1, "forge detokenize: detokenize: token id 99999 out of range [0, 32000)"),
     (["detokenize", "-m", SPM, "12x"], 1, "forge detokenize: '12x' is not a token id"),
     (["tokenize", "-m", SPM, "--words", "-p", "x"], 1, "has no pre-tokenizer"),
+    # a pre-tokenizer that would be silently unused is an error
+    (["tokenize", "-m", SPM, "--pre", "gpt-2", "-p", "x"], 1,
+     "pre-tokenizer 'gpt-2' asked for, but the 'llama' tokenizer has no pre-tokenizers"),
+    (["detokenize", "-m", SPM, "15043", "--bogus"], 2, "unknown or incomplete option '--bogus'"),
     (["tokenize", "-p", "x"], 2, "-m MODEL is required"),
     (["tokenize", "-m", SPM, "--bogus"], 2, "unknown or incomplete option '--bogus'"),
 ])

@@ -419,6 +419,10 @@ static bool n_tok_at_least(void *arg) {
 static void test_cancel_frees_pages(void **state) {
     (void)state;
     fg_engine *e = mk_engine(g_stories, (fg_engine_opts){.n_ctx = 512, .page_size = 16});
+    fg_engine_stats st0; // the pool's gauges hold from the start, before any step
+    fg_engine_get_stats(e, &st0);
+    assert_int_equal(st0.kv_pages_free, (512 / 16) * 16);
+    assert_int_equal(st0.kv_pages_used, 0);
     int32_t prompt[40];
     g_lcg = 404;
     rand_prompt(prompt, 40);

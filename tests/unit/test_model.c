@@ -691,8 +691,8 @@ static void test_big_heads_long_prompt(void **state) {
 }
 
 // Non-finite weights: a NaN in a norm or a rope factor of 0 is refused at load naming the
-// tensor; an infinite embedding (not scanned at load: too big) makes the forward step fail
-// instead of returning NaN logits.
+// tensor, as does an infinite value in any weight (model_check.c); finite output weights so
+// large that the logits overflow make the forward step fail instead of returning them.
 static void test_nonfinite_weights(void **state) {
     fixture *f = *state;
     spec s = base_spec();
@@ -707,7 +707,11 @@ static void test_nonfinite_weights(void **state) {
     load_expect(f, &s, FG_ERR_FORMAT,
                 "tensor 'rope_freqs.weight': element 0 is -1, expected a positive finite number");
     s.rope_freqs = 0;
-    s.poison = "token_embd.weight", s.poison_value = INFINITY;
+    s.poison = "token_embd.weight", s.poison_value = INFINITY; // any weight, big ones included
+    load_expect(f, &s, FG_ERR_FORMAT,
+                "tensor 'token_embd.weight': element 0 is inf: a model with non-finite weights "
+                "is refused");
+    s.poison = "output.weight", s.poison_value = 3.0e38f; // finite, but the logits overflow
     fg_model *m = load_expect(f, &s, FG_OK, NULL);
     fg_kv_store *kv = NULL;
     assert_int_equal(fg_kv_store_create(m, 1, 4, FG_TYPE_F16, &kv), FG_OK);

@@ -1,6 +1,7 @@
 // test_sampler.c - the sampler: greedy (ties to the lowest id), top-k/top-p/min-p/temperature
 // draw frequencies against the expected distribution (fixed seeds, chi-square bound), seeds
-// reproduce, penalties change exactly the seen tokens' logits, NaN/inf logits, logprobs.
+// reproduce, penalties change exactly the seen tokens' logits, NaN/inf logits, logprobs,
+// logit bias.
 // forge-test-modules: engine base
 #include <setjmp.h>
 #include <stdarg.h>
@@ -390,6 +391,58 @@ static void test_logprobs(void **state) {
     assert_int_equal(top[5].token, 2); // NaN ranks last
 }
 
+// logit_bias: added to the logits before everything else (OpenAI's semantics): it moves the
+// greedy choice, shifts the sampled distribution by exp(bias / T), adds up for a token given
+// twice, shows in fg_sampler_penalize, is copied at create; bad entries are refused.
+static void test_logit_bias(void **state) {
+    (void)state;
+    const float l[6] = {1.0f, 0.5f, 0.0f, -0.5f, 2.0f, -1.0f};
+    fg_sampling gp = fg_sampling_greedy();
+    fg_logit_bias b[3] = {{4, -100.0f}, {5, 2.5f}, {5, 0.4f}}; // 5: -1 + 2.9 = 1.9 > 1.0
+    gp.logit_bias = b;
+    gp.n_logit_bias = 1;
+    fg_sampler *s = mk(&gp, 6);
+    assert_int_equal(fg_sampler_sample(s, l), 0); // the best is banned: the next one
+    fg_sampler_destroy(s);
+    gp.n_logit_bias = 3;
+    s = mk(&gp, 6);
+    b[1].bias = 1000.0f; // copied at create: this changes nothing
+    assert_int_equal(fg_sampler_sample(s, l), 5);
+    float out[6];
+    fg_sampler_penalize(s, l, out);
+    assert_true(out[4] == 2.0f - 100.0f && out[5] == -1.0f + (2.5f + 0.4f) && out[0] == 1.0f);
+    fg_sampler_destroy(s);
+    b[1].bias = 2.5f;
+    // sampling: the same distribution as softmax of the biased logits
+    fg_sampling sp = plain(0.7f, 777);
+    printf("logit bias: seed %llu\n", (unsigned long long)sp.seed);
+    fg_logit_bias one[2] = {{2, 1.5f}, {0, -0.75f}};
+    sp.logit_bias = one;
+    sp.n_logit_bias = 2;
+    s = mk(&sp, 6);
+    float biased[6];
+    memcpy(biased, l, sizeof biased);
+    biased[2] += 1.5f;
+    biased[0] -= 0.75f;
+    double p[6];
+    softmax(biased, 0.7, 6, p);
+    check_dist(s, l, p, 6, 60000);
+    fg_sampler_destroy(s);
+    // refused: ids outside the vocabulary, non-finite biases, too many entries
+    fg_sampler *bad = NULL;
+    fg_logit_bias e1 = {6, 1.0f};
+    sp.logit_bias = &e1;
+    sp.n_logit_bias = 1;
+    assert_int_equal(fg_sampler_create(&sp, 6, &bad), FG_ERR_INVALID_ARG);
+    assert_string_equal(fg_last_error(), "sampler: logit_bias: token 6 outside [0, 6)");
+    e1 = (fg_logit_bias){1, NAN};
+    assert_int_equal(fg_sampler_create(&sp, 6, &bad), FG_ERR_INVALID_ARG);
+    assert_non_null(strstr(fg_last_error(), "token 1 has bias"));
+    sp.n_logit_bias = FG_MAX_LOGIT_BIAS + 1;
+    assert_int_equal(fg_sampler_create(&sp, 6, &bad), FG_ERR_INVALID_ARG);
+    assert_null(bad);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_args),
@@ -403,6 +456,7 @@ int main(void) {
         cmocka_unit_test(test_penalties),
         cmocka_unit_test(test_nan_inf),
         cmocka_unit_test(test_logprobs),
+        cmocka_unit_test(test_logit_bias),
     };
     return cmocka_run_group_tests_name("sampler", tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 // test_tokenizer.c - tokenizer pieces: byte<->unicode map, UTF-8 helpers and tables,
 // special-token parsing, errors for unknown models/pre-tokenizers, SPM/BPE/WPM details,
-// detokenization rules, streaming detokenization across split characters, the
+// detokenization rules, streaming detokenization across split characters, detokenization
+// split by token (the shares behind logprob offsets), the
 // stories260K golden prompts, thread safety. The full vocabulary vectors are in
 // tests/py/test_vocab.py. Data: $FORGE_SHARED (default ../shared); missing data fails.
 // forge-test-modules: tokenizer gguf quant base
@@ -295,6 +296,13 @@ static void test_unknown_model_and_pre(void **state) {
     o.pre_override = "bogus";
     assert_int_equal(fg_tokenizer_create(g, &o, &t), FG_ERR_UNSUPPORTED);
     assert_non_null(strstr(fg_last_error(), "'bogus'"));
+    fg_gguf_close(g);
+
+    g = tiny_vocab("llama", NULL); // SentencePiece has no pre-tokenizers: an override is an error
+    o.pre_override = "gpt-2";
+    assert_int_equal(fg_tokenizer_create(g, &o, &t), FG_ERR_INVALID_ARG);
+    assert_non_null(strstr(fg_last_error(), "pre-tokenizer 'gpt-2' asked for, but the 'llama' "
+                                            "tokenizer has no pre-tokenizers"));
     fg_gguf_close(g);
 
     g = tiny_vocab("gpt2", NULL); // missing pre -> default
@@ -606,6 +614,55 @@ static void test_concurrent_tokenize(void **state) {
     fg_tokenizer_destroy(t);
 }
 
+// fg_detokenize_split: token i's share is text[offs[i]..offs[i+1]); the shares join to the text;
+// the SentencePiece space added in front of a tokenized text is dropped after a BOS (so the
+// text comes back as given); a character split over byte tokens belongs to the token that
+// completes it; bytes that never complete one end as U+FFFD on the last token.
+static void test_detokenize_split(void **state) {
+    (void)state;
+    fg_tokenizer *t = load("models/stories260K.gguf");
+    const char *prompt = "Once upon a time";
+    int32_t *ids = NULL;
+    size_t n = 0;
+    assert_int_equal(fg_tokenize(t, prompt, strlen(prompt), true, false, &ids, &n), FG_OK);
+    size_t offs[32];
+    char *text = NULL;
+    size_t len = 0;
+    assert_true(n + 1 <= 32);
+    assert_int_equal(fg_detokenize_split(t, ids, n, false, true, &text, &len, offs), FG_OK);
+    assert_string_equal(text, prompt);
+    assert_int_equal(offs[0], 0);
+    assert_int_equal(offs[1], 0); // the BOS renders nothing
+    assert_int_equal(offs[2], 4); // "Once", its added space dropped
+    assert_int_equal(offs[n], len);
+    free(text);
+    // without strip_space: fg_detokenize's KEEP_SPACE text
+    assert_int_equal(fg_detokenize_split(t, ids, n, false, false, &text, &len, offs), FG_OK);
+    assert_string_equal(text, " Once upon a time");
+    free(text);
+    free(ids);
+    // <0xE2> <0x82> <0xAC> is one character (the euro sign), shared by its last byte token
+    int32_t euro[4] = {1, 229, 133, 175};
+    assert_int_equal(fg_detokenize_split(t, euro, 4, false, true, &text, &len, offs), FG_OK);
+    assert_string_equal(text, "\xe2\x82\xac");
+    assert_int_equal(offs[1], 0);
+    assert_int_equal(offs[2], 0);
+    assert_int_equal(offs[3], 0);
+    assert_int_equal(offs[4], 3);
+    free(text);
+    // cut short: one U+FFFD at the end, on the last token
+    assert_int_equal(fg_detokenize_split(t, euro, 3, false, true, &text, &len, offs), FG_OK);
+    assert_string_equal(text, "\xef\xbf\xbd");
+    assert_int_equal(offs[2], 0);
+    assert_int_equal(offs[3], 3);
+    free(text);
+    int32_t bad[2] = {1, 100000};
+    assert_int_equal(fg_detokenize_split(t, bad, 2, false, true, &text, &len, offs),
+                     FG_ERR_INVALID_ARG);
+    assert_string_equal(fg_last_error(), "detokenize: token id 100000 out of range [0, 512)");
+    fg_tokenizer_destroy(t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_byte_unicode_map),
@@ -618,6 +675,7 @@ int main(void) {
         cmocka_unit_test(test_token_to_piece),
         cmocka_unit_test(test_detokenize_rules),
         cmocka_unit_test(test_stream_detok_split_utf8),
+        cmocka_unit_test(test_detokenize_split),
         cmocka_unit_test(test_spm_segments_equal_whole),
         cmocka_unit_test(test_pre_split_llama3_qwen2),
         cmocka_unit_test(test_bpe_invalid_utf8_as_llama),
