@@ -9,11 +9,10 @@
 //   tiled (FMA)  every type x F32/F16 activations, 3..70 rows, partial tiles
 // Not checked here: warp shuffles, the wmma path, the convert kernel (it mirrors
 // fg_quant_q8_1_act, which this test uses), anything about speed.
-// Build and run (no GPU needed; include dir as for the library):
-//   gcc -std=c11 -O2 -Iinclude -Isrc -c src/quant/quant_ref.c src/quant/quant_kquants.c \
-//       src/quant/types.c src/base/status.c   (into a temp dir)
-//   nvcc -std=c++17 -O2 -Iinclude -Isrc -DFG_MM_HOST_TEST tests/unit/test_cuda_matmul_host.cu *.o \
-//       -o test_cuda_matmul_host && ./test_cuda_matmul_host
+// Build and run (no GPU needed), from the repository root, with T a scratch directory:
+//   for f in quant/quant_ref quant/quant_kquants quant/types base/status; do
+//       gcc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc -c src/$f.c -o $T/${f#*/}.o; done
+//   nvcc -std=c++17 -O1 -Iinclude -Isrc tests/unit/test_cuda_matmul_host.cu $T/*.o -o $T/t && $T/t
 #define FG_MM_HOST_TEST 1
 #include "backend/cuda/cuda_matmul.cu"
 

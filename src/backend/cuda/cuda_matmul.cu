@@ -22,6 +22,8 @@
 // threads; weights dequantized (exactly) once per tile into f16 shared memory, activations
 // converted to f16; nvcuda::wmma 16x16x16 with f32 accumulation under FG_GPU_HAS_MMA (sm_80+),
 // a register-tiled FMA twin elsewhere (HIP, older archs, or -DFG_MM_NO_MMA to test it on NVIDIA).
+// Its f16 operands overflow beyond 65504 (activations or BF16 weights that large become inf) and
+// lose precision below 6e-5 (f16 subnormals); f32 accumulation throughout.
 //
 // The device helpers below are FG_HD (host-callable) phases of the kernels so that
 // tests/unit/test_cuda_matmul_host.cu can replay every kernel's index maths on the CPU; it
