@@ -84,6 +84,7 @@ typedef uint64_t fg_lane_mask;
 #else
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h> // nvcuda::wmma (tensor cores; used only under FG_GPU_HAS_MMA)
 #define gpuError_t cudaError_t
 #define gpuSuccess cudaSuccess
 #define gpuErrorMemoryAllocation cudaErrorMemoryAllocation
@@ -185,5 +186,60 @@ typedef uint32_t fg_lane_mask;
         gpuError_t fg_gpu_ign_ = (call); \
         (void)fg_gpu_ign_;               \
     } while (0)
+
+// ---- integer and exactly rounded arithmetic (host-callable too, for host-side kernel tests)
+// fg_dp4a(a, b, c): c + the dot product of the four signed bytes of a and of b.
+// fg_fmul_rn / fg_fadd_rn / fg_fsub_rn: one IEEE-rounded operation that is never contracted
+// into an FMA (bit-exact dequantization). CUDA's __f*_rn intrinsics are never contracted; HIP's
+// are plain operators compiled with -ffp-contract=fast, so contraction is switched off in the
+// helper's own scope (verified: an add of two such results stays v_mul + v_add).
+static __host__ __device__ __forceinline__ int fg_dp4a_portable(int a, int b, int c) {
+    for (int i = 0; i < 4; i++)
+        c += (int)(int8_t)(a >> (8 * i)) * (int)(int8_t)(b >> (8 * i));
+    return c;
+}
+#if defined(__HIPCC__)
+static __host__ __device__ __forceinline__ int fg_dp4a(int a, int b, int c) {
+#if defined(__HIP_DEVICE_COMPILE__) &&                                                          \
+    (defined(__gfx906__) || defined(__gfx908__) || defined(__gfx90a__) || defined(__gfx940__) || \
+     defined(__gfx941__) || defined(__gfx942__) || defined(__gfx1030__) || defined(__gfx1031__) || \
+     defined(__gfx1032__) || defined(__gfx1033__) || defined(__gfx1034__) || defined(__gfx1035__) || defined(__gfx1036__))
+    return __builtin_amdgcn_sdot4(a, b, c, false); // v_dot4_i32_i8 (dot1-insts)
+#else
+    return fg_dp4a_portable(a, b, c);
+#endif
+}
+static __host__ __device__ __forceinline__ float fg_fmul_rn(float a, float b) {
+#pragma clang fp contract(off)
+    return a * b;
+}
+static __host__ __device__ __forceinline__ float fg_fadd_rn(float a, float b) {
+#pragma clang fp contract(off)
+    return a + b;
+}
+static __host__ __device__ __forceinline__ float fg_fsub_rn(float a, float b) {
+#pragma clang fp contract(off)
+    return a - b;
+}
+#else
+static __host__ __device__ __forceinline__ int fg_dp4a(int a, int b, int c) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 610
+    return __dp4a(a, b, c);
+#else
+    return fg_dp4a_portable(a, b, c);
+#endif
+}
+#if defined(__CUDA_ARCH__)
+#define FG_RN_OP(name, intr, op) \
+    static __host__ __device__ __forceinline__ float name(float a, float b) { return intr(a, b); }
+#else // host pass (host-side tests): x86-64 without -mfma does not contract
+#define FG_RN_OP(name, intr, op) \
+    static __host__ __device__ __forceinline__ float name(float a, float b) { return a op b; }
+#endif
+FG_RN_OP(fg_fmul_rn, __fmul_rn, *)
+FG_RN_OP(fg_fadd_rn, __fadd_rn, +)
+FG_RN_OP(fg_fsub_rn, __fsub_rn, -)
+#undef FG_RN_OP
+#endif
 
 #endif // FG_GPU_COMPAT_H

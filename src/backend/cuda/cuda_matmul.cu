@@ -1,0 +1,829 @@
+// cuda_matmul.cu - get_rows, convert and matmul for the 14 weight types (F32 F16 BF16 Q4_0 Q4_1
+// Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K MXFP4), one source for CUDA and HIP. Weights stay in
+// their GGUF layout (no repacking). Per-type block decoders: cuda_quant.cuh. Not here: cuBLAS.
+// Called through the launchers declared in cuda_internal.h (the ops table in cuda_backend.cu).
+//
+// Activation types (act_type), chosen so the forward pass converts a normed row once:
+//   rows <= FG_MV_MAX_ROWS (8, decode):  Q8_1 for the 11 quantized types (integer dot products,
+//                                        dp4a), F32 for F32/F16/BF16 weights (f32 FMA).
+//   rows  > FG_MV_MAX_ROWS (prefill):    F16 for every type (the tiled kernel feeds f16 tensor
+//                                        cores; weights are dequantized to f16 once per tile).
+// matmul also takes F32 x for every type and row count (quantized matvec: converted to Q8_1
+// into the mm arena first), and F16 x with any row count (tiled kernel).
+//
+// Matvec (1..8 rows): a block of NT threads owns MV_R output rows and walks K in chunks of NT
+// 32-element units (8-element units for float weights). Each chunk, the raw bytes of the MV_R
+// weight row segments and of the NR activation row segments are staged into shared memory
+// with 16-byte loads (aligned windows; bytes outside a segment are never read from global
+// memory), then each thread decodes one unit of every weight row into registers and dots it
+// with that unit of every activation row: every weight byte is read from DRAM once per call,
+// every decoded unit serves NR rows. Partial sums are reduced with warp shuffles at the end.
+// Tiled (more rows, or F16 x): 128 weight rows x 64 activation rows x 64 K per tile, 256
+// threads; weights dequantized (exactly) once per tile into f16 shared memory, activations
+// converted to f16; nvcuda::wmma 16x16x16 with f32 accumulation under FG_GPU_HAS_MMA (sm_80+),
+// a register-tiled FMA twin elsewhere (HIP, older archs, or -DFG_MM_NO_MMA to test it on NVIDIA).
+// Its f16 operands overflow beyond 65504 (activations or BF16 weights that large become inf) and
+// lose precision below 6e-5 (f16 subnormals); f32 accumulation throughout.
+//
+// The device helpers below are FG_HD (host-callable) phases of the kernels so that
+// tests/unit/test_cuda_matmul_host.cu can replay every kernel's index maths on the CPU; it
+// defines FG_MM_HOST_TEST, which leaves out the kernels and the launchers.
+#include "backend/cuda/cuda_internal.h"
+
+#include "backend/cuda/cuda_quant.cuh"
+
+#include <stddef.h>
+#include <string.h>
+
+#if defined(FG_GPU_HAS_MMA) && !defined(FG_MM_NO_MMA)
+#define FG_MM_USE_MMA 1
+#endif
+
+#define FG_MV_MAX_ROWS 8 // activation rows up to which the matvec kernels run
+
+static constexpr FG_HD bool mm_is_float(int t) {
+    return t == FG_TYPE_F32 || t == FG_TYPE_F16 || t == FG_TYPE_BF16;
+}
+
+#define MM_QTYPES(X)                                                                             \
+    X(FG_TYPE_Q4_0) X(FG_TYPE_Q4_1) X(FG_TYPE_Q5_0) X(FG_TYPE_Q5_1) X(FG_TYPE_Q8_0) X(FG_TYPE_MXFP4) \
+    X(FG_TYPE_Q2_K) X(FG_TYPE_Q3_K) X(FG_TYPE_Q4_K) X(FG_TYPE_Q5_K) X(FG_TYPE_Q6_K)
+#define MM_FTYPES(X) X(FG_TYPE_F32) X(FG_TYPE_F16) X(FG_TYPE_BF16)
+
+static inline int64_t mm_block_size(uint32_t wt) {
+    return wt == FG_TYPE_Q2_K || wt == FG_TYPE_Q3_K || wt == FG_TYPE_Q4_K || wt == FG_TYPE_Q5_K || wt == FG_TYPE_Q6_K
+               ? 256
+               : mm_is_float((int)wt) ? 1 : 32;
+}
+
+static inline size_t mm_q8_1_row_bytes(int64_t n) { return (size_t)(n / 32) * sizeof(fg_block_q8_1); }
+
+// One float weight element (F32 4-aligned, F16/BF16 2-aligned), exactly as the reference.
+template <int WT> static FG_HD __forceinline__ float mm_float_elem(const uint8_t *p) {
+    if constexpr (WT == FG_TYPE_F32) {
+#ifdef FG_Q_DEVICE
+        return *(const float *)p;
+#else
+        float f;
+        memcpy(&f, p, 4);
+        return f;
+#endif
+    } else if constexpr (WT == FG_TYPE_F16) {
+        return fg_q_h2f((uint16_t)fg_q_ld16(p));
+    } else {
+        return fg_bits_to_f32(fg_q_ld16(p) << 16);
+    }
+}
+
+// dst element update shared by every kernel: (+)= s + bias[o].
+static FG_HD __forceinline__ void mm_store(float *d, const float *bias, int64_t o, float s, int accumulate) {
+    float v = bias ? s + bias[o] : s;
+    if (accumulate)
+        v = *d + v;
+    *d = v;
+}
+
+// ============================================================================ matvec
+// Staging of byte segments into shared memory. Segment s is the byte range [p, p + n) of
+// global memory; it goes to slot s of shared memory (16-aligned) so that byte p + i lands at
+// slot + (p & 15) + i: 16-byte loads and stores of the aligned windows. Only bytes of
+// [p, p + n) are read from global memory; the rest of the slot is left as it was.
+struct mv_args {
+    const uint8_t *w;  // [n_out] weight rows, w_nb1 bytes apart
+    size_t w_nb1;
+    const uint8_t *x;  // [n_rows] activation rows (Q8_1 blocks or F32), x_nb1 bytes apart
+    size_t x_nb1;
+    float *dst;        // [n_rows][n_out], d_nb1 bytes apart
+    size_t d_nb1;
+    const float *bias; // [n_out] or NULL
+    int64_t n_out;
+    int n_in;
+    int nr;            // activation rows, 1 .. the kernel's NR
+    int accumulate;
+};
+
+enum { MV_R = 4 };
+
+// Geometry of the matvec kernel for weight type WT and up to NR (1, 2, 4, 8) activation rows.
+template <int WT, int NR> struct mv_geo {
+    static constexpr bool FLT = mm_is_float(WT);
+    static constexpr int NT = NR <= 4 ? 128 : 64;                 // threads; multiple of 64
+    static constexpr int R = MV_R;                                // weight rows per block
+    static constexpr int UE = FLT ? 8 : 32;                       // elements per unit
+    static constexpr int UC = NT;                                 // units per chunk (one a thread)
+    static constexpr int W_ESZ = FLT ? (WT == FG_TYPE_F32 ? 4 : 2) : 0;
+    static constexpr int UPB = FLT ? 1 : fg_qt<FLT ? FG_TYPE_Q8_0 : WT>::UPB;
+    static constexpr int BYTES = FLT ? 0 : fg_qt<FLT ? FG_TYPE_Q8_0 : WT>::BYTES;
+    static constexpr int W_CHUNK = FLT ? UC * UE * W_ESZ : UC / UPB * BYTES;      // bytes
+    static constexpr int A_CHUNK = FLT ? UC * UE * 4 : UC * (int)sizeof(fg_block_q8_1);
+    static constexpr int WCH = (W_CHUNK + 15) / 16 + 2; // 16-byte slots of a weight segment
+    static constexpr int ACH = (A_CHUNK + 15) / 16 + 2; // ... of an activation segment
+    static constexpr int SMEM = (R * WCH + NR * ACH) * 16;
+    static_assert(SMEM <= 48 * 1024, "matvec staging must fit static shared memory");
+    static_assert(FLT || UC % UPB == 0, "chunks hold whole blocks");
+};
+
+// Segment s of chunk c for the block whose first weight row is o0: s < R weight row o0 + s
+// (clamped to the last row), else activation row s - R.
+template <int WT, int NR>
+static FG_HD __forceinline__ void mv_seg(const mv_args &a, int64_t o0, int c, int s, const uint8_t **p, int *n) {
+    typedef mv_geo<WT, NR> G;
+    const int e0 = c * G::UC * G::UE;                       // first element of the chunk
+    const int ne = a.n_in - e0 < G::UC * G::UE ? a.n_in - e0 : G::UC * G::UE;
+    if (s < G::R) {
+        const int64_t o = o0 + s < a.n_out ? o0 + s : a.n_out - 1;
+        if constexpr (G::FLT) {
+            *p = a.w + (size_t)o * a.w_nb1 + (size_t)e0 * G::W_ESZ;
+            *n = ne * G::W_ESZ;
+        } else {
+            *p = a.w + (size_t)o * a.w_nb1 + (size_t)(e0 / 32 / G::UPB) * G::BYTES;
+            *n = ne / 32 / G::UPB * G::BYTES;
+        }
+    } else {
+        const size_t r = (size_t)(s - G::R);
+        if constexpr (G::FLT) {
+            *p = a.x + r * a.x_nb1 + (size_t)e0 * 4;
+            *n = ne * 4;
+        } else {
+            *p = a.x + r * a.x_nb1 + (size_t)(e0 / 32) * sizeof(fg_block_q8_1);
+            *n = ne / 32 * (int)sizeof(fg_block_q8_1);
+        }
+    }
+}
+
+// Shared-memory slot of segment s.
+template <int WT, int NR> static FG_HD __forceinline__ int mv_slot(int s) {
+    typedef mv_geo<WT, NR> G;
+    return s < G::R ? s * G::WCH * 16 : (G::R * G::WCH + (s - G::R) * G::ACH) * 16;
+}
+
+// Staging phase of chunk c, thread tid. Per segment: the 16-byte windows wholly inside it,
+// NT apart (loads first, then stores), and its head and tail bytes (< 16 each, the windows it
+// shares with neighbouring data) by threads 0..15 and 16..31.
+template <int WT, int NR>
+static FG_HD __forceinline__ void mv_stage(const mv_args &a, int64_t o0, int c, int tid, uint8_t *sm) {
+    typedef mv_geo<WT, NR> G;
+FG_UNROLL
+    for (int s = 0; s < G::R + NR; s++) {
+        if (s >= G::R + a.nr)
+            continue; // uniform
+        constexpr int KW = (G::WCH + G::NT - 1) / G::NT, KA = (G::ACH + G::NT - 1) / G::NT;
+        constexpr int K = KW > KA ? KW : KA;
+        const uint8_t *p;
+        int n;
+        mv_seg<WT, NR>(a, o0, c, s, &p, &n);
+        uint8_t *slot = sm + mv_slot<WT, NR>(s);
+        const int off = (int)((uintptr_t)p & 15);
+        const uint8_t *base = p - off;                  // 16-aligned
+        const int c0 = (off + 15) / 16, c1 = (off + n) / 16; // full windows c0 .. c1-1
+        uint4 v[K];
+FG_UNROLL
+        for (int k = 0; k < K; k++) {
+            const int ch = c0 + tid + k * G::NT;
+            if ((s < G::R ? k < KW : k < KA) && ch < c1)
+                v[k] = *(const uint4 *)(base + 16 * ch);
+        }
+FG_UNROLL
+        for (int k = 0; k < K; k++) {
+            const int ch = c0 + tid + k * G::NT;
+            if ((s < G::R ? k < KW : k < KA) && ch < c1)
+                *(uint4 *)(slot + 16 * ch) = v[k];
+        }
+        const int head = 16 * c0 - off < n ? 16 * c0 - off : n; // bytes [0, head)
+        const int t0 = (c1 > c0 ? 16 * c1 : 16 * c0) - off;      // bytes [t0, n)
+        const int i = tid < 16 ? tid : t0 + tid - 16;
+        if (tid < 32 && (tid < 16 ? i < head : i < n))
+            slot[off + i] = p[i];
+    }
+}
+
+// Compute phase of chunk c, quantized weights: thread tid takes unit tid of the chunk.
+template <int WT, int NR>
+static FG_HD __forceinline__ void mv_q_compute(const mv_args &a, int64_t o0, int c, int tid, const uint8_t *sm,
+                                               float (&acc)[MV_R][NR]) {
+    typedef mv_geo<WT, NR> G;
+    typedef fg_qt<WT> Q;
+    const int nu = (a.n_in / 32 - c * G::UC) < G::UC ? a.n_in / 32 - c * G::UC : G::UC;
+    if (tid >= nu)
+        return;
+    fg_qunit wu[G::R];
+FG_UNROLL
+    for (int r = 0; r < G::R; r++) {
+        const uint8_t *p;
+        int n;
+        mv_seg<WT, NR>(a, o0, c, r, &p, &n);
+        const uint8_t *blk = sm + mv_slot<WT, NR>(r) + ((uintptr_t)p & 15) + (tid / Q::UPB) * Q::BYTES;
+        fg_q_decode<WT, fg_rd_smem>(blk, tid % Q::UPB, wu[r]);
+    }
+FG_UNROLL
+    for (int j = 0; j < NR; j++) {
+        if (j < a.nr) { // (not break: loops with early exits are not unrolled)
+            const uint8_t *p;
+            int n;
+            mv_seg<WT, NR>(a, o0, c, G::R + j, &p, &n);
+            fg_q8unit xu;
+            fg_q8_1_load(sm + mv_slot<WT, NR>(G::R + j) + ((uintptr_t)p & 15) + tid * (int)sizeof(fg_block_q8_1), xu);
+FG_UNROLL
+            for (int r = 0; r < G::R; r++)
+                acc[r][j] += fg_q_dot<WT>(wu[r], xu);
+        }
+    }
+}
+
+// Compute phase of chunk c, float weights: thread tid takes elements 8 tid .. 8 tid + 7.
+template <int WT, int NR>
+static FG_HD __forceinline__ void mv_f_compute(const mv_args &a, int64_t o0, int c, int tid, const uint8_t *sm,
+                                               float (&acc)[MV_R][NR]) {
+    typedef mv_geo<WT, NR> G;
+    const int cnt = a.n_in - c * G::UC * 8 - tid * 8; // valid elements of this unit
+    if (cnt <= 0)
+        return;
+    float wv[G::R][8];
+FG_UNROLL
+    for (int r = 0; r < G::R; r++) {
+        const uint8_t *p;
+        int n;
+        mv_seg<WT, NR>(a, o0, c, r, &p, &n);
+        const uint8_t *q = sm + mv_slot<WT, NR>(r) + ((uintptr_t)p & 15) + tid * 8 * G::W_ESZ;
+FG_UNROLL
+        for (int i = 0; i < 8; i++)
+            wv[r][i] = i < cnt ? mm_float_elem<WT>(q + i * G::W_ESZ) : 0.0f;
+    }
+FG_UNROLL
+    for (int j = 0; j < NR; j++) {
+        if (j < a.nr) {
+            const uint8_t *p;
+            int n;
+            mv_seg<WT, NR>(a, o0, c, G::R + j, &p, &n);
+            const uint8_t *q = sm + mv_slot<WT, NR>(G::R + j) + ((uintptr_t)p & 15) + tid * 32;
+            float xv[8];
+FG_UNROLL
+            for (int i = 0; i < 8; i++)
+                xv[i] = i < cnt ? mm_float_elem<FG_TYPE_F32>(q + 4 * i) : 0.0f;
+FG_UNROLL
+            for (int r = 0; r < G::R; r++)
+FG_UNROLL
+                for (int i = 0; i < 8; i++)
+                    acc[r][j] += wv[r][i] * xv[i];
+        }
+    }
+}
+
+template <int WT, int NR> static FG_HD __forceinline__ int mv_n_chunks(const mv_args &a) {
+    typedef mv_geo<WT, NR> G;
+    return (a.n_in + G::UC * G::UE - 1) / (G::UC * G::UE);
+}
+
+// dst[j][o0 + r] for the block's sums; rows past n_out and activation rows past nr are dropped.
+template <int WT, int NR>
+static FG_HD __forceinline__ void mv_write(const mv_args &a, int64_t o0, int r, int j, float s) {
+    const int64_t o = o0 + r;
+    if (o < a.n_out && j < a.nr)
+        mm_store((float *)((uint8_t *)a.dst + (size_t)j * a.d_nb1) + o, a.bias, o, s, a.accumulate);
+}
+
+#ifndef FG_MM_HOST_TEST
+template <int WT, int NR>
+static __global__ __launch_bounds__((mv_geo<WT, NR>::NT)) void mv_kernel(mv_args a) {
+    typedef mv_geo<WT, NR> G;
+    __shared__ __align__(16) uint8_t sm[G::SMEM];
+    __shared__ float red[(G::NT / 32) * G::R * NR]; // (warps of 32 or 64) x sums
+    const int tid = threadIdx.x;
+    const int64_t o0 = (int64_t)blockIdx.x * G::R;
+    float acc[G::R][NR];
+FG_UNROLL
+    for (int r = 0; r < G::R; r++)
+FG_UNROLL
+        for (int j = 0; j < NR; j++)
+            acc[r][j] = 0.0f;
+    const int n_chunks = mv_n_chunks<WT, NR>(a);
+    for (int c = 0; c < n_chunks; c++) {
+        mv_stage<WT, NR>(a, o0, c, tid, sm);
+        __syncthreads();
+        if constexpr (G::FLT)
+            mv_f_compute<WT, NR>(a, o0, c, tid, sm, acc);
+        else
+            mv_q_compute<WT, NR>(a, o0, c, tid, sm, acc);
+        __syncthreads();
+    }
+    const int lane = tid % FG_WARP, wid = tid / FG_WARP, nw = G::NT / FG_WARP;
+FG_UNROLL
+    for (int r = 0; r < G::R; r++)
+FG_UNROLL
+        for (int j = 0; j < NR; j++) {
+            const float v = fg_warp_sum(acc[r][j]);
+            if (lane == 0)
+                red[(wid * G::R + r) * NR + j] = v;
+        }
+    __syncthreads();
+    if (tid < G::R * NR) {
+        float s = 0.0f;
+        for (int w = 0; w < nw; w++)
+            s += red[w * G::R * NR + tid];
+        mv_write<WT, NR>(a, o0, tid / NR, tid % NR, s);
+    }
+}
+
+#endif // FG_MM_HOST_TEST
+
+// ============================================================================ tiled
+enum {
+    TM_BM = 128, // weight rows (outputs) per tile
+    TM_BN = 64,  // activation rows per tile
+    TM_BK = 64,  // K per step
+    TM_NT = 256, // threads
+    TM_LDA = TM_BK + 8, // halves; rows 144 bytes apart (16-aligned, 4-bank shift)
+    TM_LDB = TM_BK + 8,
+    TM_LDC = TM_BM + 4, // floats
+    TM_SMEM_AB = (TM_BM * TM_LDA + TM_BN * TM_LDB) * 2,
+    TM_SMEM_C = TM_BN * TM_LDC * 4,
+    TM_SMEM = TM_SMEM_AB > TM_SMEM_C ? TM_SMEM_AB : TM_SMEM_C,
+    TM_TM = 8, // FMA twin: outputs per thread along m (16 threads) ...
+    TM_TN = 4, // ... and along n (16 threads)
+};
+static_assert(TM_BM * (TM_BK / 32) == TM_NT, "one weight unit per thread per K step");
+static_assert(TM_SMEM <= 48 * 1024, "tiles fit static shared memory");
+static_assert(TM_BM == 16 * TM_TM && TM_BN == 16 * TM_TN, "FMA twin covers the tile");
+
+struct tm_args {
+    const uint8_t *w; // [n_out] weight rows, w_nb1 bytes apart
+    size_t w_nb1;
+    const uint8_t *x; // [n_rows] activation rows (F32 or F16), x_nb1 bytes apart
+    size_t x_nb1;
+    float *dst;       // [n_rows][n_out], d_nb1 bytes apart
+    size_t d_nb1;
+    const float *bias;
+    int64_t n_out;
+    int64_t n_rows;
+    int n_in;
+    int accumulate;
+};
+
+// Weight tile [TM_BM][TM_BK] at (m0, k0) into As as f16 bits; zeros outside the matrix.
+template <int WT>
+static FG_HD __forceinline__ void tm_load_w(const tm_args &a, int64_t m0, int k0, int tid, uint16_t *As) {
+    if constexpr (mm_is_float(WT)) {
+        // thread: column k, rows mb, mb + RS, ... (coalesced along k)
+        constexpr int ESZ = WT == FG_TYPE_F32 ? 4 : 2, RS = TM_NT / TM_BK;
+        const int k = tid % TM_BK, mb = tid / TM_BK;
+        const bool k_in = k0 + k < a.n_in;
+        const uint8_t *p = a.w + (size_t)(m0 + mb) * a.w_nb1 + (size_t)(k0 + k) * ESZ;
+FG_UNROLL_N(8) // (fully unrolled, the 32 loads' addresses spill)
+        for (int i = 0; i < TM_BM / RS; i++) {
+            const int m = mb + i * RS;
+            uint16_t h = 0;
+            if (k_in && m0 + m < a.n_out) {
+                const uint8_t *q = p + (size_t)i * RS * a.w_nb1;
+                if constexpr (WT == FG_TYPE_F16)
+                    h = (uint16_t)fg_q_ld16(q);
+                else
+                    h = fg_q_f2h(mm_float_elem<WT>(q));
+            }
+            As[m * TM_LDA + k] = h;
+        }
+    } else {
+        typedef fg_qt<WT> Q;
+        const int m = tid / (TM_BK / 32), uu = tid % (TM_BK / 32);
+        const int ku = k0 / 32 + uu; // unit along the row
+        uint32_t h[16];
+        if (m0 + m < a.n_out && ku * 32 < a.n_in) {
+            const uint8_t *blk = a.w + (size_t)(m0 + m) * a.w_nb1 + (size_t)(ku / Q::UPB) * Q::BYTES;
+            float f[32];
+            fg_q_dequant_unit<WT, fg_rd_exact>(blk, ku % Q::UPB, f);
+FG_UNROLL
+            for (int e = 0; e < 16; e++)
+                h[e] = (uint32_t)fg_q_f2h(f[2 * e]) | ((uint32_t)fg_q_f2h(f[2 * e + 1]) << 16);
+        } else {
+FG_UNROLL
+            for (int e = 0; e < 16; e++)
+                h[e] = 0;
+        }
+        uint4 *dst = (uint4 *)(As + m * TM_LDA + uu * 32); // 16-aligned: 144 m + 64 uu bytes
+FG_UNROLL
+        for (int q = 0; q < 4; q++)
+            dst[q] = make_uint4(h[4 * q], h[4 * q + 1], h[4 * q + 2], h[4 * q + 3]);
+    }
+}
+
+// Activation tile [TM_BN][TM_BK] at (n0, k0) into Bs as f16 bits; zeros outside.
+template <int XT>
+static FG_HD __forceinline__ void tm_load_x(const tm_args &a, int64_t n0, int k0, int tid, uint16_t *Bs) {
+    static_assert(XT == FG_TYPE_F32 || XT == FG_TYPE_F16, "tiled activations: F32 or F16");
+    constexpr int ESZ = XT == FG_TYPE_F32 ? 4 : 2, RS = TM_NT / TM_BK;
+    const int k = tid % TM_BK, nb = tid / TM_BK;
+    const bool k_in = k0 + k < a.n_in;
+    const uint8_t *p = a.x + (size_t)(n0 + nb) * a.x_nb1 + (size_t)(k0 + k) * ESZ;
+FG_UNROLL
+    for (int i = 0; i < TM_BN / RS; i++) {
+        const int n = nb + i * RS;
+        uint16_t h = 0;
+        if (k_in && n0 + n < a.n_rows) {
+            const uint8_t *q = p + (size_t)i * RS * a.x_nb1;
+            if constexpr (XT == FG_TYPE_F32)
+                h = fg_q_f2h(mm_float_elem<FG_TYPE_F32>(q));
+            else
+                h = (uint16_t)fg_q_ld16(q);
+        }
+        Bs[n * TM_LDB + k] = h;
+    }
+}
+
+// FMA twin: thread (tx, ty) = (tid % 16, tid / 16) owns outputs m = tx + 16 i, n = ty + 16 j.
+[[maybe_unused]] static FG_HD __forceinline__ void tm_fma(const uint16_t *As, const uint16_t *Bs, int tid,
+                                         float (&acc)[TM_TM][TM_TN]) {
+    const int tx = tid % 16, ty = tid / 16;
+    for (int k = 0; k < TM_BK; k += 2) {
+        float a0[TM_TM], a1[TM_TM], b0[TM_TN], b1[TM_TN];
+FG_UNROLL
+        for (int i = 0; i < TM_TM; i++) {
+            const uint32_t v = fg_q_ld32a((const uint8_t *)(As + (tx + 16 * i) * TM_LDA + k));
+            a0[i] = fg_q_h2f((uint16_t)v);
+            a1[i] = fg_q_h2f((uint16_t)(v >> 16));
+        }
+FG_UNROLL
+        for (int j = 0; j < TM_TN; j++) {
+            const uint32_t v = fg_q_ld32a((const uint8_t *)(Bs + (ty + 16 * j) * TM_LDB + k));
+            b0[j] = fg_q_h2f((uint16_t)v);
+            b1[j] = fg_q_h2f((uint16_t)(v >> 16));
+        }
+FG_UNROLL
+        for (int i = 0; i < TM_TM; i++)
+FG_UNROLL
+            for (int j = 0; j < TM_TN; j++)
+                acc[i][j] += a0[i] * b0[j] + a1[i] * b1[j];
+    }
+}
+
+// Cs[n][m] (col-major C of the BM x BN tile) from the FMA twin's registers.
+[[maybe_unused]] static FG_HD __forceinline__ void tm_fma_store(const float (&acc)[TM_TM][TM_TN], int tid, float *Cs) {
+    const int tx = tid % 16, ty = tid / 16;
+FG_UNROLL
+    for (int i = 0; i < TM_TM; i++)
+FG_UNROLL
+        for (int j = 0; j < TM_TN; j++)
+            Cs[(ty + 16 * j) * TM_LDC + tx + 16 * i] = acc[i][j];
+}
+
+// Epilogue: dst[n0 + n][m0 + m] (+)= Cs[n][m] + bias, coalesced along m.
+static FG_HD __forceinline__ void tm_write(const tm_args &a, int64_t m0, int64_t n0, int tid, const float *Cs) {
+    for (int idx = tid; idx < TM_BM * TM_BN; idx += TM_NT) {
+        const int n = idx / TM_BM, m = idx % TM_BM;
+        const int64_t o = m0 + m, r = n0 + n;
+        if (o < a.n_out && r < a.n_rows)
+            mm_store((float *)((uint8_t *)a.dst + (size_t)r * a.d_nb1) + o, a.bias, o, Cs[n * TM_LDC + m],
+                     a.accumulate);
+    }
+}
+
+#ifndef FG_MM_HOST_TEST
+template <int WT, int XT> static __global__ __launch_bounds__(TM_NT, 2) void tm_kernel(tm_args a) {
+    __shared__ __align__(32) uint8_t sm[TM_SMEM];
+    uint16_t *As = (uint16_t *)sm;
+    uint16_t *Bs = As + TM_BM * TM_LDA;
+    float *Cs = (float *)sm; // after the K loop
+    const int tid = threadIdx.x;
+    const int64_t n0 = (int64_t)blockIdx.x * TM_BN, m0 = (int64_t)blockIdx.y * TM_BM;
+#ifdef FG_MM_USE_MMA
+    using namespace nvcuda;
+    const int warp = tid / FG_WARP, wm = warp % 4, wn = warp / 4; // 8 warps: 4 x 2 of 32 x 32
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> cf[2][2];
+FG_UNROLL
+    for (int i = 0; i < 2; i++)
+FG_UNROLL
+        for (int j = 0; j < 2; j++)
+            wmma::fill_fragment(cf[i][j], 0.0f);
+#else
+    float acc[TM_TM][TM_TN];
+FG_UNROLL
+    for (int i = 0; i < TM_TM; i++)
+FG_UNROLL
+        for (int j = 0; j < TM_TN; j++)
+            acc[i][j] = 0.0f;
+#endif
+    for (int k0 = 0; k0 < a.n_in; k0 += TM_BK) {
+        tm_load_w<WT>(a, m0, k0, tid, As);
+        tm_load_x<XT>(a, n0, k0, tid, Bs);
+        __syncthreads();
+#ifdef FG_MM_USE_MMA
+FG_UNROLL
+        for (int kk = 0; kk < TM_BK; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> af[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> bf[2];
+FG_UNROLL
+            for (int i = 0; i < 2; i++)
+                wmma::load_matrix_sync(af[i], (const __half *)(As + (wm * 32 + 16 * i) * TM_LDA + kk), TM_LDA);
+FG_UNROLL
+            for (int j = 0; j < 2; j++)
+                wmma::load_matrix_sync(bf[j], (const __half *)(Bs + (wn * 32 + 16 * j) * TM_LDB + kk), TM_LDB);
+FG_UNROLL
+            for (int i = 0; i < 2; i++)
+FG_UNROLL
+                for (int j = 0; j < 2; j++)
+                    wmma::mma_sync(cf[i][j], af[i], bf[j], cf[i][j]);
+        }
+#else
+        tm_fma(As, Bs, tid, acc);
+#endif
+        __syncthreads();
+    }
+#ifdef FG_MM_USE_MMA
+FG_UNROLL
+    for (int i = 0; i < 2; i++)
+FG_UNROLL
+        for (int j = 0; j < 2; j++)
+            wmma::store_matrix_sync(Cs + (wn * 32 + 16 * j) * TM_LDC + wm * 32 + 16 * i, cf[i][j], TM_LDC,
+                                    wmma::mem_col_major);
+#else
+    tm_fma_store(acc, tid, Cs);
+#endif
+    __syncthreads();
+    tm_write(a, m0, n0, tid, Cs);
+}
+
+#endif // FG_MM_HOST_TEST
+
+// ============================================================================ get_rows
+// Thread u of a row: unit u (32 elements) of a quantized row, or element u of a float row.
+// Values bit-identical to the type's reference to_float.
+template <int WT>
+static FG_HD __forceinline__ void gr_thread(const uint8_t *row, float *drow, int64_t u, int n_embd) {
+    if constexpr (mm_is_float(WT)) {
+        if (u >= n_embd)
+            return;
+        if constexpr (WT == FG_TYPE_F32) // the bits, whatever they are (NaN payloads too)
+            *(uint32_t *)(drow + u) = fg_q_ld32a(row + 4 * u);
+        else
+            drow[u] = mm_float_elem<WT>(row + 2 * u);
+    } else {
+        typedef fg_qt<WT> Q;
+        if (u * 32 >= n_embd)
+            return;
+        float f[32];
+        fg_q_dequant_unit<WT, fg_rd_exact>(row + (size_t)(u / Q::UPB) * Q::BYTES, (int)(u % Q::UPB), f);
+FG_UNROLL
+        for (int e = 0; e < 32; e++)
+            drow[u * 32 + e] = f[e];
+    }
+}
+
+#ifndef FG_MM_HOST_TEST
+template <int WT>
+static __global__ void gr_kernel(const uint8_t *table, size_t t_nb1, const int32_t *tokens, int n_tokens,
+                                 float *dst, size_t d_nb1, int n_embd) {
+    const int64_t u = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (int t = blockIdx.y; t < n_tokens; t += gridDim.y)
+        gr_thread<WT>(table + (size_t)tokens[t] * t_nb1, (float *)((uint8_t *)dst + (size_t)t * d_nb1), u, n_embd);
+}
+
+#endif // FG_MM_HOST_TEST
+
+#ifndef FG_MM_HOST_TEST
+// ============================================================================ convert
+// F32 rows -> Q8_1 rows (contiguous), one thread per element, 32 consecutive lanes per block
+// (xor shuffles below 32 stay inside a 32-lane half of a 64-wide wavefront). The arithmetic of
+// fg_quant_q8_1_act (quant_ref.c): d = amax / 127, q = nearest-even(x * (127 / amax)),
+// s = f16(d * sum(q)).
+static __global__ void cvt_q8_1_kernel(const uint8_t *x, size_t x_nb1, uint8_t *y, size_t y_nb1, int n,
+                                       int64_t rows) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) { // uniform: every lane shuffles
+        const float v = i < n ? *(const float *)(x + (size_t)r * x_nb1 + (size_t)i * 4) : 0.0f;
+        float amax = fabsf(v);
+FG_UNROLL
+        for (int off = 16; off > 0; off >>= 1)
+            amax = fmaxf(amax, fg_shfl_xor(amax, off));
+        const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        const int q = __float2int_rn(fg_fmul_rn(v, id));
+        int sum = q;
+FG_UNROLL
+        for (int off = 16; off > 0; off >>= 1)
+            sum += fg_shfl_xor(sum, off);
+        if (i < n) {
+            uint8_t *blk = y + (size_t)r * y_nb1 + (size_t)(i / 32) * sizeof(fg_block_q8_1);
+            blk[offsetof(fg_block_q8_1, qs) + i % 32] = (uint8_t)(int8_t)q;
+            if (i % 32 == 0) {
+                *(uint16_t *)(blk + offsetof(fg_block_q8_1, d)) = fg_f2h(d);
+                *(uint16_t *)(blk + offsetof(fg_block_q8_1, s)) = fg_f2h(fg_fmul_rn(d, (float)sum));
+            }
+        }
+    }
+}
+
+// F32 rows -> F16 rows (contiguous), round to nearest even.
+static __global__ void cvt_f16_kernel(const uint8_t *x, size_t x_nb1, uint16_t *y, int n, int64_t rows) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+        y[(size_t)r * n + i] = fg_f2h(*(const float *)(x + (size_t)r * x_nb1 + (size_t)i * 4));
+}
+
+// ============================================================================ host side
+static constexpr int MM_NT = 256;             // threads of the element-wise kernels
+static constexpr int64_t MM_MAX_GRID_Y = 65535; // grid.y limit
+
+static unsigned mm_grid_y(int64_t n) { return (unsigned)(n < MM_MAX_GRID_Y ? n : MM_MAX_GRID_Y); }
+
+bool fg_cuda_matmul_supports(uint32_t wtype) {
+    switch (wtype) {
+#define X(T) case T:
+        MM_QTYPES(X)
+        MM_FTYPES(X)
+#undef X
+        return true;
+    default:
+        return false;
+    }
+}
+
+bool fg_cuda_convert_supports(uint32_t act_type) {
+    return act_type == FG_TYPE_Q8_1 || act_type == FG_TYPE_F16;
+}
+
+uint32_t fg_cuda_act_type(fg_cuda *c, uint32_t wtype, int64_t n_rows) {
+    (void)c;
+    if (!fg_cuda_matmul_supports(wtype))
+        return FG_TYPE_F32;
+    if (n_rows > FG_MV_MAX_ROWS)
+        return FG_TYPE_F16;
+    return mm_is_float((int)wtype) ? FG_TYPE_F32 : FG_TYPE_Q8_1;
+}
+
+// The only arena use: F32 x of at most FG_MV_MAX_ROWS rows converted to Q8_1 for a quantized
+// matvec. Each call takes the arena from its start (mm_scratch), so this is per call, not per
+// step: rows x (max_cols / 32) Q8_1 blocks, plus the arena's 256-byte alignment.
+size_t fg_cuda_matmul_scratch_bytes(const fg_backend_limits *lim) {
+    const int64_t rows = lim->max_tokens > 0 && lim->max_tokens < FG_MV_MAX_ROWS ? lim->max_tokens : FG_MV_MAX_ROWS;
+    const int64_t cols = lim->max_cols > 0 ? lim->max_cols : 0;
+    return (size_t)rows * mm_q8_1_row_bytes(cols + 31) + 256;
+}
+
+// The mm arena as per-call scratch: everything a call enqueues runs on c->stream after the
+// previous call's kernels, which are done with the arena by then, so each call starts at 0.
+static fg_status mm_scratch(fg_cuda *c, size_t n, void **out) {
+    c->mm.used = 0;
+    return fg_cuda_arena_take(&c->mm, n, "matmul activation conversion", out);
+}
+
+static fg_status mm_convert_q8_1(fg_cuda *c, const uint8_t *x, size_t x_nb1, int n, int64_t rows, uint8_t *y) {
+    FG_ASSERT(n % 32 == 0 && MM_NT % 32 == 0);
+    dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
+    cvt_q8_1_kernel<<<grid, MM_NT, 0, c->stream>>>(x, x_nb1, y, mm_q8_1_row_bytes(n), n, rows);
+    FG_GPU_LAUNCH_CHECK(c, "convert_q8_1");
+    return FG_OK;
+}
+
+fg_status fg_cuda_convert(fg_cuda *c, fg_tensor *dst, const fg_tensor *x) {
+    const int64_t n = x->ne[0], rows = x->ne[1];
+    FG_ASSERT(x->type == FG_TYPE_F32 && n >= 1 && n <= INT32_MAX && rows >= 1);
+    if (dst->type == FG_TYPE_Q8_1) {
+        FG_ASSERT(n % 32 == 0);
+        return mm_convert_q8_1(c, (const uint8_t *)x->data, x->nb[1], (int)n, rows, (uint8_t *)dst->data);
+    }
+    FG_ASSERT(dst->type == FG_TYPE_F16);
+    dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
+    cvt_f16_kernel<<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)dst->data,
+                                                  (int)n, rows);
+    FG_GPU_LAUNCH_CHECK(c, "convert_f16");
+    return FG_OK;
+}
+
+template <int WT> static fg_status gr_go(fg_cuda *c, fg_tensor *dst, const fg_tensor *table) {
+    const int64_t n_embd = table->ne[0], n_tokens = c->step.n_tokens;
+    const int64_t per_row = mm_is_float(WT) ? n_embd : n_embd / 32;
+    dim3 grid(fg_div_up(per_row, MM_NT), mm_grid_y(n_tokens));
+    gr_kernel<WT><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)table->data, table->nb[1], c->step.tokens,
+                                                 (int)n_tokens, (float *)dst->data, dst->nb[1], (int)n_embd);
+    FG_GPU_LAUNCH_CHECK(c, "get_rows");
+    return FG_OK;
+}
+
+fg_status fg_cuda_get_rows(fg_cuda *c, fg_tensor *dst, const fg_tensor *table) {
+    const uint32_t wt = table->type;
+    FG_ASSERT(fg_cuda_matmul_supports(wt) && table->ne[0] >= 1 && table->ne[0] <= INT32_MAX &&
+              table->ne[0] % mm_block_size(wt) == 0);
+    if (c->step.n_tokens <= 0)
+        return FG_OK;
+    switch (wt) {
+#define X(T) \
+    case T:  \
+        return gr_go<T>(c, dst, table);
+        MM_QTYPES(X)
+        MM_FTYPES(X)
+#undef X
+    default:
+        break;
+    }
+    FG_ASSERT(!"get_rows: unsupported type");
+    return FG_ERR_UNSUPPORTED;
+}
+
+template <int WT, int NR> static fg_status mv_go(fg_cuda *c, const mv_args &a) {
+    typedef mv_geo<WT, NR> G;
+    mv_kernel<WT, NR><<<fg_div_up(a.n_out, G::R), G::NT, 0, c->stream>>>(a);
+    FG_GPU_LAUNCH_CHECK(c, "matvec");
+    return FG_OK;
+}
+
+// Kernels for up to 1, 2, 4 and 8 rows (a.nr is the actual count).
+template <int WT> static fg_status mv_rows(fg_cuda *c, const mv_args &a) {
+    FG_ASSERT(a.nr >= 1 && a.nr <= FG_MV_MAX_ROWS);
+    if (a.nr <= 1)
+        return mv_go<WT, 1>(c, a);
+    if (a.nr <= 2)
+        return mv_go<WT, 2>(c, a);
+    if (a.nr <= 4)
+        return mv_go<WT, 4>(c, a);
+    return mv_go<WT, 8>(c, a);
+}
+
+template <int WT, int XT> static fg_status tm_go(fg_cuda *c, const tm_args &a) {
+    dim3 grid(fg_div_up(a.n_rows, TM_BN), fg_div_up(a.n_out, TM_BM));
+    tm_kernel<WT, XT><<<grid, TM_NT, 0, c->stream>>>(a);
+    FG_GPU_LAUNCH_CHECK(c, "tiled matmul");
+    return FG_OK;
+}
+
+template <int WT> static fg_status tm_xt(fg_cuda *c, const tm_args &a, uint32_t xt) {
+    switch (xt) {
+    case FG_TYPE_F32: return tm_go<WT, FG_TYPE_F32>(c, a);
+    case FG_TYPE_F16: return tm_go<WT, FG_TYPE_F16>(c, a);
+    default: break;
+    }
+    FG_ASSERT(!"tiled matmul: activation type");
+    return FG_ERR_INVALID_ARG;
+}
+
+fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x, const fg_tensor *bias,
+                         bool accumulate) {
+    const uint32_t wt = w->type, xt = x->type;
+    const int64_t n_in = w->ne[0], n_out = w->ne[1], n_rows = x->ne[1];
+    FG_ASSERT(fg_cuda_matmul_supports(wt));
+    FG_ASSERT(xt == FG_TYPE_F32 || xt == FG_TYPE_F16 || xt == FG_TYPE_Q8_1);
+    // Q8_1 x (act_type of a quantized weight for <= FG_MV_MAX_ROWS rows) goes to the matvec only
+    FG_ASSERT(xt != FG_TYPE_Q8_1 || (!mm_is_float((int)wt) && n_rows <= FG_MV_MAX_ROWS));
+    FG_ASSERT(n_in >= 1 && n_in <= INT32_MAX / 2 && n_in % mm_block_size(wt) == 0 && x->ne[0] == n_in);
+    FG_ASSERT(xt != FG_TYPE_Q8_1 || n_in % 32 == 0);
+    FG_ASSERT(n_out >= 1 && (n_out + TM_BM - 1) / TM_BM <= MM_MAX_GRID_Y && n_rows >= 1);
+    const bool flt = mm_is_float((int)wt);
+    const float *b = bias ? (const float *)bias->data : NULL;
+
+    if (n_rows <= FG_MV_MAX_ROWS && (flt ? xt == FG_TYPE_F32 : xt != FG_TYPE_F16)) {
+        mv_args a;
+        a.w = (const uint8_t *)w->data;
+        a.w_nb1 = w->nb[1];
+        a.x = (const uint8_t *)x->data;
+        a.x_nb1 = x->nb[1];
+        a.dst = (float *)dst->data;
+        a.d_nb1 = dst->nb[1];
+        a.bias = b;
+        a.n_out = n_out;
+        a.n_in = (int)n_in;
+        a.nr = (int)n_rows;
+        a.accumulate = accumulate;
+        if (!flt && xt == FG_TYPE_F32) { // quantize the rows once into the arena
+            void *q = NULL;
+            FG_TRY(mm_scratch(c, mm_q8_1_row_bytes(n_in) * (size_t)n_rows, &q));
+            FG_TRY(mm_convert_q8_1(c, a.x, a.x_nb1, (int)n_in, n_rows, (uint8_t *)q));
+            a.x = (const uint8_t *)q;
+            a.x_nb1 = mm_q8_1_row_bytes(n_in);
+        }
+        switch (wt) {
+#define X(T) \
+    case T:  \
+        return mv_rows<T>(c, a);
+            MM_QTYPES(X)
+            MM_FTYPES(X)
+#undef X
+        default:
+            break;
+        }
+        FG_ASSERT(!"matvec: unsupported type");
+    }
+
+    tm_args a;
+    a.w = (const uint8_t *)w->data;
+    a.w_nb1 = w->nb[1];
+    a.x = (const uint8_t *)x->data;
+    a.x_nb1 = x->nb[1];
+    a.dst = (float *)dst->data;
+    a.d_nb1 = dst->nb[1];
+    a.bias = b;
+    a.n_out = n_out;
+    a.n_rows = n_rows;
+    a.n_in = (int)n_in;
+    a.accumulate = accumulate;
+    switch (wt) {
+#define X(T) \
+    case T:  \
+        return tm_xt<T>(c, a, xt);
+        MM_QTYPES(X)
+        MM_FTYPES(X)
+#undef X
+    default:
+        break;
+    }
+    FG_ASSERT(!"tiled matmul: unsupported type");
+    return FG_ERR_UNSUPPORTED;
+}
+#endif // FG_MM_HOST_TEST

@@ -1,0 +1,427 @@
+// test_cuda_matmul_host.cu - replays the CUDA matmul kernels' index maths on the CPU, without a
+// GPU: it includes cuda_matmul.cu with FG_MM_HOST_TEST (kernels and launchers left out) and
+// runs the kernels' host-callable phases thread by thread, block by block, with the barriers
+// between phases, against the scalar C reference (src/quant). Checks:
+//   get_rows     every unit of every type bit-identical to the reference to_float
+//   matvec       every type x rows 1..8, several chunks, misaligned and padded weight rows,
+//                strided x and dst, bias, accumulate: against a double dot of the reference
+//                dequantized weights and the (Q8_1-dequantized) activations
+//   tiled (FMA)  every type x F32/F16 activations, 3..70 rows, partial tiles
+// Not checked here: warp shuffles, the wmma path, the convert kernel (it mirrors
+// fg_quant_q8_1_act, which this test uses), anything about speed.
+// Build and run (no GPU needed), from the repository root, with T a scratch directory:
+//   for f in quant/quant_ref quant/quant_kquants quant/types base/status; do
+//       gcc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc -c src/$f.c -o $T/${f#*/}.o; done
+//   nvcc -std=c++17 -O1 -Iinclude -Isrc tests/unit/test_cuda_matmul_host.cu $T/*.o -o $T/t && $T/t
+#define FG_MM_HOST_TEST 1
+#include "backend/cuda/cuda_matmul.cu"
+
+extern "C" {
+#include "quant/quant.h"
+#include "quant/quant_internal.h"
+}
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <vector>
+
+#define SEED 20261206u
+
+static uint64_t g_rng = ((uint64_t)SEED << 32) | 0x5eedu;
+static uint64_t rng_next(void) {
+    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static float rng_unif(void) { return (float)((rng_next() >> 40) + 0.5) / 16777216.0f; }
+static float rng_gauss(void) {
+    float u = rng_unif(), v = rng_unif();
+    return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
+}
+
+static int g_fail = 0, g_checks = 0;
+#define CHECK(cond, ...)                                     \
+    do {                                                     \
+        g_checks++;                                          \
+        if (!(cond)) {                                       \
+            if (g_fail++ < 30) {                             \
+                printf("FAIL %s:%d: ", __FILE__, __LINE__);  \
+                printf(__VA_ARGS__);                         \
+                printf("\n");                                \
+            }                                                \
+        }                                                    \
+    } while (0)
+
+// 256-aligned host memory (like cudaMalloc) holding `n` bytes at offset `off`.
+struct buf {
+    std::vector<uint8_t> raw;
+    uint8_t *p;
+    buf(size_t n, size_t off, uint8_t fill) : raw(n + off + 512, fill) {
+        uintptr_t a = ((uintptr_t)raw.data() + 255) & ~(uintptr_t)255;
+        p = (uint8_t *)a + off;
+    }
+};
+
+// A weight matrix of type t: n_out rows of n_in, row stride nb1 >= row bytes, base offset off.
+struct wmat {
+    uint32_t t;
+    int64_t n_out, n_in;
+    size_t row_bytes, nb1;
+    buf b;
+    std::vector<float> deq; // [n_out][n_in] reference dequantization
+    wmat(uint32_t t_, int64_t n_out_, int64_t n_in_, size_t pad, size_t off)
+        : t(t_), n_out(n_out_), n_in(n_in_), row_bytes(fg_type_row_size_n(t_, n_in_)), nb1(row_bytes + pad),
+          b(nb1 * (size_t)n_out_, off, 0xEE), deq((size_t)(n_out_ * n_in_)) {
+        const fg_type_traits *tr = fg_type_traits_ref(t);
+        std::vector<float> row((size_t)n_in);
+        for (int64_t o = 0; o < n_out; o++) {
+            float scale = 0.02f * (1.0f + (float)(o % 7));
+            for (int64_t i = 0; i < n_in; i++)
+                row[(size_t)i] = rng_gauss() * scale + (i % 97 == 3 ? 0.2f : 0.0f);
+            tr->from_float(row.data(), b.p + (size_t)o * nb1, n_in);
+            tr->to_float(b.p + (size_t)o * nb1, &deq[(size_t)(o * n_in)], n_in);
+        }
+    }
+};
+
+// ---------------------------------------------------------------- get_rows
+template <int WT> static void test_get_rows_type(void) {
+    const int64_t n_embd = WT == FG_TYPE_F32 || WT == FG_TYPE_F16 || WT == FG_TYPE_BF16 ? 67
+                           : fg_qt<mm_is_float(WT) ? FG_TYPE_Q8_0 : WT>::QK == 256 ? 3 * 256
+                                                                                  : 7 * 32;
+    const size_t off = WT == FG_TYPE_MXFP4 ? 1 : WT == FG_TYPE_F32 ? 4 : 2;
+    wmat w(WT, 11, n_embd, 2 * off, off);
+    const int32_t tokens[4] = {3, 10, 0, 3};
+    const size_t d_nb1 = (size_t)(n_embd + 3) * 4;
+    buf d(d_nb1 * 4, 0, 0xFF);
+    const int64_t per_row = mm_is_float(WT) ? n_embd : n_embd / 32;
+    for (int t = 0; t < 4; t++)
+        for (int64_t u = 0; u < per_row + 40; u++) // extra threads must do nothing
+            gr_thread<WT>(w.b.p + (size_t)tokens[t] * w.nb1, (float *)(d.p + (size_t)t * d_nb1), u, (int)n_embd);
+    int bad = 0;
+    for (int t = 0; t < 4; t++) {
+        const float *got = (const float *)(d.p + (size_t)t * d_nb1);
+        const float *ref = &w.deq[(size_t)(tokens[t] * n_embd)];
+        if (memcmp(got, ref, (size_t)n_embd * 4) != 0)
+            bad++;
+        for (int64_t i = n_embd; i < n_embd + 3; i++)
+            if (((const uint32_t *)got)[i] != 0xFFFFFFFFu)
+                bad++;
+    }
+    CHECK(bad == 0, "get_rows %s: %d rows differ from to_float (or guard overwritten)", fg_type_name(WT), bad);
+}
+
+// ---------------------------------------------------------------- matvec
+template <int WT, int NR> static void emu_mv(const mv_args &a) {
+    typedef mv_geo<WT, NR> G;
+    buf smb(G::SMEM, 0, 0);
+    uint8_t *sm = smb.p;
+    std::vector<float> acc((size_t)G::NT * G::R * NR);
+    const int n_chunks = mv_n_chunks<WT, NR>(a);
+    for (int64_t o0 = 0; o0 < a.n_out; o0 += G::R) {
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int c = 0; c < n_chunks; c++) {
+            memset(sm, 0xFF, G::SMEM); // unstaged bytes read as NaN / 0xFF: would show
+            for (int tid = 0; tid < G::NT; tid++)
+                mv_stage<WT, NR>(a, o0, c, tid, sm);
+            for (int tid = 0; tid < G::NT; tid++) {
+                float(&t)[MV_R][NR] = *(float(*)[MV_R][NR]) & acc[(size_t)tid * G::R * NR];
+                if constexpr (G::FLT)
+                    mv_f_compute<WT, NR>(a, o0, c, tid, sm, t);
+                else
+                    mv_q_compute<WT, NR>(a, o0, c, tid, sm, t);
+            }
+        }
+        for (int r = 0; r < G::R; r++)
+            for (int j = 0; j < NR; j++) {
+                float s = 0.0f;
+                for (int tid = 0; tid < G::NT; tid++)
+                    s += acc[(size_t)tid * G::R * NR + r * NR + j];
+                mv_write<WT, NR>(a, o0, r, j, s);
+            }
+    }
+}
+
+// As mv_rows picks the kernel.
+template <int WT> static void emu_mv_rows(const mv_args &a) {
+    if (a.nr <= 1)
+        emu_mv<WT, 1>(a);
+    else if (a.nr <= 2)
+        emu_mv<WT, 2>(a);
+    else if (a.nr <= 4)
+        emu_mv<WT, 4>(a);
+    else
+        emu_mv<WT, 8>(a);
+}
+
+// Compares dst [rows][n_out] (stride d_nb1) with ref (+ prior values when accumulating):
+// every element within tol * (sum |w||x|) of the reference, guard columns untouched.
+static void compare(const char *what, const uint8_t *d, size_t d_nb1, int64_t rows, int64_t n_out,
+                    const std::vector<double> &ref, const std::vector<double> &mag, double tol) {
+    int bad = 0;
+    double worst = 0.0, num = 0.0, den = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = (const float *)(d + (size_t)r * d_nb1);
+        for (int64_t o = 0; o < n_out; o++) {
+            const double g = row[o], e = ref[(size_t)(r * n_out + o)];
+            const double err = fabs(g - e) / (mag[(size_t)(r * n_out + o)] + 1e-30);
+            num += (g - e) * (g - e);
+            den += e * e;
+            if (!(err <= tol)) {
+                if (bad++ < 3)
+                    printf("    %s: [%lld][%lld] got %.7g want %.7g (rel %.3g)\n", what, (long long)r, (long long)o,
+                           g, e, err);
+            }
+            worst = err > worst ? err : worst;
+        }
+        if (((const uint32_t *)row)[n_out] != 0xEEEEEEEEu)
+            bad++;
+    }
+    const double nmse = den > 0 ? num / den : num;
+    CHECK(bad == 0 && nmse <= 5e-4, "%s: %d bad elements, worst rel %.3g, nmse %.3g", what, bad, worst, nmse);
+}
+
+// x rows F32 [rows][n_in] (stride x_nb1 floats * 4 + pad), converted as the kernels see them.
+struct acts {
+    int64_t rows, n_in;
+    size_t nb1;
+    buf b;
+    std::vector<float> val; // [rows][n_in] the f32 values
+    acts(int64_t rows_, int64_t n_in_)
+        : rows(rows_), n_in(n_in_), nb1((size_t)(n_in_ + 5) * 4), b(nb1 * (size_t)rows_, 4, 0xAB),
+          val((size_t)(rows_ * n_in_)) {
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t i = 0; i < n_in; i++) {
+                float v = rng_gauss() * (1.0f + (float)(r % 3));
+                val[(size_t)(r * n_in + i)] = v;
+                memcpy(b.p + (size_t)r * nb1 + (size_t)i * 4, &v, 4);
+            }
+    }
+};
+
+// Reference: ref[r][o] = sum_i w[o][i] * xv[r][i] (double), mag = sum |w||x|; plus prior + bias.
+static void reference(const wmat &w, const std::vector<float> &xv, int64_t rows, const float *bias,
+                      const std::vector<float> *prior, std::vector<double> &ref, std::vector<double> &mag) {
+    ref.assign((size_t)(rows * w.n_out), 0.0);
+    mag.assign((size_t)(rows * w.n_out), 0.0);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t o = 0; o < w.n_out; o++) {
+            double s = 0.0, m = 0.0;
+            for (int64_t i = 0; i < w.n_in; i++) {
+                const double p = (double)w.deq[(size_t)(o * w.n_in + i)] * (double)xv[(size_t)(r * w.n_in + i)];
+                s += p;
+                m += fabs(p);
+            }
+            if (bias)
+                s += bias[o], m += fabs(bias[o]);
+            if (prior)
+                s += (*prior)[(size_t)(r * w.n_out + o)], m += fabs((*prior)[(size_t)(r * w.n_out + o)]);
+            ref[(size_t)(r * w.n_out + o)] = s;
+            mag[(size_t)(r * w.n_out + o)] = m;
+        }
+}
+
+struct outbuf {
+    size_t nb1;
+    buf b;
+    std::vector<float> prior;
+    outbuf(int64_t rows, int64_t n_out, bool accumulate)
+        : nb1((size_t)(n_out + 3) * 4), b(nb1 * (size_t)rows, 0, 0xEE), prior((size_t)(rows * n_out)) {
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t o = 0; o < n_out; o++) {
+                float v = accumulate ? rng_gauss() : NAN; // poison unless accumulating
+                prior[(size_t)(r * n_out + o)] = accumulate ? v : 0.0f;
+                memcpy(b.p + (size_t)r * nb1 + (size_t)o * 4, &v, 4);
+            }
+    }
+};
+
+template <int WT> static void test_mv_type(void) {
+    const bool flt = mm_is_float(WT);
+    const int qk = flt ? 1 : fg_qt<flt ? FG_TYPE_Q8_0 : WT>::QK;
+    // n_in: one partial chunk, and several chunks (chunk = 2048 or 4096 elements; 512/1024 float)
+    const int64_t n_ins[2] = {flt ? 67 : qk == 256 ? 2 * 256 : 7 * 32, flt ? 1103 : qk == 256 ? 21 * 256 : 139 * 32};
+    const int64_t n_outs[2] = {37, 9};
+    for (int si = 0; si < 2; si++) {
+        const int64_t n_in = n_ins[si], n_out = n_outs[si];
+        const size_t off = WT == FG_TYPE_MXFP4 ? 1 : WT == FG_TYPE_F32 ? 4 : 2;
+        wmat w(WT, n_out, n_in, si == 0 ? 0 : off * 3, si == 0 ? 0 : off);
+        std::vector<float> bias((size_t)n_out);
+        for (auto &v : bias)
+            v = rng_gauss();
+        for (int nr = 1; nr <= FG_MV_MAX_ROWS; nr++) {
+            const bool accumulate = nr % 3 == 0, use_bias = nr % 2 == 1;
+            acts x(nr, n_in);
+            outbuf d(nr, n_out, accumulate);
+            mv_args a;
+            a.w = w.b.p;
+            a.w_nb1 = w.nb1;
+            a.dst = (float *)d.b.p;
+            a.d_nb1 = d.nb1;
+            a.bias = use_bias ? bias.data() : NULL;
+            a.n_out = n_out;
+            a.n_in = (int)n_in;
+            a.nr = nr;
+            a.accumulate = accumulate;
+            std::vector<float> xv = x.val; // what the kernel multiplies by
+            buf q(mm_q8_1_row_bytes(n_in) * (size_t)nr, si == 0 ? 0 : 4, 0x77);
+            if (flt) {
+                a.x = x.b.p;
+                a.x_nb1 = x.nb1;
+            } else {
+                const size_t qb = mm_q8_1_row_bytes(n_in);
+                for (int r = 0; r < nr; r++) {
+                    fg_quant_q8_1_act(&x.val[(size_t)(r * n_in)], q.p + (size_t)r * qb, n_in);
+                    fg_type_traits_ref(FG_TYPE_Q8_1)->to_float(q.p + (size_t)r * qb, &xv[(size_t)(r * n_in)], n_in);
+                }
+                a.x = q.p;
+                a.x_nb1 = qb;
+            }
+            emu_mv_rows<WT>(a);
+            std::vector<double> ref, mag;
+            reference(w, xv, nr, a.bias, accumulate ? &d.prior : NULL, ref, mag);
+            char what[96];
+            snprintf(what, sizeof what, "matvec %s n_in %lld n_out %lld rows %d", fg_type_name(WT), (long long)n_in,
+                     (long long)n_out, nr);
+            compare(what, d.b.p, d.nb1, nr, n_out, ref, mag, 1e-5);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- tiled (FMA twin)
+template <int WT, int XT> static void emu_tm(const tm_args &a) {
+    buf smb(TM_SMEM, 0, 0);
+    uint16_t *As = (uint16_t *)smb.p, *Bs = As + TM_BM * TM_LDA;
+    float *Cs = (float *)smb.p;
+    std::vector<float> acc((size_t)TM_NT * TM_TM * TM_TN);
+    for (int64_t m0 = 0; m0 < a.n_out; m0 += TM_BM)
+        for (int64_t n0 = 0; n0 < a.n_rows; n0 += TM_BN) {
+            std::fill(acc.begin(), acc.end(), 0.0f);
+            for (int k0 = 0; k0 < a.n_in; k0 += TM_BK) {
+                memset(smb.p, 0xFF, TM_SMEM);
+                for (int tid = 0; tid < TM_NT; tid++) {
+                    tm_load_w<WT>(a, m0, k0, tid, As);
+                    tm_load_x<XT>(a, n0, k0, tid, Bs);
+                }
+                for (int tid = 0; tid < TM_NT; tid++)
+                    tm_fma(As, Bs, tid, *(float(*)[TM_TM][TM_TN]) & acc[(size_t)tid * TM_TM * TM_TN]);
+            }
+            memset(smb.p, 0xFF, TM_SMEM);
+            for (int tid = 0; tid < TM_NT; tid++)
+                tm_fma_store(*(float(*)[TM_TM][TM_TN]) & acc[(size_t)tid * TM_TM * TM_TN], tid, Cs);
+            for (int tid = 0; tid < TM_NT; tid++)
+                tm_write(a, m0, n0, tid, Cs);
+        }
+}
+
+static float round_h(float f) { return fg_f16_to_f32(fg_f32_to_f16(f)); }
+
+template <int WT, int XT> static void test_tm_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumulate, bool use_bias) {
+    const size_t off = WT == FG_TYPE_MXFP4 ? 1 : WT == FG_TYPE_F32 ? 4 : 2;
+    wmat w(WT, n_out, n_in, off, off);
+    for (auto &v : w.deq) // the kernel multiplies f16 copies of the weights
+        v = round_h(v);
+    acts x(rows, n_in);
+    outbuf d(rows, n_out, accumulate);
+    std::vector<float> bias((size_t)n_out);
+    for (auto &v : bias)
+        v = rng_gauss();
+    tm_args a;
+    a.w = w.b.p;
+    a.w_nb1 = w.nb1;
+    a.dst = (float *)d.b.p;
+    a.d_nb1 = d.nb1;
+    a.bias = use_bias ? bias.data() : NULL;
+    a.n_out = n_out;
+    a.n_rows = rows;
+    a.n_in = (int)n_in;
+    a.accumulate = accumulate;
+    std::vector<float> xv((size_t)(rows * n_in));
+    buf xb((size_t)n_in * 2 * (size_t)rows + 64, 4, 0x55);
+    if (XT == FG_TYPE_F32) {
+        a.x = x.b.p;
+        a.x_nb1 = x.nb1;
+        for (size_t i = 0; i < xv.size(); i++)
+            xv[i] = round_h(x.val[i]);
+    } else {
+        a.x = xb.p;
+        a.x_nb1 = (size_t)n_in * 2;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t i = 0; i < n_in; i++) {
+                uint16_t h = fg_f32_to_f16(x.val[(size_t)(r * n_in + i)]);
+                memcpy(xb.p + a.x_nb1 * (size_t)r + (size_t)i * 2, &h, 2);
+                xv[(size_t)(r * n_in + i)] = fg_f16_to_f32(h);
+            }
+    }
+    emu_tm<WT, XT>(a);
+    std::vector<double> ref, mag;
+    reference(w, xv, rows, a.bias, accumulate ? &d.prior : NULL, ref, mag);
+    char what[112];
+    snprintf(what, sizeof what, "tiled %s x %s n_in %lld n_out %lld rows %lld", fg_type_name(WT), fg_type_name(XT),
+             (long long)n_in, (long long)n_out, (long long)rows);
+    compare(what, d.b.p, d.nb1, rows, n_out, ref, mag, 1e-5);
+}
+
+template <int WT> static void test_tm_type(void) {
+    const bool flt = mm_is_float(WT);
+    const int qk = flt ? 1 : fg_qt<flt ? FG_TYPE_Q8_0 : WT>::QK;
+    const int64_t n_in = flt ? 67 : qk == 256 ? 2 * 256 : 7 * 32;
+    test_tm_case<WT, FG_TYPE_F32>(9, 131, n_in, false, true);
+    test_tm_case<WT, FG_TYPE_F16>(33, 37, n_in, true, false);
+    test_tm_case<WT, FG_TYPE_F16>(70, 300, flt ? 96 : n_in, false, false);
+    test_tm_case<WT, FG_TYPE_F32>(3, 129, qk == 256 ? 256 : 128, true, true); // few rows, F32
+}
+
+// ---------------------------------------------------------------- decoders alone
+// fg_q_dequant_unit through the shared-memory reader (funnel shifts) at every misalignment
+// equals the exact reader's (and so the reference).
+template <int WT> static void test_smem_reader(void) {
+    typedef fg_qt<WT> Q;
+    wmat w(WT, 1, Q::QK, 0, 0);
+    int bad = 0;
+    for (int mis = 0; mis < 4; mis++) {
+        if (Q::ALIGN == 2 && (mis & 1))
+            continue;
+        buf s((size_t)Q::BYTES + 32, (size_t)mis, 0x99);
+        memcpy(s.p, w.b.p, (size_t)Q::BYTES);
+        for (int sub = 0; sub < Q::UPB; sub++) {
+            float f[32];
+            fg_q_dequant_unit<WT, fg_rd_smem>(s.p, sub, f);
+            if (memcmp(f, &w.deq[(size_t)sub * 32], sizeof f) != 0)
+                bad++;
+        }
+    }
+    CHECK(bad == 0, "%s: smem reader decode differs from to_float in %d units", fg_type_name(WT), bad);
+}
+
+template <int WT> static void run_type(void) {
+    printf("  %s\n", fg_type_name(WT));
+    test_get_rows_type<WT>();
+    if constexpr (!mm_is_float(WT))
+        test_smem_reader<WT>();
+    test_mv_type<WT>();
+    test_tm_type<WT>();
+}
+
+int main(void) {
+    printf("test_cuda_matmul_host: seed %u\n", SEED);
+    fg_quant_set_use_ref(true);
+    // dp4a fallback and the MXFP4 byte table
+    CHECK(fg_dp4a(0x80FF017F, 0x7F01FF80, 5) == 5 + (-128 * 127) + (-1 * 1) + (1 * -1) + (127 * -128), "dp4a");
+    for (uint32_t v = 0; v < 16; v++) {
+        uint32_t r = fg_q_mxfp4_lut(v | (v << 8) | ((15 - v) << 16) | (((v + 3) & 15) << 24));
+        CHECK((int8_t)(r & 0xFF) == fg_kvalues_mxfp4[v] && (int8_t)(r >> 8) == fg_kvalues_mxfp4[v] &&
+                  (int8_t)(r >> 16) == fg_kvalues_mxfp4[15 - v] && (int8_t)(r >> 24) == fg_kvalues_mxfp4[(v + 3) & 15],
+              "mxfp4 lut %u", v);
+    }
+#define X(T) run_type<T>();
+    MM_QTYPES(X)
+    MM_FTYPES(X)
+#undef X
+    printf("%d checks, %d failed\n", g_checks, g_fail);
+    return g_fail ? 1 : 0;
+}
