@@ -6,9 +6,9 @@
 // launchers declared in cuda_internal.h by the ops table in cuda_backend.cu.
 //
 // Attention design (portable CUDA-core code; FG_WARP lanes, never a literal 32):
-//  * Work item = (sequence s, q tile, kv chunk) x kv head (blockIdx.y). The q rows of a
+//  * Work item = (sequence s, q tile, kv chunk) x kv head. The q rows of a
 //    sequence for one kv head are its (token, head of the GQA group) pairs flattened as
-//    fr = token_in_seq * group + g; a q tile is ATTN_ROWS consecutive flattened rows, so one
+//    fr = token_in_seq * group + g; a q tile is attn_rows() (16) consecutive flattened rows, so one
 //    K/V row loaded into shared memory serves every q head of the group and several tokens
 //    (prefill), or the whole group of one token (decode); MQA/GQA need no special case.
 //  * A plan kernel (one block) turns the step metadata into a work list: per sequence the
@@ -17,12 +17,14 @@
 //    L ~ total work / target blocks, at least ATTN_L_MIN and large enough that the partial
 //    results fit the arena. Grid sizes depend only on n_tokens, n_seqs and the device, never
 //    on KV lengths, and blocks loop over the items (grid-stride), longest-first.
-//  * A block = ATTN_NW warps. Per kv tile of FG_WARP keys: the block loads the tile's K rows
-//    (in chunks of DC dims, converted to f32 in shared memory, page looked up per key), each
-//    lane scores one key against its warp's q rows (q in shared memory, pre-scaled by
-//    scale*log2 e), online softmax in f32 (running max and sum per row, base 2), the
-//    probabilities go to shared memory, then the V rows are loaded and each lane accumulates
-//    its DC/FG_WARP output dims per row in registers.
+//  * A block = ATTN_NW warps; item row r belongs to warp r % ATTN_NW. Per kv tile of FG_WARP
+//    keys: the block stages the tile's K rows (in chunks of DC dims, converted to f32 in
+//    shared memory, page looked up per key), each lane scores one key against its warp's q
+//    rows (q in shared memory, pre-scaled by scale*log2 e), online softmax in f32 (running
+//    max and sum per row, base 2), the probabilities go to shared memory, then the V rows
+//    are staged and each lane accumulates its DC/FG_WARP output dims per row in registers.
+//    Staging is software-pipelined: the global loads of the next chunk (K, V, next tile's
+//    K) are in flight in registers while the block computes on the current one.
 //  * A sequence split into chunks writes unnormalised partials (max, sum, acc) to the
 //    c->attn arena; a reduction kernel (one warp per (token, head)) merges them into dst.
 //  * Head sizes: the kernel is instantiated for D_CAP = 64, 128, 256, 512 (any head_dim up to
@@ -45,18 +47,26 @@ extern "C" {
 #include <stdint.h>
 
 // ---------------------------------------------------------------- cache element types
-// How the kernels read and write one row of the cache. A quantized type (Q8_0) is one more
-// struct: load4/load1 dequantize, store1 becomes a row quantizer.
+// How the kernels read and write one row of the cache: fetch raw groups of 4 elements into
+// registers, convert them to f32 when they are staged, store one f32 element. A quantized
+// type (Q8_0) is one more struct: raw = the bytes of 4 elements plus their block scale.
 struct kv_f16 {
     static constexpr int esz = 2;
+    typedef uint2 raw; // 4 elements as stored, held in registers between fetch and commit
+    static __device__ __forceinline__ raw zero() { return make_uint2(0u, 0u); }
     // 4 consecutive elements from element e of a row (e a multiple of 4, row 8-byte aligned)
-    static __device__ __forceinline__ float4 load4(const char *row, int e) {
-        const uint2 u = *(const uint2 *)(row + (size_t)e * 2);
+    static __device__ __forceinline__ raw fetch4(const char *row, int e) {
+        return *(const uint2 *)(row + (size_t)e * 2);
+    }
+    // elements e.. of a row, those at n or past it read as 0 (any alignment)
+    static __device__ __forceinline__ raw fetch_tail(const char *row, int e, int n) {
+        const uint16_t *p = (const uint16_t *)row + e;
+        const uint32_t a = p[0], b = e + 1 < n ? p[1] : 0u, c = e + 2 < n ? p[2] : 0u, d = e + 3 < n ? p[3] : 0u;
+        return make_uint2(a | (b << 16), c | (d << 16));
+    }
+    static __device__ __forceinline__ float4 to_f32(raw u) {
         return make_float4(fg_h2f((uint16_t)(u.x & 0xffffu)), fg_h2f((uint16_t)(u.x >> 16)),
                            fg_h2f((uint16_t)(u.y & 0xffffu)), fg_h2f((uint16_t)(u.y >> 16)));
-    }
-    static __device__ __forceinline__ float load1(const char *row, int e) {
-        return fg_h2f(((const uint16_t *)row)[e]);
     }
     // round to nearest even, NaN kept a NaN: the same bits as the CPU's store
     static __device__ __forceinline__ void store1(char *row, int e, float x) {
@@ -66,10 +76,16 @@ struct kv_f16 {
 
 struct kv_f32 {
     static constexpr int esz = 4;
-    static __device__ __forceinline__ float4 load4(const char *row, int e) {
+    typedef float4 raw;
+    static __device__ __forceinline__ raw zero() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+    static __device__ __forceinline__ raw fetch4(const char *row, int e) {
         return *(const float4 *)(row + (size_t)e * 4);
     }
-    static __device__ __forceinline__ float load1(const char *row, int e) { return ((const float *)row)[e]; }
+    static __device__ __forceinline__ raw fetch_tail(const char *row, int e, int n) {
+        const float *p = (const float *)row + e;
+        return make_float4(p[0], e + 1 < n ? p[1] : 0.0f, e + 2 < n ? p[2] : 0.0f, e + 3 < n ? p[3] : 0.0f);
+    }
+    static __device__ __forceinline__ float4 to_f32(raw x) { return x; }
     static __device__ __forceinline__ void store1(char *row, int e, float x) { ((float *)row)[e] = x; }
 };
 
@@ -177,12 +193,16 @@ fg_status fg_cuda_kv_copy_page(fg_cuda *c, const fg_kv_view *kv, int32_t dst_pag
 
 // q rows per work item (a multiple of ATTN_NW): 16, or 8 for the widest heads (shared memory)
 static __host__ __device__ constexpr int attn_rows(int d_cap) { return d_cap <= 256 ? 16 : 8; }
+// blocks per SM the register budget is cut for (NVIDIA): 4 (<= 128 registers) unless the
+// accumulators of wide heads need more
+[[maybe_unused]] static __host__ __device__ constexpr int attn_min_blocks(int d_cap) { return d_cap <= 128 ? 4 : 3; }
 // dims of K/V staged per pass: at most 4096 / warp (4 dims a lane on 32-wide warps, 1 on 64)
 static __host__ __device__ constexpr int attn_dc(int d_cap, int warp) {
     return d_cap < 4096 / warp ? d_cap : 4096 / warp;
 }
 // shared memory, in floats from the start: q [rows][d_cap], stage [warp][dc + 4],
-// probabilities [ATTN_NW][rows / ATTN_NW][warp], then [warp] 64-bit row offsets
+// probabilities [ATTN_NW][rows / ATTN_NW][warp], then [2][warp] 64-bit row offsets (the
+// current kv tile and the next one)
 static __host__ __device__ constexpr size_t attn_off_stage(int d_cap) { return (size_t)attn_rows(d_cap) * d_cap; }
 static __host__ __device__ constexpr size_t attn_off_p(int d_cap, int warp) {
     return attn_off_stage(d_cap) + (size_t)warp * (attn_dc(d_cap, warp) + 4);
@@ -191,7 +211,7 @@ static __host__ __device__ constexpr size_t attn_off_roff(int d_cap, int warp) {
     return attn_off_p(d_cap, warp) + (size_t)attn_rows(d_cap) * warp;
 }
 static __host__ __device__ constexpr size_t attn_smem_bytes(int d_cap, int warp) {
-    return attn_off_roff(d_cap, warp) * sizeof(float) + (size_t)warp * sizeof(long long);
+    return attn_off_roff(d_cap, warp) * sizeof(float) + 2 * (size_t)warp * sizeof(long long);
 }
 
 static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
@@ -227,7 +247,7 @@ typedef struct attn_args {
     size_t kv_nb1, kv_nb2; // bytes of a slot and of a page (K and V alike)
     const int32_t *pos, *seq, *seq_first, *seq_n_tokens, *seq_n_kv, *page_table;
     int max_pages, page_size;
-    int n_seqs, n_head, group, head_dim;
+    int n_seqs, n_head, n_head_kv, group, head_dim;
     float qscale;        // softmax scale * log2(e): scores are kept in base 2
     int causal;
     int vec4;            // K/V rows may be read 4 elements at a time (alignment)
@@ -361,44 +381,55 @@ static __device__ __forceinline__ void lds_n(float (&o)[N], const float *p) {
     }
 }
 
-// Stages dims [d0, d0 + DC) of the FG_WARP rows of the current kv tile into stage[j][0..DC)
-// as f32; keys without a row (roff < 0) and dims past head_dim read as 0.
-template <typename KVT, int DC>
-static __device__ __forceinline__ void attn_load_chunk(float *stage, const char *base, const long long *roff,
-                                                       int d0, int hd, int vec4, int tid) {
-    constexpr int Q4 = DC / 4;                    // groups of 4 dims per row
-    constexpr int NT = ATTN_NW * FG_WARP;
-    constexpr int ITERS = FG_WARP * Q4 / NT;      // = Q4 / ATTN_NW
+// Byte offset of key j's row in the layer (page table lookup), -1 past the item's keys.
+static __device__ __forceinline__ long long attn_row_off(const int32_t *pt, int j, int kv_hi, int page_size,
+                                                         size_t nb1, size_t nb2) {
+    return j < kv_hi ? (long long)pt[j / page_size] * (long long)nb2 + (long long)(j % page_size) * (long long)nb1
+                     : -1;
+}
+
+// Loading dims [d0, d0 + DC) of the FG_WARP key rows of a kv tile is split in two so the
+// global loads of the next chunk are in flight while the current one is used: fetch reads
+// this thread's groups of 4 elements into registers (keys without a row, roff < 0, and dims
+// past head_dim read as 0), commit converts them to f32 into stage[j][0..DC).
+template <int DC>
+struct attn_ld {
+    static constexpr int Q4 = DC / 4;                  // groups of 4 dims per row
+    static constexpr int NT = ATTN_NW * FG_WARP;
+    static constexpr int ITERS = FG_WARP * Q4 / NT;    // groups per thread
     static_assert(FG_WARP * Q4 % NT == 0, "stage chunk");
+};
+
+template <typename KVT, int DC>
+static __device__ __forceinline__ void attn_fetch(typename KVT::raw (&rg)[attn_ld<DC>::ITERS], const char *base,
+                                                  const long long *roff, int d0, int hd, int vec4, int tid) {
+    typedef attn_ld<DC> LD;
 #pragma unroll
-    for (int it = 0; it < ITERS; it++) {
-        const int idx = tid + it * NT;
-        const int j = idx / Q4, d = (idx % Q4) * 4;
-        const int e = d0 + d;
-        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int it = 0; it < LD::ITERS; it++) {
+        const int idx = tid + it * LD::NT;
+        const int j = idx / LD::Q4, e = d0 + (idx % LD::Q4) * 4;
         const long long ro = roff[j];
-        if (ro >= 0 && e < hd) {
-            const char *row = base + ro;
-            if (vec4) {
-                x = KVT::load4(row, e);
-            } else {
-                x.x = KVT::load1(row, e);
-                if (e + 1 < hd)
-                    x.y = KVT::load1(row, e + 1);
-                if (e + 2 < hd)
-                    x.z = KVT::load1(row, e + 2);
-                if (e + 3 < hd)
-                    x.w = KVT::load1(row, e + 3);
-            }
-        }
-        *(float4 *)(stage + (size_t)j * (DC + 4) + d) = x;
+        rg[it] = KVT::zero();
+        if (ro >= 0 && e < hd)
+            rg[it] = vec4 ? KVT::fetch4(base + ro, e) : KVT::fetch_tail(base + ro, e, hd);
     }
 }
 
-// The attention kernel: grid (items, n_head_kv), ATTN_NW * FG_WARP threads, dynamic shared
-// memory attn_smem_bytes(D_CAP, FG_WARP). EXACT: head_dim == D_CAP (compile-time loops).
+template <typename KVT, int DC>
+static __device__ __forceinline__ void attn_commit(float *stage, const typename KVT::raw (&rg)[attn_ld<DC>::ITERS],
+                                                   int tid) {
+    typedef attn_ld<DC> LD;
+#pragma unroll
+    for (int it = 0; it < LD::ITERS; it++) {
+        const int idx = tid + it * LD::NT;
+        *(float4 *)(stage + (size_t)(idx / LD::Q4) * (DC + 4) + (idx % LD::Q4) * 4) = KVT::to_f32(rg[it]);
+    }
+}
+
+// The attention kernel: a 1-D grid looping over (item, kv head), ATTN_NW * FG_WARP threads,
+// dynamic shared memory attn_smem_bytes(D_CAP, FG_WARP). EXACT: head_dim == D_CAP.
 template <typename KVT, int D_CAP, bool EXACT>
-__global__ void __launch_bounds__(256) attn_kernel(attn_args a) {
+__global__ void FG_LAUNCH_BOUNDS(ATTN_NW * FG_WARP, attn_min_blocks(D_CAP)) attn_kernel(attn_args a) {
     constexpr int W = FG_WARP;
     constexpr int BK = W;                       // keys per kv tile: one per lane when scoring
     constexpr int R = attn_rows(D_CAP);         // q rows per item
@@ -414,21 +445,23 @@ __global__ void __launch_bounds__(256) attn_kernel(attn_args a) {
     float *const qs = smf;                                  // [R][D_CAP] q * qscale, 0 past head_dim
     float *const stage = smf + attn_off_stage(D_CAP);       // [BK][SROW] K or V dims of the tile
     float *const ps = smf + attn_off_p(D_CAP, W);           // [ATTN_NW][RW][BK] probabilities
-    long long *const roff = (long long *)(smf + attn_off_roff(D_CAP, W)); // [BK] key row offsets
+    long long *const roff = (long long *)(smf + attn_off_roff(D_CAP, W)); // [2][BK] key row offsets
 
     const int tid = threadIdx.x, lane = tid % W, w = tid / W;
-    const int hk = blockIdx.y;
     const int hd = EXACT ? D_CAP : a.head_dim;
     const int G = a.group;
     const int n_ch = EXACT ? NCH : (hd + DC - 1) / DC; // passes that hold dims < head_dim
     const int hd4 = (hd + 3) & ~3;
-    const char *const kb = a.k + (size_t)hk * hd * KVT::esz;
-    const char *const vb = a.v + (size_t)hk * hd * KVT::esz;
     const int n_items = a.hdr[0];
     const int chunk_len = a.hdr[1];
+    const long long n_work = (long long)n_items * a.n_head_kv;
 
-    for (int x = blockIdx.x; x < n_items; x += gridDim.x) {
-        const int item = n_items - 1 - x; // last items first: the longest causal tiles
+    // work x = (item, kv head), kv head fastest; last items first: the longest causal tiles
+    for (long long x = blockIdx.x; x < n_work; x += gridDim.x) {
+        const int item = n_items - 1 - (int)(x / a.n_head_kv);
+        const int hk = (int)(x % a.n_head_kv);
+        const char *const kb = a.k + (size_t)hk * hd * KVT::esz;
+        const char *const vb = a.v + (size_t)hk * hd * KVT::esz;
         int lo = 0, hi = a.n_seqs;         // the sequence: item_off[lo] <= item < item_off[lo + 1]
         while (hi - lo > 1) {
             const int mid = (lo + hi) >> 1;
@@ -488,15 +521,24 @@ __global__ void __launch_bounds__(256) attn_kernel(attn_args a) {
                 qs[idx] = qv;
             }
             const int32_t *pt = a.page_table + (size_t)s * a.max_pages;
+            const int n_tiles = (kv_hi - kv_lo + BK - 1) / BK;
+            if (tid < BK)
+                roff[tid] = attn_row_off(pt, kv_lo + tid, kv_hi, a.page_size, a.kv_nb1, a.kv_nb2);
+            __syncthreads(); // roff of the first tile (and q) visible
 
-            for (int k0 = kv_lo; k0 < kv_hi; k0 += BK) {
-                if (tid < BK) {
-                    const int j = k0 + tid;
-                    roff[tid] = j < kv_hi ? (long long)pt[j / a.page_size] * (long long)a.kv_nb2 +
-                                                (long long)(j % a.page_size) * (long long)a.kv_nb1
-                                          : -1;
-                }
-                __syncthreads(); // roff (and q on the first tile) visible
+            // The pipeline: every stage fill (K chunks, then V chunks, tile after tile) is
+            // committed to shared memory from registers, then the next fill's global loads are
+            // issued before the block computes on this one.
+            typename KVT::raw rg[attn_ld<DC>::ITERS];
+            attn_fetch<KVT, DC>(rg, kb, roff, 0, hd, a.vec4, tid);
+            for (int n = 0; n < n_tiles; n++) {
+                const int k0 = kv_lo + n * BK;
+                const long long *ro_cur = roff + (n & 1) * BK;
+                long long *ro_next = roff + ((n + 1) & 1) * BK;
+                // offsets of the next tile: first read by a fetch after this tile's first sync;
+                // the last reader of this buffer (tile n - 1) is done
+                if (tid < BK && n + 1 < n_tiles)
+                    ro_next[tid] = attn_row_off(pt, k0 + BK + tid, kv_hi, a.page_size, a.kv_nb1, a.kv_nb2);
 
                 // scores: lane = key k0 + lane, against each slot's q row
                 float sc[RW];
@@ -506,17 +548,22 @@ __global__ void __launch_bounds__(256) attn_kernel(attn_args a) {
 #pragma unroll
                 for (int c = 0; c < NCH; c++) {
                     if (c < n_ch) {
-                        attn_load_chunk<KVT, DC>(stage, kb, roff, c * DC, hd, a.vec4, tid);
-                        __syncthreads();
+                        attn_commit<KVT, DC>(stage, rg, tid);
+                        if (c + 1 < n_ch)
+                            attn_fetch<KVT, DC>(rg, kb, ro_cur, (c + 1) * DC, hd, a.vec4, tid);
+                        else
+                            attn_fetch<KVT, DC>(rg, vb, ro_cur, 0, hd, a.vec4, tid);
+                        __syncthreads(); // K chunk c staged
                         const float *kr = stage + (size_t)lane * SROW;
                         const int dlim = EXACT ? DC : min(DC, hd4 - c * DC);
-#pragma unroll 8
+#pragma unroll 4
                         for (int d = 0; d < dlim; d += 4) {
                             const float4 k4 = *(const float4 *)(kr + d);
 #pragma unroll
                             for (int i = 0; i < RW; i++) {
                                 if (i < ns) {
-                                    const float4 q4 = *(const float4 *)(qs + (size_t)(i * ATTN_NW + w) * D_CAP + c * DC + d);
+                                    const float4 q4 =
+                                        *(const float4 *)(qs + (size_t)(i * ATTN_NW + w) * D_CAP + c * DC + d);
                                     sc[i] = fmaf(q4.x, k4.x, sc[i]);
                                     sc[i] = fmaf(q4.y, k4.y, sc[i]);
                                     sc[i] = fmaf(q4.z, k4.z, sc[i]);
@@ -524,11 +571,12 @@ __global__ void __launch_bounds__(256) attn_kernel(attn_args a) {
                                 }
                             }
                         }
-                        __syncthreads(); // stage is reloaded next
+                        __syncthreads(); // stage is committed next
                     }
                 }
 
-                // online softmax, one row per slot; scores of invisible keys are -inf
+                // online softmax, one row per slot; scores of invisible keys are -inf. ps is
+                // free: the previous tile's PV ended with a sync
                 const int j = k0 + lane;
 #pragma unroll
                 for (int i = 0; i < RW; i++) {
@@ -554,10 +602,14 @@ __global__ void __launch_bounds__(256) attn_kernel(attn_args a) {
 #pragma unroll
                 for (int c = 0; c < NCH; c++) {
                     if (c < n_ch) {
-                        attn_load_chunk<KVT, DC>(stage, vb, roff, c * DC, hd, a.vec4, tid);
-                        __syncthreads(); // stage and ps visible
+                        attn_commit<KVT, DC>(stage, rg, tid);
+                        if (c + 1 < n_ch)
+                            attn_fetch<KVT, DC>(rg, vb, ro_cur, (c + 1) * DC, hd, a.vec4, tid);
+                        else if (n + 1 < n_tiles)
+                            attn_fetch<KVT, DC>(rg, kb, ro_next, 0, hd, a.vec4, tid);
+                        __syncthreads(); // V chunk c staged, ps visible
                         const float *vc = stage + lane * DPL;
-#pragma unroll 2
+#pragma unroll 1
                         for (int jj = 0; jj < BK; jj += 4) {
                             float4 p4[RW];
 #pragma unroll
@@ -579,7 +631,7 @@ __global__ void __launch_bounds__(256) attn_kernel(attn_args a) {
                                 }
                             }
                         }
-                        __syncthreads(); // stage, ps and roff are rewritten next
+                        __syncthreads(); // stage and ps are rewritten next
                     }
                 }
             }
@@ -687,7 +739,6 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
     FG_ASSERT(p->layer >= 0 && p->layer < kv->n_layer);
     FG_ASSERT(kv->k.nb[1] == kv->v.nb[1] && kv->k.nb[2] == kv->v.nb[2]);
     FG_ASSERT(c->warp == 32 || c->warp == 64);
-    FG_ASSERT(n_head_kv <= 65535);
     if (hd > 512)
         return fg_fail(FG_ERR_UNSUPPORTED, "cuda: attention: head_dim %d exceeds 512", hd);
     if (st->n_tokens <= 0 || st->n_seqs <= 0)
@@ -754,6 +805,7 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
     a.page_size = kv->page_size;
     a.n_seqs = st->n_seqs;
     a.n_head = n_head;
+    a.n_head_kv = n_head_kv;
     a.group = group;
     a.head_dim = hd;
     a.qscale = p->scale * 1.44269504088896340736f;
@@ -767,22 +819,29 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
     a.pstat = pstat;
     a.pacc = pacc;
 
-    // items per kv head: at most the q tiles when nothing is split, fewer than 2 * target /
-    // n_head_kv when the plan splits; blocks loop over items, so this is only a size choice
+    // work = items x kv heads: at most q tiles x n_head_kv when nothing is split, fewer than
+    // 2 * target when the plan splits, which it can only do when the step has fewer than
+    // target * rows q rows. Blocks loop over the work, so the grid is only a size choice; it
+    // depends on the step's shape and the device, not on KV lengths (graph replay safe).
     const long long tiles = ((long long)st->n_tokens * group + (long long)st->n_seqs * (rows - 1)) / rows;
-    const long long split = (2LL * pa.target + n_head_kv - 1) / n_head_kv;
-    long long gx = tiles > split ? tiles : split;
-    gx = gx < (1LL << 20) ? gx : (1LL << 20);
-    const dim3 grid((unsigned)gx, (unsigned)n_head_kv);
+    const bool may_split = p_max > 0 && (long long)st->n_tokens * n_head < (long long)pa.target * rows;
+    long long gx = tiles * n_head_kv;
+    if (may_split && gx < 2LL * pa.target)
+        gx = 2LL * pa.target;
+    gx = gx < (1LL << 24) ? gx : (1LL << 24);
+    const dim3 grid((unsigned)gx);
     const unsigned threads = (unsigned)(ATTN_NW * warp);
     const size_t smem = attn_smem_bytes(d_cap, warp);
     const bool exact = hd == d_cap && d_cap <= 256;
-    const attn_kernel_fn fn = kv->type == FG_TYPE_F16 ? attn_pick<kv_f16>(d_cap, exact) : attn_pick<kv_f32>(d_cap, exact);
+    const attn_kernel_fn fn =
+        kv->type == FG_TYPE_F16 ? attn_pick<kv_f16>(d_cap, exact) : attn_pick<kv_f32>(d_cap, exact);
     fn<<<grid, threads, smem, c->stream>>>(a);
     FG_GPU_LAUNCH_CHECK(c, "attention");
 
-    const long long n_rows = (long long)st->n_tokens * n_head;
-    attn_reduce_kernel<<<fg_div_up(n_rows, ATTN_NW), threads, 0, c->stream>>>(a, st->n_tokens);
-    FG_GPU_LAUNCH_CHECK(c, "attention reduce");
+    if (may_split) { // else every row was written by attn_kernel
+        const long long n_rows = (long long)st->n_tokens * n_head;
+        attn_reduce_kernel<<<fg_div_up(n_rows, ATTN_NW), threads, 0, c->stream>>>(a, st->n_tokens);
+        FG_GPU_LAUNCH_CHECK(c, "attention reduce");
+    }
     return FG_OK;
 }
