@@ -161,7 +161,7 @@ fg_status fg_cuda_kv_copy_page(fg_cuda *c, const fg_kv_view *kv, int32_t dst_pag
     FG_ASSERT(dst_page >= 0 && dst_page < kv->n_pages && src_page >= 0 && src_page < kv->n_pages);
     FG_ASSERT(kv->k.nb[2] == kv->v.nb[2]);
     FG_ASSERT(kv->n_layer >= 1 && kv->n_layer <= 65535);
-    if (dst_page == src_page || kv->n_layer == 0)
+    if (dst_page == src_page)
         return FG_OK;
     const size_t page_bytes = kv->k.nb[2];
     const uintptr_t align = (uintptr_t)kv->k.data | (uintptr_t)kv->v.data | (uintptr_t)page_bytes |
