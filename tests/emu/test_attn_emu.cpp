@@ -26,6 +26,7 @@ struct Scn {
     long long arena = -1; // -1: fg_cuda_attn_scratch_bytes; else bytes
     bool share = true;
     unsigned seed = 1;
+    bool stale_max = false; // step.max_n_kv left at 1 (a replayed graph): the grid is too small
 };
 
 static float nanf_() { return __builtin_nanf(""); }
@@ -108,6 +109,12 @@ static int run(const Scn &sc) {
     c.step.tokens = tokens.data(); c.step.pos = pos.data(); c.step.seq = seq.data();
     c.step.seq_n_kv = seq_n_kv.data(); c.step.seq_first = seq_first.data(); c.step.seq_n_tokens = seq_n_tokens.data();
     c.step.page_table = pt.data();
+    for (int s = 0; s < ns; s++) {
+        c.step.max_n_kv = std::max(c.step.max_n_kv, seq_n_kv[s]);
+        c.step.max_seq_tokens = std::max(c.step.max_seq_tokens, seq_n_tokens[s]);
+    }
+    if (sc.stale_max)
+        c.step.max_n_kv = 1;
     fg_backend_limits lim;
     memset(&lim, 0, sizeof lim);
     lim.max_tokens = n_tokens; lim.max_seqs = ns; lim.max_pages = max_pages; lim.max_heads = nh; lim.max_head_dim = hd;
@@ -234,6 +241,10 @@ int main(int argc, char **argv) {
     {
         Scn s{"split noncausal f32 hd128", 16, 4, 4, 128, FG_TYPE_F32, false, {{1200, 3}, {300, 1}}};
         s.n_sm = 32; v.push_back(s);
+    }
+    {
+        Scn s{"split, stale max_n_kv (grid too small)", 16, 8, 2, 64, FG_TYPE_F16, true, {{2000, 1}, {900, 3}}};
+        s.n_sm = 64; s.stale_max = true; v.push_back(s);
     }
     {
         Scn s{"split, arena small (memory bound on L)", 16, 8, 2, 64, FG_TYPE_F16, true, {{3000, 1}, {2000, 2}}};

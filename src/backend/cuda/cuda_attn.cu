@@ -819,15 +819,19 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
     a.pstat = pstat;
     a.pacc = pacc;
 
-    // work = items x kv heads: at most q tiles x n_head_kv when nothing is split, fewer than
-    // 2 * target when the plan splits, which it can only do when the step has fewer than
-    // target * rows q rows. Blocks loop over the work, so the grid is only a size choice; it
-    // depends on the step's shape and the device, not on KV lengths (graph replay safe).
+    // work = items x kv heads: at most q tiles x n_head_kv when nothing is split. The plan
+    // splits only when the step has fewer than target * rows q rows, into fewer than
+    // 2 * target items, none of them cut in more than ceil(max_n_kv / ATTN_L_MIN) chunks.
+    // Blocks loop over the work, so the grid is a size choice only (a stale max_n_kv, as in
+    // a replayed graph, costs speed, never correctness).
     const long long tiles = ((long long)st->n_tokens * group + (long long)st->n_seqs * (rows - 1)) / rows;
     const bool may_split = p_max > 0 && (long long)st->n_tokens * n_head < (long long)pa.target * rows;
     long long gx = tiles * n_head_kv;
-    if (may_split && gx < 2LL * pa.target)
-        gx = 2LL * pa.target;
+    if (may_split) {
+        const long long cuts = ((long long)(st->max_n_kv > 1 ? st->max_n_kv : 1) + ATTN_L_MIN - 1) / ATTN_L_MIN;
+        const long long most = gx * cuts < 2LL * pa.target ? gx * cuts : 2LL * pa.target;
+        gx = gx > most ? gx : most;
+    }
     gx = gx < (1LL << 24) ? gx : (1LL << 24);
     const dim3 grid((unsigned)gx);
     const unsigned threads = (unsigned)(ATTN_NW * warp);
