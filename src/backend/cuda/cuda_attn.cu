@@ -117,7 +117,7 @@ kv_store_kernel(char *k_dst, char *v_dst, size_t k_nb1, size_t k_nb2, size_t v_n
 }
 
 fg_status fg_cuda_kv_store(fg_cuda *c, const fg_kv_view *kv, int32_t layer, const fg_tensor *k,
-                                      const fg_tensor *v) {
+                           const fg_tensor *v) {
     const fg_cuda_step *st = &c->step;
     FG_ASSERT(fg_cuda_kv_supports(kv->type));
     FG_ASSERT(layer >= 0 && layer < kv->n_layer);
@@ -731,7 +731,7 @@ static attn_kernel_fn attn_pick(int d_cap, bool exact) {
 }
 
 fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
-                                       const fg_attn_params *p) {
+                            const fg_attn_params *p) {
     const fg_cuda_step *st = &c->step;
     const int hd = kv->head_dim, n_head = p->n_head, n_head_kv = kv->n_head_kv;
     FG_ASSERT(fg_cuda_kv_supports(kv->type));
@@ -747,7 +747,9 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
     const int d_cap = hd <= 64 ? 64 : hd <= 128 ? 128 : hd <= 256 ? 256 : 512;
     const int rows = attn_rows(d_cap);
 
-    // the arena: plan header, then partials (pstat, pacc) for as many rows as fit
+    // the arena: plan header, then partials (pstat, pacc) for as many rows as fit. c->attn
+    // belongs to this launcher: every call uses it from byte 0 (attention calls are ordered
+    // on c->stream), so it is not bumped with fg_cuda_arena_take.
     const size_t hdr_bytes = attn_header_bytes(st->n_seqs);
     if (!c->attn.base || c->attn.size < hdr_bytes)
         return fg_fail(FG_ERR_CAPACITY,
