@@ -152,6 +152,15 @@ typedef uint32_t fg_lane_mask;
 #endif
 #endif
 
+// Kernel launch bounds: at most `threads` per block and, on NVIDIA, at least `min_blocks`
+// blocks resident per SM (registers capped at 64K / (threads * min_blocks)). HIP reads a
+// second argument differently (waves per execution unit), so there it is dropped.
+#if defined(__HIPCC__)
+#define FG_LAUNCH_BOUNDS(threads, min_blocks) __launch_bounds__(threads)
+#else
+#define FG_LAUNCH_BOUNDS(threads, min_blocks) __launch_bounds__(threads, min_blocks)
+#endif
+
 // Kept for code that says "warp size": the compile target's width.
 #define FG_WARP_SIZE FG_WARP
 

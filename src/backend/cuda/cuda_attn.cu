@@ -1,0 +1,853 @@
+// cuda_attn.cu - the paged KV cache on the GPU: kv_store (f32 rows into each token's page slot,
+// converted to the cache type bit-identically to the CPU), kv_copy_page (copy-on-write of one
+// page, all layers) and paged flash attention over a whole step in one pass: prefill chunks,
+// decode tokens and mixes of both, sequences of any length, pages scattered and shared.
+// Not here: which page belongs to whom (src/engine), rope (cuda_ops.cu). Called through the
+// launchers declared in cuda_internal.h by the ops table in cuda_backend.cu.
+//
+// Attention design (portable CUDA-core code; FG_WARP lanes, never a literal 32):
+//  * Work item = (sequence s, q tile, kv chunk) x kv head. The q rows of a
+//    sequence for one kv head are its (token, head of the GQA group) pairs flattened as
+//    fr = token_in_seq * group + g; a q tile is attn_rows() (16) consecutive flattened rows, so one
+//    K/V row loaded into shared memory serves every q head of the group and several tokens
+//    (prefill), or the whole group of one token (decode); MQA/GQA need no special case.
+//  * A plan kernel (one block) turns the step metadata into a work list: per sequence the
+//    number of q tiles and of kv chunks; the chunk length L (keys) is chosen so the step
+//    fills the device (flash-decoding): no split when there are enough tiles already, else
+//    L ~ total work / target blocks, at least ATTN_L_MIN and large enough that the partial
+//    results fit the arena. Grid sizes depend only on n_tokens, n_seqs and the device, never
+//    on KV lengths, and blocks loop over the items (grid-stride), longest-first.
+//  * A block = ATTN_NW warps; item row r belongs to warp r % ATTN_NW. Per kv tile of FG_WARP
+//    keys: the block stages the tile's K rows (in chunks of DC dims, converted to f32 in
+//    shared memory, page looked up per key), each lane scores one key against its warp's q
+//    rows (q in shared memory, pre-scaled by scale*log2 e), online softmax in f32 (running
+//    max and sum per row, base 2), the probabilities go to shared memory, then the V rows
+//    are staged and each lane accumulates its DC/FG_WARP output dims per row in registers.
+//    Staging is software-pipelined: the global loads of the next chunk (K, V, next tile's
+//    K) are in flight in registers while the block computes on the current one.
+//  * A sequence split into chunks writes unnormalised partials (max, sum, acc) to the
+//    c->attn arena; a reduction kernel (one warp per (token, head)) merges them into dst.
+//  * Head sizes: the kernel is instantiated for D_CAP = 64, 128, 256, 512 (any head_dim up to
+//    D_CAP, padded with zeros), with exact specialisations (compile-time loops) for 64, 128
+//    and 256. Cache types: F16, F32 (a kv_* traits struct each; Q8_0 is one more).
+// Numerics: q.k, softmax and the V sum in f32 (q and the probabilities are not rounded to
+// f16 as the CPU reference does); stores round to nearest even exactly like fg_f32_to_f16.
+#include "backend/cuda/cuda_internal.h"
+
+#include "backend/cuda/cuda_common.cuh"
+
+extern "C" {
+#include "base/half.h"
+}
+
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+// ---------------------------------------------------------------- cache element types
+// How the kernels read and write one row of the cache: fetch raw groups of 4 elements into
+// registers, convert them to f32 when they are staged, store one f32 element. A quantized
+// type (Q8_0) is one more struct: raw = the bytes of 4 elements plus their block scale.
+struct kv_f16 {
+    static constexpr int esz = 2;
+    typedef uint2 raw; // 4 elements as stored, held in registers between fetch and commit
+    static __device__ __forceinline__ raw zero() { return make_uint2(0u, 0u); }
+    // 4 consecutive elements from element e of a row (e a multiple of 4, row 8-byte aligned)
+    static __device__ __forceinline__ raw fetch4(const char *row, int e) {
+        return *(const uint2 *)(row + (size_t)e * 2);
+    }
+    // elements e.. of a row, those at n or past it read as 0 (any alignment)
+    static __device__ __forceinline__ raw fetch_tail(const char *row, int e, int n) {
+        const uint16_t *p = (const uint16_t *)row + e;
+        const uint32_t a = p[0], b = e + 1 < n ? p[1] : 0u, c = e + 2 < n ? p[2] : 0u, d = e + 3 < n ? p[3] : 0u;
+        return make_uint2(a | (b << 16), c | (d << 16));
+    }
+    static __device__ __forceinline__ float4 to_f32(raw u) {
+        return make_float4(fg_h2f((uint16_t)(u.x & 0xffffu)), fg_h2f((uint16_t)(u.x >> 16)),
+                           fg_h2f((uint16_t)(u.y & 0xffffu)), fg_h2f((uint16_t)(u.y >> 16)));
+    }
+    // round to nearest even, NaN kept a NaN: the same bits as the CPU's store
+    static __device__ __forceinline__ void store1(char *row, int e, float x) {
+        ((uint16_t *)row)[e] = fg_f32_to_f16(x);
+    }
+};
+
+struct kv_f32 {
+    static constexpr int esz = 4;
+    typedef float4 raw;
+    static __device__ __forceinline__ raw zero() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+    static __device__ __forceinline__ raw fetch4(const char *row, int e) {
+        return *(const float4 *)(row + (size_t)e * 4);
+    }
+    static __device__ __forceinline__ raw fetch_tail(const char *row, int e, int n) {
+        const float *p = (const float *)row + e;
+        return make_float4(p[0], e + 1 < n ? p[1] : 0.0f, e + 2 < n ? p[2] : 0.0f, e + 3 < n ? p[3] : 0.0f);
+    }
+    static __device__ __forceinline__ float4 to_f32(raw x) { return x; }
+    static __device__ __forceinline__ void store1(char *row, int e, float x) { ((float *)row)[e] = x; }
+};
+
+bool fg_cuda_kv_supports(uint32_t kv_type) {
+    return kv_type == FG_TYPE_F16 || kv_type == FG_TYPE_F32;
+}
+
+static size_t kv_type_size(uint32_t kv_type) { return kv_type == FG_TYPE_F16 ? 2 : 4; }
+
+// ---------------------------------------------------------------- kv_store
+// One block per (token, K or V): the row goes to page page_table[seq][pos / page_size], slot
+// pos % page_size of the layer (k_dst / v_dst already point at the layer).
+template <typename KVT>
+__global__ void __launch_bounds__(256)
+kv_store_kernel(char *k_dst, char *v_dst, size_t k_nb1, size_t k_nb2, size_t v_nb1, size_t v_nb2,
+                const char *k_src, size_t k_src_nb1, const char *v_src, size_t v_src_nb1, int n,
+                const int32_t *pos, const int32_t *seq, const int32_t *page_table, int max_pages,
+                int page_size) {
+    const int t = blockIdx.x;
+    const bool is_v = blockIdx.y != 0;
+    const int p = pos[t];
+    const int page = page_table[(size_t)seq[t] * max_pages + p / page_size];
+    const int slot = p % page_size;
+    const float *src = (const float *)(is_v ? v_src + (size_t)t * v_src_nb1 : k_src + (size_t)t * k_src_nb1);
+    char *row = is_v ? v_dst + (size_t)page * v_nb2 + (size_t)slot * v_nb1
+                     : k_dst + (size_t)page * k_nb2 + (size_t)slot * k_nb1;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        KVT::store1(row, i, src[i]);
+}
+
+fg_status fg_cuda_kv_store(fg_cuda *c, const fg_kv_view *kv, int32_t layer, const fg_tensor *k,
+                           const fg_tensor *v) {
+    const fg_cuda_step *st = &c->step;
+    FG_ASSERT(fg_cuda_kv_supports(kv->type));
+    FG_ASSERT(layer >= 0 && layer < kv->n_layer);
+    if (st->n_tokens <= 0)
+        return FG_OK;
+    const int n = kv->n_head_kv * kv->head_dim;
+    char *kd = (char *)kv->k.data + (size_t)layer * kv->k.nb[3];
+    char *vd = (char *)kv->v.data + (size_t)layer * kv->v.nb[3];
+    const dim3 grid((unsigned)st->n_tokens, 2);
+    const unsigned threads = n > 128 ? 256 : n > 64 ? 128 : 64;
+    if (kv->type == FG_TYPE_F16)
+        kv_store_kernel<kv_f16><<<grid, threads, 0, c->stream>>>(
+            kd, vd, kv->k.nb[1], kv->k.nb[2], kv->v.nb[1], kv->v.nb[2], (const char *)k->data, k->nb[1],
+            (const char *)v->data, v->nb[1], n, st->pos, st->seq, st->page_table, st->max_pages,
+            kv->page_size);
+    else
+        kv_store_kernel<kv_f32><<<grid, threads, 0, c->stream>>>(
+            kd, vd, kv->k.nb[1], kv->k.nb[2], kv->v.nb[1], kv->v.nb[2], (const char *)k->data, k->nb[1],
+            (const char *)v->data, v->nb[1], n, st->pos, st->seq, st->page_table, st->max_pages,
+            kv->page_size);
+    FG_GPU_LAUNCH_CHECK(c, "kv_store");
+    return FG_OK;
+}
+
+// ---------------------------------------------------------------- kv_copy_page
+// grid (chunks, n_layer, K or V): page dst <- page src of that layer, `units` elements of U.
+template <typename U>
+__global__ void __launch_bounds__(256)
+kv_copy_page_kernel(char *k, char *v, size_t k_nb2, size_t k_nb3, size_t v_nb2, size_t v_nb3, int dst_page,
+                    int src_page, size_t units) {
+    const bool is_v = blockIdx.z != 0;
+    const size_t nb2 = is_v ? v_nb2 : k_nb2;
+    char *layer = (is_v ? v : k) + (size_t)blockIdx.y * (is_v ? v_nb3 : k_nb3);
+    U *d = (U *)(layer + (size_t)dst_page * nb2);
+    const U *s = (const U *)(layer + (size_t)src_page * nb2);
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < units; i += (size_t)gridDim.x * blockDim.x)
+        d[i] = s[i];
+}
+
+fg_status fg_cuda_kv_copy_page(fg_cuda *c, const fg_kv_view *kv, int32_t dst_page, int32_t src_page) {
+    FG_ASSERT(dst_page >= 0 && dst_page < kv->n_pages && src_page >= 0 && src_page < kv->n_pages);
+    FG_ASSERT(kv->k.nb[2] == kv->v.nb[2]);
+    FG_ASSERT(kv->n_layer >= 1 && kv->n_layer <= 65535);
+    if (dst_page == src_page)
+        return FG_OK;
+    const size_t page_bytes = kv->k.nb[2];
+    const uintptr_t align = (uintptr_t)kv->k.data | (uintptr_t)kv->v.data | (uintptr_t)page_bytes |
+                            (uintptr_t)kv->k.nb[3] | (uintptr_t)kv->v.nb[3];
+    const unsigned threads = 256;
+    if (align % 16 == 0) {
+        const size_t units = page_bytes / 16;
+        const dim3 grid(fg_div_up((int64_t)units, (int64_t)threads * 4), (unsigned)kv->n_layer, 2);
+        kv_copy_page_kernel<uint4><<<grid, threads, 0, c->stream>>>(
+            (char *)kv->k.data, (char *)kv->v.data, kv->k.nb[2], kv->k.nb[3], kv->v.nb[2], kv->v.nb[3], dst_page,
+            src_page, units);
+    } else {
+        const size_t units = page_bytes;
+        const dim3 grid(fg_div_up((int64_t)units, (int64_t)threads * 16), (unsigned)kv->n_layer, 2);
+        kv_copy_page_kernel<unsigned char><<<grid, threads, 0, c->stream>>>(
+            (char *)kv->k.data, (char *)kv->v.data, kv->k.nb[2], kv->k.nb[3], kv->v.nb[2], kv->v.nb[3], dst_page,
+            src_page, units);
+    }
+    FG_GPU_LAUNCH_CHECK(c, "kv_copy_page");
+    return FG_OK;
+}
+
+// ---------------------------------------------------------------- attention: geometry
+#define ATTN_NW 4                    // warps per block
+#define ATTN_L_MIN 256               // fewest keys a chunk of a split sequence holds
+#define ATTN_SPLIT_ROWS_PER_HEAD 1024 // partial rows (token x chunk) per q head the arena holds
+#define ATTN_PLAN_THREADS 256
+#define ATTN_BLOCKS_PER_SM 4         // the plan aims at this many blocks per SM
+
+// q rows per work item (a multiple of ATTN_NW): 16, or 8 for the widest heads (shared memory)
+static __host__ __device__ constexpr int attn_rows(int d_cap) { return d_cap <= 256 ? 16 : 8; }
+// blocks per SM the register budget is cut for (NVIDIA): 4 (<= 128 registers) unless the
+// accumulators of wide heads need more
+[[maybe_unused]] static __host__ __device__ constexpr int attn_min_blocks(int d_cap) { return d_cap <= 128 ? 4 : 3; }
+// dims of K/V staged per pass: at most 4096 / warp (4 dims a lane on 32-wide warps, 1 on 64)
+static __host__ __device__ constexpr int attn_dc(int d_cap, int warp) {
+    return d_cap < 4096 / warp ? d_cap : 4096 / warp;
+}
+// shared memory, in floats from the start: q [rows][d_cap], stage [warp][dc + 4],
+// probabilities [ATTN_NW][rows / ATTN_NW][warp], then [2][warp] 64-bit row offsets (the
+// current kv tile and the next one)
+static __host__ __device__ constexpr size_t attn_off_stage(int d_cap) { return (size_t)attn_rows(d_cap) * d_cap; }
+static __host__ __device__ constexpr size_t attn_off_p(int d_cap, int warp) {
+    return attn_off_stage(d_cap) + (size_t)warp * (attn_dc(d_cap, warp) + 4);
+}
+static __host__ __device__ constexpr size_t attn_off_roff(int d_cap, int warp) {
+    return attn_off_p(d_cap, warp) + (size_t)attn_rows(d_cap) * warp;
+}
+static __host__ __device__ constexpr size_t attn_smem_bytes(int d_cap, int warp) {
+    return attn_off_roff(d_cap, warp) * sizeof(float) + 2 * (size_t)warp * sizeof(long long);
+}
+
+static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+// The arena: plan header, then the partials. Reused from byte 0 by every attention call of a
+// step (the calls are ordered on c->stream), so it is sized per call, not per step.
+static size_t attn_header_bytes(int n_seqs) {
+    return align256(4 * sizeof(int)) + align256(((size_t)n_seqs + 1) * sizeof(int)) +
+           2 * align256((size_t)n_seqs * sizeof(int));
+}
+
+size_t fg_cuda_attn_scratch_bytes(const fg_backend_limits *lim) {
+    const int seqs = lim->max_seqs > 0 ? lim->max_seqs : lim->max_tokens > 0 ? lim->max_tokens : 1;
+    size_t bytes = attn_header_bytes(seqs);
+    if (lim->max_heads <= 0 || lim->max_head_dim <= 0)
+        return bytes;
+    size_t rows = (size_t)lim->max_heads * ATTN_SPLIT_ROWS_PER_HEAD;
+    if (lim->max_tokens > 0 && lim->max_kv_len > 0) { // never more than a step can split into
+        size_t most = (size_t)lim->max_heads * (size_t)lim->max_tokens * 2 *
+                      (((size_t)lim->max_kv_len + ATTN_L_MIN - 1) / ATTN_L_MIN);
+        rows = rows < most ? rows : most;
+    }
+    return bytes + 256 + rows * ((size_t)lim->max_head_dim + 2) * sizeof(float);
+}
+
+// ---------------------------------------------------------------- attention: kernels
+typedef struct attn_args {
+    const char *q;       // [n_tokens] rows of [n_head][head_dim] f32, row stride q_nb1
+    size_t q_nb1;
+    char *dst;           // same shape as q, row stride dst_nb1
+    size_t dst_nb1;
+    const char *k, *v;   // the layer's pages: [n_pages][page_size][n_head_kv * head_dim]
+    size_t kv_nb1, kv_nb2; // bytes of a slot and of a page (K and V alike)
+    const int32_t *pos, *seq, *seq_first, *seq_n_tokens, *seq_n_kv, *page_table;
+    int max_pages, page_size;
+    int n_seqs, n_head, n_head_kv, group, head_dim;
+    float qscale;        // softmax scale * log2(e): scores are kept in base 2
+    int causal;
+    int vec4;            // K/V rows may be read 4 elements at a time (alignment)
+    // the plan, in the arena
+    const int *hdr;      // [0] items per kv head, [1] chunk length L in keys
+    const int *item_off; // [n_seqs + 1] first item of each sequence (per kv head)
+    const int *n_chunks; // [n_seqs] kv chunks per q tile (1: not split, dst written directly)
+    const int *poff;     // [n_seqs] first partial row of a split sequence
+    float2 *pstat;       // [p_max] (max, sum) of each partial row, base 2
+    float *pacc;         // [p_max][head_dim] unnormalised partial outputs
+} attn_args;
+
+// Partial row of (kv head hk, flattened row fr = token_in_seq * group + g, chunk ch) of a split
+// sequence with nt tokens in the step and nc chunks: chunks of one row are adjacent.
+static __device__ __forceinline__ size_t attn_prow(int poff, int nt, int group, int nc, int hk, int fr, int ch) {
+    return (size_t)poff + ((size_t)hk * nt * group + fr) * (size_t)nc + ch;
+}
+
+typedef struct attn_plan_args {
+    int n_seqs;
+    const int32_t *seq_n_tokens, *seq_n_kv;
+    int group, rows, n_head_kv, n_head;
+    int target;      // blocks the step should give the device
+    long long p_max; // partial rows the arena holds (0: never split)
+    int bk;          // chunk lengths are multiples of this (the kv tile)
+    int *hdr, *item_off, *n_chunks, *poff;
+} attn_plan_args;
+
+// One block. Pass 1 sums the work (q tiles, tile-keys, token-keys); thread 0 picks the chunk
+// length; pass 2 numbers the items and partial rows per sequence (block-wide scan).
+__global__ void __launch_bounds__(ATTN_PLAN_THREADS) attn_plan_kernel(attn_plan_args a) {
+    __shared__ unsigned long long s_tiles, s_y, s_z;
+    __shared__ int s_len;
+    __shared__ long long s_items[ATTN_PLAN_THREADS], s_prows[ATTN_PLAN_THREADS];
+    const int tid = threadIdx.x, nth = blockDim.x, n = a.n_seqs;
+    if (tid == 0) {
+        s_tiles = 0;
+        s_y = 0;
+        s_z = 0;
+    }
+    __syncthreads();
+    unsigned long long tiles = 0, y = 0, z = 0;
+    for (int s = tid; s < n; s += nth) {
+        const unsigned long long nt = (unsigned long long)a.seq_n_tokens[s];
+        const unsigned long long kv = (unsigned long long)a.seq_n_kv[s];
+        const unsigned long long ti = (nt * (unsigned long long)a.group + a.rows - 1) / a.rows;
+        tiles += ti;
+        y += ti * kv;
+        z += nt * kv;
+    }
+    atomicAdd(&s_tiles, tiles);
+    atomicAdd(&s_y, y);
+    atomicAdd(&s_z, z);
+    __syncthreads();
+    if (tid == 0) {
+        long long len = INT_MAX; // no split
+        if (a.p_max > 0 && (long long)a.n_head_kv * (long long)s_tiles < a.target) {
+            const long long by_target = ((long long)a.n_head_kv * (long long)s_y + a.target - 1) / a.target;
+            const long long by_memory = (2 * (long long)a.n_head * (long long)s_z + a.p_max - 1) / a.p_max;
+            len = ATTN_L_MIN;
+            len = by_target > len ? by_target : len;
+            len = by_memory > len ? by_memory : len;
+            len = (len + a.bk - 1) / a.bk * a.bk;
+            len = len < INT_MAX ? len : INT_MAX;
+        }
+        s_len = (int)len;
+    }
+    __syncthreads();
+    const int len = s_len;
+    // pass 2: thread tid numbers sequences [b, e)
+    const int per = (n + nth - 1) / nth;
+    const int b = tid * per < n ? tid * per : n;
+    const int e = b + per < n ? b + per : n;
+    long long items = 0, prows = 0;
+    for (int s = b; s < e; s++) {
+        const long long nt = a.seq_n_tokens[s], kv = a.seq_n_kv[s];
+        const long long ti = (nt * a.group + a.rows - 1) / a.rows;
+        const long long nc = len == INT_MAX || kv <= len ? 1 : (kv + len - 1) / len;
+        items += ti * nc;
+        prows += nc > 1 ? (long long)a.n_head * nt * nc : 0;
+    }
+    s_items[tid] = items;
+    s_prows[tid] = prows;
+    __syncthreads();
+    for (int off = 1; off < nth; off <<= 1) { // inclusive scan (Hillis-Steele)
+        const long long ai = tid >= off ? s_items[tid - off] : 0;
+        const long long ap = tid >= off ? s_prows[tid - off] : 0;
+        __syncthreads();
+        s_items[tid] += ai;
+        s_prows[tid] += ap;
+        __syncthreads();
+    }
+    long long io = s_items[tid] - items, po = s_prows[tid] - prows;
+    for (int s = b; s < e; s++) {
+        const long long nt = a.seq_n_tokens[s], kv = a.seq_n_kv[s];
+        const long long ti = (nt * a.group + a.rows - 1) / a.rows;
+        const long long nc = len == INT_MAX || kv <= len ? 1 : (kv + len - 1) / len;
+        a.item_off[s] = (int)io;
+        a.n_chunks[s] = (int)nc;
+        a.poff[s] = (int)po;
+        io += ti * nc;
+        po += nc > 1 ? (long long)a.n_head * nt * nc : 0;
+    }
+    if (tid == nth - 1) {
+        a.item_off[n] = (int)s_items[tid];
+        a.hdr[0] = (int)s_items[tid];
+        a.hdr[1] = len;
+    }
+}
+
+static __device__ __forceinline__ float f4_at(const float4 &v, int k) {
+    return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
+}
+
+// N consecutive floats from shared memory (N = 1, 2, 4; p aligned to N floats)
+template <int N>
+static __device__ __forceinline__ void lds_n(float (&o)[N], const float *p) {
+    if constexpr (N == 4) {
+        const float4 t = *(const float4 *)p;
+        o[0] = t.x;
+        o[1] = t.y;
+        o[2] = t.z;
+        o[3] = t.w;
+    } else if constexpr (N == 2) {
+        const float2 t = *(const float2 *)p;
+        o[0] = t.x;
+        o[1] = t.y;
+    } else {
+        static_assert(N == 1, "dims per lane");
+        o[0] = *p;
+    }
+}
+
+// Byte offset of key j's row in the layer (page table lookup), -1 past the item's keys.
+static __device__ __forceinline__ long long attn_row_off(const int32_t *pt, int j, int kv_hi, int page_size,
+                                                         size_t nb1, size_t nb2) {
+    return j < kv_hi ? (long long)pt[j / page_size] * (long long)nb2 + (long long)(j % page_size) * (long long)nb1
+                     : -1;
+}
+
+// Loading dims [d0, d0 + DC) of the FG_WARP key rows of a kv tile is split in two so the
+// global loads of the next chunk are in flight while the current one is used: fetch reads
+// this thread's groups of 4 elements into registers (keys without a row, roff < 0, and dims
+// past head_dim read as 0), commit converts them to f32 into stage[j][0..DC).
+template <int DC>
+struct attn_ld {
+    static constexpr int Q4 = DC / 4;                  // groups of 4 dims per row
+    static constexpr int NT = ATTN_NW * FG_WARP;
+    static constexpr int ITERS = FG_WARP * Q4 / NT;    // groups per thread
+    static_assert(FG_WARP * Q4 % NT == 0, "stage chunk");
+};
+
+template <typename KVT, int DC>
+static __device__ __forceinline__ void attn_fetch(typename KVT::raw (&rg)[attn_ld<DC>::ITERS], const char *base,
+                                                  const long long *roff, int d0, int hd, int vec4, int tid) {
+    typedef attn_ld<DC> LD;
+#pragma unroll
+    for (int it = 0; it < LD::ITERS; it++) {
+        const int idx = tid + it * LD::NT;
+        const int j = idx / LD::Q4, e = d0 + (idx % LD::Q4) * 4;
+        const long long ro = roff[j];
+        rg[it] = KVT::zero();
+        if (ro >= 0 && e < hd)
+            rg[it] = vec4 ? KVT::fetch4(base + ro, e) : KVT::fetch_tail(base + ro, e, hd);
+    }
+}
+
+template <typename KVT, int DC>
+static __device__ __forceinline__ void attn_commit(float *stage, const typename KVT::raw (&rg)[attn_ld<DC>::ITERS],
+                                                   int tid) {
+    typedef attn_ld<DC> LD;
+#pragma unroll
+    for (int it = 0; it < LD::ITERS; it++) {
+        const int idx = tid + it * LD::NT;
+        *(float4 *)(stage + (size_t)(idx / LD::Q4) * (DC + 4) + (idx % LD::Q4) * 4) = KVT::to_f32(rg[it]);
+    }
+}
+
+// The attention kernel: a 1-D grid looping over (item, kv head), ATTN_NW * FG_WARP threads,
+// dynamic shared memory attn_smem_bytes(D_CAP, FG_WARP). EXACT: head_dim == D_CAP.
+template <typename KVT, int D_CAP, bool EXACT>
+__global__ void FG_LAUNCH_BOUNDS(ATTN_NW * FG_WARP, attn_min_blocks(D_CAP)) attn_kernel(attn_args a) {
+    constexpr int W = FG_WARP;
+    constexpr int BK = W;                       // keys per kv tile: one per lane when scoring
+    constexpr int R = attn_rows(D_CAP);         // q rows per item
+    constexpr int RW = R / ATTN_NW;             // q rows per warp (slots)
+    constexpr int DC = attn_dc(D_CAP, W);       // dims staged per pass
+    constexpr int NCH = D_CAP / DC;             // passes over the head
+    constexpr int DPL = DC / W;                 // output dims per lane per pass
+    constexpr int SROW = DC + 4;                // stage row stride: lane-per-key reads do not conflict
+    static_assert(R % ATTN_NW == 0 && D_CAP % DC == 0 && DC % W == 0 && DC % 16 == 0, "attention tile");
+
+    extern __shared__ float4 attn_smem4[];
+    float *const smf = (float *)attn_smem4;
+    float *const qs = smf;                                  // [R][D_CAP] q * qscale, 0 past head_dim
+    float *const stage = smf + attn_off_stage(D_CAP);       // [BK][SROW] K or V dims of the tile
+    float *const ps = smf + attn_off_p(D_CAP, W);           // [ATTN_NW][RW][BK] probabilities
+    long long *const roff = (long long *)(smf + attn_off_roff(D_CAP, W)); // [2][BK] key row offsets
+
+    const int tid = threadIdx.x, lane = tid % W, w = tid / W;
+    const int hd = EXACT ? D_CAP : a.head_dim;
+    const int G = a.group;
+    const int n_ch = EXACT ? NCH : (hd + DC - 1) / DC; // passes that hold dims < head_dim
+    const int hd4 = (hd + 3) & ~3;
+    const int n_items = a.hdr[0];
+    const int chunk_len = a.hdr[1];
+    const long long n_work = (long long)n_items * a.n_head_kv;
+
+    // work x = (item, kv head), kv head fastest; last items first: the longest causal tiles
+    for (long long x = blockIdx.x; x < n_work; x += gridDim.x) {
+        const int item = n_items - 1 - (int)(x / a.n_head_kv);
+        const int hk = (int)(x % a.n_head_kv);
+        const char *const kb = a.k + (size_t)hk * hd * KVT::esz;
+        const char *const vb = a.v + (size_t)hk * hd * KVT::esz;
+        int lo = 0, hi = a.n_seqs;         // the sequence: item_off[lo] <= item < item_off[lo + 1]
+        while (hi - lo > 1) {
+            const int mid = (lo + hi) >> 1;
+            if (a.item_off[mid] <= item)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        const int s = lo;
+        const int nc = a.n_chunks[s];
+        const int local = item - a.item_off[s];
+        const int tile = local / nc, ch_kv = local - tile * nc;
+        const int nt = a.seq_n_tokens[s], first = a.seq_first[s], n_kv = a.seq_n_kv[s];
+        const int fr0 = tile * R;
+        const int nrows = min(R, nt * G - fr0);
+        // keys of the item: up to the bound of its last row (positions ascend in a sequence)
+        const int last_t = first + (fr0 + nrows - 1) / G;
+        const int kv_end = a.causal ? min(a.pos[last_t] + 1, n_kv) : n_kv;
+        int kv_lo = 0, kv_hi = kv_end;
+        if (nc > 1) {
+            kv_lo = (int)min((long long)ch_kv * chunk_len, (long long)kv_end);
+            kv_hi = (int)min((long long)(ch_kv + 1) * chunk_len, (long long)kv_end);
+        }
+
+        // this warp's rows: slot i is item row i * ATTN_NW + w; slots < ns are real rows
+        const int ns = nrows > w ? (nrows - w + ATTN_NW - 1) / ATTN_NW : 0;
+        int lim[RW];          // keys j < lim[i] are visible to slot i
+        float m[RW], l[RW];   // running max (base 2) and this lane's share of the sum
+        float acc[RW][NCH][DPL];
+#pragma unroll
+        for (int i = 0; i < RW; i++) {
+            lim[i] = 0;
+            if (i < ns) {
+                const int t = first + (fr0 + i * ATTN_NW + w) / G;
+                const int e = a.causal ? min(a.pos[t] + 1, n_kv) : n_kv;
+                lim[i] = min(e, kv_hi);
+            }
+            m[i] = -INFINITY;
+            l[i] = 0.0f;
+#pragma unroll
+            for (int c = 0; c < NCH; c++)
+#pragma unroll
+                for (int k = 0; k < DPL; k++)
+                    acc[i][c][k] = 0.0f;
+        }
+
+        if (kv_lo < kv_hi) { // block-uniform
+            __syncthreads(); // the previous item is done with qs, stage, ps and roff
+            for (int idx = tid; idx < nrows * D_CAP; idx += ATTN_NW * W) {
+                const int rr = idx / D_CAP, d = idx % D_CAP;
+                float qv = 0.0f;
+                if (d < hd) {
+                    const int fr = fr0 + rr, tl = fr / G, g = fr - tl * G;
+                    const float *qrow = (const float *)(a.q + (size_t)(first + tl) * a.q_nb1);
+                    qv = qrow[(size_t)(hk * G + g) * hd + d] * a.qscale;
+                }
+                qs[idx] = qv;
+            }
+            const int32_t *pt = a.page_table + (size_t)s * a.max_pages;
+            const int n_tiles = (kv_hi - kv_lo + BK - 1) / BK;
+            if (tid < BK)
+                roff[tid] = attn_row_off(pt, kv_lo + tid, kv_hi, a.page_size, a.kv_nb1, a.kv_nb2);
+            __syncthreads(); // roff of the first tile (and q) visible
+
+            // The pipeline: every stage fill (K chunks, then V chunks, tile after tile) is
+            // committed to shared memory from registers, then the next fill's global loads are
+            // issued before the block computes on this one.
+            typename KVT::raw rg[attn_ld<DC>::ITERS];
+            attn_fetch<KVT, DC>(rg, kb, roff, 0, hd, a.vec4, tid);
+            for (int n = 0; n < n_tiles; n++) {
+                const int k0 = kv_lo + n * BK;
+                const long long *ro_cur = roff + (n & 1) * BK;
+                long long *ro_next = roff + ((n + 1) & 1) * BK;
+                // offsets of the next tile: first read by a fetch after this tile's first sync;
+                // the last reader of this buffer (tile n - 1) is done
+                if (tid < BK && n + 1 < n_tiles)
+                    ro_next[tid] = attn_row_off(pt, k0 + BK + tid, kv_hi, a.page_size, a.kv_nb1, a.kv_nb2);
+
+                // scores: lane = key k0 + lane, against each slot's q row
+                float sc[RW];
+#pragma unroll
+                for (int i = 0; i < RW; i++)
+                    sc[i] = 0.0f;
+#pragma unroll
+                for (int c = 0; c < NCH; c++) {
+                    if (c < n_ch) {
+                        attn_commit<KVT, DC>(stage, rg, tid);
+                        if (c + 1 < n_ch)
+                            attn_fetch<KVT, DC>(rg, kb, ro_cur, (c + 1) * DC, hd, a.vec4, tid);
+                        else
+                            attn_fetch<KVT, DC>(rg, vb, ro_cur, 0, hd, a.vec4, tid);
+                        __syncthreads(); // K chunk c staged
+                        const float *kr = stage + (size_t)lane * SROW;
+                        const int dlim = EXACT ? DC : min(DC, hd4 - c * DC);
+#pragma unroll 4
+                        for (int d = 0; d < dlim; d += 4) {
+                            const float4 k4 = *(const float4 *)(kr + d);
+#pragma unroll
+                            for (int i = 0; i < RW; i++) {
+                                if (i < ns) {
+                                    const float4 q4 =
+                                        *(const float4 *)(qs + (size_t)(i * ATTN_NW + w) * D_CAP + c * DC + d);
+                                    sc[i] = fmaf(q4.x, k4.x, sc[i]);
+                                    sc[i] = fmaf(q4.y, k4.y, sc[i]);
+                                    sc[i] = fmaf(q4.z, k4.z, sc[i]);
+                                    sc[i] = fmaf(q4.w, k4.w, sc[i]);
+                                }
+                            }
+                        }
+                        __syncthreads(); // stage is committed next
+                    }
+                }
+
+                // online softmax, one row per slot; scores of invisible keys are -inf. ps is
+                // free: the previous tile's PV ended with a sync
+                const int j = k0 + lane;
+#pragma unroll
+                for (int i = 0; i < RW; i++) {
+                    if (i < ns) {
+                        float xs = sc[i] > FLT_MAX ? FLT_MAX : sc[i]; // an overflowed dot stays finite
+                        xs = j < lim[i] ? xs : -INFINITY;
+                        const float mn = fmaxf(m[i], fg_warp_max(xs));
+                        const float mu = mn == -INFINITY ? 0.0f : mn; // nothing visible yet: p = 0
+                        const float alpha = exp2f(m[i] - mu);
+                        const float p = exp2f(xs - mu);
+                        m[i] = mn;
+                        l[i] = l[i] * alpha + p;
+#pragma unroll
+                        for (int c = 0; c < NCH; c++)
+#pragma unroll
+                            for (int k = 0; k < DPL; k++)
+                                acc[i][c][k] *= alpha;
+                        ps[(w * RW + i) * BK + lane] = p;
+                    }
+                }
+
+                // weighted sum of V: lane owns dims c * DC + lane * DPL .. + DPL - 1
+#pragma unroll
+                for (int c = 0; c < NCH; c++) {
+                    if (c < n_ch) {
+                        attn_commit<KVT, DC>(stage, rg, tid);
+                        if (c + 1 < n_ch)
+                            attn_fetch<KVT, DC>(rg, vb, ro_cur, (c + 1) * DC, hd, a.vec4, tid);
+                        else if (n + 1 < n_tiles)
+                            attn_fetch<KVT, DC>(rg, kb, ro_next, 0, hd, a.vec4, tid);
+                        __syncthreads(); // V chunk c staged, ps visible
+                        const float *vc = stage + lane * DPL;
+#pragma unroll 1
+                        for (int jj = 0; jj < BK; jj += 4) {
+                            float4 p4[RW];
+#pragma unroll
+                            for (int i = 0; i < RW; i++)
+                                if (i < ns)
+                                    p4[i] = *(const float4 *)(ps + (w * RW + i) * BK + jj);
+#pragma unroll
+                            for (int u = 0; u < 4; u++) {
+                                float vv[DPL];
+                                lds_n<DPL>(vv, vc + (size_t)(jj + u) * SROW);
+#pragma unroll
+                                for (int i = 0; i < RW; i++) {
+                                    if (i < ns) {
+                                        const float pu = f4_at(p4[i], u);
+#pragma unroll
+                                        for (int k = 0; k < DPL; k++)
+                                            acc[i][c][k] = fmaf(pu, vv[k], acc[i][c][k]);
+                                    }
+                                }
+                            }
+                        }
+                        __syncthreads(); // stage and ps are rewritten next
+                    }
+                }
+            }
+        }
+
+        // results: dst directly, or the partial of this chunk (an empty chunk writes max -inf)
+#pragma unroll
+        for (int i = 0; i < RW; i++) {
+            if (i < ns) {
+                const float lsum = fg_warp_sum(l[i]);
+                const int fr = fr0 + i * ATTN_NW + w, tl = fr / G, g = fr - tl * G;
+                float *out;
+                float scale = 1.0f;
+                if (nc == 1) {
+                    out = (float *)(a.dst + (size_t)(first + tl) * a.dst_nb1) + (size_t)(hk * G + g) * hd;
+                    scale = lsum > 0.0f ? 1.0f / lsum : 0.0f;
+                } else {
+                    const size_t pr = attn_prow(a.poff[s], nt, G, nc, hk, fr, ch_kv);
+                    out = a.pacc + pr * hd;
+                    if (lane == 0)
+                        a.pstat[pr] = make_float2(m[i], lsum);
+                }
+#pragma unroll
+                for (int c = 0; c < NCH; c++) {
+                    if (c < n_ch) {
+#pragma unroll
+                        for (int k = 0; k < DPL; k++) {
+                            const int d = c * DC + lane * DPL + k;
+                            if (d < hd)
+                                out[d] = acc[i][c][k] * scale;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Merges the chunks of split sequences: one warp per (token, q head); rows of sequences that
+// were not split were written by attn_kernel and are skipped.
+__global__ void __launch_bounds__(256) attn_reduce_kernel(attn_args a, int n_tokens) {
+    const int lane = threadIdx.x % FG_WARP;
+    const long long gw = (long long)blockIdx.x * (blockDim.x / FG_WARP) + threadIdx.x / FG_WARP;
+    if (gw >= (long long)n_tokens * a.n_head)
+        return;
+    const int t = (int)(gw / a.n_head), h = (int)(gw % a.n_head);
+    const int s = a.seq[t];
+    const int nc = a.n_chunks[s];
+    if (nc <= 1)
+        return;
+    const int G = a.group, hd = a.head_dim;
+    const int hk = h / G, g = h - hk * G;
+    const int fr = (t - a.seq_first[s]) * G + g;
+    const size_t pr = attn_prow(a.poff[s], a.seq_n_tokens[s], G, nc, hk, fr, 0);
+    float mx = -INFINITY;
+    for (int c = 0; c < nc; c++)
+        mx = fmaxf(mx, a.pstat[pr + c].x);
+    float *out = (float *)(a.dst + (size_t)t * a.dst_nb1) + (size_t)h * hd;
+    if (mx == -INFINITY) { // no visible key at all
+        for (int d = lane; d < hd; d += FG_WARP)
+            out[d] = 0.0f;
+        return;
+    }
+    float lsum = 0.0f;
+    for (int c = 0; c < nc; c++) {
+        const float2 st = a.pstat[pr + c];
+        if (st.x != -INFINITY)
+            lsum += st.y * exp2f(st.x - mx);
+    }
+    const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
+    for (int d = lane; d < hd; d += FG_WARP) {
+        float o = 0.0f;
+        for (int c = 0; c < nc; c++) {
+            const float mc = a.pstat[pr + c].x;
+            if (mc != -INFINITY)
+                o = fmaf(a.pacc[(pr + c) * hd + d], exp2f(mc - mx), o);
+        }
+        out[d] = o * inv;
+    }
+}
+
+// ---------------------------------------------------------------- attention: launcher
+typedef void (*attn_kernel_fn)(attn_args);
+
+template <typename KVT>
+static attn_kernel_fn attn_pick(int d_cap, bool exact) {
+    switch (d_cap) {
+    case 64:
+        return exact ? attn_kernel<KVT, 64, true> : attn_kernel<KVT, 64, false>;
+    case 128:
+        return exact ? attn_kernel<KVT, 128, true> : attn_kernel<KVT, 128, false>;
+    case 256:
+        return exact ? attn_kernel<KVT, 256, true> : attn_kernel<KVT, 256, false>;
+    default:
+        return attn_kernel<KVT, 512, false>;
+    }
+}
+
+fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
+                            const fg_attn_params *p) {
+    const fg_cuda_step *st = &c->step;
+    const int hd = kv->head_dim, n_head = p->n_head, n_head_kv = kv->n_head_kv;
+    FG_ASSERT(fg_cuda_kv_supports(kv->type));
+    FG_ASSERT(hd >= 1 && n_head_kv >= 1 && n_head >= n_head_kv && n_head % n_head_kv == 0);
+    FG_ASSERT(p->layer >= 0 && p->layer < kv->n_layer);
+    FG_ASSERT(kv->k.nb[1] == kv->v.nb[1] && kv->k.nb[2] == kv->v.nb[2]);
+    FG_ASSERT(c->warp == 32 || c->warp == 64);
+    if (hd > 512)
+        return fg_fail(FG_ERR_UNSUPPORTED, "cuda: attention: head_dim %d exceeds 512", hd);
+    if (st->n_tokens <= 0 || st->n_seqs <= 0)
+        return FG_OK;
+    const int warp = c->warp, group = n_head / n_head_kv;
+    const int d_cap = hd <= 64 ? 64 : hd <= 128 ? 128 : hd <= 256 ? 256 : 512;
+    const int rows = attn_rows(d_cap);
+
+    // the arena: plan header, then partials (pstat, pacc) for as many rows as fit. c->attn
+    // belongs to this launcher: every call uses it from byte 0 (attention calls are ordered
+    // on c->stream), so it is not bumped with fg_cuda_arena_take.
+    const size_t hdr_bytes = attn_header_bytes(st->n_seqs);
+    if (!c->attn.base || c->attn.size < hdr_bytes)
+        return fg_fail(FG_ERR_CAPACITY,
+                       "cuda: attention: scratch arena holds %zu bytes, %zu needed for %d sequences (reserve)",
+                       c->attn.size, hdr_bytes, st->n_seqs);
+    char *base = c->attn.base;
+    int *hdr = (int *)base;
+    int *item_off = (int *)(base + align256(4 * sizeof(int)));
+    int *n_chunks = (int *)((char *)item_off + align256(((size_t)st->n_seqs + 1) * sizeof(int)));
+    int *poff = (int *)((char *)n_chunks + align256((size_t)st->n_seqs * sizeof(int)));
+    const size_t avail = c->attn.size - hdr_bytes;
+    const size_t row_bytes = ((size_t)hd + 2) * sizeof(float);
+    size_t p_max = avail > 512 ? (avail - 256) / row_bytes : 0;
+    if (p_max > (size_t)INT_MAX / 2)
+        p_max = (size_t)INT_MAX / 2;
+    float2 *pstat = (float2 *)(base + hdr_bytes);
+    float *pacc = (float *)((char *)pstat + align256(p_max * sizeof(float2)));
+
+    const int n_sm = c->n_sm > 0 ? c->n_sm : 80;
+    attn_plan_args pa;
+    pa.n_seqs = st->n_seqs;
+    pa.seq_n_tokens = st->seq_n_tokens;
+    pa.seq_n_kv = st->seq_n_kv;
+    pa.group = group;
+    pa.rows = rows;
+    pa.n_head_kv = n_head_kv;
+    pa.n_head = n_head;
+    pa.target = ATTN_BLOCKS_PER_SM * n_sm;
+    pa.p_max = (long long)p_max;
+    pa.bk = warp;
+    pa.hdr = hdr;
+    pa.item_off = item_off;
+    pa.n_chunks = n_chunks;
+    pa.poff = poff;
+    attn_plan_kernel<<<1, ATTN_PLAN_THREADS, 0, c->stream>>>(pa);
+    FG_GPU_LAUNCH_CHECK(c, "attention plan");
+
+    const size_t esz = kv_type_size(kv->type);
+    attn_args a;
+    a.q = (const char *)q->data;
+    a.q_nb1 = q->nb[1];
+    a.dst = (char *)dst->data;
+    a.dst_nb1 = dst->nb[1];
+    a.k = (const char *)kv->k.data + (size_t)p->layer * kv->k.nb[3];
+    a.v = (const char *)kv->v.data + (size_t)p->layer * kv->v.nb[3];
+    a.kv_nb1 = kv->k.nb[1];
+    a.kv_nb2 = kv->k.nb[2];
+    a.pos = st->pos;
+    a.seq = st->seq;
+    a.seq_first = st->seq_first;
+    a.seq_n_tokens = st->seq_n_tokens;
+    a.seq_n_kv = st->seq_n_kv;
+    a.page_table = st->page_table;
+    a.max_pages = st->max_pages;
+    a.page_size = kv->page_size;
+    a.n_seqs = st->n_seqs;
+    a.n_head = n_head;
+    a.n_head_kv = n_head_kv;
+    a.group = group;
+    a.head_dim = hd;
+    a.qscale = p->scale * 1.44269504088896340736f;
+    a.causal = p->causal ? 1 : 0;
+    const uintptr_t al = (uintptr_t)a.k | (uintptr_t)a.v | (uintptr_t)a.kv_nb1 | (uintptr_t)a.kv_nb2;
+    a.vec4 = hd % 4 == 0 && al % (4 * esz) == 0;
+    a.hdr = hdr;
+    a.item_off = item_off;
+    a.n_chunks = n_chunks;
+    a.poff = poff;
+    a.pstat = pstat;
+    a.pacc = pacc;
+
+    // work = items x kv heads: at most q tiles x n_head_kv when nothing is split. The plan
+    // splits only when the step has fewer than target * rows q rows, into fewer than
+    // 2 * target items, none of them cut in more than ceil(max_n_kv / ATTN_L_MIN) chunks.
+    // Blocks loop over the work, so the grid is a size choice only (a stale max_n_kv, as in
+    // a replayed graph, costs speed, never correctness).
+    const long long tiles = ((long long)st->n_tokens * group + (long long)st->n_seqs * (rows - 1)) / rows;
+    const bool may_split = p_max > 0 && (long long)st->n_tokens * n_head < (long long)pa.target * rows;
+    long long gx = tiles * n_head_kv;
+    if (may_split) {
+        const long long cuts = ((long long)(st->max_n_kv > 1 ? st->max_n_kv : 1) + ATTN_L_MIN - 1) / ATTN_L_MIN;
+        const long long most = gx * cuts < 2LL * pa.target ? gx * cuts : 2LL * pa.target;
+        gx = gx > most ? gx : most;
+    }
+    gx = gx < (1LL << 24) ? gx : (1LL << 24);
+    const dim3 grid((unsigned)gx);
+    const unsigned threads = (unsigned)(ATTN_NW * warp);
+    const size_t smem = attn_smem_bytes(d_cap, warp);
+    const bool exact = hd == d_cap && d_cap <= 256;
+    const attn_kernel_fn fn =
+        kv->type == FG_TYPE_F16 ? attn_pick<kv_f16>(d_cap, exact) : attn_pick<kv_f32>(d_cap, exact);
+    fn<<<grid, threads, smem, c->stream>>>(a);
+    FG_GPU_LAUNCH_CHECK(c, "attention");
+
+    if (may_split) { // else every row was written by attn_kernel
+        const long long n_rows = (long long)st->n_tokens * n_head;
+        attn_reduce_kernel<<<fg_div_up(n_rows, ATTN_NW), threads, 0, c->stream>>>(a, st->n_tokens);
+        FG_GPU_LAUNCH_CHECK(c, "attention reduce");
+    }
+    return FG_OK;
+}

@@ -1,0 +1,22 @@
+// gpu_compat.h stand-in for the emulator (tests/emu): found before the real one by the
+// include order of run.sh, it maps the vendor-neutral names onto emu_rt.h.
+#ifndef FG_GPU_COMPAT_H
+#define FG_GPU_COMPAT_H
+#include <stdint.h>
+#include <stddef.h>
+#include <math.h>
+#include "emu_rt.h"
+#define FG_GPU_VENDOR "emu"
+#ifndef FG_WARP
+#define FG_WARP 32
+#endif
+#define FG_WARP_SIZE FG_WARP
+#define FG_LAUNCH_BOUNDS(...)
+typedef uint64_t fg_lane_mask;
+#define FG_FULL_MASK (~(fg_lane_mask)0)
+#define fg_shfl_xor(v, m) emu_shfl_xor((v), (m))
+#define fg_shfl(v, l) emu_shfl((v), (l))
+#define FG_GPU_CHECK(ctx, call) do { (void)(call); } while (0)
+#define FG_GPU_LAUNCH_CHECK(ctx, what) do { (void)(ctx); (void)(what); } while (0)
+#define FG_GPU_IGNORE(call) do { (void)(call); } while (0)
+#endif

@@ -1,0 +1,297 @@
+// test_attn_emu.cpp - cuda_attn.cu run in the SIMT emulator (emu_rt.h) against a double
+// precision reference: kv_store bit-exact, kv_copy_page, attention at NMSE <= 5e-4 over mixed
+// steps (decode, prefill chunks, many sequences), shuffled and shared pages, odd page sizes,
+// GQA 1/4/8 and MQA, causal and not, head sizes 7..512, F16 and F32, forced splits. The cache
+// outside written slots, unused page-table entries and dst are poisoned (NaN / -1).
+// Usage (via run.sh): test_attn_emu [scenario index]
+#include "backend/cuda/cuda_internal.h"
+extern "C" {
+#include "base/half.h"
+}
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <vector>
+#include <random>
+#include <algorithm>
+#include <chrono>
+
+struct Scn {
+    const char *name;
+    int page_size, n_head, n_head_kv, hd;
+    uint32_t type;
+    bool causal;
+    std::vector<std::pair<int, int>> seqs; // (n_kv after the step, tokens in the step)
+    int n_sm = 4;
+    long long arena = -1; // -1: fg_cuda_attn_scratch_bytes; else bytes
+    bool share = true;
+    unsigned seed = 1;
+    bool stale_max = false; // step.max_n_kv left at 1 (a replayed graph): the grid is too small
+};
+
+static float nanf_() { return __builtin_nanf(""); }
+
+static int run(const Scn &sc) {
+    auto t0 = std::chrono::steady_clock::now();
+    std::mt19937 rng(sc.seed);
+    std::uniform_real_distribution<float> U(-1.0f, 1.0f);
+    const int ps = sc.page_size, nkvh = sc.n_head_kv, hd = sc.hd, nh = sc.n_head, n_layer = 2, layer = 1;
+    const int ns = (int)sc.seqs.size();
+    const size_t esz = sc.type == FG_TYPE_F16 ? 2 : 4;
+    const int row = nkvh * hd;
+    // page tables
+    int max_pages = 0, n_pages_needed = 0;
+    for (auto &s : sc.seqs) { int pg = (s.first + ps - 1) / ps; max_pages = std::max(max_pages, pg); n_pages_needed += pg; }
+    const int n_pages = n_pages_needed + 3;
+    std::vector<int> pool(n_pages);
+    for (int i = 0; i < n_pages; i++) pool[i] = i;
+    std::shuffle(pool.begin(), pool.end(), rng);
+    std::vector<int32_t> pt((size_t)ns * max_pages, -1);
+    int next = 0;
+    for (int s = 0; s < ns; s++) {
+        int n_kv = sc.seqs[s].first, nt = sc.seqs[s].second, pg = (n_kv + ps - 1) / ps;
+        int shared = 0;
+        if (sc.share && s % 2 == 1) {
+            int hp = (n_kv - nt) / ps, hp0 = (sc.seqs[s - 1].first - sc.seqs[s - 1].second) / ps;
+            shared = std::min(hp, hp0);
+            for (int p = 0; p < shared; p++) pt[(size_t)s * max_pages + p] = pt[(size_t)(s - 1) * max_pages + p];
+        }
+        for (int p = shared; p < pg; p++) pt[(size_t)s * max_pages + p] = pool[next++];
+    }
+    // cache: NaN everywhere, history rows random
+    const size_t cache_elems = (size_t)n_layer * n_pages * ps * row;
+    std::vector<char> kc(cache_elems * esz), vc(cache_elems * esz);
+    auto put = [&](std::vector<char> &c, size_t idx, float x) {
+        if (esz == 2) ((uint16_t *)c.data())[idx] = fg_f32_to_f16(x); else ((float *)c.data())[idx] = x;
+    };
+    auto get = [&](const std::vector<char> &c, size_t idx) -> double {
+        return esz == 2 ? (double)fg_f16_to_f32(((const uint16_t *)c.data())[idx]) : (double)((const float *)c.data())[idx];
+    };
+    for (size_t i = 0; i < cache_elems; i++) { put(kc, i, nanf_()); put(vc, i, nanf_()); }
+    auto slot_idx = [&](int l, int page, int slot) { return (((size_t)l * n_pages + page) * ps + slot) * row; };
+    for (int s = 0; s < ns; s++) {
+        int n_kv = sc.seqs[s].first, nt = sc.seqs[s].second;
+        for (int j = 0; j < n_kv - nt; j++) {
+            int page = pt[(size_t)s * max_pages + j / ps];
+            for (int l = 0; l < n_layer; l++)
+                for (int e = 0; e < row; e++) { put(kc, slot_idx(l, page, j % ps) + e, U(rng)); put(vc, slot_idx(l, page, j % ps) + e, U(rng)); }
+        }
+    }
+    // step
+    std::vector<int32_t> tokens, pos, seq, seq_n_kv(ns), seq_first(ns), seq_n_tokens(ns);
+    for (int s = 0; s < ns; s++) {
+        int n_kv = sc.seqs[s].first, nt = sc.seqs[s].second;
+        seq_n_kv[s] = n_kv; seq_first[s] = (int)pos.size(); seq_n_tokens[s] = nt;
+        for (int i = 0; i < nt; i++) { tokens.push_back(1); pos.push_back(n_kv - nt + i); seq.push_back(s); }
+    }
+    const int n_tokens = (int)pos.size();
+    const size_t k_stride = row + 5, q_stride = (size_t)nh * hd + 7, d_stride = (size_t)nh * hd + 1;
+    std::vector<float> kin((size_t)n_tokens * k_stride), vin((size_t)n_tokens * k_stride), qin((size_t)n_tokens * q_stride);
+    for (auto &x : kin) x = U(rng);
+    for (auto &x : vin) x = U(rng);
+    for (auto &x : qin) x = 2.0f * U(rng);
+    std::vector<float> dst((size_t)n_tokens * d_stride, nanf_());
+    // expected cache after kv_store
+    std::vector<char> kx = kc, vx = vc;
+    for (int t = 0; t < n_tokens; t++) {
+        int page = pt[(size_t)seq[t] * max_pages + pos[t] / ps];
+        for (int e = 0; e < row; e++) {
+            put(kx, slot_idx(layer, page, pos[t] % ps) + e, kin[t * k_stride + e]);
+            put(vx, slot_idx(layer, page, pos[t] % ps) + e, vin[t * k_stride + e]);
+        }
+    }
+    // backend context
+    fg_cuda c;
+    memset(&c, 0, sizeof c);
+    c.warp = FG_WARP;
+    c.n_sm = sc.n_sm;
+    c.step.n_tokens = n_tokens; c.step.n_seqs = ns; c.step.max_pages = max_pages;
+    c.step.tokens = tokens.data(); c.step.pos = pos.data(); c.step.seq = seq.data();
+    c.step.seq_n_kv = seq_n_kv.data(); c.step.seq_first = seq_first.data(); c.step.seq_n_tokens = seq_n_tokens.data();
+    c.step.page_table = pt.data();
+    for (int s = 0; s < ns; s++) {
+        c.step.max_n_kv = std::max(c.step.max_n_kv, seq_n_kv[s]);
+        c.step.max_seq_tokens = std::max(c.step.max_seq_tokens, seq_n_tokens[s]);
+    }
+    if (sc.stale_max)
+        c.step.max_n_kv = 1;
+    fg_backend_limits lim;
+    memset(&lim, 0, sizeof lim);
+    lim.max_tokens = n_tokens; lim.max_seqs = ns; lim.max_pages = max_pages; lim.max_heads = nh; lim.max_head_dim = hd;
+    lim.max_kv_len = max_pages * ps;
+    size_t arena = sc.arena < 0 ? fg_cuda_attn_scratch_bytes(&lim) : (size_t)sc.arena;
+    std::vector<char> arena_mem(arena + 64);
+    memset(arena_mem.data(), 0xFF, arena_mem.size());
+    c.attn.base = arena_mem.data(); c.attn.size = arena;
+    fg_kv_view kv;
+    memset(&kv, 0, sizeof kv);
+    kv.n_layer = n_layer; kv.n_pages = n_pages; kv.page_size = ps; kv.n_head_kv = nkvh; kv.head_dim = hd; kv.type = sc.type;
+    for (fg_tensor *t : {&kv.k, &kv.v}) {
+        t->type = sc.type;
+        t->ne[0] = row; t->ne[1] = ps; t->ne[2] = n_pages; t->ne[3] = n_layer;
+        t->nb[0] = esz; t->nb[1] = esz * row; t->nb[2] = t->nb[1] * ps; t->nb[3] = t->nb[2] * n_pages;
+    }
+    kv.k.data = kc.data(); kv.v.data = vc.data();
+    auto f32t = [](void *data, int64_t cols, int64_t rows, size_t nb1) {
+        fg_tensor t; memset(&t, 0, sizeof t);
+        t.type = FG_TYPE_F32; t.ne[0] = cols; t.ne[1] = rows; t.ne[2] = t.ne[3] = 1;
+        t.nb[0] = 4; t.nb[1] = nb1; t.nb[2] = t.nb[3] = nb1 * rows; t.data = data; return t;
+    };
+    fg_tensor kt = f32t(kin.data(), row, n_tokens, k_stride * 4), vt = f32t(vin.data(), row, n_tokens, k_stride * 4);
+    fg_tensor qt = f32t(qin.data(), (int64_t)nh * hd, n_tokens, q_stride * 4), dt = f32t(dst.data(), (int64_t)nh * hd, n_tokens, d_stride * 4);
+    if (fg_cuda_kv_store(&c, &kv, layer, &kt, &vt) != FG_OK) { printf("kv_store failed\n"); return 1; }
+    int fails = 0;
+    if (memcmp(kc.data(), kx.data(), kc.size()) || memcmp(vc.data(), vx.data(), vc.size())) { printf("  FAIL kv_store: cache differs from the expected bits\n"); fails++; }
+    fg_attn_params p;
+    p.layer = layer; p.n_head = nh; p.scale = 1.0f / sqrtf((float)hd); p.causal = sc.causal;
+    fg_status st = fg_cuda_attention(&c, &dt, &qt, &kv, &p);
+    if (st != FG_OK) { printf("  FAIL attention: status %d\n", (int)st); return 1; }
+    const int *hdr = (const int *)arena_mem.data();
+    // reference
+    const int G = nh / nkvh;
+    double num = 0, den = 0; long bad = 0;
+    for (int t = 0; t < n_tokens; t++) {
+        int s = seq[t], n_kv = seq_n_kv[s], end = sc.causal ? pos[t] + 1 : n_kv;
+        for (int h = 0; h < nh; h++) {
+            int hk = h / G;
+            std::vector<double> sc_(end);
+            double mx = -INFINITY;
+            for (int j = 0; j < end; j++) {
+                int page = pt[(size_t)s * max_pages + j / ps];
+                size_t base = slot_idx(layer, page, j % ps) + (size_t)hk * hd;
+                double d = 0;
+                for (int e = 0; e < hd; e++) d += (double)qin[t * q_stride + (size_t)h * hd + e] * get(kc, base + e);
+                sc_[j] = d * p.scale; mx = std::max(mx, sc_[j]);
+            }
+            double sum = 0;
+            for (int j = 0; j < end; j++) { sc_[j] = exp(sc_[j] - mx); sum += sc_[j]; }
+            for (int e = 0; e < hd; e++) {
+                double o = 0;
+                for (int j = 0; j < end; j++) {
+                    int page = pt[(size_t)s * max_pages + j / ps];
+                    o += sc_[j] / sum * get(vc, slot_idx(layer, page, j % ps) + (size_t)hk * hd + e);
+                }
+                float g = dst[t * d_stride + (size_t)h * hd + e];
+                if (!isfinite(g)) { if (bad++ < 5) printf("  non-finite dst t=%d h=%d e=%d: %g\n", t, h, e, g); }
+                num += (g - o) * (g - o); den += o * o;
+            }
+        }
+        if (!isnan(dst[t * d_stride + (size_t)nh * hd])) { printf("  FAIL: row padding of dst written (t=%d)\n", t); fails++; }
+    }
+    double nmse = den > 0 ? num / den : num;
+    if (bad) { printf("  FAIL: %ld non-finite outputs\n", bad); fails++; }
+    if (!(nmse <= 5e-4)) { printf("  FAIL: nmse %.3g\n", nmse); fails++; }
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    printf("%-44s tokens %4d seqs %2d items/head %4d L %10d nmse %.2e %s (%.1fs)\n", sc.name, n_tokens, ns, hdr[0], hdr[1], nmse, fails ? "FAIL" : "ok", secs);
+    return fails;
+}
+
+static int test_copy_page(uint32_t type) {
+    // kv_copy_page: all layers, K and V; other pages untouched
+    const int n_layer = 3, n_pages = 5, ps = 7, row = 12;
+    const size_t esz = type == FG_TYPE_F16 ? 2 : 4;
+    std::vector<char> k((size_t)n_layer * n_pages * ps * row * esz), v(k.size());
+    std::mt19937 rng(7);
+    for (auto &b : k) b = (char)rng();
+    for (auto &b : v) b = (char)rng();
+    std::vector<char> k0 = k, v0 = v;
+    fg_kv_view kv; memset(&kv, 0, sizeof kv);
+    kv.n_layer = n_layer; kv.n_pages = n_pages; kv.page_size = ps; kv.n_head_kv = 2; kv.head_dim = 6; kv.type = type;
+    for (fg_tensor *t : {&kv.k, &kv.v}) {
+        t->nb[0] = esz; t->nb[1] = esz * row; t->nb[2] = t->nb[1] * ps; t->nb[3] = t->nb[2] * n_pages;
+        t->ne[0] = row; t->ne[1] = ps; t->ne[2] = n_pages; t->ne[3] = n_layer;
+    }
+    kv.k.data = k.data(); kv.v.data = v.data();
+    fg_cuda c; memset(&c, 0, sizeof c); c.warp = FG_WARP;
+    fg_cuda_kv_copy_page(&c, &kv, 3, 1);
+    int fails = 0;
+    for (int l = 0; l < n_layer; l++)
+        for (int p = 0; p < n_pages; p++) {
+            size_t off = ((size_t)l * n_pages + p) * kv.k.nb[2], src = ((size_t)l * n_pages + (p == 3 ? 1 : p)) * kv.k.nb[2];
+            if (memcmp(k.data() + off, k0.data() + src, kv.k.nb[2]) || memcmp(v.data() + off, v0.data() + src, kv.k.nb[2])) fails++;
+        }
+    printf("kv_copy_page %s: %s\n", type == FG_TYPE_F16 ? "f16" : "f32", fails ? "FAIL" : "ok");
+    return fails != 0;
+}
+
+int main(int argc, char **argv) {
+    int only = argc > 1 ? atoi(argv[1]) : -1;
+    std::vector<Scn> v;
+    // name, ps, nh, nkvh, hd, type, causal, seqs
+    v.push_back({"decode mix gqa4 hd64 f16 ps16", 16, 8, 2, 64, FG_TYPE_F16, true, {{40, 1}, {17, 1}, {1, 1}, {100, 1}, {33, 1}}});
+    v.push_back({"prefill+decode gqa1 hd16 f16 ps7", 7, 4, 4, 16, FG_TYPE_F16, true, {{30, 30}, {50, 1}, {23, 9}, {9, 1}, {64, 5}}});
+    v.push_back({"mix gqa8 hd8 f32 ps7 noncausal", 7, 8, 1, 8, FG_TYPE_F32, false, {{30, 12}, {50, 1}, {23, 9}, {8, 8}}});
+    v.push_back({"mqa hd64 f16 ps16 (G=32)", 16, 32, 1, 64, FG_TYPE_F16, true, {{45, 3}, {70, 1}, {20, 20}}});
+    v.push_back({"gqa7 hd80 f16 ps16 (generic)", 16, 14, 2, 80, FG_TYPE_F16, true, {{50, 6}, {31, 1}, {66, 2}}});
+    v.push_back({"gqa4 hd128 f16 ps16", 16, 8, 2, 128, FG_TYPE_F16, true, {{90, 4}, {130, 1}, {33, 33}}});
+    v.push_back({"gqa2 hd256 f32 ps16", 16, 4, 2, 256, FG_TYPE_F32, true, {{70, 2}, {40, 1}}});
+    v.push_back({"gqa2 hd96 f16 ps7 noncausal", 7, 4, 2, 96, FG_TYPE_F16, false, {{70, 5}, {40, 1}}});
+    v.push_back({"hd 7 (odd, scalar loads) ps5", 5, 6, 3, 7, FG_TYPE_F16, true, {{26, 4}, {11, 11}}});
+    v.push_back({"hd 300 f16 (cap 512)", 16, 2, 1, 300, FG_TYPE_F16, true, {{40, 3}, {19, 1}}});
+    v.push_back({"hd 512 f32", 16, 2, 2, 512, FG_TYPE_F32, false, {{35, 2}}});
+    // splits: long decode (flash-decoding) with many SMs, and a mix
+    {
+        Scn s{"split decode 3000 + short, gqa4 hd64", 16, 8, 2, 64, FG_TYPE_F16, true, {{3000, 1}, {20, 1}, {700, 1}}};
+        s.n_sm = 64; v.push_back(s);
+    }
+    {
+        Scn s{"split prefill chunk over long ctx hd16 ps7", 7, 4, 1, 16, FG_TYPE_F16, true, {{1500, 20}, {600, 1}}};
+        s.n_sm = 64; v.push_back(s);
+    }
+    {
+        Scn s{"split noncausal f32 hd128", 16, 4, 4, 128, FG_TYPE_F32, false, {{1200, 3}, {300, 1}}};
+        s.n_sm = 32; v.push_back(s);
+    }
+    {
+        Scn s{"split, stale max_n_kv (grid too small)", 16, 8, 2, 64, FG_TYPE_F16, true, {{2000, 1}, {900, 3}}};
+        s.n_sm = 64; s.stale_max = true; v.push_back(s);
+    }
+    {
+        Scn s{"split, arena small (memory bound on L)", 16, 8, 2, 64, FG_TYPE_F16, true, {{3000, 1}, {2000, 2}}};
+        s.n_sm = 64; s.arena = 40000; v.push_back(s);
+    }
+    {
+        Scn s{"no partial room (header only)", 16, 8, 2, 64, FG_TYPE_F16, true, {{1000, 1}, {20, 1}}};
+        s.n_sm = 64; s.arena = 2048; v.push_back(s);
+    }
+    {
+        Scn s{"long prompt 2048 over many pages hd64", 16, 4, 1, 64, FG_TYPE_F16, true, {{2048, 2048}}};
+        s.n_sm = 4; v.push_back(s);
+    }
+    // random steps: many sequences of very different lengths, decode and prefill chunks mixed
+    {
+        std::mt19937 r(2024);
+        const int hds[] = {8, 16, 64, 80, 128, 256, 40};
+        const int gs[] = {1, 4, 8, 0}; // 0: MQA
+        for (int k = 0; k < 12; k++) {
+            Scn s{"random", 0, 0, 0, 0, 0, true, {}};
+            static char names[12][64];
+            s.page_size = (r() % 2) ? 16 : 7 + (int)(r() % 5);
+            int nkvh = 1 + (int)(r() % 3), g = gs[r() % 4];
+            s.n_head_kv = g == 0 ? 1 : nkvh;
+            s.n_head = g == 0 ? 12 : nkvh * g;
+            s.hd = hds[r() % 7];
+            s.type = (r() % 3) ? FG_TYPE_F16 : FG_TYPE_F32;
+            s.causal = (r() % 4) != 0;
+            int n = 4 + (int)(r() % 20);
+            for (int i = 0; i < n; i++) {
+                int kind = (int)(r() % 3);
+                int nkv = kind == 0 ? 1 + (int)(r() % 40) : kind == 1 ? 1 + (int)(r() % 600) : 1 + (int)(r() % 120);
+                int nt = (r() % 2) ? 1 : 1 + (int)(r() % std::min(nkv, 24));
+                s.seqs.push_back({nkv, nt});
+            }
+            s.n_sm = 1 + (int)(r() % 64);
+            s.seed = 100 + k;
+            snprintf(names[k], 64, "random %d: ps %d h %d/%d hd %d %s %s", k, s.page_size, s.n_head, s.n_head_kv, s.hd,
+                     s.type == FG_TYPE_F16 ? "f16" : "f32", s.causal ? "causal" : "full");
+            s.name = names[k];
+            v.insert(v.end() - 1, s);
+        }
+    }
+    int fails = 0;
+    if (only < 0) { fails += test_copy_page(FG_TYPE_F16); fails += test_copy_page(FG_TYPE_F32); }
+    for (size_t i = 0; i < v.size(); i++)
+        if (only < 0 ? i + 1 < v.size() : (int)i == only) fails += run(v[i]) != 0;
+    printf("%d failed\n", fails);
+    return fails != 0;
+}
