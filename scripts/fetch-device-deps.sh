@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs="libmicrohttpd12 libmicrohttpd-dev libjansson4 libjansson-dev libpcre2-8-0 libpcre2-dev
-      libcmocka0 libcmocka-dev
+      libcmocka0 libcmocka-dev libedit2 libedit-dev libbsd0 libmd0 libtinfo6 libncurses-dev libncurses6
       libgnutls30 libp11-kit0 libidn2-0 libunistring2 libtasn1-6 libnettle8 libhogweed6 libgmp10 libffi8"
 
 mkdir -p .device/deps
