@@ -1,2 +1,0 @@
-build-cpu/obj/src/base/util.o: src/base/util.c src/base/util.h
-src/base/util.h:

@@ -1,9 +1,0 @@
-build-cpu/obj/tests/unit/test_quant.o: tests/unit/test_quant.c \
- src/quant/blocks.h src/base/half.h src/backend/cpu/cpu_kernels.h \
- src/quant/quant.h include/forge/types.h include/forge/status.h
-src/quant/blocks.h:
-src/base/half.h:
-src/backend/cpu/cpu_kernels.h:
-src/quant/quant.h:
-include/forge/types.h:
-include/forge/status.h:
