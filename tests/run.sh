@@ -70,7 +70,7 @@ fi
 if ls tests/py/test_*.py >/dev/null 2>&1; then
     echo "== Python suites"
     log="$BUILD/tests/pytest.log"
-    python3 -m pytest -q -p no:cacheprovider tests/py >"$log" 2>&1
+    python3 -m pytest -q -rs -p no:cacheprovider tests/py >"$log" 2>&1
     rc=$?
     tail -n 30 "$log"
     summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed)|^=+ .*(passed|failed|error)' "$log" | tail -n 1)
