@@ -27,7 +27,7 @@ import numpy as np
 POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}
 FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7}  # LlamaFileType ALL_F32, MOSTLY_F16, MOSTLY_Q8_0
 QK8_0 = 32
-TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_UNUSED = 1, 3, 5  # gguf TokenType
+TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5  # gguf TokenType
 PHANTOM = "\u2581"
 
 
@@ -128,6 +128,7 @@ def read_tokenizer(d, n_vocab):
 
     # special tokens: tokenizer.json's added tokens marked special, and the *_token names
     special = set()
+    added = {}  # id -> (text, type) for added tokens past vocab.txt
     if tj:
         model = tj.get("model") or {}
         if model.get("type") != "WordPiece":
@@ -142,8 +143,15 @@ def read_tokenizer(d, n_vocab):
             if tv and tv.get(t) != i:
                 fail(f"{d / 'tokenizer.json'}: token {t!r} has id {tv.get(t)} there, {i} in vocab.txt")
         for a in tj.get("added_tokens") or []:
+            i, content = a.get("id"), a.get("content")
+            if not isinstance(i, int) or not isinstance(content, str) or not 0 <= i < n_vocab:
+                fail(f"{d / 'tokenizer.json'}: added token {content!r} with id {i!r} (vocab_size {n_vocab})")
+            if i < len(vocab) and vocab[i] != content:
+                fail(f"{d / 'tokenizer.json'}: added token {content!r} has id {i}, vocab.txt has {vocab[i]!r} there")
+            if i >= len(vocab):  # a token past vocab.txt: kept as it is, as llama.cpp keeps added tokens
+                added[i] = (content, TOKEN_CONTROL if a.get("special") else TOKEN_USER_DEFINED)
             if a.get("special"):
-                special.add(a["content"])
+                special.add(content)
     for k, v in (tc.get("added_tokens_decoder") or {}).items():
         if isinstance(v, dict) and v.get("special"):
             special.add(v.get("content"))
@@ -157,10 +165,12 @@ def read_tokenizer(d, n_vocab):
     names = {k: name_of(k + "_token", dflt) for k, dflt in
              (("unk", "[UNK]"), ("cls", "[CLS]"), ("sep", "[SEP]"), ("pad", "[PAD]"), ("mask", "[MASK]"))}
     ids = {}
+    by_text = {t: i for i, t in enumerate(vocab)}
+    by_text.update({t: i for i, (t, _) in added.items()})
     for k, v in names.items():
-        if v not in vocab:
+        if v not in by_text:
             fail(f"{vpath}: the {k} token {v!r} is not in the vocabulary")
-        ids[k] = vocab.index(v)
+        ids[k] = by_text[v]
         special.add(v)
 
     # BertNormalizer options; strip_accents None follows lowercase (as in HF)
@@ -189,9 +199,10 @@ def read_tokenizer(d, n_vocab):
         else:
             tokens.append(t[2:] if t.startswith("##") else PHANTOM + t)
             types.append(TOKEN_NORMAL)
-    for i in range(len(vocab), n_vocab):  # embedding rows without a token
-        tokens.append(f"[PAD{i}]")
-        types.append(TOKEN_UNUSED)
+    for i in range(len(vocab), n_vocab):  # added tokens; embedding rows without a token
+        t, typ = added.get(i, (f"[PAD{i}]", TOKEN_UNUSED))
+        tokens.append(t)
+        types.append(typ)
     if len(set(tokens)) != len(tokens):
         seen, dup = set(), None
         for t in tokens:

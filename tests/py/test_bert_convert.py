@@ -167,11 +167,20 @@ VOCAB = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "wo
          "##ing", "!", ",", "."] + [f"w{i}" for i in range(25)]
 
 
+def tiny_tokenizer_json(lowercase=True, added=()):
+    return {"normalizer": {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
+                           "strip_accents": None, "lowercase": lowercase},
+            "pre_tokenizer": {"type": "BertPreTokenizer"},
+            "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                      "max_input_chars_per_word": 100, "vocab": {t: i for i, t in enumerate(VOCAB)}},
+            "added_tokens": [{"id": i, "content": t, "special": sp, "normalized": False} for i, t, sp in added]}
+
+
 def tiny_bert(d, n_ff=40, n_layer=2, pooling="mean", normalize=True, extra_cfg=None, drop=None, bad_shape=None,
-              modules=None):
+              modules=None, tokenizer_json=None, n_vocab=None):
     """A random BERT directory: n_embd 32, 4 heads, n_ff not a multiple of 32 by default."""
     rng = np.random.default_rng(SEED)
-    E, V, P = 32, len(VOCAB), 16
+    E, V, P = 32, n_vocab or len(VOCAB), 16
     cfg = {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": E, "num_hidden_layers": n_layer,
            "num_attention_heads": 4, "intermediate_size": n_ff, "max_position_embeddings": P, "vocab_size": V,
            "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}
@@ -179,6 +188,8 @@ def tiny_bert(d, n_ff=40, n_layer=2, pooling="mean", normalize=True, extra_cfg=N
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    if tokenizer_json is not None:
+        (d / "tokenizer.json").write_text(json.dumps(tokenizer_json))
     (d / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "unk_token": "[UNK]",
                                                          "cls_token": "[CLS]", "sep_token": "[SEP]"}))
     t = {"embeddings.word_embeddings.weight": (V, E), "embeddings.position_embeddings.weight": (P, E),
@@ -246,6 +257,27 @@ def test_pooling_override_and_absent(tmp_path):
     assert "sentence_transformers.max_seq_length" not in kv
     kv, _ = fields(conv.convert(d, tmp_path / "last.gguf", "f32", pooling_arg="last"))
     assert kv["bert.pooling_type"] == 3
+
+
+def test_tokenizer_json_flags_and_added_tokens(tmp_path):
+    """BertNormalizer's flags from tokenizer.json (cased: strip_accents null follows lowercase
+    false); added tokens past vocab.txt kept at their ids (control if special, else
+    user-defined); rows without a token are [PADn] (unused), as llama.cpp writes them."""
+    n = len(VOCAB)
+    tj = tiny_tokenizer_json(lowercase=False, added=[(1, "[unused0]", False), (n, "<extra>", False),
+                                                     (n + 1, "<ctl>", True)])
+    d = tiny_bert(tmp_path / "hf", tokenizer_json=tj, n_vocab=n + 3)
+    kv, _ = fields(conv.convert(d, tmp_path / "t.gguf", "f32"))
+    assert kv["tokenizer.ggml.normalizer.lowercase"] is False
+    assert kv["tokenizer.ggml.normalizer.strip_accents"] is False
+    toks, types = kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.token_type"]
+    assert toks[n:] == ["<extra>", "<ctl>", f"[PAD{n + 2}]"] and types[n:] == [4, 3, 5]
+    assert toks[:7] == ["[PAD]", "\u2581[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "\u2581hello"]
+    assert toks[8] == "s" and types[:4] == [3, 1, 3, 3]
+    bad = tiny_tokenizer_json(added=[(7, "<x>", True)])  # id 7 is "world" in vocab.txt
+    d = tiny_bert(tmp_path / "bad", tokenizer_json=bad)
+    with pytest.raises(conv.ConvertError, match="added token '<x>' has id 7, vocab.txt has 'world' there"):
+        conv.convert(d, tmp_path / "bad.gguf", "f32")
 
 
 @pytest.mark.parametrize("case,message", [
