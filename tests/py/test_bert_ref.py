@@ -4,7 +4,8 @@ sentences, from third-party suites that compare with sentence-transformers), aga
 sentence-transformers itself when the package (and torch) is installed (skipped loudly
 otherwise: scripts/install-deps.sh does not install torch), paraphrases closer than unrelated
 sentences; and the converted GGUF files read back (`gguf` package) and fed to the same
-reference: F32 as the safetensors, F16 cosine >= 0.999, Q8_0 >= 0.99 per sentence."""
+reference: F32 as the safetensors, F16 cosine >= 0.999, Q8_0 >= 0.99 per sentence; and
+llama.cpp's llama-embedding on the converted files when FORGE_LLAMA_EMBEDDING names one."""
 import numpy as np
 import pytest
 
@@ -116,3 +117,28 @@ def test_sentence_transformers_exact(minilm_dir, ref_emb):
           f"{np.abs(st - ref_emb).max():.2e}")
     assert min(cos) >= 0.9999
     assert np.abs(st - ref_emb).max() < 1e-5
+
+
+@pytest.mark.parametrize("typ,min_cos", [("f32", 0.9999), ("q8_0", 0.99)])
+def test_llama_cpp_embeds_converted_file(minilm_gguf, minilm_dir, ref, typ, min_cos):
+    """llama.cpp loads the converted file and its embeddings agree with the reference
+    (llama.cpp's GELU is the tanh approximation: cosine ~0.999998 in F32). Runs when
+    FORGE_LLAMA_EMBEDDING names a llama.cpp `llama-embedding` binary; skipped loudly otherwise.
+    Sentences without Hangul: llama.cpp keeps only the first jamo of a syllable (cosine 0.73)."""
+    import json
+    import os
+    import subprocess
+
+    exe = os.environ.get("FORGE_LLAMA_EMBEDDING")
+    if not exe or not os.access(exe, os.X_OK):
+        pytest.skip("SKIPPED LOUDLY: FORGE_LLAMA_EMBEDDING does not name a llama.cpp llama-embedding binary; "
+                    "the llama.cpp cross-check did not run")
+    texts = [s for t in TRIPLES for s in t] + ["Café déjà vu — 東京", "naïve café résumé, Crème Brûlée"]
+    r = subprocess.run([exe, "-m", str(minilm_gguf(typ)), "-p", "<#>".join(texts), "--embd-separator", "<#>",
+                        "--embd-output-format", "array", "-t", "2"], capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    got = np.array(json.loads(r.stdout.decode()))
+    want = ref.embed_many(R.tokenize_hf(minilm_dir, texts, ref.max_seq))
+    cos = [R.cosine(a, b) for a, b in zip(want, got)]
+    print(f"llama.cpp {typ}: min cosine to the reference {min(cos):.7f} over {len(cos)} sentences")
+    assert len(cos) == len(texts) and min(cos) >= min_cos
