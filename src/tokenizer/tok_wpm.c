@@ -1,22 +1,40 @@
-// tok_wpm.c - llama.cpp's WordPiece tokenizer (vocabulary type "bert"): per code point
-// first-code-point NFD and accent-mark removal, lowercasing, splitting at white space,
-// punctuation, ASCII symbols and CJK ideographs; then per word ("▁" + word) greedy
-// longest-match against the vocabulary, the whole word becoming [UNK] when a position
-// has no match. Not here: special tokens ([CLS]/[SEP], added by tokenizer.c).
+// tok_wpm.c - WordPiece (vocabulary type "bert") as Hugging Face's BertNormalizer +
+// BertPreTokenizer + WordPiece (the `tokenizers` library sentence-transformers runs) do it:
+// control characters dropped, CJK ideographs made one-character words, then (uncased
+// vocabularies) full canonical decomposition with nonspacing marks (Mn) removed and
+// lowercasing, splitting at white space and punctuation; then per word greedy longest-match
+// with the vocabulary in llama.cpp's phantom-space form ("▁" + word-initial piece, bare
+// continuation piece for HF's "##" piece), the whole word becoming [UNK] when a position has
+// no match or the word is longer than 100 characters. Not here: special tokens ([CLS]/[SEP],
+// added by tokenizer.c). Where this differs from llama.cpp, see docs/EMBEDDINGS.md.
 #include "tokenizer/tok_internal.h"
 
 #include "base/status.h"
 #include "tokenizer/unicode.h"
 
-#include <stdlib.h>
 #include <string.h>
 
+// Hugging Face WordPiece's max_input_chars_per_word: longer words are one [UNK].
+#define WPM_MAX_WORD_CHARS 100
+#define PHANTOM "\xe2\x96\x81" // U+2581, llama.cpp's word-initial marker
+#define PHANTOM_LEN 3
+
+// HF tokenizers' BertNormalizer::is_chinese_char (note 0x2B920, not 0x2B820, as in the Rust
+// code; llama.cpp copies it).
 static bool is_chinese_char(uint32_t c) {
     return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) ||
            (c >= 0x20000 && c <= 0x2A6DF) || (c >= 0x2A700 && c <= 0x2B73F) ||
            (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B920 && c <= 0x2CEAF) ||
            (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
 }
+
+// One word being built: the phantom prefix, then at most WPM_MAX_WORD_CHARS + 1 code points
+// (one past the limit marks the word too long; the rest is not stored).
+typedef struct wpm_word {
+    char buf[PHANTOM_LEN + 4 * (WPM_MAX_WORD_CHARS + 1)];
+    size_t len;    // bytes in buf, PHANTOM_LEN when empty
+    size_t nchars; // code points appended (counted past the limit)
+} wpm_word;
 
 static void encode_word(const fg_tokenizer *t, const char *w, size_t n, tok_out *out) {
     size_t start = out->n;
@@ -25,10 +43,15 @@ static void encode_word(const fg_tokenizer *t, const char *w, size_t n, tok_out 
         if (j > n)
             j = n;
         int32_t id = -1;
-        for (; j > i; j--) {
-            id = tok_htab_find(&t->vocab, w + i, j - i);
-            if (id >= 0)
-                break;
+        // a continuation piece never starts with U+2581: that would be a word-initial piece
+        // (HF looks up "##" + rest, and vocabularies have no "##▁...")
+        bool phantom_inside = i > 0 && n - i >= PHANTOM_LEN && memcmp(w + i, PHANTOM, PHANTOM_LEN) == 0;
+        if (!phantom_inside) {
+            for (; j > i; j--) {
+                id = tok_htab_find(&t->vocab, w + i, j - i);
+                if (id >= 0)
+                    break;
+            }
         }
         if (id < 0) { // discard the whole word
             out->n = start;
@@ -41,49 +64,86 @@ static void encode_word(const fg_tokenizer *t, const char *w, size_t n, tok_out 
         tok_out_push(out, t->unk);
 }
 
+static void word_end(const fg_tokenizer *t, wpm_word *w, tok_out *out) {
+    if (w->nchars > WPM_MAX_WORD_CHARS) {
+        if (t->unk >= 0)
+            tok_out_push(out, t->unk);
+    } else if (w->nchars > 0) {
+        encode_word(t, w->buf, w->len, out);
+    }
+    w->len = PHANTOM_LEN;
+    w->nchars = 0;
+}
+
+static void word_add(wpm_word *w, uint32_t cp) {
+    if (++w->nchars <= WPM_MAX_WORD_CHARS)
+        w->len += fg_utf8_encode(cp, w->buf + w->len);
+}
+
+// Appends one normalized code point: punctuation (Unicode P*, or any ASCII non-alphanumeric)
+// is a word of its own, anything else extends the current word.
+static void emit(const fg_tokenizer *t, wpm_word *w, uint32_t cp, tok_out *out) {
+    uint32_t fl = fg_uni_flags(cp);
+    if ((fl & FG_UNI_PUNCT) || (cp < 0x7F && (fl & FG_UNI_SYMBOL))) {
+        word_end(t, w, out);
+        word_add(w, cp);
+        word_end(t, w, out);
+    } else {
+        word_add(w, cp);
+    }
+}
+
+// Strip accents (canonical decomposition, Mn removed), then lowercase, as BertNormalizer.
+static void emit_normalized(const fg_tokenizer *t, wpm_word *w, uint32_t cp, tok_out *out) {
+    uint32_t d[FG_UNI_NFD_MAX];
+    size_t nd = 1;
+    d[0] = cp;
+    if (t->wpm_strip_accents)
+        nd = fg_uni_decompose(cp, d);
+    for (size_t k = 0; k < nd; k++) {
+        uint32_t c = d[k];
+        if (t->wpm_strip_accents && (fg_uni_flags(c) & FG_UNI_MARK_NONSPACING))
+            continue;
+        if (t->wpm_lowercase) {
+            if (c == 0x130) { // the one code point whose lowercase is two: i + U+0307
+                emit(t, w, 'i', out);
+                c = 0x307;
+            } else {
+                c = fg_uni_tolower(c);
+            }
+        }
+        emit(t, w, c, out);
+    }
+}
+
 fg_status tok_wpm_encode(const fg_tokenizer *t, const char *text, size_t len, tok_out *out) {
-    // words are built in buf, each prefixed with U+2581; a word is at most the text's
-    // code points times 4 bytes
-    char *buf = malloc(4 * len + 8);
-    if (!buf)
-        return FG_FAIL(FG_ERR_NOMEM, "tokenize: out of memory for %zu bytes", len);
-    size_t wstart = 0, m = 0;
-#define BEGIN_WORD() (memcpy(buf, "\xe2\x96\x81", 3), wstart = 0, m = 3)
-#define END_WORD()                                  \
-    do {                                            \
-        if (m > 3)                                  \
-            encode_word(t, buf + wstart, m, out);   \
-        m = 3;                                      \
-    } while (0)
-    BEGIN_WORD();
+    wpm_word w;
+    memcpy(w.buf, PHANTOM, PHANTOM_LEN);
+    w.len = PHANTOM_LEN;
+    w.nchars = 0;
     for (size_t off = 0; off < len;) {
         uint32_t cp = fg_utf8_decode((const uint8_t *)text, len, &off);
-        if (t->wpm_strip_accents)
-            cp = fg_uni_nfd_first(cp);
         uint32_t fl = fg_uni_flags(cp);
-        if (fl & FG_UNI_WHITESPACE) {
-            END_WORD();
+        // clean_text: NUL, U+FFFD (also what invalid UTF-8 decodes to) and other controls
+        // (Cc, Cf, Co, Cs; so also \v, \f, U+0085) go; \t \n \r and White_Space split words
+        if (cp == '\t' || cp == '\n' || cp == '\r') {
+            word_end(t, &w, out);
             continue;
         }
         if (cp == 0 || cp == 0xFFFD || (fl & FG_UNI_CONTROL))
             continue;
-        if (t->wpm_strip_accents && (fl & FG_UNI_MARK))
+        if (fl & FG_UNI_WHITESPACE) {
+            word_end(t, &w, out);
             continue;
-        char enc[4];
-        size_t el = fg_utf8_encode(t->wpm_lowercase ? fg_uni_tolower(cp) : cp, enc);
-        if ((fl & FG_UNI_PUNCT) || (cp < 0x7F && (fl & FG_UNI_SYMBOL)) || is_chinese_char(cp)) {
-            END_WORD();
-            memcpy(buf + 3, enc, el);
-            m = 3 + el;
-            END_WORD();
-        } else {
-            memcpy(buf + m, enc, el);
-            m += el;
         }
+        if (is_chinese_char(cp)) { // a word of its own, decided before normalization
+            word_end(t, &w, out);
+            emit_normalized(t, &w, cp, out);
+            word_end(t, &w, out);
+            continue;
+        }
+        emit_normalized(t, &w, cp, out);
     }
-    END_WORD();
-#undef BEGIN_WORD
-#undef END_WORD
-    free(buf);
+    word_end(t, &w, out);
     return FG_OK;
 }

@@ -859,7 +859,9 @@ fg_status fg_tokenize_ex(const fg_tokenizer *t, const char *text, size_t len, un
     }
     if (st != FG_OK)
         goto fail;
-    if (add_special && t->add_eos)
+    // WordPiece ends with [SEP] once: a GGUF from llama.cpp's converter may say add_eos_token
+    // (eos = [SEP]) and add_sep_token both; llama.cpp itself ends every WPM text with [SEP]
+    if (add_special && t->add_eos && !(t->type == TOK_WPM && t->add_sep))
         tok_out_push(&out, t->eos);
     if (add_special && t->type == TOK_WPM && t->add_sep)
         tok_out_push(&out, t->sep);

@@ -89,7 +89,40 @@ static uint32_t pair_lookup(const fg_uni_pair *t, size_t n, uint32_t cp) {
 }
 
 uint32_t fg_uni_tolower(uint32_t cp) { return pair_lookup(fg_uni_lower, fg_uni_lower_len, cp); }
-uint32_t fg_uni_nfd_first(uint32_t cp) { return pair_lookup(fg_uni_nfd, fg_uni_nfd_len, cp); }
+
+size_t fg_uni_decompose(uint32_t cp, uint32_t out[FG_UNI_NFD_MAX]) {
+    if (cp >= 0xAC00 && cp <= 0xD7A3) { // Hangul syllable -> L V [T] jamo (Unicode ch. 3.12)
+        uint32_t s = cp - 0xAC00, t = s % 28;
+        out[0] = 0x1100 + s / (21 * 28);
+        out[1] = 0x1161 + (s % (21 * 28)) / 28;
+        if (t == 0)
+            return 2;
+        out[2] = 0x11A7 + t;
+        return 3;
+    }
+    size_t lo = 0, hi = fg_uni_nfd_len;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (fg_uni_nfd[mid].cp < cp)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == fg_uni_nfd_len || fg_uni_nfd[lo].cp != cp) {
+        out[0] = cp;
+        return 1;
+    }
+    size_t off = fg_uni_nfd[lo].to >> 8, n = fg_uni_nfd[lo].to & 0xff;
+    for (size_t i = 0; i < n; i++)
+        out[i] = fg_uni_nfd_cps[off + i];
+    return n;
+}
+
+uint32_t fg_uni_nfd_first(uint32_t cp) {
+    uint32_t d[FG_UNI_NFD_MAX];
+    fg_uni_decompose(cp, d);
+    return d[0];
+}
 
 static bool byte_is_printable(uint32_t b) {
     return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);

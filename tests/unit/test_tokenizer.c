@@ -129,6 +129,22 @@ static void test_utf8_and_tables(void **state) {
     assert_true(fg_uni_flags('7') & FG_UNI_NUMBER);
     assert_true(fg_uni_flags(0x200b) & FG_UNI_CONTROL); // Cf
     assert_int_equal(fg_uni_flags(0x110000), 0);
+    assert_true(fg_uni_flags(0x301) & FG_UNI_MARK_NONSPACING);   // Mn
+    assert_false(fg_uni_flags(0x93e) & FG_UNI_MARK_NONSPACING);  // Mc (Devanagari AA)
+    assert_false(fg_uni_flags(0x20dd) & FG_UNI_MARK_NONSPACING); // Me (enclosing circle)
+    uint32_t d[FG_UNI_NFD_MAX];
+    assert_int_equal(fg_uni_decompose(0xac01, d), 3); // HANGUL GAG -> G A G jamo
+    assert_int_equal(d[0], 0x1100);
+    assert_int_equal(d[1], 0x1161);
+    assert_int_equal(d[2], 0x11a8);
+    assert_int_equal(fg_uni_decompose(0xac00, d), 2); // GA: no trailing consonant
+    assert_int_equal(fg_uni_decompose(0x1e17, d), 3); // e macron acute -> e + 0304 + 0301
+    assert_int_equal(d[0], 'e');
+    assert_int_equal(d[1], 0x304);
+    assert_int_equal(d[2], 0x301);
+    assert_int_equal(fg_uni_decompose(0x1f82, d), 4); // the longest
+    assert_int_equal(fg_uni_decompose('x', d), 1);
+    assert_int_equal(d[0], 'x');
 }
 
 // --- golden prompts and vocabulary basics
@@ -214,6 +230,98 @@ static void test_special_ids_and_eog(void **state) {
     expect_ids(t, "Hello World!", true, false, want, 5);
     const int32_t want2[] = {100}; // a word with no piece -> [UNK]
     expect_ids(t, "\xe2\x98\x83", false, false, want2, 1);
+    fg_tokenizer_destroy(t);
+}
+
+// Writes a copy of the bge WordPiece vocabulary with extra keys set by the caller's function.
+static fg_tokenizer *bge_variant(void (*set)(fg_gguf_writer *w)) {
+    fg_gguf *src = NULL;
+    assert_int_equal(fg_gguf_open(shared_path("vocab/ggml-vocab-bert-bge.gguf"), &src), FG_OK);
+    fg_gguf_writer *w = NULL;
+    assert_int_equal(fg_gguf_writer_create(3, &w), FG_OK);
+    const char *keys[] = {"general.architecture", "tokenizer.ggml.model", "tokenizer.ggml.tokens",
+                          "tokenizer.ggml.token_type"};
+    for (size_t i = 0; i < 4; i++)
+        assert_int_equal(fg_gguf_writer_copy_kv(w, src, keys[i]), FG_OK);
+    fg_gguf_close(src);
+    set(w);
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/fg-test-wpm-%d.gguf", (int)getpid());
+    assert_int_equal(fg_gguf_writer_write(w, path, NULL, NULL), FG_OK);
+    fg_gguf_writer_destroy(w);
+    fg_gguf *g = NULL;
+    assert_int_equal(fg_gguf_open(path, &g), FG_OK);
+    fg_tokenizer *t = NULL;
+    assert_int_equal(fg_tokenizer_create(g, NULL, &t), FG_OK);
+    fg_gguf_close(g);
+    unlink(path);
+    return t;
+}
+
+static void set_eos_and_sep(fg_gguf_writer *w) { // what llama.cpp's converter may write
+    fg_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 101);
+    fg_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 102);
+    fg_gguf_writer_set_u32(w, "tokenizer.ggml.seperator_token_id", 102);
+    fg_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", true);
+    fg_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", true);
+    fg_gguf_writer_set_bool(w, "tokenizer.ggml.add_sep_token", true);
+}
+
+static void set_cased(fg_gguf_writer *w) { fg_gguf_writer_set_bool(w, "tokenizer.ggml.normalizer.lowercase", false); }
+
+static void set_nothing(fg_gguf_writer *w) { (void)w; }
+
+// WordPiece as Hugging Face's tokenizers library does it, where llama.cpp differs or did
+// (tests/py/test_bert_tokenizer.py compares with the library itself on many strings).
+static void test_wpm_hf_rules(void **state) {
+    (void)state;
+    fg_tokenizer *t = bge_variant(set_nothing);
+    // Hangul: full canonical decomposition into jamo (not the first jamo only)
+    expect_ids(t, "\xea\xb0\x81 \xea\xb0\x80", false, false, // jamo G ##A ##G | G ##A
+               (const int32_t[]){1455, 30006, 30020, 1455, 30006}, 5);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    // accents: precomposed and decomposed forms both lose the mark (Mn) -> "cafe"
+    expect_ids(t, "caf\xc3\xa9", false, false, (const int32_t[]){7668}, 1);
+    expect_ids(t, "cafe\xcc\x81", false, false, (const int32_t[]){7668}, 1);
+    // \v, \f and U+0085 are control characters, removed, not word breaks: "x\vy" is "xy"
+    expect_ids(t, "x\vy", false, false, (const int32_t[]){1060, 2100}, 2);
+    expect_ids(t, "x\xc2\x85y", false, false, (const int32_t[]){1060, 2100}, 2);
+    // U+2581 inside a word is not a word-initial piece: the word has no pieces -> [UNK]
+    expect_ids(t, "x\xe2\x96\x81y", false, false, (const int32_t[]){100}, 1);
+    // a spacing mark (Mc) stays: x + ##DEVANAGARI AA + ##y
+    expect_ids(t, "x\xe0\xa4\xbey", false, false, (const int32_t[]){1060, 29876, 2100}, 3);
+    // a word of more than 100 characters is one [UNK]; 100 is still pieced
+    char w[128];
+    memset(w, 'a', sizeof w);
+    assert_int_equal(fg_tokenize(t, w, 100, false, false, &ids, &n), FG_OK);
+    assert_true(n > 1 && ids[0] != 100);
+    free(ids);
+    assert_int_equal(fg_tokenize(t, w, 101, false, false, &ids, &n), FG_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(ids[0], 100);
+    free(ids);
+    // ...counted after normalization: 34 Hangul syllables are 102 jamo
+    char hs[34 * 3];
+    for (int i = 0; i < 34; i++)
+        memcpy(hs + 3 * i, "\xed\x95\x9c", 3);
+    assert_int_equal(fg_tokenize(t, hs, sizeof hs, false, false, &ids, &n), FG_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(ids[0], 100);
+    free(ids);
+    fg_tokenizer_destroy(t);
+
+    // add_eos_token and add_sep_token both set, eos = [SEP]: one [SEP] at the end
+    t = bge_variant(set_eos_and_sep);
+    expect_ids(t, "hello", true, false, (const int32_t[]){101, 7592, 102}, 3);
+    fg_tokenizer_destroy(t);
+
+    // tokenizer.ggml.normalizer.lowercase = false (cased): no lowercasing, no accent stripping
+    t = bge_variant(set_cased);
+    assert_int_equal(fg_tokenize(t, "HELLO", 5, false, false, &ids, &n), FG_OK);
+    assert_false(n == 1 && ids[0] == 7592);
+    free(ids);
+    expect_ids(t, "hello", false, false, (const int32_t[]){7592}, 1);
     fg_tokenizer_destroy(t);
 }
 
@@ -670,6 +778,7 @@ int main(void) {
         cmocka_unit_test(test_stories260k_golden_prompts),
         cmocka_unit_test(test_special_ids_and_eog),
         cmocka_unit_test(test_special_parsing),
+        cmocka_unit_test(test_wpm_hf_rules),
         cmocka_unit_test(test_unknown_model_and_pre),
         cmocka_unit_test(test_phi3_rstrip),
         cmocka_unit_test(test_token_to_piece),
