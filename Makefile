@@ -135,7 +135,15 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
 
-tests: $(BUILD)/forge $(TESTS) $(BENCHES)
+# Host replays of GPU kernels (tests/unit/test_*_host.cu): the kernels' index maths run on the
+# CPU against the scalar oracle, so CI checks them without a GPU (nvcc builds, gcc links).
+HOST_TEST_SRC := $(wildcard tests/unit/test_*_host.cu)
+HOST_TESTS := $(if $(HAVE_NVCC),$(patsubst tests/unit/%.cu,$(BUILD)/tests/host/%,$(HOST_TEST_SRC)))
+$(BUILD)/tests/host/%: tests/unit/%.cu $(call mod_lib,quant) $(call mod_lib,base)
+	@mkdir -p $(dir $@)
+	$(NVCC) -std=c++17 -O1 -Iinclude -Isrc -D_GNU_SOURCE -Xcompiler -Wall -o $@ $< $(call mod_lib,quant) $(call mod_lib,base) -lm
+
+tests: $(BUILD)/forge $(TESTS) $(BENCHES) $(HOST_TESTS)
 
 # The unit tests under AddressSanitizer + UndefinedBehaviorSanitizer (CPU build, own tree).
 asan:

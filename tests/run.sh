@@ -58,6 +58,20 @@ for t in "$BUILD"/tests/test_*; do
     fi
 done
 
+if ls "$BUILD"/tests/host/test_* >/dev/null 2>&1; then
+    echo "== host replays of GPU kernels"
+    for t in "$BUILD"/tests/host/test_*; do
+        if "$t" >"$t.log" 2>&1; then
+            passed=$((passed + 1))
+            echo "$(basename "$t"): $(tail -n 1 "$t.log")"
+        else
+            failed=$((failed + 1))
+            failures+=("$(basename "$t")")
+            tail -n 20 "$t.log"
+        fi
+    done
+fi
+
 echo "== clang build (-Wall -Wextra -Werror)"
 if command -v clang >/dev/null 2>&1; then
     if make -j"$jobs" CC=clang CUDA=0 BUILD="$BUILD/clang" "$BUILD/clang/forge" >"$BUILD/clang-build.log" 2>&1; then
