@@ -33,7 +33,9 @@ typedef struct fg_server_opts {
     int32_t n_parallel;        // running sequences (engine max_seqs; 0: engine default)
     int32_t n_ctx;             // context per sequence (0: engine default)
     int32_t queue_cap;         // waiting requests before 429 (0: engine default)
-    int32_t kv_tokens;         // KV cache capacity in tokens, all sequences together (0: parallel x ctx)
+    int32_t kv_tokens;         // KV cache capacity in tokens, all sequences together (0: on a GPU,
+                               // what gpu_memory_fraction leaves; on the CPU parallel x ctx)
+    double gpu_memory_fraction; // share of device memory the server may use (0: 0.9)
     size_t max_body;           // request body limit in bytes (0: 1 MiB)
     int32_t max_n;             // largest "n" accepted (0: 16; at most 64)
     bool log_requests;         // one line per request on stderr

@@ -45,8 +45,11 @@ static void usage(FILE *f) {
             "  --alias NAME            model id in the API (default: file stem)\n"
             "  --chat-template NAME    chatml|llama3|llama2|mistral|glm4|plain (default: from the file)\n"
             "  --queue N               waiting requests before 429 (default 256)\n"
+            "  --gpu-memory-fraction F share of GPU memory to use (default 0.9): the KV pool gets what\n"
+            "                          the weights and scratch leave of it\n"
             "  --kv-tokens N           KV cache size in tokens for all sequences together\n"
-            "                          (default parallel x ctx; smaller pools preempt and recompute)\n"
+            "                          (default: on a GPU what --gpu-memory-fraction leaves, on the\n"
+            "                          CPU parallel x ctx; smaller pools preempt and recompute)\n"
             "  --no-prefix-cache       compute every prompt in full (default: reuse the cached KV\n"
             "                          of prompt prefixes seen before, evicted least recently used)\n"
             "  --max-body BYTES        request body limit (default 1048576)\n"
@@ -197,6 +200,11 @@ int fg_cmd_serve(int argc, char **argv) {
             if (!fg_cli_parse_i64("serve", a, v, 1, 1 << 20, &n))
                 return 2;
             o.queue_cap = (int32_t)n;
+        } else if (!strcmp(a, "--gpu-memory-fraction")) {
+            double f = 0;
+            if (!fg_cli_parse_f64("serve", a, v, 0.05, 1.0, &f))
+                return 2;
+            o.gpu_memory_fraction = f;
         } else if (!strcmp(a, "--kv-tokens")) {
             if (!fg_cli_parse_i64("serve", a, v, 16, 1 << 28, &n))
                 return 2;

@@ -723,6 +723,39 @@ const fg_model_info *fg_server_model_info(const fg_server *s) {
 
 int32_t fg_server_n_ctx(const fg_server *s) { return s->n_ctx; }
 
+// On a device with its own memory (a GPU), the KV pool takes what is left after the weights and
+// the scratch, up to --gpu-memory-fraction of the device (vLLM's gpu_memory_utilization), less
+// a margin for what the runtime allocates later (recorded steps, library workspaces). 0 pages:
+// the engine's default (parallel x ctx), as on the CPU.
+#define KV_MARGIN_BYTES ((uint64_t)512 << 20)
+static fg_status kv_pages_from_device(fg_server *s, int32_t page_size, int32_t *n_pages) {
+    *n_pages = 0;
+    uint64_t free_b = 0, total_b = 0;
+    FG_TRY(fg_backend_mem_info(s->backend, &free_b, &total_b));
+    if (total_b == 0)
+        return FG_OK;
+    double frac = s->opts.gpu_memory_fraction > 0 ? s->opts.gpu_memory_fraction : 0.9;
+    const fg_model_info *mi = fg_model_get_info(s->model);
+    uint64_t used = total_b - free_b, cap = (uint64_t)(frac * (double)total_b);
+    uint64_t page_bytes = 2ull * (uint64_t)mi->n_layer * (uint64_t)mi->n_head_kv * (uint64_t)mi->head_dim * 2ull *
+                          (uint64_t)page_size; // K and V, F16
+    uint64_t budget = cap > used + KV_MARGIN_BYTES ? cap - used - KV_MARGIN_BYTES : 0;
+    uint64_t pages = page_bytes ? budget / page_bytes : 0;
+    int32_t n_ctx = s->opts.n_ctx > 0 ? s->opts.n_ctx : (mi->n_ctx_train < 4096 ? mi->n_ctx_train : 4096);
+    uint64_t need = ((uint64_t)n_ctx + (uint64_t)page_size - 1) / (uint64_t)page_size;
+    if (pages < need)
+        return FG_FAIL(FG_ERR_NOMEM,
+                       "%s: KV pool: %.0f MiB left of %.2f of %.1f GiB device memory (weights and scratch take "
+                       "%.1f GiB) hold %llu pages, fewer than one %d-token sequence needs (%llu); raise "
+                       "--gpu-memory-fraction or lower --ctx",
+                       s->model_path, (double)budget / (1 << 20), frac, (double)total_b / (1 << 30),
+                       (double)used / (1 << 30), (unsigned long long)pages, n_ctx, (unsigned long long)need);
+    if (pages > (uint64_t)INT32_MAX / (uint64_t)page_size)
+        pages = (uint64_t)INT32_MAX / (uint64_t)page_size;
+    *n_pages = (int32_t)pages;
+    return FG_OK;
+}
+
 fg_status fg_server_load(fg_server *s) {
     fg_status st;
     fg_backend_opts bo = {.n_threads = s->opts.n_threads, .device = s->opts.gpu};
@@ -754,8 +787,11 @@ fg_status fg_server_load(fg_server *s) {
     eo.max_seqs = s->opts.n_parallel;
     eo.queue_cap = s->opts.queue_cap;
     eo.page_size = 16;
-    if (s->opts.kv_tokens > 0) // a pool smaller than parallel x ctx: the engine preempts
+    if (s->opts.kv_tokens > 0) { // a pool smaller than parallel x ctx: the engine preempts
         eo.n_pages = (s->opts.kv_tokens + eo.page_size - 1) / eo.page_size;
+    } else if ((st = kv_pages_from_device(s, eo.page_size, &eo.n_pages)) != FG_OK) {
+        goto fail;
+    }
     eo.prefix_cache = !s->opts.no_prefix_cache; // issue 13: on unless --no-prefix-cache
     fg_engine *e = NULL;
     st = fg_engine_create(s->model, &eo, &e);

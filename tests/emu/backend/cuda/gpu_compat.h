@@ -13,6 +13,8 @@
 #define FG_WARP_SIZE FG_WARP
 #define FG_LAUNCH_BOUNDS(...)
 typedef uint64_t fg_lane_mask;
+typedef void *gpuGraphExec_t; // fg_cuda members the attention code never touches
+typedef void *gpuEvent_t;
 #define FG_FULL_MASK (~(fg_lane_mask)0)
 #define fg_shfl_xor(v, m) emu_shfl_xor((v), (m))
 #define fg_shfl(v, l) emu_shfl((v), (l))
