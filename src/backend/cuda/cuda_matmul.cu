@@ -754,6 +754,165 @@ template <int WT> static fg_status tm_xt(fg_cuda *c, const tm_args &a, uint32_t 
     return FG_ERR_INVALID_ARG;
 }
 
+// ============================================================================ library GEMM (prefill)
+// For many activation rows the tensor-core GEMM of cuBLAS (F16 x F16 -> F32) beats the portable
+// tiled kernel by a wide margin; a quantized, BF16 or F32 weight is first dequantized into an
+// F16 copy (one pass over the weight, read once more by the GEMM). The HIP build has no BLAS:
+// it keeps the tiled kernel. FORGE_CUBLAS_MIN_ROWS sets the crossover (0: never).
+#if !defined(__HIPCC__)
+#define FG_MM_CUBLAS 1
+#include <cublas_v2.h>
+#endif
+
+#define FG_BLAS_WS_BYTES ((size_t)32 << 20)
+#define FG_BLAS_MIN_ROWS 32
+
+#ifdef FG_MM_CUBLAS
+// Dequantizes w [n_out][n_in] into F16 rows (contiguous), one 32-element unit (quantized) or
+// 8 elements (float types) per thread.
+template <int WT>
+static __global__ void deq_f16_kernel(const uint8_t *w, size_t w_nb1, uint16_t *out, int n_in, int64_t n_out) {
+    const int per = mm_is_float(WT) ? 8 : 32;
+    const int64_t units = n_in / per;
+    const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= units * n_out)
+        return;
+    const int64_t o = g / units, u = g % units;
+    const uint8_t *row = w + (size_t)o * w_nb1;
+    uint16_t *drow = out + (size_t)o * (size_t)n_in + (size_t)u * per;
+    if constexpr (mm_is_float(WT)) {
+        const int esz = WT == FG_TYPE_F32 ? 4 : 2;
+FG_UNROLL
+        for (int e = 0; e < 8; e++)
+            drow[e] = fg_f2h(mm_float_elem<WT>(row + (size_t)(u * 8 + e) * esz));
+    } else {
+        typedef fg_qt<WT> Q;
+        float f[32];
+        fg_q_dequant_unit<WT, fg_rd_exact>(row + (size_t)(u / Q::UPB) * Q::BYTES, (int)(u % Q::UPB), f);
+FG_UNROLL
+        for (int e = 0; e < 32; e++)
+            drow[e] = fg_f2h(f[e]);
+    }
+}
+
+static __global__ void add_bias_kernel(float *dst, size_t d_nb1, const float *bias, int64_t n_out, int64_t rows) {
+    const int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= n_out)
+        return;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+        ((float *)((uint8_t *)dst + (size_t)r * d_nb1))[o] += bias[o];
+}
+
+template <int WT> static fg_status deq_go(fg_cuda *c, const fg_tensor *w, uint16_t *out) {
+    const int per = mm_is_float(WT) ? 8 : 32;
+    const int64_t n = (w->ne[0] / per) * w->ne[1];
+    deq_f16_kernel<WT><<<fg_div_up(n, MM_NT), MM_NT, 0, c->stream>>>((const uint8_t *)w->data, w->nb[1], out,
+                                                                      (int)w->ne[0], w->ne[1]);
+    FG_GPU_LAUNCH_CHECK(c, "dequantize to f16");
+    return FG_OK;
+}
+
+// dst[r][o] (+)= sum_i W[o][i] x[r][i] (+ bias): cuBLAS sees the row-major W as the column-major
+// W^T (k x m, lda = its row stride) and x as k x n, and writes C (m x n, ldc = dst's row stride).
+static fg_status blas_go(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x, const float *bias,
+                         bool accumulate) {
+    const int64_t n_in = w->ne[0], n_out = w->ne[1], n_rows = x->ne[1];
+    const void *W = w->data;
+    int64_t lda = (int64_t)(w->nb[1] / 2);
+    if (w->type != FG_TYPE_F16 || w->nb[1] % 2 != 0) {
+        uint16_t *d = (uint16_t *)c->deq.base;
+        switch (w->type) {
+#define X(T) \
+    case T:  \
+        FG_TRY(deq_go<T>(c, w, d)); \
+        break;
+            MM_QTYPES(X)
+            MM_FTYPES(X)
+#undef X
+        default:
+            FG_ASSERT(!"library GEMM: weight type");
+        }
+        W = d;
+        lda = n_in;
+    }
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    cublasStatus_t bs = cublasGemmEx((cublasHandle_t)c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n_out, (int)n_rows,
+                                     (int)n_in, &alpha, W, CUDA_R_16F, (int)lda, x->data, CUDA_R_16F,
+                                     (int)(x->nb[1] / 2), &beta, dst->data, CUDA_R_32F, (int)(dst->nb[1] / 4),
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        c->sticky = 1;
+        return fg_fail(FG_ERR_DEVICE, "cuda: cublasGemmEx (%lld x %lld x %lld) failed: %s", (long long)n_out,
+                       (long long)n_rows, (long long)n_in, cublasGetStatusString(bs));
+    }
+    FG_GPU_LAUNCH_CHECK(c, "cublasGemmEx");
+    if (bias) {
+        dim3 grid(fg_div_up(n_out, MM_NT), mm_grid_y(n_rows));
+        add_bias_kernel<<<grid, MM_NT, 0, c->stream>>>((float *)dst->data, dst->nb[1], bias, n_out, n_rows);
+        FG_GPU_LAUNCH_CHECK(c, "add bias");
+    }
+    return FG_OK;
+}
+#endif // FG_MM_CUBLAS
+
+fg_status fg_cuda_matmul_init(fg_cuda *c) {
+#ifdef FG_MM_CUBLAS
+    const char *e = getenv("FORGE_CUBLAS_MIN_ROWS");
+    c->blas_min_rows = e ? atoi(e) : FG_BLAS_MIN_ROWS;
+    if (c->blas_min_rows <= 0)
+        return FG_OK;
+    cublasHandle_t h = NULL;
+    cublasStatus_t bs = cublasCreate(&h);
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return fg_fail(FG_ERR_DEVICE, "cuda: cublasCreate failed: %s", cublasGetStatusString(bs));
+    c->blas = h;
+    FG_GPU_CHECK(c, gpuMalloc(&c->blas_ws, FG_BLAS_WS_BYTES));
+    if (cublasSetStream(h, c->stream) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetWorkspace(h, c->blas_ws, FG_BLAS_WS_BYTES) != CUBLAS_STATUS_SUCCESS)
+        return fg_fail(FG_ERR_DEVICE, "cuda: cannot set cuBLAS's stream and workspace");
+#else
+    c->blas_min_rows = 0;
+#endif
+    return FG_OK;
+}
+
+fg_status fg_cuda_matmul_reserve(fg_cuda *c, const fg_backend_limits *lim) {
+    if (!c->blas || lim->max_weight_elems <= 0)
+        return FG_OK;
+    size_t need = (size_t)lim->max_weight_elems * 2;
+    if (need <= c->deq.size)
+        return FG_OK;
+    if (c->deq.base)
+        FG_GPU_IGNORE(gpuFree(c->deq.base));
+    c->deq.base = NULL;
+    c->deq.size = 0;
+    void *p = NULL;
+    gpuError_t err = gpuMalloc(&p, need);
+    if (err != gpuSuccess) {
+        FG_GPU_IGNORE(gpuGetLastError());
+        return fg_fail(FG_ERR_NOMEM, "cuda: cannot allocate %zu bytes for the F16 copy of a weight (prefill GEMM); "
+                                     "FORGE_CUBLAS_MIN_ROWS=0 runs without it", need);
+    }
+    c->deq.base = (char *)p;
+    c->deq.size = need;
+    return FG_OK;
+}
+
+void fg_cuda_matmul_free(fg_cuda *c) {
+#ifdef FG_MM_CUBLAS
+    if (c->blas)
+        cublasDestroy((cublasHandle_t)c->blas);
+#endif
+    c->blas = NULL;
+    if (c->blas_ws)
+        FG_GPU_IGNORE(gpuFree(c->blas_ws));
+    if (c->deq.base)
+        FG_GPU_IGNORE(gpuFree(c->deq.base));
+    c->blas_ws = NULL;
+    c->deq.base = NULL;
+    c->deq.size = 0;
+}
+
 fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x, const fg_tensor *bias,
                          bool accumulate) {
     const uint32_t wt = w->type, xt = x->type;
@@ -801,6 +960,12 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         FG_ASSERT(!"matvec: unsupported type");
     }
 
+#ifdef FG_MM_CUBLAS
+    if (c->blas && c->blas_min_rows > 0 && n_rows >= c->blas_min_rows && xt == FG_TYPE_F16 && x->nb[1] % 2 == 0 &&
+        dst->nb[1] % 4 == 0 && n_rows <= INT32_MAX && n_out <= INT32_MAX &&
+        (wt == FG_TYPE_F16 || (size_t)n_in * (size_t)n_out * 2 <= c->deq.size))
+        return blas_go(c, dst, w, x, b, accumulate);
+#endif
     tm_args a;
     a.w = (const uint8_t *)w->data;
     a.w_nb1 = w->nb[1];
