@@ -112,7 +112,7 @@ $(foreach m,$(MODULES),$(eval $(call MODULE_RULE,$(m))))
 $(BUILD)/obj/src/server/webui.o: src/server/webui/index.html
 
 # libedit (BSD licence): line editing and history for `forge chat`, the CLI only
-CLI_LDLIBS := -ledit -ltinfo # tinfo: for a static libedit (the GPU image has no libedit.so)
+CLI_LDLIBS ?= -ledit
 $(BUILD)/forge: $(CLI_OBJ) $(ALL_LIBS)
 	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(ALL_LIBS) $(LDLIBS) $(CLI_LDLIBS)
 
