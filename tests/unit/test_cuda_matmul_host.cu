@@ -268,15 +268,20 @@ template <int WT> static void test_mv_type(void) {
             a.nr = nr;
             a.accumulate = accumulate;
             std::vector<float> xv = x.val; // what the kernel multiplies by
-            buf q(mm_q8_1_row_bytes(n_in) * (size_t)nr, si == 0 ? 0 : 4, 0x77);
+            const bool kq = mm_is_k(WT); // the K-quants take Q8_K activations (the reference's)
+            buf q(mm_act_row_bytes(WT, n_in) * (size_t)nr, si == 0 ? 0 : 4, 0x77);
             if (flt) {
                 a.x = x.b.p;
                 a.x_nb1 = x.nb1;
             } else {
-                const size_t qb = mm_q8_1_row_bytes(n_in);
+                const size_t qb = mm_act_row_bytes(WT, n_in);
+                const uint32_t at = kq ? FG_TYPE_Q8_K : FG_TYPE_Q8_1;
                 for (int r = 0; r < nr; r++) {
-                    fg_quant_q8_1_act(&x.val[(size_t)(r * n_in)], q.p + (size_t)r * qb, n_in);
-                    fg_type_traits_ref(FG_TYPE_Q8_1)->to_float(q.p + (size_t)r * qb, &xv[(size_t)(r * n_in)], n_in);
+                    if (kq)
+                        fg_type_traits_ref(FG_TYPE_Q8_K)->from_float(&x.val[(size_t)(r * n_in)], q.p + (size_t)r * qb, n_in);
+                    else
+                        fg_quant_q8_1_act(&x.val[(size_t)(r * n_in)], q.p + (size_t)r * qb, n_in);
+                    fg_type_traits_ref(at)->to_float(q.p + (size_t)r * qb, &xv[(size_t)(r * n_in)], n_in);
                 }
                 a.x = q.p;
                 a.x_nb1 = qb;

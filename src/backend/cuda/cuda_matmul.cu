@@ -44,6 +44,12 @@
 static constexpr FG_HD bool mm_is_float(int t) {
     return t == FG_TYPE_F32 || t == FG_TYPE_F16 || t == FG_TYPE_BF16;
 }
+// The K-quants take their matvec activations as the reference quantizes them (Q8_K: one f32
+// scale per 256, ties to even, the signed extreme mapped to -128), the other quantized types
+// as Q8_1 (one scale per 32: the grid of the reference's Q8_0 / Q8_1).
+static constexpr FG_HD bool mm_is_k(int t) {
+    return t == FG_TYPE_Q2_K || t == FG_TYPE_Q3_K || t == FG_TYPE_Q4_K || t == FG_TYPE_Q5_K || t == FG_TYPE_Q6_K;
+}
 
 #define MM_QTYPES(X)                                                                             \
     X(FG_TYPE_Q4_0) X(FG_TYPE_Q4_1) X(FG_TYPE_Q5_0) X(FG_TYPE_Q5_1) X(FG_TYPE_Q8_0) X(FG_TYPE_MXFP4) \
@@ -57,6 +63,11 @@ static inline int64_t mm_block_size(uint32_t wt) {
 }
 
 static inline size_t mm_q8_1_row_bytes(int64_t n) { return (size_t)(n / 32) * sizeof(fg_block_q8_1); }
+static inline size_t mm_q8_k_row_bytes(int64_t n) { return (size_t)(n / 256) * sizeof(fg_block_q8_k); }
+// The matvec activation row of a quantized weight type.
+static inline size_t mm_act_row_bytes(uint32_t wt, int64_t n) {
+    return mm_is_k((int)wt) ? mm_q8_k_row_bytes(n) : mm_q8_1_row_bytes(n);
+}
 
 // One float weight element (F32 4-aligned, F16/BF16 2-aligned), exactly as the reference.
 template <int WT> static FG_HD __forceinline__ float mm_float_elem(const uint8_t *p) {
@@ -115,7 +126,9 @@ template <int WT, int NR> struct mv_geo {
     static constexpr int UPB = FLT ? 1 : fg_qt<FLT ? FG_TYPE_Q8_0 : WT>::UPB;
     static constexpr int BYTES = FLT ? 0 : fg_qt<FLT ? FG_TYPE_Q8_0 : WT>::BYTES;
     static constexpr int W_CHUNK = FLT ? UC * UE * W_ESZ : UC / UPB * BYTES;      // bytes
-    static constexpr int A_CHUNK = FLT ? UC * UE * 4 : UC * (int)sizeof(fg_block_q8_1);
+    static constexpr bool AK = mm_is_k(WT);                       // Q8_K activations
+    static constexpr int A_CHUNK = FLT ? UC * UE * 4 : AK ? UC / 8 * (int)sizeof(fg_block_q8_k)
+                                                          : UC * (int)sizeof(fg_block_q8_1);
     static constexpr int WCH = (W_CHUNK + 15) / 16 + 2; // 16-byte slots of a weight segment
     static constexpr int ACH = (A_CHUNK + 15) / 16 + 2; // ... of an activation segment
     static constexpr int SMEM = (R * WCH + NR * ACH) * 16;
@@ -144,6 +157,9 @@ static FG_HD __forceinline__ void mv_seg(const mv_args &a, int64_t o0, int c, in
         if constexpr (G::FLT) {
             *p = a.x + r * a.x_nb1 + (size_t)e0 * 4;
             *n = ne * 4;
+        } else if constexpr (G::AK) {
+            *p = a.x + r * a.x_nb1 + (size_t)(e0 / 256) * sizeof(fg_block_q8_k);
+            *n = ne / 256 * (int)sizeof(fg_block_q8_k);
         } else {
             *p = a.x + r * a.x_nb1 + (size_t)(e0 / 32) * sizeof(fg_block_q8_1);
             *n = ne / 32 * (int)sizeof(fg_block_q8_1);
@@ -222,7 +238,11 @@ FG_UNROLL
             int n;
             mv_seg<WT, NR>(a, o0, c, G::R + j, &p, &n);
             fg_q8unit xu;
-            fg_q8_1_load(sm + mv_slot<WT, NR>(G::R + j) + ((uintptr_t)p & 15) + tid * (int)sizeof(fg_block_q8_1), xu);
+            const uint8_t *xs = sm + mv_slot<WT, NR>(G::R + j) + ((uintptr_t)p & 15);
+            if constexpr (G::AK)
+                fg_q8_k_load(xs + (tid / 8) * (int)sizeof(fg_block_q8_k), tid % 8, xu);
+            else
+                fg_q8_1_load(xs + tid * (int)sizeof(fg_block_q8_1), xu);
 FG_UNROLL
             for (int r = 0; r < G::R; r++)
                 acc[r][j] += fg_q_dot<WT>(wu[r], xu);
@@ -618,6 +638,74 @@ static __global__ void cvt_f16_kernel(const uint8_t *x, size_t x_nb1, uint16_t *
         y[(size_t)r * n + i] = fg_f2h(*(const float *)(x + (size_t)r * x_nb1 + (size_t)i * 4));
 }
 
+// F32 rows -> BF16 rows (contiguous), round to nearest even (as base/half.h).
+static __global__ void cvt_bf16_kernel(const uint8_t *x, size_t x_nb1, uint16_t *y, int n, int64_t rows) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+        y[(size_t)r * n + i] = fg_f32_to_bf16(*(const float *)(x + (size_t)r * x_nb1 + (size_t)i * 4));
+}
+
+// F32 rows -> Q8_K blocks, as quantize_row_q8_K_ref: the element of largest |x| (the first of
+// equals) sets iscale = -128 / x, q = nearest_int(iscale * x) capped at 127, d = 1 / iscale,
+// bsums of each 16. One block of 256 threads per 256 elements.
+static __global__ void cvt_q8_k_kernel(const uint8_t *x, size_t x_nb1, uint8_t *y, size_t y_nb1, int n_blocks) {
+    __shared__ float s_v[256 / 32];
+    __shared__ int s_i[256 / 32];
+    __shared__ int s_q[256];
+    const int t = threadIdx.x, b = blockIdx.x;
+    const int64_t r = blockIdx.y;
+    const float v = ((const float *)(x + (size_t)r * x_nb1))[b * 256 + t];
+    // arg-max of |v|, ties to the lowest index, over the block (warps of 32 lanes, any FG_WARP)
+    float a = fabsf(v);
+    int idx = t;
+    for (int off = 16; off > 0; off >>= 1) {
+        const float oa = fg_shfl_xor(a, off);
+        const int oi = fg_shfl_xor(idx, off);
+        if (oa > a || (oa == a && oi < idx)) {
+            a = oa;
+            idx = oi;
+        }
+    }
+    if (t % 32 == 0) {
+        s_v[t / 32] = a;
+        s_i[t / 32] = idx;
+    }
+    __syncthreads();
+    float amax = s_v[0];
+    int at = s_i[0];
+    for (int k = 1; k < 8; k++)
+        if (s_v[k] > amax || (s_v[k] == amax && s_i[k] < at)) {
+            amax = s_v[k];
+            at = s_i[k];
+        }
+    fg_block_q8_k *blk = (fg_block_q8_k *)(y + (size_t)r * y_nb1) + b;
+    if (amax == 0.0f) {
+        blk->qs[t] = 0;
+        if (t < 16)
+            blk->bsums[t] = 0;
+        if (t == 0)
+            blk->d = 0.0f;
+        return;
+    }
+    const float mx = ((const float *)(x + (size_t)r * x_nb1))[b * 256 + at];
+    const float iscale = -128.0f / mx;
+    int q = __float2int_rn(fg_fmul_rn(iscale, v));
+    q = q < 127 ? q : 127;
+    blk->qs[t] = (int8_t)q;
+    s_q[t] = q;
+    __syncthreads();
+    if (t < 16) {
+        int sum = 0;
+        for (int k = 0; k < 16; k++)
+            sum += s_q[t * 16 + k];
+        blk->bsums[t] = (int16_t)sum;
+    }
+    if (t == 0)
+        blk->d = 1.0f / iscale;
+}
+
 // ============================================================================ host side
 static constexpr int MM_NT = 256;             // threads of the element-wise kernels
 static constexpr int64_t MM_MAX_GRID_Y = 65535; // grid.y limit
@@ -637,16 +725,24 @@ bool fg_cuda_matmul_supports(uint32_t wtype) {
 }
 
 bool fg_cuda_convert_supports(uint32_t act_type) {
-    return act_type == FG_TYPE_Q8_1 || act_type == FG_TYPE_F16;
+    return act_type == FG_TYPE_Q8_1 || act_type == FG_TYPE_Q8_K || act_type == FG_TYPE_F16 ||
+           act_type == FG_TYPE_BF16;
 }
 
+// Activations as the reference converts them where the kernels allow: the 8-bit grids of the
+// reference for the quantized types' matvec, F32 for F32 weights, F16 for F16 weights, BF16
+// for BF16 weights in the library GEMM; F16 for the tiled kernel and the quantized types'
+// prefill (finer than the reference's 8-bit activations).
+static bool mm_blas_rows(const fg_cuda *c, int64_t n_rows);
+
 uint32_t fg_cuda_act_type(fg_cuda *c, uint32_t wtype, int64_t n_rows) {
-    (void)c;
-    if (!fg_cuda_matmul_supports(wtype))
+    if (!fg_cuda_matmul_supports(wtype) || wtype == FG_TYPE_F32)
         return FG_TYPE_F32;
     if (n_rows > FG_MV_MAX_ROWS)
-        return FG_TYPE_F16;
-    return mm_is_float((int)wtype) ? FG_TYPE_F32 : FG_TYPE_Q8_1;
+        return wtype == FG_TYPE_BF16 && mm_blas_rows(c, n_rows) ? FG_TYPE_BF16 : FG_TYPE_F16;
+    if (mm_is_float((int)wtype))
+        return FG_TYPE_F32;
+    return mm_is_k((int)wtype) ? FG_TYPE_Q8_K : FG_TYPE_Q8_1;
 }
 
 // The only arena use: F32 x of at most FG_MV_MAX_ROWS rows converted to Q8_1 for a quantized
@@ -655,7 +751,9 @@ uint32_t fg_cuda_act_type(fg_cuda *c, uint32_t wtype, int64_t n_rows) {
 size_t fg_cuda_matmul_scratch_bytes(const fg_backend_limits *lim) {
     const int64_t rows = lim->max_tokens > 0 && lim->max_tokens < FG_MV_MAX_ROWS ? lim->max_tokens : FG_MV_MAX_ROWS;
     const int64_t cols = lim->max_cols > 0 ? lim->max_cols : 0;
-    return (size_t)rows * mm_q8_1_row_bytes(cols + 31) + 256;
+    return (size_t)rows * (mm_q8_k_row_bytes(cols + 255) > mm_q8_1_row_bytes(cols + 31) ? mm_q8_k_row_bytes(cols + 255)
+                                                                                       : mm_q8_1_row_bytes(cols + 31)) +
+           256;
 }
 
 // The mm arena as per-call scratch: everything a call enqueues runs on c->stream after the
@@ -673,12 +771,29 @@ static fg_status mm_convert_q8_1(fg_cuda *c, const uint8_t *x, size_t x_nb1, int
     return FG_OK;
 }
 
+static fg_status mm_convert_q8_k(fg_cuda *c, const uint8_t *x, size_t x_nb1, int n, int64_t rows, uint8_t *y) {
+    FG_ASSERT(n % 256 == 0 && rows <= MM_MAX_GRID_Y);
+    dim3 grid(n / 256, (unsigned)rows);
+    cvt_q8_k_kernel<<<grid, 256, 0, c->stream>>>(x, x_nb1, y, mm_q8_k_row_bytes(n), n / 256);
+    FG_GPU_LAUNCH_CHECK(c, "convert_q8_k");
+    return FG_OK;
+}
+
 fg_status fg_cuda_convert(fg_cuda *c, fg_tensor *dst, const fg_tensor *x) {
     const int64_t n = x->ne[0], rows = x->ne[1];
     FG_ASSERT(x->type == FG_TYPE_F32 && n >= 1 && n <= INT32_MAX && rows >= 1);
     if (dst->type == FG_TYPE_Q8_1) {
         FG_ASSERT(n % 32 == 0);
         return mm_convert_q8_1(c, (const uint8_t *)x->data, x->nb[1], (int)n, rows, (uint8_t *)dst->data);
+    }
+    if (dst->type == FG_TYPE_Q8_K)
+        return mm_convert_q8_k(c, (const uint8_t *)x->data, x->nb[1], (int)n, rows, (uint8_t *)dst->data);
+    if (dst->type == FG_TYPE_BF16) {
+        dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
+        cvt_bf16_kernel<<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)dst->data,
+                                                       (int)n, rows);
+        FG_GPU_LAUNCH_CHECK(c, "convert_bf16");
+        return FG_OK;
     }
     FG_ASSERT(dst->type == FG_TYPE_F16);
     dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
@@ -772,7 +887,7 @@ template <int WT> static fg_status tm_xt(fg_cuda *c, const tm_args &a, uint32_t 
 // 8 elements (float types) per thread.
 template <int WT>
 static __global__ void deq_f16_kernel(const uint8_t *w, size_t w_nb1, uint16_t *out, int n_in, int64_t n_out) {
-    const int per = mm_is_float(WT) ? 8 : 32;
+    const int per = mm_is_float(WT) ? 1 : 32; // float rows need not be whole multiples of anything
     const int64_t units = n_in / per;
     const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= units * n_out)
@@ -781,10 +896,7 @@ static __global__ void deq_f16_kernel(const uint8_t *w, size_t w_nb1, uint16_t *
     const uint8_t *row = w + (size_t)o * w_nb1;
     uint16_t *drow = out + (size_t)o * (size_t)n_in + (size_t)u * per;
     if constexpr (mm_is_float(WT)) {
-        const int esz = WT == FG_TYPE_F32 ? 4 : 2;
-FG_UNROLL
-        for (int e = 0; e < 8; e++)
-            drow[e] = fg_f2h(mm_float_elem<WT>(row + (size_t)(u * 8 + e) * esz));
+        drow[0] = fg_f2h(mm_float_elem<WT>(row + (size_t)u * (WT == FG_TYPE_F32 ? 4 : 2)));
     } else {
         typedef fg_qt<WT> Q;
         float f[32];
@@ -804,7 +916,7 @@ static __global__ void add_bias_kernel(float *dst, size_t d_nb1, const float *bi
 }
 
 template <int WT> static fg_status deq_go(fg_cuda *c, const fg_tensor *w, uint16_t *out) {
-    const int per = mm_is_float(WT) ? 8 : 32;
+    const int per = mm_is_float(WT) ? 1 : 32;
     const int64_t n = (w->ne[0] / per) * w->ne[1];
     deq_f16_kernel<WT><<<fg_div_up(n, MM_NT), MM_NT, 0, c->stream>>>((const uint8_t *)w->data, w->nb[1], out,
                                                                       (int)w->ne[0], w->ne[1]);
@@ -818,8 +930,16 @@ static fg_status blas_go(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
                          bool accumulate) {
     const int64_t n_in = w->ne[0], n_out = w->ne[1], n_rows = x->ne[1];
     const void *W = w->data;
-    int64_t lda = (int64_t)(w->nb[1] / 2);
-    if (w->type != FG_TYPE_F16 || w->nb[1] % 2 != 0) {
+    // F16 x F16, F32 x F32 (SGEMM: F32 models keep their precision), BF16 x BF16 straight from
+    // the weights; anything else through the F16 copy
+    const bool raw = (w->type == FG_TYPE_F16 && x->type == FG_TYPE_F16) ||
+                     (w->type == FG_TYPE_F32 && x->type == FG_TYPE_F32) ||
+                     (w->type == FG_TYPE_BF16 && x->type == FG_TYPE_BF16);
+    const size_t esz = x->type == FG_TYPE_F32 ? 4 : 2;
+    const cudaDataType_t dt = x->type == FG_TYPE_F32 ? CUDA_R_32F : x->type == FG_TYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    int64_t lda = (int64_t)(w->nb[1] / esz);
+    FG_ASSERT(raw || x->type == FG_TYPE_F16);
+    if (!raw) {
         uint16_t *d = (uint16_t *)c->deq.base;
         switch (w->type) {
 #define X(T) \
@@ -837,8 +957,8 @@ static fg_status blas_go(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     }
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     cublasStatus_t bs = cublasGemmEx((cublasHandle_t)c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n_out, (int)n_rows,
-                                     (int)n_in, &alpha, W, CUDA_R_16F, (int)lda, x->data, CUDA_R_16F,
-                                     (int)(x->nb[1] / 2), &beta, dst->data, CUDA_R_32F, (int)(dst->nb[1] / 4),
+                                     (int)n_in, &alpha, W, dt, (int)lda, x->data, dt,
+                                     (int)(x->nb[1] / esz), &beta, dst->data, CUDA_R_32F, (int)(dst->nb[1] / 4),
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     if (bs != CUBLAS_STATUS_SUCCESS) {
         c->sticky = 1;
@@ -854,6 +974,10 @@ static fg_status blas_go(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     return FG_OK;
 }
 #endif // FG_MM_CUBLAS
+
+static bool mm_blas_rows(const fg_cuda *c, int64_t n_rows) {
+    return c->blas && c->blas_min_rows > 0 && n_rows >= c->blas_min_rows;
+}
 
 fg_status fg_cuda_matmul_init(fg_cuda *c) {
 #ifdef FG_MM_CUBLAS
@@ -918,16 +1042,18 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     const uint32_t wt = w->type, xt = x->type;
     const int64_t n_in = w->ne[0], n_out = w->ne[1], n_rows = x->ne[1];
     FG_ASSERT(fg_cuda_matmul_supports(wt));
-    FG_ASSERT(xt == FG_TYPE_F32 || xt == FG_TYPE_F16 || xt == FG_TYPE_Q8_1);
-    // Q8_1 x (act_type of a quantized weight for <= FG_MV_MAX_ROWS rows) goes to the matvec only
-    FG_ASSERT(xt != FG_TYPE_Q8_1 || (!mm_is_float((int)wt) && n_rows <= FG_MV_MAX_ROWS));
+    FG_ASSERT(xt == FG_TYPE_F32 || xt == FG_TYPE_F16 || xt == FG_TYPE_BF16 || xt == FG_TYPE_Q8_1 ||
+              xt == FG_TYPE_Q8_K);
+    // 8-bit x (act_type of a quantized weight for <= FG_MV_MAX_ROWS rows) goes to the matvec only
+    FG_ASSERT((xt != FG_TYPE_Q8_1 && xt != FG_TYPE_Q8_K) ||
+              (!mm_is_float((int)wt) && n_rows <= FG_MV_MAX_ROWS && (xt == FG_TYPE_Q8_K) == mm_is_k((int)wt)));
     FG_ASSERT(n_in >= 1 && n_in <= INT32_MAX / 2 && n_in % mm_block_size(wt) == 0 && x->ne[0] == n_in);
     FG_ASSERT(xt != FG_TYPE_Q8_1 || n_in % 32 == 0);
     FG_ASSERT(n_out >= 1 && (n_out + TM_BM - 1) / TM_BM <= MM_MAX_GRID_Y && n_rows >= 1);
     const bool flt = mm_is_float((int)wt);
     const float *b = bias ? (const float *)bias->data : NULL;
 
-    if (n_rows <= FG_MV_MAX_ROWS && (flt ? xt == FG_TYPE_F32 : xt != FG_TYPE_F16)) {
+    if (n_rows <= FG_MV_MAX_ROWS && (flt ? xt == FG_TYPE_F32 : (xt != FG_TYPE_F16 && xt != FG_TYPE_BF16))) {
         mv_args a;
         a.w = (const uint8_t *)w->data;
         a.w_nb1 = w->nb[1];
@@ -942,10 +1068,13 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         a.accumulate = accumulate;
         if (!flt && xt == FG_TYPE_F32) { // quantize the rows once into the arena
             void *q = NULL;
-            FG_TRY(mm_scratch(c, mm_q8_1_row_bytes(n_in) * (size_t)n_rows, &q));
-            FG_TRY(mm_convert_q8_1(c, a.x, a.x_nb1, (int)n_in, n_rows, (uint8_t *)q));
+            FG_TRY(mm_scratch(c, mm_act_row_bytes(wt, n_in) * (size_t)n_rows, &q));
+            if (mm_is_k((int)wt))
+                FG_TRY(mm_convert_q8_k(c, a.x, a.x_nb1, (int)n_in, n_rows, (uint8_t *)q));
+            else
+                FG_TRY(mm_convert_q8_1(c, a.x, a.x_nb1, (int)n_in, n_rows, (uint8_t *)q));
             a.x = (const uint8_t *)q;
-            a.x_nb1 = mm_q8_1_row_bytes(n_in);
+            a.x_nb1 = mm_act_row_bytes(wt, n_in);
         }
         switch (wt) {
 #define X(T) \
@@ -961,11 +1090,17 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     }
 
 #ifdef FG_MM_CUBLAS
-    if (c->blas && c->blas_min_rows > 0 && n_rows >= c->blas_min_rows && xt == FG_TYPE_F16 && x->nb[1] % 2 == 0 &&
-        dst->nb[1] % 4 == 0 && n_rows <= INT32_MAX && n_out <= INT32_MAX &&
-        (wt == FG_TYPE_F16 || (size_t)n_in * (size_t)n_out * 2 <= c->deq.size))
-        return blas_go(c, dst, w, x, b, accumulate);
+    {
+        const bool raw = (wt == FG_TYPE_F16 && xt == FG_TYPE_F16) || (wt == FG_TYPE_F32 && xt == FG_TYPE_F32) ||
+                         (wt == FG_TYPE_BF16 && xt == FG_TYPE_BF16);
+        const size_t esz = xt == FG_TYPE_F32 ? 4 : 2;
+        if (mm_blas_rows(c, n_rows) && x->nb[1] % esz == 0 && w->nb[1] % esz == 0 && dst->nb[1] % 4 == 0 &&
+            n_rows <= INT32_MAX && n_out <= INT32_MAX &&
+            (raw || (xt == FG_TYPE_F16 && (size_t)n_in * (size_t)n_out * 2 <= c->deq.size)))
+            return blas_go(c, dst, w, x, b, accumulate);
+    }
 #endif
+    FG_ASSERT(xt != FG_TYPE_BF16); // act_type gives BF16 only where the library GEMM runs
     tm_args a;
     a.w = (const uint8_t *)w->data;
     a.w_nb1 = w->nb[1];

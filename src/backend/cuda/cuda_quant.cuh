@@ -69,6 +69,13 @@ static FG_HD __forceinline__ uint32_t fg_q_ld32a(const uint8_t *p) { // p 4-alig
 #endif
 }
 
+static FG_HD __forceinline__ float fg_q_ldf32(const uint8_t *p) { // p 4-aligned
+    const uint32_t u = fg_q_ld32a(p);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 struct fg_rd_exact {
     static FG_HD __forceinline__ uint32_t u8(const uint8_t *p) { return *p; }
     static FG_HD __forceinline__ uint32_t u16(const uint8_t *p) { return fg_q_ld16(p); }
@@ -322,6 +329,17 @@ static FG_HD __forceinline__ void fg_q8_1_load(const uint8_t *p, fg_q8unit &x) {
 FG_UNROLL
     for (int k = 0; k < 8; k++)
         x.q[k] = (int)fg_q_ld32a(p + offsetof(fg_block_q8_1, qs) + 4 * k);
+    x.sum_lo = fg_dp4a(0x01010101, x.q[3], fg_dp4a(0x01010101, x.q[2], fg_dp4a(0x01010101, x.q[1], fg_dp4a(0x01010101, x.q[0], 0))));
+    x.sum_hi = fg_dp4a(0x01010101, x.q[7], fg_dp4a(0x01010101, x.q[6], fg_dp4a(0x01010101, x.q[5], fg_dp4a(0x01010101, x.q[4], 0))));
+}
+
+// Unit j (0..7) of a fg_block_q8_k (the K-quants' activation blocks, as the reference quantizes
+// them: one f32 scale per 256): 4-aligned.
+static FG_HD __forceinline__ void fg_q8_k_load(const uint8_t *p, int j, fg_q8unit &x) {
+    x.d = fg_q_ldf32(p + offsetof(fg_block_q8_k, d));
+FG_UNROLL
+    for (int k = 0; k < 8; k++)
+        x.q[k] = (int)fg_q_ld32a(p + offsetof(fg_block_q8_k, qs) + 32 * j + 4 * k);
     x.sum_lo = fg_dp4a(0x01010101, x.q[3], fg_dp4a(0x01010101, x.q[2], fg_dp4a(0x01010101, x.q[1], fg_dp4a(0x01010101, x.q[0], 0))));
     x.sum_hi = fg_dp4a(0x01010101, x.q[7], fg_dp4a(0x01010101, x.q[6], fg_dp4a(0x01010101, x.q[5], fg_dp4a(0x01010101, x.q[4], 0))));
 }
