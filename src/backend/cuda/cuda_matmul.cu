@@ -4,12 +4,13 @@
 // Called through the launchers declared in cuda_internal.h (the ops table in cuda_backend.cu).
 //
 // Activation types (act_type), chosen so the forward pass converts a normed row once:
-//   rows <= FG_MV_MAX_ROWS (8, decode):  Q8_1 for the 11 quantized types (integer dot products,
-//                                        dp4a), F32 for F32/F16/BF16 weights (f32 FMA).
-//   rows  > FG_MV_MAX_ROWS (prefill):    F16 for every type (the tiled kernel feeds f16 tensor
-//                                        cores; weights are dequantized to f16 once per tile).
-// matmul also takes F32 x for every type and row count (quantized matvec: converted to Q8_1
-// into the mm arena first), and F16 x with any row count (tiled kernel).
+//   quantized weights, any row count:  the reference's 8-bit grid (Q8_K for the K-quants, Q8_1
+//                                      for the others): integer dot products (dp4a) in the
+//                                      matvec; the GEMMs (rows > FG_MV_MAX_ROWS) widen the 8-bit
+//                                      rows to F16 (d*q rounded to F16, rel. error <= 2^-11).
+//   float weights: F32 for the matvec (f32 FMA) and F32 weights, F16/BF16 for the GEMMs.
+// matmul also takes F32 x for every type and row count (converted first into the mm arena),
+// and F16 x with any row count (tiled kernel).
 //
 // Matvec (1..8 rows): a block of NT threads owns MV_R output rows and walks K in chunks of NT
 // 32-element units (8-element units for float weights). Each chunk, the raw bytes of the MV_R
@@ -706,6 +707,26 @@ static __global__ void cvt_q8_k_kernel(const uint8_t *x, size_t x_nb1, uint8_t *
         blk->d = 1.0f / iscale;
 }
 
+// 8-bit activation rows (Q8_1 or Q8_K, the reference's grid) -> F16 rows (contiguous) for a GEMM.
+template <bool K>
+static __global__ void act_deq_f16_kernel(const uint8_t *x, size_t x_nb1, uint16_t *y, int n, int64_t rows) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const uint8_t *row = x + (size_t)r * x_nb1;
+        float v;
+        if constexpr (K) {
+            const fg_block_q8_k *b = (const fg_block_q8_k *)row + i / 256;
+            v = b->d * (float)b->qs[i % 256];
+        } else {
+            const fg_block_q8_1 *b = (const fg_block_q8_1 *)row + i / 32;
+            v = fg_h2f(b->d) * (float)b->qs[i % 32];
+        }
+        y[(size_t)r * n + i] = fg_f2h(v);
+    }
+}
+
 // ============================================================================ host side
 static constexpr int MM_NT = 256;             // threads of the element-wise kernels
 static constexpr int64_t MM_MAX_GRID_Y = 65535; // grid.y limit
@@ -729,31 +750,32 @@ bool fg_cuda_convert_supports(uint32_t act_type) {
            act_type == FG_TYPE_BF16;
 }
 
-// Activations as the reference converts them where the kernels allow: the 8-bit grids of the
-// reference for the quantized types' matvec, F32 for F32 weights, F16 for F16 weights, BF16
-// for BF16 weights in the library GEMM; F16 for the tiled kernel and the quantized types'
-// prefill (finer than the reference's 8-bit activations).
+// Activations as the reference converts them: the reference's 8-bit grids for the quantized
+// types at any row count (the GEMMs widen those rows to F16), F32 for F32 weights, F16
+// for F16 weights, BF16 for BF16 weights in the library GEMM, F32 for float weights' matvec.
 static bool mm_blas_rows(const fg_cuda *c, int64_t n_rows);
 
 uint32_t fg_cuda_act_type(fg_cuda *c, uint32_t wtype, int64_t n_rows) {
     if (!fg_cuda_matmul_supports(wtype) || wtype == FG_TYPE_F32)
         return FG_TYPE_F32;
+    if (!mm_is_float((int)wtype)) // the reference's 8-bit grid, for any number of rows
+        return mm_is_k((int)wtype) ? FG_TYPE_Q8_K : FG_TYPE_Q8_1;
     if (n_rows > FG_MV_MAX_ROWS)
         return wtype == FG_TYPE_BF16 && mm_blas_rows(c, n_rows) ? FG_TYPE_BF16 : FG_TYPE_F16;
-    if (mm_is_float((int)wtype))
-        return FG_TYPE_F32;
-    return mm_is_k((int)wtype) ? FG_TYPE_Q8_K : FG_TYPE_Q8_1;
+    return FG_TYPE_F32;
 }
 
-// The only arena use: F32 x of at most FG_MV_MAX_ROWS rows converted to Q8_1 for a quantized
-// matvec. Each call takes the arena from its start (mm_scratch), so this is per call, not per
-// step: rows x (max_cols / 32) Q8_1 blocks, plus the arena's 256-byte alignment.
+// The arena per call (mm_scratch takes it from its start, so this is per call, not per step):
+// F32 x of at most FG_MV_MAX_ROWS rows quantized for a matvec (Q8_1 or Q8_K rows), or the F16
+// rows a GEMM reads (8-bit x dequantized, or F32 x converted): max_tokens x max_cols x 2.
 size_t fg_cuda_matmul_scratch_bytes(const fg_backend_limits *lim) {
     const int64_t rows = lim->max_tokens > 0 && lim->max_tokens < FG_MV_MAX_ROWS ? lim->max_tokens : FG_MV_MAX_ROWS;
     const int64_t cols = lim->max_cols > 0 ? lim->max_cols : 0;
-    return (size_t)rows * (mm_q8_k_row_bytes(cols + 255) > mm_q8_1_row_bytes(cols + 31) ? mm_q8_k_row_bytes(cols + 255)
-                                                                                       : mm_q8_1_row_bytes(cols + 31)) +
-           256;
+    const size_t q8 = (size_t)rows * (mm_q8_k_row_bytes(cols + 255) > mm_q8_1_row_bytes(cols + 31)
+                                          ? mm_q8_k_row_bytes(cols + 255)
+                                          : mm_q8_1_row_bytes(cols + 31));
+    const size_t f16 = (size_t)(lim->max_tokens > 0 ? lim->max_tokens : 0) * (size_t)cols * 2;
+    return (q8 > f16 ? q8 : f16) + 256;
 }
 
 // The mm arena as per-call scratch: everything a call enqueues runs on c->stream after the
@@ -1044,9 +1066,9 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     FG_ASSERT(fg_cuda_matmul_supports(wt));
     FG_ASSERT(xt == FG_TYPE_F32 || xt == FG_TYPE_F16 || xt == FG_TYPE_BF16 || xt == FG_TYPE_Q8_1 ||
               xt == FG_TYPE_Q8_K);
-    // 8-bit x (act_type of a quantized weight for <= FG_MV_MAX_ROWS rows) goes to the matvec only
+    // 8-bit x (act_type of a quantized weight) comes on its weight's grid: Q8_K for the K-quants
     FG_ASSERT((xt != FG_TYPE_Q8_1 && xt != FG_TYPE_Q8_K) ||
-              (!mm_is_float((int)wt) && n_rows <= FG_MV_MAX_ROWS && (xt == FG_TYPE_Q8_K) == mm_is_k((int)wt)));
+              (!mm_is_float((int)wt) && (xt == FG_TYPE_Q8_K) == mm_is_k((int)wt)));
     FG_ASSERT(n_in >= 1 && n_in <= INT32_MAX / 2 && n_in % mm_block_size(wt) == 0 && x->ne[0] == n_in);
     FG_ASSERT(xt != FG_TYPE_Q8_1 || n_in % 32 == 0);
     FG_ASSERT(n_out >= 1 && (n_out + TM_BM - 1) / TM_BM <= MM_MAX_GRID_Y && n_rows >= 1);
@@ -1089,8 +1111,31 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         FG_ASSERT(!"matvec: unsupported type");
     }
 
+    // many rows of a quantized weight: the GEMMs read F16 rows, here the 8-bit rows dequantized
+    // (the reference's grid kept), or F32 rows rounded
+    fg_tensor xh;
+    if (!flt && xt != FG_TYPE_F16) {
+        void *h = NULL;
+        FG_TRY(mm_scratch(c, (size_t)n_rows * (size_t)n_in * 2, &h));
+        dim3 grid(fg_div_up(n_in, MM_NT), mm_grid_y(n_rows));
+        if (xt == FG_TYPE_F32)
+            cvt_f16_kernel<<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)h,
+                                                          (int)n_in, n_rows);
+        else if (xt == FG_TYPE_Q8_K)
+            act_deq_f16_kernel<true><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1],
+                                                                     (uint16_t *)h, (int)n_in, n_rows);
+        else
+            act_deq_f16_kernel<false><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1],
+                                                                      (uint16_t *)h, (int)n_in, n_rows);
+        FG_GPU_LAUNCH_CHECK(c, "activations to f16");
+        int64_t ne[2] = {n_in, n_rows};
+        xh = fg_tensor_view(NULL, h, 0, FG_TYPE_F16, 2, ne);
+        x = &xh;
+    }
+    const uint32_t xt2 = x->type;
 #ifdef FG_MM_CUBLAS
     {
+        const uint32_t xt = xt2; // the rows the GEMM reads
         const bool raw = (wt == FG_TYPE_F16 && xt == FG_TYPE_F16) || (wt == FG_TYPE_F32 && xt == FG_TYPE_F32) ||
                          (wt == FG_TYPE_BF16 && xt == FG_TYPE_BF16);
         const size_t esz = xt == FG_TYPE_F32 ? 4 : 2;
@@ -1100,7 +1145,7 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
             return blas_go(c, dst, w, x, b, accumulate);
     }
 #endif
-    FG_ASSERT(xt != FG_TYPE_BF16); // act_type gives BF16 only where the library GEMM runs
+    FG_ASSERT(xt2 != FG_TYPE_BF16); // act_type gives BF16 only where the library GEMM runs
     tm_args a;
     a.w = (const uint8_t *)w->data;
     a.w_nb1 = w->nb[1];
@@ -1116,7 +1161,7 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     switch (wt) {
 #define X(T) \
     case T:  \
-        return tm_xt<T>(c, a, xt);
+        return tm_xt<T>(c, a, xt2);
         MM_QTYPES(X)
         MM_FTYPES(X)
 #undef X
