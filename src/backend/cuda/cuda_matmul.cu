@@ -19,7 +19,10 @@
 // memory), then each thread decodes one unit of every weight row into registers and dots it
 // with that unit of every activation row: every weight byte is read from DRAM once per call,
 // every decoded unit serves NR rows. Partial sums are reduced with warp shuffles at the end.
-// Tiled (more rows, or F16 x): 128 weight rows x 64 activation rows x 64 K per tile, 256
+// Integer tiled (quantized weights, more rows, 8-bit x; the default): 64 x 64 tiles, the
+// matvec's per-unit integer dots (dp4a) and f32 scaling, so prefill keeps the reference's
+// arithmetic (FORGE_CUDA_MMQ=0 sends these to the F16 GEMMs below instead).
+// Tiled (float weights with more rows, or F16 x): 128 weight rows x 64 activation rows x 64 K per tile, 256
 // threads; weights dequantized (exactly) once per tile into f16 shared memory, activations
 // converted to f16; nvcuda::wmma 16x16x16 with f32 accumulation under FG_GPU_HAS_MMA (sm_80+),
 // a register-tiled FMA twin elsewhere (HIP, older archs, or -DFG_MM_NO_MMA to test it on NVIDIA).
@@ -563,6 +566,175 @@ FG_UNROLL
 
 #endif // FG_MM_HOST_TEST
 
+// ============================================================================ integer tiled (mq)
+// Quantized weights x 8-bit activations (Q8_1, or Q8_K for the K-quants) for many rows, with
+// the reference's arithmetic: per 32-element unit an integer dot of the weight's stored values
+// and the activation bytes (dp4a), scaled in f32 by the unit's weight scales and the block's
+// activation scale (fg_q_dot, the matvec's own), so prefill sees the same numbers as decode and
+// as the CPU reference, up to the f32 summation order. No tensor cores: dp4a on every target
+// (HIP included). Tile: MQ_BM weight rows x MQ_BN activation rows, MQ_BU units of K per step,
+// 256 threads; thread (tx, ty) = (tid % 16, tid / 16) owns outputs m = tx + 16 i, n = ty + 16 j.
+// Each step every thread decodes one weight unit (row tid / MQ_BU) and loads one activation unit
+// into shared memory (bytes + scales), then every thread dots its 4 x 4 outputs over the units.
+enum {
+    MQ_BM = 64,
+    MQ_BN = 64,
+    MQ_BU = 4, // 32-element units per K step
+    MQ_NT = 256,
+    MQ_TM = MQ_BM / 16,
+    MQ_TN = MQ_BN / 16,
+    // shared memory: [MQ_BU][rows] of 32 bytes (the unit's 8 words) then [MQ_BU][rows] of 16
+    // bytes (weights: a_lo a_hi b_lo b_hi; activations: d, sum_lo, sum_hi)
+    MQ_WQ = 0,
+    MQ_WS = MQ_WQ + MQ_BU * MQ_BM * 32,
+    MQ_XQ = MQ_WS + MQ_BU * MQ_BM * 16,
+    MQ_XS = MQ_XQ + MQ_BU * MQ_BN * 32,
+    MQ_SMEM = MQ_XS + MQ_BU * MQ_BN * 16,
+};
+static_assert(MQ_BM * MQ_BU == MQ_NT && MQ_BN * MQ_BU == MQ_NT, "one weight and one activation unit a thread");
+static_assert(MQ_SMEM <= 48 * 1024, "mq tiles fit static shared memory");
+
+struct mq_args {
+    const uint8_t *w; // [n_out] weight rows, w_nb1 bytes apart
+    size_t w_nb1;
+    const uint8_t *x; // [n_rows] activation rows (Q8_1 or Q8_K blocks), x_nb1 bytes apart
+    size_t x_nb1;
+    float *dst;       // [n_rows][n_out], d_nb1 bytes apart
+    size_t d_nb1;
+    const float *bias;
+    int64_t n_out;
+    int64_t n_rows;
+    int n_units; // n_in / 32
+    int accumulate;
+};
+
+// Weight unit (m0 + tid / MQ_BU, ku0 + tid % MQ_BU) decoded into shared memory; zeros (a unit
+// that adds nothing) outside the matrix.
+template <int WT>
+static FG_HD __forceinline__ void mq_load_w(const mq_args &a, int64_t m0, int ku0, int tid, uint8_t *sm) {
+    typedef fg_qt<WT> Q;
+    const int m = tid / MQ_BU, uu = tid % MQ_BU, ku = ku0 + uu;
+    fg_qunit u;
+    if (m0 + m < a.n_out && ku < a.n_units) {
+        const uint8_t *blk = a.w + (size_t)(m0 + m) * a.w_nb1 + (size_t)(ku / Q::UPB) * Q::BYTES;
+        fg_q_decode<WT, fg_rd_exact>(blk, ku % Q::UPB, u);
+    } else {
+FG_UNROLL
+        for (int k = 0; k < 8; k++)
+            u.q[k] = 0;
+        u.a_lo = u.a_hi = u.b_lo = u.b_hi = 0.0f;
+    }
+    uint4 *q = (uint4 *)(sm + MQ_WQ + (size_t)(uu * MQ_BM + m) * 32);
+    q[0] = make_uint4(u.q[0], u.q[1], u.q[2], u.q[3]);
+    q[1] = make_uint4(u.q[4], u.q[5], u.q[6], u.q[7]);
+    *(float4 *)(sm + MQ_WS + (size_t)(uu * MQ_BM + m) * 16) = make_float4(u.a_lo, u.a_hi, u.b_lo, u.b_hi);
+}
+
+// Activation unit (n0 + tid / MQ_BU, ku0 + tid % MQ_BU) into shared memory; zeros outside.
+template <int WT>
+static FG_HD __forceinline__ void mq_load_x(const mq_args &a, int64_t n0, int ku0, int tid, uint8_t *sm) {
+    const int n = tid / MQ_BU, uu = tid % MQ_BU, ku = ku0 + uu;
+    fg_q8unit x;
+    if (n0 + n < a.n_rows && ku < a.n_units) {
+        const uint8_t *row = a.x + (size_t)(n0 + n) * a.x_nb1;
+        if constexpr (mm_is_k(WT))
+            fg_q8_k_load(row + (size_t)(ku / 8) * sizeof(fg_block_q8_k), ku % 8, x);
+        else
+            fg_q8_1_load(row + (size_t)ku * sizeof(fg_block_q8_1), x);
+    } else {
+FG_UNROLL
+        for (int k = 0; k < 8; k++)
+            x.q[k] = 0;
+        x.sum_lo = x.sum_hi = 0;
+        x.d = 0.0f;
+    }
+    uint4 *q = (uint4 *)(sm + MQ_XQ + (size_t)(uu * MQ_BN + n) * 32);
+    q[0] = make_uint4((uint32_t)x.q[0], (uint32_t)x.q[1], (uint32_t)x.q[2], (uint32_t)x.q[3]);
+    q[1] = make_uint4((uint32_t)x.q[4], (uint32_t)x.q[5], (uint32_t)x.q[6], (uint32_t)x.q[7]);
+    uint32_t db;
+    memcpy(&db, &x.d, 4);
+    *(uint4 *)(sm + MQ_XS + (size_t)(uu * MQ_BN + n) * 16) = make_uint4(db, (uint32_t)x.sum_lo, (uint32_t)x.sum_hi, 0u);
+}
+
+// The step's dots: acc[i][j] += unit dots of weight row tx + 16 i and activation row ty + 16 j.
+template <int WT>
+static FG_HD __forceinline__ void mq_compute(const uint8_t *sm, int tid, float (&acc)[MQ_TM][MQ_TN]) {
+    const int tx = tid % 16, ty = tid / 16;
+FG_UNROLL
+    for (int uu = 0; uu < MQ_BU; uu++) {
+        fg_qunit wu[MQ_TM];
+        fg_q8unit xu[MQ_TN];
+FG_UNROLL
+        for (int i = 0; i < MQ_TM; i++) {
+            const int m = tx + 16 * i;
+            const uint4 *q = (const uint4 *)(sm + MQ_WQ + (size_t)(uu * MQ_BM + m) * 32);
+            const uint4 q0 = q[0], q1 = q[1];
+            wu[i].q[0] = q0.x, wu[i].q[1] = q0.y, wu[i].q[2] = q0.z, wu[i].q[3] = q0.w;
+            wu[i].q[4] = q1.x, wu[i].q[5] = q1.y, wu[i].q[6] = q1.z, wu[i].q[7] = q1.w;
+            const float4 s = *(const float4 *)(sm + MQ_WS + (size_t)(uu * MQ_BM + m) * 16);
+            wu[i].a_lo = s.x, wu[i].a_hi = s.y, wu[i].b_lo = s.z, wu[i].b_hi = s.w;
+        }
+FG_UNROLL
+        for (int j = 0; j < MQ_TN; j++) {
+            const int n = ty + 16 * j;
+            const uint4 *q = (const uint4 *)(sm + MQ_XQ + (size_t)(uu * MQ_BN + n) * 32);
+            const uint4 q0 = q[0], q1 = q[1];
+            xu[j].q[0] = (int)q0.x, xu[j].q[1] = (int)q0.y, xu[j].q[2] = (int)q0.z, xu[j].q[3] = (int)q0.w;
+            xu[j].q[4] = (int)q1.x, xu[j].q[5] = (int)q1.y, xu[j].q[6] = (int)q1.z, xu[j].q[7] = (int)q1.w;
+            const uint4 s = *(const uint4 *)(sm + MQ_XS + (size_t)(uu * MQ_BN + n) * 16);
+            memcpy(&xu[j].d, &s.x, 4);
+            xu[j].sum_lo = (int)s.y;
+            xu[j].sum_hi = (int)s.z;
+        }
+FG_UNROLL
+        for (int i = 0; i < MQ_TM; i++)
+FG_UNROLL
+            for (int j = 0; j < MQ_TN; j++)
+                acc[i][j] += fg_q_dot<WT>(wu[i], xu[j]);
+    }
+}
+
+// Epilogue: each thread stores its outputs (16 consecutive m per half warp: coalesced).
+static FG_HD __forceinline__ void mq_write(const mq_args &a, int64_t m0, int64_t n0, int tid,
+                                           const float (&acc)[MQ_TM][MQ_TN]) {
+    const int tx = tid % 16, ty = tid / 16;
+FG_UNROLL
+    for (int j = 0; j < MQ_TN; j++) {
+        const int64_t r = n0 + ty + 16 * j;
+        if (r >= a.n_rows)
+            continue;
+        float *d = (float *)((uint8_t *)a.dst + (size_t)r * a.d_nb1);
+FG_UNROLL
+        for (int i = 0; i < MQ_TM; i++) {
+            const int64_t o = m0 + tx + 16 * i;
+            if (o < a.n_out)
+                mm_store(d + o, a.bias, o, acc[i][j], a.accumulate);
+        }
+    }
+}
+
+#ifndef FG_MM_HOST_TEST
+template <int WT> static __global__ __launch_bounds__(MQ_NT, 2) void mq_kernel(mq_args a) {
+    __shared__ __align__(16) uint8_t sm[MQ_SMEM];
+    const int tid = threadIdx.x;
+    const int64_t n0 = (int64_t)blockIdx.x * MQ_BN, m0 = (int64_t)blockIdx.y * MQ_BM;
+    float acc[MQ_TM][MQ_TN];
+FG_UNROLL
+    for (int i = 0; i < MQ_TM; i++)
+FG_UNROLL
+        for (int j = 0; j < MQ_TN; j++)
+            acc[i][j] = 0.0f;
+    for (int ku0 = 0; ku0 < a.n_units; ku0 += MQ_BU) {
+        mq_load_w<WT>(a, m0, ku0, tid, sm);
+        mq_load_x<WT>(a, n0, ku0, tid, sm);
+        __syncthreads();
+        mq_compute<WT>(sm, tid, acc);
+        __syncthreads();
+    }
+    mq_write(a, m0, n0, tid, acc);
+}
+#endif // FG_MM_HOST_TEST
+
 // ============================================================================ get_rows
 // Thread u of a row: unit u (32 elements) of a quantized row, or element u of a float row.
 // Values bit-identical to the type's reference to_float.
@@ -766,10 +938,10 @@ uint32_t fg_cuda_act_type(fg_cuda *c, uint32_t wtype, int64_t n_rows) {
 }
 
 // The arena per call (mm_scratch takes it from its start, so this is per call, not per step):
-// F32 x of at most FG_MV_MAX_ROWS rows quantized for a matvec (Q8_1 or Q8_K rows), or the F16
-// rows a GEMM reads (8-bit x dequantized, or F32 x converted): max_tokens x max_cols x 2.
+// F32 x quantized for the integer kernels (Q8_1 or Q8_K rows), or the F16 rows a GEMM reads
+// (8-bit x widened, or F32 x converted): max_tokens x max_cols x 2 at most.
 size_t fg_cuda_matmul_scratch_bytes(const fg_backend_limits *lim) {
-    const int64_t rows = lim->max_tokens > 0 && lim->max_tokens < FG_MV_MAX_ROWS ? lim->max_tokens : FG_MV_MAX_ROWS;
+    const int64_t rows = lim->max_tokens > 0 ? lim->max_tokens : FG_MV_MAX_ROWS;
     const int64_t cols = lim->max_cols > 0 ? lim->max_cols : 0;
     const size_t q8 = (size_t)rows * (mm_q8_k_row_bytes(cols + 255) > mm_q8_1_row_bytes(cols + 31)
                                           ? mm_q8_k_row_bytes(cols + 255)
@@ -891,6 +1063,14 @@ template <int WT> static fg_status tm_xt(fg_cuda *c, const tm_args &a, uint32_t 
     return FG_ERR_INVALID_ARG;
 }
 
+template <int WT> static fg_status mq_go(fg_cuda *c, const mq_args &a) {
+    FG_ASSERT((a.n_out + MQ_BM - 1) / MQ_BM <= MM_MAX_GRID_Y);
+    dim3 grid(fg_div_up(a.n_rows, MQ_BN), fg_div_up(a.n_out, MQ_BM));
+    mq_kernel<WT><<<grid, MQ_NT, 0, c->stream>>>(a);
+    FG_GPU_LAUNCH_CHECK(c, "integer tiled matmul");
+    return FG_OK;
+}
+
 // ============================================================================ library GEMM (prefill)
 // For many activation rows the tensor-core GEMM of cuBLAS (F16 x F16 -> F32) beats the portable
 // tiled kernel by a wide margin; a quantized, BF16 or F32 weight is first dequantized into an
@@ -1002,6 +1182,8 @@ static bool mm_blas_rows(const fg_cuda *c, int64_t n_rows) {
 }
 
 fg_status fg_cuda_matmul_init(fg_cuda *c) {
+    const char *mq = getenv("FORGE_CUDA_MMQ");
+    c->mmq = !(mq && mq[0] == '0');
 #ifdef FG_MM_CUBLAS
     const char *e = getenv("FORGE_CUBLAS_MIN_ROWS");
     c->blas_min_rows = e ? atoi(e) : FG_BLAS_MIN_ROWS;
@@ -1023,7 +1205,7 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
 }
 
 fg_status fg_cuda_matmul_reserve(fg_cuda *c, const fg_backend_limits *lim) {
-    if (!c->blas || lim->max_weight_elems <= 0)
+    if (!c->blas || lim->max_weight_elems <= 0 || c->mmq) // (the integer kernel needs no F16 copy)
         return FG_OK;
     size_t need = (size_t)lim->max_weight_elems * 2;
     if (need <= c->deq.size)
@@ -1075,12 +1257,51 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     const bool flt = mm_is_float((int)wt);
     const float *b = bias ? (const float *)bias->data : NULL;
 
-    if (n_rows <= FG_MV_MAX_ROWS && (flt ? xt == FG_TYPE_F32 : (xt != FG_TYPE_F16 && xt != FG_TYPE_BF16))) {
+    // quantized weights: 8-bit rows on the weight's grid (F32 rows converted once into the
+    // arena) through the matvec (<= FG_MV_MAX_ROWS rows) or the integer tiled kernel
+    const bool q_int = !flt && xt != FG_TYPE_F16 && xt != FG_TYPE_BF16 && (n_rows <= FG_MV_MAX_ROWS || c->mmq);
+    if (q_int || (flt && n_rows <= FG_MV_MAX_ROWS && xt == FG_TYPE_F32)) {
+        const uint8_t *xq = (const uint8_t *)x->data;
+        size_t xq_nb1 = x->nb[1];
+        if (!flt && xt == FG_TYPE_F32) { // quantize the rows once into the arena
+            void *q = NULL;
+            FG_TRY(mm_scratch(c, mm_act_row_bytes(wt, n_in) * (size_t)n_rows, &q));
+            if (mm_is_k((int)wt))
+                FG_TRY(mm_convert_q8_k(c, xq, xq_nb1, (int)n_in, n_rows, (uint8_t *)q));
+            else
+                FG_TRY(mm_convert_q8_1(c, xq, xq_nb1, (int)n_in, n_rows, (uint8_t *)q));
+            xq = (const uint8_t *)q;
+            xq_nb1 = mm_act_row_bytes(wt, n_in);
+        }
+        if (n_rows > FG_MV_MAX_ROWS) {
+            mq_args a;
+            a.w = (const uint8_t *)w->data;
+            a.w_nb1 = w->nb[1];
+            a.x = xq;
+            a.x_nb1 = xq_nb1;
+            a.dst = (float *)dst->data;
+            a.d_nb1 = dst->nb[1];
+            a.bias = b;
+            a.n_out = n_out;
+            a.n_rows = n_rows;
+            a.n_units = (int)(n_in / 32);
+            a.accumulate = accumulate;
+            switch (wt) {
+#define X(T) \
+    case T:  \
+        return mq_go<T>(c, a);
+                MM_QTYPES(X)
+#undef X
+            default:
+                break;
+            }
+            FG_ASSERT(!"integer tiled matmul: unsupported type");
+        }
         mv_args a;
         a.w = (const uint8_t *)w->data;
         a.w_nb1 = w->nb[1];
-        a.x = (const uint8_t *)x->data;
-        a.x_nb1 = x->nb[1];
+        a.x = xq;
+        a.x_nb1 = xq_nb1;
         a.dst = (float *)dst->data;
         a.d_nb1 = dst->nb[1];
         a.bias = b;
@@ -1088,16 +1309,6 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         a.n_in = (int)n_in;
         a.nr = (int)n_rows;
         a.accumulate = accumulate;
-        if (!flt && xt == FG_TYPE_F32) { // quantize the rows once into the arena
-            void *q = NULL;
-            FG_TRY(mm_scratch(c, mm_act_row_bytes(wt, n_in) * (size_t)n_rows, &q));
-            if (mm_is_k((int)wt))
-                FG_TRY(mm_convert_q8_k(c, a.x, a.x_nb1, (int)n_in, n_rows, (uint8_t *)q));
-            else
-                FG_TRY(mm_convert_q8_1(c, a.x, a.x_nb1, (int)n_in, n_rows, (uint8_t *)q));
-            a.x = (const uint8_t *)q;
-            a.x_nb1 = mm_act_row_bytes(wt, n_in);
-        }
         switch (wt) {
 #define X(T) \
     case T:  \
@@ -1111,8 +1322,8 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         FG_ASSERT(!"matvec: unsupported type");
     }
 
-    // many rows of a quantized weight: the GEMMs read F16 rows, here the 8-bit rows dequantized
-    // (the reference's grid kept), or F32 rows rounded
+    // many rows of a quantized weight without the integer kernel (FORGE_CUDA_MMQ=0): the GEMMs
+    // read F16 rows, here the 8-bit rows widened, or F32 rows rounded
     fg_tensor xh;
     if (!flt && xt != FG_TYPE_F16) {
         void *h = NULL;
