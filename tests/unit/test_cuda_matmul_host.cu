@@ -227,6 +227,28 @@ static void reference(const wmat &w, const std::vector<float> &xv, int64_t rows,
         }
 }
 
+// Q4_1/Q5_1 take the min term from the Q8_1 block's stored (f16) s, as the reference's vec_dot
+// does: for them ref becomes that vec_dot over the same activation bytes (mag unchanged).
+template <int WT>
+static void reference_s(const wmat &w, const uint8_t *q, size_t qb, int64_t rows, const float *bias,
+                        const std::vector<float> *prior, std::vector<double> &ref) {
+    if constexpr (!mm_is_float(WT) && fg_qt<mm_is_float(WT) ? FG_TYPE_Q8_0 : WT>::MIN &&
+                  fg_qt<mm_is_float(WT) ? FG_TYPE_Q8_0 : WT>::QK == 32) {
+        const fg_type_traits *tr = fg_type_traits_ref(WT);
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t o = 0; o < w.n_out; o++) {
+                float v;
+                tr->vec_dot(w.n_in, &v, w.b.p + (size_t)o * w.nb1, q + (size_t)r * qb);
+                double e = v;
+                if (bias)
+                    e += bias[o];
+                if (prior)
+                    e += (*prior)[(size_t)(r * w.n_out + o)];
+                ref[(size_t)(r * w.n_out + o)] = e;
+            }
+    }
+}
+
 struct outbuf {
     size_t nb1;
     buf b;
@@ -291,6 +313,7 @@ template <int WT> static void test_mv_type(void) {
             emu_mv_rows<WT>(a);
             std::vector<double> ref, mag;
             reference(w, xv, nr, a.bias, accumulate ? &d.prior : NULL, ref, mag);
+            reference_s<WT>(w, q.p, mm_act_row_bytes(WT, n_in), nr, a.bias, accumulate ? &d.prior : NULL, ref);
             char what[96];
             snprintf(what, sizeof what, "matvec %s n_in %lld n_out %lld rows %d", fg_type_name(WT), (long long)n_in,
                      (long long)n_out, nr);
@@ -440,6 +463,7 @@ template <int WT> static void test_mq_case(int64_t rows, int64_t n_out, int64_t 
     emu_mq<WT>(a);
     std::vector<double> ref, mag;
     reference(w, xv, rows, a.bias, accumulate ? &d.prior : NULL, ref, mag);
+    reference_s<WT>(w, q.p, qb, rows, a.bias, accumulate ? &d.prior : NULL, ref);
     char what[96];
     snprintf(what, sizeof what, "mq %s n_in %lld n_out %lld rows %lld", fg_type_name(WT), (long long)n_in,
              (long long)n_out, (long long)rows);

@@ -584,7 +584,7 @@ enum {
     MQ_TM = MQ_BM / 16,
     MQ_TN = MQ_BN / 16,
     // shared memory: [MQ_BU][rows] of 32 bytes (the unit's 8 words) then [MQ_BU][rows] of 16
-    // bytes (weights: a_lo a_hi b_lo b_hi; activations: d, sum_lo, sum_hi)
+    // bytes (weights: a_lo a_hi b_lo b_hi; activations: d, sum_lo, sum_hi, s)
     MQ_WQ = 0,
     MQ_WS = MQ_WQ + MQ_BU * MQ_BM * 32,
     MQ_XQ = MQ_WS + MQ_BU * MQ_BM * 16,
@@ -646,14 +646,15 @@ FG_UNROLL
         for (int k = 0; k < 8; k++)
             x.q[k] = 0;
         x.sum_lo = x.sum_hi = 0;
-        x.d = 0.0f;
+        x.d = x.s = 0.0f;
     }
     uint4 *q = (uint4 *)(sm + MQ_XQ + (size_t)(uu * MQ_BN + n) * 32);
     q[0] = make_uint4((uint32_t)x.q[0], (uint32_t)x.q[1], (uint32_t)x.q[2], (uint32_t)x.q[3]);
     q[1] = make_uint4((uint32_t)x.q[4], (uint32_t)x.q[5], (uint32_t)x.q[6], (uint32_t)x.q[7]);
-    uint32_t db;
+    uint32_t db, sb;
     memcpy(&db, &x.d, 4);
-    *(uint4 *)(sm + MQ_XS + (size_t)(uu * MQ_BN + n) * 16) = make_uint4(db, (uint32_t)x.sum_lo, (uint32_t)x.sum_hi, 0u);
+    memcpy(&sb, &x.s, 4);
+    *(uint4 *)(sm + MQ_XS + (size_t)(uu * MQ_BN + n) * 16) = make_uint4(db, (uint32_t)x.sum_lo, (uint32_t)x.sum_hi, sb);
 }
 
 // The step's dots: acc[i][j] += unit dots of weight row tx + 16 i and activation row ty + 16 j.
@@ -685,6 +686,7 @@ FG_UNROLL
             memcpy(&xu[j].d, &s.x, 4);
             xu[j].sum_lo = (int)s.y;
             xu[j].sum_hi = (int)s.z;
+            memcpy(&xu[j].s, &s.w, 4);
         }
 FG_UNROLL
         for (int i = 0; i < MQ_TM; i++)
