@@ -448,7 +448,7 @@ static void test_matmul_all_types(void **state) {
 }
 
 // convert: every activation type the backend converts to holds x within half a quantization
-// step of each block (a whole one for Q8_K's capped side; 8-bit types) or exactly rounded
+// step of each block (8-bit types) or exactly rounded
 // (F16/BF16), and is bit for bit what the reference quantizer writes, on every backend.
 static void test_convert(void **state) {
     const target *tg = *state;
@@ -492,12 +492,9 @@ static void test_convert(void **state) {
                 for (int64_t i = b0; i < b0 + tr->blck_size; i++)
                     amax = fmaxf(amax, fabsf(x[r * n + i]));
                 for (int64_t i = b0; i < b0 + tr->blck_size; i++) {
-                    // 8-bit: half a step, plus the f16 rounding of the block's scale times 127;
-                    // Q8_K scales by -128/max (sign of the largest) and caps at 127, so a value
-                    // of the other sign near amax is off by up to a whole step (amax/128)
+                    // 8-bit: half a step, plus the f16 rounding of the block's scale times 127
                     double tol = tr->blck_size == 1 ? fabs(x[r * n + i]) * (acts[ai] == FG_TYPE_BF16 ? 4e-3 : 5e-4)
-                                 : acts[ai] == FG_TYPE_Q8_K ? amax / 128.0 * 1.01 + amax * 1e-3 + 1e-7
-                                                            : amax / 127.0 * 0.5 * 1.01 + amax * 1e-3 + 1e-7;
+                                                    : amax / 127.0 * 0.5 * 1.01 + amax * 1e-3 + 1e-7;
                     if (!(fabs((double)deq[i] - x[r * n + i]) <= tol))
                         fail_msg("%s convert %s: row %lld element %lld: %g -> %g (tolerance %g)", tg->name, tr->name,
                                  (long long)r, (long long)i, (double)x[r * n + i], (double)deq[i], tol);

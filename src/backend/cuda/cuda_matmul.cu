@@ -49,7 +49,7 @@ static constexpr FG_HD bool mm_is_float(int t) {
     return t == FG_TYPE_F32 || t == FG_TYPE_F16 || t == FG_TYPE_BF16;
 }
 // The K-quants take their matvec activations as the reference quantizes them (Q8_K: one f32
-// scale per 256, ties to even, the signed extreme mapped to -128), the other quantized types
+// scale per 256, ties to even, the signed extreme mapped to -127), the other quantized types
 // as Q8_1 (one scale per 32: the grid of the reference's Q8_0 / Q8_1).
 static constexpr FG_HD bool mm_is_k(int t) {
     return t == FG_TYPE_Q2_K || t == FG_TYPE_Q3_K || t == FG_TYPE_Q4_K || t == FG_TYPE_Q5_K || t == FG_TYPE_Q6_K;
@@ -823,7 +823,7 @@ static __global__ void cvt_bf16_kernel(const uint8_t *x, size_t x_nb1, uint16_t 
 }
 
 // F32 rows -> Q8_K blocks, as quantize_row_q8_K_ref: the element of largest |x| (the first of
-// equals) sets iscale = -128 / x, q = nearest_int(iscale * x) capped at 127, d = 1 / iscale,
+// equals) sets iscale = -127 / x, q = nearest_int(iscale * x) capped at 127, d = 1 / iscale,
 // bsums of each 16. One block of 256 threads per 256 elements.
 static __global__ void cvt_q8_k_kernel(const uint8_t *x, size_t x_nb1, uint8_t *y, size_t y_nb1, int n_blocks) {
     __shared__ float s_v[256 / 32];
@@ -865,7 +865,7 @@ static __global__ void cvt_q8_k_kernel(const uint8_t *x, size_t x_nb1, uint8_t *
         return;
     }
     const float mx = ((const float *)(x + (size_t)r * x_nb1))[b * 256 + at];
-    const float iscale = -128.0f / mx;
+    const float iscale = -127.0f / mx;
     int q = __float2int_rn(fg_fmul_rn(iscale, v));
     q = q < 127 ? q : 127;
     blk->qs[t] = (int8_t)q;
