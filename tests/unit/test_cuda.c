@@ -111,7 +111,7 @@ static void make_step(step_arrays *a, int32_t n, const int32_t *pos, int32_t n_o
     a->seq_first[0] = 0;
     a->seq_n_tokens[0] = n;
     fg_step s = {n, a->tokens, a->pos, a->seq, 1, a->seq_n_kv, a->seq_first, a->seq_n_tokens,
-                 8, a->page_table, n_out, a->out_rows};
+                 8, a->page_table, n_out, a->out_rows, 0};
     a->s = s;
 }
 
