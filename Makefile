@@ -68,11 +68,12 @@ endif
 ifeq ($(HAVE_NCCL),1)
 CPPFLAGS += -DFG_HAVE_NCCL=1
 NVCCFLAGS += -I$(NCCL_HOME)/include
+# (the toolkit's lib64, or lib/ of the nvidia-nccl Python wheel, which has libnccl.so.2 only)
 NCCL_LIBDIR := $(firstword $(foreach d,$(NCCL_HOME)/lib64 $(NCCL_HOME)/lib,$(if $(wildcard $(d)/libnccl.so*),$(d))))
 ifneq ($(NCCL_LIBDIR),)
 LDLIBS += -L$(NCCL_LIBDIR) -Wl,-rpath,$(NCCL_LIBDIR)
 endif
-LDLIBS += -lnccl
+LDLIBS += $(if $(wildcard $(NCCL_LIBDIR)/libnccl.so),-lnccl,-l:libnccl.so.2)
 endif
 endif
 
@@ -195,7 +196,7 @@ fuzz: $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 define FUZZ_RULE
 $(BUILD)/fuzz/$(1): tests/fuzz/$(1).c $(foreach m,$(call fuzz_mods,$(1)),$(call mod_c,$(m)))
 	@mkdir -p $$(dir $$@)
-	clang $(FUZZ_FLAGS) -o $$@ $$< $(foreach m,$(call fuzz_mods,$(1)),$(call mod_c,$(m))) $(filter-out -L% -Wl% -lcudart -lcublas -lnccl -lamdhip64 -lstdc++,$(LDLIBS))
+	clang $(FUZZ_FLAGS) -o $$@ $$< $(foreach m,$(call fuzz_mods,$(1)),$(call mod_c,$(m))) $(filter-out -L% -Wl% -lcudart -lcublas -lnccl -l:libnccl.so.2 -lamdhip64 -lstdc++,$(LDLIBS))
 endef
 $(foreach t,$(patsubst tests/fuzz/%.c,%,$(FUZZ_SRC)),$(eval $(call FUZZ_RULE,$(t))))
 
