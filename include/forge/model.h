@@ -41,6 +41,8 @@ typedef struct fg_model_opts {
                               // options (NULL: defaults), rank r on device tp_backend->device + r
     double tp_timeout_s;      // a rank that does not answer within this many seconds fails the step
                               // and stops the group (0: 120)
+    bool tp_skip_all_reduce;  // benchmarks only: the all-reduces are left out (every result is
+                              // wrong); a step's time with and without them is their share
 } fg_model_opts;
 
 typedef struct fg_model_info {

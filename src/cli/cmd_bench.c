@@ -29,6 +29,7 @@ static void bench_usage(FILE *f) {
                "  --device NAME   auto (default), cpu or cuda\n"
                "  --gpu N         GPU index (default 0)\n"
                "  --tensor-parallel N  split the model across N GPUs (gpu..gpu+N-1) or N groups of CPU threads\n"
+               "  --tp-skip-all-reduce  leave the all-reduces out (wrong results): with and without, their share\n"
                "  --json          one JSON object on stdout\n");
 }
 
@@ -102,7 +103,7 @@ int fg_cmd_bench(int argc, char **argv) {
     const char *model = NULL, *device = "auto";
     int64_t P[MAX_LIST] = {512}, D[MAX_LIST] = {0}, n_g = 128, reps = 5, threads = 0, batch = 512, gpu = 0, tp = 1;
     int n_p = 1, n_d = 1;
-    bool json = false;
+    bool json = false, skip_ar = false;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -112,6 +113,10 @@ int fg_cmd_bench(int argc, char **argv) {
         }
         if (!strcmp(f, "--json")) {
             json = true;
+            continue;
+        }
+        if (!strcmp(f, "--tp-skip-all-reduce")) {
+            skip_ar = true;
             continue;
         }
         bool known = !strcmp(f, "-m") || !strcmp(f, "--model") || !strcmp(f, "-p") || !strcmp(f, "-n") ||
@@ -184,6 +189,9 @@ int fg_cmd_bench(int argc, char **argv) {
     fg_model_opts mo = {.max_batch_tokens = c.batch, .max_seqs = 1, .progress = !json};
     fg_backend_opts tp_bo;
     fg_cli_tensor_parallel((int)tp, rank_threads, (int)gpu, &tp_bo, &mo);
+    mo.tp_skip_all_reduce = skip_ar;
+    if (skip_ar && !json)
+        fprintf(stderr, "forge bench: --tp-skip-all-reduce: the all-reduces are left out, every result is wrong\n");
     if (fg_model_load(model, be, &mo, &c.m) != FG_OK)
         goto fail;
     const fg_model_info *info = fg_model_get_info(c.m);
@@ -253,11 +261,11 @@ int fg_cmd_bench(int argc, char **argv) {
     const double kv_pos = 2.0 * info->n_layer * (info->n_head_kv / info->tp_size) * info->head_dim * 2.0;
     if (json) {
         printf("{\"model\": \"%s\", \"arch\": \"%s\", \"backend\": \"%s\", \"device\": \"%s\", \"threads\": %lld, "
-               "\"tensor_parallel\": %d, \"n_params\": %llu, \"weight_bytes\": %llu, \"bytes_per_token\": %llu, \"reps\": %lld, "
+               "\"tensor_parallel\": %d, \"tp_skip_all_reduce\": %s, \"n_params\": %llu, \"weight_bytes\": %llu, \"bytes_per_token\": %llu, \"reps\": %lld, "
                "\"batch\": %lld, \"copy_bandwidth_gb_s\": %.2f, \"mem_bandwidth_gb_s\": %.2f, "
                "\"vram_used_bytes\": %llu, \"pp\": [",
                info->name, info->arch, fg_backend_name(be), fg_backend_describe(be), (long long)threads,
-               info->tp_size, (unsigned long long)info->n_params, (unsigned long long)info->weight_bytes,
+               info->tp_size, skip_ar ? "true" : "false", (unsigned long long)info->n_params, (unsigned long long)info->weight_bytes,
                (unsigned long long)info->bytes_per_token, (long long)reps, (long long)batch, bw, bw,
                (unsigned long long)(mem_total - mem_free));
         for (int i = 0, k = 0; i < n_p; i++) {

@@ -157,7 +157,8 @@ static fg_status tp_reduce_residual(fg_model *m, act_cache *ac, fg_tensor *x, fg
     fg_backend *be = m->be;
     fg_tensor ao = rows_of(&m->s.ao, n);
     OP(matmul(m, ac, &ao, w, in, bias, false));
-    OP(fg_op_all_reduce(be, m->tp.comm, &ao));
+    if (!m->tp.skip_all_reduce) // (benchmarks: measuring the all-reduces' share)
+        OP(fg_op_all_reduce(be, m->tp.comm, &ao));
     if (post)
         OP(fg_op_rmsnorm(be, &ao, &ao, post, m->hp.rms_eps));
     return fg_op_add_rmsnorm(be, x, xn, &ao, next_norm, m->hp.rms_eps);

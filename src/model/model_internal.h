@@ -83,6 +83,7 @@ typedef struct fg_tp {
     int32_t n_head, n_head_kv, n_ff; // this rank's share (hp's / size)
     fg_comm *comm;                   // borrowed (NULL when size == 1)
     struct fg_tp_group *group;       // rank 0 of an in-process group: its workers (owned)
+    bool skip_all_reduce;            // fg_model_opts.tp_skip_all_reduce (benchmarks)
 } fg_tp;
 
 // Scratch activations, F32 unless noted, allocated at load for max_batch_tokens rows.
