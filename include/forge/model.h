@@ -87,7 +87,7 @@ fg_status fg_kv_store_create(fg_model *m, int32_t n_pages, int32_t page_size, ui
 void fg_kv_store_destroy(fg_kv_store *kv);
 int32_t fg_kv_store_n_pages(const fg_kv_store *kv);
 int32_t fg_kv_store_page_size(const fg_kv_store *kv);
-uint64_t fg_kv_store_bytes(const fg_kv_store *kv); // backend bytes of the pool
+uint64_t fg_kv_store_bytes(const fg_kv_store *kv); // backend bytes of the pool (rank 0's with tensor parallelism)
 // Copy-on-write support: page dst <- page src (all layers).
 fg_status fg_kv_store_copy_page(fg_kv_store *kv, int32_t dst, int32_t src);
 
