@@ -144,6 +144,8 @@ if [ "${FORGE_SKIP_FUZZ:-0}" != "1" ] && ls tests/fuzz/fuzz_*.c >/dev/null 2>&1;
     echo "== Fuzz targets (${FUZZ_SECONDS}s each)"
     if make -j"$jobs" BUILD="$BUILD" fuzz >"$BUILD/fuzz-build.log" 2>&1; then
         for fz in "$BUILD"/fuzz/fuzz_*; do
+            # the targets only (a second run finds their .corpus folders and .log files too)
+            [ -f "$fz" ] && [ -x "$fz" ] || continue
             name=$(basename "$fz")
             corpus="$BUILD/fuzz/$name.corpus"
             mkdir -p "$corpus"
