@@ -6,6 +6,7 @@
 //   cuda_ops.cu      row-wise ops: rmsnorm, add, swiglu, rope, gather_out, check_finite, fused
 //   cuda_matmul.cu   get_rows, convert, matmul for every weight type (matvec and tiled paths)
 //   cuda_attn.cu     kv_store, kv_copy_page, paged flash attention (prefill and decode)
+//   comm_nccl.cu     the NCCL communicator of tensor parallelism (backend/comm.h)
 //   cuda_common.cuh  device helpers (warp reductions, half conversion, block dequantizers)
 // Every launch is checked (FG_GPU_LAUNCH_CHECK); launchers trust their arguments (backend.c
 // validated them) and guard our own invariants with FG_ASSERT.
@@ -116,6 +117,11 @@ typedef struct fg_cuda {
         gpuGraphExec_t exec;
     } graphs[FG_CUDA_GRAPHS];
     uint64_t graph_launches, graph_captures; // counters (bench, tests)
+
+    // tensor parallelism: the communicator of the current step's all-reduces and of each
+    // ended step (borrowed; step_wait watches it so that a dead peer cannot hang the wait)
+    fg_comm *step_comm;
+    fg_comm *pending_comm[FG_CUDA_MAX_PENDING];
 } fg_cuda;
 
 static inline fg_cuda *fg_cuda_ctx(fg_backend *be) { return (fg_cuda *)be->ctx; }
