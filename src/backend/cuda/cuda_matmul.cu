@@ -350,6 +350,73 @@ FG_UNROLL
 
 #endif // FG_MM_HOST_TEST
 
+// ============================================================================ direct matvec (mw)
+// An alternative matvec for the quantized types (FORGE_CUDA_MV=direct; under measurement): no
+// shared-memory staging and no barriers. Each 32-lane group (a warp on NVIDIA, half a
+// wavefront on CDNA) owns MW_R weight rows; lane l takes units l, l + 32, ... of them, decodes
+// each weight unit straight from global memory and dots it with that unit of every activation
+// row (read from global memory too: small, shared by every group, served by L1/L2); the lanes'
+// sums meet through xor shuffles below 32.
+enum { MW_NG = 4, MW_R = 2, MW_NT = MW_NG * 32 };
+static_assert(MW_R * FG_MV_MAX_ROWS <= 32, "one lane writes each sum");
+
+// Lane `lane`'s partial sums for weight rows o0 .. o0 + MW_R - 1 (rows past n_out clamped).
+template <int WT, int NR>
+static FG_HD __forceinline__ void mw_lane(const mv_args &a, int64_t o0, int lane, float (&acc)[MW_R][NR]) {
+    typedef fg_qt<WT> Q;
+    const int nu = a.n_in / 32;
+    for (int u = lane; u < nu; u += 32) {
+        fg_qunit wu[MW_R];
+FG_UNROLL
+        for (int r = 0; r < MW_R; r++) {
+            const int64_t o = o0 + r < a.n_out ? o0 + r : a.n_out - 1;
+            fg_q_decode<WT, fg_rd_exact>(a.w + (size_t)o * a.w_nb1 + (size_t)(u / Q::UPB) * Q::BYTES, u % Q::UPB,
+                                         wu[r]);
+        }
+FG_UNROLL
+        for (int j = 0; j < NR; j++) {
+            if (j < a.nr) {
+                fg_q8unit xu;
+                const uint8_t *row = a.x + (size_t)j * a.x_nb1;
+                if constexpr (mm_is_k(WT))
+                    fg_q8_k_load(row + (size_t)(u / 8) * sizeof(fg_block_q8_k), u % 8, xu);
+                else
+                    fg_q8_1_load(row + (size_t)u * sizeof(fg_block_q8_1), xu);
+FG_UNROLL
+                for (int r = 0; r < MW_R; r++)
+                    acc[r][j] += fg_q_dot<WT>(wu[r], xu);
+            }
+        }
+    }
+}
+
+#ifndef FG_MM_HOST_TEST
+template <int WT, int NR> static __global__ __launch_bounds__(MW_NT) void mw_kernel(mv_args a) {
+    const int lane = threadIdx.x % 32, g = threadIdx.x / 32;
+    const int64_t o0 = ((int64_t)blockIdx.x * MW_NG + g) * MW_R;
+    if (o0 >= a.n_out) // group-uniform; no barrier below
+        return;
+    float acc[MW_R][NR];
+FG_UNROLL
+    for (int r = 0; r < MW_R; r++)
+FG_UNROLL
+        for (int j = 0; j < NR; j++)
+            acc[r][j] = 0.0f;
+    mw_lane<WT, NR>(a, o0, lane, acc);
+FG_UNROLL
+    for (int r = 0; r < MW_R; r++)
+FG_UNROLL
+        for (int j = 0; j < NR; j++) {
+            float v = acc[r][j];
+FG_UNROLL
+            for (int off = 16; off > 0; off >>= 1)
+                v += fg_shfl_xor(v, off);
+            if (lane == r * NR + j)
+                mv_write<WT, NR>(a, o0, r, j, v);
+        }
+}
+#endif // FG_MM_HOST_TEST
+
 // ============================================================================ tiled
 enum {
     TM_BM = 128, // weight rows (outputs) per tile
@@ -1036,9 +1103,26 @@ template <int WT, int NR> static fg_status mv_go(fg_cuda *c, const mv_args &a) {
     return FG_OK;
 }
 
+template <int WT, int NR> static fg_status mw_go(fg_cuda *c, const mv_args &a) {
+    mw_kernel<WT, NR><<<fg_div_up(a.n_out, MW_NG * MW_R), MW_NT, 0, c->stream>>>(a);
+    FG_GPU_LAUNCH_CHECK(c, "direct matvec");
+    return FG_OK;
+}
+
 // Kernels for up to 1, 2, 4 and 8 rows (a.nr is the actual count).
 template <int WT> static fg_status mv_rows(fg_cuda *c, const mv_args &a) {
     FG_ASSERT(a.nr >= 1 && a.nr <= FG_MV_MAX_ROWS);
+    if constexpr (!mm_is_float(WT)) {
+        if (c->mv_direct) {
+            if (a.nr <= 1)
+                return mw_go<WT, 1>(c, a);
+            if (a.nr <= 2)
+                return mw_go<WT, 2>(c, a);
+            if (a.nr <= 4)
+                return mw_go<WT, 4>(c, a);
+            return mw_go<WT, 8>(c, a);
+        }
+    }
     if (a.nr <= 1)
         return mv_go<WT, 1>(c, a);
     if (a.nr <= 2)
@@ -1186,6 +1270,8 @@ static bool mm_blas_rows(const fg_cuda *c, int64_t n_rows) {
 fg_status fg_cuda_matmul_init(fg_cuda *c) {
     const char *mq = getenv("FORGE_CUDA_MMQ");
     c->mmq = !(mq && mq[0] == '0');
+    const char *mv = getenv("FORGE_CUDA_MV");
+    c->mv_direct = mv && !strcmp(mv, "direct");
 #ifdef FG_MM_CUBLAS
     const char *e = getenv("FORGE_CUBLAS_MIN_ROWS");
     c->blas_min_rows = e ? atoi(e) : FG_BLAS_MIN_ROWS;
