@@ -149,21 +149,22 @@ template <int WT, int NR> static void emu_mv(const mv_args &a) {
     }
 }
 
-// The direct matvec: every lane of every group, then the group's sum as the shuffles add it.
+// The direct matvec: every thread of the block, then the block's sum.
 template <int WT, int NR> static void emu_mw(const mv_args &a) {
-    for (int64_t o0 = 0; o0 < a.n_out; o0 += MW_R) {
-        float lanes[32][MW_R][NR];
-        for (int l = 0; l < 32; l++) {
-            for (int r = 0; r < MW_R; r++)
+    constexpr int R = mw_r<NR>::R;
+    for (int64_t o0 = 0; o0 < a.n_out; o0 += R) {
+        static float th[MW_NT][R][NR];
+        for (int t = 0; t < MW_NT; t++) {
+            for (int r = 0; r < R; r++)
                 for (int j = 0; j < NR; j++)
-                    lanes[l][r][j] = 0.0f;
-            mw_lane<WT, NR>(a, o0, l, lanes[l]);
+                    th[t][r][j] = 0.0f;
+            mw_thread<WT, NR>(a, o0, t, th[t]);
         }
-        for (int r = 0; r < MW_R; r++)
+        for (int r = 0; r < R; r++)
             for (int j = 0; j < NR; j++) {
                 float s = 0.0f;
-                for (int l = 0; l < 32; l++)
-                    s += lanes[l][r][j];
+                for (int t = 0; t < MW_NT; t++)
+                    s += th[t][r][j];
                 mv_write<WT, NR>(a, o0, r, j, s);
             }
     }

@@ -101,7 +101,7 @@ typedef struct fg_cuda {
     void *blas_ws;          // workspace (fixed, so that a recorded step may call the library)
     fg_cuda_arena deq;      // F16 weights [n_out][n_in], sized by lim.max_weight_elems
     int blas_min_rows;      // activation rows from which the library GEMM runs (0: never)
-    int mv_direct;          // quantized matvec: the direct kernel (FORGE_CUDA_MV=direct) or the staged one
+    int mv_direct;          // quantized matvec: the direct kernel (default) or the staged one (FORGE_CUDA_MV=staged)
     int mmq;                // quantized weights, many rows: the integer tiled kernel (1, default;
                             // the reference's arithmetic) or F16 GEMMs (FORGE_CUDA_MMQ=0)
 
