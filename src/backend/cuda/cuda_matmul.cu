@@ -887,22 +887,17 @@ FG_UNROLL
     }
 }
 
-// F32 rows -> F16 rows (contiguous), round to nearest even.
-static __global__ void cvt_f16_kernel(const uint8_t *x, size_t x_nb1, uint16_t *y, int n, int64_t rows) {
+// F32 rows -> F16 (BF false) or BF16 (BF true) rows (contiguous), round to nearest even (as
+// base/half.h).
+template <bool BF>
+static __global__ void cvt_half_kernel(const uint8_t *x, size_t x_nb1, uint16_t *y, int n, int64_t rows) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n)
         return;
-    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
-        y[(size_t)r * n + i] = fg_f2h(*(const float *)(x + (size_t)r * x_nb1 + (size_t)i * 4));
-}
-
-// F32 rows -> BF16 rows (contiguous), round to nearest even (as base/half.h).
-static __global__ void cvt_bf16_kernel(const uint8_t *x, size_t x_nb1, uint16_t *y, int n, int64_t rows) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n)
-        return;
-    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
-        y[(size_t)r * n + i] = fg_f32_to_bf16(*(const float *)(x + (size_t)r * x_nb1 + (size_t)i * 4));
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const float v = *(const float *)(x + (size_t)r * x_nb1 + (size_t)i * 4);
+        y[(size_t)r * n + i] = BF ? fg_f32_to_bf16(v) : fg_f2h(v);
+    }
 }
 
 // F32 rows -> Q8_K blocks, as quantize_row_q8_K_ref: the element of largest |x| (the first of
@@ -1069,14 +1064,14 @@ fg_status fg_cuda_convert(fg_cuda *c, fg_tensor *dst, const fg_tensor *x) {
         return mm_convert_q8_k(c, (const uint8_t *)x->data, x->nb[1], (int)n, rows, (uint8_t *)dst->data);
     if (dst->type == FG_TYPE_BF16) {
         dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
-        cvt_bf16_kernel<<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)dst->data,
+        cvt_half_kernel<true><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)dst->data,
                                                        (int)n, rows);
         FG_GPU_LAUNCH_CHECK(c, "convert_bf16");
         return FG_OK;
     }
     FG_ASSERT(dst->type == FG_TYPE_F16);
     dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
-    cvt_f16_kernel<<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)dst->data,
+    cvt_half_kernel<false><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)dst->data,
                                                   (int)n, rows);
     FG_GPU_LAUNCH_CHECK(c, "convert_f16");
     return FG_OK;
@@ -1434,7 +1429,7 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         FG_TRY(mm_scratch(c, (size_t)n_rows * (size_t)n_in * 2, &h));
         dim3 grid(fg_div_up(n_in, MM_NT), mm_grid_y(n_rows));
         if (xt == FG_TYPE_F32)
-            cvt_f16_kernel<<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)h,
+            cvt_half_kernel<false><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)h,
                                                           (int)n_in, n_rows);
         else if (xt == FG_TYPE_Q8_K)
             act_deq_f16_kernel<true><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1],
