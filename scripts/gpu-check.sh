@@ -22,6 +22,8 @@
 #   FORGE_SANITIZE_TOOLS  "memcheck racecheck" (also: synccheck initcheck)
 #   FORGE_SANITIZE_ENV    VAR=value pairs for the sanitized runs, to shorten them
 #   FORGE_SANITIZE_TIMEOUT seconds per sanitizer run (240)
+#   FORGE_GPU_PYTEST      tests/py files to run against the GPU build (pytest, requests: from
+#                         .device/wheels when the machine's python3 lacks them)
 #   FORGE_BENCH           benchmark commands separated by ";;" (run from the repository root)
 #   FORGE_DEADLINE_S      wall-clock budget of the whole script (560): phases are cut short
 #                         so that the table still prints inside the device tool's 600 s
@@ -260,6 +262,35 @@ if [ "${FORGE_SANITIZE:-1}" != "0" ]; then
             fi
             row "$tool($ss)" "$p" "$f" "$k" $(($(now) - t)) "$note"
         done
+    fi
+fi
+
+# ---------------------------------------------------------------- python suites
+# FORGE_GPU_PYTEST: tests/py files run against the GPU build (FORGE_DEVICE=cuda), e.g. the server's
+# load test; pytest and requests come from the carried wheels (.device/wheels) when missing.
+if [ -n "${FORGE_GPU_PYTEST:-}" ]; then
+    t=$(now)
+    PY=$(command -v python3 || true)
+    pyd=/tmp/forge-pyd
+    if [ -n "$PY" ] && ! "$PY" -c "import pytest, requests" 2>/dev/null && [ -d .device/wheels ]; then
+        "$PY" -m pip install -q --no-index --find-links .device/wheels --target "$pyd" pytest requests \
+            >"$LOGDIR/pytest-install.log" 2>&1
+        export PYTHONPATH="$pyd${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    if [ -z "$PY" ] || ! "$PY" -c "import pytest, requests" 2>/dev/null; then
+        row "pytest" - - - 0 "SKIP: no python3 with pytest and requests (scripts/fetch-device-deps.sh carries wheels)"
+    else
+        log="$LOGDIR/pytest.log"
+        FORGE_BIN="$PWD/$BUILD/forge" BUILD="$BUILD" FORGE_SHARED="$(cd "$FORGE_SHARED" && pwd)" \
+            timeout -k 5 "$(limit 240)" "$PY" -m pytest -q $FORGE_GPU_PYTEST >"$log" 2>&1
+        rc=$?
+        last=$(tail -n 1 "$log")
+        p=$(grep -oE '[0-9]+ passed' <<<"$last" | grep -oE '[0-9]+' || echo 0)
+        f=$(grep -oE '[0-9]+ (failed|errors?)' <<<"$last" | awk '{s += $1} END {print s + 0}')
+        k=$(grep -oE '[0-9]+ skipped' <<<"$last" | grep -oE '[0-9]+' || echo 0)
+        [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ] && f=1
+        tail -n 15 "$log"
+        row "pytest (FORGE_DEVICE=$FORGE_DEVICE)" "$p" "${f:-0}" "$k" $(($(now) - t)) "$FORGE_GPU_PYTEST"
     fi
 fi
 
