@@ -7,6 +7,7 @@
 
 #include "forge/status.h"
 #include "forge/model.h"
+#include "forge/sample.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -113,8 +114,20 @@ fg_status fg_sampler_create(const fg_sampling *params, int32_t n_vocab, fg_sampl
 void fg_sampler_destroy(fg_sampler *s);
 // Records a token in the history the penalties look at (prompt tokens and generated ones).
 void fg_sampler_accept(fg_sampler *s, int32_t token);
-// Picks the next token from logits[n_vocab] (logits are not modified).
+// Picks the next token from logits[n_vocab] (logits are not modified), on the host, with the
+// arithmetic of the CPU backend's sample op. The token is not accepted into the history.
 int32_t fg_sampler_sample(fg_sampler *s, const float *logits);
+// Sampling on the backend (forge/sample.h): the entries the next row needs at most (logit bias
+// + penalised tokens; one more after each fg_sampler_accept, at most), then the row itself:
+// the parameters, n_top (-1: no log-probabilities), the next uniform draw (not consumed) and
+// the entries into ent[0..cap). Returns their count (row->n_entries), -1 when cap is too
+// small; row->first_entry is the caller's to set.
+int32_t fg_sampler_n_entries(const fg_sampler *s);
+int32_t fg_sampler_fill_row(const fg_sampler *s, int32_t n_top, fg_sample_row *row,
+                            fg_sample_entry *ent, int32_t cap);
+// Applies a row's result: the RNG advances when the op used the draw. The token is not
+// accepted into the history (fg_sampler_accept does that, as after fg_sampler_sample).
+void fg_sampler_commit(fg_sampler *s, const fg_sample_result *res);
 // Resets the history and the RNG (to the seed).
 void fg_sampler_reset(fg_sampler *s);
 // The logits after the logit bias and the penalties (out[n_vocab]); what sampling starts from.
@@ -142,7 +155,6 @@ typedef struct fg_engine_opts {
 } fg_engine_opts;
 
 #define FG_MAX_STOP 8
-#define FG_MAX_TOP_LOGPROBS 20
 
 typedef struct fg_request_params {
     const int32_t *prompt;   // tokens (copied at submit)
@@ -171,11 +183,6 @@ typedef enum fg_event_kind {
     FG_EVENT_TOKEN,          // one generated token (text may be empty while UTF-8 is incomplete)
     FG_EVENT_DONE,           // last event of a request
 } fg_event_kind;
-
-typedef struct fg_top_logprob {
-    int32_t token;
-    float logprob;
-} fg_top_logprob;
 
 // Log-softmax of a raw logits row: returns the logprob of `token` (-inf when out of range or
 // NaN) and, when top is not NULL, the n_top (<= FG_MAX_TOP_LOGPROBS) best tokens, best first
