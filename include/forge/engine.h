@@ -152,6 +152,12 @@ typedef struct fg_engine_opts {
     bool prefix_cache;
     fg_kv_hash_fn prefix_hash; // test hook: the page hash (NULL: fg_kv_hash_tokens)
     bool check_pages;          // tests: fg_kv_pages_check after every step (aborts if broken)
+    // When a step's events (detokenization, stop strings, callbacks) are emitted: 0 (default)
+    // after the next step is submitted when the backend runs steps asynchronously (a GPU: the
+    // host work overlaps the device; a request ending on a stop string costs the next step one
+    // row, dropped), before it otherwise (the CPU computes inside the submit); 1: always
+    // after, -1: always before (tests run both orders on the CPU).
+    int32_t defer_events;
 } fg_engine_opts;
 
 #define FG_MAX_STOP 8
@@ -249,6 +255,14 @@ typedef struct fg_engine_stats {
     uint64_t prefix_hit_tokens, prefix_miss_tokens;
     uint64_t prefix_evictions;            // cached pages dropped to make room
     int32_t prefix_pages, prefix_idle_pages; // cached pages; of those, held by no sequence
+    // Where the scheduler thread's time goes, summed over steps (seconds; bench_engine prints
+    // them per step). plan: admission, prefill chunks, pages, prefix lookups (overlaps the
+    // device on an asynchronous backend); fill: from a step's wait returning to the next
+    // submit (its tokens applied, the next batch and its sampling rows filled: the host time
+    // the device waits for); submit: fg_model_submit (the CPU computes the step inside);
+    // wait: fg_model_wait (the device computing); events: detokenization, stop strings,
+    // callbacks.
+    double t_plan_s, t_fill_s, t_submit_s, t_wait_s, t_events_s;
 } fg_engine_stats;
 
 // Starts the scheduler thread. The model must outlive the engine.

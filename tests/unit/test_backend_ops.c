@@ -85,7 +85,7 @@ static void need_target(const target *tg) { fg_backend_destroy(open_backend(tg, 
 
 // Sizes every backend must be ready for (tests use small ones).
 static void reserve(fg_backend *be, int max_tokens, int max_seqs, int max_pages, int max_kv, int64_t max_cols) {
-    fg_backend_limits lim = {max_tokens, max_seqs, max_pages, max_kv, 64, 512, max_cols};
+    fg_backend_limits lim = {max_tokens, max_seqs, max_pages, max_kv, 64, 512, max_cols, 0};
     if (fg_backend_reserve(be, &lim) != FG_OK)
         fail_msg("reserve: %s", fg_last_error());
 }

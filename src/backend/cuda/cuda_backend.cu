@@ -262,6 +262,8 @@ static bool cuda_supports(fg_backend *be, fg_op op, uint32_t type) {
     case FG_OP_ROPE:
     case FG_OP_CHECK_FINITE:
         return type == FG_TYPE_F32;
+    case FG_OP_SAMPLE:
+        return false; // (the kernel follows)
     case FG_OP_COUNT:
         break;
     }
