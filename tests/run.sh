@@ -4,8 +4,9 @@
 #   2. Python suites (pytest tests/py: CLI, tokenizer vectors, server with real clients);
 #   3. the demo (scripts/demo.sh) from a fresh git clone, with the binary built here;
 #   4. fuzz targets (libFuzzer + ASan/UBSan) for a bounded time each (FORGE_FUZZ_SECONDS);
-# plus counted build checks: clang -Werror, and hipcc -Werror over the GPU backend; and the unit
-# tests again under ASan+UBSan (make asan).
+# plus counted build checks: clang -Werror, and hipcc -Werror over the GPU backend; the CUDA
+# sample kernel run in the SIMT emulator against the reference sampler; and the unit tests
+# again under ASan+UBSan (make asan).
 # Test data comes from FORGE_SHARED (default ../shared); its absence is a failure, not a skip.
 set -u
 cd "$(dirname "$0")/.."
@@ -70,6 +71,16 @@ if ls "$BUILD"/tests/host/test_* >/dev/null 2>&1; then
             tail -n 20 "$t.log"
         fi
     done
+fi
+
+echo "== the CUDA sample kernel in the SIMT emulator (tests/emu/run_sample.sh, 32- and 64-wide warps)"
+if bash tests/emu/run_sample.sh >"$BUILD/emu-sample.log" 2>&1; then
+    passed=$((passed + 1))
+    grep '^test_sample_emu: warp .*differ' "$BUILD/emu-sample.log"
+else
+    failed=$((failed + 1))
+    failures+=("emu sample")
+    tail -n 20 "$BUILD/emu-sample.log"
 fi
 
 echo "== clang build (-Wall -Wextra -Werror)"

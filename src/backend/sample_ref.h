@@ -8,6 +8,10 @@
 
 #include "forge/sample.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct fg_sample_cand {
     int32_t id;
     float logit;
@@ -24,5 +28,9 @@ void fg_sample_ref(const fg_sample_row *p, const fg_sample_entry *ent, const flo
 // NaN as -inf) in top[0..*n_top_out). fg_logprobs (forge/engine.h) is this.
 float fg_logprobs_ref(const float *logits, int32_t n_vocab, int32_t token, int32_t n_top,
                       fg_top_logprob *top, int32_t *n_top_out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif // FG_BACKEND_SAMPLE_REF_H

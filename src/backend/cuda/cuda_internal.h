@@ -6,6 +6,7 @@
 //   cuda_ops.cu      row-wise ops: rmsnorm, add, swiglu, rope, gather_out, check_finite, fused
 //   cuda_matmul.cu   get_rows, convert, matmul for every weight type (matvec and tiled paths)
 //   cuda_attn.cu     kv_store, kv_copy_page, paged flash attention (prefill and decode)
+//   cuda_sample.cu   the sample op: one block per output row, radix selects, no vocabulary sort
 //   cuda_common.cuh  device helpers (warp reductions, half conversion, block dequantizers)
 // Every launch is checked (FG_GPU_LAUNCH_CHECK); launchers trust their arguments (backend.c
 // validated them) and guard our own invariants with FG_ASSERT.
@@ -47,6 +48,8 @@ typedef struct fg_cuda_step {
     const int32_t *seq_n_tokens; // [n_seqs]
     const int32_t *page_table;   // [n_seqs][max_pages]
     const int32_t *out_rows;     // [n_out]
+    const fg_sample_row *sample;           // [n_out] or NULL (no sample op this step)
+    const fg_sample_entry *sample_entries; // after the rows; rows index them (device memory)
 } fg_cuda_step;
 
 // A bump arena of device memory, reset at every step_begin; sized at reserve.
@@ -102,7 +105,7 @@ typedef struct fg_cuda {
     struct {
         bool used;
         uint64_t id;
-        int32_t shape[6];
+        int32_t shape[7];
         uint64_t last_use;
         gpuGraphExec_t exec;
     } graphs[FG_CUDA_GRAPHS];
@@ -134,6 +137,9 @@ fg_status fg_cuda_get_rows(fg_cuda *c, fg_tensor *dst, const fg_tensor *table);
 fg_status fg_cuda_convert(fg_cuda *c, fg_tensor *dst, const fg_tensor *x);
 fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x,
                          const fg_tensor *bias, bool accumulate);
+
+// ---- cuda_sample.cu
+fg_status fg_cuda_sample(fg_cuda *c, fg_tensor *out, const fg_tensor *logits, int64_t row0);
 
 // ---- cuda_attn.cu
 bool fg_cuda_kv_supports(uint32_t kv_type);
