@@ -83,6 +83,7 @@ typedef struct slot {
     int32_t start, chunk;
     int32_t echo_from, echo_to;
     bool sample;
+    bool applied;    // its sampled token joined the request (apply_step)
     int32_t row0;    // its first output row in the submitted step
 } slot;
 
@@ -1068,6 +1069,9 @@ static void apply_step(fg_engine *e, stepbuf *b, const fg_sample_result *res, in
     FG_ASSERT(n_out == b->n_out);
     memcpy(e->res, res, (size_t)n_out * sizeof *res);
     double now = now_s();
+    // the counters and histograms are updated under one lock for the whole step
+    uint64_t ttft_b[N_BUCKETS] = {0}, itl_b[N_BUCKETS] = {0}, n_first = 0, n_next = 0;
+    double ttft_sum = 0.0, itl_sum = 0.0;
     for (int32_t i = 0; i < b->n_slots; i++) {
         slot *sl = &b->slots[i];
         req *r = sl->r;
@@ -1090,27 +1094,40 @@ static void apply_step(fg_engine *e, stepbuf *b, const fg_sample_result *res, in
         fg_sampler_commit(r->sampler, x);
         fg_sampler_accept(r->sampler, t);
         r->tokens[r->n_tokens++] = t;
-        pthread_mutex_lock(&e->mu);
         if (r->n_gen == 0) {
             r->t_first = now;
             double v = now - r->t_submit;
-            observe(e->ttft_b, v);
-            e->st.ttft_sum += v;
-            e->st.ttft_count++;
+            observe(ttft_b, v);
+            ttft_sum += v;
+            n_first++;
         } else {
             double v = now - r->t_last;
-            observe(e->itl_b, v);
-            e->st.itl_sum += v;
-            e->st.itl_count++;
+            observe(itl_b, v);
+            itl_sum += v;
+            n_next++;
         }
-        e->st.tokens_out++;
-        r->n_gen++;
-        pthread_mutex_unlock(&e->mu);
+        sl->applied = true; // n_gen moves under the lock below (fg_engine_request_info reads it)
         r->t_last = now;
-        if ((!r->ignore_eos && fg_tokenizer_is_eog(e->tok, t)) || r->n_gen >= r->max_tokens ||
+        if ((!r->ignore_eos && fg_tokenizer_is_eog(e->tok, t)) || r->n_gen + 1 >= r->max_tokens ||
             r->n_tokens >= e->n_ctx)
             r->ended = true;
     }
+    if (n_first + n_next == 0)
+        return;
+    pthread_mutex_lock(&e->mu);
+    for (int32_t i = 0; i < b->n_slots; i++)
+        if (b->slots[i].applied)
+            b->slots[i].r->n_gen++;
+    for (int i = 0; i < N_BUCKETS; i++) {
+        e->ttft_b[i] += ttft_b[i];
+        e->itl_b[i] += itl_b[i];
+    }
+    e->st.ttft_sum += ttft_sum;
+    e->st.ttft_count += n_first;
+    e->st.itl_sum += itl_sum;
+    e->st.itl_count += n_next;
+    e->st.tokens_out += n_first + n_next;
+    pthread_mutex_unlock(&e->mu);
 }
 
 static void emit_prompt_logprob(fg_engine *e, req *r, int32_t p, const fg_sample_result *x) {

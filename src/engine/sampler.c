@@ -1,8 +1,9 @@
 // sampler.c - a request's sampling state on the host: its parameters, the logit bias (sorted,
-// one entry per token), the penalty history (the last repeat_last_n tokens: counts and the
-// sorted list of distinct tokens) and its RNG (xoshiro256** seeded by splitmix64). It turns
-// that state into a step row (fg_sampler_fill_row: the parameters, bias + penalty entries, the
-// next uniform draw) for the backend's sample op, and applies the op's result
+// one entry per token), the penalty history (the last repeat_last_n tokens, counted per token)
+// and its RNG (xoshiro256** seeded by splitmix64). Bias and counts live in one sorted array of
+// entries (forge/sample.h), updated in O(entries) per accepted token, so that a step row
+// (fg_sampler_fill_row: the parameters, the entries, the next uniform draw) for the backend's
+// sample op is a copy; fg_sampler_commit applies the op's result
 // (fg_sampler_commit: the RNG advances only when the draw was used). fg_sampler_sample does
 // the same on a logits row in host memory with the reference arithmetic the CPU backend runs
 // (src/backend/sample_ref.c), so both give the tokens this sampler always gave.
@@ -25,9 +26,10 @@ struct fg_sampler {
     int32_t n_vocab;
     fg_logit_bias *bias;     // [n_bias] sorted by token, one entry per token (summed)
     int32_t n_bias;
-    int32_t *counts; // [n_vocab] occurrences in the penalty window (penalties on), else NULL
-    int32_t *dist;   // [dist_cap] the tokens with counts > 0, ascending (penalties on)
-    int32_t n_dist, dist_cap;
+    // the logit bias and the tokens in the penalty window with their counts, ascending by token
+    // (a token with a bias keeps its entry at count 0)
+    fg_sample_entry *ent; // [ent_cap]
+    int32_t n_ent, ent_cap;
     int32_t *ring;   // [window] last tokens (window > 0), NULL otherwise
     int32_t window;  // 0: no history kept, -1: unbounded (counts only), else ring size
     int32_t ring_len;
@@ -36,7 +38,6 @@ struct fg_sampler {
     // fg_sampler_sample's scratch, allocated at its first call (the engine samples on the
     // backend and never needs it)
     fg_sample_cand *cands;   // [n_vocab]
-    fg_sample_entry *ents;   // [n_bias + dist_cap]
 };
 
 fg_sampling fg_sampling_default(void) {
@@ -154,17 +155,16 @@ fg_status fg_sampler_create(const fg_sampling *params, int32_t n_vocab, fg_sampl
     s->params.n_logit_bias = s->n_bias;
     s->n_vocab = n_vocab;
     s->window = penalties_on(p) ? p->repeat_last_n : 0;
-    if (s->window != 0) {
-        // distinct tokens in the window: at most its length (unbounded: the vocabulary)
-        s->dist_cap = s->window > 0 && s->window < n_vocab ? s->window : n_vocab;
-        s->counts = calloc((size_t)n_vocab, sizeof *s->counts);
-        s->dist = malloc((size_t)s->dist_cap * sizeof *s->dist);
-        if (s->window > 0)
-            s->ring = malloc((size_t)s->window * sizeof *s->ring);
-        if (!s->counts || !s->dist || (s->window > 0 && !s->ring)) {
-            fg_sampler_destroy(s);
-            return FG_FAIL(FG_ERR_NOMEM, "sampler: out of memory for n_vocab %d", (int)n_vocab);
-        }
+    // distinct tokens in the window: at most its length (unbounded: the vocabulary)
+    int32_t dist_cap = s->window == 0 ? 0 : s->window > 0 && s->window < n_vocab ? s->window : n_vocab;
+    s->ent_cap = s->n_bias + dist_cap;
+    s->ent = malloc((size_t)(s->ent_cap > 0 ? s->ent_cap : 1) * sizeof *s->ent);
+    if (s->window > 0)
+        s->ring = malloc((size_t)s->window * sizeof *s->ring);
+    if (!s->ent || (s->window > 0 && !s->ring)) {
+        int32_t cap = s->ent_cap;
+        fg_sampler_destroy(s);
+        return FG_FAIL(FG_ERR_NOMEM, "sampler: out of memory for %d entries", (int)cap);
     }
     fg_sampler_reset(s);
     *out = s;
@@ -175,18 +175,16 @@ void fg_sampler_destroy(fg_sampler *s) {
     if (!s)
         return;
     free(s->cands);
-    free(s->ents);
-    free(s->counts);
-    free(s->dist);
+    free(s->ent);
     free(s->ring);
     free(s->bias);
     free(s);
 }
 
 void fg_sampler_reset(fg_sampler *s) {
-    if (s->counts)
-        memset(s->counts, 0, (size_t)s->n_vocab * sizeof *s->counts);
-    s->n_dist = 0;
+    s->n_ent = s->n_bias;
+    for (int32_t i = 0; i < s->n_bias; i++)
+        s->ent[i] = (fg_sample_entry){s->bias[i].token, FG_SAMPLE_ENTRY_BIAS, s->bias[i].bias, 0};
     s->ring_len = 0;
     s->ring_pos = 0;
     uint64_t x = s->params.seed;
@@ -194,12 +192,12 @@ void fg_sampler_reset(fg_sampler *s) {
         s->rng[i] = splitmix64(&x);
 }
 
-// Index of the first distinct token >= t.
-static int32_t dist_find(const fg_sampler *s, int32_t t) {
-    int32_t lo = 0, hi = s->n_dist;
+// Index of the first entry whose token is >= t.
+static int32_t ent_find(const fg_sampler *s, int32_t t) {
+    int32_t lo = 0, hi = s->n_ent;
     while (lo < hi) {
         int32_t mid = lo + (hi - lo) / 2;
-        if (s->dist[mid] < t)
+        if (s->ent[mid].token < t)
             lo = mid + 1;
         else
             hi = mid;
@@ -208,22 +206,24 @@ static int32_t dist_find(const fg_sampler *s, int32_t t) {
 }
 
 static void count_up(fg_sampler *s, int32_t t) {
-    if (s->counts[t]++ > 0)
+    int32_t at = ent_find(s, t);
+    if (at < s->n_ent && s->ent[at].token == t) {
+        s->ent[at].count++;
         return;
-    int32_t at = dist_find(s, t);
-    FG_ASSERT(s->n_dist < s->dist_cap);
-    memmove(s->dist + at + 1, s->dist + at, (size_t)(s->n_dist - at) * sizeof *s->dist);
-    s->dist[at] = t;
-    s->n_dist++;
+    }
+    FG_ASSERT(s->n_ent < s->ent_cap);
+    memmove(s->ent + at + 1, s->ent + at, (size_t)(s->n_ent - at) * sizeof *s->ent);
+    s->ent[at] = (fg_sample_entry){t, 0, 0.0f, 1};
+    s->n_ent++;
 }
 
 static void count_down(fg_sampler *s, int32_t t) {
-    if (--s->counts[t] > 0)
+    int32_t at = ent_find(s, t);
+    FG_ASSERT(at < s->n_ent && s->ent[at].token == t && s->ent[at].count > 0);
+    if (--s->ent[at].count > 0 || (s->ent[at].flags & FG_SAMPLE_ENTRY_BIAS))
         return;
-    int32_t at = dist_find(s, t);
-    FG_ASSERT(at < s->n_dist && s->dist[at] == t);
-    memmove(s->dist + at, s->dist + at + 1, (size_t)(s->n_dist - at - 1) * sizeof *s->dist);
-    s->n_dist--;
+    memmove(s->ent + at, s->ent + at + 1, (size_t)(s->n_ent - at - 1) * sizeof *s->ent);
+    s->n_ent--;
 }
 
 void fg_sampler_accept(fg_sampler *s, int32_t token) {
@@ -243,27 +243,16 @@ void fg_sampler_accept(fg_sampler *s, int32_t token) {
     s->ring_pos = (s->ring_pos + 1) % s->window;
 }
 
-int32_t fg_sampler_n_entries(const fg_sampler *s) { return s->n_bias + s->n_dist; }
+int32_t fg_sampler_n_entries(const fg_sampler *s) { return s->n_ent; }
 
 int32_t fg_sampler_fill_row(const fg_sampler *s, int32_t n_top, fg_sample_row *row, fg_sample_entry *ent,
                             int32_t cap) {
     const fg_sampling *p = &s->params;
-    // the bias list and the distinct penalised tokens, merged by token
-    int32_t n = 0, b = 0, d = 0;
-    while (b < s->n_bias || d < s->n_dist) {
-        if (n == cap)
-            return -1;
-        int32_t tb = b < s->n_bias ? s->bias[b].token : INT32_MAX;
-        int32_t td = d < s->n_dist ? s->dist[d] : INT32_MAX;
-        fg_sample_entry e = {tb < td ? tb : td, 0, 0.0f, 0};
-        if (tb <= td) {
-            e.flags = FG_SAMPLE_ENTRY_BIAS;
-            e.bias = s->bias[b++].bias;
-        }
-        if (td <= tb)
-            e.count = s->counts[s->dist[d++]];
-        ent[n++] = e;
-    }
+    if (s->n_ent > cap)
+        return -1;
+    if (ent != s->ent && s->n_ent > 0)
+        memcpy(ent, s->ent, (size_t)s->n_ent * sizeof *ent);
+    int32_t n = s->n_ent;
     memset(row, 0, sizeof *row);
     row->mode = FG_SAMPLE_DRAW;
     row->token = -1;
@@ -288,39 +277,35 @@ void fg_sampler_commit(fg_sampler *s, const fg_sample_result *res) {
 }
 
 int32_t fg_sampler_sample(fg_sampler *s, const float *logits) {
-    if (!s->cands) {
+    if (!s->cands)
         s->cands = fg_xmalloc((size_t)s->n_vocab * sizeof *s->cands);
-        s->ents = fg_xmalloc((size_t)(s->n_bias + s->dist_cap + 1) * sizeof *s->ents);
-    }
     fg_sample_row row;
-    int32_t n = fg_sampler_fill_row(s, -1, &row, s->ents, s->n_bias + s->dist_cap);
+    int32_t n = fg_sampler_fill_row(s, -1, &row, s->ent, s->n_ent); // (its own entries: no copy)
     FG_ASSERT(n >= 0);
     fg_sample_result res;
-    fg_sample_ref(&row, s->ents, logits, s->n_vocab, s->cands, &res);
+    fg_sample_ref(&row, s->ent, logits, s->n_vocab, s->cands, &res);
     fg_sampler_commit(s, &res);
     return res.token;
 }
 
-// llama.cpp's repeat penalty, then OpenAI's frequency/presence penalties, for seen tokens.
-static float penalize(const fg_sampler *s, int32_t i, float l) {
-    int32_t cnt = s->counts[i];
-    if (cnt <= 0)
-        return l;
-    const fg_sampling *p = &s->params;
-    if (l <= 0.0f)
-        l *= p->repeat_penalty;
-    else
-        l /= p->repeat_penalty;
-    return l - ((float)cnt * p->frequency_penalty + p->presence_penalty);
-}
-
 void fg_sampler_penalize(const fg_sampler *s, const float *logits, float *out) {
-    int32_t b = 0; // the sorted bias list, walked alongside the vocabulary
+    const fg_sampling *p = &s->params;
+    int32_t e = 0; // the sorted entries, walked alongside the vocabulary
     for (int32_t i = 0; i < s->n_vocab; i++) {
         float l = logits[i];
-        if (b < s->n_bias && s->bias[b].token == i)
-            l += s->bias[b++].bias;
-        out[i] = s->window != 0 ? penalize(s, i, l) : l;
+        if (e < s->n_ent && s->ent[e].token == i) {
+            const fg_sample_entry *x = &s->ent[e++];
+            if (x->flags & FG_SAMPLE_ENTRY_BIAS)
+                l += x->bias;
+            if (x->count > 0) { // llama.cpp's repeat penalty, then OpenAI's frequency/presence
+                if (l <= 0.0f)
+                    l *= p->repeat_penalty;
+                else
+                    l /= p->repeat_penalty;
+                l = l - ((float)x->count * p->frequency_penalty + p->presence_penalty);
+            }
+        }
+        out[i] = l;
     }
 }
 
