@@ -1,7 +1,8 @@
 // bench_engine.c - where the engine's scheduler thread spends a step at 64..256 concurrent
 // sequences: planning (admission, chunks, pages, prefix lookups), the fill between a step's
 // wait and the next submit (tokens applied, the next batch and its sampling rows), events
-// (detokenization, stop strings, callbacks), against the step itself (submit + wait). N
+// (detokenization, stop strings, callbacks), against the step itself (submit: on the CPU the
+// computation, on a GPU the metadata copy and launch; wait: the device still computing). N
 // requests with short random prompts generate G tokens each (default sampling: temperature
 // 0.8, top-k 40, top-p 0.95, min-p 0.05, a repeat penalty 1.1 over 64 tokens), sampled on the
 // backend; the figures are per step over the decode phase (from every request's first token
@@ -9,6 +10,7 @@
 // Usage: build/bench/bench_engine MODEL [--device cpu|cuda] [--threads N] [--seqs 64,128,256]
 //        [--prompt 16] [--gen 128] [--defer] [--greedy] [--penalty 1.1]
 // (--defer: events after the next submit on the CPU too; --penalty 1: no penalty entries)
+//        bench_engine - --host-sample 128256   (the host sampler's cost for one row of that width)
 #include "forge.h"
 
 #include "base/util.h"
@@ -41,7 +43,7 @@ static void sleep_ms(int ms) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) {
+    if (argc < 2 || (argc > 1 && !strcmp(argv[1], "-") && argc < 4)) {
         fprintf(stderr, "usage: bench_engine MODEL [--device cpu|cuda] [--threads N] [--seqs 64,128,256] "
                         "[--prompt 16] [--gen 128] [--defer] [--greedy] [--penalty 1.1]\n");
         return 2;
@@ -49,6 +51,7 @@ int main(int argc, char **argv) {
     const char *path = argv[1], *device = "cpu", *seqs_arg = "64,128,256";
     int threads = 0, prompt_len = 16, gen = 128, defer = 0, greedy = 0;
     float penalty = 1.1f;
+    int vocab_cost = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc)
             device = argv[++i];
@@ -66,6 +69,8 @@ int main(int argc, char **argv) {
             greedy = 1;
         else if (!strcmp(argv[i], "--penalty") && i + 1 < argc)
             penalty = (float)atof(argv[++i]);
+        else if (!strcmp(argv[i], "--host-sample") && i + 1 < argc)
+            vocab_cost = atoi(argv[++i]);
         else {
             fprintf(stderr, "bench_engine: unknown argument '%s'\n", argv[i]);
             return 2;
@@ -78,6 +83,39 @@ int main(int argc, char **argv) {
         if (!p)
             break;
         p++;
+    }
+    if (vocab_cost > 0) { // what sampling a row on the host costs (the engine before issue 12)
+        float *l = malloc((size_t)vocab_cost * sizeof *l);
+        uint64_t x = 88172645463325252ull;
+        for (int i = 0; i < vocab_cost; i++) { // logits ~ N(0, 3)-ish: a sum of uniforms
+            double v = 0.0;
+            for (int k = 0; k < 4; k++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                v += (double)(x >> 11) * 0x1p-53 - 0.5;
+            }
+            l[i] = (float)(v * 5.2);
+        }
+        fg_sampling sp = fg_sampling_default();
+        sp.repeat_penalty = penalty;
+        fg_sampler *smp = NULL;
+        if (fg_sampler_create(&sp, vocab_cost, &smp) != FG_OK) {
+            fprintf(stderr, "bench_engine: %s\n", fg_last_error());
+            return 1;
+        }
+        for (int i = 0; i < 64; i++)
+            fg_sampler_accept(smp, (i * 7919) % vocab_cost);
+        const int reps = 200;
+        int32_t t = 0;
+        double t0 = fg_time_s();
+        for (int i = 0; i < reps; i++)
+            t += fg_sampler_sample(smp, l);
+        double per = (fg_time_s() - t0) / reps;
+        printf("host sampling of one %d-logit row (default chain, the engine's cost per sequence and step before "
+               "sampling moved to the backend): %.1f us, plus %.1f KB of logits copied back (token sum %d)\n",
+               vocab_cost, per * 1e6, (double)vocab_cost * 4.0 / 1024.0, (int)t);
+        fg_sampler_destroy(smp);
+        free(l);
+        return 0;
     }
     int max_seqs = 1;
     for (int i = 0; i < n_cfg; i++)
@@ -95,8 +133,8 @@ int main(int argc, char **argv) {
            "events %s\n",
            mi->name, fg_backend_describe(be), prompt_len, gen,
            defer || mi->async_steps ? "after the next submit" : "before the next submit");
-    printf("%6s %6s %10s %10s %9s %9s %9s %9s %11s %9s\n", "seqs", "steps", "step ms", "device ms", "plan us",
-           "fill us", "events us", "host us", "host/step", "fill/step");
+    printf("%6s %6s %9s %10s %9s %9s %9s %9s %9s %10s %10s\n", "seqs", "steps", "step ms", "submit ms", "wait ms",
+           "plan us", "fill us", "events us", "host us", "host/step", "fill/step");
     uint64_t lcg = 12345;
     for (int ci = 0; ci < n_cfg; ci++) {
         const int n = seqs[ci];
@@ -152,12 +190,14 @@ int main(int argc, char **argv) {
         const double steps = (double)(b.steps - a.steps);
         const double plan = (b.t_plan_s - a.t_plan_s) / steps, fill = (b.t_fill_s - a.t_fill_s) / steps,
                      events = (b.t_events_s - a.t_events_s) / steps;
-        const double dev = (b.t_submit_s - a.t_submit_s + b.t_wait_s - a.t_wait_s) / steps;
+        const double sub = (b.t_submit_s - a.t_submit_s) / steps, wt = (b.t_wait_s - a.t_wait_s) / steps;
         const double host = plan + fill + events;
-        const double step = wall / steps; // (a synchronous backend: dev + host; an asynchronous
-                                          // one: about max(dev, plan + events) + fill)
-        printf("%6d %6.0f %10.3f %10.3f %9.1f %9.1f %9.1f %9.1f %10.1f%% %8.1f%%\n", n, steps, step * 1e3, dev * 1e3,
-               plan * 1e6, fill * 1e6, events * 1e6, host * 1e6, 100.0 * host / step, 100.0 * fill / step);
+        // a synchronous backend (the CPU computes inside the submit): submit + host; an
+        // asynchronous one: about max(device, plan + events) + fill + submit (launch)
+        const double step = wall / steps;
+        printf("%6d %6.0f %9.3f %10.3f %9.3f %9.1f %9.1f %9.1f %9.1f %9.1f%% %9.1f%%\n", n, steps, step * 1e3,
+               sub * 1e3, wt * 1e3, plan * 1e6, fill * 1e6, events * 1e6, host * 1e6, 100.0 * host / step,
+               100.0 * fill / step);
         fflush(stdout);
         fg_engine_destroy(e, 5.0);
     }
