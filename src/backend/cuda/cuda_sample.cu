@@ -32,8 +32,8 @@
 
 #include <math.h>
 
-#define SAMP_THREADS 512
-#define SAMP_WARPS_MAX (SAMP_THREADS / 32) // histogram copies (32-wide warps; 64-wide use half)
+#define SAMP_THREADS 512                   // a multiple of every warp width
+#define SAMP_WARPS (SAMP_THREADS / FG_WARP) // warps of a block (device code: this target's width)
 #define SAMP_CAP 1024                      // candidates sorted in shared memory
 #define SAMP_FILTER_WORDS 4096             // 131072 filter bits for the entry tokens
 #define SAMP_RADIX 256
@@ -49,14 +49,14 @@ struct samp_shared {
             u64 keys[SAMP_CAP];
             double w[SAMP_CAP];
         } c;
-        u32 whist[SAMP_WARPS_MAX][SAMP_RADIX]; // per-warp counts during a select
+        u32 whist[SAMP_WARPS][SAMP_RADIX]; // per-warp counts during a select
     } u;
     float vals[SAMP_CAP];
     u32 hcnt[SAMP_RADIX];
     u64 hlo[SAMP_RADIX], hhi[SAMP_RADIX]; // 128-bit fixed-point masses per bucket
-    u64 red_u64[SAMP_WARPS_MAX * 2];
-    u32 red_u32[SAMP_WARPS_MAX * 4];
-    double red_d[SAMP_WARPS_MAX * 2];
+    u64 red_u64[SAMP_WARPS * 2];
+    u32 red_u32[SAMP_WARPS * 4];
+    double red_d[SAMP_WARPS * 2];
     // broadcasts
     u64 b_prefix, b_key, b_lo, b_hi, b_base_lo, b_base_hi;
     u32 b_cnt, b_base_cnt;
@@ -701,7 +701,7 @@ static __device__ void logprobs_row(const samp_row &R, int token, int n_top, sam
     }
 }
 
-static __global__ void FG_LAUNCH_BOUNDS(SAMP_THREADS, 1)
+static __global__ void FG_LAUNCH_BOUNDS(SAMP_THREADS, 2)
 sample_kernel(const float *logits, size_t ld, int n_vocab, const fg_sample_row *rows, const fg_sample_entry *ents,
               fg_sample_result *out) {
     __shared__ samp_shared sh;
@@ -754,7 +754,7 @@ fg_status fg_cuda_sample(fg_cuda *c, fg_tensor *out, const fg_tensor *logits, in
     FG_ASSERT(c->step.sample && logits->type == FG_TYPE_F32 && logits->nb[0] == 4);
     const int64_t rows = logits->ne[1], n_vocab = logits->ne[0];
     FG_ASSERT(row0 >= 0 && row0 + rows <= c->step.n_out && n_vocab <= (1 << 24));
-    FG_ASSERT(SAMP_THREADS % c->warp == 0 && SAMP_THREADS / c->warp <= SAMP_WARPS_MAX);
+    FG_ASSERT(SAMP_THREADS % c->warp == 0);
     if (rows == 0)
         return FG_OK;
     sample_kernel<<<(unsigned)rows, SAMP_THREADS, 0, c->stream>>>(
