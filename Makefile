@@ -112,7 +112,7 @@ $(foreach m,$(MODULES),$(eval $(call MODULE_RULE,$(m))))
 $(BUILD)/obj/src/server/webui.o: src/server/webui/index.html
 
 # libedit (BSD licence): line editing and history for `forge chat`, the CLI only
-CLI_LDLIBS := -ledit
+CLI_LDLIBS ?= -ledit
 $(BUILD)/forge: $(CLI_OBJ) $(ALL_LIBS)
 	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(ALL_LIBS) $(LDLIBS) $(CLI_LDLIBS)
 
@@ -139,7 +139,7 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(ALL_LIBS)
 # CPU against the scalar oracle, so CI checks them without a GPU (nvcc builds, gcc links).
 HOST_TEST_SRC := $(wildcard tests/unit/test_*_host.cu)
 HOST_TESTS := $(if $(HAVE_NVCC),$(patsubst tests/unit/%.cu,$(BUILD)/tests/host/%,$(HOST_TEST_SRC)))
-$(BUILD)/tests/host/%: tests/unit/%.cu $(call mod_lib,quant) $(call mod_lib,base)
+$(BUILD)/tests/host/%: tests/unit/%.cu $(wildcard src/backend/cuda/*.cu src/backend/cuda/*.cuh src/backend/cuda/*.h) $(call mod_lib,quant) $(call mod_lib,base)
 	@mkdir -p $(dir $@)
 	$(NVCC) -std=c++17 -O1 -Iinclude -Isrc -D_GNU_SOURCE -Xcompiler -Wall -o $@ $< $(call mod_lib,quant) $(call mod_lib,base) -lm
 

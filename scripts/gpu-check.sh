@@ -134,7 +134,12 @@ echo "shared test data: $FORGE_SHARED"
 # ---------------------------------------------------------------- build
 t=$(now)
 echo "== build (make -j$JOBS CUDA_ARCHS=$CUDA_ARCHS tests)"
-if timeout -k 5 "$(limit 400)" make -j"$JOBS" BUILD="$BUILD" CUDA_ARCHS="$CUDA_ARCHS" tests >"$LOGDIR/build.log" 2>&1; then
+# libedit from the carried packages is the static archive (the image's own libedit has no
+# development link): it needs its libraries named
+cli_libs="-ledit"
+[ -f /tmp/deps/usr/lib/x86_64-linux-gnu/libedit.a ] && cli_libs="-ledit -l:libtinfo.so.6 -l:libbsd.so.0 -l:libmd.so.0"
+if timeout -k 5 "$(limit 400)" make -j"$JOBS" BUILD="$BUILD" CUDA_ARCHS="$CUDA_ARCHS" CLI_LDLIBS="$cli_libs" tests \
+    >"$LOGDIR/build.log" 2>&1; then
     row build 1 0 0 $(($(now) - t)) "CUDA_ARCHS=$CUDA_ARCHS"
 else
     grep -E 'error|undefined reference|cannot find' "$LOGDIR/build.log" | head -n 30

@@ -121,6 +121,8 @@ typedef struct fg_backend_limits {
     int32_t max_heads;    // q heads of an attention call
     int32_t max_head_dim;
     int64_t max_cols;     // widest activation row any op sees (n_embd, q width, 2 * n_ff, n_vocab...)
+    int64_t max_weight_elems; // largest layer weight (n_out x n_in): a backend may expand one
+                              // (e.g. dequantize it for a library GEMM) during prefill
     int32_t max_sample_entries; // fg_step.n_sample_entries
 } fg_backend_limits;
 

@@ -543,6 +543,7 @@ static fg_status alloc_scratch(fg_model *m) {
         .max_heads = hp->n_head,
         .max_head_dim = hp->head_dim,
         .max_cols = FG_MAX(FG_MAX(E, Q + 2 * KV), FG_MAX(2 * F, (int64_t)hp->n_vocab)),
+        .max_weight_elems = FG_MAX(E * (Q + 2 * KV), FG_MAX(E * Q, E * 2 * F)),
         .max_sample_entries = m->max_sample_entries,
     };
     FG_TRY(fg_backend_reserve(be, &lim));

@@ -87,7 +87,7 @@ static fg_tensor view2(dbuf *d, size_t off, int64_t cols, int64_t rows, size_t s
     return view3(d, off, cols, rows, 1, stride, stride * (size_t)rows);
 }
 
-static const fg_backend_limits k_lim = {64, 4, 8, 1 << 16, 32, 256, 1 << 14, 0};
+static const fg_backend_limits k_lim = {64, 4, 8, 1 << 16, 32, 256, 1 << 14, 0, 0};
 
 // One sequence of n tokens at positions pos (the backend itself does not check them).
 typedef struct step_arrays {

@@ -94,6 +94,7 @@ static void cuda_destroy(fg_backend *be) {
         if (c->stream)
             FG_GPU_IGNORE(gpuStreamSynchronize(c->stream));
         drop_graphs(c);
+        fg_cuda_matmul_free(c);
         for (int i = 0; i < 2; i++)
             if (c->meta_ev[i])
                 FG_GPU_IGNORE(gpuEventDestroy(c->meta_ev[i]));
@@ -392,6 +393,7 @@ static fg_backend_limits limits_max(const fg_backend_limits *a, const fg_backend
     m.max_heads = FG_MAX(a->max_heads, b->max_heads);
     m.max_head_dim = FG_MAX(a->max_head_dim, b->max_head_dim);
     m.max_cols = FG_MAX(a->max_cols, b->max_cols);
+    m.max_weight_elems = FG_MAX(a->max_weight_elems, b->max_weight_elems);
     m.max_sample_entries = FG_MAX(a->max_sample_entries, b->max_sample_entries);
     return m;
 }
@@ -448,6 +450,7 @@ static fg_status cuda_reserve(fg_backend *be, const fg_backend_limits *lim) {
         c->meta_cap = need;
     }
     FG_TRY(arena_grow(c, &c->mm, fg_cuda_matmul_scratch_bytes(&m), "matmul"));
+    FG_TRY(fg_cuda_matmul_reserve(c, &m));
     FG_TRY(arena_grow(c, &c->attn, fg_cuda_attn_scratch_bytes(&m), "attention"));
     c->lim = m;
     return FG_OK;
@@ -953,6 +956,7 @@ static fg_status init_device(fg_cuda *c) {
     FG_GPU_CHECK(c, gpuMemsetAsync(c->d_bad, 0xff, 4 * sizeof(int32_t), c->stream)); // key: none
     FG_GPU_CHECK(c, gpuStreamSynchronize(c->stream));
     c->meta_half = 1; // the first step packs half 0
+    FG_TRY(fg_cuda_matmul_init(c));
     const char *gv = getenv("FORGE_CUDA_GRAPHS");
     c->graphs_on = !(gv && !strcmp(gv, "0"));
     return FG_OK;

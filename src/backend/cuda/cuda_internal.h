@@ -97,6 +97,15 @@ typedef struct fg_cuda {
     fg_cuda_arena mm;   // matmul: converted activations, partial sums
     fg_cuda_arena attn; // attention: split-sequence partials
 
+    // the library GEMM of prefill (cuBLAS; not in HIP builds): handle, workspace, and the F16
+    // copy of a weight it multiplies (dequantized per call: cuda_matmul.cu)
+    void *blas;             // cublasHandle_t
+    void *blas_ws;          // workspace (fixed, so that a recorded step may call the library)
+    fg_cuda_arena deq;      // F16 weights [n_out][n_in], sized by lim.max_weight_elems
+    int blas_min_rows;      // activation rows from which the library GEMM runs (0: never)
+    int mmq;                // quantized weights, many rows: the integer tiled kernel (1, default;
+                            // the reference's arithmetic) or F16 GEMMs (FORGE_CUDA_MMQ=0)
+
     // recorded steps (CUDA graphs), keyed by the step's graph_id and shape
     bool graphs_on;        // FORGE_CUDA_GRAPHS=0 turns them off
     int graph_mode;        // 0: ops launch; 1: ops are being captured; 2: a recorded step replays
@@ -137,6 +146,10 @@ fg_status fg_cuda_get_rows(fg_cuda *c, fg_tensor *dst, const fg_tensor *table);
 fg_status fg_cuda_convert(fg_cuda *c, fg_tensor *dst, const fg_tensor *x);
 fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x,
                          const fg_tensor *bias, bool accumulate);
+// The library GEMM's state: created with the backend, sized at reserve, freed with it.
+fg_status fg_cuda_matmul_init(fg_cuda *c);
+fg_status fg_cuda_matmul_reserve(fg_cuda *c, const fg_backend_limits *lim);
+void fg_cuda_matmul_free(fg_cuda *c);
 
 // ---- cuda_sample.cu
 fg_status fg_cuda_sample(fg_cuda *c, fg_tensor *out, const fg_tensor *logits, int64_t row0);

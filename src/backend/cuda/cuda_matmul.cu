@@ -4,12 +4,13 @@
 // Called through the launchers declared in cuda_internal.h (the ops table in cuda_backend.cu).
 //
 // Activation types (act_type), chosen so the forward pass converts a normed row once:
-//   rows <= FG_MV_MAX_ROWS (8, decode):  Q8_1 for the 11 quantized types (integer dot products,
-//                                        dp4a), F32 for F32/F16/BF16 weights (f32 FMA).
-//   rows  > FG_MV_MAX_ROWS (prefill):    F16 for every type (the tiled kernel feeds f16 tensor
-//                                        cores; weights are dequantized to f16 once per tile).
-// matmul also takes F32 x for every type and row count (quantized matvec: converted to Q8_1
-// into the mm arena first), and F16 x with any row count (tiled kernel).
+//   quantized weights, any row count:  the reference's 8-bit grid (Q8_K for the K-quants, Q8_1
+//                                      for the others): integer dot products (dp4a) in the
+//                                      matvec; the GEMMs (rows > FG_MV_MAX_ROWS) widen the 8-bit
+//                                      rows to F16 (d*q rounded to F16, rel. error <= 2^-11).
+//   float weights: F32 for the matvec (f32 FMA) and F32 weights, F16/BF16 for the GEMMs.
+// matmul also takes F32 x for every type and row count (converted first into the mm arena),
+// and F16 x with any row count (tiled kernel).
 //
 // Matvec (1..8 rows): a block of NT threads owns MV_R output rows and walks K in chunks of NT
 // 32-element units (8-element units for float weights). Each chunk, the raw bytes of the MV_R
@@ -18,7 +19,10 @@
 // memory), then each thread decodes one unit of every weight row into registers and dots it
 // with that unit of every activation row: every weight byte is read from DRAM once per call,
 // every decoded unit serves NR rows. Partial sums are reduced with warp shuffles at the end.
-// Tiled (more rows, or F16 x): 128 weight rows x 64 activation rows x 64 K per tile, 256
+// Integer tiled (quantized weights, more rows, 8-bit x; the default): 64 x 64 tiles, the
+// matvec's per-unit integer dots (dp4a) and f32 scaling, so prefill keeps the reference's
+// arithmetic (FORGE_CUDA_MMQ=0 sends these to the F16 GEMMs below instead).
+// Tiled (float weights with more rows, or F16 x): 128 weight rows x 64 activation rows x 64 K per tile, 256
 // threads; weights dequantized (exactly) once per tile into f16 shared memory, activations
 // converted to f16; nvcuda::wmma 16x16x16 with f32 accumulation under FG_GPU_HAS_MMA (sm_80+),
 // a register-tiled FMA twin elsewhere (HIP, older archs, or -DFG_MM_NO_MMA to test it on NVIDIA).
@@ -44,6 +48,12 @@
 static constexpr FG_HD bool mm_is_float(int t) {
     return t == FG_TYPE_F32 || t == FG_TYPE_F16 || t == FG_TYPE_BF16;
 }
+// The K-quants take their matvec activations as the reference quantizes them (Q8_K: one f32
+// scale per 256, ties to even, the signed extreme mapped to -127), the other quantized types
+// as Q8_1 (one scale per 32: the grid of the reference's Q8_0 / Q8_1).
+static constexpr FG_HD bool mm_is_k(int t) {
+    return t == FG_TYPE_Q2_K || t == FG_TYPE_Q3_K || t == FG_TYPE_Q4_K || t == FG_TYPE_Q5_K || t == FG_TYPE_Q6_K;
+}
 
 #define MM_QTYPES(X)                                                                             \
     X(FG_TYPE_Q4_0) X(FG_TYPE_Q4_1) X(FG_TYPE_Q5_0) X(FG_TYPE_Q5_1) X(FG_TYPE_Q8_0) X(FG_TYPE_MXFP4) \
@@ -57,6 +67,11 @@ static inline int64_t mm_block_size(uint32_t wt) {
 }
 
 static inline size_t mm_q8_1_row_bytes(int64_t n) { return (size_t)(n / 32) * sizeof(fg_block_q8_1); }
+static inline size_t mm_q8_k_row_bytes(int64_t n) { return (size_t)(n / 256) * sizeof(fg_block_q8_k); }
+// The matvec activation row of a quantized weight type.
+static inline size_t mm_act_row_bytes(uint32_t wt, int64_t n) {
+    return mm_is_k((int)wt) ? mm_q8_k_row_bytes(n) : mm_q8_1_row_bytes(n);
+}
 
 // One float weight element (F32 4-aligned, F16/BF16 2-aligned), exactly as the reference.
 template <int WT> static FG_HD __forceinline__ float mm_float_elem(const uint8_t *p) {
@@ -115,7 +130,9 @@ template <int WT, int NR> struct mv_geo {
     static constexpr int UPB = FLT ? 1 : fg_qt<FLT ? FG_TYPE_Q8_0 : WT>::UPB;
     static constexpr int BYTES = FLT ? 0 : fg_qt<FLT ? FG_TYPE_Q8_0 : WT>::BYTES;
     static constexpr int W_CHUNK = FLT ? UC * UE * W_ESZ : UC / UPB * BYTES;      // bytes
-    static constexpr int A_CHUNK = FLT ? UC * UE * 4 : UC * (int)sizeof(fg_block_q8_1);
+    static constexpr bool AK = mm_is_k(WT);                       // Q8_K activations
+    static constexpr int A_CHUNK = FLT ? UC * UE * 4 : AK ? UC / 8 * (int)sizeof(fg_block_q8_k)
+                                                          : UC * (int)sizeof(fg_block_q8_1);
     static constexpr int WCH = (W_CHUNK + 15) / 16 + 2; // 16-byte slots of a weight segment
     static constexpr int ACH = (A_CHUNK + 15) / 16 + 2; // ... of an activation segment
     static constexpr int SMEM = (R * WCH + NR * ACH) * 16;
@@ -144,6 +161,9 @@ static FG_HD __forceinline__ void mv_seg(const mv_args &a, int64_t o0, int c, in
         if constexpr (G::FLT) {
             *p = a.x + r * a.x_nb1 + (size_t)e0 * 4;
             *n = ne * 4;
+        } else if constexpr (G::AK) {
+            *p = a.x + r * a.x_nb1 + (size_t)(e0 / 256) * sizeof(fg_block_q8_k);
+            *n = ne / 256 * (int)sizeof(fg_block_q8_k);
         } else {
             *p = a.x + r * a.x_nb1 + (size_t)(e0 / 32) * sizeof(fg_block_q8_1);
             *n = ne / 32 * (int)sizeof(fg_block_q8_1);
@@ -222,7 +242,11 @@ FG_UNROLL
             int n;
             mv_seg<WT, NR>(a, o0, c, G::R + j, &p, &n);
             fg_q8unit xu;
-            fg_q8_1_load(sm + mv_slot<WT, NR>(G::R + j) + ((uintptr_t)p & 15) + tid * (int)sizeof(fg_block_q8_1), xu);
+            const uint8_t *xs = sm + mv_slot<WT, NR>(G::R + j) + ((uintptr_t)p & 15);
+            if constexpr (G::AK)
+                fg_q8_k_load(xs + (tid / 8) * (int)sizeof(fg_block_q8_k), tid % 8, xu);
+            else
+                fg_q8_1_load(xs + tid * (int)sizeof(fg_block_q8_1), xu);
 FG_UNROLL
             for (int r = 0; r < G::R; r++)
                 acc[r][j] += fg_q_dot<WT>(wu[r], xu);
@@ -542,6 +566,177 @@ FG_UNROLL
 
 #endif // FG_MM_HOST_TEST
 
+// ============================================================================ integer tiled (mq)
+// Quantized weights x 8-bit activations (Q8_1, or Q8_K for the K-quants) for many rows, with
+// the reference's arithmetic: per 32-element unit an integer dot of the weight's stored values
+// and the activation bytes (dp4a), scaled in f32 by the unit's weight scales and the block's
+// activation scale (fg_q_dot, the matvec's own), so prefill sees the same numbers as decode and
+// as the CPU reference, up to the f32 summation order. No tensor cores: dp4a on every target
+// (HIP included). Tile: MQ_BM weight rows x MQ_BN activation rows, MQ_BU units of K per step,
+// 256 threads; thread (tx, ty) = (tid % 16, tid / 16) owns outputs m = tx + 16 i, n = ty + 16 j.
+// Each step every thread decodes one weight unit (row tid / MQ_BU) and loads one activation unit
+// into shared memory (bytes + scales), then every thread dots its 4 x 4 outputs over the units.
+enum {
+    MQ_BM = 64,
+    MQ_BN = 64,
+    MQ_BU = 4, // 32-element units per K step
+    MQ_NT = 256,
+    MQ_TM = MQ_BM / 16,
+    MQ_TN = MQ_BN / 16,
+    // shared memory: [MQ_BU][rows] of 32 bytes (the unit's 8 words) then [MQ_BU][rows] of 16
+    // bytes (weights: a_lo a_hi b_lo b_hi; activations: d, sum_lo, sum_hi, s)
+    MQ_WQ = 0,
+    MQ_WS = MQ_WQ + MQ_BU * MQ_BM * 32,
+    MQ_XQ = MQ_WS + MQ_BU * MQ_BM * 16,
+    MQ_XS = MQ_XQ + MQ_BU * MQ_BN * 32,
+    MQ_SMEM = MQ_XS + MQ_BU * MQ_BN * 16,
+};
+static_assert(MQ_BM * MQ_BU == MQ_NT && MQ_BN * MQ_BU == MQ_NT, "one weight and one activation unit a thread");
+static_assert(MQ_SMEM <= 48 * 1024, "mq tiles fit static shared memory");
+
+struct mq_args {
+    const uint8_t *w; // [n_out] weight rows, w_nb1 bytes apart
+    size_t w_nb1;
+    const uint8_t *x; // [n_rows] activation rows (Q8_1 or Q8_K blocks), x_nb1 bytes apart
+    size_t x_nb1;
+    float *dst;       // [n_rows][n_out], d_nb1 bytes apart
+    size_t d_nb1;
+    const float *bias;
+    int64_t n_out;
+    int64_t n_rows;
+    int n_units; // n_in / 32
+    int accumulate;
+};
+
+// Weight unit (m0 + tid / MQ_BU, ku0 + tid % MQ_BU) decoded into shared memory; zeros (a unit
+// that adds nothing) outside the matrix.
+template <int WT>
+static FG_HD __forceinline__ void mq_load_w(const mq_args &a, int64_t m0, int ku0, int tid, uint8_t *sm) {
+    typedef fg_qt<WT> Q;
+    const int m = tid / MQ_BU, uu = tid % MQ_BU, ku = ku0 + uu;
+    fg_qunit u;
+    if (m0 + m < a.n_out && ku < a.n_units) {
+        const uint8_t *blk = a.w + (size_t)(m0 + m) * a.w_nb1 + (size_t)(ku / Q::UPB) * Q::BYTES;
+        fg_q_decode<WT, fg_rd_exact>(blk, ku % Q::UPB, u);
+    } else {
+FG_UNROLL
+        for (int k = 0; k < 8; k++)
+            u.q[k] = 0;
+        u.a_lo = u.a_hi = u.b_lo = u.b_hi = 0.0f;
+    }
+    uint4 *q = (uint4 *)(sm + MQ_WQ + (size_t)(uu * MQ_BM + m) * 32);
+    q[0] = make_uint4(u.q[0], u.q[1], u.q[2], u.q[3]);
+    q[1] = make_uint4(u.q[4], u.q[5], u.q[6], u.q[7]);
+    *(float4 *)(sm + MQ_WS + (size_t)(uu * MQ_BM + m) * 16) = make_float4(u.a_lo, u.a_hi, u.b_lo, u.b_hi);
+}
+
+// Activation unit (n0 + tid / MQ_BU, ku0 + tid % MQ_BU) into shared memory; zeros outside.
+template <int WT>
+static FG_HD __forceinline__ void mq_load_x(const mq_args &a, int64_t n0, int ku0, int tid, uint8_t *sm) {
+    const int n = tid / MQ_BU, uu = tid % MQ_BU, ku = ku0 + uu;
+    fg_q8unit x;
+    if (n0 + n < a.n_rows && ku < a.n_units) {
+        const uint8_t *row = a.x + (size_t)(n0 + n) * a.x_nb1;
+        if constexpr (mm_is_k(WT))
+            fg_q8_k_load(row + (size_t)(ku / 8) * sizeof(fg_block_q8_k), ku % 8, x);
+        else
+            fg_q8_1_load(row + (size_t)ku * sizeof(fg_block_q8_1), x);
+    } else {
+FG_UNROLL
+        for (int k = 0; k < 8; k++)
+            x.q[k] = 0;
+        x.sum_lo = x.sum_hi = 0;
+        x.d = x.s = 0.0f;
+    }
+    uint4 *q = (uint4 *)(sm + MQ_XQ + (size_t)(uu * MQ_BN + n) * 32);
+    q[0] = make_uint4((uint32_t)x.q[0], (uint32_t)x.q[1], (uint32_t)x.q[2], (uint32_t)x.q[3]);
+    q[1] = make_uint4((uint32_t)x.q[4], (uint32_t)x.q[5], (uint32_t)x.q[6], (uint32_t)x.q[7]);
+    uint32_t db, sb;
+    memcpy(&db, &x.d, 4);
+    memcpy(&sb, &x.s, 4);
+    *(uint4 *)(sm + MQ_XS + (size_t)(uu * MQ_BN + n) * 16) = make_uint4(db, (uint32_t)x.sum_lo, (uint32_t)x.sum_hi, sb);
+}
+
+// The step's dots: acc[i][j] += unit dots of weight row tx + 16 i and activation row ty + 16 j.
+template <int WT>
+static FG_HD __forceinline__ void mq_compute(const uint8_t *sm, int tid, float (&acc)[MQ_TM][MQ_TN]) {
+    const int tx = tid % 16, ty = tid / 16;
+FG_UNROLL
+    for (int uu = 0; uu < MQ_BU; uu++) {
+        fg_qunit wu[MQ_TM];
+        fg_q8unit xu[MQ_TN];
+FG_UNROLL
+        for (int i = 0; i < MQ_TM; i++) {
+            const int m = tx + 16 * i;
+            const uint4 *q = (const uint4 *)(sm + MQ_WQ + (size_t)(uu * MQ_BM + m) * 32);
+            const uint4 q0 = q[0], q1 = q[1];
+            wu[i].q[0] = q0.x, wu[i].q[1] = q0.y, wu[i].q[2] = q0.z, wu[i].q[3] = q0.w;
+            wu[i].q[4] = q1.x, wu[i].q[5] = q1.y, wu[i].q[6] = q1.z, wu[i].q[7] = q1.w;
+            const float4 s = *(const float4 *)(sm + MQ_WS + (size_t)(uu * MQ_BM + m) * 16);
+            wu[i].a_lo = s.x, wu[i].a_hi = s.y, wu[i].b_lo = s.z, wu[i].b_hi = s.w;
+        }
+FG_UNROLL
+        for (int j = 0; j < MQ_TN; j++) {
+            const int n = ty + 16 * j;
+            const uint4 *q = (const uint4 *)(sm + MQ_XQ + (size_t)(uu * MQ_BN + n) * 32);
+            const uint4 q0 = q[0], q1 = q[1];
+            xu[j].q[0] = (int)q0.x, xu[j].q[1] = (int)q0.y, xu[j].q[2] = (int)q0.z, xu[j].q[3] = (int)q0.w;
+            xu[j].q[4] = (int)q1.x, xu[j].q[5] = (int)q1.y, xu[j].q[6] = (int)q1.z, xu[j].q[7] = (int)q1.w;
+            const uint4 s = *(const uint4 *)(sm + MQ_XS + (size_t)(uu * MQ_BN + n) * 16);
+            memcpy(&xu[j].d, &s.x, 4);
+            xu[j].sum_lo = (int)s.y;
+            xu[j].sum_hi = (int)s.z;
+            memcpy(&xu[j].s, &s.w, 4);
+        }
+FG_UNROLL
+        for (int i = 0; i < MQ_TM; i++)
+FG_UNROLL
+            for (int j = 0; j < MQ_TN; j++)
+                acc[i][j] += fg_q_dot<WT>(wu[i], xu[j]);
+    }
+}
+
+// Epilogue: each thread stores its outputs (16 consecutive m per half warp: coalesced).
+static FG_HD __forceinline__ void mq_write(const mq_args &a, int64_t m0, int64_t n0, int tid,
+                                           const float (&acc)[MQ_TM][MQ_TN]) {
+    const int tx = tid % 16, ty = tid / 16;
+FG_UNROLL
+    for (int j = 0; j < MQ_TN; j++) {
+        const int64_t r = n0 + ty + 16 * j;
+        if (r >= a.n_rows)
+            continue;
+        float *d = (float *)((uint8_t *)a.dst + (size_t)r * a.d_nb1);
+FG_UNROLL
+        for (int i = 0; i < MQ_TM; i++) {
+            const int64_t o = m0 + tx + 16 * i;
+            if (o < a.n_out)
+                mm_store(d + o, a.bias, o, acc[i][j], a.accumulate);
+        }
+    }
+}
+
+#ifndef FG_MM_HOST_TEST
+template <int WT> static __global__ __launch_bounds__(MQ_NT, 2) void mq_kernel(mq_args a) {
+    __shared__ __align__(16) uint8_t sm[MQ_SMEM];
+    const int tid = threadIdx.x;
+    const int64_t n0 = (int64_t)blockIdx.x * MQ_BN, m0 = (int64_t)blockIdx.y * MQ_BM;
+    float acc[MQ_TM][MQ_TN];
+FG_UNROLL
+    for (int i = 0; i < MQ_TM; i++)
+FG_UNROLL
+        for (int j = 0; j < MQ_TN; j++)
+            acc[i][j] = 0.0f;
+    for (int ku0 = 0; ku0 < a.n_units; ku0 += MQ_BU) {
+        mq_load_w<WT>(a, m0, ku0, tid, sm);
+        mq_load_x<WT>(a, n0, ku0, tid, sm);
+        __syncthreads();
+        mq_compute<WT>(sm, tid, acc);
+        __syncthreads();
+    }
+    mq_write(a, m0, n0, tid, acc);
+}
+#endif // FG_MM_HOST_TEST
+
 // ============================================================================ get_rows
 // Thread u of a row: unit u (32 elements) of a quantized row, or element u of a float row.
 // Values bit-identical to the type's reference to_float.
@@ -618,6 +813,94 @@ static __global__ void cvt_f16_kernel(const uint8_t *x, size_t x_nb1, uint16_t *
         y[(size_t)r * n + i] = fg_f2h(*(const float *)(x + (size_t)r * x_nb1 + (size_t)i * 4));
 }
 
+// F32 rows -> BF16 rows (contiguous), round to nearest even (as base/half.h).
+static __global__ void cvt_bf16_kernel(const uint8_t *x, size_t x_nb1, uint16_t *y, int n, int64_t rows) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+        y[(size_t)r * n + i] = fg_f32_to_bf16(*(const float *)(x + (size_t)r * x_nb1 + (size_t)i * 4));
+}
+
+// F32 rows -> Q8_K blocks, as quantize_row_q8_K_ref: the element of largest |x| (the first of
+// equals) sets iscale = -127 / x, q = nearest_int(iscale * x) capped at 127, d = 1 / iscale,
+// bsums of each 16. One block of 256 threads per 256 elements.
+static __global__ void cvt_q8_k_kernel(const uint8_t *x, size_t x_nb1, uint8_t *y, size_t y_nb1, int n_blocks) {
+    __shared__ float s_v[256 / 32];
+    __shared__ int s_i[256 / 32];
+    __shared__ int s_q[256];
+    const int t = threadIdx.x, b = blockIdx.x;
+    const int64_t r = blockIdx.y;
+    const float v = ((const float *)(x + (size_t)r * x_nb1))[b * 256 + t];
+    // arg-max of |v|, ties to the lowest index, over the block (warps of 32 lanes, any FG_WARP)
+    float a = fabsf(v);
+    int idx = t;
+    for (int off = 16; off > 0; off >>= 1) {
+        const float oa = fg_shfl_xor(a, off);
+        const int oi = fg_shfl_xor(idx, off);
+        if (oa > a || (oa == a && oi < idx)) {
+            a = oa;
+            idx = oi;
+        }
+    }
+    if (t % 32 == 0) {
+        s_v[t / 32] = a;
+        s_i[t / 32] = idx;
+    }
+    __syncthreads();
+    float amax = s_v[0];
+    int at = s_i[0];
+    for (int k = 1; k < 8; k++)
+        if (s_v[k] > amax || (s_v[k] == amax && s_i[k] < at)) {
+            amax = s_v[k];
+            at = s_i[k];
+        }
+    fg_block_q8_k *blk = (fg_block_q8_k *)(y + (size_t)r * y_nb1) + b;
+    if (amax == 0.0f) {
+        blk->qs[t] = 0;
+        if (t < 16)
+            blk->bsums[t] = 0;
+        if (t == 0)
+            blk->d = 0.0f;
+        return;
+    }
+    const float mx = ((const float *)(x + (size_t)r * x_nb1))[b * 256 + at];
+    const float iscale = -127.0f / mx;
+    int q = __float2int_rn(fg_fmul_rn(iscale, v));
+    q = q < 127 ? q : 127;
+    blk->qs[t] = (int8_t)q;
+    s_q[t] = q;
+    __syncthreads();
+    if (t < 16) {
+        int sum = 0;
+        for (int k = 0; k < 16; k++)
+            sum += s_q[t * 16 + k];
+        blk->bsums[t] = (int16_t)sum;
+    }
+    if (t == 0)
+        blk->d = 1.0f / iscale;
+}
+
+// 8-bit activation rows (Q8_1 or Q8_K, the reference's grid) -> F16 rows (contiguous) for a GEMM.
+template <bool K>
+static __global__ void act_deq_f16_kernel(const uint8_t *x, size_t x_nb1, uint16_t *y, int n, int64_t rows) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const uint8_t *row = x + (size_t)r * x_nb1;
+        float v;
+        if constexpr (K) {
+            const fg_block_q8_k *b = (const fg_block_q8_k *)row + i / 256;
+            v = b->d * (float)b->qs[i % 256];
+        } else {
+            const fg_block_q8_1 *b = (const fg_block_q8_1 *)row + i / 32;
+            v = fg_h2f(b->d) * (float)b->qs[i % 32];
+        }
+        y[(size_t)r * n + i] = fg_f2h(v);
+    }
+}
+
 // ============================================================================ host side
 static constexpr int MM_NT = 256;             // threads of the element-wise kernels
 static constexpr int64_t MM_MAX_GRID_Y = 65535; // grid.y limit
@@ -637,25 +920,36 @@ bool fg_cuda_matmul_supports(uint32_t wtype) {
 }
 
 bool fg_cuda_convert_supports(uint32_t act_type) {
-    return act_type == FG_TYPE_Q8_1 || act_type == FG_TYPE_F16;
+    return act_type == FG_TYPE_Q8_1 || act_type == FG_TYPE_Q8_K || act_type == FG_TYPE_F16 ||
+           act_type == FG_TYPE_BF16;
 }
+
+// Activations as the reference converts them: the reference's 8-bit grids for the quantized
+// types at any row count (the GEMMs widen those rows to F16), F32 for F32 weights, F16
+// for F16 weights, BF16 for BF16 weights in the library GEMM, F32 for float weights' matvec.
+static bool mm_blas_rows(const fg_cuda *c, int64_t n_rows);
 
 uint32_t fg_cuda_act_type(fg_cuda *c, uint32_t wtype, int64_t n_rows) {
-    (void)c;
-    if (!fg_cuda_matmul_supports(wtype))
+    if (!fg_cuda_matmul_supports(wtype) || wtype == FG_TYPE_F32)
         return FG_TYPE_F32;
+    if (!mm_is_float((int)wtype)) // the reference's 8-bit grid, for any number of rows
+        return mm_is_k((int)wtype) ? FG_TYPE_Q8_K : FG_TYPE_Q8_1;
     if (n_rows > FG_MV_MAX_ROWS)
-        return FG_TYPE_F16;
-    return mm_is_float((int)wtype) ? FG_TYPE_F32 : FG_TYPE_Q8_1;
+        return wtype == FG_TYPE_BF16 && mm_blas_rows(c, n_rows) ? FG_TYPE_BF16 : FG_TYPE_F16;
+    return FG_TYPE_F32;
 }
 
-// The only arena use: F32 x of at most FG_MV_MAX_ROWS rows converted to Q8_1 for a quantized
-// matvec. Each call takes the arena from its start (mm_scratch), so this is per call, not per
-// step: rows x (max_cols / 32) Q8_1 blocks, plus the arena's 256-byte alignment.
+// The arena per call (mm_scratch takes it from its start, so this is per call, not per step):
+// F32 x quantized for the integer kernels (Q8_1 or Q8_K rows), or the F16 rows a GEMM reads
+// (8-bit x widened, or F32 x converted): max_tokens x max_cols x 2 at most.
 size_t fg_cuda_matmul_scratch_bytes(const fg_backend_limits *lim) {
-    const int64_t rows = lim->max_tokens > 0 && lim->max_tokens < FG_MV_MAX_ROWS ? lim->max_tokens : FG_MV_MAX_ROWS;
+    const int64_t rows = lim->max_tokens > 0 ? lim->max_tokens : FG_MV_MAX_ROWS;
     const int64_t cols = lim->max_cols > 0 ? lim->max_cols : 0;
-    return (size_t)rows * mm_q8_1_row_bytes(cols + 31) + 256;
+    const size_t q8 = (size_t)rows * (mm_q8_k_row_bytes(cols + 255) > mm_q8_1_row_bytes(cols + 31)
+                                          ? mm_q8_k_row_bytes(cols + 255)
+                                          : mm_q8_1_row_bytes(cols + 31));
+    const size_t f16 = (size_t)(lim->max_tokens > 0 ? lim->max_tokens : 0) * (size_t)cols * 2;
+    return (q8 > f16 ? q8 : f16) + 256;
 }
 
 // The mm arena as per-call scratch: everything a call enqueues runs on c->stream after the
@@ -673,12 +967,29 @@ static fg_status mm_convert_q8_1(fg_cuda *c, const uint8_t *x, size_t x_nb1, int
     return FG_OK;
 }
 
+static fg_status mm_convert_q8_k(fg_cuda *c, const uint8_t *x, size_t x_nb1, int n, int64_t rows, uint8_t *y) {
+    FG_ASSERT(n % 256 == 0 && rows <= MM_MAX_GRID_Y);
+    dim3 grid(n / 256, (unsigned)rows);
+    cvt_q8_k_kernel<<<grid, 256, 0, c->stream>>>(x, x_nb1, y, mm_q8_k_row_bytes(n), n / 256);
+    FG_GPU_LAUNCH_CHECK(c, "convert_q8_k");
+    return FG_OK;
+}
+
 fg_status fg_cuda_convert(fg_cuda *c, fg_tensor *dst, const fg_tensor *x) {
     const int64_t n = x->ne[0], rows = x->ne[1];
     FG_ASSERT(x->type == FG_TYPE_F32 && n >= 1 && n <= INT32_MAX && rows >= 1);
     if (dst->type == FG_TYPE_Q8_1) {
         FG_ASSERT(n % 32 == 0);
         return mm_convert_q8_1(c, (const uint8_t *)x->data, x->nb[1], (int)n, rows, (uint8_t *)dst->data);
+    }
+    if (dst->type == FG_TYPE_Q8_K)
+        return mm_convert_q8_k(c, (const uint8_t *)x->data, x->nb[1], (int)n, rows, (uint8_t *)dst->data);
+    if (dst->type == FG_TYPE_BF16) {
+        dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
+        cvt_bf16_kernel<<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)dst->data,
+                                                       (int)n, rows);
+        FG_GPU_LAUNCH_CHECK(c, "convert_bf16");
+        return FG_OK;
     }
     FG_ASSERT(dst->type == FG_TYPE_F16);
     dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
@@ -754,26 +1065,245 @@ template <int WT> static fg_status tm_xt(fg_cuda *c, const tm_args &a, uint32_t 
     return FG_ERR_INVALID_ARG;
 }
 
+template <int WT> static fg_status mq_go(fg_cuda *c, const mq_args &a) {
+    FG_ASSERT((a.n_out + MQ_BM - 1) / MQ_BM <= MM_MAX_GRID_Y);
+    dim3 grid(fg_div_up(a.n_rows, MQ_BN), fg_div_up(a.n_out, MQ_BM));
+    mq_kernel<WT><<<grid, MQ_NT, 0, c->stream>>>(a);
+    FG_GPU_LAUNCH_CHECK(c, "integer tiled matmul");
+    return FG_OK;
+}
+
+// ============================================================================ library GEMM (prefill)
+// For many activation rows the tensor-core GEMM of cuBLAS (F16 x F16 -> F32) beats the portable
+// tiled kernel by a wide margin; a quantized, BF16 or F32 weight is first dequantized into an
+// F16 copy (one pass over the weight, read once more by the GEMM). The HIP build has no BLAS:
+// it keeps the tiled kernel. FORGE_CUBLAS_MIN_ROWS sets the crossover (0: never).
+#if !defined(__HIPCC__)
+#define FG_MM_CUBLAS 1
+#include <cublas_v2.h>
+#endif
+
+#define FG_BLAS_WS_BYTES ((size_t)32 << 20)
+#define FG_BLAS_MIN_ROWS 32
+
+#ifdef FG_MM_CUBLAS
+// Dequantizes w [n_out][n_in] into F16 rows (contiguous), one 32-element unit (quantized) or
+// 8 elements (float types) per thread.
+template <int WT>
+static __global__ void deq_f16_kernel(const uint8_t *w, size_t w_nb1, uint16_t *out, int n_in, int64_t n_out) {
+    const int per = mm_is_float(WT) ? 1 : 32; // float rows need not be whole multiples of anything
+    const int64_t units = n_in / per;
+    const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= units * n_out)
+        return;
+    const int64_t o = g / units, u = g % units;
+    const uint8_t *row = w + (size_t)o * w_nb1;
+    uint16_t *drow = out + (size_t)o * (size_t)n_in + (size_t)u * per;
+    if constexpr (mm_is_float(WT)) {
+        drow[0] = fg_f2h(mm_float_elem<WT>(row + (size_t)u * (WT == FG_TYPE_F32 ? 4 : 2)));
+    } else {
+        typedef fg_qt<WT> Q;
+        float f[32];
+        fg_q_dequant_unit<WT, fg_rd_exact>(row + (size_t)(u / Q::UPB) * Q::BYTES, (int)(u % Q::UPB), f);
+FG_UNROLL
+        for (int e = 0; e < 32; e++)
+            drow[e] = fg_f2h(f[e]);
+    }
+}
+
+static __global__ void add_bias_kernel(float *dst, size_t d_nb1, const float *bias, int64_t n_out, int64_t rows) {
+    const int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= n_out)
+        return;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+        ((float *)((uint8_t *)dst + (size_t)r * d_nb1))[o] += bias[o];
+}
+
+template <int WT> static fg_status deq_go(fg_cuda *c, const fg_tensor *w, uint16_t *out) {
+    const int per = mm_is_float(WT) ? 1 : 32;
+    const int64_t n = (w->ne[0] / per) * w->ne[1];
+    deq_f16_kernel<WT><<<fg_div_up(n, MM_NT), MM_NT, 0, c->stream>>>((const uint8_t *)w->data, w->nb[1], out,
+                                                                      (int)w->ne[0], w->ne[1]);
+    FG_GPU_LAUNCH_CHECK(c, "dequantize to f16");
+    return FG_OK;
+}
+
+// dst[r][o] (+)= sum_i W[o][i] x[r][i] (+ bias): cuBLAS sees the row-major W as the column-major
+// W^T (k x m, lda = its row stride) and x as k x n, and writes C (m x n, ldc = dst's row stride).
+static fg_status blas_go(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x, const float *bias,
+                         bool accumulate) {
+    const int64_t n_in = w->ne[0], n_out = w->ne[1], n_rows = x->ne[1];
+    const void *W = w->data;
+    // F16 x F16, F32 x F32 (SGEMM: F32 models keep their precision), BF16 x BF16 straight from
+    // the weights; anything else through the F16 copy
+    const bool raw = (w->type == FG_TYPE_F16 && x->type == FG_TYPE_F16) ||
+                     (w->type == FG_TYPE_F32 && x->type == FG_TYPE_F32) ||
+                     (w->type == FG_TYPE_BF16 && x->type == FG_TYPE_BF16);
+    const size_t esz = x->type == FG_TYPE_F32 ? 4 : 2;
+    const cudaDataType_t dt = x->type == FG_TYPE_F32 ? CUDA_R_32F : x->type == FG_TYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    int64_t lda = (int64_t)(w->nb[1] / esz);
+    FG_ASSERT(raw || x->type == FG_TYPE_F16);
+    if (!raw) {
+        uint16_t *d = (uint16_t *)c->deq.base;
+        switch (w->type) {
+#define X(T) \
+    case T:  \
+        FG_TRY(deq_go<T>(c, w, d)); \
+        break;
+            MM_QTYPES(X)
+            MM_FTYPES(X)
+#undef X
+        default:
+            FG_ASSERT(!"library GEMM: weight type");
+        }
+        W = d;
+        lda = n_in;
+    }
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    cublasStatus_t bs = cublasGemmEx((cublasHandle_t)c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n_out, (int)n_rows,
+                                     (int)n_in, &alpha, W, dt, (int)lda, x->data, dt,
+                                     (int)(x->nb[1] / esz), &beta, dst->data, CUDA_R_32F, (int)(dst->nb[1] / 4),
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        c->sticky = 1;
+        return fg_fail(FG_ERR_DEVICE, "cuda: cublasGemmEx (%lld x %lld x %lld) failed: %s", (long long)n_out,
+                       (long long)n_rows, (long long)n_in, cublasGetStatusString(bs));
+    }
+    FG_GPU_LAUNCH_CHECK(c, "cublasGemmEx");
+    if (bias) {
+        dim3 grid(fg_div_up(n_out, MM_NT), mm_grid_y(n_rows));
+        add_bias_kernel<<<grid, MM_NT, 0, c->stream>>>((float *)dst->data, dst->nb[1], bias, n_out, n_rows);
+        FG_GPU_LAUNCH_CHECK(c, "add bias");
+    }
+    return FG_OK;
+}
+#endif // FG_MM_CUBLAS
+
+static bool mm_blas_rows(const fg_cuda *c, int64_t n_rows) {
+    return c->blas && c->blas_min_rows > 0 && n_rows >= c->blas_min_rows;
+}
+
+fg_status fg_cuda_matmul_init(fg_cuda *c) {
+    const char *mq = getenv("FORGE_CUDA_MMQ");
+    c->mmq = !(mq && mq[0] == '0');
+#ifdef FG_MM_CUBLAS
+    const char *e = getenv("FORGE_CUBLAS_MIN_ROWS");
+    c->blas_min_rows = e ? atoi(e) : FG_BLAS_MIN_ROWS;
+    if (c->blas_min_rows <= 0)
+        return FG_OK;
+    cublasHandle_t h = NULL;
+    cublasStatus_t bs = cublasCreate(&h);
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return fg_fail(FG_ERR_DEVICE, "cuda: cublasCreate failed: %s", cublasGetStatusString(bs));
+    c->blas = h;
+    FG_GPU_CHECK(c, gpuMalloc(&c->blas_ws, FG_BLAS_WS_BYTES));
+    if (cublasSetStream(h, c->stream) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetWorkspace(h, c->blas_ws, FG_BLAS_WS_BYTES) != CUBLAS_STATUS_SUCCESS)
+        return fg_fail(FG_ERR_DEVICE, "cuda: cannot set cuBLAS's stream and workspace");
+#else
+    c->blas_min_rows = 0;
+#endif
+    return FG_OK;
+}
+
+fg_status fg_cuda_matmul_reserve(fg_cuda *c, const fg_backend_limits *lim) {
+    if (!c->blas || lim->max_weight_elems <= 0 || c->mmq) // (the integer kernel needs no F16 copy)
+        return FG_OK;
+    size_t need = (size_t)lim->max_weight_elems * 2;
+    if (need <= c->deq.size)
+        return FG_OK;
+    if (c->deq.base)
+        FG_GPU_IGNORE(gpuFree(c->deq.base));
+    c->deq.base = NULL;
+    c->deq.size = 0;
+    void *p = NULL;
+    gpuError_t err = gpuMalloc(&p, need);
+    if (err != gpuSuccess) {
+        FG_GPU_IGNORE(gpuGetLastError());
+        return fg_fail(FG_ERR_NOMEM, "cuda: cannot allocate %zu bytes for the F16 copy of a weight (prefill GEMM); "
+                                     "FORGE_CUBLAS_MIN_ROWS=0 runs without it", need);
+    }
+    c->deq.base = (char *)p;
+    c->deq.size = need;
+    return FG_OK;
+}
+
+void fg_cuda_matmul_free(fg_cuda *c) {
+#ifdef FG_MM_CUBLAS
+    if (c->blas)
+        cublasDestroy((cublasHandle_t)c->blas);
+#endif
+    c->blas = NULL;
+    if (c->blas_ws)
+        FG_GPU_IGNORE(gpuFree(c->blas_ws));
+    if (c->deq.base)
+        FG_GPU_IGNORE(gpuFree(c->deq.base));
+    c->blas_ws = NULL;
+    c->deq.base = NULL;
+    c->deq.size = 0;
+}
+
 fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x, const fg_tensor *bias,
                          bool accumulate) {
     const uint32_t wt = w->type, xt = x->type;
     const int64_t n_in = w->ne[0], n_out = w->ne[1], n_rows = x->ne[1];
     FG_ASSERT(fg_cuda_matmul_supports(wt));
-    FG_ASSERT(xt == FG_TYPE_F32 || xt == FG_TYPE_F16 || xt == FG_TYPE_Q8_1);
-    // Q8_1 x (act_type of a quantized weight for <= FG_MV_MAX_ROWS rows) goes to the matvec only
-    FG_ASSERT(xt != FG_TYPE_Q8_1 || (!mm_is_float((int)wt) && n_rows <= FG_MV_MAX_ROWS));
+    FG_ASSERT(xt == FG_TYPE_F32 || xt == FG_TYPE_F16 || xt == FG_TYPE_BF16 || xt == FG_TYPE_Q8_1 ||
+              xt == FG_TYPE_Q8_K);
+    // 8-bit x (act_type of a quantized weight) comes on its weight's grid: Q8_K for the K-quants
+    FG_ASSERT((xt != FG_TYPE_Q8_1 && xt != FG_TYPE_Q8_K) ||
+              (!mm_is_float((int)wt) && (xt == FG_TYPE_Q8_K) == mm_is_k((int)wt)));
     FG_ASSERT(n_in >= 1 && n_in <= INT32_MAX / 2 && n_in % mm_block_size(wt) == 0 && x->ne[0] == n_in);
     FG_ASSERT(xt != FG_TYPE_Q8_1 || n_in % 32 == 0);
     FG_ASSERT(n_out >= 1 && (n_out + TM_BM - 1) / TM_BM <= MM_MAX_GRID_Y && n_rows >= 1);
     const bool flt = mm_is_float((int)wt);
     const float *b = bias ? (const float *)bias->data : NULL;
 
-    if (n_rows <= FG_MV_MAX_ROWS && (flt ? xt == FG_TYPE_F32 : xt != FG_TYPE_F16)) {
+    // quantized weights: 8-bit rows on the weight's grid (F32 rows converted once into the
+    // arena) through the matvec (<= FG_MV_MAX_ROWS rows) or the integer tiled kernel
+    const bool q_int = !flt && xt != FG_TYPE_F16 && xt != FG_TYPE_BF16 && (n_rows <= FG_MV_MAX_ROWS || c->mmq);
+    if (q_int || (flt && n_rows <= FG_MV_MAX_ROWS && xt == FG_TYPE_F32)) {
+        const uint8_t *xq = (const uint8_t *)x->data;
+        size_t xq_nb1 = x->nb[1];
+        if (!flt && xt == FG_TYPE_F32) { // quantize the rows once into the arena
+            void *q = NULL;
+            FG_TRY(mm_scratch(c, mm_act_row_bytes(wt, n_in) * (size_t)n_rows, &q));
+            if (mm_is_k((int)wt))
+                FG_TRY(mm_convert_q8_k(c, xq, xq_nb1, (int)n_in, n_rows, (uint8_t *)q));
+            else
+                FG_TRY(mm_convert_q8_1(c, xq, xq_nb1, (int)n_in, n_rows, (uint8_t *)q));
+            xq = (const uint8_t *)q;
+            xq_nb1 = mm_act_row_bytes(wt, n_in);
+        }
+        if (n_rows > FG_MV_MAX_ROWS) {
+            mq_args a;
+            a.w = (const uint8_t *)w->data;
+            a.w_nb1 = w->nb[1];
+            a.x = xq;
+            a.x_nb1 = xq_nb1;
+            a.dst = (float *)dst->data;
+            a.d_nb1 = dst->nb[1];
+            a.bias = b;
+            a.n_out = n_out;
+            a.n_rows = n_rows;
+            a.n_units = (int)(n_in / 32);
+            a.accumulate = accumulate;
+            switch (wt) {
+#define X(T) \
+    case T:  \
+        return mq_go<T>(c, a);
+                MM_QTYPES(X)
+#undef X
+            default:
+                break;
+            }
+            FG_ASSERT(!"integer tiled matmul: unsupported type");
+        }
         mv_args a;
         a.w = (const uint8_t *)w->data;
         a.w_nb1 = w->nb[1];
-        a.x = (const uint8_t *)x->data;
-        a.x_nb1 = x->nb[1];
+        a.x = xq;
+        a.x_nb1 = xq_nb1;
         a.dst = (float *)dst->data;
         a.d_nb1 = dst->nb[1];
         a.bias = b;
@@ -781,13 +1311,6 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         a.n_in = (int)n_in;
         a.nr = (int)n_rows;
         a.accumulate = accumulate;
-        if (!flt && xt == FG_TYPE_F32) { // quantize the rows once into the arena
-            void *q = NULL;
-            FG_TRY(mm_scratch(c, mm_q8_1_row_bytes(n_in) * (size_t)n_rows, &q));
-            FG_TRY(mm_convert_q8_1(c, a.x, a.x_nb1, (int)n_in, n_rows, (uint8_t *)q));
-            a.x = (const uint8_t *)q;
-            a.x_nb1 = mm_q8_1_row_bytes(n_in);
-        }
         switch (wt) {
 #define X(T) \
     case T:  \
@@ -801,6 +1324,41 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         FG_ASSERT(!"matvec: unsupported type");
     }
 
+    // many rows of a quantized weight without the integer kernel (FORGE_CUDA_MMQ=0): the GEMMs
+    // read F16 rows, here the 8-bit rows widened, or F32 rows rounded
+    fg_tensor xh;
+    if (!flt && xt != FG_TYPE_F16) {
+        void *h = NULL;
+        FG_TRY(mm_scratch(c, (size_t)n_rows * (size_t)n_in * 2, &h));
+        dim3 grid(fg_div_up(n_in, MM_NT), mm_grid_y(n_rows));
+        if (xt == FG_TYPE_F32)
+            cvt_f16_kernel<<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)h,
+                                                          (int)n_in, n_rows);
+        else if (xt == FG_TYPE_Q8_K)
+            act_deq_f16_kernel<true><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1],
+                                                                     (uint16_t *)h, (int)n_in, n_rows);
+        else
+            act_deq_f16_kernel<false><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1],
+                                                                      (uint16_t *)h, (int)n_in, n_rows);
+        FG_GPU_LAUNCH_CHECK(c, "activations to f16");
+        int64_t ne[2] = {n_in, n_rows};
+        xh = fg_tensor_view(NULL, h, 0, FG_TYPE_F16, 2, ne);
+        x = &xh;
+    }
+    const uint32_t xt2 = x->type;
+#ifdef FG_MM_CUBLAS
+    {
+        const uint32_t xt = xt2; // the rows the GEMM reads
+        const bool raw = (wt == FG_TYPE_F16 && xt == FG_TYPE_F16) || (wt == FG_TYPE_F32 && xt == FG_TYPE_F32) ||
+                         (wt == FG_TYPE_BF16 && xt == FG_TYPE_BF16);
+        const size_t esz = xt == FG_TYPE_F32 ? 4 : 2;
+        if (mm_blas_rows(c, n_rows) && x->nb[1] % esz == 0 && w->nb[1] % esz == 0 && dst->nb[1] % 4 == 0 &&
+            n_rows <= INT32_MAX && n_out <= INT32_MAX &&
+            (raw || (xt == FG_TYPE_F16 && (size_t)n_in * (size_t)n_out * 2 <= c->deq.size)))
+            return blas_go(c, dst, w, x, b, accumulate);
+    }
+#endif
+    FG_ASSERT(xt2 != FG_TYPE_BF16); // act_type gives BF16 only where the library GEMM runs
     tm_args a;
     a.w = (const uint8_t *)w->data;
     a.w_nb1 = w->nb[1];
@@ -816,7 +1374,7 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     switch (wt) {
 #define X(T) \
     case T:  \
-        return tm_xt<T>(c, a, xt);
+        return tm_xt<T>(c, a, xt2);
         MM_QTYPES(X)
         MM_FTYPES(X)
 #undef X
