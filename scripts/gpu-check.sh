@@ -9,6 +9,10 @@
 # There, through the device tool, from the repository root, with carry [".device"]:
 #   scripts/gpu-check.sh
 #   FORGE_GPU_SUITES="test_cuda test_backend_ops" FORGE_BENCH="build/forge bench ... ;; ..." scripts/gpu-check.sh
+# On a kind of several GPUs (nvidia-h100-x2, ...), test_tp and the goldens' "tp2" cases
+# (test_golden, FORGE_GOLDEN_TP) run tensor-parallel across GPUs 0..N-1 through NCCL; with one
+# GPU they SKIP. NCCL comes from the toolkit, else from the image's nvidia-nccl Python wheel
+# (NCCL_HOME is set to it here); NCCL_NVLS_ENABLE stays 0.
 #
 # Environment (all optional):
 #   FORGE_GPU_SUITES      suites to run, names under build/tests (default: every build/tests/test_*)
@@ -85,6 +89,23 @@ GPU_NAME=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,
 GPU_NAME="${GPU_NAME:-no nvidia-smi answer}"
 echo "gpu: $GPU_NAME"
 echo "nvcc: $(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p')  commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+N_GPUS=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
+echo "gpus: $N_GPUS"
+[ "$N_GPUS" -gt 1 ] && nvidia-smi topo -m 2>/dev/null | head -n 12
+# NCCL for tensor parallelism: the toolkit's nccl.h, else the nvidia-nccl wheel of the image's python
+nvcc_home=$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)")")
+if [ -z "${NCCL_HOME:-}" ] && [ ! -f "$nvcc_home/include/nccl.h" ]; then
+    d=$(python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null)
+    [ -n "$d" ] && [ -f "$d/include/nccl.h" ] && export NCCL_HOME="$d"
+fi
+export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"
+nccl_h="${NCCL_HOME:-$nvcc_home}/include/nccl.h"
+nccl_v=$(sed -n 's/^#define NCCL_\(MAJOR\|MINOR\|PATCH\) *\([0-9]*\).*/\2/p' "$nccl_h" 2>/dev/null | paste -sd.)
+if [ -n "$nccl_v" ]; then
+    echo "nccl: $nccl_v in ${NCCL_HOME:-$nvcc_home}; NCCL_NVLS_ENABLE=$NCCL_NVLS_ENABLE"
+else
+    echo "nccl: nccl.h not found (built without tensor parallelism on the GPU)"
+fi
 
 # ---------------------------------------------------------------- dependencies
 # The .deb files of scripts/fetch-device-deps.sh, unpacked into /tmp/deps (never into /). A

@@ -6,6 +6,7 @@
 // Who calls it: the forward pass, the KV store, tests, benchmarks.
 #include "backend/backend.h"
 
+#include "backend/comm.h"
 #include "base/status.h"
 #include "base/util.h"
 #include "quant/quant.h"
@@ -19,7 +20,7 @@ static const char *const k_op_names[FG_OP_COUNT] = {
     [FG_OP_CONVERT] = "convert",       [FG_OP_MATMUL] = "matmul",         [FG_OP_ADD] = "add",
     [FG_OP_SWIGLU] = "swiglu",         [FG_OP_ROPE] = "rope",             [FG_OP_KV_STORE] = "kv_store",
     [FG_OP_ATTENTION] = "attention",   [FG_OP_KV_COPY_PAGE] = "kv_copy_page",
-    [FG_OP_CHECK_FINITE] = "check_finite", [FG_OP_SAMPLE] = "sample",
+    [FG_OP_CHECK_FINITE] = "check_finite", [FG_OP_ALL_REDUCE] = "all_reduce", [FG_OP_SAMPLE] = "sample",
 };
 
 const char *fg_op_name(fg_op op) { return (unsigned)op < FG_OP_COUNT ? k_op_names[op] : "unknown"; }
@@ -624,6 +625,28 @@ fg_status fg_op_rope_kv_store(fg_backend *be, fg_tensor *q, fg_tensor *k, const 
     FG_TRY(be->ops->rope(be, q, p));
     FG_TRY(be->ops->rope(be, k, &pk));
     return be->ops->kv_store(be, kv, layer, k, v);
+}
+
+fg_status fg_op_all_reduce(fg_backend *be, fg_comm *comm, fg_tensor *x) {
+    FG_TRY(need_step(be, "all_reduce"));
+    if (!comm)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "all_reduce: communicator is NULL");
+    if (strcmp(comm->ops->backend, be->ops->name) != 0)
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "all_reduce: a %s communicator cannot reduce tensors of the %s backend",
+                       comm->ops->name, be->ops->name);
+    if (!x)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "all_reduce: x is NULL");
+    FG_TRY(check_f32_rows("all_reduce", "x", x, x->ne[0], x->ne[1]));
+    if (x->ne[0] < 1 || x->ne[1] < 1 || (x->ne[1] > 1 && x->nb[1] != (size_t)x->ne[0] * sizeof(float)))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "all_reduce: x [%lld][%lld] must be one contiguous block (row stride %zu)",
+                       (long long)x->ne[1], (long long)x->ne[0], x->nb[1]);
+    if (!fg_backend_supports(be, FG_OP_ALL_REDUCE, FG_TYPE_F32))
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "all_reduce: not supported by the %s backend", be->ops->name);
+    if (comm->size == 1)
+        return FG_OK;
+    if (be->ops->all_reduce)
+        return be->ops->all_reduce(be, comm, x);
+    return comm->ops->all_reduce_sum(comm, be, x);
 }
 
 fg_status fg_kv_copy_page_checked(fg_backend *be, const fg_kv_view *kv, int32_t dst_page, int32_t src_page) {

@@ -28,6 +28,7 @@
 #include "forge/types.h"
 
 typedef struct fg_buffer fg_buffer;
+typedef struct fg_comm fg_comm; // backend/comm.h
 
 // A view of backend memory. Never owns memory.
 typedef struct fg_tensor {
@@ -141,6 +142,7 @@ typedef enum fg_op {
     FG_OP_ATTENTION,
     FG_OP_KV_COPY_PAGE,
     FG_OP_CHECK_FINITE,
+    FG_OP_ALL_REDUCE,
     FG_OP_SAMPLE,
     FG_OP_COUNT
 } fg_op;
@@ -247,6 +249,11 @@ typedef struct fg_backend_ops {
     fg_status (*copy_bandwidth)(fg_backend *be, size_t bytes, double *gb_per_s);
     // Copies one KV page (all layers) dst_page <- src_page (copy-on-write for forked prefixes).
     fg_status (*kv_copy_page)(fg_backend *be, const fg_kv_view *kv, int32_t dst_page, int32_t src_page);
+
+    // ---- tensor parallelism (optional; NULL: backend.c calls the communicator directly, right
+    // for a backend whose ops complete before they return, as the CPU's do)
+    // x = the sum of x over the communicator's ranks, in place, enqueued in step order.
+    fg_status (*all_reduce)(fg_backend *be, fg_comm *comm, fg_tensor *x);
 } fg_backend_ops;
 
 // Largest head size the attention and rope ops take (the CPU keeps heads on the stack);
@@ -313,6 +320,9 @@ fg_status fg_op_add_rmsnorm(fg_backend *be, fg_tensor *x, fg_tensor *xn, const f
 fg_status fg_op_rope_kv_store(fg_backend *be, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
                               const fg_rope_params *p, int32_t n_head_kv, const fg_kv_view *kv,
                               int32_t layer);
+// x ([rows][cols] F32, contiguous) summed over comm's ranks in place; every rank calls it at
+// the same point of the same step (a communicator of size 1: nothing to do).
+fg_status fg_op_all_reduce(fg_backend *be, fg_comm *comm, fg_tensor *x);
 fg_status fg_kv_copy_page_checked(fg_backend *be, const fg_kv_view *kv, int32_t dst_page, int32_t src_page);
 
 // ---- tensor helpers shared by all backends and the model (tensor.c)

@@ -8,7 +8,10 @@
 // or, when the batch carries sampling rows, sampled on the backend (only the small results
 // come back).
 // The op sequence depends only on the step's shape (n_tokens, n_out), never on its data, so a
-// GPU backend may capture it. Nothing is allocated here: scratch and host metadata are sized
+// GPU backend may capture it. With tensor parallelism (m->tp) each rank runs this same pass on
+// its heads and FFN rows; the two row-parallel projections (attn_output, ffn_down) give partial
+// sums that one all-reduce each completes before the residual add (tp_reduce_residual); worker
+// ranks stop before the logits. Nothing is allocated here: scratch and host metadata are sized
 // at load. Who calls it: the engine, `forge run`/`perplexity`/`bench`, the golden tests.
 #include "model/model_internal.h"
 
@@ -158,6 +161,23 @@ static fg_status matmul(fg_model *m, act_cache *ac, fg_tensor *dst, const fg_ten
     return fg_op_matmul(be, dst, w, &ac->t, bias, accumulate);
 }
 
+// ---- tensor parallelism: x += all_reduce(in . w^T) (+ bias, on rank 0 only: the workers do
+// not hold it), normed into xn with next_norm; glm4's post-norm (post) applies to the sum.
+// The projection writes to scratch (no accumulate into x: every rank holds the same x, so the
+// residual is added once, after the sum).
+static fg_status tp_reduce_residual(fg_model *m, act_cache *ac, fg_tensor *x, fg_tensor *xn, const fg_tensor *w,
+                                    const fg_tensor *in, const fg_tensor *bias, const fg_tensor *post,
+                                    const fg_tensor *next_norm, int64_t n) {
+    fg_backend *be = m->be;
+    fg_tensor ao = rows_of(&m->s.ao, n);
+    OP(matmul(m, ac, &ao, w, in, bias, false));
+    if (!m->tp.skip_all_reduce) // (benchmarks: measuring the all-reduces' share)
+        OP(fg_op_all_reduce(be, m->tp.comm, &ao));
+    if (post)
+        OP(fg_op_rmsnorm(be, &ao, &ao, post, m->hp.rms_eps));
+    return fg_op_add_rmsnorm(be, x, xn, &ao, next_norm, m->hp.rms_eps);
+}
+
 // One layer over n rows; *n_rows becomes n_out on the last layer when it gathers: after
 // storing K/V only the rows that want logits go on (gathered into s->xo, as llama.cpp does
 // with inp_out_ids; the rows are independent, so the result is the same, minus the work on
@@ -171,7 +191,9 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
     const bool last = il == hp->n_layer - 1;
     fg_scratch *s = &m->s;
     int64_t n = *n_rows;
-    const int64_t D = hp->head_dim, Q = (int64_t)hp->n_head * D, KV = (int64_t)hp->n_head_kv * D;
+    // this rank's heads (all of them without tensor parallelism)
+    const int32_t n_head = m->tp.n_head, n_head_kv = m->tp.n_head_kv;
+    const int64_t D = hp->head_dim, Q = (int64_t)n_head * D, KV = (int64_t)n_head_kv * D;
     fg_tensor xn = rows_of(&s->xn, n);
 
     // ---- attention
@@ -193,7 +215,7 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
     if (ly->q_norm) { // per-head RMSNorm over [n][heads][D] views into s->q and s->k
         fg_tensor qh = q, kh = k, qo = rows_of(&s->q, n), ko = rows_of(&s->k, n);
         fg_tensor *h4[4] = {&qh, &qo, &kh, &ko};
-        const int64_t heads[4] = {hp->n_head, hp->n_head, hp->n_head_kv, hp->n_head_kv};
+        const int64_t heads[4] = {n_head, n_head, n_head_kv, n_head_kv};
         for (int i = 0; i < 4; i++) {
             fg_tensor *t = h4[i];
             size_t row = t->nb[1];
@@ -211,7 +233,7 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
     }
     if (hp->n_rot > 0) {
         fg_rope_params rp = {
-            .n_head = hp->n_head,
+            .n_head = n_head,
             .head_dim = hp->head_dim,
             .n_rot = hp->n_rot,
             .mode = m->at->rope,
@@ -219,14 +241,14 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
             .freq_scale = hp->rope_freq_scale,
             .freq_factors = m->rope_freqs,
         };
-        OP(fg_op_rope_kv_store(be, &q, &k, &v, &rp, hp->n_head_kv, &kv->view, il));
+        OP(fg_op_rope_kv_store(be, &q, &k, &v, &rp, n_head_kv, &kv->view, il));
     } else {
         OP(fg_op_kv_store(be, &kv->view, il, &k, &v));
     }
     if (last && n_out == 0)
         return FG_OK; // no logits wanted: the K/V of the step is all that matters
     fg_tensor att = rows_of(&s->att, n);
-    fg_attn_params ap = {.layer = il, .n_head = hp->n_head, .scale = 1.0f / sqrtf((float)D), .causal = true};
+    fg_attn_params ap = {.layer = il, .n_head = n_head, .scale = 1.0f / sqrtf((float)D), .causal = true};
     OP(fg_op_attention(be, &att, &q, &kv->view, &ap));
     if (last && n_out < n) {
         fg_tensor ag = rows_of(&s->q, n_out), xg = rows_of(&s->xo, n_out);
@@ -238,7 +260,9 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
         *n_rows = n;
         xn = rows_of(&s->xn, n);
     }
-    if (ly->post_attn_norm) {
+    if (m->tp.size > 1) {
+        OP(tp_reduce_residual(m, ac, x, &xn, ly->wo, &att, ly->bo, ly->post_attn_norm, ly->ffn_norm, n));
+    } else if (ly->post_attn_norm) {
         fg_tensor ao = rows_of(&s->ao, n);
         OP(matmul(m, ac, &ao, ly->wo, &att, ly->bo, false));
         OP(fg_op_rmsnorm(be, &ao, &ao, ly->post_attn_norm, hp->rms_eps));
@@ -250,7 +274,7 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
     ac->src = NULL; // xn was rewritten
 
     // ---- feed-forward
-    const int64_t F = hp->n_ff;
+    const int64_t F = m->tp.n_ff;
     fg_tensor h = rows_of(&s->h, n);
     if (ly->w_gate_up) {
         fg_tensor gu = rows_of(&s->g, n); // [n][2*n_ff] = gate | up
@@ -265,7 +289,9 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
         OP(fg_op_swiglu(be, &h, &g, &u));
     }
     const fg_tensor *next_norm = last ? m->output_norm : m->layers[il + 1].attn_norm;
-    if (ly->post_ffw_norm) {
+    if (m->tp.size > 1) {
+        OP(tp_reduce_residual(m, ac, x, &xn, ly->w_down, &h, NULL, ly->post_ffw_norm, next_norm, n));
+    } else if (ly->post_ffw_norm) {
         fg_tensor ao = rows_of(&s->ao, n);
         OP(matmul(m, ac, &ao, ly->w_down, &h, NULL, false));
         OP(fg_op_rmsnorm(be, &ao, &ao, ly->post_ffw_norm, hp->rms_eps));
@@ -289,8 +315,8 @@ static fg_status run_ops(fg_model *m, fg_kv_store *kv, const fg_step *st) {
     OP(fg_op_rmsnorm(be, &xn, &x, m->layers[0].attn_norm, m->hp.rms_eps));
     for (int32_t il = 0; il < m->hp.n_layer; il++)
         FG_TRY(run_layer(m, kv, &ac, il, &n, il == m->hp.n_layer - 1 ? st->n_out : -1, &x));
-    if (st->n_out == 0)
-        return FG_OK;
+    if (st->n_out == 0 || m->tp.rank > 0)
+        return FG_OK; // (a tensor-parallel worker: rank 0 computes the logits)
     // xn holds output_norm(x) for the n_out rows
     const int64_t V = m->hp.n_vocab;
     for (int64_t r0 = 0; r0 < st->n_out; r0 += s->lg_rows) {
@@ -323,13 +349,18 @@ fg_status fg_model_submit(fg_model *m, fg_kv_store *kv, const fg_batch *b) {
         return FG_FAIL(FG_ERR_INVALID_ARG, "forward: the previous step was submitted and not waited for");
     fg_step step;
     FG_TRY(make_step(m, kv, b, &step));
-    FG_TRY(fg_step_begin(m->be, &step));
-    fg_status st = run_ops(m, kv, &step);
-    if (st != FG_OK) {
-        fg_step_abort(m->be);
-        return st;
+    if (m->tp.group) // tensor parallelism: the workers run the same step on their shards
+        FG_TRY(fg_tp_group_post_step(m->tp.group, kv, b));
+    fg_status st = fg_step_begin(m->be, &step);
+    if (st == FG_OK) {
+        st = run_ops(m, kv, &step);
+        if (st != FG_OK)
+            fg_step_abort(m->be);
+        else
+            st = fg_step_end(m->be);
     }
-    FG_TRY(fg_step_end(m->be));
+    if (st != FG_OK)
+        return m->tp.group ? fg_tp_group_wait_step(m->tp.group, st) : st;
     m->pending = true;
     m->pending_sampled = step.sample != NULL;
     m->pending_out = step.n_out;
@@ -341,7 +372,10 @@ fg_status fg_model_wait(fg_model *m, const float **logits, int32_t *n_out) {
         return FG_FAIL(FG_ERR_INVALID_ARG, "forward: no step was submitted");
     m->pending = false;
     fg_step_result res;
-    FG_TRY(fg_step_wait(m->be, &res));
+    fg_status st = fg_step_wait(m->be, &res);
+    if (m->tp.group) // the workers' steps too; a failure anywhere stops the group
+        st = fg_tp_group_wait_step(m->tp.group, st);
+    FG_TRY(st);
     if (res.bad_row >= 0)
         return FG_FAIL(FG_ERR_FORMAT,
                        "%s: forward: logit %lld of token %d is %g: the weights produce non-finite values", m->path,

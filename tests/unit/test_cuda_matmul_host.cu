@@ -7,6 +7,7 @@
 //                strided x and dst, bias, accumulate: against a double dot of the reference
 //                dequantized weights and the (Q8_1-dequantized) activations
 //   tiled (FMA)  every type x F32/F16 activations, 3..70 rows, partial tiles
+//   direct mv    the same cases as the matvec, quantized types
 //   mq           every quantized type x its 8-bit activations, 9..70 rows, partial tiles and K
 //                steps, bias, accumulate: against the reference's arithmetic (double)
 // Not checked here: warp shuffles, the wmma path, the convert kernel (it mirrors
@@ -145,6 +146,40 @@ template <int WT, int NR> static void emu_mv(const mv_args &a) {
                     s += acc[(size_t)tid * G::R * NR + r * NR + j];
                 mv_write<WT, NR>(a, o0, r, j, s);
             }
+    }
+}
+
+// The direct matvec: every thread of the block, then the block's sum.
+template <int WT, int NR> static void emu_mw(const mv_args &a) {
+    constexpr int R = mw_r<NR>::R;
+    for (int64_t o0 = 0; o0 < a.n_out; o0 += R) {
+        static float th[MW_NT][R][NR];
+        for (int t = 0; t < MW_NT; t++) {
+            for (int r = 0; r < R; r++)
+                for (int j = 0; j < NR; j++)
+                    th[t][r][j] = 0.0f;
+            mw_thread<WT, NR>(a, o0, t, th[t]);
+        }
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < NR; j++) {
+                float s = 0.0f;
+                for (int t = 0; t < MW_NT; t++)
+                    s += th[t][r][j];
+                mv_write<WT, NR>(a, o0, r, j, s);
+            }
+    }
+}
+
+template <int WT> static void emu_mw_rows(const mv_args &a) {
+    if constexpr (!mm_is_float(WT)) {
+        if (a.nr <= 1)
+            emu_mw<WT, 1>(a);
+        else if (a.nr <= 2)
+            emu_mw<WT, 2>(a);
+        else if (a.nr <= 4)
+            emu_mw<WT, 4>(a);
+        else
+            emu_mw<WT, 8>(a);
     }
 }
 
@@ -310,6 +345,7 @@ template <int WT> static void test_mv_type(void) {
                 a.x = q.p;
                 a.x_nb1 = qb;
             }
+            std::vector<uint8_t> before(d.b.raw); // the direct matvec runs on the same output
             emu_mv_rows<WT>(a);
             std::vector<double> ref, mag;
             reference(w, xv, nr, a.bias, accumulate ? &d.prior : NULL, ref, mag);
@@ -318,6 +354,13 @@ template <int WT> static void test_mv_type(void) {
             snprintf(what, sizeof what, "matvec %s n_in %lld n_out %lld rows %d", fg_type_name(WT), (long long)n_in,
                      (long long)n_out, nr);
             compare(what, d.b.p, d.nb1, nr, n_out, ref, mag, 1e-5);
+            if (!flt) {
+                d.b.raw = before;
+                emu_mw_rows<WT>(a);
+                snprintf(what, sizeof what, "direct matvec %s n_in %lld n_out %lld rows %d", fg_type_name(WT),
+                         (long long)n_in, (long long)n_out, nr);
+                compare(what, d.b.p, d.nb1, nr, n_out, ref, mag, 1e-5);
+            }
         }
     }
 }

@@ -8,12 +8,14 @@
 #include "backend/cuda/cuda_internal.h"
 
 extern "C" {
+#include "backend/comm.h"
 #include "base/util.h"
 }
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 // backend.c's per-backend step state, freed by every backend's destroy. Declared in backend.h
 // by the seam rewrite; repeated here until that lands on this branch (identical redeclaration).
@@ -262,6 +264,7 @@ static bool cuda_supports(fg_backend *be, fg_op op, uint32_t type) {
     case FG_OP_SWIGLU:
     case FG_OP_ROPE:
     case FG_OP_CHECK_FINITE:
+    case FG_OP_ALL_REDUCE: // the communicator (comm_nccl.cu) says whether NCCL is built in
         return type == FG_TYPE_F32;
     case FG_OP_SAMPLE:
         return type == FG_TYPE_F32;
@@ -573,6 +576,7 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
     d->sample = s->sample ? (const fg_sample_row *)(c->d_meta + l.sample) : NULL;
     d->sample_entries = s->sample ? (const fg_sample_entry *)(c->d_meta + l.entries) : NULL;
     c->mm.used = c->attn.used = 0;
+    c->step_comm = NULL;
     c->in_step = true;
     // Recorded steps: the ops enqueued from here to step_end are a function of the step's
     // shape and of what graph_id names (model, KV store, buffers), and the device addresses
@@ -646,6 +650,7 @@ static fg_status cuda_step_end(fg_backend *be) {
     FG_GPU_CHECK(c, gpuMemcpyAsync(c->h_bad + 4 * slot, c->d_bad, 4 * sizeof(int32_t), gpuMemcpyDeviceToHost,
                                    c->stream));
     FG_GPU_CHECK(c, gpuEventRecord(c->done_ev[slot], c->stream));
+    c->pending_comm[slot] = c->step_comm;
     c->n_pending++;
     return FG_OK;
 }
@@ -669,6 +674,42 @@ static void cuda_step_abort(fg_backend *be) {
     c->in_step = false;
 }
 
+// A step with all-reduces: a peer that died or hangs leaves this rank's collective kernels
+// waiting forever, so the wait polls the step's event and the communicator (NCCL's
+// asynchronous errors, an abort asked for by a failed rank) and gives up after the
+// communicator's timeout, aborting it (which makes the waiting kernels return). Sticky.
+static fg_status wait_collective_step(fg_cuda *c, int slot) {
+    fg_comm *comm = c->pending_comm[slot];
+    c->pending_comm[slot] = NULL;
+    const double t0 = fg_time_s();
+    for (unsigned spin = 0;; spin++) {
+        gpuError_t q = gpuEventQuery(c->done_ev[slot]);
+        if (q == gpuSuccess)
+            return FG_OK;
+        if (q != gpuErrorNotReady) {
+            c->sticky = 1;
+            return fg_fail(FG_ERR_DEVICE, "%s: a step with all-reduces failed on device %d: %s", FG_GPU_VENDOR,
+                           c->device, gpuGetErrorString(q));
+        }
+        fg_status st = fg_comm_poll(comm);
+        if (st != FG_OK) {
+            c->sticky = 1;
+            return st;
+        }
+        if (fg_time_s() - t0 > comm->timeout_s) {
+            fg_comm_abort(comm);
+            (void)fg_comm_poll(comm); // aborts it on this (the owning) thread
+            c->sticky = 1;
+            return fg_fail(FG_ERR_DEVICE,
+                           "%s: tensor-parallel rank %d of %d: the step did not finish within %.0f s on device %d "
+                           "(a peer rank hung or died); the communicator was aborted",
+                           FG_GPU_VENDOR, comm->rank, comm->size, comm->timeout_s, c->device);
+        }
+        if (spin >= 256) // a decode step takes milliseconds: spin a little, then nap
+            usleep(20);
+    }
+}
+
 // Waits for the oldest ended step (the only blocking call of a step) and reports the first
 // non-finite value its check_finite calls saw.
 static fg_status cuda_step_wait(fg_backend *be, fg_step_result *res) {
@@ -681,7 +722,10 @@ static fg_status cuda_step_wait(fg_backend *be, fg_step_result *res) {
     c->pending_head = (c->pending_head + 1) % FG_CUDA_MAX_PENDING;
     c->n_pending--;
     // An asynchronous fault (illegal address, trap) of any kernel of the step surfaces here.
-    FG_GPU_CHECK(c, gpuEventSynchronize(c->done_ev[slot]));
+    if (c->pending_comm[slot])
+        FG_TRY(wait_collective_step(c, slot));
+    else
+        FG_GPU_CHECK(c, gpuEventSynchronize(c->done_ev[slot]));
     const int32_t *w = c->h_bad + 4 * slot;
     uint64_t key;
     memcpy(&key, w, sizeof key);
@@ -821,6 +865,17 @@ static fg_status op_kv_copy_page(fg_backend *be, const fg_kv_view *kv, int32_t d
     return fg_cuda_kv_copy_page(c, kv, dst_page, src_page);
 }
 
+// The all-reduce of tensor parallelism: the communicator enqueues it on this stream (NCCL),
+// so it is captured and replayed with the step's kernels; step_wait watches the communicator.
+static fg_status op_all_reduce(fg_backend *be, fg_comm *comm, fg_tensor *x) {
+    fg_cuda *c = fg_cuda_ctx(be);
+    CHECK_STICKY(c);
+    c->step_comm = comm;
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
+    return comm->ops->all_reduce_sum(comm, be, x);
+}
+
 // Median of 7 device-to-device copies of `bytes` (after a warm-up), timed with events; bytes
 // read + written per second. Benchmarks only: the two buffers are allocated here and freed.
 static fg_status cuda_copy_bandwidth(fg_backend *be, size_t bytes, double *gb_per_s) {
@@ -915,6 +970,7 @@ static fg_backend_ops make_cuda_ops(void) {
     o.rope_kv_store = NULL; // backend.c composes rope, rope, kv_store
     o.kv_copy_page = op_kv_copy_page;
     o.copy_bandwidth = cuda_copy_bandwidth;
+    o.all_reduce = op_all_reduce;
     return o;
 }
 static const fg_backend_ops k_cuda_ops = make_cuda_ops();

@@ -7,6 +7,7 @@
 //   cuda_matmul.cu   get_rows, convert, matmul for every weight type (matvec and tiled paths)
 //   cuda_attn.cu     kv_store, kv_copy_page, paged flash attention (prefill and decode)
 //   cuda_sample.cu   the sample op: one block per output row, radix selects, no vocabulary sort
+//   comm_nccl.cu     the NCCL communicator of tensor parallelism (backend/comm.h)
 //   cuda_common.cuh  device helpers (warp reductions, half conversion, block dequantizers)
 // Every launch is checked (FG_GPU_LAUNCH_CHECK); launchers trust their arguments (backend.c
 // validated them) and guard our own invariants with FG_ASSERT.
@@ -103,6 +104,7 @@ typedef struct fg_cuda {
     void *blas_ws;          // workspace (fixed, so that a recorded step may call the library)
     fg_cuda_arena deq;      // F16 weights [n_out][n_in], sized by lim.max_weight_elems
     int blas_min_rows;      // activation rows from which the library GEMM runs (0: never)
+    int mv_direct;          // quantized matvec: the direct kernel (default) or the staged one (FORGE_CUDA_MV=staged)
     int mmq;                // quantized weights, many rows: the integer tiled kernel (1, default;
                             // the reference's arithmetic) or F16 GEMMs (FORGE_CUDA_MMQ=0)
 
@@ -119,6 +121,11 @@ typedef struct fg_cuda {
         gpuGraphExec_t exec;
     } graphs[FG_CUDA_GRAPHS];
     uint64_t graph_launches, graph_captures; // counters (bench, tests)
+
+    // tensor parallelism: the communicator of the current step's all-reduces and of each
+    // ended step (borrowed; step_wait watches it so that a dead peer cannot hang the wait)
+    fg_comm *step_comm;
+    fg_comm *pending_comm[FG_CUDA_MAX_PENDING];
 } fg_cuda;
 
 static inline fg_cuda *fg_cuda_ctx(fg_backend *be) { return (fg_cuda *)be->ctx; }

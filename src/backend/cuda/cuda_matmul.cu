@@ -12,7 +12,9 @@
 // matmul also takes F32 x for every type and row count (converted first into the mm arena),
 // and F16 x with any row count (tiled kernel).
 //
-// Matvec (1..8 rows): a block of NT threads owns MV_R output rows and walks K in chunks of NT
+// Matvec (1..8 rows), quantized types: the direct kernel (mw, below: each block owns 2 or 4
+// weight rows, K split over its 128 threads, operands read straight from global memory).
+// Staged matvec (float types; the quantized ones with FORGE_CUDA_MV=staged): a block of NT threads owns MV_R output rows and walks K in chunks of NT
 // 32-element units (8-element units for float weights). Each chunk, the raw bytes of the MV_R
 // weight row segments and of the NR activation row segments are staged into shared memory
 // with 16-byte loads (aligned windows; bytes outside a segment are never read from global
@@ -348,6 +350,87 @@ FG_UNROLL
     }
 }
 
+#endif // FG_MM_HOST_TEST
+
+// ============================================================================ direct matvec (mw)
+// The quantized types' matvec (FORGE_CUDA_MV=staged: the staged kernel above instead): no
+// shared-memory staging of the operands. A block of MW_NT threads owns mw_r<NR> weight rows;
+// thread t takes units t, t + MW_NT, ... of them, decodes each weight unit straight from
+// global memory and dots it with that unit of every activation row (read from global memory
+// too: small, shared by every block, served by L1/L2). Sums meet through xor shuffles inside
+// each 32-lane group (a warp on NVIDIA, half a wavefront on CDNA), then across the groups in
+// shared memory. K is split over the whole block so that every row's loads are in flight at
+// once and a 4096-row matrix still fills the GPU (2048 blocks).
+enum { MW_NT = 128, MW_NG = MW_NT / 32 };
+template <int NR> struct mw_r {
+    static constexpr int R = NR <= 2 ? 2 : 4; // more rows share each activation load when NR grows
+};
+static_assert(4 * FG_MV_MAX_ROWS <= 32, "one lane writes each sum");
+
+// Thread t's partial sums for weight rows o0 .. o0 + R - 1 (rows past n_out clamped).
+template <int WT, int NR>
+static FG_HD __forceinline__ void mw_thread(const mv_args &a, int64_t o0, int t, float (&acc)[mw_r<NR>::R][NR]) {
+    typedef fg_qt<WT> Q;
+    constexpr int R = mw_r<NR>::R;
+    const int nu = a.n_in / 32;
+    for (int u = t; u < nu; u += MW_NT) {
+        fg_qunit wu[R];
+FG_UNROLL
+        for (int r = 0; r < R; r++) {
+            const int64_t o = o0 + r < a.n_out ? o0 + r : a.n_out - 1;
+            fg_q_decode<WT, fg_rd_exact>(a.w + (size_t)o * a.w_nb1 + (size_t)(u / Q::UPB) * Q::BYTES, u % Q::UPB,
+                                         wu[r]);
+        }
+FG_UNROLL
+        for (int j = 0; j < NR; j++) {
+            if (j < a.nr) {
+                fg_q8unit xu;
+                const uint8_t *row = a.x + (size_t)j * a.x_nb1;
+                if constexpr (mm_is_k(WT))
+                    fg_q8_k_load(row + (size_t)(u / 8) * sizeof(fg_block_q8_k), u % 8, xu);
+                else
+                    fg_q8_1_load(row + (size_t)u * sizeof(fg_block_q8_1), xu);
+FG_UNROLL
+                for (int r = 0; r < R; r++)
+                    acc[r][j] += fg_q_dot<WT>(wu[r], xu);
+            }
+        }
+    }
+}
+
+#ifndef FG_MM_HOST_TEST
+template <int WT, int NR> static __global__ __launch_bounds__(MW_NT) void mw_kernel(mv_args a) {
+    constexpr int R = mw_r<NR>::R;
+    __shared__ float red[MW_NG][R * NR];
+    const int t = threadIdx.x, lane = t % 32, g = t / 32;
+    const int64_t o0 = (int64_t)blockIdx.x * R;
+    float acc[R][NR];
+FG_UNROLL
+    for (int r = 0; r < R; r++)
+FG_UNROLL
+        for (int j = 0; j < NR; j++)
+            acc[r][j] = 0.0f;
+    mw_thread<WT, NR>(a, o0, t, acc);
+FG_UNROLL
+    for (int r = 0; r < R; r++)
+FG_UNROLL
+        for (int j = 0; j < NR; j++) {
+            float v = acc[r][j];
+FG_UNROLL
+            for (int off = 16; off > 0; off >>= 1)
+                v += fg_shfl_xor(v, off);
+            if (lane == 0)
+                red[g][r * NR + j] = v;
+        }
+    __syncthreads();
+    if (t < R * NR) {
+        float v = 0.0f;
+FG_UNROLL
+        for (int k = 0; k < MW_NG; k++)
+            v += red[k][t];
+        mv_write<WT, NR>(a, o0, t / NR, t % NR, v);
+    }
+}
 #endif // FG_MM_HOST_TEST
 
 // ============================================================================ tiled
@@ -1036,9 +1119,26 @@ template <int WT, int NR> static fg_status mv_go(fg_cuda *c, const mv_args &a) {
     return FG_OK;
 }
 
+template <int WT, int NR> static fg_status mw_go(fg_cuda *c, const mv_args &a) {
+    mw_kernel<WT, NR><<<fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream>>>(a);
+    FG_GPU_LAUNCH_CHECK(c, "direct matvec");
+    return FG_OK;
+}
+
 // Kernels for up to 1, 2, 4 and 8 rows (a.nr is the actual count).
 template <int WT> static fg_status mv_rows(fg_cuda *c, const mv_args &a) {
     FG_ASSERT(a.nr >= 1 && a.nr <= FG_MV_MAX_ROWS);
+    if constexpr (!mm_is_float(WT)) {
+        if (c->mv_direct) {
+            if (a.nr <= 1)
+                return mw_go<WT, 1>(c, a);
+            if (a.nr <= 2)
+                return mw_go<WT, 2>(c, a);
+            if (a.nr <= 4)
+                return mw_go<WT, 4>(c, a);
+            return mw_go<WT, 8>(c, a);
+        }
+    }
     if (a.nr <= 1)
         return mv_go<WT, 1>(c, a);
     if (a.nr <= 2)
@@ -1186,6 +1286,8 @@ static bool mm_blas_rows(const fg_cuda *c, int64_t n_rows) {
 fg_status fg_cuda_matmul_init(fg_cuda *c) {
     const char *mq = getenv("FORGE_CUDA_MMQ");
     c->mmq = !(mq && mq[0] == '0');
+    const char *mv = getenv("FORGE_CUDA_MV");
+    c->mv_direct = !(mv && !strcmp(mv, "staged"));
 #ifdef FG_MM_CUBLAS
     const char *e = getenv("FORGE_CUBLAS_MIN_ROWS");
     c->blas_min_rows = e ? atoi(e) : FG_BLAS_MIN_ROWS;
