@@ -5,8 +5,9 @@
 #   3. the demo (scripts/demo.sh) from a fresh git clone, with the binary built here;
 #   4. fuzz targets (libFuzzer + ASan/UBSan) for a bounded time each (FORGE_FUZZ_SECONDS);
 # plus counted build checks: clang -Werror, hipcc -Werror over the GPU backend, and the NCCL
-# communicator of tensor parallelism (nvcc against nccl.h, a probe linked to libnccl); and
-# the unit tests again under ASan+UBSan (make asan).
+# communicator of tensor parallelism (nvcc against nccl.h, a probe linked to libnccl); the CUDA
+# sample kernel run in the SIMT emulator against the reference sampler; and the unit tests
+# again under ASan+UBSan (make asan).
 # Test data comes from FORGE_SHARED (default ../shared); its absence is a failure, not a skip.
 set -u
 cd "$(dirname "$0")/.."
@@ -62,6 +63,7 @@ done
 if ls "$BUILD"/tests/host/test_* >/dev/null 2>&1; then
     echo "== host replays of GPU kernels"
     for t in "$BUILD"/tests/host/test_*; do
+        case "$t" in *.log) continue ;; esac # a previous run's log
         if "$t" >"$t.log" 2>&1; then
             passed=$((passed + 1))
             echo "$(basename "$t"): $(tail -n 1 "$t.log")"
@@ -71,6 +73,16 @@ if ls "$BUILD"/tests/host/test_* >/dev/null 2>&1; then
             tail -n 20 "$t.log"
         fi
     done
+fi
+
+echo "== the CUDA sample kernel in the SIMT emulator (tests/emu/run_sample.sh, 32- and 64-wide warps)"
+if bash tests/emu/run_sample.sh >"$BUILD/emu-sample.log" 2>&1; then
+    passed=$((passed + 1))
+    grep '^test_sample_emu: warp .*differ' "$BUILD/emu-sample.log"
+else
+    failed=$((failed + 1))
+    failures+=("emu sample")
+    tail -n 20 "$BUILD/emu-sample.log"
 fi
 
 echo "== clang build (-Wall -Wextra -Werror)"

@@ -10,6 +10,7 @@
 #include "forge/status.h"
 #include "forge/backend.h"
 #include "forge/gguf.h"
+#include "forge/sample.h"
 #include "forge/types.h"
 #include "forge/tokenizer.h"
 
@@ -25,6 +26,8 @@ typedef struct fg_model_opts {
     int32_t max_batch_tokens; // most tokens in one forward step (scratch sized at load); 0: 512
     int32_t max_seqs;         // most sequences in one step; 0: 64
     int32_t max_logit_rows;   // most rows of logits one step returns; 0: max_batch_tokens
+    int32_t max_sample_entries; // most sample entries one step carries (fg_batch); 0: a default
+                                // (fg_model_reserve_sampling grows it)
     const char *tokenizer_pre; // pre-tokenizer override (NULL: the file's)
     bool progress;            // progress bar while loading (on a terminal only)
     // ---- tensor parallelism (docs/ARCHITECTURE.md, "Tensor parallelism"): the attention heads
@@ -66,6 +69,9 @@ typedef struct fg_model_info {
     int32_t max_logit_rows;
     int32_t tp_size;             // tensor-parallel ranks (1: none) and this model's rank; with
     int32_t tp_rank;             // tp_size > 1 the byte counts above are this rank's
+    int32_t max_sample_entries;
+    bool async_steps;            // the backend runs a step after fg_model_submit returns (a GPU):
+                                 // the caller may prepare the next one until fg_model_wait
 } fg_model_info;
 
 // Loads a GGUF model onto the backend. Errors name what is wrong (tensor missing or of the
@@ -104,6 +110,12 @@ typedef struct fg_batch {
     int32_t n_seqs;
     const int32_t *n_kv;             // [n_seqs] KV length after the step
     const int32_t *const *page_tables; // [n_seqs] -> page ids
+    // Sampling on the backend (forge/sample.h): NULL, and the step hands back the logits of
+    // the rows that want them; else one row per such row (in token order, as many as there
+    // are), and the step hands back one fg_sample_result each instead (fg_model_wait_samples).
+    const fg_sample_row *sample;
+    const fg_sample_entry *sample_entries; // [n_sample_entries], indexed by the rows
+    int32_t n_sample_entries;              // <= max_sample_entries
 } fg_batch;
 
 // Submits the step: validates the batch and enqueues the whole forward pass on the backend
@@ -115,8 +127,15 @@ fg_status fg_model_submit(fg_model *m, fg_kv_store *kv, const fg_batch *b);
 // Waits for the submitted step. *logits gets its logits [n_out][n_vocab] (the tokens that
 // want them, in token order) in memory the model owns, valid until the next submit; *n_out
 // their count (either may be NULL). FG_ERR_FORMAT naming the logit when one is not finite
-// (broken weights), FG_ERR_DEVICE on a device fault (sticky).
+// (broken weights), FG_ERR_DEVICE on a device fault (sticky). A step that sampled
+// (fg_batch.sample) gives *logits NULL.
 fg_status fg_model_wait(fg_model *m, const float **logits, int32_t *n_out);
+// The same for a step that sampled: *res gets its n_out results (token order), NULL for a
+// step that handed back logits. Only these results and the requested log-probabilities cross
+// from the device, never the logits rows.
+fg_status fg_model_wait_samples(fg_model *m, const fg_sample_result **res, int32_t *n_out);
+// Grows the per-step sample-entry capacity (outside steps; sizes device and pinned memory).
+fg_status fg_model_reserve_sampling(fg_model *m, int32_t max_sample_entries);
 // Submit + wait, copying the logits into logits[n_out * n_vocab] (NULL when none are wanted).
 fg_status fg_model_forward(fg_model *m, fg_kv_store *kv, const fg_batch *b, float *logits);
 

@@ -4,7 +4,9 @@
 // attention, output projection accumulated into the residual, rmsnorm, the fused gate|up
 // projection, SwiGLU, down projection into the residual; glm4's post norms; the last layer
 // continues only with the rows wanting logits) -> output norm -> output projection in chunks,
-// each checked for non-finite values on the backend and copied back asynchronously.
+// each checked for non-finite values on the backend, then either copied back asynchronously
+// or, when the batch carries sampling rows, sampled on the backend (only the small results
+// come back).
 // The op sequence depends only on the step's shape (n_tokens, n_out), never on its data, so a
 // GPU backend may capture it. With tensor parallelism (m->tp) each rank runs this same pass on
 // its heads and FFN rows; the two row-parallel projections (attn_output, ffn_down) give partial
@@ -106,6 +108,18 @@ static fg_status make_step(fg_model *m, fg_kv_store *kv, const fg_batch *b, fg_s
     st->page_table = kv->page_table;
     st->n_out = n_out;
     st->out_rows = m->out_rows;
+    if (b->sample) {
+        if (b->n_sample_entries < 0 || b->n_sample_entries > m->max_sample_entries)
+            return FG_FAIL(FG_ERR_CAPACITY,
+                           "forward: batch.n_sample_entries = %d, the model was reserved for %d (max_sample_entries)",
+                           b->n_sample_entries, m->max_sample_entries);
+        st->sample = b->sample;
+        st->sample_entries = b->sample_entries;
+        st->n_sample_entries = b->n_sample_entries;
+    } else if (b->n_sample_entries != 0) {
+        return FG_FAIL(FG_ERR_INVALID_ARG, "forward: batch.n_sample_entries = %d without sample rows",
+                       b->n_sample_entries);
+    }
     // the same model, KV store and buffers every step: a backend may replay a recorded step
     st->graph_id = ((uint64_t)(uintptr_t)m * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)(uintptr_t)kv;
     return FG_OK;
@@ -314,8 +328,17 @@ static fg_status run_ops(fg_model *m, fg_kv_store *kv, const fg_step *st) {
         // backend finds the first such value (fg_model_wait reports it) rather than letting the
         // sampler turn NaNs into a stream of token 0.
         OP(fg_op_check_finite(be, &lg, r0));
-        OP(fg_op_download_async(be, &lg, 0, m->logits + r0 * V, (size_t)(nr * V) * sizeof(float)));
+        if (st->sample) { // sampled on the backend: the rows never leave it
+            fg_tensor sr = fg_tensor_rows(&s->samp, (size_t)r0 * s->samp.nb[1], FG_SAMPLE_RESULT_WORDS, nr,
+                                          s->samp.nb[1]);
+            sr.type = FG_TYPE_I32;
+            OP(fg_op_sample(be, &sr, &lg, r0));
+        } else {
+            OP(fg_op_download_async(be, &lg, 0, m->logits + r0 * V, (size_t)(nr * V) * sizeof(float)));
+        }
     }
+    if (st->sample) // one small copy: a token, its log-probability and the top-N per row
+        OP(fg_op_download_async(be, &s->samp, 0, m->samples, (size_t)st->n_out * sizeof(fg_sample_result)));
     return FG_OK;
 }
 
@@ -339,6 +362,7 @@ fg_status fg_model_submit(fg_model *m, fg_kv_store *kv, const fg_batch *b) {
     if (st != FG_OK)
         return m->tp.group ? fg_tp_group_wait_step(m->tp.group, st) : st;
     m->pending = true;
+    m->pending_sampled = step.sample != NULL;
     m->pending_out = step.n_out;
     return FG_OK;
 }
@@ -357,9 +381,16 @@ fg_status fg_model_wait(fg_model *m, const float **logits, int32_t *n_out) {
                        "%s: forward: logit %lld of token %d is %g: the weights produce non-finite values", m->path,
                        (long long)res.bad_col, m->out_rows[res.bad_row], (double)res.bad_value);
     if (logits)
-        *logits = m->logits;
+        *logits = m->pending_sampled ? NULL : m->logits;
     if (n_out)
         *n_out = m->pending_out;
+    return FG_OK;
+}
+
+fg_status fg_model_wait_samples(fg_model *m, const fg_sample_result **res, int32_t *n_out) {
+    FG_TRY(fg_model_wait(m, NULL, n_out));
+    if (res)
+        *res = m->pending_sampled ? m->samples : NULL;
     return FG_OK;
 }
 
@@ -375,6 +406,9 @@ static int32_t count_wanted(const fg_batch *b) {
 }
 
 fg_status fg_model_forward(fg_model *m, fg_kv_store *kv, const fg_batch *b, float *logits) {
+    if (b && b->sample)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "forward: fg_model_forward hands back logits: a batch with sample rows "
+                                           "goes through fg_model_submit and fg_model_wait_samples");
     int32_t wanted = count_wanted(b);
     if (!logits && wanted > 0 && m && kv && kv->m == m && !m->pending &&
         b->n_tokens <= m->max_batch_tokens) // (a malformed batch is reported by submit)

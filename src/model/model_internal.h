@@ -102,6 +102,7 @@ typedef struct fg_scratch {
     fg_tensor h;    // [T][n_ff] swiglu output
     fg_tensor xo;   // [T][n_embd] rows wanting logits (last layer)
     fg_tensor lg;   // [lg_rows][n_vocab] one chunk of logits
+    fg_tensor samp; // I32 [max_logit_rows][FG_SAMPLE_RESULT_WORDS] sample results
     int32_t lg_rows;
     void *act;      // activations converted for the matmuls (fg_op_convert), act_bytes
     size_t act_bytes;
@@ -138,8 +139,11 @@ struct fg_model {
     int32_t *out_rows;  // [max_batch_tokens]
     // results: logits of the last submitted step, in backend host memory (pinned on a GPU)
     float *logits;         // [max_logit_rows][n_vocab]
+    fg_sample_result *samples; // [max_logit_rows] (a step that sampled)
     int32_t max_logit_rows;
+    int32_t max_sample_entries;
     bool pending;          // a step was submitted and not yet waited for
+    bool pending_sampled;  // it sampled (results in samples, not logits)
     int32_t pending_out;   // its n_out
 };
 

@@ -645,6 +645,9 @@ static fg_status alloc_scratch(fg_model *m) {
         offs[i] = (end + WEIGHT_ALIGN - 1) / WEIGHT_ALIGN * WEIGHT_ALIGN;
         end = offs[i] + (uint64_t)plan[i].cols * (uint64_t)plan[i].rows * sizeof(float);
     }
+    // sample results: one fg_sample_result per logits row a step may hand back
+    uint64_t samp_off = (end + WEIGHT_ALIGN - 1) / WEIGHT_ALIGN * WEIGHT_ALIGN;
+    end = samp_off + (uint64_t)m->max_logit_rows * sizeof(fg_sample_result);
     // converted activations (fg_op_convert): at most 2 bytes an element (F16/BF16; the 8-bit
     // types take 1.06-1.14) of the widest matmul input, plus a block's slack per row
     int64_t max_in = FG_MAX(E, FG_MAX(Q, F));
@@ -672,6 +675,10 @@ static fg_status alloc_scratch(fg_model *m) {
         int64_t ne[4] = {plan[i].cols, plan[i].rows, 1, 1};
         *plan[i].t = fg_tensor_view(s->buf, base, (size_t)offs[i], FG_TYPE_F32, 2, ne);
     }
+    {
+        int64_t ne[2] = {FG_SAMPLE_RESULT_WORDS, m->max_logit_rows};
+        s->samp = fg_tensor_view(s->buf, base, (size_t)samp_off, FG_TYPE_I32, 2, ne);
+    }
     s->act = (char *)base + act_off;
     // the largest step the backend will see (the KV store reserves its pages on creation)
     fg_backend_limits lim = {
@@ -681,6 +688,7 @@ static fg_status alloc_scratch(fg_model *m) {
         .max_head_dim = hp->head_dim,
         .max_cols = FG_MAX(FG_MAX(E, Q + 2 * KV), FG_MAX(2 * F, (int64_t)hp->n_vocab)),
         .max_weight_elems = FG_MAX(E * (Q + 2 * KV), FG_MAX(E * Q, E * 2 * F)),
+        .max_sample_entries = m->max_sample_entries,
     };
     FG_TRY(fg_backend_reserve(be, &lim));
     // the logits of a step come back into host memory the backend can copy into asynchronously
@@ -694,6 +702,13 @@ static fg_status alloc_scratch(fg_model *m) {
         return st;
     }
     m->logits = lg;
+    void *sr = NULL;
+    st = be->ops->host_alloc(be, (size_t)m->max_logit_rows * sizeof(fg_sample_result), &sr);
+    if (st != FG_OK) {
+        fg_error_prefix("%s: sample results", m->path);
+        return st;
+    }
+    m->samples = sr;
     return FG_OK;
 }
 
@@ -717,6 +732,8 @@ static void fill_info(fg_model *m, const loader *L) {
     in->max_logit_rows = m->max_logit_rows;
     in->tp_size = m->tp.size;
     in->tp_rank = m->tp.rank;
+    in->max_sample_entries = m->max_sample_entries;
+    in->async_steps = m->be->ops->async_steps;
     in->scratch_bytes = m->be->ops->buf_size(m->s.buf);
     uint64_t params = 0, bytes = 0, per_tok = 0, layer_params = 0;
     for (int32_t i = 0; i < m->n_tensors; i++) {
@@ -768,9 +785,11 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
         o.max_seqs = 64;
     if (o.max_logit_rows <= 0 || o.max_logit_rows > o.max_batch_tokens)
         o.max_logit_rows = o.max_batch_tokens;
-    if (o.max_batch_tokens > (1 << 20) || o.max_seqs > (1 << 16))
-        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: max_batch_tokens (%d) or max_seqs (%d) too large",
-                       path, o.max_batch_tokens, o.max_seqs);
+    if (o.max_sample_entries <= 0)
+        o.max_sample_entries = FG_MAX(8192, 64 * o.max_logit_rows);
+    if (o.max_batch_tokens > (1 << 20) || o.max_seqs > (1 << 16) || o.max_sample_entries > (1 << 26))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: max_batch_tokens (%d), max_seqs (%d) or max_sample_entries (%d) "
+                       "too large", path, o.max_batch_tokens, o.max_seqs, o.max_sample_entries);
     // ---- tensor parallelism: an in-process group (tp_group.c), or one rank of the caller's
     if (o.tp_size <= 0)
         o.tp_size = 1;
@@ -792,6 +811,7 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
     m->max_batch_tokens = o.max_batch_tokens;
     m->max_seqs = o.max_seqs;
     m->max_logit_rows = o.max_logit_rows;
+    m->max_sample_entries = o.max_sample_entries;
     fg_status st = fg_gguf_open(path, &m->gguf);
     if (st != FG_OK)
         goto fail;
@@ -891,6 +911,8 @@ void fg_model_destroy(fg_model *m) {
     if (m->be) {
         if (m->logits)
             m->be->ops->host_free(m->be, m->logits);
+        if (m->samples)
+            m->be->ops->host_free(m->be, m->samples);
         if (m->s.buf)
             m->be->ops->buf_free(m->be, m->s.buf);
         if (m->wbuf)
@@ -911,3 +933,18 @@ void fg_model_destroy(fg_model *m) {
 const fg_model_info *fg_model_get_info(const fg_model *m) { return &m->info; }
 const fg_tokenizer *fg_model_tokenizer(const fg_model *m) { return m->tok; }
 const fg_gguf *fg_model_gguf(const fg_model *m) { return m->gguf; }
+
+fg_status fg_model_reserve_sampling(fg_model *m, int32_t max_sample_entries) {
+    if (!m || max_sample_entries < 0 || max_sample_entries > (1 << 26))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "fg_model_reserve_sampling: %d entries (expected 0..%d)",
+                       max_sample_entries, 1 << 26);
+    if (m->pending)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "fg_model_reserve_sampling: a step is in flight");
+    if (max_sample_entries <= m->max_sample_entries)
+        return FG_OK;
+    fg_backend_limits lim = {.max_sample_entries = max_sample_entries};
+    FG_TRY(fg_backend_reserve(m->be, &lim));
+    m->max_sample_entries = max_sample_entries;
+    m->info.max_sample_entries = max_sample_entries;
+    return FG_OK;
+}

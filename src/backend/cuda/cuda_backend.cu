@@ -266,6 +266,8 @@ static bool cuda_supports(fg_backend *be, fg_op op, uint32_t type) {
     case FG_OP_CHECK_FINITE:
     case FG_OP_ALL_REDUCE: // the communicator (comm_nccl.cu) says whether NCCL is built in
         return type == FG_TYPE_F32;
+    case FG_OP_SAMPLE:
+        return type == FG_TYPE_F32;
     case FG_OP_COUNT:
         break;
     }
@@ -345,14 +347,20 @@ static fg_status cuda_kv_alloc(fg_backend *be, fg_kv_view *view, fg_buffer **out
 // ------------------------------------------------------------------------------ reserve
 
 // Offsets (int32 elements) of the packed metadata arrays; every start is 16-byte aligned. The
-// offsets depend only on (n_tokens, n_out, n_seqs); the page table comes last.
+// offsets depend only on (n_tokens, n_out, n_seqs, the page-table stride, whether the step
+// samples); the sample entries come last (their count varies from step to step: the kernels
+// find each row's in the rows).
 typedef struct meta_layout {
-    size_t tokens, pos, seq, out_rows, seq_n_kv, seq_first, seq_n_tokens, page_table, total;
+    size_t tokens, pos, seq, out_rows, seq_n_kv, seq_first, seq_n_tokens, page_table, sample, entries, total;
 } meta_layout;
+
+#define SAMPLE_ROW_WORDS (sizeof(fg_sample_row) / sizeof(int32_t))
+#define SAMPLE_ENTRY_WORDS (sizeof(fg_sample_entry) / sizeof(int32_t))
 
 static size_t up4(size_t n) { return (n + 3) & ~(size_t)3; }
 
-static meta_layout meta_layout_of(size_t n_tokens, size_t n_out, size_t n_seqs, size_t max_pages) {
+static meta_layout meta_layout_of(size_t n_tokens, size_t n_out, size_t n_seqs, size_t max_pages, size_t n_sample,
+                                  size_t n_entries) {
     meta_layout l;
     size_t o = 0;
     l.tokens = o;
@@ -370,7 +378,11 @@ static meta_layout meta_layout_of(size_t n_tokens, size_t n_out, size_t n_seqs, 
     l.seq_n_tokens = o;
     o += up4(n_seqs);
     l.page_table = o;
-    o += n_seqs * max_pages;
+    o += up4(n_seqs * max_pages);
+    l.sample = o; // 16-byte aligned: the rows hold doubles
+    o += n_sample * SAMPLE_ROW_WORDS;
+    l.entries = o;
+    o += n_entries * SAMPLE_ENTRY_WORDS;
     l.total = o;
     return l;
 }
@@ -385,6 +397,7 @@ static fg_backend_limits limits_max(const fg_backend_limits *a, const fg_backend
     m.max_head_dim = FG_MAX(a->max_head_dim, b->max_head_dim);
     m.max_cols = FG_MAX(a->max_cols, b->max_cols);
     m.max_weight_elems = FG_MAX(a->max_weight_elems, b->max_weight_elems);
+    m.max_sample_entries = FG_MAX(a->max_sample_entries, b->max_sample_entries);
     return m;
 }
 
@@ -405,7 +418,8 @@ static fg_status cuda_reserve(fg_backend *be, const fg_backend_limits *lim) {
         return fg_fail(FG_ERR_INVALID_ARG, "%s: reserve: page table of %d sequences x %d pages is too large",
                        FG_GPU_VENDOR, m.max_seqs, m.max_pages);
     const size_t need = meta_layout_of((size_t)m.max_tokens, (size_t)m.max_tokens, (size_t)m.max_seqs,
-                                       (size_t)m.max_pages).total;
+                                       (size_t)m.max_pages, (size_t)m.max_tokens, (size_t)m.max_sample_entries)
+                            .total;
 
     drop_graphs(c); // the metadata and the arenas may move
     // The staging may be the source of a copy in flight and the arenas in use by queued
@@ -493,6 +507,9 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
         max_n_kv = FG_MAX(max_n_kv, s->seq_n_kv[i]);
         max_seq_tokens = FG_MAX(max_seq_tokens, s->seq_n_tokens[i]);
     }
+    if (s->sample && s->n_sample_entries > L->max_sample_entries)
+        return fg_fail(FG_ERR_INVALID_ARG, "%s: step has %d sample entries, the reserve says %d", FG_GPU_VENDOR,
+                       s->n_sample_entries, L->max_sample_entries);
     if (max_n_kv > L->max_kv_len)
         return fg_fail(FG_ERR_INVALID_ARG, "%s: step has a sequence of %d KV tokens, the reserve says max_kv_len %d",
                        FG_GPU_VENDOR, max_n_kv, L->max_kv_len);
@@ -502,7 +519,8 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
     max_n_kv = round_up_pow2(max_n_kv, FG_MAX(L->max_kv_len, max_n_kv));
     max_seq_tokens = round_up_pow2(max_seq_tokens, s->n_tokens);
     const meta_layout l = meta_layout_of((size_t)s->n_tokens, (size_t)s->n_out, (size_t)s->n_seqs,
-                                         (size_t)pt_stride);
+                                         (size_t)pt_stride, s->sample ? (size_t)s->n_out : 0,
+                                         s->sample ? (size_t)s->n_sample_entries : 0);
     FG_ASSERT(l.total <= c->meta_cap); // the layout is monotonic in every count
 
     USE_DEVICE(c);
@@ -525,6 +543,11 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
         int32_t *row = h + l.page_table + (size_t)i * (size_t)pt_stride;
         memcpy(row, s->page_table + (size_t)i * (size_t)s->max_pages, (size_t)s->max_pages * sizeof(int32_t));
         memset(row + s->max_pages, 0, (size_t)(pt_stride - s->max_pages) * sizeof(int32_t));
+    }
+    if (s->sample) { // the sampling rows and their entries (a few KB: no logits come back)
+        memcpy(h + l.sample, s->sample, (size_t)s->n_out * sizeof(fg_sample_row));
+        if (s->n_sample_entries > 0)
+            memcpy(h + l.entries, s->sample_entries, (size_t)s->n_sample_entries * sizeof(fg_sample_entry));
     }
     if (l.total) {
         // d_meta is single: the stream orders this copy after the previous step's kernels.
@@ -550,6 +573,8 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
     d->seq_first = c->d_meta + l.seq_first;
     d->seq_n_tokens = c->d_meta + l.seq_n_tokens;
     d->page_table = c->d_meta + l.page_table;
+    d->sample = s->sample ? (const fg_sample_row *)(c->d_meta + l.sample) : NULL;
+    d->sample_entries = s->sample ? (const fg_sample_entry *)(c->d_meta + l.entries) : NULL;
     c->mm.used = c->attn.used = 0;
     c->step_comm = NULL;
     c->in_step = true;
@@ -560,7 +585,8 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
     // stay outside the graph.
     c->graph_mode = 0;
     if (c->graphs_on && s->graph_id != 0 && s->n_tokens <= FG_CUDA_GRAPH_MAX_TOKENS) {
-        const int32_t shape[6] = {s->n_tokens, s->n_seqs, s->n_out, pt_stride, max_n_kv, max_seq_tokens};
+        const int32_t shape[7] = {s->n_tokens, s->n_seqs,       s->n_out,        pt_stride,
+                                  max_n_kv,    max_seq_tokens, s->sample != NULL};
         int hit = -1, victim = 0;
         for (int i = 0; i < FG_CUDA_GRAPHS; i++) {
             if (c->graphs[i].used && c->graphs[i].id == s->graph_id &&
@@ -817,6 +843,13 @@ static fg_status op_check_finite(fg_backend *be, const fg_tensor *x, int64_t row
         return FG_OK; // the recorded step does it
     return fg_cuda_check_finite(c, x, row0);
 }
+static fg_status op_sample(fg_backend *be, fg_tensor *out, const fg_tensor *logits, int64_t row0) {
+    fg_cuda *c = fg_cuda_ctx(be);
+    CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
+    return fg_cuda_sample(c, out, logits, row0);
+}
 static fg_status op_add_rmsnorm(fg_backend *be, fg_tensor *x, fg_tensor *xn, const fg_tensor *a,
                                 const fg_tensor *w, float eps) {
     fg_cuda *c = fg_cuda_ctx(be);
@@ -897,6 +930,7 @@ static fg_backend_ops make_cuda_ops(void) {
     fg_backend_ops o;
     memset(&o, 0, sizeof o);
     o.name = "cuda";
+    o.async_steps = true;
     o.destroy = cuda_destroy;
     o.describe = cuda_describe;
     o.mem_info = cuda_mem_info;
@@ -930,6 +964,7 @@ static fg_backend_ops make_cuda_ops(void) {
     o.kv_store = op_kv_store;
     o.attention = op_attention;
     o.check_finite = op_check_finite;
+    o.sample = op_sample;
     o.download_async = cuda_download_async;
     o.add_rmsnorm = op_add_rmsnorm;
     o.rope_kv_store = NULL; // backend.c composes rope, rope, kv_store

@@ -6,6 +6,7 @@
 //   cuda_ops.cu      row-wise ops: rmsnorm, add, swiglu, rope, gather_out, check_finite, fused
 //   cuda_matmul.cu   get_rows, convert, matmul for every weight type (matvec and tiled paths)
 //   cuda_attn.cu     kv_store, kv_copy_page, paged flash attention (prefill and decode)
+//   cuda_sample.cu   the sample op: one block per output row, radix selects, no vocabulary sort
 //   comm_nccl.cu     the NCCL communicator of tensor parallelism (backend/comm.h)
 //   cuda_common.cuh  device helpers (warp reductions, half conversion, block dequantizers)
 // Every launch is checked (FG_GPU_LAUNCH_CHECK); launchers trust their arguments (backend.c
@@ -48,6 +49,8 @@ typedef struct fg_cuda_step {
     const int32_t *seq_n_tokens; // [n_seqs]
     const int32_t *page_table;   // [n_seqs][max_pages]
     const int32_t *out_rows;     // [n_out]
+    const fg_sample_row *sample;           // [n_out] or NULL (no sample op this step)
+    const fg_sample_entry *sample_entries; // after the rows; rows index them (device memory)
 } fg_cuda_step;
 
 // A bump arena of device memory, reset at every step_begin; sized at reserve.
@@ -113,7 +116,7 @@ typedef struct fg_cuda {
     struct {
         bool used;
         uint64_t id;
-        int32_t shape[6];
+        int32_t shape[7];
         uint64_t last_use;
         gpuGraphExec_t exec;
     } graphs[FG_CUDA_GRAPHS];
@@ -154,6 +157,9 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
 fg_status fg_cuda_matmul_init(fg_cuda *c);
 fg_status fg_cuda_matmul_reserve(fg_cuda *c, const fg_backend_limits *lim);
 void fg_cuda_matmul_free(fg_cuda *c);
+
+// ---- cuda_sample.cu
+fg_status fg_cuda_sample(fg_cuda *c, fg_tensor *out, const fg_tensor *logits, int64_t row0);
 
 // ---- cuda_attn.cu
 bool fg_cuda_kv_supports(uint32_t kv_type);
