@@ -151,7 +151,7 @@ static size_t csp_hash(const char *data, size_t n, char *out) {
 // ---- the policy, built once from the embedded page
 #define CSP_MAX_BLOCKS 8
 static pthread_once_t g_csp_once = PTHREAD_ONCE_INIT;
-static char g_csp[1024];
+static char g_csp[2 * (CSP_MAX_BLOCKS * 64 + 1) + 512]; // both hash lists whole, plus the fixed text
 
 // Hashes of every <tag>...</tag> block (tag without attributes) into out.
 static size_t hash_blocks(const char *page, size_t len, const char *tag, char *out, size_t cap) {
