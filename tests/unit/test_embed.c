@@ -195,8 +195,10 @@ static int setup(void **state) {
     snprintf(f->dir, sizeof f->dir, "/tmp/forge-embed-XXXXXX");
     if (!mkdtemp(f->dir))
         return -1;
+    char dir[64];
+    memcpy(dir, f->dir, sizeof dir);
     for (int i = 0; i < N_MODELS; i++) {
-        snprintf(f->path[i], sizeof f->path[i], "%s/m%d.gguf", f->dir, i);
+        snprintf(f->path[i], sizeof f->path[i], "%s/m%d.gguf", dir, i);
         write_model(f->path[i], &k_models[i]);
     }
     *state = f;
