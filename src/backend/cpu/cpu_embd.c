@@ -3,7 +3,8 @@
 // (mean / first / last token of each sequence, optional L2 normalisation). Numerics follow
 // ggml's CPU ops: layernorm's mean and variance summed in double (ggml_float), the scale
 // 1 / sqrtf(var + eps) in f32, then (x - mean) * scale * w + b in f32; gelu in f32 with erff /
-// tanhf; the pooled mean summed in double. The reference the GPU is tested against.
+// tanhf (erf as a rational approximation within a few ulp of erff); the pooled mean summed in
+// double. The reference the GPU is tested against.
 // Who calls it: the ops table in cpu_backend.c.
 #include "backend/cpu/cpu_internal.h"
 
@@ -12,6 +13,12 @@
 
 #include <math.h>
 #include <string.h>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#define GELU_AVX2 1
+#endif
+
 
 #define SERIAL_ELEMS 32768 // below this many elements an op runs on the caller alone
 
@@ -74,7 +81,57 @@ fg_status fg_cpu_layernorm(fg_backend *be, fg_tensor *dst, const fg_tensor *x, c
 #define GELU_SQRT_2_OVER_PI 0.79788456080286535588f // sqrt(2 / pi)
 #define GELU_COEF_A 0.044715f
 
-static inline float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * GELU_SQRT_HALF)); }
+// erf as a rational function of x^2: the float approximation of Eigen's generic_fast_erf_float
+// and XLA's ErfImpl32 (the same coefficients), |error| <= 3.2e-7 on [-3, 3] (erff: 5.4e-8),
+// without a libm call, so that the GELU loop vectorizes (with erff GELU took ~10% of a BERT
+// step). Arguments beyond +-3 (|x| > 4.24 in GELU, rare) take erff, where the tail of
+// 1 + erf(x) is small and the approximation's absolute error would be relatively large.
+#define ERF_APPROX_MAX 3.0f
+static inline float erf_approx(float x) {
+    const float x2 = x * x;
+    float p = -2.72614225801306e-10f;
+    p = p * x2 + 2.77068142495902e-08f;
+    p = p * x2 + -2.10102402082508e-06f;
+    p = p * x2 + -5.69250639462346e-05f;
+    p = p * x2 + -7.34990630326855e-04f;
+    p = p * x2 + -2.95459980854025e-03f;
+    p = p * x2 + -1.60960333262415e-02f;
+    float q = -1.45660718464996e-05f;
+    q = q * x2 + -2.13374055278905e-04f;
+    q = q * x2 + -1.68282697438203e-03f;
+    q = q * x2 + -7.37332916720468e-03f;
+    q = q * x2 + -1.42647390514189e-02f;
+    return x * p / q;
+}
+
+static inline float gelu_erf(float x) { return 0.5f * x * (1.0f + erf_approx(x * GELU_SQRT_HALF)); }
+
+#ifdef GELU_AVX2
+// 8 at a time, the same operations in the same order as gelu_erf (multiplies and adds apart,
+// no FMA: the scalar code is compiled without contraction), so the results do not depend on
+// where a thread's columns start. Far inputs are stored unchanged; returns whether any was.
+static inline int gelu_erf8(const float *x, float *y) {
+    static const float P[7] = {-2.72614225801306e-10f, 2.77068142495902e-08f, -2.10102402082508e-06f,
+                               -5.69250639462346e-05f, -7.34990630326855e-04f, -2.95459980854025e-03f,
+                               -1.60960333262415e-02f};
+    static const float Q[5] = {-1.45660718464996e-05f, -2.13374055278905e-04f, -1.68282697438203e-03f,
+                               -7.37332916720468e-03f, -1.42647390514189e-02f};
+    const __m256 v = _mm256_loadu_ps(x), u = _mm256_mul_ps(v, _mm256_set1_ps(GELU_SQRT_HALF));
+    const __m256 x2 = _mm256_mul_ps(u, u);
+    __m256 p = _mm256_set1_ps(P[0]), q = _mm256_set1_ps(Q[0]);
+    for (int k = 1; k < 7; k++)
+        p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(P[k]));
+    for (int k = 1; k < 5; k++)
+        q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(Q[k]));
+    const __m256 erf = _mm256_div_ps(_mm256_mul_ps(u, p), q);
+    const __m256 g = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), erf));
+    const __m256 lim = _mm256_set1_ps(ERF_APPROX_MAX);
+    const __m256 far = _mm256_or_ps(_mm256_cmp_ps(u, lim, _CMP_GT_OQ),
+                                    _mm256_cmp_ps(u, _mm256_sub_ps(_mm256_setzero_ps(), lim), _CMP_LT_OQ));
+    _mm256_storeu_ps(y, _mm256_blendv_ps(g, v, far));
+    return _mm256_movemask_ps(far);
+}
+#endif
 static inline float gelu_tanh(float x) {
     return 0.5f * x * (1.0f + tanhf(GELU_SQRT_2_OVER_PI * x * (1.0f + GELU_COEF_A * x * x)));
 }
@@ -97,10 +154,28 @@ static void gelu_work(void *p, int ith, int nth) {
     for (int64_t r = rb; r < re; r++) {
         const float *x = row_f32(a->x, r);
         float *y = row_f32(a->dst, r);
-        if (a->mode == FG_GELU_ERF)
-            for (int64_t i = cb; i < ce; i++)
-                y[i] = gelu_erf(x[i]);
-        else
+        if (a->mode == FG_GELU_ERF) {
+            // y may alias x: far inputs are kept as they are for the second pass, which finds
+            // them again (gelu of an input within the bound is never beyond it: |gelu(v)| <= |v|)
+            int tail = 0;
+            int64_t i0 = cb;
+#ifdef GELU_AVX2
+            for (; i0 + 8 <= ce; i0 += 8)
+                tail |= gelu_erf8(x + i0, y + i0);
+#endif
+            for (int64_t i = i0; i < ce; i++) {
+                const float v = x[i], u = v * GELU_SQRT_HALF;
+                const bool far = u > ERF_APPROX_MAX || u < -ERF_APPROX_MAX;
+                tail |= far;
+                y[i] = far ? v : gelu_erf(v);
+            }
+            if (tail)
+                for (int64_t i = cb; i < ce; i++) {
+                    const float u = y[i] * GELU_SQRT_HALF;
+                    if (u > ERF_APPROX_MAX || u < -ERF_APPROX_MAX)
+                        y[i] = 0.5f * y[i] * (1.0f + erff(u));
+                }
+        } else
             for (int64_t i = cb; i < ce; i++)
                 y[i] = gelu_tanh(x[i]);
     }
