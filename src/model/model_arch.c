@@ -7,12 +7,12 @@
 #include <string.h>
 
 const fg_arch_traits fg_arch_table[FG_ARCH_COUNT] = {
-    [FG_ARCH_LLAMA] = {"llama", FG_ROPE_NORMAL, false, false, false, false},
-    [FG_ARCH_QWEN2] = {"qwen2", FG_ROPE_NEOX, true, false, false, false},
-    [FG_ARCH_QWEN3] = {"qwen3", FG_ROPE_NEOX, false, true, false, false},
+    [FG_ARCH_LLAMA] = {"llama", FG_ROPE_NORMAL, false, false, false, false, false, false, false},
+    [FG_ARCH_QWEN2] = {"qwen2", FG_ROPE_NEOX, true, false, false, false, false, false, false},
+    [FG_ARCH_QWEN3] = {"qwen3", FG_ROPE_NEOX, false, true, false, false, false, false, false},
     // GLM-4-0414 as llama.cpp runs it: rope type NORM (adjacent pairs) over the first
     // rope.dimension_count dims of each head, post norms, fused gate|up projection.
-    [FG_ARCH_GLM4] = {"glm4", FG_ROPE_NORMAL, false, false, true, true},
+    [FG_ARCH_GLM4] = {"glm4", FG_ROPE_NORMAL, false, false, true, true, false, false, false},
     // encoders for embeddings (issue 14), as llama.cpp's llm_build_bert runs them: bert
     // (BERT, MiniLM, BGE, E5: learned positions, GELU FFN with biases) and nomic-bert (rotary
     // positions NEOX, SwiGLU FFN, fused attn_qkv); post-LayerNorms with biases, token types.
