@@ -9,6 +9,10 @@
 #   make fuzz       libFuzzer targets (clang, ASan+UBSan) in build/fuzz/
 #   CC=clang make   the same with clang
 #   make HIP=1      the GPU backend (src/backend/cuda/*.cu) compiled by hipcc, linked to libamdhip64
+#   NCCL=0|1        tensor parallelism over NCCL in the CUDA build: found automatically in the CUDA
+#                   toolkit (CUDA_HOME/include/nccl.h) or NCCL_HOME; NCCL=1 requires it, NCCL=0
+#                   leaves it out (--tensor-parallel on the GPU then says so)
+#   make nccl-check compiles the NCCL communicator and links a probe against libnccl
 
 CC ?= cc
 NVCC ?= nvcc
@@ -51,6 +55,26 @@ CPPFLAGS += -DFG_HAVE_CUDA=1
 NVCCFLAGS := -O2 -std=c++17 -Iinclude -Isrc $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
              -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter -Werror all-warnings -MMD -MP
 LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
+# NCCL (tensor parallelism, src/backend/cuda/comm_nccl.cu): the toolkit's own, or NCCL_HOME's.
+NCCL_HOME ?= $(CUDA_HOME)
+ifneq ($(NCCL),0)
+HAVE_NCCL := $(if $(wildcard $(NCCL_HOME)/include/nccl.h),1)
+ifeq ($(NCCL),1)
+ifneq ($(HAVE_NCCL),1)
+$(error NCCL=1 but $(NCCL_HOME)/include/nccl.h does not exist: set NCCL_HOME)
+endif
+endif
+endif
+ifeq ($(HAVE_NCCL),1)
+CPPFLAGS += -DFG_HAVE_NCCL=1
+NVCCFLAGS += -I$(NCCL_HOME)/include
+# (the toolkit's lib64, or lib/ of the nvidia-nccl Python wheel, which has libnccl.so.2 only)
+NCCL_LIBDIR := $(firstword $(foreach d,$(NCCL_HOME)/lib64 $(NCCL_HOME)/lib,$(if $(wildcard $(d)/libnccl.so*),$(d))))
+ifneq ($(NCCL_LIBDIR),)
+LDLIBS += -L$(NCCL_LIBDIR) -Wl,-rpath,$(NCCL_LIBDIR)
+endif
+LDLIBS += $(if $(wildcard $(NCCL_LIBDIR)/libnccl.so),-lnccl,-l:libnccl.so.2)
+endif
 endif
 
 # HIP=1: the same .cu files through hipcc (gpu_compat.h maps the runtime names); the backend
@@ -85,7 +109,7 @@ TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 TEST_SUPPORT := $(filter-out tests/unit/test_%.c,$(wildcard tests/unit/*.c))
 TEST_SUPPORT_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(TEST_SUPPORT))
 
-.PHONY: all tests check fuzz clean demo asan
+.PHONY: all tests check fuzz clean demo asan nccl-check
 all: $(BUILD)/forge
 
 $(BUILD)/obj/%.o: %.c
@@ -157,6 +181,20 @@ asan:
 check:
 	bash tests/run.sh
 
+# The NCCL build check CI runs (tests/run.sh), also in a CUDA=0 tree: the communicator compiled
+# with nvcc against nccl.h, and a probe linked against libnccl.
+nccl-check:
+ifeq ($(HAVE_NCCL),1)
+	@mkdir -p $(BUILD)/nccl-check
+	$(NVCC) $(NVCCFLAGS) $(CPPFLAGS) -c src/backend/cuda/comm_nccl.cu -o $(BUILD)/nccl-check/comm_nccl.cu.o
+	printf '#include <nccl.h>\nint main(void) { int v = 0; return ncclGetVersion(&v) != ncclSuccess || v < 21800; }\n' \
+	    > $(BUILD)/nccl-check/probe.c
+	$(CC) -I$(NCCL_HOME)/include -o $(BUILD)/nccl-check/probe $(BUILD)/nccl-check/probe.c $(LDLIBS)
+	$(BUILD)/nccl-check/probe && echo "nccl-check: comm_nccl.cu compiles, libnccl links and loads ($(NCCL_HOME))"
+else
+	@echo "nccl-check: no NCCL in this build (nvcc $(if $(HAVE_NVCC),found,not found or CUDA=0); nccl.h not found under NCCL_HOME=$(NCCL_HOME))"; exit 1
+endif
+
 demo:
 	bash scripts/demo.sh
 
@@ -171,7 +209,7 @@ fuzz: $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 define FUZZ_RULE
 $(BUILD)/fuzz/$(1): tests/fuzz/$(1).c $(foreach m,$(call fuzz_mods,$(1)),$(call mod_c,$(m)))
 	@mkdir -p $$(dir $$@)
-	clang $(FUZZ_FLAGS) -o $$@ $$< $(foreach m,$(call fuzz_mods,$(1)),$(call mod_c,$(m))) $(filter-out -L% -Wl% -lcudart -lcublas -lamdhip64 -lstdc++,$(LDLIBS))
+	clang $(FUZZ_FLAGS) -o $$@ $$< $(foreach m,$(call fuzz_mods,$(1)),$(call mod_c,$(m))) $(filter-out -L% -Wl% -lcudart -lcublas -lnccl -l:libnccl.so.2 -lamdhip64 -lstdc++,$(LDLIBS))
 endef
 $(foreach t,$(patsubst tests/fuzz/%.c,%,$(FUZZ_SRC)),$(eval $(call FUZZ_RULE,$(t))))
 

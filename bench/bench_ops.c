@@ -111,8 +111,8 @@ static void bench_attention(fg_backend *be, int n_kv, int n_seqs) {
     }
     for (int i = 0; i < n_pages; i++)
         pt[i] = i;
-    fg_step st = {n_seqs, tok, pos, seq, n_seqs, nkv, NULL, NULL, pages_per_seq, pt, 0, NULL, 0};
-    fg_backend_limits lim = {n_seqs, n_seqs, pages_per_seq, n_kv, n_head, hd, n_head * hd, 0};
+    fg_step st = {n_seqs, tok, pos, seq, n_seqs, nkv, NULL, NULL, pages_per_seq, pt, 0, NULL, 0, NULL, 0, NULL};
+    fg_backend_limits lim = {n_seqs, n_seqs, pages_per_seq, n_kv, n_head, hd, n_head * hd, 0, 0};
     fg_attn_params ap = {0, n_head, 0.088f, true};
     if (fg_backend_reserve(be, &lim) != FG_OK || fg_step_begin(be, &st) != FG_OK ||
         fg_op_attention(be, &d, &q, &kv, &ap) != FG_OK) {

@@ -44,7 +44,7 @@ int main(int argc, char **argv) {
     int32_t tok = 1, seq = 0;
     for (int i = 0; i < steps; i++) {
         int32_t pos = i % 32, n_kv = pos + 1; // short KV: the step's fixed cost dominates
-        fg_batch b = {1, &tok, &pos, &seq, NULL, 1, &n_kv, pts};
+        fg_batch b = {1, &tok, &pos, &seq, NULL, 1, &n_kv, pts, NULL, NULL, 0};
         double t0 = fg_time_s();
         if (fg_model_forward(m, kv, &b, logits) != FG_OK) {
             fprintf(stderr, "bench_step: %s\n", fg_last_error());

@@ -4,6 +4,7 @@
 #   .device/deps/*.deb  the Debian packages of libmicrohttpd, jansson, PCRE2 and cmocka (and
 #                       GnuTLS with its libraries, which libmicrohttpd needs; gpu-check.sh keeps
 #                       only those the machine's image does not already have)
+#   .device/wheels/     pytest and requests for the Python suites (FORGE_GPU_PYTEST)
 #   .device/shared/     a copy of the shared test data (models, goldens, vocab, text): the
 #                       ../shared beside a checkout does not travel with the repository
 # Then run gpu-check.sh through the device tool with carry [".device"] (about 35 MiB).
@@ -22,6 +23,13 @@ rm -f .device/deps/*.deb
 # `apt-get update` first.
 (cd .device/deps && apt-get download $pkgs)
 echo "fetch-device-deps: $(ls .device/deps/*.deb | wc -l) packages in .device/deps ($(du -sh .device/deps | cut -f1))"
+
+# the Python test tools for FORGE_GPU_PYTEST (the machine's python3 is 3.12)
+mkdir -p .device/wheels
+rm -f .device/wheels/*.whl
+python3 -m pip download -q -d .device/wheels --only-binary=:all: --python-version 3.12 \
+    --platform manylinux2014_x86_64 --platform any pytest requests
+echo "fetch-device-deps: $(ls .device/wheels/*.whl | wc -l) wheels in .device/wheels"
 
 shared="${1:-${FORGE_SHARED:-../shared}}"
 if [ -f "$shared/models/MANIFEST.md" ]; then

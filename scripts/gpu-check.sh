@@ -9,6 +9,10 @@
 # There, through the device tool, from the repository root, with carry [".device"]:
 #   scripts/gpu-check.sh
 #   FORGE_GPU_SUITES="test_cuda test_backend_ops" FORGE_BENCH="build/forge bench ... ;; ..." scripts/gpu-check.sh
+# On a kind of several GPUs (nvidia-h100-x2, ...), test_tp and the goldens' "tp2" cases
+# (test_golden, FORGE_GOLDEN_TP) run tensor-parallel across GPUs 0..N-1 through NCCL; with one
+# GPU they SKIP. NCCL comes from the toolkit, else from the image's nvidia-nccl Python wheel
+# (NCCL_HOME is set to it here); NCCL_NVLS_ENABLE stays 0.
 #
 # Environment (all optional):
 #   FORGE_GPU_SUITES      suites to run, names under build/tests (default: every build/tests/test_*)
@@ -18,6 +22,8 @@
 #   FORGE_SANITIZE_TOOLS  "memcheck racecheck" (also: synccheck initcheck)
 #   FORGE_SANITIZE_ENV    VAR=value pairs for the sanitized runs, to shorten them
 #   FORGE_SANITIZE_TIMEOUT seconds per sanitizer run (240)
+#   FORGE_GPU_PYTEST      tests/py files to run against the GPU build (pytest, requests: from
+#                         .device/wheels when the machine's python3 lacks them)
 #   FORGE_BENCH           benchmark commands separated by ";;" (run from the repository root)
 #   FORGE_DEADLINE_S      wall-clock budget of the whole script (560): phases are cut short
 #                         so that the table still prints inside the device tool's 600 s
@@ -85,6 +91,23 @@ GPU_NAME=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,
 GPU_NAME="${GPU_NAME:-no nvidia-smi answer}"
 echo "gpu: $GPU_NAME"
 echo "nvcc: $(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p')  commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+N_GPUS=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
+echo "gpus: $N_GPUS"
+[ "$N_GPUS" -gt 1 ] && nvidia-smi topo -m 2>/dev/null | head -n 12
+# NCCL for tensor parallelism: the toolkit's nccl.h, else the nvidia-nccl wheel of the image's python
+nvcc_home=$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)")")
+if [ -z "${NCCL_HOME:-}" ] && [ ! -f "$nvcc_home/include/nccl.h" ]; then
+    d=$(python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null)
+    [ -n "$d" ] && [ -f "$d/include/nccl.h" ] && export NCCL_HOME="$d"
+fi
+export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"
+nccl_h="${NCCL_HOME:-$nvcc_home}/include/nccl.h"
+nccl_v=$(sed -n 's/^#define NCCL_\(MAJOR\|MINOR\|PATCH\) *\([0-9]*\).*/\2/p' "$nccl_h" 2>/dev/null | paste -sd.)
+if [ -n "$nccl_v" ]; then
+    echo "nccl: $nccl_v in ${NCCL_HOME:-$nvcc_home}; NCCL_NVLS_ENABLE=$NCCL_NVLS_ENABLE"
+else
+    echo "nccl: nccl.h not found (built without tensor parallelism on the GPU)"
+fi
 
 # ---------------------------------------------------------------- dependencies
 # The .deb files of scripts/fetch-device-deps.sh, unpacked into /tmp/deps (never into /). A
@@ -239,6 +262,35 @@ if [ "${FORGE_SANITIZE:-1}" != "0" ]; then
             fi
             row "$tool($ss)" "$p" "$f" "$k" $(($(now) - t)) "$note"
         done
+    fi
+fi
+
+# ---------------------------------------------------------------- python suites
+# FORGE_GPU_PYTEST: tests/py files run against the GPU build (FORGE_DEVICE=cuda), e.g. the server's
+# load test; pytest and requests come from the carried wheels (.device/wheels) when missing.
+if [ -n "${FORGE_GPU_PYTEST:-}" ]; then
+    t=$(now)
+    PY=$(command -v python3 || true)
+    pyd=/tmp/forge-pyd
+    if [ -n "$PY" ] && ! "$PY" -c "import pytest, requests" 2>/dev/null && [ -d .device/wheels ]; then
+        "$PY" -m pip install -q --no-index --find-links .device/wheels --target "$pyd" pytest requests \
+            >"$LOGDIR/pytest-install.log" 2>&1
+        export PYTHONPATH="$pyd${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    if [ -z "$PY" ] || ! "$PY" -c "import pytest, requests" 2>/dev/null; then
+        row "pytest" - - - 0 "SKIP: no python3 with pytest and requests (scripts/fetch-device-deps.sh carries wheels)"
+    else
+        log="$LOGDIR/pytest.log"
+        FORGE_BIN="$PWD/$BUILD/forge" BUILD="$BUILD" FORGE_SHARED="$(cd "$FORGE_SHARED" && pwd)" \
+            timeout -k 5 "$(limit 240)" "$PY" -m pytest -q $FORGE_GPU_PYTEST >"$log" 2>&1
+        rc=$?
+        last=$(tail -n 1 "$log")
+        p=$(grep -oE '[0-9]+ passed' <<<"$last" | grep -oE '[0-9]+' || echo 0)
+        f=$(grep -oE '[0-9]+ (failed|errors?)' <<<"$last" | awk '{s += $1} END {print s + 0}')
+        k=$(grep -oE '[0-9]+ skipped' <<<"$last" | grep -oE '[0-9]+' || echo 0)
+        [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ] && f=1
+        tail -n 15 "$log"
+        row "pytest (FORGE_DEVICE=$FORGE_DEVICE)" "$p" "${f:-0}" "$k" $(($(now) - t)) "$FORGE_GPU_PYTEST"
     fi
 fi
 

@@ -4,8 +4,10 @@
 #   2. Python suites (pytest tests/py: CLI, tokenizer vectors, server with real clients);
 #   3. the demo (scripts/demo.sh) from a fresh git clone, with the binary built here;
 #   4. fuzz targets (libFuzzer + ASan/UBSan) for a bounded time each (FORGE_FUZZ_SECONDS);
-# plus counted build checks: clang -Werror, and hipcc -Werror over the GPU backend; and the unit
-# tests again under ASan+UBSan (make asan).
+# plus counted build checks: clang -Werror, hipcc -Werror over the GPU backend, and the NCCL
+# communicator of tensor parallelism (nvcc against nccl.h, a probe linked to libnccl); the CUDA
+# sample kernel run in the SIMT emulator against the reference sampler; and the unit tests
+# again under ASan+UBSan (make asan).
 # Test data comes from FORGE_SHARED (default ../shared); its absence is a failure, not a skip.
 set -u
 cd "$(dirname "$0")/.."
@@ -61,6 +63,7 @@ done
 if ls "$BUILD"/tests/host/test_* >/dev/null 2>&1; then
     echo "== host replays of GPU kernels"
     for t in "$BUILD"/tests/host/test_*; do
+        case "$t" in *.log) continue ;; esac # a previous run's log
         if "$t" >"$t.log" 2>&1; then
             passed=$((passed + 1))
             echo "$(basename "$t"): $(tail -n 1 "$t.log")"
@@ -70,6 +73,16 @@ if ls "$BUILD"/tests/host/test_* >/dev/null 2>&1; then
             tail -n 20 "$t.log"
         fi
     done
+fi
+
+echo "== the CUDA sample kernel in the SIMT emulator (tests/emu/run_sample.sh, 32- and 64-wide warps)"
+if bash tests/emu/run_sample.sh >"$BUILD/emu-sample.log" 2>&1; then
+    passed=$((passed + 1))
+    grep '^test_sample_emu: warp .*differ' "$BUILD/emu-sample.log"
+else
+    failed=$((failed + 1))
+    failures+=("emu sample")
+    tail -n 20 "$BUILD/emu-sample.log"
 fi
 
 echo "== clang build (-Wall -Wextra -Werror)"
@@ -103,6 +116,21 @@ else
     failed=$((failed + 1))
     failures+=("hip build")
     echo "hip build: hipcc not found (scripts/install-deps.sh --test installs it)"
+fi
+
+echo "== NCCL build check (comm_nccl.cu with nvcc against nccl.h, a probe linked to libnccl)"
+if command -v nvcc >/dev/null 2>&1; then
+    # CUDA=1 on the command line: also when this run's tree is CPU-only (CUDA=0 in the environment)
+    if make CUDA=1 BUILD="$BUILD/nccl" nccl-check >"$BUILD/nccl-build.log" 2>&1; then
+        passed=$((passed + 1))
+        tail -n 1 "$BUILD/nccl-build.log"
+    else
+        failed=$((failed + 1))
+        failures+=("nccl build")
+        grep -E 'error|nccl-check' "$BUILD/nccl-build.log" | head -n 20
+    fi
+else
+    echo "nccl build: not checked (no nvcc on PATH)"
 fi
 
 if [ "${FORGE_SKIP_ASAN:-0}" != "1" ]; then

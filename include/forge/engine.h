@@ -7,6 +7,7 @@
 
 #include "forge/status.h"
 #include "forge/model.h"
+#include "forge/sample.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -113,8 +114,20 @@ fg_status fg_sampler_create(const fg_sampling *params, int32_t n_vocab, fg_sampl
 void fg_sampler_destroy(fg_sampler *s);
 // Records a token in the history the penalties look at (prompt tokens and generated ones).
 void fg_sampler_accept(fg_sampler *s, int32_t token);
-// Picks the next token from logits[n_vocab] (logits are not modified).
+// Picks the next token from logits[n_vocab] (logits are not modified), on the host, with the
+// arithmetic of the CPU backend's sample op. The token is not accepted into the history.
 int32_t fg_sampler_sample(fg_sampler *s, const float *logits);
+// Sampling on the backend (forge/sample.h): the entries the next row needs at most (logit bias
+// + penalised tokens; one more after each fg_sampler_accept, at most), then the row itself:
+// the parameters, n_top (-1: no log-probabilities), the next uniform draw (not consumed) and
+// the entries into ent[0..cap). Returns their count (row->n_entries), -1 when cap is too
+// small; row->first_entry is the caller's to set.
+int32_t fg_sampler_n_entries(const fg_sampler *s);
+int32_t fg_sampler_fill_row(const fg_sampler *s, int32_t n_top, fg_sample_row *row,
+                            fg_sample_entry *ent, int32_t cap);
+// Applies a row's result: the RNG advances when the op used the draw. The token is not
+// accepted into the history (fg_sampler_accept does that, as after fg_sampler_sample).
+void fg_sampler_commit(fg_sampler *s, const fg_sample_result *res);
 // Resets the history and the RNG (to the seed).
 void fg_sampler_reset(fg_sampler *s);
 // The logits after the logit bias and the penalties (out[n_vocab]); what sampling starts from.
@@ -139,10 +152,15 @@ typedef struct fg_engine_opts {
     bool prefix_cache;
     fg_kv_hash_fn prefix_hash; // test hook: the page hash (NULL: fg_kv_hash_tokens)
     bool check_pages;          // tests: fg_kv_pages_check after every step (aborts if broken)
+    // When a step's events (detokenization, stop strings, callbacks) are emitted: 0 (default)
+    // after the next step is submitted when the backend runs steps asynchronously (a GPU: the
+    // host work overlaps the device; a request ending on a stop string costs the next step one
+    // row, dropped), before it otherwise (the CPU computes inside the submit); 1: always
+    // after, -1: always before (tests run both orders on the CPU).
+    int32_t defer_events;
 } fg_engine_opts;
 
 #define FG_MAX_STOP 8
-#define FG_MAX_TOP_LOGPROBS 20
 
 typedef struct fg_request_params {
     const int32_t *prompt;   // tokens (copied at submit)
@@ -171,11 +189,6 @@ typedef enum fg_event_kind {
     FG_EVENT_TOKEN,          // one generated token (text may be empty while UTF-8 is incomplete)
     FG_EVENT_DONE,           // last event of a request
 } fg_event_kind;
-
-typedef struct fg_top_logprob {
-    int32_t token;
-    float logprob;
-} fg_top_logprob;
 
 // Log-softmax of a raw logits row: returns the logprob of `token` (-inf when out of range or
 // NaN) and, when top is not NULL, the n_top (<= FG_MAX_TOP_LOGPROBS) best tokens, best first
@@ -242,6 +255,14 @@ typedef struct fg_engine_stats {
     uint64_t prefix_hit_tokens, prefix_miss_tokens;
     uint64_t prefix_evictions;            // cached pages dropped to make room
     int32_t prefix_pages, prefix_idle_pages; // cached pages; of those, held by no sequence
+    // Where the scheduler thread's time goes, summed over steps (seconds; bench_engine prints
+    // them per step). plan: admission, prefill chunks, pages, prefix lookups (overlaps the
+    // device on an asynchronous backend); fill: from a step's wait returning to the next
+    // submit (its tokens applied, the next batch and its sampling rows filled: the host time
+    // the device waits for); submit: fg_model_submit (the CPU computes the step inside);
+    // wait: fg_model_wait (the device computing); events: detokenization, stop strings,
+    // callbacks.
+    double t_plan_s, t_fill_s, t_submit_s, t_wait_s, t_events_s;
 } fg_engine_stats;
 
 // Starts the scheduler thread. The model must outlive the engine.

@@ -10,6 +10,7 @@
 #include "forge/status.h"
 #include "forge/backend.h"
 #include "forge/gguf.h"
+#include "forge/sample.h"
 #include "forge/types.h"
 #include "forge/tokenizer.h"
 
@@ -19,13 +20,32 @@ extern "C" {
 
 // ---- models
 typedef struct fg_model fg_model;
+typedef struct fg_comm fg_comm; // a tensor-parallel communicator (internal: src/backend/comm.h)
 
 typedef struct fg_model_opts {
     int32_t max_batch_tokens; // most tokens in one forward step (scratch sized at load); 0: 512
     int32_t max_seqs;         // most sequences in one step; 0: 64
     int32_t max_logit_rows;   // most rows of logits one step returns; 0: max_batch_tokens
+    int32_t max_sample_entries; // most sample entries one step carries (fg_batch); 0: a default
+                                // (fg_model_reserve_sampling grows it)
     const char *tokenizer_pre; // pre-tokenizer override (NULL: the file's)
     bool progress;            // progress bar while loading (on a terminal only)
+    // ---- tensor parallelism (docs/ARCHITECTURE.md, "Tensor parallelism"): the attention heads
+    // and FFN rows of every layer split across tp_size ranks, one all-reduce after the
+    // attention output and one after the FFN down projection.
+    int32_t tp_size;          // ranks (0 or 1: none; at most 8). n_head, n_head_kv and n_ff must divide
+    int32_t tp_rank;          // this model's rank, with tp_comm
+    fg_comm *tp_comm;         // borrowed: the rank's communicator, for callers that run the ranks
+                              // themselves (one process per GPU). NULL with tp_size > 1:
+                              // fg_model_load runs ranks 1..tp_size-1 as worker threads of this
+                              // process on backends of their own and returns rank 0, which drives
+                              // them: submit, wait and the KV store calls reach every rank
+    const fg_backend_opts *tp_backend; // the workers' backends: the loading backend's kind with these
+                              // options (NULL: defaults), rank r on device tp_backend->device + r
+    double tp_timeout_s;      // a rank that does not answer within this many seconds fails the step
+                              // and stops the group (0: 120)
+    bool tp_skip_all_reduce;  // benchmarks only: the all-reduces are left out (every result is
+                              // wrong); a step's time with and without them is their share
 } fg_model_opts;
 
 typedef struct fg_model_info {
@@ -47,6 +67,11 @@ typedef struct fg_model_info {
     int32_t max_batch_tokens;    // limits of one forward step (fg_model_opts, after defaults)
     int32_t max_seqs;
     int32_t max_logit_rows;
+    int32_t tp_size;             // tensor-parallel ranks (1: none) and this model's rank; with
+    int32_t tp_rank;             // tp_size > 1 the byte counts above are this rank's
+    int32_t max_sample_entries;
+    bool async_steps;            // the backend runs a step after fg_model_submit returns (a GPU):
+                                 // the caller may prepare the next one until fg_model_wait
     // embedding models (issue 14)
     int32_t pooling;             // <arch>.pooling_type: 0 none (no embeddings), 1 mean, 2 cls, 3 last
     bool causal;                 // <arch>.attention.causal (encoders: false)
@@ -61,7 +86,8 @@ const char *fg_pooling_name(int32_t pooling);
 
 // Loads a GGUF model onto the backend. Errors name what is wrong (tensor missing or of the
 // wrong shape, head counts that don't divide, vocabulary size mismatch, unsupported
-// architecture with the supported list, weight type the backend lacks).
+// architecture with the supported list, weight type the backend lacks; with tp_size > 1, head
+// counts or n_ff not divisible by it, or a rank's slice of a quantized row not whole blocks).
 fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *opts, fg_model **out);
 void fg_model_destroy(fg_model *m);
 const fg_model_info *fg_model_get_info(const fg_model *m);
@@ -77,7 +103,7 @@ fg_status fg_kv_store_create(fg_model *m, int32_t n_pages, int32_t page_size, ui
 void fg_kv_store_destroy(fg_kv_store *kv);
 int32_t fg_kv_store_n_pages(const fg_kv_store *kv);
 int32_t fg_kv_store_page_size(const fg_kv_store *kv);
-uint64_t fg_kv_store_bytes(const fg_kv_store *kv); // backend bytes of the pool
+uint64_t fg_kv_store_bytes(const fg_kv_store *kv); // backend bytes of the pool (rank 0's with tensor parallelism)
 // Copy-on-write support: page dst <- page src (all layers).
 fg_status fg_kv_store_copy_page(fg_kv_store *kv, int32_t dst, int32_t src);
 
@@ -94,6 +120,12 @@ typedef struct fg_batch {
     int32_t n_seqs;
     const int32_t *n_kv;             // [n_seqs] KV length after the step
     const int32_t *const *page_tables; // [n_seqs] -> page ids
+    // Sampling on the backend (forge/sample.h): NULL, and the step hands back the logits of
+    // the rows that want them; else one row per such row (in token order, as many as there
+    // are), and the step hands back one fg_sample_result each instead (fg_model_wait_samples).
+    const fg_sample_row *sample;
+    const fg_sample_entry *sample_entries; // [n_sample_entries], indexed by the rows
+    int32_t n_sample_entries;              // <= max_sample_entries
 } fg_batch;
 
 // Submits the step: validates the batch and enqueues the whole forward pass on the backend
@@ -105,8 +137,15 @@ fg_status fg_model_submit(fg_model *m, fg_kv_store *kv, const fg_batch *b);
 // Waits for the submitted step. *logits gets its logits [n_out][n_vocab] (the tokens that
 // want them, in token order) in memory the model owns, valid until the next submit; *n_out
 // their count (either may be NULL). FG_ERR_FORMAT naming the logit when one is not finite
-// (broken weights), FG_ERR_DEVICE on a device fault (sticky).
+// (broken weights), FG_ERR_DEVICE on a device fault (sticky). A step that sampled
+// (fg_batch.sample) gives *logits NULL.
 fg_status fg_model_wait(fg_model *m, const float **logits, int32_t *n_out);
+// The same for a step that sampled: *res gets its n_out results (token order), NULL for a
+// step that handed back logits. Only these results and the requested log-probabilities cross
+// from the device, never the logits rows.
+fg_status fg_model_wait_samples(fg_model *m, const fg_sample_result **res, int32_t *n_out);
+// Grows the per-step sample-entry capacity (outside steps; sizes device and pinned memory).
+fg_status fg_model_reserve_sampling(fg_model *m, int32_t max_sample_entries);
 // Submit + wait, copying the logits into logits[n_out * n_vocab] (NULL when none are wanted).
 fg_status fg_model_forward(fg_model *m, fg_kv_store *kv, const fg_batch *b, float *logits);
 

@@ -29,7 +29,9 @@ typedef struct fg_server_opts {
     const char *chat_template; // chatml|llama3|llama2|mistral|glm4|plain; NULL: from the file
     const char *device;        // "auto" (NULL: the GPU when usable, else the CPU), "cpu" or "cuda"
     int32_t gpu;               // GPU index
-    int32_t n_threads;         // CPU threads (0: all cores)
+    int32_t n_threads;         // CPU threads (0: all cores); with tensor_parallel, each rank's
+    int32_t tensor_parallel;   // ranks the model is split across (0/1: none): GPUs gpu..gpu+N-1,
+                               // worker threads of this process (fg_model_opts.tp_size)
     int32_t n_parallel;        // running sequences (engine max_seqs; 0: engine default)
     int32_t n_ctx;             // context per sequence (0: engine default)
     int32_t queue_cap;         // waiting requests before 429 (0: engine default)

@@ -6,6 +6,7 @@
 // Who calls it: the forward pass, the KV store, tests, benchmarks.
 #include "backend/backend.h"
 
+#include "backend/comm.h"
 #include "base/status.h"
 #include "base/util.h"
 #include "quant/quant.h"
@@ -19,7 +20,7 @@ static const char *const k_op_names[FG_OP_COUNT] = {
     [FG_OP_CONVERT] = "convert",       [FG_OP_MATMUL] = "matmul",         [FG_OP_ADD] = "add",
     [FG_OP_SWIGLU] = "swiglu",         [FG_OP_ROPE] = "rope",             [FG_OP_KV_STORE] = "kv_store",
     [FG_OP_ATTENTION] = "attention",   [FG_OP_KV_COPY_PAGE] = "kv_copy_page",
-    [FG_OP_CHECK_FINITE] = "check_finite",
+    [FG_OP_CHECK_FINITE] = "check_finite", [FG_OP_ALL_REDUCE] = "all_reduce", [FG_OP_SAMPLE] = "sample",
     [FG_OP_LAYERNORM] = "layernorm",   [FG_OP_GELU] = "gelu",             [FG_OP_ADD_ROWS] = "add_rows",
     [FG_OP_POOL] = "pool",
 };
@@ -168,7 +169,7 @@ fg_status fg_backend_reserve(fg_backend *be, const fg_backend_limits *lim) {
         return FG_FAIL(FG_ERR_INVALID_ARG, "reserve: backend and limits are required");
     FG_TRY(need_no_step(be, "reserve"));
     if (lim->max_tokens < 0 || lim->max_seqs < 0 || lim->max_pages < 0 || lim->max_kv_len < 0 ||
-        lim->max_heads < 0 || lim->max_head_dim < 0 || lim->max_cols < 0)
+        lim->max_heads < 0 || lim->max_head_dim < 0 || lim->max_cols < 0 || lim->max_sample_entries < 0)
         return FG_FAIL(FG_ERR_INVALID_ARG, "reserve: negative limit");
     fg_step_state *ss = &be->state;
     if (lim->max_seqs > ss->cap_seqs) {
@@ -183,6 +184,51 @@ fg_status fg_backend_reserve(fg_backend *be, const fg_backend_limits *lim) {
         ss->cap_seqs = lim->max_seqs;
     }
     return be->ops->reserve(be, lim);
+}
+
+// The step's sampling rows and entries (forge/sample.h), once per step: O(n_out + entries).
+// Sets *max_entry_token (-1: no entries) for the sample op's O(1) vocabulary check.
+static fg_status check_sampling(const fg_step *st, int32_t *max_entry_token) {
+    *max_entry_token = -1;
+    if (!st->sample)
+        return st->n_sample_entries == 0 ? FG_OK
+                                         : FG_FAIL(FG_ERR_INVALID_ARG, "step_begin: sample entries without sample rows");
+    if (st->n_sample_entries < 0 || (st->n_sample_entries > 0 && !st->sample_entries))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "step_begin: n_sample_entries = %d with entries %s", st->n_sample_entries,
+                       st->sample_entries ? "given" : "NULL");
+    for (int32_t i = 0; i < st->n_out; i++) {
+        const fg_sample_row *p = &st->sample[i];
+        if (p->mode != FG_SAMPLE_NONE && p->mode != FG_SAMPLE_DRAW && p->mode != FG_SAMPLE_SCORE)
+            return FG_FAIL(FG_ERR_INVALID_ARG, "step_begin: sample[%d].mode = %d", i, p->mode);
+        if (p->n_top < -1 || p->n_top > FG_MAX_TOP_LOGPROBS)
+            return FG_FAIL(FG_ERR_INVALID_ARG, "step_begin: sample[%d].n_top = %d (expected -1..%d)", i, p->n_top,
+                           FG_MAX_TOP_LOGPROBS);
+        if (p->first_entry < 0 || p->n_entries < 0 || p->first_entry > st->n_sample_entries ||
+            p->n_entries > st->n_sample_entries - p->first_entry)
+            return FG_FAIL(FG_ERR_INVALID_ARG, "step_begin: sample[%d] entries [%d, +%d) outside the step's %d", i,
+                           p->first_entry, p->n_entries, st->n_sample_entries);
+        if (p->mode != FG_SAMPLE_DRAW)
+            continue;
+        if (isnan(p->temperature) || isnan(p->top_p) || isnan(p->min_p) || isnan(p->log_min_p) ||
+            !isfinite(p->frequency_penalty) || !isfinite(p->presence_penalty) || !(p->repeat_penalty > 0.0f) ||
+            isinf(p->repeat_penalty))
+            return FG_FAIL(FG_ERR_INVALID_ARG, "step_begin: sample[%d] has a NaN, infinite or non-positive parameter",
+                           i);
+        if (!(p->uniform >= 0.0 && p->uniform < 1.0) || (p->temperature > 0.0f && !(p->inv_temp > 0.0)))
+            return FG_FAIL(FG_ERR_INVALID_ARG, "step_begin: sample[%d]: uniform %g (expected [0, 1)), inv_temp %g", i,
+                           p->uniform, p->inv_temp);
+        const fg_sample_entry *e = st->sample_entries + p->first_entry;
+        for (int32_t j = 0; j < p->n_entries; j++) {
+            if (e[j].token < 0 || (j > 0 && e[j].token <= e[j - 1].token) || e[j].count < 0 ||
+                ((e[j].flags & FG_SAMPLE_ENTRY_BIAS) && !isfinite(e[j].bias)))
+                return FG_FAIL(FG_ERR_INVALID_ARG,
+                               "step_begin: sample[%d] entry %d (token %d, count %d, bias %g): tokens must ascend, "
+                               "counts be >= 0, biases finite",
+                               i, j, e[j].token, e[j].count, (double)e[j].bias);
+            *max_entry_token = FG_MAX(*max_entry_token, e[j].token);
+        }
+    }
+    return FG_OK;
 }
 
 fg_status fg_step_begin(fg_backend *be, const fg_step *st) {
@@ -248,7 +294,10 @@ fg_status fg_step_begin(fg_backend *be, const fg_step *st) {
     size_t npt;
     if (!fg_mul_size((size_t)st->n_seqs, (size_t)st->max_pages, &npt))
         return FG_FAIL(FG_ERR_INVALID_ARG, "step_begin: page table size overflows");
+    int32_t max_entry_token = -1;
+    FG_TRY(check_sampling(st, &max_entry_token));
     ss->step = *st;
+    ss->max_entry_token = max_entry_token;
     ss->step.seq_first = ss->seq_first;
     ss->step.seq_n_tokens = ss->seq_n_tokens;
     ss->max_n_kv = max_n_kv;
@@ -506,6 +555,34 @@ fg_status fg_op_check_finite(fg_backend *be, const fg_tensor *x, int64_t row0) {
     return be->ops->check_finite(be, x, row0);
 }
 
+fg_status fg_op_sample(fg_backend *be, fg_tensor *out, const fg_tensor *logits, int64_t row0) {
+    FG_TRY(need_step(be, "sample"));
+    const fg_step *st = &be->state.step;
+    if (!st->sample)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "sample: the step has no sample rows");
+    if (!be->ops->sample || !fg_backend_supports(be, FG_OP_SAMPLE, FG_TYPE_F32))
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "sample: the %s backend cannot sample", be->ops->name);
+    if (!logits)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "sample: logits is NULL");
+    const int64_t n_vocab = logits->ne[0], rows = logits->ne[1];
+    FG_TRY(check_f32_rows("sample", "logits", logits, n_vocab, rows));
+    if (n_vocab < 1 || n_vocab > (1 << 24))
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "sample: rows of %lld logits (1..%d supported)", (long long)n_vocab,
+                       1 << 24);
+    if (row0 < 0 || rows < 1 || row0 + rows > st->n_out)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "sample: rows [%lld, %lld) outside the step's %d output rows",
+                       (long long)row0, (long long)(row0 + rows), st->n_out);
+    if (be->state.max_entry_token >= n_vocab)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "sample: an entry names token %d, the rows have %lld logits",
+                       be->state.max_entry_token, (long long)n_vocab);
+    if (!out || !out->data || out->type != FG_TYPE_I32 || out->ne[0] != FG_SAMPLE_RESULT_WORDS || out->ne[1] != rows ||
+        out->ne[2] != 1 || out->ne[3] != 1 || out->nb[0] != sizeof(int32_t) ||
+        (rows > 1 && out->nb[1] != sizeof(fg_sample_result)))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "sample: out must be i32 [%lld][%d] with contiguous rows", (long long)rows,
+                       FG_SAMPLE_RESULT_WORDS);
+    return be->ops->sample(be, out, logits, row0);
+}
+
 fg_status fg_op_download_async(fg_backend *be, const fg_tensor *src, size_t off, void *host, size_t n) {
     FG_TRY(need_step(be, "download_async"));
     if (!src || !src->data || !host)
@@ -550,6 +627,28 @@ fg_status fg_op_rope_kv_store(fg_backend *be, fg_tensor *q, fg_tensor *k, const 
     FG_TRY(be->ops->rope(be, q, p));
     FG_TRY(be->ops->rope(be, k, &pk));
     return be->ops->kv_store(be, kv, layer, k, v);
+}
+
+fg_status fg_op_all_reduce(fg_backend *be, fg_comm *comm, fg_tensor *x) {
+    FG_TRY(need_step(be, "all_reduce"));
+    if (!comm)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "all_reduce: communicator is NULL");
+    if (strcmp(comm->ops->backend, be->ops->name) != 0)
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "all_reduce: a %s communicator cannot reduce tensors of the %s backend",
+                       comm->ops->name, be->ops->name);
+    if (!x)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "all_reduce: x is NULL");
+    FG_TRY(check_f32_rows("all_reduce", "x", x, x->ne[0], x->ne[1]));
+    if (x->ne[0] < 1 || x->ne[1] < 1 || (x->ne[1] > 1 && x->nb[1] != (size_t)x->ne[0] * sizeof(float)))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "all_reduce: x [%lld][%lld] must be one contiguous block (row stride %zu)",
+                       (long long)x->ne[1], (long long)x->ne[0], x->nb[1]);
+    if (!fg_backend_supports(be, FG_OP_ALL_REDUCE, FG_TYPE_F32))
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "all_reduce: not supported by the %s backend", be->ops->name);
+    if (comm->size == 1)
+        return FG_OK;
+    if (be->ops->all_reduce)
+        return be->ops->all_reduce(be, comm, x);
+    return comm->ops->all_reduce_sum(comm, be, x);
 }
 
 // ---------------------------------------------------------------- embedding models (issue 14)

@@ -5,7 +5,8 @@
 // The step is the device boundary. A forward step is
 //     fg_step_begin(be, &step)      metadata validated once (shared code), handed to the backend
 //     fg_op_*(be, ...)              ops, enqueued; they read the step's metadata implicitly
-//     fg_op_download_async(...)     results (logits rows) into host memory from host_alloc
+//     fg_op_sample(...)             per output row: the sampled token / log-probabilities
+//     fg_op_download_async(...)     results (logits rows or sample results) into host memory
 //     fg_step_end(be)               no more ops for this step: a GPU may launch what it recorded
 //     fg_step_wait(be, &result)     waits; reports the first non-finite value check_finite saw
 // Nothing between begin and end synchronises with the host, downloads synchronously or
@@ -23,9 +24,11 @@
 #define FG_BACKEND_BACKEND_H
 
 #include "forge/backend.h"
+#include "forge/sample.h"
 #include "forge/types.h"
 
 typedef struct fg_buffer fg_buffer;
+typedef struct fg_comm fg_comm; // backend/comm.h
 
 // A view of backend memory. Never owns memory.
 typedef struct fg_tensor {
@@ -74,6 +77,11 @@ typedef struct fg_step {
     // the same shape run the same ops on the same buffers, so a backend may record the op
     // sequence once and replay it. 0: never record.
     uint64_t graph_id;
+    // Sampling on the backend (forge/sample.h): one row per output row, or NULL when the step
+    // hands back logits rows instead (no sample op). The entries of all rows in one array.
+    const fg_sample_row *sample;           // [n_out] or NULL
+    int32_t n_sample_entries;
+    const fg_sample_entry *sample_entries; // [n_sample_entries]
 } fg_step;
 
 // What a step reports back (fg_step_wait).
@@ -135,6 +143,7 @@ typedef struct fg_backend_limits {
     int64_t max_cols;     // widest activation row any op sees (n_embd, q width, 2 * n_ff, n_vocab...)
     int64_t max_weight_elems; // largest layer weight (n_out x n_in): a backend may expand one
                               // (e.g. dequantize it for a library GEMM) during prefill
+    int32_t max_sample_entries; // fg_step.n_sample_entries
 } fg_backend_limits;
 
 // What supports() is asked about. `type` is the weight type (get_rows, matmul), the KV type
@@ -152,6 +161,8 @@ typedef enum fg_op {
     FG_OP_ATTENTION,
     FG_OP_KV_COPY_PAGE,
     FG_OP_CHECK_FINITE,
+    FG_OP_ALL_REDUCE,
+    FG_OP_SAMPLE,
     // embedding models (issue 14); add_rows: `type` is the table's
     FG_OP_LAYERNORM,
     FG_OP_GELU,
@@ -166,6 +177,9 @@ const char *fg_op_name(fg_op op);
 // so strided views of a wider tensor are fine) unless an op says otherwise.
 typedef struct fg_backend_ops {
     const char *name; // "cpu", "cuda"
+    // step_end returns before the step's work is done (a GPU): the host may prepare the next
+    // step meanwhile. false: the ops compute as they are called (the CPU).
+    bool async_steps;
     void (*destroy)(fg_backend *be);
     const char *(*describe)(fg_backend *be);
     fg_status (*mem_info)(fg_backend *be, uint64_t *free_bytes, uint64_t *total_bytes);
@@ -236,6 +250,10 @@ typedef struct fg_backend_ops {
                       const fg_attn_params *p);
     // Records the first non-finite value of x ([rows][cols]) as row row0 + r (fg_step_result).
     fg_status (*check_finite)(fg_backend *be, const fg_tensor *x, int64_t row0);
+    // Samples or scores the step's output rows row0 .. row0 + rows - 1 (step->sample[row0 + i])
+    // from their raw logits ([rows][n_vocab]; NaN and inf as the reference treats them) into out (I32
+    // [rows][FG_SAMPLE_RESULT_WORDS]: one fg_sample_result per row). May not modify logits.
+    fg_status (*sample)(fg_backend *be, fg_tensor *out, const fg_tensor *logits, int64_t row0);
     // Copies n bytes at offset off of src into host memory from host_alloc, in step order;
     // complete when step_wait returns.
     fg_status (*download_async)(fg_backend *be, const fg_tensor *src, size_t off, void *host, size_t n);
@@ -273,6 +291,11 @@ typedef struct fg_backend_ops {
     fg_status (*copy_bandwidth)(fg_backend *be, size_t bytes, double *gb_per_s);
     // Copies one KV page (all layers) dst_page <- src_page (copy-on-write for forked prefixes).
     fg_status (*kv_copy_page)(fg_backend *be, const fg_kv_view *kv, int32_t dst_page, int32_t src_page);
+
+    // ---- tensor parallelism (optional; NULL: backend.c calls the communicator directly, right
+    // for a backend whose ops complete before they return, as the CPU's do)
+    // x = the sum of x over the communicator's ranks, in place, enqueued in step order.
+    fg_status (*all_reduce)(fg_backend *be, fg_comm *comm, fg_tensor *x);
 } fg_backend_ops;
 
 // Largest head size the attention and rope ops take (the CPU keeps heads on the stack);
@@ -289,6 +312,7 @@ typedef struct fg_step_state {
     int32_t max_n_kv;       // longest seq_n_kv
     int32_t max_token;      // largest token id and the first index holding it
     int32_t max_token_at;
+    int32_t max_entry_token; // largest token of the step's sample entries (-1: none)
     const void *kv_checked; // the KV view whose pages were checked against this step
 } fg_step_state;
 
@@ -331,12 +355,16 @@ fg_status fg_op_kv_store(fg_backend *be, const fg_kv_view *kv, int32_t layer, co
 fg_status fg_op_attention(fg_backend *be, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
                           const fg_attn_params *p);
 fg_status fg_op_check_finite(fg_backend *be, const fg_tensor *x, int64_t row0);
+fg_status fg_op_sample(fg_backend *be, fg_tensor *out, const fg_tensor *logits, int64_t row0);
 fg_status fg_op_download_async(fg_backend *be, const fg_tensor *src, size_t off, void *host, size_t n);
 fg_status fg_op_add_rmsnorm(fg_backend *be, fg_tensor *x, fg_tensor *xn, const fg_tensor *a,
                             const fg_tensor *w, float eps);
 fg_status fg_op_rope_kv_store(fg_backend *be, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
                               const fg_rope_params *p, int32_t n_head_kv, const fg_kv_view *kv,
                               int32_t layer);
+// x ([rows][cols] F32, contiguous) summed over comm's ranks in place; every rank calls it at
+// the same point of the same step (a communicator of size 1: nothing to do).
+fg_status fg_op_all_reduce(fg_backend *be, fg_comm *comm, fg_tensor *x);
 // embedding models (issue 14)
 fg_status fg_op_layernorm(fg_backend *be, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w,
                           const fg_tensor *b, float eps);

@@ -26,6 +26,11 @@ bool fg_cli_parse_f64(const char *cmd, const char *flag, const char *s, double l
 bool fg_cli_device_valid(const char *cmd, const char *device);
 const char *fg_cli_default_device(void); // $FORGE_DEVICE, else "auto"
 fg_status fg_cli_backend(const char *cmd, const char *device, int gpu, int threads, fg_backend **out);
+// --tensor-parallel N (1..8): the CPU threads of each rank (threads, or all cores, shared out
+// among the N ranks; at least 1), and the model options that split the model across N ranks:
+// GPUs gpu..gpu+N-1, or N groups of CPU threads (bo, filled here, must outlive the load).
+int fg_cli_rank_threads(int threads, int tp);
+void fg_cli_tensor_parallel(int tp, int rank_threads, int gpu, fg_backend_opts *bo, fg_model_opts *mo);
 // "forge <cmd>: <device>; weights X GiB, KV pool Y GiB (N tokens), scratch Z GiB; F of T GiB free"
 void fg_cli_print_memory(const char *cmd, fg_backend *be, const fg_model *m, const fg_kv_store *kv);
 // The sampling flags of run and chat (cli_sampling.c): when argv[*i] is one of them, parses its

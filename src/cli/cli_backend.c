@@ -37,6 +37,19 @@ fg_status fg_cli_backend(const char *cmd, const char *device, int gpu, int threa
     return fg_backend_create(device, &o, out);
 }
 
+int fg_cli_rank_threads(int threads, int tp) {
+    if (tp <= 1)
+        return threads;
+    long n = threads > 0 ? threads : sysconf(_SC_NPROCESSORS_ONLN);
+    return n / tp > 1 ? (int)(n / tp) : 1;
+}
+
+void fg_cli_tensor_parallel(int tp, int rank_threads, int gpu, fg_backend_opts *bo, fg_model_opts *mo) {
+    *bo = (fg_backend_opts){.n_threads = rank_threads, .device = gpu};
+    mo->tp_size = tp > 1 ? tp : 1;
+    mo->tp_backend = bo;
+}
+
 static double gib(uint64_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
 
 void fg_cli_print_memory(const char *cmd, fg_backend *be, const fg_model *m, const fg_kv_store *kv) {
@@ -51,5 +64,7 @@ void fg_cli_print_memory(const char *cmd, fg_backend *be, const fg_model *m, con
             kv ? fg_kv_store_n_pages(kv) * fg_kv_store_page_size(kv) : 0, gib(in->scratch_bytes));
     if (fg_backend_mem_info(be, &free_b, &total_b) == FG_OK && total_b > 0)
         fprintf(stderr, "; %.2f of %.2f GiB device memory free", gib(free_b), gib(total_b));
+    if (in->tp_size > 1)
+        fprintf(stderr, "; tensor-parallel %d (rank 0's share; each rank holds its own)", in->tp_size);
     fputc('\n', stderr);
 }

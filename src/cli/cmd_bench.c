@@ -28,6 +28,8 @@ static void bench_usage(FILE *f) {
                "  -t, --threads N CPU threads (default: all cores)\n"
                "  --device NAME   auto (default), cpu or cuda\n"
                "  --gpu N         GPU index (default 0)\n"
+               "  --tensor-parallel N  split the model across N GPUs (gpu..gpu+N-1) or N groups of CPU threads\n"
+               "  --tp-skip-all-reduce  leave the all-reduces out (wrong results): with and without, their share\n"
                "  --json          one JSON object on stdout\n");
 }
 
@@ -87,7 +89,8 @@ static fg_status eval(bench_ctx *c, int32_t from, int32_t n) {
 
 // Matmul FLOPs of one prompt token: 2 per weight of the layers' projections (the output
 // projection runs for the last token only).
-static double token_flops(const fg_model_info *in) { return 2.0 * (double)in->n_layer_params; }
+// (n_layer_params is one rank's share with tensor parallelism: all ranks together do tp_size x)
+static double token_flops(const fg_model_info *in) { return 2.0 * (double)in->n_layer_params * in->tp_size; }
 
 // Attention FLOPs of positions [0, p): q.k and p.v, 2 FLOPs a multiply-add each.
 static double attn_flops(const fg_model_info *in, int64_t p) {
@@ -98,9 +101,9 @@ static double attn_flops(const fg_model_info *in, int64_t p) {
 int fg_cmd_bench(int argc, char **argv) {
     const char *C = "bench";
     const char *model = NULL, *device = NULL;
-    int64_t P[MAX_LIST] = {512}, D[MAX_LIST] = {0}, n_g = 128, reps = 5, threads = 0, batch = 512, gpu = 0;
+    int64_t P[MAX_LIST] = {512}, D[MAX_LIST] = {0}, n_g = 128, reps = 5, threads = 0, batch = 512, gpu = 0, tp = 1;
     int n_p = 1, n_d = 1;
-    bool json = false;
+    bool json = false, skip_ar = false;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -112,9 +115,14 @@ int fg_cmd_bench(int argc, char **argv) {
             json = true;
             continue;
         }
+        if (!strcmp(f, "--tp-skip-all-reduce")) {
+            skip_ar = true;
+            continue;
+        }
         bool known = !strcmp(f, "-m") || !strcmp(f, "--model") || !strcmp(f, "-p") || !strcmp(f, "-n") ||
                      !strcmp(f, "-d") || !strcmp(f, "-r") || !strcmp(f, "-b") || !strcmp(f, "-t") ||
-                     !strcmp(f, "--threads") || !strcmp(f, "--device") || !strcmp(f, "--gpu");
+                     !strcmp(f, "--threads") || !strcmp(f, "--device") || !strcmp(f, "--gpu") ||
+                     !strcmp(f, "--tensor-parallel");
         if (!known) {
             fprintf(stderr, "forge bench: unknown option '%s' (see forge bench --help)\n", f);
             return 2;
@@ -147,6 +155,9 @@ int fg_cmd_bench(int argc, char **argv) {
         } else if (!strcmp(f, "--gpu")) {
             if (!fg_cli_parse_i64(C, f, val, 0, 1023, &gpu))
                 return 2;
+        } else if (!strcmp(f, "--tensor-parallel")) {
+            if (!fg_cli_parse_i64(C, f, val, 1, 8, &tp))
+                return 2;
         } else {
             device = val;
         }
@@ -169,10 +180,16 @@ int fg_cmd_bench(int argc, char **argv) {
     bench_ctx c = {0};
     double *t = fg_xcalloc((size_t)reps, sizeof *t);
     double pp_tps[MAX_LIST] = {0}, tg_tps[MAX_LIST] = {0};
-    if (fg_cli_backend(C, device, (int)gpu, (int)threads, &be) != FG_OK)
+    int rank_threads = fg_cli_rank_threads((int)threads, (int)tp);
+    if (fg_cli_backend(C, device, (int)gpu, rank_threads, &be) != FG_OK)
         goto fail;
     c.batch = (int32_t)batch;
     fg_model_opts mo = {.max_batch_tokens = c.batch, .max_seqs = 1, .progress = !json};
+    fg_backend_opts tp_bo;
+    fg_cli_tensor_parallel((int)tp, rank_threads, (int)gpu, &tp_bo, &mo);
+    mo.tp_skip_all_reduce = skip_ar;
+    if (skip_ar && !json)
+        fprintf(stderr, "forge bench: --tp-skip-all-reduce: the all-reduces are left out, every result is wrong\n");
     if (fg_model_load(model, be, &mo, &c.m) != FG_OK)
         goto fail;
     const fg_model_info *info = fg_model_get_info(c.m);
@@ -234,16 +251,19 @@ int fg_cmd_bench(int argc, char **argv) {
     uint64_t mem_free = 0, mem_total = 0;
     if (fg_backend_mem_info(be, &mem_free, &mem_total) != FG_OK)
         goto fail;
+    // Bytes a decoded token reads. With tensor parallelism: rank 0's (its share of the layers, its
+    // kv heads, the output projection), which the ranks read in parallel, each from its own
+    // memory: the bound is rank 0's bytes over one device's bandwidth (all-reduces not in it).
     const double w_tok = (double)info->bytes_per_token;
     // KV bytes a decoded token reads: K and V of every layer over its context (F16)
-    const double kv_pos = 2.0 * info->n_layer * info->n_head_kv * info->head_dim * 2.0;
+    const double kv_pos = 2.0 * info->n_layer * (info->n_head_kv / info->tp_size) * info->head_dim * 2.0;
     if (json) {
         printf("{\"model\": \"%s\", \"arch\": \"%s\", \"backend\": \"%s\", \"device\": \"%s\", \"threads\": %lld, "
-               "\"n_params\": %llu, \"weight_bytes\": %llu, \"bytes_per_token\": %llu, \"reps\": %lld, "
+               "\"tensor_parallel\": %d, \"tp_skip_all_reduce\": %s, \"n_params\": %llu, \"weight_bytes\": %llu, \"bytes_per_token\": %llu, \"reps\": %lld, "
                "\"batch\": %lld, \"copy_bandwidth_gb_s\": %.2f, \"mem_bandwidth_gb_s\": %.2f, "
                "\"vram_used_bytes\": %llu, \"pp\": [",
                info->name, info->arch, fg_backend_name(be), fg_backend_describe(be), (long long)threads,
-               (unsigned long long)info->n_params, (unsigned long long)info->weight_bytes,
+               info->tp_size, skip_ar ? "true" : "false", (unsigned long long)info->n_params, (unsigned long long)info->weight_bytes,
                (unsigned long long)info->bytes_per_token, (long long)reps, (long long)batch, bw, bw,
                (unsigned long long)(mem_total - mem_free));
         for (int i = 0, k = 0; i < n_p; i++) {
@@ -272,6 +292,10 @@ int fg_cmd_bench(int argc, char **argv) {
                info->arch, (double)info->n_params / 1e6, (double)info->weight_bytes / 1e9, w_tok / 1e9);
         printf("device   %s; copy bandwidth %.1f GB/s (read + write); %.2f GB in use; median of %lld runs\n",
                fg_backend_describe(be), bw, (double)(mem_total - mem_free) / 1e9, (long long)reps);
+        if (info->tp_size > 1)
+            printf("tensor   parallel over %d ranks: weights, bytes per token, memory and bound are rank 0's (with "
+                   "the output projection); TFLOP/s are all ranks'\n",
+                   info->tp_size);
         printf("%-8s %9s %12s %10s %14s %14s %10s\n", "test", "depth", "tok/s", "TFLOP/s", "KV MB/token",
                "bound tok/s", "of bound");
         for (int i = 0; i < n_p; i++) {

@@ -19,7 +19,9 @@
 
 static void ppl_usage(FILE *f) {
     fprintf(f, "usage: forge perplexity -m MODEL -f FILE [-c CTX] [--threads N] [--device auto|cpu|cuda] [--gpu N]\n"
-               "  -c, --ctx N     chunk length in tokens (default 512)\n");
+               "                  [--tensor-parallel N]\n"
+               "  -c, --ctx N     chunk length in tokens (default 512)\n"
+               "  --tensor-parallel N  split the model across N GPUs (gpu..gpu+N-1) or N groups of CPU threads\n");
 }
 
 // log-softmax of logits[tok] computed as llama.cpp does (max subtracted, sum in double)
@@ -36,7 +38,7 @@ static double log_softmax_at(const float *logits, int32_t n_vocab, int32_t tok) 
 int fg_cmd_perplexity(int argc, char **argv) {
     const char *C = "perplexity";
     const char *model = NULL, *file = NULL, *device = NULL;
-    int64_t ctx = 512, threads = 0, gpu = 0;
+    int64_t ctx = 512, threads = 0, gpu = 0, tp = 1;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -47,7 +49,7 @@ int fg_cmd_perplexity(int argc, char **argv) {
         bool known = !strcmp(f, "-m") || !strcmp(f, "--model") || !strcmp(f, "-f") ||
                      !strcmp(f, "--file") || !strcmp(f, "-c") || !strcmp(f, "--ctx") ||
                      !strcmp(f, "-t") || !strcmp(f, "--threads") || !strcmp(f, "--device") ||
-                     !strcmp(f, "--gpu");
+                     !strcmp(f, "--gpu") || !strcmp(f, "--tensor-parallel");
         if (!known) {
             fprintf(stderr, "forge perplexity: unknown option '%s' (see forge perplexity --help)\n", f);
             return 2;
@@ -70,6 +72,9 @@ int fg_cmd_perplexity(int argc, char **argv) {
         } else if (!strcmp(f, "--gpu")) {
             if (!fg_cli_parse_i64(C, f, val, 0, 1023, &gpu))
                 return 2;
+        } else if (!strcmp(f, "--tensor-parallel")) {
+            if (!fg_cli_parse_i64(C, f, val, 1, 8, &tp))
+                return 2;
         } else {
             device = val;
         }
@@ -91,10 +96,13 @@ int fg_cmd_perplexity(int argc, char **argv) {
 
     if (fg_cli_read_file(file, &text, &text_len) != FG_OK)
         goto fail;
-    if (fg_cli_backend(C, device, (int)gpu, (int)threads, &be) != FG_OK)
+    int rank_threads = fg_cli_rank_threads((int)threads, (int)tp);
+    if (fg_cli_backend(C, device, (int)gpu, rank_threads, &be) != FG_OK)
         goto fail;
     int32_t max_batch = FG_MIN(n_ctx, 512);
     fg_model_opts mo = {.max_batch_tokens = max_batch, .max_seqs = 1, .progress = true};
+    fg_backend_opts tp_bo;
+    fg_cli_tensor_parallel((int)tp, rank_threads, (int)gpu, &tp_bo, &mo);
     if (fg_model_load(model, be, &mo, &m) != FG_OK)
         goto fail;
     const fg_tokenizer *tok = fg_model_tokenizer(m);

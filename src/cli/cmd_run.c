@@ -29,13 +29,14 @@ static void run_usage(FILE *f) {
             "  -c, --ctx N            context length (default: the model's, at most 4096)\n"
             "  --device NAME          auto (default: the GPU when usable), cpu or cuda\n"
             "  --gpu N                GPU index (default 0)\n"
+            "  --tensor-parallel N    split the model across N GPUs (gpu..gpu+N-1) or N groups of CPU threads\n"
             "  --ids                  print generated token ids instead of text\n"
             "  --special              render control tokens in the output\n");
 }
 
 typedef struct run_args {
     const char *model, *prompt, *file, *device;
-    int64_t n_predict, threads, ctx, gpu;
+    int64_t n_predict, threads, ctx, gpu, tp;
     fg_sampling smp;
     bool seed_set, ids, special;
 } run_args;
@@ -92,6 +93,10 @@ static int parse(int argc, char **argv, run_args *a) {
         } else if (!strcmp(f, "--gpu")) {
             NEED_VAL();
             if (!fg_cli_parse_i64(C, f, val, 0, 1023, &a->gpu))
+                return 2;
+        } else if (!strcmp(f, "--tensor-parallel")) {
+            NEED_VAL();
+            if (!fg_cli_parse_i64(C, f, val, 1, 8, &a->tp))
                 return 2;
         } else if (!strcmp(f, "--ids")) {
             a->ids = true;
@@ -165,9 +170,12 @@ int fg_cmd_run(int argc, char **argv) {
         text = fg_xstrdup(a.prompt);
         text_len = strlen(text);
     }
-    if (fg_cli_backend("run", a.device, (int)a.gpu, (int)a.threads, &be) != FG_OK)
+    int rank_threads = fg_cli_rank_threads((int)a.threads, (int)a.tp);
+    if (fg_cli_backend("run", a.device, (int)a.gpu, rank_threads, &be) != FG_OK)
         goto fail;
     fg_model_opts mo = {.max_batch_tokens = MAX_BATCH, .max_seqs = 1, .progress = true};
+    fg_backend_opts tp_bo;
+    fg_cli_tensor_parallel((int)a.tp, rank_threads, (int)a.gpu, &tp_bo, &mo);
     if (fg_model_load(a.model, be, &mo, &m) != FG_OK)
         goto fail;
     const fg_model_info *info = fg_model_get_info(m);

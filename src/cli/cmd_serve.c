@@ -42,6 +42,8 @@ static void usage(FILE *f) {
             "  --device auto|cpu|cuda  backend (default auto: the GPU when usable, else the CPU)\n"
             "  --gpu N                 GPU index (default 0)\n"
             "  --threads N             CPU threads (default: all cores but one; 0: all)\n"
+            "  --tensor-parallel N     split the model across N GPUs (gpu..gpu+N-1; one worker thread each,\n"
+            "                          this process) or N groups of CPU threads (default 1)\n"
             "  --alias NAME            model id in the API (default: file stem)\n"
             "  --chat-template NAME    chatml|llama3|llama2|mistral|glm4|plain (default: from the file)\n"
             "  --queue N               waiting requests before 429 (default 256)\n"
@@ -192,6 +194,10 @@ int fg_cmd_serve(int argc, char **argv) {
                 return 2;
             o.n_threads = (int32_t)n;
             threads_given = true;
+        } else if (!strcmp(a, "--tensor-parallel")) {
+            if (!fg_cli_parse_i64("serve", a, v, 1, 8, &n))
+                return 2;
+            o.tensor_parallel = (int32_t)n;
         } else if (!strcmp(a, "--alias"))
             o.alias = v;
         else if (!strcmp(a, "--chat-template"))
@@ -259,6 +265,8 @@ int fg_cmd_serve(int argc, char **argv) {
         rl.rlim_cur = want < rl.rlim_max ? (want > rl.rlim_cur ? want : rl.rlim_cur) : rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+    if (o.tensor_parallel > 1) // each CPU rank gets its share (the GPU backends ignore it)
+        o.n_threads = fg_cli_rank_threads(o.n_threads, o.tensor_parallel);
     if (pipe(g_sig_pipe) != 0) {
         fprintf(stderr, "forge serve: pipe: %s\n", strerror(errno));
         return 1;

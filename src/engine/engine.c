@@ -1,11 +1,16 @@
 // engine.c - requests and the iteration-level scheduler: a bounded submit queue (mutex +
 // condvar) feeding one scheduler thread that owns the model, the KV store, the page allocator
 // and the running sequences. Each step batches one decode token per generating sequence plus
-// prompt chunks (chunked prefill) up to max_batch_tokens, runs one fg_model_forward, samples
-// per sequence, and emits events (text deltas with stop strings held back, logprobs, DONE).
-// Out of pages: the newest sequences are preempted and recomputed later. With the prefix
-// cache, admission maps the cached pages of a request's longest cached prefix and computes
-// only the rest; every step publishes the full pages it completed. Not here: HTTP, JSON.
+// prompt chunks (chunked prefill) up to max_batch_tokens; the backend samples every output row
+// (fg_batch.sample: each request's parameters, penalty counts, logit bias and uniform draw),
+// so only token ids and the requested log-probabilities come back. Steps overlap the host
+// work: step N+1 is planned (admission, chunks, pages, prefix lookups) while the device runs
+// step N; after N's wait its tokens are applied, N+1's decode tokens and sampling rows are
+// filled in and N+1 is submitted, then N's events (detokenization, stop strings) are emitted
+// while N+1 runs (on a synchronous backend, before it). Out of pages: the newest sequences are
+// preempted and recomputed later. With the prefix cache, admission maps the cached pages of a
+// request's longest cached prefix and computes only the rest; every step publishes the full
+// pages it completed. Not here: HTTP, JSON.
 #include "forge/engine.h"
 
 #include "base/status.h"
@@ -47,6 +52,10 @@ struct req {
     bool ignore_eos;
     int32_t kv_seq; // -1: holds no KV
     fg_sampler *sampler;
+    int32_t n_pending; // tokens sampled by a planned or submitted step, not yet applied
+    int8_t where;      // WHERE_*: the running array, the waiting list, neither
+    bool ended;        // apply saw its last token (EOG, max_tokens): no further step wants it
+    int32_t slot_of[2]; // its slot in e->steps[i] (-1: none; checked against the slot's req)
 
     fg_detok_stream ds;
     char *held; // [held_cap] text not yet emitted (could start a stop string)
@@ -61,10 +70,35 @@ struct req {
     bool counted_in;        // tokens_in counted
     bool queued_new;        // counted in e->n_queued (never admitted yet)
     double t_submit, t_sched, t_first, t_last;
-
-    // this step
-    int32_t chunk, row0, n_rows, bslot;
 };
+
+enum { WHERE_NONE, WHERE_RUNNING, WHERE_WAITING };
+
+// What one batch sequence of a step computes: positions start .. start + chunk - 1 of its
+// request; its output rows are the echo scores of positions echo_from .. echo_to - 1 (each
+// scores the next prompt token) and, when `sample`, the last position's draw.
+typedef struct slot {
+    req *r;          // NULL: the request ended or was cancelled after the step was planned
+    int32_t kv_seq;  // the request's KV sequence when planned (a preemption changes it)
+    int32_t start, chunk;
+    int32_t echo_from, echo_to;
+    bool sample;
+    bool applied;    // its sampled token joined the request (apply_step)
+    int32_t row0;    // its first output row in the submitted step
+} slot;
+
+// A planned or submitted step: its slots (the batch arrays are built from them when it is
+// submitted) and the copy-on-write page copies its plan needs.
+typedef struct stepbuf {
+    slot *slots;     // [max_seqs]
+    int32_t n_slots;
+    int32_t rows;    // output rows
+    int32_t budget;  // tokens left
+    int32_t entries; // sample entries reserved (an upper bound: one accept may come before the fill)
+    int32_t *copies; // [2 * max_seqs] (dst, src) pages
+    int32_t n_copies;
+    int32_t n_out;   // submitted: output rows of the step
+} stepbuf;
 
 struct fg_engine {
     fg_model *model; // borrowed
@@ -98,16 +132,21 @@ struct fg_engine {
     int32_t n_running;
     req *w_head, *w_tail; // waiting (preempted ones first)
     int32_t n_waiting;
-    // step scratch
+    // steps: two stepbufs, one submitted (in flight) while the other is planned
+    stepbuf steps[2];
+    int32_t inflight;                  // index of the submitted step not yet waited, -1: none
+    bool defer_events;                 // events after the next submit (an asynchronous backend)
+    // the batch of the step being submitted (valid until fg_model_submit returns)
     int32_t *b_tokens, *b_pos, *b_seq; // [max_batch_tokens]
     bool *b_want;                      // [max_batch_tokens]
     int32_t *b_nkv;                    // [max_seqs]
     const int32_t **b_pt;              // [max_seqs]
-    req **b_req;                       // [max_seqs]
-    int32_t *b_copies;                 // [2 * max_seqs] copy-on-write (dst, src) pages
-    int32_t n_copies;
-    const float *logits;               // [logit_rows][n_vocab] of the last step (the model's)
+    fg_sample_row *b_rows;             // [logit_rows]
+    fg_sample_entry *b_ents;           // [ent_cap]
+    int32_t ent_cap;
+    fg_sample_result *res;             // [logit_rows] the last waited step's results (a copy)
     int32_t logit_rows;
+    double plan_acc, fill_acc, submit_acc, wait_acc, events_acc; // host time (fg_engine_stats)
     char *text;                        // [text_cap] event text scratch
     size_t text_cap;
     size_t piece_cap;
@@ -175,10 +214,22 @@ static void emit_done(fg_engine *e, req *r, fg_finish_reason fin, fg_status st,
     r->fn(r->user, &ev);
 }
 
-// Ends a request: bookkeeping under the lock (state visible before DONE), then DONE, then free.
-// The caller has removed it from the running array / waiting list already.
+static void detach(fg_engine *e, req *r);
+
+// Ends a request: it leaves the running array or the waiting list and the steps that name it
+// (a submitted step's result for it is dropped; its KV writes land in pages freed here, which
+// the device's in-order stream finishes before any later step reuses them), then bookkeeping
+// under the lock (state visible before DONE), then DONE, then free.
 static void finish(fg_engine *e, req *r, fg_finish_reason fin, fg_status status,
                    const char *error, const char *text, size_t text_len) {
+    detach(e, r);
+    for (int k = 0; k < 2; k++) {
+        stepbuf *sb = &e->steps[k];
+        int32_t i = r->slot_of[k];
+        if (i >= 0 && i < sb->n_slots && sb->slots[i].r == r)
+            sb->slots[i].r = NULL;
+        r->slot_of[k] = -1;
+    }
     if (r->kv_seq >= 0) {
         fg_kv_seq_free(e->pages, r->kv_seq);
         r->kv_seq = -1;
@@ -219,18 +270,26 @@ static void finish(fg_engine *e, req *r, fg_finish_reason fin, fg_status status,
 }
 
 // ---- running / waiting lists (scheduler thread)
+static void running_add(fg_engine *e, req *r) {
+    FG_ASSERT(r->where == WHERE_NONE && e->n_running < e->max_seqs);
+    e->running[e->n_running++] = r;
+    r->where = WHERE_RUNNING;
+}
+
 static void running_remove(fg_engine *e, req *r) {
     for (int32_t i = 0; i < e->n_running; i++)
         if (e->running[i] == r) {
             memmove(&e->running[i], &e->running[i + 1],
                     (size_t)(e->n_running - i - 1) * sizeof *e->running);
             e->n_running--;
+            r->where = WHERE_NONE;
             return;
         }
     FG_ASSERT(!"request not running");
 }
 
 static void waiting_push_back(fg_engine *e, req *r) {
+    FG_ASSERT(r->where == WHERE_NONE);
     r->qnext = NULL;
     if (e->w_tail)
         e->w_tail->qnext = r;
@@ -238,14 +297,17 @@ static void waiting_push_back(fg_engine *e, req *r) {
         e->w_head = r;
     e->w_tail = r;
     e->n_waiting++;
+    r->where = WHERE_WAITING;
 }
 
 static void waiting_push_front(fg_engine *e, req *r) {
+    FG_ASSERT(r->where == WHERE_NONE);
     r->qnext = e->w_head;
     e->w_head = r;
     if (!e->w_tail)
         e->w_tail = r;
     e->n_waiting++;
+    r->where = WHERE_WAITING;
 }
 
 static req *waiting_pop(fg_engine *e) {
@@ -257,7 +319,35 @@ static req *waiting_pop(fg_engine *e) {
         e->w_tail = NULL;
     r->qnext = NULL;
     e->n_waiting--;
+    r->where = WHERE_NONE;
     return r;
+}
+
+static void waiting_remove(fg_engine *e, req *r) {
+    req *prev = NULL;
+    for (req *q = e->w_head; q; prev = q, q = q->qnext)
+        if (q == r) {
+            if (prev)
+                prev->qnext = r->qnext;
+            else
+                e->w_head = r->qnext;
+            if (e->w_tail == r)
+                e->w_tail = prev;
+            r->qnext = NULL;
+            e->n_waiting--;
+            r->where = WHERE_NONE;
+            return;
+        }
+    FG_ASSERT(!"request not waiting");
+}
+
+// Takes r off whichever list holds it (a preempted request can end from the waiting list:
+// the step that sampled its last token was in flight when it was preempted).
+static void detach(fg_engine *e, req *r) {
+    if (r->where == WHERE_RUNNING)
+        running_remove(e, r);
+    else if (r->where == WHERE_WAITING)
+        waiting_remove(e, r);
 }
 
 // Frees the sequence's pages; it goes back to the front of the waiting list to be
@@ -412,6 +502,19 @@ fg_status fg_engine_create(fg_model *m, const fg_engine_opts *opts, fg_engine **
     }
     e->piece_cap = 64 + 4 * max_piece;
     e->text_cap = e->piece_cap + 2 * FG_MAX_STOP * MAX_STOP_LEN + 16;
+    // sample entries a step may carry: a row's logit bias and penalised tokens (at most
+    // FG_MAX_LOGIT_BIAS + the distinct tokens of a window, + 1 accepted before the fill) must
+    // always fit alone; beyond that ~64 a row, and a step with more defers sequences
+    int64_t one_row = (int64_t)FG_MAX_LOGIT_BIAS + FG_MIN(e->n_vocab, o.n_ctx) + 2;
+    int64_t ent = FG_MAX(one_row, (int64_t)e->logit_rows * 64);
+    if (ent > (1 << 26))
+        ent = FG_MAX(one_row, (int64_t)1 << 26);
+    e->ent_cap = (int32_t)ent;
+    st = fg_model_reserve_sampling(m, e->ent_cap);
+    if (st != FG_OK)
+        goto fail;
+    e->defer_events = o.defer_events > 0 || (o.defer_events == 0 && fg_model_get_info(m)->async_steps);
+    e->inflight = -1;
     e->running = calloc((size_t)S, sizeof *e->running);
     e->b_tokens = malloc((size_t)T * sizeof *e->b_tokens);
     e->b_pos = malloc((size_t)T * sizeof *e->b_pos);
@@ -419,13 +522,20 @@ fg_status fg_engine_create(fg_model *m, const fg_engine_opts *opts, fg_engine **
     e->b_want = malloc((size_t)T * sizeof *e->b_want);
     e->b_nkv = malloc((size_t)S * sizeof *e->b_nkv);
     e->b_pt = malloc((size_t)S * sizeof *e->b_pt);
-    e->b_req = malloc((size_t)S * sizeof *e->b_req);
-    e->b_copies = malloc((size_t)S * 2 * sizeof *e->b_copies);
+    e->b_rows = malloc((size_t)e->logit_rows * sizeof *e->b_rows);
+    e->b_ents = malloc((size_t)e->ent_cap * sizeof *e->b_ents);
+    e->res = malloc((size_t)e->logit_rows * sizeof *e->res);
+    bool steps_ok = true;
+    for (int k = 0; k < 2; k++) {
+        e->steps[k].slots = calloc((size_t)S, sizeof *e->steps[k].slots);
+        e->steps[k].copies = malloc((size_t)S * 2 * sizeof *e->steps[k].copies);
+        steps_ok = steps_ok && e->steps[k].slots && e->steps[k].copies;
+    }
     e->text = malloc(e->text_cap);
     if (!e->running || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_want || !e->b_nkv ||
-        !e->b_pt || !e->b_req || !e->b_copies || !e->text) {
-        st = FG_FAIL(FG_ERR_NOMEM, "engine: out of memory for step buffers (%d rows x %d vocab)",
-                     (int)e->logit_rows, (int)e->n_vocab);
+        !e->b_pt || !e->b_rows || !e->b_ents || !e->res || !steps_ok || !e->text) {
+        st = FG_FAIL(FG_ERR_NOMEM, "engine: out of memory for step buffers (%d rows, %d sample entries)",
+                     (int)e->logit_rows, (int)e->ent_cap);
         goto fail;
     }
     e->st.n_buckets = N_BUCKETS;
@@ -465,8 +575,13 @@ void fg_engine_destroy(fg_engine *e, double grace_s) {
     free(e->b_want);
     free(e->b_nkv);
     free(e->b_pt);
-    free(e->b_req);
-    free(e->b_copies);
+    free(e->b_rows);
+    free(e->b_ents);
+    free(e->res);
+    for (int k = 0; k < 2; k++) {
+        free(e->steps[k].slots);
+        free(e->steps[k].copies);
+    }
     free(e->text);
     pthread_cond_destroy(&e->cv);
     pthread_mutex_destroy(&e->mu);
@@ -525,6 +640,7 @@ fg_status fg_engine_submit(fg_engine *e, const fg_request_params *p, fg_event_fn
     if (!r)
         return FG_FAIL(FG_ERR_NOMEM, "engine: out of memory for a request");
     r->kv_seq = -1;
+    r->slot_of[0] = r->slot_of[1] = -1;
     r->fn = fn;
     r->user = user;
     r->n_prompt = p->n_prompt;
@@ -655,6 +771,11 @@ void fg_engine_get_stats(fg_engine *e, fg_engine_stats *out) {
 }
 
 // ---- the scheduler
+// Positions of a request: 0 .. n_tokens - 1 are known (prompt, applied tokens); a planned or
+// submitted step that samples adds one that is not known yet (n_pending of them), whose
+// position a later step may already compute: its token is filled in after the wait.
+static int32_t avail(const req *r) { return r->n_tokens + r->n_pending; }
+
 // Tokens seq r can take without new pages + what the free pages hold.
 static int32_t fit_pages(const fg_engine *e, const req *r, int32_t c) {
     int64_t len = fg_kv_seq_len(e->pages, r->kv_seq);
@@ -663,26 +784,30 @@ static int32_t fit_pages(const fg_engine *e, const req *r, int32_t c) {
     return (int32_t)FG_MIN((int64_t)c, room);
 }
 
+// The row at position p samples the next token.
+static bool samples_at(const req *r, int32_t p) {
+    return p == avail(r) - 1 && r->n_gen + r->n_pending < r->max_tokens;
+}
+
 static bool wants_row(const req *r, int32_t p) {
-    if (p == r->n_tokens - 1 && r->n_gen < r->max_tokens)
+    if (samples_at(r, p))
         return true; // sample the next token
     return r->echo && p >= r->n_scored && p <= r->n_prompt - 2;
 }
 
-// Largest chunk <= c from position `from` whose logits rows fit in rows_left.
-static int32_t fit_rows(const req *r, int32_t from, int32_t c, int32_t rows_left) {
+// Largest chunk <= c from position `from` whose output rows fit in rows_left and whose
+// sampling row's entries fit in ent_left.
+static int32_t fit_rows(const req *r, int32_t from, int32_t c, int32_t rows_left, int32_t ent_left) {
     int32_t rows = 0;
     for (int32_t i = 0; i < c; i++) {
         rows += wants_row(r, from + i);
         if (rows > rows_left)
             return i;
+        if (samples_at(r, from + i) && fg_sampler_n_entries(r->sampler) + 1 > ent_left)
+            return i;
     }
     return c;
 }
-
-typedef struct build {
-    int32_t nt, nb, rows, budget;
-} build;
 
 // The first position whose logits r needs: the KV before it may come from the prefix cache.
 static int32_t first_row(const req *r) {
@@ -691,56 +816,88 @@ static int32_t first_row(const req *r) {
     return r->n_tokens - 1;
 }
 
-static void add_chunk(fg_engine *e, build *b, req *r, int32_t c) {
+static int step_index(const fg_engine *e, const stepbuf *sb) { return (int)(sb - e->steps); }
+
+// Adds positions n_past .. n_past + c - 1 of r to the planned step: pages, copy-on-write,
+// its slot; n_past and n_pending move as if the step had run.
+static void add_chunk(fg_engine *e, stepbuf *b, req *r, int32_t c) {
     fg_status st = fg_kv_seq_append(e->pages, r->kv_seq, c);
     FG_ASSERT(st == FG_OK); // pages were checked by the caller
     // a cached (or shared) page about to be written is copied first: only right after an
     // admission that mapped the whole prompt and recomputes its last token
     int32_t nc = 0;
-    st = fg_kv_seq_prepare_write(e->pages, r->kv_seq, r->n_past, e->b_copies + 2 * e->n_copies,
-                                 e->max_seqs - e->n_copies, &nc);
+    st = fg_kv_seq_prepare_write(e->pages, r->kv_seq, r->n_past, b->copies + 2 * b->n_copies,
+                                 e->max_seqs - b->n_copies, &nc);
     FG_ASSERT(st == FG_OK); // the admission counted the copy's page
-    e->n_copies += nc;
-    r->chunk = c;
-    r->row0 = b->rows;
-    r->n_rows = 0;
-    r->bslot = b->nb;
+    b->n_copies += nc;
+    FG_ASSERT(b->n_slots < e->max_seqs);
+    // a position not known yet is the token a step in flight samples: alone in its chunk
+    FG_ASSERT(r->n_past + c <= r->n_tokens || (c == 1 && r->n_pending == 1));
+    slot *sl = &b->slots[b->n_slots];
+    memset(sl, 0, sizeof *sl);
+    sl->r = r;
+    sl->kv_seq = r->kv_seq;
+    sl->start = r->n_past;
+    sl->chunk = c;
+    sl->echo_from = sl->echo_to = -1;
+    int32_t rows = 0;
     for (int32_t i = 0; i < c; i++) {
         int32_t p = r->n_past + i;
-        e->b_tokens[b->nt] = r->tokens[p];
-        e->b_pos[b->nt] = p;
-        e->b_seq[b->nt] = b->nb;
-        bool w = wants_row(r, p);
-        e->b_want[b->nt] = w;
-        r->n_rows += w;
-        b->nt++;
+        if (samples_at(r, p)) {
+            sl->sample = true;
+            rows++;
+        } else if (wants_row(r, p)) {
+            if (sl->echo_from < 0)
+                sl->echo_from = p;
+            sl->echo_to = p + 1;
+            rows++;
+        }
     }
-    e->b_req[b->nb] = r;
-    e->b_nkv[b->nb] = r->n_past + c;
-    b->nb++;
-    b->rows += r->n_rows;
+    r->slot_of[step_index(e, b)] = b->n_slots;
+    b->n_slots++;
+    b->rows += rows;
     b->budget -= c;
+    if (sl->sample) {
+        b->entries += fg_sampler_n_entries(r->sampler) + 1;
+        r->n_pending++;
+    }
+    r->n_past += c;
     if (r->t_sched == 0)
         r->t_sched = now_s();
 }
 
-static bool in_batch(const fg_engine *e, const build *b, const req *r) {
-    return r->bslot >= 0 && r->bslot < b->nb && e->b_req[r->bslot] == r;
+static bool in_step(const fg_engine *e, const stepbuf *b, const req *r) {
+    int32_t i = r->slot_of[step_index(e, b)];
+    return i >= 0 && i < b->n_slots && b->slots[i].r == r;
 }
 
-// Plans one step. Returns the number of tokens (0: nothing can run).
-static int32_t plan_step(fg_engine *e, build *b) {
-    memset(b, 0, sizeof *b);
+static void step_reset(fg_engine *e, stepbuf *b) {
+    int k = step_index(e, b);
+    for (int32_t i = 0; i < b->n_slots; i++)
+        if (b->slots[i].r && b->slots[i].r->slot_of[k] == i)
+            b->slots[i].r->slot_of[k] = -1;
+    b->n_slots = 0;
+    b->rows = 0;
+    b->entries = 0;
+    b->n_copies = 0;
+    b->n_out = 0;
     b->budget = e->max_batch_tokens;
-    e->n_copies = 0;
+}
+
+// Plans one step into b (while the previous one may still run on the device: requests with
+// a token in flight get its position as their decode token). Returns the slots planned.
+static int32_t plan_step(fg_engine *e, stepbuf *b) {
+    step_reset(e, b);
     bool preempted = false;
-    for (int32_t i = 0; i < e->n_running; i++)
-        e->running[i]->bslot = -1;
     // 1. decode: one token per generating sequence, oldest first; out of pages -> preempt newest
     for (int32_t i = 0; i < e->n_running && b->budget > 0; i++) {
         req *r = e->running[i];
-        if (r->n_tokens - r->n_past != 1 || b->rows >= e->logit_rows)
+        // (a last token that samples nothing is prompt scoring, for the prefill pass: a
+        // generating request whose pending token is its last ends when it is applied)
+        if (r->ended || avail(r) - r->n_past != 1 || !samples_at(r, r->n_past) || b->rows >= e->logit_rows)
             continue;
+        if (b->entries + fg_sampler_n_entries(r->sampler) + 1 > e->ent_cap)
+            continue; // the step's sample entries are full: next step
         bool self = false;
         preempted |=
             fg_kv_seq_pages_needed(e->pages, r->kv_seq, 1) > fg_kv_pages_n_free(e->pages);
@@ -759,10 +916,10 @@ static int32_t plan_step(fg_engine *e, build *b) {
     // 2. prefill chunks of running sequences
     for (int32_t i = 0; i < e->n_running && b->budget > 0; i++) {
         req *r = e->running[i];
-        if (in_batch(e, b, r) || r->n_tokens - r->n_past < 1)
+        if (r->ended || in_step(e, b, r) || avail(r) - r->n_past < 1 || r->n_pending > 0)
             continue;
         int32_t c = FG_MIN(r->n_tokens - r->n_past, b->budget);
-        c = fit_rows(r, r->n_past, c, e->logit_rows - b->rows);
+        c = fit_rows(r, r->n_past, c, e->logit_rows - b->rows, e->ent_cap - b->entries);
         c = fit_pages(e, r, c);
         if (c > 0)
             add_chunk(e, b, r, c);
@@ -772,6 +929,7 @@ static int32_t plan_step(fg_engine *e, build *b) {
     while (!preempted && e->w_head && e->n_running < e->max_seqs && b->budget > 0 &&
            b->rows < e->logit_rows) {
         req *r = e->w_head;
+        FG_ASSERT(r->n_pending == 0); // a waiting request's tokens were all applied
         // the longest cached prefix, up to and including the first position that needs
         // logits: that one is recomputed (copying its page) when it lies inside the match
         int32_t first = first_row(r), idle = 0;
@@ -780,7 +938,7 @@ static int32_t plan_step(fg_engine *e, build *b) {
                         : 0;
         int32_t start = FG_MIN(m, first);
         int32_t c = FG_MIN(r->n_tokens - start, b->budget);
-        c = fit_rows(r, start, c, e->logit_rows - b->rows);
+        c = fit_rows(r, start, c, e->logit_rows - b->rows, e->ent_cap - b->entries);
         if (c <= 0)
             break;
         // pages for the whole chunk (+ the idle cached pages mapping takes off the free
@@ -808,7 +966,7 @@ static int32_t plan_step(fg_engine *e, build *b) {
         waiting_pop(e);
         r->kv_seq = seq;
         r->n_past = start;
-        e->running[e->n_running++] = r;
+        running_add(e, r);
         pthread_mutex_lock(&e->mu);
         if (e->prefix_cache) {
             e->st.prefix_lookups++;
@@ -828,43 +986,173 @@ static int32_t plan_step(fg_engine *e, build *b) {
             e->st.tokens_in += (uint64_t)r->n_prompt;
         }
         pthread_mutex_unlock(&e->mu);
-        r->bslot = -1;
         add_chunk(e, b, r, c);
     }
-    return b->nt;
+    return b->n_slots;
 }
 
-// Handles the sampled token of r (logits row `row`, raw); a finished r leaves the running
-// array and is freed.
-static void on_token(fg_engine *e, req *r, const float *row) {
-    int32_t t = fg_sampler_sample(r->sampler, row);
-    double now = now_s();
-    pthread_mutex_lock(&e->mu);
-    if (r->n_gen == 0) {
-        r->t_first = now;
-        double v = now - r->t_submit;
-        observe(e->ttft_b, v);
-        e->st.ttft_sum += v;
-        e->st.ttft_count++;
-    } else {
-        double v = now - r->t_last;
-        observe(e->itl_b, v);
-        e->st.itl_sum += v;
-        e->st.itl_count++;
+// Builds the batch of a planned step now that the tokens it needs are known (the previous
+// step's were applied): requests that ended or were cancelled since the plan are left out
+// (their pages are freed when they finish), each output row gets its sampling row (the
+// request's parameters, penalty counts, logit bias and next uniform draw) or its scoring row.
+// Runs the plan's page copies. Returns the batch's tokens (0: nothing left to run).
+static int32_t finalize_step(fg_engine *e, stepbuf *b, fg_batch *batch, fg_status *st) {
+    int k = step_index(e, b);
+    int32_t nt = 0, nb = 0, n_out = 0, n_ent = 0, kept = 0;
+    *st = FG_OK;
+    for (int32_t i = 0; i < b->n_slots; i++) {
+        slot sl = b->slots[i];
+        req *r = sl.r;
+        if (!r || r->ended || r->do_cancel) {
+            if (r && r->slot_of[k] == i)
+                r->slot_of[k] = -1;
+            continue;
+        }
+        FG_ASSERT(r->kv_seq == sl.kv_seq && sl.start + sl.chunk <= r->n_tokens);
+        for (int32_t j = 0; j < sl.chunk; j++) {
+            int32_t p = sl.start + j;
+            e->b_tokens[nt] = r->tokens[p];
+            e->b_pos[nt] = p;
+            e->b_seq[nt] = nb;
+            bool echo = p >= sl.echo_from && p < sl.echo_to;
+            bool samp = sl.sample && j == sl.chunk - 1;
+            e->b_want[nt] = echo || samp;
+            nt++;
+            if (echo) {
+                fg_sample_row *row = &e->b_rows[n_out++];
+                memset(row, 0, sizeof *row);
+                row->mode = FG_SAMPLE_SCORE;
+                row->token = r->tokens[p + 1];
+                row->n_top = r->logprobs > 0 ? r->logprobs : 0;
+            } else if (samp) {
+                fg_sample_row *row = &e->b_rows[n_out++];
+                int32_t n = fg_sampler_fill_row(r->sampler, r->logprobs, row, e->b_ents + n_ent,
+                                                e->ent_cap - n_ent);
+                FG_ASSERT(n >= 0); // the plan reserved the entries
+                row->first_entry = n_ent;
+                n_ent += n;
+            }
+        }
+        e->b_nkv[nb] = sl.start + sl.chunk;
+        e->b_pt[nb] = fg_kv_seq_pages(e->pages, r->kv_seq);
+        nb++;
+        sl.row0 = n_out - (sl.sample ? 1 : 0) - (sl.echo_from >= 0 ? sl.echo_to - sl.echo_from : 0);
+        b->slots[kept] = sl;
+        r->slot_of[k] = kept;
+        kept++;
     }
-    e->st.tokens_out++;
-    r->n_gen++;
-    pthread_mutex_unlock(&e->mu);
-    r->t_last = now;
-    fg_sampler_accept(r->sampler, t);
-    r->tokens[r->n_tokens++] = t;
+    b->n_slots = kept;
+    b->n_out = n_out;
+    for (int32_t j = 0; j < b->n_copies && *st == FG_OK; j++) // in order: a source may be
+        *st = fg_kv_store_copy_page(e->kv, b->copies[2 * j], // reused as a later copy's
+                                    b->copies[2 * j + 1]);  // destination
+    memset(batch, 0, sizeof *batch);
+    batch->n_tokens = nt;
+    batch->tokens = e->b_tokens;
+    batch->pos = e->b_pos;
+    batch->seq = e->b_seq;
+    batch->want_logits = e->b_want;
+    batch->n_seqs = nb;
+    batch->n_kv = e->b_nkv;
+    batch->page_tables = e->b_pt;
+    batch->sample = e->b_rows;
+    batch->sample_entries = e->b_ents;
+    batch->n_sample_entries = n_ent;
+    return nt;
+}
 
+// Applies a waited step's results (copied out of the model's buffer: the next step's land
+// there while these are still read): each sampled token joins its request (history, RNG,
+// counters, TTFT / inter-token latency); a request whose token is EOG or its last is marked
+// ended so that the next step leaves it out. Full pages the step completed are published.
+static void apply_step(fg_engine *e, stepbuf *b, const fg_sample_result *res, int32_t n_out) {
+    FG_ASSERT(n_out == b->n_out);
+    memcpy(e->res, res, (size_t)n_out * sizeof *res);
+    double now = now_s();
+    // the counters and histograms are updated under one lock for the whole step
+    uint64_t ttft_b[N_BUCKETS] = {0}, itl_b[N_BUCKETS] = {0}, n_first = 0, n_next = 0;
+    double ttft_sum = 0.0, itl_sum = 0.0;
+    for (int32_t i = 0; i < b->n_slots; i++) {
+        slot *sl = &b->slots[i];
+        req *r = sl->r;
+        if (!r)
+            continue;
+        int32_t done = sl->start + sl->chunk;
+        if (e->prefix_cache && r->kv_seq >= 0 && r->kv_seq == sl->kv_seq) { // (not preempted since)
+            // the pages this step filled become cached (or shared)
+            fg_status pst = fg_kv_seq_publish(e->pages, r->kv_seq, r->tokens, done);
+            FG_ASSERT(pst == FG_OK);
+        }
+        if (!sl->sample)
+            continue;
+        r->n_pending--;
+        if (r->do_cancel)
+            continue; // reaped at the next step; the token is dropped
+        const fg_sample_result *x = &e->res[sl->row0 + (sl->echo_from >= 0 ? sl->echo_to - sl->echo_from : 0)];
+        int32_t t = x->token;
+        FG_ASSERT(t >= 0 && t < e->n_vocab && r->n_tokens < r->cap);
+        fg_sampler_commit(r->sampler, x);
+        fg_sampler_accept(r->sampler, t);
+        r->tokens[r->n_tokens++] = t;
+        if (r->n_gen == 0) {
+            r->t_first = now;
+            double v = now - r->t_submit;
+            observe(ttft_b, v);
+            ttft_sum += v;
+            n_first++;
+        } else {
+            double v = now - r->t_last;
+            observe(itl_b, v);
+            itl_sum += v;
+            n_next++;
+        }
+        sl->applied = true; // n_gen moves under the lock below (fg_engine_request_info reads it)
+        r->t_last = now;
+        if ((!r->ignore_eos && fg_tokenizer_is_eog(e->tok, t)) || r->n_gen + 1 >= r->max_tokens ||
+            r->n_tokens >= e->n_ctx)
+            r->ended = true;
+    }
+    if (n_first + n_next == 0)
+        return;
+    pthread_mutex_lock(&e->mu);
+    for (int32_t i = 0; i < b->n_slots; i++)
+        if (b->slots[i].applied)
+            b->slots[i].r->n_gen++;
+    for (int i = 0; i < N_BUCKETS; i++) {
+        e->ttft_b[i] += ttft_b[i];
+        e->itl_b[i] += itl_b[i];
+    }
+    e->st.ttft_sum += ttft_sum;
+    e->st.ttft_count += n_first;
+    e->st.itl_sum += itl_sum;
+    e->st.itl_count += n_next;
+    e->st.tokens_out += n_first + n_next;
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void emit_prompt_logprob(fg_engine *e, req *r, int32_t p, const fg_sample_result *x) {
+    fg_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.kind = FG_EVENT_PROMPT_LOGPROB;
+    ev.request_id = r->id;
+    ev.token = r->tokens[p + 1];
+    ev.logprob = x->logprob;
+    ev.n_top = x->n_top;
+    memcpy(ev.top, x->top, (size_t)x->n_top * sizeof *ev.top);
+    ev.text = "";
+    r->fn(r->user, &ev);
+    r->n_scored = p + 1;
+}
+
+// The events of r's applied token t (result x): EOG ends the request (no TOKEN event); else
+// the text delta (stop strings held back) with the log-probabilities; a stop string or the
+// length limit ends it.
+static void emit_token(fg_engine *e, req *r, int32_t t, const fg_sample_result *x) {
     if (!r->ignore_eos && fg_tokenizer_is_eog(e->tok, t)) {
         // flush what was held back: it did not turn into a stop string
         size_t n = take_held(e, r, r->n_held);
         int32_t f = fg_detok_stream_flush(&r->ds, e->text + n, e->text_cap - n);
         n += f > 0 ? (size_t)f : 0;
-        running_remove(e, r);
         finish(e, r, FG_FINISH_STOP, FG_OK, NULL, e->text, n);
         return;
     }
@@ -873,14 +1161,16 @@ static void on_token(fg_engine *e, req *r, const float *row) {
     ev.kind = FG_EVENT_TOKEN;
     ev.request_id = r->id;
     ev.token = t;
-    if (r->logprobs >= 0)
-        ev.logprob = fg_logprobs(row, e->n_vocab, t, r->logprobs, ev.top, &ev.n_top);
+    if (r->logprobs >= 0) {
+        ev.logprob = x->logprob;
+        ev.n_top = x->n_top;
+        memcpy(ev.top, x->top, (size_t)x->n_top * sizeof *ev.top);
+    }
     int32_t n = fg_detok_stream_push(e->tok, &r->ds, t, false, r->held + r->n_held,
                                      r->held_cap - r->n_held);
     if (n < 0) { // held_cap leaves room for one piece beyond the longest stop prefix
         snprintf(e->err, sizeof e->err, "engine: token %d does not fit the text buffer (%zu bytes)",
                  (int)t, r->held_cap - r->n_held);
-        running_remove(e, r);
         finish(e, r, FG_FINISH_ERROR, FG_ERR_FORMAT, e->err, NULL, 0);
         return;
     }
@@ -907,34 +1197,40 @@ static void on_token(fg_engine *e, req *r, const float *row) {
     ev.text = e->text;
     ev.text_len = out_n;
     r->fn(r->user, &ev);
-    if (done) {
-        running_remove(e, r);
+    if (done)
         finish(e, r, fin, FG_OK, NULL, NULL, 0);
-    }
 }
 
-static void emit_prompt_logprob(fg_engine *e, req *r, int32_t p, const float *row) {
-    fg_event ev;
-    memset(&ev, 0, sizeof ev);
-    ev.kind = FG_EVENT_PROMPT_LOGPROB;
-    ev.request_id = r->id;
-    ev.token = r->tokens[p + 1];
-    ev.logprob = fg_logprobs(row, e->n_vocab, ev.token, r->logprobs > 0 ? r->logprobs : 0,
-                             ev.top, &ev.n_top);
-    ev.text = "";
-    r->fn(r->user, &ev);
-    r->n_scored = p + 1;
+// The events of an applied step, in slot order: prompt scores, then the token (which may end
+// the request: EOG, stop string, length); a request that only scored its prompt ends when
+// the whole prompt is scored.
+static void step_events(fg_engine *e, stepbuf *b) {
+    for (int32_t i = 0; i < b->n_slots; i++) {
+        slot *sl = &b->slots[i];
+        req *r = sl->r;
+        if (!r || r->do_cancel)
+            continue; // cancelled: reaped at the next step
+        int32_t row = sl->row0;
+        for (int32_t p = sl->echo_from; p >= 0 && p < sl->echo_to; p++, row++)
+            if (p >= r->n_scored) // (a preempted request recomputes scored positions)
+                emit_prompt_logprob(e, r, p, &e->res[row]);
+        if (sl->sample) {
+            // the token this slot sampled: the one after its last position
+            int32_t p = sl->start + sl->chunk;
+            FG_ASSERT(p < r->n_tokens);
+            emit_token(e, r, r->tokens[p], &e->res[row]);
+        } else if (sl->start + sl->chunk == r->n_tokens && r->n_gen >= r->max_tokens &&
+                   r->n_pending == 0) {
+            finish(e, r, FG_FINISH_LENGTH, FG_OK, NULL, NULL, 0); // max_tokens 0: the prompt is scored
+        }
+    }
 }
 
 static void fail_all(fg_engine *e, fg_status st, const char *msg) {
-    while (e->n_running > 0) {
-        req *r = e->running[e->n_running - 1];
-        e->n_running--;
-        finish(e, r, FG_FINISH_ERROR, st, msg, NULL, 0);
-    }
-    req *r;
-    while ((r = waiting_pop(e)))
-        finish(e, r, FG_FINISH_ERROR, st, msg, NULL, 0);
+    while (e->n_running > 0)
+        finish(e, e->running[e->n_running - 1], FG_FINISH_ERROR, st, msg, NULL, 0);
+    while (e->w_head)
+        finish(e, e->w_head, FG_FINISH_ERROR, st, msg, NULL, 0);
 }
 
 // Finishes cancelled requests (and all of them past the shutdown deadline), and waiting
@@ -942,120 +1238,116 @@ static void fail_all(fg_engine *e, fg_status st, const char *msg) {
 static void reap_cancelled(fg_engine *e, bool all) {
     for (int32_t i = e->n_running - 1; i >= 0; i--) {
         req *r = e->running[i];
-        if (all || r->do_cancel) {
-            running_remove(e, r);
+        if (all || r->do_cancel)
             finish(e, r, FG_FINISH_CANCELLED, FG_ERR_CANCELLED, "request cancelled", NULL, 0);
-        }
     }
-    req **pp = &e->w_head;
-    e->w_tail = NULL;
-    while (*pp) {
-        req *r = *pp;
-        if (all || r->do_cancel) {
-            *pp = r->qnext;
-            e->n_waiting--;
+    req *r = e->w_head;
+    while (r) {
+        req *next = r->qnext;
+        if (all || r->do_cancel)
             finish(e, r, FG_FINISH_CANCELLED, FG_ERR_CANCELLED, "request cancelled", NULL, 0);
-        } else if (r->max_tokens == 0 && !r->echo) { // nothing to compute
-            *pp = r->qnext;
-            e->n_waiting--;
+        else if (r->max_tokens == 0 && !r->echo && r->n_pending == 0) // nothing to compute
             finish(e, r, FG_FINISH_LENGTH, FG_OK, NULL, NULL, 0);
-        } else {
-            e->w_tail = r;
-            pp = &r->qnext;
-        }
+        r = next;
     }
 }
 
-static void run_step(fg_engine *e) {
-    build b;
-    int32_t nt = plan_step(e, &b);
-    if (nt == 0) {
-        if (e->n_running > 1) { // every running sequence is stuck on pages: free the newest
-            preempt(e, e->running[e->n_running - 1]);
-            return;
-        }
-        if (e->n_running == 1) { // cannot happen (n_pages holds n_ctx); never spin on it
-            req *r = e->running[0];
-            running_remove(e, r);
-            finish(e, r, FG_FINISH_ERROR, FG_ERR_CAPACITY,
-                   "engine: a sequence cannot get KV pages", NULL, 0);
-        }
+// A failed step: every request it holds fails (a device error fails them all: sticky).
+static void step_failed(fg_engine *e, stepbuf *b, fg_status st) {
+    snprintf(e->err, sizeof e->err, "%s", fg_last_error());
+    if (st == FG_ERR_DEVICE) {
+        pthread_mutex_lock(&e->mu);
+        e->dead = true;
+        snprintf(e->dead_msg, sizeof e->dead_msg, "%s", e->err);
+        pthread_mutex_unlock(&e->mu);
+        fail_all(e, st, e->err);
         return;
     }
-    for (int32_t s = 0; s < b.nb; s++)
-        e->b_pt[s] = fg_kv_seq_pages(e->pages, e->b_req[s]->kv_seq);
+    for (int32_t i = 0; i < b->n_slots; i++)
+        if (b->slots[i].r)
+            finish(e, b->slots[i].r, FG_FINISH_ERROR, st, e->err, NULL, 0);
+}
+
+// Builds and submits the planned step b; on success it is the one in flight.
+static void submit_step(fg_engine *e, stepbuf *b) {
+    double t0 = now_s();
+    fg_batch batch;
     fg_status st = FG_OK;
-    for (int32_t k = 0; k < e->n_copies && st == FG_OK; k++) // in order: a source may be
-        st = fg_kv_store_copy_page(e->kv, e->b_copies[2 * k], // reused as a later copy's
-                                   e->b_copies[2 * k + 1]);  // destination
-    fg_batch batch = {
-        .n_tokens = nt,
-        .tokens = e->b_tokens,
-        .pos = e->b_pos,
-        .seq = e->b_seq,
-        .want_logits = e->b_want,
-        .n_seqs = b.nb,
-        .n_kv = e->b_nkv,
-        .page_tables = e->b_pt,
-    };
-    // submit, then wait: the step runs on the backend (asynchronously on a GPU)
+    int32_t nt = finalize_step(e, b, &batch, &st);
+    if (nt == 0 && st == FG_OK) {
+        step_reset(e, b);
+        e->fill_acc += now_s() - t0;
+        return;
+    }
+    double t1 = now_s();
     if (st == FG_OK)
         st = fg_model_submit(e->model, e->kv, &batch);
-    if (st == FG_OK)
-        st = fg_model_wait(e->model, &e->logits, NULL);
+    double t2 = now_s();
+    e->fill_acc += t1 - t0;
+    e->submit_acc += t2 - t1;
     pthread_mutex_lock(&e->mu);
     e->st.steps++;
     pthread_mutex_unlock(&e->mu);
     if (st != FG_OK) {
-        snprintf(e->err, sizeof e->err, "%s", fg_last_error());
-        if (st == FG_ERR_DEVICE) {
-            pthread_mutex_lock(&e->mu);
-            e->dead = true;
-            snprintf(e->dead_msg, sizeof e->dead_msg, "%s", e->err);
-            pthread_mutex_unlock(&e->mu);
-            fail_all(e, st, e->err);
-            return;
-        }
-        for (int32_t s = 0; s < b.nb; s++) {
-            req *r = e->b_req[s];
-            running_remove(e, r);
-            finish(e, r, FG_FINISH_ERROR, st, e->err, NULL, 0);
-        }
+        step_failed(e, b, st);
+        step_reset(e, b);
         return;
     }
-    for (int32_t s = 0; s < b.nb; s++) {
-        req *r = e->b_req[s];
-        int32_t row = r->row0;
-        int32_t first = r->n_past;
-        bool sample = false;
-        const float *sample_row = NULL;
-        for (int32_t i = 0; i < r->chunk; i++) {
-            int32_t p = first + i;
-            if (!wants_row(r, p))
-                continue;
-            const float *lr = e->logits + (size_t)row * (size_t)e->n_vocab;
-            row++;
-            if (r->echo && p >= r->n_scored && p <= r->n_prompt - 2)
-                emit_prompt_logprob(e, r, p, lr);
-            if (p == r->n_tokens - 1 && r->n_gen < r->max_tokens) {
-                sample = true;
-                sample_row = lr;
+    e->inflight = step_index(e, b);
+}
+
+// One iteration: plan the next step (the device runs the one in flight meanwhile), wait for
+// the one in flight, apply its tokens, submit the next, emit the events of the first.
+static void run_iteration(fg_engine *e) {
+    stepbuf *cur = e->inflight >= 0 ? &e->steps[e->inflight] : NULL;
+    stepbuf *next = cur ? &e->steps[e->inflight ^ 1] : &e->steps[0];
+    double t0 = now_s();
+    int32_t planned = plan_step(e, next);
+    double t1 = now_s();
+    e->plan_acc += t1 - t0;
+    if (!cur) {
+        if (planned == 0) {
+            if (e->n_running > 1) { // every running sequence is stuck on pages: free the newest
+                preempt(e, e->running[e->n_running - 1]);
+                return;
             }
+            if (e->n_running == 1) // cannot happen (n_pages holds n_ctx); never spin on it
+                finish(e, e->running[0], FG_FINISH_ERROR, FG_ERR_CAPACITY,
+                       "engine: a sequence cannot get KV pages", NULL, 0);
+            return;
         }
-        r->n_past += r->chunk;
-        if (e->prefix_cache) { // the pages this step filled become cached (or shared)
-            fg_status pst = fg_kv_seq_publish(e->pages, r->kv_seq, r->tokens, r->n_past);
-            FG_ASSERT(pst == FG_OK);
-        }
-        if (r->do_cancel)
-            continue; // reaped at the next step
-        if (sample) {
-            on_token(e, r, sample_row);
-        } else if (r->n_past == r->n_tokens && r->n_gen >= r->max_tokens) {
-            running_remove(e, r); // max_tokens 0: the prompt is scored
-            finish(e, r, FG_FINISH_LENGTH, FG_OK, NULL, NULL, 0);
-        }
+        submit_step(e, next);
+        return;
     }
+    const fg_sample_result *res = NULL;
+    int32_t n_out = 0;
+    fg_status st = fg_model_wait_samples(e->model, &res, &n_out);
+    double t2 = now_s();
+    e->wait_acc += t2 - t1;
+    e->inflight = -1;
+    if (st != FG_OK) {
+        step_failed(e, cur, st);
+        step_reset(e, cur);
+        if (st == FG_ERR_DEVICE)
+            step_reset(e, next);
+        else
+            submit_step(e, next);
+        return;
+    }
+    apply_step(e, cur, res, n_out);
+    e->fill_acc += now_s() - t2;
+    if (!e->defer_events) {
+        double t3 = now_s();
+        step_events(e, cur);
+        e->events_acc += now_s() - t3;
+    }
+    submit_step(e, next);
+    if (e->defer_events) {
+        double t3 = now_s();
+        step_events(e, cur);
+        e->events_acc += now_s() - t3;
+    }
+    step_reset(e, cur);
 }
 
 static void *sched_main(void *arg) {
@@ -1074,7 +1366,7 @@ static void *sched_main(void *arg) {
             r->do_cancel = r->cancel;
         bool stopping = e->stopping;
         bool past_deadline = stopping && now_s() >= e->deadline;
-        bool idle = e->n_running == 0 && !e->w_head;
+        bool idle = e->n_running == 0 && !e->w_head && e->inflight < 0;
         if (idle && stopping) {
             pthread_mutex_unlock(&e->mu);
             break;
@@ -1087,14 +1379,19 @@ static void *sched_main(void *arg) {
         pthread_mutex_unlock(&e->mu);
 
         reap_cancelled(e, past_deadline);
-        if (e->n_running == 0 && !e->w_head)
+        if (e->n_running == 0 && !e->w_head && e->inflight < 0)
             continue;
-        run_step(e);
+        run_iteration(e);
         if (e->check_pages && fg_kv_pages_check(e->pages) != FG_OK) {
             fprintf(stderr, "forge: engine: KV page accounting broken: %s\n", fg_last_error());
             abort();
         }
         pthread_mutex_lock(&e->mu);
+        e->st.t_plan_s = e->plan_acc;
+        e->st.t_fill_s = e->fill_acc;
+        e->st.t_submit_s = e->submit_acc;
+        e->st.t_wait_s = e->wait_acc;
+        e->st.t_events_s = e->events_acc;
         refresh_stats_locked(e);
         pthread_mutex_unlock(&e->mu);
     }

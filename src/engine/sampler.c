@@ -1,11 +1,17 @@
-// sampler.c - next-token sampling from a logits row, in llama.cpp's common chain order:
-// logit bias -> penalties (repeat, frequency, presence) -> top-k -> top-p -> min-p ->
-// temperature -> draw.
-// Each sampler owns its RNG (xoshiro256** seeded by splitmix64) and its scratch, sized at
-// create: sampling allocates nothing. Also the log-softmax helper behind logprobs.
-// Not here: grammars, DRY, mirostat. Called by the engine's scheduler thread (one per request).
+// sampler.c - a request's sampling state on the host: its parameters, the logit bias (sorted,
+// one entry per token), the penalty history (the last repeat_last_n tokens, counted per token)
+// and its RNG (xoshiro256** seeded by splitmix64). Bias and counts live in one sorted array of
+// entries (forge/sample.h), updated in O(entries) per accepted token, so that a step row
+// (fg_sampler_fill_row: the parameters, the entries, the next uniform draw) for the backend's
+// sample op is a copy; fg_sampler_commit applies the op's result
+// (fg_sampler_commit: the RNG advances only when the draw was used). fg_sampler_sample does
+// the same on a logits row in host memory with the reference arithmetic the CPU backend runs
+// (src/backend/sample_ref.c), so both give the tokens this sampler always gave.
+// Not here: grammars, DRY, mirostat. Called by the engine's scheduler thread (one per request)
+// and by `forge run` / `forge chat`.
 #include "forge/engine.h"
 
+#include "backend/sample_ref.h"
 #include "base/status.h"
 #include "base/util.h"
 
@@ -15,23 +21,23 @@
 
 #define MAX_PENALTY_WINDOW (1 << 24)
 
-typedef struct cand {
-    int32_t id;
-    float logit;
-} cand;
-
 struct fg_sampler {
     fg_sampling params;      // logit_bias points at `bias` below
     int32_t n_vocab;
     fg_logit_bias *bias;     // [n_bias] sorted by token, one entry per token (summed)
     int32_t n_bias;
-    cand *cands;     // [n_vocab] scratch
-    int32_t *counts; // [n_vocab] occurrences in the penalty window
+    // the logit bias and the tokens in the penalty window with their counts, ascending by token
+    // (a token with a bias keeps its entry at count 0)
+    fg_sample_entry *ent; // [ent_cap]
+    int32_t n_ent, ent_cap;
     int32_t *ring;   // [window] last tokens (window > 0), NULL otherwise
     int32_t window;  // 0: no history kept, -1: unbounded (counts only), else ring size
     int32_t ring_len;
     int32_t ring_pos;
     uint64_t rng[4];
+    // fg_sampler_sample's scratch, allocated at its first call (the engine samples on the
+    // backend and never needs it)
+    fg_sample_cand *cands;   // [n_vocab]
 };
 
 fg_sampling fg_sampling_default(void) {
@@ -80,7 +86,11 @@ static uint64_t rng_next(uint64_t s[4]) {
     return r;
 }
 
-static double rng_uniform(uint64_t s[4]) { return (double)(rng_next(s) >> 11) * 0x1.0p-53; }
+// The draw the next sample would use, without consuming it.
+static double rng_peek(const uint64_t s[4]) {
+    uint64_t t[4] = {s[0], s[1], s[2], s[3]};
+    return (double)(rng_next(t) >> 11) * 0x1.0p-53;
+}
 
 static bool penalties_on(const fg_sampling *p) {
     return p->repeat_last_n != 0 &&
@@ -145,13 +155,16 @@ fg_status fg_sampler_create(const fg_sampling *params, int32_t n_vocab, fg_sampl
     s->params.n_logit_bias = s->n_bias;
     s->n_vocab = n_vocab;
     s->window = penalties_on(p) ? p->repeat_last_n : 0;
-    s->cands = malloc((size_t)n_vocab * sizeof *s->cands);
-    s->counts = calloc((size_t)n_vocab, sizeof *s->counts);
+    // distinct tokens in the window: at most its length (unbounded: the vocabulary)
+    int32_t dist_cap = s->window == 0 ? 0 : s->window > 0 && s->window < n_vocab ? s->window : n_vocab;
+    s->ent_cap = s->n_bias + dist_cap;
+    s->ent = malloc((size_t)(s->ent_cap > 0 ? s->ent_cap : 1) * sizeof *s->ent);
     if (s->window > 0)
         s->ring = malloc((size_t)s->window * sizeof *s->ring);
-    if (!s->cands || !s->counts || (s->window > 0 && !s->ring)) {
+    if (!s->ent || (s->window > 0 && !s->ring)) {
+        int32_t cap = s->ent_cap;
         fg_sampler_destroy(s);
-        return FG_FAIL(FG_ERR_NOMEM, "sampler: out of memory for n_vocab %d", (int)n_vocab);
+        return FG_FAIL(FG_ERR_NOMEM, "sampler: out of memory for %d entries", (int)cap);
     }
     fg_sampler_reset(s);
     *out = s;
@@ -162,14 +175,16 @@ void fg_sampler_destroy(fg_sampler *s) {
     if (!s)
         return;
     free(s->cands);
-    free(s->counts);
+    free(s->ent);
     free(s->ring);
     free(s->bias);
     free(s);
 }
 
 void fg_sampler_reset(fg_sampler *s) {
-    memset(s->counts, 0, (size_t)s->n_vocab * sizeof *s->counts);
+    s->n_ent = s->n_bias;
+    for (int32_t i = 0; i < s->n_bias; i++)
+        s->ent[i] = (fg_sample_entry){s->bias[i].token, FG_SAMPLE_ENTRY_BIAS, s->bias[i].bias, 0};
     s->ring_len = 0;
     s->ring_pos = 0;
     uint64_t x = s->params.seed;
@@ -177,227 +192,124 @@ void fg_sampler_reset(fg_sampler *s) {
         s->rng[i] = splitmix64(&x);
 }
 
+// Index of the first entry whose token is >= t.
+static int32_t ent_find(const fg_sampler *s, int32_t t) {
+    int32_t lo = 0, hi = s->n_ent;
+    while (lo < hi) {
+        int32_t mid = lo + (hi - lo) / 2;
+        if (s->ent[mid].token < t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static void count_up(fg_sampler *s, int32_t t) {
+    int32_t at = ent_find(s, t);
+    if (at < s->n_ent && s->ent[at].token == t) {
+        s->ent[at].count++;
+        return;
+    }
+    FG_ASSERT(s->n_ent < s->ent_cap);
+    memmove(s->ent + at + 1, s->ent + at, (size_t)(s->n_ent - at) * sizeof *s->ent);
+    s->ent[at] = (fg_sample_entry){t, 0, 0.0f, 1};
+    s->n_ent++;
+}
+
+static void count_down(fg_sampler *s, int32_t t) {
+    int32_t at = ent_find(s, t);
+    FG_ASSERT(at < s->n_ent && s->ent[at].token == t && s->ent[at].count > 0);
+    if (--s->ent[at].count > 0 || (s->ent[at].flags & FG_SAMPLE_ENTRY_BIAS))
+        return;
+    memmove(s->ent + at, s->ent + at + 1, (size_t)(s->n_ent - at - 1) * sizeof *s->ent);
+    s->n_ent--;
+}
+
 void fg_sampler_accept(fg_sampler *s, int32_t token) {
     if (s->window == 0 || token < 0 || token >= s->n_vocab)
         return;
     if (s->window < 0) {
-        s->counts[token]++;
+        count_up(s, token);
         return;
     }
     if (s->ring_len == s->window) {
-        s->counts[s->ring[s->ring_pos]]--;
+        count_down(s, s->ring[s->ring_pos]);
     } else {
         s->ring_len++;
     }
     s->ring[s->ring_pos] = token;
-    s->counts[token]++;
+    count_up(s, token);
     s->ring_pos = (s->ring_pos + 1) % s->window;
 }
 
-// a ranks before b: higher logit, ties to the lower id
-static bool better(const cand *a, const cand *b) {
-    return a->logit > b->logit || (a->logit == b->logit && a->id < b->id);
-}
+int32_t fg_sampler_n_entries(const fg_sampler *s) { return s->n_ent; }
 
-static int cmp_cand(const void *pa, const void *pb) {
-    const cand *a = pa, *b = pb;
-    if (better(a, b))
-        return -1;
-    if (better(b, a))
-        return 1;
-    return 0;
-}
-
-// Min-heap on `better` (root = worst kept) for top-k selection.
-static void sift_down(cand *h, int32_t n, int32_t i) {
-    for (;;) {
-        int32_t l = 2 * i + 1, r = l + 1, w = i;
-        if (l < n && better(&h[w], &h[l]))
-            w = l;
-        if (r < n && better(&h[w], &h[r]))
-            w = r;
-        if (w == i)
-            return;
-        cand t = h[i];
-        h[i] = h[w];
-        h[w] = t;
-        i = w;
-    }
-}
-
-// llama.cpp's repeat penalty, then OpenAI's frequency/presence penalties, for seen tokens.
-static float penalize(const fg_sampler *s, int32_t i, float l) {
-    int32_t cnt = s->counts[i];
-    if (cnt <= 0)
-        return l;
+int32_t fg_sampler_fill_row(const fg_sampler *s, int32_t n_top, fg_sample_row *row, fg_sample_entry *ent,
+                            int32_t cap) {
     const fg_sampling *p = &s->params;
-    if (l <= 0.0f)
-        l *= p->repeat_penalty;
-    else
-        l /= p->repeat_penalty;
-    return l - ((float)cnt * p->frequency_penalty + p->presence_penalty);
+    if (s->n_ent > cap)
+        return -1;
+    if (ent != s->ent && s->n_ent > 0)
+        memcpy(ent, s->ent, (size_t)s->n_ent * sizeof *ent);
+    int32_t n = s->n_ent;
+    memset(row, 0, sizeof *row);
+    row->mode = FG_SAMPLE_DRAW;
+    row->token = -1;
+    row->n_top = n_top < 0 ? -1 : n_top > FG_MAX_TOP_LOGPROBS ? FG_MAX_TOP_LOGPROBS : n_top;
+    row->top_k = p->top_k;
+    row->temperature = p->temperature;
+    row->top_p = p->top_p;
+    row->min_p = p->min_p;
+    row->log_min_p = p->min_p > 0.0f ? logf(p->min_p) : 0.0f;
+    row->repeat_penalty = p->repeat_penalty;
+    row->frequency_penalty = p->frequency_penalty;
+    row->presence_penalty = p->presence_penalty;
+    row->n_entries = n;
+    row->inv_temp = p->temperature > 0.0f ? 1.0 / (double)p->temperature : 0.0;
+    row->uniform = rng_peek(s->rng);
+    return n;
 }
 
-void fg_sampler_penalize(const fg_sampler *s, const float *logits, float *out) {
-    int32_t b = 0; // the sorted bias list, walked alongside the vocabulary
-    for (int32_t i = 0; i < s->n_vocab; i++) {
-        float l = logits[i];
-        if (b < s->n_bias && s->bias[b].token == i)
-            l += s->bias[b++].bias;
-        out[i] = s->window != 0 ? penalize(s, i, l) : l;
-    }
+void fg_sampler_commit(fg_sampler *s, const fg_sample_result *res) {
+    if (res->flags & FG_SAMPLE_USED_UNIFORM)
+        (void)rng_next(s->rng);
 }
 
 int32_t fg_sampler_sample(fg_sampler *s, const float *logits) {
+    if (!s->cands)
+        s->cands = fg_xmalloc((size_t)s->n_vocab * sizeof *s->cands);
+    fg_sample_row row;
+    int32_t n = fg_sampler_fill_row(s, -1, &row, s->ent, s->n_ent); // (its own entries: no copy)
+    FG_ASSERT(n >= 0);
+    fg_sample_result res;
+    fg_sample_ref(&row, s->ent, logits, s->n_vocab, s->cands, &res);
+    fg_sampler_commit(s, &res);
+    return res.token;
+}
+
+void fg_sampler_penalize(const fg_sampler *s, const float *logits, float *out) {
     const fg_sampling *p = &s->params;
-    cand *c = s->cands;
-    int32_t n = 0;
-    bool pen = s->window != 0;
-    bool greedy = p->temperature <= 0.0f;
-    // top-k is selected on the fly (a min-heap of the k best in c[0..k)), so a large
-    // vocabulary costs one pass and no full candidate array
-    int32_t k = !greedy && p->top_k > 0 && p->top_k < s->n_vocab ? p->top_k : 0;
-    int32_t fallback = -1; // lowest id that is not NaN, in case nothing is finite
-    int32_t best = -1;     // greedy: first maximum
-    float maxv = -INFINITY;
-    int32_t nb = 0; // next entry of the sorted bias list
+    int32_t e = 0; // the sorted entries, walked alongside the vocabulary
     for (int32_t i = 0; i < s->n_vocab; i++) {
         float l = logits[i];
-        if (nb < s->n_bias && s->bias[nb].token == i)
-            l += s->bias[nb++].bias;
-        if (isnan(l))
-            continue;
-        if (fallback < 0)
-            fallback = i;
-        if (pen) {
-            l = penalize(s, i, l);
-            if (isnan(l))
-                continue;
-        }
-        if (l == -INFINITY)
-            continue;
-        if (l > maxv) {
-            maxv = l;
-            best = i;
-        }
-        if (greedy)
-            continue;
-        cand x = {i, l};
-        if (k == 0) {
-            c[n++] = x;
-        } else if (n < k) {
-            c[n++] = x;
-            if (n == k)
-                for (int32_t j = k / 2 - 1; j >= 0; j--)
-                    sift_down(c, k, j);
-        } else if (better(&x, &c[0])) {
-            c[0] = x;
-            sift_down(c, k, 0);
-        }
-    }
-    if (greedy || best < 0) // greedy, or nothing finite
-        return best >= 0 ? best : fallback < 0 ? 0 : fallback;
-    bool sorted = false;
-    if (k > 0) {
-        qsort(c, (size_t)n, sizeof *c, cmp_cand);
-        sorted = true;
-    }
-    if (maxv == INFINITY) { // only the +inf ones have probability; equal among themselves
-        int32_t m = 0;
-        for (int32_t i = 0; i < n; i++)
-            if (c[i].logit == INFINITY)
-                c[m++] = (cand){c[i].id, 0.0f};
-        n = m;
-        maxv = 0.0f;
-    }
-    if (p->top_p < 1.0f && n > 1) {
-        if (!sorted) {
-            qsort(c, (size_t)n, sizeof *c, cmp_cand);
-            sorted = true;
-        }
-        double sum = 0.0;
-        for (int32_t i = 0; i < n; i++)
-            sum += exp((double)c[i].logit - (double)maxv);
-        double cum = 0.0, target = (double)p->top_p * sum;
-        for (int32_t i = 0; i < n; i++) {
-            cum += exp((double)c[i].logit - (double)maxv);
-            if (cum >= target) {
-                n = i + 1;
-                break;
+        if (e < s->n_ent && s->ent[e].token == i) {
+            const fg_sample_entry *x = &s->ent[e++];
+            if (x->flags & FG_SAMPLE_ENTRY_BIAS)
+                l += x->bias;
+            if (x->count > 0) { // llama.cpp's repeat penalty, then OpenAI's frequency/presence
+                if (l <= 0.0f)
+                    l *= p->repeat_penalty;
+                else
+                    l /= p->repeat_penalty;
+                l = l - ((float)x->count * p->frequency_penalty + p->presence_penalty);
             }
         }
+        out[i] = l;
     }
-    if (p->min_p > 0.0f && n > 1) {
-        float thr = maxv + logf(p->min_p);
-        int32_t m = 0;
-        for (int32_t i = 0; i < n; i++)
-            if (c[i].logit >= thr)
-                c[m++] = c[i];
-        n = m > 0 ? m : 1; // the max always passes; guard anyway
-    }
-    if (n == 1)
-        return c[0].id;
-    double inv_t = 1.0 / (double)p->temperature;
-    double sum = 0.0;
-    for (int32_t i = 0; i < n; i++)
-        sum += exp(((double)c[i].logit - (double)maxv) * inv_t);
-    double u = rng_uniform(s->rng) * sum;
-    double cum = 0.0;
-    for (int32_t i = 0; i < n; i++) {
-        cum += exp(((double)c[i].logit - (double)maxv) * inv_t);
-        if (u < cum)
-            return c[i].id;
-    }
-    // rounding left u at the very end: the last candidate with non-zero weight
-    for (int32_t i = n - 1; i > 0; i--)
-        if (exp(((double)c[i].logit - (double)maxv) * inv_t) > 0.0)
-            return c[i].id;
-    return c[0].id;
 }
 
 float fg_logprobs(const float *logits, int32_t n_vocab, int32_t token, int32_t n_top,
                   fg_top_logprob *top, int32_t *n_top_out) {
-    double maxv = -INFINITY;
-    for (int32_t i = 0; i < n_vocab; i++)
-        if (logits[i] > maxv) // NaN compares false: skipped
-            maxv = logits[i];
-    double lse;
-    if (maxv == -INFINITY || maxv == INFINITY) {
-        lse = maxv; // degenerate row: every finite logit gets -inf (or the row is empty)
-    } else {
-        double sum = 0.0;
-        for (int32_t i = 0; i < n_vocab; i++)
-            if (!isnan(logits[i]))
-                sum += exp((double)logits[i] - maxv);
-        lse = maxv + log(sum);
-    }
-    if (n_top > FG_MAX_TOP_LOGPROBS)
-        n_top = FG_MAX_TOP_LOGPROBS;
-    if (n_top > n_vocab)
-        n_top = n_vocab;
-    int32_t k = 0;
-    if (n_top > 0 && top) {
-        // insertion into a small sorted list: n_top <= 20
-        cand best[FG_MAX_TOP_LOGPROBS];
-        for (int32_t i = 0; i < n_vocab; i++) {
-            cand x = {i, isnan(logits[i]) ? -INFINITY : logits[i]};
-            if (k == n_top && !better(&x, &best[k - 1]))
-                continue;
-            int32_t j = k < n_top ? k++ : k - 1;
-            while (j > 0 && better(&x, &best[j - 1])) {
-                best[j] = best[j - 1];
-                j--;
-            }
-            best[j] = x;
-        }
-        for (int32_t i = 0; i < k; i++) {
-            top[i].token = best[i].id;
-            top[i].logprob = (float)((double)best[i].logit - lse);
-        }
-    }
-    if (n_top_out)
-        *n_top_out = k;
-    if (token < 0 || token >= n_vocab || isnan(logits[token]))
-        return -INFINITY;
-    return (float)((double)logits[token] - lse);
+    return fg_logprobs_ref(logits, n_vocab, token, n_top, top, n_top_out);
 }

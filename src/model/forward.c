@@ -4,9 +4,14 @@
 // attention, output projection accumulated into the residual, rmsnorm, the fused gate|up
 // projection, SwiGLU, down projection into the residual; glm4's post norms; the last layer
 // continues only with the rows wanting logits) -> output norm -> output projection in chunks,
-// each checked for non-finite values on the backend and copied back asynchronously.
+// each checked for non-finite values on the backend, then either copied back asynchronously
+// or, when the batch carries sampling rows, sampled on the backend (only the small results
+// come back).
 // The op sequence depends only on the step's shape (n_tokens, n_out), never on its data, so a
-// GPU backend may capture it. Nothing is allocated here: scratch and host metadata are sized
+// GPU backend may capture it. With tensor parallelism (m->tp) each rank runs this same pass on
+// its heads and FFN rows; the two row-parallel projections (attn_output, ffn_down) give partial
+// sums that one all-reduce each completes before the residual add (tp_reduce_residual); worker
+// ranks stop before the logits. Nothing is allocated here: scratch and host metadata are sized
 // at load. Who calls it: the engine, `forge run`/`perplexity`/`bench`, the golden tests.
 #include "model/model_internal.h"
 
@@ -103,6 +108,18 @@ static fg_status make_step(fg_model *m, fg_kv_store *kv, const fg_batch *b, fg_s
     st->page_table = kv->page_table;
     st->n_out = n_out;
     st->out_rows = m->out_rows;
+    if (b->sample) {
+        if (b->n_sample_entries < 0 || b->n_sample_entries > m->max_sample_entries)
+            return FG_FAIL(FG_ERR_CAPACITY,
+                           "forward: batch.n_sample_entries = %d, the model was reserved for %d (max_sample_entries)",
+                           b->n_sample_entries, m->max_sample_entries);
+        st->sample = b->sample;
+        st->sample_entries = b->sample_entries;
+        st->n_sample_entries = b->n_sample_entries;
+    } else if (b->n_sample_entries != 0) {
+        return FG_FAIL(FG_ERR_INVALID_ARG, "forward: batch.n_sample_entries = %d without sample rows",
+                       b->n_sample_entries);
+    }
     // the same model, KV store and buffers every step: a backend may replay a recorded step
     st->graph_id = ((uint64_t)(uintptr_t)m * 0x9e3779b97f4a7c15ULL) ^ (uint64_t)(uintptr_t)kv;
     return FG_OK;
@@ -144,6 +161,23 @@ static fg_status matmul(fg_model *m, act_cache *ac, fg_tensor *dst, const fg_ten
     return fg_op_matmul(be, dst, w, &ac->t, bias, accumulate);
 }
 
+// ---- tensor parallelism: x += all_reduce(in . w^T) (+ bias, on rank 0 only: the workers do
+// not hold it), normed into xn with next_norm; glm4's post-norm (post) applies to the sum.
+// The projection writes to scratch (no accumulate into x: every rank holds the same x, so the
+// residual is added once, after the sum).
+static fg_status tp_reduce_residual(fg_model *m, act_cache *ac, fg_tensor *x, fg_tensor *xn, const fg_tensor *w,
+                                    const fg_tensor *in, const fg_tensor *bias, const fg_tensor *post,
+                                    const fg_tensor *next_norm, int64_t n) {
+    fg_backend *be = m->be;
+    fg_tensor ao = rows_of(&m->s.ao, n);
+    OP(matmul(m, ac, &ao, w, in, bias, false));
+    if (!m->tp.skip_all_reduce) // (benchmarks: measuring the all-reduces' share)
+        OP(fg_op_all_reduce(be, m->tp.comm, &ao));
+    if (post)
+        OP(fg_op_rmsnorm(be, &ao, &ao, post, m->hp.rms_eps));
+    return fg_op_add_rmsnorm(be, x, xn, &ao, next_norm, m->hp.rms_eps);
+}
+
 // One layer over n rows; *n_rows becomes n_out on the last layer when it gathers: after
 // storing K/V only the rows that want logits go on (gathered into s->xo, as llama.cpp does
 // with inp_out_ids; the rows are independent, so the result is the same, minus the work on
@@ -161,7 +195,9 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
     const bool enc = m->at->encoder;
     fg_scratch *s = &m->s;
     int64_t n = *n_rows;
-    const int64_t D = hp->head_dim, Q = (int64_t)hp->n_head * D, KV = (int64_t)hp->n_head_kv * D;
+    // this rank's heads (all of them without tensor parallelism)
+    const int32_t n_head = m->tp.n_head, n_head_kv = m->tp.n_head_kv;
+    const int64_t D = hp->head_dim, Q = (int64_t)n_head * D, KV = (int64_t)n_head_kv * D;
     fg_tensor xn = enc ? *x : rows_of(&s->xn, n); // the layer's input
 
     // ---- attention
@@ -183,7 +219,7 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
     if (ly->q_norm) { // per-head RMSNorm over [n][heads][D] views into s->q and s->k
         fg_tensor qh = q, kh = k, qo = rows_of(&s->q, n), ko = rows_of(&s->k, n);
         fg_tensor *h4[4] = {&qh, &qo, &kh, &ko};
-        const int64_t heads[4] = {hp->n_head, hp->n_head, hp->n_head_kv, hp->n_head_kv};
+        const int64_t heads[4] = {n_head, n_head, n_head_kv, n_head_kv};
         for (int i = 0; i < 4; i++) {
             fg_tensor *t = h4[i];
             size_t row = t->nb[1];
@@ -201,7 +237,7 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
     }
     if (hp->n_rot > 0) {
         fg_rope_params rp = {
-            .n_head = hp->n_head,
+            .n_head = n_head,
             .head_dim = hp->head_dim,
             .n_rot = hp->n_rot,
             .mode = m->at->rope,
@@ -209,14 +245,14 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
             .freq_scale = hp->rope_freq_scale,
             .freq_factors = m->rope_freqs,
         };
-        OP(fg_op_rope_kv_store(be, &q, &k, &v, &rp, hp->n_head_kv, &kv->view, il));
+        OP(fg_op_rope_kv_store(be, &q, &k, &v, &rp, n_head_kv, &kv->view, il));
     } else {
         OP(fg_op_kv_store(be, &kv->view, il, &k, &v));
     }
     if (last && n_out == 0)
         return FG_OK; // no logits wanted: the K/V of the step is all that matters
     fg_tensor att = rows_of(&s->att, n);
-    fg_attn_params ap = {.layer = il, .n_head = hp->n_head, .scale = 1.0f / sqrtf((float)D), .causal = hp->causal};
+    fg_attn_params ap = {.layer = il, .n_head = n_head, .scale = 1.0f / sqrtf((float)D), .causal = hp->causal};
     OP(fg_op_attention(be, &att, &q, &kv->view, &ap));
     if (last && n_out >= 0 && n_out < n) {
         fg_tensor ag = rows_of(&s->q, n_out), xg = rows_of(&s->xo, n_out);
@@ -232,6 +268,8 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
         OP(matmul(m, ac, x, ly->wo, &att, ly->bo, true));
         OP(fg_op_layernorm(be, x, x, ly->attn_out_norm, ly->attn_out_norm_b, hp->norm_eps));
         xn = *x;
+    } else if (m->tp.size > 1) {
+        OP(tp_reduce_residual(m, ac, x, &xn, ly->wo, &att, ly->bo, ly->post_attn_norm, ly->ffn_norm, n));
     } else if (ly->post_attn_norm) {
         fg_tensor ao = rows_of(&s->ao, n);
         OP(matmul(m, ac, &ao, ly->wo, &att, ly->bo, false));
@@ -244,7 +282,7 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
     ac->src = NULL; // xn was rewritten
 
     // ---- feed-forward
-    const int64_t F = hp->n_ff;
+    const int64_t F = m->tp.n_ff;
     fg_tensor h = rows_of(&s->h, n);
     if (m->at->ffn_gelu) { // bert: gelu(x . up^T + b_up)
         OP(matmul(m, ac, &h, ly->w_up, &xn, ly->b_up, false));
@@ -265,6 +303,8 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
     if (enc) { // x = LN(x + h . down^T + b_down)
         OP(matmul(m, ac, x, ly->w_down, &h, ly->b_down, true));
         OP(fg_op_layernorm(be, x, x, ly->layer_out_norm, ly->layer_out_norm_b, hp->norm_eps));
+    } else if (m->tp.size > 1) {
+        OP(tp_reduce_residual(m, ac, x, &xn, ly->w_down, &h, NULL, ly->post_ffw_norm, next_norm, n));
     } else if (ly->post_ffw_norm) {
         fg_tensor ao = rows_of(&s->ao, n);
         OP(matmul(m, ac, &ao, ly->w_down, &h, NULL, false));
@@ -307,8 +347,8 @@ static fg_status run_ops(fg_model *m, fg_kv_store *kv, const fg_step *st) {
         OP(fg_op_check_finite(be, &e, 0));
         return fg_op_download_async(be, &e, 0, m->embd, (size_t)st->n_seqs * (size_t)hp->n_embd * sizeof(float));
     }
-    if (st->n_out == 0)
-        return FG_OK;
+    if (st->n_out == 0 || m->tp.rank > 0)
+        return FG_OK; // (a tensor-parallel worker: rank 0 computes the logits)
     // xn holds output_norm(x) for the n_out rows
     const int64_t V = m->hp.n_vocab;
     for (int64_t r0 = 0; r0 < st->n_out; r0 += s->lg_rows) {
@@ -320,8 +360,17 @@ static fg_status run_ops(fg_model *m, fg_kv_store *kv, const fg_step *st) {
         // backend finds the first such value (fg_model_wait reports it) rather than letting the
         // sampler turn NaNs into a stream of token 0.
         OP(fg_op_check_finite(be, &lg, r0));
-        OP(fg_op_download_async(be, &lg, 0, m->logits + r0 * V, (size_t)(nr * V) * sizeof(float)));
+        if (st->sample) { // sampled on the backend: the rows never leave it
+            fg_tensor sr = fg_tensor_rows(&s->samp, (size_t)r0 * s->samp.nb[1], FG_SAMPLE_RESULT_WORDS, nr,
+                                          s->samp.nb[1]);
+            sr.type = FG_TYPE_I32;
+            OP(fg_op_sample(be, &sr, &lg, r0));
+        } else {
+            OP(fg_op_download_async(be, &lg, 0, m->logits + r0 * V, (size_t)(nr * V) * sizeof(float)));
+        }
     }
+    if (st->sample) // one small copy: a token, its log-probability and the top-N per row
+        OP(fg_op_download_async(be, &s->samp, 0, m->samples, (size_t)st->n_out * sizeof(fg_sample_result)));
     return FG_OK;
 }
 
@@ -339,14 +388,20 @@ fg_status fg_model_submit(fg_model *m, fg_kv_store *kv, const fg_batch *b) {
         return FG_FAIL(FG_ERR_INVALID_ARG, "forward: the previous step was submitted and not waited for");
     fg_step step;
     FG_TRY(make_step(m, kv, b, &step));
-    FG_TRY(fg_step_begin(m->be, &step));
-    fg_status st = run_ops(m, kv, &step);
-    if (st != FG_OK) {
-        fg_step_abort(m->be);
-        return st;
+    if (m->tp.group) // tensor parallelism: the workers run the same step on their shards
+        FG_TRY(fg_tp_group_post_step(m->tp.group, kv, b));
+    fg_status st = fg_step_begin(m->be, &step);
+    if (st == FG_OK) {
+        st = run_ops(m, kv, &step);
+        if (st != FG_OK)
+            fg_step_abort(m->be);
+        else
+            st = fg_step_end(m->be);
     }
-    FG_TRY(fg_step_end(m->be));
+    if (st != FG_OK)
+        return m->tp.group ? fg_tp_group_wait_step(m->tp.group, st) : st;
     m->pending = true;
+    m->pending_sampled = step.sample != NULL;
     m->pending_out = step.n_out;
     return FG_OK;
 }
@@ -356,15 +411,25 @@ fg_status fg_model_wait(fg_model *m, const float **logits, int32_t *n_out) {
         return FG_FAIL(FG_ERR_INVALID_ARG, "forward: no step was submitted");
     m->pending = false;
     fg_step_result res;
-    FG_TRY(fg_step_wait(m->be, &res));
+    fg_status st = fg_step_wait(m->be, &res);
+    if (m->tp.group) // the workers' steps too; a failure anywhere stops the group
+        st = fg_tp_group_wait_step(m->tp.group, st);
+    FG_TRY(st);
     if (res.bad_row >= 0)
         return FG_FAIL(FG_ERR_FORMAT,
                        "%s: forward: logit %lld of token %d is %g: the weights produce non-finite values", m->path,
                        (long long)res.bad_col, m->out_rows[res.bad_row], (double)res.bad_value);
     if (logits)
-        *logits = m->logits;
+        *logits = m->pending_sampled ? NULL : m->logits;
     if (n_out)
         *n_out = m->pending_out;
+    return FG_OK;
+}
+
+fg_status fg_model_wait_samples(fg_model *m, const fg_sample_result **res, int32_t *n_out) {
+    FG_TRY(fg_model_wait(m, NULL, n_out));
+    if (res)
+        *res = m->pending_sampled ? m->samples : NULL;
     return FG_OK;
 }
 
@@ -380,6 +445,9 @@ static int32_t count_wanted(const fg_batch *b) {
 }
 
 fg_status fg_model_forward(fg_model *m, fg_kv_store *kv, const fg_batch *b, float *logits) {
+    if (b && b->sample)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "forward: fg_model_forward hands back logits: a batch with sample rows "
+                                           "goes through fg_model_submit and fg_model_wait_samples");
     int32_t wanted = count_wanted(b);
     if (!logits && wanted > 0 && m && kv && kv->m == m && !m->pending &&
         b->n_tokens <= m->max_batch_tokens) // (a malformed batch is reported by submit)

@@ -1,7 +1,9 @@
 // kv_store.c - the paged KV cache storage: n_pages pages of page_size tokens for every layer,
 // K and V, allocated and laid out by the backend (kv_alloc), seen by the forward pass as an
 // fg_kv_view. Which page belongs to which sequence is the caller's business (src/engine's
-// page allocator).
+// page allocator). With tensor parallelism each rank's store holds its own kv heads
+// (n_head_kv / tp_size); rank 0 of an in-process group creates, copies and frees the workers'
+// stores with its own (tp_group.c).
 // Who calls it: the engine, `forge run`/`perplexity`/`bench`, tests.
 #include "model/model_internal.h"
 
@@ -37,7 +39,7 @@ fg_status fg_kv_store_create(fg_model *m, int32_t n_pages, int32_t page_size, ui
     v->n_layer = hp->n_layer;
     v->n_pages = n_pages;
     v->page_size = page_size;
-    v->n_head_kv = hp->n_head_kv;
+    v->n_head_kv = m->tp.n_head_kv; // this rank's (all of them without tensor parallelism)
     v->head_dim = hp->head_dim;
     v->type = kv_type;
     fg_status st = m->be->ops->kv_alloc(m->be, v, &kv->buf);
@@ -51,6 +53,10 @@ fg_status fg_kv_store_create(fg_model *m, int32_t n_pages, int32_t page_size, ui
         fg_kv_store_destroy(kv);
         return st;
     }
+    if (m->tp.group && (st = fg_tp_group_kv_create(m->tp.group, kv, n_pages, page_size, kv_type)) != FG_OK) {
+        fg_kv_store_destroy(kv);
+        return st;
+    }
     *out = kv;
     return FG_OK;
 }
@@ -58,6 +64,9 @@ fg_status fg_kv_store_create(fg_model *m, int32_t n_pages, int32_t page_size, ui
 void fg_kv_store_destroy(fg_kv_store *kv) {
     if (!kv)
         return;
+    if (kv->tp_peer)
+        fg_tp_group_kv_destroy(kv->m->tp.group, kv);
+    free(kv->tp_peer);
     if (kv->buf)
         kv->m->be->ops->buf_free(kv->m->be, kv->buf);
     free(kv->page_table);
@@ -75,5 +84,6 @@ fg_status fg_kv_store_copy_page(fg_kv_store *kv, int32_t dst, int32_t src) {
                        n - 1);
     if (dst == src)
         return FG_OK;
-    return fg_kv_copy_page_checked(kv->m->be, &kv->view, dst, src);
+    FG_TRY(fg_kv_copy_page_checked(kv->m->be, &kv->view, dst, src));
+    return kv->tp_peer ? fg_tp_group_kv_copy_page(kv->m->tp.group, kv, dst, src) : FG_OK;
 }

@@ -94,6 +94,18 @@ typedef struct fg_layer {
     const fg_tensor *b_down;          // F32 [n_embd] or NULL
 } fg_layer;
 
+// Tensor parallelism (fg_model_opts.tp_*): this model's share of every layer. Rank r of N
+// holds q heads [r*n_head/N, (r+1)*n_head/N) and the same share of the kv heads (q|k|v rows),
+// the matching input columns of attn_output, n_ff/N rows of gate and up and the matching
+// input columns of ffn_down; the rest is replicated. hp keeps the file's (global) values.
+typedef struct fg_tp {
+    int32_t size, rank;              // 1, 0: not sharded
+    int32_t n_head, n_head_kv, n_ff; // this rank's share (hp's / size)
+    fg_comm *comm;                   // borrowed (NULL when size == 1)
+    struct fg_tp_group *group;       // rank 0 of an in-process group: its workers (owned)
+    bool skip_all_reduce;            // fg_model_opts.tp_skip_all_reduce (benchmarks)
+} fg_tp;
+
 // Scratch activations, F32 unless noted, allocated at load for max_batch_tokens rows.
 typedef struct fg_scratch {
     fg_buffer *buf;
@@ -110,6 +122,7 @@ typedef struct fg_scratch {
     fg_tensor h;    // [T][n_ff] swiglu output
     fg_tensor xo;   // [T][n_embd] rows wanting logits (last layer)
     fg_tensor lg;   // [lg_rows][n_vocab] one chunk of logits
+    fg_tensor samp; // I32 [max_logit_rows][FG_SAMPLE_RESULT_WORDS] sample results
     int32_t lg_rows;
     fg_tensor emb;  // [max_seqs][n_embd] pooled embeddings (embedding models, issue 14)
     void *act;      // activations converted for the matmuls (fg_op_convert), act_bytes
@@ -145,14 +158,18 @@ struct fg_model {
     const fg_tensor *embd_norm_b;
 
     fg_scratch s;
+    fg_tp tp;
     // host step metadata, sized at load
     int32_t *seq_count; // [max_seqs]
     int32_t *seq_first; // [max_seqs]
     int32_t *out_rows;  // [max_batch_tokens]
     // results: logits of the last submitted step, in backend host memory (pinned on a GPU)
     float *logits;         // [max_logit_rows][n_vocab]
+    fg_sample_result *samples; // [max_logit_rows] (a step that sampled)
     int32_t max_logit_rows;
+    int32_t max_sample_entries;
     bool pending;          // a step was submitted and not yet waited for
+    bool pending_sampled;  // it sampled (results in samples, not logits)
     int32_t pending_out;   // its n_out
     // embedding models (issue 14, embed.c): a KV store used as the attention's scratch (every
     // input is whole in its step; F32, so no rounding), the batch built per step, the results
@@ -186,6 +203,27 @@ struct fg_kv_store {
     fg_buffer *buf; // allocated and laid out by the backend (kv_alloc)
     fg_kv_view view;
     int32_t *page_table; // [max_seqs][n_pages] host scratch for fg_step
+    struct fg_kv_store **tp_peer; // [tp.size] the workers' stores (rank 0 of a group; [0] unused)
 };
+
+// ---- tp_group.c: the in-process tensor-parallel group (fg_model_opts.tp_size > 1 without a
+// communicator). Rank 0 is the model fg_model_load returns; ranks 1..N-1 are worker threads,
+// each with its own backend, communicator, model shard and KV stores. Every call below is made
+// by rank 0's thread; a failure of any rank stops the group (FG_ERR_DEVICE from then on).
+typedef struct fg_tp_group fg_tp_group;
+fg_status fg_tp_group_load(const char *path, fg_backend *be, const fg_model_opts *o, fg_model **out);
+void fg_tp_group_destroy(fg_tp_group *g);
+// Hands the (validated) batch to the workers, which run the same step on their shards.
+fg_status fg_tp_group_post_step(fg_tp_group *g, fg_kv_store *kv, const fg_batch *b);
+// Rank 0's step ended with st (its own result): waits for the workers' and returns the group's
+// (the first failure of any rank, FG_ERR_DEVICE, naming the rank).
+fg_status fg_tp_group_wait_step(fg_tp_group *g, fg_status st);
+fg_status fg_tp_group_kv_create(fg_tp_group *g, fg_kv_store *kv, int32_t n_pages, int32_t page_size,
+                                uint32_t kv_type);
+void fg_tp_group_kv_destroy(fg_tp_group *g, fg_kv_store *kv);
+fg_status fg_tp_group_kv_copy_page(fg_tp_group *g, fg_kv_store *kv, int32_t dst, int32_t src);
+// Tests: from its `step`-th step on (0-based, counted by the group), rank `rank` fails
+// (mode 1: an error before its ops) or stalls for `seconds` before running the step (mode 2).
+void fg_tp_debug_fault(fg_model *m, int32_t rank, int64_t step, int mode, double seconds);
 
 #endif // FG_MODEL_MODEL_INTERNAL_H

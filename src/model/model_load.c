@@ -5,9 +5,11 @@
 // Who calls it: the CLI (run, perplexity, bench, serve), the engine, tests.
 #include "model/model_internal.h"
 
+#include "backend/comm.h"
 #include "base/progress.h"
 #include "base/status.h"
 #include "base/util.h"
+#include "quant/quant.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -21,12 +23,20 @@
 
 // ---- hyper-parameters
 
+// The part of a file tensor a tensor-parallel rank holds (whole without tensor parallelism):
+// rows [row0, row0 + n_rows) of ne[1] (a 1-D tensor is one row) and, of each row, elements
+// [col0, col0 + n_cols) of ne[0] (whole blocks).
+typedef struct tp_slice {
+    int64_t row0, n_rows, col0, n_cols;
+} tp_slice;
+
 // A weight made at load from parts of the file (q|k|v, gate|up and their biases): the parts'
 // bytes one after the other are the fused tensor's canonical bytes; a missing bias part is
 // zeros (adding 0 changes no value).
 typedef struct fused_parts {
     int32_t idx[3];      // m->tensors index of each part, -1: zeros
     uint64_t bytes[3];   // bytes of each part
+    tp_slice sl[3];      // the part of each file tensor taken (tensor parallelism)
     int n;
 } fused_parts;
 
@@ -38,6 +48,7 @@ typedef struct loader {
     const fg_gguf_tensor **src; // [cap] file tensor of m->tensors[i] (NULL: fused at load)
     fused_parts *parts;         // [cap] the parts of a fused m->tensors[i]
     bool *absorbed;             // [cap] a part of a fused tensor: not uploaded on its own
+    tp_slice *slice;            // [cap] the part of file tensor src[i] this rank holds
     int32_t cap;
 } loader;
 
@@ -278,6 +289,7 @@ static fg_status bind_ex(loader *L, const char *name, int64_t ne0, int64_t ne1, 
     FG_ASSERT(m->n_tensors < L->cap);
     int32_t i = m->n_tensors++;
     L->src[i] = t;
+    L->slice[i] = (tp_slice){0, want[1], 0, want[0]};
     fg_tensor *d = &m->tensors[i];
     memset(d, 0, sizeof *d);
     d->type = t->type;
@@ -468,17 +480,127 @@ static const fg_tensor *add_fused(loader *L, uint32_t type, int64_t ne0, int64_t
     for (int k = 0; k < n; k++) {
         L->parts[i].idx[k] = tensor_index(m, p[k]);
         L->parts[i].bytes[k] = bytes[k];
-        if (p[k])
+        if (p[k]) {
             L->absorbed[tensor_index(m, p[k])] = true;
+            L->parts[i].sl[k] = L->slice[tensor_index(m, p[k])];
+        }
     }
     return d;
+}
+
+// ---- tensor parallelism: this rank's slices (docs/ARCHITECTURE.md, "Tensor parallelism").
+// Column-parallel weights (q, k, v, gate, up and the q/k/v biases) keep the rank's rows;
+// row-parallel ones (attn_output, ffn_down) the matching input columns of every row, in whole
+// blocks. attn_output's bias is added on rank 0 only; the output projection lives on rank 0
+// only (the workers compute no logits); norms and the embeddings are replicated. The bound
+// tensors get their local shapes, so fusion and upload below see this rank's weights.
+
+// Does the per-tensor (or per-part) slice setup: hp values are the file's, m->tp the rank's.
+static fg_status tp_setup(loader *L, int32_t size, int32_t rank, fg_comm *comm) {
+    fg_model *m = L->m;
+    const fg_hparams *hp = &m->hp;
+    if (size > 1 && (m->at->encoder || hp->pooling != FG_POOL_NONE)) // issue 14
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: tensor parallelism is for generation models; an embedding model "
+                                           "(%s, pooling %d) runs on one device", L->path, L->arch, hp->pooling);
+    const struct {
+        const char *suffix;
+        int32_t v;
+    } k[3] = {{"attention.head_count", hp->n_head},
+              {"attention.head_count_kv", hp->n_head_kv},
+              {"feed_forward_length", hp->n_ff}};
+    for (int i = 0; i < 3; i++)
+        if (k[i].v % size != 0)
+            return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: %s.%s = %d is not divisible by the tensor-parallel size %d",
+                           L->path, L->arch, k[i].suffix, k[i].v, size);
+    m->tp = (fg_tp){.size = size, .rank = rank, .n_head = hp->n_head / size, .n_head_kv = hp->n_head_kv / size,
+                    .n_ff = hp->n_ff / size, .comm = size > 1 ? comm : NULL};
+    return FG_OK;
+}
+
+// Rows [rank*per, +per) of a 2-D weight (ne[1]), or elements of a 1-D bias (ne[0]).
+static void tp_keep_rows(loader *L, const fg_tensor *t, int64_t per) {
+    if (!t)
+        return;
+    int32_t i = tensor_index(L->m, t);
+    fg_tensor *d = &L->m->tensors[i];
+    int64_t r0 = (int64_t)L->m->tp.rank * per;
+    if (d->ne[1] == 1 && L->src[i]->n_dims == 1) {
+        L->slice[i] = (tp_slice){0, 1, r0, per};
+        d->ne[0] = per;
+    } else {
+        L->slice[i] = (tp_slice){r0, per, 0, d->ne[0]};
+        d->ne[1] = per;
+    }
+}
+
+// Input columns [rank*per, +per) of every row of a 2-D weight, in whole blocks.
+static fg_status tp_keep_cols(loader *L, const fg_tensor *t, int64_t per) {
+    int32_t i = tensor_index(L->m, t);
+    fg_tensor *d = &L->m->tensors[i];
+    const fg_type_traits *tr = fg_type_traits_get(d->type);
+    if (per % tr->blck_size != 0)
+        return FG_FAIL(FG_ERR_UNSUPPORTED,
+                       "%s: tensor '%s' (%s, blocks of %lld): a rank's %lld of its %lld columns are not whole "
+                       "blocks at tensor-parallel size %d",
+                       L->path, L->src[i]->name, tr->name, (long long)tr->blck_size, (long long)per,
+                       (long long)d->ne[0], L->m->tp.size);
+    L->slice[i] = (tp_slice){0, d->ne[1], (int64_t)L->m->tp.rank * per, per};
+    d->ne[0] = per;
+    return FG_OK;
+}
+
+// A tensor this rank does not hold (never uploaded).
+static void tp_drop(loader *L, const fg_tensor **t) {
+    if (*t)
+        L->absorbed[tensor_index(L->m, *t)] = true;
+    *t = NULL;
+}
+
+static const fg_tensor *add_fused(loader *L, uint32_t type, int64_t ne0, int64_t ne1, const fg_tensor *const *p,
+                                  const uint64_t *bytes, int n);
+
+static fg_status tp_shard(loader *L) {
+    fg_model *m = L->m;
+    const fg_hparams *hp = &m->hp;
+    const int64_t E = hp->n_embd, D = hp->head_dim, Q = (int64_t)m->tp.n_head * D,
+                  KV = (int64_t)m->tp.n_head_kv * D, F = m->tp.n_ff;
+    for (int il = 0; il < hp->n_layer; il++) {
+        fg_layer *ly = &m->layers[il];
+        tp_keep_rows(L, ly->wq, Q);
+        tp_keep_rows(L, ly->wk, KV);
+        tp_keep_rows(L, ly->wv, KV);
+        tp_keep_rows(L, ly->bq, Q);
+        tp_keep_rows(L, ly->bk, KV);
+        tp_keep_rows(L, ly->bv, KV);
+        FG_TRY(tp_keep_cols(L, ly->wo, Q));
+        if (m->tp.rank > 0)
+            tp_drop(L, &ly->bo); // the all-reduce would add it once per rank
+        if (m->at->fused_gate_up) {
+            // the file's [2*n_ff][n_embd] gate|up: this rank's rows of each half, side by side
+            const fg_tensor *w = ly->w_up, *p[2] = {w, w};
+            uint64_t row = fg_type_row_size_n(w->type, E), b[2] = {row * (uint64_t)F, row * (uint64_t)F};
+            const fg_tensor *f = add_fused(L, w->type, E, 2 * F, p, b, 2);
+            fused_parts *fp = &L->parts[tensor_index(m, f)];
+            fp->sl[0] = (tp_slice){(int64_t)m->tp.rank * F, F, 0, E};
+            fp->sl[1] = (tp_slice){hp->n_ff + (int64_t)m->tp.rank * F, F, 0, E};
+            ly->w_up = f;
+        } else {
+            tp_keep_rows(L, ly->w_gate, F);
+            tp_keep_rows(L, ly->w_up, F);
+        }
+        FG_TRY(tp_keep_cols(L, ly->w_down, F));
+    }
+    if (m->tp.rank > 0 && m->output != m->tok_embd)
+        tp_drop(L, &m->output);
+    return FG_OK;
 }
 
 static void plan_fusion(loader *L) {
     fg_model *m = L->m;
     const fg_hparams *hp = &m->hp;
-    const int64_t E = hp->n_embd, D = hp->head_dim, Q = (int64_t)hp->n_head * D, KV = (int64_t)hp->n_head_kv * D,
-                  F = hp->n_ff;
+    // this rank's rows (all of them without tensor parallelism)
+    const int64_t E = hp->n_embd, D = hp->head_dim, Q = (int64_t)m->tp.n_head * D, KV = (int64_t)m->tp.n_head_kv * D,
+                  F = m->tp.n_ff;
     for (int il = 0; il < hp->n_layer; il++) {
         fg_layer *ly = &m->layers[il];
         if (ly->wq && ly->wq->type == ly->wk->type && ly->wq->type == ly->wv->type) { // (not a file's attn_qkv)
@@ -506,6 +628,25 @@ static void plan_fusion(loader *L) {
     }
 }
 
+// The bytes of slice sl of file tensor t, row after row, into dst.
+static void copy_slice(uint8_t *dst, const fg_gguf_tensor *t, const tp_slice *sl) {
+    size_t row = fg_type_row_size_n(t->type, t->ne[0]), off = fg_type_row_size_n(t->type, sl->col0),
+           n = fg_type_row_size_n(t->type, sl->n_cols);
+    for (int64_t r = 0; r < sl->n_rows; r++)
+        memcpy(dst + (size_t)r * n, (const uint8_t *)t->data + (size_t)(sl->row0 + r) * row + off, n);
+}
+
+// A file tensor's bytes straight from the mapping when its slice is contiguous there (whole
+// rows, or a range of one row); NULL: it must be gathered (copy_slice).
+static const void *direct_src(const loader *L, int32_t i) {
+    const fg_gguf_tensor *t = L->src[i];
+    const tp_slice *sl = &L->slice[i];
+    if (!t || (sl->n_cols != t->ne[0] && sl->n_rows != 1))
+        return NULL;
+    return (const uint8_t *)t->data + fg_type_row_size_n(t->type, t->ne[0]) * (size_t)sl->row0 +
+           fg_type_row_size_n(t->type, sl->col0);
+}
+
 // One buffer for every weight the forward pass uses (the parts of fused ones excepted),
 // WEIGHT_ALIGN-aligned offsets, sized as the backend lays each weight out; each weight is
 // handed to the backend whole (it may repack it): straight from the mapping, or from a host
@@ -531,7 +672,7 @@ static fg_status upload_all(loader *L, bool progress) {
             return FG_FAIL(FG_ERR_FORMAT, "%s: tensor sizes overflow", L->path);
         }
         total += canon;
-        if (!L->src[i])
+        if (!direct_src(L, i)) // fused, or a tensor-parallel slice of columns
             stage = FG_MAX(stage, canon);
     }
     if (offs_end > SIZE_MAX) {
@@ -566,14 +707,18 @@ static fg_status upload_all(loader *L, bool progress) {
         const void *src;
         const char *name;
         if (L->src[i]) {
-            src = L->src[i]->data;
+            src = direct_src(L, i);
+            if (!src) { // this rank's columns of every row
+                copy_slice(tmp, L->src[i], &L->slice[i]);
+                src = tmp;
+            }
             name = L->src[i]->name;
-        } else { // fused: the parts side by side
+        } else { // fused: the parts (this rank's slices of them) side by side
             const fused_parts *fp = &L->parts[i];
             uint64_t o = 0;
             for (int k = 0; k < fp->n; k++) {
                 if (fp->idx[k] >= 0)
-                    memcpy(tmp + o, L->src[fp->idx[k]]->data, (size_t)fp->bytes[k]);
+                    copy_slice(tmp + o, L->src[fp->idx[k]], &fp->sl[k]);
                 else
                     memset(tmp + o, 0, (size_t)fp->bytes[k]);
                 o += fp->bytes[k];
@@ -604,10 +749,12 @@ static fg_status alloc_scratch(fg_model *m) {
     fg_backend *be = m->be;
     const fg_hparams *hp = &m->hp;
     fg_scratch *s = &m->s;
-    int64_t T = m->max_batch_tokens, E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim,
-            KV = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff;
+    // this rank's heads and FFN rows (all of them without tensor parallelism); a worker rank
+    // computes no logits, nor does an encoder or an embedding model (issue 14)
+    int64_t T = m->max_batch_tokens, E = hp->n_embd, Q = (int64_t)m->tp.n_head * hp->head_dim,
+            KV = (int64_t)m->tp.n_head_kv * hp->head_dim, F = m->tp.n_ff;
     const bool embeds = hp->pooling != FG_POOL_NONE, encoder = m->at->encoder;
-    s->lg_rows = encoder || embeds ? 1 : (int32_t)FG_MIN(T, 64); // no logits (issue 14): a token row
+    s->lg_rows = m->tp.rank > 0 || encoder || embeds ? 1 : (int32_t)FG_MIN(T, 64);
     struct {
         fg_tensor *t;
         int64_t cols, rows;
@@ -623,6 +770,9 @@ static fg_status alloc_scratch(fg_model *m) {
         offs[i] = (end + WEIGHT_ALIGN - 1) / WEIGHT_ALIGN * WEIGHT_ALIGN;
         end = offs[i] + (uint64_t)plan[i].cols * (uint64_t)plan[i].rows * sizeof(float);
     }
+    // sample results: one fg_sample_result per logits row a step may hand back
+    uint64_t samp_off = (end + WEIGHT_ALIGN - 1) / WEIGHT_ALIGN * WEIGHT_ALIGN;
+    end = samp_off + (uint64_t)m->max_logit_rows * sizeof(fg_sample_result);
     // converted activations (fg_op_convert): at most 2 bytes an element (F16/BF16; the 8-bit
     // types take 1.06-1.14) of the widest matmul input, plus a block's slack per row
     int64_t max_in = FG_MAX(E, FG_MAX(Q, F));
@@ -650,15 +800,20 @@ static fg_status alloc_scratch(fg_model *m) {
         int64_t ne[4] = {plan[i].cols, plan[i].rows, 1, 1};
         *plan[i].t = fg_tensor_view(s->buf, base, (size_t)offs[i], FG_TYPE_F32, 2, ne);
     }
+    {
+        int64_t ne[2] = {FG_SAMPLE_RESULT_WORDS, m->max_logit_rows};
+        s->samp = fg_tensor_view(s->buf, base, (size_t)samp_off, FG_TYPE_I32, 2, ne);
+    }
     s->act = (char *)base + act_off;
     // the largest step the backend will see (the KV store reserves its pages on creation)
     fg_backend_limits lim = {
         .max_tokens = (int32_t)T,
         .max_seqs = m->max_seqs,
-        .max_heads = hp->n_head,
+        .max_heads = m->tp.n_head,
         .max_head_dim = hp->head_dim,
         .max_cols = FG_MAX(FG_MAX(E, Q + 2 * KV), FG_MAX(2 * F, (int64_t)hp->n_vocab)),
         .max_weight_elems = FG_MAX(E * (Q + 2 * KV), FG_MAX(E * Q, E * 2 * F)),
+        .max_sample_entries = m->max_sample_entries,
     };
     FG_TRY(fg_backend_reserve(be, &lim));
     // the logits of a step come back into host memory the backend can copy into asynchronously
@@ -666,7 +821,7 @@ static fg_status alloc_scratch(fg_model *m) {
     if (encoder || embeds)
         return FG_OK;
     size_t lb = 0;
-    if (!fg_mul_size((size_t)m->max_logit_rows, (size_t)hp->n_vocab * sizeof(float), &lb))
+    if (!fg_mul_size(m->tp.rank > 0 ? 1 : (size_t)m->max_logit_rows, (size_t)hp->n_vocab * sizeof(float), &lb))
         return FG_FAIL(FG_ERR_INVALID_ARG, "%s: %d logit rows overflow", m->path, m->max_logit_rows);
     void *lg = NULL;
     st = be->ops->host_alloc(be, lb, &lg);
@@ -675,6 +830,13 @@ static fg_status alloc_scratch(fg_model *m) {
         return st;
     }
     m->logits = lg;
+    void *sr = NULL;
+    st = be->ops->host_alloc(be, (size_t)m->max_logit_rows * sizeof(fg_sample_result), &sr);
+    if (st != FG_OK) {
+        fg_error_prefix("%s: sample results", m->path);
+        return st;
+    }
+    m->samples = sr;
     return FG_OK;
 }
 
@@ -696,6 +858,10 @@ static void fill_info(fg_model *m, const loader *L) {
     in->max_batch_tokens = m->max_batch_tokens;
     in->max_seqs = m->max_seqs;
     in->max_logit_rows = m->max_logit_rows;
+    in->tp_size = m->tp.size;
+    in->tp_rank = m->tp.rank;
+    in->max_sample_entries = m->max_sample_entries;
+    in->async_steps = m->be->ops->async_steps;
     in->scratch_bytes = m->be->ops->buf_size(m->s.buf);
     in->pooling = hp->pooling; // embedding models (issue 14)
     in->causal = hp->causal;
@@ -752,9 +918,25 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
         o.max_seqs = 64;
     if (o.max_logit_rows <= 0 || o.max_logit_rows > o.max_batch_tokens)
         o.max_logit_rows = o.max_batch_tokens;
-    if (o.max_batch_tokens > (1 << 20) || o.max_seqs > (1 << 16))
-        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: max_batch_tokens (%d) or max_seqs (%d) too large",
-                       path, o.max_batch_tokens, o.max_seqs);
+    if (o.max_sample_entries <= 0)
+        o.max_sample_entries = FG_MAX(8192, 64 * o.max_logit_rows);
+    if (o.max_batch_tokens > (1 << 20) || o.max_seqs > (1 << 16) || o.max_sample_entries > (1 << 26))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: max_batch_tokens (%d), max_seqs (%d) or max_sample_entries (%d) "
+                       "too large", path, o.max_batch_tokens, o.max_seqs, o.max_sample_entries);
+    // ---- tensor parallelism: an in-process group (tp_group.c), or one rank of the caller's
+    if (o.tp_size <= 0)
+        o.tp_size = 1;
+    if (o.tp_size > FG_TP_MAX)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: tensor-parallel size %d (at most %d)", path, o.tp_size, FG_TP_MAX);
+    if (o.tp_size > 1 && !o.tp_comm)
+        return fg_tp_group_load(path, be, &o, out);
+    if (o.tp_size == 1) {
+        o.tp_rank = 0;
+        o.tp_comm = NULL;
+    } else if (o.tp_comm->size != o.tp_size || o.tp_comm->rank != o.tp_rank) {
+        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: rank %d of %d with a communicator for rank %d of %d", path, o.tp_rank,
+                       o.tp_size, o.tp_comm->rank, o.tp_comm->size);
+    }
     loader L = {0};
     fg_model *m = fg_xcalloc(1, sizeof *m);
     m->path = fg_xstrdup(path);
@@ -762,6 +944,7 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
     m->max_batch_tokens = o.max_batch_tokens;
     m->max_seqs = o.max_seqs;
     m->max_logit_rows = o.max_logit_rows;
+    m->max_sample_entries = o.max_sample_entries;
     fg_status st = fg_gguf_open(path, &m->gguf);
     if (st != FG_OK)
         goto fail;
@@ -788,6 +971,9 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
     L.arch = m->at->name;
     if ((st = read_hparams(&L, &m->hp)) != FG_OK)
         goto fail;
+    if ((st = tp_setup(&L, o.tp_size, o.tp_rank, o.tp_comm)) != FG_OK)
+        goto fail;
+    m->tp.skip_all_reduce = o.tp_skip_all_reduce;
 
     fg_tokenizer_opts to = {.pre_override = o.tokenizer_pre};
     if ((st = fg_tokenizer_create(m->gguf, &to, &m->tok)) != FG_OK)
@@ -809,15 +995,19 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
     }
     m->name = model_name(m->gguf, path);
 
-    L.cap = 8 + 24 * m->hp.n_layer; // bound tensors, then fused ones (<= 3 a layer)
+    // bound tensors (<= 5 global, <= 17 a layer), then fused ones (<= 4 a layer)
+    L.cap = 8 + 24 * m->hp.n_layer;
     m->tensors = fg_xcalloc((size_t)L.cap, sizeof *m->tensors);
     L.src = fg_xcalloc((size_t)L.cap, sizeof *L.src);
     L.parts = fg_xcalloc((size_t)L.cap, sizeof *L.parts);
     L.absorbed = fg_xcalloc((size_t)L.cap, sizeof *L.absorbed);
+    L.slice = fg_xcalloc((size_t)L.cap, sizeof *L.slice);
     m->layers = fg_xcalloc((size_t)m->hp.n_layer, sizeof *m->layers);
     if ((st = bind_all(&L)) != FG_OK)
         goto fail;
     if ((st = fg_model_check(m->gguf, path, m->at, &m->hp, 0)) != FG_OK) // model_check.c
+        goto fail;
+    if (m->tp.size > 1 && (st = tp_shard(&L)) != FG_OK)
         goto fail;
     if (!fg_backend_supports(be, FG_OP_GET_ROWS, m->tok_embd->type)) {
         st = FG_FAIL(FG_ERR_UNSUPPORTED, "%s: tensor 'token_embd.weight': type %s has no get_rows on the %s backend",
@@ -839,12 +1029,14 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
     free(L.src);
     free(L.parts);
     free(L.absorbed);
+    free(L.slice);
     *out = m;
     return FG_OK;
 fail:
     free(L.src);
     free(L.parts);
     free(L.absorbed);
+    free(L.slice);
     fg_model_destroy(m);
     return st;
 }
@@ -852,10 +1044,13 @@ fail:
 void fg_model_destroy(fg_model *m) {
     if (!m)
         return;
-    fg_model_embed_free(m); // issue 14
+    fg_tp_group_destroy(m->tp.group); // the workers first: they share nothing with rank 0's buffers
+    fg_model_embed_free(m);           // issue 14
     if (m->be) {
         if (m->logits)
             m->be->ops->host_free(m->be, m->logits);
+        if (m->samples)
+            m->be->ops->host_free(m->be, m->samples);
         if (m->s.buf)
             m->be->ops->buf_free(m->be, m->s.buf);
         if (m->wbuf)
@@ -876,3 +1071,18 @@ void fg_model_destroy(fg_model *m) {
 const fg_model_info *fg_model_get_info(const fg_model *m) { return &m->info; }
 const fg_tokenizer *fg_model_tokenizer(const fg_model *m) { return m->tok; }
 const fg_gguf *fg_model_gguf(const fg_model *m) { return m->gguf; }
+
+fg_status fg_model_reserve_sampling(fg_model *m, int32_t max_sample_entries) {
+    if (!m || max_sample_entries < 0 || max_sample_entries > (1 << 26))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "fg_model_reserve_sampling: %d entries (expected 0..%d)",
+                       max_sample_entries, 1 << 26);
+    if (m->pending)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "fg_model_reserve_sampling: a step is in flight");
+    if (max_sample_entries <= m->max_sample_entries)
+        return FG_OK;
+    fg_backend_limits lim = {.max_sample_entries = max_sample_entries};
+    FG_TRY(fg_backend_reserve(m->be, &lim));
+    m->max_sample_entries = max_sample_entries;
+    m->info.max_sample_entries = max_sample_entries;
+    return FG_OK;
+}

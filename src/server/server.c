@@ -830,6 +830,8 @@ fg_status fg_server_load(fg_server *s) {
     mo.max_seqs = s->opts.n_parallel > 0 ? s->opts.n_parallel : 0;
     // logits come back for one row per sequence plus prompt scoring (the engine's 64 echo rows)
     mo.max_logit_rows = mo.max_seqs > 0 ? mo.max_seqs + 64 : 0;
+    mo.tp_size = s->opts.tensor_parallel; // rank 0 here; the workers get backends like bo on the next GPUs
+    mo.tp_backend = &bo;
     int32_t max_seq = 0;
     if (peek_embedding_model(s->model_path, &max_seq)) {
         // embeddings (issue 14): steps of many whole inputs (--parallel: inputs a step)
@@ -880,9 +882,10 @@ fg_status fg_server_load(fg_server *s) {
     {
         const fg_model_info *mi = fg_model_get_info(s->model);
         const double G = 1024.0 * 1024.0 * 1024.0;
-        fprintf(stderr, "forge serve: %s; weights %.2f GiB, KV pool %.2f GiB (%d tokens), scratch %.2f GiB\n",
+        fprintf(stderr, "forge serve: %s; weights %.2f GiB, KV pool %.2f GiB (%d tokens), scratch %.2f GiB%s\n",
                 fg_backend_describe(s->backend), (double)mi->weight_bytes / G, (double)fg_engine_kv_bytes(e) / G,
-                fg_engine_kv_tokens(e), (double)mi->scratch_bytes / G);
+                fg_engine_kv_tokens(e), (double)mi->scratch_bytes / G,
+                mi->tp_size > 1 ? " on rank 0 of a tensor-parallel group (each rank holds its own share)" : "");
     }
     pthread_rwlock_wrlock(&s->engine_lock);
     s->engine = e;

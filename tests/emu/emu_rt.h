@@ -49,6 +49,9 @@ static inline int gpuGetLastError() { return 0; }
 static inline const char *gpuGetErrorString(int) { return "ok"; }
 static inline unsigned long long atomicAdd(unsigned long long *p, unsigned long long v) { unsigned long long o = *p; *p += v; return o; }
 static inline int atomicAdd(int *p, int v) { int o = *p; *p += v; return o; }
+static inline unsigned atomicAdd(unsigned *p, unsigned v) { unsigned o = *p; *p += v; return o; }
+static inline unsigned atomicOr(unsigned *p, unsigned v) { unsigned o = *p; *p |= v; return o; }
+static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 
 struct emu_fiber { ucontext_t ctx; int state; uint3 tid; std::vector<char> stack; };
 struct emu_barrier { int count = 0; std::vector<int> waiters; };

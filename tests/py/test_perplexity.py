@@ -15,8 +15,8 @@ BIN = os.environ.get("FORGE_BIN", str(REPO / "build" / "forge"))
 TEXT = SHARED / "text" / "stories-a.txt"
 
 
-def ppl(*args, timeout=120):
-    return subprocess.run([BIN, "perplexity", *map(str, args)], capture_output=True,
+def ppl(*args, timeout=120):  # --device cpu: no "no usable GPU" notice line before an error
+    return subprocess.run([BIN, "perplexity", "--device", "cpu", *map(str, args)], capture_output=True,
                           timeout=timeout)
 
 

@@ -22,8 +22,10 @@ def golden():
     return json.loads(path.read_text())
 
 
+# --device cpu first (a later --device wins): these tests check messages, and `--device auto` on a
+# machine without a usable GPU adds a notice line to stderr
 def run(*args, inp=None, timeout=60):
-    return subprocess.run([BIN, "run", *map(str, args)], capture_output=True, timeout=timeout,
+    return subprocess.run([BIN, "run", "--device", "cpu", *map(str, args)], capture_output=True, timeout=timeout,
                           input=inp)
 
 

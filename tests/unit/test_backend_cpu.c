@@ -295,7 +295,7 @@ static void test_errors(void **state) {
     assert_int_equal(fg_op_rope(be, &a.t, &rp), FG_ERR_INVALID_ARG);
     assert_string_equal(fg_last_error(), "rope: no step set (call step_begin first)");
     // bad step
-    fg_backend_limits lim = {8, 2, 16, 1024, 8, 64, 64, 0};
+    fg_backend_limits lim = {8, 2, 16, 1024, 8, 64, 64, 0, 0};
     assert_int_equal(fg_backend_reserve(be, &lim), FG_OK);
     step_data sd;
     simple_step(&sd, 3, 0, 10);

@@ -23,6 +23,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/sample_ref.h"
 #include "base/half.h"
 #include "base/status.h"
 #include "base/util.h"
@@ -86,7 +87,7 @@ static void need_target(const target *tg) { fg_backend_destroy(open_backend(tg, 
 
 // Sizes every backend must be ready for (tests use small ones).
 static void reserve(fg_backend *be, int max_tokens, int max_seqs, int max_pages, int max_kv, int64_t max_cols) {
-    fg_backend_limits lim = {max_tokens, max_seqs, max_pages, max_kv, 64, 512, max_cols, (int64_t)1 << 20};
+    fg_backend_limits lim = {max_tokens, max_seqs, max_pages, max_kv, 64, 512, max_cols, (int64_t)1 << 20, 0};
     if (fg_backend_reserve(be, &lim) != FG_OK)
         fail_msg("reserve: %s", fg_last_error());
 }
@@ -292,6 +293,8 @@ static bool weight_type(uint32_t type) {
     return t && t->is_weight && t->vec_dot && t->to_float && t->from_float;
 }
 
+static int g_deviations; // GPU matmul cases off the reference's arithmetic (test_matmul_all_types)
+
 static void matmul_case(const target *tg, uint32_t type, int64_t n_in, int64_t n_out, int64_t n_rows, bool with_bias,
                         bool strided_x, bool accumulate, bool preconvert) {
     const fg_type_traits *ref = fg_type_traits_ref(type);
@@ -382,6 +385,13 @@ static void matmul_case(const target *tg, uint32_t type, int64_t n_in, int64_t n
     check_nmse(what, out[0], r1, (size_t)(n_out * n_rows), 5e-4);
     if (tg->cpu)
         check_nmse(what, out[0], r2, (size_t)(n_out * n_rows), 1e-9);
+    else if (ref->is_quantized) { // the GPU's integer kernels: the reference's arithmetic, any row count
+        double e = nmse(out[0], r2, (size_t)(n_out * n_rows));
+        if (!(e <= 1e-8)) { // counted, every case reported, failed at the end of the test
+            print_message("DEVIATES from the reference's arithmetic: %s: nmse %.3g > 1e-8\n", what, e);
+            g_deviations++;
+        }
+    }
     free(out[0]);
     free(out[1]);
     free(wf);
@@ -402,6 +412,7 @@ static void test_matmul_all_types(void **state) {
     static const uint32_t quick_types[] = {FG_TYPE_F16, FG_TYPE_Q4_0, FG_TYPE_Q4_K, FG_TYPE_Q6_K};
     int n_types = 0;
     char tested[512] = "";
+    g_deviations = 0;
     fg_backend *be = open_backend(tg, 0);
     for (uint32_t type = 0; type < FG_TYPE_COUNT; type++) {
         if (!weight_type(type))
@@ -433,12 +444,14 @@ static void test_matmul_all_types(void **state) {
     }
     fg_backend_destroy(be);
     print_message("%s: matmul tested for %d types:%s\n", tg->name, n_types, tested);
+    if (g_deviations)
+        fail_msg("%s: %d matmul cases off the reference's arithmetic (listed above)", tg->name, g_deviations);
     assert_int_equal(n_types, g_quick ? (int)FG_ARRAY_LEN(quick_types) : 14); // all 14 weight types
 }
 
 // convert: every activation type the backend converts to holds x within half a quantization
-// step of each block (8-bit types) or exactly rounded (F16/BF16); on the CPU bit for bit what
-// the reference quantizer writes.
+// step of each block (8-bit types) or exactly rounded
+// (F16/BF16), and is bit for bit what the reference quantizer writes, on every backend.
 static void test_convert(void **state) {
     const target *tg = *state;
     need_target(tg);
@@ -467,10 +480,12 @@ static void test_convert(void **state) {
         size_t rb = (size_t)(n / tr->blck_size) * tr->type_size;
         float *deq = malloc(sizeof(float) * n);
         for (int64_t r = 0; r < rows; r++) {
-            if (tg->cpu) {
+            { // every backend converts bit for bit as the reference (the GPU's integer dots rely on it)
                 unsigned char *want = malloc(rb);
                 fg_quantize_row(acts[ai], x + r * n, want, n);
-                check_same("cpu convert", got + r * rb, want, rb);
+                char what[64];
+                snprintf(what, sizeof what, "%s convert %s row %lld", tg->name, tr->name, (long long)r);
+                check_same(what, got + r * rb, want, rb);
                 free(want);
             }
             tr->to_float(got + r * rb, deq, n);
@@ -1080,6 +1095,225 @@ static void test_attention(void **state) {
             attention_case(tg, &cases[i]);
 }
 
+// ---------------------------------------------------------------- sample
+// Random sampling rows (every setting of the chain, entries with biases and penalty counts),
+// like tests/emu/test_sample_emu.cpp.
+static void random_sample_row(fg_sample_row *p, int n_vocab, fg_sample_entry *ent, int first, int *n_ent) {
+    memset(p, 0, sizeof *p);
+    double u = (double)(rnd_u64() >> 11) * 0x1p-53;
+    p->mode = u < 0.15 ? FG_SAMPLE_SCORE : FG_SAMPLE_DRAW;
+    p->token = rnd_int(n_vocab + 2) - 1;
+    p->n_top = rnd_int(23) - 2;
+    if (p->n_top < -1)
+        p->n_top = -1;
+    static const int ks[] = {0, 0, 1, 5, 40, 1000, 1100, 5000};
+    p->top_k = ks[rnd_int(8)];
+    p->temperature = rnd_int(7) == 0 ? 0.0f : 0.2f + (rnd_f() + 1.0f);
+    p->top_p = rnd_int(5) < 2 ? 1.0f : 0.75f + 0.25f * rnd_f();
+    p->min_p = rnd_int(5) < 2 ? 0.0f : 0.1f * (rnd_f() + 1.0f);
+    p->log_min_p = p->min_p > 0.0f ? logf(p->min_p) : 0.0f;
+    p->repeat_penalty = rnd_int(2) ? 1.0f : 1.0f + 0.5f * rnd_f();
+    p->frequency_penalty = rnd_int(2) ? 0.0f : 0.5f * rnd_f();
+    p->presence_penalty = rnd_int(2) ? 0.0f : 0.5f * rnd_f();
+    p->inv_temp = p->temperature > 0.0f ? 1.0 / (double)p->temperature : 0.0;
+    p->uniform = (double)(rnd_u64() >> 11) * 0x1p-53;
+    p->first_entry = first;
+    int n = rnd_int(2) ? 0 : rnd_int(FG_MIN(n_vocab, 40));
+    int t = -1;
+    for (int i = 0; i < n; i++) { // ascending tokens, spread over the vocabulary
+        t += 1 + rnd_int(FG_MAX(1, (n_vocab - t - 1) / (n - i + 1)));
+        if (t >= n_vocab)
+            break;
+        fg_sample_entry e = {t, 0, 0.0f, 0};
+        if (rnd_int(2)) {
+            e.flags = FG_SAMPLE_ENTRY_BIAS;
+            e.bias = 8.0f * rnd_f();
+        }
+        if (!e.flags || rnd_int(2))
+            e.count = 1 + rnd_int(5);
+        ent[first + (*n_ent)++] = e;
+    }
+    p->n_entries = *n_ent;
+}
+
+static bool lp_close(float got, float want) {
+    if (got == want || (isnan(got) && isnan(want)))
+        return true;
+    double d = fabs((double)got - (double)want);
+    return d <= 1e-6 + 1e-6 * fabs((double)want);
+}
+
+// The sample op against the reference sampler (sample_ref.c) on fresh random logits (ties,
+// +-inf, NaN, huge values), the rows in two calls (row0 > 0), outputs poisoned, guard bytes.
+// CPU: bit-identical (it is the reference) for 1 and 3 threads. GPU: tokens, the "uniform
+// used" flag and the top-N ids identical; log-probabilities within 1e-6 (the log-softmax sum
+// runs in another order; CUDA's exp/log are within 1 ulp of glibc's).
+static void test_sample(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    static const int vocabs[] = {7, 512, 3000, 151936};
+    int n_rows_total = 0, n_draws = 0;
+    for (size_t vi = 0; vi < FG_ARRAY_LEN(vocabs); vi++) {
+        const int n_vocab = vocabs[vi], rows = n_vocab > 100000 ? 9 : 37, split = rows / 3;
+        float *x = malloc(sizeof(float) * (size_t)n_vocab * rows);
+        for (int r = 0; r < rows; r++) {
+            float *xr = x + (size_t)r * n_vocab;
+            int shape = rnd_int(6);
+            float amp = shape == 0 ? 0.01f : shape == 1 ? 30.0f : 4.0f;
+            for (int i = 0; i < n_vocab; i++) {
+                float v = rnd_f() * amp;
+                xr[i] = shape == 2 ? floorf(v * 2.0f) / 2.0f : shape == 3 ? 1.0f : v;
+            }
+            if (shape == 4) {
+                xr[rnd_int(n_vocab)] = INFINITY;
+                xr[rnd_int(n_vocab)] = INFINITY;
+                xr[rnd_int(n_vocab)] = -INFINITY;
+                xr[rnd_int(n_vocab)] = NAN;
+                xr[rnd_int(n_vocab)] = 3e38f;
+                xr[rnd_int(n_vocab)] = -0.0f;
+            }
+            if (shape == 5)
+                for (int i = 0; i < n_vocab; i++)
+                    if (rnd_int(3) == 0)
+                        xr[i] = rnd_int(2) ? -INFINITY : NAN;
+        }
+        fg_sample_row *prow = malloc(sizeof *prow * rows);
+        fg_sample_entry *ent = malloc(sizeof *ent * rows * 40);
+        int n_ent = 0;
+        for (int r = 0; r < rows; r++) {
+            int ne = 0;
+            random_sample_row(&prow[r], n_vocab, ent, n_ent, &ne);
+            n_ent += ne;
+        }
+        // the reference
+        fg_sample_result *want = malloc(sizeof *want * rows);
+        fg_sample_cand *cands = malloc(sizeof *cands * (size_t)n_vocab);
+        for (int r = 0; r < rows; r++) {
+            fg_sample_ref(&prow[r], ent + prow[r].first_entry, x + (size_t)r * n_vocab, n_vocab, cands, &want[r]);
+            n_draws += (want[r].flags & FG_SAMPLE_USED_UNIFORM) != 0;
+        }
+        // a step of `rows` tokens, every one an output row
+        step_data sd;
+        simple_step(&sd, rows, 0, 10);
+        sd.st.n_out = rows;
+        for (int r = 0; r < rows; r++)
+            sd.out_rows[r] = r;
+        sd.st.sample = prow;
+        sd.st.sample_entries = ent;
+        sd.st.n_sample_entries = n_ent;
+        fg_sample_result *got[2] = {NULL, NULL};
+        for (int k = 0; k < n_instances(tg); k++) {
+            fg_backend *be = open_backend(tg, k);
+            fg_backend_limits lim = {rows, 1, sd.max_pages, 64 * sd.max_pages, 64, 512, n_vocab, 0, n_ent};
+            assert_int_equal(fg_backend_reserve(be, &lim), FG_OK);
+            dev dx = dev_2d(be, FG_TYPE_F32, n_vocab, rows);
+            dev_put(be, &dx, x);
+            dev dr = dev_2d(be, FG_TYPE_I32, FG_SAMPLE_RESULT_WORDS, rows);
+            begin(be, &sd);
+            fg_tensor x0 = fg_tensor_rows(&dx.t, 0, n_vocab, split, dx.t.nb[1]);
+            fg_tensor x1 = fg_tensor_rows(&dx.t, (size_t)split * dx.t.nb[1], n_vocab, rows - split, dx.t.nb[1]);
+            fg_tensor r0 = fg_tensor_rows(&dr.t, 0, FG_SAMPLE_RESULT_WORDS, split, dr.t.nb[1]);
+            fg_tensor r1 = fg_tensor_rows(&dr.t, (size_t)split * dr.t.nb[1], FG_SAMPLE_RESULT_WORDS, rows - split,
+                                          dr.t.nb[1]);
+            r0.type = r1.type = FG_TYPE_I32;
+            if (fg_op_sample(be, &r0, &x0, 0) != FG_OK || fg_op_sample(be, &r1, &x1, split) != FG_OK)
+                fail_msg("%s sample (n_vocab %d): %s", tg->name, n_vocab, fg_last_error());
+            end(be);
+            got[k] = dev_get(be, &dr);
+            dev_check_guard(be, &dr, "sample");
+            float *back = dev_get(be, &dx); // the op may not modify the logits
+            check_same("sample: logits untouched", back, x, dx.bytes);
+            free(back);
+            dev_free(be, &dx);
+            dev_free(be, &dr);
+            fg_backend_destroy(be);
+        }
+        for (int r = 0; r < rows; r++) {
+            const fg_sample_result *g = &got[0][r], *w = &want[r];
+            const fg_sample_row *p = &prow[r];
+            bool ok = g->token == w->token && g->flags == w->flags && g->n_top == w->n_top;
+            if (p->n_top >= 0) {
+                ok = ok && lp_close(g->logprob, w->logprob);
+                for (int i = 0; ok && i < w->n_top; i++)
+                    ok = g->top[i].token == w->top[i].token && lp_close(g->top[i].logprob, w->top[i].logprob);
+            }
+            if (tg->cpu)
+                ok = ok && !memcmp(g, w, sizeof *g) && !memcmp(&got[1][r], w, sizeof *g);
+            if (!ok)
+                fail_msg("%s sample n_vocab %d row %d (mode %d, k %d, T %g, top_p %g, min_p %g, %d entries, u %.17g, "
+                         "n_top %d): token %d flags %d logprob %.9g n_top %d, reference %d %d %.9g %d (seed 0x%llx)",
+                         tg->name, n_vocab, r, p->mode, p->top_k, (double)p->temperature, (double)p->top_p,
+                         (double)p->min_p, p->n_entries, p->uniform, p->n_top, g->token, g->flags,
+                         (double)g->logprob, g->n_top, w->token, w->flags, (double)w->logprob, w->n_top,
+                         (unsigned long long)g_seed);
+        }
+        n_rows_total += rows;
+        free(got[0]);
+        free(got[1]);
+        free(want);
+        free(cands);
+        free(prow);
+        free(ent);
+        free(x);
+        free_step(&sd);
+    }
+    print_message("%s sample: %d rows (%d draws) equal to the reference\n", tg->name, n_rows_total, n_draws);
+}
+
+// Validation of the sampling rows and entries (once per step) and of the op's shapes.
+static void test_sample_checks(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    fg_backend *be = open_backend(tg, 0);
+    fg_backend_limits lim = {4, 1, 1, 64, 64, 512, 100, 0, 16};
+    assert_int_equal(fg_backend_reserve(be, &lim), FG_OK);
+    step_data sd;
+    simple_step(&sd, 2, 0, 10);
+    sd.st.n_out = 2;
+    sd.out_rows[0] = 0;
+    sd.out_rows[1] = 1;
+    fg_sample_row rows[2];
+    fg_sample_entry ent[3] = {{5, FG_SAMPLE_ENTRY_BIAS, 1.0f, 0}, {9, 0, 0.0f, 2}, {3, 0, 0.0f, 1}};
+    rows[0] = (fg_sample_row){.mode = FG_SAMPLE_DRAW, .n_top = -1, .temperature = 0.0f, .top_p = 1.0f,
+                              .repeat_penalty = 1.0f, .first_entry = 0, .n_entries = 3};
+    rows[1] = rows[0];
+    rows[1].n_entries = 0;
+    sd.st.sample = rows;
+    sd.st.sample_entries = ent;
+    sd.st.n_sample_entries = 3;
+    assert_int_equal(fg_step_begin(be, &sd.st), FG_ERR_INVALID_ARG); // 9 then 3: not ascending
+    assert_non_null(strstr(fg_last_error(), "sample[0] entry 2 (token 3"));
+    ent[2].token = 120; // ascending, but past the rows' 100 logits
+    begin(be, &sd);
+    dev dx = dev_2d(be, FG_TYPE_F32, 100, 2), dr = dev_2d(be, FG_TYPE_I32, FG_SAMPLE_RESULT_WORDS, 2);
+    assert_int_equal(fg_op_sample(be, &dr.t, &dx.t, 0), FG_ERR_INVALID_ARG);
+    assert_string_equal(fg_last_error(), "sample: an entry names token 120, the rows have 100 logits");
+    fg_tensor one = fg_tensor_rows(&dx.t, 0, 100, 2, dx.t.nb[1]);
+    assert_int_equal(fg_op_sample(be, &dr.t, &one, 1), FG_ERR_INVALID_ARG); // rows 1..2 of 2
+    end(be);
+    ent[2].token = 50;
+    rows[1].uniform = 1.0;
+    rows[1].temperature = 1.0f;
+    rows[1].inv_temp = 1.0;
+    assert_int_equal(fg_step_begin(be, &sd.st), FG_ERR_INVALID_ARG); // the draw must be < 1
+    rows[1].uniform = 0.5;
+    rows[1].n_entries = 4;
+    assert_int_equal(fg_step_begin(be, &sd.st), FG_ERR_INVALID_ARG); // entries past the array
+    rows[1].n_entries = 0;
+    begin(be, &sd);
+    assert_int_equal(fg_op_sample(be, &dr.t, &dx.t, 0), FG_OK);
+    end(be);
+    sd.st.sample = NULL; // a step without rows has no sample op
+    sd.st.n_sample_entries = 0;
+    begin(be, &sd);
+    assert_int_equal(fg_op_sample(be, &dr.t, &dx.t, 0), FG_ERR_INVALID_ARG);
+    end(be);
+    dev_free(be, &dx);
+    dev_free(be, &dr);
+    fg_backend_destroy(be);
+    free_step(&sd);
+}
+
 // The fused rope + KV store equals rope then kv_store (bit for bit on the same backend).
 static void test_rope_kv_store(void **state) {
     const target *tg = *state;
@@ -1451,8 +1685,8 @@ int main(void) {
 #define PER_TARGET(tg)                                                                                     \
     T(tg, test_matmul_all_types), T(tg, test_convert), T(tg, test_rmsnorm), T(tg, test_add_swiglu),       \
         T(tg, test_add_rmsnorm), T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), \
-        T(tg, test_attention), T(tg, test_rope_kv_store), T(tg, test_layernorm), T(tg, test_gelu),   \
-        T(tg, test_add_rows), T(tg, test_pool)
+        T(tg, test_attention), T(tg, test_rope_kv_store), T(tg, test_sample), T(tg, test_sample_checks), \
+        T(tg, test_layernorm), T(tg, test_gelu), T(tg, test_add_rows), T(tg, test_pool)
     const struct CMUnitTest tests[] = {
         PER_TARGET(k_cpu),
 #ifdef FG_HAVE_CUDA

@@ -87,7 +87,7 @@ static fg_tensor view2(dbuf *d, size_t off, int64_t cols, int64_t rows, size_t s
     return view3(d, off, cols, rows, 1, stride, stride * (size_t)rows);
 }
 
-static const fg_backend_limits k_lim = {64, 4, 8, 1 << 16, 32, 256, 1 << 14, 0};
+static const fg_backend_limits k_lim = {64, 4, 8, 1 << 16, 32, 256, 1 << 14, 0, 0};
 
 // One sequence of n tokens at positions pos (the backend itself does not check them).
 typedef struct step_arrays {
@@ -111,7 +111,7 @@ static void make_step(step_arrays *a, int32_t n, const int32_t *pos, int32_t n_o
     a->seq_first[0] = 0;
     a->seq_n_tokens[0] = n;
     fg_step s = {n, a->tokens, a->pos, a->seq, 1, a->seq_n_kv, a->seq_first, a->seq_n_tokens,
-                 8, a->page_table, n_out, a->out_rows, 0};
+                 8, a->page_table, n_out, a->out_rows, 0, NULL, 0, NULL};
     a->s = s;
 }
 

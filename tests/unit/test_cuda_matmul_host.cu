@@ -7,6 +7,9 @@
 //                strided x and dst, bias, accumulate: against a double dot of the reference
 //                dequantized weights and the (Q8_1-dequantized) activations
 //   tiled (FMA)  every type x F32/F16 activations, 3..70 rows, partial tiles
+//   direct mv    the same cases as the matvec, quantized types
+//   mq           every quantized type x its 8-bit activations, 9..70 rows, partial tiles and K
+//                steps, bias, accumulate: against the reference's arithmetic (double)
 // Not checked here: warp shuffles, the wmma path, the convert kernel (it mirrors
 // fg_quant_q8_1_act, which this test uses), anything about speed.
 // Build and run (no GPU needed), from the repository root, with T a scratch directory:
@@ -146,6 +149,40 @@ template <int WT, int NR> static void emu_mv(const mv_args &a) {
     }
 }
 
+// The direct matvec: every thread of the block, then the block's sum.
+template <int WT, int NR> static void emu_mw(const mv_args &a) {
+    constexpr int R = mw_r<NR>::R;
+    for (int64_t o0 = 0; o0 < a.n_out; o0 += R) {
+        static float th[MW_NT][R][NR];
+        for (int t = 0; t < MW_NT; t++) {
+            for (int r = 0; r < R; r++)
+                for (int j = 0; j < NR; j++)
+                    th[t][r][j] = 0.0f;
+            mw_thread<WT, NR>(a, o0, t, th[t]);
+        }
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < NR; j++) {
+                float s = 0.0f;
+                for (int t = 0; t < MW_NT; t++)
+                    s += th[t][r][j];
+                mv_write<WT, NR>(a, o0, r, j, s);
+            }
+    }
+}
+
+template <int WT> static void emu_mw_rows(const mv_args &a) {
+    if constexpr (!mm_is_float(WT)) {
+        if (a.nr <= 1)
+            emu_mw<WT, 1>(a);
+        else if (a.nr <= 2)
+            emu_mw<WT, 2>(a);
+        else if (a.nr <= 4)
+            emu_mw<WT, 4>(a);
+        else
+            emu_mw<WT, 8>(a);
+    }
+}
+
 // As mv_rows picks the kernel.
 template <int WT> static void emu_mv_rows(const mv_args &a) {
     if (a.nr <= 1)
@@ -225,6 +262,28 @@ static void reference(const wmat &w, const std::vector<float> &xv, int64_t rows,
         }
 }
 
+// Q4_1/Q5_1 take the min term from the Q8_1 block's stored (f16) s, as the reference's vec_dot
+// does: for them ref becomes that vec_dot over the same activation bytes (mag unchanged).
+template <int WT>
+static void reference_s(const wmat &w, const uint8_t *q, size_t qb, int64_t rows, const float *bias,
+                        const std::vector<float> *prior, std::vector<double> &ref) {
+    if constexpr (!mm_is_float(WT) && fg_qt<mm_is_float(WT) ? FG_TYPE_Q8_0 : WT>::MIN &&
+                  fg_qt<mm_is_float(WT) ? FG_TYPE_Q8_0 : WT>::QK == 32) {
+        const fg_type_traits *tr = fg_type_traits_ref(WT);
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t o = 0; o < w.n_out; o++) {
+                float v;
+                tr->vec_dot(w.n_in, &v, w.b.p + (size_t)o * w.nb1, q + (size_t)r * qb);
+                double e = v;
+                if (bias)
+                    e += bias[o];
+                if (prior)
+                    e += (*prior)[(size_t)(r * w.n_out + o)];
+                ref[(size_t)(r * w.n_out + o)] = e;
+            }
+    }
+}
+
 struct outbuf {
     size_t nb1;
     buf b;
@@ -286,13 +345,22 @@ template <int WT> static void test_mv_type(void) {
                 a.x = q.p;
                 a.x_nb1 = qb;
             }
+            std::vector<uint8_t> before(d.b.raw); // the direct matvec runs on the same output
             emu_mv_rows<WT>(a);
             std::vector<double> ref, mag;
             reference(w, xv, nr, a.bias, accumulate ? &d.prior : NULL, ref, mag);
+            reference_s<WT>(w, q.p, mm_act_row_bytes(WT, n_in), nr, a.bias, accumulate ? &d.prior : NULL, ref);
             char what[96];
             snprintf(what, sizeof what, "matvec %s n_in %lld n_out %lld rows %d", fg_type_name(WT), (long long)n_in,
                      (long long)n_out, nr);
             compare(what, d.b.p, d.nb1, nr, n_out, ref, mag, 1e-5);
+            if (!flt) {
+                d.b.raw = before;
+                emu_mw_rows<WT>(a);
+                snprintf(what, sizeof what, "direct matvec %s n_in %lld n_out %lld rows %d", fg_type_name(WT),
+                         (long long)n_in, (long long)n_out, nr);
+                compare(what, d.b.p, d.nb1, nr, n_out, ref, mag, 1e-5);
+            }
         }
     }
 }
@@ -381,6 +449,77 @@ template <int WT> static void test_tm_type(void) {
     test_tm_case<WT, FG_TYPE_F32>(3, 129, qk == 256 ? 256 : 128, true, true); // few rows, F32
 }
 
+// ---------------------------------------------------------------- integer tiled (mq)
+template <int WT> static void emu_mq(const mq_args &a) {
+    buf smb(MQ_SMEM, 0, 0);
+    std::vector<float> acc((size_t)MQ_NT * MQ_TM * MQ_TN);
+    for (int64_t m0 = 0; m0 < a.n_out; m0 += MQ_BM)
+        for (int64_t n0 = 0; n0 < a.n_rows; n0 += MQ_BN) {
+            std::fill(acc.begin(), acc.end(), 0.0f);
+            for (int ku0 = 0; ku0 < a.n_units; ku0 += MQ_BU) {
+                memset(smb.p, 0xFF, MQ_SMEM); // every byte read must have been staged
+                for (int tid = 0; tid < MQ_NT; tid++) {
+                    mq_load_w<WT>(a, m0, ku0, tid, smb.p);
+                    mq_load_x<WT>(a, n0, ku0, tid, smb.p);
+                }
+                for (int tid = 0; tid < MQ_NT; tid++)
+                    mq_compute<WT>(smb.p, tid, *(float(*)[MQ_TM][MQ_TN]) & acc[(size_t)tid * MQ_TM * MQ_TN]);
+            }
+            for (int tid = 0; tid < MQ_NT; tid++)
+                mq_write(a, m0, n0, tid, *(float(*)[MQ_TM][MQ_TN]) & acc[(size_t)tid * MQ_TM * MQ_TN]);
+        }
+}
+
+// rows x n_out x n_in with 8-bit activations on the weight's grid; against the double dot of
+// the dequantized weights and the dequantized activation bytes (the reference's arithmetic).
+template <int WT> static void test_mq_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumulate, bool use_bias) {
+    const size_t off = WT == FG_TYPE_MXFP4 ? 1 : 2;
+    wmat w(WT, n_out, n_in, off * 3, off);
+    std::vector<float> bias((size_t)n_out);
+    for (auto &v : bias)
+        v = rng_gauss();
+    acts x(rows, n_in);
+    outbuf d(rows, n_out, accumulate);
+    std::vector<float> xv = x.val;
+    const bool kq = mm_is_k(WT);
+    const size_t qb = mm_act_row_bytes(WT, n_in);
+    buf q(qb * (size_t)rows, 4, 0x77);
+    for (int64_t r = 0; r < rows; r++) {
+        if (kq)
+            fg_type_traits_ref(FG_TYPE_Q8_K)->from_float(&x.val[(size_t)(r * n_in)], q.p + (size_t)r * qb, n_in);
+        else
+            fg_quant_q8_1_act(&x.val[(size_t)(r * n_in)], q.p + (size_t)r * qb, n_in);
+        fg_type_traits_ref(kq ? FG_TYPE_Q8_K : FG_TYPE_Q8_1)->to_float(q.p + (size_t)r * qb, &xv[(size_t)(r * n_in)], n_in);
+    }
+    mq_args a;
+    a.w = w.b.p;
+    a.w_nb1 = w.nb1;
+    a.x = q.p;
+    a.x_nb1 = qb;
+    a.dst = (float *)d.b.p;
+    a.d_nb1 = d.nb1;
+    a.bias = use_bias ? bias.data() : NULL;
+    a.n_out = n_out;
+    a.n_rows = rows;
+    a.n_units = (int)(n_in / 32);
+    a.accumulate = accumulate;
+    emu_mq<WT>(a);
+    std::vector<double> ref, mag;
+    reference(w, xv, rows, a.bias, accumulate ? &d.prior : NULL, ref, mag);
+    reference_s<WT>(w, q.p, qb, rows, a.bias, accumulate ? &d.prior : NULL, ref);
+    char what[96];
+    snprintf(what, sizeof what, "mq %s n_in %lld n_out %lld rows %lld", fg_type_name(WT), (long long)n_in,
+             (long long)n_out, (long long)rows);
+    compare(what, d.b.p, d.nb1, rows, n_out, ref, mag, 1e-5);
+}
+
+template <int WT> static void test_mq_type(void) {
+    const int qk = fg_qt<WT>::QK;
+    test_mq_case<WT>(9, 131, qk == 256 ? 2 * 256 : 7 * 32, false, true);    // partial K step, tiles
+    test_mq_case<WT>(70, 65, qk == 256 ? 3 * 256 : 13 * 32, true, false);   // 2 x 2 tiles, ragged
+    test_mq_case<WT>(64, 64, qk == 256 ? 256 : 4 * 32, false, false);       // exact tile
+}
+
 // ---------------------------------------------------------------- decoders alone
 // fg_q_dequant_unit through the shared-memory reader (funnel shifts) at every misalignment
 // equals the exact reader's (and so the reference).
@@ -410,6 +549,8 @@ template <int WT> static void run_type(void) {
         test_smem_reader<WT>();
     test_mv_type<WT>();
     test_tm_type<WT>();
+    if constexpr (!mm_is_float(WT))
+        test_mq_type<WT>();
 }
 
 int main(void) {

@@ -342,7 +342,7 @@ static void test_info_and_refusals(void **state) {
     assert_int_equal(fg_kv_store_create(m, 4, 16, FG_TYPE_F16, &kv), FG_OK);
     int32_t pos = 0, seq = 0, nkv = 1, page = 0;
     const int32_t *pt = &page;
-    fg_batch gb = {1, ok, &pos, &seq, NULL, 1, &nkv, &pt};
+    fg_batch gb = {.n_tokens = 1, .tokens = ok, .pos = &pos, .seq = &seq, .n_seqs = 1, .n_kv = &nkv, .page_tables = &pt};
     float lg[1];
     assert_int_equal(fg_model_forward(m, kv, &gb, lg), FG_ERR_UNSUPPORTED);
     assert_non_null(strstr(fg_last_error(), "it has no logits to generate text from"));

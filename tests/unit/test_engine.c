@@ -742,6 +742,182 @@ static void test_sampled_reproducible(void **state) {
     free(r);
 }
 
+// The reference for sampled requests: the host sampler (fg_sampler_sample, as the engine
+// used it before sampling moved onto the backend) over fg_model_forward's logits, one
+// sequence alone (the shapes of the engine's steps for one request, so the logits are the
+// same bits). Tokens into out, the chosen token's logprob and top list into lp / top0.
+static void ref_sampled(fg_model *m, const int32_t *prompt, int32_t n_prompt, const fg_request_params *rp,
+                        int32_t *out, int32_t *n_out, float *lp, int32_t *top0) {
+    const int32_t ps = 16;
+    int32_t n_vocab = fg_model_get_info(m)->n_vocab;
+    int32_t total = n_prompt + rp->max_tokens;
+    int32_t n_pages = (total + ps - 1) / ps + 1;
+    fg_kv_store *kv = NULL;
+    assert_int_equal(fg_kv_store_create(m, n_pages, ps, FG_TYPE_F16, &kv), FG_OK);
+    int32_t *pt = malloc((size_t)n_pages * sizeof *pt);
+    int32_t *pos = malloc((size_t)total * sizeof *pos);
+    int32_t *seq = calloc((size_t)total, sizeof *seq);
+    float *logits = malloc((size_t)n_vocab * sizeof *logits);
+    for (int32_t i = 0; i < n_pages; i++)
+        pt[i] = i;
+    for (int32_t i = 0; i < total; i++)
+        pos[i] = i;
+    const int32_t *pts[1] = {pt};
+    fg_sampler *smp = NULL;
+    assert_int_equal(fg_sampler_create(&rp->sampling, n_vocab, &smp), FG_OK);
+    for (int32_t i = 0; i < n_prompt; i++)
+        fg_sampler_accept(smp, prompt[i]);
+    int32_t n_kv = n_prompt;
+    fg_batch b = {.n_tokens = n_prompt, .tokens = prompt, .pos = pos, .seq = seq, .n_seqs = 1,
+                  .n_kv = &n_kv, .page_tables = pts};
+    if (fg_model_forward(m, kv, &b, logits) != FG_OK)
+        fail_msg("reference prompt forward: %s", fg_last_error());
+    const fg_tokenizer *tok = fg_model_tokenizer(m);
+    *n_out = 0;
+    for (int32_t g = 0; g < rp->max_tokens; g++) {
+        int32_t t = fg_sampler_sample(smp, logits);
+        fg_sampler_accept(smp, t);
+        if (!rp->ignore_eos && fg_tokenizer_is_eog(tok, t))
+            break;
+        fg_top_logprob top[FG_MAX_TOP_LOGPROBS];
+        int32_t nt = 0;
+        lp[g] = fg_logprobs(logits, n_vocab, t, rp->logprobs, top, &nt);
+        top0[g] = nt > 0 ? top[0].token : -1;
+        out[(*n_out)++] = t;
+        if (g + 1 == rp->max_tokens)
+            break;
+        n_kv = n_prompt + g + 1;
+        fg_batch d = {.n_tokens = 1, .tokens = &out[g], .pos = &pos[n_kv - 1], .seq = seq, .n_seqs = 1,
+                      .n_kv = &n_kv, .page_tables = pts};
+        if (fg_model_forward(m, kv, &d, logits) != FG_OK)
+            fail_msg("reference decode forward: %s", fg_last_error());
+    }
+    fg_sampler_destroy(smp);
+    free(logits);
+    free(seq);
+    free(pos);
+    free(pt);
+    fg_kv_store_destroy(kv);
+}
+
+// Sampling on the backend (the CPU backend's sample op, the engine's only path) gives the
+// host sampler's tokens and log-probabilities exactly: seeded requests with every filter, the
+// penalties over a window and over the whole history, logit bias, +inf-free random logits of
+// both shared models, each request alone, with both event orders.
+static void test_device_sampling_matches_host(void **state) {
+    (void)state;
+    const uint64_t seed = 1212;
+    printf("device sampling: seed %llu\n", (unsigned long long)seed);
+    g_lcg = seed;
+    fg_model *models[2] = {g_stories, g_synth};
+    int n_checked = 0;
+    for (int mi = 0; mi < 2; mi++) {
+        for (int order = -1; order <= 1; order += 2) {
+            fg_engine *e = mk_engine(models[mi], (fg_engine_opts){.n_ctx = 128, .defer_events = order});
+            for (int k = 0; k < 8; k++) {
+                int32_t prompt[24];
+                int32_t len = 2 + (int32_t)rnd(20);
+                rand_prompt(prompt, len);
+                fg_request_params rp = greedy_params(prompt, len, 24 + (int32_t)rnd(16));
+                rp.sampling = fg_sampling_default();
+                rp.sampling.seed = 1000 + (uint64_t)rnd(1u << 30);
+                rp.ignore_eos = k % 2 == 0;
+                rp.logprobs = (int32_t)rnd(4) - 1;
+                fg_logit_bias bias[3] = {{(int32_t)rnd(512), 2.5f}, {(int32_t)rnd(512), -1.0f}, {7, 1.5f}};
+                switch (k % 4) {
+                case 0: // defaults: top-k 40, top-p 0.95, min-p 0.05, temperature 0.8
+                    break;
+                case 1: // penalties over a window, no top-k, a wide nucleus, logit bias
+                    rp.sampling.top_k = 0;
+                    rp.sampling.top_p = 0.99f;
+                    rp.sampling.repeat_penalty = 1.3f;
+                    rp.sampling.repeat_last_n = 8;
+                    rp.sampling.frequency_penalty = 0.2f;
+                    rp.sampling.logit_bias = bias;
+                    rp.sampling.n_logit_bias = 3;
+                    break;
+                case 2: // the whole history penalised, hot temperature, no filters but min-p
+                    rp.sampling.top_k = 0;
+                    rp.sampling.top_p = 1.0f;
+                    rp.sampling.min_p = 0.01f;
+                    rp.sampling.temperature = 1.7f;
+                    rp.sampling.repeat_last_n = -1;
+                    rp.sampling.presence_penalty = 0.5f;
+                    break;
+                default: // no filters at all: the draw over the whole vocabulary
+                    rp.sampling.top_k = 0;
+                    rp.sampling.top_p = 1.0f;
+                    rp.sampling.min_p = 0.0f;
+                    rp.sampling.temperature = 1.0f;
+                    rp.sampling.logit_bias = bias;
+                    rp.sampling.n_logit_bias = 2;
+                    break;
+                }
+                int32_t want[64], n_want = 0, top0[64];
+                float lp[64];
+                ref_sampled(models[mi], prompt, len, &rp, want, &n_want, lp, top0);
+                rec *r = calloc(1, sizeof *r);
+                assert_int_equal(fg_engine_submit(e, &rp, on_event, r, NULL), FG_OK);
+                wait_all(r, 1);
+                assert_int_equal(r->status, FG_OK);
+                expect_tokens(r, want, n_want, k);
+                for (int32_t i = 0; i < n_want && rp.logprobs >= 0; i++) {
+                    if (!(r->lps[i] == lp[i]) || r->top0[i] != top0[i] || r->n_top[i] != rp.logprobs)
+                        fail_msg("model %d request %d token %d: logprob %.9g top %d (%d), host %.9g top %d", mi, k,
+                                 i, (double)r->lps[i], r->top0[i], r->n_top[i], (double)lp[i], top0[i]);
+                }
+                n_checked += n_want;
+                free(r);
+            }
+            fg_engine_destroy(e, 5.0);
+        }
+    }
+    printf("device sampling: %d tokens equal to the host sampler's\n", n_checked);
+}
+
+// The events of a step emitted after the next step is submitted (what a GPU engine does):
+// batching invariance, preemption and stop strings hold as with the events first.
+static void test_deferred_events(void **state) {
+    (void)state;
+    uint64_t pre = 0;
+    run_invariance(g_stories, 64, 100,
+                   (fg_engine_opts){.n_ctx = 256, .max_seqs = 64, .max_batch_tokens = 64, .defer_events = 1}, 101,
+                   NULL);
+    run_invariance(g_stories, 24, 60,
+                   (fg_engine_opts){.n_ctx = 96, .max_seqs = 8, .page_size = 8, .n_pages = 12,
+                                    .max_batch_tokens = 32, .defer_events = 1},
+                   303, &pre);
+    assert_true(pre > 0);
+    // a stop string ends a request whose next step is already submitted: that row is dropped
+    const fg_tokenizer *tok = fg_model_tokenizer(g_stories);
+    const char *text = "Once upon a time";
+    int32_t *prompt = NULL;
+    size_t n = 0;
+    assert_int_equal(fg_tokenize(tok, text, strlen(text), true, false, &prompt, &n), FG_OK);
+    rec *r = calloc(2, sizeof *r);
+    fg_engine *e = mk_engine(g_stories, (fg_engine_opts){.n_ctx = 256, .defer_events = 1});
+    fg_request_params rp = greedy_params(prompt, (int32_t)n, 60);
+    assert_int_equal(fg_engine_submit(e, &rp, on_event, &r[0], NULL), FG_OK);
+    wait_all(r, 1);
+    char stop[8];
+    memcpy(stop, r[0].text + 20, 6);
+    stop[6] = '\0';
+    size_t want_len = (size_t)(strstr(r[0].text, stop) - r[0].text);
+    rp.stop[0] = stop;
+    assert_int_equal(fg_engine_submit(e, &rp, on_event, &r[1], NULL), FG_OK);
+    wait_all(r, 2);
+    assert_int_equal(r[1].finish, FG_FINISH_STOP);
+    assert_int_equal(r[1].n_text, want_len);
+    assert_memory_equal(r[1].text, r[0].text, want_len);
+    fg_engine_stats st;
+    fg_engine_get_stats(e, &st);
+    assert_int_equal(st.kv_pages_used, 0);
+    assert_int_equal(st.running, 0);
+    fg_engine_destroy(e, 5.0);
+    free(r);
+    free(prompt);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_single_greedy),
@@ -755,6 +931,8 @@ int main(void) {
         cmocka_unit_test(test_step_limits),
         cmocka_unit_test(test_queue_full_and_bad_args),
         cmocka_unit_test(test_sampled_reproducible),
+        cmocka_unit_test(test_device_sampling_matches_host),
+        cmocka_unit_test(test_deferred_events),
     };
     return cmocka_run_group_tests_name("engine", tests, setup, teardown);
 }

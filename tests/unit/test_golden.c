@@ -21,6 +21,10 @@
 // 0.1 (F32/F16, ~8x the max logit error), 0.25 (BF16), 0.5 (quantized: a divergence above it
 // needs errors of 0.25 on both logits in opposite directions).
 // FORGE_GOLDEN_REF=1 runs with the scalar reference kernels (diagnosis); FORGE_DEVICE=cuda on the GPU.
+// Tensor parallelism: every golden also runs with each size in FORGE_GOLDEN_TP (default "2";
+// "" or "1": none), checked the same way (stories260K's 48 greedy tokens exact); a model whose
+// shapes don't shard (K-quant rows of 128 per rank, heads that don't divide) passes with its
+// refusal printed; on the GPU a size needs that many GPUs (SKIP otherwise).
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -147,6 +151,8 @@ static void check_divergence(const char *file, int ci, int k, json_t *t2, const 
 
 typedef struct golden_ctx {
     char path[1024];
+    int tp;        // tensor-parallel ranks (1: none)
+    char name[1100];
 } golden_ctx;
 
 // FORGE_DEVICE picks the backend (cpu by default; cuda on a GPU machine: it SKIPS loudly
@@ -156,10 +162,15 @@ static const char *device_name(void) {
     return d && *d ? d : "cpu";
 }
 
-static fg_backend *make_backend(void) {
+static fg_backend_opts backend_opts(void) {
     fg_backend_opts o = {.n_threads = 2}; // the threaded paths are what ships
     const char *r = getenv("FORGE_GOLDEN_REF");
     o.use_ref = r && !strcmp(r, "1");
+    return o;
+}
+
+static fg_backend *make_backend(void) {
+    fg_backend_opts o = backend_opts();
     fg_backend *be = NULL;
     fg_status s = fg_backend_create(device_name(), &o, &be);
     if (s == FG_ERR_DEVICE && strcmp(device_name(), "cpu") != 0) {
@@ -230,9 +241,26 @@ static void run_golden(void **state) {
     int32_t budget = (int32_t)(gold_total > n_cases ? gold_total : n_cases) + 8;
     fg_backend *be = make_backend();
     fg_model *m = NULL;
-    fg_model_opts mo = {.max_batch_tokens = budget < 512 ? 512 : budget, .max_seqs = MAX_CASES};
-    if (fg_model_load(mpath, be, &mo, &m) != FG_OK)
-        fail_msg("%s: %s", mpath, fg_last_error());
+    fg_backend_opts bo = backend_opts();
+    fg_model_opts mo = {.max_batch_tokens = budget < 512 ? 512 : budget, .max_seqs = MAX_CASES, .tp_size = gc->tp,
+                        .tp_backend = &bo};
+    if (fg_model_load(mpath, be, &mo, &m) != FG_OK) {
+        const char *e = fg_last_error();
+        if (gc->tp > 1 && (strstr(e, "not whole blocks at tensor-parallel size") ||
+                           strstr(e, "is not divisible by the tensor-parallel size"))) {
+            printf("%-26s tp %d: not shardable: %s\n", file, gc->tp, e);
+            be->ops->destroy(be);
+            json_decref(root);
+            return;
+        }
+        if (gc->tp > 1 && strcmp(device_name(), "cpu") != 0 && strstr(e, "backend (device")) {
+            fprintf(stderr, "SKIP (fewer than %d GPUs): %s\n", gc->tp, e);
+            be->ops->destroy(be);
+            json_decref(root);
+            skip();
+        }
+        fail_msg("%s: %s", mpath, e);
+    }
     tolerance tl = tolerance_for(m, file);
     const fg_tokenizer *tok = fg_model_tokenizer(m);
     int32_t V = fg_model_get_info(m)->n_vocab;
@@ -423,8 +451,10 @@ static void run_golden(void **state) {
 
     double mean1 = single.n_lp ? single.sum_lp / (double)single.n_lp : 0;
     double mean2 = batched.n_lp ? batched.sum_lp / (double)batched.n_lp : 0;
+    char label[96];
+    snprintf(label, sizeof label, gc->tp > 1 ? "%s tp%d" : "%s", file, gc->tp);
     printf("%-26s %-9s |dlogprob| mean %.5f max %.5f (batch: mean %.5f max %.5f); |dlogit| top-5 "
-           "mean %.5f max %.5f; greedy prefix", file, tl.kind, mean1, single.max_lp, mean2,
+           "mean %.5f max %.5f; greedy prefix", label, tl.kind, mean1, single.max_lp, mean2,
            batched.max_lp, single.n_dl ? single.sum_dl / (double)single.n_dl : 0, single.max_dl);
     for (size_t c = 0; c < n_cases; c++)
         printf(" %d/%d", single.prefix[c], batched.prefix[c]);
@@ -465,17 +495,34 @@ int main(void) {
     glob_t g = {0};
     int gr = glob(pat, 0, NULL, &g);
     size_t n = gr == 0 ? g.gl_pathc : 0;
-    struct CMUnitTest *tests = calloc(n + 1, sizeof *tests);
-    golden_ctx *ctx = calloc(n + 1, sizeof *ctx);
+    // the tensor-parallel sizes (FORGE_GOLDEN_TP, default "2")
+    int tps[8] = {1}, n_tp = 1;
+    const char *tl = getenv("FORGE_GOLDEN_TP");
+    for (const char *p = tl ? tl : "2"; *p && n_tp < 8;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p)
+            break;
+        if (v > 1 && v <= 8)
+            tps[n_tp++] = (int)v;
+        p = end + strspn(end, " ,");
+    }
+    struct CMUnitTest *tests = calloc(n * (size_t)n_tp + 1, sizeof *tests);
+    golden_ctx *ctx = calloc(n * (size_t)n_tp + 1, sizeof *ctx);
     static size_t n_found;
     n_found = n;
     tests[0] = (struct CMUnitTest){"goldens_present", test_goldens_present, NULL, NULL, &n_found};
-    for (size_t i = 0; i < n; i++) {
-        snprintf(ctx[i].path, sizeof ctx[i].path, "%s", g.gl_pathv[i]);
-        const char *b = strrchr(g.gl_pathv[i], '/');
-        tests[i + 1] = (struct CMUnitTest){b ? b + 1 : g.gl_pathv[i], run_golden, NULL, NULL, &ctx[i]};
-    }
-    int rc = _cmocka_run_group_tests("golden", tests, n + 1, NULL, NULL);
+    size_t nt = 1;
+    for (int t = 0; t < n_tp; t++)
+        for (size_t i = 0; i < n; i++, nt++) {
+            golden_ctx *c = &ctx[nt - 1];
+            snprintf(c->path, sizeof c->path, "%s", g.gl_pathv[i]);
+            c->tp = tps[t];
+            const char *b = strrchr(g.gl_pathv[i], '/');
+            snprintf(c->name, sizeof c->name, tps[t] > 1 ? "%s tp%d" : "%s", b ? b + 1 : g.gl_pathv[i], tps[t]);
+            tests[nt] = (struct CMUnitTest){c->name, run_golden, NULL, NULL, c};
+        }
+    int rc = _cmocka_run_group_tests("golden", tests, nt, NULL, NULL);
     globfree(&g);
     free(tests);
     free(ctx);

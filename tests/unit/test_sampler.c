@@ -2,7 +2,7 @@
 // draw frequencies against the expected distribution (fixed seeds, chi-square bound), seeds
 // reproduce, penalties change exactly the seen tokens' logits, NaN/inf logits, logprobs,
 // logit bias.
-// forge-test-modules: engine base
+// forge-test-modules: engine backend base
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

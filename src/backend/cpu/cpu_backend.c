@@ -8,6 +8,7 @@
 #include "base/status.h"
 #include "base/util.h"
 #include "backend/cpu/cpu_kernels.h"
+#include "backend/sample_ref.h"
 
 #include <sched.h>
 #include <stdio.h>
@@ -189,7 +190,17 @@ static fg_status cpu_reserve(fg_backend *be, const fg_backend_limits *lim) {
     size_t act = 0;
     if (!fg_mul_size((size_t)lim->max_tokens, (size_t)lim->max_cols * 2 + 64, &act))
         return FG_FAIL(FG_ERR_INVALID_ARG, "cpu backend: activation scratch size overflows");
-    return fg_cpu_scratch_reserve(&c->act, &c->act_size, act, "matmul activation");
+    FG_TRY(fg_cpu_scratch_reserve(&c->act, &c->act_size, act, "matmul activation"));
+    // sample: a candidate array of the widest row (n_vocab) per worker
+    size_t stride = (size_t)lim->max_cols, samp = 0;
+    if (stride > c->samp_stride) {
+        if (!fg_mul_size(stride * sizeof(fg_sample_cand), (size_t)c->n_threads, &samp))
+            return FG_FAIL(FG_ERR_INVALID_ARG, "cpu backend: sample scratch size overflows");
+        size_t cur = c->samp_stride * sizeof(fg_sample_cand) * (size_t)c->n_threads;
+        FG_TRY(fg_cpu_scratch_reserve(&c->samp, &cur, samp, "sample candidates"));
+        c->samp_stride = stride;
+    }
+    return FG_OK;
 }
 
 static uint32_t cpu_act_type(fg_backend *be, uint32_t wtype, int64_t n_rows) {
@@ -266,6 +277,7 @@ static void cpu_destroy(fg_backend *be) {
         fg_tp_destroy(c->tp);
         free(c->scores);
         free(c->act);
+        free(c->samp);
         free(c);
     }
     fg_step_state_free(&be->state);
@@ -306,6 +318,7 @@ static const fg_backend_ops k_cpu_ops = {
     .kv_store = fg_cpu_kv_store,
     .attention = fg_cpu_attention,
     .check_finite = fg_cpu_check_finite,
+    .sample = fg_cpu_sample,
     .download_async = cpu_download_async,
     .copy_bandwidth = cpu_copy_bandwidth,
     .kv_copy_page = fg_cpu_kv_copy_page,

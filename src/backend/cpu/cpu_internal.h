@@ -2,8 +2,8 @@
 // the current step, scratch), the buffer struct and the op entry points that cpu_backend.c
 // puts into the ops table. Not for other modules.
 // Files: cpu_backend.c (buffers, step, table), cpu_ops.c (element-wise, norms, rope, KV),
-// cpu_matmul.c, cpu_attn.c, cpu_embd.c (embedding models); cpu_kernels.c, quant_simd.c,
-// quant_gemm.c (SIMD kernels).
+// cpu_matmul.c, cpu_attn.c, cpu_sample.c, cpu_embd.c (embedding models); cpu_kernels.c,
+// quant_simd.c, quant_gemm.c (SIMD kernels).
 #ifndef FG_BACKEND_CPU_INTERNAL_H
 #define FG_BACKEND_CPU_INTERNAL_H
 
@@ -34,6 +34,8 @@ typedef struct fg_cpu {
     size_t scores_stride;   // floats per thread (>= max_n_kv of every step so far)
     void *act;              // matmul activations converted to vec_dot_type
     size_t act_size;
+    void *samp;             // sample: [n_threads][samp_stride] fg_sample_cand
+    size_t samp_stride;     // candidates per thread (>= n_vocab)
 
     fg_step_result result;  // first non-finite value check_finite saw this step
 } fg_cpu;
@@ -59,6 +61,7 @@ fg_status fg_cpu_kv_store(fg_backend *be, const fg_kv_view *kv, int32_t layer, c
 fg_status fg_cpu_attention(fg_backend *be, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
                            const fg_attn_params *p);
 fg_status fg_cpu_check_finite(fg_backend *be, const fg_tensor *x, int64_t row0);
+fg_status fg_cpu_sample(fg_backend *be, fg_tensor *out, const fg_tensor *logits, int64_t row0);
 fg_status fg_cpu_kv_copy_page(fg_backend *be, const fg_kv_view *kv, int32_t dst_page,
                               int32_t src_page);
 

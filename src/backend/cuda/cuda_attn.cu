@@ -30,8 +30,10 @@
 //  * Head sizes: the kernel is instantiated for D_CAP = 64, 128, 256, 512 (any head_dim up to
 //    D_CAP, padded with zeros), with exact specialisations (compile-time loops) for 64, 128
 //    and 256. Cache types: F16, F32 (a kv_* traits struct each; Q8_0 is one more).
-// Numerics: q.k, softmax and the V sum in f32 (q and the probabilities are not rounded to
-// f16 as the CPU reference does); stores round to nearest even exactly like fg_f32_to_f16.
+// Numerics: q rounded to the cache type first (as the reference converts q for its F16 K),
+// q.k, softmax and the V sum in f32 (the probabilities are not rounded to f16 as the CPU
+// reference rounds its normalised ones: online softmax never holds them); stores round to
+// nearest even exactly like fg_f32_to_f16.
 #include "backend/cuda/cuda_internal.h"
 
 #include "backend/cuda/cuda_common.cuh"
@@ -72,6 +74,8 @@ struct kv_f16 {
     static __device__ __forceinline__ void store1(char *row, int e, float x) {
         ((uint16_t *)row)[e] = fg_f32_to_f16(x);
     }
+    // q as the reference multiplies it with this cache: rounded to the cache type
+    static __device__ __forceinline__ float round_q(float x) { return fg_h2f(fg_f32_to_f16(x)); }
 };
 
 struct kv_f32 {
@@ -87,6 +91,7 @@ struct kv_f32 {
     }
     static __device__ __forceinline__ float4 to_f32(raw x) { return x; }
     static __device__ __forceinline__ void store1(char *row, int e, float x) { ((float *)row)[e] = x; }
+    static __device__ __forceinline__ float round_q(float x) { return x; }
 };
 
 bool fg_cuda_kv_supports(uint32_t kv_type) {
@@ -516,7 +521,7 @@ __global__ void FG_LAUNCH_BOUNDS(ATTN_NW * FG_WARP, attn_min_blocks(D_CAP)) attn
                 if (d < hd) {
                     const int fr = fr0 + rr, tl = fr / G, g = fr - tl * G;
                     const float *qrow = (const float *)(a.q + (size_t)(first + tl) * a.q_nb1);
-                    qv = qrow[(size_t)(hk * G + g) * hd + d] * a.qscale;
+                    qv = KVT::round_q(qrow[(size_t)(hk * G + g) * hd + d]) * a.qscale;
                 }
                 qs[idx] = qv;
             }

@@ -8,12 +8,14 @@
 #include "backend/cuda/cuda_internal.h"
 
 extern "C" {
+#include "backend/comm.h"
 #include "base/util.h"
 }
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 // backend.c's per-backend step state, freed by every backend's destroy. Declared in backend.h
 // by the seam rewrite; repeated here until that lands on this branch (identical redeclaration).
@@ -262,6 +264,9 @@ static bool cuda_supports(fg_backend *be, fg_op op, uint32_t type) {
     case FG_OP_SWIGLU:
     case FG_OP_ROPE:
     case FG_OP_CHECK_FINITE:
+    case FG_OP_ALL_REDUCE: // the communicator (comm_nccl.cu) says whether NCCL is built in
+        return type == FG_TYPE_F32;
+    case FG_OP_SAMPLE:
         return type == FG_TYPE_F32;
     case FG_OP_LAYERNORM: // embedding models (issue 14)
     case FG_OP_GELU:
@@ -348,14 +353,20 @@ static fg_status cuda_kv_alloc(fg_backend *be, fg_kv_view *view, fg_buffer **out
 // ------------------------------------------------------------------------------ reserve
 
 // Offsets (int32 elements) of the packed metadata arrays; every start is 16-byte aligned. The
-// offsets depend only on (n_tokens, n_out, n_seqs); the page table comes last.
+// offsets depend only on (n_tokens, n_out, n_seqs, the page-table stride, whether the step
+// samples); the sample entries come last (their count varies from step to step: the kernels
+// find each row's in the rows).
 typedef struct meta_layout {
-    size_t tokens, pos, seq, out_rows, seq_n_kv, seq_first, seq_n_tokens, page_table, total;
+    size_t tokens, pos, seq, out_rows, seq_n_kv, seq_first, seq_n_tokens, page_table, sample, entries, total;
 } meta_layout;
+
+#define SAMPLE_ROW_WORDS (sizeof(fg_sample_row) / sizeof(int32_t))
+#define SAMPLE_ENTRY_WORDS (sizeof(fg_sample_entry) / sizeof(int32_t))
 
 static size_t up4(size_t n) { return (n + 3) & ~(size_t)3; }
 
-static meta_layout meta_layout_of(size_t n_tokens, size_t n_out, size_t n_seqs, size_t max_pages) {
+static meta_layout meta_layout_of(size_t n_tokens, size_t n_out, size_t n_seqs, size_t max_pages, size_t n_sample,
+                                  size_t n_entries) {
     meta_layout l;
     size_t o = 0;
     l.tokens = o;
@@ -373,7 +384,11 @@ static meta_layout meta_layout_of(size_t n_tokens, size_t n_out, size_t n_seqs, 
     l.seq_n_tokens = o;
     o += up4(n_seqs);
     l.page_table = o;
-    o += n_seqs * max_pages;
+    o += up4(n_seqs * max_pages);
+    l.sample = o; // 16-byte aligned: the rows hold doubles
+    o += n_sample * SAMPLE_ROW_WORDS;
+    l.entries = o;
+    o += n_entries * SAMPLE_ENTRY_WORDS;
     l.total = o;
     return l;
 }
@@ -388,6 +403,7 @@ static fg_backend_limits limits_max(const fg_backend_limits *a, const fg_backend
     m.max_head_dim = FG_MAX(a->max_head_dim, b->max_head_dim);
     m.max_cols = FG_MAX(a->max_cols, b->max_cols);
     m.max_weight_elems = FG_MAX(a->max_weight_elems, b->max_weight_elems);
+    m.max_sample_entries = FG_MAX(a->max_sample_entries, b->max_sample_entries);
     return m;
 }
 
@@ -408,7 +424,8 @@ static fg_status cuda_reserve(fg_backend *be, const fg_backend_limits *lim) {
         return fg_fail(FG_ERR_INVALID_ARG, "%s: reserve: page table of %d sequences x %d pages is too large",
                        FG_GPU_VENDOR, m.max_seqs, m.max_pages);
     const size_t need = meta_layout_of((size_t)m.max_tokens, (size_t)m.max_tokens, (size_t)m.max_seqs,
-                                       (size_t)m.max_pages).total;
+                                       (size_t)m.max_pages, (size_t)m.max_tokens, (size_t)m.max_sample_entries)
+                            .total;
 
     drop_graphs(c); // the metadata and the arenas may move
     // The staging may be the source of a copy in flight and the arenas in use by queued
@@ -496,6 +513,9 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
         max_n_kv = FG_MAX(max_n_kv, s->seq_n_kv[i]);
         max_seq_tokens = FG_MAX(max_seq_tokens, s->seq_n_tokens[i]);
     }
+    if (s->sample && s->n_sample_entries > L->max_sample_entries)
+        return fg_fail(FG_ERR_INVALID_ARG, "%s: step has %d sample entries, the reserve says %d", FG_GPU_VENDOR,
+                       s->n_sample_entries, L->max_sample_entries);
     if (max_n_kv > L->max_kv_len)
         return fg_fail(FG_ERR_INVALID_ARG, "%s: step has a sequence of %d KV tokens, the reserve says max_kv_len %d",
                        FG_GPU_VENDOR, max_n_kv, L->max_kv_len);
@@ -505,7 +525,8 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
     max_n_kv = round_up_pow2(max_n_kv, FG_MAX(L->max_kv_len, max_n_kv));
     max_seq_tokens = round_up_pow2(max_seq_tokens, s->n_tokens);
     const meta_layout l = meta_layout_of((size_t)s->n_tokens, (size_t)s->n_out, (size_t)s->n_seqs,
-                                         (size_t)pt_stride);
+                                         (size_t)pt_stride, s->sample ? (size_t)s->n_out : 0,
+                                         s->sample ? (size_t)s->n_sample_entries : 0);
     FG_ASSERT(l.total <= c->meta_cap); // the layout is monotonic in every count
 
     USE_DEVICE(c);
@@ -528,6 +549,11 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
         int32_t *row = h + l.page_table + (size_t)i * (size_t)pt_stride;
         memcpy(row, s->page_table + (size_t)i * (size_t)s->max_pages, (size_t)s->max_pages * sizeof(int32_t));
         memset(row + s->max_pages, 0, (size_t)(pt_stride - s->max_pages) * sizeof(int32_t));
+    }
+    if (s->sample) { // the sampling rows and their entries (a few KB: no logits come back)
+        memcpy(h + l.sample, s->sample, (size_t)s->n_out * sizeof(fg_sample_row));
+        if (s->n_sample_entries > 0)
+            memcpy(h + l.entries, s->sample_entries, (size_t)s->n_sample_entries * sizeof(fg_sample_entry));
     }
     if (l.total) {
         // d_meta is single: the stream orders this copy after the previous step's kernels.
@@ -553,7 +579,10 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
     d->seq_first = c->d_meta + l.seq_first;
     d->seq_n_tokens = c->d_meta + l.seq_n_tokens;
     d->page_table = c->d_meta + l.page_table;
+    d->sample = s->sample ? (const fg_sample_row *)(c->d_meta + l.sample) : NULL;
+    d->sample_entries = s->sample ? (const fg_sample_entry *)(c->d_meta + l.entries) : NULL;
     c->mm.used = c->attn.used = 0;
+    c->step_comm = NULL;
     c->in_step = true;
     // Recorded steps: the ops enqueued from here to step_end are a function of the step's
     // shape and of what graph_id names (model, KV store, buffers), and the device addresses
@@ -562,7 +591,8 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
     // stay outside the graph.
     c->graph_mode = 0;
     if (c->graphs_on && s->graph_id != 0 && s->n_tokens <= FG_CUDA_GRAPH_MAX_TOKENS) {
-        const int32_t shape[6] = {s->n_tokens, s->n_seqs, s->n_out, pt_stride, max_n_kv, max_seq_tokens};
+        const int32_t shape[7] = {s->n_tokens, s->n_seqs,       s->n_out,        pt_stride,
+                                  max_n_kv,    max_seq_tokens, s->sample != NULL};
         int hit = -1, victim = 0;
         for (int i = 0; i < FG_CUDA_GRAPHS; i++) {
             if (c->graphs[i].used && c->graphs[i].id == s->graph_id &&
@@ -626,6 +656,7 @@ static fg_status cuda_step_end(fg_backend *be) {
     FG_GPU_CHECK(c, gpuMemcpyAsync(c->h_bad + 4 * slot, c->d_bad, 4 * sizeof(int32_t), gpuMemcpyDeviceToHost,
                                    c->stream));
     FG_GPU_CHECK(c, gpuEventRecord(c->done_ev[slot], c->stream));
+    c->pending_comm[slot] = c->step_comm;
     c->n_pending++;
     return FG_OK;
 }
@@ -649,6 +680,42 @@ static void cuda_step_abort(fg_backend *be) {
     c->in_step = false;
 }
 
+// A step with all-reduces: a peer that died or hangs leaves this rank's collective kernels
+// waiting forever, so the wait polls the step's event and the communicator (NCCL's
+// asynchronous errors, an abort asked for by a failed rank) and gives up after the
+// communicator's timeout, aborting it (which makes the waiting kernels return). Sticky.
+static fg_status wait_collective_step(fg_cuda *c, int slot) {
+    fg_comm *comm = c->pending_comm[slot];
+    c->pending_comm[slot] = NULL;
+    const double t0 = fg_time_s();
+    for (unsigned spin = 0;; spin++) {
+        gpuError_t q = gpuEventQuery(c->done_ev[slot]);
+        if (q == gpuSuccess)
+            return FG_OK;
+        if (q != gpuErrorNotReady) {
+            c->sticky = 1;
+            return fg_fail(FG_ERR_DEVICE, "%s: a step with all-reduces failed on device %d: %s", FG_GPU_VENDOR,
+                           c->device, gpuGetErrorString(q));
+        }
+        fg_status st = fg_comm_poll(comm);
+        if (st != FG_OK) {
+            c->sticky = 1;
+            return st;
+        }
+        if (fg_time_s() - t0 > comm->timeout_s) {
+            fg_comm_abort(comm);
+            (void)fg_comm_poll(comm); // aborts it on this (the owning) thread
+            c->sticky = 1;
+            return fg_fail(FG_ERR_DEVICE,
+                           "%s: tensor-parallel rank %d of %d: the step did not finish within %.0f s on device %d "
+                           "(a peer rank hung or died); the communicator was aborted",
+                           FG_GPU_VENDOR, comm->rank, comm->size, comm->timeout_s, c->device);
+        }
+        if (spin >= 256) // a decode step takes milliseconds: spin a little, then nap
+            usleep(20);
+    }
+}
+
 // Waits for the oldest ended step (the only blocking call of a step) and reports the first
 // non-finite value its check_finite calls saw.
 static fg_status cuda_step_wait(fg_backend *be, fg_step_result *res) {
@@ -661,7 +728,10 @@ static fg_status cuda_step_wait(fg_backend *be, fg_step_result *res) {
     c->pending_head = (c->pending_head + 1) % FG_CUDA_MAX_PENDING;
     c->n_pending--;
     // An asynchronous fault (illegal address, trap) of any kernel of the step surfaces here.
-    FG_GPU_CHECK(c, gpuEventSynchronize(c->done_ev[slot]));
+    if (c->pending_comm[slot])
+        FG_TRY(wait_collective_step(c, slot));
+    else
+        FG_GPU_CHECK(c, gpuEventSynchronize(c->done_ev[slot]));
     const int32_t *w = c->h_bad + 4 * slot;
     uint64_t key;
     memcpy(&key, w, sizeof key);
@@ -779,6 +849,13 @@ static fg_status op_check_finite(fg_backend *be, const fg_tensor *x, int64_t row
         return FG_OK; // the recorded step does it
     return fg_cuda_check_finite(c, x, row0);
 }
+static fg_status op_sample(fg_backend *be, fg_tensor *out, const fg_tensor *logits, int64_t row0) {
+    fg_cuda *c = fg_cuda_ctx(be);
+    CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
+    return fg_cuda_sample(c, out, logits, row0);
+}
 static fg_status op_add_rmsnorm(fg_backend *be, fg_tensor *x, fg_tensor *xn, const fg_tensor *a,
                                 const fg_tensor *w, float eps) {
     fg_cuda *c = fg_cuda_ctx(be);
@@ -792,6 +869,17 @@ static fg_status op_kv_copy_page(fg_backend *be, const fg_kv_view *kv, int32_t d
     CHECK_STICKY(c);
     USE_DEVICE(c); // outside steps
     return fg_cuda_kv_copy_page(c, kv, dst_page, src_page);
+}
+
+// The all-reduce of tensor parallelism: the communicator enqueues it on this stream (NCCL),
+// so it is captured and replayed with the step's kernels; step_wait watches the communicator.
+static fg_status op_all_reduce(fg_backend *be, fg_comm *comm, fg_tensor *x) {
+    fg_cuda *c = fg_cuda_ctx(be);
+    CHECK_STICKY(c);
+    c->step_comm = comm;
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
+    return comm->ops->all_reduce_sum(comm, be, x);
 }
 
 // embedding models (issue 14)
@@ -880,6 +968,7 @@ static fg_backend_ops make_cuda_ops(void) {
     fg_backend_ops o;
     memset(&o, 0, sizeof o);
     o.name = "cuda";
+    o.async_steps = true;
     o.destroy = cuda_destroy;
     o.describe = cuda_describe;
     o.mem_info = cuda_mem_info;
@@ -913,11 +1002,13 @@ static fg_backend_ops make_cuda_ops(void) {
     o.kv_store = op_kv_store;
     o.attention = op_attention;
     o.check_finite = op_check_finite;
+    o.sample = op_sample;
     o.download_async = cuda_download_async;
     o.add_rmsnorm = op_add_rmsnorm;
     o.rope_kv_store = NULL; // backend.c composes rope, rope, kv_store
     o.kv_copy_page = op_kv_copy_page;
     o.copy_bandwidth = cuda_copy_bandwidth;
+    o.all_reduce = op_all_reduce;
     o.layernorm = op_layernorm; // embedding models (issue 14)
     o.gelu = op_gelu;
     o.add_rows = op_add_rows;

@@ -6,6 +6,8 @@
 //   cuda_ops.cu      row-wise ops: rmsnorm, add, swiglu, rope, gather_out, check_finite, fused
 //   cuda_matmul.cu   get_rows, convert, matmul for every weight type (matvec and tiled paths)
 //   cuda_attn.cu     kv_store, kv_copy_page, paged flash attention (prefill and decode)
+//   cuda_sample.cu   the sample op: one block per output row, radix selects, no vocabulary sort
+//   comm_nccl.cu     the NCCL communicator of tensor parallelism (backend/comm.h)
 //   cuda_embd.cu     embedding models: layernorm, gelu, add_rows, pool (issue 14)
 //   cuda_common.cuh  device helpers (warp reductions, half conversion, block dequantizers)
 // Every launch is checked (FG_GPU_LAUNCH_CHECK); launchers trust their arguments (backend.c
@@ -48,6 +50,8 @@ typedef struct fg_cuda_step {
     const int32_t *seq_n_tokens; // [n_seqs]
     const int32_t *page_table;   // [n_seqs][max_pages]
     const int32_t *out_rows;     // [n_out]
+    const fg_sample_row *sample;           // [n_out] or NULL (no sample op this step)
+    const fg_sample_entry *sample_entries; // after the rows; rows index them (device memory)
 } fg_cuda_step;
 
 // A bump arena of device memory, reset at every step_begin; sized at reserve.
@@ -101,6 +105,9 @@ typedef struct fg_cuda {
     void *blas_ws;          // workspace (fixed, so that a recorded step may call the library)
     fg_cuda_arena deq;      // F16 weights [n_out][n_in], sized by lim.max_weight_elems
     int blas_min_rows;      // activation rows from which the library GEMM runs (0: never)
+    int mv_direct;          // quantized matvec: the direct kernel (default) or the staged one (FORGE_CUDA_MV=staged)
+    int mmq;                // quantized weights, many rows: the integer tiled kernel (1, default;
+                            // the reference's arithmetic) or F16 GEMMs (FORGE_CUDA_MMQ=0)
 
     // recorded steps (CUDA graphs), keyed by the step's graph_id and shape
     bool graphs_on;        // FORGE_CUDA_GRAPHS=0 turns them off
@@ -110,11 +117,16 @@ typedef struct fg_cuda {
     struct {
         bool used;
         uint64_t id;
-        int32_t shape[6];
+        int32_t shape[7];
         uint64_t last_use;
         gpuGraphExec_t exec;
     } graphs[FG_CUDA_GRAPHS];
     uint64_t graph_launches, graph_captures; // counters (bench, tests)
+
+    // tensor parallelism: the communicator of the current step's all-reduces and of each
+    // ended step (borrowed; step_wait watches it so that a dead peer cannot hang the wait)
+    fg_comm *step_comm;
+    fg_comm *pending_comm[FG_CUDA_MAX_PENDING];
 } fg_cuda;
 
 static inline fg_cuda *fg_cuda_ctx(fg_backend *be) { return (fg_cuda *)be->ctx; }
@@ -146,6 +158,9 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
 fg_status fg_cuda_matmul_init(fg_cuda *c);
 fg_status fg_cuda_matmul_reserve(fg_cuda *c, const fg_backend_limits *lim);
 void fg_cuda_matmul_free(fg_cuda *c);
+
+// ---- cuda_sample.cu
+fg_status fg_cuda_sample(fg_cuda *c, fg_tensor *out, const fg_tensor *logits, int64_t row0);
 
 // ---- cuda_attn.cu
 bool fg_cuda_kv_supports(uint32_t kv_type);

@@ -4,21 +4,27 @@
 // Called through the launchers declared in cuda_internal.h (the ops table in cuda_backend.cu).
 //
 // Activation types (act_type), chosen so the forward pass converts a normed row once:
-//   rows <= FG_MV_MAX_ROWS (8, decode):  Q8_1 for the 11 quantized types (integer dot products,
-//                                        dp4a), F32 for F32/F16/BF16 weights (f32 FMA).
-//   rows  > FG_MV_MAX_ROWS (prefill):    F16 for every type (the tiled kernel feeds f16 tensor
-//                                        cores; weights are dequantized to f16 once per tile).
-// matmul also takes F32 x for every type and row count (quantized matvec: converted to Q8_1
-// into the mm arena first), and F16 x with any row count (tiled kernel).
+//   quantized weights, any row count:  the reference's 8-bit grid (Q8_K for the K-quants, Q8_1
+//                                      for the others): integer dot products (dp4a) in the
+//                                      matvec; the GEMMs (rows > FG_MV_MAX_ROWS) widen the 8-bit
+//                                      rows to F16 (d*q rounded to F16, rel. error <= 2^-11).
+//   float weights: F32 for the matvec (f32 FMA) and F32 weights, F16/BF16 for the GEMMs.
+// matmul also takes F32 x for every type and row count (converted first into the mm arena),
+// and F16 x with any row count (tiled kernel).
 //
-// Matvec (1..8 rows): a block of NT threads owns MV_R output rows and walks K in chunks of NT
+// Matvec (1..8 rows), quantized types: the direct kernel (mw, below: each block owns 2 or 4
+// weight rows, K split over its 128 threads, operands read straight from global memory).
+// Staged matvec (float types; the quantized ones with FORGE_CUDA_MV=staged): a block of NT threads owns MV_R output rows and walks K in chunks of NT
 // 32-element units (8-element units for float weights). Each chunk, the raw bytes of the MV_R
 // weight row segments and of the NR activation row segments are staged into shared memory
 // with 16-byte loads (aligned windows; bytes outside a segment are never read from global
 // memory), then each thread decodes one unit of every weight row into registers and dots it
 // with that unit of every activation row: every weight byte is read from DRAM once per call,
 // every decoded unit serves NR rows. Partial sums are reduced with warp shuffles at the end.
-// Tiled (more rows, or F16 x): 128 weight rows x 64 activation rows x 64 K per tile, 256
+// Integer tiled (quantized weights, more rows, 8-bit x; the default): 64 x 64 tiles, the
+// matvec's per-unit integer dots (dp4a) and f32 scaling, so prefill keeps the reference's
+// arithmetic (FORGE_CUDA_MMQ=0 sends these to the F16 GEMMs below instead).
+// Tiled (float weights with more rows, or F16 x): 128 weight rows x 64 activation rows x 64 K per tile, 256
 // threads; weights dequantized (exactly) once per tile into f16 shared memory, activations
 // converted to f16; nvcuda::wmma 16x16x16 with f32 accumulation under FG_GPU_HAS_MMA (sm_80+),
 // a register-tiled FMA twin elsewhere (HIP, older archs, or -DFG_MM_NO_MMA to test it on NVIDIA).
@@ -45,7 +51,7 @@ static constexpr FG_HD bool mm_is_float(int t) {
     return t == FG_TYPE_F32 || t == FG_TYPE_F16 || t == FG_TYPE_BF16;
 }
 // The K-quants take their matvec activations as the reference quantizes them (Q8_K: one f32
-// scale per 256, ties to even, the signed extreme mapped to -128), the other quantized types
+// scale per 256, ties to even, the signed extreme mapped to -127), the other quantized types
 // as Q8_1 (one scale per 32: the grid of the reference's Q8_0 / Q8_1).
 static constexpr FG_HD bool mm_is_k(int t) {
     return t == FG_TYPE_Q2_K || t == FG_TYPE_Q3_K || t == FG_TYPE_Q4_K || t == FG_TYPE_Q5_K || t == FG_TYPE_Q6_K;
@@ -346,6 +352,87 @@ FG_UNROLL
 
 #endif // FG_MM_HOST_TEST
 
+// ============================================================================ direct matvec (mw)
+// The quantized types' matvec (FORGE_CUDA_MV=staged: the staged kernel above instead): no
+// shared-memory staging of the operands. A block of MW_NT threads owns mw_r<NR> weight rows;
+// thread t takes units t, t + MW_NT, ... of them, decodes each weight unit straight from
+// global memory and dots it with that unit of every activation row (read from global memory
+// too: small, shared by every block, served by L1/L2). Sums meet through xor shuffles inside
+// each 32-lane group (a warp on NVIDIA, half a wavefront on CDNA), then across the groups in
+// shared memory. K is split over the whole block so that every row's loads are in flight at
+// once and a 4096-row matrix still fills the GPU (2048 blocks).
+enum { MW_NT = 128, MW_NG = MW_NT / 32 };
+template <int NR> struct mw_r {
+    static constexpr int R = NR <= 2 ? 2 : 4; // more rows share each activation load when NR grows
+};
+static_assert(4 * FG_MV_MAX_ROWS <= 32, "one lane writes each sum");
+
+// Thread t's partial sums for weight rows o0 .. o0 + R - 1 (rows past n_out clamped).
+template <int WT, int NR>
+static FG_HD __forceinline__ void mw_thread(const mv_args &a, int64_t o0, int t, float (&acc)[mw_r<NR>::R][NR]) {
+    typedef fg_qt<WT> Q;
+    constexpr int R = mw_r<NR>::R;
+    const int nu = a.n_in / 32;
+    for (int u = t; u < nu; u += MW_NT) {
+        fg_qunit wu[R];
+FG_UNROLL
+        for (int r = 0; r < R; r++) {
+            const int64_t o = o0 + r < a.n_out ? o0 + r : a.n_out - 1;
+            fg_q_decode<WT, fg_rd_exact>(a.w + (size_t)o * a.w_nb1 + (size_t)(u / Q::UPB) * Q::BYTES, u % Q::UPB,
+                                         wu[r]);
+        }
+FG_UNROLL
+        for (int j = 0; j < NR; j++) {
+            if (j < a.nr) {
+                fg_q8unit xu;
+                const uint8_t *row = a.x + (size_t)j * a.x_nb1;
+                if constexpr (mm_is_k(WT))
+                    fg_q8_k_load(row + (size_t)(u / 8) * sizeof(fg_block_q8_k), u % 8, xu);
+                else
+                    fg_q8_1_load(row + (size_t)u * sizeof(fg_block_q8_1), xu);
+FG_UNROLL
+                for (int r = 0; r < R; r++)
+                    acc[r][j] += fg_q_dot<WT>(wu[r], xu);
+            }
+        }
+    }
+}
+
+#ifndef FG_MM_HOST_TEST
+template <int WT, int NR> static __global__ __launch_bounds__(MW_NT) void mw_kernel(mv_args a) {
+    constexpr int R = mw_r<NR>::R;
+    __shared__ float red[MW_NG][R * NR];
+    const int t = threadIdx.x, lane = t % 32, g = t / 32;
+    const int64_t o0 = (int64_t)blockIdx.x * R;
+    float acc[R][NR];
+FG_UNROLL
+    for (int r = 0; r < R; r++)
+FG_UNROLL
+        for (int j = 0; j < NR; j++)
+            acc[r][j] = 0.0f;
+    mw_thread<WT, NR>(a, o0, t, acc);
+FG_UNROLL
+    for (int r = 0; r < R; r++)
+FG_UNROLL
+        for (int j = 0; j < NR; j++) {
+            float v = acc[r][j];
+FG_UNROLL
+            for (int off = 16; off > 0; off >>= 1)
+                v += fg_shfl_xor(v, off);
+            if (lane == 0)
+                red[g][r * NR + j] = v;
+        }
+    __syncthreads();
+    if (t < R * NR) {
+        float v = 0.0f;
+FG_UNROLL
+        for (int k = 0; k < MW_NG; k++)
+            v += red[k][t];
+        mv_write<WT, NR>(a, o0, t / NR, t % NR, v);
+    }
+}
+#endif // FG_MM_HOST_TEST
+
 // ============================================================================ tiled
 enum {
     TM_BM = 128, // weight rows (outputs) per tile
@@ -562,6 +649,177 @@ FG_UNROLL
 
 #endif // FG_MM_HOST_TEST
 
+// ============================================================================ integer tiled (mq)
+// Quantized weights x 8-bit activations (Q8_1, or Q8_K for the K-quants) for many rows, with
+// the reference's arithmetic: per 32-element unit an integer dot of the weight's stored values
+// and the activation bytes (dp4a), scaled in f32 by the unit's weight scales and the block's
+// activation scale (fg_q_dot, the matvec's own), so prefill sees the same numbers as decode and
+// as the CPU reference, up to the f32 summation order. No tensor cores: dp4a on every target
+// (HIP included). Tile: MQ_BM weight rows x MQ_BN activation rows, MQ_BU units of K per step,
+// 256 threads; thread (tx, ty) = (tid % 16, tid / 16) owns outputs m = tx + 16 i, n = ty + 16 j.
+// Each step every thread decodes one weight unit (row tid / MQ_BU) and loads one activation unit
+// into shared memory (bytes + scales), then every thread dots its 4 x 4 outputs over the units.
+enum {
+    MQ_BM = 64,
+    MQ_BN = 64,
+    MQ_BU = 4, // 32-element units per K step
+    MQ_NT = 256,
+    MQ_TM = MQ_BM / 16,
+    MQ_TN = MQ_BN / 16,
+    // shared memory: [MQ_BU][rows] of 32 bytes (the unit's 8 words) then [MQ_BU][rows] of 16
+    // bytes (weights: a_lo a_hi b_lo b_hi; activations: d, sum_lo, sum_hi, s)
+    MQ_WQ = 0,
+    MQ_WS = MQ_WQ + MQ_BU * MQ_BM * 32,
+    MQ_XQ = MQ_WS + MQ_BU * MQ_BM * 16,
+    MQ_XS = MQ_XQ + MQ_BU * MQ_BN * 32,
+    MQ_SMEM = MQ_XS + MQ_BU * MQ_BN * 16,
+};
+static_assert(MQ_BM * MQ_BU == MQ_NT && MQ_BN * MQ_BU == MQ_NT, "one weight and one activation unit a thread");
+static_assert(MQ_SMEM <= 48 * 1024, "mq tiles fit static shared memory");
+
+struct mq_args {
+    const uint8_t *w; // [n_out] weight rows, w_nb1 bytes apart
+    size_t w_nb1;
+    const uint8_t *x; // [n_rows] activation rows (Q8_1 or Q8_K blocks), x_nb1 bytes apart
+    size_t x_nb1;
+    float *dst;       // [n_rows][n_out], d_nb1 bytes apart
+    size_t d_nb1;
+    const float *bias;
+    int64_t n_out;
+    int64_t n_rows;
+    int n_units; // n_in / 32
+    int accumulate;
+};
+
+// Weight unit (m0 + tid / MQ_BU, ku0 + tid % MQ_BU) decoded into shared memory; zeros (a unit
+// that adds nothing) outside the matrix.
+template <int WT>
+static FG_HD __forceinline__ void mq_load_w(const mq_args &a, int64_t m0, int ku0, int tid, uint8_t *sm) {
+    typedef fg_qt<WT> Q;
+    const int m = tid / MQ_BU, uu = tid % MQ_BU, ku = ku0 + uu;
+    fg_qunit u;
+    if (m0 + m < a.n_out && ku < a.n_units) {
+        const uint8_t *blk = a.w + (size_t)(m0 + m) * a.w_nb1 + (size_t)(ku / Q::UPB) * Q::BYTES;
+        fg_q_decode<WT, fg_rd_exact>(blk, ku % Q::UPB, u);
+    } else {
+FG_UNROLL
+        for (int k = 0; k < 8; k++)
+            u.q[k] = 0;
+        u.a_lo = u.a_hi = u.b_lo = u.b_hi = 0.0f;
+    }
+    uint4 *q = (uint4 *)(sm + MQ_WQ + (size_t)(uu * MQ_BM + m) * 32);
+    q[0] = make_uint4(u.q[0], u.q[1], u.q[2], u.q[3]);
+    q[1] = make_uint4(u.q[4], u.q[5], u.q[6], u.q[7]);
+    *(float4 *)(sm + MQ_WS + (size_t)(uu * MQ_BM + m) * 16) = make_float4(u.a_lo, u.a_hi, u.b_lo, u.b_hi);
+}
+
+// Activation unit (n0 + tid / MQ_BU, ku0 + tid % MQ_BU) into shared memory; zeros outside.
+template <int WT>
+static FG_HD __forceinline__ void mq_load_x(const mq_args &a, int64_t n0, int ku0, int tid, uint8_t *sm) {
+    const int n = tid / MQ_BU, uu = tid % MQ_BU, ku = ku0 + uu;
+    fg_q8unit x;
+    if (n0 + n < a.n_rows && ku < a.n_units) {
+        const uint8_t *row = a.x + (size_t)(n0 + n) * a.x_nb1;
+        if constexpr (mm_is_k(WT))
+            fg_q8_k_load(row + (size_t)(ku / 8) * sizeof(fg_block_q8_k), ku % 8, x);
+        else
+            fg_q8_1_load(row + (size_t)ku * sizeof(fg_block_q8_1), x);
+    } else {
+FG_UNROLL
+        for (int k = 0; k < 8; k++)
+            x.q[k] = 0;
+        x.sum_lo = x.sum_hi = 0;
+        x.d = x.s = 0.0f;
+    }
+    uint4 *q = (uint4 *)(sm + MQ_XQ + (size_t)(uu * MQ_BN + n) * 32);
+    q[0] = make_uint4((uint32_t)x.q[0], (uint32_t)x.q[1], (uint32_t)x.q[2], (uint32_t)x.q[3]);
+    q[1] = make_uint4((uint32_t)x.q[4], (uint32_t)x.q[5], (uint32_t)x.q[6], (uint32_t)x.q[7]);
+    uint32_t db, sb;
+    memcpy(&db, &x.d, 4);
+    memcpy(&sb, &x.s, 4);
+    *(uint4 *)(sm + MQ_XS + (size_t)(uu * MQ_BN + n) * 16) = make_uint4(db, (uint32_t)x.sum_lo, (uint32_t)x.sum_hi, sb);
+}
+
+// The step's dots: acc[i][j] += unit dots of weight row tx + 16 i and activation row ty + 16 j.
+template <int WT>
+static FG_HD __forceinline__ void mq_compute(const uint8_t *sm, int tid, float (&acc)[MQ_TM][MQ_TN]) {
+    const int tx = tid % 16, ty = tid / 16;
+FG_UNROLL
+    for (int uu = 0; uu < MQ_BU; uu++) {
+        fg_qunit wu[MQ_TM];
+        fg_q8unit xu[MQ_TN];
+FG_UNROLL
+        for (int i = 0; i < MQ_TM; i++) {
+            const int m = tx + 16 * i;
+            const uint4 *q = (const uint4 *)(sm + MQ_WQ + (size_t)(uu * MQ_BM + m) * 32);
+            const uint4 q0 = q[0], q1 = q[1];
+            wu[i].q[0] = q0.x, wu[i].q[1] = q0.y, wu[i].q[2] = q0.z, wu[i].q[3] = q0.w;
+            wu[i].q[4] = q1.x, wu[i].q[5] = q1.y, wu[i].q[6] = q1.z, wu[i].q[7] = q1.w;
+            const float4 s = *(const float4 *)(sm + MQ_WS + (size_t)(uu * MQ_BM + m) * 16);
+            wu[i].a_lo = s.x, wu[i].a_hi = s.y, wu[i].b_lo = s.z, wu[i].b_hi = s.w;
+        }
+FG_UNROLL
+        for (int j = 0; j < MQ_TN; j++) {
+            const int n = ty + 16 * j;
+            const uint4 *q = (const uint4 *)(sm + MQ_XQ + (size_t)(uu * MQ_BN + n) * 32);
+            const uint4 q0 = q[0], q1 = q[1];
+            xu[j].q[0] = (int)q0.x, xu[j].q[1] = (int)q0.y, xu[j].q[2] = (int)q0.z, xu[j].q[3] = (int)q0.w;
+            xu[j].q[4] = (int)q1.x, xu[j].q[5] = (int)q1.y, xu[j].q[6] = (int)q1.z, xu[j].q[7] = (int)q1.w;
+            const uint4 s = *(const uint4 *)(sm + MQ_XS + (size_t)(uu * MQ_BN + n) * 16);
+            memcpy(&xu[j].d, &s.x, 4);
+            xu[j].sum_lo = (int)s.y;
+            xu[j].sum_hi = (int)s.z;
+            memcpy(&xu[j].s, &s.w, 4);
+        }
+FG_UNROLL
+        for (int i = 0; i < MQ_TM; i++)
+FG_UNROLL
+            for (int j = 0; j < MQ_TN; j++)
+                acc[i][j] += fg_q_dot<WT>(wu[i], xu[j]);
+    }
+}
+
+// Epilogue: each thread stores its outputs (16 consecutive m per half warp: coalesced).
+static FG_HD __forceinline__ void mq_write(const mq_args &a, int64_t m0, int64_t n0, int tid,
+                                           const float (&acc)[MQ_TM][MQ_TN]) {
+    const int tx = tid % 16, ty = tid / 16;
+FG_UNROLL
+    for (int j = 0; j < MQ_TN; j++) {
+        const int64_t r = n0 + ty + 16 * j;
+        if (r >= a.n_rows)
+            continue;
+        float *d = (float *)((uint8_t *)a.dst + (size_t)r * a.d_nb1);
+FG_UNROLL
+        for (int i = 0; i < MQ_TM; i++) {
+            const int64_t o = m0 + tx + 16 * i;
+            if (o < a.n_out)
+                mm_store(d + o, a.bias, o, acc[i][j], a.accumulate);
+        }
+    }
+}
+
+#ifndef FG_MM_HOST_TEST
+template <int WT> static __global__ __launch_bounds__(MQ_NT, 2) void mq_kernel(mq_args a) {
+    __shared__ __align__(16) uint8_t sm[MQ_SMEM];
+    const int tid = threadIdx.x;
+    const int64_t n0 = (int64_t)blockIdx.x * MQ_BN, m0 = (int64_t)blockIdx.y * MQ_BM;
+    float acc[MQ_TM][MQ_TN];
+FG_UNROLL
+    for (int i = 0; i < MQ_TM; i++)
+FG_UNROLL
+        for (int j = 0; j < MQ_TN; j++)
+            acc[i][j] = 0.0f;
+    for (int ku0 = 0; ku0 < a.n_units; ku0 += MQ_BU) {
+        mq_load_w<WT>(a, m0, ku0, tid, sm);
+        mq_load_x<WT>(a, n0, ku0, tid, sm);
+        __syncthreads();
+        mq_compute<WT>(sm, tid, acc);
+        __syncthreads();
+    }
+    mq_write(a, m0, n0, tid, acc);
+}
+#endif // FG_MM_HOST_TEST
+
 // ============================================================================ get_rows
 // Thread u of a row: unit u (32 elements) of a quantized row, or element u of a float row.
 // Values bit-identical to the type's reference to_float.
@@ -629,26 +887,21 @@ FG_UNROLL
     }
 }
 
-// F32 rows -> F16 rows (contiguous), round to nearest even.
-static __global__ void cvt_f16_kernel(const uint8_t *x, size_t x_nb1, uint16_t *y, int n, int64_t rows) {
+// F32 rows -> F16 (BF false) or BF16 (BF true) rows (contiguous), round to nearest even (as
+// base/half.h).
+template <bool BF>
+static __global__ void cvt_half_kernel(const uint8_t *x, size_t x_nb1, uint16_t *y, int n, int64_t rows) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n)
         return;
-    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
-        y[(size_t)r * n + i] = fg_f2h(*(const float *)(x + (size_t)r * x_nb1 + (size_t)i * 4));
-}
-
-// F32 rows -> BF16 rows (contiguous), round to nearest even (as base/half.h).
-static __global__ void cvt_bf16_kernel(const uint8_t *x, size_t x_nb1, uint16_t *y, int n, int64_t rows) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n)
-        return;
-    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
-        y[(size_t)r * n + i] = fg_f32_to_bf16(*(const float *)(x + (size_t)r * x_nb1 + (size_t)i * 4));
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const float v = *(const float *)(x + (size_t)r * x_nb1 + (size_t)i * 4);
+        y[(size_t)r * n + i] = BF ? fg_f32_to_bf16(v) : fg_f2h(v);
+    }
 }
 
 // F32 rows -> Q8_K blocks, as quantize_row_q8_K_ref: the element of largest |x| (the first of
-// equals) sets iscale = -128 / x, q = nearest_int(iscale * x) capped at 127, d = 1 / iscale,
+// equals) sets iscale = -127 / x, q = nearest_int(iscale * x) capped at 127, d = 1 / iscale,
 // bsums of each 16. One block of 256 threads per 256 elements.
 static __global__ void cvt_q8_k_kernel(const uint8_t *x, size_t x_nb1, uint8_t *y, size_t y_nb1, int n_blocks) {
     __shared__ float s_v[256 / 32];
@@ -690,7 +943,7 @@ static __global__ void cvt_q8_k_kernel(const uint8_t *x, size_t x_nb1, uint8_t *
         return;
     }
     const float mx = ((const float *)(x + (size_t)r * x_nb1))[b * 256 + at];
-    const float iscale = -128.0f / mx;
+    const float iscale = -127.0f / mx;
     int q = __float2int_rn(fg_fmul_rn(iscale, v));
     q = q < 127 ? q : 127;
     blk->qs[t] = (int8_t)q;
@@ -704,6 +957,26 @@ static __global__ void cvt_q8_k_kernel(const uint8_t *x, size_t x_nb1, uint8_t *
     }
     if (t == 0)
         blk->d = 1.0f / iscale;
+}
+
+// 8-bit activation rows (Q8_1 or Q8_K, the reference's grid) -> F16 rows (contiguous) for a GEMM.
+template <bool K>
+static __global__ void act_deq_f16_kernel(const uint8_t *x, size_t x_nb1, uint16_t *y, int n, int64_t rows) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const uint8_t *row = x + (size_t)r * x_nb1;
+        float v;
+        if constexpr (K) {
+            const fg_block_q8_k *b = (const fg_block_q8_k *)row + i / 256;
+            v = b->d * (float)b->qs[i % 256];
+        } else {
+            const fg_block_q8_1 *b = (const fg_block_q8_1 *)row + i / 32;
+            v = fg_h2f(b->d) * (float)b->qs[i % 32];
+        }
+        y[(size_t)r * n + i] = fg_f2h(v);
+    }
 }
 
 // ============================================================================ host side
@@ -729,31 +1002,32 @@ bool fg_cuda_convert_supports(uint32_t act_type) {
            act_type == FG_TYPE_BF16;
 }
 
-// Activations as the reference converts them where the kernels allow: the 8-bit grids of the
-// reference for the quantized types' matvec, F32 for F32 weights, F16 for F16 weights, BF16
-// for BF16 weights in the library GEMM; F16 for the tiled kernel and the quantized types'
-// prefill (finer than the reference's 8-bit activations).
+// Activations as the reference converts them: the reference's 8-bit grids for the quantized
+// types at any row count (the GEMMs widen those rows to F16), F32 for F32 weights, F16
+// for F16 weights, BF16 for BF16 weights in the library GEMM, F32 for float weights' matvec.
 static bool mm_blas_rows(const fg_cuda *c, int64_t n_rows);
 
 uint32_t fg_cuda_act_type(fg_cuda *c, uint32_t wtype, int64_t n_rows) {
     if (!fg_cuda_matmul_supports(wtype) || wtype == FG_TYPE_F32)
         return FG_TYPE_F32;
+    if (!mm_is_float((int)wtype)) // the reference's 8-bit grid, for any number of rows
+        return mm_is_k((int)wtype) ? FG_TYPE_Q8_K : FG_TYPE_Q8_1;
     if (n_rows > FG_MV_MAX_ROWS)
         return wtype == FG_TYPE_BF16 && mm_blas_rows(c, n_rows) ? FG_TYPE_BF16 : FG_TYPE_F16;
-    if (mm_is_float((int)wtype))
-        return FG_TYPE_F32;
-    return mm_is_k((int)wtype) ? FG_TYPE_Q8_K : FG_TYPE_Q8_1;
+    return FG_TYPE_F32;
 }
 
-// The only arena use: F32 x of at most FG_MV_MAX_ROWS rows converted to Q8_1 for a quantized
-// matvec. Each call takes the arena from its start (mm_scratch), so this is per call, not per
-// step: rows x (max_cols / 32) Q8_1 blocks, plus the arena's 256-byte alignment.
+// The arena per call (mm_scratch takes it from its start, so this is per call, not per step):
+// F32 x quantized for the integer kernels (Q8_1 or Q8_K rows), or the F16 rows a GEMM reads
+// (8-bit x widened, or F32 x converted): max_tokens x max_cols x 2 at most.
 size_t fg_cuda_matmul_scratch_bytes(const fg_backend_limits *lim) {
-    const int64_t rows = lim->max_tokens > 0 && lim->max_tokens < FG_MV_MAX_ROWS ? lim->max_tokens : FG_MV_MAX_ROWS;
+    const int64_t rows = lim->max_tokens > 0 ? lim->max_tokens : FG_MV_MAX_ROWS;
     const int64_t cols = lim->max_cols > 0 ? lim->max_cols : 0;
-    return (size_t)rows * (mm_q8_k_row_bytes(cols + 255) > mm_q8_1_row_bytes(cols + 31) ? mm_q8_k_row_bytes(cols + 255)
-                                                                                       : mm_q8_1_row_bytes(cols + 31)) +
-           256;
+    const size_t q8 = (size_t)rows * (mm_q8_k_row_bytes(cols + 255) > mm_q8_1_row_bytes(cols + 31)
+                                          ? mm_q8_k_row_bytes(cols + 255)
+                                          : mm_q8_1_row_bytes(cols + 31));
+    const size_t f16 = (size_t)(lim->max_tokens > 0 ? lim->max_tokens : 0) * (size_t)cols * 2;
+    return (q8 > f16 ? q8 : f16) + 256;
 }
 
 // The mm arena as per-call scratch: everything a call enqueues runs on c->stream after the
@@ -790,14 +1064,14 @@ fg_status fg_cuda_convert(fg_cuda *c, fg_tensor *dst, const fg_tensor *x) {
         return mm_convert_q8_k(c, (const uint8_t *)x->data, x->nb[1], (int)n, rows, (uint8_t *)dst->data);
     if (dst->type == FG_TYPE_BF16) {
         dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
-        cvt_bf16_kernel<<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)dst->data,
+        cvt_half_kernel<true><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)dst->data,
                                                        (int)n, rows);
         FG_GPU_LAUNCH_CHECK(c, "convert_bf16");
         return FG_OK;
     }
     FG_ASSERT(dst->type == FG_TYPE_F16);
     dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
-    cvt_f16_kernel<<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)dst->data,
+    cvt_half_kernel<false><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)dst->data,
                                                   (int)n, rows);
     FG_GPU_LAUNCH_CHECK(c, "convert_f16");
     return FG_OK;
@@ -840,9 +1114,26 @@ template <int WT, int NR> static fg_status mv_go(fg_cuda *c, const mv_args &a) {
     return FG_OK;
 }
 
+template <int WT, int NR> static fg_status mw_go(fg_cuda *c, const mv_args &a) {
+    mw_kernel<WT, NR><<<fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream>>>(a);
+    FG_GPU_LAUNCH_CHECK(c, "direct matvec");
+    return FG_OK;
+}
+
 // Kernels for up to 1, 2, 4 and 8 rows (a.nr is the actual count).
 template <int WT> static fg_status mv_rows(fg_cuda *c, const mv_args &a) {
     FG_ASSERT(a.nr >= 1 && a.nr <= FG_MV_MAX_ROWS);
+    if constexpr (!mm_is_float(WT)) {
+        if (c->mv_direct) {
+            if (a.nr <= 1)
+                return mw_go<WT, 1>(c, a);
+            if (a.nr <= 2)
+                return mw_go<WT, 2>(c, a);
+            if (a.nr <= 4)
+                return mw_go<WT, 4>(c, a);
+            return mw_go<WT, 8>(c, a);
+        }
+    }
     if (a.nr <= 1)
         return mv_go<WT, 1>(c, a);
     if (a.nr <= 2)
@@ -867,6 +1158,14 @@ template <int WT> static fg_status tm_xt(fg_cuda *c, const tm_args &a, uint32_t 
     }
     FG_ASSERT(!"tiled matmul: activation type");
     return FG_ERR_INVALID_ARG;
+}
+
+template <int WT> static fg_status mq_go(fg_cuda *c, const mq_args &a) {
+    FG_ASSERT((a.n_out + MQ_BM - 1) / MQ_BM <= MM_MAX_GRID_Y);
+    dim3 grid(fg_div_up(a.n_rows, MQ_BN), fg_div_up(a.n_out, MQ_BM));
+    mq_kernel<WT><<<grid, MQ_NT, 0, c->stream>>>(a);
+    FG_GPU_LAUNCH_CHECK(c, "integer tiled matmul");
+    return FG_OK;
 }
 
 // ============================================================================ library GEMM (prefill)
@@ -980,6 +1279,10 @@ static bool mm_blas_rows(const fg_cuda *c, int64_t n_rows) {
 }
 
 fg_status fg_cuda_matmul_init(fg_cuda *c) {
+    const char *mq = getenv("FORGE_CUDA_MMQ");
+    c->mmq = !(mq && mq[0] == '0');
+    const char *mv = getenv("FORGE_CUDA_MV");
+    c->mv_direct = !(mv && !strcmp(mv, "staged"));
 #ifdef FG_MM_CUBLAS
     const char *e = getenv("FORGE_CUBLAS_MIN_ROWS");
     c->blas_min_rows = e ? atoi(e) : FG_BLAS_MIN_ROWS;
@@ -1001,7 +1304,7 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
 }
 
 fg_status fg_cuda_matmul_reserve(fg_cuda *c, const fg_backend_limits *lim) {
-    if (!c->blas || lim->max_weight_elems <= 0)
+    if (!c->blas || lim->max_weight_elems <= 0 || c->mmq) // (the integer kernel needs no F16 copy)
         return FG_OK;
     size_t need = (size_t)lim->max_weight_elems * 2;
     if (need <= c->deq.size)
@@ -1044,21 +1347,60 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     FG_ASSERT(fg_cuda_matmul_supports(wt));
     FG_ASSERT(xt == FG_TYPE_F32 || xt == FG_TYPE_F16 || xt == FG_TYPE_BF16 || xt == FG_TYPE_Q8_1 ||
               xt == FG_TYPE_Q8_K);
-    // 8-bit x (act_type of a quantized weight for <= FG_MV_MAX_ROWS rows) goes to the matvec only
+    // 8-bit x (act_type of a quantized weight) comes on its weight's grid: Q8_K for the K-quants
     FG_ASSERT((xt != FG_TYPE_Q8_1 && xt != FG_TYPE_Q8_K) ||
-              (!mm_is_float((int)wt) && n_rows <= FG_MV_MAX_ROWS && (xt == FG_TYPE_Q8_K) == mm_is_k((int)wt)));
+              (!mm_is_float((int)wt) && (xt == FG_TYPE_Q8_K) == mm_is_k((int)wt)));
     FG_ASSERT(n_in >= 1 && n_in <= INT32_MAX / 2 && n_in % mm_block_size(wt) == 0 && x->ne[0] == n_in);
     FG_ASSERT(xt != FG_TYPE_Q8_1 || n_in % 32 == 0);
     FG_ASSERT(n_out >= 1 && (n_out + TM_BM - 1) / TM_BM <= MM_MAX_GRID_Y && n_rows >= 1);
     const bool flt = mm_is_float((int)wt);
     const float *b = bias ? (const float *)bias->data : NULL;
 
-    if (n_rows <= FG_MV_MAX_ROWS && (flt ? xt == FG_TYPE_F32 : (xt != FG_TYPE_F16 && xt != FG_TYPE_BF16))) {
+    // quantized weights: 8-bit rows on the weight's grid (F32 rows converted once into the
+    // arena) through the matvec (<= FG_MV_MAX_ROWS rows) or the integer tiled kernel
+    const bool q_int = !flt && xt != FG_TYPE_F16 && xt != FG_TYPE_BF16 && (n_rows <= FG_MV_MAX_ROWS || c->mmq);
+    if (q_int || (flt && n_rows <= FG_MV_MAX_ROWS && xt == FG_TYPE_F32)) {
+        const uint8_t *xq = (const uint8_t *)x->data;
+        size_t xq_nb1 = x->nb[1];
+        if (!flt && xt == FG_TYPE_F32) { // quantize the rows once into the arena
+            void *q = NULL;
+            FG_TRY(mm_scratch(c, mm_act_row_bytes(wt, n_in) * (size_t)n_rows, &q));
+            if (mm_is_k((int)wt))
+                FG_TRY(mm_convert_q8_k(c, xq, xq_nb1, (int)n_in, n_rows, (uint8_t *)q));
+            else
+                FG_TRY(mm_convert_q8_1(c, xq, xq_nb1, (int)n_in, n_rows, (uint8_t *)q));
+            xq = (const uint8_t *)q;
+            xq_nb1 = mm_act_row_bytes(wt, n_in);
+        }
+        if (n_rows > FG_MV_MAX_ROWS) {
+            mq_args a;
+            a.w = (const uint8_t *)w->data;
+            a.w_nb1 = w->nb[1];
+            a.x = xq;
+            a.x_nb1 = xq_nb1;
+            a.dst = (float *)dst->data;
+            a.d_nb1 = dst->nb[1];
+            a.bias = b;
+            a.n_out = n_out;
+            a.n_rows = n_rows;
+            a.n_units = (int)(n_in / 32);
+            a.accumulate = accumulate;
+            switch (wt) {
+#define X(T) \
+    case T:  \
+        return mq_go<T>(c, a);
+                MM_QTYPES(X)
+#undef X
+            default:
+                break;
+            }
+            FG_ASSERT(!"integer tiled matmul: unsupported type");
+        }
         mv_args a;
         a.w = (const uint8_t *)w->data;
         a.w_nb1 = w->nb[1];
-        a.x = (const uint8_t *)x->data;
-        a.x_nb1 = x->nb[1];
+        a.x = xq;
+        a.x_nb1 = xq_nb1;
         a.dst = (float *)dst->data;
         a.d_nb1 = dst->nb[1];
         a.bias = b;
@@ -1066,16 +1408,6 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         a.n_in = (int)n_in;
         a.nr = (int)n_rows;
         a.accumulate = accumulate;
-        if (!flt && xt == FG_TYPE_F32) { // quantize the rows once into the arena
-            void *q = NULL;
-            FG_TRY(mm_scratch(c, mm_act_row_bytes(wt, n_in) * (size_t)n_rows, &q));
-            if (mm_is_k((int)wt))
-                FG_TRY(mm_convert_q8_k(c, a.x, a.x_nb1, (int)n_in, n_rows, (uint8_t *)q));
-            else
-                FG_TRY(mm_convert_q8_1(c, a.x, a.x_nb1, (int)n_in, n_rows, (uint8_t *)q));
-            a.x = (const uint8_t *)q;
-            a.x_nb1 = mm_act_row_bytes(wt, n_in);
-        }
         switch (wt) {
 #define X(T) \
     case T:  \
@@ -1089,8 +1421,31 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         FG_ASSERT(!"matvec: unsupported type");
     }
 
+    // many rows of a quantized weight without the integer kernel (FORGE_CUDA_MMQ=0): the GEMMs
+    // read F16 rows, here the 8-bit rows widened, or F32 rows rounded
+    fg_tensor xh;
+    if (!flt && xt != FG_TYPE_F16) {
+        void *h = NULL;
+        FG_TRY(mm_scratch(c, (size_t)n_rows * (size_t)n_in * 2, &h));
+        dim3 grid(fg_div_up(n_in, MM_NT), mm_grid_y(n_rows));
+        if (xt == FG_TYPE_F32)
+            cvt_half_kernel<false><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)h,
+                                                          (int)n_in, n_rows);
+        else if (xt == FG_TYPE_Q8_K)
+            act_deq_f16_kernel<true><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1],
+                                                                     (uint16_t *)h, (int)n_in, n_rows);
+        else
+            act_deq_f16_kernel<false><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1],
+                                                                      (uint16_t *)h, (int)n_in, n_rows);
+        FG_GPU_LAUNCH_CHECK(c, "activations to f16");
+        int64_t ne[2] = {n_in, n_rows};
+        xh = fg_tensor_view(NULL, h, 0, FG_TYPE_F16, 2, ne);
+        x = &xh;
+    }
+    const uint32_t xt2 = x->type;
 #ifdef FG_MM_CUBLAS
     {
+        const uint32_t xt = xt2; // the rows the GEMM reads
         const bool raw = (wt == FG_TYPE_F16 && xt == FG_TYPE_F16) || (wt == FG_TYPE_F32 && xt == FG_TYPE_F32) ||
                          (wt == FG_TYPE_BF16 && xt == FG_TYPE_BF16);
         const size_t esz = xt == FG_TYPE_F32 ? 4 : 2;
@@ -1100,7 +1455,7 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
             return blas_go(c, dst, w, x, b, accumulate);
     }
 #endif
-    FG_ASSERT(xt != FG_TYPE_BF16); // act_type gives BF16 only where the library GEMM runs
+    FG_ASSERT(xt2 != FG_TYPE_BF16); // act_type gives BF16 only where the library GEMM runs
     tm_args a;
     a.w = (const uint8_t *)w->data;
     a.w_nb1 = w->nb[1];
@@ -1116,7 +1471,7 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     switch (wt) {
 #define X(T) \
     case T:  \
-        return tm_xt<T>(c, a, xt);
+        return tm_xt<T>(c, a, xt2);
         MM_QTYPES(X)
         MM_FTYPES(X)
 #undef X

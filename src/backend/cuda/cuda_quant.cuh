@@ -315,17 +315,19 @@ FG_UNROLL
 }
 
 // ---------------------------------------------------------------- dot with Q8_1 activations
-// A Q8_1 activation block (d, s, 32 int8): the bytes, the integer sums of each half and d.
-// The stored s (f16 of d * sum) is not used: the sums are recomputed exactly.
+// A Q8_1 activation block (d, s, 32 int8): the bytes, the integer sums of each half, d, and
+// the stored s (f16 of d * sum), which the reference's Q4_1/Q5_1 dots use for the min term.
 struct fg_q8unit {
     int q[8];
     int sum_lo, sum_hi;
     float d;
+    float s; // Q8_1: the block's s; Q8_K: 0 (the K-quants' min terms use exact integer sums)
 };
 
 // p: a fg_block_q8_1, 4-aligned.
 static FG_HD __forceinline__ void fg_q8_1_load(const uint8_t *p, fg_q8unit &x) {
     x.d = fg_q_h2f((uint16_t)fg_q_ld16(p + offsetof(fg_block_q8_1, d)));
+    x.s = fg_q_h2f((uint16_t)fg_q_ld16(p + offsetof(fg_block_q8_1, s)));
 FG_UNROLL
     for (int k = 0; k < 8; k++)
         x.q[k] = (int)fg_q_ld32a(p + offsetof(fg_block_q8_1, qs) + 4 * k);
@@ -337,6 +339,7 @@ FG_UNROLL
 // them: one f32 scale per 256): 4-aligned.
 static FG_HD __forceinline__ void fg_q8_k_load(const uint8_t *p, int j, fg_q8unit &x) {
     x.d = fg_q_ldf32(p + offsetof(fg_block_q8_k, d));
+    x.s = 0.0f;
 FG_UNROLL
     for (int k = 0; k < 8; k++)
         x.q[k] = (int)fg_q_ld32a(p + offsetof(fg_block_q8_k, qs) + 32 * j + 4 * k);
@@ -346,7 +349,8 @@ FG_UNROLL
 
 // sum over the unit's 32 elements of (weight value) * (activation value):
 //   dx * (a_lo (S_lo - OFF Q_lo) + a_hi (S_hi - OFF Q_hi) - b_lo Q_lo - b_hi Q_hi)
-// with S the integer dot of the bytes and Q the sum of the activation bytes of each half.
+// with S the integer dot of the bytes and Q the sum of the activation bytes of each half;
+// Q4_1/Q5_1 take the min term from the block's stored s instead, as the reference does.
 template <int T> static FG_HD __forceinline__ float fg_q_dot(const fg_qunit &w, const fg_q8unit &x) {
     typedef fg_qt<T> Q;
     int s_lo = fg_dp4a((int)w.q[0], x.q[0], 0);
@@ -357,6 +361,8 @@ template <int T> static FG_HD __forceinline__ float fg_q_dot(const fg_qunit &w, 
     s_hi = fg_dp4a((int)w.q[5], x.q[5], s_hi);
     s_hi = fg_dp4a((int)w.q[6], x.q[6], s_hi);
     s_hi = fg_dp4a((int)w.q[7], x.q[7], s_hi);
+    if constexpr (Q::MIN && Q::QK == 32) // Q4_1, Q5_1 as the reference: (d_w d_x) S + m_w s_x
+        return (w.a_lo * x.d) * (float)(s_lo + s_hi) - w.b_lo * x.s;
     if constexpr (Q::OFF != 0) {
         s_lo -= Q::OFF * x.sum_lo;
         s_hi -= Q::OFF * x.sum_hi;

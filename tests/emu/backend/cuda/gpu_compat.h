@@ -21,4 +21,8 @@ typedef void *gpuEvent_t;
 #define FG_GPU_CHECK(ctx, call) do { (void)(call); } while (0)
 #define FG_GPU_LAUNCH_CHECK(ctx, what) do { (void)(ctx); (void)(what); } while (0)
 #define FG_GPU_IGNORE(call) do { (void)(call); } while (0)
+// never contracted: g++ without -mfma has no fused multiply-add to contract into
+static inline float fg_fmul_rn(float a, float b) { return a * b; }
+static inline float fg_fadd_rn(float a, float b) { return a + b; }
+static inline float fg_fsub_rn(float a, float b) { return a - b; }
 #endif

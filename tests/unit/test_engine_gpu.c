@@ -1,0 +1,325 @@
+// test_engine_gpu.c - the engine on a GPU backend (FORGE_DEVICE, default cuda; every test SKIPS
+// loudly without a usable GPU): sampling on the device and the asynchronous step loop (step
+// N+1 planned while N runs, events after N+1's submit). Each request alone equals the host
+// sampler (fg_sampler_sample) over the same backend's fg_model_forward logits: greedy and
+// seeded tokens identical, log-probabilities within 1e-5 (the device's log-softmax sums in
+// another order); and a load of concurrent requests with stop strings, logprobs, echo scoring
+// and cancellations ends with every request DONE once and every KV page free.
+// Data: FORGE_SHARED (default ../shared).
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "forge.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char *device_name(void) {
+    const char *d = getenv("FORGE_DEVICE");
+    return d && *d ? d : "cuda"; // (FORGE_DEVICE=cpu runs it on the CPU: a check of the test itself)
+}
+
+static fg_backend *g_be;
+static fg_model *g_models[2];
+static bool g_skip;
+static char g_why[512];
+
+static fg_model *load(const char *rel) {
+    const char *shared = getenv("FORGE_SHARED");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", shared && *shared ? shared : "../shared", rel);
+    fg_model_opts mo = {.max_batch_tokens = 512, .max_seqs = 64};
+    fg_model *m = NULL;
+    if (fg_model_load(path, g_be, &mo, &m) != FG_OK) {
+        print_error("cannot load %s: %s\n", path, fg_last_error());
+        return NULL;
+    }
+    return m;
+}
+
+static int setup(void **state) {
+    (void)state;
+    fg_backend_opts bo = {0};
+    fg_status st = fg_backend_create(device_name(), &bo, &g_be);
+    if (st == FG_ERR_DEVICE || st == FG_ERR_UNSUPPORTED) {
+        g_skip = true;
+        snprintf(g_why, sizeof g_why, "%s backend: %s", device_name(), fg_last_error());
+        return 0;
+    }
+    if (st != FG_OK) {
+        print_error("%s backend: %s\n", device_name(), fg_last_error());
+        return -1;
+    }
+    g_models[0] = load("models/stories260K.gguf");
+    g_models[1] = load("models/synth/synth-llama-Q4_0.gguf");
+    return g_models[0] && g_models[1] ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    for (int i = 0; i < 2; i++)
+        fg_model_destroy(g_models[i]);
+    fg_backend_destroy(g_be);
+    return 0;
+}
+
+static void need_gpu(void) {
+    if (g_skip) {
+        fprintf(stderr, "SKIP (no GPU): %s\n", g_why);
+        skip();
+    }
+}
+
+// ---- events
+#define MAX_TOK 160
+
+typedef struct rec {
+    int32_t toks[MAX_TOK];
+    float lps[MAX_TOK];
+    int32_t top0[MAX_TOK];
+    int n_tok, n_p, n_done;
+    char text[4096];
+    size_t n_text;
+    fg_finish_reason finish;
+    fg_status status;
+} rec;
+
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
+
+static void on_event(void *user, const fg_event *ev) {
+    rec *r = user;
+    pthread_mutex_lock(&g_mu);
+    if (ev->kind == FG_EVENT_TOKEN && r->n_tok < MAX_TOK) {
+        r->toks[r->n_tok] = ev->token;
+        r->lps[r->n_tok] = ev->logprob;
+        r->top0[r->n_tok] = ev->n_top > 0 ? ev->top[0].token : -1;
+        r->n_tok++;
+    }
+    if (ev->kind == FG_EVENT_PROMPT_LOGPROB)
+        r->n_p++;
+    if (ev->kind != FG_EVENT_PROMPT_LOGPROB && r->n_text + ev->text_len < sizeof r->text) {
+        memcpy(r->text + r->n_text, ev->text, ev->text_len);
+        r->n_text += ev->text_len;
+    }
+    if (ev->kind == FG_EVENT_DONE) {
+        r->n_done++;
+        r->finish = ev->finish;
+        r->status = ev->status;
+    }
+    pthread_cond_broadcast(&g_cv);
+    pthread_mutex_unlock(&g_mu);
+}
+
+static void wait_all(rec *r, int n) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 120;
+    pthread_mutex_lock(&g_mu);
+    for (int i = 0; i < n; i++)
+        while (r[i].n_done == 0)
+            if (pthread_cond_timedwait(&g_cv, &g_mu, &ts) != 0 && r[i].n_done == 0) {
+                pthread_mutex_unlock(&g_mu);
+                fail_msg("timed out waiting for request %d", i);
+            }
+    pthread_mutex_unlock(&g_mu);
+}
+
+static uint64_t g_lcg;
+static uint32_t rnd(uint32_t n) {
+    g_lcg = g_lcg * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(g_lcg >> 33) % n;
+}
+
+static void rand_prompt(int32_t *p, int32_t n) {
+    p[0] = 1;
+    for (int32_t i = 1; i < n; i++)
+        p[i] = 3 + (int32_t)rnd(509);
+}
+
+// The host sampler over this backend's logits, one sequence alone (the engine's step shapes).
+static void ref_sampled(fg_model *m, const int32_t *prompt, int32_t n_prompt, const fg_request_params *rp,
+                        int32_t *out, int32_t *n_out, float *lp, int32_t *top0) {
+    const int32_t ps = 16;
+    int32_t n_vocab = fg_model_get_info(m)->n_vocab, total = n_prompt + rp->max_tokens;
+    int32_t n_pages = (total + ps - 1) / ps + 1;
+    fg_kv_store *kv = NULL;
+    assert_int_equal(fg_kv_store_create(m, n_pages, ps, FG_TYPE_F16, &kv), FG_OK);
+    int32_t *pt = malloc((size_t)n_pages * sizeof *pt), *pos = malloc((size_t)total * sizeof *pos);
+    int32_t *seq = calloc((size_t)total, sizeof *seq);
+    float *logits = malloc((size_t)n_vocab * sizeof *logits);
+    for (int32_t i = 0; i < n_pages; i++)
+        pt[i] = i;
+    for (int32_t i = 0; i < total; i++)
+        pos[i] = i;
+    const int32_t *pts[1] = {pt};
+    fg_sampler *smp = NULL;
+    assert_int_equal(fg_sampler_create(&rp->sampling, n_vocab, &smp), FG_OK);
+    for (int32_t i = 0; i < n_prompt; i++)
+        fg_sampler_accept(smp, prompt[i]);
+    int32_t n_kv = n_prompt;
+    fg_batch b = {.n_tokens = n_prompt, .tokens = prompt, .pos = pos, .seq = seq, .n_seqs = 1, .n_kv = &n_kv,
+                  .page_tables = pts};
+    if (fg_model_forward(m, kv, &b, logits) != FG_OK)
+        fail_msg("reference prompt forward: %s", fg_last_error());
+    *n_out = 0;
+    for (int32_t g = 0; g < rp->max_tokens; g++) {
+        int32_t t = fg_sampler_sample(smp, logits);
+        fg_sampler_accept(smp, t);
+        fg_top_logprob top[FG_MAX_TOP_LOGPROBS];
+        int32_t nt = 0;
+        lp[g] = fg_logprobs(logits, n_vocab, t, rp->logprobs, top, &nt);
+        top0[g] = nt > 0 ? top[0].token : -1;
+        out[(*n_out)++] = t;
+        if (g + 1 == rp->max_tokens)
+            break;
+        n_kv = n_prompt + g + 1;
+        fg_batch d = {.n_tokens = 1, .tokens = &out[g], .pos = &pos[n_kv - 1], .seq = seq, .n_seqs = 1,
+                      .n_kv = &n_kv, .page_tables = pts};
+        if (fg_model_forward(m, kv, &d, logits) != FG_OK)
+            fail_msg("reference decode forward: %s", fg_last_error());
+    }
+    fg_sampler_destroy(smp);
+    free(logits);
+    free(seq);
+    free(pos);
+    free(pt);
+    fg_kv_store_destroy(kv);
+}
+
+static fg_request_params params(const int32_t *prompt, int32_t n, int32_t max_tokens) {
+    fg_request_params rp;
+    memset(&rp, 0, sizeof rp);
+    rp.prompt = prompt;
+    rp.n_prompt = n;
+    rp.max_tokens = max_tokens;
+    rp.sampling = fg_sampling_greedy();
+    rp.ignore_eos = true;
+    rp.logprobs = -1;
+    return rp;
+}
+
+static void test_gpu_sampling_matches_host(void **state) {
+    (void)state;
+    need_gpu();
+    const uint64_t seed = 4242;
+    printf("gpu sampling: seed %llu on %s\n", (unsigned long long)seed, fg_backend_describe(g_be));
+    g_lcg = seed;
+    int n_checked = 0;
+    for (int mi = 0; mi < 2; mi++) {
+        fg_engine *e = NULL;
+        fg_engine_opts eo = {.n_ctx = 128};
+        assert_int_equal(fg_engine_create(g_models[mi], &eo, &e), FG_OK);
+        for (int k = 0; k < 8; k++) {
+            int32_t prompt[24];
+            int32_t len = 2 + (int32_t)rnd(20);
+            rand_prompt(prompt, len);
+            fg_request_params rp = params(prompt, len, 24 + (int32_t)rnd(16));
+            rp.logprobs = (int32_t)rnd(4) - 1;
+            fg_logit_bias bias[2] = {{(int32_t)rnd(512), 2.5f}, {(int32_t)rnd(512), -1.0f}};
+            if (k % 4 != 0) {
+                rp.sampling = fg_sampling_default();
+                rp.sampling.seed = 1000 + (uint64_t)rnd(1u << 30);
+            }
+            if (k % 4 == 2) {
+                rp.sampling.top_k = 0;
+                rp.sampling.top_p = 0.99f;
+                rp.sampling.repeat_penalty = 1.3f;
+                rp.sampling.repeat_last_n = 8;
+                rp.sampling.frequency_penalty = 0.2f;
+                rp.sampling.logit_bias = bias;
+                rp.sampling.n_logit_bias = 2;
+            } else if (k % 4 == 3) {
+                rp.sampling.top_k = 0;
+                rp.sampling.top_p = 1.0f;
+                rp.sampling.min_p = 0.0f;
+                rp.sampling.temperature = 1.0f;
+                rp.sampling.repeat_last_n = -1;
+                rp.sampling.presence_penalty = 0.5f;
+            }
+            int32_t want[64], n_want = 0, top0[64];
+            float lp[64];
+            ref_sampled(g_models[mi], prompt, len, &rp, want, &n_want, lp, top0);
+            rec *r = calloc(1, sizeof *r);
+            assert_int_equal(fg_engine_submit(e, &rp, on_event, r, NULL), FG_OK);
+            wait_all(r, 1);
+            assert_int_equal(r->status, FG_OK);
+            if (r->n_tok != n_want)
+                fail_msg("model %d request %d: %d tokens, host %d", mi, k, r->n_tok, n_want);
+            for (int i = 0; i < n_want; i++) {
+                if (r->toks[i] != want[i])
+                    fail_msg("model %d request %d (%s): token %d is %d, the host sampler's %d", mi, k,
+                             k % 4 ? "seeded" : "greedy", i, r->toks[i], want[i]);
+                if (rp.logprobs >= 0 && (!(fabsf(r->lps[i] - lp[i]) <= 1e-5f) || r->top0[i] != top0[i]))
+                    fail_msg("model %d request %d token %d: logprob %.9g top %d, host %.9g top %d", mi, k, i,
+                             (double)r->lps[i], r->top0[i], (double)lp[i], top0[i]);
+            }
+            n_checked += n_want;
+            free(r);
+        }
+        fg_engine_destroy(e, 5.0);
+    }
+    printf("gpu sampling: %d tokens equal to the host sampler's\n", n_checked);
+}
+
+static void test_gpu_load(void **state) {
+    (void)state;
+    need_gpu();
+    const uint64_t seed = 777;
+    printf("gpu load: seed %llu\n", (unsigned long long)seed);
+    g_lcg = seed;
+    const int n = 48;
+    fg_engine *e = NULL;
+    fg_engine_opts eo = {.n_ctx = 256, .max_seqs = 32, .max_batch_tokens = 128, .prefix_cache = true};
+    assert_int_equal(fg_engine_create(g_models[1], &eo, &e), FG_OK);
+    rec *r = calloc((size_t)n, sizeof *r);
+    int32_t prompts[48][64];
+    uint64_t ids[48];
+    for (int i = 0; i < n; i++) {
+        int32_t len = 4 + (int32_t)rnd(60);
+        rand_prompt(prompts[i], len);
+        fg_request_params rp = params(prompts[i], len, 16 + (int32_t)rnd(100));
+        if (i % 3)
+            rp.sampling = fg_sampling_default();
+        rp.sampling.seed = (uint64_t)i;
+        rp.logprobs = i % 5 == 0 ? 3 : -1;
+        rp.echo_logprobs = i % 7 == 0;
+        rp.ignore_eos = i % 2 == 0;
+        if (i % 4 == 1)
+            rp.stop[0] = "e";
+        assert_int_equal(fg_engine_submit(e, &rp, on_event, &r[i], &ids[i]), FG_OK);
+    }
+    for (int i = 0; i < n; i += 6)
+        assert_int_equal(fg_engine_cancel(e, ids[i]), FG_OK);
+    wait_all(r, n);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(r[i].n_done, 1);
+        assert_true(r[i].status == FG_OK || r[i].status == FG_ERR_CANCELLED);
+    }
+    fg_engine_stats st;
+    fg_engine_get_stats(e, &st);
+    assert_int_equal(st.kv_pages_used, 0);
+    assert_int_equal(st.running, 0);
+    assert_int_equal(st.requests_failed, 0);
+    printf("gpu load: %llu steps, %llu tokens, host per step: plan %.1f us, fill %.1f us, events %.1f us, "
+           "submit %.1f us, wait %.1f us\n",
+           (unsigned long long)st.steps, (unsigned long long)st.tokens_out, st.t_plan_s / st.steps * 1e6,
+           st.t_fill_s / st.steps * 1e6, st.t_events_s / st.steps * 1e6, st.t_submit_s / st.steps * 1e6,
+           st.t_wait_s / st.steps * 1e6);
+    fg_engine_destroy(e, 5.0);
+    free(r);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gpu_sampling_matches_host),
+        cmocka_unit_test(test_gpu_load),
+    };
+    return cmocka_run_group_tests_name("engine_gpu", tests, setup, teardown);
+}
