@@ -14,6 +14,7 @@
 #include "forge/chat.h"
 #include "forge/model.h"
 #include "forge/engine.h"
+#include "forge/embedder.h"
 #include "forge/server.h"
 
 #endif // FORGE_H

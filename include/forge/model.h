@@ -49,7 +49,7 @@ typedef struct fg_model_opts {
 } fg_model_opts;
 
 typedef struct fg_model_info {
-    const char *arch;     // "llama", "qwen2", "qwen3", "glm4"
+    const char *arch;     // "llama", "qwen2", "qwen3", "glm4", "bert", "nomic-bert"
     const char *name;     // general.name or the file stem
     int32_t n_vocab;
     int32_t n_ctx_train;
@@ -72,7 +72,17 @@ typedef struct fg_model_info {
     int32_t max_sample_entries;
     bool async_steps;            // the backend runs a step after fg_model_submit returns (a GPU):
                                  // the caller may prepare the next one until fg_model_wait
+    // embedding models (issue 14)
+    int32_t pooling;             // <arch>.pooling_type: 0 none (no embeddings), 1 mean, 2 cls, 3 last
+    bool causal;                 // <arch>.attention.causal (encoders: false)
+    bool normalize;              // the pooled vector is L2-normalised (sentence_transformers.normalize)
+    int32_t max_seq;             // input limit in tokens: sentence_transformers.max_seq_length, else
+                                 // n_ctx_train
+    int32_t max_embed_tokens;    // the longest input fg_model_embed takes: min(max_seq, max_batch_tokens)
 } fg_model_info;
+
+// "none", "mean", "cls", "last" for fg_model_info.pooling (issue 14); "unknown" otherwise.
+const char *fg_pooling_name(int32_t pooling);
 
 // Loads a GGUF model onto the backend. Errors name what is wrong (tensor missing or of the
 // wrong shape, head counts that don't divide, vocabulary size mismatch, unsupported
@@ -138,6 +148,32 @@ fg_status fg_model_wait_samples(fg_model *m, const fg_sample_result **res, int32
 fg_status fg_model_reserve_sampling(fg_model *m, int32_t max_sample_entries);
 // Submit + wait, copying the logits into logits[n_out * n_vocab] (NULL when none are wanted).
 fg_status fg_model_forward(fg_model *m, fg_kv_store *kv, const fg_batch *b, float *logits);
+
+// ---- embeddings (issue 14): models with a pooling type (fg_model_info.pooling != 0), BERT-family
+// encoders (bert, nomic-bert) or decoders whose file names one. Each sequence is whole in its
+// step: an encoder's token attends to every token of its own sequence and to none of the
+// others'. Such a model has no logits: fg_model_submit refuses it.
+typedef struct fg_embed_batch {
+    int32_t n_seqs;                // 1..max_seqs
+    const int32_t *const *tokens;  // [n_seqs] -> the sequence's token ids (with [CLS] / [SEP] as the
+                                   // tokenizer's add_special puts them), each in [0, n_vocab)
+    const int32_t *n_tokens;       // [n_seqs], each 1..max_embed_tokens; the sum <= max_batch_tokens
+} fg_embed_batch;
+
+// Validates the batch (FG_ERR_INVALID_ARG naming the sequence and field; FG_ERR_CAPACITY past the
+// model's limits) and enqueues one step (a GPU runs it asynchronously). The batch's arrays may be
+// reused as soon as it returns. One step at a time: fg_model_embed_wait before the next submit.
+fg_status fg_model_embed_submit(fg_model *m, const fg_embed_batch *b);
+// Waits: *out = the [n_seqs][n_embd] pooled vectors (normalised when fg_model_info.normalize) in
+// memory the model owns, valid until the next submit. FG_ERR_FORMAT naming the value when one is
+// not finite, FG_ERR_DEVICE on a device fault (sticky).
+fg_status fg_model_embed_wait(fg_model *m, const float **out, int32_t *n_seqs);
+// Submit + wait, copying into out[n_seqs * n_embd].
+fg_status fg_model_embed(fg_model *m, const fg_embed_batch *b, float *out);
+// Cuts a tokenized input ids[0..n) to at most limit (>= 2) tokens as Hugging Face truncates an
+// encoded text: the special token the tokenizer appended at the end ([SEP], EOS) stays last.
+// Returns the new count (n when it fits).
+int32_t fg_embed_truncate(const fg_tokenizer *t, int32_t *ids, int32_t n, int32_t limit);
 
 #ifdef __cplusplus
 }

@@ -21,6 +21,8 @@ static const char *const k_op_names[FG_OP_COUNT] = {
     [FG_OP_SWIGLU] = "swiglu",         [FG_OP_ROPE] = "rope",             [FG_OP_KV_STORE] = "kv_store",
     [FG_OP_ATTENTION] = "attention",   [FG_OP_KV_COPY_PAGE] = "kv_copy_page",
     [FG_OP_CHECK_FINITE] = "check_finite", [FG_OP_ALL_REDUCE] = "all_reduce", [FG_OP_SAMPLE] = "sample",
+    [FG_OP_LAYERNORM] = "layernorm",   [FG_OP_GELU] = "gelu",             [FG_OP_ADD_ROWS] = "add_rows",
+    [FG_OP_POOL] = "pool",
 };
 
 const char *fg_op_name(fg_op op) { return (unsigned)op < FG_OP_COUNT ? k_op_names[op] : "unknown"; }
@@ -648,6 +650,94 @@ fg_status fg_op_all_reduce(fg_backend *be, fg_comm *comm, fg_tensor *x) {
         return be->ops->all_reduce(be, comm, x);
     return comm->ops->all_reduce_sum(comm, be, x);
 }
+
+// ---------------------------------------------------------------- embedding models (issue 14)
+fg_status fg_op_layernorm(fg_backend *be, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w,
+                          const fg_tensor *b, float eps) {
+    if (!x)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "layernorm: x is NULL");
+    int64_t n = x->ne[0], rows = x->ne[1];
+    if (n < 1 || rows < 1)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "layernorm: x has %lld x %lld elements", (long long)rows, (long long)n);
+    FG_TRY(check_f32_rows("layernorm", "x", x, n, rows));
+    FG_TRY(check_f32_rows("layernorm", "dst", dst, n, rows));
+    if (w)
+        FG_TRY(check_f32_rows("layernorm", "w", w, n, 1));
+    if (b)
+        FG_TRY(check_f32_rows("layernorm", "b", b, n, 1));
+    if (!(eps >= 0.0f) || !isfinite(eps))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "layernorm: eps = %g", (double)eps);
+    if (!fg_backend_supports(be, FG_OP_LAYERNORM, FG_TYPE_F32))
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "layernorm: not supported by the %s backend", be->ops->name);
+    return be->ops->layernorm(be, dst, x, w, b, eps);
+}
+
+fg_status fg_op_gelu(fg_backend *be, fg_tensor *dst, const fg_tensor *x, fg_gelu_mode mode) {
+    if (!x)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "gelu: x is NULL");
+    int64_t n = x->ne[0], rows = x->ne[1];
+    if (n < 1 || rows < 1)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "gelu: x has %lld x %lld elements", (long long)rows, (long long)n);
+    FG_TRY(check_f32_rows("gelu", "x", x, n, rows));
+    FG_TRY(check_f32_rows("gelu", "dst", dst, n, rows));
+    if (mode != FG_GELU_ERF && mode != FG_GELU_TANH)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "gelu: unknown mode %d", (int)mode);
+    if (!fg_backend_supports(be, FG_OP_GELU, FG_TYPE_F32))
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "gelu: not supported by the %s backend", be->ops->name);
+    return be->ops->gelu(be, dst, x, mode);
+}
+
+fg_status fg_op_add_rows(fg_backend *be, fg_tensor *dst, const fg_tensor *table, fg_rows_index idx,
+                         int32_t row) {
+    FG_TRY(need_step(be, "add_rows"));
+    if (!table || !table->data)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "add_rows: table is NULL");
+    if (!fg_backend_supports(be, FG_OP_ADD_ROWS, table->type))
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "add_rows: table type %s is not supported by the %s backend",
+                       fg_type_name(table->type), be->ops->name);
+    const int64_t n = table->ne[0], n_rows = table->ne[1];
+    const fg_type_traits *tr = fg_type_traits_get(table->type);
+    if (n < 1 || n_rows < 1 || table->ne[2] != 1 || table->ne[3] != 1 || n % tr->blck_size != 0 ||
+        table->nb[0] != tr->type_size || (n_rows > 1 && table->nb[1] < (size_t)(n / tr->blck_size) * tr->type_size))
+        return FG_FAIL(FG_ERR_INVALID_ARG, "add_rows: table %s [%lld][%lld] must have contiguous rows",
+                       tr->name, (long long)n_rows, (long long)n);
+    const fg_step *st = &be->state.step;
+    FG_TRY(check_f32_rows("add_rows", "dst", dst, n, st->n_tokens));
+    if (idx == FG_ROWS_POS) {
+        // positions run 0 .. seq_n_kv - 1: the longest sequence decides
+        if (be->state.max_n_kv > n_rows)
+            return FG_FAIL(FG_ERR_INVALID_ARG,
+                           "add_rows: the step has position %d, the table has %lld rows (positions 0..%lld)",
+                           be->state.max_n_kv - 1, (long long)n_rows, (long long)n_rows - 1);
+    } else if (idx == FG_ROWS_FIXED) {
+        if (row < 0 || row >= n_rows)
+            return FG_FAIL(FG_ERR_INVALID_ARG, "add_rows: row %d outside the table's [0, %lld)", row,
+                           (long long)n_rows);
+    } else {
+        return FG_FAIL(FG_ERR_INVALID_ARG, "add_rows: unknown index mode %d", (int)idx);
+    }
+    return be->ops->add_rows(be, dst, table, idx, row);
+}
+
+fg_status fg_op_pool(fg_backend *be, fg_tensor *dst, const fg_tensor *x, fg_pool_mode mode, bool normalize) {
+    FG_TRY(need_step(be, "pool"));
+    if (!x)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "pool: x is NULL");
+    if (mode != FG_POOL_MEAN && mode != FG_POOL_CLS && mode != FG_POOL_LAST)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "pool: mode %d (expected mean 1, cls 2 or last 3)", (int)mode);
+    const fg_step *st = &be->state.step;
+    const int64_t n = x->ne[0];
+    FG_TRY(check_f32_rows("pool", "x", x, n, st->n_tokens));
+    FG_TRY(check_f32_rows("pool", "dst", dst, n, st->n_seqs));
+    const char *d0 = dst->data, *x0 = x->data;
+    size_t dn = fg_tensor_nbytes(dst), xn = fg_tensor_nbytes(x);
+    if (d0 < x0 + xn && x0 < d0 + dn)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "pool: dst overlaps x");
+    if (!fg_backend_supports(be, FG_OP_POOL, FG_TYPE_F32))
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "pool: not supported by the %s backend", be->ops->name);
+    return be->ops->pool(be, dst, x, mode, normalize);
+}
+// ---------------------------------------------------------------- (end issue 14)
 
 fg_status fg_kv_copy_page_checked(fg_backend *be, const fg_kv_view *kv, int32_t dst_page, int32_t src_page) {
     FG_TRY(need_no_step(be, "kv_copy_page"));

@@ -113,6 +113,25 @@ typedef struct fg_attn_params {
     bool causal;      // true: token at position p attends to 0..p; false: to its whole sequence
 } fg_attn_params;
 
+// ---- embedding models (issue 14)
+typedef enum fg_gelu_mode {
+    FG_GELU_ERF = 0,  // x/2 (1 + erf(x / sqrt 2)): BERT's "gelu", the exact form
+    FG_GELU_TANH = 1, // x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): "gelu_new", ggml_gelu
+} fg_gelu_mode;
+
+typedef enum fg_pool_mode { // llama.cpp's pooling_type values (GGUF <arch>.pooling_type)
+    FG_POOL_NONE = 0,
+    FG_POOL_MEAN = 1, // mean over the sequence's tokens (all of them, [CLS] and [SEP] included)
+    FG_POOL_CLS = 2,  // its first token
+    FG_POOL_LAST = 3, // its last token
+} fg_pool_mode;
+
+typedef enum fg_rows_index {
+    FG_ROWS_POS = 0,   // row step->pos[t] for token t (absolute position embeddings)
+    FG_ROWS_FIXED = 1, // one given row for every token (BERT's token type 0)
+} fg_rows_index;
+// ---- (end issue 14)
+
 // The most a step will ask of a backend (reserve). Zero fields: no requirement.
 typedef struct fg_backend_limits {
     int32_t max_tokens;   // tokens in one step
@@ -144,6 +163,11 @@ typedef enum fg_op {
     FG_OP_CHECK_FINITE,
     FG_OP_ALL_REDUCE,
     FG_OP_SAMPLE,
+    // embedding models (issue 14); add_rows: `type` is the table's
+    FG_OP_LAYERNORM,
+    FG_OP_GELU,
+    FG_OP_ADD_ROWS,
+    FG_OP_POOL,
     FG_OP_COUNT
 } fg_op;
 
@@ -243,6 +267,24 @@ typedef struct fg_backend_ops {
                           const fg_rope_params *p, int32_t n_head_kv, const fg_kv_view *kv,
                           int32_t layer);
 
+    // ---- embedding models (issue 14): BERT's LayerNorm, GELU, position / token-type rows,
+    // pooling. Required of every backend (backend.c does not compose them).
+    // dst[r][:] = (x[r][:] - mean) / sqrt(var + eps) * w[:] + b[:] over each row (biased
+    // variance; w, b F32 [n] or NULL); dst may alias x.
+    fg_status (*layernorm)(fg_backend *be, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w,
+                           const fg_tensor *b, float eps);
+    // dst = gelu(x) element by element in `mode`; dst may alias x.
+    fg_status (*gelu)(fg_backend *be, fg_tensor *dst, const fg_tensor *x, fg_gelu_mode mode);
+    // dst[t][:] += table row r(t) (converted to F32): r(t) = step->pos[t] (FG_ROWS_POS) or `row`
+    // (FG_ROWS_FIXED). dst: [n_tokens][n]; table: [rows][n] of a type supports(ADD_ROWS) takes.
+    fg_status (*add_rows)(fg_backend *be, fg_tensor *dst, const fg_tensor *table, fg_rows_index idx,
+                          int32_t row);
+    // dst[s][:] = the rows of x belonging to sequence s (step seq_first / seq_n_tokens) pooled
+    // (mean, first, last), then divided by max(||.||_2, 1e-12) when normalize.
+    // x: [n_tokens][n], dst: [n_seqs][n], not overlapping x.
+    fg_status (*pool)(fg_backend *be, fg_tensor *dst, const fg_tensor *x, fg_pool_mode mode, bool normalize);
+    // ---- (end issue 14)
+
     // ---- outside steps
     // Measures the device's copy bandwidth: a device-to-device copy of `bytes` (best or median
     // of a few; bytes read + written per second). For benchmarks; allocates its own buffers.
@@ -323,6 +365,13 @@ fg_status fg_op_rope_kv_store(fg_backend *be, fg_tensor *q, fg_tensor *k, const 
 // x ([rows][cols] F32, contiguous) summed over comm's ranks in place; every rank calls it at
 // the same point of the same step (a communicator of size 1: nothing to do).
 fg_status fg_op_all_reduce(fg_backend *be, fg_comm *comm, fg_tensor *x);
+// embedding models (issue 14)
+fg_status fg_op_layernorm(fg_backend *be, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w,
+                          const fg_tensor *b, float eps);
+fg_status fg_op_gelu(fg_backend *be, fg_tensor *dst, const fg_tensor *x, fg_gelu_mode mode);
+fg_status fg_op_add_rows(fg_backend *be, fg_tensor *dst, const fg_tensor *table, fg_rows_index idx,
+                         int32_t row);
+fg_status fg_op_pool(fg_backend *be, fg_tensor *dst, const fg_tensor *x, fg_pool_mode mode, bool normalize);
 fg_status fg_kv_copy_page_checked(fg_backend *be, const fg_kv_view *kv, int32_t dst_page, int32_t src_page);
 
 // ---- tensor helpers shared by all backends and the model (tensor.c)

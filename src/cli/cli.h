@@ -15,6 +15,7 @@ int fg_cmd_perplexity(int argc, char **argv);
 int fg_cmd_bench(int argc, char **argv);
 int fg_cmd_serve(int argc, char **argv);
 int fg_cmd_chat(int argc, char **argv);
+int fg_cmd_embed(int argc, char **argv); // issue 14
 
 // Prints "forge <cmd>: <fg_last_error()>" to stderr and returns 1.
 int fg_cli_fail(const char *cmd);

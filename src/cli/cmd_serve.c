@@ -303,8 +303,10 @@ int fg_cmd_serve(int argc, char **argv) {
     }
     if (o.n_ctx > 0 && fg_server_model_info(s))
         fg_cli_warn_ctx("serve", "--ctx", fg_server_n_ctx(s), fg_server_model_info(s));
-    fprintf(stderr, "forge serve: ready on http://%s:%d%s\n", o.host ? o.host : "127.0.0.1",
-            fg_server_port(s), o.no_webui ? "" : " (chat page at /)");
+    const fg_model_info *mi = fg_server_model_info(s);
+    bool embeds = mi && mi->pooling != 0; // issue 14: POST /v1/embeddings, no chat
+    fprintf(stderr, "forge serve: ready on http://%s:%d%s\n", o.host ? o.host : "127.0.0.1", fg_server_port(s),
+            embeds ? " (embeddings at /v1/embeddings)" : o.no_webui ? "" : " (chat page at /)");
     for (;;) {
         struct pollfd p = {.fd = g_sig_pipe[0], .events = POLLIN};
         int rc = poll(&p, 1, -1);

@@ -21,6 +21,7 @@ static const command k_commands[] = {
     {"serve", fg_cmd_serve, "OpenAI-compatible HTTP server with continuous batching"},
     {"bench", fg_cmd_bench, "prefill and decode throughput against the memory bound"},
     {"perplexity", fg_cmd_perplexity, "perplexity of a text file (llama.cpp's method)"},
+    {"embed", fg_cmd_embed, "one embedding vector per input line (BERT-family models)"},
     {"tokenize", fg_cmd_tokenize, "print the token ids of a text"},
     {"detokenize", fg_cmd_detokenize, "print the text of token ids"},
     {"info", fg_cmd_info, "print a GGUF file's metadata and tensors"},

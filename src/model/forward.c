@@ -181,20 +181,24 @@ static fg_status tp_reduce_residual(fg_model *m, act_cache *ac, fg_tensor *x, fg
 // One layer over n rows; *n_rows becomes n_out on the last layer when it gathers: after
 // storing K/V only the rows that want logits go on (gathered into s->xo, as llama.cpp does
 // with inp_out_ids; the rows are independent, so the result is the same, minus the work on
-// rows nobody reads). Reads xn (this layer's normed input), leaves the next norm's output in
-// xn (attn_norm of the next layer, output_norm after the last). *x_out: the residual tensor.
+// rows nobody reads); n_out < 0: every row goes on (not the last layer, or an embedding step,
+// which pools them all). Decoders read xn (this layer's normed input) and leave the next norm's
+// output in xn (attn_norm of the next layer, output_norm after the last). Encoders (issue 14,
+// post-norm) read the residual x itself and leave it normed: x = LN(x + attn(x)), then
+// x = LN(x + ffn(x)). *x: the residual tensor.
 static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t il, int64_t *n_rows,
                            int64_t n_out, fg_tensor *x) {
     fg_backend *be = m->be;
     const fg_hparams *hp = &m->hp;
     const fg_layer *ly = &m->layers[il];
     const bool last = il == hp->n_layer - 1;
+    const bool enc = m->at->encoder;
     fg_scratch *s = &m->s;
     int64_t n = *n_rows;
     // this rank's heads (all of them without tensor parallelism)
     const int32_t n_head = m->tp.n_head, n_head_kv = m->tp.n_head_kv;
     const int64_t D = hp->head_dim, Q = (int64_t)n_head * D, KV = (int64_t)n_head_kv * D;
-    fg_tensor xn = rows_of(&s->xn, n);
+    fg_tensor xn = enc ? *x : rows_of(&s->xn, n); // the layer's input
 
     // ---- attention
     fg_tensor q, k, v;
@@ -248,9 +252,9 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
     if (last && n_out == 0)
         return FG_OK; // no logits wanted: the K/V of the step is all that matters
     fg_tensor att = rows_of(&s->att, n);
-    fg_attn_params ap = {.layer = il, .n_head = n_head, .scale = 1.0f / sqrtf((float)D), .causal = true};
+    fg_attn_params ap = {.layer = il, .n_head = n_head, .scale = 1.0f / sqrtf((float)D), .causal = hp->causal};
     OP(fg_op_attention(be, &att, &q, &kv->view, &ap));
-    if (last && n_out < n) {
+    if (last && n_out >= 0 && n_out < n) {
         fg_tensor ag = rows_of(&s->q, n_out), xg = rows_of(&s->xo, n_out);
         OP(fg_op_gather_out(be, &ag, &att));
         OP(fg_op_gather_out(be, &xg, x));
@@ -258,9 +262,13 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
         *x = xg;
         n = n_out;
         *n_rows = n;
-        xn = rows_of(&s->xn, n);
+        xn = enc ? *x : rows_of(&s->xn, n);
     }
-    if (m->tp.size > 1) {
+    if (enc) { // x = LN(x + att . wo^T + bo)
+        OP(matmul(m, ac, x, ly->wo, &att, ly->bo, true));
+        OP(fg_op_layernorm(be, x, x, ly->attn_out_norm, ly->attn_out_norm_b, hp->norm_eps));
+        xn = *x;
+    } else if (m->tp.size > 1) {
         OP(tp_reduce_residual(m, ac, x, &xn, ly->wo, &att, ly->bo, ly->post_attn_norm, ly->ffn_norm, n));
     } else if (ly->post_attn_norm) {
         fg_tensor ao = rows_of(&s->ao, n);
@@ -276,7 +284,10 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
     // ---- feed-forward
     const int64_t F = m->tp.n_ff;
     fg_tensor h = rows_of(&s->h, n);
-    if (ly->w_gate_up) {
+    if (m->at->ffn_gelu) { // bert: gelu(x . up^T + b_up)
+        OP(matmul(m, ac, &h, ly->w_up, &xn, ly->b_up, false));
+        OP(fg_op_gelu(be, &h, &h, FG_GELU_ERF));
+    } else if (ly->w_gate_up) {
         fg_tensor gu = rows_of(&s->g, n); // [n][2*n_ff] = gate | up
         OP(matmul(m, ac, &gu, ly->w_gate_up, &xn, NULL, false));
         fg_tensor gate = fg_tensor_rows(&gu, 0, F, n, gu.nb[1]);
@@ -288,8 +299,11 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
         OP(matmul(m, ac, &u, ly->w_up, &xn, NULL, false));
         OP(fg_op_swiglu(be, &h, &g, &u));
     }
-    const fg_tensor *next_norm = last ? m->output_norm : m->layers[il + 1].attn_norm;
-    if (m->tp.size > 1) {
+    const fg_tensor *next_norm = enc ? NULL : last ? m->output_norm : m->layers[il + 1].attn_norm;
+    if (enc) { // x = LN(x + h . down^T + b_down)
+        OP(matmul(m, ac, x, ly->w_down, &h, ly->b_down, true));
+        OP(fg_op_layernorm(be, x, x, ly->layer_out_norm, ly->layer_out_norm_b, hp->norm_eps));
+    } else if (m->tp.size > 1) {
         OP(tp_reduce_residual(m, ac, x, &xn, ly->w_down, &h, NULL, ly->post_ffw_norm, next_norm, n));
     } else if (ly->post_ffw_norm) {
         fg_tensor ao = rows_of(&s->ao, n);
@@ -304,17 +318,35 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
     return FG_OK;
 }
 
-// The ops of one step, between step_begin and step_end.
+// The ops of one step, between step_begin and step_end. An embedding model (a pooling type)
+// keeps every row through the last layer and ends with the pooled, normalised vector of each
+// sequence, downloaded into m->embd instead of logits (issue 14).
 static fg_status run_ops(fg_model *m, fg_kv_store *kv, const fg_step *st) {
     fg_backend *be = m->be;
     fg_scratch *s = &m->s;
+    const fg_hparams *hp = &m->hp;
+    const bool embed = hp->pooling != FG_POOL_NONE;
     int64_t n = st->n_tokens;
     act_cache ac = {0};
     fg_tensor x = rows_of(&s->x, n), xn = rows_of(&s->xn, n);
     OP(fg_op_get_rows(be, &x, m->tok_embd));
-    OP(fg_op_rmsnorm(be, &xn, &x, m->layers[0].attn_norm, m->hp.rms_eps));
-    for (int32_t il = 0; il < m->hp.n_layer; il++)
-        FG_TRY(run_layer(m, kv, &ac, il, &n, il == m->hp.n_layer - 1 ? st->n_out : -1, &x));
+    if (m->at->encoder) { // + position row + token type 0, LayerNorm with bias
+        if (m->pos_embd)
+            OP(fg_op_add_rows(be, &x, m->pos_embd, FG_ROWS_POS, 0));
+        if (m->type_embd)
+            OP(fg_op_add_rows(be, &x, m->type_embd, FG_ROWS_FIXED, 0));
+        OP(fg_op_layernorm(be, &x, &x, m->embd_norm, m->embd_norm_b, hp->norm_eps));
+    } else {
+        OP(fg_op_rmsnorm(be, &xn, &x, m->layers[0].attn_norm, hp->rms_eps));
+    }
+    for (int32_t il = 0; il < hp->n_layer; il++)
+        FG_TRY(run_layer(m, kv, &ac, il, &n, il == hp->n_layer - 1 && !embed ? st->n_out : -1, &x));
+    if (embed) { // the encoder's last x, or the decoder's output_norm(x) in xn
+        fg_tensor e = rows_of(&s->emb, st->n_seqs);
+        OP(fg_op_pool(be, &e, m->at->encoder ? &x : &xn, (fg_pool_mode)hp->pooling, hp->normalize));
+        OP(fg_op_check_finite(be, &e, 0));
+        return fg_op_download_async(be, &e, 0, m->embd, (size_t)st->n_seqs * (size_t)hp->n_embd * sizeof(float));
+    }
     if (st->n_out == 0 || m->tp.rank > 0)
         return FG_OK; // (a tensor-parallel worker: rank 0 computes the logits)
     // xn holds output_norm(x) for the n_out rows
@@ -345,6 +377,13 @@ static fg_status run_ops(fg_model *m, fg_kv_store *kv, const fg_step *st) {
 fg_status fg_model_submit(fg_model *m, fg_kv_store *kv, const fg_batch *b) {
     if (!m || !kv || kv->m != m)
         return FG_FAIL(FG_ERR_INVALID_ARG, "forward: the KV store belongs to another model");
+    if (m->at->encoder || m->hp.pooling != FG_POOL_NONE) // issue 14
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: %s model with %s: it has no logits to generate text from",
+                       m->path, m->at->name,
+                       m->hp.pooling != FG_POOL_NONE ? "a pooling type (an embedding model: forge embed)"
+                                                     : "no output head (an encoder)");
+    if (m->e_pending >= 0)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "forward: an embedding step was submitted and not waited for");
     if (m->pending)
         return FG_FAIL(FG_ERR_INVALID_ARG, "forward: the previous step was submitted and not waited for");
     fg_step step;
@@ -423,3 +462,10 @@ fg_status fg_model_forward(fg_model *m, fg_kv_store *kv, const fg_batch *b, floa
         memcpy(logits, lg, (size_t)n_out * (size_t)m->hp.n_vocab * sizeof(float));
     return FG_OK;
 }
+
+// ---- for embed.c (issue 14): the same step building and ops as fg_model_submit
+fg_status fg_model_make_step(fg_model *m, fg_kv_store *kv, const fg_batch *b, fg_step *st) {
+    return make_step(m, kv, b, st);
+}
+
+fg_status fg_model_run_step(fg_model *m, fg_kv_store *kv, const fg_step *st) { return run_ops(m, kv, st); }

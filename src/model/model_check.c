@@ -27,36 +27,76 @@
 //   rope_freqs.weight                  rope frequency factors (llama 3 style scaling)
 //   blk.N.attn_{q,k,v}.bias            attention biases (qwen2: all three or none)
 //   blk.N.attn_output.bias
+// Encoders (bert, nomic-bert; issue 14) instead of the decoders' attn_norm / ffn_norm /
+// output_norm / output / rope_freqs: position_embd (bert), token_types, token_embd_norm.{weight,
+// bias}, per layer attn_output_norm and layer_output_norm (weight and bias); known-optional:
+//   blk.N.attn_qkv.{weight,bias}       fused q|k|v (in place of attn_q/k/v)
+//   blk.N.ffn_up.bias, ffn_down.bias   bert's FFN biases
 // Anything else the architecture does not use is refused: a file labelled llama that carries
 // qwen3's q/k norms, or a layer tensor no layer reads, would otherwise load and produce wrong text.
 
-enum { NEED_ALWAYS, NEED_UNFUSED, NEED_QK_NORM, NEED_POST_NORMS, NEED_OPTIONAL };
+enum {
+    NEED_ALWAYS,
+    NEED_DECODER,   // llama, qwen2, qwen3, glm4
+    NEED_GATE,      // a separate ffn_gate: decoders without glm4's fused gate|up, nomic-bert
+    NEED_QK_NORM,
+    NEED_POST_NORMS,
+    NEED_OPTIONAL,
+    NEED_ENCODER,   // bert, nomic-bert (issue 14)
+    NEED_ABS_POS,   // bert's learned positions
+    NEED_FFN_BIAS,  // bert's GELU FFN
+    NEED_ROPE_DEC,  // decoders with rope (rope_freqs)
+};
 
 static const struct {
     const char *suffix;
     int need;
 } k_layer_tensors[] = {
-    {"attn_norm.weight", NEED_ALWAYS},          {"attn_q.weight", NEED_ALWAYS},
+    {"attn_norm.weight", NEED_DECODER},         {"attn_q.weight", NEED_ALWAYS},
     {"attn_k.weight", NEED_ALWAYS},             {"attn_v.weight", NEED_ALWAYS},
-    {"attn_output.weight", NEED_ALWAYS},        {"ffn_norm.weight", NEED_ALWAYS},
+    {"attn_output.weight", NEED_ALWAYS},        {"ffn_norm.weight", NEED_DECODER},
     {"ffn_up.weight", NEED_ALWAYS},             {"ffn_down.weight", NEED_ALWAYS},
-    {"ffn_gate.weight", NEED_UNFUSED},          {"attn_q_norm.weight", NEED_QK_NORM},
+    {"ffn_gate.weight", NEED_GATE},             {"attn_q_norm.weight", NEED_QK_NORM},
     {"attn_k_norm.weight", NEED_QK_NORM},       {"post_attention_norm.weight", NEED_POST_NORMS},
     {"post_ffw_norm.weight", NEED_POST_NORMS},  {"attn_q.bias", NEED_OPTIONAL},
     {"attn_k.bias", NEED_OPTIONAL},             {"attn_v.bias", NEED_OPTIONAL},
     {"attn_output.bias", NEED_OPTIONAL},
+    {"attn_qkv.weight", NEED_ENCODER},          {"attn_qkv.bias", NEED_ENCODER},
+    {"attn_output_norm.weight", NEED_ENCODER},  {"attn_output_norm.bias", NEED_ENCODER},
+    {"layer_output_norm.weight", NEED_ENCODER}, {"layer_output_norm.bias", NEED_ENCODER},
+    {"ffn_up.bias", NEED_FFN_BIAS},             {"ffn_down.bias", NEED_FFN_BIAS},
 };
 
-static const char *const k_global_tensors[] = {"token_embd.weight", "output_norm.weight",
-                                               "output.weight", "rope_freqs.weight"};
+static const struct {
+    const char *name;
+    int need;
+} k_global_tensors[] = {
+    {"token_embd.weight", NEED_ALWAYS},       {"output_norm.weight", NEED_DECODER},
+    {"output.weight", NEED_DECODER},          {"rope_freqs.weight", NEED_ROPE_DEC},
+    {"position_embd.weight", NEED_ABS_POS},   {"token_types.weight", NEED_ENCODER},
+    {"token_embd_norm.weight", NEED_ENCODER}, {"token_embd_norm.bias", NEED_ENCODER},
+};
 
 static bool arch_uses(const fg_arch_traits *at, int need) {
     switch (need) {
-    case NEED_UNFUSED: return !at->fused_gate_up;
+    case NEED_DECODER: return !at->encoder;
+    case NEED_GATE: return !at->fused_gate_up && !at->ffn_gelu;
     case NEED_QK_NORM: return at->qk_norm;
     case NEED_POST_NORMS: return at->post_norms;
+    case NEED_ENCODER: return at->encoder;
+    case NEED_ABS_POS: return at->abs_pos;
+    case NEED_FFN_BIAS: return at->ffn_gelu;
+    case NEED_ROPE_DEC: return !at->encoder;
     default: return true;
     }
+}
+
+// The architecture that uses a tensor this one does not (for the message).
+static const char *user_of(const fg_arch_traits *at, int need) {
+    for (int a = 0; a < FG_ARCH_COUNT; a++)
+        if (&fg_arch_table[a] != at && arch_uses(&fg_arch_table[a], need))
+            return fg_arch_table[a].name;
+    return "another architecture";
 }
 
 // "blk.<N>.<suffix>": N (decimal, no sign or leading zero) and the suffix; false otherwise.
@@ -81,11 +121,17 @@ static fg_status check_names(const fg_gguf *g, const char *path, const fg_arch_t
     int64_t nt = fg_gguf_n_tensors(g);
     for (int64_t i = 0; i < nt; i++) {
         const char *name = fg_gguf_tensor_at(g, i)->name;
-        bool known = false;
-        for (size_t k = 0; k < FG_ARRAY_LEN(k_global_tensors) && !known; k++)
-            known = !strcmp(name, k_global_tensors[k]);
-        if (known)
+        int global = -1;
+        for (size_t k = 0; k < FG_ARRAY_LEN(k_global_tensors) && global < 0; k++)
+            if (!strcmp(name, k_global_tensors[k].name))
+                global = (int)k;
+        if (global >= 0 && arch_uses(at, k_global_tensors[global].need))
             continue;
+        if (global >= 0)
+            return FG_FAIL(FG_ERR_FORMAT,
+                           "%s: tensor '%s' is not used by architecture '%s' (it is %s's): the "
+                           "file's general.architecture and its tensors disagree",
+                           path, name, at->name, user_of(at, k_global_tensors[global].need));
         long blk = -1;
         const char *suffix = NULL;
         int row = -1;
@@ -99,16 +145,11 @@ static fg_status check_names(const fg_gguf *g, const char *path, const fg_arch_t
                            path, name, blk, at->name, hp->n_layer);
         if (row >= 0 && arch_uses(at, k_layer_tensors[row].need))
             continue;
-        if (row >= 0) { // a tensor of another architecture
-            const char *other = "another architecture";
-            for (int a = 0; a < FG_ARCH_COUNT; a++)
-                if (&fg_arch_table[a] != at && arch_uses(&fg_arch_table[a], k_layer_tensors[row].need))
-                    other = fg_arch_table[a].name;
+        if (row >= 0) // a tensor of another architecture
             return FG_FAIL(FG_ERR_FORMAT,
                            "%s: tensor '%s' is not used by architecture '%s' (it is %s's): the "
                            "file's general.architecture and its tensors disagree",
-                           path, name, at->name, other);
-        }
+                           path, name, at->name, user_of(at, k_layer_tensors[row].need));
         return FG_FAIL(FG_ERR_FORMAT,
                        "%s: tensor '%s' is not used by architecture '%s' (nor on its list of "
                        "optional tensors): a model with tensors no layer reads is refused",
@@ -119,7 +160,7 @@ static fg_status check_names(const fg_gguf *g, const char *path, const fg_arch_t
 
 // ---- hyper-parameters the loader read with a wider range than a working model allows
 static fg_status check_hparams(const char *path, const fg_arch_traits *at, const fg_hparams *hp) {
-    if (hp->n_rot < 2) // no dimension rotated: the attention sees no positions
+    if (hp->n_rot < 2 && !at->abs_pos) // no dimension rotated: the attention sees no positions
         return FG_FAIL(FG_ERR_FORMAT,
                        "%s: key '%s.rope.dimension_count' is %d: expected an even number in "
                        "[2, %d] (the head size)",

@@ -14,6 +14,8 @@ typedef enum fg_arch {
     FG_ARCH_QWEN2,
     FG_ARCH_QWEN3,
     FG_ARCH_GLM4,
+    FG_ARCH_BERT,       // encoders (issue 14)
+    FG_ARCH_NOMIC_BERT,
     FG_ARCH_COUNT
 } fg_arch;
 
@@ -25,10 +27,15 @@ typedef struct fg_arch_traits {
     bool qk_norm;          // per-head RMSNorm of q and k before rope (qwen3)
     bool post_norms;       // post_attention_norm / post_ffw_norm before the residual adds (glm4)
     bool fused_gate_up;    // ffn_up is [2*n_ff][n_embd] = gate | up halves (glm4)
+    // encoders (issue 14): token-type embeddings and a LayerNorm (with bias) of the embeddings,
+    // then per layer x = LN(x + attn(x)), x = LN(x + ffn(x)) (post-norm), no output head
+    bool encoder;
+    bool abs_pos;          // learned absolute position embeddings (position_embd), no rope (bert)
+    bool ffn_gelu;         // ffn: down(gelu(up x + b) + b) (bert); else down(silu(gate x) * up x)
 } fg_arch_traits;
 
 extern const fg_arch_traits fg_arch_table[FG_ARCH_COUNT];
-// Index in fg_arch_table, or -1; `list` gets "llama, qwen2, qwen3, glm4".
+// Index in fg_arch_table, or -1; fg_arch_list: "llama, qwen2, ..., nomic-bert".
 int fg_arch_find(const char *name, size_t len);
 const char *fg_arch_list(void);
 
@@ -45,6 +52,12 @@ typedef struct fg_hparams {
     float rms_eps;
     float rope_freq_base;
     float rope_freq_scale;
+    // embedding models (issue 14)
+    float norm_eps;    // encoders: attention.layer_norm_epsilon (LayerNorm)
+    bool causal;       // attention.causal (default true; encoders say false)
+    int32_t pooling;   // pooling_type: fg_pool_mode (FG_POOL_NONE: no embeddings)
+    bool normalize;    // sentence_transformers.normalize: L2-normalise the pooled vector
+    int32_t max_seq;   // sentence_transformers.max_seq_length, else n_ctx_train: the input limit
 } fg_hparams;
 
 // Weight views in the model's backend buffer; NULL when absent (optional tensors).
@@ -72,6 +85,13 @@ typedef struct fg_layer {
                                   // concatenated at load when their types match; else NULL
     const fg_tensor *w_down;      // [n_embd][n_ff]
     const fg_tensor *post_ffw_norm; // F32 [n_embd] (glm4) or NULL
+    // encoders (issue 14); wqkv may be the file's attn_qkv ([3*n_embd][n_embd], bqkv its bias)
+    const fg_tensor *attn_out_norm;   // F32 [n_embd] LayerNorm after the attention's residual add
+    const fg_tensor *attn_out_norm_b; // F32 [n_embd]
+    const fg_tensor *layer_out_norm;  // F32 [n_embd] LayerNorm after the FFN's residual add
+    const fg_tensor *layer_out_norm_b;
+    const fg_tensor *b_up;            // F32 [n_ff] (bert's GELU FFN) or NULL
+    const fg_tensor *b_down;          // F32 [n_embd] or NULL
 } fg_layer;
 
 // Tensor parallelism (fg_model_opts.tp_*): this model's share of every layer. Rank r of N
@@ -104,6 +124,7 @@ typedef struct fg_scratch {
     fg_tensor lg;   // [lg_rows][n_vocab] one chunk of logits
     fg_tensor samp; // I32 [max_logit_rows][FG_SAMPLE_RESULT_WORDS] sample results
     int32_t lg_rows;
+    fg_tensor emb;  // [max_seqs][n_embd] pooled embeddings (embedding models, issue 14)
     void *act;      // activations converted for the matmuls (fg_op_convert), act_bytes
     size_t act_bytes;
 } fg_scratch;
@@ -130,6 +151,11 @@ struct fg_model {
     const fg_tensor *output;      // [n_vocab][n_embd] (token_embd when tied)
     const fg_tensor *rope_freqs;  // F32 [n_rot/2] or NULL
     fg_layer *layers;             // [n_layer]
+    // encoders (issue 14)
+    const fg_tensor *pos_embd;    // [n_ctx_train][n_embd] (bert) or NULL
+    const fg_tensor *type_embd;   // [n_types][n_embd] or NULL (token type 0 is added)
+    const fg_tensor *embd_norm;   // F32 [n_embd] LayerNorm of the embeddings, and its bias
+    const fg_tensor *embd_norm_b;
 
     fg_scratch s;
     fg_tp tp;
@@ -145,6 +171,16 @@ struct fg_model {
     bool pending;          // a step was submitted and not yet waited for
     bool pending_sampled;  // it sampled (results in samples, not logits)
     int32_t pending_out;   // its n_out
+    // embedding models (issue 14, embed.c): a KV store used as the attention's scratch (every
+    // input is whole in its step; F32, so no rounding), the batch built per step, the results
+    fg_kv_store *ekv;
+    int32_t *e_tokens, *e_pos, *e_seq; // [max_batch_tokens]
+    bool *e_want;                      // [max_batch_tokens] all false (no logits)
+    int32_t *e_n_kv;                   // [max_seqs]
+    int32_t *e_pages;                  // [ekv pages] 0, 1, 2, ...: a sequence takes consecutive pages
+    const int32_t **e_pt;              // [max_seqs] page table of each sequence (into e_pages)
+    float *embd;                       // [max_seqs][n_embd] pooled vectors (backend host memory)
+    int32_t e_pending;                 // sequences of the submitted embedding step, -1: none
 };
 
 // model_check.c: the file's tensors, the hyper-parameters and every weight's values agree with
@@ -152,6 +188,15 @@ struct fg_model {
 // known-optional tensors). n_threads: for the NaN/inf scan (0: the cores, at most 8).
 fg_status fg_model_check(const fg_gguf *g, const char *path, const fg_arch_traits *at,
                          const fg_hparams *hp, int32_t n_threads);
+
+// forward.c: the ops of one step (between fg_step_begin and fg_step_end): logits for the rows
+// that want them, or, for an embedding model, the pooled vector of each sequence into m->embd.
+fg_status fg_model_run_step(fg_model *m, fg_kv_store *kv, const fg_step *st);
+// forward.c: checks the batch and fills the step (host metadata in the KV store's scratch).
+fg_status fg_model_make_step(fg_model *m, fg_kv_store *kv, const fg_batch *b, fg_step *st);
+// embed.c: the embedding state (KV scratch, batch arrays, results) of an embedding model, at load.
+fg_status fg_model_embed_init(fg_model *m);
+void fg_model_embed_free(fg_model *m);
 
 struct fg_kv_store {
     fg_model *m; // borrowed

@@ -90,6 +90,46 @@ static fg_status get_hp_float(const loader *L, const char *suffix, double def, b
     return FG_OK;
 }
 
+// Embedding models (issue 14): <arch>.attention.causal (encoders: default false; a generation
+// model may not be non-causal), <arch>.pooling_type (llama.cpp's enum: 0 none, 1 mean, 2 cls,
+// 3 last; 4 rank is a reranker's head, not supported), and sentence-transformers' normalize and
+// max_seq_length (the input limit, at most context_length; absent: context_length).
+static fg_status read_embedding_hparams(loader *L, fg_hparams *hp) {
+    const bool enc = L->m->at->encoder;
+    char key[160];
+    hp->causal = !enc;
+    if (has_key(L, "attention.causal", key, sizeof key))
+        FG_TRY(fg_gguf_get_bool(L->g, key, &hp->causal));
+    if (!enc && !hp->causal)
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: %s = false: non-causal attention is supported for encoders "
+                                           "(bert, nomic-bert) only", L->path, key);
+    hp->pooling = FG_POOL_NONE;
+    if (has_key(L, "pooling_type", key, sizeof key)) {
+        int64_t v = 0;
+        FG_TRY(fg_gguf_get_int(L->g, key, &v));
+        if (v == 4)
+            return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: %s = 4 (rank: a reranker's classification head) is not "
+                                               "supported (none 0, mean 1, cls 2, last 3)", L->path, key);
+        if (v < 0 || v > 3)
+            return FG_FAIL(FG_ERR_FORMAT, "%s: key '%s': expected 0 (none), 1 (mean), 2 (cls) or 3 (last), "
+                                          "found %lld", L->path, key, (long long)v);
+        hp->pooling = (int32_t)v;
+    }
+    hp->normalize = false;
+    if (fg_gguf_find_key(L->g, "sentence_transformers.normalize") >= 0)
+        FG_TRY(fg_gguf_get_bool(L->g, "sentence_transformers.normalize", &hp->normalize));
+    hp->max_seq = hp->n_ctx_train;
+    if (fg_gguf_find_key(L->g, "sentence_transformers.max_seq_length") >= 0) {
+        int64_t v = 0;
+        FG_TRY(fg_gguf_get_int(L->g, "sentence_transformers.max_seq_length", &v));
+        if (v < 1)
+            return FG_FAIL(FG_ERR_FORMAT, "%s: key 'sentence_transformers.max_seq_length': expected >= 1, "
+                                          "found %lld", L->path, (long long)v);
+        hp->max_seq = (int32_t)FG_MIN(v, (int64_t)hp->n_ctx_train);
+    }
+    return FG_OK;
+}
+
 static fg_status read_hparams(loader *L, fg_hparams *hp) {
     const char *p = L->path;
     char key[160], key2[160];
@@ -129,16 +169,21 @@ static fg_status read_hparams(loader *L, fg_hparams *hp) {
         return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: %s (%d) differs from the key length (%d)", p, key,
                        v_len, hp->head_dim);
     }
-    FG_TRY(get_hp_int(L, "rope.dimension_count", hp->head_dim, 0, hp->head_dim, &hp->n_rot));
+    if (L->m->at->abs_pos) // bert: learned positions, nothing rotated (issue 14)
+        hp->n_rot = 0;
+    else
+        FG_TRY(get_hp_int(L, "rope.dimension_count", hp->head_dim, 0, hp->head_dim, &hp->n_rot));
     if (hp->n_rot % 2 != 0) {
         has_key(L, "rope.dimension_count", key, sizeof key);
         return FG_FAIL(FG_ERR_FORMAT, "%s: %s: expected an even number, found %d", p, key,
                        hp->n_rot);
     }
     double eps = 0, base = 10000.0, scale = 0, linear = 0;
-    FG_TRY(get_hp_float(L, "attention.layer_norm_rms_epsilon", 0, true, &eps));
+    // encoders normalise with LayerNorm (issue 14); BERT's eps is 1e-12
+    const char *eps_key = L->m->at->encoder ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon";
+    FG_TRY(get_hp_float(L, eps_key, 0, true, &eps));
     if (!(eps > 0 && eps < 1)) {
-        has_key(L, "attention.layer_norm_rms_epsilon", key, sizeof key);
+        has_key(L, eps_key, key, sizeof key);
         return FG_FAIL(FG_ERR_FORMAT, "%s: key '%s': expected a value in (0, 1), found %g", p, key,
                        eps);
     }
@@ -166,8 +211,10 @@ static fg_status read_hparams(loader *L, fg_hparams *hp) {
                        L->arch, scale);
     }
     hp->rms_eps = (float)eps;
+    hp->norm_eps = (float)eps;
     hp->rope_freq_base = (float)base;
     hp->rope_freq_scale = scale == 0 ? 1.0f : (float)(1.0 / scale);
+    FG_TRY(read_embedding_hparams(L, hp));
     if (has_key(L, "expert_count", key, sizeof key)) {
         int32_t n_expert = 0;
         FG_TRY(get_hp_int(L, "expert_count", 0, 0, 1 << 16, &n_expert));
@@ -307,6 +354,77 @@ static fg_status bind_layer(loader *L, int il, fg_layer *ly) {
     return FG_OK;
 }
 
+// Encoders (issue 14), llama.cpp's names: q/k/v with biases, or the fused attn_qkv (and its
+// bias); the output projection (bias optional); post-LayerNorms with biases; bert's FFN up and
+// down with biases (optional), nomic-bert's gate, up and down without.
+static fg_status bind_encoder_layer(loader *L, int il, fg_layer *ly) {
+    const fg_hparams *hp = &L->m->hp;
+    const fg_arch_traits *at = L->m->at;
+    int64_t E = hp->n_embd, D = hp->head_dim, Q = (int64_t)hp->n_head * D,
+            KV = (int64_t)hp->n_head_kv * D, F = hp->n_ff;
+    char n[96];
+#define BIND(field, suffix, ne0, ne1, req, f32)                       \
+    do {                                                              \
+        snprintf(n, sizeof n, "blk.%d.%s", il, suffix);               \
+        FG_TRY(bind(L, n, (ne0), (ne1), (req), (f32), &ly->field));   \
+    } while (0)
+    BIND(wqkv, "attn_qkv.weight", E, Q + 2 * KV, false, false);
+    if (ly->wqkv) {
+        BIND(bqkv, "attn_qkv.bias", Q + 2 * KV, 0, false, true);
+    } else {
+        BIND(wq, "attn_q.weight", E, Q, true, false);
+        BIND(wk, "attn_k.weight", E, KV, true, false);
+        BIND(wv, "attn_v.weight", E, KV, true, false);
+        BIND(bq, "attn_q.bias", Q, 0, false, true);
+        BIND(bk, "attn_k.bias", KV, 0, false, true);
+        BIND(bv, "attn_v.bias", KV, 0, false, true);
+    }
+    BIND(wo, "attn_output.weight", Q, E, true, false);
+    BIND(bo, "attn_output.bias", E, 0, false, true);
+    BIND(attn_out_norm, "attn_output_norm.weight", E, 0, true, true);
+    BIND(attn_out_norm_b, "attn_output_norm.bias", E, 0, true, true);
+    BIND(w_up, "ffn_up.weight", E, F, true, false);
+    if (at->ffn_gelu) {
+        BIND(b_up, "ffn_up.bias", F, 0, false, true);
+        BIND(b_down, "ffn_down.bias", E, 0, false, true);
+    } else {
+        BIND(w_gate, "ffn_gate.weight", E, F, true, false);
+    }
+    BIND(w_down, "ffn_down.weight", F, E, true, false);
+    BIND(layer_out_norm, "layer_output_norm.weight", E, 0, true, true);
+    BIND(layer_out_norm_b, "layer_output_norm.bias", E, 0, true, true);
+#undef BIND
+    return FG_OK;
+}
+
+// An embedding table add_rows reads (position_embd, token_types): a type the backend takes.
+static fg_status check_rows_table(loader *L, const char *name, const fg_tensor *t) {
+    if (t && !fg_backend_supports(L->m->be, FG_OP_ADD_ROWS, t->type))
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: tensor '%s': type %s is not supported by the %s backend "
+                                           "(f32, f16 or bf16)", L->path, name, fg_type_name(t->type),
+                       L->m->be->ops->name);
+    return FG_OK;
+}
+
+static fg_status bind_encoder(loader *L) {
+    fg_model *m = L->m;
+    const fg_hparams *hp = &m->hp;
+    if (m->at->abs_pos) {
+        FG_TRY(bind(L, "position_embd.weight", hp->n_embd, hp->n_ctx_train, true, false, &m->pos_embd));
+        FG_TRY(check_rows_table(L, "position_embd.weight", m->pos_embd));
+    }
+    // token types: any number of rows (BERT has 2); type 0 is added to every token
+    const fg_gguf_tensor *tt = fg_gguf_find_tensor(L->g, "token_types.weight");
+    int64_t n_types = tt && tt->n_dims == 2 && tt->ne[1] >= 1 && tt->ne[1] <= 1024 ? tt->ne[1] : 2;
+    FG_TRY(bind(L, "token_types.weight", hp->n_embd, n_types, false, false, &m->type_embd));
+    FG_TRY(check_rows_table(L, "token_types.weight", m->type_embd));
+    FG_TRY(bind(L, "token_embd_norm.weight", hp->n_embd, 0, true, true, &m->embd_norm));
+    FG_TRY(bind(L, "token_embd_norm.bias", hp->n_embd, 0, true, true, &m->embd_norm_b));
+    for (int il = 0; il < hp->n_layer; il++)
+        FG_TRY(bind_encoder_layer(L, il, &m->layers[il]));
+    return FG_OK;
+}
+
 static fg_status bind_all(loader *L) {
     fg_model *m = L->m;
     const fg_hparams *hp = &m->hp;
@@ -317,6 +435,8 @@ static fg_status bind_all(loader *L) {
                        "'token_embd.weight' has %lld rows",
                        L->path, hp->n_vocab, (long long)te->ne[1]);
     FG_TRY(bind(L, "token_embd.weight", hp->n_embd, hp->n_vocab, true, false, &m->tok_embd));
+    if (m->at->encoder)
+        return bind_encoder(L); // no output head
     FG_TRY(bind(L, "output_norm.weight", hp->n_embd, 0, true, true, &m->output_norm));
     FG_TRY(bind(L, "output.weight", hp->n_embd, hp->n_vocab, false, false, &m->output));
     if (!m->output)
@@ -379,6 +499,9 @@ static const fg_tensor *add_fused(loader *L, uint32_t type, int64_t ne0, int64_t
 static fg_status tp_setup(loader *L, int32_t size, int32_t rank, fg_comm *comm) {
     fg_model *m = L->m;
     const fg_hparams *hp = &m->hp;
+    if (size > 1 && (m->at->encoder || hp->pooling != FG_POOL_NONE)) // issue 14
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: tensor parallelism is for generation models; an embedding model "
+                                           "(%s, pooling %d) runs on one device", L->path, L->arch, hp->pooling);
     const struct {
         const char *suffix;
         int32_t v;
@@ -480,7 +603,7 @@ static void plan_fusion(loader *L) {
                   F = m->tp.n_ff;
     for (int il = 0; il < hp->n_layer; il++) {
         fg_layer *ly = &m->layers[il];
-        if (ly->wq->type == ly->wk->type && ly->wq->type == ly->wv->type) {
+        if (ly->wq && ly->wq->type == ly->wk->type && ly->wq->type == ly->wv->type) { // (not a file's attn_qkv)
             const fg_tensor *w[3] = {ly->wq, ly->wk, ly->wv};
             uint64_t wb[3];
             for (int k = 0; k < 3; k++)
@@ -498,7 +621,7 @@ static void plan_fusion(loader *L) {
             uint64_t wb[2] = {bound_bytes(ly->w_gate), bound_bytes(ly->w_up)};
             ly->w_gate_up = add_fused(L, ly->w_gate->type, E, 2 * F, w, wb, 2);
             ly->w_gate = ly->w_up = NULL;
-        } else if (!ly->w_gate) {
+        } else if (!ly->w_gate && m->at->fused_gate_up) {
             ly->w_gate_up = ly->w_up; // glm4: the file's fused gate|up
             ly->w_up = NULL;
         }
@@ -627,10 +750,11 @@ static fg_status alloc_scratch(fg_model *m) {
     const fg_hparams *hp = &m->hp;
     fg_scratch *s = &m->s;
     // this rank's heads and FFN rows (all of them without tensor parallelism); a worker rank
-    // computes no logits
+    // computes no logits, nor does an encoder or an embedding model (issue 14)
     int64_t T = m->max_batch_tokens, E = hp->n_embd, Q = (int64_t)m->tp.n_head * hp->head_dim,
             KV = (int64_t)m->tp.n_head_kv * hp->head_dim, F = m->tp.n_ff;
-    s->lg_rows = m->tp.rank > 0 ? 1 : (int32_t)FG_MIN(T, 64);
+    const bool embeds = hp->pooling != FG_POOL_NONE, encoder = m->at->encoder;
+    s->lg_rows = m->tp.rank > 0 || encoder || embeds ? 1 : (int32_t)FG_MIN(T, 64);
     struct {
         fg_tensor *t;
         int64_t cols, rows;
@@ -639,6 +763,7 @@ static fg_status alloc_scratch(fg_model *m) {
         {&s->q, Q, T},   {&s->k, KV, T},  {&s->v, KV, T},          {&s->att, Q, T},
         {&s->g, 2 * F, T}, {&s->u, F, T}, {&s->h, F, T},           {&s->xo, E, T},
         {&s->lg, hp->n_vocab, s->lg_rows},
+        {&s->emb, E, embeds ? m->max_seqs : 1},
     };
     uint64_t offs[FG_ARRAY_LEN(plan)], end = 0;
     for (size_t i = 0; i < FG_ARRAY_LEN(plan); i++) {
@@ -692,6 +817,9 @@ static fg_status alloc_scratch(fg_model *m) {
     };
     FG_TRY(fg_backend_reserve(be, &lim));
     // the logits of a step come back into host memory the backend can copy into asynchronously
+    // (an embedding model's pooled vectors instead: embed.c, issue 14)
+    if (encoder || embeds)
+        return FG_OK;
     size_t lb = 0;
     if (!fg_mul_size(m->tp.rank > 0 ? 1 : (size_t)m->max_logit_rows, (size_t)hp->n_vocab * sizeof(float), &lb))
         return FG_FAIL(FG_ERR_INVALID_ARG, "%s: %d logit rows overflow", m->path, m->max_logit_rows);
@@ -735,6 +863,11 @@ static void fill_info(fg_model *m, const loader *L) {
     in->max_sample_entries = m->max_sample_entries;
     in->async_steps = m->be->ops->async_steps;
     in->scratch_bytes = m->be->ops->buf_size(m->s.buf);
+    in->pooling = hp->pooling; // embedding models (issue 14)
+    in->causal = hp->causal;
+    in->normalize = hp->normalize;
+    in->max_seq = hp->max_seq;
+    in->max_embed_tokens = FG_MIN(hp->max_seq, m->max_batch_tokens);
     uint64_t params = 0, bytes = 0, per_tok = 0, layer_params = 0;
     for (int32_t i = 0; i < m->n_tensors; i++) {
         const fg_tensor *t = &m->tensors[i];
@@ -862,7 +995,8 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
     }
     m->name = model_name(m->gguf, path);
 
-    L.cap = 4 + 24 * m->hp.n_layer; // bound tensors (<= 17 a layer), then fused ones (<= 4 a layer)
+    // bound tensors (<= 5 global, <= 17 a layer), then fused ones (<= 4 a layer)
+    L.cap = 8 + 24 * m->hp.n_layer;
     m->tensors = fg_xcalloc((size_t)L.cap, sizeof *m->tensors);
     L.src = fg_xcalloc((size_t)L.cap, sizeof *L.src);
     L.parts = fg_xcalloc((size_t)L.cap, sizeof *L.parts);
@@ -888,6 +1022,9 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
     m->seq_count = fg_xcalloc((size_t)m->max_seqs, sizeof *m->seq_count);
     m->seq_first = fg_xcalloc((size_t)m->max_seqs, sizeof *m->seq_first);
     m->out_rows = fg_xcalloc((size_t)m->max_batch_tokens, sizeof *m->out_rows);
+    m->e_pending = -1;
+    if (m->hp.pooling != FG_POOL_NONE && (st = fg_model_embed_init(m)) != FG_OK) // embed.c
+        goto fail;
     fill_info(m, &L);
     free(L.src);
     free(L.parts);
@@ -908,6 +1045,7 @@ void fg_model_destroy(fg_model *m) {
     if (!m)
         return;
     fg_tp_group_destroy(m->tp.group); // the workers first: they share nothing with rank 0's buffers
+    fg_model_embed_free(m);           // issue 14
     if (m->be) {
         if (m->logits)
             m->be->ops->host_free(m->be, m->logits);

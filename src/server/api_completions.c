@@ -686,6 +686,11 @@ enum MHD_Result fg_api_completions_resume(fg_server *s, struct MHD_Connection *c
 
 static enum MHD_Result completions(fg_server *s, struct MHD_Connection *con, srv_conn *c,
                                    fg_api_kind kind) {
+    if (s->embeds) // issue 14: the embedder serves this model, not the engine
+        return fg_srv_error(s, con, c, 400, "invalid_request_error", "model_not_supported",
+                            "model '%s' is an embedding model (%s pooling): it does not generate text; "
+                            "use POST /v1/embeddings",
+                            s->model_id, fg_pooling_name(fg_model_get_info(s->model)->pooling));
     fg_api_limits lim = {.model_id = s->model_id,
                          .n_ctx = s->n_ctx,
                          .n_vocab = s->n_vocab,

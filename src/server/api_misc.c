@@ -222,6 +222,28 @@ enum MHD_Result fg_api_metrics(fg_server *s, struct MHD_Connection *con, srv_con
         histogram(&b, "forge_itl_seconds", "Time between generated tokens.", &st, st.itl_counts,
                   st.itl_sum, st.itl_count);
     }
+    if (s->embedder) { // issue 14
+        fg_embedder_stats es;
+        fg_embedder_get_stats(s->embedder, &es);
+        tb_printf(&b,
+                  "# HELP forge_embedding_requests_total /v1/embeddings requests by outcome.\n"
+                  "# TYPE forge_embedding_requests_total counter\n"
+                  "forge_embedding_requests_total{result=\"submitted\"} %llu\n"
+                  "forge_embedding_requests_total{result=\"finished\"} %llu\n"
+                  "forge_embedding_requests_total{result=\"cancelled\"} %llu\n"
+                  "forge_embedding_requests_total{result=\"failed\"} %llu\n"
+                  "# HELP forge_embedding_inputs_total Inputs embedded.\n"
+                  "# TYPE forge_embedding_inputs_total counter\nforge_embedding_inputs_total %llu\n"
+                  "# HELP forge_embedding_tokens_total Tokens of the inputs embedded.\n"
+                  "# TYPE forge_embedding_tokens_total counter\nforge_embedding_tokens_total %llu\n"
+                  "# HELP forge_embedding_steps_total Forward steps of the embedder.\n"
+                  "# TYPE forge_embedding_steps_total counter\nforge_embedding_steps_total %llu\n"
+                  "# HELP forge_embedding_queued_inputs Inputs waiting or being embedded.\n"
+                  "# TYPE forge_embedding_queued_inputs gauge\nforge_embedding_queued_inputs %d\n",
+                  (unsigned long long)es.requests, (unsigned long long)es.finished,
+                  (unsigned long long)es.cancelled, (unsigned long long)es.failed, (unsigned long long)es.inputs,
+                  (unsigned long long)es.tokens, (unsigned long long)es.steps, es.queued_inputs);
+    }
     pthread_rwlock_unlock(&s->engine_lock);
     return fg_srv_respond(s, con, c, 200, "text/plain; version=0.0.4; charset=utf-8", b.p, b.len);
 }

@@ -51,6 +51,8 @@ static const srv_route k_routes[] = {
     {"POST", "/completions", fg_api_completions, SRV_AUTH | SRV_NEEDS_MODEL, "cmpl"},
     {"POST", "/v1/chat/completions", fg_api_chat, SRV_AUTH | SRV_NEEDS_MODEL, "chatcmpl"},
     {"POST", "/chat/completions", fg_api_chat, SRV_AUTH | SRV_NEEDS_MODEL, "chatcmpl"},
+    {"POST", "/v1/embeddings", fg_api_embeddings, SRV_AUTH | SRV_NEEDS_MODEL, "embd"},
+    {"POST", "/embeddings", fg_api_embeddings, SRV_AUTH | SRV_NEEDS_MODEL, "embd"},
     {"GET", "/v1/models", fg_api_models, SRV_AUTH | SRV_NEEDS_MODEL, "req"},
     {"GET", "/models", fg_api_models, SRV_AUTH | SRV_NEEDS_MODEL, "req"},
     {"POST", "/apply-template", fg_api_apply_template, SRV_AUTH | SRV_NEEDS_MODEL, "req"},
@@ -224,6 +226,8 @@ void fg_srv_req_decref(srv_req *r) {
         fg_srv_lp_free(&r->choices[i]);
     free(r->choices);
     free(r->out);
+    free(r->emb);
+    free(r->emb_error);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r);
@@ -325,6 +329,16 @@ void fg_srv_req_cancel(srv_req *r) {
     fg_server *s = r->srv;
     uint64_t ids[64];
     int n = 0;
+    if (r->embed) { // an embeddings request (issue 14): its one embedder request
+        pthread_mutex_lock(&r->mu);
+        bool live = r->embed_submitted && r->n_done < r->n_choices;
+        pthread_mutex_unlock(&r->mu);
+        pthread_rwlock_rdlock(&s->engine_lock);
+        if (live && s->embedder)
+            fg_embedder_cancel(s->embedder, r->embed_id);
+        pthread_rwlock_unlock(&s->engine_lock);
+        return;
+    }
     pthread_mutex_lock(&r->mu);
     for (int32_t i = 0; i < r->n_choices && n < 64; i++)
         if (r->choices[i].submitted && !r->choices[i].done)
@@ -515,7 +529,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *con, const ch
     }
     // the whole request is in (or a suspended request was resumed)
     if (c->req)
-        return fg_api_completions_resume(s, con, c);
+        return c->req->embed ? fg_api_embeddings_resume(s, con, c) : fg_api_completions_resume(s, con, c);
     if (c->wait_req)
         return fg_api_request_delete_resume(s, con, c);
     if (c->dispatched)
@@ -756,6 +770,58 @@ static fg_status kv_pages_from_device(fg_server *s, int32_t page_size, int32_t *
     return FG_OK;
 }
 
+// Whether the file is an embedding model (issue 14: <arch>.pooling_type mean, cls or last) and
+// its input limit (sentence_transformers.max_seq_length, else <arch>.context_length), read
+// before loading so that the model gets the embedder's step sizes. A file that cannot be read
+// is not one: fg_model_load then says what is wrong with it.
+static bool peek_embedding_model(const char *path, int32_t *max_seq) {
+    fg_gguf *g = NULL;
+    if (fg_gguf_open(path, &g) != FG_OK)
+        return false;
+    bool embeds = false;
+    const char *arch;
+    size_t n;
+    char key[160];
+    int64_t v = 0;
+    *max_seq = 512;
+    if (fg_gguf_find_key(g, "general.architecture") >= 0 && fg_gguf_get_str(g, "general.architecture", &arch, &n) == FG_OK &&
+        n < 64) {
+        snprintf(key, sizeof key, "%.*s.pooling_type", (int)n, arch);
+        embeds = fg_gguf_find_key(g, key) >= 0 && fg_gguf_get_int(g, key, &v) == FG_OK && v >= 1 && v <= 3;
+        snprintf(key, sizeof key, "%.*s.context_length", (int)n, arch);
+        if (fg_gguf_find_key(g, key) >= 0 && fg_gguf_get_int(g, key, &v) == FG_OK && v > 0 && v < (1 << 20))
+            *max_seq = (int32_t)v;
+        if (fg_gguf_find_key(g, "sentence_transformers.max_seq_length") >= 0 &&
+            fg_gguf_get_int(g, "sentence_transformers.max_seq_length", &v) == FG_OK && v > 0 && v < *max_seq)
+            *max_seq = (int32_t)v;
+    }
+    fg_gguf_close(g);
+    return embeds;
+}
+
+// An embedding model gets the embedder (issue 14) instead of the engine: no KV pool, no chat
+// template; completions are refused (api_completions.c), /v1/embeddings served.
+static fg_status load_embedder(fg_server *s) {
+    const fg_model_info *mi = fg_model_get_info(s->model);
+    fg_embedder *e = NULL;
+    fg_embedder_opts eo = {0};
+    FG_TRY(fg_embedder_create(s->model, &eo, &e));
+    s->embeds = true;
+    s->embed_limit = mi->max_embed_tokens;
+    s->n_ctx = mi->max_embed_tokens;
+    s->queue_cap = s->opts.queue_cap > 0 ? s->opts.queue_cap : 256;
+    fprintf(stderr, "forge serve: %s; weights %.2f GiB, scratch %.2f GiB; embedding model (%s pooling%s, %d "
+                    "dimensions, inputs up to %d tokens, %d tokens / %d inputs a step)\n",
+            fg_backend_describe(s->backend), (double)mi->weight_bytes / (1 << 30),
+            (double)mi->scratch_bytes / (1 << 30), fg_pooling_name(mi->pooling), mi->normalize ? ", normalised" : "",
+            mi->n_embd, mi->max_embed_tokens, mi->max_batch_tokens, mi->max_seqs);
+    pthread_rwlock_wrlock(&s->engine_lock);
+    s->embedder = e;
+    pthread_rwlock_unlock(&s->engine_lock);
+    atomic_store(&s->state, SRV_READY);
+    return FG_OK;
+}
+
 fg_status fg_server_load(fg_server *s) {
     fg_status st;
     fg_backend_opts bo = {.n_threads = s->opts.n_threads, .device = s->opts.gpu};
@@ -766,6 +832,13 @@ fg_status fg_server_load(fg_server *s) {
     mo.max_logit_rows = mo.max_seqs > 0 ? mo.max_seqs + 64 : 0;
     mo.tp_size = s->opts.tensor_parallel; // rank 0 here; the workers get backends like bo on the next GPUs
     mo.tp_backend = &bo;
+    int32_t max_seq = 0;
+    if (peek_embedding_model(s->model_path, &max_seq)) {
+        // embeddings (issue 14): steps of many whole inputs (--parallel: inputs a step)
+        mo.max_batch_tokens = FG_MAX(2048, FG_MIN(max_seq, 1 << 15));
+        mo.max_seqs = s->opts.n_parallel > 0 ? s->opts.n_parallel : 256;
+        mo.max_logit_rows = 0;
+    }
     st = fg_backend_create(strcmp(s->device, "auto") ? s->device : "cuda", &bo, &s->backend);
     if (st != FG_OK && !strcmp(s->device, "auto")) { // auto: the GPU when usable, else the CPU
         if (st != FG_ERR_UNSUPPORTED) // a GPU build on a machine without a usable GPU
@@ -779,6 +852,11 @@ fg_status fg_server_load(fg_server *s) {
         goto fail;
     s->tok = fg_model_tokenizer(s->model);
     s->n_vocab = fg_tokenizer_n_vocab(s->tok);
+    if (fg_model_get_info(s->model)->pooling != 0) {
+        if ((st = load_embedder(s)) != FG_OK)
+            goto fail;
+        return FG_OK;
+    }
     st = fg_chat_format_select(fg_model_gguf(s->model), s->chat_template_name, s->model_path,
                                &s->chat_format);
     if (st != FG_OK)
@@ -841,15 +919,26 @@ void fg_server_shutdown(fg_server *s, double grace_s) {
             break;
         sleep_ms(20);
     }
+    fg_embedder *em = s->embedder; // issue 14: its queue drains the same way
+    while (em && fg_time_s() - t0 < grace_s) {
+        fg_embedder_stats est;
+        fg_embedder_get_stats(em, &est);
+        if (est.queued_requests == 0)
+            break;
+        sleep_ms(20);
+    }
     pthread_rwlock_unlock(&s->engine_lock);
     pthread_rwlock_wrlock(&s->engine_lock);
     e = s->engine;
     s->engine = NULL;
+    em = s->embedder;
+    s->embedder = NULL;
     pthread_rwlock_unlock(&s->engine_lock);
     if (e) {
         double left = grace_s - (fg_time_s() - t0);
         fg_engine_destroy(e, left > 0 ? left : 0); // cancels the rest: DONE reaches every stream
     }
+    fg_embedder_destroy(em); // what is still queued is cancelled: every callback runs
     // give the answers (streams and JSON bodies) a moment to go out: stopping the workers
     // closes every connection, a response not yet sent included
     while (atomic_load(&s->n_answering) > 0 && fg_time_s() - t0 < grace_s + 2.0)

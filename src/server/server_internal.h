@@ -11,6 +11,7 @@
 
 #include "forge/server.h"
 #include "forge/model.h"
+#include "forge/embedder.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -92,6 +93,10 @@ struct fg_server {
     int32_t queue_cap;
     pthread_rwlock_t engine_lock; // read: calls into engine; write: destroying it
     fg_engine *engine;
+    // embedding models (issue 14): the embedder instead of the engine (under engine_lock)
+    fg_embedder *embedder;
+    bool embeds;               // the model has a pooling type (set at load, then read-only)
+    int32_t embed_limit;       // tokens one input may have (fg_model_info.max_embed_tokens)
     atomic_uint_fast64_t http_counts[SRV_N_CODES + 1]; // last: other codes
     // registry of completion requests (live + the most recent finished ones)
     pthread_mutex_t reg_mu;
@@ -200,6 +205,17 @@ typedef struct srv_req {
     bool in_registry;
     struct srv_req *act_prev, *act_next; // active list links (act_mu)
     bool active;
+    // POST /v1/embeddings (issue 14): one embedder request as choice 0 (n_choices 1; the
+    // callback copies the result under mu and counts it done)
+    bool embed;
+    bool embed_submitted;
+    uint64_t embed_id;
+    bool embed_b64;            // encoding_format "base64"
+    float *emb;                // [emb_n][emb_dim] once done (owned)
+    int32_t emb_n, emb_dim;
+    int64_t emb_tokens;
+    fg_status emb_status;
+    char *emb_error;           // (owned)
 } srv_req;
 
 struct srv_route;
@@ -311,6 +327,11 @@ srv_event *fg_srv_take_events(srv_req *r, size_t *n);
 void fg_srv_events_free(srv_event *ev, size_t n);
 // True when the peer has closed or reset the socket (a non-blocking poll).
 bool fg_srv_client_gone(int fd);
+
+// ---- api_embeddings.c (issue 14)
+enum MHD_Result fg_api_embeddings(fg_server *s, struct MHD_Connection *con, srv_conn *c);
+// The connection of an embeddings request was resumed: answer, or suspend again.
+enum MHD_Result fg_api_embeddings_resume(fg_server *s, struct MHD_Connection *con, srv_conn *c);
 
 // ---- sse.c
 enum MHD_Result fg_srv_start_stream(fg_server *s, struct MHD_Connection *con, srv_conn *c,

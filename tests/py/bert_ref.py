@@ -1,4 +1,5 @@
-"""bert_ref.py - a short numpy reference of BERT (Hugging Face BertModel in eval mode) and of
+"""bert_ref.py - a short numpy reference of BERT (Hugging Face BertModel in eval mode; also
+llama.cpp's nomic-bert: rotary positions, SwiGLU, fused QKV) and of
 sentence-transformers' pooling (mean over the attention mask, CLS, last token) and L2
 normalisation, computed in float64 from weights under llama.cpp's GGUF tensor names; the
 oracle Forge's `bert` forward pass and `/v1/embeddings` are checked against.
@@ -31,15 +32,30 @@ def layer_norm(x, w, b, eps):
     return (x - mu) / np.sqrt(var + eps) * w + b
 
 
+def rope_neox(x, base):
+    """Rotary positions as llama.cpp's NEOX mode (nomic-bert): x [H][n][D], dims i and
+    i + D/2 rotated by pos * base^(-2i/D)."""
+    H, n, D = x.shape
+    half = D // 2
+    theta = np.arange(n, dtype=np.float64)[:, None] * base ** (-2.0 * np.arange(half) / D)  # [n][half]
+    c, s = np.cos(theta), np.sin(theta)
+    x0, x1 = x[..., :half], x[..., half:]
+    return np.concatenate([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1)
+
+
 class Bert:
     """Hyper-parameters and float64 weights, by llama.cpp name, in PyTorch layout
-    (Linear weights [out, in], embeddings [rows, n_embd])."""
+    (Linear weights [out, in], embeddings [rows, n_embd]). arch "bert" (learned positions, GELU
+    FFN with biases) or "nomic-bert" (rotary positions NEOX with rope_base, SwiGLU FFN
+    down(silu(gate x) * up x)); q/k/v separate or fused (attn_qkv); absent biases are zero."""
 
-    def __init__(self, weights, n_layer, n_head, eps, pooling=POOL_MEAN, normalize=True, max_seq=None):
+    def __init__(self, weights, n_layer, n_head, eps, pooling=POOL_MEAN, normalize=True, max_seq=None,
+                 arch="bert", rope_base=10000.0, n_ctx=None):
         self.w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
         self.n_layer, self.n_head, self.eps = n_layer, n_head, eps
         self.pooling, self.normalize = pooling, normalize
-        self.n_ctx = self.w["position_embd.weight"].shape[0]
+        self.arch, self.rope_base = arch, rope_base
+        self.n_ctx = self.w["position_embd.weight"].shape[0] if arch == "bert" else n_ctx
         self.max_seq = max_seq or self.n_ctx
 
     def hidden(self, ids, type_ids=None):
@@ -50,7 +66,11 @@ class Bert:
         if n == 0 or n > self.n_ctx:
             raise ValueError(f"sequence of {n} tokens: expected 1..{self.n_ctx}")
         tt = np.zeros(n, dtype=np.int64) if type_ids is None else np.asarray(type_ids, dtype=np.int64)
-        x = w["token_embd.weight"][ids] + w["position_embd.weight"][:n] + w["token_types.weight"][tt]
+        x = w["token_embd.weight"][ids]
+        if "position_embd.weight" in w:
+            x = x + w["position_embd.weight"][:n]
+        if "token_types.weight" in w:
+            x = x + w["token_types.weight"][tt]
         x = layer_norm(x, w["token_embd_norm.weight"], w["token_embd_norm.bias"], self.eps)
         E = x.shape[1]
         H, D = self.n_head, E // self.n_head
@@ -58,18 +78,31 @@ class Bert:
             p = f"blk.{i}."
 
             def lin(t, v):
-                return v @ w[p + t + ".weight"].T + w[p + t + ".bias"]
+                b = w.get(p + t + ".bias")
+                y = v @ w[p + t + ".weight"].T
+                return y if b is None else y + b
 
-            q = lin("attn_q", x).reshape(n, H, D).transpose(1, 0, 2)  # [H][n][D]
-            k = lin("attn_k", x).reshape(n, H, D).transpose(1, 0, 2)
-            v = lin("attn_v", x).reshape(n, H, D).transpose(1, 0, 2)
+            if p + "attn_qkv.weight" in w:
+                qkv = lin("attn_qkv", x)
+                qf, kf, vf = qkv[:, :E], qkv[:, E:2 * E], qkv[:, 2 * E:]
+            else:
+                qf, kf, vf = lin("attn_q", x), lin("attn_k", x), lin("attn_v", x)
+            q = qf.reshape(n, H, D).transpose(1, 0, 2)  # [H][n][D]
+            k = kf.reshape(n, H, D).transpose(1, 0, 2)
+            v = vf.reshape(n, H, D).transpose(1, 0, 2)
+            if self.arch == "nomic-bert":
+                q, k = rope_neox(q, self.rope_base), rope_neox(k, self.rope_base)
             s = q @ k.transpose(0, 2, 1) / math.sqrt(D)  # [H][n][n], no causal mask
             s = np.exp(s - s.max(axis=-1, keepdims=True))
             s /= s.sum(axis=-1, keepdims=True)
             a = (s @ v).transpose(1, 0, 2).reshape(n, E)
             x = layer_norm(lin("attn_output", a) + x, w[p + "attn_output_norm.weight"],
                            w[p + "attn_output_norm.bias"], self.eps)
-            f = lin("ffn_down", gelu(lin("ffn_up", x)))
+            if self.arch == "nomic-bert":
+                g = lin("ffn_gate", x)
+                f = lin("ffn_down", g / (1.0 + np.exp(-g)) * lin("ffn_up", x))
+            else:
+                f = lin("ffn_down", gelu(lin("ffn_up", x)))
             x = layer_norm(f + x, w[p + "layer_output_norm.weight"], w[p + "layer_output_norm.bias"], self.eps)
         return x
 
@@ -166,7 +199,8 @@ def load_gguf(path):
     arch = kv("general.architecture")
     return Bert(w, kv(f"{arch}.block_count"), kv(f"{arch}.attention.head_count"),
                 kv(f"{arch}.attention.layer_norm_epsilon"), kv(f"{arch}.pooling_type", POOL_NONE),
-                kv("sentence_transformers.normalize", False), kv("sentence_transformers.max_seq_length"))
+                kv("sentence_transformers.normalize", False), kv("sentence_transformers.max_seq_length"),
+                arch=arch, rope_base=kv(f"{arch}.rope.freq_base", 10000.0), n_ctx=kv(f"{arch}.context_length"))
 
 
 def hf_tokenizer(d, max_seq=None):

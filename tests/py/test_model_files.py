@@ -188,7 +188,7 @@ REFUSED = [
     ("moe", lambda k, t: setkv(k, A + "expert_count", hg.U32, 8),
      "llama.expert_count = 8: mixture-of-experts models are not supported"),
     ("arch", lambda k, t: setkv(k, "general.architecture", hg.STR, "gpt9"),
-     "unsupported architecture 'gpt9' (supported: llama, qwen2, qwen3, glm4)"),
+     "unsupported architecture 'gpt9' (supported: llama, qwen2, qwen3, glm4, bert, nomic-bert)"),
     ("arch_u32", lambda k, t: setkv(k, "general.architecture", hg.U32, 1),
      "key 'general.architecture': expected string, found uint32"),
     ("no_tokens", lambda k, t: delkv(k, "tokenizer.ggml.tokens"), "key 'tokenizer.ggml.tokens' not found"),

@@ -6,11 +6,12 @@
 // must survive; comparisons are NaN-safe (!(err <= tol)). Shapes: odd row counts (1, 2, 3,
 // 7, 8, 9, 33, 511, 512), columns that are no multiple of any tile, several sequences per
 // step with scattered and shared pages, GQA 1/4/8 and multi-query, page sizes 7 and 16,
-// causal and non-causal attention, a 2,100-token sequence.
+// causal and non-causal attention, a 2,100-token sequence; the embedding-model ops (layernorm,
+// gelu, add_rows, pool: issue 14).
 // Tolerances (per op; the reference states what it emulates):
 //   get_rows, gather_out, kv_store, kv_copy_page, CPU convert: bit-exact
-//   add, swiglu: |d| <= 1e-6 + 1e-5 |ref|; rmsnorm, rope: NMSE 1e-6 (+ the element bound for
-//   rmsnorm); matmul: NMSE 5e-4 against double dequantized weights x f32 activations (the
+//   add_rows: bit-exact; add, swiglu, gelu, pool: |d| <= 1e-6 + 1e-5 |ref|; rmsnorm, rope,
+//   layernorm: NMSE 1e-6 (+ the element bound for rmsnorm and layernorm); matmul: NMSE 5e-4 against double dequantized weights x f32 activations (the
 //   activation conversion is the only loss: ~1.5e-5 measured for 8-bit), and on the CPU 1e-9
 //   against the reference vec_dot on the same converted activations (summation order only);
 //   attention: NMSE 5e-4 against a double reference with ggml's f16 roundings, 5e-9 on the CPU.
@@ -1383,6 +1384,293 @@ static void test_rope_kv_store(void **state) {
     free_step(&sd);
 }
 
+// ---------------------------------------------------------------- embedding models (issue 14)
+// layernorm: rows of odd widths on both sides of the GPU's warp/block switch (1,024 columns),
+// with weight and bias, without them, and in place; the inputs carry an offset, so the mean
+// subtraction matters. Reference in double; the element bound and NMSE 1e-6 (the CPU sums in
+// double, the GPU in f32).
+static void test_layernorm(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    static const int64_t shapes[5][2] = {{67, 7}, {384, 33}, {1025, 3}, {4096, 2}, {1, 5}};
+    for (int sh = 0; sh < 5; sh++)
+        for (int variant = 0; variant < 3; variant++) { // 0: w and b, 1: neither, 2: w and b in place
+            const int64_t n = shapes[sh][0], rows = shapes[sh][1];
+            const bool wb = variant != 1, inplace = variant == 2;
+            float *x = malloc(sizeof(float) * n * rows), *w = malloc(sizeof(float) * n), *b = malloc(sizeof(float) * n);
+            fill(x, (size_t)(n * rows), 3.0f);
+            for (int64_t i = 0; i < n * rows; i++)
+                x[i] += 1.5f;
+            fill(w, (size_t)n, 1.5f);
+            fill(b, (size_t)n, 0.5f);
+            const float eps = n == 1 ? 1e-5f : 1e-12f; // BERT's eps; a 1-wide row has variance 0
+            double *ref = malloc(sizeof(double) * n * rows);
+            for (int64_t r = 0; r < rows; r++) {
+                const float *xr = x + r * n;
+                double mu = 0, var = 0;
+                for (int64_t i = 0; i < n; i++)
+                    mu += xr[i];
+                mu /= (double)n;
+                for (int64_t i = 0; i < n; i++)
+                    var += (xr[i] - mu) * (xr[i] - mu);
+                var /= (double)n;
+                for (int64_t i = 0; i < n; i++)
+                    ref[r * n + i] = (xr[i] - mu) / sqrt(var + eps) * (wb ? w[i] : 1.0) + (wb ? b[i] : 0.0);
+            }
+            char what[96];
+            snprintf(what, sizeof what, "%s layernorm [%lld][%lld]%s%s", tg->name, (long long)rows, (long long)n,
+                     wb ? "" : " no w/b", inplace ? " in place" : "");
+            float *o[2] = {0};
+            for (int k = 0; k < n_instances(tg); k++) {
+                fg_backend *be = open_backend(tg, k);
+                dev dx = dev_2d(be, FG_TYPE_F32, n, rows), dw = dev_2d(be, FG_TYPE_F32, n, 1),
+                    db = dev_2d(be, FG_TYPE_F32, n, 1), dd = dev_2d(be, FG_TYPE_F32, n, rows);
+                dev_put(be, &dx, x);
+                dev_put(be, &dw, w);
+                dev_put(be, &db, b);
+                dev *out = inplace ? &dx : &dd;
+                if (fg_op_layernorm(be, &out->t, &dx.t, wb ? &dw.t : NULL, wb ? &db.t : NULL, eps) != FG_OK)
+                    fail_msg("%s: %s", what, fg_last_error());
+                o[k] = dev_get(be, out);
+                dev_check_guard(be, out, what);
+                dev_free(be, &dx);
+                dev_free(be, &dw);
+                dev_free(be, &db);
+                dev_free(be, &dd);
+                fg_backend_destroy(be);
+            }
+            if (tg->cpu)
+                check_same(what, o[0], o[1], (size_t)(n * rows) * 4);
+            check_close(what, o[0], ref, (size_t)(n * rows));
+            check_nmse(what, o[0], ref, (size_t)(n * rows), 1e-6);
+            free(o[0]);
+            free(o[1]);
+            free(x);
+            free(w);
+            free(b);
+            free(ref);
+        }
+    // refusals: a bias of the wrong width, a negative eps
+    fg_backend *be = open_backend(tg, 0);
+    dev dx = dev_2d(be, FG_TYPE_F32, 8, 2), db = dev_2d(be, FG_TYPE_F32, 7, 1);
+    assert_int_equal(fg_op_layernorm(be, &dx.t, &dx.t, NULL, &db.t, 1e-5f), FG_ERR_INVALID_ARG);
+    assert_int_equal(fg_op_layernorm(be, &dx.t, &dx.t, NULL, NULL, -1.0f), FG_ERR_INVALID_ARG);
+    dev_free(be, &dx);
+    dev_free(be, &db);
+    fg_backend_destroy(be);
+}
+
+// gelu, erf and tanh forms, on strided views (the halves of a wider row) and in place;
+// element-wise bound against double erf / tanh.
+static void test_gelu(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    static const int64_t shapes[3][2] = {{67, 9}, {1536, 33}, {5000, 2}};
+    for (int sh = 0; sh < 3; sh++)
+        for (int mode = 0; mode < 2; mode++) {
+            const int64_t n = shapes[sh][0], rows = shapes[sh][1];
+            float *x = malloc(sizeof(float) * 2 * n * rows);
+            fill(x, (size_t)(2 * n * rows), 6.0f);
+            double *ref = malloc(sizeof(double) * n * rows);
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t i = 0; i < n; i++) {
+                    double v = x[r * 2 * n + n + i]; // the second half of each row
+                    ref[r * n + i] = mode == FG_GELU_ERF
+                                         ? 0.5 * v * (1.0 + erf(v / sqrt(2.0)))
+                                         : 0.5 * v * (1.0 + tanh(sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+                }
+            char what[96];
+            snprintf(what, sizeof what, "%s gelu %s [%lld][%lld]", tg->name, mode == FG_GELU_ERF ? "erf" : "tanh",
+                     (long long)rows, (long long)n);
+            float *o[2] = {0}, *oi = NULL;
+            for (int k = 0; k < n_instances(tg); k++) {
+                fg_backend *be = open_backend(tg, k);
+                dev dx = dev_2d(be, FG_TYPE_F32, 2 * n, rows), dd = dev_2d(be, FG_TYPE_F32, n, rows);
+                dev_put(be, &dx, x);
+                fg_tensor half = fg_tensor_rows(&dx.t, (size_t)n * 4, n, rows, dx.t.nb[1]);
+                if (fg_op_gelu(be, &dd.t, &half, (fg_gelu_mode)mode) != FG_OK)
+                    fail_msg("%s: %s", what, fg_last_error());
+                o[k] = dev_get(be, &dd);
+                dev_check_guard(be, &dd, what);
+                if (k == 0) { // in place on the strided view: the same values, the first half untouched
+                    assert_int_equal(fg_op_gelu(be, &half, &half, (fg_gelu_mode)mode), FG_OK);
+                    oi = dev_get(be, &dx);
+                    for (int64_t r = 0; r < rows; r++) {
+                        check_same(what, oi + r * 2 * n, x + r * 2 * n, (size_t)n * 4);
+                        check_same(what, oi + r * 2 * n + n, o[0] + r * n, (size_t)n * 4);
+                    }
+                    free(oi);
+                }
+                dev_free(be, &dx);
+                dev_free(be, &dd);
+                fg_backend_destroy(be);
+            }
+            if (tg->cpu)
+                check_same(what, o[0], o[1], (size_t)(n * rows) * 4);
+            check_close(what, o[0], ref, (size_t)(n * rows));
+            free(o[0]);
+            free(o[1]);
+            free(x);
+            free(ref);
+        }
+    fg_backend *be = open_backend(tg, 0);
+    dev dx = dev_2d(be, FG_TYPE_F32, 8, 2);
+    assert_int_equal(fg_op_gelu(be, &dx.t, &dx.t, (fg_gelu_mode)7), FG_ERR_INVALID_ARG);
+    dev_free(be, &dx);
+    fg_backend_destroy(be);
+}
+
+// add_rows: position rows (sequences that start mid-way, a table exactly as long as the step
+// needs) and a fixed row, from F32 / F16 / BF16 tables, into a residual that holds values.
+// Bit-exact: one f32 addition of an exactly converted element. A table one row too short and
+// a row out of range are refused.
+static void test_add_rows(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    static const uint32_t types[3] = {FG_TYPE_F32, FG_TYPE_F16, FG_TYPE_BF16};
+    const int64_t n = 67;
+    int lens[3] = {40, 7, 13}, news[3] = {5, 7, 13};
+    step_data sd;
+    make_step(&sd, 3, lens, news, 16, 100, 0);
+    const int nt = sd.st.n_tokens, n_rows = 40;
+    float *x = malloc(sizeof(float) * n * nt), *tab = malloc(sizeof(float) * n * n_rows);
+    fill(x, (size_t)(n * nt), 2.0f);
+    fill(tab, (size_t)(n * n_rows), 1.0f);
+    for (int ti = 0; ti < 3; ti++)
+        for (int fixed = 0; fixed < 2; fixed++) {
+            const uint32_t type = types[ti];
+            // the table in its type, and its exact f32 values
+            size_t esz = type == FG_TYPE_F32 ? 4 : 2;
+            unsigned char *traw = malloc(esz * n * n_rows);
+            float *tv = malloc(sizeof(float) * n * n_rows);
+            for (int64_t i = 0; i < n * n_rows; i++) {
+                if (type == FG_TYPE_F32) {
+                    memcpy(traw + 4 * i, &tab[i], 4);
+                    tv[i] = tab[i];
+                } else if (type == FG_TYPE_F16) {
+                    fg_f16 h = fg_f32_to_f16(tab[i]);
+                    memcpy(traw + 2 * i, &h, 2);
+                    tv[i] = fg_f16_to_f32(h);
+                } else {
+                    fg_bf16 h = fg_f32_to_bf16(tab[i]);
+                    memcpy(traw + 2 * i, &h, 2);
+                    tv[i] = fg_bf16_to_f32(h);
+                }
+            }
+            const int32_t row = 1;
+            float *want = malloc(sizeof(float) * n * nt);
+            for (int t = 0; t < nt; t++) {
+                int r = fixed ? row : sd.pos[t];
+                for (int64_t i = 0; i < n; i++)
+                    want[t * n + i] = x[t * n + i] + tv[r * n + i];
+            }
+            char what[96];
+            snprintf(what, sizeof what, "%s add_rows %s %s", tg->name, fg_type_name(type), fixed ? "fixed" : "pos");
+            fg_backend *be = open_backend(tg, 0);
+            reserve(be, nt, 3, sd.max_pages, sd.max_pages * sd.page_size, n);
+            if (!fg_backend_supports(be, FG_OP_ADD_ROWS, type))
+                fail_msg("%s: not supported", what);
+            dev dx = dev_2d(be, FG_TYPE_F32, n, nt), dt = dev_2d(be, type, n, n_rows);
+            dev_put(be, &dx, x);
+            dev_put(be, &dt, traw);
+            begin(be, &sd);
+            if (fg_op_add_rows(be, &dx.t, &dt.t, fixed ? FG_ROWS_FIXED : FG_ROWS_POS, row) != FG_OK)
+                fail_msg("%s: %s", what, fg_last_error());
+            // refusals: positions past the table, a row out of range
+            fg_tensor short_t = dt.t;
+            short_t.ne[1] = n_rows - 1;
+            assert_int_equal(fg_op_add_rows(be, &dx.t, &short_t, FG_ROWS_POS, 0), FG_ERR_INVALID_ARG);
+            assert_int_equal(fg_op_add_rows(be, &dx.t, &dt.t, FG_ROWS_FIXED, n_rows), FG_ERR_INVALID_ARG);
+            end(be);
+            float *got = dev_get(be, &dx);
+            check_same(what, got, want, (size_t)(n * nt) * 4);
+            dev_check_guard(be, &dx, what);
+            free(got);
+            dev_free(be, &dx);
+            dev_free(be, &dt);
+            fg_backend_destroy(be);
+            free(traw);
+            free(tv);
+            free(want);
+        }
+    free(x);
+    free(tab);
+    free_step(&sd);
+}
+
+// pool: mean / first / last token of each sequence, with and without the L2 normalisation,
+// over sequences of 1 to 70 tokens (one all zeros: its normalised vector stays 0, not NaN),
+// widths on both sides of the GPU's 1,024 threads; the element bound against double.
+static void test_pool(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    static const int64_t widths[3] = {384, 67, 1500};
+    int lens[5] = {1, 9, 33, 2, 70};
+    step_data sd;
+    make_step(&sd, 5, lens, lens, 16, 100, 0);
+    const int nt = sd.st.n_tokens, ns = 5;
+    for (int wi = 0; wi < 3; wi++)
+        for (int mode = FG_POOL_MEAN; mode <= FG_POOL_LAST; mode++)
+            for (int norm = 0; norm < 2; norm++) {
+                const int64_t n = widths[wi];
+                float *x = malloc(sizeof(float) * n * nt);
+                fill(x, (size_t)(n * nt), 2.0f);
+                for (int t = 0; t < lens[0]; t++) // sequence 0: zeros
+                    memset(x + t * n, 0, (size_t)n * 4);
+                double *ref = malloc(sizeof(double) * n * ns);
+                for (int s = 0, first = 0; s < ns; first += lens[s], s++) {
+                    double *r = ref + s * n, ss = 0;
+                    for (int64_t i = 0; i < n; i++) {
+                        double v = 0;
+                        if (mode == FG_POOL_MEAN) {
+                            for (int t = 0; t < lens[s]; t++)
+                                v += x[(first + t) * n + i];
+                            v /= lens[s];
+                        } else {
+                            v = x[(mode == FG_POOL_CLS ? first : first + lens[s] - 1) * n + i];
+                        }
+                        r[i] = v;
+                        ss += v * v;
+                    }
+                    if (norm)
+                        for (int64_t i = 0; i < n; i++)
+                            r[i] /= fmax(sqrt(ss), 1e-12);
+                }
+                char what[96];
+                snprintf(what, sizeof what, "%s pool mode %d%s [%lld]", tg->name, mode, norm ? " normalised" : "",
+                         (long long)n);
+                float *o[2] = {0};
+                for (int k = 0; k < n_instances(tg); k++) {
+                    fg_backend *be = open_backend(tg, k);
+                    reserve(be, nt, ns, sd.max_pages, sd.max_pages * sd.page_size, n);
+                    dev dx = dev_2d(be, FG_TYPE_F32, n, nt), dd = dev_2d(be, FG_TYPE_F32, n, ns);
+                    dev_put(be, &dx, x);
+                    begin(be, &sd);
+                    if (fg_op_pool(be, &dd.t, &dx.t, (fg_pool_mode)mode, norm) != FG_OK)
+                        fail_msg("%s: %s", what, fg_last_error());
+                    // refusals: dst overlapping x, pooling 'none'
+                    fg_tensor ov = fg_tensor_rows(&dx.t, 0, n, ns, dx.t.nb[1]);
+                    assert_int_equal(fg_op_pool(be, &ov, &dx.t, (fg_pool_mode)mode, norm), FG_ERR_INVALID_ARG);
+                    assert_int_equal(fg_op_pool(be, &dd.t, &dx.t, FG_POOL_NONE, norm), FG_ERR_INVALID_ARG);
+                    end(be);
+                    o[k] = dev_get(be, &dd);
+                    dev_check_guard(be, &dd, what);
+                    dev_free(be, &dx);
+                    dev_free(be, &dd);
+                    fg_backend_destroy(be);
+                }
+                if (tg->cpu)
+                    check_same(what, o[0], o[1], (size_t)(n * ns) * 4);
+                check_close(what, o[0], ref, (size_t)(n * ns));
+                free(o[0]);
+                free(o[1]);
+                free(x);
+                free(ref);
+            }
+    free_step(&sd);
+}
+// ---------------------------------------------------------------- (end issue 14)
+
 int main(void) {
     const char *s = getenv("FORGE_SEED");
     if (s)
@@ -1397,7 +1685,8 @@ int main(void) {
 #define PER_TARGET(tg)                                                                                     \
     T(tg, test_matmul_all_types), T(tg, test_convert), T(tg, test_rmsnorm), T(tg, test_add_swiglu),       \
         T(tg, test_add_rmsnorm), T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), \
-        T(tg, test_attention), T(tg, test_rope_kv_store), T(tg, test_sample), T(tg, test_sample_checks)
+        T(tg, test_attention), T(tg, test_rope_kv_store), T(tg, test_sample), T(tg, test_sample_checks), \
+        T(tg, test_layernorm), T(tg, test_gelu), T(tg, test_add_rows), T(tg, test_pool)
     const struct CMUnitTest tests[] = {
         PER_TARGET(k_cpu),
 #ifdef FG_HAVE_CUDA

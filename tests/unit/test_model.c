@@ -360,7 +360,7 @@ static void test_unsupported_arch(void **state) {
     s.arch = "gpt2";
     s.key_arch = "gpt2";
     load_expect(f, &s, FG_ERR_UNSUPPORTED,
-                "unsupported architecture 'gpt2' (supported: llama, qwen2, qwen3, glm4)");
+                "unsupported architecture 'gpt2' (supported: llama, qwen2, qwen3, glm4, bert, nomic-bert)");
 }
 
 // The writer refuses unknown type ids, so the type field of one tensor info is patched.

@@ -135,6 +135,8 @@ static bool cpu_supports(fg_backend *be, fg_op op, uint32_t type) {
     case FG_OP_ATTENTION:
     case FG_OP_KV_COPY_PAGE:
         return type == FG_TYPE_F16 || type == FG_TYPE_F32;
+    case FG_OP_ADD_ROWS: // position / token-type tables (issue 14)
+        return type == FG_TYPE_F32 || type == FG_TYPE_F16 || type == FG_TYPE_BF16;
     default:
         return type == FG_TYPE_F32;
     }
@@ -320,6 +322,11 @@ static const fg_backend_ops k_cpu_ops = {
     .download_async = cpu_download_async,
     .copy_bandwidth = cpu_copy_bandwidth,
     .kv_copy_page = fg_cpu_kv_copy_page,
+    // embedding models (issue 14)
+    .layernorm = fg_cpu_layernorm,
+    .gelu = fg_cpu_gelu,
+    .add_rows = fg_cpu_add_rows,
+    .pool = fg_cpu_pool,
 };
 
 static int count_cores(void) {

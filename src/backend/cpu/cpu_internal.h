@@ -2,7 +2,8 @@
 // the current step, scratch), the buffer struct and the op entry points that cpu_backend.c
 // puts into the ops table. Not for other modules.
 // Files: cpu_backend.c (buffers, step, table), cpu_ops.c (element-wise, norms, rope, KV),
-// cpu_matmul.c, cpu_attn.c, cpu_sample.c; cpu_kernels.c, quant_simd.c, quant_gemm.c (SIMD kernels).
+// cpu_matmul.c, cpu_attn.c, cpu_sample.c, cpu_embd.c (embedding models); cpu_kernels.c,
+// quant_simd.c, quant_gemm.c (SIMD kernels).
 #ifndef FG_BACKEND_CPU_INTERNAL_H
 #define FG_BACKEND_CPU_INTERNAL_H
 
@@ -63,6 +64,14 @@ fg_status fg_cpu_check_finite(fg_backend *be, const fg_tensor *x, int64_t row0);
 fg_status fg_cpu_sample(fg_backend *be, fg_tensor *out, const fg_tensor *logits, int64_t row0);
 fg_status fg_cpu_kv_copy_page(fg_backend *be, const fg_kv_view *kv, int32_t dst_page,
                               int32_t src_page);
+
+// cpu_embd.c: embedding models (issue 14)
+fg_status fg_cpu_layernorm(fg_backend *be, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w,
+                           const fg_tensor *b, float eps);
+fg_status fg_cpu_gelu(fg_backend *be, fg_tensor *dst, const fg_tensor *x, fg_gelu_mode mode);
+fg_status fg_cpu_add_rows(fg_backend *be, fg_tensor *dst, const fg_tensor *table, fg_rows_index idx,
+                          int32_t row);
+fg_status fg_cpu_pool(fg_backend *be, fg_tensor *dst, const fg_tensor *x, fg_pool_mode mode, bool normalize);
 
 // [begin, end) of n items for worker ith of nth (contiguous, balanced).
 static inline void fg_cpu_split(int64_t n, int ith, int nth, int64_t *begin, int64_t *end) {

@@ -268,6 +268,12 @@ static bool cuda_supports(fg_backend *be, fg_op op, uint32_t type) {
         return type == FG_TYPE_F32;
     case FG_OP_SAMPLE:
         return type == FG_TYPE_F32;
+    case FG_OP_LAYERNORM: // embedding models (issue 14)
+    case FG_OP_GELU:
+    case FG_OP_POOL:
+        return type == FG_TYPE_F32;
+    case FG_OP_ADD_ROWS:
+        return fg_cuda_add_rows_supports(type);
     case FG_OP_COUNT:
         break;
     }
@@ -876,6 +882,38 @@ static fg_status op_all_reduce(fg_backend *be, fg_comm *comm, fg_tensor *x) {
     return comm->ops->all_reduce_sum(comm, be, x);
 }
 
+// embedding models (issue 14)
+static fg_status op_layernorm(fg_backend *be, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w,
+                              const fg_tensor *b, float eps) {
+    fg_cuda *c = fg_cuda_ctx(be);
+    CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
+    return fg_cuda_layernorm(c, dst, x, w, b, eps);
+}
+static fg_status op_gelu(fg_backend *be, fg_tensor *dst, const fg_tensor *x, fg_gelu_mode mode) {
+    fg_cuda *c = fg_cuda_ctx(be);
+    CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
+    return fg_cuda_gelu(c, dst, x, mode);
+}
+static fg_status op_add_rows(fg_backend *be, fg_tensor *dst, const fg_tensor *table, fg_rows_index idx,
+                             int32_t row) {
+    fg_cuda *c = fg_cuda_ctx(be);
+    CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
+    return fg_cuda_add_rows(c, dst, table, idx, row);
+}
+static fg_status op_pool(fg_backend *be, fg_tensor *dst, const fg_tensor *x, fg_pool_mode mode, bool normalize) {
+    fg_cuda *c = fg_cuda_ctx(be);
+    CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
+    return fg_cuda_pool(c, dst, x, mode, normalize);
+}
+
 // Median of 7 device-to-device copies of `bytes` (after a warm-up), timed with events; bytes
 // read + written per second. Benchmarks only: the two buffers are allocated here and freed.
 static fg_status cuda_copy_bandwidth(fg_backend *be, size_t bytes, double *gb_per_s) {
@@ -971,6 +1009,10 @@ static fg_backend_ops make_cuda_ops(void) {
     o.kv_copy_page = op_kv_copy_page;
     o.copy_bandwidth = cuda_copy_bandwidth;
     o.all_reduce = op_all_reduce;
+    o.layernorm = op_layernorm; // embedding models (issue 14)
+    o.gelu = op_gelu;
+    o.add_rows = op_add_rows;
+    o.pool = op_pool;
     return o;
 }
 static const fg_backend_ops k_cuda_ops = make_cuda_ops();

@@ -8,6 +8,7 @@
 //   cuda_attn.cu     kv_store, kv_copy_page, paged flash attention (prefill and decode)
 //   cuda_sample.cu   the sample op: one block per output row, radix selects, no vocabulary sort
 //   comm_nccl.cu     the NCCL communicator of tensor parallelism (backend/comm.h)
+//   cuda_embd.cu     embedding models: layernorm, gelu, add_rows, pool (issue 14)
 //   cuda_common.cuh  device helpers (warp reductions, half conversion, block dequantizers)
 // Every launch is checked (FG_GPU_LAUNCH_CHECK); launchers trust their arguments (backend.c
 // validated them) and guard our own invariants with FG_ASSERT.
@@ -169,5 +170,13 @@ fg_status fg_cuda_kv_store(fg_cuda *c, const fg_kv_view *kv, int32_t layer, cons
 fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
                             const fg_attn_params *p);
 fg_status fg_cuda_kv_copy_page(fg_cuda *c, const fg_kv_view *kv, int32_t dst_page, int32_t src_page);
+
+// ---- cuda_embd.cu (embedding models, issue 14)
+bool fg_cuda_add_rows_supports(uint32_t table_type);
+fg_status fg_cuda_layernorm(fg_cuda *c, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w, const fg_tensor *b,
+                            float eps);
+fg_status fg_cuda_gelu(fg_cuda *c, fg_tensor *dst, const fg_tensor *x, fg_gelu_mode mode);
+fg_status fg_cuda_add_rows(fg_cuda *c, fg_tensor *dst, const fg_tensor *table, fg_rows_index idx, int32_t row);
+fg_status fg_cuda_pool(fg_cuda *c, fg_tensor *dst, const fg_tensor *x, fg_pool_mode mode, bool normalize);
 
 #endif // FG_BACKEND_CUDA_INTERNAL_H

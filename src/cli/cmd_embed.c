@@ -1,0 +1,319 @@
+// cmd_embed.c - `forge embed`: one embedding per input, for models with a pooling type (BERT
+// family: bert, nomic-bert; issue 14). Inputs are the -p texts, or the lines of -f FILE (or of
+// stdin), one input per line in order (an empty line is an input too: [CLS] [SEP]); each is
+// tokenized as sentence-transformers does (the model's [CLS] / [SEP], special-token strings in
+// the text recognised as Hugging Face's tokenizer recognises them), batched into steps of up to
+// --batch-tokens tokens and --max-seqs inputs, pooled and normalised on the device as the
+// model's file says. Output: one line per input, the floats separated by spaces, or with
+// --json one JSON array per line. An input longer than the model's limit
+// (sentence_transformers.max_seq_length, else context_length) is an error naming its line,
+// unless --truncate (cut to the limit, [SEP] kept last). The model is driven directly, like
+// `forge run` (no scheduler thread; that is `forge serve`'s /v1/embeddings).
+#include "cli/cli.h"
+
+#include "base/status.h"
+#include "base/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void embed_usage(FILE *f) {
+    fprintf(f,
+            "usage: forge embed -m MODEL [-p TEXT ... | -f FILE] [options]\n"
+            "  -m, --model PATH       GGUF embedding model (a pooling type: bert, nomic-bert, ...)\n"
+            "  -p, --prompt TEXT      one input (repeatable)\n"
+            "  -f, --file PATH        one input per line ('-': stdin; the default without -p)\n"
+            "  --json                 one JSON array of floats per input (default: floats separated by spaces)\n"
+            "  --truncate             cut inputs longer than the model takes (default: an error)\n"
+            "  --batch-tokens N       tokens per step (default 2048; at least the longest input)\n"
+            "  --max-seqs N           inputs per step (default 256)\n"
+            "  -t, --threads N        CPU threads (default: all cores)\n"
+            "  --device NAME          auto (default: the GPU when usable), cpu or cuda\n"
+            "  --gpu N                GPU index (default 0)\n"
+            "  --timing               inputs, tokens and inputs/s of the embedding steps on stderr\n");
+}
+
+typedef struct embed_args {
+    const char **prompts;
+    int n_prompts;
+    const char *model, *file, *device;
+    int64_t threads, gpu, batch_tokens, max_seqs;
+    bool json, truncate, timing;
+} embed_args;
+
+// 0: ok, 2: usage error (message printed), 3: --help
+static int parse(int argc, char **argv, embed_args *a) {
+    const char *C = "embed";
+    a->batch_tokens = 2048;
+    a->max_seqs = 256;
+    a->prompts = fg_xcalloc((size_t)argc, sizeof *a->prompts);
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        bool has_val = i + 1 < argc;
+        const char *val = has_val ? argv[i + 1] : NULL;
+#define NEED_VAL()                                                            \
+    do {                                                                      \
+        if (!has_val) {                                                       \
+            fprintf(stderr, "forge embed: %s needs a value\n", f);            \
+            return 2;                                                         \
+        }                                                                     \
+        i++;                                                                  \
+    } while (0)
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
+            return 3;
+        } else if (!strcmp(f, "-m") || !strcmp(f, "--model")) {
+            NEED_VAL();
+            a->model = val;
+        } else if (!strcmp(f, "-p") || !strcmp(f, "--prompt")) {
+            NEED_VAL();
+            a->prompts[a->n_prompts++] = val;
+        } else if (!strcmp(f, "-f") || !strcmp(f, "--file")) {
+            NEED_VAL();
+            a->file = val;
+        } else if (!strcmp(f, "--json")) {
+            a->json = true;
+        } else if (!strcmp(f, "--truncate")) {
+            a->truncate = true;
+        } else if (!strcmp(f, "--timing")) {
+            a->timing = true;
+        } else if (!strcmp(f, "--batch-tokens")) {
+            NEED_VAL();
+            if (!fg_cli_parse_i64(C, f, val, 1, 1 << 20, &a->batch_tokens))
+                return 2;
+        } else if (!strcmp(f, "--max-seqs")) {
+            NEED_VAL();
+            if (!fg_cli_parse_i64(C, f, val, 1, 1 << 16, &a->max_seqs))
+                return 2;
+        } else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) {
+            NEED_VAL();
+            if (!fg_cli_parse_i64(C, f, val, 1, 1024, &a->threads))
+                return 2;
+        } else if (!strcmp(f, "--device")) {
+            NEED_VAL();
+            a->device = val;
+            if (!fg_cli_device_valid(C, val))
+                return 2;
+        } else if (!strcmp(f, "--gpu")) {
+            NEED_VAL();
+            if (!fg_cli_parse_i64(C, f, val, 0, 1023, &a->gpu))
+                return 2;
+        } else {
+            fprintf(stderr, "forge embed: unknown option '%s' (see forge embed --help)\n", f);
+            return 2;
+        }
+#undef NEED_VAL
+    }
+    if (!a->model) {
+        fprintf(stderr, "forge embed: -m MODEL is required\n");
+        return 2;
+    }
+    if (a->n_prompts > 0 && a->file) {
+        fprintf(stderr, "forge embed: give -p TEXT or -f FILE, not both\n");
+        return 2;
+    }
+    return 0;
+}
+
+// Splits text into lines (\n, a \r before it dropped); the newline ending the last line does
+// not start another. Pointers into text (NUL-terminated in place).
+static char **split_lines(char *text, size_t len, int32_t *n_out) {
+    int32_t cap = 64, n = 0;
+    char **lines = fg_xmalloc((size_t)cap * sizeof *lines);
+    size_t start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i < len && text[i] != '\n')
+            continue;
+        if (i == len && start == len && n > 0)
+            break; // the final newline
+        if (n == cap) {
+            cap *= 2;
+            lines = fg_xrealloc(lines, (size_t)cap * sizeof *lines);
+        }
+        size_t end = i;
+        if (end > start && text[end - 1] == '\r')
+            end--;
+        text[end] = '\0';
+        lines[n++] = text + start;
+        start = i + 1;
+    }
+    *n_out = n;
+    return lines;
+}
+
+// Reads all of stdin (NUL-terminated heap buffer).
+static fg_status read_stdin(char **out, size_t *len) {
+    size_t cap = 1 << 16, n = 0;
+    char *buf = fg_xmalloc(cap);
+    for (;;) {
+        if (n + 1 >= cap) {
+            cap *= 2;
+            buf = fg_xrealloc(buf, cap);
+        }
+        size_t r = fread(buf + n, 1, cap - n - 1, stdin);
+        n += r;
+        if (r == 0)
+            break;
+    }
+    if (ferror(stdin)) {
+        free(buf);
+        return FG_FAIL(FG_ERR_IO, "stdin: read error");
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return FG_OK;
+}
+
+// Appends one input's vector as a line: "[a, b, ...]" (--json) or "a b ...". %.9g: every float
+// comes back exactly.
+static void write_vector(FILE *out, const float *v, int32_t n, bool json) {
+    char buf[32];
+    if (json)
+        fputc('[', out);
+    for (int32_t i = 0; i < n; i++) {
+        int w = snprintf(buf, sizeof buf, "%s%.9g", i == 0 ? "" : json ? ", " : " ", (double)v[i]);
+        fwrite(buf, 1, (size_t)w, out);
+    }
+    fputs(json ? "]\n" : "\n", out);
+}
+
+int fg_cmd_embed(int argc, char **argv) {
+    embed_args a = {0};
+    int pr = parse(argc, argv, &a);
+    if (pr == 3) {
+        embed_usage(stdout);
+        free(a.prompts);
+        return 0;
+    }
+    if (pr) {
+        free(a.prompts);
+        return pr;
+    }
+    int rc = 1;
+    fg_backend *be = NULL;
+    fg_model *m = NULL;
+    char *text = NULL;
+    char **lines = NULL;
+    int32_t n_in = 0;
+    int32_t **ids = NULL, *n_ids = NULL;
+    float *vecs = NULL;
+
+    if (a.n_prompts > 0) {
+        n_in = a.n_prompts;
+        lines = fg_xmalloc((size_t)n_in * sizeof *lines);
+        for (int32_t i = 0; i < n_in; i++)
+            lines[i] = (char *)a.prompts[i];
+    } else {
+        size_t len = 0;
+        fg_status st = a.file && strcmp(a.file, "-") ? fg_cli_read_file(a.file, &text, &len) : read_stdin(&text, &len);
+        if (st != FG_OK)
+            goto fail;
+        lines = split_lines(text, len, &n_in);
+        if (len == 0)
+            n_in = 0; // an empty file holds no input
+    }
+    if (n_in == 0) {
+        fprintf(stderr, "forge embed: no input (an empty file or stdin)\n");
+        goto fail_quiet;
+    }
+    if (fg_cli_backend("embed", a.device, (int)a.gpu, (int)a.threads, &be) != FG_OK)
+        goto fail;
+    fg_model_opts mo = {.max_batch_tokens = (int32_t)a.batch_tokens, .max_seqs = (int32_t)a.max_seqs, .progress = true};
+    if (fg_model_load(a.model, be, &mo, &m) != FG_OK)
+        goto fail;
+    const fg_model_info *info = fg_model_get_info(m);
+    if (info->pooling == 0) {
+        fprintf(stderr,
+                "forge embed: %s: %s.pooling_type is absent or 0 (none): the model gives no vector per input "
+                "(an embedding model names mean, cls or last)\n",
+                a.model, info->arch);
+        goto fail_quiet;
+    }
+    fg_cli_print_memory("embed", be, m, NULL);
+    const fg_tokenizer *tok = fg_model_tokenizer(m);
+    const int32_t limit = info->max_embed_tokens, E = info->n_embd;
+    ids = fg_xcalloc((size_t)n_in, sizeof *ids);
+    n_ids = fg_xcalloc((size_t)n_in, sizeof *n_ids);
+    int64_t total = 0;
+    for (int32_t i = 0; i < n_in; i++) {
+        size_t n = 0;
+        // sentence-transformers: [CLS] text [SEP], and "[SEP]" in the text is the special token
+        if (fg_tokenize(tok, lines[i], strlen(lines[i]), true, true, &ids[i], &n) != FG_OK)
+            goto fail;
+        if (n == 0) {
+            fprintf(stderr, "forge embed: input %d is empty and the model adds no special tokens\n", i + 1);
+            goto fail_quiet;
+        }
+        if ((int64_t)n > limit && !a.truncate) {
+            fprintf(stderr,
+                    "forge embed: input %d has %zu tokens, the model takes at most %d (max_seq_length %d, "
+                    "--batch-tokens %lld): shorten it or pass --truncate\n",
+                    i + 1, n, limit, info->max_seq, (long long)a.batch_tokens);
+            goto fail_quiet;
+        }
+        n_ids[i] = fg_embed_truncate(tok, ids[i], (int32_t)FG_MIN(n, (size_t)INT32_MAX), limit);
+        total += n_ids[i];
+    }
+    vecs = malloc((size_t)n_in * (size_t)E * sizeof *vecs);
+    if (!vecs) {
+        FG_FAIL(FG_ERR_NOMEM, "out of memory for %d vectors", n_in);
+        goto fail;
+    }
+    // batches of consecutive inputs; while a GPU computes one, the previous one is written out
+    double t0 = fg_time_s(), t_write = 0;
+    int32_t n_steps = 0, done = 0, written = 0;
+    while (done < n_in) {
+        int32_t ns = 0, nt = 0;
+        while (done + ns < n_in && ns < info->max_seqs && nt + n_ids[done + ns] <= info->max_batch_tokens)
+            nt += n_ids[done + ns++];
+        fg_embed_batch b = {.n_seqs = ns, .tokens = (const int32_t *const *)(ids + done), .n_tokens = n_ids + done};
+        if (fg_model_embed_submit(m, &b) != FG_OK)
+            goto fail;
+        double tw = fg_time_s();
+        for (; written < done; written++)
+            write_vector(stdout, vecs + (size_t)written * E, E, a.json);
+        t_write += fg_time_s() - tw;
+        const float *out = NULL;
+        int32_t got = 0;
+        if (fg_model_embed_wait(m, &out, &got) != FG_OK)
+            goto fail;
+        memcpy(vecs + (size_t)done * E, out, (size_t)got * (size_t)E * sizeof *vecs);
+        done += ns;
+        n_steps++;
+    }
+    double t1 = fg_time_s();
+    for (; written < n_in; written++)
+        write_vector(stdout, vecs + (size_t)written * E, E, a.json);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "forge embed: cannot write the output\n");
+        goto fail_quiet;
+    }
+    if (a.timing) { // the steps (and the output written while a GPU computes), not the loading
+        double dt = t1 - t0;
+        fprintf(stderr,
+                "forge embed: %d inputs, %lld tokens, %d steps in %.3f s (%.3f s of it writing): %.1f inputs/s, "
+                "%.0f tokens/s; %s\n",
+                n_in, (long long)total, n_steps, dt, t_write, (double)n_in / dt, (double)total / dt,
+                fg_backend_describe(be));
+    }
+    rc = 0;
+    goto done;
+fail:
+    rc = fg_cli_fail("embed");
+    goto done;
+fail_quiet:
+    rc = 1;
+done:
+    for (int32_t i = 0; ids && i < n_in; i++)
+        free(ids[i]);
+    free(ids);
+    free(n_ids);
+    free(vecs);
+    free(lines);
+    free(text);
+    free(a.prompts);
+    fg_model_destroy(m);
+    fg_backend_destroy(be);
+    return rc;
+}
