@@ -1449,7 +1449,11 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         const bool raw = (wt == FG_TYPE_F16 && xt == FG_TYPE_F16) || (wt == FG_TYPE_F32 && xt == FG_TYPE_F32) ||
                          (wt == FG_TYPE_BF16 && xt == FG_TYPE_BF16);
         const size_t esz = xt == FG_TYPE_F32 ? 4 : 2;
-        if (mm_blas_rows(c, n_rows) && x->nb[1] % esz == 0 && w->nb[1] % esz == 0 && dst->nb[1] % 4 == 0 &&
+        // F32 weights go to SGEMM from FG_MV_MAX_ROWS + 1 rows: the tiled kernel would round them
+        // and the rows to F16, and a result would depend on how many rows share the step
+        const bool rows_ok = wt == FG_TYPE_F32 && xt == FG_TYPE_F32 ? c->blas && n_rows > FG_MV_MAX_ROWS
+                                                                    : mm_blas_rows(c, n_rows);
+        if (rows_ok && x->nb[1] % esz == 0 && w->nb[1] % esz == 0 && dst->nb[1] % 4 == 0 &&
             n_rows <= INT32_MAX && n_out <= INT32_MAX &&
             (raw || (xt == FG_TYPE_F16 && (size_t)n_in * (size_t)n_out * 2 <= c->deq.size)))
             return blas_go(c, dst, w, x, b, accumulate);
