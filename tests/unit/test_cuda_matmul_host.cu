@@ -332,6 +332,11 @@ template <int WT> static void test_mv_type(void) {
             if (flt) {
                 a.x = x.b.p;
                 a.x_nb1 = x.nb1;
+                // the float matvec multiplies F16/BF16 weights by x on their own grid (the
+                // reference's vec_dot_type), F32 weights by x itself
+                for (float &v : xv)
+                    v = WT == FG_TYPE_F16 ? fg_f16_to_f32(fg_f32_to_f16(v))
+                        : WT == FG_TYPE_BF16 ? fg_bf16_to_f32(fg_f32_to_bf16(v)) : v;
             } else {
                 const size_t qb = mm_act_row_bytes(WT, n_in);
                 const uint32_t at = kq ? FG_TYPE_Q8_K : FG_TYPE_Q8_1;

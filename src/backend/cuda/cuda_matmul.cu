@@ -284,8 +284,15 @@ FG_UNROLL
             const uint8_t *q = sm + mv_slot<WT, NR>(G::R + j) + ((uintptr_t)p & 15) + tid * 32;
             float xv[8];
 FG_UNROLL
-            for (int i = 0; i < 8; i++)
+            for (int i = 0; i < 8; i++) {
                 xv[i] = i < cnt ? mm_float_elem<FG_TYPE_F32>(q + 4 * i) : 0.0f;
+                // x on the weights' grid, as the reference's F16/BF16 dot and the GEMMs see it:
+                // a row's result then does not depend on how many rows share the step
+                if constexpr (WT == FG_TYPE_F16)
+                    xv[i] = fg_f16_to_f32(fg_f32_to_f16(xv[i]));
+                else if constexpr (WT == FG_TYPE_BF16)
+                    xv[i] = fg_bf16_to_f32(fg_f32_to_bf16(xv[i]));
+            }
 FG_UNROLL
             for (int r = 0; r < G::R; r++)
 FG_UNROLL
@@ -1004,7 +1011,8 @@ bool fg_cuda_convert_supports(uint32_t act_type) {
 
 // Activations as the reference converts them: the reference's 8-bit grids for the quantized
 // types at any row count (the GEMMs widen those rows to F16), F32 for F32 weights, F16
-// for F16 weights, BF16 for BF16 weights in the library GEMM, F32 for float weights' matvec.
+// for F16 weights, BF16 for BF16 weights in the library GEMM; the float weights' matvec reads
+// F32 rows and rounds them to the F16/BF16 grid itself (F32 weights: F32 everywhere).
 static bool mm_blas_rows(const fg_cuda *c, int64_t n_rows);
 
 uint32_t fg_cuda_act_type(fg_cuda *c, uint32_t wtype, int64_t n_rows) {
