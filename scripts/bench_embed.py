@@ -13,6 +13,11 @@
                                                    per batch as sentence-transformers does, mean
                                                    pooling and L2 normalisation; prints
                                                    sentences/s per batch size and the best.
+  st    --model-dir HF_DIR -i sentences.txt [--device cuda|cpu] [--dtype fp16|fp32] [--batch-sizes ...]
+                                                   sentence-transformers' own encode() (tokenizer
+                                                   included) on a model directory; without
+                                                   model.safetensors, random weights of the
+                                                   config's shape are written there first.
 
 The baseline times the model only (the ids are given), so it is an upper bound on
 sentence-transformers' encode(), which also tokenizes. Speed does not depend on the weights'
@@ -140,6 +145,43 @@ def cmd_torch(a):
     print(f"best: {best[0]:.1f} sentences/s at batch {best[1]}")
 
 
+def cmd_st(a):
+    import os
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if not os.path.exists(os.path.join(a.model_dir, "model.safetensors")):
+        from transformers import BertConfig, BertModel
+
+        torch.manual_seed(1)
+        BertModel(BertConfig.from_pretrained(a.model_dir), add_pooling_layer=False).save_pretrained(a.model_dir)
+    m = SentenceTransformer(a.model_dir, device=a.device)
+    if a.dtype == "fp16":
+        m = m.half()
+    sents = open(a.input, encoding="utf-8").read().splitlines()
+    import sentence_transformers
+
+    print(f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}, {a.device} {a.dtype}, "
+          f"threads {torch.get_num_threads()}, {len(sents)} sentences")
+    best = (0.0, 0)
+    for bs in [int(x) for x in a.batch_sizes.split(",")]:
+        m.encode(sents[:2000], batch_size=bs, normalize_embeddings=True)  # warm-up
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        e = m.encode(sents, batch_size=bs, normalize_embeddings=True)
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+        dt_s = time.perf_counter() - t0
+        rate = len(sents) / dt_s
+        print(f"  batch {bs:5d}: {dt_s:8.3f} s  {rate:10.1f} sentences/s  ({e.shape[0]} x {e.shape[1]})")
+        best = max(best, (rate, bs))
+    print(f"best: {best[0]:.1f} sentences/s at batch {best[1]}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sp = ap.add_subparsers(dest="cmd", required=True)
@@ -161,8 +203,15 @@ def main():
     t.add_argument("--batch-sizes", default="32,64,128,256,512,1024")
     for k, v in dict(layers=6, hidden=384, heads=12, ff=1536, vocab=30522).items():
         t.add_argument(f"--{k}", type=int, default=v)
+    st = sp.add_parser("st")
+    st.add_argument("--model-dir", required=True)
+    st.add_argument("-i", "--input", required=True)
+    st.add_argument("--device", default="cuda")
+    st.add_argument("--dtype", default="fp16", choices=["fp16", "fp32"])
+    st.add_argument("--threads", type=int, default=0)
+    st.add_argument("--batch-sizes", default="32,64,128,256,512,1024")
     a = ap.parse_args()
-    {"gen": cmd_gen, "ids": cmd_ids, "torch": cmd_torch}[a.cmd](a)
+    {"gen": cmd_gen, "ids": cmd_ids, "torch": cmd_torch, "st": cmd_st}[a.cmd](a)
 
 
 if __name__ == "__main__":

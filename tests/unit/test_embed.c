@@ -226,8 +226,8 @@ static uint32_t rnd(uint32_t n) {
 // n sequences of the given lengths: [CLS] random word pieces [SEP].
 typedef struct seqs {
     int n;
-    int32_t *ids[64];
-    int32_t len[64];
+    int32_t *ids[256];
+    int32_t len[256];
 } seqs;
 
 static void make_seqs(seqs *s, int n, const int32_t *lens) {
@@ -358,27 +358,43 @@ static void test_info_and_refusals(void **state) {
     fg_backend_destroy(be);
 }
 
-// Every input alone, then all of them in one step and in steps of 3: the same bits.
-static void batch_invariance(const char *backend, fixture *f, int model, double tol) {
+// Every input alone, then all of them in one step, in steps of 3 and among 256 inputs in one
+// step: within tol of each other (max |diff|), and cosine >= min_cos.
+#define N_MANY 256
+static void batch_invariance(const char *backend, fixture *f, int model, double tol, double min_cos) {
     bool sk = false;
     fg_backend *be = open_backend(backend, &sk);
     if (sk)
         skip();
     fg_model *m = load(f->path[model], be, 512, 16);
     seqs s;
-    make_seqs(&s, N_LENS, k_lens);
+    int32_t lens[N_MANY]; // the inputs under test first, then short ones (~20 tokens) around them
+    for (int i = 0; i < N_MANY; i++)
+        lens[i] = i < N_LENS ? k_lens[i] : 2 + (int32_t)rnd(24);
+    make_seqs(&s, N_MANY, lens);
     float *alone = malloc(sizeof(float) * E * N_LENS), *all = malloc(sizeof(float) * E * N_LENS),
-          *three = malloc(sizeof(float) * E * N_LENS);
+          *three = malloc(sizeof(float) * E * N_LENS), *many = malloc(sizeof(float) * E * N_MANY);
     for (int i = 0; i < N_LENS; i++)
         embed(m, &s, i, 1, alone + i * E);
     embed(m, &s, 0, N_LENS, all);
     for (int i = 0; i < N_LENS; i += 3)
         embed(m, &s, i, N_LENS - i < 3 ? N_LENS - i : 3, three + i * E);
-    double d1 = max_diff(all, alone, (size_t)E * N_LENS), d2 = max_diff(three, alone, (size_t)E * N_LENS);
-    print_message("%s model %d: batch invariance max |diff| %.2e (all together), %.2e (threes)\n", backend, model,
-                  d1, d2);
-    if (!(d1 <= tol) || !(d2 <= tol))
-        fail_msg("%s model %d: batch invariance %.3g / %.3g > %.3g", backend, model, d1, d2, tol);
+    fg_model *m256 = load(f->path[model], be, 4096, N_MANY);
+    embed(m256, &s, 0, N_MANY, many);
+    fg_model_destroy(m256);
+    const size_t n = (size_t)E * N_LENS;
+    const double d1 = max_diff(all, alone, n), d2 = max_diff(three, alone, n), d3 = max_diff(many, alone, n);
+    double c = 1.0;
+    for (int i = 0; i < N_LENS; i++) {
+        c = fmin(c, cosine(all + i * E, alone + i * E, E));
+        c = fmin(c, cosine(three + i * E, alone + i * E, E));
+        c = fmin(c, cosine(many + i * E, alone + i * E, E));
+    }
+    print_message("%s model %d: batch invariance max |diff| %.2e (all together), %.2e (threes), %.2e (among %d), "
+                  "min cosine %.9f\n", backend, model, d1, d2, d3, N_MANY, c);
+    if (!(d1 <= tol) || !(d2 <= tol) || !(d3 <= tol) || !(c >= min_cos))
+        fail_msg("%s model %d: batch invariance %.3g / %.3g / %.3g > %.3g or cosine %.9f < %.9f", backend, model, d1,
+                 d2, d3, tol, c, min_cos);
     if (k_models[model].normalize)
         for (int i = 0; i < N_LENS; i++) {
             double nn = 0;
@@ -389,6 +405,7 @@ static void batch_invariance(const char *backend, fixture *f, int model, double 
     free(alone);
     free(all);
     free(three);
+    free(many);
     free_seqs(&s);
     fg_model_destroy(m);
     fg_backend_destroy(be);
@@ -396,7 +413,7 @@ static void batch_invariance(const char *backend, fixture *f, int model, double 
 
 static void test_cpu_batch_invariance(void **state) {
     for (int i = 0; i < N_MODELS - 1; i++)
-        batch_invariance("cpu", *state, i, 0.0); // bit for bit
+        batch_invariance("cpu", *state, i, 0.0, 1.0); // bit for bit
 }
 
 // ---------------------------------------------------------------- the embedder queue
@@ -603,7 +620,12 @@ static void test_cuda_vs_cpu(void **state) {
 
 static void test_cuda_batch_invariance(void **state) {
     for (int i = 0; i < N_MODELS - 1; i++)
-        batch_invariance("cuda", *state, i, 1e-5); // GEMM paths change with the row count
+        // matvec (<= 8 rows), library and tiled GEMMs sum in different orders: F32 models stay
+        // within 1e-5; in F16/Q8_0 models such a difference can move an activation across an
+        // F16/8-bit rounding boundary, one unit of the last place (~5e-4 relative) in a few
+        // elements, which the vector keeps at ~1e-4
+        batch_invariance("cuda", *state, i, k_models[i].wtype == FG_TYPE_F32 ? 1e-5 : 5e-4,
+                         k_models[i].wtype == FG_TYPE_F32 ? 0.99999999 : 0.9999999);
 }
 
 int main(void) {
