@@ -8,6 +8,9 @@ sentence-transformers and torch (not test dependencies: install them in a throwa
         [--batch 16,32,64,128,256] [--threads N] [--compare forge.jsonl]
 
 --compare: the min cosine between its vectors and `forge embed --json` output of the same file.
+A HF_DIR without model.safetensors (the config and tokenizer files only, e.g. carried to a GPU
+machine without the 90 MB of weights) gets random weights of the config's shape first: the
+speed does not depend on the values (--compare then means nothing).
 """
 import argparse
 import json
@@ -31,6 +34,14 @@ def main():
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    import os
+
+    if not os.path.exists(os.path.join(a.model_dir, "model.safetensors")):
+        from transformers import AutoConfig, AutoModel
+
+        torch.manual_seed(1)
+        AutoModel.from_config(AutoConfig.from_pretrained(a.model_dir)).save_pretrained(a.model_dir)
+        print(f"{a.model_dir}: no model.safetensors, random weights of its config's shape written")
     texts = open(a.file).read().splitlines()
     model = SentenceTransformer(a.model_dir, device=a.device)
     if a.fp16:

@@ -28,8 +28,9 @@ static void embed_usage(FILE *f) {
             "  -f, --file PATH        one input per line ('-': stdin; the default without -p)\n"
             "  --json                 one JSON array of floats per input (default: floats separated by spaces)\n"
             "  --truncate             cut inputs longer than the model takes (default: an error)\n"
-            "  --batch-tokens N       tokens per step (default 2048; at least the longest input)\n"
-            "  --max-seqs N           inputs per step (default 256)\n"
+            "  --batch-tokens N       tokens per step (default 8192 on a GPU, 2048 on the CPU; at least\n"
+            "                         the longest input)\n"
+            "  --max-seqs N           inputs per step (default 512 on a GPU, 256 on the CPU)\n"
             "  -t, --threads N        CPU threads (default: all cores)\n"
             "  --device NAME          auto (default: the GPU when usable), cpu or cuda\n"
             "  --gpu N                GPU index (default 0)\n"
@@ -47,8 +48,8 @@ typedef struct embed_args {
 // 0: ok, 2: usage error (message printed), 3: --help
 static int parse(int argc, char **argv, embed_args *a) {
     const char *C = "embed";
-    a->batch_tokens = 2048;
-    a->max_seqs = 256;
+    a->batch_tokens = 0; // 0: by device, after the backend is chosen
+    a->max_seqs = 0;
     a->prompts = fg_xcalloc((size_t)argc, sizeof *a->prompts);
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
@@ -273,6 +274,14 @@ int fg_cmd_embed(int argc, char **argv) {
     }
     if (fg_cli_backend("embed", a.device, (int)a.gpu, (int)a.threads, &be) != FG_OK)
         goto fail;
+    // a GPU wants large steps (10,000 inputs of ~20 tokens on an H100: 25k inputs/s in steps of
+    // 2,048 tokens, 38k in steps of 8,192); the CPU gains nothing from them
+    uint64_t free_b = 0, total_b = 0;
+    const bool gpu = fg_backend_mem_info(be, &free_b, &total_b) == FG_OK && total_b > 0;
+    if (a.batch_tokens == 0)
+        a.batch_tokens = gpu ? 8192 : 2048;
+    if (a.max_seqs == 0)
+        a.max_seqs = gpu ? 512 : 256;
     fg_model_opts mo = {.max_batch_tokens = (int32_t)a.batch_tokens, .max_seqs = (int32_t)a.max_seqs, .progress = true};
     if (fg_model_load(a.model, be, &mo, &m) != FG_OK)
         goto fail;
