@@ -158,7 +158,10 @@ template <int WT, int NR> static void emu_mw(const mv_args &a) {
             for (int r = 0; r < R; r++)
                 for (int j = 0; j < NR; j++)
                     th[t][r][j] = 0.0f;
-            mw_thread<WT, NR>(a, o0, t, th[t]);
+            if (mw_a4<WT>(a)) // as mw_go picks the reader
+                mw_thread<WT, NR, true>(a, o0, t, th[t]);
+            else
+                mw_thread<WT, NR, false>(a, o0, t, th[t]);
         }
         for (int r = 0; r < R; r++)
             for (int j = 0; j < NR; j++) {

@@ -105,7 +105,8 @@ typedef struct fg_cuda {
     void *blas_ws;          // workspace (fixed, so that a recorded step may call the library)
     fg_cuda_arena deq;      // F16 weights [n_out][n_in], sized by lim.max_weight_elems
     int blas_min_rows;      // activation rows from which the library GEMM runs (0: never)
-    int mv_direct;          // quantized matvec: the direct kernel (default) or the staged one (FORGE_CUDA_MV=staged)
+    int mv_direct;          // quantized matvec: 1 the direct kernel (default), 0 the staged one (FORGE_CUDA_MV=staged),
+                            // 2 the direct one with 16-bit weight reads only (FORGE_CUDA_MV=direct16)
     int mmq;                // quantized weights, many rows: the integer tiled kernel (1, default;
                             // the reference's arithmetic) or F16 GEMMs (FORGE_CUDA_MMQ=0)
 

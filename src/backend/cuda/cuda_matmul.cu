@@ -40,6 +40,7 @@
 
 #include <stddef.h>
 #include <string.h>
+#include <type_traits>
 
 #if defined(FG_GPU_HAS_MMA) && !defined(FG_MM_NO_MMA)
 #define FG_MM_USE_MMA 1
@@ -374,9 +375,16 @@ template <int NR> struct mw_r {
 };
 static_assert(4 * FG_MV_MAX_ROWS <= 32, "one lane writes each sum");
 
-// Thread t's partial sums for weight rows o0 .. o0 + R - 1 (rows past n_out clamped).
-template <int WT, int NR>
+// 32-bit weight reads as single loads (fg_rd_a4): blocks a multiple of 4 bytes, rows 4-aligned.
+template <int WT> static FG_HD __forceinline__ bool mw_a4(const mv_args &a) {
+    return fg_qt<WT>::BYTES % 4 == 0 && ((uintptr_t)a.w & 3) == 0 && a.w_nb1 % 4 == 0;
+}
+
+// Thread t's partial sums for weight rows o0 .. o0 + R - 1 (rows past n_out clamped); A4: the
+// weights are read through fg_rd_a4 (mw_a4 holds).
+template <int WT, int NR, bool A4>
 static FG_HD __forceinline__ void mw_thread(const mv_args &a, int64_t o0, int t, float (&acc)[mw_r<NR>::R][NR]) {
+    typedef typename std::conditional<A4, fg_rd_a4, fg_rd_exact>::type RD;
     typedef fg_qt<WT> Q;
     constexpr int R = mw_r<NR>::R;
     const int nu = a.n_in / 32;
@@ -385,8 +393,7 @@ static FG_HD __forceinline__ void mw_thread(const mv_args &a, int64_t o0, int t,
 FG_UNROLL
         for (int r = 0; r < R; r++) {
             const int64_t o = o0 + r < a.n_out ? o0 + r : a.n_out - 1;
-            fg_q_decode<WT, fg_rd_exact>(a.w + (size_t)o * a.w_nb1 + (size_t)(u / Q::UPB) * Q::BYTES, u % Q::UPB,
-                                         wu[r]);
+            fg_q_decode<WT, RD>(a.w + (size_t)o * a.w_nb1 + (size_t)(u / Q::UPB) * Q::BYTES, u % Q::UPB, wu[r]);
         }
 FG_UNROLL
         for (int j = 0; j < NR; j++) {
@@ -406,7 +413,7 @@ FG_UNROLL
 }
 
 #ifndef FG_MM_HOST_TEST
-template <int WT, int NR> static __global__ __launch_bounds__(MW_NT) void mw_kernel(mv_args a) {
+template <int WT, int NR, bool A4> static __global__ __launch_bounds__(MW_NT) void mw_kernel(mv_args a) {
     constexpr int R = mw_r<NR>::R;
     __shared__ float red[MW_NG][R * NR];
     const int t = threadIdx.x, lane = t % 32, g = t / 32;
@@ -417,7 +424,7 @@ FG_UNROLL
 FG_UNROLL
         for (int j = 0; j < NR; j++)
             acc[r][j] = 0.0f;
-    mw_thread<WT, NR>(a, o0, t, acc);
+    mw_thread<WT, NR, A4>(a, o0, t, acc);
 FG_UNROLL
     for (int r = 0; r < R; r++)
 FG_UNROLL
@@ -1123,7 +1130,14 @@ template <int WT, int NR> static fg_status mv_go(fg_cuda *c, const mv_args &a) {
 }
 
 template <int WT, int NR> static fg_status mw_go(fg_cuda *c, const mv_args &a) {
-    mw_kernel<WT, NR><<<fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream>>>(a);
+    if constexpr (fg_qt<WT>::BYTES % 4 == 0) {
+        if (c->mv_direct == 1 && mw_a4<WT>(a)) {
+            mw_kernel<WT, NR, true><<<fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream>>>(a);
+            FG_GPU_LAUNCH_CHECK(c, "direct matvec");
+            return FG_OK;
+        }
+    }
+    mw_kernel<WT, NR, false><<<fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream>>>(a);
     FG_GPU_LAUNCH_CHECK(c, "direct matvec");
     return FG_OK;
 }
@@ -1290,7 +1304,7 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
     const char *mq = getenv("FORGE_CUDA_MMQ");
     c->mmq = !(mq && mq[0] == '0');
     const char *mv = getenv("FORGE_CUDA_MV");
-    c->mv_direct = !(mv && !strcmp(mv, "staged"));
+    c->mv_direct = mv && !strcmp(mv, "staged") ? 0 : mv && !strcmp(mv, "direct16") ? 2 : 1;
 #ifdef FG_MM_CUBLAS
     const char *e = getenv("FORGE_CUBLAS_MIN_ROWS");
     c->blas_min_rows = e ? atoi(e) : FG_BLAS_MIN_ROWS;

@@ -86,6 +86,22 @@ struct fg_rd_exact {
     }
 };
 
+// fg_rd_a4: global memory whose 32-bit reads are 4-aligned (blocks of a size that is a multiple
+// of 4 in rows that start 4-aligned: Q4_1, Q5_1, Q2_K, Q4_K, Q5_K), each one load instead of
+// two 16-bit ones. Host builds (the replay test) poison a misaligned read so that a caller
+// choosing it wrongly fails there.
+struct fg_rd_a4 {
+    static FG_HD __forceinline__ uint32_t u8(const uint8_t *p) { return *p; }
+    static FG_HD __forceinline__ uint32_t u16(const uint8_t *p) { return fg_q_ld16(p); }
+    template <int A> static FG_HD __forceinline__ uint32_t u32(const uint8_t *p) {
+#ifndef FG_Q_DEVICE
+        if ((uintptr_t)p & 3)
+            return 0xDEADBEEFu;
+#endif
+        return fg_q_ld32a(p);
+    }
+};
+
 struct fg_rd_smem {
     static FG_HD __forceinline__ uint32_t u8(const uint8_t *p) { return *p; }
     static FG_HD __forceinline__ uint32_t u16(const uint8_t *p) { return fg_q_ld16(p); }
