@@ -305,13 +305,16 @@ struct outbuf {
 template <int WT> static void test_mv_type(void) {
     const bool flt = mm_is_float(WT);
     const int qk = flt ? 1 : fg_qt<flt ? FG_TYPE_Q8_0 : WT>::QK;
-    // n_in: one partial chunk, and several chunks (chunk = 2048 or 4096 elements; 512/1024 float)
-    const int64_t n_ins[2] = {flt ? 67 : qk == 256 ? 2 * 256 : 7 * 32, flt ? 1103 : qk == 256 ? 21 * 256 : 139 * 32};
-    const int64_t n_outs[2] = {37, 9};
-    for (int si = 0; si < 2; si++) {
+    // n_in: one partial chunk, and several chunks (chunk = 2048 or 4096 elements; 512/1024 float),
+    // misaligned; then an even number of blocks in 4-aligned rows (the direct matvec's 32-bit
+    // reads: fg_rd_a4 and mw_image)
+    const int64_t n_ins[3] = {flt ? 67 : qk == 256 ? 2 * 256 : 7 * 32, flt ? 1103 : qk == 256 ? 21 * 256 : 139 * 32,
+                              flt ? 256 : qk == 256 ? 6 * 256 : 70 * 32};
+    const int64_t n_outs[3] = {37, 9, 13};
+    for (int si = 0; si < 3; si++) {
         const int64_t n_in = n_ins[si], n_out = n_outs[si];
         const size_t off = WT == FG_TYPE_MXFP4 ? 1 : WT == FG_TYPE_F32 ? 4 : 2;
-        wmat w(WT, n_out, n_in, si == 0 ? 0 : off * 3, si == 0 ? 0 : off);
+        wmat w(WT, n_out, n_in, si == 1 ? off * 3 : 0, si == 1 ? off : 0);
         std::vector<float> bias((size_t)n_out);
         for (auto &v : bias)
             v = rng_gauss();
@@ -331,7 +334,7 @@ template <int WT> static void test_mv_type(void) {
             a.accumulate = accumulate;
             std::vector<float> xv = x.val; // what the kernel multiplies by
             const bool kq = mm_is_k(WT); // the K-quants take Q8_K activations (the reference's)
-            buf q(mm_act_row_bytes(WT, n_in) * (size_t)nr, si == 0 ? 0 : 4, 0x77);
+            buf q(mm_act_row_bytes(WT, n_in) * (size_t)nr, si == 1 ? 4 : 0, 0x77);
             if (flt) {
                 a.x = x.b.p;
                 a.x_nb1 = x.nb1;

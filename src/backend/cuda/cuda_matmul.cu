@@ -375,10 +375,36 @@ template <int NR> struct mw_r {
 };
 static_assert(4 * FG_MV_MAX_ROWS <= 32, "one lane writes each sum");
 
-// 32-bit weight reads as single loads (fg_rd_a4): blocks a multiple of 4 bytes, rows 4-aligned.
+// 32-bit weight reads as single loads, in rows that start 4-aligned: blocks a multiple of 4
+// bytes read through fg_rd_a4 (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K); one-unit blocks of 2 mod 4 bytes
+// (Q4_0, Q5_0, Q8_0) through mw_image.
 template <int WT> static FG_HD __forceinline__ bool mw_a4(const mv_args &a) {
-    return fg_qt<WT>::BYTES % 4 == 0 && ((uintptr_t)a.w & 3) == 0 && a.w_nb1 % 4 == 0;
+    typedef fg_qt<WT> Q;
+    return (Q::BYTES % 4 == 0 || (Q::UPB == 1 && Q::BYTES % 4 == 2)) && ((uintptr_t)a.w & 3) == 0 &&
+           a.w_nb1 % 4 == 0;
 }
+
+// A one-unit block of 2 mod 4 bytes at blk, copied into registers with aligned 32-bit loads: the
+// image holds the bytes from blk - 2 on, so the block's fields sit as in a 4-aligned block
+// shifted by 2 (qs at image + 4 for Q4_0/Q8_0, qh at + 4 and qs at + 8 for Q5_0). In a row that
+// starts 4-aligned with an even number of such blocks, the words read, from blk & ~3 on, stay
+// inside the row: an odd block (blk = 2 mod 4) reads [blk - 2, blk + BYTES), an even one
+// [blk, blk + BYTES + 2). Branch-free, as neighbouring lanes alternate between the two.
+template <int WT> struct mw_image {
+    static constexpr int NW = (fg_qt<WT>::BYTES + 2) / 4;
+    uint32_t w[NW];
+    static FG_HD __forceinline__ void load(const uint8_t *blk, mw_image &im) {
+        const uint8_t *base = (const uint8_t *)((uintptr_t)blk & ~(uintptr_t)3);
+        const uint32_t sh = ((uintptr_t)blk & 2) ? 32u : 16u; // odd block: the words as they are
+        uint32_t prev = 0;
+FG_UNROLL
+        for (int i = 0; i < NW; i++) {
+            const uint32_t cur = fg_q_ld32a(base + 4 * i);
+            im.w[i] = (uint32_t)((((uint64_t)cur << 32) | prev) >> sh);
+            prev = cur;
+        }
+    }
+};
 
 // Thread t's partial sums for weight rows o0 .. o0 + R - 1 (rows past n_out clamped); A4: the
 // weights are read through fg_rd_a4 (mw_a4 holds).
@@ -393,7 +419,14 @@ static FG_HD __forceinline__ void mw_thread(const mv_args &a, int64_t o0, int t,
 FG_UNROLL
         for (int r = 0; r < R; r++) {
             const int64_t o = o0 + r < a.n_out ? o0 + r : a.n_out - 1;
-            fg_q_decode<WT, RD>(a.w + (size_t)o * a.w_nb1 + (size_t)(u / Q::UPB) * Q::BYTES, u % Q::UPB, wu[r]);
+            const uint8_t *blk = a.w + (size_t)o * a.w_nb1 + (size_t)(u / Q::UPB) * Q::BYTES;
+            if constexpr (A4 && Q::BYTES % 4 == 2) {
+                mw_image<WT> im;
+                mw_image<WT>::load(blk, im);
+                fg_q_decode<WT, fg_rd_a4>((const uint8_t *)im.w + 2, 0, wu[r]);
+            } else {
+                fg_q_decode<WT, RD>(blk, u % Q::UPB, wu[r]);
+            }
         }
 FG_UNROLL
         for (int j = 0; j < NR; j++) {
@@ -1130,7 +1163,7 @@ template <int WT, int NR> static fg_status mv_go(fg_cuda *c, const mv_args &a) {
 }
 
 template <int WT, int NR> static fg_status mw_go(fg_cuda *c, const mv_args &a) {
-    if constexpr (fg_qt<WT>::BYTES % 4 == 0) {
+    if constexpr (fg_qt<WT>::BYTES % 4 == 0 || (fg_qt<WT>::UPB == 1 && fg_qt<WT>::BYTES % 4 == 2)) {
         if (c->mv_direct == 1 && mw_a4<WT>(a)) {
             mw_kernel<WT, NR, true><<<fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream>>>(a);
             FG_GPU_LAUNCH_CHECK(c, "direct matvec");
