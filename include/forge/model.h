@@ -106,6 +106,7 @@ void fg_kv_store_destroy(fg_kv_store *kv);
 int32_t fg_kv_store_n_pages(const fg_kv_store *kv);
 int32_t fg_kv_store_page_size(const fg_kv_store *kv);
 uint64_t fg_kv_store_bytes(const fg_kv_store *kv); // backend bytes of the pool (rank 0's with tensor parallelism)
+uint32_t fg_kv_store_type(const fg_kv_store *kv);  // its element type (FG_TYPE_F16, FG_TYPE_F32, FG_TYPE_Q8_0)
 // Copy-on-write support: page dst <- page src (all layers).
 fg_status fg_kv_store_copy_page(fg_kv_store *kv, int32_t dst, int32_t src);
 

@@ -83,6 +83,7 @@ void fg_kv_store_destroy(fg_kv_store *kv) {
 int32_t fg_kv_store_n_pages(const fg_kv_store *kv) { return kv->view.n_pages; }
 int32_t fg_kv_store_page_size(const fg_kv_store *kv) { return kv->view.page_size; }
 uint64_t fg_kv_store_bytes(const fg_kv_store *kv) { return kv->m->be->ops->buf_size(kv->buf); }
+uint32_t fg_kv_store_type(const fg_kv_store *kv) { return kv->view.type; }
 
 fg_status fg_kv_store_copy_page(fg_kv_store *kv, int32_t dst, int32_t src) {
     int32_t n = kv->view.n_pages;
