@@ -146,7 +146,7 @@ typedef struct fg_engine_opts {
     int32_t max_batch_tokens; // per-step token budget (decode + prefill chunks); 0: 512;
                               // <= the model's max_batch_tokens (fg_model_opts)
     int32_t queue_cap;        // waiting requests before FG_ERR_CAPACITY; 0: 256
-    uint32_t kv_type;         // FG_TYPE_F16 (0 means F16 too) or FG_TYPE_F32
+    uint32_t kv_type;         // FG_TYPE_F16 (0 means F16 too), FG_TYPE_F32 or FG_TYPE_Q8_0
     // prefix cache (issue 13): a request maps the cached KV pages of its prompt's longest
     // cached prefix and prefills the rest; off by default here, on by default in forge serve
     bool prefix_cache;

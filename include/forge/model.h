@@ -97,13 +97,16 @@ const fg_gguf *fg_model_gguf(const fg_model *m); // the file's metadata (chat te
 // ---- KV cache storage
 typedef struct fg_kv_store fg_kv_store;
 // n_pages pages of page_size tokens for every layer, in backend memory, element type
-// kv_type (FG_TYPE_F16 as the reference, or FG_TYPE_F32).
+// kv_type: FG_TYPE_F16 (as the reference), FG_TYPE_F32, or FG_TYPE_Q8_0 (each token's K and V
+// row of each kv head as blocks of 32: head_dim must be a multiple of 32, else
+// FG_ERR_UNSUPPORTED naming the model's head_dim).
 fg_status fg_kv_store_create(fg_model *m, int32_t n_pages, int32_t page_size, uint32_t kv_type,
                              fg_kv_store **out);
 void fg_kv_store_destroy(fg_kv_store *kv);
 int32_t fg_kv_store_n_pages(const fg_kv_store *kv);
 int32_t fg_kv_store_page_size(const fg_kv_store *kv);
 uint64_t fg_kv_store_bytes(const fg_kv_store *kv); // backend bytes of the pool (rank 0's with tensor parallelism)
+uint32_t fg_kv_store_type(const fg_kv_store *kv);  // its element type (FG_TYPE_F16, FG_TYPE_F32, FG_TYPE_Q8_0)
 // Copy-on-write support: page dst <- page src (all layers).
 fg_status fg_kv_store_copy_page(fg_kv_store *kv, int32_t dst, int32_t src);
 

@@ -38,6 +38,7 @@ typedef struct fg_server_opts {
     int32_t kv_tokens;         // KV cache capacity in tokens, all sequences together (0: on a GPU,
                                // what gpu_memory_fraction leaves; on the CPU parallel x ctx)
     double gpu_memory_fraction; // share of device memory the server may use (0: 0.9)
+    uint32_t kv_type;          // KV cache element type: FG_TYPE_F16 (0 too), FG_TYPE_Q8_0, FG_TYPE_F32
     size_t max_body;           // request body limit in bytes (0: 1 MiB)
     int32_t max_n;             // largest "n" accepted (0: 16; at most 64)
     bool log_requests;         // one line per request on stderr

@@ -118,11 +118,15 @@ static fg_status check_kv(fg_backend *be, const char *op, const fg_kv_view *kv, 
     if (!kv)
         return FG_FAIL(FG_ERR_INVALID_ARG, "%s: kv view is NULL", op);
     if (!fg_backend_supports(be, FG_OP_KV_STORE, kv->type))
-        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: kv type must be f16 or f32, found %s", op, fg_type_name(kv->type));
+        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: kv type must be f16, f32 or q8_0, found %s", op,
+                       fg_type_name(kv->type));
     if (kv->n_layer < 1 || kv->n_pages < 1 || kv->page_size < 1 || kv->n_head_kv < 1 || kv->head_dim < 1)
         return FG_FAIL(FG_ERR_INVALID_ARG,
                        "%s: kv geometry n_layer=%d n_pages=%d page_size=%d n_head_kv=%d head_dim=%d", op,
                        kv->n_layer, kv->n_pages, kv->page_size, kv->n_head_kv, kv->head_dim);
+    if (kv->head_dim % fg_type_block_size(kv->type) != 0)
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: a %s kv cache needs head_dim a multiple of %lld, found %d", op,
+                       fg_type_name(kv->type), (long long)fg_type_block_size(kv->type), kv->head_dim);
     if (layer < 0 || layer >= kv->n_layer)
         return FG_FAIL(FG_ERR_INVALID_ARG, "%s: layer %d out of range [0, %d)", op, layer, kv->n_layer);
     const int64_t ne[4] = {(int64_t)kv->n_head_kv * kv->head_dim, kv->page_size, kv->n_pages, kv->n_layer};

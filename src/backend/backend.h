@@ -41,7 +41,9 @@ typedef struct fg_tensor {
 
 // The paged KV cache as the forward pass sees it. One pool of pages shared by all sequences;
 // the backend allocates it (kv_alloc) and the canonical layout, which download returns, is
-//   k, v: [n_layer][n_pages][page_size][n_head_kv * head_dim], element type `type`.
+//   k, v: [n_layer][n_pages][page_size][n_head_kv * head_dim], element type `type`
+// (a quantized type: each slot's row is whole blocks, so each head's head_dim elements start
+// at byte kv_head * fg_type_row_size_n(type, head_dim) of it).
 // Token j of a sequence lives in page page_table[j / page_size], slot j % page_size.
 typedef struct fg_kv_view {
     int32_t n_layer;
@@ -49,7 +51,8 @@ typedef struct fg_kv_view {
     int32_t page_size;
     int32_t n_head_kv;
     int32_t head_dim;
-    uint32_t type; // FG_TYPE_F16 (default, as the reference) or FG_TYPE_F32
+    uint32_t type; // FG_TYPE_F16 (default, as the reference), FG_TYPE_F32 or FG_TYPE_Q8_0 (a row's
+                   // n_head_kv * head_dim elements as Q8_0 blocks; head_dim a multiple of 32)
     fg_tensor k;   // ne = {n_head_kv*head_dim, page_size, n_pages, n_layer}
     fg_tensor v;   // same shape as k
 } fg_kv_view;

@@ -198,7 +198,7 @@ fg_status fg_cli_chat_create(const fg_cli_chat_opts *o, fg_cli_chat **out) {
     c->n_predict = o->n_predict;
     c->smp = o->sampling;
     int32_t n_pages = (c->n_ctx + PAGE_SIZE - 1) / PAGE_SIZE;
-    st = fg_kv_store_create(c->m, n_pages, PAGE_SIZE, FG_TYPE_F16, &c->kv);
+    st = fg_kv_store_create(c->m, n_pages, PAGE_SIZE, o->kv_type ? o->kv_type : FG_TYPE_F16, &c->kv);
     if (st != FG_OK)
         goto fail;
     st = fg_kv_pages_create(n_pages, PAGE_SIZE, 1, &c->pages);

@@ -22,6 +22,7 @@ typedef struct fg_cli_chat_opts {
     int32_t n_ctx;             // 0: the model's, at most 4096
     int32_t n_predict;         // most tokens per answer; -1: until the end of the turn or context
     fg_sampling sampling;      // seed + turn number seeds each answer
+    uint32_t kv_type;          // KV cache type (0: FG_TYPE_F16)
 } fg_cli_chat_opts;
 
 typedef enum fg_cli_chat_end {

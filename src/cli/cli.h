@@ -31,7 +31,7 @@ fg_status fg_cli_backend(const char *cmd, const char *device, int gpu, int threa
 // GPUs gpu..gpu+N-1, or N groups of CPU threads (bo, filled here, must outlive the load).
 int fg_cli_rank_threads(int threads, int tp);
 void fg_cli_tensor_parallel(int tp, int rank_threads, int gpu, fg_backend_opts *bo, fg_model_opts *mo);
-// "forge <cmd>: <device>; weights X GiB, KV pool Y GiB (N tokens), scratch Z GiB; F of T GiB free"
+// "forge <cmd>: <device>; weights X GiB, KV pool Y GiB (N tokens, type), scratch Z GiB; F of T GiB free"
 void fg_cli_print_memory(const char *cmd, fg_backend *be, const fg_model *m, const fg_kv_store *kv);
 // The sampling flags of run and chat (cli_sampling.c): when argv[*i] is one of them, parses its
 // value into *s (--seed also sets *seed_set), advances *i and returns 1; returns 0 for another
@@ -45,6 +45,11 @@ int fg_cli_sampling_flag(const char *cmd, int argc, char **argv, int *i, fg_samp
     "  --min-p P              (default 0.05; 0: off)\n"                                       \
     "  --repeat-penalty R     (default 1: off)\n"                                             \
     "  --seed S               sampling seed (default: from the clock, printed)\n"
+// --kv-type of run, perplexity, bench, serve and chat: when argv[*i] is --kv-type, parses its
+// value (f16, q8_0 or f32) into *kv_type, advances *i and returns 1; returns 0 for another flag
+// and -1 after printing a usage error.
+int fg_cli_kv_type_flag(const char *cmd, int argc, char **argv, int *i, uint32_t *kv_type);
+#define FG_CLI_KV_TYPE_HELP "KV cache type: f16 (default), q8_0 (8-bit: about half the memory; head_dim a multiple of 32) or f32"
 // A context asked for beyond what the model was trained on works, but positions past it were
 // never trained: one warning line on stderr (run, perplexity, serve).
 void fg_cli_warn_ctx(const char *cmd, const char *flag, int32_t n_ctx, const fg_model_info *info);

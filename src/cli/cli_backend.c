@@ -1,8 +1,9 @@
 // cli_backend.c - the --device / --gpu / --threads choice shared by run, perplexity, bench,
 // serve and chat: "auto" (the default; FORGE_DEVICE overrides the default) takes the GPU when
 // one is usable and otherwise the CPU, with a one-line notice when the build has a GPU backend
-// but no GPU is usable; "cuda" without a usable GPU is an error. Also the one line each
-// command prints after loading: the device and the bytes of weights, KV pool and scratch.
+// but no GPU is usable; "cuda" without a usable GPU is an error. The --kv-type flag of the same
+// commands. Also the one line each command prints after loading: the device and the bytes of
+// weights, KV pool (its capacity in tokens and its type) and scratch.
 #include "cli/cli.h"
 
 #include <stdio.h>
@@ -15,6 +16,27 @@ bool fg_cli_device_valid(const char *cmd, const char *device) {
         return true;
     fprintf(stderr, "forge %s: --device expects auto, cpu or cuda, got '%s'\n", cmd, device);
     return false;
+}
+
+int fg_cli_kv_type_flag(const char *cmd, int argc, char **argv, int *i, uint32_t *kv_type) {
+    if (strcmp(argv[*i], "--kv-type"))
+        return 0;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "forge %s: --kv-type needs a value\n", cmd);
+        return -1;
+    }
+    const char *v = argv[++*i];
+    if (!strcmp(v, "f16"))
+        *kv_type = FG_TYPE_F16;
+    else if (!strcmp(v, "q8_0"))
+        *kv_type = FG_TYPE_Q8_0;
+    else if (!strcmp(v, "f32"))
+        *kv_type = FG_TYPE_F32;
+    else {
+        fprintf(stderr, "forge %s: --kv-type expects f16, q8_0 or f32, got '%s'\n", cmd, v);
+        return -1;
+    }
+    return 1;
 }
 
 const char *fg_cli_default_device(void) {
@@ -59,9 +81,10 @@ void fg_cli_print_memory(const char *cmd, fg_backend *be, const fg_model *m, con
         return;
     const fg_model_info *in = fg_model_get_info(m);
     uint64_t kvb = kv ? fg_kv_store_bytes(kv) : 0, free_b = 0, total_b = 0;
-    fprintf(stderr, "forge %s: %s; weights %.2f GiB, KV pool %.2f GiB (%d tokens), scratch %.2f GiB", cmd,
+    fprintf(stderr, "forge %s: %s; weights %.2f GiB, KV pool %.2f GiB (%d tokens, %s), scratch %.2f GiB", cmd,
             fg_backend_describe(be), gib(in->weight_bytes), gib(kvb),
-            kv ? fg_kv_store_n_pages(kv) * fg_kv_store_page_size(kv) : 0, gib(in->scratch_bytes));
+            kv ? fg_kv_store_n_pages(kv) * fg_kv_store_page_size(kv) : 0,
+            kv ? fg_type_name(fg_kv_store_type(kv)) : "-", gib(in->scratch_bytes));
     if (fg_backend_mem_info(be, &free_b, &total_b) == FG_OK && total_b > 0)
         fprintf(stderr, "; %.2f of %.2f GiB device memory free", gib(free_b), gib(total_b));
     if (in->tp_size > 1)

@@ -25,6 +25,7 @@ static void bench_usage(FILE *f) {
                "  -d LIST         context depths before the decode test (default 0)\n"
                "  -r N            repetitions; the median is reported (default 5)\n"
                "  -b N            tokens per forward step during prefill (default 512)\n"
+               "  --kv-type T     " FG_CLI_KV_TYPE_HELP "\n"
                "  -t, --threads N CPU threads (default: all cores)\n"
                "  --device NAME   auto (default), cpu or cuda\n"
                "  --gpu N         GPU index (default 0)\n"
@@ -104,6 +105,7 @@ int fg_cmd_bench(int argc, char **argv) {
     int64_t P[MAX_LIST] = {512}, D[MAX_LIST] = {0}, n_g = 128, reps = 5, threads = 0, batch = 512, gpu = 0, tp = 1;
     int n_p = 1, n_d = 1;
     bool json = false, skip_ar = false;
+    uint32_t kv_type = FG_TYPE_F16;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -111,6 +113,11 @@ int fg_cmd_bench(int argc, char **argv) {
             bench_usage(stdout);
             return 0;
         }
+        int kr = fg_cli_kv_type_flag(C, argc, argv, &i, &kv_type);
+        if (kr < 0)
+            return 2;
+        if (kr > 0)
+            continue;
         if (!strcmp(f, "--json")) {
             json = true;
             continue;
@@ -195,7 +202,7 @@ int fg_cmd_bench(int argc, char **argv) {
     const fg_model_info *info = fg_model_get_info(c.m);
     int32_t total = (int32_t)FG_MAX(FG_MAX(max_p, max_d + n_g), 1);
     int32_t n_pages = (total + BENCH_PAGE - 1) / BENCH_PAGE;
-    if (fg_kv_store_create(c.m, n_pages, BENCH_PAGE, FG_TYPE_F16, &c.kv) != FG_OK)
+    if (fg_kv_store_create(c.m, n_pages, BENCH_PAGE, kv_type, &c.kv) != FG_OK)
         goto fail;
     if (!json)
         fg_cli_print_memory(C, be, c.m, c.kv);
@@ -255,15 +262,17 @@ int fg_cmd_bench(int argc, char **argv) {
     // kv heads, the output projection), which the ranks read in parallel, each from its own
     // memory: the bound is rank 0's bytes over one device's bandwidth (all-reduces not in it).
     const double w_tok = (double)info->bytes_per_token;
-    // KV bytes a decoded token reads: K and V of every layer over its context (F16)
-    const double kv_pos = 2.0 * info->n_layer * (info->n_head_kv / info->tp_size) * info->head_dim * 2.0;
+    // KV bytes a decoded token reads: K and V of every layer over its context, in the cache's
+    // type (Q8_0: 34 bytes per 32 elements)
+    const double kv_el = (double)fg_type_block_bytes(kv_type) / (double)fg_type_block_size(kv_type);
+    const double kv_pos = 2.0 * info->n_layer * (info->n_head_kv / info->tp_size) * info->head_dim * kv_el;
     if (json) {
         printf("{\"model\": \"%s\", \"arch\": \"%s\", \"backend\": \"%s\", \"device\": \"%s\", \"threads\": %lld, "
-               "\"tensor_parallel\": %d, \"tp_skip_all_reduce\": %s, \"n_params\": %llu, \"weight_bytes\": %llu, \"bytes_per_token\": %llu, \"reps\": %lld, "
+               "\"tensor_parallel\": %d, \"tp_skip_all_reduce\": %s, \"kv_type\": \"%s\", \"n_params\": %llu, \"weight_bytes\": %llu, \"bytes_per_token\": %llu, \"reps\": %lld, "
                "\"batch\": %lld, \"copy_bandwidth_gb_s\": %.2f, \"mem_bandwidth_gb_s\": %.2f, "
                "\"vram_used_bytes\": %llu, \"pp\": [",
                info->name, info->arch, fg_backend_name(be), fg_backend_describe(be), (long long)threads,
-               info->tp_size, skip_ar ? "true" : "false", (unsigned long long)info->n_params, (unsigned long long)info->weight_bytes,
+               info->tp_size, skip_ar ? "true" : "false", fg_type_name(kv_type), (unsigned long long)info->n_params, (unsigned long long)info->weight_bytes,
                (unsigned long long)info->bytes_per_token, (long long)reps, (long long)batch, bw, bw,
                (unsigned long long)(mem_total - mem_free));
         for (int i = 0, k = 0; i < n_p; i++) {
@@ -292,6 +301,7 @@ int fg_cmd_bench(int argc, char **argv) {
                info->arch, (double)info->n_params / 1e6, (double)info->weight_bytes / 1e9, w_tok / 1e9);
         printf("device   %s; copy bandwidth %.1f GB/s (read + write); %.2f GB in use; median of %lld runs\n",
                fg_backend_describe(be), bw, (double)(mem_total - mem_free) / 1e9, (long long)reps);
+        printf("kv cache %s, %.1f KB per token\n", fg_type_name(kv_type), kv_pos / 1e3);
         if (info->tp_size > 1)
             printf("tensor   parallel over %d ranks: weights, bytes per token, memory and bound are rank 0's (with "
                    "the output projection); TFLOP/s are all ranks'\n",

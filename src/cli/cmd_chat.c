@@ -41,6 +41,7 @@ static void usage(FILE *f) {
             "  -t, --threads N        CPU threads (default: all cores)\n"
             "  -c, --ctx N            context length (default: the model's, at most 4096); when the\n"
             "                         conversation outgrows it, the oldest turns are dropped\n"
+            "  --kv-type T            " FG_CLI_KV_TYPE_HELP "\n"
             "  --device NAME          auto (default: the GPU when usable), cpu or cuda\n"
             "  --gpu N                GPU index (default 0)\n"
             "  --verbose              after each answer, tokens reused from the cache, evaluated and\n"
@@ -65,6 +66,8 @@ static int parse(int argc, char **argv, chat_args *a) {
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         int sr = fg_cli_sampling_flag(C, argc, argv, &i, &a->o.sampling, &a->seed_set);
+        if (sr == 0)
+            sr = fg_cli_kv_type_flag(C, argc, argv, &i, &a->o.kv_type);
         if (sr < 0)
             return 2;
         if (sr > 0)

@@ -19,8 +19,9 @@
 
 static void ppl_usage(FILE *f) {
     fprintf(f, "usage: forge perplexity -m MODEL -f FILE [-c CTX] [--threads N] [--device auto|cpu|cuda] [--gpu N]\n"
-               "                  [--tensor-parallel N]\n"
+               "                  [--tensor-parallel N] [--kv-type f16|q8_0|f32]\n"
                "  -c, --ctx N     chunk length in tokens (default 512)\n"
+               "  --kv-type T     " FG_CLI_KV_TYPE_HELP "\n"
                "  --tensor-parallel N  split the model across N GPUs (gpu..gpu+N-1) or N groups of CPU threads\n");
 }
 
@@ -39,6 +40,7 @@ int fg_cmd_perplexity(int argc, char **argv) {
     const char *C = "perplexity";
     const char *model = NULL, *file = NULL, *device = NULL;
     int64_t ctx = 512, threads = 0, gpu = 0, tp = 1;
+    uint32_t kv_type = FG_TYPE_F16;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -46,6 +48,11 @@ int fg_cmd_perplexity(int argc, char **argv) {
             ppl_usage(stdout);
             return 0;
         }
+        int kr = fg_cli_kv_type_flag(C, argc, argv, &i, &kv_type);
+        if (kr < 0)
+            return 2;
+        if (kr > 0)
+            continue;
         bool known = !strcmp(f, "-m") || !strcmp(f, "--model") || !strcmp(f, "-f") ||
                      !strcmp(f, "--file") || !strcmp(f, "-c") || !strcmp(f, "--ctx") ||
                      !strcmp(f, "-t") || !strcmp(f, "--threads") || !strcmp(f, "--device") ||
@@ -117,7 +124,7 @@ int fg_cmd_perplexity(int argc, char **argv) {
         goto fail_quiet;
     }
     int32_t n_pages = (n_ctx + PPL_PAGE - 1) / PPL_PAGE;
-    if (fg_kv_store_create(m, n_pages, PPL_PAGE, FG_TYPE_F16, &kv) != FG_OK)
+    if (fg_kv_store_create(m, n_pages, PPL_PAGE, kv_type, &kv) != FG_OK)
         goto fail;
     fg_cli_print_memory(C, be, m, kv);
     chunk = fg_xcalloc((size_t)n_ctx, sizeof *chunk);

@@ -27,6 +27,7 @@ static void run_usage(FILE *f) {
             FG_CLI_SAMPLING_HELP
             "  -t, --threads N        CPU threads (default: all cores)\n"
             "  -c, --ctx N            context length (default: the model's, at most 4096)\n"
+            "  --kv-type T            " FG_CLI_KV_TYPE_HELP "\n"
             "  --device NAME          auto (default: the GPU when usable), cpu or cuda\n"
             "  --gpu N                GPU index (default 0)\n"
             "  --tensor-parallel N    split the model across N GPUs (gpu..gpu+N-1) or N groups of CPU threads\n"
@@ -37,6 +38,7 @@ static void run_usage(FILE *f) {
 typedef struct run_args {
     const char *model, *prompt, *file, *device;
     int64_t n_predict, threads, ctx, gpu, tp;
+    uint32_t kv_type;
     fg_sampling smp;
     bool seed_set, ids, special;
 } run_args;
@@ -47,11 +49,14 @@ static int parse(int argc, char **argv, run_args *a) {
     a->n_predict = 128;
     a->device = NULL; // fg_cli_default_device()
     a->smp = fg_sampling_default();
+    a->kv_type = FG_TYPE_F16;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         bool has_val = i + 1 < argc;
         const char *val = has_val ? argv[i + 1] : NULL;
         int sr = fg_cli_sampling_flag(C, argc, argv, &i, &a->smp, &a->seed_set);
+        if (sr == 0)
+            sr = fg_cli_kv_type_flag(C, argc, argv, &i, &a->kv_type);
         if (sr < 0)
             return 2;
         if (sr > 0)
@@ -194,7 +199,7 @@ int fg_cmd_run(int argc, char **argv) {
         goto fail_quiet;
     }
     int32_t n_pages = (n_ctx + PAGE_SIZE - 1) / PAGE_SIZE;
-    if (fg_kv_store_create(m, n_pages, PAGE_SIZE, FG_TYPE_F16, &kv) != FG_OK)
+    if (fg_kv_store_create(m, n_pages, PAGE_SIZE, a.kv_type, &kv) != FG_OK)
         goto fail;
     if (fg_kv_pages_create(n_pages, PAGE_SIZE, 1, &pages) != FG_OK)
         goto fail;

@@ -52,6 +52,7 @@ static void usage(FILE *f) {
             "  --kv-tokens N           KV cache size in tokens for all sequences together\n"
             "                          (default: on a GPU what --gpu-memory-fraction leaves, on the\n"
             "                          CPU parallel x ctx; smaller pools preempt and recompute)\n"
+            "  --kv-type T             " FG_CLI_KV_TYPE_HELP "\n"
             "  --no-prefix-cache       compute every prompt in full (default: reuse the cached KV\n"
             "                          of prompt prefixes seen before, evicted least recently used)\n"
             "  --max-body BYTES        request body limit (default 1048576)\n"
@@ -136,6 +137,11 @@ int fg_cmd_serve(int argc, char **argv) {
             o.no_prefix_cache = true;
             continue;
         }
+        int kr = fg_cli_kv_type_flag("serve", argc, argv, &i, &o.kv_type);
+        if (kr < 0)
+            return 2;
+        if (kr > 0)
+            continue;
         if (!v) {
             fprintf(stderr, "forge serve: %s needs a value\n", a);
             usage(stderr);

@@ -19,10 +19,17 @@ fg_status fg_kv_store_create(fg_model *m, int32_t n_pages, int32_t page_size, ui
     if (n_pages < 1 || page_size < 1 || page_size > (1 << 16))
         return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: n_pages (%d) and page_size (%d) must be >= 1 (page_size <= 65536)",
                        n_pages, page_size);
-    if (kv_type != FG_TYPE_F16 && kv_type != FG_TYPE_F32)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: type %s: expected f16 or f32",
+    if (kv_type != FG_TYPE_F16 && kv_type != FG_TYPE_F32 && kv_type != FG_TYPE_Q8_0)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: type %s: expected f16, f32 or q8_0",
                        fg_type_name(kv_type));
     const fg_hparams *hp = &m->hp;
+    // a quantized cache holds each token's K and V row of each kv head as whole blocks
+    const int64_t blk = fg_type_block_size(kv_type);
+    if (blk > 1 && hp->head_dim % blk != 0)
+        return FG_FAIL(FG_ERR_UNSUPPORTED,
+                       "%s: a %s KV cache stores each head's K/V row in blocks of %lld, but the model's "
+                       "head_dim is %d: use --kv-type f16",
+                       m->path, fg_type_name(kv_type), (long long)blk, hp->head_dim);
     size_t pt_n = 0;
     if (!fg_mul_size((size_t)m->max_seqs, (size_t)n_pages, &pt_n))
         return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: %d pages overflow", n_pages);
@@ -76,6 +83,7 @@ void fg_kv_store_destroy(fg_kv_store *kv) {
 int32_t fg_kv_store_n_pages(const fg_kv_store *kv) { return kv->view.n_pages; }
 int32_t fg_kv_store_page_size(const fg_kv_store *kv) { return kv->view.page_size; }
 uint64_t fg_kv_store_bytes(const fg_kv_store *kv) { return kv->m->be->ops->buf_size(kv->buf); }
+uint32_t fg_kv_store_type(const fg_kv_store *kv) { return kv->view.type; }
 
 fg_status fg_kv_store_copy_page(fg_kv_store *kv, int32_t dst, int32_t src) {
     int32_t n = kv->view.n_pages;

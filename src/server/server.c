@@ -751,8 +751,13 @@ static fg_status kv_pages_from_device(fg_server *s, int32_t page_size, int32_t *
     double frac = s->opts.gpu_memory_fraction > 0 ? s->opts.gpu_memory_fraction : 0.9;
     const fg_model_info *mi = fg_model_get_info(s->model);
     uint64_t used = total_b - free_b, cap = (uint64_t)(frac * (double)total_b);
-    uint64_t page_bytes = 2ull * (uint64_t)mi->n_layer * (uint64_t)mi->n_head_kv * (uint64_t)mi->head_dim * 2ull *
-                          (uint64_t)page_size; // K and V, F16
+    // K and V of every layer, a page's slots of n_head_kv * head_dim elements in the KV type
+    // (Q8_0: 34 bytes per 32; head_dim not whole blocks is refused when the store is made)
+    const uint32_t kt = s->opts.kv_type ? s->opts.kv_type : FG_TYPE_F16;
+    const uint64_t blk = (uint64_t)fg_type_block_size(kt), row = (uint64_t)mi->n_head_kv * (uint64_t)mi->head_dim;
+    uint64_t page_bytes = blk ? 2ull * (uint64_t)mi->n_layer * ((row + blk - 1) / blk) * fg_type_block_bytes(kt) *
+                                    (uint64_t)page_size
+                              : 0;
     uint64_t budget = cap > used + KV_MARGIN_BYTES ? cap - used - KV_MARGIN_BYTES : 0;
     uint64_t pages = page_bytes ? budget / page_bytes : 0;
     int32_t n_ctx = s->opts.n_ctx > 0 ? s->opts.n_ctx : (mi->n_ctx_train < 4096 ? mi->n_ctx_train : 4096);
@@ -873,6 +878,7 @@ fg_status fg_server_load(fg_server *s) {
         goto fail;
     }
     eo.prefix_cache = !s->opts.no_prefix_cache; // issue 13: on unless --no-prefix-cache
+    eo.kv_type = s->opts.kv_type ? s->opts.kv_type : FG_TYPE_F16;
     fg_engine *e = NULL;
     st = fg_engine_create(s->model, &eo, &e);
     if (st != FG_OK)
@@ -882,9 +888,9 @@ fg_status fg_server_load(fg_server *s) {
     {
         const fg_model_info *mi = fg_model_get_info(s->model);
         const double G = 1024.0 * 1024.0 * 1024.0;
-        fprintf(stderr, "forge serve: %s; weights %.2f GiB, KV pool %.2f GiB (%d tokens), scratch %.2f GiB%s\n",
+        fprintf(stderr, "forge serve: %s; weights %.2f GiB, KV pool %.2f GiB (%d tokens, %s), scratch %.2f GiB%s\n",
                 fg_backend_describe(s->backend), (double)mi->weight_bytes / G, (double)fg_engine_kv_bytes(e) / G,
-                fg_engine_kv_tokens(e), (double)mi->scratch_bytes / G,
+                fg_engine_kv_tokens(e), fg_type_name(eo.kv_type), (double)mi->scratch_bytes / G,
                 mi->tp_size > 1 ? " on rank 0 of a tensor-parallel group (each rank holds its own share)" : "");
     }
     pthread_rwlock_wrlock(&s->engine_lock);

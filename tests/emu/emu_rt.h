@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <vector>
 #include <random>
 #include <algorithm>
@@ -52,6 +53,7 @@ static inline int atomicAdd(int *p, int v) { int o = *p; *p += v; return o; }
 static inline unsigned atomicAdd(unsigned *p, unsigned v) { unsigned o = *p; *p += v; return o; }
 static inline unsigned atomicOr(unsigned *p, unsigned v) { unsigned o = *p; *p |= v; return o; }
 static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
+static inline int __float2int_rn(float f) { return (int)nearbyintf(f); } // the default mode: ties to even
 
 struct emu_fiber { ucontext_t ctx; int state; uint3 tid; std::vector<char> stack; };
 struct emu_barrier { int count = 0; std::vector<int> waiters; };

@@ -32,11 +32,17 @@ PY
     inc="-I$tmp/inc $inc"
 fi
 gcc -O1 -c $inc src/base/status.c -o "$tmp/status.o"
+# the reference quantizer (fg_quantize_row) the Q8_0 cases compare the stores against
+quant=""
+for f in quant_ref quant_kquants types; do
+    gcc -O1 -std=c11 -c $inc src/quant/$f.c -o "$tmp/$f.o"
+    quant="$quant $tmp/$f.o"
+done
 rc=0
 for w in 32 64; do
     g++ -std=c++17 -O1 -fno-strict-aliasing -DFG_WARP=$w -Itests/emu $inc -include tests/emu/emu_rt.h \
         -Wall -Wno-unused-function -Wno-unknown-pragmas -o "$tmp/test_w$w" tests/emu/test_attn_emu.cpp \
-        "$tmp/cuda_attn_emu.cpp" "$tmp/status.o"
+        "$tmp/cuda_attn_emu.cpp" "$tmp/status.o" $quant -lm
     echo "== warp $w"
     "$tmp/test_w$w" "$@" || rc=1
 done

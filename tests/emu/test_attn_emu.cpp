@@ -1,13 +1,17 @@
 // test_attn_emu.cpp - cuda_attn.cu run in the SIMT emulator (emu_rt.h) against a double
 // precision reference: kv_store bit-exact, kv_copy_page, attention at NMSE <= 5e-4 over mixed
 // steps (decode, prefill chunks, many sequences), shuffled and shared pages, odd page sizes,
-// GQA 1/4/8 and MQA, causal and not, head sizes 7..512, F16 and F32, forced splits. The cache
-// outside written slots, unused page-table entries and dst are poisoned (NaN / -1).
+// GQA 1/4/8 and MQA, causal and not, head sizes 7..512, F16, F32 and Q8_0, forced splits. The
+// cache outside written slots, unused page-table entries and dst are poisoned (NaN / -1).
+// Q8_0: the expected cache is the CPU reference quantizer's bytes (fg_quantize_row, linked
+// from src/quant), the reference attention takes q on the same Q8_0 grid, NMSE <= 1e-9.
 // Usage (via run.sh): test_attn_emu [scenario index]
 #include "backend/cuda/cuda_internal.h"
 extern "C" {
 #include "base/half.h"
+#include "quant/quant.h"
 }
+#include "quant/blocks.h"
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -37,8 +41,9 @@ static int run(const Scn &sc) {
     std::uniform_real_distribution<float> U(-1.0f, 1.0f);
     const int ps = sc.page_size, nkvh = sc.n_head_kv, hd = sc.hd, nh = sc.n_head, n_layer = 2, layer = 1;
     const int ns = (int)sc.seqs.size();
-    const size_t esz = sc.type == FG_TYPE_F16 ? 2 : 4;
+    const bool q8 = sc.type == FG_TYPE_Q8_0;
     const int row = nkvh * hd;
+    const size_t row_b = fg_type_row_size_n(sc.type, row); // bytes of one slot
     // page tables
     int max_pages = 0, n_pages_needed = 0;
     for (auto &s : sc.seqs) { int pg = (s.first + ps - 1) / ps; max_pages = std::max(max_pages, pg); n_pages_needed += pg; }
@@ -58,23 +63,40 @@ static int run(const Scn &sc) {
         }
         for (int p = shared; p < pg; p++) pt[(size_t)s * max_pages + p] = pool[next++];
     }
-    // cache: NaN everywhere, history rows random
-    const size_t cache_elems = (size_t)n_layer * n_pages * ps * row;
-    std::vector<char> kc(cache_elems * esz), vc(cache_elems * esz);
-    auto put = [&](std::vector<char> &c, size_t idx, float x) {
-        if (esz == 2) ((uint16_t *)c.data())[idx] = fg_f32_to_f16(x); else ((float *)c.data())[idx] = x;
+    // cache: NaN everywhere (all-ones bytes: a NaN in F32, F16 and as a Q8_0 block's scale),
+    // history rows random
+    const size_t cache_rows = (size_t)n_layer * n_pages * ps;
+    std::vector<char> kc(cache_rows * row_b, (char)0xFF), vc(cache_rows * row_b, (char)0xFF);
+    // slot r (a row of `row` elements) <- x, stored as the CPU reference stores it
+    auto put_row = [&](std::vector<char> &c, size_t r, const float *x) {
+        char *d = c.data() + r * row_b;
+        if (q8) fg_quantize_row(FG_TYPE_Q8_0, x, d, row);
+        else if (sc.type == FG_TYPE_F16) for (int e = 0; e < row; e++) ((uint16_t *)d)[e] = fg_f32_to_f16(x[e]);
+        else memcpy(d, x, (size_t)row * 4);
     };
+    // element idx = slot * row + e, dequantized
     auto get = [&](const std::vector<char> &c, size_t idx) -> double {
-        return esz == 2 ? (double)fg_f16_to_f32(((const uint16_t *)c.data())[idx]) : (double)((const float *)c.data())[idx];
+        const char *d = c.data() + idx / row * row_b;
+        const int e = (int)(idx % row);
+        if (q8) {
+            const fg_block_q8_0 *b = (const fg_block_q8_0 *)d + e / 32;
+            return (double)b->qs[e % 32] * fg_f16_to_f32(b->d);
+        }
+        return sc.type == FG_TYPE_F16 ? (double)fg_f16_to_f32(((const uint16_t *)d)[e]) : (double)((const float *)d)[e];
     };
-    for (size_t i = 0; i < cache_elems; i++) { put(kc, i, nanf_()); put(vc, i, nanf_()); }
-    auto slot_idx = [&](int l, int page, int slot) { return (((size_t)l * n_pages + page) * ps + slot) * row; };
+    auto slot_row = [&](int l, int page, int slot) { return ((size_t)l * n_pages + page) * ps + slot; };
+    auto slot_idx = [&](int l, int page, int slot) { return slot_row(l, page, slot) * row; };
+    std::vector<float> tmp(row);
     for (int s = 0; s < ns; s++) {
         int n_kv = sc.seqs[s].first, nt = sc.seqs[s].second;
         for (int j = 0; j < n_kv - nt; j++) {
             int page = pt[(size_t)s * max_pages + j / ps];
-            for (int l = 0; l < n_layer; l++)
-                for (int e = 0; e < row; e++) { put(kc, slot_idx(l, page, j % ps) + e, U(rng)); put(vc, slot_idx(l, page, j % ps) + e, U(rng)); }
+            for (int l = 0; l < n_layer; l++) {
+                for (auto &x : tmp) x = U(rng);
+                put_row(kc, slot_row(l, page, j % ps), tmp.data());
+                for (auto &x : tmp) x = U(rng);
+                put_row(vc, slot_row(l, page, j % ps), tmp.data());
+            }
         }
     }
     // step
@@ -95,10 +117,8 @@ static int run(const Scn &sc) {
     std::vector<char> kx = kc, vx = vc;
     for (int t = 0; t < n_tokens; t++) {
         int page = pt[(size_t)seq[t] * max_pages + pos[t] / ps];
-        for (int e = 0; e < row; e++) {
-            put(kx, slot_idx(layer, page, pos[t] % ps) + e, kin[t * k_stride + e]);
-            put(vx, slot_idx(layer, page, pos[t] % ps) + e, vin[t * k_stride + e]);
-        }
+        put_row(kx, slot_row(layer, page, pos[t] % ps), &kin[t * k_stride]);
+        put_row(vx, slot_row(layer, page, pos[t] % ps), &vin[t * k_stride]);
     }
     // backend context
     fg_cuda c;
@@ -129,7 +149,7 @@ static int run(const Scn &sc) {
     for (fg_tensor *t : {&kv.k, &kv.v}) {
         t->type = sc.type;
         t->ne[0] = row; t->ne[1] = ps; t->ne[2] = n_pages; t->ne[3] = n_layer;
-        t->nb[0] = esz; t->nb[1] = esz * row; t->nb[2] = t->nb[1] * ps; t->nb[3] = t->nb[2] * n_pages;
+        t->nb[0] = fg_type_block_bytes(sc.type); t->nb[1] = row_b; t->nb[2] = t->nb[1] * ps; t->nb[3] = t->nb[2] * n_pages;
     }
     kv.k.data = kc.data(); kv.v.data = vc.data();
     auto f32t = [](void *data, int64_t cols, int64_t rows, size_t nb1) {
@@ -141,7 +161,15 @@ static int run(const Scn &sc) {
     fg_tensor qt = f32t(qin.data(), (int64_t)nh * hd, n_tokens, q_stride * 4), dt = f32t(dst.data(), (int64_t)nh * hd, n_tokens, d_stride * 4);
     if (fg_cuda_kv_store(&c, &kv, layer, &kt, &vt) != FG_OK) { printf("kv_store failed\n"); return 1; }
     int fails = 0;
-    if (memcmp(kc.data(), kx.data(), kc.size()) || memcmp(vc.data(), vx.data(), vc.size())) { printf("  FAIL kv_store: cache differs from the expected bits\n"); fails++; }
+    if (memcmp(kc.data(), kx.data(), kc.size()) || memcmp(vc.data(), vx.data(), vc.size())) {
+        size_t at = 0;
+        bool kdiff = memcmp(kc.data(), kx.data(), kc.size()) != 0;
+        const std::vector<char> &g = kdiff ? kc : vc, &w = kdiff ? kx : vx;
+        while (g[at] == w[at]) at++;
+        printf("  FAIL kv_store: %s cache differs from the expected bits at byte %zu (slot %zu, byte %zu of the row)\n",
+               kdiff ? "k" : "v", at, at / row_b, at % row_b);
+        fails++;
+    }
     fg_attn_params p;
     p.layer = layer; p.n_head = nh; p.scale = 1.0f / sqrtf((float)hd); p.causal = sc.causal;
     fg_status st = fg_cuda_attention(&c, &dt, &qt, &kv, &p);
@@ -154,13 +182,21 @@ static int run(const Scn &sc) {
         int s = seq[t], n_kv = seq_n_kv[s], end = sc.causal ? pos[t] + 1 : n_kv;
         for (int h = 0; h < nh; h++) {
             int hk = h / G;
-            std::vector<double> sc_(end);
+            std::vector<double> sc_(end), qv(hd);
+            const float *qh = &qin[t * q_stride + (size_t)h * hd];
+            if (q8) { // the reference's Q8_0 grid
+                std::vector<fg_block_q8_0> qb(hd / 32);
+                fg_quantize_row(FG_TYPE_Q8_0, qh, qb.data(), hd);
+                for (int e = 0; e < hd; e++) qv[e] = (double)qb[e / 32].qs[e % 32] * fg_f16_to_f32(qb[e / 32].d);
+            } else {
+                for (int e = 0; e < hd; e++) qv[e] = qh[e];
+            }
             double mx = -INFINITY;
             for (int j = 0; j < end; j++) {
                 int page = pt[(size_t)s * max_pages + j / ps];
                 size_t base = slot_idx(layer, page, j % ps) + (size_t)hk * hd;
                 double d = 0;
-                for (int e = 0; e < hd; e++) d += (double)qin[t * q_stride + (size_t)h * hd + e] * get(kc, base + e);
+                for (int e = 0; e < hd; e++) d += qv[e] * get(kc, base + e);
                 sc_[j] = d * p.scale; mx = std::max(mx, sc_[j]);
             }
             double sum = 0;
@@ -180,7 +216,8 @@ static int run(const Scn &sc) {
     }
     double nmse = den > 0 ? num / den : num;
     if (bad) { printf("  FAIL: %ld non-finite outputs\n", bad); fails++; }
-    if (!(nmse <= 5e-4)) { printf("  FAIL: nmse %.3g\n", nmse); fails++; }
+    const double tol = q8 ? 1e-9 : 5e-4; // Q8_0: q on the reference's grid, no f16 rounding anywhere
+    if (!(nmse <= tol)) { printf("  FAIL: nmse %.3g > %.3g\n", nmse, tol); fails++; }
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     printf("%-44s tokens %4d seqs %2d items/head %4d L %10d nmse %.2e %s (%.1fs)\n", sc.name, n_tokens, ns, hdr[0], hdr[1], nmse, fails ? "FAIL" : "ok", secs);
     return fails;
@@ -188,17 +225,17 @@ static int run(const Scn &sc) {
 
 static int test_copy_page(uint32_t type) {
     // kv_copy_page: all layers, K and V; other pages untouched
-    const int n_layer = 3, n_pages = 5, ps = 7, row = 12;
-    const size_t esz = type == FG_TYPE_F16 ? 2 : 4;
-    std::vector<char> k((size_t)n_layer * n_pages * ps * row * esz), v(k.size());
+    const int n_layer = 3, n_pages = 5, ps = 7, hd = type == FG_TYPE_Q8_0 ? 32 : 6, row = 2 * hd;
+    const size_t row_b = fg_type_row_size_n(type, row);
+    std::vector<char> k((size_t)n_layer * n_pages * ps * row_b), v(k.size());
     std::mt19937 rng(7);
     for (auto &b : k) b = (char)rng();
     for (auto &b : v) b = (char)rng();
     std::vector<char> k0 = k, v0 = v;
     fg_kv_view kv; memset(&kv, 0, sizeof kv);
-    kv.n_layer = n_layer; kv.n_pages = n_pages; kv.page_size = ps; kv.n_head_kv = 2; kv.head_dim = 6; kv.type = type;
+    kv.n_layer = n_layer; kv.n_pages = n_pages; kv.page_size = ps; kv.n_head_kv = 2; kv.head_dim = hd; kv.type = type;
     for (fg_tensor *t : {&kv.k, &kv.v}) {
-        t->nb[0] = esz; t->nb[1] = esz * row; t->nb[2] = t->nb[1] * ps; t->nb[3] = t->nb[2] * n_pages;
+        t->nb[0] = fg_type_block_bytes(type); t->nb[1] = row_b; t->nb[2] = t->nb[1] * ps; t->nb[3] = t->nb[2] * n_pages;
         t->ne[0] = row; t->ne[1] = ps; t->ne[2] = n_pages; t->ne[3] = n_layer;
     }
     kv.k.data = k.data(); kv.v.data = v.data();
@@ -210,7 +247,7 @@ static int test_copy_page(uint32_t type) {
             size_t off = ((size_t)l * n_pages + p) * kv.k.nb[2], src = ((size_t)l * n_pages + (p == 3 ? 1 : p)) * kv.k.nb[2];
             if (memcmp(k.data() + off, k0.data() + src, kv.k.nb[2]) || memcmp(v.data() + off, v0.data() + src, kv.k.nb[2])) fails++;
         }
-    printf("kv_copy_page %s: %s\n", type == FG_TYPE_F16 ? "f16" : "f32", fails ? "FAIL" : "ok");
+    printf("kv_copy_page %s: %s\n", fg_type_name(type), fails ? "FAIL" : "ok");
     return fails != 0;
 }
 
@@ -288,8 +325,66 @@ int main(int argc, char **argv) {
             v.insert(v.end() - 1, s);
         }
     }
+    // Q8_0 cache (head_dim a multiple of 32): the same shapes, the forced splits, random steps
+    {
+        const uint32_t Q = FG_TYPE_Q8_0;
+        std::vector<Scn> q;
+        q.push_back({"q8_0 decode mix gqa4 hd64 ps16", 16, 8, 2, 64, Q, true, {{40, 1}, {17, 1}, {1, 1}, {100, 1}, {33, 1}}});
+        q.push_back({"q8_0 prefill+decode gqa1 hd32 ps7", 7, 4, 4, 32, Q, true, {{30, 30}, {50, 1}, {23, 9}, {9, 1}, {64, 5}}});
+        q.push_back({"q8_0 mix gqa8 hd32 ps7 noncausal", 7, 8, 1, 32, Q, false, {{30, 12}, {50, 1}, {23, 9}, {8, 8}}});
+        q.push_back({"q8_0 mqa hd64 ps16 (G=32)", 16, 32, 1, 64, Q, true, {{45, 3}, {70, 1}, {20, 20}}});
+        q.push_back({"q8_0 gqa7 hd96 ps16 (generic)", 16, 14, 2, 96, Q, true, {{50, 6}, {31, 1}, {66, 2}}});
+        q.push_back({"q8_0 gqa4 hd128 ps16", 16, 8, 2, 128, Q, true, {{90, 4}, {130, 1}, {33, 33}}});
+        q.push_back({"q8_0 gqa2 hd256 ps16", 16, 4, 2, 256, Q, true, {{70, 2}, {40, 1}}});
+        q.push_back({"q8_0 hd 160 (cap 256, generic) ps5", 5, 6, 3, 160, Q, true, {{26, 4}, {11, 11}}});
+        q.push_back({"q8_0 hd 320 (cap 512)", 16, 2, 1, 320, Q, true, {{40, 3}, {19, 1}}});
+        q.push_back({"q8_0 hd 512 noncausal", 16, 2, 2, 512, Q, false, {{35, 2}}});
+        {
+            Scn x{"q8_0 split decode 3000 + short, gqa4 hd64", 16, 8, 2, 64, Q, true, {{3000, 1}, {20, 1}, {700, 1}}};
+            x.n_sm = 64; q.push_back(x);
+        }
+        {
+            Scn x{"q8_0 split prefill chunk over long ctx hd32 ps7", 7, 4, 1, 32, Q, true, {{1500, 20}, {600, 1}}};
+            x.n_sm = 64; q.push_back(x);
+        }
+        {
+            Scn x{"q8_0 split noncausal hd128", 16, 4, 4, 128, Q, false, {{1200, 3}, {300, 1}}};
+            x.n_sm = 32; q.push_back(x);
+        }
+        std::mt19937 r(4242);
+        const int hds[] = {32, 64, 96, 128, 256};
+        const int gs[] = {1, 4, 8, 0}; // 0: MQA
+        for (int k = 0; k < 8; k++) {
+            Scn x{"random q8_0", 0, 0, 0, 0, Q, true, {}};
+            static char names[8][64];
+            x.page_size = (r() % 2) ? 16 : 7 + (int)(r() % 5);
+            int nkvh = 1 + (int)(r() % 3), g = gs[r() % 4];
+            x.n_head_kv = g == 0 ? 1 : nkvh;
+            x.n_head = g == 0 ? 12 : nkvh * g;
+            x.hd = hds[r() % 5];
+            x.causal = (r() % 4) != 0;
+            int n = 4 + (int)(r() % 16);
+            for (int i = 0; i < n; i++) {
+                int kind = (int)(r() % 3);
+                int nkv = kind == 0 ? 1 + (int)(r() % 40) : kind == 1 ? 1 + (int)(r() % 600) : 1 + (int)(r() % 120);
+                int nt = (r() % 2) ? 1 : 1 + (int)(r() % std::min(nkv, 24));
+                x.seqs.push_back({nkv, nt});
+            }
+            x.n_sm = 1 + (int)(r() % 64);
+            x.seed = 300 + k;
+            snprintf(names[k], 64, "random q8_0 %d: ps %d h %d/%d hd %d %s", k, x.page_size, x.n_head, x.n_head_kv, x.hd,
+                     x.causal ? "causal" : "full");
+            x.name = names[k];
+            q.push_back(x);
+        }
+        v.insert(v.end() - 1, q.begin(), q.end()); // the 2048-token prompt stays last
+    }
     int fails = 0;
-    if (only < 0) { fails += test_copy_page(FG_TYPE_F16); fails += test_copy_page(FG_TYPE_F32); }
+    if (only < 0) {
+        fails += test_copy_page(FG_TYPE_F16);
+        fails += test_copy_page(FG_TYPE_F32);
+        fails += test_copy_page(FG_TYPE_Q8_0);
+    }
     for (size_t i = 0; i < v.size(); i++)
         if (only < 0 ? i + 1 < v.size() : (int)i == only) fails += run(v[i]) != 0;
     printf("%d failed\n", fails);

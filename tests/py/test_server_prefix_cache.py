@@ -188,3 +188,30 @@ def test_small_pool_evicts_and_stays_correct(start_server):
     m = on.metrics()
     assert m["forge_prefix_cache_evictions_total"] > 0
     assert m["forge_kv_pages_used"] == 0
+
+
+def test_q8_0_kv_pages_cached_and_shared(start_server):
+    # --kv-type q8_0 (issue 13): a model with head_dim 64 (stories260K's 8 is not whole Q8_0
+    # blocks); the pool's capacity in tokens is announced with its type, cached q8_0 pages give
+    # the same greedy text as recomputing them, and the whole-prompt hit copies its last page
+    synth = FORGE_SHARED / "models" / "synth" / "synth-llama-F16.gguf"
+    on = start_server("--ctx", "1024", "--parallel", "2", "--kv-type", "q8_0", model=synth)
+    off = start_server("--ctx", "1024", "--parallel", "2", "--kv-type", "q8_0", "--no-prefix-cache", model=synth)
+    for s in (on, off):
+        # CPU default pool: parallel x ctx tokens
+        assert "KV pool 0.00 GiB (2048 tokens, q8_0)" in s.output(), s.output()
+    c = openai.OpenAI(base_url=on.url("/v1"), api_key="none", max_retries=0, timeout=120)
+    c_off = openai.OpenAI(base_url=off.url("/v1"), api_key="none", max_retries=0, timeout=120)
+    prompt = story(9)
+    kw = dict(model="synth-llama-F16", max_tokens=12, temperature=0)
+    first = c.completions.create(prompt=prompt, **kw)
+    n = first.usage.prompt_tokens
+    again = c.completions.create(prompt=prompt, **kw)
+    assert cached(again.usage) >= n - PAGE, (cached(again.usage), n)
+    ref = c_off.completions.create(prompt=prompt, **kw)
+    assert cached(ref.usage) == 0
+    assert again.choices[0].text == first.choices[0].text == ref.choices[0].text
+    other = c.completions.create(prompt=prompt[: len(prompt) // 2] + " The little dog", **kw)
+    assert 0 < cached(other.usage) < other.usage.prompt_tokens
+    assert other.choices[0].text == c_off.completions.create(prompt=prompt[: len(prompt) // 2] + " The little dog",
+                                                              **kw).choices[0].text

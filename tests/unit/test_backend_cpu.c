@@ -349,9 +349,14 @@ static void test_errors(void **state) {
     assert_int_equal(fg_op_attention(be, &d.t, &a.t, &kv, &ap), FG_ERR_INVALID_ARG);
     assert_string_equal(fg_last_error(), "attention: dst has shape [1,1,3,4], expected [3][16] (rows x cols)");
     fg_kv_view bad = kv;
-    bad.type = FG_TYPE_Q8_0;
+    bad.type = FG_TYPE_Q4_0;
     assert_int_equal(fg_op_attention(be, &a.t, &a.t, &bad, &ap), FG_ERR_INVALID_ARG);
-    assert_string_equal(fg_last_error(), "attention: kv type must be f16 or f32, found q8_0");
+    assert_string_equal(fg_last_error(), "attention: kv type must be f16, f32 or q8_0, found q4_0");
+    bad.type = FG_TYPE_Q8_0; // head_dim 16: not whole Q8_0 blocks
+    assert_int_equal(fg_op_attention(be, &a.t, &a.t, &bad, &ap), FG_ERR_UNSUPPORTED);
+    assert_string_equal(fg_last_error(), "attention: a q8_0 kv cache needs head_dim a multiple of 32, found 16");
+    assert_int_equal(fg_op_kv_store(be, &bad, 0, &a.t, &a.t), FG_ERR_UNSUPPORTED);
+    assert_string_equal(fg_last_error(), "kv_store: a q8_0 kv cache needs head_dim a multiple of 32, found 16");
     // page copies happen between steps
     assert_int_equal(fg_kv_copy_page_checked(be, &kv, 0, 1), FG_ERR_INVALID_ARG);
     assert_string_equal(fg_last_error(), "kv_copy_page: not allowed inside a step (call step_end first)");

@@ -14,7 +14,8 @@
 //   layernorm: NMSE 1e-6 (+ the element bound for rmsnorm and layernorm); matmul: NMSE 5e-4 against double dequantized weights x f32 activations (the
 //   activation conversion is the only loss: ~1.5e-5 measured for 8-bit), and on the CPU 1e-9
 //   against the reference vec_dot on the same converted activations (summation order only);
-//   attention: NMSE 5e-4 against a double reference with ggml's f16 roundings, 5e-9 on the CPU.
+//   attention: NMSE 5e-4 against a double reference with ggml's f16 roundings, 5e-9 on the CPU;
+//   a Q8_0 cache (q on the reference's Q8_0 grid, f32 probabilities): 1e-9 on every backend.
 // forge-test-modules: registry backend quant base
 #include <setjmp.h>
 #include <stdarg.h>
@@ -27,6 +28,7 @@
 #include "base/half.h"
 #include "base/status.h"
 #include "base/util.h"
+#include "quant/blocks.h"
 #include "quant/quant.h"
 
 #include <math.h>
@@ -901,16 +903,36 @@ typedef struct kv_case {
     int share; // pages of sequence 0's prefix every other sequence maps too
 } kv_case;
 
-static inline float kv_get(const unsigned char *c, bool f16, size_t i) {
-    return f16 ? fg_f16_to_f32(((const fg_f16 *)c)[i]) : ((const float *)c)[i];
+// Element i of a cache whose rows (slots) hold kw elements of `type` (Q8_0: dequantized).
+static float kv_get(const unsigned char *c, uint32_t type, int64_t kw, size_t i) {
+    if (type == FG_TYPE_Q8_0) {
+        size_t row = i / (size_t)kw, e = i % (size_t)kw;
+        const fg_block_q8_0 *b = (const fg_block_q8_0 *)(c + row * fg_type_row_size_n(type, kw)) + e / FG_QK8_0;
+        return (float)b->qs[e % FG_QK8_0] * fg_f16_to_f32(b->d);
+    }
+    return type == FG_TYPE_F16 ? fg_f16_to_f32(((const fg_f16 *)c)[i]) : ((const float *)c)[i];
+}
+// Row `row` of such a cache <- x[0..kw) converted as the reference stores it (Q8_0: the
+// reference quantizer fg_quantize_row, whole row at once; blocks never straddle heads).
+static void kv_put_row(unsigned char *c, uint32_t type, int64_t kw, size_t row, const float *x) {
+    unsigned char *d = c + row * fg_type_row_size_n(type, kw);
+    if (type == FG_TYPE_F16) {
+        for (int64_t j = 0; j < kw; j++)
+            ((fg_f16 *)d)[j] = fg_f32_to_f16(x[j]);
+    } else if (type == FG_TYPE_Q8_0) {
+        fg_quantize_row(FG_TYPE_Q8_0, x, d, kw);
+    } else {
+        memcpy(d, x, (size_t)kw * sizeof(float));
+    }
 }
 
 static void attention_case(const target *tg, const kv_case *kc) {
     const int n_layer = 2, layer = 1;
     const int hd = kc->head_dim, nkv = kc->n_head_kv, ps = kc->page_size;
     const int64_t kw = (int64_t)nkv * hd, qw = (int64_t)kc->n_head * hd;
-    const bool f16 = kc->kv_type == FG_TYPE_F16;
-    const size_t esz = f16 ? 2 : 4;
+    const uint32_t ty = kc->kv_type;
+    const bool f16 = ty == FG_TYPE_F16, q8 = ty == FG_TYPE_Q8_0;
+    const size_t row_b = fg_type_row_size_n(ty, kw); // bytes of one slot
     step_data sd;
     make_step(&sd, kc->n_seqs, kc->n_kv, kc->n_new, ps, 100, kc->share);
     const int nt = sd.st.n_tokens, n_pages = sd.n_pages, max_pages = sd.max_pages;
@@ -918,41 +940,36 @@ static void attention_case(const target *tg, const kv_case *kc) {
     for (int s = 1; s < kc->n_seqs && kc->share; s++)
         assert_true(kc->n_kv[s] - kc->n_new[s] >= FG_MIN(kc->share, (kc->n_kv[0] + ps - 1) / ps) * ps);
     // initial cache contents: random everywhere (stale pages included)
-    const size_t cache_elems = (size_t)n_layer * n_pages * ps * kw;
-    unsigned char *k0 = malloc(cache_elems * esz), *v0 = malloc(cache_elems * esz);
-    for (size_t i = 0; i < cache_elems; i++) {
-        float a = rnd_f() * 2.0f, b = rnd_f();
-        if (f16) {
-            ((fg_f16 *)k0)[i] = fg_f32_to_f16(a);
-            ((fg_f16 *)v0)[i] = fg_f32_to_f16(b);
-        } else {
-            ((float *)k0)[i] = a;
-            ((float *)v0)[i] = b;
+    const size_t cache_rows = (size_t)n_layer * n_pages * ps, cache_bytes = cache_rows * row_b;
+    unsigned char *k0 = malloc(cache_bytes), *v0 = malloc(cache_bytes);
+    float *tmp = malloc(sizeof(float) * (size_t)kw * 2);
+    for (size_t r = 0; r < cache_rows; r++) {
+        for (int64_t j = 0; j < kw; j++) {
+            tmp[j] = rnd_f() * 2.0f;
+            tmp[kw + j] = rnd_f();
         }
+        kv_put_row(k0, ty, kw, r, tmp);
+        kv_put_row(v0, ty, kw, r, tmp + kw);
     }
+    free(tmp);
     // q, k, v as strided views of one fused projection row per token: q | k | v | 5 floats
     const int64_t rowlen = qw + 2 * kw + 5;
     float *qkv = malloc(sizeof(float) * rowlen * nt);
     fill(qkv, (size_t)(rowlen * nt), 2.0f);
     // expected cache after kv_store
-    unsigned char *ke = malloc(cache_elems * esz), *ve = malloc(cache_elems * esz);
-    memcpy(ke, k0, cache_elems * esz);
-    memcpy(ve, v0, cache_elems * esz);
+    unsigned char *ke = malloc(cache_bytes), *ve = malloc(cache_bytes);
+    memcpy(ke, k0, cache_bytes);
+    memcpy(ve, v0, cache_bytes);
     for (int t = 0; t < nt; t++) {
         int page = sd.page_table[sd.seq[t] * max_pages + sd.pos[t] / ps], slot = sd.pos[t] % ps;
-        size_t off = (((size_t)layer * n_pages + page) * ps + slot) * kw;
+        size_t r = ((size_t)layer * n_pages + page) * ps + slot;
         const float *kn = qkv + t * rowlen + qw, *vn = kn + kw;
-        for (int64_t j = 0; j < kw; j++) {
-            if (f16) {
-                ((fg_f16 *)ke)[off + j] = fg_f32_to_f16(kn[j]);
-                ((fg_f16 *)ve)[off + j] = fg_f32_to_f16(vn[j]);
-            } else {
-                ((float *)ke)[off + j] = kn[j];
-                ((float *)ve)[off + j] = vn[j];
-            }
-        }
+        kv_put_row(ke, ty, kw, r, kn);
+        kv_put_row(ve, ty, kw, r, vn);
     }
-    // reference attention in double, with ggml's roundings (q and probabilities to F16)
+    // reference attention in double, with ggml's roundings: F16, q and the probabilities to
+    // F16; Q8_0, q to Q8_0 (quantized as the reference's activations are, then dequantized:
+    // the integer dot is exact), probabilities unrounded
     double *ref = malloc((size_t)(qw * nt) * 8);
     int max_kv = 0;
     for (int s = 0; s < kc->n_seqs; s++)
@@ -964,9 +981,14 @@ static void attention_case(const target *tg, const kv_case *kc) {
         for (int h = 0; h < kc->n_head; h++) {
             const int kvh = h / (kc->n_head / nkv);
             double qv[512];
+            fg_block_q8_0 qb[512 / FG_QK8_0];
+            if (q8)
+                fg_quantize_row(FG_TYPE_Q8_0, qkv + t * rowlen + h * hd, qb, hd);
             for (int d = 0; d < hd; d++) {
                 float x = qkv[t * rowlen + h * hd + d];
-                qv[d] = f16 ? fg_f16_to_f32(fg_f32_to_f16(x)) : x;
+                qv[d] = f16 ? fg_f16_to_f32(fg_f32_to_f16(x))
+                        : q8 ? (double)qb[d / FG_QK8_0].qs[d % FG_QK8_0] * fg_f16_to_f32(qb[d / FG_QK8_0].d)
+                             : x;
             }
             double mx = -INFINITY;
             for (int j = 0; j < n; j++) {
@@ -974,7 +996,7 @@ static void attention_case(const target *tg, const kv_case *kc) {
                 size_t off = (((size_t)layer * n_pages + page) * ps + j % ps) * kw + (size_t)kvh * hd;
                 double dot = 0.0;
                 for (int d = 0; d < hd; d++)
-                    dot += qv[d] * kv_get(ke, f16, off + d);
+                    dot += qv[d] * kv_get(ke, ty, kw, off + d);
                 sc[j] = dot * scale;
                 mx = fmax(mx, sc[j]);
             }
@@ -990,13 +1012,13 @@ static void attention_case(const target *tg, const kv_case *kc) {
                 int page = sd.page_table[s * max_pages + j / ps];
                 size_t off = (((size_t)layer * n_pages + page) * ps + j % ps) * kw + (size_t)kvh * hd;
                 for (int d = 0; d < hd; d++)
-                    ref[t * qw + h * hd + d] += p * kv_get(ve, f16, off + d);
+                    ref[t * qw + h * hd + d] += p * kv_get(ve, ty, kw, off + d);
             }
         }
     }
     char what[192];
     snprintf(what, sizeof(what), "%s attention %s%s n_seqs=%d n_tokens=%d max_kv=%d n_head=%d n_head_kv=%d head_dim=%d page=%d%s",
-             tg->name, f16 ? "f16" : "f32", kc->causal ? "" : " non-causal", kc->n_seqs, nt, max_kv, kc->n_head, nkv, hd,
+             tg->name, fg_type_name(ty), kc->causal ? "" : " non-causal", kc->n_seqs, nt, max_kv, kc->n_head, nkv, hd,
              ps, kc->share ? " shared-prefix" : "");
     float *out[2] = {0};
     for (int k = 0; k < n_instances(tg); k++) {
@@ -1008,8 +1030,9 @@ static void attention_case(const target *tg, const kv_case *kc) {
         fg_buffer *kvbuf = NULL;
         if (be->ops->kv_alloc(be, &kv, &kvbuf) != FG_OK)
             fail_msg("%s: kv_alloc: %s", what, fg_last_error());
-        assert_int_equal(be->ops->upload(be, &kv.k, 0, k0, cache_elems * esz), FG_OK);
-        assert_int_equal(be->ops->upload(be, &kv.v, 0, v0, cache_elems * esz), FG_OK);
+        assert_int_equal(fg_tensor_nbytes(&kv.k), cache_bytes);
+        assert_int_equal(be->ops->upload(be, &kv.k, 0, k0, cache_bytes), FG_OK);
+        assert_int_equal(be->ops->upload(be, &kv.v, 0, v0, cache_bytes), FG_OK);
         dev dqkv = dev_2d(be, FG_TYPE_F32, rowlen, nt), dd = dev_2d(be, FG_TYPE_F32, qw, nt);
         dev_put(be, &dqkv, qkv);
         fg_tensor q = fg_tensor_rows(&dqkv.t, 0, qw, nt, dqkv.t.nb[1]);
@@ -1024,11 +1047,11 @@ static void attention_case(const target *tg, const kv_case *kc) {
         if (st != FG_OK)
             fail_msg("%s: %s", what, fg_last_error());
         end(be);
-        unsigned char *kg = malloc(cache_elems * esz), *vg = malloc(cache_elems * esz);
-        assert_int_equal(be->ops->download(be, &kv.k, 0, kg, cache_elems * esz), FG_OK);
-        assert_int_equal(be->ops->download(be, &kv.v, 0, vg, cache_elems * esz), FG_OK);
-        check_same("kv_store k", kg, ke, cache_elems * esz); // KV writes are bit-exact (stale slots kept)
-        check_same("kv_store v", vg, ve, cache_elems * esz);
+        unsigned char *kg = malloc(cache_bytes), *vg = malloc(cache_bytes);
+        assert_int_equal(be->ops->download(be, &kv.k, 0, kg, cache_bytes), FG_OK);
+        assert_int_equal(be->ops->download(be, &kv.v, 0, vg, cache_bytes), FG_OK);
+        check_same("kv_store k", kg, ke, cache_bytes); // KV writes are bit-exact (stale slots kept)
+        check_same("kv_store v", vg, ve, cache_bytes);
         out[k] = dev_get(be, &dd);
         dev_check_guard(be, &dd, what);
         // kv_copy_page: page a <- page b, all layers
@@ -1036,12 +1059,16 @@ static void attention_case(const target *tg, const kv_case *kc) {
         if (pb != pa) {
             assert_int_equal(fg_kv_copy_page_checked(be, &kv, pa, pb), FG_OK);
             assert_int_equal(be->ops->sync(be), FG_OK);
-            assert_int_equal(be->ops->download(be, &kv.k, 0, kg, cache_elems * esz), FG_OK);
-            for (int l = 0; l < n_layer; l++) {
-                size_t pbytes = (size_t)ps * kw * esz;
-                check_same("kv_copy_page", kg + ((size_t)l * n_pages + pa) * pbytes,
-                           ke + ((size_t)l * n_pages + pb) * pbytes, pbytes);
-            }
+            assert_int_equal(be->ops->download(be, &kv.k, 0, kg, cache_bytes), FG_OK);
+            assert_int_equal(be->ops->download(be, &kv.v, 0, vg, cache_bytes), FG_OK);
+            const size_t pbytes = (size_t)ps * row_b;
+            for (int l = 0; l < n_layer; l++)
+                for (int pg = 0; pg < n_pages; pg++) { // page pa of every layer, the others unchanged
+                    size_t at = ((size_t)l * n_pages + pg) * pbytes;
+                    size_t from = ((size_t)l * n_pages + (pg == pa ? pb : pg)) * pbytes;
+                    check_same("kv_copy_page k", kg + at, ke + from, pbytes);
+                    check_same("kv_copy_page v", vg + at, ve + from, pbytes);
+                }
         }
         free(kg);
         free(vg);
@@ -1054,9 +1081,12 @@ static void attention_case(const target *tg, const kv_case *kc) {
         check_same(what, out[0], out[1], (size_t)(qw * nt) * 4);
     check_nmse(what, out[0], ref, (size_t)(qw * nt), 5e-4);
     // the CPU emulates the roundings of the reference: only f32 summation order differs (and
-    // the odd probability on the other side of an f16 rounding); ~3e-8 without the rounding
-    if (tg->cpu)
-        check_nmse(what, out[0], ref, (size_t)(qw * nt), 5e-9);
+    // the odd probability on the other side of an f16 rounding); ~3e-8 without the rounding.
+    // A Q8_0 cache: the CPU and the GPU both take q on the reference's Q8_0 grid and keep the
+    // probabilities in f32, so only f32 arithmetic differs, on the GPU too (online softmax,
+    // exp2): 1e-9 (unrounded q would be ~1e-5 off)
+    if (tg->cpu || q8)
+        check_nmse(what, out[0], ref, (size_t)(qw * nt), q8 ? 1e-9 : 5e-9);
     free(out[0]);
     free(out[1]);
     free(k0);
@@ -1089,10 +1119,52 @@ static void test_attention(void **state) {
         {1, {1000}, {1}, 4, 4, 256, 16, FG_TYPE_F16, true, 0},                 // head_dim 256, long decode
         {2, {77, 31}, {5, 31}, 10, 5, 80, 16, FG_TYPE_F16, true, 0},           // head_dim 80
         {1, {10}, {10}, 8, 4, 8, 16, FG_TYPE_F32, true, 0},                    // stories260K's shape
+        // Q8_0 cache (--kv-type q8_0): head_dim a multiple of 32
+        {1, {1}, {1}, 4, 4, 64, 16, FG_TYPE_Q8_0, true, 0},                    // 1 token, first position
+        {2, {37, 5}, {1, 1}, 8, 4, 64, 16, FG_TYPE_Q8_0, true, 0},             // 2 decodes, GQA 2, mid-page
+        {3, {40, 7, 19}, {3, 2, 2}, 8, 2, 32, 8, FG_TYPE_Q8_0, true, 0},       // 7 tokens, GQA 4, head_dim 32
+        {3, {50, 12, 9}, {1, 4, 4}, 6, 6, 96, 16, FG_TYPE_Q8_0, true, 0},      // 9 tokens, head_dim 96
+        {2, {45, 20}, {30, 3}, 8, 4, 128, 16, FG_TYPE_Q8_0, true, 0},          // prefill chunk + decode
+        {3, {61, 29, 90}, {1, 1, 1}, 16, 2, 128, 7, FG_TYPE_Q8_0, true, 0},    // GQA 8, odd page size
+        {3, {70, 50, 80}, {6, 2, 9}, 8, 1, 64, 16, FG_TYPE_Q8_0, true, 3},     // shared prefix pages, MQA
+        {2, {23, 9}, {23, 9}, 4, 2, 64, 16, FG_TYPE_Q8_0, false, 0},           // non-causal
+        {2, {2100, 300}, {65, 1}, 8, 2, 128, 16, FG_TYPE_Q8_0, true, 0},       // a 2,100-token sequence
+        {1, {1000}, {1}, 4, 4, 256, 16, FG_TYPE_Q8_0, true, 0},                // head_dim 256, long decode
+        {2, {33, 17}, {33, 17}, 4, 2, 512, 5, FG_TYPE_Q8_0, true, 0},          // head_dim 512, page size 5
     };
     for (size_t i = 0; i < FG_ARRAY_LEN(cases); i++)
         if (!g_quick || cases[i].n_kv[0] < 1000)
             attention_case(tg, &cases[i]);
+}
+
+// The KV types every backend takes, and a Q8_0 pool whose head_dim is not whole blocks refused
+// at kv_alloc (FG_ERR_UNSUPPORTED naming head_dim).
+static void test_kv_types(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    fg_backend *be = open_backend(tg, 0);
+    static const uint32_t ok[] = {FG_TYPE_F16, FG_TYPE_F32, FG_TYPE_Q8_0};
+    for (size_t i = 0; i < FG_ARRAY_LEN(ok); i++)
+        for (fg_op op = FG_OP_KV_STORE; op <= FG_OP_KV_COPY_PAGE; op++)
+            if (!fg_backend_supports(be, op, ok[i]))
+                fail_msg("%s: %s of a %s cache not supported", tg->name, fg_op_name(op), fg_type_name(ok[i]));
+    assert_false(fg_backend_supports(be, FG_OP_ATTENTION, FG_TYPE_Q4_0));
+    fg_kv_view kv = {2, 3, 16, 2, 40, FG_TYPE_Q8_0, {0}, {0}};
+    fg_buffer *buf = NULL;
+    assert_int_equal(be->ops->kv_alloc(be, &kv, &buf), FG_ERR_UNSUPPORTED);
+    assert_null(buf);
+    const char *want = "a q8_0 KV cache needs head_dim a multiple of 32, found 40";
+    const char *msg = fg_last_error();
+    if (!strstr(msg, want))
+        fail_msg("%s: kv_alloc said '%s', expected '...%s'", tg->name, msg, want);
+    // head_dim 64: 2 kv heads x 2 blocks of 34 bytes a slot
+    kv.head_dim = 64;
+    assert_int_equal(be->ops->kv_alloc(be, &kv, &buf), FG_OK);
+    assert_int_equal(kv.k.nb[1], 4 * 34);
+    assert_int_equal(kv.k.nb[2], 16 * 4 * 34);
+    assert_int_equal(fg_tensor_nbytes(&kv.v), 2 * 3 * 16 * 4 * 34);
+    be->ops->buf_free(be, buf);
+    fg_backend_destroy(be);
 }
 
 // ---------------------------------------------------------------- sample
@@ -1685,7 +1757,7 @@ int main(void) {
 #define PER_TARGET(tg)                                                                                     \
     T(tg, test_matmul_all_types), T(tg, test_convert), T(tg, test_rmsnorm), T(tg, test_add_swiglu),       \
         T(tg, test_add_rmsnorm), T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), \
-        T(tg, test_attention), T(tg, test_rope_kv_store), T(tg, test_sample), T(tg, test_sample_checks), \
+        T(tg, test_attention), T(tg, test_kv_types), T(tg, test_rope_kv_store), T(tg, test_sample), T(tg, test_sample_checks), \
         T(tg, test_layernorm), T(tg, test_gelu), T(tg, test_add_rows), T(tg, test_pool)
     const struct CMUnitTest tests[] = {
         PER_TARGET(k_cpu),

@@ -270,6 +270,19 @@ static void test_llama_loads(void **state) {
     // matmul weights of both layers + output + one embedding row, F32
     assert_int_equal(in->bytes_per_token, 4 * (2 * (per_layer - 2 * E) + 512 * E + E));
     smoke_forward(m);
+    // a Q8_0 KV cache needs whole 32-blocks per head: head_dim 8 is refused, naming it
+    fg_kv_store *kv = NULL;
+    char full[1024];
+    assert_int_equal(fg_kv_store_create(m, 4, 4, FG_TYPE_Q8_0, &kv), FG_ERR_UNSUPPORTED);
+    snprintf(full, sizeof full,
+             "%s: a q8_0 KV cache stores each head's K/V row in blocks of 32, but the model's head_dim is 8: "
+             "use --kv-type f16",
+             f->path);
+    assert_string_equal(fg_last_error(), full);
+    assert_null(kv);
+    assert_int_equal(fg_kv_store_create(m, 4, 4, FG_TYPE_Q4_0, &kv), FG_ERR_INVALID_ARG);
+    assert_string_equal(fg_last_error(), "kv store: type q4_0: expected f16, f32 or q8_0");
+    assert_null(kv);
     fg_model_destroy(m);
 }
 

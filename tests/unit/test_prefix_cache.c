@@ -3,8 +3,9 @@
 // tokens and logprobs identical with the cache on and off (and equal to a direct greedy loop)
 // for shared-prefix workloads, whole-prompt hits (copy-on-write of the last page), preemption
 // and eviction in a small pool, cancellation mid-prefill, requests racing to fill the same
-// prefix (one cached copy), a forced-collision hash, echo scoring, the model identity, and a
-// random workload with cancellations. Data: FORGE_SHARED (default ../shared).
+// prefix (one cached copy), a forced-collision hash, echo scoring, the model identity, a
+// random workload with cancellations, and all of it on a Q8_0 KV cache (synth-llama, head_dim
+// 64). Data: FORGE_SHARED (default ../shared).
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -146,6 +147,8 @@ static int32_t argmax(const float *l, int32_t n) {
     return b;
 }
 
+static uint32_t g_ref_kv_type = FG_TYPE_F16; // the reference's KV cache: the engines' type
+
 static void ref_greedy(fg_model *m, const int32_t *prompt, int32_t n_prompt, int32_t n_gen,
                        int32_t *out) {
     const int32_t ps = 16;
@@ -153,7 +156,7 @@ static void ref_greedy(fg_model *m, const int32_t *prompt, int32_t n_prompt, int
     int32_t total = n_prompt + n_gen;
     int32_t n_pages = (total + ps - 1) / ps + 1;
     fg_kv_store *kv = NULL;
-    assert_int_equal(fg_kv_store_create(m, n_pages, ps, FG_TYPE_F16, &kv), FG_OK);
+    assert_int_equal(fg_kv_store_create(m, n_pages, ps, g_ref_kv_type, &kv), FG_OK);
     int32_t *pt = malloc((size_t)n_pages * sizeof *pt);
     int32_t *pos = malloc((size_t)total * sizeof *pos);
     int32_t *seq = calloc((size_t)total, sizeof *seq);
@@ -406,6 +409,58 @@ static void test_preemption_and_eviction(void **state) {
     free(jobs);
 }
 
+// A Q8_0 KV cache (--kv-type q8_0): cached pages are quantized pages, shared and copied as bytes;
+// with the cache on and off, greedy tokens equal the direct loop's on a Q8_0 cache and the
+// logprobs are bit for bit the same, for shared prefixes, whole-prompt hits (the copied last
+// page) and a small pool that preempts and evicts. The chain's root differs from an F16 pool's.
+static void test_q8_0_cache(void **state) {
+    (void)state;
+    const uint64_t seed = 1316;
+    printf("q8_0 KV: seed %llu\n", (unsigned long long)seed);
+    g_lcg = seed;
+    int32_t sys[80];
+    sys[0] = 1;
+    rand_tokens(sys + 1, 79);
+    enum { N = 12 };
+    job *jobs = calloc(N, sizeof *jobs);
+    int32_t expect_cached[N];
+    for (int i = 0; i < N; i++) {
+        job *j = &jobs[i];
+        j->gen = 6 + (int32_t)rnd(10);
+        j->wave = i > 0;
+        int32_t k = i == 0 ? 80 : 8 * (int32_t)rnd(11), suffix = 1 + (int32_t)rnd(30);
+        memcpy(j->prompt, sys, (size_t)k * sizeof *sys);
+        rand_tokens(j->prompt + k, suffix);
+        j->n = k + suffix;
+        expect_cached[i] = i == 0 ? 0 : k / 16 * 16;
+    }
+    for (int i = 9; i < 11; i++) { // whole cached prompts: the last page is copied, then written
+        jobs[i].n = 32 + 16 * (i - 9);
+        memcpy(jobs[i].prompt, sys, (size_t)jobs[i].n * sizeof *sys);
+        expect_cached[i] = jobs[i].n - 1;
+    }
+    g_ref_kv_type = FG_TYPE_Q8_0;
+    rec *r = NULL;
+    fg_engine_opts o = {.n_ctx = 192, .max_seqs = 8, .max_batch_tokens = 48, .kv_type = FG_TYPE_Q8_0};
+    fg_engine_stats st = on_off(g_synth, o, jobs, N, &r);
+    for (int i = 0; i < N; i++)
+        if (r[i].n_cached != expect_cached[i])
+            fail_msg("request %d (prompt %d): %d cached tokens, expected %d", i, jobs[i].n, r[i].n_cached,
+                     expect_cached[i]);
+    assert_true(st.prefix_hit_tokens > 0);
+    free(r);
+    // 15 pages of 8 tokens for 8 sequences of up to 119 tokens: preemption and eviction
+    fg_engine_opts small = {.n_ctx = 120, .max_seqs = 8, .page_size = 8, .n_pages = 15, .max_batch_tokens = 32,
+                            .kv_type = FG_TYPE_Q8_0};
+    for (int i = 0; i < N; i++)
+        jobs[i].wave = i / 4;
+    st = on_off(g_synth, small, jobs, N, NULL);
+    assert_true(st.preemptions > 0);
+    assert_true(st.prefix_evictions > 0);
+    g_ref_kv_type = FG_TYPE_F16;
+    free(jobs);
+}
+
 static bool n_tok_blocked(void *arg) {
     rec *r = arg;
     return r->n_tok >= r->block_after;
@@ -631,6 +686,7 @@ int main(void) {
         cmocka_unit_test(test_echo_scores_every_position),
         cmocka_unit_test(test_model_identity),
         cmocka_unit_test(test_random_workloads),
+        cmocka_unit_test(test_q8_0_cache),
     };
     return cmocka_run_group_tests_name("prefix_cache", tests, setup, teardown);
 }

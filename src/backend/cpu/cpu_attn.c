@@ -1,9 +1,18 @@
 // cpu_attn.c - causal attention over the paged KV cache, as llama.cpp computes it with flash
 // attention off: q rounded to the cache type (F16) before q.k (f32 accumulation), scores
 // scaled, softmax in f32 with max subtraction and a double sum, probabilities rounded to F16
-// before the weighted sum of V (f32 accumulation); an F32 cache has no roundings. One task
-// per (token, group of heads sharing a kv head): a K/V row is loaded once for the group.
+// before the weighted sum of V (f32 accumulation); an F32 cache has no roundings. A Q8_0
+// cache as llama.cpp's CPU flash attention reads one (a quantized V needs flash attention
+// there): q converted to the K type's vec_dot_type, Q8_0 itself (fg_quantize_row: per 32-block
+// d = f16(amax / 127), nearest-even quants), q.k by the integer Q8_0 vec_dot (per block the
+// int32 sum times d_k * d_q), softmax as above but the probabilities kept in f32, V rows
+// dequantized (q * d, exact in f32) and accumulated in f32 (its online softmax is the same
+// arithmetic up to f32 rounding). One task per (token, group of heads sharing a kv head): a
+// K/V row is loaded once for the group.
 #include "backend/cpu/cpu_internal.h"
+
+#include "backend/cpu/cpu_kernels.h"
+#include "quant/blocks.h"
 
 #include "base/half.h"
 #include "base/status.h"
@@ -90,6 +99,25 @@ static inline void axpy_f32(float *out, float p, const float *v, int n) {
         out[i] += p * v[i];
 }
 
+// out[0..n) += p * dequant(v), v n / 32 Q8_0 blocks: each element q * d is exact in f32
+static inline void axpy_q8_0(float *out, float p, const fg_block_q8_0 *v, int n) {
+    for (int b = 0; b < n / FG_QK8_0; b++) {
+        const float d = fg_f16_to_f32(v[b].d);
+        float *o = out + (size_t)b * FG_QK8_0;
+        int i = 0;
+#ifdef ATTN_AVX2
+        const __m256 pp = _mm256_set1_ps(p), dd = _mm256_set1_ps(d);
+        for (; i + 8 <= FG_QK8_0; i += 8) {
+            __m256i q32 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(v[b].qs + i)));
+            __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(q32), dd);
+            _mm256_storeu_ps(o + i, _mm256_fmadd_ps(pp, x, _mm256_loadu_ps(o + i)));
+        }
+#endif
+        for (; i < FG_QK8_0; i++)
+            o[i] += p * ((float)v[b].qs[i] * d);
+    }
+}
+
 // A head's K/V rows are n_head_kv * head_dim elements apart (often 2 KiB): too sparse for
 // the hardware prefetcher, so rows PF_DIST slots ahead are prefetched by hand.
 #define PF_DIST 6
@@ -134,24 +162,32 @@ static void attn_heads(attn_args *a, float *sc0, int64_t t, int h0, int nh) {
     const fg_cpu *c = a->c;
     const fg_kv_view *kv = a->kv;
     const int hd = kv->head_dim, ps = kv->page_size;
-    const bool f16 = kv->type == FG_TYPE_F16;
-    const size_t esz = f16 ? 2 : 4, stride = c->scores_stride;
+    const bool f16 = kv->type == FG_TYPE_F16, q8 = kv->type == FG_TYPE_Q8_0;
+    const size_t stride = c->scores_stride;
     const int kvh = h0 / a->group;
     const int32_t n_kv = a->causal ? c->st->pos[t] + 1 : c->st->seq_n_kv[c->st->seq[t]];
     const int32_t *pt = c->st->page_table + (size_t)c->st->seq[t] * c->st->max_pages;
-    const size_t head_off = (size_t)kvh * hd * esz;
+    // bytes of one head's row in a slot (Q8_0: head_dim / 32 blocks)
+    const size_t row_bytes = fg_type_row_size_n(kv->type, hd);
+    const size_t head_off = (size_t)kvh * row_bytes;
     const char *kbase = (const char *)kv->k.data + (size_t)a->layer * kv->k.nb[3] + head_off;
     const char *vbase = (const char *)kv->v.data + (size_t)a->layer * kv->v.nb[3] + head_off;
-    const size_t pnb = kv->k.nb[2], snb = kv->k.nb[1], row_bytes = (size_t)hd * esz;
+    const size_t pnb = kv->k.nb[2], snb = kv->k.nb[1];
 
     float qf[FG_CPU_ATTN_HEADS][FG_CPU_MAX_HEAD_DIM];
+    fg_block_q8_0 qq[FG_CPU_ATTN_HEADS][FG_CPU_MAX_HEAD_DIM / FG_QK8_0]; // q as Q8_0 (a Q8_0 cache)
+    fg_vec_dot_fn q8_dot = q8 ? fg_cpu_traits(FG_TYPE_Q8_0, c->use_ref)->vec_dot : NULL;
     float mx[FG_CPU_ATTN_HEADS];
     const float *qrow = (const float *)((const char *)a->q->data + (size_t)t * a->q->nb[1]);
     for (int k = 0; k < nh; k++) {
         const float *qr = qrow + (size_t)(h0 + k) * hd;
-        memcpy(qf[k], qr, (size_t)hd * sizeof(float));
-        if (f16)
-            round_to_f16(qf[k], hd); // ggml converts q to the K type
+        if (q8) {
+            fg_cpu_quantize_row(c->use_ref, FG_TYPE_Q8_0, qr, qq[k], hd); // ggml: q to vec_dot_type
+        } else {
+            memcpy(qf[k], qr, (size_t)hd * sizeof(float));
+            if (f16)
+                round_to_f16(qf[k], hd); // ggml converts q to the K type
+        }
         mx[k] = -INFINITY;
     }
     // scores: scale * q.k
@@ -163,7 +199,11 @@ static void attn_heads(attn_args *a, float *sc0, int64_t t, int h0, int nh) {
             if (s + PF_DIST < m)
                 prefetch_row(kp + (size_t)(s + PF_DIST) * snb, row_bytes);
             for (int k = 0; k < nh; k++) {
-                float d = f16 ? dot_f32_f16(qf[k], kr, hd) : dot_f32_f32(qf[k], kr, hd);
+                float d;
+                if (q8)
+                    q8_dot(hd, &d, kr, qq[k]);
+                else
+                    d = f16 ? dot_f32_f16(qf[k], kr, hd) : dot_f32_f32(qf[k], kr, hd);
                 float v = d * a->scale;
                 sc0[(size_t)k * stride + j0 + s] = v;
                 mx[k] = v > mx[k] ? v : mx[k];
@@ -172,6 +212,7 @@ static void attn_heads(attn_args *a, float *sc0, int64_t t, int h0, int nh) {
     }
     // softmax (ggml_vec_soft_max_f32: expf in f32, sum in double, then scale by 1/sum); the
     // probabilities are rounded to the V type before the weighted sum, as ggml's mul_mat does
+    // (F16; a Q8_0 V keeps them in f32, as its flash attention does)
     for (int k = 0; k < nh; k++) {
         float *sc = sc0 + (size_t)k * stride;
         if (!(mx[k] > -INFINITY)) { // every score -inf (or NaN): attend to nothing, no NaN
@@ -208,6 +249,8 @@ static void attn_heads(attn_args *a, float *sc0, int64_t t, int h0, int nh) {
                 float p = sc0[(size_t)k * stride + j0 + s];
                 if (f16)
                     axpy_f16(out[k], p, vr, hd);
+                else if (q8)
+                    axpy_q8_0(out[k], p, vr, hd);
                 else
                     axpy_f32(out[k], p, vr, hd);
             }

@@ -134,7 +134,7 @@ static bool cpu_supports(fg_backend *be, fg_op op, uint32_t type) {
     case FG_OP_KV_STORE:
     case FG_OP_ATTENTION:
     case FG_OP_KV_COPY_PAGE:
-        return type == FG_TYPE_F16 || type == FG_TYPE_F32;
+        return type == FG_TYPE_F16 || type == FG_TYPE_F32 || type == FG_TYPE_Q8_0;
     case FG_OP_ADD_ROWS: // position / token-type tables (issue 14)
         return type == FG_TYPE_F32 || type == FG_TYPE_F16 || type == FG_TYPE_BF16;
     default:
@@ -153,9 +153,15 @@ static fg_status cpu_weight_upload(fg_backend *be, fg_tensor *w, const void *src
 }
 
 static fg_status cpu_kv_alloc(fg_backend *be, fg_kv_view *v, fg_buffer **out) {
+    if (!cpu_supports(be, FG_OP_KV_STORE, v->type))
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "cpu: KV type %s is not supported (f16, f32 or q8_0)", fg_type_name(v->type));
+    if (v->head_dim < 1 || v->head_dim % fg_type_block_size(v->type) != 0)
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "cpu: a %s KV cache needs head_dim a multiple of %lld, found %d",
+                       fg_type_name(v->type), (long long)fg_type_block_size(v->type), v->head_dim);
     uint64_t kv_dim = (uint64_t)v->n_head_kv * (uint64_t)v->head_dim;
-    uint64_t el = v->type == FG_TYPE_F16 ? 2 : 4, one = 0, all = 0;
-    if (!fg_mul_u64(kv_dim * el, (uint64_t)v->page_size, &one) ||
+    // bytes of one slot's row: whole blocks for a quantized type (head_dim is whole blocks)
+    uint64_t row = fg_type_row_size_n(v->type, (int64_t)kv_dim), one = 0, all = 0;
+    if (!fg_mul_u64(row, (uint64_t)v->page_size, &one) ||
         !fg_mul_u64(one, (uint64_t)v->n_pages * (uint64_t)v->n_layer, &one) || !fg_mul_u64(one, 2, &all) ||
         all > SIZE_MAX / 2)
         return FG_FAIL(FG_ERR_INVALID_ARG, "kv store: %d pages of %d tokens overflow", v->n_pages, v->page_size);

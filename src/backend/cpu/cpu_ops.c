@@ -273,6 +273,11 @@ static void kv_store_work(void *p, int ith, int nth) {
                 fg_f16 *d = (fg_f16 *)dst[i];
                 for (int64_t j = 0; j < n; j++)
                     d[j] = fg_f32_to_f16(src[i][j]);
+            } else if (kv->type == FG_TYPE_Q8_0) {
+                // Q8_0 blocks of 32 (head_dim is whole blocks, so each head's are its own): ggml's
+                // CPU set_rows quantizes with the type's from_float, on x86 quantize_row_q8_0 =
+                // fg_quantize_row's Q8_0 (d = f16(amax / 127), q = nearest-even(x * 127 / amax))
+                fg_cpu_quantize_row(a->c->use_ref, FG_TYPE_Q8_0, src[i], dst[i], n);
             } else {
                 memcpy(dst[i], src[i], (size_t)n * sizeof(float));
             }

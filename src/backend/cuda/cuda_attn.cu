@@ -29,14 +29,19 @@
 //    c->attn arena; a reduction kernel (one warp per (token, head)) merges them into dst.
 //  * Head sizes: the kernel is instantiated for D_CAP = 64, 128, 256, 512 (any head_dim up to
 //    D_CAP, padded with zeros), with exact specialisations (compile-time loops) for 64, 128
-//    and 256. Cache types: F16, F32 (a kv_* traits struct each; Q8_0 is one more).
+//    and 256. Cache types: F16, F32, Q8_0 (a kv_* traits struct each).
 // Numerics: q rounded to the cache type first (as the reference converts q for its F16 K),
 // q.k, softmax and the V sum in f32 (the probabilities are not rounded to f16 as the CPU
 // reference rounds its normalised ones: online softmax never holds them); stores round to
-// nearest even exactly like fg_f32_to_f16.
+// nearest even exactly like fg_f32_to_f16. A Q8_0 cache: q on the Q8_0 grid of the reference
+// (fg_quantize_row's Q8_0: per 32-block d = f16(amax / 127), nearest-even quants; the CPU
+// quantizes q and uses the integer dot, here the dequantized q meets the dequantized K in
+// f32: the same products, summed in another order), stores quantize each 32-block with the
+// same arithmetic (bit for bit the CPU's), K/V staged dequantized (q * d, exact in f32).
 #include "backend/cuda/cuda_internal.h"
 
 #include "backend/cuda/cuda_common.cuh"
+#include "quant/blocks.h"
 
 extern "C" {
 #include "base/half.h"
@@ -50,10 +55,13 @@ extern "C" {
 
 // ---------------------------------------------------------------- cache element types
 // How the kernels read and write one row of the cache: fetch raw groups of 4 elements into
-// registers, convert them to f32 when they are staged, store one f32 element. A quantized
-// type (Q8_0) is one more struct: raw = the bytes of 4 elements plus their block scale.
+// registers, convert them to f32 when they are staged, store one f32 element (QK == 1) or a
+// block of QK elements together (QK > 1: store_lane, every lane of a QK-lane group), round q
+// as the reference multiplies it with this cache (round_q per element, round_q_lane per
+// QK-lane group). row_bytes(n): bytes of n elements of a row (a head's slice: n = head_dim).
 struct kv_f16 {
-    static constexpr int esz = 2;
+    static constexpr int QK = 1;
+    static __host__ __device__ __forceinline__ size_t row_bytes(int n) { return (size_t)n * 2; }
     typedef uint2 raw; // 4 elements as stored, held in registers between fetch and commit
     static __device__ __forceinline__ raw zero() { return make_uint2(0u, 0u); }
     // 4 consecutive elements from element e of a row (e a multiple of 4, row 8-byte aligned)
@@ -79,7 +87,8 @@ struct kv_f16 {
 };
 
 struct kv_f32 {
-    static constexpr int esz = 4;
+    static constexpr int QK = 1;
+    static __host__ __device__ __forceinline__ size_t row_bytes(int n) { return (size_t)n * 4; }
     typedef float4 raw;
     static __device__ __forceinline__ raw zero() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
     static __device__ __forceinline__ raw fetch4(const char *row, int e) {
@@ -94,11 +103,91 @@ struct kv_f32 {
     static __device__ __forceinline__ float round_q(float x) { return x; }
 };
 
+// Q8_0: a row is blocks of 34 bytes (fg_block_q8_0: f16 d, then 32 int8 quants), so quants
+// are only 2-byte aligned (rows, pages and heads start at even offsets): 4 quants are two
+// 16-bit loads. The lanes of one QK-lane group hold one block's elements (lane i & 31 =
+// element i & 31), so its amax is a butterfly over offsets 16..1, inside the group on 32- and
+// 64-wide warps alike.
+struct kv_q8_0 {
+    static constexpr int QK = FG_QK8_0;
+    static_assert(sizeof(fg_block_q8_0) == 34 && FG_WARP % FG_QK8_0 == 0, "q8_0 block, lane groups");
+    static __host__ __device__ __forceinline__ size_t row_bytes(int n) {
+        return (size_t)(n / FG_QK8_0) * sizeof(fg_block_q8_0);
+    }
+    struct raw {
+        uint32_t q;  // 4 quants, element e in byte e % 4
+        uint16_t d;  // the block's scale (f16 bits)
+    };
+    static __device__ __forceinline__ raw zero() {
+        raw r;
+        r.q = 0u;
+        r.d = 0;
+        return r;
+    }
+    static __device__ __forceinline__ raw fetch4(const char *row, int e) {
+        const char *blk = row + (size_t)(e / FG_QK8_0) * sizeof(fg_block_q8_0);
+        const uint16_t *qs = (const uint16_t *)(blk + offsetof(fg_block_q8_0, qs) + e % FG_QK8_0);
+        raw r;
+        r.q = (uint32_t)qs[0] | ((uint32_t)qs[1] << 16);
+        r.d = *(const uint16_t *)(blk + offsetof(fg_block_q8_0, d));
+        return r;
+    }
+    static __device__ __forceinline__ raw fetch_tail(const char *row, int e, int n) {
+        const char *blk = row + (size_t)(e / FG_QK8_0) * sizeof(fg_block_q8_0);
+        const uint8_t *qs = (const uint8_t *)(blk + offsetof(fg_block_q8_0, qs));
+        raw r;
+        r.q = 0u;
+        for (int k = 0; k < 4 && e + k < n; k++) // n is whole blocks: never past this one
+            r.q |= (uint32_t)qs[(e + k) % FG_QK8_0] << (8 * k);
+        r.d = *(const uint16_t *)(blk + offsetof(fg_block_q8_0, d));
+        return r;
+    }
+    // q * d as fg_dequant_q8_0 (exact in f32)
+    static __device__ __forceinline__ float4 to_f32(raw u) {
+        const float d = fg_h2f(u.d);
+        return make_float4((float)(int8_t)(u.q & 0xffu) * d, (float)(int8_t)((u.q >> 8) & 0xffu) * d,
+                           (float)(int8_t)((u.q >> 16) & 0xffu) * d, (float)(int8_t)(u.q >> 24) * d);
+    }
+    // The reference quantizer's arithmetic (fg_quantize_row Q8_0 = ggml's x86 quantize_row_q8_0):
+    // amax of the block, d = amax / 127, q = nearest-even(x * (127 / amax)); returns q, sets *d.
+    static __device__ __forceinline__ int quant_lane(float x, float *d) {
+        float amax = fabsf(x);
+#pragma unroll
+        for (int off = FG_QK8_0 / 2; off > 0; off >>= 1)
+            amax = fmaxf(amax, fg_shfl_xor(amax, off));
+        *d = amax / 127.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        return __float2int_rn(fg_fmul_rn(x, id));
+    }
+    // Element e of a row <- x; called by every lane of the QK-lane group holding elements
+    // e - e % 32 .. + 31 (valid false: a lane past the row, x = 0, nothing written).
+    static __device__ __forceinline__ void store_lane(char *row, int e, float x, bool valid) {
+        float d;
+        const int q = quant_lane(x, &d);
+        if (valid) {
+            char *blk = row + (size_t)(e / FG_QK8_0) * sizeof(fg_block_q8_0);
+            blk[offsetof(fg_block_q8_0, qs) + e % FG_QK8_0] = (char)(int8_t)q;
+            if (e % FG_QK8_0 == 0)
+                *(uint16_t *)(blk + offsetof(fg_block_q8_0, d)) = fg_f2h(d);
+        }
+    }
+    // q as the reference multiplies it with this cache: on its Q8_0 grid (q * f16(d)); every
+    // lane of the group holding x's block calls it
+    static __device__ __forceinline__ float round_q_lane(float x) {
+        float d;
+        const int q = quant_lane(x, &d);
+        return (float)q * fg_h2f(fg_f2h(d));
+    }
+};
+
 bool fg_cuda_kv_supports(uint32_t kv_type) {
-    return kv_type == FG_TYPE_F16 || kv_type == FG_TYPE_F32;
+    return kv_type == FG_TYPE_F16 || kv_type == FG_TYPE_F32 || kv_type == FG_TYPE_Q8_0;
 }
 
-static size_t kv_type_size(uint32_t kv_type) { return kv_type == FG_TYPE_F16 ? 2 : 4; }
+// Alignment (bytes) of K/V rows that fetch4 needs.
+static size_t kv_fetch4_align(uint32_t kv_type) {
+    return kv_type == FG_TYPE_Q8_0 ? 2 : kv_type == FG_TYPE_F16 ? 8 : 16;
+}
 
 // ---------------------------------------------------------------- kv_store
 // One block per (token, K or V): the row goes to page page_table[seq][pos / page_size], slot
@@ -117,8 +206,17 @@ kv_store_kernel(char *k_dst, char *v_dst, size_t k_nb1, size_t k_nb2, size_t v_n
     const float *src = (const float *)(is_v ? v_src + (size_t)t * v_src_nb1 : k_src + (size_t)t * k_src_nb1);
     char *row = is_v ? v_dst + (size_t)page * v_nb2 + (size_t)slot * v_nb1
                      : k_dst + (size_t)page * k_nb2 + (size_t)slot * k_nb1;
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
-        KVT::store1(row, i, src[i]);
+    if constexpr (KVT::QK == 1) {
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            KVT::store1(row, i, src[i]);
+    } else {
+        // whole blocks: QK consecutive lanes quantize one block together (n and blockDim.x are
+        // multiples of QK), every lane runs every pass (the amax is a shuffle)
+        for (int i0 = 0; i0 < n; i0 += blockDim.x) {
+            const int i = i0 + (int)threadIdx.x;
+            KVT::store_lane(row, i, i < n ? src[i] : 0.0f, i < n);
+        }
+    }
 }
 
 fg_status fg_cuda_kv_store(fg_cuda *c, const fg_kv_view *kv, int32_t layer, const fg_tensor *k,
@@ -132,17 +230,24 @@ fg_status fg_cuda_kv_store(fg_cuda *c, const fg_kv_view *kv, int32_t layer, cons
     char *kd = (char *)kv->k.data + (size_t)layer * kv->k.nb[3];
     char *vd = (char *)kv->v.data + (size_t)layer * kv->v.nb[3];
     const dim3 grid((unsigned)st->n_tokens, 2);
-    const unsigned threads = n > 128 ? 256 : n > 64 ? 128 : 64;
-    if (kv->type == FG_TYPE_F16)
+    const unsigned threads = n > 128 ? 256 : n > 64 ? 128 : 64; // multiples of 64: whole Q8_0 lane groups
+    if (kv->type == FG_TYPE_F16) {
         kv_store_kernel<kv_f16><<<grid, threads, 0, c->stream>>>(
             kd, vd, kv->k.nb[1], kv->k.nb[2], kv->v.nb[1], kv->v.nb[2], (const char *)k->data, k->nb[1],
             (const char *)v->data, v->nb[1], n, st->pos, st->seq, st->page_table, st->max_pages,
             kv->page_size);
-    else
+    } else if (kv->type == FG_TYPE_Q8_0) {
+        FG_ASSERT(kv->head_dim % FG_QK8_0 == 0 && threads % FG_QK8_0 == 0);
+        kv_store_kernel<kv_q8_0><<<grid, threads, 0, c->stream>>>(
+            kd, vd, kv->k.nb[1], kv->k.nb[2], kv->v.nb[1], kv->v.nb[2], (const char *)k->data, k->nb[1],
+            (const char *)v->data, v->nb[1], n, st->pos, st->seq, st->page_table, st->max_pages,
+            kv->page_size);
+    } else {
         kv_store_kernel<kv_f32><<<grid, threads, 0, c->stream>>>(
             kd, vd, kv->k.nb[1], kv->k.nb[2], kv->v.nb[1], kv->v.nb[2], (const char *)k->data, k->nb[1],
             (const char *)v->data, v->nb[1], n, st->pos, st->seq, st->page_table, st->max_pages,
             kv->page_size);
+    }
     FG_GPU_LAUNCH_CHECK(c, "kv_store");
     return FG_OK;
 }
@@ -465,8 +570,8 @@ __global__ void FG_LAUNCH_BOUNDS(ATTN_NW * FG_WARP, attn_min_blocks(D_CAP)) attn
     for (long long x = blockIdx.x; x < n_work; x += gridDim.x) {
         const int item = n_items - 1 - (int)(x / a.n_head_kv);
         const int hk = (int)(x % a.n_head_kv);
-        const char *const kb = a.k + (size_t)hk * hd * KVT::esz;
-        const char *const vb = a.v + (size_t)hk * hd * KVT::esz;
+        const char *const kb = a.k + (size_t)hk * KVT::row_bytes(hd);
+        const char *const vb = a.v + (size_t)hk * KVT::row_bytes(hd);
         int lo = 0, hi = a.n_seqs;         // the sequence: item_off[lo] <= item < item_off[lo + 1]
         while (hi - lo > 1) {
             const int mid = (lo + hi) >> 1;
@@ -515,15 +620,35 @@ __global__ void FG_LAUNCH_BOUNDS(ATTN_NW * FG_WARP, attn_min_blocks(D_CAP)) attn
 
         if (kv_lo < kv_hi) { // block-uniform
             __syncthreads(); // the previous item is done with qs, stage, ps and roff
-            for (int idx = tid; idx < nrows * D_CAP; idx += ATTN_NW * W) {
-                const int rr = idx / D_CAP, d = idx % D_CAP;
-                float qv = 0.0f;
-                if (d < hd) {
-                    const int fr = fr0 + rr, tl = fr / G, g = fr - tl * G;
-                    const float *qrow = (const float *)(a.q + (size_t)(first + tl) * a.q_nb1);
-                    qv = KVT::round_q(qrow[(size_t)(hk * G + g) * hd + d]) * a.qscale;
+            if constexpr (KVT::QK == 1) {
+                for (int idx = tid; idx < nrows * D_CAP; idx += ATTN_NW * W) {
+                    const int rr = idx / D_CAP, d = idx % D_CAP;
+                    float qv = 0.0f;
+                    if (d < hd) {
+                        const int fr = fr0 + rr, tl = fr / G, g = fr - tl * G;
+                        const float *qrow = (const float *)(a.q + (size_t)(first + tl) * a.q_nb1);
+                        qv = KVT::round_q(qrow[(size_t)(hk * G + g) * hd + d]) * a.qscale;
+                    }
+                    qs[idx] = qv;
                 }
-                qs[idx] = qv;
+            } else {
+                // q by blocks of QK: idx runs in QK-aligned lane groups over [row][D_CAP] (D_CAP
+                // and the block size are multiples of QK, dims past head_dim are whole zero
+                // blocks), every lane runs every pass (round_q_lane shuffles)
+                static_assert(D_CAP % KVT::QK == 0 && (ATTN_NW * W) % KVT::QK == 0, "q blocks");
+                for (int i0 = 0; i0 < nrows * D_CAP; i0 += ATTN_NW * W) {
+                    const int idx = i0 + tid, rr = idx / D_CAP, d = idx % D_CAP;
+                    const bool in = idx < nrows * D_CAP;
+                    float x = 0.0f;
+                    if (in && d < hd) {
+                        const int fr = fr0 + rr, tl = fr / G, g = fr - tl * G;
+                        const float *qrow = (const float *)(a.q + (size_t)(first + tl) * a.q_nb1);
+                        x = qrow[(size_t)(hk * G + g) * hd + d];
+                    }
+                    const float qv = KVT::round_q_lane(x) * a.qscale;
+                    if (in)
+                        qs[idx] = qv;
+                }
             }
             const int32_t *pt = a.page_table + (size_t)s * a.max_pages;
             const int n_tiles = (kv_hi - kv_lo + BK - 1) / BK;
@@ -792,7 +917,6 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
     attn_plan_kernel<<<1, ATTN_PLAN_THREADS, 0, c->stream>>>(pa);
     FG_GPU_LAUNCH_CHECK(c, "attention plan");
 
-    const size_t esz = kv_type_size(kv->type);
     attn_args a;
     a.q = (const char *)q->data;
     a.q_nb1 = q->nb[1];
@@ -818,7 +942,7 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
     a.qscale = p->scale * 1.44269504088896340736f;
     a.causal = p->causal ? 1 : 0;
     const uintptr_t al = (uintptr_t)a.k | (uintptr_t)a.v | (uintptr_t)a.kv_nb1 | (uintptr_t)a.kv_nb2;
-    a.vec4 = hd % 4 == 0 && al % (4 * esz) == 0;
+    a.vec4 = hd % 4 == 0 && al % kv_fetch4_align(kv->type) == 0;
     a.hdr = hdr;
     a.item_off = item_off;
     a.n_chunks = n_chunks;
@@ -844,8 +968,10 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
     const unsigned threads = (unsigned)(ATTN_NW * warp);
     const size_t smem = attn_smem_bytes(d_cap, warp);
     const bool exact = hd == d_cap && d_cap <= 256;
-    const attn_kernel_fn fn =
-        kv->type == FG_TYPE_F16 ? attn_pick<kv_f16>(d_cap, exact) : attn_pick<kv_f32>(d_cap, exact);
+    FG_ASSERT(kv->type != FG_TYPE_Q8_0 || hd % FG_QK8_0 == 0);
+    const attn_kernel_fn fn = kv->type == FG_TYPE_F16    ? attn_pick<kv_f16>(d_cap, exact)
+                              : kv->type == FG_TYPE_Q8_0 ? attn_pick<kv_q8_0>(d_cap, exact)
+                                                         : attn_pick<kv_f32>(d_cap, exact);
     fn<<<grid, threads, smem, c->stream>>>(a);
     FG_GPU_LAUNCH_CHECK(c, "attention");
 

@@ -318,16 +318,20 @@ static fg_status cuda_kv_alloc(fg_backend *be, fg_kv_view *view, fg_buffer **out
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
     if (!fg_cuda_kv_supports(view->type))
-        return fg_fail(FG_ERR_UNSUPPORTED, "%s: KV type %s is not supported (f16 or f32)", FG_GPU_VENDOR,
+        return fg_fail(FG_ERR_UNSUPPORTED, "%s: KV type %s is not supported (f16, f32 or q8_0)", FG_GPU_VENDOR,
                        fg_type_name(view->type));
     if (view->n_layer < 1 || view->n_pages < 1 || view->page_size < 1 || view->n_head_kv < 1 || view->head_dim < 1)
         return fg_fail(FG_ERR_INVALID_ARG,
                        "%s: kv_alloc geometry n_layer=%d n_pages=%d page_size=%d n_head_kv=%d head_dim=%d (all must be >= 1)",
                        FG_GPU_VENDOR, view->n_layer, view->n_pages, view->page_size, view->n_head_kv, view->head_dim);
-    const uint64_t es = fg_type_block_bytes(view->type); // F16/F32: blocks of one element
-    uint64_t b = es;
-    if (!fg_mul_u64(b, (uint64_t)view->n_head_kv * (uint64_t)view->head_dim, &b) ||
-        !fg_mul_u64(b, (uint64_t)view->page_size, &b) || !fg_mul_u64(b, (uint64_t)view->n_pages, &b) ||
+    if (view->head_dim % fg_type_block_size(view->type) != 0)
+        return fg_fail(FG_ERR_UNSUPPORTED, "%s: a %s KV cache needs head_dim a multiple of %lld, found %d",
+                       FG_GPU_VENDOR, fg_type_name(view->type), (long long)fg_type_block_size(view->type),
+                       view->head_dim);
+    // one slot's row: n_head_kv * head_dim elements (Q8_0: whole 34-byte blocks, head by head)
+    uint64_t b = fg_type_block_bytes(view->type) *
+                 ((uint64_t)view->n_head_kv * (uint64_t)view->head_dim / (uint64_t)fg_type_block_size(view->type));
+    if (b == 0 || !fg_mul_u64(b, (uint64_t)view->page_size, &b) || !fg_mul_u64(b, (uint64_t)view->n_pages, &b) ||
         !fg_mul_u64(b, (uint64_t)view->n_layer, &b) || b > (SIZE_MAX - 256) / 2)
         return fg_fail(FG_ERR_INVALID_ARG, "%s: kv_alloc size overflows (%d layers x %d pages x %d slots)",
                        FG_GPU_VENDOR, view->n_layer, view->n_pages, view->page_size);
