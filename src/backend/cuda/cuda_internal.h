@@ -107,6 +107,8 @@ typedef struct fg_cuda {
     int blas_min_rows;      // activation rows from which the library GEMM runs (0: never)
     int mv_direct;          // quantized matvec: 1 the direct kernel (default), 0 the staged one (FORGE_CUDA_MV=staged),
                             // 2 the direct one with 16-bit weight reads only (FORGE_CUDA_MV=direct16)
+    int mv_rows;            // quantized weights: up to this many rows through the matvec in passes of
+                            // FG_MV_MAX_ROWS, more through the tiled kernel (FORGE_CUDA_MV_ROWS)
     int mmq;                // quantized weights, many rows: the integer tiled kernel (1, default;
                             // the reference's arithmetic) or F16 GEMMs (FORGE_CUDA_MMQ=0)
 

@@ -47,6 +47,7 @@
 #endif
 
 #define FG_MV_MAX_ROWS 8 // activation rows up to which the matvec kernels run
+#define FG_MV_BATCH_ROWS 64 // quantized weights: rows up to which the matvec runs in passes of 8
 
 static constexpr FG_HD bool mm_is_float(int t) {
     return t == FG_TYPE_F32 || t == FG_TYPE_F16 || t == FG_TYPE_BF16;
@@ -1338,6 +1339,8 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
     c->mmq = !(mq && mq[0] == '0');
     const char *mv = getenv("FORGE_CUDA_MV");
     c->mv_direct = mv && !strcmp(mv, "staged") ? 0 : mv && !strcmp(mv, "direct16") ? 2 : 1;
+    const char *mr = getenv("FORGE_CUDA_MV_ROWS");
+    c->mv_rows = mr ? atoi(mr) : FG_MV_BATCH_ROWS;
 #ifdef FG_MM_CUBLAS
     const char *e = getenv("FORGE_CUBLAS_MIN_ROWS");
     c->blas_min_rows = e ? atoi(e) : FG_BLAS_MIN_ROWS;
@@ -1413,7 +1416,10 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
 
     // quantized weights: 8-bit rows on the weight's grid (F32 rows converted once into the
     // arena) through the matvec (<= FG_MV_MAX_ROWS rows) or the integer tiled kernel
-    const bool q_int = !flt && xt != FG_TYPE_F16 && xt != FG_TYPE_BF16 && (n_rows <= FG_MV_MAX_ROWS || c->mmq);
+    // (batched decode: up to c->mv_rows rows go through the matvec FG_MV_MAX_ROWS at a time,
+    // each pass reading the weights again, while that costs less than the tiled kernel)
+    const int64_t mv_max = !flt && c->mv_rows > FG_MV_MAX_ROWS ? c->mv_rows : FG_MV_MAX_ROWS;
+    const bool q_int = !flt && xt != FG_TYPE_F16 && xt != FG_TYPE_BF16 && (n_rows <= mv_max || c->mmq);
     if (q_int || (flt && n_rows <= FG_MV_MAX_ROWS && xt == FG_TYPE_F32)) {
         const uint8_t *xq = (const uint8_t *)x->data;
         size_t xq_nb1 = x->nb[1];
@@ -1427,7 +1433,7 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
             xq = (const uint8_t *)q;
             xq_nb1 = mm_act_row_bytes(wt, n_in);
         }
-        if (n_rows > FG_MV_MAX_ROWS) {
+        if (n_rows > mv_max) {
             mq_args a;
             a.w = (const uint8_t *)w->data;
             a.w_nb1 = w->nb[1];
@@ -1461,19 +1467,28 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         a.bias = b;
         a.n_out = n_out;
         a.n_in = (int)n_in;
-        a.nr = (int)n_rows;
         a.accumulate = accumulate;
-        switch (wt) {
-#define X(T) \
-    case T:  \
-        return mv_rows<T>(c, a);
-            MM_QTYPES(X)
-            MM_FTYPES(X)
+        for (int64_t r0 = 0; r0 < n_rows; r0 += FG_MV_MAX_ROWS) { // one pass for <= 8 rows
+            a.x = xq + (size_t)r0 * xq_nb1;
+            a.dst = (float *)((char *)dst->data + (size_t)r0 * dst->nb[1]);
+            a.nr = (int)(n_rows - r0 < FG_MV_MAX_ROWS ? n_rows - r0 : FG_MV_MAX_ROWS);
+            fg_status st = FG_ERR_UNSUPPORTED;
+            switch (wt) {
+#define X(T)                     \
+    case T:                      \
+        st = mv_rows<T>(c, a); \
+        break;
+                MM_QTYPES(X)
+                MM_FTYPES(X)
 #undef X
-        default:
-            break;
+            default:
+                FG_ASSERT(!"matvec: unsupported type");
+                break;
+            }
+            if (st != FG_OK)
+                return st;
         }
-        FG_ASSERT(!"matvec: unsupported type");
+        return FG_OK;
     }
 
     // many rows of a quantized weight without the integer kernel (FORGE_CUDA_MMQ=0): the GEMMs
