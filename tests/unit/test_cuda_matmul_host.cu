@@ -10,8 +10,11 @@
 //   direct mv    the same cases as the matvec, quantized types
 //   mq           every quantized type x its 8-bit activations, 9..70 rows, partial tiles and K
 //                steps, bias, accumulate: against the reference's arithmetic (double)
-// Not checked here: warp shuffles, the wmma path, the convert kernel (it mirrors
-// fg_quant_q8_1_act, which this test uses), anything about speed.
+//   mqm          the same for the tensor-core kernel, 9..200 rows, odd n_out, with the mma
+//                emulated per warp from the PTX ISA's fragment tables (and the kernel's fragment
+//                helpers checked against those tables)
+// Not checked here: warp shuffles, the wmma path, the mma instruction itself (its tables are),
+// the convert kernel (it mirrors fg_quant_q8_1_act, which this test uses), anything about speed.
 // Build and run (no GPU needed), from the repository root, with T a scratch directory:
 //   for f in quant/quant_ref quant/quant_kquants quant/types base/status; do
 //       gcc -std=c11 -D_GNU_SOURCE -O2 -Iinclude -Isrc -c src/$f.c -o $T/${f#*/}.o; done
@@ -481,9 +484,163 @@ template <int WT> static void emu_mq(const mq_args &a) {
         }
 }
 
+// ---------------------------------------------------------------- integer tensor-core tiled (mqm)
+// The mma is emulated per warp from the PTX ISA's fragment tables ("Matrix Fragments for
+// mma.m16n8k32" and "mma.m16n8k16", .s8), transcribed here independently of the kernel's
+// mqm_a_row/... helpers, so that a wrong helper (the kernel loading a register from the wrong
+// place) shows as wrong results. groupID = lane >> 2, threadID_in_group = lane % 4; byte e of a
+// lane's fragment is byte e % 4 of register e / 4.
+static void ptx_k32_a(int lane, int e, int *row, int *col) { // e = 0..15
+    const int g = lane >> 2, t = lane % 4;
+    *row = (e < 4 || (e >= 8 && e < 12)) ? g : g + 8;
+    *col = t * 4 + (e & 3) + (e >= 8 ? 16 : 0);
+}
+static void ptx_k32_b(int lane, int e, int *row, int *col) { // e = 0..7; row = k
+    const int g = lane >> 2, t = lane % 4;
+    *row = t * 4 + (e & 3) + (e >= 4 ? 16 : 0);
+    *col = g;
+}
+static void ptx_k16_a(int lane, int e, int *row, int *col) { // e = 0..7
+    const int g = lane >> 2, t = lane % 4;
+    *row = e < 4 ? g : g + 8;
+    *col = t * 4 + (e & 3);
+}
+static void ptx_k16_b(int lane, int e, int *row, int *col) { // e = 0..3
+    *row = (lane % 4) * 4 + e;
+    *col = lane >> 2;
+}
+static void ptx_c(int lane, int e, int *row, int *col) { // e = 0..3 (m16n8, s32)
+    const int g = lane >> 2, t = lane % 4;
+    *row = e < 2 ? g : g + 8;
+    *col = t * 2 + (e & 1);
+}
+static int8_t frag_byte(const uint32_t *regs, int e) { return (int8_t)(regs[e / 4] >> (8 * (e % 4))); }
+
+// D = A B + C over one warp, each lane's registers as the hardware reads and writes them.
+// k32: a[lane][0..3], b[lane][0..1]; k16: a[lane][0..1], b[lane][0]. C is MQM_FBIAS everywhere.
+static void emu_mma(bool k16, const uint32_t (*a)[4], const uint32_t (*b)[2], int (*d)[4]) {
+    const int K = k16 ? 16 : 32;
+    int A[16][32], B[32][8];
+    for (int lane = 0; lane < 32; lane++) {
+        for (int e = 0; e < K / 2; e++) {
+            int r, c;
+            (k16 ? ptx_k16_a : ptx_k32_a)(lane, e, &r, &c);
+            A[r][c] = frag_byte(a[lane], e);
+        }
+        for (int e = 0; e < K / 4; e++) {
+            int r, c;
+            (k16 ? ptx_k16_b : ptx_k32_b)(lane, e, &r, &c);
+            B[r][c] = frag_byte(b[lane], e);
+        }
+    }
+    for (int lane = 0; lane < 32; lane++)
+        for (int e = 0; e < 4; e++) {
+            int r, c;
+            ptx_c(lane, e, &r, &c);
+            int s = MQM_FBIAS;
+            for (int k = 0; k < K; k++)
+                s += A[r][k] * B[k][c];
+            d[lane][e] = s;
+        }
+}
+
+// The kernel's helpers against the transcription: every register's row and word.
+static void test_mqm_layout(void) {
+    int bad = 0;
+    for (int lane = 0; lane < 32; lane++) {
+        for (int e = 0; e < 16; e++) {
+            int r, c;
+            ptx_k32_a(lane, e, &r, &c);
+            bad += mqm_a_row(lane, e / 4) != r || 4 * mqm_a_word(lane, e / 4) + e % 4 != c;
+        }
+        for (int e = 0; e < 8; e++) {
+            int r, c;
+            ptx_k32_b(lane, e, &r, &c);
+            bad += mqm_b_col(lane, e / 4) != c || 4 * mqm_b_word(lane, e / 4) + e % 4 != r;
+        }
+        for (int e = 0; e < 8; e++) { // k16 on {a0, a1} and on {a2, a3} (k 16..31 of the unit)
+            int r, c;
+            ptx_k16_a(lane, e, &r, &c);
+            bad += mqm_a_row(lane, e / 4) != r || 4 * mqm_a_word(lane, e / 4) + e % 4 != c;
+            bad += mqm_a_row(lane, 2 + e / 4) != r || 4 * mqm_a_word(lane, 2 + e / 4) + e % 4 != 16 + c;
+        }
+        for (int e = 0; e < 4; e++) {
+            int r, c;
+            ptx_k16_b(lane, e, &r, &c);
+            bad += mqm_b_col(lane, 0) != c || 4 * mqm_b_word(lane, 0) + e != r;
+            bad += mqm_b_col(lane, 1) != c || 4 * mqm_b_word(lane, 1) + e != 16 + r;
+            ptx_c(lane, e, &r, &c);
+            bad += mqm_c_row(lane, e) != r || mqm_c_col(lane, e) != c;
+        }
+    }
+    // the swizzle is a permutation of each row's words, and a fragment load is bank-conflict free
+    for (int r = 0; r < 16; r++)
+        for (int w = 0; w < 8; w++)
+            bad += mqm_word(r, w) / 8 != r || mqm_word(r, mqm_word(r, w) % 8) % 8 != w;
+    for (int reg = 0; reg < 4; reg++) {
+        int banks = 0;
+        for (int lane = 0; lane < 32; lane++)
+            banks |= 1 << (mqm_word(mqm_a_row(lane, reg), mqm_a_word(lane, reg)) % 32);
+        bad += banks != -1;
+    }
+    CHECK(bad == 0, "mqm fragment helpers differ from the PTX ISA tables in %d places", bad);
+}
+
+// The kernel, block by block: staging by all threads, then each warp's units with its lanes'
+// fragments gathered, the mma emulated, the scaling per lane (mqm_kernel's order).
+template <int WT> static void emu_mqm(const mq_args &a) {
+    buf smb(MQM_SMEM, 0, 0);
+    std::vector<float> acc((size_t)MQM_NT * MQM_NI * MQM_NJ * 4);
+    std::vector<mqm_frag> f(32);
+    typedef float acc_t[MQM_NI][MQM_NJ][4];
+    for (int64_t m0 = 0; m0 < a.n_out; m0 += MQM_BM)
+        for (int64_t n0 = 0; n0 < a.n_rows; n0 += MQM_BN) {
+            std::fill(acc.begin(), acc.end(), 0.0f);
+            for (int ku0 = 0; ku0 < a.n_units; ku0 += MQM_BU) {
+                memset(smb.p, 0xFF, MQM_SMEM); // every byte read must have been staged
+                for (int tid = 0; tid < MQM_NT; tid++)
+                    mqm_load<WT>(a, m0, n0, ku0, tid, smb.p);
+                for (int warp = 0; warp < MQM_NT / 32; warp++)
+                    for (int uu = 0; uu < MQM_BU; uu++) {
+                        for (int lane = 0; lane < 32; lane++)
+                            mqm_frags<WT>(smb.p, uu, warp, lane, f[(size_t)lane]);
+                        for (int i = 0; i < MQM_NI; i++)
+                            for (int j = 0; j < MQM_NJ; j++) {
+                                uint32_t fa[32][4], fb[32][2];
+                                int lo[32][4], hi[32][4];
+                                for (int lane = 0; lane < 32; lane++) {
+                                    memcpy(fa[lane], f[(size_t)lane].a[i], sizeof fa[lane]);
+                                    memcpy(fb[lane], f[(size_t)lane].b[j], sizeof fb[lane]);
+                                }
+                                if (fg_qt<WT>::SPLIT) {
+                                    uint32_t fa2[32][4], fb2[32][2];
+                                    for (int lane = 0; lane < 32; lane++) {
+                                        fa2[lane][0] = fa[lane][2], fa2[lane][1] = fa[lane][3];
+                                        fb2[lane][0] = fb[lane][1];
+                                    }
+                                    emu_mma(true, fa, fb, lo);
+                                    emu_mma(true, fa2, fb2, hi);
+                                } else {
+                                    emu_mma(false, fa, fb, lo);
+                                    for (int lane = 0; lane < 32; lane++)
+                                        for (int e = 0; e < 4; e++)
+                                            hi[lane][e] = MQM_FBIAS;
+                                }
+                                for (int lane = 0; lane < 32; lane++)
+                                    mqm_scale<WT>(f[(size_t)lane], i, j, lo[lane], hi[lane],
+                                                  (*(acc_t *)&acc[(size_t)(warp * 32 + lane) * MQM_NI * MQM_NJ * 4])[i][j]);
+                            }
+                    }
+            }
+            for (int tid = 0; tid < MQM_NT; tid++)
+                mqm_write(a, m0, n0, tid / 32, tid % 32, *(acc_t *)&acc[(size_t)tid * MQM_NI * MQM_NJ * 4]);
+        }
+}
+
 // rows x n_out x n_in with 8-bit activations on the weight's grid; against the double dot of
 // the dequantized weights and the dequantized activation bytes (the reference's arithmetic).
-template <int WT> static void test_mq_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumulate, bool use_bias) {
+template <int WT>
+static void test_mq_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumulate, bool use_bias, bool mma = false) {
     const size_t off = WT == FG_TYPE_MXFP4 ? 1 : 2;
     wmat w(WT, n_out, n_in, off * 3, off);
     std::vector<float> bias((size_t)n_out);
@@ -514,12 +671,15 @@ template <int WT> static void test_mq_case(int64_t rows, int64_t n_out, int64_t 
     a.n_rows = rows;
     a.n_units = (int)(n_in / 32);
     a.accumulate = accumulate;
-    emu_mq<WT>(a);
+    if (mma)
+        emu_mqm<WT>(a);
+    else
+        emu_mq<WT>(a);
     std::vector<double> ref, mag;
     reference(w, xv, rows, a.bias, accumulate ? &d.prior : NULL, ref, mag);
     reference_s<WT>(w, q.p, qb, rows, a.bias, accumulate ? &d.prior : NULL, ref);
     char what[96];
-    snprintf(what, sizeof what, "mq %s n_in %lld n_out %lld rows %lld", fg_type_name(WT), (long long)n_in,
+    snprintf(what, sizeof what, "%s %s n_in %lld n_out %lld rows %lld", mma ? "mqm" : "mq", fg_type_name(WT), (long long)n_in,
              (long long)n_out, (long long)rows);
     compare(what, d.b.p, d.nb1, rows, n_out, ref, mag, 1e-5);
 }
@@ -529,6 +689,13 @@ template <int WT> static void test_mq_type(void) {
     test_mq_case<WT>(9, 131, qk == 256 ? 2 * 256 : 7 * 32, false, true);    // partial K step, tiles
     test_mq_case<WT>(70, 65, qk == 256 ? 3 * 256 : 13 * 32, true, false);   // 2 x 2 tiles, ragged
     test_mq_case<WT>(64, 64, qk == 256 ? 256 : 4 * 32, false, false);       // exact tile
+    // the tensor-core kernel (tiles of 128 x 64, 4 units a step)
+    const int64_t k1 = qk == 256 ? 256 : 7 * 32, k2 = qk == 256 ? 3 * 256 : 13 * 32;
+    test_mq_case<WT>(9, 131, k1, false, true, true);    // one n tile, partial K step
+    test_mq_case<WT>(33, 131, k2, true, true, true);    // 2 m tiles, ragged m
+    test_mq_case<WT>(64, 128, k1, false, false, true);  // exact tile
+    test_mq_case<WT>(65, 77, k2, true, false, true);    // one row into a second n tile
+    test_mq_case<WT>(200, 259, k1, true, true, true);   // 4 n tiles, 3 m tiles
 }
 
 // ---------------------------------------------------------------- decoders alone
@@ -575,6 +742,7 @@ int main(void) {
                   (int8_t)(r >> 16) == fg_kvalues_mxfp4[15 - v] && (int8_t)(r >> 24) == fg_kvalues_mxfp4[(v + 3) & 15],
               "mxfp4 lut %u", v);
     }
+    test_mqm_layout();
 #define X(T) run_type<T>();
     MM_QTYPES(X)
     MM_FTYPES(X)

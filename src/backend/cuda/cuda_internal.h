@@ -26,6 +26,9 @@ extern "C" {
 #define FG_CUDA_ARENA_ALIGN ((size_t)256)  // fg_cuda_arena_take alignment
 #define FG_CUDA_GRAPHS 48                   // recorded steps kept (least recently used goes)
 #define FG_CUDA_GRAPH_MAX_TOKENS 256        // steps of at most this many tokens are recorded
+#define FG_MMQ_OFF 0                        // fg_cuda.mmq: quantized GEMMs through F16 + cuBLAS
+#define FG_MMQ_DP4A 1                       //   the integer tiled kernel, dp4a
+#define FG_MMQ_MMA 2                        //   the integer tiled kernel, mma.sync (sm_80+)
 
 struct fg_buffer {
     void *dev;
@@ -109,8 +112,10 @@ typedef struct fg_cuda {
                             // 2 the direct one with 16-bit weight reads only (FORGE_CUDA_MV=direct16)
     int mv_rows;            // quantized weights: up to this many rows through the matvec in passes of
                             // FG_MV_MAX_ROWS, more through the tiled kernel (FORGE_CUDA_MV_ROWS)
-    int mmq;                // quantized weights, many rows: the integer tiled kernel (1, default;
-                            // the reference's arithmetic) or F16 GEMMs (FORGE_CUDA_MMQ=0)
+    int mmq;                // quantized weights, many rows (FORGE_CUDA_MMQ): FG_MMQ_OFF the F16 GEMMs
+                            // (=0), FG_MMQ_DP4A the dp4a integer kernel (=dp4a; the default without
+                            // tensor cores), FG_MMQ_MMA the mma.sync one (default on sm_80+);
+                            // both integer kernels keep the reference's arithmetic
 
     // recorded steps (CUDA graphs), keyed by the step's graph_id and shape
     bool graphs_on;        // FORGE_CUDA_GRAPHS=0 turns them off

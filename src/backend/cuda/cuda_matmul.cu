@@ -868,6 +868,320 @@ FG_UNROLL
 }
 #endif // FG_MM_HOST_TEST
 
+// ============================================================================ integer tensor-core tiled (mqm)
+// The mq kernel's arithmetic on the tensor cores (NVIDIA sm_80+): each unit's integer dot of the
+// weight's decoded int8 values and the activation bytes comes from
+// mma.sync.m16n8k32.row.col.s32.s8.s8.s32 (SPLIT types, Q2_K Q3_K Q6_K: two m16n8k16, one per
+// 16-element half, over the same registers), then is scaled in f32 per unit exactly as fg_q_dot
+// does, so results equal the dp4a kernel's up to the f32 summation order.
+//   - OFF is subtracted at decode (bytes v - OFF, in [-32, 127]: int8), so the integer dot is
+//     fg_q_dot's S - OFF * Q already; MIN types subtract b * (activation sum) in f32 as there
+//     (Q4_1/Q5_1 with the Q8_1 block's stored s).
+//   - The accumulator input of every mma is 0x4B400000 (1.5 * 2^23 as f32): the int32 result
+//     read as f32 is 1.5 * 2^23 + dot exactly (|dot| <= 32 * 128 * 127 < 2^22), so one FADD
+//     converts it (I2F is a quarter-rate instruction).
+// Tile: MQM_BM = 128 weight rows x MQM_BN = 64 activation rows, MQM_BU = 4 units (128 K) a step,
+// 256 threads = 8 warps as 4 (m) x 2 (n), each warp 32 x 32 (2 x 4 mma tiles of 16 x 8).
+// A step stages 128 x 4 decoded weight units (16 KiB int8) and 64 x 4 activation units (8 KiB)
+// plus f32 scales (12 KiB): 36 KiB of static shared memory, two blocks an SM. Per step a block
+// reads ~128 x 4 x (block bytes / UPB) weight bytes and 64 x 4 x 36 activation bytes from
+// global memory for 2 x 128 x 64 x 128 = 2.1 MFLOP (~60 FLOP a loaded byte for Q4_K); each
+// warp issues 32 mma (64 for SPLIT) per step against 32 x 4 32-bit fragment loads and the
+// f32 scaling (5 instructions an output a unit), which is the real limit, as in llama.cpp's mmq.
+// Why: the dp4a kernel spends 8 dp4a + 2 sums a unit per output on the CUDA cores; here the
+// integer part moves to the tensor cores and the CUDA cores keep only the scaling.
+// Shared memory: unit tiles [MQM_BU][rows][8 words], the two 16-byte halves of a row swapped in
+// rows 4..7 mod 8 (mqm_word), so that a fragment load (8 rows g = lane / 4, word lane % 4 of a
+// half) touches 32 different banks.
+// The phases are FG_HD so that tests/unit/test_cuda_matmul_host.cu replays them with an
+// emulated mma written from the PTX ISA's fragment tables (not from the helpers below).
+enum {
+    MQM_BM = 128,
+    MQM_BN = 64,
+    MQM_BU = 4,
+    MQM_NT = 256,
+    MQM_WARPS_M = 4,
+    MQM_WARPS_N = 2,
+    MQM_WM = MQM_BM / MQM_WARPS_M, // warp tile: weight rows
+    MQM_WN = MQM_BN / MQM_WARPS_N, // warp tile: activation rows
+    MQM_NI = MQM_WM / 16,          // mma tiles a warp, along m
+    MQM_NJ = MQM_WN / 8,           // along n
+    // shared memory (bytes): weight units [BU][BM][32], activation units [BU][BN][32], weight
+    // scales [4][BU][BM] f32 (a_lo a_hi b_lo b_hi), activation scales [4][BU][BN] f32 (d, s,
+    // the sum of the unit's bytes (SPLIT: of its first half), the sum of its second half)
+    MQM_WQ = 0,
+    MQM_XQ = MQM_WQ + MQM_BU * MQM_BM * 32,
+    MQM_WS = MQM_XQ + MQM_BU * MQM_BN * 32,
+    MQM_XS = MQM_WS + 4 * MQM_BU * MQM_BM * 4,
+    MQM_SMEM = MQM_XS + 4 * MQM_BU * MQM_BN * 4,
+};
+static_assert(MQM_NT == 32 * MQM_WARPS_M * MQM_WARPS_N, "8 warps of the sm_80 warp (32 lanes)");
+static_assert((MQM_BM * MQM_BU) % MQM_NT == 0 && (MQM_BN * MQM_BU) % MQM_NT == 0, "whole units a thread");
+static_assert(MQM_SMEM <= 48 * 1024, "mqm tiles fit static shared memory");
+static_assert((int)MQM_BM >= (int)TM_BM, "the grid's y extent is checked against the tiled kernel's");
+
+#define MQM_FBIAS 0x4B400000 // 1.5 * 2^23 as f32 bits
+static FG_HD __forceinline__ float mqm_f(int c) { // the dot of an mma result biased by MQM_FBIAS
+    float f;
+    memcpy(&f, &c, 4);
+    return f - 12582912.0f;
+}
+
+// Word w (0..7) of row r of a unit tile [rows][8 words] (halves swapped in rows 4..7 mod 8).
+static FG_HD __forceinline__ int mqm_word(int r, int w) { return 8 * r + (w ^ (r & 4)); }
+
+// Fragment layouts of mma.m16n8k32 .s8 (PTX ISA, "Matrix Fragments for mma.m16n8k32"), with
+// g = lane / 4 (groupID) and t = lane % 4 (threadID_in_group); each 32-bit register holds 4
+// consecutive k bytes, so a register is named by its row and its word (k / 4):
+//   A (16 x 32, row-major), a0..a3: a0 row g, k 4t..4t+3 (word t); a1 row g + 8, word t;
+//                                   a2 row g, word 4 + t;          a3 row g + 8, word 4 + t
+//   B (32 x 8, "col": column n holds its 32 k bytes), b0..b1: column g, word t (b0), 4 + t (b1)
+//   C (16 x 8, s32), c0..c3: row g (c0, c1) or g + 8 (c2, c3), column 2t + (i & 1)
+// m16n8k16 .s8 takes {a0, a1} {b0} (or {a2, a3} {b1}) with the same per-register rows and
+// columns over k 0..15 of its half: so one unit's registers serve the SPLIT halves too.
+static FG_HD __forceinline__ int mqm_a_row(int lane, int i) { return (lane >> 2) + 8 * (i & 1); }
+static FG_HD __forceinline__ int mqm_a_word(int lane, int i) { return (lane & 3) + 4 * (i >> 1); }
+static FG_HD __forceinline__ int mqm_b_col(int lane, int i) { return (lane >> 2) + 0 * i; }
+static FG_HD __forceinline__ int mqm_b_word(int lane, int i) { return (lane & 3) + 4 * i; }
+static FG_HD __forceinline__ int mqm_c_row(int lane, int i) { return (lane >> 2) + 8 * (i >> 1); }
+static FG_HD __forceinline__ int mqm_c_col(int lane, int i) { return 2 * (lane & 3) + (i & 1); }
+
+// Bytes v (0..127) minus OFF, per byte, as int8 (no borrow between bytes).
+template <int OFF> static FG_HD __forceinline__ uint32_t mqm_sub_off(uint32_t q) {
+    if constexpr (OFF == 0)
+        return q;
+    return ((q | 0x80808080u) - (uint32_t)OFF * 0x01010101u) ^ 0x80808080u;
+}
+
+// One unit's 8 words into a unit tile at row r (two 16-byte stores).
+static FG_HD __forceinline__ void mqm_put(uint8_t *tile, int r, const uint32_t (&q)[8]) {
+    uint32_t *t = (uint32_t *)tile;
+    *(uint4 *)(t + mqm_word(r, 0)) = make_uint4(q[0], q[1], q[2], q[3]);
+    *(uint4 *)(t + mqm_word(r, 4)) = make_uint4(q[4], q[5], q[6], q[7]);
+}
+
+// The step's staging: weight units (m0 + m, ku0 + uu) decoded (OFF subtracted) and activation
+// units (n0 + n, ku0 + uu) with their scales into shared memory; zeros outside the matrix.
+template <int WT>
+static FG_HD __forceinline__ void mqm_load(const mq_args &a, int64_t m0, int64_t n0, int ku0, int tid, uint8_t *sm) {
+    typedef fg_qt<WT> Q;
+    float *ws = (float *)(sm + MQM_WS);
+    float *xs = (float *)(sm + MQM_XS);
+FG_UNROLL
+    for (int p = 0; p < MQM_BM * MQM_BU / MQM_NT; p++) {
+        const int idx = tid + MQM_NT * p, m = idx / MQM_BU, uu = idx % MQM_BU, ku = ku0 + uu;
+        fg_qunit u;
+        if (m0 + m < a.n_out && ku < a.n_units) {
+            const uint8_t *blk = a.w + (size_t)(m0 + m) * a.w_nb1 + (size_t)(ku / Q::UPB) * Q::BYTES;
+            fg_q_decode<WT, fg_rd_exact>(blk, ku % Q::UPB, u);
+FG_UNROLL
+            for (int k = 0; k < 8; k++)
+                u.q[k] = mqm_sub_off<Q::OFF>(u.q[k]);
+        } else {
+FG_UNROLL
+            for (int k = 0; k < 8; k++)
+                u.q[k] = 0;
+            u.a_lo = u.a_hi = u.b_lo = u.b_hi = 0.0f;
+        }
+        mqm_put(sm + MQM_WQ + (size_t)uu * MQM_BM * 32, m, u.q);
+        ws[(0 * MQM_BU + uu) * MQM_BM + m] = u.a_lo;
+        ws[(1 * MQM_BU + uu) * MQM_BM + m] = u.a_hi;
+        ws[(2 * MQM_BU + uu) * MQM_BM + m] = u.b_lo;
+        ws[(3 * MQM_BU + uu) * MQM_BM + m] = u.b_hi;
+    }
+FG_UNROLL
+    for (int p = 0; p < MQM_BN * MQM_BU / MQM_NT; p++) {
+        const int idx = tid + MQM_NT * p, n = idx / MQM_BU, uu = idx % MQM_BU, ku = ku0 + uu;
+        fg_q8unit x;
+        if (n0 + n < a.n_rows && ku < a.n_units) {
+            const uint8_t *row = a.x + (size_t)(n0 + n) * a.x_nb1;
+            if constexpr (mm_is_k(WT))
+                fg_q8_k_load(row + (size_t)(ku / 8) * sizeof(fg_block_q8_k), ku % 8, x);
+            else
+                fg_q8_1_load(row + (size_t)ku * sizeof(fg_block_q8_1), x);
+        } else {
+FG_UNROLL
+            for (int k = 0; k < 8; k++)
+                x.q[k] = 0;
+            x.sum_lo = x.sum_hi = 0;
+            x.d = x.s = 0.0f;
+        }
+        uint32_t q[8];
+FG_UNROLL
+        for (int k = 0; k < 8; k++)
+            q[k] = (uint32_t)x.q[k];
+        mqm_put(sm + MQM_XQ + (size_t)uu * MQM_BN * 32, n, q);
+        xs[(0 * MQM_BU + uu) * MQM_BN + n] = x.d;
+        xs[(1 * MQM_BU + uu) * MQM_BN + n] = x.s;
+        xs[(2 * MQM_BU + uu) * MQM_BN + n] = (float)(Q::SPLIT ? x.sum_lo : x.sum_lo + x.sum_hi);
+        xs[(3 * MQM_BU + uu) * MQM_BN + n] = (float)x.sum_hi;
+    }
+}
+
+// A lane's operands for unit uu of its warp's 32 x 32 tile: the A and B fragments of every mma
+// tile, and the scales of the rows and columns its C registers hold (only those the type uses).
+struct mqm_frag {
+    uint32_t a[MQM_NI][4];
+    uint32_t b[MQM_NJ][2];
+    float w[MQM_NI][2][4]; // [i][rows g, g + 8][a_lo a_hi b_lo b_hi]
+    float x[MQM_NJ][2][4]; // [j][columns 2t, 2t + 1][d s sum sum_hi]
+};
+
+static FG_HD __forceinline__ int mqm_warp_m(int warp) { return (warp % MQM_WARPS_M) * MQM_WM; }
+static FG_HD __forceinline__ int mqm_warp_n(int warp) { return (warp / MQM_WARPS_M) * MQM_WN; }
+
+template <int WT>
+static FG_HD __forceinline__ void mqm_frags(const uint8_t *sm, int uu, int warp, int lane, mqm_frag &f) {
+    typedef fg_qt<WT> Q;
+    const int wm = mqm_warp_m(warp), wn = mqm_warp_n(warp);
+    const uint32_t *wq = (const uint32_t *)(sm + MQM_WQ) + (size_t)uu * MQM_BM * 8;
+    const uint32_t *xq = (const uint32_t *)(sm + MQM_XQ) + (size_t)uu * MQM_BN * 8;
+    const float *ws = (const float *)(sm + MQM_WS);
+    const float *xs = (const float *)(sm + MQM_XS);
+    // which scales the type reads (mqm_scale)
+    const bool use[2][4] = {{true, Q::SPLIT, Q::MIN, Q::MIN && Q::SPLIT},
+                            {true, Q::MIN && Q::QK == 32, Q::MIN && Q::QK == 256, Q::MIN && Q::SPLIT}};
+FG_UNROLL
+    for (int i = 0; i < MQM_NI; i++) {
+FG_UNROLL
+        for (int r = 0; r < 4; r++)
+            f.a[i][r] = wq[mqm_word(wm + 16 * i + mqm_a_row(lane, r), mqm_a_word(lane, r))];
+FG_UNROLL
+        for (int h = 0; h < 2; h++) {
+            const int m = wm + 16 * i + mqm_c_row(lane, 2 * h);
+FG_UNROLL
+            for (int c = 0; c < 4; c++)
+                f.w[i][h][c] = use[0][c] ? ws[(c * MQM_BU + uu) * MQM_BM + m] : 0.0f;
+        }
+    }
+FG_UNROLL
+    for (int j = 0; j < MQM_NJ; j++) {
+FG_UNROLL
+        for (int r = 0; r < 2; r++)
+            f.b[j][r] = xq[mqm_word(wn + 8 * j + mqm_b_col(lane, r), mqm_b_word(lane, r))];
+FG_UNROLL
+        for (int h = 0; h < 2; h++) {
+            const int n = wn + 8 * j + mqm_c_col(lane, h);
+FG_UNROLL
+            for (int c = 0; c < 4; c++)
+                f.x[j][h][c] = use[1][c] ? xs[(c * MQM_BU + uu) * MQM_BN + n] : 0.0f;
+        }
+    }
+}
+
+// acc[r] += the unit's value for C register r of mma tile (i, j): fg_q_dot's f32 arithmetic on
+// the integer dots lo (the whole unit, or its first half for SPLIT types) and hi (second half).
+template <int WT>
+static FG_HD __forceinline__ void mqm_scale(const mqm_frag &f, int i, int j, const int (&lo)[4], const int (&hi)[4],
+                                            float (&acc)[4]) {
+    typedef fg_qt<WT> Q;
+FG_UNROLL
+    for (int r = 0; r < 4; r++) {
+        const float *w = f.w[i][r >> 1]; // row mqm_c_row(lane, r)
+        const float *x = f.x[j][r & 1];  // column mqm_c_col(lane, r)
+        if constexpr (Q::MIN && Q::QK == 32) { // Q4_1, Q5_1: (d_w d_x) S + m_w s_x
+            acc[r] += (w[0] * x[0]) * mqm_f(lo[r]) - w[2] * x[1];
+        } else {
+            float v;
+            if constexpr (Q::SPLIT)
+                v = w[0] * mqm_f(lo[r]) + w[1] * mqm_f(hi[r]);
+            else
+                v = w[0] * mqm_f(lo[r]);
+            if constexpr (Q::MIN) {
+                if constexpr (Q::SPLIT)
+                    v -= w[2] * x[2] + w[3] * x[3];
+                else
+                    v -= w[2] * x[2];
+            }
+            acc[r] += v * x[0];
+        }
+    }
+}
+
+// Epilogue: C register r of tile (i, j) is output (m0 + wm + 16 i + c_row, n0 + wn + 8 j + c_col).
+static FG_HD __forceinline__ void mqm_write(const mq_args &a, int64_t m0, int64_t n0, int warp, int lane,
+                                            const float (&acc)[MQM_NI][MQM_NJ][4]) {
+    const int wm = mqm_warp_m(warp), wn = mqm_warp_n(warp);
+FG_UNROLL
+    for (int j = 0; j < MQM_NJ; j++)
+FG_UNROLL
+        for (int h = 0; h < 2; h++) {
+            const int64_t r = n0 + wn + 8 * j + mqm_c_col(lane, h);
+            if (r >= a.n_rows)
+                continue;
+            float *d = (float *)((uint8_t *)a.dst + (size_t)r * a.d_nb1);
+FG_UNROLL
+            for (int i = 0; i < MQM_NI; i++)
+FG_UNROLL
+                for (int v = 0; v < 2; v++) {
+                    const int64_t o = m0 + wm + 16 * i + mqm_c_row(lane, 2 * v);
+                    if (o < a.n_out)
+                        mm_store(d + o, a.bias, o, acc[i][j][2 * v + h], a.accumulate);
+                }
+        }
+}
+
+#if !defined(FG_MM_HOST_TEST) && !defined(__HIPCC__)
+// lo (and hi) = the unit's integer dots biased by MQM_FBIAS: k32 over the unit, or k16 per half.
+template <bool SPLIT>
+static __device__ __forceinline__ void mqm_mma(const uint32_t (&a)[4], const uint32_t (&b)[2], int (&lo)[4], int (&hi)[4]) {
+#if defined(FG_GPU_HAS_MMA)
+    const int z = MQM_FBIAS;
+    if constexpr (SPLIT) {
+        asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%7,%7,%7};"
+            : "=r"(lo[0]), "=r"(lo[1]), "=r"(lo[2]), "=r"(lo[3])
+            : "r"(a[0]), "r"(a[1]), "r"(b[0]), "r"(z));
+        asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%7,%7,%7};"
+            : "=r"(hi[0]), "=r"(hi[1]), "=r"(hi[2]), "=r"(hi[3])
+            : "r"(a[2]), "r"(a[3]), "r"(b[1]), "r"(z));
+    } else {
+        asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%10,%10,%10,%10};"
+            : "=r"(lo[0]), "=r"(lo[1]), "=r"(lo[2]), "=r"(lo[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(z));
+        hi[0] = hi[1] = hi[2] = hi[3] = MQM_FBIAS;
+    }
+#else // never launched below sm_80 (mq_select)
+    (void)a, (void)b;
+    for (int r = 0; r < 4; r++)
+        lo[r] = hi[r] = MQM_FBIAS;
+#endif
+}
+
+template <int WT> static __global__ __launch_bounds__(MQM_NT, 2) void mqm_kernel(mq_args a) {
+    __shared__ __align__(16) uint8_t sm[MQM_SMEM];
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32; // the sm_80 warp
+    const int64_t n0 = (int64_t)blockIdx.x * MQM_BN, m0 = (int64_t)blockIdx.y * MQM_BM;
+    float acc[MQM_NI][MQM_NJ][4];
+FG_UNROLL
+    for (int i = 0; i < MQM_NI; i++)
+FG_UNROLL
+        for (int j = 0; j < MQM_NJ; j++)
+FG_UNROLL
+            for (int r = 0; r < 4; r++)
+                acc[i][j][r] = 0.0f;
+    for (int ku0 = 0; ku0 < a.n_units; ku0 += MQM_BU) {
+        mqm_load<WT>(a, m0, n0, ku0, tid, sm);
+        __syncthreads();
+FG_UNROLL
+        for (int uu = 0; uu < MQM_BU; uu++) {
+            mqm_frag f;
+            mqm_frags<WT>(sm, uu, warp, lane, f);
+FG_UNROLL
+            for (int i = 0; i < MQM_NI; i++)
+FG_UNROLL
+                for (int j = 0; j < MQM_NJ; j++) {
+                    int lo[4], hi[4];
+                    mqm_mma<fg_qt<WT>::SPLIT>(f.a[i], f.b[j], lo, hi);
+                    mqm_scale<WT>(f, i, j, lo, hi, acc[i][j]);
+                }
+        }
+        __syncthreads();
+    }
+    mqm_write(a, m0, n0, warp, lane, acc);
+}
+#endif // !FG_MM_HOST_TEST && !__HIPCC__
+
 // ============================================================================ get_rows
 // Thread u of a row: unit u (32 elements) of a quantized row, or element u of a float row.
 // Values bit-identical to the type's reference to_float.
@@ -1224,6 +1538,20 @@ template <int WT> static fg_status mq_go(fg_cuda *c, const mq_args &a) {
     return FG_OK;
 }
 
+// The integer kernel c->mmq selects: the tensor-core one (FG_MMQ_MMA, sm_80+ NVIDIA only) or dp4a.
+template <int WT> static fg_status mq_select(fg_cuda *c, const mq_args &a) {
+#if !defined(__HIPCC__)
+    if (c->mmq == FG_MMQ_MMA) {
+        FG_ASSERT(fg_div_up(a.n_out, MQM_BM) <= MM_MAX_GRID_Y);
+        dim3 grid(fg_div_up(a.n_rows, MQM_BN), fg_div_up(a.n_out, MQM_BM));
+        mqm_kernel<WT><<<grid, MQM_NT, 0, c->stream>>>(a);
+        FG_GPU_LAUNCH_CHECK(c, "integer tensor-core matmul");
+        return FG_OK;
+    }
+#endif
+    return mq_go<WT>(c, a);
+}
+
 // ============================================================================ library GEMM (prefill)
 // For many activation rows the tensor-core GEMM of cuBLAS (F16 x F16 -> F32) beats the portable
 // tiled kernel by a wide margin; a quantized, BF16 or F32 weight is first dequantized into an
@@ -1335,8 +1663,18 @@ static bool mm_blas_rows(const fg_cuda *c, int64_t n_rows) {
 }
 
 fg_status fg_cuda_matmul_init(fg_cuda *c) {
+    // FORGE_CUDA_MMQ: 0 the F16 copy + cuBLAS, dp4a the dp4a integer kernel, otherwise (unset,
+    // 1, mma) the tensor-core integer kernel where the device has it (NVIDIA sm_80+), else dp4a
     const char *mq = getenv("FORGE_CUDA_MMQ");
-    c->mmq = !(mq && mq[0] == '0');
+#if defined(__HIPCC__)
+    const bool has_mma = false;
+#else
+    const bool has_mma = c->cc_major >= 8;
+#endif
+    c->mmq = mq && mq[0] == '0'            ? FG_MMQ_OFF
+             : (mq && !strcmp(mq, "dp4a")) ? FG_MMQ_DP4A
+             : has_mma                     ? FG_MMQ_MMA
+                                           : FG_MMQ_DP4A;
     const char *mv = getenv("FORGE_CUDA_MV");
     c->mv_direct = mv && !strcmp(mv, "staged") ? 0 : mv && !strcmp(mv, "direct16") ? 2 : 1;
     const char *mr = getenv("FORGE_CUDA_MV_ROWS");
@@ -1449,7 +1787,7 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
             switch (wt) {
 #define X(T) \
     case T:  \
-        return mq_go<T>(c, a);
+        return mq_select<T>(c, a);
                 MM_QTYPES(X)
 #undef X
             default:
