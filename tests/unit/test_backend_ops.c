@@ -436,7 +436,10 @@ static void test_matmul_all_types(void **state) {
         // both sides of any matvec/matmul crossover, threaded on the CPU
         matmul_case(tg, type, blk == 1 ? 515 : 4 * 256, 131, 9, true, false, false, true);
         matmul_case(tg, type, blk == 1 ? 515 : 4 * 256, 300, 1, false, false, true, false);
+        // past the batched matvec (64 rows): the integer tiled kernels' ragged tiles
+        matmul_case(tg, type, blk == 1 ? 131 : 2 * 256, 131, 65, true, false, true, true);
         if (!g_quick) {
+            matmul_case(tg, type, blk == 1 ? 131 : 3 * 256, 259, 200, true, true, false, true);
             matmul_case(tg, type, blk == 1 ? 131 : 256, 37, 511, true, true, false, true);
             matmul_case(tg, type, blk == 1 ? 131 : 256, 64, 512, false, false, true, false);
         }
