@@ -21,9 +21,10 @@
 // memory), then each thread decodes one unit of every weight row into registers and dots it
 // with that unit of every activation row: every weight byte is read from DRAM once per call,
 // every decoded unit serves NR rows. Partial sums are reduced with warp shuffles at the end.
-// Integer tiled (quantized weights, more rows, 8-bit x; the default): 64 x 64 tiles, the
-// matvec's per-unit integer dots (dp4a) and f32 scaling, so prefill keeps the reference's
-// arithmetic (FORGE_CUDA_MMQ=0 sends these to the F16 GEMMs below instead).
+// Integer tiled (quantized weights, more rows, 8-bit x; the default): the matvec's per-unit
+// integer dots and f32 scaling, so prefill keeps the reference's arithmetic: on sm_80+ the
+// tensor-core kernel (mqm: 128 x 64 tiles, int8 mma.sync), else (HIP, FORGE_CUDA_MMQ=dp4a) the
+// dp4a one (mq: 64 x 64 tiles). FORGE_CUDA_MMQ=0 sends these to the F16 GEMMs below instead.
 // Tiled (float weights with more rows, or F16 x): 128 weight rows x 64 activation rows x 64 K per tile, 256
 // threads; weights dequantized (exactly) once per tile into f16 shared memory, activations
 // converted to f16; nvcuda::wmma 16x16x16 with f32 accumulation under FG_GPU_HAS_MMA (sm_80+),
@@ -703,8 +704,9 @@ FG_UNROLL
 // and the activation bytes (dp4a), scaled in f32 by the unit's weight scales and the block's
 // activation scale (fg_q_dot, the matvec's own), so prefill sees the same numbers as decode and
 // as the CPU reference, up to the f32 summation order. No tensor cores: dp4a on every target
-// (HIP included). Tile: MQ_BM weight rows x MQ_BN activation rows, MQ_BU units of K per step,
-// 256 threads; thread (tx, ty) = (tid % 16, tid / 16) owns outputs m = tx + 16 i, n = ty + 16 j.
+// (HIP included); on sm_80+ its tensor-core twin (mqm, below) runs unless FORGE_CUDA_MMQ=dp4a.
+// Tile: MQ_BM weight rows x MQ_BN activation rows, MQ_BU units of K per step, 256 threads;
+// thread (tx, ty) = (tid % 16, tid / 16) owns outputs m = tx + 16 i, n = ty + 16 j.
 // Each step every thread decodes one weight unit (row tid / MQ_BU) and loads one activation unit
 // into shared memory (bytes + scales), then every thread dots its 4 x 4 outputs over the units.
 enum {
@@ -895,6 +897,8 @@ FG_UNROLL
 // half) touches 32 different banks.
 // The phases are FG_HD so that tests/unit/test_cuda_matmul_host.cu replays them with an
 // emulated mma written from the PTX ISA's fragment tables (not from the helpers below).
+// NVIDIA only: HIP builds keep the dp4a kernel (mq_select).
+#if !defined(__HIPCC__)
 enum {
     MQM_BM = 128,
     MQM_BN = 64,
@@ -1121,7 +1125,7 @@ FG_UNROLL
         }
 }
 
-#if !defined(FG_MM_HOST_TEST) && !defined(__HIPCC__)
+#if !defined(FG_MM_HOST_TEST)
 // lo (and hi) = the unit's integer dots biased by MQM_FBIAS: k32 over the unit, or k16 per half.
 template <bool SPLIT>
 static __device__ __forceinline__ void mqm_mma(const uint32_t (&a)[4], const uint32_t (&b)[2], int (&lo)[4], int (&hi)[4]) {
@@ -1163,7 +1167,7 @@ FG_UNROLL
     for (int ku0 = 0; ku0 < a.n_units; ku0 += MQM_BU) {
         mqm_load<WT>(a, m0, n0, ku0, tid, sm);
         __syncthreads();
-FG_UNROLL
+FG_UNROLL_N(1) // (unrolled, the units' operands spill at the 128 registers of 2 blocks an SM)
         for (int uu = 0; uu < MQM_BU; uu++) {
             mqm_frag f;
             mqm_frags<WT>(sm, uu, warp, lane, f);
@@ -1180,7 +1184,8 @@ FG_UNROLL
     }
     mqm_write(a, m0, n0, warp, lane, acc);
 }
-#endif // !FG_MM_HOST_TEST && !__HIPCC__
+#endif // !FG_MM_HOST_TEST
+#endif // !__HIPCC__
 
 // ============================================================================ get_rows
 // Thread u of a row: unit u (32 elements) of a quantized row, or element u of a float row.
