@@ -151,7 +151,7 @@ typedef struct fg_engine_opts {
     // cached prefix and prefills the rest; off by default here, on by default in forge serve
     bool prefix_cache;
     fg_kv_hash_fn prefix_hash; // test hook: the page hash (NULL: fg_kv_hash_tokens)
-    bool check_pages;          // tests: fg_kv_pages_check after every step (aborts if broken)
+    bool check_pages;          // tests: fg_kv_pages_check after every step (stats.page_check_failures)
     // When a step's events (detokenization, stop strings, callbacks) are emitted: 0 (default)
     // after the next step is submitted when the backend runs steps asynchronously (a GPU: the
     // host work overlaps the device; a request ending on a stop string costs the next step one
@@ -263,6 +263,7 @@ typedef struct fg_engine_stats {
     // wait: fg_model_wait (the device computing); events: detokenization, stop strings,
     // callbacks.
     double t_plan_s, t_fill_s, t_submit_s, t_wait_s, t_events_s;
+    uint64_t page_check_failures; // steps after which fg_kv_pages_check failed (check_pages)
 } fg_engine_stats;
 
 // Starts the scheduler thread. The model must outlive the engine.

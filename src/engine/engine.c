@@ -1382,11 +1382,11 @@ static void *sched_main(void *arg) {
         if (e->n_running == 0 && !e->w_head && e->inflight < 0)
             continue;
         run_iteration(e);
-        if (e->check_pages && fg_kv_pages_check(e->pages) != FG_OK) {
+        const bool pages_broken = e->check_pages && fg_kv_pages_check(e->pages) != FG_OK;
+        if (pages_broken) // counted for the test that asked; the first one said once
             fprintf(stderr, "forge: engine: KV page accounting broken: %s\n", fg_last_error());
-            abort();
-        }
         pthread_mutex_lock(&e->mu);
+        e->st.page_check_failures += pages_broken;
         e->st.t_plan_s = e->plan_acc;
         e->st.t_fill_s = e->fill_acc;
         e->st.t_submit_s = e->submit_acc;

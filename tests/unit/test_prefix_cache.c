@@ -220,6 +220,14 @@ static fg_engine_stats stats(fg_engine *e) {
     return st;
 }
 
+// Destroys e after checking that the page accounting held after every one of its steps.
+static void end_engine(fg_engine *e) {
+    const uint64_t bad = stats(e).page_check_failures;
+    fg_engine_destroy(e, 5.0);
+    if (bad)
+        fail_msg("KV page accounting broken after %llu steps (see stderr)", (unsigned long long)bad);
+}
+
 static void expect_tokens(const rec *r, const int32_t *want, int32_t n, int idx) {
     if (r->n_tok != n)
         fail_msg("request %d: %d tokens, expected %d", idx, r->n_tok, n);
@@ -270,7 +278,7 @@ static outcome run_jobs(fg_model *m, fg_engine_opts o, const job *jobs, int n) {
     out.st = stats(e);
     assert_int_equal(out.st.kv_pages_used, 0);
     assert_int_equal(out.st.running, 0);
-    fg_engine_destroy(e, 5.0);
+    end_engine(e);
     return out;
 }
 
@@ -506,7 +514,7 @@ static void test_cancel_mid_prefill(void **state) {
     wait_all(&r[2], 1);
     expect_tokens(&r[2], want, 6, 2);
     assert_true(r[2].n_cached >= 16 && r[2].n_cached <= 16 * published);
-    fg_engine_destroy(e, 5.0);
+    end_engine(e);
     free(r);
 }
 
@@ -609,7 +617,7 @@ static void test_echo_scores_every_position(void **state) {
         expect_tokens(&r[1], r[0].toks, 4, 1);
         expect_tokens(&r[2], r[0].toks, 4, 2);
         assert_int_equal(r[2].n_cached, pass == 1 ? 144 : 0);
-        fg_engine_destroy(e, 5.0);
+        end_engine(e);
     }
     free(r);
 }
