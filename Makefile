@@ -132,8 +132,13 @@ $(call mod_lib,$(1)): $(call mod_objs,$(1))
 endef
 $(foreach m,$(MODULES),$(eval $(call MODULE_RULE,$(m))))
 
-# the chat page is built into the server (.incbin in webui.c)
-$(BUILD)/obj/src/server/webui.o: src/server/webui/index.html
+# the chat page is built into the server (.incbin in webui.c), its Content-Security-Policy
+# (the hashes of its inline script and style) into a generated header
+$(BUILD)/gen/webui_csp.h: src/server/webui/index.html scripts/webui_csp.py
+	@mkdir -p $(dir $@)
+	python3 scripts/webui_csp.py $< $@
+$(BUILD)/obj/src/server/webui.o: src/server/webui/index.html $(BUILD)/gen/webui_csp.h
+$(BUILD)/obj/src/server/webui.o: CPPFLAGS += -I$(BUILD)/gen
 
 # libedit (BSD licence): line editing and history for `forge chat`, the CLI only
 CLI_LDLIBS ?= -ledit
@@ -207,9 +212,9 @@ FUZZ_FLAGS := -std=c11 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-
 fuzz_mods = $(or $(shell sed -n 's|^// forge-fuzz-modules: ||p' tests/fuzz/$(1).c 2>/dev/null),$(filter-out cuda,$(MODULES)))
 fuzz: $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 define FUZZ_RULE
-$(BUILD)/fuzz/$(1): tests/fuzz/$(1).c $(foreach m,$(call fuzz_mods,$(1)),$(call mod_c,$(m)))
+$(BUILD)/fuzz/$(1): tests/fuzz/$(1).c $(foreach m,$(call fuzz_mods,$(1)),$(call mod_c,$(m))) $(BUILD)/gen/webui_csp.h
 	@mkdir -p $$(dir $$@)
-	clang $(FUZZ_FLAGS) -o $$@ $$< $(foreach m,$(call fuzz_mods,$(1)),$(call mod_c,$(m))) $(filter-out -L% -Wl% -lcudart -lcublas -lnccl -l:libnccl.so.2 -lamdhip64 -lstdc++,$(LDLIBS))
+	clang $(FUZZ_FLAGS) -I$(BUILD)/gen -o $$@ $$< $(foreach m,$(call fuzz_mods,$(1)),$(call mod_c,$(m))) $(filter-out -L% -Wl% -lcudart -lcublas -lnccl -l:libnccl.so.2 -lamdhip64 -lstdc++,$(LDLIBS))
 endef
 $(foreach t,$(patsubst tests/fuzz/%.c,%,$(FUZZ_SRC)),$(eval $(call FUZZ_RULE,$(t))))
 
