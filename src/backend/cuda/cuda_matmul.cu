@@ -362,6 +362,22 @@ FG_UNROLL
 
 #endif // FG_MM_HOST_TEST
 
+// Unit u (32 elements) of an 8-bit activation row on WT's grid: Q8_K blocks for the K-quants,
+// Q8_1 otherwise; mm_x_unit_zero: the unit past the rows or K (contributes nothing).
+template <int WT> static FG_HD __forceinline__ void mm_x_unit(const uint8_t *row, int u, fg_q8unit &x) {
+    if constexpr (mm_is_k(WT))
+        fg_q8_k_load(row + (size_t)(u / 8) * sizeof(fg_block_q8_k), u % 8, x);
+    else
+        fg_q8_1_load(row + (size_t)u * sizeof(fg_block_q8_1), x);
+}
+static FG_HD __forceinline__ void mm_x_unit_zero(fg_q8unit &x) {
+FG_UNROLL
+    for (int k = 0; k < 8; k++)
+        x.q[k] = 0;
+    x.sum_lo = x.sum_hi = 0;
+    x.d = x.s = 0.0f;
+}
+
 // ============================================================================ direct matvec (mw)
 // The quantized types' matvec (FORGE_CUDA_MV=staged: the staged kernel above instead): no
 // shared-memory staging of the operands. A block of MW_NT threads owns mw_r<NR> weight rows;
@@ -434,11 +450,7 @@ FG_UNROLL
         for (int j = 0; j < NR; j++) {
             if (j < a.nr) {
                 fg_q8unit xu;
-                const uint8_t *row = a.x + (size_t)j * a.x_nb1;
-                if constexpr (mm_is_k(WT))
-                    fg_q8_k_load(row + (size_t)(u / 8) * sizeof(fg_block_q8_k), u % 8, xu);
-                else
-                    fg_q8_1_load(row + (size_t)u * sizeof(fg_block_q8_1), xu);
+                mm_x_unit<WT>(a.x + (size_t)j * a.x_nb1, u, xu);
 FG_UNROLL
                 for (int r = 0; r < R; r++)
                     acc[r][j] += fg_q_dot<WT>(wu[r], xu);
@@ -768,19 +780,10 @@ template <int WT>
 static FG_HD __forceinline__ void mq_load_x(const mq_args &a, int64_t n0, int ku0, int tid, uint8_t *sm) {
     const int n = tid / MQ_BU, uu = tid % MQ_BU, ku = ku0 + uu;
     fg_q8unit x;
-    if (n0 + n < a.n_rows && ku < a.n_units) {
-        const uint8_t *row = a.x + (size_t)(n0 + n) * a.x_nb1;
-        if constexpr (mm_is_k(WT))
-            fg_q8_k_load(row + (size_t)(ku / 8) * sizeof(fg_block_q8_k), ku % 8, x);
-        else
-            fg_q8_1_load(row + (size_t)ku * sizeof(fg_block_q8_1), x);
-    } else {
-FG_UNROLL
-        for (int k = 0; k < 8; k++)
-            x.q[k] = 0;
-        x.sum_lo = x.sum_hi = 0;
-        x.d = x.s = 0.0f;
-    }
+    if (n0 + n < a.n_rows && ku < a.n_units)
+        mm_x_unit<WT>(a.x + (size_t)(n0 + n) * a.x_nb1, ku, x);
+    else
+        mm_x_unit_zero(x);
     uint4 *q = (uint4 *)(sm + MQ_XQ + (size_t)(uu * MQ_BN + n) * 32);
     q[0] = make_uint4((uint32_t)x.q[0], (uint32_t)x.q[1], (uint32_t)x.q[2], (uint32_t)x.q[3]);
     q[1] = make_uint4((uint32_t)x.q[4], (uint32_t)x.q[5], (uint32_t)x.q[6], (uint32_t)x.q[7]);
@@ -997,19 +1000,10 @@ FG_UNROLL
     for (int p = 0; p < MQM_BN * MQM_BU / MQM_NT; p++) {
         const int idx = tid + MQM_NT * p, n = idx / MQM_BU, uu = idx % MQM_BU, ku = ku0 + uu;
         fg_q8unit x;
-        if (n0 + n < a.n_rows && ku < a.n_units) {
-            const uint8_t *row = a.x + (size_t)(n0 + n) * a.x_nb1;
-            if constexpr (mm_is_k(WT))
-                fg_q8_k_load(row + (size_t)(ku / 8) * sizeof(fg_block_q8_k), ku % 8, x);
-            else
-                fg_q8_1_load(row + (size_t)ku * sizeof(fg_block_q8_1), x);
-        } else {
-FG_UNROLL
-            for (int k = 0; k < 8; k++)
-                x.q[k] = 0;
-            x.sum_lo = x.sum_hi = 0;
-            x.d = x.s = 0.0f;
-        }
+        if (n0 + n < a.n_rows && ku < a.n_units)
+            mm_x_unit<WT>(a.x + (size_t)(n0 + n) * a.x_nb1, ku, x);
+        else
+            mm_x_unit_zero(x);
         uint32_t q[8];
 FG_UNROLL
         for (int k = 0; k < 8; k++)
