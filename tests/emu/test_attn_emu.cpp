@@ -123,6 +123,7 @@ static int run(const Scn &sc) {
     // backend context
     fg_cuda c;
     memset(&c, 0, sizeof c);
+    c.attn_dec = getenv("FORGE_CUDA_ATTN_DEC") == NULL || strcmp(getenv("FORGE_CUDA_ATTN_DEC"), "0") != 0; // as the backend
     c.warp = FG_WARP;
     c.n_sm = sc.n_sm;
     c.step.n_tokens = n_tokens; c.step.n_seqs = ns; c.step.max_pages = max_pages;

@@ -524,8 +524,10 @@ static void test_convert(void **state) {
 static void test_rmsnorm(void **state) {
     const target *tg = *state;
     need_target(tg);
-    static const int64_t shapes[5][3] = {{67, 7, 1}, {64, 33, 1}, {4096, 2, 1}, {4096, 9, 1}, {64, 5, 9}};
-    for (int sh = 0; sh < 5; sh++) {
+    // float4 rows (n % 4 == 0, 1024 < n <= 16384) take the vector kernel, others the block one
+    static const int64_t shapes[9][3] = {{67, 7, 1},   {64, 33, 1},    {4096, 2, 1},  {4096, 9, 1}, {64, 5, 9},
+                                         {2052, 3, 1}, {14336, 1, 1},  {16388, 1, 1}, {1030, 2, 1}};
+    for (int sh = 0; sh < 9; sh++) {
         int64_t n = shapes[sh][0], ne1 = shapes[sh][1], ne2 = shapes[sh][2], rows = ne1 * ne2;
         // 3-D case: heads of a strided row (a fused projection of 3 * n * ne1 floats per token)
         int64_t rowlen = ne2 > 1 ? 3 * n * ne1 : n * ne1;
@@ -649,10 +651,7 @@ static void test_add_swiglu(void **state) {
 }
 
 // x = x + a; xn = rmsnorm(x) * w: the fused op (or its composition) against the reference.
-static void test_add_rmsnorm(void **state) {
-    const target *tg = *state;
-    need_target(tg);
-    const int64_t n = 1000, rows = 7;
+static void add_rmsnorm_case(const target *tg, int64_t n, int64_t rows) {
     float *x = malloc(sizeof(float) * n * rows), *a = malloc(sizeof(float) * n * rows), *w = malloc(sizeof(float) * n);
     fill(x, (size_t)(n * rows), 2.0f);
     fill(a, (size_t)(n * rows), 2.0f);
@@ -692,6 +691,14 @@ static void test_add_rmsnorm(void **state) {
     free(w);
     free(rx);
     free(rn);
+}
+
+static void test_add_rmsnorm(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    add_rmsnorm_case(tg, 1000, 7); // one warp a row
+    add_rmsnorm_case(tg, 4100, 3); // float4 rows
+    add_rmsnorm_case(tg, 1026, 2); // the block kernel
 }
 
 static void rope_case(const target *tg, fg_rope_mode mode, int n_head, int head_dim, int n_rot, bool factors,
@@ -1122,6 +1129,13 @@ static void test_attention(void **state) {
         {1, {1000}, {1}, 4, 4, 256, 16, FG_TYPE_F16, true, 0},                 // head_dim 256, long decode
         {2, {77, 31}, {5, 31}, 10, 5, 80, 16, FG_TYPE_F16, true, 0},           // head_dim 80
         {1, {10}, {10}, 8, 4, 8, 16, FG_TYPE_F32, true, 0},                    // stories260K's shape
+        // decode steps (one token a sequence: the decode kernel where head_dim is 64/128/256)
+        {1, {4096}, {1}, 32, 8, 128, 16, FG_TYPE_F16, true, 0},                // 8B shape, split sequence
+        {4, {300, 1, 77, 1500}, {1, 1, 1, 1}, 28, 4, 128, 16, FG_TYPE_F16, true, 0}, // GQA 7, mixed lengths
+        {3, {200, 50, 129}, {1, 1, 1}, 8, 8, 64, 5, FG_TYPE_F16, true, 0},     // MHA, page size 5
+        {3, {70, 50, 80}, {1, 1, 1}, 8, 2, 64, 16, FG_TYPE_F16, true, 3},      // shared prefix pages
+        {2, {23, 9}, {1, 1}, 4, 2, 64, 16, FG_TYPE_F16, false, 0},             // non-causal, one token
+        {2, {700, 33}, {1, 1}, 32, 2, 256, 16, FG_TYPE_F16, true, 0},          // GQA 16: attn_kernel
         // Q8_0 cache (--kv-type q8_0): head_dim a multiple of 32
         {1, {1}, {1}, 4, 4, 64, 16, FG_TYPE_Q8_0, true, 0},                    // 1 token, first position
         {2, {37, 5}, {1, 1}, 8, 4, 64, 16, FG_TYPE_Q8_0, true, 0},             // 2 decodes, GQA 2, mid-page
@@ -1134,6 +1148,12 @@ static void test_attention(void **state) {
         {2, {2100, 300}, {65, 1}, 8, 2, 128, 16, FG_TYPE_Q8_0, true, 0},       // a 2,100-token sequence
         {1, {1000}, {1}, 4, 4, 256, 16, FG_TYPE_Q8_0, true, 0},                // head_dim 256, long decode
         {2, {33, 17}, {33, 17}, 4, 2, 512, 5, FG_TYPE_Q8_0, true, 0},          // head_dim 512, page size 5
+        // Q8_0 decode steps
+        {1, {4096}, {1}, 32, 8, 128, 16, FG_TYPE_Q8_0, true, 0},               // 8B shape, split sequence
+        {4, {300, 1, 77, 1500}, {1, 1, 1, 1}, 28, 4, 128, 16, FG_TYPE_Q8_0, true, 0}, // GQA 7, mixed lengths
+        {3, {200, 50, 129}, {1, 1, 1}, 8, 8, 64, 5, FG_TYPE_Q8_0, true, 0},    // MHA, page size 5
+        {2, {513, 64}, {1, 1}, 16, 2, 256, 16, FG_TYPE_Q8_0, true, 3},         // GQA 8, head_dim 256, shared
+        {2, {45, 20}, {1, 1}, 8, 4, 96, 16, FG_TYPE_Q8_0, true, 0},            // head_dim 96: attn_kernel
     };
     for (size_t i = 0; i < FG_ARRAY_LEN(cases); i++)
         if (!g_quick || cases[i].n_kv[0] < 1000)
@@ -1389,10 +1409,9 @@ static void test_sample_checks(void **state) {
     free_step(&sd);
 }
 
-// The fused rope + KV store equals rope then kv_store (bit for bit on the same backend).
-static void test_rope_kv_store(void **state) {
-    const target *tg = *state;
-    need_target(tg);
+// The fused rope + KV store equals rope then kv_store (bit for bit on the same backend), for
+// every cache type, both rope modes and a partial rotary dimension; q and the rotated k too.
+static void rope_kv_store_case(const target *tg, uint32_t kv_type, fg_rope_mode mode, int n_rot) {
     const int n_head = 8, nkv = 2, hd = 64, ps = 16, n_layer = 1;
     int lens[2] = {40, 7}, news[2] = {5, 7};
     step_data sd;
@@ -1404,11 +1423,11 @@ static void test_rope_kv_store(void **state) {
     fill(k, (size_t)(kw * nt), 1.0f);
     fill(v, (size_t)(kw * nt), 1.0f);
     unsigned char *res[2][2];
-    float *qres[2];
+    float *qres[2], *kres[2];
     for (int fused = 0; fused < 2; fused++) {
         fg_backend *be = open_backend(tg, 0);
         reserve(be, nt, 2, sd.max_pages, sd.max_pages * ps, qw);
-        fg_kv_view kv = {n_layer, sd.n_pages, ps, nkv, hd, FG_TYPE_F16, {0}, {0}};
+        fg_kv_view kv = {n_layer, sd.n_pages, ps, nkv, hd, kv_type, {0}, {0}};
         fg_buffer *kvbuf = NULL;
         assert_int_equal(be->ops->kv_alloc(be, &kv, &kvbuf), FG_OK);
         size_t kvb = fg_tensor_nbytes(&kv.k);
@@ -1419,7 +1438,7 @@ static void test_rope_kv_store(void **state) {
         dev_put(be, &dq, q);
         dev_put(be, &dk, k);
         dev_put(be, &dv, v);
-        fg_rope_params p = {n_head, hd, hd, FG_ROPE_NEOX, 1e6f, 1.0f, NULL};
+        fg_rope_params p = {n_head, hd, n_rot, mode, 1e6f, 1.0f, NULL};
         begin(be, &sd);
         if (fused) {
             assert_int_equal(fg_op_rope_kv_store(be, &dq.t, &dk.t, &dv.t, &p, nkv, &kv, 0), FG_OK);
@@ -1436,7 +1455,9 @@ static void test_rope_kv_store(void **state) {
         assert_int_equal(be->ops->download(be, &kv.k, 0, res[fused][0], kvb), FG_OK);
         assert_int_equal(be->ops->download(be, &kv.v, 0, res[fused][1], kvb), FG_OK);
         qres[fused] = dev_get(be, &dq);
+        kres[fused] = dev_get(be, &dk);
         if (fused) {
+            check_same("rope_kv_store rotated k", kres[1], kres[0], dk.bytes);
             check_same("rope_kv_store k", res[1][0], res[0][0], kvb);
             check_same("rope_kv_store v", res[1][1], res[0][1], kvb);
             check_same("rope_kv_store q", qres[1], qres[0], dq.bytes);
@@ -1452,11 +1473,20 @@ static void test_rope_kv_store(void **state) {
         free(res[i][0]);
         free(res[i][1]);
         free(qres[i]);
+        free(kres[i]);
     }
     free(q);
     free(k);
     free(v);
     free_step(&sd);
+}
+
+static void test_rope_kv_store(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    rope_kv_store_case(tg, FG_TYPE_F16, FG_ROPE_NEOX, 64);
+    rope_kv_store_case(tg, FG_TYPE_Q8_0, FG_ROPE_NORMAL, 32);
+    rope_kv_store_case(tg, FG_TYPE_F32, FG_ROPE_NEOX, 48);
 }
 
 // ---------------------------------------------------------------- embedding models (issue 14)

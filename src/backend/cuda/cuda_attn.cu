@@ -190,6 +190,21 @@ static size_t kv_fetch4_align(uint32_t kv_type) {
 }
 
 // ---------------------------------------------------------------- kv_store
+// One slot's row <- n f32 elements, by the block's threads.
+template <typename KVT> static __device__ __forceinline__ void kv_store_row(char *row, const float *src, int n) {
+    if constexpr (KVT::QK == 1) {
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            KVT::store1(row, i, src[i]);
+    } else {
+        // whole blocks: QK consecutive lanes quantize one block together (n and blockDim.x are
+        // multiples of QK), every lane runs every pass (the amax is a shuffle)
+        for (int i0 = 0; i0 < n; i0 += blockDim.x) {
+            const int i = i0 + (int)threadIdx.x;
+            KVT::store_lane(row, i, i < n ? src[i] : 0.0f, i < n);
+        }
+    }
+}
+
 // One block per (token, K or V): the row goes to page page_table[seq][pos / page_size], slot
 // pos % page_size of the layer (k_dst / v_dst already point at the layer).
 template <typename KVT>
@@ -206,17 +221,7 @@ kv_store_kernel(char *k_dst, char *v_dst, size_t k_nb1, size_t k_nb2, size_t v_n
     const float *src = (const float *)(is_v ? v_src + (size_t)t * v_src_nb1 : k_src + (size_t)t * k_src_nb1);
     char *row = is_v ? v_dst + (size_t)page * v_nb2 + (size_t)slot * v_nb1
                      : k_dst + (size_t)page * k_nb2 + (size_t)slot * k_nb1;
-    if constexpr (KVT::QK == 1) {
-        for (int i = threadIdx.x; i < n; i += blockDim.x)
-            KVT::store1(row, i, src[i]);
-    } else {
-        // whole blocks: QK consecutive lanes quantize one block together (n and blockDim.x are
-        // multiples of QK), every lane runs every pass (the amax is a shuffle)
-        for (int i0 = 0; i0 < n; i0 += blockDim.x) {
-            const int i = i0 + (int)threadIdx.x;
-            KVT::store_lane(row, i, i < n ? src[i] : 0.0f, i < n);
-        }
-    }
+    kv_store_row<KVT>(row, src, n);
 }
 
 fg_status fg_cuda_kv_store(fg_cuda *c, const fg_kv_view *kv, int32_t layer, const fg_tensor *k,
@@ -249,6 +254,96 @@ fg_status fg_cuda_kv_store(fg_cuda *c, const fg_kv_view *kv, int32_t layer, cons
             kv->page_size);
     }
     FG_GPU_LAUNCH_CHECK(c, "kv_store");
+    return FG_OK;
+}
+
+// ---------------------------------------------------------------- rope_kv_store (fused)
+// One launch for rope(q), rope(k) and kv_store(k, v): grid (token, 3). y = 0 rotates the
+// token's q row in place; y = 1 rotates its k row in place, then stores it (the block's own
+// global writes, visible after the barrier); y = 2 stores its v row. Same arithmetic as
+// rope_kernel and kv_store_kernel (the shared helpers).
+typedef struct rkv_args {
+    char *q, *k;
+    const char *v;
+    size_t q_nb1, k_nb1, v_nb1;
+    int n_head, n_head_kv, head_dim, half, neox;
+    const float *ff;
+    float theta_scale, freq_scale;
+    char *k_dst, *v_dst;
+    size_t kv_nb1, kv_nb2;
+    const int32_t *pos, *seq, *page_table;
+    int max_pages, page_size;
+} rkv_args;
+
+template <typename KVT> __global__ void __launch_bounds__(256) rope_kv_store_kernel(rkv_args a) {
+    extern __shared__ float rkv_sh[]; // [2 * half]: cos, then sin
+    const int t = blockIdx.x, y = blockIdx.y;
+    const int p = a.pos[t];
+    if (y < 2) {
+        fg_rope_angles(rkv_sh, a.half, p, a.ff, a.theta_scale, a.freq_scale);
+        __syncthreads();
+        float *row = (float *)(y == 0 ? a.q + (size_t)t * a.q_nb1 : a.k + (size_t)t * a.k_nb1);
+        fg_rope_row(row, y == 0 ? a.n_head : a.n_head_kv, a.head_dim, a.half, a.neox, rkv_sh);
+        if (y == 0)
+            return;
+        __syncthreads(); // the rotated k row, written by this block, is read back below
+    }
+    const int page = a.page_table[(size_t)a.seq[t] * a.max_pages + p / a.page_size];
+    const size_t off = (size_t)page * a.kv_nb2 + (size_t)(p % a.page_size) * a.kv_nb1;
+    const float *src = (const float *)(y == 1 ? a.k + (size_t)t * a.k_nb1 : a.v + (size_t)t * a.v_nb1);
+    kv_store_row<KVT>((y == 1 ? a.k_dst : a.v_dst) + off, src, a.n_head_kv * a.head_dim);
+}
+
+fg_status fg_cuda_rope_kv_store(fg_cuda *c, fg_tensor *q, fg_tensor *k, const fg_tensor *v, const fg_rope_params *p,
+                                int32_t n_head_kv, const fg_kv_view *kv, int32_t layer) {
+    const fg_cuda_step *st = &c->step;
+    FG_ASSERT(fg_cuda_kv_supports(kv->type));
+    FG_ASSERT(layer >= 0 && layer < kv->n_layer && kv->k.nb[1] == kv->v.nb[1] && kv->k.nb[2] == kv->v.nb[2]);
+    FG_ASSERT(p->n_rot >= 2 && p->n_rot % 2 == 0 && p->n_rot <= p->head_dim && p->head_dim == kv->head_dim);
+    FG_ASSERT(p->mode == FG_ROPE_NORMAL || p->mode == FG_ROPE_NEOX);
+    FG_ASSERT(q->ne[1] == st->n_tokens && k->ne[1] == st->n_tokens && v->ne[1] == st->n_tokens);
+    if (st->n_tokens <= 0)
+        return FG_OK;
+    rkv_args a;
+    a.q = (char *)q->data;
+    a.k = (char *)k->data;
+    a.v = (const char *)v->data;
+    a.q_nb1 = q->nb[1];
+    a.k_nb1 = k->nb[1];
+    a.v_nb1 = v->nb[1];
+    a.n_head = p->n_head;
+    a.n_head_kv = n_head_kv;
+    a.head_dim = p->head_dim;
+    a.half = p->n_rot / 2;
+    a.neox = p->mode == FG_ROPE_NEOX;
+    a.ff = NULL;
+    if (p->freq_factors) {
+        FG_ASSERT(p->freq_factors->type == FG_TYPE_F32 && p->freq_factors->ne[0] >= p->n_rot / 2);
+        a.ff = (const float *)p->freq_factors->data;
+    }
+    a.theta_scale = powf(p->freq_base, -2.0f / (float)p->n_rot); // the host's powf, as the CPU's
+    a.freq_scale = p->freq_scale;
+    a.k_dst = (char *)kv->k.data + (size_t)layer * kv->k.nb[3];
+    a.v_dst = (char *)kv->v.data + (size_t)layer * kv->v.nb[3];
+    a.kv_nb1 = kv->k.nb[1];
+    a.kv_nb2 = kv->k.nb[2];
+    a.pos = st->pos;
+    a.seq = st->seq;
+    a.page_table = st->page_table;
+    a.max_pages = st->max_pages;
+    a.page_size = kv->page_size;
+    const dim3 grid((unsigned)st->n_tokens, 3);
+    const unsigned threads = 256; // a multiple of 64: whole Q8_0 lane groups on 32- and 64-wide warps
+    const size_t smem = 2 * (size_t)a.half * sizeof(float);
+    if (kv->type == FG_TYPE_F16) {
+        rope_kv_store_kernel<kv_f16><<<grid, threads, smem, c->stream>>>(a);
+    } else if (kv->type == FG_TYPE_Q8_0) {
+        FG_ASSERT(kv->head_dim % FG_QK8_0 == 0);
+        rope_kv_store_kernel<kv_q8_0><<<grid, threads, smem, c->stream>>>(a);
+    } else {
+        rope_kv_store_kernel<kv_f32><<<grid, threads, smem, c->stream>>>(a);
+    }
+    FG_GPU_LAUNCH_CHECK(c, "rope_kv_store");
     return FG_OK;
 }
 
@@ -843,7 +938,459 @@ __global__ void __launch_bounds__(256) attn_reduce_kernel(attn_args a, int n_tok
     }
 }
 
+// ---------------------------------------------------------------- attention: decode steps
+// Steps where every sequence brings one token (decode, batched decode) with head_dim 64, 128 or
+// 256, at most DEC_GM q heads per kv head and an F16 or Q8_0 cache take this kernel instead of
+// attn_kernel: no plan kernel, no shared-memory staging. Grid (split, kv head, sequence); a
+// block of DEC_NW warps. A key row is read by a group of TPK = head_dim / 8 lanes, 8 elements
+// a lane (F16: one 16-byte load; Q8_0: the 8 quants as 2-3 aligned 32-bit words, and the
+// block's scale), so a warp reads W / TPK keys at once, each as whole 32-byte sectors. Each lane
+// keeps its 8 dims of q (every q head of the group) in registers, its partial q.k is summed
+// across the group by xor shuffles, the softmax is online per lane group (rescaled only when the
+// maximum grows) and the lane accumulates its 8 dims of V. The groups of a warp merge by
+// shuffles, the warps in shared memory; a sequence split in n_split chunks (long contexts,
+// few sequences: flash-decoding) writes partials that dec_reduce_kernel merges.
+// Numerics as attn_kernel: q rounded as the cache type asks (F16: to f16; Q8_0: quantized on the
+// reference's Q8_0 grid, here kept as integers: the block dots are exact integer sums, scaled
+// by both blocks' f16 scales, as the reference's vec_dot_q8_0_q8_0), f32 softmax and V sums.
+#define DEC_NW 4
+#define DEC_GM 8              // most q heads per kv head
+#define DEC_L_MIN 128         // fewest keys of a chunk when a sequence is split
+#define DEC_BLOCKS_PER_SM 4   // the split aims at this many blocks per SM
+
+typedef struct dec_args {
+    const char *q;
+    size_t q_nb1;
+    char *dst;
+    size_t dst_nb1;
+    const char *k, *v;
+    size_t kv_nb1, kv_nb2;
+    const int32_t *pos, *seq_first, *seq_n_kv, *page_table;
+    int max_pages, page_size;
+    int n_head_kv, group;
+    float qscale;
+    int causal;
+    int n_split;
+    float2 *pstat; // [n_seqs][n_head][n_split] (max, sum) base 2, when n_split > 1
+    float *pacc;   // [n_seqs][n_head][n_split][head_dim]
+} dec_args;
+
+// 8 elements of a lane: F16 rows, one 16-byte load
+struct dec_f16 {
+    typedef kv_f16 KVT;
+    struct qreg {
+        float x[DEC_GM][8];
+    };
+    struct kreg {
+        uint4 u;
+    };
+    static __device__ __forceinline__ void load(const char *row, int e, kreg &k) { k.u = *(const uint4 *)(row + (size_t)e * 2); }
+    static __device__ __forceinline__ void unpack(const kreg &k, float (&x)[8]) {
+        const uint32_t w[4] = {k.u.x, k.u.y, k.u.z, k.u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            x[2 * i] = fg_h2f((uint16_t)(w[i] & 0xffffu));
+            x[2 * i + 1] = fg_h2f((uint16_t)(w[i] >> 16));
+        }
+    }
+    // q of head g, dims e..e+7 of the lane: rounded to f16, times qscale (as attn_kernel)
+    template <int GM>
+    static __device__ __forceinline__ void set_q(qreg &q, int g, const float *qrow, float qscale, bool valid) {
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            q.x[g][i] = valid ? kv_f16::round_q(qrow[i]) * qscale : 0.0f;
+    }
+    template <int GM>
+    static __device__ __forceinline__ void dot(const qreg &q, const kreg &k, float (&s)[GM]) {
+        float x[8];
+        unpack(k, x);
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            float a = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                a = fmaf(q.x[g][i], x[i], a);
+            s[g] = a;
+        }
+    }
+    // V: p * v[i] added to acc
+    template <int GM>
+    static __device__ __forceinline__ void pv(const kreg &k, const float (&p)[GM], float (&acc)[GM][8]) {
+        float x[8];
+        unpack(k, x);
+#pragma unroll
+        for (int g = 0; g < GM; g++)
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                acc[g][i] = fmaf(p[g], x[i], acc[g][i]);
+    }
+};
+
+// 8 elements of a lane: a quarter of a Q8_0 block (34 bytes: f16 d, 32 quants). The head row
+// starts 4-aligned (head_dim a multiple of 64: an even number of blocks), so block b's quants
+// start at 34 b + 2, 2 mod 4 for even b and 0 mod 4 for odd b: the lane reads the aligned words
+// around its 8 quants (3 for an even block, 2 for an odd one, all inside the row) and shifts.
+struct dec_q8_0 {
+    typedef kv_q8_0 KVT;
+    struct qreg {
+        uint32_t w[DEC_GM][2]; // the lane's 8 quants of q, per head
+        float d[DEC_GM];       // f16(d) of q's block, times qscale
+    };
+    struct kreg {
+        uint32_t w0, w1, w2;
+        uint16_t d;
+        bool odd;
+    };
+    static __device__ __forceinline__ void load(const char *row, int e, kreg &k) {
+        const int b = e / FG_QK8_0;
+        const int off = b * (int)sizeof(fg_block_q8_0) + (int)offsetof(fg_block_q8_0, qs) + e % FG_QK8_0;
+        const uint32_t *w = (const uint32_t *)(row + (off & ~3));
+        k.odd = (off & 3) == 0;
+        k.w0 = w[0];
+        k.w1 = w[1];
+        k.w2 = k.odd ? 0u : w[2];
+        k.d = *(const uint16_t *)(row + (size_t)b * sizeof(fg_block_q8_0) + offsetof(fg_block_q8_0, d));
+    }
+    static __device__ __forceinline__ void quants(const kreg &k, uint32_t &a, uint32_t &b) {
+        const uint32_t sel = k.odd ? 0x3210u : 0x5432u;
+        a = __byte_perm(k.w0, k.w1, sel);
+        b = __byte_perm(k.w1, k.w2, sel);
+    }
+    // q of head g: the lanes holding a 32-block (4 lanes, adjacent) quantize it together as the
+    // reference quantizes an activation row (kv_q8_0::quant_lane's arithmetic)
+    template <int GM>
+    static __device__ __forceinline__ void set_q(qreg &q, int g, const float *qrow, float qscale, bool valid) {
+        float x[8], amax = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            x[i] = valid ? qrow[i] : 0.0f;
+            amax = fmaxf(amax, fabsf(x[i]));
+        }
+        amax = fmaxf(amax, fg_shfl_xor(amax, 1));
+        amax = fmaxf(amax, fg_shfl_xor(amax, 2));
+        const float d = amax / 127.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        uint32_t w[2] = {0u, 0u};
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            w[i / 4] |= ((uint32_t)__float2int_rn(fg_fmul_rn(x[i], id)) & 0xffu) << (8 * (i % 4));
+        q.w[g][0] = w[0];
+        q.w[g][1] = w[1];
+        q.d[g] = fg_h2f(fg_f2h(d)) * qscale;
+    }
+    template <int GM>
+    static __device__ __forceinline__ void dot(const qreg &q, const kreg &k, float (&s)[GM]) {
+        uint32_t a, b;
+        quants(k, a, b);
+        const float dk = fg_h2f(k.d);
+#pragma unroll
+        for (int g = 0; g < GM; g++)
+            s[g] = (float)fg_dp4a((int)b, (int)q.w[g][1], fg_dp4a((int)a, (int)q.w[g][0], 0)) * (dk * q.d[g]);
+    }
+    template <int GM>
+    static __device__ __forceinline__ void pv(const kreg &k, const float (&p)[GM], float (&acc)[GM][8]) {
+        uint32_t a, b;
+        quants(k, a, b);
+        const float dv = fg_h2f(k.d);
+        float x[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            x[i] = (float)(int8_t)((a >> (8 * i)) & 0xffu) * dv;
+            x[4 + i] = (float)(int8_t)((b >> (8 * i)) & 0xffu) * dv;
+        }
+#pragma unroll
+        for (int g = 0; g < GM; g++)
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                acc[g][i] = fmaf(p[g], x[i], acc[g][i]);
+    }
+};
+
+// One key of a lane group: its scores against the group's q heads (partial dots summed over
+// the TPK lanes), the online softmax (rescaled when the maximum grows) and the V accumulation.
+// Every lane calls it (shuffles); valid is uniform in the lane group.
+template <typename DT, int GM, int TPK>
+static __device__ __forceinline__ void dec_key(const typename DT::qreg &q, const typename DT::kreg &kr,
+                                               const typename DT::kreg &vr, bool valid, float (&m)[GM],
+                                               float (&l)[GM], float (&acc)[GM][8]) {
+    float sc[GM];
+    DT::template dot<GM>(q, kr, sc);
+#pragma unroll
+    for (int g = 0; g < GM; g++) {
+#pragma unroll
+        for (int off = TPK / 2; off > 0; off >>= 1)
+            sc[g] += fg_shfl_xor(sc[g], off);
+    }
+    if (valid) {
+        float p[GM];
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            const float x = sc[g] > FLT_MAX ? FLT_MAX : sc[g]; // an overflowed dot stays finite
+            if (x > m[g]) {
+                const float alpha = exp2f(m[g] - x); // 0 the first time (m = -inf)
+                l[g] *= alpha;
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    acc[g][i] *= alpha;
+                m[g] = x;
+            }
+            p[g] = exp2f(x - m[g]);
+            l[g] += p[g];
+        }
+        DT::template pv<GM>(vr, p, acc);
+    }
+}
+
+// shared memory of the warps' merge: per warp, (max, sum) per head and acc [GM][D]
+template <int D, int GM> struct dec_smem {
+    float m[DEC_NW][GM], l[DEC_NW][GM];
+    float acc[DEC_NW][GM][D];
+};
+
+template <typename DT, int D, int GM>
+__global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(dec_args a) {
+    constexpr int W = FG_WARP;
+    constexpr int TPK = D / 8;     // lanes per key
+    constexpr int KPW = W / TPK;   // keys per warp per pass
+    static_assert(D % 64 == 0 && TPK <= W && W % TPK == 0, "decode attention geometry");
+    __shared__ dec_smem<D, GM> sm;
+
+    const int lane = threadIdx.x % W, w = threadIdx.x / W;
+    const int gi = lane % TPK, kk = lane / TPK, e = gi * 8;
+    const int split = blockIdx.x, hk = blockIdx.y, s = blockIdx.z;
+    const int G = a.group;
+    const int t = a.seq_first[s];
+    const int n_kv = a.seq_n_kv[s];
+    const int kv_end = a.causal ? min(a.pos[t] + 1, n_kv) : n_kv;
+    // this block's keys: chunk `split` of n_split, chunk lengths a multiple of a warp pass
+    int lo = 0, hi = kv_end;
+    if (a.n_split > 1) {
+        constexpr int PASS = DEC_NW * KPW;
+        const int len = ((kv_end + a.n_split - 1) / a.n_split + PASS - 1) / PASS * PASS;
+        lo = min(split * len, kv_end);
+        hi = min(lo + len, kv_end);
+    }
+
+    typename DT::qreg q;
+    const float *qrow = (const float *)(a.q + (size_t)t * a.q_nb1) + (size_t)hk * G * D + e;
+#pragma unroll
+    for (int g = 0; g < GM; g++)
+        DT::template set_q<GM>(q, g, qrow + (size_t)g * D, a.qscale, g < G);
+
+    float m[GM], l[GM], acc[GM][8];
+#pragma unroll
+    for (int g = 0; g < GM; g++) {
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            acc[g][i] = 0.0f;
+    }
+
+    const int32_t *pt = a.page_table + (size_t)s * a.max_pages;
+    const size_t head_off = (size_t)hk * DT::KVT::row_bytes(D);
+    // two passes of the warp per iteration: both keys' loads are in flight before either is used
+    constexpr int STEP = DEC_NW * KPW;
+    for (int j0 = lo + w * KPW; j0 < hi; j0 += 2 * STEP) { // warp-uniform trip count
+        const int ja = j0 + kk, jb = j0 + STEP + kk;
+        typename DT::kreg ka = typename DT::kreg(), va = typename DT::kreg();
+        typename DT::kreg kb = typename DT::kreg(), vb = typename DT::kreg();
+        if (ja < hi) {
+            const size_t ro = (size_t)pt[ja / a.page_size] * a.kv_nb2 + (size_t)(ja % a.page_size) * a.kv_nb1 + head_off;
+            DT::load(a.k + ro, e, ka);
+            DT::load(a.v + ro, e, va);
+        }
+        if (jb < hi) {
+            const size_t ro = (size_t)pt[jb / a.page_size] * a.kv_nb2 + (size_t)(jb % a.page_size) * a.kv_nb1 + head_off;
+            DT::load(a.k + ro, e, kb);
+            DT::load(a.v + ro, e, vb);
+        }
+        dec_key<DT, GM, TPK>(q, ka, va, ja < hi, m, l, acc);
+        dec_key<DT, GM, TPK>(q, kb, vb, jb < hi, m, l, acc);
+    }
+
+    // merge the KPW lane groups of the warp (xor over the lane bits above the group's)
+#pragma unroll
+    for (int g = 0; g < GM; g++) {
+#pragma unroll
+        for (int off = TPK; off < W; off <<= 1) {
+            const float mo = fg_shfl_xor(m[g], off), lo_ = fg_shfl_xor(l[g], off);
+            const float mn = fmaxf(m[g], mo);
+            const float sa = mn == -INFINITY ? 0.0f : exp2f(m[g] - mn);
+            const float sb = mn == -INFINITY ? 0.0f : exp2f(mo - mn);
+            l[g] = l[g] * sa + lo_ * sb;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const float ao = fg_shfl_xor(acc[g][i], off);
+                acc[g][i] = acc[g][i] * sa + ao * sb;
+            }
+            m[g] = mn;
+        }
+    }
+    if (kk == 0) {
+#pragma unroll
+        for (int g = 0; g < GM; g++) {
+            if (gi == 0) {
+                sm.m[w][g] = m[g];
+                sm.l[w][g] = l[g];
+            }
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                sm.acc[w][g][e + i] = acc[g][i];
+        }
+    }
+    __syncthreads();
+    // the warps: thread x takes (head g, dim d) pairs
+    for (int x = threadIdx.x; x < G * D; x += DEC_NW * W) {
+        const int g = x / D, d = x % D;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < DEC_NW; k++)
+            mx = fmaxf(mx, sm.m[k][g]);
+        float lsum = 0.0f, o = 0.0f;
+        if (mx != -INFINITY) {
+#pragma unroll
+            for (int k = 0; k < DEC_NW; k++) {
+                const float f = exp2f(sm.m[k][g] - mx); // a warp with no key: exp2(-inf) = 0
+                lsum = fmaf(sm.l[k][g], f, lsum);
+                o = fmaf(sm.acc[k][g][d], f, o);
+            }
+        }
+        const int h = hk * G + g;
+        if (a.n_split == 1) {
+            float *out = (float *)(a.dst + (size_t)t * a.dst_nb1) + (size_t)h * D;
+            out[d] = lsum > 0.0f ? o / lsum : 0.0f;
+        } else {
+            const size_t pr = ((size_t)s * (size_t)(a.n_head_kv * G) + h) * a.n_split + split;
+            a.pacc[pr * D + d] = o;
+            if (d == 0)
+                a.pstat[pr] = make_float2(mx, lsum);
+        }
+    }
+}
+
+// Merges the n_split partials of each (sequence, q head): one block of DEC_RED_NT threads each.
+// The partials' weights exp2(max_c - max) are computed once, in parallel, into shared memory;
+// each thread then sums its dims over the splits with the loads of several splits in flight.
+#define DEC_RED_NT 128
+#define DEC_SPLIT_MAX 512 // most chunks a sequence is split into
+__global__ void __launch_bounds__(DEC_RED_NT) dec_reduce_kernel(dec_args a, int n_head, int hd) {
+    __shared__ float wt[DEC_SPLIT_MAX];
+    __shared__ float red[DEC_RED_NT / 32 + 1];
+    const int s = blockIdx.x / n_head, h = blockIdx.x % n_head;
+    const int ns = a.n_split;
+    const size_t pr = ((size_t)s * n_head + h) * ns;
+    float mx = -INFINITY;
+    for (int c = threadIdx.x; c < ns; c += blockDim.x)
+        mx = fmaxf(mx, a.pstat[pr + c].x);
+    mx = fg_block_max(mx, red);
+    float lsum = 0.0f;
+    for (int c = threadIdx.x; c < ns; c += blockDim.x) {
+        const float2 st = a.pstat[pr + c];
+        const float f = mx == -INFINITY || st.x == -INFINITY ? 0.0f : exp2f(st.x - mx);
+        wt[c] = f;
+        lsum = fmaf(st.y, f, lsum);
+    }
+    lsum = fg_block_sum(lsum, red); // its barriers also publish wt
+    const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
+    const int t = a.seq_first[s];
+    float *out = (float *)(a.dst + (size_t)t * a.dst_nb1) + (size_t)h * hd;
+    const float *pa = a.pacc + pr * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float o = 0.0f;
+#pragma unroll 8
+        for (int c = 0; c < ns; c++)
+            o = fmaf(pa[(size_t)c * hd + d], wt[c], o);
+        out[d] = o * inv;
+    }
+}
+
 // ---------------------------------------------------------------- attention: launcher
+template <typename DT, int D>
+static void (*dec_pick_g(int group))(dec_args) {
+    return group <= 1 ? attn_dec_kernel<DT, D, 1>
+           : group <= 2 ? attn_dec_kernel<DT, D, 2>
+           : group <= 4 ? attn_dec_kernel<DT, D, 4>
+                        : attn_dec_kernel<DT, D, 8>;
+}
+template <typename DT> static void (*dec_pick(int hd, int group))(dec_args) {
+    return hd == 64 ? dec_pick_g<DT, 64>(group) : hd == 128 ? dec_pick_g<DT, 128>(group) : dec_pick_g<DT, 256>(group);
+}
+
+// The decode kernel's arguments, or false when the step is not for it (see attn_dec_kernel).
+static bool dec_fits(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv, const fg_attn_params *p,
+                     dec_args *out) {
+    const fg_cuda_step *st = &c->step;
+    const int hd = kv->head_dim, n_head = p->n_head, n_head_kv = kv->n_head_kv, group = n_head / n_head_kv;
+    if (!c->attn_dec || st->n_tokens != st->n_seqs || group > DEC_GM || (hd != 64 && hd != 128 && hd != 256))
+        return false;
+    if (kv->type != FG_TYPE_F16 && kv->type != FG_TYPE_Q8_0)
+        return false;
+    dec_args a;
+    a.k = (const char *)kv->k.data + (size_t)p->layer * kv->k.nb[3];
+    a.v = (const char *)kv->v.data + (size_t)p->layer * kv->v.nb[3];
+    a.kv_nb1 = kv->k.nb[1];
+    a.kv_nb2 = kv->k.nb[2];
+    const uintptr_t al = (uintptr_t)a.k | (uintptr_t)a.v | (uintptr_t)a.kv_nb1 | (uintptr_t)a.kv_nb2;
+    if (al % (kv->type == FG_TYPE_F16 ? 16 : 4) != 0)
+        return false;
+    a.q = (const char *)q->data;
+    a.q_nb1 = q->nb[1];
+    a.dst = (char *)dst->data;
+    a.dst_nb1 = dst->nb[1];
+    a.pos = st->pos;
+    a.seq_first = st->seq_first;
+    a.seq_n_kv = st->seq_n_kv;
+    a.page_table = st->page_table;
+    a.max_pages = st->max_pages;
+    a.page_size = kv->page_size;
+    a.n_head_kv = n_head_kv;
+    a.group = group;
+    a.qscale = p->scale * 1.44269504088896340736f;
+    a.causal = p->causal ? 1 : 0;
+    // split long sequences when the step has too few (sequence, kv head) blocks to fill the
+    // device: max_n_kv is part of a recorded step's shape, so the split count is too
+    const long long base = (long long)st->n_seqs * n_head_kv;
+    const long long target = (long long)DEC_BLOCKS_PER_SM * (c->n_sm > 0 ? c->n_sm : 80);
+    long long n_split = 1;
+    if (base < target && st->max_n_kv > DEC_L_MIN) {
+        n_split = (target + base - 1) / base;
+        const long long by_len = ((long long)st->max_n_kv + DEC_L_MIN - 1) / DEC_L_MIN;
+        n_split = n_split < by_len ? n_split : by_len;
+        const size_t row_bytes = ((size_t)hd + 2) * sizeof(float);
+        const long long rows_max =
+            c->attn.base && c->attn.size > 512 ? (long long)((c->attn.size - 512) / row_bytes) : 0;
+        const long long by_mem = rows_max / ((long long)st->n_seqs * n_head);
+        n_split = n_split < by_mem ? n_split : by_mem;
+        n_split = n_split < DEC_SPLIT_MAX ? n_split : DEC_SPLIT_MAX;
+        if (n_split < 2)
+            n_split = 1;
+    }
+    a.n_split = (int)n_split;
+    a.pstat = (float2 *)c->attn.base;
+    a.pacc = (float *)(c->attn.base + align256((size_t)st->n_seqs * n_head * n_split * sizeof(float2)));
+    *out = a;
+    return true;
+}
+
+static fg_status dec_launch(fg_cuda *c, const dec_args &a, const fg_kv_view *kv, int n_head) {
+    const fg_cuda_step *st = &c->step;
+    const int hd = kv->head_dim;
+    const dim3 grid((unsigned)a.n_split, (unsigned)a.n_head_kv, (unsigned)st->n_seqs);
+    const unsigned threads = (unsigned)(DEC_NW * c->warp);
+    void (*fn)(dec_args) =
+        kv->type == FG_TYPE_F16 ? dec_pick<dec_f16>(hd, a.group) : dec_pick<dec_q8_0>(hd, a.group);
+    fn<<<grid, threads, 0, c->stream>>>(a);
+    FG_GPU_LAUNCH_CHECK(c, "attention (decode)");
+    if (a.n_split > 1) {
+        const long long n_rows = (long long)st->n_seqs * n_head;
+        dec_reduce_kernel<<<(unsigned)n_rows, DEC_RED_NT, 0, c->stream>>>(a, n_head, hd);
+        FG_GPU_LAUNCH_CHECK(c, "attention (decode) reduce");
+    }
+    return FG_OK;
+}
+
+
 typedef void (*attn_kernel_fn)(attn_args);
 
 template <typename KVT>
@@ -873,6 +1420,11 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
         return fg_fail(FG_ERR_UNSUPPORTED, "cuda: attention: head_dim %d exceeds 512", hd);
     if (st->n_tokens <= 0 || st->n_seqs <= 0)
         return FG_OK;
+    {
+        dec_args da;
+        if (dec_fits(c, dst, q, kv, p, &da))
+            return dec_launch(c, da, kv, n_head);
+    }
     const int warp = c->warp, group = n_head / n_head_kv;
     const int d_cap = hd <= 64 ? 64 : hd <= 128 ? 128 : hd <= 256 ? 256 : 512;
     const int rows = attn_rows(d_cap);

@@ -96,6 +96,7 @@ static void cuda_destroy(fg_backend *be) {
         if (c->stream)
             FG_GPU_IGNORE(gpuStreamSynchronize(c->stream));
         drop_graphs(c);
+        fg_cuda_prof_free(c);
         fg_cuda_matmul_free(c);
         for (int i = 0; i < 2; i++)
             if (c->meta_ev[i])
@@ -623,6 +624,8 @@ static fg_status cuda_step_begin(fg_backend *be, const fg_step *s) {
         }
         c->graphs[c->graph_cur].last_use = ++c->graph_clock;
     }
+    if (c->prof)
+        FG_TRY(fg_cuda_prof_step(c));
     return FG_OK;
 }
 
@@ -736,6 +739,7 @@ static fg_status cuda_step_wait(fg_backend *be, fg_step_result *res) {
         FG_TRY(wait_collective_step(c, slot));
     else
         FG_GPU_CHECK(c, gpuEventSynchronize(c->done_ev[slot]));
+    fg_cuda_prof_drain(c);
     const int32_t *w = c->h_bad + 4 * slot;
     uint64_t key;
     memcpy(&key, w, sizeof key);
@@ -770,26 +774,38 @@ static fg_status cuda_download_async(fg_backend *be, const fg_tensor *src, size_
 // the stream runs the ops one after the other, so an op's scratch is free again when the next
 // op's kernels run (also outside steps, and in a captured graph, which keeps that order).
 
+// An op's launch, timed by the op profiler when FORGE_CUDA_PROFILE is on (cuda_prof.cu); the
+// arguments after the call name the op and its shape.
+#define PROF_RETURN(c, call, ...)                                                  \
+    do {                                                                           \
+        const int pi_ = (c)->prof ? fg_cuda_prof_begin((c), __VA_ARGS__) : -1;    \
+        const fg_status st_ = (call);                                              \
+        fg_cuda_prof_end((c), pi_);                                                \
+        return st_;                                                                \
+    } while (0)
+#define LL(x) ((long long)(x))
+#define TN(t) fg_type_name((t)->type)
+
 static fg_status op_get_rows(fg_backend *be, fg_tensor *dst, const fg_tensor *table) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
-    return fg_cuda_get_rows(c, dst, table);
+    PROF_RETURN(c, fg_cuda_get_rows(c, dst, table), "get_rows %s x%lld", TN(table), LL(dst->ne[1]));
 }
 static fg_status op_gather_out(fg_backend *be, fg_tensor *dst, const fg_tensor *src) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
-    return fg_cuda_gather_out(c, dst, src);
+    PROF_RETURN(c, fg_cuda_gather_out(c, dst, src), "gather_out x%lld", LL(dst->ne[1]));
 }
 static fg_status op_rmsnorm(fg_backend *be, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w, float eps) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
-    return fg_cuda_rmsnorm(c, dst, x, w, eps);
+    PROF_RETURN(c, fg_cuda_rmsnorm(c, dst, x, w, eps), "rmsnorm %lld x%lld", LL(x->ne[0]), LL(x->ne[1]));
 }
 static fg_status op_convert(fg_backend *be, fg_tensor *dst, const fg_tensor *x) {
     fg_cuda *c = fg_cuda_ctx(be);
@@ -797,7 +813,7 @@ static fg_status op_convert(fg_backend *be, fg_tensor *dst, const fg_tensor *x) 
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
     c->mm.used = 0;
-    return fg_cuda_convert(c, dst, x);
+    PROF_RETURN(c, fg_cuda_convert(c, dst, x), "convert %s %lld x%lld", TN(dst), LL(x->ne[0]), LL(x->ne[1]));
 }
 static fg_status op_matmul(fg_backend *be, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x,
                            const fg_tensor *bias, bool accumulate) {
@@ -806,28 +822,29 @@ static fg_status op_matmul(fg_backend *be, fg_tensor *dst, const fg_tensor *w, c
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
     c->mm.used = 0;
-    return fg_cuda_matmul(c, dst, w, x, bias, accumulate);
+    PROF_RETURN(c, fg_cuda_matmul(c, dst, w, x, bias, accumulate), "matmul %s %lldx%lld x%lld", TN(w), LL(w->ne[1]),
+                LL(w->ne[0]), LL(x->ne[1]));
 }
 static fg_status op_add(fg_backend *be, fg_tensor *dst, const fg_tensor *a, const fg_tensor *b) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
-    return fg_cuda_add(c, dst, a, b);
+    PROF_RETURN(c, fg_cuda_add(c, dst, a, b), "add %lld x%lld", LL(a->ne[0]), LL(a->ne[1]));
 }
 static fg_status op_swiglu(fg_backend *be, fg_tensor *dst, const fg_tensor *gate, const fg_tensor *up) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
-    return fg_cuda_swiglu(c, dst, gate, up);
+    PROF_RETURN(c, fg_cuda_swiglu(c, dst, gate, up), "swiglu %lld x%lld", LL(gate->ne[0]), LL(gate->ne[1]));
 }
 static fg_status op_rope(fg_backend *be, fg_tensor *x, const fg_rope_params *p) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
-    return fg_cuda_rope(c, x, p);
+    PROF_RETURN(c, fg_cuda_rope(c, x, p), "rope %lld x%lld", LL(x->ne[0]), LL(x->ne[1]));
 }
 static fg_status op_kv_store(fg_backend *be, const fg_kv_view *kv, int32_t layer, const fg_tensor *k,
                              const fg_tensor *v) {
@@ -835,7 +852,7 @@ static fg_status op_kv_store(fg_backend *be, const fg_kv_view *kv, int32_t layer
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
-    return fg_cuda_kv_store(c, kv, layer, k, v);
+    PROF_RETURN(c, fg_cuda_kv_store(c, kv, layer, k, v), "kv_store %s x%lld", fg_type_name(kv->type), LL(k->ne[1]));
 }
 static fg_status op_attention(fg_backend *be, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
                               const fg_attn_params *p) {
@@ -844,21 +861,22 @@ static fg_status op_attention(fg_backend *be, fg_tensor *dst, const fg_tensor *q
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
     c->attn.used = 0;
-    return fg_cuda_attention(c, dst, q, kv, p);
+    PROF_RETURN(c, fg_cuda_attention(c, dst, q, kv, p), "attention %s kv<=%d x%lld", fg_type_name(kv->type),
+                c->step.max_n_kv, LL(q->ne[1]));
 }
 static fg_status op_check_finite(fg_backend *be, const fg_tensor *x, int64_t row0) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
-    return fg_cuda_check_finite(c, x, row0);
+    PROF_RETURN(c, fg_cuda_check_finite(c, x, row0), "check_finite %lld x%lld", LL(x->ne[0]), LL(x->ne[1]));
 }
 static fg_status op_sample(fg_backend *be, fg_tensor *out, const fg_tensor *logits, int64_t row0) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
-    return fg_cuda_sample(c, out, logits, row0);
+    PROF_RETURN(c, fg_cuda_sample(c, out, logits, row0), "sample %lld x%lld", LL(logits->ne[0]), LL(logits->ne[1]));
 }
 static fg_status op_add_rmsnorm(fg_backend *be, fg_tensor *x, fg_tensor *xn, const fg_tensor *a,
                                 const fg_tensor *w, float eps) {
@@ -866,7 +884,16 @@ static fg_status op_add_rmsnorm(fg_backend *be, fg_tensor *x, fg_tensor *xn, con
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
-    return fg_cuda_add_rmsnorm(c, x, xn, a, w, eps);
+    PROF_RETURN(c, fg_cuda_add_rmsnorm(c, x, xn, a, w, eps), "add_rmsnorm %lld x%lld", LL(x->ne[0]), LL(x->ne[1]));
+}
+static fg_status op_rope_kv_store(fg_backend *be, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
+                                 const fg_rope_params *p, int32_t n_head_kv, const fg_kv_view *kv, int32_t layer) {
+    fg_cuda *c = fg_cuda_ctx(be);
+    CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
+    PROF_RETURN(c, fg_cuda_rope_kv_store(c, q, k, v, p, n_head_kv, kv, layer), "rope_kv_store %s x%lld",
+                fg_type_name(kv->type), LL(q->ne[1]));
 }
 static fg_status op_kv_copy_page(fg_backend *be, const fg_kv_view *kv, int32_t dst_page, int32_t src_page) {
     fg_cuda *c = fg_cuda_ctx(be);
@@ -893,14 +920,14 @@ static fg_status op_layernorm(fg_backend *be, fg_tensor *dst, const fg_tensor *x
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
-    return fg_cuda_layernorm(c, dst, x, w, b, eps);
+    PROF_RETURN(c, fg_cuda_layernorm(c, dst, x, w, b, eps), "layernorm %lld x%lld", LL(x->ne[0]), LL(x->ne[1]));
 }
 static fg_status op_gelu(fg_backend *be, fg_tensor *dst, const fg_tensor *x, fg_gelu_mode mode) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
-    return fg_cuda_gelu(c, dst, x, mode);
+    PROF_RETURN(c, fg_cuda_gelu(c, dst, x, mode), "gelu %lld x%lld", LL(x->ne[0]), LL(x->ne[1]));
 }
 static fg_status op_add_rows(fg_backend *be, fg_tensor *dst, const fg_tensor *table, fg_rows_index idx,
                              int32_t row) {
@@ -908,14 +935,14 @@ static fg_status op_add_rows(fg_backend *be, fg_tensor *dst, const fg_tensor *ta
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
-    return fg_cuda_add_rows(c, dst, table, idx, row);
+    PROF_RETURN(c, fg_cuda_add_rows(c, dst, table, idx, row), "add_rows %lld x%lld", LL(dst->ne[0]), LL(dst->ne[1]));
 }
 static fg_status op_pool(fg_backend *be, fg_tensor *dst, const fg_tensor *x, fg_pool_mode mode, bool normalize) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
-    return fg_cuda_pool(c, dst, x, mode, normalize);
+    PROF_RETURN(c, fg_cuda_pool(c, dst, x, mode, normalize), "pool %lld x%lld", LL(x->ne[0]), LL(x->ne[1]));
 }
 
 // Median of 7 device-to-device copies of `bytes` (after a warm-up), timed with events; bytes
@@ -1009,7 +1036,7 @@ static fg_backend_ops make_cuda_ops(void) {
     o.sample = op_sample;
     o.download_async = cuda_download_async;
     o.add_rmsnorm = op_add_rmsnorm;
-    o.rope_kv_store = NULL; // backend.c composes rope, rope, kv_store
+    o.rope_kv_store = op_rope_kv_store;
     o.kv_copy_page = op_kv_copy_page;
     o.copy_bandwidth = cuda_copy_bandwidth;
     o.all_reduce = op_all_reduce;
@@ -1061,6 +1088,9 @@ static fg_status init_device(fg_cuda *c) {
     FG_TRY(fg_cuda_matmul_init(c));
     const char *gv = getenv("FORGE_CUDA_GRAPHS");
     c->graphs_on = !(gv && !strcmp(gv, "0"));
+    const char *ad = getenv("FORGE_CUDA_ATTN_DEC");
+    c->attn_dec = !(ad && !strcmp(ad, "0"));
+    FG_TRY(fg_cuda_prof_init(c));
     return FG_OK;
 }
 

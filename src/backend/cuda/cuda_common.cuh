@@ -51,6 +51,37 @@ static __device__ __forceinline__ float fg_block_max(float v, float *sh) {
     return fg_warp_max(v);
 }
 
+// Rope (rope and the fused rope_kv_store): the angles of a token's `half` pairs into cs[0..half)
+// (cos) and cs[half..2 half) (sin), by the block's threads: theta_i = pos * theta_scale^i by i
+// float multiplications in order (exactly the CPU's rounding), th = freq_scale * (theta_i / ff[i]).
+static __device__ __forceinline__ void fg_rope_angles(float *cs, int half, int32_t pos, const float *ff,
+                                                      float theta_scale, float freq_scale) {
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float theta = (float)pos;
+        for (int j = 0; j < i; j++)
+            theta *= theta_scale;
+        const float f = ff ? ff[i] : 1.0f;
+        const float th = freq_scale * (theta / f);
+        cs[i] = cosf(th);
+        cs[half + i] = sinf(th);
+    }
+}
+// Rotates every (head, pair) of one row in place with the angles of fg_rope_angles (NORMAL:
+// pairs (2i, 2i + 1); NEOX: (i, i + half)), by the block's threads.
+static __device__ __forceinline__ void fg_rope_row(float *row, int n_head, int head_dim, int half, int neox,
+                                                   const float *cs) {
+    const float *sn = cs + half;
+    const int n_pairs = n_head * half;
+    for (int k = threadIdx.x; k < n_pairs; k += blockDim.x) {
+        const int h = k / half, i = k - h * half;
+        float *v = row + (size_t)h * head_dim;
+        const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+        const float x0 = v[i0], x1 = v[i1];
+        v[i0] = x0 * cs[i] - x1 * sn[i];
+        v[i1] = x0 * sn[i] + x1 * cs[i];
+    }
+}
+
 // IEEE half bits <-> float (round to nearest even), as base/half.h does on the host.
 static __device__ __forceinline__ float fg_h2f(uint16_t h) {
     return __half2float(__ushort_as_half(h));

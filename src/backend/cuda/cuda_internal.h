@@ -7,6 +7,7 @@
 //   cuda_matmul.cu   get_rows, convert, matmul for every weight type (matvec and tiled paths)
 //   cuda_attn.cu     kv_store, kv_copy_page, paged flash attention (prefill and decode)
 //   cuda_sample.cu   the sample op: one block per output row, radix selects, no vocabulary sort
+//   cuda_prof.cu     the op profiler (FORGE_CUDA_PROFILE=1)
 //   comm_nccl.cu     the NCCL communicator of tensor parallelism (backend/comm.h)
 //   cuda_embd.cu     embedding models: layernorm, gelu, add_rows, pool (issue 14)
 //   cuda_common.cuh  device helpers (warp reductions, half conversion, block dequantizers)
@@ -116,6 +117,7 @@ typedef struct fg_cuda {
                             // (=0), FG_MMQ_DP4A the dp4a integer kernel (=dp4a; the default without
                             // tensor cores), FG_MMQ_MMA the mma.sync one (default on sm_80+);
                             // both integer kernels keep the reference's arithmetic
+    bool attn_dec;          // decode steps through attn_dec_kernel (FORGE_CUDA_ATTN_DEC=0: attn_kernel)
 
     // recorded steps (CUDA graphs), keyed by the step's graph_id and shape
     bool graphs_on;        // FORGE_CUDA_GRAPHS=0 turns them off
@@ -135,6 +137,10 @@ typedef struct fg_cuda {
     // ended step (borrowed; step_wait watches it so that a dead peer cannot hang the wait)
     fg_comm *step_comm;
     fg_comm *pending_comm[FG_CUDA_MAX_PENDING];
+
+    // FORGE_CUDA_PROFILE=1: every op between a pair of timing events (graphs off), summed per
+    // op and shape, printed to stderr when the backend is destroyed (cuda_backend.cu)
+    struct fg_cuda_prof *prof;
 } fg_cuda;
 
 static inline fg_cuda *fg_cuda_ctx(fg_backend *be) { return (fg_cuda *)be->ctx; }
@@ -142,6 +148,14 @@ static inline fg_cuda *fg_cuda_ctx(fg_backend *be) { return (fg_cuda *)be->ctx; 
 // Takes n bytes (256-aligned) from an arena: FG_ERR_CAPACITY naming `what` when reserve sized
 // it too small (our bug: the *_scratch_bytes functions below must cover every step).
 fg_status fg_cuda_arena_take(fg_cuda_arena *a, size_t n, const char *what, void **out);
+
+// ---- cuda_prof.cu (FORGE_CUDA_PROFILE=1: per-op timing events, printed at destroy)
+fg_status fg_cuda_prof_init(fg_cuda *c);
+void fg_cuda_prof_free(fg_cuda *c);
+void fg_cuda_prof_drain(fg_cuda *c);
+fg_status fg_cuda_prof_step(fg_cuda *c); // at step_begin: keeps the device busy while the step is queued
+int fg_cuda_prof_begin(fg_cuda *c, const char *fmt, ...);
+void fg_cuda_prof_end(fg_cuda *c, int i);
 
 // ---- cuda_ops.cu
 fg_status fg_cuda_rmsnorm(fg_cuda *c, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w, float eps);
@@ -177,6 +191,8 @@ fg_status fg_cuda_kv_store(fg_cuda *c, const fg_kv_view *kv, int32_t layer, cons
                            const fg_tensor *v);
 fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
                             const fg_attn_params *p);
+fg_status fg_cuda_rope_kv_store(fg_cuda *c, fg_tensor *q, fg_tensor *k, const fg_tensor *v, const fg_rope_params *p,
+                                int32_t n_head_kv, const fg_kv_view *kv, int32_t layer);
 fg_status fg_cuda_kv_copy_page(fg_cuda *c, const fg_kv_view *kv, int32_t dst_page, int32_t src_page);
 
 // ---- cuda_embd.cu (embedding models, issue 14)

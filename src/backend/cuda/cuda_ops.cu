@@ -55,6 +55,10 @@ static rows_view rows_flat(const fg_tensor *t) {
 static int round_up(int64_t n, int m) { return (int)(((n + m - 1) / m) * m); }
 
 static bool is_f32_rows(const fg_tensor *t) { return t && t->data && t->type == FG_TYPE_F32 && t->nb[0] == 4; }
+// F32 rows whose every row starts 16-byte aligned (float4 access)
+static bool is_f32_rows_a16(const fg_tensor *t) {
+    return is_f32_rows(t) && ((uintptr_t)t->data | t->nb[1] | t->nb[2] | t->nb[3]) % 16 == 0;
+}
 
 // ============================================================================ rmsnorm
 
@@ -131,6 +135,60 @@ static __global__ void rmsnorm_block_kernel(rows_view dst, rows_view x, rows_vie
     }
 }
 
+// Rows of n = 4 k elements (16-byte aligned) up to 4 * 4 * 1024: each thread reads its float4s
+// of the row once into registers (up to RMS_V of them), so the row is read from memory once
+// and the block's chain of dependent loads is one deep (a one-row rmsnorm in decode is latency).
+#define RMS_V 4
+template <bool kAdd>
+static __global__ void rmsnorm_vec_kernel(rows_view dst, rows_view x, rows_view a, const float *w, int n4,
+                                          float eps) {
+    __shared__ float sh[1024 / FG_WARP];
+    const int64_t r = blockIdx.x;
+    float4 *xr = (float4 *)row_ptr(x, r);
+    float4 *yr = (float4 *)row_ptr(dst, r);
+    const float4 *ar = kAdd ? (const float4 *)row_ptr(a, r) : NULL;
+    float4 v[RMS_V];
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < RMS_V; k++) {
+        const int i = threadIdx.x + k * blockDim.x;
+        v[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (i < n4) {
+            v[k] = xr[i];
+            if (kAdd) {
+                const float4 b = ar[i];
+                v[k].x += b.x;
+                v[k].y += b.y;
+                v[k].z += b.z;
+                v[k].w += b.w;
+                xr[i] = v[k];
+            }
+            sum += v[k].x * v[k].x;
+            sum += v[k].y * v[k].y;
+            sum += v[k].z * v[k].z;
+            sum += v[k].w * v[k].w;
+        }
+    }
+    sum = fg_block_sum(sum, sh);
+    const float mean = sum / (float)(4 * n4);
+    const float scale = 1.0f / sqrtf(mean + eps);
+#pragma unroll
+    for (int k = 0; k < RMS_V; k++) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (i < n4) {
+            float4 o = make_float4(v[k].x * scale, v[k].y * scale, v[k].z * scale, v[k].w * scale);
+            if (w) {
+                const float4 wv = ((const float4 *)w)[i];
+                o.x *= wv.x;
+                o.y *= wv.y;
+                o.z *= wv.z;
+                o.w *= wv.w;
+            }
+            yr[i] = o;
+        }
+    }
+}
+
 template <bool kAdd>
 static fg_status launch_rmsnorm(fg_cuda *c, const char *what, fg_tensor *dst, const fg_tensor *x,
                                 const fg_tensor *a, const fg_tensor *w, float eps) {
@@ -146,6 +204,12 @@ static fg_status launch_rmsnorm(fg_cuda *c, const char *what, fg_tensor *dst, co
         const int rows_per_block = 4;
         const unsigned grid = fg_div_up(n_rows, rows_per_block);
         rmsnorm_warp_kernel<kAdd><<<grid, rows_per_block * c->warp, 0, c->stream>>>(vd, vx, va, wp, (int)n, n_rows, eps);
+    } else if (n % 4 == 0 && n <= 4 * RMS_V * 1024 && is_f32_rows_a16(dst) && is_f32_rows_a16(x) &&
+               (!kAdd || is_f32_rows_a16(a)) && (!wp || (uintptr_t)wp % 16 == 0)) {
+        const int64_t n4 = n / 4;
+        int threads = round_up((n4 + 1) / 2, c->warp); // two float4s a thread where the block allows
+        threads = threads > 1024 ? 1024 : threads;
+        rmsnorm_vec_kernel<kAdd><<<(unsigned)n_rows, threads, 0, c->stream>>>(vd, vx, va, wp, (int)n4, eps);
     } else {
         int threads = round_up((n + 7) / 8, c->warp);
         threads = threads > 1024 ? 1024 : threads;
@@ -209,36 +273,15 @@ fg_status fg_cuda_swiglu(fg_cuda *c, fg_tensor *dst, const fg_tensor *gate, cons
 
 // ============================================================================ rope
 
-// One block per token. The angles of the token's n_rot/2 pairs go to shared memory first:
-// theta_i = pos * theta_scale^i by i float multiplications in order (exactly the CPU's
-// rounding), then th = freq_scale * (theta_i / ff[i]). Then every (head, pair) is rotated in
-// place; dims n_rot..head_dim-1 are not touched.
+// One block per token: the token's angles (fg_rope_angles), then every (head, pair) rotated in
+// place (fg_rope_row); dims n_rot..head_dim-1 are not touched.
 static __global__ void rope_kernel(char *x, size_t nb1, int n_head, int head_dim, int half, int neox,
                                    const int32_t *pos, const float *ff, float theta_scale, float freq_scale) {
     extern __shared__ float rope_sh[]; // [2 * half]: cos, then sin
-    float *cs = rope_sh, *sn = rope_sh + half;
     const int64_t t = blockIdx.x;
-    const float p = (float)pos[t];
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        float theta = p;
-        for (int j = 0; j < i; j++)
-            theta *= theta_scale;
-        const float f = ff ? ff[i] : 1.0f;
-        const float th = freq_scale * (theta / f);
-        cs[i] = cosf(th);
-        sn[i] = sinf(th);
-    }
+    fg_rope_angles(rope_sh, half, pos[t], ff, theta_scale, freq_scale);
     __syncthreads();
-    float *row = (float *)(x + (size_t)t * nb1);
-    const int n_pairs = n_head * half;
-    for (int k = threadIdx.x; k < n_pairs; k += blockDim.x) {
-        const int h = k / half, i = k - h * half;
-        float *v = row + (size_t)h * head_dim;
-        const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
-        const float x0 = v[i0], x1 = v[i1];
-        v[i0] = x0 * cs[i] - x1 * sn[i];
-        v[i1] = x0 * sn[i] + x1 * cs[i];
-    }
+    fg_rope_row((float *)(x + (size_t)t * nb1), n_head, head_dim, half, neox, rope_sh);
 }
 
 fg_status fg_cuda_rope(fg_cuda *c, fg_tensor *x, const fg_rope_params *p) {

@@ -23,6 +23,12 @@ typedef void *gpuEvent_t;
 #define FG_GPU_IGNORE(call) do { (void)(call); } while (0)
 // never contracted: g++ without -mfma has no fused multiply-add to contract into
 static inline float fg_fmul_rn(float a, float b) { return a * b; }
+// c + the dot product of the four signed bytes of a and of b
+static inline int fg_dp4a(int a, int b, int c) {
+    for (int i = 0; i < 4; i++)
+        c += (int)(signed char)(a >> (8 * i)) * (int)(signed char)(b >> (8 * i));
+    return c;
+}
 static inline float fg_fadd_rn(float a, float b) { return a + b; }
 static inline float fg_fsub_rn(float a, float b) { return a - b; }
 #endif
