@@ -52,6 +52,7 @@ extern "C" {
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 // ---------------------------------------------------------------- cache element types
 // How the kernels read and write one row of the cache: fetch raw groups of 4 elements into
@@ -156,6 +157,10 @@ struct kv_q8_0 {
         for (int off = FG_QK8_0 / 2; off > 0; off >>= 1)
             amax = fmaxf(amax, fg_shfl_xor(amax, off));
         *d = amax / 127.0f;
+        return quant_one(x, amax);
+    }
+    // x on the grid of a block whose amax is known: nearest-even(x * (127 / amax))
+    static __device__ __forceinline__ int quant_one(float x, float amax) {
         const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         return __float2int_rn(fg_fmul_rn(x, id));
     }
@@ -463,6 +468,9 @@ typedef struct attn_args {
     const int *poff;     // [n_seqs] first partial row of a split sequence
     float2 *pstat;       // [p_max] (max, sum) of each partial row, base 2
     float *pacc;         // [p_max][head_dim] unnormalised partial outputs
+    // the decode kernel (attn_dec_kernel) instead of the plan: chunks per sequence, and the
+    // partials as [n_seqs][n_head][n_split] rows of pstat / pacc when n_split > 1
+    int n_split;
 } attn_args;
 
 // Partial row of (kv head hk, flattened row fr = token_in_seq * group + g, chunk ch) of a split
@@ -958,22 +966,6 @@ __global__ void __launch_bounds__(256) attn_reduce_kernel(attn_args a, int n_tok
 #define DEC_L_MIN 128         // fewest keys of a chunk when a sequence is split
 #define DEC_BLOCKS_PER_SM 4   // the split aims at this many blocks per SM
 
-typedef struct dec_args {
-    const char *q;
-    size_t q_nb1;
-    char *dst;
-    size_t dst_nb1;
-    const char *k, *v;
-    size_t kv_nb1, kv_nb2;
-    const int32_t *pos, *seq_first, *seq_n_kv, *page_table;
-    int max_pages, page_size;
-    int n_head_kv, group;
-    float qscale;
-    int causal;
-    int n_split;
-    float2 *pstat; // [n_seqs][n_head][n_split] (max, sum) base 2, when n_split > 1
-    float *pacc;   // [n_seqs][n_head][n_split][head_dim]
-} dec_args;
 
 // 8 elements of a lane: F16 rows, one 16-byte load
 struct dec_f16 {
@@ -1069,11 +1061,10 @@ struct dec_q8_0 {
         amax = fmaxf(amax, fg_shfl_xor(amax, 1));
         amax = fmaxf(amax, fg_shfl_xor(amax, 2));
         const float d = amax / 127.0f;
-        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         uint32_t w[2] = {0u, 0u};
 #pragma unroll
         for (int i = 0; i < 8; i++)
-            w[i / 4] |= ((uint32_t)__float2int_rn(fg_fmul_rn(x[i], id)) & 0xffu) << (8 * (i % 4));
+            w[i / 4] |= ((uint32_t)kv_q8_0::quant_one(x[i], amax) & 0xffu) << (8 * (i % 4));
         q.w[g][0] = w[0];
         q.w[g][1] = w[1];
         q.d[g] = fg_h2f(fg_f2h(d)) * qscale;
@@ -1148,7 +1139,7 @@ template <int D, int GM> struct dec_smem {
 };
 
 template <typename DT, int D, int GM>
-__global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(dec_args a) {
+__global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args a) {
     constexpr int W = FG_WARP;
     constexpr int TPK = D / 8;     // lanes per key
     constexpr int KPW = W / TPK;   // keys per warp per pass
@@ -1274,9 +1265,10 @@ __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(dec_args a
 // each thread then sums its dims over the splits with the loads of several splits in flight.
 #define DEC_RED_NT 128
 #define DEC_SPLIT_MAX 512 // most chunks a sequence is split into
-__global__ void __launch_bounds__(DEC_RED_NT) dec_reduce_kernel(dec_args a, int n_head, int hd) {
+__global__ void __launch_bounds__(DEC_RED_NT) dec_reduce_kernel(attn_args a) {
     __shared__ float wt[DEC_SPLIT_MAX];
     __shared__ float red[DEC_RED_NT / 32 + 1];
+    const int n_head = a.n_head, hd = a.head_dim;
     const int s = blockIdx.x / n_head, h = blockIdx.x % n_head;
     const int ns = a.n_split;
     const size_t pr = ((size_t)s * n_head + h) * ns;
@@ -1307,50 +1299,64 @@ __global__ void __launch_bounds__(DEC_RED_NT) dec_reduce_kernel(dec_args a, int 
 
 // ---------------------------------------------------------------- attention: launcher
 template <typename DT, int D>
-static void (*dec_pick_g(int group))(dec_args) {
+static void (*dec_pick_g(int group))(attn_args) {
     return group <= 1 ? attn_dec_kernel<DT, D, 1>
            : group <= 2 ? attn_dec_kernel<DT, D, 2>
            : group <= 4 ? attn_dec_kernel<DT, D, 4>
                         : attn_dec_kernel<DT, D, 8>;
 }
-template <typename DT> static void (*dec_pick(int hd, int group))(dec_args) {
+template <typename DT> static void (*dec_pick(int hd, int group))(attn_args) {
     return hd == 64 ? dec_pick_g<DT, 64>(group) : hd == 128 ? dec_pick_g<DT, 128>(group) : dec_pick_g<DT, 256>(group);
 }
 
-// The decode kernel's arguments, or false when the step is not for it (see attn_dec_kernel).
-static bool dec_fits(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv, const fg_attn_params *p,
-                     dec_args *out) {
+// The arguments both attention kernels take from the step, the cache and the op.
+static attn_args attn_args_of(const fg_cuda *c, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
+                              const fg_attn_params *p) {
     const fg_cuda_step *st = &c->step;
-    const int hd = kv->head_dim, n_head = p->n_head, n_head_kv = kv->n_head_kv, group = n_head / n_head_kv;
-    if (!c->attn_dec || st->n_tokens != st->n_seqs || group > DEC_GM || (hd != 64 && hd != 128 && hd != 256))
-        return false;
-    if (kv->type != FG_TYPE_F16 && kv->type != FG_TYPE_Q8_0)
-        return false;
-    dec_args a;
-    a.k = (const char *)kv->k.data + (size_t)p->layer * kv->k.nb[3];
-    a.v = (const char *)kv->v.data + (size_t)p->layer * kv->v.nb[3];
-    a.kv_nb1 = kv->k.nb[1];
-    a.kv_nb2 = kv->k.nb[2];
-    const uintptr_t al = (uintptr_t)a.k | (uintptr_t)a.v | (uintptr_t)a.kv_nb1 | (uintptr_t)a.kv_nb2;
-    if (al % (kv->type == FG_TYPE_F16 ? 16 : 4) != 0)
-        return false;
+    attn_args a;
+    memset(&a, 0, sizeof a);
     a.q = (const char *)q->data;
     a.q_nb1 = q->nb[1];
     a.dst = (char *)dst->data;
     a.dst_nb1 = dst->nb[1];
+    a.k = (const char *)kv->k.data + (size_t)p->layer * kv->k.nb[3];
+    a.v = (const char *)kv->v.data + (size_t)p->layer * kv->v.nb[3];
+    a.kv_nb1 = kv->k.nb[1];
+    a.kv_nb2 = kv->k.nb[2];
     a.pos = st->pos;
+    a.seq = st->seq;
     a.seq_first = st->seq_first;
+    a.seq_n_tokens = st->seq_n_tokens;
     a.seq_n_kv = st->seq_n_kv;
     a.page_table = st->page_table;
     a.max_pages = st->max_pages;
     a.page_size = kv->page_size;
-    a.n_head_kv = n_head_kv;
-    a.group = group;
-    a.qscale = p->scale * 1.44269504088896340736f;
+    a.n_seqs = st->n_seqs;
+    a.n_head = p->n_head;
+    a.n_head_kv = kv->n_head_kv;
+    a.group = p->n_head / kv->n_head_kv;
+    a.head_dim = kv->head_dim;
+    a.qscale = p->scale * 1.44269504088896340736f; // scores in base 2
     a.causal = p->causal ? 1 : 0;
+    a.n_split = 1;
+    return a;
+}
+
+// Whether the decode kernel takes this step (see attn_dec_kernel); if so, a.n_split and the
+// partials' place in the arena are set.
+static bool dec_fits(const fg_cuda *c, uint32_t kv_type, attn_args &a) {
+    const fg_cuda_step *st = &c->step;
+    const int hd = a.head_dim, n_head = a.n_head;
+    if (!c->attn_dec || st->n_tokens != st->n_seqs || a.group > DEC_GM || (hd != 64 && hd != 128 && hd != 256))
+        return false;
+    if (kv_type != FG_TYPE_F16 && kv_type != FG_TYPE_Q8_0)
+        return false;
+    const uintptr_t al = (uintptr_t)a.k | (uintptr_t)a.v | (uintptr_t)a.kv_nb1 | (uintptr_t)a.kv_nb2;
+    if (al % (kv_type == FG_TYPE_F16 ? 16 : 4) != 0)
+        return false;
     // split long sequences when the step has too few (sequence, kv head) blocks to fill the
     // device: max_n_kv is part of a recorded step's shape, so the split count is too
-    const long long base = (long long)st->n_seqs * n_head_kv;
+    const long long base = (long long)st->n_seqs * a.n_head_kv;
     const long long target = (long long)DEC_BLOCKS_PER_SM * (c->n_sm > 0 ? c->n_sm : 80);
     long long n_split = 1;
     if (base < target && st->max_n_kv > DEC_L_MIN) {
@@ -1369,22 +1375,19 @@ static bool dec_fits(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, const fg_kv
     a.n_split = (int)n_split;
     a.pstat = (float2 *)c->attn.base;
     a.pacc = (float *)(c->attn.base + align256((size_t)st->n_seqs * n_head * n_split * sizeof(float2)));
-    *out = a;
     return true;
 }
 
-static fg_status dec_launch(fg_cuda *c, const dec_args &a, const fg_kv_view *kv, int n_head) {
-    const fg_cuda_step *st = &c->step;
-    const int hd = kv->head_dim;
-    const dim3 grid((unsigned)a.n_split, (unsigned)a.n_head_kv, (unsigned)st->n_seqs);
+static fg_status dec_launch(fg_cuda *c, const attn_args &a, uint32_t kv_type) {
+    const dim3 grid((unsigned)a.n_split, (unsigned)a.n_head_kv, (unsigned)a.n_seqs);
     const unsigned threads = (unsigned)(DEC_NW * c->warp);
-    void (*fn)(dec_args) =
-        kv->type == FG_TYPE_F16 ? dec_pick<dec_f16>(hd, a.group) : dec_pick<dec_q8_0>(hd, a.group);
+    void (*fn)(attn_args) =
+        kv_type == FG_TYPE_F16 ? dec_pick<dec_f16>(a.head_dim, a.group) : dec_pick<dec_q8_0>(a.head_dim, a.group);
     fn<<<grid, threads, 0, c->stream>>>(a);
     FG_GPU_LAUNCH_CHECK(c, "attention (decode)");
     if (a.n_split > 1) {
-        const long long n_rows = (long long)st->n_seqs * n_head;
-        dec_reduce_kernel<<<(unsigned)n_rows, DEC_RED_NT, 0, c->stream>>>(a, n_head, hd);
+        const long long n_rows = (long long)a.n_seqs * a.n_head;
+        dec_reduce_kernel<<<(unsigned)n_rows, DEC_RED_NT, 0, c->stream>>>(a);
         FG_GPU_LAUNCH_CHECK(c, "attention (decode) reduce");
     }
     return FG_OK;
@@ -1420,11 +1423,9 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
         return fg_fail(FG_ERR_UNSUPPORTED, "cuda: attention: head_dim %d exceeds 512", hd);
     if (st->n_tokens <= 0 || st->n_seqs <= 0)
         return FG_OK;
-    {
-        dec_args da;
-        if (dec_fits(c, dst, q, kv, p, &da))
-            return dec_launch(c, da, kv, n_head);
-    }
+    attn_args a = attn_args_of(c, dst, q, kv, p);
+    if (dec_fits(c, kv->type, a))
+        return dec_launch(c, a, kv->type);
     const int warp = c->warp, group = n_head / n_head_kv;
     const int d_cap = hd <= 64 ? 64 : hd <= 128 ? 128 : hd <= 256 ? 256 : 512;
     const int rows = attn_rows(d_cap);
@@ -1469,30 +1470,6 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
     attn_plan_kernel<<<1, ATTN_PLAN_THREADS, 0, c->stream>>>(pa);
     FG_GPU_LAUNCH_CHECK(c, "attention plan");
 
-    attn_args a;
-    a.q = (const char *)q->data;
-    a.q_nb1 = q->nb[1];
-    a.dst = (char *)dst->data;
-    a.dst_nb1 = dst->nb[1];
-    a.k = (const char *)kv->k.data + (size_t)p->layer * kv->k.nb[3];
-    a.v = (const char *)kv->v.data + (size_t)p->layer * kv->v.nb[3];
-    a.kv_nb1 = kv->k.nb[1];
-    a.kv_nb2 = kv->k.nb[2];
-    a.pos = st->pos;
-    a.seq = st->seq;
-    a.seq_first = st->seq_first;
-    a.seq_n_tokens = st->seq_n_tokens;
-    a.seq_n_kv = st->seq_n_kv;
-    a.page_table = st->page_table;
-    a.max_pages = st->max_pages;
-    a.page_size = kv->page_size;
-    a.n_seqs = st->n_seqs;
-    a.n_head = n_head;
-    a.n_head_kv = n_head_kv;
-    a.group = group;
-    a.head_dim = hd;
-    a.qscale = p->scale * 1.44269504088896340736f;
-    a.causal = p->causal ? 1 : 0;
     const uintptr_t al = (uintptr_t)a.k | (uintptr_t)a.v | (uintptr_t)a.kv_nb1 | (uintptr_t)a.kv_nb2;
     a.vec4 = hd % 4 == 0 && al % kv_fetch4_align(kv->type) == 0;
     a.hdr = hdr;
