@@ -21,6 +21,10 @@
 // 0.1 (F32/F16, ~8x the max logit error), 0.25 (BF16), 0.5 (quantized: a divergence above it
 // needs errors of 0.25 on both logits in opposite directions).
 // FORGE_GOLDEN_REF=1 runs with the scalar reference kernels (diagnosis); FORGE_DEVICE=cuda on the GPU.
+// FORGE_GOLDEN_KV=q8_0 keeps the KV cache in Q8_0 instead of F16: a measurement (issue 13: the
+// golden error with an 8-bit cache, in docs/PERF.md), not a suite - the goldens were made with
+// an F16 cache and the tolerances are its own, which several random-weight models then exceed;
+// models whose head_dim is not whole 32-blocks are skipped with the reason printed.
 // Tensor parallelism: every golden also runs with each size in FORGE_GOLDEN_TP (default "2";
 // "" or "1": none), checked the same way (stories260K's 48 greedy tokens exact); a model whose
 // shapes don't shard (K-quant rows of 128 per rank, heads that don't divide) passes with its
@@ -288,7 +292,19 @@ static void run_golden(void **state) {
     int32_t pages_per_seq = (int32_t)((max_np + (size_t)max_ng + PAGE - 1) / PAGE);
     int32_t n_pages = pages_per_seq * (int32_t)n_cases;
     fg_kv_store *kv = NULL;
-    if (fg_kv_store_create(m, n_pages, PAGE, FG_TYPE_F16, &kv) != FG_OK)
+    const char *kv_env = getenv("FORGE_GOLDEN_KV");
+    const uint32_t kv_type = kv_env && !strcmp(kv_env, "q8_0") ? FG_TYPE_Q8_0 : FG_TYPE_F16;
+    if (kv_type == FG_TYPE_Q8_0 && fg_model_get_info(m)->head_dim % 32 != 0) {
+        fprintf(stderr, "SKIP (FORGE_GOLDEN_KV=q8_0): %s has head_dim %d, not whole 32-blocks\n", file,
+                (int)fg_model_get_info(m)->head_dim);
+        for (size_t c = 0; c < n_cases; c++)
+            free(ptok[c]);
+        fg_model_destroy(m);
+        be->ops->destroy(be);
+        json_decref(root);
+        skip();
+    }
+    if (fg_kv_store_create(m, n_pages, PAGE, kv_type, &kv) != FG_OK)
         fail_msg("kv store: %s", fg_last_error());
     // page j of sequence s is page j * n_cases + s: interleaved, so page tables matter
     int32_t *pt = calloc((size_t)n_pages, sizeof *pt);
