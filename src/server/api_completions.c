@@ -78,6 +78,29 @@ static void on_event(void *user, const fg_event *ev) {
         fg_srv_req_decref(r); // the engine's reference for this choice
 }
 
+bool fg_srv_answer_pending(fg_server *s, struct MHD_Connection *con, srv_conn *c, enum MHD_Result *res) {
+    srv_req *r = c->req;
+    if (r->client_gone) {
+        pthread_mutex_unlock(&r->mu);
+        *res = MHD_NO; // nobody to answer (counted as 499 when the connection ends)
+        return true;
+    }
+    if (r->n_done >= r->n_choices)
+        return false;
+    if (!atomic_load(&s->http_stopping)) {
+        r->suspended = true;
+        atomic_fetch_add(&s->n_suspended, 1);
+        MHD_suspend_connection(con);
+        pthread_mutex_unlock(&r->mu);
+        *res = MHD_YES;
+        return true;
+    }
+    pthread_mutex_unlock(&r->mu);
+    *res = fg_srv_error(s, con, c, 503, "server_error", "shutting_down", "%s: the server is shutting down; retry",
+                        r->id_str);
+    return true;
+}
+
 srv_event *fg_srv_take_events(srv_req *r, size_t *n) {
     // caller holds r->mu
     size_t k = r->q_len - r->q_head;
@@ -629,23 +652,10 @@ static json_t *build_response(srv_req *r, srv_event *ev, size_t n_ev) {
 // suspended (the engine callback resumes it, or the sweep when the client leaves).
 static enum MHD_Result completion_answer(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
     srv_req *r = c->req;
+    enum MHD_Result res;
     pthread_mutex_lock(&r->mu);
-    if (r->client_gone) {
-        pthread_mutex_unlock(&r->mu);
-        return MHD_NO; // nobody to answer (counted as 499 when the connection ends)
-    }
-    if (r->n_done < r->n_choices) {
-        if (!atomic_load(&s->http_stopping)) {
-            r->suspended = true;
-            atomic_fetch_add(&s->n_suspended, 1);
-            MHD_suspend_connection(con);
-            pthread_mutex_unlock(&r->mu);
-            return MHD_YES;
-        }
-        pthread_mutex_unlock(&r->mu);
-        return fg_srv_error(s, con, c, 503, "server_error", "shutting_down",
-                            "%s: the server is shutting down; retry", r->id_str);
-    }
+    if (fg_srv_answer_pending(s, con, c, &res))
+        return res;
     size_t n_ev = 0;
     srv_event *ev = fg_srv_take_events(r, &n_ev);
     bool user_cancelled = r->user_cancelled;

@@ -378,23 +378,10 @@ static enum MHD_Result respond(fg_server *s, struct MHD_Connection *con, srv_con
 // resumes it, or the sweep when the client leaves or the server stops).
 static enum MHD_Result answer(fg_server *s, struct MHD_Connection *con, srv_conn *c) {
     srv_req *r = c->req;
+    enum MHD_Result res;
     pthread_mutex_lock(&r->mu);
-    if (r->client_gone) {
-        pthread_mutex_unlock(&r->mu);
-        return MHD_NO; // nobody to answer (counted as 499 when the connection ends)
-    }
-    if (r->n_done < r->n_choices) {
-        if (!atomic_load(&s->http_stopping)) {
-            r->suspended = true;
-            atomic_fetch_add(&s->n_suspended, 1);
-            MHD_suspend_connection(con);
-            pthread_mutex_unlock(&r->mu);
-            return MHD_YES;
-        }
-        pthread_mutex_unlock(&r->mu);
-        return fg_srv_error(s, con, c, 503, "server_error", "shutting_down",
-                            "%s: the server is shutting down; retry", r->id_str);
-    }
+    if (fg_srv_answer_pending(s, con, c, &res))
+        return res;
     fg_status st = r->emb_status;
     pthread_mutex_unlock(&r->mu);
     if (st == FG_ERR_CANCELLED)

@@ -322,6 +322,11 @@ void fg_srv_lp_event(const srv_req *r, srv_choice *ch, json_t *lp, const srv_eve
 void fg_srv_lp_first_prompt(const srv_req *r, srv_choice *ch, json_t *lp);
 void fg_srv_lp_free(srv_choice *ch);
 json_t *fg_srv_completion_logprobs_new(void);
+// A non-streaming answer waits for every choice: called with r->mu held, true when the request
+// is not done yet - then *res is the answer for now (MHD_NO: the client left; MHD_YES: the
+// connection suspended until the engine's callback, or the sweep, resumes it; a 503 while the
+// server stops) and r->mu is released; false (done) with r->mu still held.
+bool fg_srv_answer_pending(fg_server *s, struct MHD_Connection *con, srv_conn *c, enum MHD_Result *res);
 // Pops all queued events (caller frees with fg_srv_events_free).
 srv_event *fg_srv_take_events(srv_req *r, size_t *n);
 void fg_srv_events_free(srv_event *ev, size_t n);
