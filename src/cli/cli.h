@@ -19,6 +19,9 @@ int fg_cmd_embed(int argc, char **argv); // issue 14
 
 // Prints "forge <cmd>: <fg_last_error()>" to stderr and returns 1.
 int fg_cli_fail(const char *cmd);
+// The value of the flag argv[*i]: advances *i and returns it; NULL (after printing "forge <cmd>:
+// <flag> needs a value") when the flag is last.
+const char *fg_cli_value(const char *cmd, int argc, char **argv, int *i);
 // Parse helpers: print a usage error naming the flag and return false on bad input.
 bool fg_cli_parse_i64(const char *cmd, const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out);
 bool fg_cli_parse_f64(const char *cmd, const char *flag, const char *s, double lo, double hi, double *out);

@@ -21,11 +21,9 @@ bool fg_cli_device_valid(const char *cmd, const char *device) {
 int fg_cli_kv_type_flag(const char *cmd, int argc, char **argv, int *i, uint32_t *kv_type) {
     if (strcmp(argv[*i], "--kv-type"))
         return 0;
-    if (*i + 1 >= argc) {
-        fprintf(stderr, "forge %s: --kv-type needs a value\n", cmd);
+    const char *v = fg_cli_value(cmd, argc, argv, i);
+    if (!v)
         return -1;
-    }
-    const char *v = argv[++*i];
     if (!strcmp(v, "f16"))
         *kv_type = FG_TYPE_F16;
     else if (!strcmp(v, "q8_0"))

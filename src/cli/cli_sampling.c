@@ -16,11 +16,9 @@ int fg_cli_sampling_flag(const char *cmd, int argc, char **argv, int *i, fg_samp
         known = known || !strcmp(f, k_flags[k]);
     if (!known)
         return 0;
-    if (*i + 1 >= argc) {
-        fprintf(stderr, "forge %s: %s needs a value\n", cmd, f);
+    const char *val = fg_cli_value(cmd, argc, argv, i);
+    if (!val)
         return -1;
-    }
-    const char *val = argv[++*i];
     double d = 0;
     int64_t v = 0;
     if (!strcmp(f, "--temp")) {

@@ -134,11 +134,8 @@ int fg_cmd_bench(int argc, char **argv) {
             fprintf(stderr, "forge bench: unknown option '%s' (see forge bench --help)\n", f);
             return 2;
         }
-        if (!val) {
-            fprintf(stderr, "forge bench: %s needs a value\n", f);
+        if (!fg_cli_value(C, argc, argv, &i)) // val is argv[i + 1]
             return 2;
-        }
-        i++;
         if (!strcmp(f, "-m") || !strcmp(f, "--model")) {
             model = val;
         } else if (!strcmp(f, "-p")) {
@@ -230,6 +227,10 @@ int fg_cmd_bench(int argc, char **argv) {
     for (int i = 0; i < n_p; i++) {
         if (P[i] == 0)
             continue;
+        // one untimed run of each prompt length first, as llama-bench does (a library GEMM
+        // chooses its kernels at the first call of a shape)
+        if (eval(&c, 0, (int32_t)P[i]) != FG_OK)
+            goto fail;
         for (int64_t r = 0; r < reps; r++) {
             double t0 = fg_time_s();
             if (eval(&c, 0, (int32_t)P[i]) != FG_OK)

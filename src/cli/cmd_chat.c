@@ -88,11 +88,9 @@ static int parse(int argc, char **argv, chat_args *a) {
             fprintf(stderr, "forge chat: unknown option '%s' (see forge chat --help)\n", f);
             return 2;
         }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "forge chat: %s needs a value\n", f);
+        const char *v = fg_cli_value(C, argc, argv, &i);
+        if (!v)
             return 2;
-        }
-        const char *v = argv[++i];
         if (!strcmp(f, "-m") || !strcmp(f, "--model")) {
             a->o.model_path = v;
         } else if (!strcmp(f, "--system")) {

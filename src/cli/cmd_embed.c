@@ -53,26 +53,20 @@ static int parse(int argc, char **argv, embed_args *a) {
     a->prompts = fg_xcalloc((size_t)argc, sizeof *a->prompts);
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
-        bool has_val = i + 1 < argc;
-        const char *val = has_val ? argv[i + 1] : NULL;
-#define NEED_VAL()                                                            \
-    do {                                                                      \
-        if (!has_val) {                                                       \
-            fprintf(stderr, "forge embed: %s needs a value\n", f);            \
-            return 2;                                                         \
-        }                                                                     \
-        i++;                                                                  \
-    } while (0)
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL; // the flag's value, taken by fg_cli_value
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
             return 3;
         } else if (!strcmp(f, "-m") || !strcmp(f, "--model")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             a->model = val;
         } else if (!strcmp(f, "-p") || !strcmp(f, "--prompt")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             a->prompts[a->n_prompts++] = val;
         } else if (!strcmp(f, "-f") || !strcmp(f, "--file")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             a->file = val;
         } else if (!strcmp(f, "--json")) {
             a->json = true;
@@ -81,31 +75,35 @@ static int parse(int argc, char **argv, embed_args *a) {
         } else if (!strcmp(f, "--timing")) {
             a->timing = true;
         } else if (!strcmp(f, "--batch-tokens")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             if (!fg_cli_parse_i64(C, f, val, 1, 1 << 20, &a->batch_tokens))
                 return 2;
         } else if (!strcmp(f, "--max-seqs")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             if (!fg_cli_parse_i64(C, f, val, 1, 1 << 16, &a->max_seqs))
                 return 2;
         } else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             if (!fg_cli_parse_i64(C, f, val, 1, 1024, &a->threads))
                 return 2;
         } else if (!strcmp(f, "--device")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             a->device = val;
             if (!fg_cli_device_valid(C, val))
                 return 2;
         } else if (!strcmp(f, "--gpu")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             if (!fg_cli_parse_i64(C, f, val, 0, 1023, &a->gpu))
                 return 2;
         } else {
             fprintf(stderr, "forge embed: unknown option '%s' (see forge embed --help)\n", f);
             return 2;
         }
-#undef NEED_VAL
     }
     if (!a->model) {
         fprintf(stderr, "forge embed: -m MODEL is required\n");

@@ -61,11 +61,8 @@ int fg_cmd_perplexity(int argc, char **argv) {
             fprintf(stderr, "forge perplexity: unknown option '%s' (see forge perplexity --help)\n", f);
             return 2;
         }
-        if (!val) {
-            fprintf(stderr, "forge perplexity: %s needs a value\n", f);
+        if (!fg_cli_value(C, argc, argv, &i)) // val is argv[i + 1]
             return 2;
-        }
-        i++;
         if (!strcmp(f, "-m") || !strcmp(f, "--model")) {
             model = val;
         } else if (!strcmp(f, "-f") || !strcmp(f, "--file")) {

@@ -52,8 +52,7 @@ static int parse(int argc, char **argv, run_args *a) {
     a->kv_type = FG_TYPE_F16;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
-        bool has_val = i + 1 < argc;
-        const char *val = has_val ? argv[i + 1] : NULL;
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL; // the flag's value, taken by fg_cli_value
         int sr = fg_cli_sampling_flag(C, argc, argv, &i, &a->smp, &a->seed_set);
         if (sr == 0)
             sr = fg_cli_kv_type_flag(C, argc, argv, &i, &a->kv_type);
@@ -61,46 +60,47 @@ static int parse(int argc, char **argv, run_args *a) {
             return 2;
         if (sr > 0)
             continue;
-#define NEED_VAL()                                                            \
-    do {                                                                      \
-        if (!has_val) {                                                       \
-            fprintf(stderr, "forge run: %s needs a value\n", f);              \
-            return 2;                                                         \
-        }                                                                     \
-        i++;                                                                  \
-    } while (0)
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
             return 3;
         } else if (!strcmp(f, "-m") || !strcmp(f, "--model")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             a->model = val;
         } else if (!strcmp(f, "-p") || !strcmp(f, "--prompt")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             a->prompt = val;
         } else if (!strcmp(f, "-f") || !strcmp(f, "--file")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             a->file = val;
         } else if (!strcmp(f, "-n") || !strcmp(f, "--n-predict")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             if (!fg_cli_parse_i64(C, f, val, -1, INT32_MAX, &a->n_predict))
                 return 2;
         } else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             if (!fg_cli_parse_i64(C, f, val, 1, 1024, &a->threads))
                 return 2;
         } else if (!strcmp(f, "-c") || !strcmp(f, "--ctx")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             if (!fg_cli_parse_i64(C, f, val, 1, 1 << 24, &a->ctx))
                 return 2;
         } else if (!strcmp(f, "--device")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             a->device = val;
         } else if (!strcmp(f, "--gpu")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             if (!fg_cli_parse_i64(C, f, val, 0, 1023, &a->gpu))
                 return 2;
         } else if (!strcmp(f, "--tensor-parallel")) {
-            NEED_VAL();
+            if (!fg_cli_value(C, argc, argv, &i))
+                return 2;
             if (!fg_cli_parse_i64(C, f, val, 1, 8, &a->tp))
                 return 2;
         } else if (!strcmp(f, "--ids")) {
@@ -111,7 +111,6 @@ static int parse(int argc, char **argv, run_args *a) {
             fprintf(stderr, "forge run: unknown option '%s' (see forge run --help)\n", f);
             return 2;
         }
-#undef NEED_VAL
     }
     if (!a->model) {
         fprintf(stderr, "forge run: -m MODEL is required\n");

@@ -142,12 +142,10 @@ int fg_cmd_serve(int argc, char **argv) {
             return 2;
         if (kr > 0)
             continue;
-        if (!v) {
-            fprintf(stderr, "forge serve: %s needs a value\n", a);
+        if (!fg_cli_value("serve", argc, argv, &i)) { // v is argv[i + 1]
             usage(stderr);
             return 2;
         }
-        i++;
         if (!strcmp(a, "-m") || !strcmp(a, "--model"))
             o.model_path = v;
         else if (!strcmp(a, "--host"))

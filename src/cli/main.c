@@ -41,6 +41,14 @@ int fg_cli_fail(const char *cmd) {
     return 1;
 }
 
+const char *fg_cli_value(const char *cmd, int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "forge %s: %s needs a value\n", cmd, argv[*i]);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
 bool fg_cli_parse_i64(const char *cmd, const char *flag, const char *s, int64_t lo, int64_t hi,
                       int64_t *out) {
     char *end = NULL;
