@@ -481,6 +481,18 @@ fg_status fg_op_add(fg_backend *be, fg_tensor *dst, const fg_tensor *a, const fg
 }
 
 fg_status fg_op_swiglu(fg_backend *be, fg_tensor *dst, const fg_tensor *gate, const fg_tensor *up) {
+    if (dst && dst->type != FG_TYPE_F32) { // the product converted as convert would
+        if (!fg_backend_supports(be, FG_OP_SWIGLU, dst->type))
+            return FG_FAIL(FG_ERR_UNSUPPORTED, "swiglu: dst type %s is not supported by the %s backend",
+                           fg_type_name(dst->type), be->ops->name);
+        if (!gate || !up)
+            return FG_FAIL(FG_ERR_INVALID_ARG, "swiglu: %s is NULL", gate ? "up" : "gate");
+        const int64_t n = gate->ne[0], rows = gate->ne[1];
+        FG_TRY(check_f32_rows("swiglu", "gate", gate, n, rows));
+        FG_TRY(check_f32_rows("swiglu", "up", up, n, rows));
+        FG_TRY(check_act("swiglu", "dst", dst, dst->type, n, rows));
+        return be->ops->swiglu(be, dst, gate, up);
+    }
     FG_TRY(check_elementwise("swiglu", "gate", "up", dst, gate, up));
     return be->ops->swiglu(be, dst, gate, up);
 }

@@ -239,7 +239,10 @@ typedef struct fg_backend_ops {
                    const fg_tensor *bias, bool accumulate);
     // dst = a + b (same shape; dst may alias a or b)
     fg_status (*add)(fg_backend *be, fg_tensor *dst, const fg_tensor *a, const fg_tensor *b);
-    // dst = silu(gate) * up; gate/up may be strided views (e.g. halves of a fused projection)
+    // dst = silu(gate) * up; gate/up may be strided views (e.g. halves of a fused projection).
+    // dst F32, or (where supports(FG_OP_SWIGLU, type)) an activation type of convert: the
+    // product converted bit for bit as convert would convert the F32 product (a matmul's input
+    // in one pass)
     fg_status (*swiglu)(fg_backend *be, fg_tensor *dst, const fg_tensor *gate, const fg_tensor *up);
     // In-place rotary embedding of x: [n_tokens][n_head * head_dim], positions from the step.
     fg_status (*rope)(fg_backend *be, fg_tensor *x, const fg_rope_params *p);

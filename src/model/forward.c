@@ -147,7 +147,7 @@ static fg_status matmul(fg_model *m, act_cache *ac, fg_tensor *dst, const fg_ten
     fg_backend *be = m->be;
     int64_t rows = x->ne[1];
     uint32_t at = fg_backend_act_type(be, w->type, rows);
-    if (at == FG_TYPE_F32)
+    if (at == FG_TYPE_F32 || x->type == at) // (x already converted: swiglu_into)
         return fg_op_matmul(be, dst, w, x, bias, accumulate);
     if (ac->src != x->data || ac->rows != rows || ac->type != at) {
         int64_t ne[2] = {x->ne[0], rows};
@@ -159,6 +159,24 @@ static fg_status matmul(fg_model *m, act_cache *ac, fg_tensor *dst, const fg_ten
         ac->type = at;
     }
     return fg_op_matmul(be, dst, w, &ac->t, bias, accumulate);
+}
+
+// h = silu(gate) * up for the down projection w_down: straight into its activation type where
+// the backend converts in the same pass (*hx: what the projection reads, h or that conversion
+// in the act buffer, which the act cache then no longer holds).
+static fg_status swiglu_into(fg_model *m, act_cache *ac, fg_tensor *h, fg_tensor *hx, const fg_tensor *gate,
+                             const fg_tensor *up, const fg_tensor *w_down) {
+    fg_backend *be = m->be;
+    const int64_t n = gate->ne[1];
+    const uint32_t at = fg_backend_act_type(be, w_down->type, n);
+    *hx = *h;
+    if (at != FG_TYPE_F32 && fg_backend_supports(be, FG_OP_SWIGLU, at)) {
+        int64_t ne[2] = {gate->ne[0], n};
+        *hx = fg_tensor_view(m->s.buf, m->s.act, 0, at, 2, ne);
+        FG_ASSERT(fg_tensor_nbytes(hx) <= m->s.act_bytes);
+        ac->src = NULL;
+    }
+    return fg_op_swiglu(be, hx, gate, up);
 }
 
 // ---- tensor parallelism: x += all_reduce(in . w^T) (+ bias, on rank 0 only: the workers do
@@ -283,7 +301,7 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
 
     // ---- feed-forward
     const int64_t F = m->tp.n_ff;
-    fg_tensor h = rows_of(&s->h, n);
+    fg_tensor h = rows_of(&s->h, n), hx = h; // hx: what the down projection reads
     if (m->at->ffn_gelu) { // bert: gelu(x . up^T + b_up)
         OP(matmul(m, ac, &h, ly->w_up, &xn, ly->b_up, false));
         OP(fg_op_gelu(be, &h, &h, FG_GELU_ERF));
@@ -292,26 +310,26 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
         OP(matmul(m, ac, &gu, ly->w_gate_up, &xn, NULL, false));
         fg_tensor gate = fg_tensor_rows(&gu, 0, F, n, gu.nb[1]);
         fg_tensor up = fg_tensor_rows(&gu, (size_t)F * sizeof(float), F, n, gu.nb[1]);
-        OP(fg_op_swiglu(be, &h, &gate, &up));
+        OP(swiglu_into(m, ac, &h, &hx, &gate, &up, ly->w_down));
     } else {
         fg_tensor g = fg_tensor_rows(&s->g, 0, F, n, (size_t)F * sizeof(float)), u = rows_of(&s->u, n);
         OP(matmul(m, ac, &g, ly->w_gate, &xn, NULL, false));
         OP(matmul(m, ac, &u, ly->w_up, &xn, NULL, false));
-        OP(fg_op_swiglu(be, &h, &g, &u));
+        OP(swiglu_into(m, ac, &h, &hx, &g, &u, ly->w_down));
     }
     const fg_tensor *next_norm = enc ? NULL : last ? m->output_norm : m->layers[il + 1].attn_norm;
     if (enc) { // x = LN(x + h . down^T + b_down)
-        OP(matmul(m, ac, x, ly->w_down, &h, ly->b_down, true));
+        OP(matmul(m, ac, x, ly->w_down, &hx, ly->b_down, true));
         OP(fg_op_layernorm(be, x, x, ly->layer_out_norm, ly->layer_out_norm_b, hp->norm_eps));
     } else if (m->tp.size > 1) {
-        OP(tp_reduce_residual(m, ac, x, &xn, ly->w_down, &h, NULL, ly->post_ffw_norm, next_norm, n));
+        OP(tp_reduce_residual(m, ac, x, &xn, ly->w_down, &hx, NULL, ly->post_ffw_norm, next_norm, n));
     } else if (ly->post_ffw_norm) {
         fg_tensor ao = rows_of(&s->ao, n);
-        OP(matmul(m, ac, &ao, ly->w_down, &h, NULL, false));
+        OP(matmul(m, ac, &ao, ly->w_down, &hx, NULL, false));
         OP(fg_op_rmsnorm(be, &ao, &ao, ly->post_ffw_norm, hp->rms_eps));
         OP(fg_op_add_rmsnorm(be, x, &xn, &ao, next_norm, hp->rms_eps));
     } else {
-        OP(matmul(m, ac, x, ly->w_down, &h, NULL, true)); // x += h . w_down^T
+        OP(matmul(m, ac, x, ly->w_down, &hx, NULL, true)); // x += h . w_down^T
         OP(fg_op_rmsnorm(be, &xn, x, next_norm, hp->rms_eps));
     }
     ac->src = NULL;

@@ -13,6 +13,7 @@ s = open(sys.argv[1]).read()
 s = re.sub(r'(\w+(?:<[^<>;]*>)?)<<<(.*?)>>>\(', r'emu_launcher(\1, \2)(', s, flags=re.S)
 s = s.replace('extern __shared__ float4 attn_smem4[];', 'float4 *attn_smem4 = (float4 *)emu_dyn_smem();')
 s = s.replace('extern __shared__ float rkv_sh[];', 'float *rkv_sh = (float *)emu_dyn_smem();')
+s = s.replace('extern __shared__ uint4 fa_smem4[];', '') # FG_GPU_EMU: the tensor-core kernel is left out
 assert '<<<' not in s and 'extern __shared__' not in s
 open(sys.argv[2], 'w').write(s)
 PY

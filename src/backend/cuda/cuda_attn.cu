@@ -1297,6 +1297,254 @@ __global__ void __launch_bounds__(DEC_RED_NT) dec_reduce_kernel(attn_args a) {
     }
 }
 
+// ---------------------------------------------------------------- attention: tensor cores (prefill)
+// Steps that are not decode-only, F16 cache, head_dim 64 or 128, NVIDIA sm_80+ (the HIP build
+// and the other shapes keep attn_kernel). The same work items as attn_kernel (the plan with
+// FA_BM flattened q rows a tile and no split: prefill has q tiles enough to fill the device).
+// A block = FA_NW warps, 16 q rows a warp; per tile of FA_BN keys (K and V pages copied into
+// shared memory with cp.async, two stages: the next tile's copies fly while this one is
+// computed): S = Q K^T with mma.sync m16n8k16 (f16 in, f32 out; q rounded to f16 as the
+// reference rounds q for its F16 K, K fragments by ldmatrix), scale, mask and online softmax
+// in f32 on the accumulators (base 2, per row: 4 lanes share a row), P rounded to f16 straight
+// from the accumulator registers into A fragments (their layouts coincide), O += P V with V
+// fragments by ldmatrix.trans; O, the running max and sum stay in registers; no score matrix
+// is stored. Rows of a tile and keys past the sequence read zeros and are masked.
+#if !defined(__HIPCC__) && !defined(FG_GPU_EMU) // (the SIMT emulator of tests/emu has no mma)
+#define FG_ATTN_FA 1
+#endif
+#if defined(FG_ATTN_FA)
+enum { FA_BM = 64, FA_BN = 64, FA_NW = 4, FA_NT = FA_NW * 32 };
+static_assert(FA_BM == 16 * FA_NW && FA_BN % 16 == 0, "16 q rows a warp, whole k16 steps of keys");
+
+template <int D> struct fa_geo {
+    static constexpr int SROW = D + 8;                    // halves a shared row: 16-byte pad, no bank conflicts
+    static constexpr int TILE = FA_BN * SROW;             // halves of one K or V tile
+    static constexpr size_t SMEM = (size_t)4 * TILE * 2;  // K and V, two stages, bytes
+    static constexpr int CPR = D / 8;                     // 16-byte chunks a key row
+};
+
+// two f32 -> f16 (round to nearest even, as fg_f32_to_f16), lo in the low half
+static __device__ __forceinline__ uint32_t fa_pack(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
+
+#if defined(FG_GPU_HAS_MMA)
+static __device__ __forceinline__ void fa_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+static __device__ __forceinline__ void fa_ldm4(uint32_t (&r)[4], const uint16_t *p) {
+    const unsigned sa = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(sa));
+}
+static __device__ __forceinline__ void fa_ldm4t(uint32_t (&r)[4], const uint16_t *p) {
+    const unsigned sa = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(sa));
+}
+// 16 bytes global -> shared, asynchronously; n = 0 writes zeros and reads nothing
+static __device__ __forceinline__ void fa_cp16(uint16_t *dst, const void *src, int n) {
+    const unsigned sa = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(sa), "l"(src), "r"(n));
+}
+static __device__ __forceinline__ void fa_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> static __device__ __forceinline__ void fa_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+// Copies keys [j0, j0 + FA_BN) of kv head hk (K and V) into a stage; keys at kv_hi or past it
+// are zeros (a masked score times a zero V row adds nothing, never a NaN from stale bytes).
+template <int D>
+static __device__ __forceinline__ void fa_load(const attn_args &a, const int32_t *pt, int hk, int j0, int kv_hi,
+                                               uint16_t *ks, uint16_t *vs, int tid) {
+    typedef fa_geo<D> G;
+    for (int idx = tid; idx < FA_BN * G::CPR; idx += FA_NT) {
+        const int key = idx / G::CPR, ch = idx % G::CPR, j = j0 + key;
+        const bool ok = j < kv_hi;
+        size_t off = 0;
+        if (ok)
+            off = (size_t)pt[j / a.page_size] * a.kv_nb2 + (size_t)(j % a.page_size) * a.kv_nb1 +
+                  (size_t)hk * D * 2 + (size_t)ch * 16;
+        fa_cp16(ks + key * G::SROW + ch * 8, a.k + off, ok ? 16 : 0);
+        fa_cp16(vs + key * G::SROW + ch * 8, a.v + off, ok ? 16 : 0);
+    }
+}
+#endif
+
+template <int D> __global__ void __launch_bounds__(FA_NT) attn_fa_kernel(attn_args a) {
+#if defined(FG_GPU_HAS_MMA)
+    typedef fa_geo<D> GEO;
+    constexpr int KS = D / 16;  // k16 steps over the head (S = Q K^T)
+    constexpr int NS = FA_BN / 8; // n8 tiles of keys
+    constexpr int ND = D / 8;   // n8 tiles of the output
+    extern __shared__ uint4 fa_smem4[];
+    uint16_t *const sm = (uint16_t *)fa_smem4; // [stage][K | V][FA_BN][SROW]
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, gq = lane >> 2, t4 = lane & 3;
+    const int G = a.group;
+    const int n_items = a.hdr[0];
+    const long long n_work = (long long)n_items * a.n_head_kv;
+    for (long long x = blockIdx.x; x < n_work; x += gridDim.x) {
+        const int item = n_items - 1 - (int)(x / a.n_head_kv);
+        const int hk = (int)(x % a.n_head_kv);
+        int lo = 0, hi = a.n_seqs;
+        while (hi - lo > 1) {
+            const int mid = (lo + hi) >> 1;
+            if (a.item_off[mid] <= item)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        const int s = lo, tile = item - a.item_off[s];
+        const int nt = a.seq_n_tokens[s], first = a.seq_first[s], n_kv = a.seq_n_kv[s];
+        const int fr0 = tile * FA_BM, nrows = min(FA_BM, nt * G - fr0);
+        const int last_t = first + (fr0 + nrows - 1) / G;
+        const int kv_end = a.causal ? min(a.pos[last_t] + 1, n_kv) : n_kv;
+        const int32_t *pt = a.page_table + (size_t)s * a.max_pages;
+
+        // this lane's two rows (of its warp's 16): q fragments, key limits
+        int lim[2];
+        const float *qrow[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int r = w * 16 + gq + 8 * h, fr = fr0 + r;
+            lim[h] = 0;
+            qrow[h] = NULL;
+            if (r < nrows) {
+                const int tl = fr / G, g = fr - tl * G;
+                qrow[h] = (const float *)(a.q + (size_t)(first + tl) * a.q_nb1) + (size_t)(hk * G + g) * D;
+                lim[h] = a.causal ? min(a.pos[first + tl] + 1, n_kv) : n_kv;
+            }
+        }
+        uint32_t qa[KS][4];
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++) {
+            const int c0 = kk * 16 + 2 * t4;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float *qr = qrow[i & 1];
+                const int c = c0 + 8 * (i >> 1);
+                qa[kk][i] = qr ? fa_pack(qr[c], qr[c + 1]) : 0u;
+            }
+        }
+        float m[2] = {-1e30f, -1e30f}, l[2] = {0.0f, 0.0f};
+        float o[ND][4];
+#pragma unroll
+        for (int n = 0; n < ND; n++)
+            o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+
+        const int n_tiles = (kv_end + FA_BN - 1) / FA_BN;
+        __syncthreads(); // the previous item is done with the stages
+        if (n_tiles > 0)
+            fa_load<D>(a, pt, hk, 0, kv_end, sm, sm + GEO::TILE, tid);
+        fa_commit();
+        for (int it = 0; it < n_tiles; it++) {
+            uint16_t *const ks = sm + (size_t)(it & 1) * 2 * GEO::TILE, *const vs = ks + GEO::TILE;
+            if (it + 1 < n_tiles) {
+                uint16_t *const kn = sm + (size_t)((it + 1) & 1) * 2 * GEO::TILE;
+                fa_load<D>(a, pt, hk, (it + 1) * FA_BN, kv_end, kn, kn + GEO::TILE, tid);
+            }
+            fa_commit();
+            fa_wait<1>(); // this tile's group is complete (the next one may fly)
+            __syncthreads();
+
+            float sc[NS][4];
+#pragma unroll
+            for (int n = 0; n < NS; n++)
+                sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < KS; kk += 2) {
+#pragma unroll
+                for (int n = 0; n < NS; n++) {
+                    uint32_t b[4];
+                    fa_ldm4(b, ks + (n * 8 + (lane & 7)) * GEO::SROW + kk * 16 + (lane >> 3) * 8);
+                    fa_mma(sc[n], qa[kk], b[0], b[1]);
+                    fa_mma(sc[n], qa[kk + 1], b[2], b[3]);
+                }
+            }
+            // scale, mask, online softmax (row h: accumulator entries 2h, 2h + 1)
+            const int j0 = it * FA_BN;
+            float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+            for (int n = 0; n < NS; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int j = j0 + n * 8 + 2 * t4 + (e & 1), h = e >> 1;
+                    const float v = j < lim[h] ? sc[n][e] * a.qscale : -INFINITY;
+                    sc[n][e] = v;
+                    mx[h] = fmaxf(mx[h], v);
+                }
+            float alpha[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+                const float mn = fmaxf(m[h], mx[h]);
+                alpha[h] = exp2f(m[h] - mn);
+                m[h] = mn;
+                l[h] *= alpha[h];
+            }
+#pragma unroll
+            for (int n = 0; n < NS; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const float p = exp2f(sc[n][e] - m[e >> 1]);
+                    sc[n][e] = p;
+                    l[e >> 1] += p;
+                }
+#pragma unroll
+            for (int n = 0; n < ND; n++) {
+                o[n][0] *= alpha[0];
+                o[n][1] *= alpha[0];
+                o[n][2] *= alpha[1];
+                o[n][3] *= alpha[1];
+            }
+            // O += P V, 16 keys a step
+#pragma unroll
+            for (int kc = 0; kc < FA_BN / 16; kc++) {
+                const uint32_t pa[4] = {fa_pack(sc[2 * kc][0], sc[2 * kc][1]), fa_pack(sc[2 * kc][2], sc[2 * kc][3]),
+                                        fa_pack(sc[2 * kc + 1][0], sc[2 * kc + 1][1]),
+                                        fa_pack(sc[2 * kc + 1][2], sc[2 * kc + 1][3])};
+#pragma unroll
+                for (int n = 0; n < ND; n += 2) {
+                    uint32_t b[4];
+                    fa_ldm4t(b, vs + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * GEO::SROW + n * 8 +
+                                    (lane >> 4) * 8);
+                    fa_mma(o[n], pa, b[0], b[1]);
+                    fa_mma(o[n + 1], pa, b[2], b[3]);
+                }
+            }
+            __syncthreads(); // this stage is rewritten two tiles on
+        }
+        fa_wait<0>();
+
+        // the rows' sums over their 4 lanes; out = O / sum
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+            l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+            const int r = w * 16 + gq + 8 * h;
+            if (r < nrows) {
+                const int fr = fr0 + r, tl = fr / G, g = fr - tl * G;
+                float *out = (float *)(a.dst + (size_t)(first + tl) * a.dst_nb1) + (size_t)(hk * G + g) * D;
+                const float sc1 = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
+#pragma unroll
+                for (int n = 0; n < ND; n++)
+                    *(float2 *)(out + n * 8 + 2 * t4) = make_float2(o[n][2 * h] * sc1, o[n][2 * h + 1] * sc1);
+            }
+        }
+    }
+#else
+    (void)a;
+#endif
+}
+#endif // FG_ATTN_FA
+
 // ---------------------------------------------------------------- attention: launcher
 template <typename DT, int D>
 static void (*dec_pick_g(int group))(attn_args) {
@@ -1394,6 +1642,63 @@ static fg_status dec_launch(fg_cuda *c, const attn_args &a, uint32_t kv_type) {
 }
 
 
+// Whether the tensor-core kernel takes this (not decode-only) step: see attn_fa_kernel.
+static bool fa_fits(const fg_cuda *c, uint32_t kv_type, const attn_args &a) {
+#if !defined(FG_ATTN_FA)
+    (void)c, (void)kv_type, (void)a;
+    return false;
+#else
+    if (!c->attn_fa || c->cc_major < 8 || kv_type != FG_TYPE_F16 || (a.head_dim != 64 && a.head_dim != 128))
+        return false;
+    const uintptr_t al = (uintptr_t)a.k | (uintptr_t)a.v | (uintptr_t)a.kv_nb1 | (uintptr_t)a.kv_nb2;
+    return al % 16 == 0 && ((uintptr_t)a.dst | (uintptr_t)a.dst_nb1) % 8 == 0 && ((uintptr_t)a.q | a.q_nb1) % 4 == 0;
+#endif
+}
+
+static int fa_rows() {
+#if !defined(FG_ATTN_FA)
+    return 16;
+#else
+    return FA_BM;
+#endif
+}
+
+// Makes the tensor-core kernel's shared memory (over the 48 KiB default) available; reads
+// FORGE_CUDA_ATTN_MMA (0: attn_kernel takes the prefill steps).
+fg_status fg_cuda_attn_init(fg_cuda *c) {
+    const char *e = getenv("FORGE_CUDA_ATTN_MMA");
+    c->attn_fa = !(e && !strcmp(e, "0"));
+#if !defined(FG_ATTN_FA)
+    c->attn_fa = false; // HIP, the emulator
+#else
+    if (c->cc_major < 8)
+        c->attn_fa = false;
+    if (c->attn_fa) {
+        FG_GPU_CHECK(c, gpuFuncSetAttribute(attn_fa_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            (int)fa_geo<64>::SMEM));
+        FG_GPU_CHECK(c, gpuFuncSetAttribute(attn_fa_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            (int)fa_geo<128>::SMEM));
+    }
+#endif
+    return FG_OK;
+}
+
+static fg_status fa_launch(fg_cuda *c, const attn_args &a, long long tiles) {
+#if !defined(FG_ATTN_FA)
+    (void)c, (void)a, (void)tiles;
+    return fg_fail(FG_ERR_UNSUPPORTED, "%s: no tensor-core attention", FG_GPU_VENDOR);
+#else
+    long long gx = tiles * a.n_head_kv;
+    gx = gx < (1LL << 24) ? gx : (1LL << 24);
+    if (a.head_dim == 64)
+        attn_fa_kernel<64><<<(unsigned)gx, FA_NT, fa_geo<64>::SMEM, c->stream>>>(a);
+    else
+        attn_fa_kernel<128><<<(unsigned)gx, FA_NT, fa_geo<128>::SMEM, c->stream>>>(a);
+    FG_GPU_LAUNCH_CHECK(c, "attention (tensor cores)");
+    return FG_OK;
+#endif
+}
+
 typedef void (*attn_kernel_fn)(attn_args);
 
 template <typename KVT>
@@ -1428,7 +1733,8 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
         return dec_launch(c, a, kv->type);
     const int warp = c->warp, group = n_head / n_head_kv;
     const int d_cap = hd <= 64 ? 64 : hd <= 128 ? 128 : hd <= 256 ? 256 : 512;
-    const int rows = attn_rows(d_cap);
+    const bool fa = fa_fits(c, kv->type, a);
+    const int rows = fa ? fa_rows() : attn_rows(d_cap);
 
     // the arena: plan header, then partials (pstat, pacc) for as many rows as fit. c->attn
     // belongs to this launcher: every call uses it from byte 0 (attention calls are ordered
@@ -1461,7 +1767,7 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
     pa.n_head_kv = n_head_kv;
     pa.n_head = n_head;
     pa.target = ATTN_BLOCKS_PER_SM * n_sm;
-    pa.p_max = (long long)p_max;
+    pa.p_max = fa ? 0 : (long long)p_max; // the tensor-core kernel never splits
     pa.bk = warp;
     pa.hdr = hdr;
     pa.item_off = item_off;
@@ -1485,6 +1791,8 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
     // Blocks loop over the work, so the grid is a size choice only (a stale max_n_kv, as in
     // a replayed graph, costs speed, never correctness).
     const long long tiles = ((long long)st->n_tokens * group + (long long)st->n_seqs * (rows - 1)) / rows;
+    if (fa)
+        return fa_launch(c, a, tiles);
     const bool may_split = p_max > 0 && (long long)st->n_tokens * n_head < (long long)pa.target * rows;
     long long gx = tiles * n_head_kv;
     if (may_split) {

@@ -260,9 +260,10 @@ static bool cuda_supports(fg_backend *be, fg_op op, uint32_t type) {
     case FG_OP_CONVERT:
         return fg_cuda_convert_supports(type);
     case FG_OP_GATHER_OUT:
+    case FG_OP_SWIGLU: // F32, or straight into an activation type
+        return type == FG_TYPE_F32 || fg_cuda_convert_supports(type);
     case FG_OP_RMSNORM:
     case FG_OP_ADD:
-    case FG_OP_SWIGLU:
     case FG_OP_ROPE:
     case FG_OP_CHECK_FINITE:
     case FG_OP_ALL_REDUCE: // the communicator (comm_nccl.cu) says whether NCCL is built in
@@ -1090,6 +1091,7 @@ static fg_status init_device(fg_cuda *c) {
     c->graphs_on = !(gv && !strcmp(gv, "0"));
     const char *ad = getenv("FORGE_CUDA_ATTN_DEC");
     c->attn_dec = !(ad && !strcmp(ad, "0"));
+    FG_TRY(fg_cuda_attn_init(c));
     FG_TRY(fg_cuda_prof_init(c));
     return FG_OK;
 }

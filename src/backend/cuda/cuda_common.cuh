@@ -96,4 +96,18 @@ static __device__ __forceinline__ float fg_bf2f(uint16_t h) {
 
 static inline unsigned fg_div_up(int64_t a, int64_t b) { return (unsigned)((a + b - 1) / b); }
 
+// silu(g) * u: the one expression of the swiglu op and of the conversions that apply it first
+static __device__ __forceinline__ float fg_swiglu(float g, float u) { return (g / (1.0f + expf(-g))) * u; }
+
+// An F32 row source for the conversions: x, or silu(x) * u when u is set (swiglu into an
+// activation type)
+struct fg_src_rows {
+    const uint8_t *x, *u;
+    size_t x_nb1, u_nb1;
+    __device__ __forceinline__ float at(int64_t r, int64_t i) const {
+        const float v = ((const float *)(x + (size_t)r * x_nb1))[i];
+        return u ? fg_swiglu(v, ((const float *)(u + (size_t)r * u_nb1))[i]) : v;
+    }
+};
+
 #endif // FG_BACKEND_CUDA_COMMON_CUH

@@ -107,8 +107,11 @@ typedef struct fg_cuda {
     // copy of a weight it multiplies (dequantized per call: cuda_matmul.cu)
     void *blas;             // cublasHandle_t
     void *blas_ws;          // workspace (fixed, so that a recorded step may call the library)
-    fg_cuda_arena deq;      // F16 weights [n_out][n_in], sized by lim.max_weight_elems
+    fg_cuda_arena deq;      // F16 weight rows [chunk][n_in] (FORGE_CUDA_DEQ_MB, at most the largest weight)
+    size_t deq_want;        // its wanted size in bytes
     int blas_min_rows;      // activation rows from which the library GEMM runs (0: never)
+    int qblas_rows;         // quantized weights: rows from which they go through the chunked F16
+                            // GEMM (FORGE_CUDA_QBLAS_ROWS; 0: never)
     int mv_direct;          // quantized matvec: 1 the direct kernel (default), 0 the staged one (FORGE_CUDA_MV=staged),
                             // 2 the direct one with 16-bit weight reads only (FORGE_CUDA_MV=direct16)
     int mv_rows;            // quantized weights: up to this many rows through the matvec in passes of
@@ -118,6 +121,8 @@ typedef struct fg_cuda {
                             // tensor cores), FG_MMQ_MMA the mma.sync one (default on sm_80+);
                             // both integer kernels keep the reference's arithmetic
     bool attn_dec;          // decode steps through attn_dec_kernel (FORGE_CUDA_ATTN_DEC=0: attn_kernel)
+    bool attn_fa;           // other steps (F16 cache, head_dim 64/128, sm_80+) through the tensor-core
+                            // attn_fa_kernel (FORGE_CUDA_ATTN_MMA=0: attn_kernel)
 
     // recorded steps (CUDA graphs), keyed by the step's graph_id and shape
     bool graphs_on;        // FORGE_CUDA_GRAPHS=0 turns them off
@@ -161,6 +166,8 @@ void fg_cuda_prof_end(fg_cuda *c, int i);
 fg_status fg_cuda_rmsnorm(fg_cuda *c, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w, float eps);
 fg_status fg_cuda_add(fg_cuda *c, fg_tensor *dst, const fg_tensor *a, const fg_tensor *b);
 fg_status fg_cuda_swiglu(fg_cuda *c, fg_tensor *dst, const fg_tensor *gate, const fg_tensor *up);
+// convert of x, or of silu(x) * u when u is set (swiglu into an activation type)
+fg_status fg_cuda_convert_src(fg_cuda *c, fg_tensor *dst, const fg_tensor *x, const fg_tensor *u);
 fg_status fg_cuda_rope(fg_cuda *c, fg_tensor *x, const fg_rope_params *p);
 fg_status fg_cuda_gather_out(fg_cuda *c, fg_tensor *dst, const fg_tensor *src);
 fg_status fg_cuda_check_finite(fg_cuda *c, const fg_tensor *x, int64_t row0);
@@ -179,6 +186,7 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
 // The library GEMM's state: created with the backend, sized at reserve, freed with it.
 fg_status fg_cuda_matmul_init(fg_cuda *c);
 fg_status fg_cuda_matmul_reserve(fg_cuda *c, const fg_backend_limits *lim);
+fg_status fg_cuda_attn_init(fg_cuda *c);
 void fg_cuda_matmul_free(fg_cuda *c);
 
 // ---- cuda_sample.cu

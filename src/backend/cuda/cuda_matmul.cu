@@ -21,7 +21,10 @@
 // memory), then each thread decodes one unit of every weight row into registers and dots it
 // with that unit of every activation row: every weight byte is read from DRAM once per call,
 // every decoded unit serves NR rows. Partial sums are reduced with warp shuffles at the end.
-// Integer tiled (quantized weights, more rows, 8-bit x; the default): the matvec's per-unit
+// Quantized weights from FORGE_CUDA_QBLAS_ROWS rows (64; where cuBLAS is): the library GEMM at
+// the end of this file, the weight dequantized to F16 a chunk of rows at a time (2-4x faster
+// than the integer kernels below at 64-512 rows on an H100: docs/PERF.md).
+// Integer tiled (quantized weights, more rows, 8-bit x, without cuBLAS): the matvec's per-unit
 // integer dots and f32 scaling, so prefill keeps the reference's arithmetic: on sm_80+ the
 // tensor-core kernel (mqm: 128 x 64 tiles, int8 mma.sync), else (HIP, FORGE_CUDA_MMQ=dp4a) the
 // dp4a one (mq: 64 x 64 tiles). FORGE_CUDA_MMQ=0 sends these to the F16 GEMMs below instead.
@@ -1222,11 +1225,10 @@ static __global__ void gr_kernel(const uint8_t *table, size_t t_nb1, const int32
 // (xor shuffles below 32 stay inside a 32-lane half of a 64-wide wavefront). The arithmetic of
 // fg_quant_q8_1_act (quant_ref.c): d = amax / 127, q = nearest-even(x * (127 / amax)),
 // s = f16(d * sum(q)).
-static __global__ void cvt_q8_1_kernel(const uint8_t *x, size_t x_nb1, uint8_t *y, size_t y_nb1, int n,
-                                       int64_t rows) {
+static __global__ void cvt_q8_1_kernel(fg_src_rows x, uint8_t *y, size_t y_nb1, int n, int64_t rows) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) { // uniform: every lane shuffles
-        const float v = i < n ? *(const float *)(x + (size_t)r * x_nb1 + (size_t)i * 4) : 0.0f;
+        const float v = i < n ? x.at(r, i) : 0.0f;
         float amax = fabsf(v);
 FG_UNROLL
         for (int off = 16; off > 0; off >>= 1)
@@ -1251,12 +1253,12 @@ FG_UNROLL
 // F32 rows -> F16 (BF false) or BF16 (BF true) rows (contiguous), round to nearest even (as
 // base/half.h).
 template <bool BF>
-static __global__ void cvt_half_kernel(const uint8_t *x, size_t x_nb1, uint16_t *y, int n, int64_t rows) {
+static __global__ void cvt_half_kernel(fg_src_rows x, uint16_t *y, int n, int64_t rows) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n)
         return;
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-        const float v = *(const float *)(x + (size_t)r * x_nb1 + (size_t)i * 4);
+        const float v = x.at(r, i);
         y[(size_t)r * n + i] = BF ? fg_f32_to_bf16(v) : fg_f2h(v);
     }
 }
@@ -1264,13 +1266,13 @@ static __global__ void cvt_half_kernel(const uint8_t *x, size_t x_nb1, uint16_t 
 // F32 rows -> Q8_K blocks, as quantize_row_q8_K_ref: the element of largest |x| (the first of
 // equals) sets iscale = -127 / x, q = nearest_int(iscale * x) capped at 127, d = 1 / iscale,
 // bsums of each 16. One block of 256 threads per 256 elements.
-static __global__ void cvt_q8_k_kernel(const uint8_t *x, size_t x_nb1, uint8_t *y, size_t y_nb1, int n_blocks) {
+static __global__ void cvt_q8_k_kernel(fg_src_rows x, uint8_t *y, size_t y_nb1, int n_blocks) {
     __shared__ float s_v[256 / 32];
     __shared__ int s_i[256 / 32];
     __shared__ int s_q[256];
     const int t = threadIdx.x, b = blockIdx.x;
     const int64_t r = blockIdx.y;
-    const float v = ((const float *)(x + (size_t)r * x_nb1))[b * 256 + t];
+    const float v = x.at(r, (int64_t)b * 256 + t);
     // arg-max of |v|, ties to the lowest index, over the block (warps of 32 lanes, any FG_WARP)
     float a = fabsf(v);
     int idx = t;
@@ -1303,7 +1305,7 @@ static __global__ void cvt_q8_k_kernel(const uint8_t *x, size_t x_nb1, uint8_t *
             blk->d = 0.0f;
         return;
     }
-    const float mx = ((const float *)(x + (size_t)r * x_nb1))[b * 256 + at];
+    const float mx = x.at(r, (int64_t)b * 256 + at);
     const float iscale = -127.0f / mx;
     int q = __float2int_rn(fg_fmul_rn(iscale, v));
     q = q < 127 ? q : 127;
@@ -1369,6 +1371,14 @@ bool fg_cuda_convert_supports(uint32_t act_type) {
 // F32 rows and rounds them to the F16/BF16 grid itself (F32 weights: F32 everywhere).
 static bool mm_blas_rows(const fg_cuda *c, int64_t n_rows);
 
+// Weight rows the F16 buffer holds at once for rows of n_in (whole multiples of 128 when it
+// holds that many: cuBLAS's tiles), 0 when not one.
+static int64_t blas_chunk_rows(const fg_cuda *c, int64_t n_in) {
+    const int64_t r = (int64_t)(c->deq.size / ((size_t)n_in * 2));
+    return r >= 128 ? r / 128 * 128 : r;
+}
+
+
 uint32_t fg_cuda_act_type(fg_cuda *c, uint32_t wtype, int64_t n_rows) {
     if (!fg_cuda_matmul_supports(wtype) || wtype == FG_TYPE_F32)
         return FG_TYPE_F32;
@@ -1399,45 +1409,54 @@ static fg_status mm_scratch(fg_cuda *c, size_t n, void **out) {
     return fg_cuda_arena_take(&c->mm, n, "matmul activation conversion", out);
 }
 
-static fg_status mm_convert_q8_1(fg_cuda *c, const uint8_t *x, size_t x_nb1, int n, int64_t rows, uint8_t *y) {
+static fg_src_rows mm_src(const uint8_t *x, size_t x_nb1, const uint8_t *u = NULL, size_t u_nb1 = 0) {
+    fg_src_rows s;
+    s.x = x;
+    s.x_nb1 = x_nb1;
+    s.u = u;
+    s.u_nb1 = u_nb1;
+    return s;
+}
+
+static fg_status mm_convert_q8_1(fg_cuda *c, fg_src_rows x, int n, int64_t rows, uint8_t *y) {
     FG_ASSERT(n % 32 == 0 && MM_NT % 32 == 0);
     dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
-    cvt_q8_1_kernel<<<grid, MM_NT, 0, c->stream>>>(x, x_nb1, y, mm_q8_1_row_bytes(n), n, rows);
+    cvt_q8_1_kernel<<<grid, MM_NT, 0, c->stream>>>(x, y, mm_q8_1_row_bytes(n), n, rows);
     FG_GPU_LAUNCH_CHECK(c, "convert_q8_1");
     return FG_OK;
 }
 
-static fg_status mm_convert_q8_k(fg_cuda *c, const uint8_t *x, size_t x_nb1, int n, int64_t rows, uint8_t *y) {
+static fg_status mm_convert_q8_k(fg_cuda *c, fg_src_rows x, int n, int64_t rows, uint8_t *y) {
     FG_ASSERT(n % 256 == 0 && rows <= MM_MAX_GRID_Y);
     dim3 grid(n / 256, (unsigned)rows);
-    cvt_q8_k_kernel<<<grid, 256, 0, c->stream>>>(x, x_nb1, y, mm_q8_k_row_bytes(n), n / 256);
+    cvt_q8_k_kernel<<<grid, 256, 0, c->stream>>>(x, y, mm_q8_k_row_bytes(n), n / 256);
     FG_GPU_LAUNCH_CHECK(c, "convert_q8_k");
     return FG_OK;
 }
 
-fg_status fg_cuda_convert(fg_cuda *c, fg_tensor *dst, const fg_tensor *x) {
+fg_status fg_cuda_convert_src(fg_cuda *c, fg_tensor *dst, const fg_tensor *x, const fg_tensor *u) {
     const int64_t n = x->ne[0], rows = x->ne[1];
     FG_ASSERT(x->type == FG_TYPE_F32 && n >= 1 && n <= INT32_MAX && rows >= 1);
+    FG_ASSERT(!u || (u->type == FG_TYPE_F32 && u->ne[0] == n && u->ne[1] == rows));
+    const fg_src_rows src = mm_src((const uint8_t *)x->data, x->nb[1], u ? (const uint8_t *)u->data : NULL,
+                                   u ? u->nb[1] : 0);
     if (dst->type == FG_TYPE_Q8_1) {
         FG_ASSERT(n % 32 == 0);
-        return mm_convert_q8_1(c, (const uint8_t *)x->data, x->nb[1], (int)n, rows, (uint8_t *)dst->data);
+        return mm_convert_q8_1(c, src, (int)n, rows, (uint8_t *)dst->data);
     }
     if (dst->type == FG_TYPE_Q8_K)
-        return mm_convert_q8_k(c, (const uint8_t *)x->data, x->nb[1], (int)n, rows, (uint8_t *)dst->data);
-    if (dst->type == FG_TYPE_BF16) {
-        dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
-        cvt_half_kernel<true><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)dst->data,
-                                                       (int)n, rows);
-        FG_GPU_LAUNCH_CHECK(c, "convert_bf16");
-        return FG_OK;
-    }
-    FG_ASSERT(dst->type == FG_TYPE_F16);
+        return mm_convert_q8_k(c, src, (int)n, rows, (uint8_t *)dst->data);
+    FG_ASSERT(dst->type == FG_TYPE_F16 || dst->type == FG_TYPE_BF16);
     dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
-    cvt_half_kernel<false><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)dst->data,
-                                                  (int)n, rows);
-    FG_GPU_LAUNCH_CHECK(c, "convert_f16");
+    if (dst->type == FG_TYPE_BF16)
+        cvt_half_kernel<true><<<grid, MM_NT, 0, c->stream>>>(src, (uint16_t *)dst->data, (int)n, rows);
+    else
+        cvt_half_kernel<false><<<grid, MM_NT, 0, c->stream>>>(src, (uint16_t *)dst->data, (int)n, rows);
+    FG_GPU_LAUNCH_CHECK(c, "convert");
     return FG_OK;
 }
+
+fg_status fg_cuda_convert(fg_cuda *c, fg_tensor *dst, const fg_tensor *x) { return fg_cuda_convert_src(c, dst, x, NULL); }
 
 template <int WT> static fg_status gr_go(fg_cuda *c, fg_tensor *dst, const fg_tensor *table) {
     const int64_t n_embd = table->ne[0], n_tokens = c->step.n_tokens;
@@ -1563,29 +1582,51 @@ template <int WT> static fg_status mq_select(fg_cuda *c, const mq_args &a) {
 
 #define FG_BLAS_WS_BYTES ((size_t)32 << 20)
 #define FG_BLAS_MIN_ROWS 32
+#define FG_QBLAS_MIN_ROWS 64 // quantized weights: rows from which the chunked F16 GEMM runs
+#define FG_DEQ_MB 256        // the F16 chunk buffer (MiB; FORGE_CUDA_DEQ_MB): at most the largest weight
 
 #ifdef FG_MM_CUBLAS
-// Dequantizes w [n_out][n_in] into F16 rows (contiguous), one 32-element unit (quantized) or
-// 8 elements (float types) per thread.
+// Dequantizes weight rows [o0, o0 + rows) of w into F16 rows (contiguous, n_in each). Quantized
+// types: four lanes a 32-element unit, each decoding the unit (the decode is cheap next to the
+// write; the block's bytes come from L1) and writing 8 of its elements as one 16-byte store, so
+// a warp writes 512 contiguous bytes at once. Float types: one element a thread (their rows need
+// not be whole multiples of anything).
 template <int WT>
-static __global__ void deq_f16_kernel(const uint8_t *w, size_t w_nb1, uint16_t *out, int n_in, int64_t n_out) {
-    const int per = mm_is_float(WT) ? 1 : 32; // float rows need not be whole multiples of anything
+static __global__ void deq_f16_kernel(const uint8_t *w, size_t w_nb1, uint16_t *out, int n_in, int64_t rows) {
+    const int per = mm_is_float(WT) ? 1 : 32;
     const int64_t units = n_in / per;
     const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (g >= units * n_out)
-        return;
-    const int64_t o = g / units, u = g % units;
-    const uint8_t *row = w + (size_t)o * w_nb1;
-    uint16_t *drow = out + (size_t)o * (size_t)n_in + (size_t)u * per;
     if constexpr (mm_is_float(WT)) {
-        drow[0] = fg_f2h(mm_float_elem<WT>(row + (size_t)u * (WT == FG_TYPE_F32 ? 4 : 2)));
+        if (g >= units * rows)
+            return;
+        const int64_t o = g / units, u = g % units;
+        out[(size_t)o * (size_t)n_in + (size_t)u] =
+            fg_f2h(mm_float_elem<WT>(w + (size_t)o * w_nb1 + (size_t)u * (WT == FG_TYPE_F32 ? 4 : 2)));
     } else {
         typedef fg_qt<WT> Q;
-        float f[32];
-        fg_q_dequant_unit<WT, fg_rd_exact>(row + (size_t)(u / Q::UPB) * Q::BYTES, (int)(u % Q::UPB), f);
+        if (g >= 4 * units * rows)
+            return;
+        const int part = (int)(g & 3);
+        const int64_t gu = g >> 2, o = gu / units, u = gu % units;
+        fg_qunit q;
+        fg_q_decode<WT, fg_rd_exact>(w + (size_t)o * w_nb1 + (size_t)(u / Q::UPB) * Q::BYTES, (int)(u % Q::UPB), q);
+        uint32_t h[4];
 FG_UNROLL
-        for (int e = 0; e < 32; e++)
-            drow[e] = fg_f2h(f[e]);
+        for (int k = 0; k < 4; k++) {
+            float f[2];
+FG_UNROLL
+            for (int t = 0; t < 2; t++) {
+                const int e = 8 * part + 2 * k + t; // element of the unit
+                const int v = (int)(int8_t)(q.q[e >> 2] >> (8 * (e & 3))) - Q::OFF;
+                float x = fg_fmul_rn((float)v, e < 16 ? q.a_lo : q.a_hi);
+                if constexpr (Q::MIN)
+                    x = fg_fsub_rn(x, e < 16 ? q.b_lo : q.b_hi);
+                f[t] = x;
+            }
+            h[k] = (uint32_t)fg_f2h(f[0]) | ((uint32_t)fg_f2h(f[1]) << 16);
+        }
+        // n_in % 32 == 0: every unit starts 64-byte aligned
+        *(uint4 *)(out + (size_t)o * (size_t)n_in + (size_t)u * 32 + 8 * part) = make_uint4(h[0], h[1], h[2], h[3]);
     }
 }
 
@@ -1597,57 +1638,71 @@ static __global__ void add_bias_kernel(float *dst, size_t d_nb1, const float *bi
         ((float *)((uint8_t *)dst + (size_t)r * d_nb1))[o] += bias[o];
 }
 
-template <int WT> static fg_status deq_go(fg_cuda *c, const fg_tensor *w, uint16_t *out) {
+template <int WT> static fg_status deq_go(fg_cuda *c, const fg_tensor *w, int64_t o0, int64_t rows, uint16_t *out) {
     const int per = mm_is_float(WT) ? 1 : 32;
-    const int64_t n = (w->ne[0] / per) * w->ne[1];
-    deq_f16_kernel<WT><<<fg_div_up(n, MM_NT), MM_NT, 0, c->stream>>>((const uint8_t *)w->data, w->nb[1], out,
-                                                                      (int)w->ne[0], w->ne[1]);
+    const int64_t n = (w->ne[0] / per) * rows * (mm_is_float(WT) ? 1 : 4);
+    deq_f16_kernel<WT><<<fg_div_up(n, MM_NT), MM_NT, 0, c->stream>>>(
+        (const uint8_t *)w->data + (size_t)o0 * w->nb[1], w->nb[1], out, (int)w->ne[0], rows);
     FG_GPU_LAUNCH_CHECK(c, "dequantize to f16");
+    return FG_OK;
+}
+
+// C[m x n] (ldc) = alpha W^T x + beta C, column-major as cuBLAS sees row-major data
+static fg_status blas_gemm(fg_cuda *c, int64_t m, int64_t n, int64_t k, const void *W, int64_t lda, const void *x,
+                           int64_t ldx, float *C, int64_t ldc, cudaDataType_t dt, bool accumulate) {
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    cublasStatus_t bs = cublasGemmEx((cublasHandle_t)c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)m, (int)n, (int)k, &alpha,
+                                     W, dt, (int)lda, x, dt, (int)ldx, &beta, C, CUDA_R_32F, (int)ldc,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        c->sticky = 1;
+        return fg_fail(FG_ERR_DEVICE, "cuda: cublasGemmEx (%lld x %lld x %lld) failed: %s", (long long)m,
+                       (long long)n, (long long)k, cublasGetStatusString(bs));
+    }
+    FG_GPU_LAUNCH_CHECK(c, "cublasGemmEx");
     return FG_OK;
 }
 
 // dst[r][o] (+)= sum_i W[o][i] x[r][i] (+ bias): cuBLAS sees the row-major W as the column-major
 // W^T (k x m, lda = its row stride) and x as k x n, and writes C (m x n, ldc = dst's row stride).
+// F16 x F16, F32 x F32 (SGEMM: F32 models keep their precision) and BF16 x BF16 straight from
+// the weights; any other weight is dequantized into the F16 buffer a chunk of rows at a time
+// (a chunk small enough to stay in L2 while its GEMM reads it), each chunk one GEMM writing its
+// columns of dst.
 static fg_status blas_go(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x, const float *bias,
                          bool accumulate) {
     const int64_t n_in = w->ne[0], n_out = w->ne[1], n_rows = x->ne[1];
-    const void *W = w->data;
-    // F16 x F16, F32 x F32 (SGEMM: F32 models keep their precision), BF16 x BF16 straight from
-    // the weights; anything else through the F16 copy
     const bool raw = (w->type == FG_TYPE_F16 && x->type == FG_TYPE_F16) ||
                      (w->type == FG_TYPE_F32 && x->type == FG_TYPE_F32) ||
                      (w->type == FG_TYPE_BF16 && x->type == FG_TYPE_BF16);
     const size_t esz = x->type == FG_TYPE_F32 ? 4 : 2;
     const cudaDataType_t dt = x->type == FG_TYPE_F32 ? CUDA_R_32F : x->type == FG_TYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
-    int64_t lda = (int64_t)(w->nb[1] / esz);
-    FG_ASSERT(raw || x->type == FG_TYPE_F16);
-    if (!raw) {
+    const int64_t ldx = (int64_t)(x->nb[1] / esz), ldc = (int64_t)(dst->nb[1] / 4);
+    if (raw) {
+        FG_TRY(blas_gemm(c, n_out, n_rows, n_in, w->data, (int64_t)(w->nb[1] / esz), x->data, ldx, (float *)dst->data,
+                         ldc, dt, accumulate));
+    } else {
+        FG_ASSERT(x->type == FG_TYPE_F16);
+        const int64_t chunk = blas_chunk_rows(c, n_in);
+        FG_ASSERT(chunk >= 1);
         uint16_t *d = (uint16_t *)c->deq.base;
-        switch (w->type) {
+        for (int64_t o0 = 0; o0 < n_out; o0 += chunk) {
+            const int64_t cn = n_out - o0 < chunk ? n_out - o0 : chunk;
+            switch (w->type) {
 #define X(T) \
     case T:  \
-        FG_TRY(deq_go<T>(c, w, d)); \
+        FG_TRY(deq_go<T>(c, w, o0, cn, d)); \
         break;
-            MM_QTYPES(X)
-            MM_FTYPES(X)
+                MM_QTYPES(X)
+                MM_FTYPES(X)
 #undef X
-        default:
-            FG_ASSERT(!"library GEMM: weight type");
+            default:
+                FG_ASSERT(!"library GEMM: weight type");
+            }
+            FG_TRY(blas_gemm(c, cn, n_rows, n_in, d, n_in, x->data, ldx, (float *)dst->data + o0, ldc, dt,
+                             accumulate));
         }
-        W = d;
-        lda = n_in;
     }
-    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    cublasStatus_t bs = cublasGemmEx((cublasHandle_t)c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n_out, (int)n_rows,
-                                     (int)n_in, &alpha, W, dt, (int)lda, x->data, dt,
-                                     (int)(x->nb[1] / esz), &beta, dst->data, CUDA_R_32F, (int)(dst->nb[1] / 4),
-                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (bs != CUBLAS_STATUS_SUCCESS) {
-        c->sticky = 1;
-        return fg_fail(FG_ERR_DEVICE, "cuda: cublasGemmEx (%lld x %lld x %lld) failed: %s", (long long)n_out,
-                       (long long)n_rows, (long long)n_in, cublasGetStatusString(bs));
-    }
-    FG_GPU_LAUNCH_CHECK(c, "cublasGemmEx");
     if (bias) {
         dim3 grid(fg_div_up(n_out, MM_NT), mm_grid_y(n_rows));
         add_bias_kernel<<<grid, MM_NT, 0, c->stream>>>((float *)dst->data, dst->nb[1], bias, n_out, n_rows);
@@ -1681,8 +1736,16 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
 #ifdef FG_MM_CUBLAS
     const char *e = getenv("FORGE_CUBLAS_MIN_ROWS");
     c->blas_min_rows = e ? atoi(e) : FG_BLAS_MIN_ROWS;
-    if (c->blas_min_rows <= 0)
+    // quantized weights through the chunked F16 GEMM from this many rows (FORGE_CUDA_QBLAS_ROWS;
+    // 0: never, the integer kernels take them); FORGE_CUDA_MMQ=0 sends every GEMM-sized call
+    const char *qb = getenv("FORGE_CUDA_QBLAS_ROWS");
+    c->qblas_rows = c->mmq == FG_MMQ_OFF ? c->blas_min_rows : qb ? atoi(qb) : FG_QBLAS_MIN_ROWS;
+    const char *dm = getenv("FORGE_CUDA_DEQ_MB");
+    c->deq_want = (size_t)(dm && atoi(dm) > 0 ? atoi(dm) : FG_DEQ_MB) << 20;
+    if (c->blas_min_rows <= 0) {
+        c->qblas_rows = 0;
         return FG_OK;
+    }
     cublasHandle_t h = NULL;
     cublasStatus_t bs = cublasCreate(&h);
     if (bs != CUBLAS_STATUS_SUCCESS)
@@ -1694,14 +1757,21 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
         return fg_fail(FG_ERR_DEVICE, "cuda: cannot set cuBLAS's stream and workspace");
 #else
     c->blas_min_rows = 0;
+    c->qblas_rows = 0;
 #endif
     return FG_OK;
 }
 
+// The F16 chunk buffer of the library GEMM: FORGE_CUDA_DEQ_MB (at least 256 rows of the widest
+// weight row, at most the largest weight). Not needed when no weight goes through it.
 fg_status fg_cuda_matmul_reserve(fg_cuda *c, const fg_backend_limits *lim) {
-    if (!c->blas || lim->max_weight_elems <= 0 || c->mmq) // (the integer kernel needs no F16 copy)
+    if (!c->blas || lim->max_weight_elems <= 0)
         return FG_OK;
-    size_t need = (size_t)lim->max_weight_elems * 2;
+    size_t need = c->deq_want;
+    const size_t floor_b = (size_t)(lim->max_cols > 0 ? lim->max_cols : 0) * 2 * 256;
+    const size_t whole = (size_t)lim->max_weight_elems * 2;
+    need = need > floor_b ? need : floor_b;
+    need = need < whole ? need : whole;
     if (need <= c->deq.size)
         return FG_OK;
     if (c->deq.base)
@@ -1712,8 +1782,8 @@ fg_status fg_cuda_matmul_reserve(fg_cuda *c, const fg_backend_limits *lim) {
     gpuError_t err = gpuMalloc(&p, need);
     if (err != gpuSuccess) {
         FG_GPU_IGNORE(gpuGetLastError());
-        return fg_fail(FG_ERR_NOMEM, "cuda: cannot allocate %zu bytes for the F16 copy of a weight (prefill GEMM); "
-                                     "FORGE_CUBLAS_MIN_ROWS=0 runs without it", need);
+        return fg_fail(FG_ERR_NOMEM, "cuda: cannot allocate %zu bytes for the F16 weight chunks of the prefill GEMM; "
+                                     "FORGE_CUBLAS_MIN_ROWS=0 runs without them", need);
     }
     c->deq.base = (char *)p;
     c->deq.size = need;
@@ -1756,7 +1826,10 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     // (batched decode: up to c->mv_rows rows go through the matvec FG_MV_MAX_ROWS at a time,
     // each pass reading the weights again, while that costs less than the tiled kernel)
     const int64_t mv_max = !flt && c->mv_rows > FG_MV_MAX_ROWS ? c->mv_rows : FG_MV_MAX_ROWS;
-    const bool q_int = !flt && xt != FG_TYPE_F16 && xt != FG_TYPE_BF16 && (n_rows <= mv_max || c->mmq);
+    // quantized weights, many rows: the chunked F16 GEMM where it is faster (qblas_rows)
+    const bool q_blas = !flt && c->blas && c->qblas_rows > FG_MV_MAX_ROWS && n_rows >= c->qblas_rows &&
+                        n_rows <= INT32_MAX && n_out <= INT32_MAX && blas_chunk_rows(c, n_in) >= 1;
+    const bool q_int = !flt && xt != FG_TYPE_F16 && xt != FG_TYPE_BF16 && !q_blas && (n_rows <= mv_max || c->mmq);
     if (q_int || (flt && n_rows <= FG_MV_MAX_ROWS && xt == FG_TYPE_F32)) {
         const uint8_t *xq = (const uint8_t *)x->data;
         size_t xq_nb1 = x->nb[1];
@@ -1764,9 +1837,9 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
             void *q = NULL;
             FG_TRY(mm_scratch(c, mm_act_row_bytes(wt, n_in) * (size_t)n_rows, &q));
             if (mm_is_k((int)wt))
-                FG_TRY(mm_convert_q8_k(c, xq, xq_nb1, (int)n_in, n_rows, (uint8_t *)q));
+                FG_TRY(mm_convert_q8_k(c, mm_src(xq, xq_nb1), (int)n_in, n_rows, (uint8_t *)q));
             else
-                FG_TRY(mm_convert_q8_1(c, xq, xq_nb1, (int)n_in, n_rows, (uint8_t *)q));
+                FG_TRY(mm_convert_q8_1(c, mm_src(xq, xq_nb1), (int)n_in, n_rows, (uint8_t *)q));
             xq = (const uint8_t *)q;
             xq_nb1 = mm_act_row_bytes(wt, n_in);
         }
@@ -1836,7 +1909,7 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         FG_TRY(mm_scratch(c, (size_t)n_rows * (size_t)n_in * 2, &h));
         dim3 grid(fg_div_up(n_in, MM_NT), mm_grid_y(n_rows));
         if (xt == FG_TYPE_F32)
-            cvt_half_kernel<false><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1], (uint16_t *)h,
+            cvt_half_kernel<false><<<grid, MM_NT, 0, c->stream>>>(mm_src((const uint8_t *)x->data, x->nb[1]), (uint16_t *)h,
                                                           (int)n_in, n_rows);
         else if (xt == FG_TYPE_Q8_K)
             act_deq_f16_kernel<true><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1],
@@ -1858,11 +1931,12 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         const size_t esz = xt == FG_TYPE_F32 ? 4 : 2;
         // F32 weights go to SGEMM from FG_MV_MAX_ROWS + 1 rows: the tiled kernel would round them
         // and the rows to F16, and a result would depend on how many rows share the step
-        const bool rows_ok = wt == FG_TYPE_F32 && xt == FG_TYPE_F32 ? c->blas && n_rows > FG_MV_MAX_ROWS
-                                                                    : mm_blas_rows(c, n_rows);
+        const bool rows_ok = !flt                                        ? q_blas
+                             : wt == FG_TYPE_F32 && xt == FG_TYPE_F32 ? c->blas && n_rows > FG_MV_MAX_ROWS
+                                                                      : mm_blas_rows(c, n_rows);
         if (rows_ok && x->nb[1] % esz == 0 && w->nb[1] % esz == 0 && dst->nb[1] % 4 == 0 &&
             n_rows <= INT32_MAX && n_out <= INT32_MAX &&
-            (raw || (xt == FG_TYPE_F16 && (size_t)n_in * (size_t)n_out * 2 <= c->deq.size)))
+            (raw || (xt == FG_TYPE_F16 && blas_chunk_rows(c, n_in) >= 1)))
             return blas_go(c, dst, w, x, b, accumulate);
     }
 #endif

@@ -244,7 +244,7 @@ static __global__ void ew_kernel(rows_view d, rows_view a, rows_view b, int64_t 
         if (kOp == EW_ADD)
             dr[i] = x + y;
         else
-            dr[i] = (x / (1.0f + expf(-x))) * y;
+            dr[i] = fg_swiglu(x, y);
     }
 }
 
@@ -268,6 +268,8 @@ fg_status fg_cuda_add(fg_cuda *c, fg_tensor *dst, const fg_tensor *a, const fg_t
 }
 
 fg_status fg_cuda_swiglu(fg_cuda *c, fg_tensor *dst, const fg_tensor *gate, const fg_tensor *up) {
+    if (dst->type != FG_TYPE_F32) // straight into a matmul's activation type
+        return fg_cuda_convert_src(c, dst, gate, up);
     return launch_ew<EW_SWIGLU>(c, "swiglu", dst, gate, up);
 }
 

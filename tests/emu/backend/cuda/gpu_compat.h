@@ -7,6 +7,7 @@
 #include <math.h>
 #include "emu_rt.h"
 #define FG_GPU_VENDOR "emu"
+#define FG_GPU_EMU 1 // kernels with tensor-core paths leave them out
 #ifndef FG_WARP
 #define FG_WARP 32
 #endif
