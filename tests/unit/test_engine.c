@@ -81,8 +81,8 @@ typedef struct rec {
     int block_after; // TOKEN events before the callback blocks (0: never)
 } rec;
 
-static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
+#include "engine_test_util.h" // (after rec)
+
 static bool g_release; // unblocks callbacks waiting on block_after
 
 static void append_text(rec *r, const char *t, size_t n) {
@@ -133,39 +133,6 @@ static void on_event(void *user, const fg_event *ev) {
     }
     pthread_cond_broadcast(&g_cv);
     pthread_mutex_unlock(&g_mu);
-}
-
-// Waits (bounded: a hang is a failure, not a timing assertion) until pred holds.
-static void wait_until(bool (*pred)(void *), void *arg, const char *what) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 120;
-    pthread_mutex_lock(&g_mu);
-    while (!pred(arg)) {
-        if (pthread_cond_timedwait(&g_cv, &g_mu, &ts) != 0 && !pred(arg)) {
-            pthread_mutex_unlock(&g_mu);
-            fail_msg("timed out waiting for %s", what);
-        }
-    }
-    pthread_mutex_unlock(&g_mu);
-}
-
-typedef struct recs {
-    rec *r;
-    int n;
-} recs;
-
-static bool all_done(void *arg) {
-    recs *rs = arg;
-    for (int i = 0; i < rs->n; i++)
-        if (rs->r[i].n_done == 0)
-            return false;
-    return true;
-}
-
-static void wait_all(rec *r, int n) {
-    recs rs = {r, n};
-    wait_until(all_done, &rs, "DONE events");
 }
 
 // ---- reference: a direct greedy loop over fg_model_forward (one sequence, own KV store)
@@ -231,31 +198,6 @@ static void ref_greedy(fg_model *m, const int32_t *prompt, int32_t n_prompt, int
     free(pos);
     free(pt);
     fg_kv_store_destroy(kv);
-}
-
-static uint64_t g_lcg;
-static uint32_t rnd(uint32_t n) {
-    g_lcg = g_lcg * 6364136223846793005ull + 1442695040888963407ull;
-    return (uint32_t)(g_lcg >> 33) % n;
-}
-
-// A random prompt: BOS then tokens in [3, 512).
-static void rand_prompt(int32_t *p, int32_t n) {
-    p[0] = 1;
-    for (int32_t i = 1; i < n; i++)
-        p[i] = 3 + (int32_t)rnd(509);
-}
-
-static fg_request_params greedy_params(const int32_t *prompt, int32_t n, int32_t max_tokens) {
-    fg_request_params rp;
-    memset(&rp, 0, sizeof rp);
-    rp.prompt = prompt;
-    rp.n_prompt = n;
-    rp.max_tokens = max_tokens;
-    rp.sampling = fg_sampling_greedy();
-    rp.ignore_eos = true;
-    rp.logprobs = -1;
-    return rp;
 }
 
 static fg_engine *mk_engine(fg_model *m, fg_engine_opts o) {

@@ -94,8 +94,7 @@ typedef struct rec {
     fg_status status;
 } rec;
 
-static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
+#include "engine_test_util.h" // (after rec)
 
 static void on_event(void *user, const fg_event *ev) {
     rec *r = user;
@@ -122,32 +121,6 @@ static void on_event(void *user, const fg_event *ev) {
     }
     pthread_cond_broadcast(&g_cv);
     pthread_mutex_unlock(&g_mu);
-}
-
-static void wait_all(rec *r, int n) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 120;
-    pthread_mutex_lock(&g_mu);
-    for (int i = 0; i < n; i++)
-        while (r[i].n_done == 0)
-            if (pthread_cond_timedwait(&g_cv, &g_mu, &ts) != 0 && r[i].n_done == 0) {
-                pthread_mutex_unlock(&g_mu);
-                fail_msg("timed out waiting for request %d", i);
-            }
-    pthread_mutex_unlock(&g_mu);
-}
-
-static uint64_t g_lcg;
-static uint32_t rnd(uint32_t n) {
-    g_lcg = g_lcg * 6364136223846793005ull + 1442695040888963407ull;
-    return (uint32_t)(g_lcg >> 33) % n;
-}
-
-static void rand_prompt(int32_t *p, int32_t n) {
-    p[0] = 1;
-    for (int32_t i = 1; i < n; i++)
-        p[i] = 3 + (int32_t)rnd(509);
 }
 
 // The host sampler over this backend's logits, one sequence alone (the engine's step shapes).
@@ -200,18 +173,6 @@ static void ref_sampled(fg_model *m, const int32_t *prompt, int32_t n_prompt, co
     fg_kv_store_destroy(kv);
 }
 
-static fg_request_params params(const int32_t *prompt, int32_t n, int32_t max_tokens) {
-    fg_request_params rp;
-    memset(&rp, 0, sizeof rp);
-    rp.prompt = prompt;
-    rp.n_prompt = n;
-    rp.max_tokens = max_tokens;
-    rp.sampling = fg_sampling_greedy();
-    rp.ignore_eos = true;
-    rp.logprobs = -1;
-    return rp;
-}
-
 static void test_gpu_sampling_matches_host(void **state) {
     (void)state;
     need_gpu();
@@ -227,7 +188,7 @@ static void test_gpu_sampling_matches_host(void **state) {
             int32_t prompt[24];
             int32_t len = 2 + (int32_t)rnd(20);
             rand_prompt(prompt, len);
-            fg_request_params rp = params(prompt, len, 24 + (int32_t)rnd(16));
+            fg_request_params rp = greedy_params(prompt, len, 24 + (int32_t)rnd(16));
             rp.logprobs = (int32_t)rnd(4) - 1;
             fg_logit_bias bias[2] = {{(int32_t)rnd(512), 2.5f}, {(int32_t)rnd(512), -1.0f}};
             if (k % 4 != 0) {
@@ -291,7 +252,7 @@ static void test_gpu_load(void **state) {
     for (int i = 0; i < n; i++) {
         int32_t len = 4 + (int32_t)rnd(60);
         rand_prompt(prompts[i], len);
-        fg_request_params rp = params(prompts[i], len, 16 + (int32_t)rnd(100));
+        fg_request_params rp = greedy_params(prompts[i], len, 16 + (int32_t)rnd(100));
         if (i % 3)
             rp.sampling = fg_sampling_default();
         rp.sampling.seed = (uint64_t)i;
@@ -360,11 +321,11 @@ static void test_gpu_prefix_cache_tolerance(void **state) {
             fg_engine_opts eo = {.n_ctx = 256, .max_seqs = 32, .prefix_cache = on == 1, .check_pages = true};
             assert_int_equal(fg_engine_create(g_models[mi], &eo, &e), FG_OK);
             r[on] = calloc(N + 1, sizeof(rec));
-            fg_request_params warm = params(prompts[0], PREFIX, 1); // the prefix computed (and cached)
+            fg_request_params warm = greedy_params(prompts[0], PREFIX, 1); // the prefix computed (and cached)
             assert_int_equal(fg_engine_submit(e, &warm, on_event, &r[on][N], NULL), FG_OK);
             wait_all(&r[on][N], 1);
             for (int i = 0; i < N; i++) {
-                fg_request_params rp = params(prompts[i], lens[i], GEN);
+                fg_request_params rp = greedy_params(prompts[i], lens[i], GEN);
                 rp.logprobs = 2;
                 assert_int_equal(fg_engine_submit(e, &rp, on_event, &r[on][i], NULL), FG_OK);
             }

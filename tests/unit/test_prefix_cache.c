@@ -75,8 +75,8 @@ typedef struct rec {
     int block_after; // TOKEN events before the callback blocks the scheduler (0: never)
 } rec;
 
-static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
+#include "engine_test_util.h" // (after rec)
+
 static bool g_release;
 
 static void on_event(void *user, const fg_event *ev) {
@@ -103,39 +103,6 @@ static void on_event(void *user, const fg_event *ev) {
     }
     pthread_cond_broadcast(&g_cv);
     pthread_mutex_unlock(&g_mu);
-}
-
-// Bounded wait (a hang is a failure, not a timing assertion).
-static void wait_until(bool (*pred)(void *), void *arg, const char *what) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 120;
-    pthread_mutex_lock(&g_mu);
-    while (!pred(arg)) {
-        if (pthread_cond_timedwait(&g_cv, &g_mu, &ts) != 0 && !pred(arg)) {
-            pthread_mutex_unlock(&g_mu);
-            fail_msg("timed out waiting for %s", what);
-        }
-    }
-    pthread_mutex_unlock(&g_mu);
-}
-
-typedef struct recs {
-    rec *r;
-    int n;
-} recs;
-
-static bool all_done(void *arg) {
-    recs *rs = arg;
-    for (int i = 0; i < rs->n; i++)
-        if (rs->r[i].n_done == 0)
-            return false;
-    return true;
-}
-
-static void wait_all(rec *r, int n) {
-    recs rs = {r, n};
-    wait_until(all_done, &rs, "DONE events");
 }
 
 // ---- reference: a direct greedy loop over fg_model_forward (one sequence, own KV store)
@@ -188,21 +155,10 @@ static void ref_greedy(fg_model *m, const int32_t *prompt, int32_t n_prompt, int
     fg_kv_store_destroy(kv);
 }
 
-static uint64_t g_lcg;
-static uint32_t rnd(uint32_t n) {
-    g_lcg = g_lcg * 6364136223846793005ull + 1442695040888963407ull;
-    return (uint32_t)(g_lcg >> 33) % n;
-}
-
-static fg_request_params greedy_params(const int32_t *prompt, int32_t n, int32_t max_tokens) {
-    fg_request_params rp;
-    memset(&rp, 0, sizeof rp);
-    rp.prompt = prompt;
-    rp.n_prompt = n;
-    rp.max_tokens = max_tokens;
-    rp.sampling = fg_sampling_greedy();
-    rp.ignore_eos = true;
-    rp.logprobs = 0; // the chosen token's logprob: compared exactly, cache on vs off
+// Greedy with the chosen token's logprob (compared exactly, cache on vs off).
+static fg_request_params cached_params(const int32_t *prompt, int32_t n, int32_t max_tokens) {
+    fg_request_params rp = greedy_params(prompt, n, max_tokens);
+    rp.logprobs = 0;
     return rp;
 }
 
@@ -262,7 +218,7 @@ static outcome run_jobs(fg_model *m, fg_engine_opts o, const job *jobs, int n) {
         for (int i = 0; i < n; i++) {
             if (jobs[i].wave != w)
                 continue;
-            fg_request_params rp = greedy_params(jobs[i].prompt, jobs[i].n, jobs[i].gen);
+            fg_request_params rp = cached_params(jobs[i].prompt, jobs[i].n, jobs[i].gen);
             uint64_t id;
             if (fg_engine_submit(e, &rp, on_event, &out.r[i], &id) != FG_OK)
                 fail_msg("submit %d: %s", i, fg_last_error());
@@ -489,7 +445,7 @@ static void test_cancel_mid_prefill(void **state) {
     g_release = false;
     pthread_mutex_unlock(&g_mu);
     r[0].block_after = 3;
-    fg_request_params ap = greedy_params(a_prompt, 4, 6), bp = greedy_params(b_prompt, 192, 6);
+    fg_request_params ap = cached_params(a_prompt, 4, 6), bp = cached_params(b_prompt, 192, 6);
     uint64_t bid;
     assert_int_equal(fg_engine_submit(e, &ap, on_event, &r[0], NULL), FG_OK);
     assert_int_equal(fg_engine_submit(e, &bp, on_event, &r[1], &bid), FG_OK);
@@ -594,10 +550,10 @@ static void test_echo_scores_every_position(void **state) {
                                                              .prefix_cache = pass == 1});
         memset(r, 0, 4 * sizeof *r);
         // warm the cache with the prompt, then score it with echo (and generate after it)
-        fg_request_params warm = greedy_params(prompt, 150, 4);
+        fg_request_params warm = cached_params(prompt, 150, 4);
         assert_int_equal(fg_engine_submit(e, &warm, on_event, &r[0], NULL), FG_OK);
         wait_all(r, 1);
-        fg_request_params ep = greedy_params(prompt, 150, 4);
+        fg_request_params ep = cached_params(prompt, 150, 4);
         ep.echo_logprobs = true;
         assert_int_equal(fg_engine_submit(e, &ep, on_event, &r[1], NULL), FG_OK);
         wait_all(&r[1], 1);
