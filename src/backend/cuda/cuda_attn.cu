@@ -641,6 +641,19 @@ static __device__ __forceinline__ void attn_commit(float *stage, const typename 
 
 // The attention kernel: a 1-D grid looping over (item, kv head), ATTN_NW * FG_WARP threads,
 // dynamic shared memory attn_smem_bytes(D_CAP, FG_WARP). EXACT: head_dim == D_CAP.
+// The sequence of a plan's work item: item_off[s] <= item < item_off[s + 1] (binary search).
+static __device__ __forceinline__ int attn_item_seq(const attn_args &a, int item) {
+    int lo = 0, hi = a.n_seqs;
+    while (hi - lo > 1) {
+        const int mid = (lo + hi) >> 1;
+        if (a.item_off[mid] <= item)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 template <typename KVT, int D_CAP, bool EXACT>
 __global__ void FG_LAUNCH_BOUNDS(ATTN_NW * FG_WARP, attn_min_blocks(D_CAP)) attn_kernel(attn_args a) {
     constexpr int W = FG_WARP;
@@ -675,15 +688,7 @@ __global__ void FG_LAUNCH_BOUNDS(ATTN_NW * FG_WARP, attn_min_blocks(D_CAP)) attn
         const int hk = (int)(x % a.n_head_kv);
         const char *const kb = a.k + (size_t)hk * KVT::row_bytes(hd);
         const char *const vb = a.v + (size_t)hk * KVT::row_bytes(hd);
-        int lo = 0, hi = a.n_seqs;         // the sequence: item_off[lo] <= item < item_off[lo + 1]
-        while (hi - lo > 1) {
-            const int mid = (lo + hi) >> 1;
-            if (a.item_off[mid] <= item)
-                lo = mid;
-            else
-                hi = mid;
-        }
-        const int s = lo;
+        const int s = attn_item_seq(a, item);
         const int nc = a.n_chunks[s];
         const int local = item - a.item_off[s];
         const int tile = local / nc, ch_kv = local - tile * nc;
@@ -1392,15 +1397,7 @@ template <int D> __global__ void __launch_bounds__(FA_NT) attn_fa_kernel(attn_ar
     for (long long x = blockIdx.x; x < n_work; x += gridDim.x) {
         const int item = n_items - 1 - (int)(x / a.n_head_kv);
         const int hk = (int)(x % a.n_head_kv);
-        int lo = 0, hi = a.n_seqs;
-        while (hi - lo > 1) {
-            const int mid = (lo + hi) >> 1;
-            if (a.item_off[mid] <= item)
-                lo = mid;
-            else
-                hi = mid;
-        }
-        const int s = lo, tile = item - a.item_off[s];
+        const int s = attn_item_seq(a, item), tile = item - a.item_off[s];
         const int nt = a.seq_n_tokens[s], first = a.seq_first[s], n_kv = a.seq_n_kv[s];
         const int fr0 = tile * FA_BM, nrows = min(FA_BM, nt * G - fr0);
         const int last_t = first + (fr0 + nrows - 1) / G;
