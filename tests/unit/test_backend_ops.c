@@ -679,6 +679,15 @@ static void test_swiglu_convert(void **state) {
             fg_backend_destroy(be);
         }
     }
+    // the other row-wise ops write F32 only (a backend must not claim more)
+    fg_backend *be = open_backend(tg, 0);
+    static const fg_op f32_only[] = {FG_OP_GATHER_OUT, FG_OP_RMSNORM, FG_OP_ADD, FG_OP_ROPE};
+    for (size_t k = 0; k < FG_ARRAY_LEN(f32_only); k++) {
+        assert_true(fg_backend_supports(be, f32_only[k], FG_TYPE_F32));
+        assert_false(fg_backend_supports(be, f32_only[k], FG_TYPE_Q8_K));
+        assert_false(fg_backend_supports(be, f32_only[k], FG_TYPE_F16));
+    }
+    fg_backend_destroy(be);
     print_message("%s: swiglu into an activation type: %d cases fused, %d refused\n", tg->name, fused, refused);
     if (tg->cpu)
         assert_int_equal(refused, 2 * (int)FG_ARRAY_LEN(acts)); // the CPU converts separately

@@ -259,9 +259,9 @@ static bool cuda_supports(fg_backend *be, fg_op op, uint32_t type) {
         return fg_cuda_kv_supports(type);
     case FG_OP_CONVERT:
         return fg_cuda_convert_supports(type);
-    case FG_OP_GATHER_OUT:
     case FG_OP_SWIGLU: // F32, or straight into an activation type
         return type == FG_TYPE_F32 || fg_cuda_convert_supports(type);
+    case FG_OP_GATHER_OUT:
     case FG_OP_RMSNORM:
     case FG_OP_ADD:
     case FG_OP_ROPE:

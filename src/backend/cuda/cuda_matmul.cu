@@ -1,6 +1,7 @@
 // cuda_matmul.cu - get_rows, convert and matmul for the 14 weight types (F32 F16 BF16 Q4_0 Q4_1
 // Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K MXFP4), one source for CUDA and HIP. Weights stay in
-// their GGUF layout (no repacking). Per-type block decoders: cuda_quant.cuh. Not here: cuBLAS.
+// their GGUF layout (no repacking). Per-type block decoders: cuda_quant.cuh. cuBLAS (the library
+// GEMM of many rows) at the end, NVIDIA only.
 // Called through the launchers declared in cuda_internal.h (the ops table in cuda_backend.cu).
 //
 // Activation types (act_type), chosen so the forward pass converts a normed row once:
@@ -1378,7 +1379,6 @@ static int64_t blas_chunk_rows(const fg_cuda *c, int64_t n_in) {
     return r >= 128 ? r / 128 * 128 : r;
 }
 
-
 uint32_t fg_cuda_act_type(fg_cuda *c, uint32_t wtype, int64_t n_rows) {
     if (!fg_cuda_matmul_supports(wtype) || wtype == FG_TYPE_F32)
         return FG_TYPE_F32;
@@ -1666,8 +1666,8 @@ static fg_status blas_gemm(fg_cuda *c, int64_t m, int64_t n, int64_t k, const vo
 // dst[r][o] (+)= sum_i W[o][i] x[r][i] (+ bias): cuBLAS sees the row-major W as the column-major
 // W^T (k x m, lda = its row stride) and x as k x n, and writes C (m x n, ldc = dst's row stride).
 // F16 x F16, F32 x F32 (SGEMM: F32 models keep their precision) and BF16 x BF16 straight from
-// the weights; any other weight is dequantized into the F16 buffer a chunk of rows at a time
-// (a chunk small enough to stay in L2 while its GEMM reads it), each chunk one GEMM writing its
+// the weights; any other weight is dequantized into the F16 buffer (c->deq: a whole 8B weight at
+// the default size, larger ones a chunk of rows at a time), each chunk one GEMM writing its
 // columns of dst.
 static fg_status blas_go(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x, const float *bias,
                          bool accumulate) {
