@@ -85,6 +85,16 @@ else
     tail -n 20 "$BUILD/emu-sample.log"
 fi
 
+echo "== the CUDA rmsnorm into an activation type in the SIMT emulator (tests/emu/run_norm.sh, 32- and 64-wide warps)"
+if bash tests/emu/run_norm.sh >"$BUILD/emu-norm.log" 2>&1; then
+    passed=$((passed + 1))
+    grep '^test_norm_emu: warp .*differ' "$BUILD/emu-norm.log"
+else
+    failed=$((failed + 1))
+    failures+=("emu norm")
+    tail -n 20 "$BUILD/emu-norm.log"
+fi
+
 echo "== clang build (-Wall -Wextra -Werror)"
 if command -v clang >/dev/null 2>&1; then
     if make -j"$jobs" CC=clang CUDA=0 BUILD="$BUILD/clang" "$BUILD/clang/forge" >"$BUILD/clang-build.log" 2>&1; then

@@ -378,13 +378,22 @@ fg_status fg_op_gather_out(fg_backend *be, fg_tensor *dst, const fg_tensor *src)
     return be->ops->gather_out(be, dst, src);
 }
 
+static fg_status check_act(const char *op, const char *name, const fg_tensor *t, uint32_t type, int64_t n,
+                           int64_t rows);
+
 fg_status fg_op_rmsnorm(fg_backend *be, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w, float eps) {
     if (!x)
         return FG_FAIL(FG_ERR_INVALID_ARG, "rmsnorm: x is NULL");
     int64_t n = x->ne[0], ne1 = x->ne[1], ne2 = x->ne[2];
     if (n < 1 || ne1 < 1 || ne2 < 1)
         return FG_FAIL(FG_ERR_INVALID_ARG, "rmsnorm: x has %lld x %lld elements", (long long)ne1, (long long)n);
-    if (ne2 == 1) {
+    if (dst && dst->type != FG_TYPE_F32) { // the normed rows converted as convert would
+        if (!fg_backend_supports(be, FG_OP_RMSNORM, dst->type))
+            return FG_FAIL(FG_ERR_UNSUPPORTED, "rmsnorm: dst type %s is not supported by the %s backend",
+                           fg_type_name(dst->type), be->ops->name);
+        FG_TRY(check_f32_rows("rmsnorm", "x", x, n, ne1));
+        FG_TRY(check_act("rmsnorm", "dst", dst, dst->type, n, ne1));
+    } else if (ne2 == 1) {
         FG_TRY(check_f32_rows("rmsnorm", "x", x, n, ne1));
         FG_TRY(check_f32_rows("rmsnorm", "dst", dst, n, ne1));
     } else {

@@ -229,12 +229,15 @@ typedef struct fg_backend_ops {
     // dst[i][:] = src[step->out_rows[i]][:]                 dst: [n_out][n] (may alias src)
     fg_status (*gather_out)(fg_backend *be, fg_tensor *dst, const fg_tensor *src);
     // dst[..][r][:] = x[..][r][:] / sqrt(mean(x^2) + eps) * w[:] over every row of 3-D views
-    // [ne2][ne1][n] (per-head norms), w F32 [n] or NULL; dst may alias x.
+    // [ne2][ne1][n] (per-head norms), w F32 [n] or NULL; dst may alias x. dst F32, or (2-D x,
+    // where supports(FG_OP_RMSNORM, type)) an activation type of convert: the F32 result
+    // converted as convert would, byte for byte.
     fg_status (*rmsnorm)(fg_backend *be, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w, float eps);
     // dst = x converted row by row to dst->type (act_type's types); dst rows contiguous.
     fg_status (*convert)(fg_backend *be, fg_tensor *dst, const fg_tensor *x);
     // dst[r][o] (+)= sum_i w[o][i] * x[r][i] + bias[o]: w [n_out][n_in] any supported type,
     // x F32 or act_type(w) [rows][n_in], bias F32 [n_out] or NULL; accumulate adds to dst.
+    // w is a weight: no op of a step writes it (a backend may read it ahead of the op's turn).
     fg_status (*matmul)(fg_backend *be, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x,
                    const fg_tensor *bias, bool accumulate);
     // dst = a + b (same shape; dst may alias a or b)

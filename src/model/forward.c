@@ -179,6 +179,52 @@ static fg_status swiglu_into(fg_model *m, act_cache *ac, fg_tensor *h, fg_tensor
     return fg_op_swiglu(be, hx, gate, up);
 }
 
+// xn = rmsnorm(x) * w for the projections ws[0..n_w) (NULL entries skipped) that read it: where
+// they all take one activation type and the backend norms into it in the same pass, the act
+// cache holds that conversion as xn's, and xn's F32 rows are not written (only those
+// projections read them, through matmul).
+static fg_status rmsnorm_into(fg_model *m, act_cache *ac, fg_tensor *xn, const fg_tensor *x, const fg_tensor *w,
+                              const fg_tensor *const *ws, int n_w) {
+    fg_backend *be = m->be;
+    const int64_t n = x->ne[1];
+    uint32_t at = FG_TYPE_F32;
+    for (int i = 0; i < n_w; i++) {
+        if (!ws[i])
+            continue;
+        const uint32_t t = fg_backend_act_type(be, ws[i]->type, n);
+        if (at != FG_TYPE_F32 && t != at)
+            at = FG_TYPE_COUNT; // projections of different activation types: F32 rows
+        else if (at != FG_TYPE_COUNT)
+            at = t;
+    }
+    ac->src = NULL;
+    if (at == FG_TYPE_F32 || at == FG_TYPE_COUNT || !fg_backend_supports(be, FG_OP_RMSNORM, at))
+        return fg_op_rmsnorm(be, xn, x, w, m->hp.rms_eps);
+    int64_t ne[2] = {x->ne[0], n};
+    fg_tensor t = fg_tensor_view(m->s.buf, m->s.act, 0, at, 2, ne);
+    FG_ASSERT(fg_tensor_nbytes(&t) <= m->s.act_bytes);
+    FG_TRY(fg_op_rmsnorm(be, &t, x, w, m->hp.rms_eps));
+    ac->t = t;
+    ac->src = xn->data;
+    ac->rows = n;
+    ac->type = at;
+    return FG_OK;
+}
+
+// The projections that read a layer's normed input (q|k|v) and its FFN input (gate|up).
+static int attn_inputs(const fg_layer *ly, const fg_tensor *ws[3]) {
+    ws[0] = ly->wqkv ? ly->wqkv : ly->wq;
+    ws[1] = ly->wqkv ? NULL : ly->wk;
+    ws[2] = ly->wqkv ? NULL : ly->wv;
+    return 3;
+}
+static int ffn_inputs(const fg_layer *ly, const fg_tensor *ws[3]) {
+    ws[0] = ly->w_gate_up ? ly->w_gate_up : ly->w_gate;
+    ws[1] = ly->w_gate_up ? NULL : ly->w_up;
+    ws[2] = NULL;
+    return 3;
+}
+
 // ---- tensor parallelism: x += all_reduce(in . w^T) (+ bias, on rank 0 only: the workers do
 // not hold it), normed into xn with next_norm; glm4's post-norm (post) applies to the sum.
 // The projection writes to scratch (no accumulate into x: every rank holds the same x, so the
@@ -295,9 +341,11 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
         OP(fg_op_add_rmsnorm(be, x, &xn, &ao, ly->ffn_norm, hp->rms_eps));
     } else {
         OP(matmul(m, ac, x, ly->wo, &att, ly->bo, true)); // x += att . wo^T + bo
-        OP(fg_op_rmsnorm(be, &xn, x, ly->ffn_norm, hp->rms_eps));
+        const fg_tensor *ws[3];
+        OP(rmsnorm_into(m, ac, &xn, x, ly->ffn_norm, ws, ffn_inputs(ly, ws)));
     }
-    ac->src = NULL; // xn was rewritten
+    if (enc || m->tp.size > 1 || ly->post_attn_norm)
+        ac->src = NULL; // xn was rewritten
 
     // ---- feed-forward
     const int64_t F = m->tp.n_ff;
@@ -328,8 +376,13 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
         OP(matmul(m, ac, &ao, ly->w_down, &hx, NULL, false));
         OP(fg_op_rmsnorm(be, &ao, &ao, ly->post_ffw_norm, hp->rms_eps));
         OP(fg_op_add_rmsnorm(be, x, &xn, &ao, next_norm, hp->rms_eps));
-    } else {
+    } else if (!last) { // the next layer's q|k|v read xn
         OP(matmul(m, ac, x, ly->w_down, &hx, NULL, true)); // x += h . w_down^T
+        const fg_tensor *ws[3];
+        OP(rmsnorm_into(m, ac, &xn, x, next_norm, ws, attn_inputs(&m->layers[il + 1], ws)));
+        return FG_OK;
+    } else {
+        OP(matmul(m, ac, x, ly->w_down, &hx, NULL, true));
         OP(fg_op_rmsnorm(be, &xn, x, next_norm, hp->rms_eps));
     }
     ac->src = NULL;
@@ -355,7 +408,8 @@ static fg_status run_ops(fg_model *m, fg_kv_store *kv, const fg_step *st) {
             OP(fg_op_add_rows(be, &x, m->type_embd, FG_ROWS_FIXED, 0));
         OP(fg_op_layernorm(be, &x, &x, m->embd_norm, m->embd_norm_b, hp->norm_eps));
     } else {
-        OP(fg_op_rmsnorm(be, &xn, &x, m->layers[0].attn_norm, hp->rms_eps));
+        const fg_tensor *ws[3];
+        OP(rmsnorm_into(m, &ac, &xn, &x, m->layers[0].attn_norm, ws, attn_inputs(&m->layers[0], ws)));
     }
     for (int32_t il = 0; il < hp->n_layer; il++)
         FG_TRY(run_layer(m, kv, &ac, il, &n, il == hp->n_layer - 1 && !embed ? st->n_out : -1, &x));

@@ -681,7 +681,7 @@ static void test_swiglu_convert(void **state) {
     }
     // the other row-wise ops write F32 only (a backend must not claim more)
     fg_backend *be = open_backend(tg, 0);
-    static const fg_op f32_only[] = {FG_OP_GATHER_OUT, FG_OP_RMSNORM, FG_OP_ADD, FG_OP_ROPE};
+    static const fg_op f32_only[] = {FG_OP_GATHER_OUT, FG_OP_ADD, FG_OP_ROPE};
     for (size_t k = 0; k < FG_ARRAY_LEN(f32_only); k++) {
         assert_true(fg_backend_supports(be, f32_only[k], FG_TYPE_F32));
         assert_false(fg_backend_supports(be, f32_only[k], FG_TYPE_Q8_K));
@@ -693,6 +693,72 @@ static void test_swiglu_convert(void **state) {
         assert_int_equal(refused, 2 * (int)FG_ARRAY_LEN(acts)); // the CPU converts separately
     else
         assert_true(fused >= 2 * 3); // Q8_1, Q8_K, F16 at least
+}
+
+// rmsnorm straight into an activation type: byte for byte rmsnorm (F32) + convert where the
+// backend claims it (rows of the fused kernel, and rows it does not take: an odd width for
+// F16/BF16, a width beyond the float4 kernel's), else the exact unsupported error.
+static void test_rmsnorm_convert(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    static const uint32_t acts[] = {FG_TYPE_Q8_0, FG_TYPE_Q8_1, FG_TYPE_Q8_K, FG_TYPE_F16, FG_TYPE_BF16};
+    static const int64_t shapes[5][2] = {{3 * 256, 5}, {4096, 1}, {14336, 3}, {17 * 1024, 2}, {256, 70}};
+    int fused = 0, refused = 0;
+    for (size_t ai = 0; ai < FG_ARRAY_LEN(acts); ai++) {
+        const fg_type_traits *tr = fg_type_traits_get(acts[ai]);
+        for (int sh = 0; sh < 6; sh++) {
+            // shape 5: an odd width (blocks of one element only)
+            const int64_t n = sh < 5 ? shapes[sh][0] : 1001, rows = sh < 5 ? shapes[sh][1] : 3;
+            if (n % tr->blck_size != 0)
+                continue;
+            fg_backend *be = open_backend(tg, 0);
+            reserve(be, (int)rows, 1, 1, 1, n);
+            float *xv = malloc((size_t)(n * rows) * 4), *wv = malloc((size_t)n * 4);
+            fill(xv, (size_t)(n * rows), 3.0f);
+            fill(wv, (size_t)n, 1.5f);
+            if (sh == 1)
+                for (int64_t i = 0; i < 256; i++) // a Q8_K block of zeros, ties of |x| in another
+                    xv[i] = 0.0f, xv[512 + i] = i % 3 ? 0.5f : -0.5f;
+            dev dx = dev_2d(be, FG_TYPE_F32, n, rows), dw = dev_2d(be, FG_TYPE_F32, n, 1);
+            dev df = dev_2d(be, FG_TYPE_F32, n, rows);
+            dev dq = dev_2d(be, acts[ai], n, rows), dr = dev_2d(be, acts[ai], n, rows);
+            dev_put(be, &dx, xv);
+            dev_put(be, &dw, wv);
+            fg_status st = fg_op_rmsnorm(be, &dq.t, &dx.t, &dw.t, 1e-5f);
+            if (!fg_backend_supports(be, FG_OP_RMSNORM, acts[ai])) {
+                assert_int_equal(st, FG_ERR_UNSUPPORTED);
+                assert_non_null(strstr(fg_last_error(), "rmsnorm: dst type"));
+                refused++;
+            } else {
+                if (st != FG_OK)
+                    fail_msg("%s rmsnorm into %s: %s", tg->name, tr->name, fg_last_error());
+                assert_int_equal(fg_op_rmsnorm(be, &df.t, &dx.t, &dw.t, 1e-5f), FG_OK);
+                assert_int_equal(fg_op_convert(be, &dr.t, &df.t), FG_OK);
+                unsigned char *got = dev_get(be, &dq), *want = dev_get(be, &dr);
+                dev_check_guard(be, &dq, "rmsnorm into an activation type");
+                char what[96];
+                snprintf(what, sizeof what, "%s rmsnorm into %s, %lld x %lld", tg->name, tr->name, (long long)rows,
+                         (long long)n);
+                check_same(what, got, want, (size_t)rows * (size_t)(n / tr->blck_size) * tr->type_size);
+                free(got);
+                free(want);
+                fused++;
+            }
+            free(xv);
+            free(wv);
+            dev_free(be, &dx);
+            dev_free(be, &dw);
+            dev_free(be, &df);
+            dev_free(be, &dq);
+            dev_free(be, &dr);
+            fg_backend_destroy(be);
+        }
+    }
+    print_message("%s: rmsnorm into an activation type: %d cases fused, %d refused\n", tg->name, fused, refused);
+    if (tg->cpu)
+        assert_int_equal(fused, 0); // the CPU converts separately
+    else
+        assert_true(fused >= 3 * 5 + 2); // Q8_1, Q8_K, F16 (and BF16) at every width
 }
 
 static void test_add_swiglu(void **state) {
@@ -1894,7 +1960,7 @@ int main(void) {
            fg_cpu_simd_name());
 #define T(tg, fn) {#tg ": " #fn, fn, NULL, NULL, (void *)&tg}
 #define PER_TARGET(tg)                                                                                     \
-    T(tg, test_matmul_all_types), T(tg, test_convert), T(tg, test_rmsnorm), T(tg, test_add_swiglu), T(tg, test_swiglu_convert),       \
+    T(tg, test_matmul_all_types), T(tg, test_convert), T(tg, test_rmsnorm), T(tg, test_add_swiglu), T(tg, test_swiglu_convert), T(tg, test_rmsnorm_convert),       \
         T(tg, test_add_rmsnorm), T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), \
         T(tg, test_attention), T(tg, test_kv_types), T(tg, test_rope_kv_store), T(tg, test_sample), T(tg, test_sample_checks), \
         T(tg, test_layernorm), T(tg, test_gelu), T(tg, test_add_rows), T(tg, test_pool)

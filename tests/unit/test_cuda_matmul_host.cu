@@ -161,7 +161,9 @@ template <int WT, int NR> static void emu_mw(const mv_args &a) {
             for (int r = 0; r < R; r++)
                 for (int j = 0; j < NR; j++)
                     th[t][r][j] = 0.0f;
-            if (mw_a4<WT>(a)) // as mw_go picks the reader
+            if constexpr (mm_is_float(WT))
+                mwf_thread<WT, NR>(a, o0, t, th[t]);
+            else if (mw_a4<WT>(a)) // as mw_go picks the reader
                 mw_thread<WT, NR, true>(a, o0, t, th[t]);
             else
                 mw_thread<WT, NR, false>(a, o0, t, th[t]);
@@ -176,8 +178,13 @@ template <int WT, int NR> static void emu_mw(const mv_args &a) {
     }
 }
 
-template <int WT> static void emu_mw_rows(const mv_args &a) {
-    if constexpr (!mm_is_float(WT)) {
+// The direct matvec where mv_rows takes it (returns false where it keeps the staged one).
+template <int WT> static bool emu_mw_rows(const mv_args &a) {
+    if constexpr (WT == FG_TYPE_F32) {
+        return false;
+    } else {
+        if (mm_is_float(WT) && !mwf_ok<WT>(a))
+            return false;
         if (a.nr <= 1)
             emu_mw<WT, 1>(a);
         else if (a.nr <= 2)
@@ -186,6 +193,7 @@ template <int WT> static void emu_mw_rows(const mv_args &a) {
             emu_mw<WT, 4>(a);
         else
             emu_mw<WT, 8>(a);
+        return true;
     }
 }
 
@@ -234,8 +242,10 @@ struct acts {
     size_t nb1;
     buf b;
     std::vector<float> val; // [rows][n_in] the f32 values
-    acts(int64_t rows_, int64_t n_in_)
-        : rows(rows_), n_in(n_in_), nb1((size_t)(n_in_ + 5) * 4), b(nb1 * (size_t)rows_, 4, 0xAB),
+    // misaligned rows (a 4-byte offset, a stride of n_in + 5 floats) unless a16: 16-byte aligned
+    acts(int64_t rows_, int64_t n_in_, bool a16 = false)
+        : rows(rows_), n_in(n_in_), nb1(a16 ? (size_t)(n_in_ + 8) / 4 * 16 : (size_t)(n_in_ + 5) * 4),
+          b(nb1 * (size_t)rows_, a16 ? 0 : 4, 0xAB),
           val((size_t)(rows_ * n_in_)) {
         for (int64_t r = 0; r < rows; r++)
             for (int64_t i = 0; i < n_in; i++) {
@@ -311,10 +321,12 @@ template <int WT> static void test_mv_type(void) {
     // n_in: one partial chunk, and several chunks (chunk = 2048 or 4096 elements; 512/1024 float),
     // misaligned; then an even number of blocks in 4-aligned rows (the direct matvec's 32-bit
     // reads: fg_rd_a4 and mw_image)
-    const int64_t n_ins[3] = {flt ? 67 : qk == 256 ? 2 * 256 : 7 * 32, flt ? 1103 : qk == 256 ? 21 * 256 : 139 * 32,
-                              flt ? 256 : qk == 256 ? 6 * 256 : 70 * 32};
-    const int64_t n_outs[3] = {37, 9, 13};
-    for (int si = 0; si < 3; si++) {
+    // (float: a fourth size whose rows take the direct float matvec a second, partial batch)
+    const int64_t n_ins[4] = {flt ? 67 : qk == 256 ? 2 * 256 : 7 * 32, flt ? 1103 : qk == 256 ? 21 * 256 : 139 * 32,
+                              flt ? 256 : qk == 256 ? 6 * 256 : 70 * 32, 8 * (4 * MW_NT + 5)};
+    const int64_t n_outs[4] = {37, 9, 13, 5};
+    int n_direct = 0;
+    for (int si = 0; si < (flt ? 4 : 3); si++) {
         const int64_t n_in = n_ins[si], n_out = n_outs[si];
         const size_t off = WT == FG_TYPE_MXFP4 ? 1 : WT == FG_TYPE_F32 ? 4 : 2;
         wmat w(WT, n_out, n_in, si == 1 ? off * 3 : 0, si == 1 ? off : 0);
@@ -323,7 +335,7 @@ template <int WT> static void test_mv_type(void) {
             v = rng_gauss();
         for (int nr = 1; nr <= FG_MV_MAX_ROWS; nr++) {
             const bool accumulate = nr % 3 == 0, use_bias = nr % 2 == 1;
-            acts x(nr, n_in);
+            acts x(nr, n_in, flt && si >= 2); // (the direct float matvec takes 16-aligned rows)
             outbuf d(nr, n_out, accumulate);
             mv_args a;
             a.w = w.b.p;
@@ -335,6 +347,7 @@ template <int WT> static void test_mv_type(void) {
             a.n_in = (int)n_in;
             a.nr = nr;
             a.accumulate = accumulate;
+            a.pipe = nr % 2; // the quantized direct matvec's two loops
             std::vector<float> xv = x.val; // what the kernel multiplies by
             const bool kq = mm_is_k(WT); // the K-quants take Q8_K activations (the reference's)
             buf q(mm_act_row_bytes(WT, n_in) * (size_t)nr, si == 1 ? 4 : 0, 0x77);
@@ -368,15 +381,17 @@ template <int WT> static void test_mv_type(void) {
             snprintf(what, sizeof what, "matvec %s n_in %lld n_out %lld rows %d", fg_type_name(WT), (long long)n_in,
                      (long long)n_out, nr);
             compare(what, d.b.p, d.nb1, nr, n_out, ref, mag, 1e-5);
-            if (!flt) {
-                d.b.raw = before;
-                emu_mw_rows<WT>(a);
+            d.b.raw = before;
+            if (emu_mw_rows<WT>(a)) {
                 snprintf(what, sizeof what, "direct matvec %s n_in %lld n_out %lld rows %d", fg_type_name(WT),
                          (long long)n_in, (long long)n_out, nr);
                 compare(what, d.b.p, d.nb1, nr, n_out, ref, mag, 1e-5);
+                n_direct++;
             }
         }
     }
+    // every type but F32 has rows the direct matvec takes (the 16-aligned sizes)
+    CHECK(WT == FG_TYPE_F32 ? n_direct == 0 : n_direct > 0, "direct matvec %s: %d cases", fg_type_name(WT), n_direct);
 }
 
 // ---------------------------------------------------------------- tiled (FMA twin)

@@ -282,6 +282,8 @@ typedef struct rkv_args {
 
 template <typename KVT> __global__ void __launch_bounds__(256) rope_kv_store_kernel(rkv_args a) {
     extern __shared__ float rkv_sh[]; // [2 * half]: cos, then sin
+    fg_pdl_wait(); // PDL: the earlier kernels' outputs are visible from here
+    fg_pdl_trigger();
     const int t = blockIdx.x, y = blockIdx.y;
     const int p = a.pos[t];
     if (y < 2) {
@@ -341,12 +343,12 @@ fg_status fg_cuda_rope_kv_store(fg_cuda *c, fg_tensor *q, fg_tensor *k, const fg
     const unsigned threads = 256; // a multiple of 64: whole Q8_0 lane groups on 32- and 64-wide warps
     const size_t smem = 2 * (size_t)a.half * sizeof(float);
     if (kv->type == FG_TYPE_F16) {
-        rope_kv_store_kernel<kv_f16><<<grid, threads, smem, c->stream>>>(a);
+        fg_launch(c->pdl, rope_kv_store_kernel<kv_f16>, grid, threads, smem, c->stream, a);
     } else if (kv->type == FG_TYPE_Q8_0) {
         FG_ASSERT(kv->head_dim % FG_QK8_0 == 0);
-        rope_kv_store_kernel<kv_q8_0><<<grid, threads, smem, c->stream>>>(a);
+        fg_launch(c->pdl, rope_kv_store_kernel<kv_q8_0>, grid, threads, smem, c->stream, a);
     } else {
-        rope_kv_store_kernel<kv_f32><<<grid, threads, smem, c->stream>>>(a);
+        fg_launch(c->pdl, rope_kv_store_kernel<kv_f32>, grid, threads, smem, c->stream, a);
     }
     FG_GPU_LAUNCH_CHECK(c, "rope_kv_store");
     return FG_OK;
@@ -1150,6 +1152,8 @@ __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args 
     constexpr int KPW = W / TPK;   // keys per warp per pass
     static_assert(D % 64 == 0 && TPK <= W && W % TPK == 0, "decode attention geometry");
     __shared__ dec_smem<D, GM> sm;
+    fg_pdl_wait(); // PDL: the earlier kernels' outputs are visible from here
+    fg_pdl_trigger();
 
     const int lane = threadIdx.x % W, w = threadIdx.x / W;
     const int gi = lane % TPK, kk = lane / TPK, e = gi * 8;
@@ -1273,6 +1277,8 @@ __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args 
 __global__ void __launch_bounds__(DEC_RED_NT) dec_reduce_kernel(attn_args a) {
     __shared__ float wt[DEC_SPLIT_MAX];
     __shared__ float red[DEC_RED_NT / 32 + 1];
+    fg_pdl_wait(); // PDL: the earlier kernels' outputs are visible from here
+    fg_pdl_trigger();
     const int n_head = a.n_head, hd = a.head_dim;
     const int s = blockIdx.x / n_head, h = blockIdx.x % n_head;
     const int ns = a.n_split;
@@ -1628,11 +1634,11 @@ static fg_status dec_launch(fg_cuda *c, const attn_args &a, uint32_t kv_type) {
     const unsigned threads = (unsigned)(DEC_NW * c->warp);
     void (*fn)(attn_args) =
         kv_type == FG_TYPE_F16 ? dec_pick<dec_f16>(a.head_dim, a.group) : dec_pick<dec_q8_0>(a.head_dim, a.group);
-    fn<<<grid, threads, 0, c->stream>>>(a);
+    fg_launch(c->pdl, fn, grid, threads, 0, c->stream, a);
     FG_GPU_LAUNCH_CHECK(c, "attention (decode)");
     if (a.n_split > 1) {
         const long long n_rows = (long long)a.n_seqs * a.n_head;
-        dec_reduce_kernel<<<(unsigned)n_rows, DEC_RED_NT, 0, c->stream>>>(a);
+        fg_launch(c->pdl, dec_reduce_kernel, (unsigned)n_rows, DEC_RED_NT, 0, c->stream, a);
         FG_GPU_LAUNCH_CHECK(c, "attention (decode) reduce");
     }
     return FG_OK;

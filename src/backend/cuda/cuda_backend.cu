@@ -260,9 +260,9 @@ static bool cuda_supports(fg_backend *be, fg_op op, uint32_t type) {
     case FG_OP_CONVERT:
         return fg_cuda_convert_supports(type);
     case FG_OP_SWIGLU: // F32, or straight into an activation type
+    case FG_OP_RMSNORM:
         return type == FG_TYPE_F32 || fg_cuda_convert_supports(type);
     case FG_OP_GATHER_OUT:
-    case FG_OP_RMSNORM:
     case FG_OP_ADD:
     case FG_OP_ROPE:
     case FG_OP_CHECK_FINITE:
@@ -1089,6 +1089,13 @@ static fg_status init_device(fg_cuda *c) {
     FG_TRY(fg_cuda_matmul_init(c));
     const char *gv = getenv("FORGE_CUDA_GRAPHS");
     c->graphs_on = !(gv && !strcmp(gv, "0"));
+    const char *pv = getenv("FORGE_CUDA_PDL");
+#if defined(__HIPCC__)
+    c->pdl = false;
+    (void)pv;
+#else
+    c->pdl = c->cc_major >= 9 && !(pv && !strcmp(pv, "0"));
+#endif
     const char *ad = getenv("FORGE_CUDA_ATTN_DEC");
     c->attn_dec = !(ad && !strcmp(ad, "0"));
     FG_TRY(fg_cuda_attn_init(c));

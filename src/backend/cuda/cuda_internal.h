@@ -114,12 +114,17 @@ typedef struct fg_cuda {
                             // GEMM (FORGE_CUDA_QBLAS_ROWS; 0: never)
     int mv_direct;          // quantized matvec: 1 the direct kernel (default), 0 the staged one (FORGE_CUDA_MV=staged),
                             // 2 the direct one with 16-bit weight reads only (FORGE_CUDA_MV=direct16)
+    int mv_pipe;            // direct quantized matvec, rows of more than 4,096 elements: the next
+                            // unit read before this one is used (FORGE_CUDA_MV_PIPE=0: one at a time)
     int mv_rows;            // quantized weights: up to this many rows through the matvec in passes of
                             // FG_MV_MAX_ROWS, more through the tiled kernel (FORGE_CUDA_MV_ROWS)
     int mmq;                // quantized weights, many rows (FORGE_CUDA_MMQ): FG_MMQ_OFF the F16 GEMMs
                             // (=0), FG_MMQ_DP4A the dp4a integer kernel (=dp4a; the default without
                             // tensor cores), FG_MMQ_MMA the mma.sync one (default on sm_80+);
                             // both integer kernels keep the reference's arithmetic
+    bool pdl;               // the step's small kernels and matvecs launched with programmatic dependent
+                            // launch (fg_launch; sm_90+, CUDA; FORGE_CUDA_PDL=0 off): each starts
+                            // while the one before it ends, the matvecs' first weights in flight
     bool attn_dec;          // decode steps through attn_dec_kernel (FORGE_CUDA_ATTN_DEC=0: attn_kernel)
     bool attn_fa;           // other steps (F16 cache, head_dim 64/128, sm_80+) through the tensor-core
                             // attn_fa_kernel (FORGE_CUDA_ATTN_MMA=0: attn_kernel)
@@ -162,7 +167,11 @@ fg_status fg_cuda_prof_step(fg_cuda *c); // at step_begin: keeps the device busy
 int fg_cuda_prof_begin(fg_cuda *c, const char *fmt, ...);
 void fg_cuda_prof_end(fg_cuda *c, int i);
 
+// per-op scratch from the matmul arena (valid until the next op that takes it)
+fg_status fg_cuda_op_scratch(fg_cuda *c, size_t n, void **out);
+
 // ---- cuda_ops.cu
+// dst F32, or an activation type of convert (the rows normed, then converted as convert does)
 fg_status fg_cuda_rmsnorm(fg_cuda *c, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w, float eps);
 fg_status fg_cuda_add(fg_cuda *c, fg_tensor *dst, const fg_tensor *a, const fg_tensor *b);
 fg_status fg_cuda_swiglu(fg_cuda *c, fg_tensor *dst, const fg_tensor *gate, const fg_tensor *up);

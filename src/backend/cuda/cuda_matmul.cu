@@ -124,6 +124,7 @@ struct mv_args {
     int n_in;
     int nr;            // activation rows, 1 .. the kernel's NR
     int accumulate;
+    int pipe;          // direct quantized matvec: two units of a row in flight (c->mv_pipe)
 };
 
 enum { MV_R = 4 };
@@ -186,15 +187,17 @@ template <int WT, int NR> static FG_HD __forceinline__ int mv_slot(int s) {
     return s < G::R ? s * G::WCH * 16 : (G::R * G::WCH + (s - G::R) * G::ACH) * 16;
 }
 
-// Staging phase of chunk c, thread tid. Per segment: the 16-byte windows wholly inside it,
-// NT apart (loads first, then stores), and its head and tail bytes (< 16 each, the windows it
-// shares with neighbouring data) by threads 0..15 and 16..31.
+// Staging phase of chunk c, thread tid, segments s_lo .. s_hi - 1 (mv_stage: all of them). Per
+// segment: the 16-byte windows wholly inside it, NT apart (loads first, then stores), and its
+// head and tail bytes (< 16 each, the windows it shares with neighbouring data) by threads
+// 0..15 and 16..31.
 template <int WT, int NR>
-static FG_HD __forceinline__ void mv_stage(const mv_args &a, int64_t o0, int c, int tid, uint8_t *sm) {
+static FG_HD __forceinline__ void mv_stage_segs(const mv_args &a, int64_t o0, int c, int tid, uint8_t *sm, int s_lo,
+                                                int s_hi) {
     typedef mv_geo<WT, NR> G;
 FG_UNROLL
     for (int s = 0; s < G::R + NR; s++) {
-        if (s >= G::R + a.nr)
+        if (s < s_lo || s >= s_hi || s >= G::R + a.nr)
             continue; // uniform
         constexpr int KW = (G::WCH + G::NT - 1) / G::NT, KA = (G::ACH + G::NT - 1) / G::NT;
         constexpr int K = KW > KA ? KW : KA;
@@ -224,6 +227,10 @@ FG_UNROLL
         if (tid < 32 && (tid < 16 ? i < head : i < n))
             slot[off + i] = p[i];
     }
+}
+template <int WT, int NR>
+static FG_HD __forceinline__ void mv_stage(const mv_args &a, int64_t o0, int c, int tid, uint8_t *sm) {
+    mv_stage_segs<WT, NR>(a, o0, c, tid, sm, 0, mv_geo<WT, NR>::R + NR);
 }
 
 // Compute phase of chunk c, quantized weights: thread tid takes unit tid of the chunk.
@@ -337,8 +344,15 @@ FG_UNROLL
         for (int j = 0; j < NR; j++)
             acc[r][j] = 0.0f;
     const int n_chunks = mv_n_chunks<WT, NR>(a);
+    // the first chunk's weights before the PDL wait (nothing in the step writes them), its
+    // activation rows after it
+    mv_stage_segs<WT, NR>(a, o0, 0, tid, sm, 0, G::R);
+    fg_pdl_wait();
+    fg_pdl_trigger();
+    mv_stage_segs<WT, NR>(a, o0, 0, tid, sm, G::R, G::R + NR);
     for (int c = 0; c < n_chunks; c++) {
-        mv_stage<WT, NR>(a, o0, c, tid, sm);
+        if (c > 0)
+            mv_stage<WT, NR>(a, o0, c, tid, sm);
         __syncthreads();
         if constexpr (G::FLT)
             mv_f_compute<WT, NR>(a, o0, c, tid, sm, acc);
@@ -428,38 +442,168 @@ FG_UNROLL
     }
 };
 
-// Thread t's partial sums for weight rows o0 .. o0 + R - 1 (rows past n_out clamped); A4: the
-// weights are read through fg_rd_a4 (mw_a4 holds).
+// Unit u of weight rows o0 .. o0 + R - 1 (rows past n_out clamped), decoded from global memory;
+// A4: read through fg_rd_a4 (mw_a4 holds).
 template <int WT, int NR, bool A4>
-static FG_HD __forceinline__ void mw_thread(const mv_args &a, int64_t o0, int t, float (&acc)[mw_r<NR>::R][NR]) {
+static FG_HD __forceinline__ void mw_load(const mv_args &a, int64_t o0, int u, fg_qunit (&wu)[mw_r<NR>::R]) {
     typedef typename std::conditional<A4, fg_rd_a4, fg_rd_exact>::type RD;
     typedef fg_qt<WT> Q;
+FG_UNROLL
+    for (int r = 0; r < mw_r<NR>::R; r++) {
+        const int64_t o = o0 + r < a.n_out ? o0 + r : a.n_out - 1;
+        const uint8_t *blk = a.w + (size_t)o * a.w_nb1 + (size_t)(u / Q::UPB) * Q::BYTES;
+        if constexpr (A4 && Q::BYTES % 4 == 2) {
+            mw_image<WT> im;
+            mw_image<WT>::load(blk, im);
+            fg_q_decode<WT, fg_rd_a4>((const uint8_t *)im.w + 2, 0, wu[r]);
+        } else {
+            fg_q_decode<WT, RD>(blk, u % Q::UPB, wu[r]);
+        }
+    }
+}
+
+// acc[r][j] += unit u of weight row o0 + r (decoded in wu) . unit u of activation row j.
+template <int WT, int NR>
+static FG_HD __forceinline__ void mw_dots(const mv_args &a, int u, const fg_qunit (&wu)[mw_r<NR>::R],
+                                          float (&acc)[mw_r<NR>::R][NR]) {
+FG_UNROLL
+    for (int j = 0; j < NR; j++) {
+        if (j < a.nr) {
+            fg_q8unit xu;
+            mm_x_unit<WT>(a.x + (size_t)j * a.x_nb1, u, xu);
+FG_UNROLL
+            for (int r = 0; r < mw_r<NR>::R; r++)
+                acc[r][j] += fg_q_dot<WT>(wu[r], xu);
+        }
+    }
+}
+
+// Thread t's partial sums for weight rows o0 .. o0 + R - 1. Its first unit's weights are read
+// before the PDL wait (nothing in the step writes weights), so that under programmatic launch
+// they are in flight while the kernel before it finishes; the activations after it. Rows of
+// more than MW_NT units (the down projection's 14,336 elements) keep two units of each row in
+// flight: the next unit's weights are read (an index clamped to the last one, so that the loop
+// body is one branch-free block the compiler may schedule freely) before this unit's dots.
+template <int WT, int NR, bool A4>
+static FG_HD __forceinline__ void mw_thread(const mv_args &a, int64_t o0, int t, float (&acc)[mw_r<NR>::R][NR]) {
     constexpr int R = mw_r<NR>::R;
     const int nu = a.n_in / 32;
-    for (int u = t; u < nu; u += MW_NT) {
-        fg_qunit wu[R];
-FG_UNROLL
-        for (int r = 0; r < R; r++) {
-            const int64_t o = o0 + r < a.n_out ? o0 + r : a.n_out - 1;
-            const uint8_t *blk = a.w + (size_t)o * a.w_nb1 + (size_t)(u / Q::UPB) * Q::BYTES;
-            if constexpr (A4 && Q::BYTES % 4 == 2) {
-                mw_image<WT> im;
-                mw_image<WT>::load(blk, im);
-                fg_q_decode<WT, fg_rd_a4>((const uint8_t *)im.w + 2, 0, wu[r]);
-            } else {
-                fg_q_decode<WT, RD>(blk, u % Q::UPB, wu[r]);
-            }
+    fg_qunit wu[R];
+    if (t < nu)
+        mw_load<WT, NR, A4>(a, o0, t, wu);
+    fg_pdl_wait();
+    fg_pdl_trigger();
+    if (nu <= MW_NT || !a.pipe) { // uniform (at most one unit a thread, or FORGE_CUDA_MV_PIPE=0)
+        for (int u = t; u < nu; u += MW_NT) {
+            if (u != t)
+                mw_load<WT, NR, A4>(a, o0, u, wu);
+            mw_dots<WT, NR>(a, u, wu, acc);
         }
+        return;
+    }
+    for (int u = t; u < nu; u += MW_NT) {
+        fg_qunit wn[R];
+        mw_load<WT, NR, A4>(a, o0, u + MW_NT < nu ? u + MW_NT : u, wn);
+        mw_dots<WT, NR>(a, u, wu, acc);
+FG_UNROLL
+        for (int r = 0; r < R; r++)
+            wu[r] = wn[r];
+    }
+}
+
+// ============================================================================ direct float matvec (mwf)
+// F16/BF16 weights (FORGE_CUDA_MV=staged: the staged kernel instead) in rows that start 16-byte
+// aligned with n_in % 8 == 0, F32 activation rows 16-byte aligned: no staging. A block of
+// MW_NT threads owns mw_r<NR> weight rows; thread t takes the 8-element pieces t, t + MW_NT, ...
+// of each, U = mwf_u<NR> pieces of every row loaded (16 bytes each) before any is used, so that
+// a thread has U * R = 8 loads in flight (a 4096-element row and one activation row: all of it
+// in one batch; fewer pieces a batch with more rows keep the unrolled code small). The first
+// batch is read before the PDL wait; x is rounded to the weights' grid as the staged kernel
+// does (the reference's vec_dot_type). Sums meet as in the quantized direct matvec.
+template <int NR> struct mwf_u {
+    static constexpr int U = NR <= 2 ? 4 : 2;
+};
+template <int WT> static FG_HD __forceinline__ bool mwf_ok(const mv_args &a) {
+    return (WT == FG_TYPE_F16 || WT == FG_TYPE_BF16) && a.n_in % 8 == 0 && ((uintptr_t)a.w | a.w_nb1) % 16 == 0 &&
+           ((uintptr_t)a.x | a.x_nb1) % 16 == 0;
+}
+
+// Batch p0 of rows wr: pieces p0 + k MW_NT (k < U) below np (the rest left as they were).
+template <int U, int R>
+static FG_HD __forceinline__ void mwf_load(const uint8_t *const (&wr)[R], int p0, int np, uint4 (&wv)[U][R]) {
+FG_UNROLL
+    for (int k = 0; k < U; k++) {
+        const int p = p0 + k * MW_NT;
+        if (p < np)
+FG_UNROLL
+            for (int r = 0; r < R; r++)
+                wv[k][r] = *(const uint4 *)(wr[r] + (size_t)16 * p);
+    }
+}
+
+// The 8 weights of a 16-byte piece as floats, exactly as mm_float_elem.
+template <int WT> static FG_HD __forceinline__ void mwf_unpack(const uint4 &v, float (&f)[8]) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+FG_UNROLL
+    for (int i = 0; i < 4; i++) {
+        if constexpr (WT == FG_TYPE_F16) {
+            f[2 * i] = fg_q_h2f((uint16_t)(w[i] & 0xFFFFu));
+            f[2 * i + 1] = fg_q_h2f((uint16_t)(w[i] >> 16));
+        } else {
+            f[2 * i] = fg_bits_to_f32(w[i] << 16);
+            f[2 * i + 1] = fg_bits_to_f32(w[i] & 0xFFFF0000u);
+        }
+    }
+}
+
+template <int WT, int NR>
+static FG_HD __forceinline__ void mwf_dots(const mv_args &a, int p0, int np,
+                                           const uint4 (&wv)[mwf_u<NR>::U][mw_r<NR>::R], float (&acc)[mw_r<NR>::R][NR]) {
+    constexpr int R = mw_r<NR>::R;
+FG_UNROLL
+    for (int k = 0; k < mwf_u<NR>::U; k++) {
+        const int p = p0 + k * MW_NT;
+        float wf[R][8];
+FG_UNROLL
+        for (int r = 0; r < R; r++)
+            mwf_unpack<WT>(wv[k][r], wf[r]);
 FG_UNROLL
         for (int j = 0; j < NR; j++) {
-            if (j < a.nr) {
-                fg_q8unit xu;
-                mm_x_unit<WT>(a.x + (size_t)j * a.x_nb1, u, xu);
+            if (j < a.nr && p < np) { // (not continue: loops with early exits are not unrolled)
+                const float *xr = (const float *)(a.x + (size_t)j * a.x_nb1) + 8 * (size_t)p;
+                const float4 x0 = *(const float4 *)xr, x1 = *(const float4 *)(xr + 4);
+                float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+FG_UNROLL
+                for (int i = 0; i < 8; i++)
+                    xv[i] = WT == FG_TYPE_F16 ? fg_f16_to_f32(fg_f32_to_f16(xv[i]))
+                                              : fg_bf16_to_f32(fg_f32_to_bf16(xv[i]));
 FG_UNROLL
                 for (int r = 0; r < R; r++)
-                    acc[r][j] += fg_q_dot<WT>(wu[r], xu);
+FG_UNROLL
+                    for (int i = 0; i < 8; i++)
+                        acc[r][j] += wf[r][i] * xv[i];
             }
         }
+    }
+}
+
+// Thread t's partial sums for weight rows o0 .. o0 + R - 1 (rows past n_out clamped).
+template <int WT, int NR>
+static FG_HD __forceinline__ void mwf_thread(const mv_args &a, int64_t o0, int t, float (&acc)[mw_r<NR>::R][NR]) {
+    constexpr int R = mw_r<NR>::R, U = mwf_u<NR>::U;
+    const int np = a.n_in / 8;
+    const uint8_t *wr[R];
+FG_UNROLL
+    for (int r = 0; r < R; r++)
+        wr[r] = a.w + (size_t)(o0 + r < a.n_out ? o0 + r : a.n_out - 1) * a.w_nb1;
+    uint4 wv[U][R];
+    mwf_load<U, R>(wr, t, np, wv);
+    fg_pdl_wait();
+    fg_pdl_trigger();
+    for (int p0 = t; p0 < np; p0 += U * MW_NT) {
+        if (p0 != t)
+            mwf_load<U, R>(wr, p0, np, wv);
+        mwf_dots<WT, NR>(a, p0, np, wv, acc);
     }
 }
 
@@ -475,7 +619,10 @@ FG_UNROLL
 FG_UNROLL
         for (int j = 0; j < NR; j++)
             acc[r][j] = 0.0f;
-    mw_thread<WT, NR, A4>(a, o0, t, acc);
+    if constexpr (mm_is_float(WT))
+        mwf_thread<WT, NR>(a, o0, t, acc);
+    else
+        mw_thread<WT, NR, A4>(a, o0, t, acc);
 FG_UNROLL
     for (int r = 0; r < R; r++)
 FG_UNROLL
@@ -1227,6 +1374,8 @@ static __global__ void gr_kernel(const uint8_t *table, size_t t_nb1, const int32
 // fg_quant_q8_1_act (quant_ref.c): d = amax / 127, q = nearest-even(x * (127 / amax)),
 // s = f16(d * sum(q)).
 static __global__ void cvt_q8_1_kernel(fg_src_rows x, uint8_t *y, size_t y_nb1, int n, int64_t rows) {
+    fg_pdl_wait(); // PDL: the earlier kernels' outputs are visible from here
+    fg_pdl_trigger();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) { // uniform: every lane shuffles
         const float v = i < n ? x.at(r, i) : 0.0f;
@@ -1255,6 +1404,8 @@ FG_UNROLL
 // base/half.h).
 template <bool BF>
 static __global__ void cvt_half_kernel(fg_src_rows x, uint16_t *y, int n, int64_t rows) {
+    fg_pdl_wait(); // PDL: the earlier kernels' outputs are visible from here
+    fg_pdl_trigger();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n)
         return;
@@ -1271,6 +1422,8 @@ static __global__ void cvt_q8_k_kernel(fg_src_rows x, uint8_t *y, size_t y_nb1, 
     __shared__ float s_v[256 / 32];
     __shared__ int s_i[256 / 32];
     __shared__ int s_q[256];
+    fg_pdl_wait(); // PDL: the earlier kernels' outputs are visible from here
+    fg_pdl_trigger();
     const int t = threadIdx.x, b = blockIdx.x;
     const int64_t r = blockIdx.y;
     const float v = x.at(r, (int64_t)b * 256 + t);
@@ -1390,16 +1543,17 @@ uint32_t fg_cuda_act_type(fg_cuda *c, uint32_t wtype, int64_t n_rows) {
 }
 
 // The arena per call (mm_scratch takes it from its start, so this is per call, not per step):
-// F32 x quantized for the integer kernels (Q8_1 or Q8_K rows), or the F16 rows a GEMM reads
-// (8-bit x widened, or F32 x converted): max_tokens x max_cols x 2 at most.
+// F32 x quantized for the integer kernels (Q8_1 or Q8_K rows), the F16 rows a GEMM reads
+// (8-bit x widened, or F32 x converted), or the F32 rows of an rmsnorm into an activation type
+// whose row the fused kernel does not take (fg_cuda_rmsnorm): max_tokens x max_cols x 4 at most.
 size_t fg_cuda_matmul_scratch_bytes(const fg_backend_limits *lim) {
     const int64_t rows = lim->max_tokens > 0 ? lim->max_tokens : FG_MV_MAX_ROWS;
     const int64_t cols = lim->max_cols > 0 ? lim->max_cols : 0;
     const size_t q8 = (size_t)rows * (mm_q8_k_row_bytes(cols + 255) > mm_q8_1_row_bytes(cols + 31)
                                           ? mm_q8_k_row_bytes(cols + 255)
                                           : mm_q8_1_row_bytes(cols + 31));
-    const size_t f16 = (size_t)(lim->max_tokens > 0 ? lim->max_tokens : 0) * (size_t)cols * 2;
-    return (q8 > f16 ? q8 : f16) + 256;
+    const size_t f32 = (size_t)(lim->max_tokens > 0 ? lim->max_tokens : 0) * (size_t)cols * 4;
+    return (q8 > f32 ? q8 : f32) + 256;
 }
 
 // The mm arena as per-call scratch: everything a call enqueues runs on c->stream after the
@@ -1408,6 +1562,7 @@ static fg_status mm_scratch(fg_cuda *c, size_t n, void **out) {
     c->mm.used = 0;
     return fg_cuda_arena_take(&c->mm, n, "matmul activation conversion", out);
 }
+fg_status fg_cuda_op_scratch(fg_cuda *c, size_t n, void **out) { return mm_scratch(c, n, out); }
 
 static fg_src_rows mm_src(const uint8_t *x, size_t x_nb1, const uint8_t *u = NULL, size_t u_nb1 = 0) {
     fg_src_rows s;
@@ -1421,7 +1576,7 @@ static fg_src_rows mm_src(const uint8_t *x, size_t x_nb1, const uint8_t *u = NUL
 static fg_status mm_convert_q8_1(fg_cuda *c, fg_src_rows x, int n, int64_t rows, uint8_t *y) {
     FG_ASSERT(n % 32 == 0 && MM_NT % 32 == 0);
     dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
-    cvt_q8_1_kernel<<<grid, MM_NT, 0, c->stream>>>(x, y, mm_q8_1_row_bytes(n), n, rows);
+    fg_launch(c->pdl, cvt_q8_1_kernel, grid, MM_NT, 0, c->stream, x, y, mm_q8_1_row_bytes(n), n, rows);
     FG_GPU_LAUNCH_CHECK(c, "convert_q8_1");
     return FG_OK;
 }
@@ -1429,7 +1584,7 @@ static fg_status mm_convert_q8_1(fg_cuda *c, fg_src_rows x, int n, int64_t rows,
 static fg_status mm_convert_q8_k(fg_cuda *c, fg_src_rows x, int n, int64_t rows, uint8_t *y) {
     FG_ASSERT(n % 256 == 0 && rows <= MM_MAX_GRID_Y);
     dim3 grid(n / 256, (unsigned)rows);
-    cvt_q8_k_kernel<<<grid, 256, 0, c->stream>>>(x, y, mm_q8_k_row_bytes(n), n / 256);
+    fg_launch(c->pdl, cvt_q8_k_kernel, grid, 256, 0, c->stream, x, y, mm_q8_k_row_bytes(n), n / 256);
     FG_GPU_LAUNCH_CHECK(c, "convert_q8_k");
     return FG_OK;
 }
@@ -1449,9 +1604,9 @@ fg_status fg_cuda_convert_src(fg_cuda *c, fg_tensor *dst, const fg_tensor *x, co
     FG_ASSERT(dst->type == FG_TYPE_F16 || dst->type == FG_TYPE_BF16);
     dim3 grid(fg_div_up(n, MM_NT), mm_grid_y(rows));
     if (dst->type == FG_TYPE_BF16)
-        cvt_half_kernel<true><<<grid, MM_NT, 0, c->stream>>>(src, (uint16_t *)dst->data, (int)n, rows);
+        fg_launch(c->pdl, cvt_half_kernel<true>, grid, MM_NT, 0, c->stream, src, (uint16_t *)dst->data, (int)n, rows);
     else
-        cvt_half_kernel<false><<<grid, MM_NT, 0, c->stream>>>(src, (uint16_t *)dst->data, (int)n, rows);
+        fg_launch(c->pdl, cvt_half_kernel<false>, grid, MM_NT, 0, c->stream, src, (uint16_t *)dst->data, (int)n, rows);
     FG_GPU_LAUNCH_CHECK(c, "convert");
     return FG_OK;
 }
@@ -1490,20 +1645,24 @@ fg_status fg_cuda_get_rows(fg_cuda *c, fg_tensor *dst, const fg_tensor *table) {
 
 template <int WT, int NR> static fg_status mv_go(fg_cuda *c, const mv_args &a) {
     typedef mv_geo<WT, NR> G;
-    mv_kernel<WT, NR><<<fg_div_up(a.n_out, G::R), G::NT, 0, c->stream>>>(a);
+    fg_launch(c->pdl, mv_kernel<WT, NR>, fg_div_up(a.n_out, G::R), G::NT, 0, c->stream, a);
     FG_GPU_LAUNCH_CHECK(c, "matvec");
     return FG_OK;
 }
 
 template <int WT, int NR> static fg_status mw_go(fg_cuda *c, const mv_args &a) {
-    if constexpr (fg_qt<WT>::BYTES % 4 == 0 || (fg_qt<WT>::UPB == 1 && fg_qt<WT>::BYTES % 4 == 2)) {
+    if constexpr (mm_is_float(WT)) {
+        fg_launch(c->pdl, mw_kernel<WT, NR, false>, fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream, a);
+        FG_GPU_LAUNCH_CHECK(c, "direct matvec");
+        return FG_OK;
+    } else if constexpr (fg_qt<WT>::BYTES % 4 == 0 || (fg_qt<WT>::UPB == 1 && fg_qt<WT>::BYTES % 4 == 2)) {
         if (c->mv_direct == 1 && mw_a4<WT>(a)) {
-            mw_kernel<WT, NR, true><<<fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream>>>(a);
+            fg_launch(c->pdl, mw_kernel<WT, NR, true>, fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream, a);
             FG_GPU_LAUNCH_CHECK(c, "direct matvec");
             return FG_OK;
         }
     }
-    mw_kernel<WT, NR, false><<<fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream>>>(a);
+    fg_launch(c->pdl, mw_kernel<WT, NR, false>, fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream, a);
     FG_GPU_LAUNCH_CHECK(c, "direct matvec");
     return FG_OK;
 }
@@ -1511,8 +1670,8 @@ template <int WT, int NR> static fg_status mw_go(fg_cuda *c, const mv_args &a) {
 // Kernels for up to 1, 2, 4 and 8 rows (a.nr is the actual count).
 template <int WT> static fg_status mv_rows(fg_cuda *c, const mv_args &a) {
     FG_ASSERT(a.nr >= 1 && a.nr <= FG_MV_MAX_ROWS);
-    if constexpr (!mm_is_float(WT)) {
-        if (c->mv_direct) {
+    if constexpr (WT != FG_TYPE_F32) { // F32 weights (small models only) keep the staged kernel
+        if (c->mv_direct && (!mm_is_float(WT) || mwf_ok<WT>(a))) {
             if (a.nr <= 1)
                 return mw_go<WT, 1>(c, a);
             if (a.nr <= 2)
@@ -1731,6 +1890,8 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
                                            : FG_MMQ_DP4A;
     const char *mv = getenv("FORGE_CUDA_MV");
     c->mv_direct = mv && !strcmp(mv, "staged") ? 0 : mv && !strcmp(mv, "direct16") ? 2 : 1;
+    const char *mp = getenv("FORGE_CUDA_MV_PIPE");
+    c->mv_pipe = !(mp && !strcmp(mp, "0"));
     const char *mr = getenv("FORGE_CUDA_MV_ROWS");
     c->mv_rows = mr ? atoi(mr) : FG_MV_BATCH_ROWS;
 #ifdef FG_MM_CUBLAS
@@ -1878,6 +2039,7 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         a.n_out = n_out;
         a.n_in = (int)n_in;
         a.accumulate = accumulate;
+        a.pipe = c->mv_pipe;
         for (int64_t r0 = 0; r0 < n_rows; r0 += FG_MV_MAX_ROWS) { // one pass for <= 8 rows
             a.x = xq + (size_t)r0 * xq_nb1;
             a.dst = (float *)((char *)dst->data + (size_t)r0 * dst->nb[1]);

@@ -8,6 +8,7 @@
 // validated them); launch geometry uses the device's warp width (c->warp), kernels FG_WARP.
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_internal.h"
+#include "quant/blocks.h"
 
 #include <math.h>
 
@@ -70,6 +71,8 @@ static bool is_f32_rows_a16(const fg_tensor *t) {
 template <bool kAdd>
 static __global__ void rmsnorm_warp_kernel(rows_view dst, rows_view x, rows_view a, const float *w, int n,
                                            int64_t n_rows, float eps) {
+    fg_pdl_wait(); // PDL: the earlier kernels' outputs are visible from here
+    fg_pdl_trigger();
     const int lane = threadIdx.x % FG_WARP;
     const int64_t r = (int64_t)blockIdx.x * (blockDim.x / FG_WARP) + threadIdx.x / FG_WARP;
     if (r >= n_rows) // warp-uniform: the whole warp leaves together
@@ -106,6 +109,8 @@ template <bool kAdd>
 static __global__ void rmsnorm_block_kernel(rows_view dst, rows_view x, rows_view a, const float *w, int64_t n,
                                             float eps) {
     __shared__ float sh[1024 / FG_WARP];
+    fg_pdl_wait(); // PDL: the earlier kernels' outputs are visible from here
+    fg_pdl_trigger();
     const int64_t r = blockIdx.x;
     float *xr = row_ptr(x, r);
     float *yr = row_ptr(dst, r);
@@ -139,10 +144,110 @@ static __global__ void rmsnorm_block_kernel(rows_view dst, rows_view x, rows_vie
 // of the row once into registers (up to RMS_V of them), so the row is read from memory once
 // and the block's chain of dependent loads is one deep (a one-row rmsnorm in decode is latency).
 #define RMS_V 4
-template <bool kAdd>
+// The normed row straight into an activation type (OUT: Q8_K, Q8_1, F16, BF16; F32 writes dst
+// as before): the values are the F32 ones, converted exactly as the convert kernels do
+// (cvt_q8_k_kernel, cvt_q8_1_kernel, cvt_half_kernel), so the bytes equal rmsnorm + convert.
+// A Q8_K block is 64 float4s: 64 consecutive threads of one k (blockDim a multiple of 64), its
+// arg-max met in two 32-lane halves through shared memory; a Q8_1 block is 8 lanes.
+struct norm_act {
+    uint8_t *y; // activation rows, y_nb1 bytes apart
+    size_t y_nb1;
+};
+
+static __device__ __forceinline__ void norm_argmax(float &am, int &ai, float &mv, float oa, int oi, float ov) {
+    if (oa > am || (oa == am && oi < ai)) {
+        am = oa;
+        ai = oi;
+        mv = ov;
+    }
+}
+
+template <int OUT>
+static __device__ __forceinline__ void norm_put(const norm_act &y, int64_t r, int i, bool ok, const float4 &o,
+                                                float *s_a, int *s_i, float *s_v) {
+    uint8_t *yr = y.y + (size_t)r * y.y_nb1;
+    const float e[4] = {o.x, o.y, o.z, o.w};
+    if constexpr (OUT == FG_TYPE_Q8_K) {
+        // arg-max of |x| over the 256 elements, ties to the lowest index (lanes of invalid
+        // float4s hold zeros and sit in whole invalid blocks)
+        float am = fabsf(e[0]), mv = e[0];
+        int ai = 4 * i;
+        for (int c = 1; c < 4; c++)
+            norm_argmax(am, ai, mv, fabsf(e[c]), 4 * i + c, e[c]);
+        for (int off = 16; off > 0; off >>= 1) {
+            const float oa = fg_shfl_xor(am, off), ov = fg_shfl_xor(mv, off);
+            const int oi = fg_shfl_xor(ai, off);
+            norm_argmax(am, ai, mv, oa, oi, ov);
+        }
+        const int h = threadIdx.x / 32;
+        if (threadIdx.x % 32 == 0) {
+            s_a[h] = am;
+            s_i[h] = ai;
+            s_v[h] = mv;
+        }
+        __syncthreads();
+        norm_argmax(am, ai, mv, s_a[h ^ 1], s_i[h ^ 1], s_v[h ^ 1]);
+        __syncthreads(); // (the next k reuses the slots)
+        const float iscale = am != 0.0f ? -127.0f / mv : 0.0f;
+        int q[4];
+        for (int c = 0; c < 4; c++) {
+            const int v = __float2int_rn(fg_fmul_rn(iscale, e[c]));
+            q[c] = am != 0.0f ? (v < 127 ? v : 127) : 0;
+        }
+        int sum = q[0] + q[1] + q[2] + q[3];
+        sum += fg_shfl_xor(sum, 1);
+        sum += fg_shfl_xor(sum, 2);
+        if (ok) {
+            fg_block_q8_k *blk = (fg_block_q8_k *)yr + i / 64;
+            *(uint32_t *)&blk->qs[4 * (i % 64)] =
+                (uint32_t)(uint8_t)q[0] | (uint32_t)(uint8_t)q[1] << 8 | (uint32_t)(uint8_t)q[2] << 16 |
+                (uint32_t)(uint8_t)q[3] << 24;
+            if (i % 4 == 0)
+                blk->bsums[(i % 64) / 4] = (int16_t)sum;
+            if (i % 64 == 0)
+                blk->d = am != 0.0f ? 1.0f / iscale : 0.0f;
+        }
+    } else if constexpr (OUT == FG_TYPE_Q8_1) {
+        float am = fmaxf(fmaxf(fabsf(e[0]), fabsf(e[1])), fmaxf(fabsf(e[2]), fabsf(e[3])));
+        for (int off = 1; off < 8; off <<= 1)
+            am = fmaxf(am, fg_shfl_xor(am, off));
+        const float d = am / 127.0f, id = am != 0.0f ? 127.0f / am : 0.0f;
+        int q[4];
+        for (int c = 0; c < 4; c++)
+            q[c] = __float2int_rn(fg_fmul_rn(e[c], id));
+        int sum = q[0] + q[1] + q[2] + q[3];
+        for (int off = 1; off < 8; off <<= 1)
+            sum += fg_shfl_xor(sum, off);
+        if (ok) {
+            uint8_t *blk = yr + (size_t)(i / 8) * sizeof(fg_block_q8_1);
+            *(uint32_t *)(blk + offsetof(fg_block_q8_1, qs) + 4 * (i % 8)) =
+                (uint32_t)(uint8_t)q[0] | (uint32_t)(uint8_t)q[1] << 8 | (uint32_t)(uint8_t)q[2] << 16 |
+                (uint32_t)(uint8_t)q[3] << 24;
+            if (i % 8 == 0) {
+                *(uint16_t *)(blk + offsetof(fg_block_q8_1, d)) = fg_f2h(d);
+                *(uint16_t *)(blk + offsetof(fg_block_q8_1, s)) = fg_f2h(fg_fmul_rn(d, (float)sum));
+            }
+        }
+    } else {
+        static_assert(OUT == FG_TYPE_F16 || OUT == FG_TYPE_BF16, "rmsnorm into F16/BF16/Q8_1/Q8_K");
+        if (ok) {
+            uint16_t hv[4];
+            for (int c = 0; c < 4; c++)
+                hv[c] = OUT == FG_TYPE_BF16 ? fg_f32_to_bf16(e[c]) : fg_f2h(e[c]);
+            *(uint2 *)(yr + (size_t)8 * i) =
+                make_uint2((uint32_t)hv[0] | (uint32_t)hv[1] << 16, (uint32_t)hv[2] | (uint32_t)hv[3] << 16);
+        }
+    }
+}
+
+template <bool kAdd, int OUT = FG_TYPE_F32>
 static __global__ void rmsnorm_vec_kernel(rows_view dst, rows_view x, rows_view a, const float *w, int n4,
-                                          float eps) {
+                                          float eps, norm_act y) {
     __shared__ float sh[1024 / FG_WARP];
+    __shared__ float s_a[32], s_v[32];
+    __shared__ int s_i[32];
+    fg_pdl_wait(); // PDL: the earlier kernels' outputs are visible from here
+    fg_pdl_trigger();
     const int64_t r = blockIdx.x;
     float4 *xr = (float4 *)row_ptr(x, r);
     float4 *yr = (float4 *)row_ptr(dst, r);
@@ -175,8 +280,11 @@ static __global__ void rmsnorm_vec_kernel(rows_view dst, rows_view x, rows_view 
 #pragma unroll
     for (int k = 0; k < RMS_V; k++) {
         const int i = threadIdx.x + k * blockDim.x;
+        if (OUT != FG_TYPE_F32 && k * (int)blockDim.x >= n4)
+            continue; // uniform (not break: loops with early exits are not unrolled)
+        float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (i < n4) {
-            float4 o = make_float4(v[k].x * scale, v[k].y * scale, v[k].z * scale, v[k].w * scale);
+            o = make_float4(v[k].x * scale, v[k].y * scale, v[k].z * scale, v[k].w * scale);
             if (w) {
                 const float4 wv = ((const float4 *)w)[i];
                 o.x *= wv.x;
@@ -184,7 +292,12 @@ static __global__ void rmsnorm_vec_kernel(rows_view dst, rows_view x, rows_view 
                 o.z *= wv.z;
                 o.w *= wv.w;
             }
-            yr[i] = o;
+        }
+        if constexpr (OUT == FG_TYPE_F32) {
+            if (i < n4)
+                yr[i] = o;
+        } else {
+            norm_put<OUT>(y, r, i, i < n4, o, s_a, s_i, s_v);
         }
     }
 }
@@ -203,24 +316,64 @@ static fg_status launch_rmsnorm(fg_cuda *c, const char *what, fg_tensor *dst, co
     if (n <= FG_NORM_WARP_MAX) {
         const int rows_per_block = 4;
         const unsigned grid = fg_div_up(n_rows, rows_per_block);
-        rmsnorm_warp_kernel<kAdd><<<grid, rows_per_block * c->warp, 0, c->stream>>>(vd, vx, va, wp, (int)n, n_rows, eps);
+        fg_launch(c->pdl, rmsnorm_warp_kernel<kAdd>, grid, rows_per_block * c->warp, 0, c->stream, vd, vx, va, wp, (int)n,
+                  n_rows, eps);
     } else if (n % 4 == 0 && n <= 4 * RMS_V * 1024 && is_f32_rows_a16(dst) && is_f32_rows_a16(x) &&
                (!kAdd || is_f32_rows_a16(a)) && (!wp || (uintptr_t)wp % 16 == 0)) {
         const int64_t n4 = n / 4;
         int threads = round_up((n4 + 1) / 2, c->warp); // two float4s a thread where the block allows
         threads = threads > 1024 ? 1024 : threads;
-        rmsnorm_vec_kernel<kAdd><<<(unsigned)n_rows, threads, 0, c->stream>>>(vd, vx, va, wp, (int)n4, eps);
+        fg_launch(c->pdl, rmsnorm_vec_kernel<kAdd>, (unsigned)n_rows, threads, 0, c->stream, vd, vx, va, wp, (int)n4, eps,
+                  norm_act{NULL, 0});
     } else {
         int threads = round_up((n + 7) / 8, c->warp);
         threads = threads > 1024 ? 1024 : threads;
-        rmsnorm_block_kernel<kAdd><<<(unsigned)n_rows, threads, 0, c->stream>>>(vd, vx, va, wp, n, eps);
+        fg_launch(c->pdl, rmsnorm_block_kernel<kAdd>, (unsigned)n_rows, threads, 0, c->stream, vd, vx, va, wp, n, eps);
     }
     FG_GPU_LAUNCH_CHECK(c, what);
     return FG_OK;
 }
 
+// rmsnorm straight into an activation type: one kernel where the F32 op takes the float4
+// kernel (rows of 4n floats, 1,024 < n <= 4 RMS_V 1024, 16-byte aligned) with the same block
+// (so the row's sum of squares, and every byte, equal rmsnorm + convert), whole Q8_K blocks
+// per k for Q8_K; else the F32 rows in the per-op scratch, then convert.
+template <int OUT> static void launch_norm_act(fg_cuda *c, const rows_view &vx, const float *wp, int n4, int64_t rows,
+                                               int threads, float eps, norm_act y) {
+    fg_launch(c->pdl, rmsnorm_vec_kernel<false, OUT>, (unsigned)rows, threads, 0, c->stream, vx, vx, vx, wp, n4, eps, y);
+}
+
 fg_status fg_cuda_rmsnorm(fg_cuda *c, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w, float eps) {
-    return launch_rmsnorm<false>(c, "rmsnorm", dst, x, NULL, w, eps);
+    if (dst->type == FG_TYPE_F32)
+        return launch_rmsnorm<false>(c, "rmsnorm", dst, x, NULL, w, eps);
+    const uint32_t at = dst->type;
+    FG_ASSERT(fg_cuda_convert_supports(at) && is_f32_rows(x) && x->ne[2] == 1 && x->ne[3] == 1);
+    const int64_t n = x->ne[0], rows = x->ne[1];
+    const float *wp = w ? (const float *)w->data : NULL;
+    const int64_t n4 = n / 4;
+    int threads = round_up((n4 + 1) / 2, c->warp); // as launch_rmsnorm
+    threads = threads > 1024 ? 1024 : threads;
+    if (n > FG_NORM_WARP_MAX && n % 4 == 0 && n <= 4 * RMS_V * 1024 && is_f32_rows_a16(x) &&
+        (!wp || (uintptr_t)wp % 16 == 0) && (at != FG_TYPE_Q8_K || threads % 64 == 0) && rows <= INT32_MAX) {
+        const norm_act y = {(uint8_t *)dst->data, dst->nb[1]};
+        const rows_view vx = rows_flat(x);
+        if (at == FG_TYPE_Q8_K)
+            launch_norm_act<FG_TYPE_Q8_K>(c, vx, wp, (int)n4, rows, threads, eps, y);
+        else if (at == FG_TYPE_Q8_1)
+            launch_norm_act<FG_TYPE_Q8_1>(c, vx, wp, (int)n4, rows, threads, eps, y);
+        else if (at == FG_TYPE_F16)
+            launch_norm_act<FG_TYPE_F16>(c, vx, wp, (int)n4, rows, threads, eps, y);
+        else
+            launch_norm_act<FG_TYPE_BF16>(c, vx, wp, (int)n4, rows, threads, eps, y);
+        FG_GPU_LAUNCH_CHECK(c, "rmsnorm into an activation type");
+        return FG_OK;
+    }
+    void *f = NULL;
+    FG_TRY(fg_cuda_op_scratch(c, (size_t)n * (size_t)rows * sizeof(float), &f));
+    int64_t ne[2] = {n, rows};
+    fg_tensor xf = fg_tensor_view(NULL, f, 0, FG_TYPE_F32, 2, ne);
+    FG_TRY(launch_rmsnorm<false>(c, "rmsnorm", &xf, x, NULL, w, eps));
+    return fg_cuda_convert_src(c, dst, &xf, NULL);
 }
 
 fg_status fg_cuda_add_rmsnorm(fg_cuda *c, fg_tensor *x, fg_tensor *xn, const fg_tensor *a, const fg_tensor *w,
@@ -236,6 +389,8 @@ enum { EW_ADD, EW_SWIGLU };
 // written by one thread, so dst may alias a or b.
 template <int kOp>
 static __global__ void ew_kernel(rows_view d, rows_view a, rows_view b, int64_t n) {
+    fg_pdl_wait(); // PDL: the earlier kernels' outputs are visible from here
+    fg_pdl_trigger();
     const int64_t r = blockIdx.x;
     float *dr = row_ptr(d, r);
     const float *ar = row_ptr(a, r), *br = row_ptr(b, r);
@@ -258,7 +413,7 @@ static fg_status launch_ew(fg_cuda *c, const char *what, fg_tensor *dst, const f
     const int threads = n >= 256 ? 256 : round_up(n, c->warp);
     const unsigned chunks = fg_div_up(n, threads);
     dim3 grid((unsigned)n_rows, chunks > 65535 ? 65535 : chunks);
-    ew_kernel<kOp><<<grid, threads, 0, c->stream>>>(rows_flat(dst), rows_flat(a), rows_flat(b), n);
+    fg_launch(c->pdl, ew_kernel<kOp>, grid, threads, 0, c->stream, rows_flat(dst), rows_flat(a), rows_flat(b), n);
     FG_GPU_LAUNCH_CHECK(c, what);
     return FG_OK;
 }
@@ -317,6 +472,8 @@ fg_status fg_cuda_rope(fg_cuda *c, fg_tensor *x, const fg_rope_params *p) {
 // dst and src disjoint: every output row in parallel.
 static __global__ void gather_rows_kernel(char *dst, size_t dnb1, const char *src, size_t snb1,
                                           const int32_t *out_rows, int64_t n) {
+    fg_pdl_wait(); // PDL: the earlier kernels' outputs are visible from here
+    fg_pdl_trigger();
     const int64_t i = blockIdx.x;
     const float *s = (const float *)(src + (size_t)out_rows[i] * snb1);
     float *d = (float *)(dst + (size_t)i * dnb1);
@@ -365,8 +522,8 @@ fg_status fg_cuda_gather_out(fg_cuda *c, fg_tensor *dst, const fg_tensor *src) {
         const int threads = n >= 256 ? 256 : round_up(n, c->warp);
         const unsigned chunks = fg_div_up(n, threads);
         dim3 grid((unsigned)n_out, chunks > 65535 ? 65535 : chunks);
-        gather_rows_kernel<<<grid, threads, 0, c->stream>>>((char *)dst->data, dst->nb[1], s0, src->nb[1],
-                                                            c->step.out_rows, n);
+        fg_launch(c->pdl, gather_rows_kernel, grid, threads, 0, c->stream, (char *)dst->data, dst->nb[1], s0,
+                  src->nb[1], c->step.out_rows, n);
     } else {
         if (d0 != s0 || dst->nb[1] != src->nb[1])
             return fg_fail(FG_ERR_INVALID_ARG,

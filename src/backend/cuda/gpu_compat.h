@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <utility> // std::forward (fg_launch)
+
 #if defined(__HIPCC__)
 #include <hip/hip_fp16.h>
 #include <hip/hip_runtime.h>
@@ -161,6 +163,53 @@ typedef uint32_t fg_lane_mask;
 #define FG_LAUNCH_BOUNDS(threads, min_blocks) __launch_bounds__(threads)
 #else
 #define FG_LAUNCH_BOUNDS(threads, min_blocks) __launch_bounds__(threads, min_blocks)
+#endif
+
+// ---- programmatic dependent launch (PDL; NVIDIA sm_90+, a no-op elsewhere)
+// A kernel launched through fg_launch(pdl = true, ...) may start while the kernel before it in
+// the stream still runs. Before its fg_pdl_wait() it may only read memory no kernel of the step
+// writes (weights); after it, everything the earlier kernels wrote is visible. fg_pdl_trigger()
+// lets the next PDL kernel's blocks be scheduled (once every block of this grid has called it
+// or exited); without it that happens when this grid ends. Both are no-ops in a kernel launched
+// without the attribute, so a kernel may call them whichever way it is launched.
+static __host__ __device__ __forceinline__ void fg_pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIPCC__)
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+static __host__ __device__ __forceinline__ void fg_pdl_trigger(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIPCC__)
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when pdl (the caller
+// passes it only where the device has sm_90+: fg_cuda.pdl). Check with FG_GPU_LAUNCH_CHECK.
+#if defined(__CUDACC__) && !defined(__HIPCC__)
+template <typename... P, typename... A>
+static inline void fg_launch(bool pdl, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, gpuStream_t stream,
+                             A &&...args) {
+    if (pdl) {
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = stream;
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+        (void)cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...); // error: gpuGetLastError
+        return;
+    }
+    kernel<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
+}
+#else
+template <typename... P, typename... A>
+static inline void fg_launch(bool, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, gpuStream_t stream,
+                             A &&...args) {
+    kernel<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
+}
 #endif
 
 // Kept for code that says "warp size": the compile target's width.

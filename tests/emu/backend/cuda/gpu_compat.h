@@ -22,6 +22,13 @@ typedef void *gpuEvent_t;
 #define FG_GPU_CHECK(ctx, call) do { (void)(call); } while (0)
 #define FG_GPU_LAUNCH_CHECK(ctx, what) do { (void)(ctx); (void)(what); } while (0)
 #define FG_GPU_IGNORE(call) do { (void)(call); } while (0)
+// programmatic dependent launch: the emulator runs grids one after the other
+static inline void fg_pdl_wait(void) {}
+static inline void fg_pdl_trigger(void) {}
+template <typename... P, typename... A>
+static inline void fg_launch(bool, void (*k)(P...), dim3 g, dim3 b, size_t smem, gpuStream_t s, A &&...a) {
+    emu_launcher(k, g, b, smem, s)(std::forward<A>(a)...);
+}
 // never contracted: g++ without -mfma has no fused multiply-add to contract into
 static inline float fg_fmul_rn(float a, float b) { return a * b; }
 // c + the dot product of the four signed bytes of a and of b
