@@ -6,7 +6,8 @@
 #   4. fuzz targets (libFuzzer + ASan/UBSan) for a bounded time each (FORGE_FUZZ_SECONDS);
 # plus counted build checks: clang -Werror, hipcc -Werror over the GPU backend, and the NCCL
 # communicator of tensor parallelism (nvcc against nccl.h, a probe linked to libnccl); the CUDA
-# sample kernel run in the SIMT emulator against the reference sampler; and the unit tests
+# sample kernel and the rmsnorm into an activation type run in the SIMT emulator against the
+# reference sampler and quantizers; and the unit tests
 # again under ASan+UBSan (make asan).
 # Test data comes from FORGE_SHARED (default ../shared); its absence is a failure, not a skip.
 set -u
@@ -75,25 +76,21 @@ if ls "$BUILD"/tests/host/test_* >/dev/null 2>&1; then
     done
 fi
 
-echo "== the CUDA sample kernel in the SIMT emulator (tests/emu/run_sample.sh, 32- and 64-wide warps)"
-if bash tests/emu/run_sample.sh >"$BUILD/emu-sample.log" 2>&1; then
-    passed=$((passed + 1))
-    grep '^test_sample_emu: warp .*differ' "$BUILD/emu-sample.log"
-else
-    failed=$((failed + 1))
-    failures+=("emu sample")
-    tail -n 20 "$BUILD/emu-sample.log"
-fi
-
-echo "== the CUDA rmsnorm into an activation type in the SIMT emulator (tests/emu/run_norm.sh, 32- and 64-wide warps)"
-if bash tests/emu/run_norm.sh >"$BUILD/emu-norm.log" 2>&1; then
-    passed=$((passed + 1))
-    grep '^test_norm_emu: warp .*differ' "$BUILD/emu-norm.log"
-else
-    failed=$((failed + 1))
-    failures+=("emu norm")
-    tail -n 20 "$BUILD/emu-norm.log"
-fi
+# emu NAME SCRIPT WHAT: a CUDA source run in the SIMT emulator (32- and 64-wide warps), counted
+# as one suite; its "test_NAME_emu: warp ... differ" lines are the result
+emu() {
+    echo "== the CUDA $3 in the SIMT emulator (tests/emu/$2, 32- and 64-wide warps)"
+    if bash "tests/emu/$2" >"$BUILD/emu-$1.log" 2>&1; then
+        passed=$((passed + 1))
+        grep "^test_$1_emu: warp .*differ" "$BUILD/emu-$1.log"
+    else
+        failed=$((failed + 1))
+        failures+=("emu $1")
+        tail -n 20 "$BUILD/emu-$1.log"
+    fi
+}
+emu sample run_sample.sh "sample kernel"
+emu norm run_norm.sh "rmsnorm into an activation type"
 
 echo "== clang build (-Wall -Wextra -Werror)"
 if command -v clang >/dev/null 2>&1; then

@@ -3,20 +3,8 @@
 # and dynamic shared memory rewritten into a temporary copy) with 32- and 64-wide warps, and
 # runs test_attn_emu. A development check for machines without a GPU, not part of make check.
 # Usage: tests/emu/run.sh [scenario index]   (the 2048-token prompt is the last index, ~5 min)
-set -eu
-cd "$(dirname "$0")/../.."
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-python3 - src/backend/cuda/cuda_attn.cu "$tmp/cuda_attn_emu.cpp" <<'PY'
-import re, sys
-s = open(sys.argv[1]).read()
-s = re.sub(r'(\w+(?:<[^<>;]*>)?)<<<(.*?)>>>\(', r'emu_launcher(\1, \2)(', s, flags=re.S)
-s = s.replace('extern __shared__ float4 attn_smem4[];', 'float4 *attn_smem4 = (float4 *)emu_dyn_smem();')
-s = s.replace('extern __shared__ float rkv_sh[];', 'float *rkv_sh = (float *)emu_dyn_smem();')
-s = s.replace('extern __shared__ uint4 fa_smem4[];', '') # FG_GPU_EMU: the tensor-core kernel is left out
-assert '<<<' not in s and 'extern __shared__' not in s
-open(sys.argv[2], 'w').write(s)
-PY
+. "$(dirname "$0")/emu_lib.sh"
+emu_rewrite src/backend/cuda/cuda_attn.cu "$tmp/cuda_attn_emu.cpp"
 inc="-Iinclude -Isrc"
 # while include/forge/model.h still declares the backend section forge/backend.h now owns,
 # compile against a copy without it

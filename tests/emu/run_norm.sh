@@ -4,18 +4,8 @@
 # warps and runs test_norm_emu: rmsnorm straight into an activation type against the reference
 # quantizers. A few seconds; tests/run.sh runs it.
 # Usage: tests/emu/run_norm.sh [seed]
-set -eu
-cd "$(dirname "$0")/../.."
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-python3 - src/backend/cuda/cuda_ops.cu "$tmp/cuda_ops_emu.cpp" <<'PY'
-import re, sys
-s = open(sys.argv[1]).read()
-s = re.sub(r'(\w+(?:<[^<>;]*>)?)<<<(.*?)>>>\(', r'emu_launcher(\1, \2)(', s, flags=re.S)
-s = s.replace('extern __shared__ float rope_sh[];', 'float *rope_sh = (float *)emu_dyn_smem();')
-assert '<<<' not in s and 'extern __shared__' not in s
-open(sys.argv[2], 'w').write(s)
-PY
+. "$(dirname "$0")/emu_lib.sh"
+emu_rewrite src/backend/cuda/cuda_ops.cu "$tmp/cuda_ops_emu.cpp"
 inc="-Iinclude -Isrc"
 objs=""
 for f in src/base/status.c src/backend/tensor.c src/quant/quant_ref.c src/quant/quant_kquants.c src/quant/types.c; do

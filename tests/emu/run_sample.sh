@@ -4,17 +4,8 @@
 # test_sample_emu against the reference sampler (src/backend/sample_ref.c). About a minute;
 # tests/run.sh runs it (the GPU kernel's logic checked without a GPU).
 # Usage: tests/emu/run_sample.sh [seed] [rows]
-set -eu
-cd "$(dirname "$0")/../.."
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-python3 - src/backend/cuda/cuda_sample.cu "$tmp/cuda_sample_emu.cpp" <<'PY'
-import re, sys
-s = open(sys.argv[1]).read()
-s = re.sub(r'(\w+(?:<[^<>;]*>)?)<<<(.*?)>>>\(', r'emu_launcher(\1, \2)(', s, flags=re.S)
-assert '<<<' not in s and 'extern __shared__' not in s
-open(sys.argv[2], 'w').write(s)
-PY
+. "$(dirname "$0")/emu_lib.sh"
+emu_rewrite src/backend/cuda/cuda_sample.cu "$tmp/cuda_sample_emu.cpp"
 inc="-Iinclude -Isrc"
 for f in src/base/status.c src/backend/sample_ref.c; do
     gcc -O1 -std=c11 -D_GNU_SOURCE -c $inc "$f" -o "$tmp/$(basename "$f" .c).o"

@@ -631,6 +631,34 @@ static void test_rmsnorm(void **state) {
 
 // swiglu straight into an activation type (where a backend offers it): bit for bit swiglu to
 // F32 followed by convert; elsewhere the exact "unsupported" error
+// An op written straight into activation type at (dq; st: its status): refused with the exact
+// unsupported error ("<op>: dst type ...") where the backend does not claim it (returns 0), else
+// byte for byte the op's F32 result (df, computed by the caller) converted by convert (dr)
+// (returns 1).
+static int check_into_act(fg_backend *be, const target *tg, fg_op op, const char *name, fg_status st, dev *dq,
+                          dev *df, dev *dr, int64_t n, int64_t rows) {
+    const uint32_t at = dq->t.type;
+    const fg_type_traits *tr = fg_type_traits_get(at);
+    if (!fg_backend_supports(be, op, at)) {
+        char want[64];
+        snprintf(want, sizeof want, "%s: dst type", name);
+        assert_int_equal(st, FG_ERR_UNSUPPORTED);
+        assert_non_null(strstr(fg_last_error(), want));
+        return 0;
+    }
+    if (st != FG_OK)
+        fail_msg("%s %s into %s: %s", tg->name, name, tr->name, fg_last_error());
+    assert_int_equal(fg_op_convert(be, &dr->t, &df->t), FG_OK);
+    unsigned char *got = dev_get(be, dq), *want = dev_get(be, dr);
+    dev_check_guard(be, dq, name);
+    char what[96];
+    snprintf(what, sizeof what, "%s %s into %s, %lld x %lld", tg->name, name, tr->name, (long long)rows, (long long)n);
+    check_same(what, got, want, (size_t)rows * (size_t)(n / tr->blck_size) * tr->type_size);
+    free(got);
+    free(want);
+    return 1;
+}
+
 static void test_swiglu_convert(void **state) {
     const target *tg = *state;
     need_target(tg);
@@ -638,7 +666,6 @@ static void test_swiglu_convert(void **state) {
     static const int64_t shapes[2][2] = {{3 * 256, 5}, {14336, 2}};
     int fused = 0, refused = 0;
     for (size_t ai = 0; ai < FG_ARRAY_LEN(acts); ai++) {
-        const fg_type_traits *tr = fg_type_traits_get(acts[ai]);
         for (int sh = 0; sh < 2; sh++) {
             const int64_t n = shapes[sh][0], rows = shapes[sh][1];
             fg_backend *be = open_backend(tg, 0);
@@ -652,25 +679,11 @@ static void test_swiglu_convert(void **state) {
             g.ne[0] = u.ne[0] = n;
             u.data = (char *)u.data + n * 4;
             fg_status st = fg_op_swiglu(be, &dq.t, &g, &u);
-            if (!fg_backend_supports(be, FG_OP_SWIGLU, acts[ai])) {
-                assert_int_equal(st, FG_ERR_UNSUPPORTED);
-                assert_non_null(strstr(fg_last_error(), "swiglu: dst type"));
-                refused++;
-            } else {
-                if (st != FG_OK)
-                    fail_msg("%s swiglu into %s: %s", tg->name, tr->name, fg_last_error());
-                assert_int_equal(fg_op_swiglu(be, &dh.t, &g, &u), FG_OK);
-                assert_int_equal(fg_op_convert(be, &dr.t, &dh.t), FG_OK);
-                unsigned char *got = dev_get(be, &dq), *want = dev_get(be, &dr);
-                dev_check_guard(be, &dq, "swiglu into an activation type");
-                char what[96];
-                snprintf(what, sizeof what, "%s swiglu into %s, %lld x %lld", tg->name, tr->name, (long long)rows,
-                         (long long)n);
-                check_same(what, got, want, (size_t)rows * (size_t)(n / tr->blck_size) * tr->type_size);
-                free(got);
-                free(want);
+            assert_int_equal(fg_op_swiglu(be, &dh.t, &g, &u), FG_OK);
+            if (check_into_act(be, tg, FG_OP_SWIGLU, "swiglu", st, &dq, &dh, &dr, n, rows))
                 fused++;
-            }
+            else
+                refused++;
             free(gu);
             dev_free(be, &dgu);
             dev_free(be, &dh);
@@ -725,25 +738,11 @@ static void test_rmsnorm_convert(void **state) {
             dev_put(be, &dx, xv);
             dev_put(be, &dw, wv);
             fg_status st = fg_op_rmsnorm(be, &dq.t, &dx.t, &dw.t, 1e-5f);
-            if (!fg_backend_supports(be, FG_OP_RMSNORM, acts[ai])) {
-                assert_int_equal(st, FG_ERR_UNSUPPORTED);
-                assert_non_null(strstr(fg_last_error(), "rmsnorm: dst type"));
-                refused++;
-            } else {
-                if (st != FG_OK)
-                    fail_msg("%s rmsnorm into %s: %s", tg->name, tr->name, fg_last_error());
-                assert_int_equal(fg_op_rmsnorm(be, &df.t, &dx.t, &dw.t, 1e-5f), FG_OK);
-                assert_int_equal(fg_op_convert(be, &dr.t, &df.t), FG_OK);
-                unsigned char *got = dev_get(be, &dq), *want = dev_get(be, &dr);
-                dev_check_guard(be, &dq, "rmsnorm into an activation type");
-                char what[96];
-                snprintf(what, sizeof what, "%s rmsnorm into %s, %lld x %lld", tg->name, tr->name, (long long)rows,
-                         (long long)n);
-                check_same(what, got, want, (size_t)rows * (size_t)(n / tr->blck_size) * tr->type_size);
-                free(got);
-                free(want);
+            assert_int_equal(fg_op_rmsnorm(be, &df.t, &dx.t, &dw.t, 1e-5f), FG_OK);
+            if (check_into_act(be, tg, FG_OP_RMSNORM, "rmsnorm", st, &dq, &df, &dr, n, rows))
                 fused++;
-            }
+            else
+                refused++;
             free(xv);
             free(wv);
             dev_free(be, &dx);
