@@ -381,6 +381,14 @@ fg_status fg_op_gather_out(fg_backend *be, fg_tensor *dst, const fg_tensor *src)
 static fg_status check_act(const char *op, const char *name, const fg_tensor *t, uint32_t type, int64_t n,
                            int64_t rows);
 
+// An op written straight into an activation type (dst->type != F32): the backend must claim it.
+static fg_status check_act_dst_type(fg_backend *be, fg_op op, const char *name, const fg_tensor *dst) {
+    if (!fg_backend_supports(be, op, dst->type))
+        return FG_FAIL(FG_ERR_UNSUPPORTED, "%s: dst type %s is not supported by the %s backend", name,
+                       fg_type_name(dst->type), be->ops->name);
+    return FG_OK;
+}
+
 fg_status fg_op_rmsnorm(fg_backend *be, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w, float eps) {
     if (!x)
         return FG_FAIL(FG_ERR_INVALID_ARG, "rmsnorm: x is NULL");
@@ -388,9 +396,7 @@ fg_status fg_op_rmsnorm(fg_backend *be, fg_tensor *dst, const fg_tensor *x, cons
     if (n < 1 || ne1 < 1 || ne2 < 1)
         return FG_FAIL(FG_ERR_INVALID_ARG, "rmsnorm: x has %lld x %lld elements", (long long)ne1, (long long)n);
     if (dst && dst->type != FG_TYPE_F32) { // the normed rows converted as convert would
-        if (!fg_backend_supports(be, FG_OP_RMSNORM, dst->type))
-            return FG_FAIL(FG_ERR_UNSUPPORTED, "rmsnorm: dst type %s is not supported by the %s backend",
-                           fg_type_name(dst->type), be->ops->name);
+        FG_TRY(check_act_dst_type(be, FG_OP_RMSNORM, "rmsnorm", dst));
         FG_TRY(check_f32_rows("rmsnorm", "x", x, n, ne1));
         FG_TRY(check_act("rmsnorm", "dst", dst, dst->type, n, ne1));
     } else if (ne2 == 1) {
@@ -491,9 +497,7 @@ fg_status fg_op_add(fg_backend *be, fg_tensor *dst, const fg_tensor *a, const fg
 
 fg_status fg_op_swiglu(fg_backend *be, fg_tensor *dst, const fg_tensor *gate, const fg_tensor *up) {
     if (dst && dst->type != FG_TYPE_F32) { // the product converted as convert would
-        if (!fg_backend_supports(be, FG_OP_SWIGLU, dst->type))
-            return FG_FAIL(FG_ERR_UNSUPPORTED, "swiglu: dst type %s is not supported by the %s backend",
-                           fg_type_name(dst->type), be->ops->name);
+        FG_TRY(check_act_dst_type(be, FG_OP_SWIGLU, "swiglu", dst));
         if (!gate || !up)
             return FG_FAIL(FG_ERR_INVALID_ARG, "swiglu: %s is NULL", gate ? "up" : "gate");
         const int64_t n = gate->ne[0], rows = gate->ne[1];
