@@ -187,18 +187,17 @@ static fg_status rmsnorm_into(fg_model *m, act_cache *ac, fg_tensor *xn, const f
                               const fg_tensor *const *ws, int n_w) {
     fg_backend *be = m->be;
     const int64_t n = x->ne[1];
-    uint32_t at = FG_TYPE_F32;
+    uint32_t at = FG_TYPE_COUNT; // none yet
+    bool mixed = false;          // projections of different activation types (F32 among them): F32 rows
     for (int i = 0; i < n_w; i++) {
         if (!ws[i])
             continue;
         const uint32_t t = fg_backend_act_type(be, ws[i]->type, n);
-        if (at != FG_TYPE_F32 && t != at)
-            at = FG_TYPE_COUNT; // projections of different activation types: F32 rows
-        else if (at != FG_TYPE_COUNT)
-            at = t;
+        mixed = mixed || (at != FG_TYPE_COUNT && t != at);
+        at = t;
     }
     ac->src = NULL;
-    if (at == FG_TYPE_F32 || at == FG_TYPE_COUNT || !fg_backend_supports(be, FG_OP_RMSNORM, at))
+    if (mixed || at == FG_TYPE_COUNT || at == FG_TYPE_F32 || !fg_backend_supports(be, FG_OP_RMSNORM, at))
         return fg_op_rmsnorm(be, xn, x, w, m->hp.rms_eps);
     int64_t ne[2] = {x->ne[0], n};
     fg_tensor t = fg_tensor_view(m->s.buf, m->s.act, 0, at, 2, ne);
