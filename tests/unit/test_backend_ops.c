@@ -475,6 +475,10 @@ static void test_matmul_all_types(void **state) {
         matmul_case(tg, type, blk == 1 ? 515 : 4 * 256, 300, 1, false, false, true, false);
         // past the batched matvec (64 rows): the integer tiled kernels' ragged tiles
         matmul_case(tg, type, blk == 1 ? 131 : 2 * 256, 131, 65, true, false, true, true);
+        // few tiles over a long K: the tensor-core kernel splits K (partial sums after the
+        // converted rows in the arena: F32 rows converted in the second case)
+        matmul_case(tg, type, blk == 1 ? 131 : 8 * 256, 131, 65, true, false, true, true);
+        matmul_case(tg, type, blk == 1 ? 131 : 8 * 256, 131, 70, false, true, false, false);
         if (!g_quick) {
             matmul_case(tg, type, blk == 1 ? 131 : 3 * 256, 259, 200, true, true, false, true);
             matmul_case(tg, type, blk == 1 ? 131 : 256, 37, 511, true, true, false, true);

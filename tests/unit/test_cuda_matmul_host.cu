@@ -603,24 +603,34 @@ static void test_mqm_layout(void) {
 
 // The kernel, block by block: staging by all threads, then each warp's units with its lanes'
 // fragments gathered, the mma emulated, the scaling per lane (mqm_kernel's order).
+// With a.part set, K in splits of a.ku_split units (grid z), each writing through
+// mq_split_part, then mq_reduce_one over every output (mq_reduce_kernel).
 template <int WT> static void emu_mqm(const mq_args &a) {
     buf smb(MQM_SMEM, 0, 0);
     std::vector<float> acc((size_t)MQM_NT * MQM_NI * MQM_NJ * 4);
     std::vector<mqm_frag> f(32);
     typedef float acc_t[MQM_NI][MQM_NJ][4];
+    const int n_split = a.part ? (a.n_units + a.ku_split - 1) / a.ku_split : 1;
+    for (int z = 0; z < n_split; z++)
     for (int64_t m0 = 0; m0 < a.n_out; m0 += MQM_BM)
         for (int64_t n0 = 0; n0 < a.n_rows; n0 += MQM_BN) {
             std::fill(acc.begin(), acc.end(), 0.0f);
-            for (int ku0 = 0; ku0 < a.n_units; ku0 += MQM_BU) {
+            const int ku_lo = a.part ? z * a.ku_split : 0;
+            const int ku_end = a.part && a.n_units - ku_lo >= a.ku_split ? ku_lo + a.ku_split : a.n_units;
+            for (int ku0 = ku_lo; ku0 < ku_end; ku0 += MQM_BU) {
                 memset(smb.p, 0xFF, MQM_SMEM); // every byte read must have been staged
                 for (int tid = 0; tid < MQM_NT; tid++)
-                    mqm_load<WT>(a, m0, n0, ku0, tid, smb.p);
+                    mqm_load<WT>(a, m0, n0, ku0, ku_end, tid, smb.p);
                 for (int warp = 0; warp < MQM_NT / 32; warp++)
                     for (int uu = 0; uu < MQM_BU; uu++) {
+                        // the kernel's skip of mma tiles wholly past the last row
+                        const int64_t wn0 = n0 + mqm_warp_n(warp);
                         for (int lane = 0; lane < 32; lane++)
                             mqm_frags<WT>(smb.p, uu, warp, lane, f[(size_t)lane]);
                         for (int i = 0; i < MQM_NI; i++)
                             for (int j = 0; j < MQM_NJ; j++) {
+                                if (wn0 + 8 * j >= a.n_rows)
+                                    continue;
                                 uint32_t fa[32][4], fb[32][2];
                                 int lo[32][4], hi[32][4];
                                 for (int lane = 0; lane < 32; lane++) {
@@ -648,14 +658,20 @@ template <int WT> static void emu_mqm(const mq_args &a) {
                     }
             }
             for (int tid = 0; tid < MQM_NT; tid++)
-                mqm_write(a, m0, n0, tid / 32, tid % 32, *(acc_t *)&acc[(size_t)tid * MQM_NI * MQM_NJ * 4]);
+                mqm_write(mq_split_part(a, z), m0, n0, tid / 32, tid % 32,
+                          *(acc_t *)&acc[(size_t)tid * MQM_NI * MQM_NJ * 4]);
         }
+    if (a.part)
+        for (int64_t r = 0; r < a.n_rows; r++)
+            for (int64_t o = 0; o < a.n_out; o++)
+                mq_reduce_one(a, n_split, r, o);
 }
 
 // rows x n_out x n_in with 8-bit activations on the weight's grid; against the double dot of
 // the dequantized weights and the dequantized activation bytes (the reference's arithmetic).
 template <int WT>
-static void test_mq_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumulate, bool use_bias, bool mma = false) {
+static void test_mq_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumulate, bool use_bias, bool mma = false,
+                         int split_steps = 0) {
     const size_t off = WT == FG_TYPE_MXFP4 ? 1 : 2;
     wmat w(WT, n_out, n_in, off * 3, off);
     std::vector<float> bias((size_t)n_out);
@@ -686,6 +702,18 @@ static void test_mq_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumul
     a.n_rows = rows;
     a.n_units = (int)(n_in / 32);
     a.accumulate = accumulate;
+    a.ku_split = a.n_units;
+    a.part = NULL;
+    a.part_nb1 = a.split_nb = 0;
+    const int n_split = split_steps > 0 ? (a.n_units + MQM_BU * split_steps - 1) / (MQM_BU * split_steps) : 1;
+    // partial sums with rows padded (their own stride), poisoned
+    buf part((size_t)n_split * (size_t)rows * (size_t)(n_out + 3) * 4, 0, 0xFF);
+    if (split_steps > 0) {
+        a.ku_split = MQM_BU * split_steps;
+        a.part = part.p;
+        a.part_nb1 = (size_t)(n_out + 3) * 4;
+        a.split_nb = a.part_nb1 * (size_t)rows;
+    }
     if (mma)
         emu_mqm<WT>(a);
     else
@@ -694,8 +722,8 @@ static void test_mq_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumul
     reference(w, xv, rows, a.bias, accumulate ? &d.prior : NULL, ref, mag);
     reference_s<WT>(w, q.p, qb, rows, a.bias, accumulate ? &d.prior : NULL, ref);
     char what[96];
-    snprintf(what, sizeof what, "%s %s n_in %lld n_out %lld rows %lld", mma ? "mqm" : "mq", fg_type_name(WT), (long long)n_in,
-             (long long)n_out, (long long)rows);
+    snprintf(what, sizeof what, "%s %s n_in %lld n_out %lld rows %lld splits %d", mma ? "mqm" : "mq", fg_type_name(WT),
+             (long long)n_in, (long long)n_out, (long long)rows, n_split);
     compare(what, d.b.p, d.nb1, rows, n_out, ref, mag, 1e-5);
 }
 
@@ -711,6 +739,11 @@ template <int WT> static void test_mq_type(void) {
     test_mq_case<WT>(64, 128, k1, false, false, true);  // exact tile
     test_mq_case<WT>(65, 77, k2, true, false, true);    // one row into a second n tile
     test_mq_case<WT>(200, 259, k1, true, true, true);   // 4 n tiles, 3 m tiles
+    // split K (batched decode): uneven last split, rows of one warp only, a warp past the rows
+    const int64_t k3 = qk == 256 ? 5 * 256 : 37 * 32;
+    test_mq_case<WT>(17, 131, k3, true, true, true, 2);  // 40/37 units in splits of 8 units
+    test_mq_case<WT>(3, 77, k3, false, true, true, 1);   // splits of one step, 3 rows
+    test_mq_case<WT>(40, 130, k2, true, false, true, 3); // a split of a partial step
 }
 
 // ---------------------------------------------------------------- decoders alone

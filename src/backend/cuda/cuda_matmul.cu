@@ -53,6 +53,11 @@
 
 #define FG_MV_MAX_ROWS 8 // activation rows up to which the matvec kernels run
 #define FG_MV_BATCH_ROWS 64 // quantized weights: rows up to which the matvec runs in passes of 8
+// split K of the tensor-core integer kernel (mq_plan_split)
+#define MQ_SPLIT_BLOCKS_PER_SM 2             // blocks an SM it aims for (2 are resident)
+#define MQ_SPLIT_MIN_STEPS 4                 // K steps (of 4 units) a split at least
+#define MQ_SPLIT_MAX 16                      // splits at most
+#define MQ_SPLIT_BYTES ((size_t)16 << 20)    // the arena's room for partial sums, at least
 
 static constexpr FG_HD bool mm_is_float(int t) {
     return t == FG_TYPE_F32 || t == FG_TYPE_F16 || t == FG_TYPE_BF16;
@@ -902,6 +907,12 @@ struct mq_args {
     int64_t n_rows;
     int n_units; // n_in / 32
     int accumulate;
+    // split K (mqm): block z takes units [z ku_split, (z + 1) ku_split); with part set it writes
+    // its partial sums (no bias, no accumulate) to part + z split_nb, rows part_nb1 bytes apart,
+    // and mq_reduce adds them up into dst
+    int ku_split; // a multiple of MQM_BU (>= n_units when not split)
+    uint8_t *part;
+    size_t part_nb1, split_nb;
 };
 
 // Weight unit (m0 + tid / MQ_BU, ku0 + tid % MQ_BU) decoded into shared memory; zeros (a unit
@@ -1119,9 +1130,11 @@ static FG_HD __forceinline__ void mqm_put(uint8_t *tile, int r, const uint32_t (
 }
 
 // The step's staging: weight units (m0 + m, ku0 + uu) decoded (OFF subtracted) and activation
-// units (n0 + n, ku0 + uu) with their scales into shared memory; zeros outside the matrix.
+// units (n0 + n, ku0 + uu) with their scales into shared memory; zeros outside the matrix and
+// from unit ku_end on (the end of the block's K split).
 template <int WT>
-static FG_HD __forceinline__ void mqm_load(const mq_args &a, int64_t m0, int64_t n0, int ku0, int tid, uint8_t *sm) {
+static FG_HD __forceinline__ void mqm_load(const mq_args &a, int64_t m0, int64_t n0, int ku0, int ku_end, int tid,
+                                           uint8_t *sm) {
     typedef fg_qt<WT> Q;
     float *ws = (float *)(sm + MQM_WS);
     float *xs = (float *)(sm + MQM_XS);
@@ -1129,7 +1142,7 @@ FG_UNROLL
     for (int p = 0; p < MQM_BM * MQM_BU / MQM_NT; p++) {
         const int idx = tid + MQM_NT * p, m = idx / MQM_BU, uu = idx % MQM_BU, ku = ku0 + uu;
         fg_qunit u;
-        if (m0 + m < a.n_out && ku < a.n_units) {
+        if (m0 + m < a.n_out && ku < ku_end) {
             const uint8_t *blk = a.w + (size_t)(m0 + m) * a.w_nb1 + (size_t)(ku / Q::UPB) * Q::BYTES;
             fg_q_decode<WT, fg_rd_exact>(blk, ku % Q::UPB, u);
 FG_UNROLL
@@ -1151,7 +1164,7 @@ FG_UNROLL
     for (int p = 0; p < MQM_BN * MQM_BU / MQM_NT; p++) {
         const int idx = tid + MQM_NT * p, n = idx / MQM_BU, uu = idx % MQM_BU, ku = ku0 + uu;
         fg_q8unit x;
-        if (n0 + n < a.n_rows && ku < a.n_units)
+        if (n0 + n < a.n_rows && ku < ku_end)
             mm_x_unit<WT>(a.x + (size_t)(n0 + n) * a.x_nb1, ku, x);
         else
             mm_x_unit_zero(x);
@@ -1247,6 +1260,29 @@ FG_UNROLL
     }
 }
 
+// The arguments split z writes with: its partial sums at dst + z split_nb, without bias or
+// accumulate (mq_reduce applies them); a itself when K is not split.
+static FG_HD __forceinline__ mq_args mq_split_part(const mq_args &a, int z) {
+    if (!a.part)
+        return a;
+    mq_args p = a;
+    p.dst = (float *)(a.part + (size_t)z * a.split_nb);
+    p.d_nb1 = a.part_nb1;
+    p.bias = NULL;
+    p.accumulate = 0;
+    return p;
+}
+
+// Output (r, o) of a split call: the splits' partial sums (written through mq_split_part(a, z)
+// for z = 0 .. n_split - 1) added in z order, then stored as an unsplit call would.
+static FG_HD __forceinline__ void mq_reduce_one(const mq_args &a, int n_split, int64_t r, int64_t o) {
+    const float *p = (const float *)(a.part + (size_t)r * a.part_nb1) + o;
+    float s = 0.0f;
+    for (int z = 0; z < n_split; z++)
+        s += p[(size_t)z * a.split_nb / 4];
+    mm_store((float *)((uint8_t *)a.dst + (size_t)r * a.d_nb1) + o, a.bias, o, s, a.accumulate);
+}
+
 // Epilogue: C register r of tile (i, j) is output (m0 + wm + 16 i + c_row, n0 + wn + 8 j + c_col).
 static FG_HD __forceinline__ void mqm_write(const mq_args &a, int64_t m0, int64_t n0, int warp, int lane,
                                             const float (&acc)[MQM_NI][MQM_NJ][4]) {
@@ -1301,6 +1337,11 @@ template <int WT> static __global__ __launch_bounds__(MQM_NT, 2) void mqm_kernel
     __shared__ __align__(16) uint8_t sm[MQM_SMEM];
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32; // the sm_80 warp
     const int64_t n0 = (int64_t)blockIdx.x * MQM_BN, m0 = (int64_t)blockIdx.y * MQM_BM;
+    const int ku_lo = (int)blockIdx.z * a.ku_split;
+    const int ku_end = a.n_units - ku_lo < a.ku_split ? a.n_units : ku_lo + a.ku_split;
+    // mma tiles j of this warp with a row in the matrix (the others are skipped: few-row batches)
+    const int64_t wn0 = n0 + mqm_warp_n(warp);
+    const int nj = wn0 >= a.n_rows ? 0 : a.n_rows - wn0 >= 8 * MQM_NJ ? MQM_NJ : (int)((a.n_rows - wn0 + 7) / 8);
     float acc[MQM_NI][MQM_NJ][4];
 FG_UNROLL
     for (int i = 0; i < MQM_NI; i++)
@@ -1309,25 +1350,37 @@ FG_UNROLL
 FG_UNROLL
             for (int r = 0; r < 4; r++)
                 acc[i][j][r] = 0.0f;
-    for (int ku0 = 0; ku0 < a.n_units; ku0 += MQM_BU) {
-        mqm_load<WT>(a, m0, n0, ku0, tid, sm);
+    for (int ku0 = ku_lo; ku0 < ku_end; ku0 += MQM_BU) {
+        mqm_load<WT>(a, m0, n0, ku0, ku_end, tid, sm);
         __syncthreads();
+        if (nj > 0) {
 FG_UNROLL_N(1) // (unrolled, the units' operands spill at the 128 registers of 2 blocks an SM)
-        for (int uu = 0; uu < MQM_BU; uu++) {
-            mqm_frag f;
-            mqm_frags<WT>(sm, uu, warp, lane, f);
+            for (int uu = 0; uu < MQM_BU; uu++) {
+                mqm_frag f;
+                mqm_frags<WT>(sm, uu, warp, lane, f);
 FG_UNROLL
-            for (int i = 0; i < MQM_NI; i++)
+                for (int i = 0; i < MQM_NI; i++)
 FG_UNROLL
-                for (int j = 0; j < MQM_NJ; j++) {
-                    int lo[4], hi[4];
-                    mqm_mma<fg_qt<WT>::SPLIT>(f.a[i], f.b[j], lo, hi);
-                    mqm_scale<WT>(f, i, j, lo, hi, acc[i][j]);
-                }
+                    for (int j = 0; j < MQM_NJ; j++) {
+                        if (j >= nj)
+                            break;
+                        int lo[4], hi[4];
+                        mqm_mma<fg_qt<WT>::SPLIT>(f.a[i], f.b[j], lo, hi);
+                        mqm_scale<WT>(f, i, j, lo, hi, acc[i][j]);
+                    }
+            }
         }
         __syncthreads();
     }
-    mqm_write(a, m0, n0, warp, lane, acc);
+    mqm_write(mq_split_part(a, (int)blockIdx.z), m0, n0, warp, lane, acc);
+}
+
+// The split-K sum: one thread an output, rows along y.
+static __global__ void mq_reduce_kernel(mq_args a, int n_split) {
+    const int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (int64_t r = blockIdx.y; r < a.n_rows; r += gridDim.y)
+        if (o < a.n_out)
+            mq_reduce_one(a, n_split, r, o);
 }
 #endif // !FG_MM_HOST_TEST
 #endif // !__HIPCC__
@@ -1553,7 +1606,7 @@ size_t fg_cuda_matmul_scratch_bytes(const fg_backend_limits *lim) {
                                           ? mm_q8_k_row_bytes(cols + 255)
                                           : mm_q8_1_row_bytes(cols + 31));
     const size_t f32 = (size_t)(lim->max_tokens > 0 ? lim->max_tokens : 0) * (size_t)cols * 4;
-    return (q8 > f32 ? q8 : f32) + 256;
+    return (q8 > f32 ? q8 : f32) + 256 + MQ_SPLIT_BYTES;
 }
 
 // The mm arena as per-call scratch: everything a call enqueues runs on c->stream after the
@@ -1715,14 +1768,60 @@ template <int WT> static fg_status mq_go(fg_cuda *c, const mq_args &a) {
     return FG_OK;
 }
 
+#if !defined(__HIPCC__)
+// Split K for the tensor-core kernel when its tiles alone would not fill the device (few rows,
+// few weight rows: batched decode): splits of at least MQ_SPLIT_MIN_STEPS K steps until about
+// MQ_SPLIT_BLOCKS_PER_SM blocks an SM are in flight, their partial sums in the mm arena after
+// the call's converted rows (what is left of it, at least MQ_SPLIT_BYTES: fg_cuda_matmul_
+// scratch_bytes). The split count depends on the shapes and the device only, so a step's
+// graph stays valid. FORGE_CUDA_MQ_SPLIT=0 turns it off. Sets a's split fields; the count.
+static int mq_plan_split(fg_cuda *c, mq_args &a) {
+    const int steps = (a.n_units + MQM_BU - 1) / MQM_BU;
+    a.ku_split = steps * MQM_BU;
+    a.part = NULL;
+    a.part_nb1 = a.split_nb = 0;
+    const int64_t tiles = fg_div_up(a.n_rows, MQM_BN) * fg_div_up(a.n_out, MQM_BM);
+    const int64_t want_blocks = (int64_t)MQ_SPLIT_BLOCKS_PER_SM * (c->n_sm > 0 ? c->n_sm : 80);
+    if (!c->mq_split || tiles >= want_blocks / 2 || steps < 2 * MQ_SPLIT_MIN_STEPS)
+        return 1;
+    int n = (int)fg_div_up(want_blocks, tiles);
+    n = n < steps / MQ_SPLIT_MIN_STEPS ? n : steps / MQ_SPLIT_MIN_STEPS;
+    n = n < MQ_SPLIT_MAX ? n : MQ_SPLIT_MAX;
+    const size_t part_nb1 = (size_t)a.n_out * 4, split_nb = part_nb1 * (size_t)a.n_rows;
+    const size_t off = (c->mm.used + FG_CUDA_ARENA_ALIGN - 1) & ~(FG_CUDA_ARENA_ALIGN - 1);
+    const size_t left = off < c->mm.size ? c->mm.size - off : 0;
+    if ((size_t)n * split_nb > left)
+        n = (int)(left / split_nb);
+    if (n < 2)
+        return 1;
+    const int per = (steps + n - 1) / n; // K steps a split; no split left empty
+    n = (steps + per - 1) / per;
+    void *p = NULL;
+    if (n < 2 || fg_cuda_arena_take(&c->mm, (size_t)n * split_nb, "matmul split-K partial sums", &p) != FG_OK)
+        return 1;
+    a.ku_split = per * MQM_BU;
+    a.part = (uint8_t *)p;
+    a.part_nb1 = part_nb1;
+    a.split_nb = split_nb;
+    return n;
+}
+#endif
+
 // The integer kernel c->mmq selects: the tensor-core one (FG_MMQ_MMA, sm_80+ NVIDIA only) or dp4a.
 template <int WT> static fg_status mq_select(fg_cuda *c, const mq_args &a) {
 #if !defined(__HIPCC__)
     if (c->mmq == FG_MMQ_MMA) {
         FG_ASSERT(fg_div_up(a.n_out, MQM_BM) <= MM_MAX_GRID_Y);
-        dim3 grid(fg_div_up(a.n_rows, MQM_BN), fg_div_up(a.n_out, MQM_BM));
-        mqm_kernel<WT><<<grid, MQM_NT, 0, c->stream>>>(a);
+        mq_args b = a;
+        const int n_split = mq_plan_split(c, b);
+        dim3 grid(fg_div_up(a.n_rows, MQM_BN), fg_div_up(a.n_out, MQM_BM), n_split);
+        mqm_kernel<WT><<<grid, MQM_NT, 0, c->stream>>>(b);
         FG_GPU_LAUNCH_CHECK(c, "integer tensor-core matmul");
+        if (n_split > 1) {
+            dim3 rg(fg_div_up(a.n_out, MM_NT), mm_grid_y(a.n_rows));
+            mq_reduce_kernel<<<rg, MM_NT, 0, c->stream>>>(b, n_split);
+            FG_GPU_LAUNCH_CHECK(c, "integer tensor-core matmul: split sum");
+        }
         return FG_OK;
     }
 #endif
@@ -1892,6 +1991,8 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
     c->mv_direct = mv && !strcmp(mv, "staged") ? 0 : mv && !strcmp(mv, "direct16") ? 2 : 1;
     const char *mp = getenv("FORGE_CUDA_MV_PIPE");
     c->mv_pipe = !(mp && !strcmp(mp, "0"));
+    const char *ms = getenv("FORGE_CUDA_MQ_SPLIT");
+    c->mq_split = !(ms && !strcmp(ms, "0"));
     const char *mr = getenv("FORGE_CUDA_MV_ROWS");
     c->mv_rows = mr ? atoi(mr) : FG_MV_BATCH_ROWS;
 #ifdef FG_MM_CUBLAS
@@ -1992,6 +2093,7 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
                         n_rows <= INT32_MAX && n_out <= INT32_MAX && blas_chunk_rows(c, n_in) >= 1;
     const bool q_int = !flt && xt != FG_TYPE_F16 && xt != FG_TYPE_BF16 && !q_blas && (n_rows <= mv_max || c->mmq);
     if (q_int || (flt && n_rows <= FG_MV_MAX_ROWS && xt == FG_TYPE_F32)) {
+        c->mm.used = 0; // the arena is this call's (converted rows, then split-K partial sums)
         const uint8_t *xq = (const uint8_t *)x->data;
         size_t xq_nb1 = x->nb[1];
         if (!flt && xt == FG_TYPE_F32) { // quantize the rows once into the arena
@@ -2017,6 +2119,9 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
             a.n_rows = n_rows;
             a.n_units = (int)(n_in / 32);
             a.accumulate = accumulate;
+            a.ku_split = a.n_units;
+            a.part = NULL;
+            a.part_nb1 = a.split_nb = 0;
             switch (wt) {
 #define X(T) \
     case T:  \
