@@ -498,6 +498,52 @@ static void test_matmul_all_types(void **state) {
     assert_int_equal(n_types, g_quick ? (int)FG_ARRAY_LEN(quick_types) : 14); // all 14 weight types
 }
 
+// The integer tiled kernels at the row counts of batched decode, whatever the defaults send
+// there: on CUDA the matvec's passes and the library GEMM are switched off (FORGE_CUDA_MV_ROWS=8,
+// FORGE_CUDA_QBLAS_ROWS=0), so every case from 9 rows takes the tensor-core kernel (dp4a where
+// the device has no mma), K split where its tiles are few (n_in 2,048: 4 splits), whole where
+// K is short. Each case must keep the reference's integer arithmetic. The CPU has no such
+// paths: skipped there.
+static void test_matmul_integer_tiles(void **state) {
+    const target *tg = *state;
+    if (tg->cpu) {
+        print_message("SKIP: %s: the CUDA integer tiled kernels only\n", tg->name);
+        skip();
+    }
+    need_target(tg);
+    static const int rows[] = {9, 17, 40, 65};
+    static const uint32_t quick_types[] = {FG_TYPE_Q4_0, FG_TYPE_Q4_K, FG_TYPE_Q6_K};
+    setenv("FORGE_CUDA_MV_ROWS", "8", 1);
+    setenv("FORGE_CUDA_QBLAS_ROWS", "0", 1);
+    g_deviations = 0;
+    g_int_cases = g_f16_cases = 0;
+    int n_cases = 0;
+    for (uint32_t type = 0; type < FG_TYPE_COUNT; type++) {
+        const fg_type_traits *tr = fg_type_traits_get(type);
+        if (!weight_type(type) || !tr->is_quantized)
+            continue;
+        bool in_quick = false;
+        for (size_t q = 0; q < FG_ARRAY_LEN(quick_types); q++)
+            in_quick |= quick_types[q] == type;
+        if (g_quick && !in_quick)
+            continue;
+        for (size_t i = 0; i < FG_ARRAY_LEN(rows); i++) {
+            if (g_quick && i % 2 == 1)
+                continue;
+            matmul_case(tg, type, 8 * 256, 131, rows[i], i % 2 == 0, i == 1, i != 2, i >= 2); // split K
+            matmul_case(tg, type, 2 * 256, 259, rows[i], i % 2 == 1, false, i == 2, i < 2);   // whole K
+            n_cases += 2;
+        }
+    }
+    unsetenv("FORGE_CUDA_MV_ROWS");
+    unsetenv("FORGE_CUDA_QBLAS_ROWS");
+    print_message("%s: integer tiled cases: %d in the reference's integer arithmetic, %d in the F16 GEMM's\n",
+                  tg->name, g_int_cases, g_f16_cases);
+    if (g_deviations)
+        fail_msg("%s: %d matmul cases off the reference's arithmetic (listed above)", tg->name, g_deviations);
+    assert_int_equal(g_int_cases, n_cases);
+}
+
 // convert: every activation type the backend converts to holds x within half a quantization
 // step of each block (8-bit types) or exactly rounded
 // (F16/BF16), and is bit for bit what the reference quantizer writes, on every backend.
@@ -1962,10 +2008,11 @@ int main(void) {
     printf("test_backend_ops: seed 0x%llx (FORGE_SEED replays it), cpu kernels %s\n", (unsigned long long)g_seed,
            fg_cpu_simd_name());
 #define T(tg, fn) {#tg ": " #fn, fn, NULL, NULL, (void *)&tg}
-#define PER_TARGET(tg)                                                                                     \
-    T(tg, test_matmul_all_types), T(tg, test_convert), T(tg, test_rmsnorm), T(tg, test_add_swiglu), T(tg, test_swiglu_convert), T(tg, test_rmsnorm_convert),       \
-        T(tg, test_add_rmsnorm), T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), \
-        T(tg, test_attention), T(tg, test_kv_types), T(tg, test_rope_kv_store), T(tg, test_sample), T(tg, test_sample_checks), \
+#define PER_TARGET(tg)                                                                                        \
+    T(tg, test_matmul_all_types), T(tg, test_matmul_integer_tiles), T(tg, test_convert), T(tg, test_rmsnorm),   \
+        T(tg, test_add_swiglu), T(tg, test_swiglu_convert), T(tg, test_rmsnorm_convert), T(tg, test_add_rmsnorm), \
+        T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), T(tg, test_attention),           \
+        T(tg, test_kv_types), T(tg, test_rope_kv_store), T(tg, test_sample), T(tg, test_sample_checks),           \
         T(tg, test_layernorm), T(tg, test_gelu), T(tg, test_add_rows), T(tg, test_pool)
     const struct CMUnitTest tests[] = {
         PER_TARGET(k_cpu),
