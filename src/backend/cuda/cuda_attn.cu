@@ -970,7 +970,7 @@ __global__ void __launch_bounds__(256) attn_reduce_kernel(attn_args a, int n_tok
 // by both blocks' f16 scales, as the reference's vec_dot_q8_0_q8_0), f32 softmax and V sums.
 #define DEC_NW 4
 #define DEC_GM 8              // most q heads per kv head
-#define DEC_L_MIN 128         // fewest keys of a chunk when a sequence is split
+#define DEC_L_MIN 128         // fewest keys of a chunk when a sequence is split (FORGE_CUDA_DEC_L_MIN)
 #define DEC_BLOCKS_PER_SM 4   // the split aims at this many blocks per SM
 
 
@@ -1610,9 +1610,10 @@ static bool dec_fits(const fg_cuda *c, uint32_t kv_type, attn_args &a) {
     const long long base = (long long)st->n_seqs * a.n_head_kv;
     const long long target = (long long)DEC_BLOCKS_PER_SM * (c->n_sm > 0 ? c->n_sm : 80);
     long long n_split = 1;
-    if (base < target && st->max_n_kv > DEC_L_MIN) {
+    const long long l_min = c->dec_l_min > 0 ? c->dec_l_min : DEC_L_MIN;
+    if (base < target && st->max_n_kv > l_min) {
         n_split = (target + base - 1) / base;
-        const long long by_len = ((long long)st->max_n_kv + DEC_L_MIN - 1) / DEC_L_MIN;
+        const long long by_len = ((long long)st->max_n_kv + l_min - 1) / l_min;
         n_split = n_split < by_len ? n_split : by_len;
         const size_t row_bytes = ((size_t)hd + 2) * sizeof(float);
         const long long rows_max =

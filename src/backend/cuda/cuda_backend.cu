@@ -1098,6 +1098,8 @@ static fg_status init_device(fg_cuda *c) {
 #endif
     const char *ad = getenv("FORGE_CUDA_ATTN_DEC");
     c->attn_dec = !(ad && !strcmp(ad, "0"));
+    const char *dl = getenv("FORGE_CUDA_DEC_L_MIN");
+    c->dec_l_min = dl ? atoi(dl) : 0;
     FG_TRY(fg_cuda_attn_init(c));
     FG_TRY(fg_cuda_prof_init(c));
     return FG_OK;

@@ -126,6 +126,7 @@ typedef struct fg_cuda {
     bool pdl;               // the step's small kernels and matvecs launched with programmatic dependent
                             // launch (fg_launch; sm_90+, CUDA; FORGE_CUDA_PDL=0 off): each starts
                             // while the one before it ends, the matvecs' first weights in flight
+    int dec_l_min;          // decode attention: fewest keys of a split chunk (FORGE_CUDA_DEC_L_MIN; 0: DEC_L_MIN)
     bool attn_dec;          // decode steps through attn_dec_kernel (FORGE_CUDA_ATTN_DEC=0: attn_kernel)
     bool attn_fa;           // other steps (F16 cache, head_dim 64/128, sm_80+) through the tensor-core
                             // attn_fa_kernel (FORGE_CUDA_ATTN_MMA=0: attn_kernel)
