@@ -1131,52 +1131,63 @@ static FG_HD __forceinline__ void mqm_put(uint8_t *tile, int r, const uint32_t (
 
 // The step's staging: weight units (m0 + m, ku0 + uu) decoded (OFF subtracted) and activation
 // units (n0 + n, ku0 + uu) with their scales into shared memory; zeros outside the matrix and
-// from unit ku_end on (the end of the block's K split).
+// from unit ku_end on (the end of the block's K split). Every unit of the thread is read into
+// registers before the first is stored, so that all of its global loads are in flight at once
+// (stores to shared memory in between would keep the compiler from hoisting later loads).
 template <int WT>
 static FG_HD __forceinline__ void mqm_load(const mq_args &a, int64_t m0, int64_t n0, int ku0, int ku_end, int tid,
                                            uint8_t *sm) {
     typedef fg_qt<WT> Q;
+    constexpr int PW = MQM_BM * MQM_BU / MQM_NT, PX = MQM_BN * MQM_BU / MQM_NT;
     float *ws = (float *)(sm + MQM_WS);
     float *xs = (float *)(sm + MQM_XS);
+    fg_qunit u[PW];
+    fg_q8unit x[PX];
 FG_UNROLL
-    for (int p = 0; p < MQM_BM * MQM_BU / MQM_NT; p++) {
+    for (int p = 0; p < PW; p++) {
         const int idx = tid + MQM_NT * p, m = idx / MQM_BU, uu = idx % MQM_BU, ku = ku0 + uu;
-        fg_qunit u;
         if (m0 + m < a.n_out && ku < ku_end) {
             const uint8_t *blk = a.w + (size_t)(m0 + m) * a.w_nb1 + (size_t)(ku / Q::UPB) * Q::BYTES;
-            fg_q_decode<WT, fg_rd_exact>(blk, ku % Q::UPB, u);
-FG_UNROLL
-            for (int k = 0; k < 8; k++)
-                u.q[k] = mqm_sub_off<Q::OFF>(u.q[k]);
+            fg_q_decode<WT, fg_rd_exact>(blk, ku % Q::UPB, u[p]);
         } else {
 FG_UNROLL
             for (int k = 0; k < 8; k++)
-                u.q[k] = 0;
-            u.a_lo = u.a_hi = u.b_lo = u.b_hi = 0.0f;
+                u[p].q[k] = (uint32_t)Q::OFF * 0x01010101u; // 0 once OFF is subtracted
+            u[p].a_lo = u[p].a_hi = u[p].b_lo = u[p].b_hi = 0.0f;
         }
-        mqm_put(sm + MQM_WQ + (size_t)uu * MQM_BM * 32, m, u.q);
-        ws[(0 * MQM_BU + uu) * MQM_BM + m] = u.a_lo;
-        ws[(1 * MQM_BU + uu) * MQM_BM + m] = u.a_hi;
-        ws[(2 * MQM_BU + uu) * MQM_BM + m] = u.b_lo;
-        ws[(3 * MQM_BU + uu) * MQM_BM + m] = u.b_hi;
     }
 FG_UNROLL
-    for (int p = 0; p < MQM_BN * MQM_BU / MQM_NT; p++) {
+    for (int p = 0; p < PX; p++) {
         const int idx = tid + MQM_NT * p, n = idx / MQM_BU, uu = idx % MQM_BU, ku = ku0 + uu;
-        fg_q8unit x;
         if (n0 + n < a.n_rows && ku < ku_end)
-            mm_x_unit<WT>(a.x + (size_t)(n0 + n) * a.x_nb1, ku, x);
+            mm_x_unit<WT>(a.x + (size_t)(n0 + n) * a.x_nb1, ku, x[p]);
         else
-            mm_x_unit_zero(x);
+            mm_x_unit_zero(x[p]);
+    }
+FG_UNROLL
+    for (int p = 0; p < PW; p++) {
+        const int idx = tid + MQM_NT * p, m = idx / MQM_BU, uu = idx % MQM_BU;
+FG_UNROLL
+        for (int k = 0; k < 8; k++)
+            u[p].q[k] = mqm_sub_off<Q::OFF>(u[p].q[k]);
+        mqm_put(sm + MQM_WQ + (size_t)uu * MQM_BM * 32, m, u[p].q);
+        ws[(0 * MQM_BU + uu) * MQM_BM + m] = u[p].a_lo;
+        ws[(1 * MQM_BU + uu) * MQM_BM + m] = u[p].a_hi;
+        ws[(2 * MQM_BU + uu) * MQM_BM + m] = u[p].b_lo;
+        ws[(3 * MQM_BU + uu) * MQM_BM + m] = u[p].b_hi;
+    }
+FG_UNROLL
+    for (int p = 0; p < PX; p++) {
+        const int idx = tid + MQM_NT * p, n = idx / MQM_BU, uu = idx % MQM_BU;
         uint32_t q[8];
 FG_UNROLL
         for (int k = 0; k < 8; k++)
-            q[k] = (uint32_t)x.q[k];
+            q[k] = (uint32_t)x[p].q[k];
         mqm_put(sm + MQM_XQ + (size_t)uu * MQM_BN * 32, n, q);
-        xs[(0 * MQM_BU + uu) * MQM_BN + n] = x.d;
-        xs[(1 * MQM_BU + uu) * MQM_BN + n] = x.s;
-        xs[(2 * MQM_BU + uu) * MQM_BN + n] = (float)(Q::SPLIT ? x.sum_lo : x.sum_lo + x.sum_hi);
-        xs[(3 * MQM_BU + uu) * MQM_BN + n] = (float)x.sum_hi;
+        xs[(0 * MQM_BU + uu) * MQM_BN + n] = x[p].d;
+        xs[(1 * MQM_BU + uu) * MQM_BN + n] = x[p].s;
+        xs[(2 * MQM_BU + uu) * MQM_BN + n] = (float)(Q::SPLIT ? x[p].sum_lo : x[p].sum_lo + x[p].sum_hi);
+        xs[(3 * MQM_BU + uu) * MQM_BN + n] = (float)x[p].sum_hi;
     }
 }
 
