@@ -473,7 +473,7 @@ static void test_matmul_all_types(void **state) {
         // both sides of any matvec/matmul crossover, threaded on the CPU
         matmul_case(tg, type, blk == 1 ? 515 : 4 * 256, 131, 9, true, false, false, true);
         matmul_case(tg, type, blk == 1 ? 515 : 4 * 256, 300, 1, false, false, true, false);
-        // past the batched matvec (64 rows): the integer tiled kernels' ragged tiles
+        // past the batched matvec (16 rows on CUDA): the integer tiled kernels' ragged tiles
         matmul_case(tg, type, blk == 1 ? 131 : 2 * 256, 131, 65, true, false, true, true);
         // few tiles over a long K: the tensor-core kernel splits K (partial sums after the
         // converted rows in the arena: F32 rows converted in the second case)

@@ -605,8 +605,15 @@ static void test_mqm_layout(void) {
 // fragments gathered, the mma emulated, the scaling per lane (mqm_kernel's order).
 // With a.part set, K in splits of a.ku_split units (grid z), each writing through
 // mq_split_part, then mq_reduce_one over every output (mq_reduce_kernel).
+// Per step: phase 2 (decode) of every thread, then phase 1 (staging) of the next step, then the
+// compute: an order the kernel's barriers allow (a warp may stage the next step while others
+// still compute), so staging that touched the tiles would show. Tiles are poisoned before each
+// phase 2 and the slots before each phase 1: every byte read must have been written.
 template <int WT> static void emu_mqm(const mq_args &a) {
-    buf smb(MQM_SMEM, 0, 0);
+    typedef mqm_raw<WT> G;
+    buf smb(G::SMEM, 0, 0xFF);
+    std::vector<fg_q8unit> xr((size_t)MQM_NT * MQM_PX);
+    typedef fg_q8unit xr_t[MQM_PX];
     std::vector<float> acc((size_t)MQM_NT * MQM_NI * MQM_NJ * 4);
     std::vector<mqm_frag> f(32);
     typedef float acc_t[MQM_NI][MQM_NJ][4];
@@ -617,10 +624,18 @@ template <int WT> static void emu_mqm(const mq_args &a) {
             std::fill(acc.begin(), acc.end(), 0.0f);
             const int ku_lo = a.part ? z * a.ku_split : 0;
             const int ku_end = a.part && a.n_units - ku_lo >= a.ku_split ? ku_lo + a.ku_split : a.n_units;
+            memset(smb.p + G::OFFS, 0xFF, (size_t)(G::SMEM - G::OFFS));
+            for (int tid = 0; tid < MQM_NT; tid++)
+                mqm_stage<WT>(a, m0, n0, ku_lo, ku_end, tid, smb.p, *(xr_t *)&xr[(size_t)tid * MQM_PX]);
             for (int ku0 = ku_lo; ku0 < ku_end; ku0 += MQM_BU) {
-                memset(smb.p, 0xFF, MQM_SMEM); // every byte read must have been staged
+                memset(smb.p, 0xFF, MQM_SMEM);
                 for (int tid = 0; tid < MQM_NT; tid++)
-                    mqm_load<WT>(a, m0, n0, ku0, ku_end, tid, smb.p);
+                    mqm_decode<WT>(a, m0, ku0, ku_end, tid, smb.p, *(const xr_t *)&xr[(size_t)tid * MQM_PX]);
+                if (ku0 + MQM_BU < ku_end) {
+                    memset(smb.p + G::OFFS, 0xFF, (size_t)(G::SMEM - G::OFFS));
+                    for (int tid = 0; tid < MQM_NT; tid++)
+                        mqm_stage<WT>(a, m0, n0, ku0 + MQM_BU, ku_end, tid, smb.p, *(xr_t *)&xr[(size_t)tid * MQM_PX]);
+                }
                 for (int warp = 0; warp < MQM_NT / 32; warp++)
                     for (int uu = 0; uu < MQM_BU; uu++) {
                         // the kernel's skip of mma tiles wholly past the last row

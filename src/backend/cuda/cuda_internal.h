@@ -115,7 +115,7 @@ typedef struct fg_cuda {
     int mv_direct;          // quantized matvec: 1 the direct kernel (default), 0 the staged one (FORGE_CUDA_MV=staged),
                             // 2 the direct one with 16-bit weight reads only (FORGE_CUDA_MV=direct16)
     int mv_pipe;            // direct quantized matvec, rows of more than 4,096 elements: the next
-                            // unit read before this one is used (FORGE_CUDA_MV_PIPE=0: one at a time)
+                            // unit read before this one is used (FORGE_CUDA_MV_PIPE=1; default one at a time)
     int mq_split;           // the tensor-core integer kernel splits K when its tiles leave SMs idle
     int mv_rows;            // quantized weights: up to this many rows through the matvec in passes of
                             // FG_MV_MAX_ROWS, more through the tiled kernel (FORGE_CUDA_MV_ROWS)

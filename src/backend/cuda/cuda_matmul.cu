@@ -52,7 +52,7 @@
 #endif
 
 #define FG_MV_MAX_ROWS 8 // activation rows up to which the matvec kernels run
-#define FG_MV_BATCH_ROWS 64 // quantized weights: rows up to which the matvec runs in passes of 8
+#define FG_MV_BATCH_ROWS 16 // quantized weights: rows up to which the matvec runs in passes of 8 (measured)
 // split K of the tensor-core integer kernel (mq_plan_split)
 #define MQ_SPLIT_BLOCKS_PER_SM 2             // blocks an SM it aims for (2 are resident)
 #define MQ_SPLIT_MIN_STEPS 4                 // K steps (of 4 units) a split at least
@@ -498,7 +498,7 @@ static FG_HD __forceinline__ void mw_thread(const mv_args &a, int64_t o0, int t,
         mw_load<WT, NR, A4>(a, o0, t, wu);
     fg_pdl_wait();
     fg_pdl_trigger();
-    if (nu <= MW_NT || !a.pipe) { // uniform (at most one unit a thread, or FORGE_CUDA_MV_PIPE=0)
+    if (nu <= MW_NT || !a.pipe) { // uniform (at most one unit a thread, or FORGE_CUDA_MV_PIPE not 1)
         for (int u = t; u < nu; u += MW_NT) {
             if (u != t)
                 mw_load<WT, NR, A4>(a, o0, u, wu);
@@ -1129,31 +1129,57 @@ static FG_HD __forceinline__ void mqm_put(uint8_t *tile, int r, const uint32_t (
     *(uint4 *)(t + mqm_word(r, 4)) = make_uint4(q[4], q[5], q[6], q[7]);
 }
 
-// The step's staging: weight units (m0 + m, ku0 + uu) decoded (OFF subtracted) and activation
-// units (n0 + n, ku0 + uu) with their scales into shared memory; zeros outside the matrix and
-// from unit ku_end on (the end of the block's K split). Every unit of the thread is read into
-// registers before the first is stored, so that all of its global loads are in flight at once
-// (stores to shared memory in between would keep the compiler from hoisting later loads).
-template <int WT>
-static FG_HD __forceinline__ void mqm_load(const mq_args &a, int64_t m0, int64_t n0, int ku0, int ku_end, int tid,
-                                           uint8_t *sm) {
+// Raw weight bytes: a step first copies, for each of its 128 weight rows, the bytes of the
+// blocks its units lie in (one block of a 256-element type, whole though the step takes half of
+// its units; BU blocks of a 32-element one, fewer at the end of K) into a row slot of shared
+// memory with coalesced 16-byte loads (consecutive threads, consecutive windows of a row; the
+// head and tail bytes of a segment that does not start or end on 16 bytes one by one), then
+// decodes the units from there (fg_rd_smem). Reading the blocks through the decoder straight
+// from global memory made every thread issue several 2- and 4-byte loads of rows 2 KiB apart.
+// Byte i of a row's segment is at slot + (segment address & 15) + i; a slot keeps 16 bytes
+// of slack after the segment for fg_rd_smem's word reads.
+template <int WT> struct mqm_raw {
     typedef fg_qt<WT> Q;
-    constexpr int PW = MQM_BM * MQM_BU / MQM_NT, PX = MQM_BN * MQM_BU / MQM_NT;
-    float *ws = (float *)(sm + MQM_WS);
-    float *xs = (float *)(sm + MQM_XS);
-    fg_qunit u[PW];
-    fg_q8unit x[PX];
+    static_assert(Q::UPB == 1 || Q::UPB % MQM_BU == 0, "a step's units lie in one block, or in BU blocks");
+    static constexpr int R = Q::UPB == 1 ? MQM_BU * Q::BYTES : Q::BYTES; // segment bytes, at most
+    static constexpr int RW = R / 16;                                     // whole windows, at most
+    static constexpr int SLOT = ((R + 15) / 16 + 2) * 16;
+    static constexpr int K = (MQM_BM * RW + MQM_NT - 1) / MQM_NT;         // windows a thread
+    static constexpr int OFFS = MQM_SMEM;                                 // the slots, after the tiles
+    static constexpr int SMEM = MQM_SMEM + MQM_BM * SLOT;                 // the kernel's dynamic smem
+};
+
+// The segment of weight row m0 + m (in the matrix) for the step at unit ku0.
+template <int WT>
+static FG_HD __forceinline__ const uint8_t *mqm_seg(const mq_args &a, int64_t m0, int m, int ku0, int ku_end, int *n) {
+    typedef fg_qt<WT> Q;
+    if constexpr (Q::UPB == 1)
+        *n = (ku_end - ku0 < MQM_BU ? ku_end - ku0 : MQM_BU) * Q::BYTES;
+    else
+        *n = Q::BYTES;
+    return a.w + (size_t)(m0 + m) * a.w_nb1 + (size_t)(ku0 / Q::UPB) * Q::BYTES;
+}
+
+// Phase 1 of a step: the weight rows' raw segments into their slots, and the activation units
+// (n0 + n, ku0 + uu) with their scales into the activation tiles (zeros outside the matrix and
+// from unit ku_end on: the end of the block's K split). All global loads of a thread are issued
+// before its first store (stores in between would keep the compiler from hoisting them).
+enum { MQM_PX = MQM_BN * MQM_BU / MQM_NT }; // activation units a thread
+template <int WT>
+static FG_HD __forceinline__ void mqm_stage(const mq_args &a, int64_t m0, int64_t n0, int ku0, int ku_end, int tid,
+                                            uint8_t *sm, fg_q8unit (&x)[MQM_PX]) {
+    typedef mqm_raw<WT> G;
+    constexpr int PX = MQM_PX;
+    uint4 v[G::K];
 FG_UNROLL
-    for (int p = 0; p < PW; p++) {
-        const int idx = tid + MQM_NT * p, m = idx / MQM_BU, uu = idx % MQM_BU, ku = ku0 + uu;
-        if (m0 + m < a.n_out && ku < ku_end) {
-            const uint8_t *blk = a.w + (size_t)(m0 + m) * a.w_nb1 + (size_t)(ku / Q::UPB) * Q::BYTES;
-            fg_q_decode<WT, fg_rd_exact>(blk, ku % Q::UPB, u[p]);
-        } else {
-FG_UNROLL
-            for (int k = 0; k < 8; k++)
-                u[p].q[k] = (uint32_t)Q::OFF * 0x01010101u; // 0 once OFF is subtracted
-            u[p].a_lo = u[p].a_hi = u[p].b_lo = u[p].b_hi = 0.0f;
+    for (int k = 0; k < G::K; k++) {
+        const int idx = tid + MQM_NT * k, m = idx / G::RW, j = idx % G::RW;
+        if (m < MQM_BM && m0 + m < a.n_out) {
+            int n;
+            const uint8_t *p = mqm_seg<WT>(a, m0, m, ku0, ku_end, &n);
+            const int off = (int)((uintptr_t)p & 15), c0 = (off + 15) / 16, c1 = (off + n) / 16;
+            if (c0 + j < c1)
+                v[k] = *(const uint4 *)(p - off + 16 * (c0 + j));
         }
     }
 FG_UNROLL
@@ -1164,20 +1190,48 @@ FG_UNROLL
         else
             mm_x_unit_zero(x[p]);
     }
-FG_UNROLL
-    for (int p = 0; p < PW; p++) {
-        const int idx = tid + MQM_NT * p, m = idx / MQM_BU, uu = idx % MQM_BU;
-FG_UNROLL
-        for (int k = 0; k < 8; k++)
-            u[p].q[k] = mqm_sub_off<Q::OFF>(u[p].q[k]);
-        mqm_put(sm + MQM_WQ + (size_t)uu * MQM_BM * 32, m, u[p].q);
-        ws[(0 * MQM_BU + uu) * MQM_BM + m] = u[p].a_lo;
-        ws[(1 * MQM_BU + uu) * MQM_BM + m] = u[p].a_hi;
-        ws[(2 * MQM_BU + uu) * MQM_BM + m] = u[p].b_lo;
-        ws[(3 * MQM_BU + uu) * MQM_BM + m] = u[p].b_hi;
+    // head and tail bytes: thread 2 m (m < 128) the head of row m, thread 2 m + 1 its tail
+    {
+        const int m = tid / 2;
+        if (2 * MQM_BM <= MQM_NT || m < MQM_BM) {
+            if (m0 + m < a.n_out) {
+                int n;
+                const uint8_t *p = mqm_seg<WT>(a, m0, m, ku0, ku_end, &n);
+                const int off = (int)((uintptr_t)p & 15), c0 = (off + 15) / 16, c1 = (off + n) / 16;
+                uint8_t *slot = sm + G::OFFS + m * G::SLOT + off;
+                const int head = 16 * c0 - off < n ? 16 * c0 - off : n; // bytes [0, head)
+                const int t0 = (c1 > c0 ? 16 * c1 : 16 * c0) - off;      // bytes [t0, n)
+                const int b0 = tid % 2 ? t0 : 0, b1 = tid % 2 ? n : head;
+                for (int b = b0; b < b1; b++)
+                    slot[b] = p[b];
+            }
+        }
     }
 FG_UNROLL
-    for (int p = 0; p < PX; p++) {
+    for (int k = 0; k < G::K; k++) {
+        const int idx = tid + MQM_NT * k, m = idx / G::RW, j = idx % G::RW;
+        if (m < MQM_BM && m0 + m < a.n_out) {
+            int n;
+            const uint8_t *p = mqm_seg<WT>(a, m0, m, ku0, ku_end, &n);
+            const int off = (int)((uintptr_t)p & 15), c0 = (off + 15) / 16, c1 = (off + n) / 16;
+            if (c0 + j < c1)
+                *(uint4 *)(sm + G::OFFS + m * G::SLOT + 16 * (c0 + j)) = v[k];
+        }
+    }
+}
+
+// Phase 2: weight units (m0 + m, ku0 + uu) decoded from the slots (OFF subtracted) into the
+// weight tiles with their scales, zeros outside the matrix and from ku_end on; the activation
+// units phase 1 read into the activation tiles. Only phase 2 writes the tiles, so phase 1 of
+// the next step may run while other warps still compute on them (one barrier fewer a step).
+template <int WT>
+static FG_HD __forceinline__ void mqm_decode(const mq_args &a, int64_t m0, int ku0, int ku_end, int tid, uint8_t *sm,
+                                             const fg_q8unit (&x)[MQM_PX]) {
+    typedef fg_qt<WT> Q;
+    typedef mqm_raw<WT> G;
+    float *xs = (float *)(sm + MQM_XS);
+FG_UNROLL
+    for (int p = 0; p < MQM_PX; p++) {
         const int idx = tid + MQM_NT * p, n = idx / MQM_BU, uu = idx % MQM_BU;
         uint32_t q[8];
 FG_UNROLL
@@ -1188,6 +1242,32 @@ FG_UNROLL
         xs[(1 * MQM_BU + uu) * MQM_BN + n] = x[p].s;
         xs[(2 * MQM_BU + uu) * MQM_BN + n] = (float)(Q::SPLIT ? x[p].sum_lo : x[p].sum_lo + x[p].sum_hi);
         xs[(3 * MQM_BU + uu) * MQM_BN + n] = (float)x[p].sum_hi;
+    }
+    constexpr int PW = MQM_BM * MQM_BU / MQM_NT;
+    float *ws = (float *)(sm + MQM_WS);
+FG_UNROLL
+    for (int p = 0; p < PW; p++) {
+        const int idx = tid + MQM_NT * p, m = idx / MQM_BU, uu = idx % MQM_BU, ku = ku0 + uu;
+        fg_qunit u;
+        if (m0 + m < a.n_out && ku < ku_end) {
+            int n;
+            const uint8_t *seg = mqm_seg<WT>(a, m0, m, ku0, ku_end, &n);
+            const uint8_t *blk = sm + G::OFFS + m * G::SLOT + ((uintptr_t)seg & 15) + (Q::UPB == 1 ? uu * Q::BYTES : 0);
+            fg_q_decode<WT, fg_rd_smem>(blk, ku % Q::UPB, u);
+FG_UNROLL
+            for (int k = 0; k < 8; k++)
+                u.q[k] = mqm_sub_off<Q::OFF>(u.q[k]);
+        } else {
+FG_UNROLL
+            for (int k = 0; k < 8; k++)
+                u.q[k] = 0;
+            u.a_lo = u.a_hi = u.b_lo = u.b_hi = 0.0f;
+        }
+        mqm_put(sm + MQM_WQ + (size_t)uu * MQM_BM * 32, m, u.q);
+        ws[(0 * MQM_BU + uu) * MQM_BM + m] = u.a_lo;
+        ws[(1 * MQM_BU + uu) * MQM_BM + m] = u.a_hi;
+        ws[(2 * MQM_BU + uu) * MQM_BM + m] = u.b_lo;
+        ws[(3 * MQM_BU + uu) * MQM_BM + m] = u.b_hi;
     }
 }
 
@@ -1345,7 +1425,8 @@ static __device__ __forceinline__ void mqm_mma(const uint32_t (&a)[4], const uin
 }
 
 template <int WT> static __global__ __launch_bounds__(MQM_NT, 2) void mqm_kernel(mq_args a) {
-    __shared__ __align__(16) uint8_t sm[MQM_SMEM];
+    extern __shared__ uint4 mqm_smem4[]; // mqm_raw<WT>::SMEM bytes
+    uint8_t *sm = (uint8_t *)mqm_smem4;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32; // the sm_80 warp
     const int64_t n0 = (int64_t)blockIdx.x * MQM_BN, m0 = (int64_t)blockIdx.y * MQM_BM;
     const int ku_lo = (int)blockIdx.z * a.ku_split;
@@ -1362,7 +1443,10 @@ FG_UNROLL
             for (int r = 0; r < 4; r++)
                 acc[i][j][r] = 0.0f;
     for (int ku0 = ku_lo; ku0 < ku_end; ku0 += MQM_BU) {
-        mqm_load<WT>(a, m0, n0, ku0, ku_end, tid, sm);
+        fg_q8unit x[MQM_PX];
+        mqm_stage<WT>(a, m0, n0, ku0, ku_end, tid, sm, x); // (the slots: free since the last barrier)
+        __syncthreads();
+        mqm_decode<WT>(a, m0, ku0, ku_end, tid, sm, x); // (the tiles: every warp is past its compute)
         __syncthreads();
         if (nj > 0) {
 FG_UNROLL_N(1) // (unrolled, the units' operands spill at the 128 registers of 2 blocks an SM)
@@ -1381,7 +1465,6 @@ FG_UNROLL
                     }
             }
         }
-        __syncthreads();
     }
     mqm_write(mq_split_part(a, (int)blockIdx.z), m0, n0, warp, lane, acc);
 }
@@ -1826,7 +1909,7 @@ template <int WT> static fg_status mq_select(fg_cuda *c, const mq_args &a) {
         mq_args b = a;
         const int n_split = mq_plan_split(c, b);
         dim3 grid(fg_div_up(a.n_rows, MQM_BN), fg_div_up(a.n_out, MQM_BM), n_split);
-        mqm_kernel<WT><<<grid, MQM_NT, 0, c->stream>>>(b);
+        mqm_kernel<WT><<<grid, MQM_NT, mqm_raw<WT>::SMEM, c->stream>>>(b);
         FG_GPU_LAUNCH_CHECK(c, "integer tensor-core matmul");
         if (n_split > 1) {
             dim3 rg(fg_div_up(a.n_out, MM_NT), mm_grid_y(a.n_rows));
@@ -1851,7 +1934,7 @@ template <int WT> static fg_status mq_select(fg_cuda *c, const mq_args &a) {
 
 #define FG_BLAS_WS_BYTES ((size_t)32 << 20)
 #define FG_BLAS_MIN_ROWS 32
-#define FG_QBLAS_MIN_ROWS 64 // quantized weights: rows from which the chunked F16 GEMM runs
+#define FG_QBLAS_MIN_ROWS 128 // quantized weights: rows from which the chunked F16 GEMM runs (measured)
 #define FG_DEQ_MB 256        // the F16 chunk buffer (MiB; FORGE_CUDA_DEQ_MB): at most the largest weight
 
 #ifdef FG_MM_CUBLAS
@@ -1998,10 +2081,19 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
              : (mq && !strcmp(mq, "dp4a")) ? FG_MMQ_DP4A
              : has_mma                     ? FG_MMQ_MMA
                                            : FG_MMQ_DP4A;
+#if !defined(__HIPCC__)
+    if (c->mmq == FG_MMQ_MMA) { // the tiles and the raw slots: over the 48 KiB default for most types
+#define X(T)                                                                                                \
+    FG_GPU_CHECK(c, gpuFuncSetAttribute(mqm_kernel<T>, gpuFuncAttributeMaxDynamicSharedMemorySize, \
+                                        (int)mqm_raw<T>::SMEM));
+        MM_QTYPES(X)
+#undef X
+    }
+#endif
     const char *mv = getenv("FORGE_CUDA_MV");
     c->mv_direct = mv && !strcmp(mv, "staged") ? 0 : mv && !strcmp(mv, "direct16") ? 2 : 1;
-    const char *mp = getenv("FORGE_CUDA_MV_PIPE");
-    c->mv_pipe = !(mp && !strcmp(mp, "0"));
+    const char *mp = getenv("FORGE_CUDA_MV_PIPE"); // off unless 1: no gain measured (H100, 18:15 UTC)
+    c->mv_pipe = mp && !strcmp(mp, "1");
     const char *ms = getenv("FORGE_CUDA_MQ_SPLIT");
     c->mq_split = !(ms && !strcmp(ms, "0"));
     const char *mr = getenv("FORGE_CUDA_MV_ROWS");
