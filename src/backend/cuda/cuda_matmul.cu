@@ -22,13 +22,15 @@
 // memory), then each thread decodes one unit of every weight row into registers and dots it
 // with that unit of every activation row: every weight byte is read from DRAM once per call,
 // every decoded unit serves NR rows. Partial sums are reduced with warp shuffles at the end.
-// Quantized weights from FORGE_CUDA_QBLAS_ROWS rows (64; where cuBLAS is): the library GEMM at
-// the end of this file, the weight dequantized to F16 a chunk of rows at a time (2-4x faster
-// than the integer kernels below at 64-512 rows on an H100: docs/PERF.md).
-// Integer tiled (quantized weights, more rows, 8-bit x, without cuBLAS): the matvec's per-unit
-// integer dots and f32 scaling, so prefill keeps the reference's arithmetic: on sm_80+ the
-// tensor-core kernel (mqm: 128 x 64 tiles, int8 mma.sync), else (HIP, FORGE_CUDA_MMQ=dp4a) the
-// dp4a one (mq: 64 x 64 tiles). FORGE_CUDA_MMQ=0 sends these to the F16 GEMMs below instead.
+// Quantized weights from FORGE_CUDA_QBLAS_ROWS rows (128; where cuBLAS is): the library GEMM at
+// the end of this file, the weight dequantized to F16 a chunk of rows at a time (faster than
+// the integer kernels below from 128 rows on an H100; slower at 17-127: docs/PERF.md).
+// Integer tiled (quantized weights, 17 rows (FORGE_CUDA_MV_ROWS + 1) up to the library GEMM's,
+// or every row count without cuBLAS; 8-bit x): the matvec's per-unit integer dots and f32
+// scaling, so these keep the reference's arithmetic: on sm_80+ the tensor-core kernel (mqm:
+// 128 x 64 tiles, int8 mma.sync, K split when the tiles leave SMs idle), else (HIP,
+// FORGE_CUDA_MMQ=dp4a) the dp4a one (mq: 64 x 64 tiles). FORGE_CUDA_MMQ=0 sends these to the
+// F16 GEMMs below instead.
 // Tiled (float weights with more rows, or F16 x): 128 weight rows x 64 activation rows x 64 K per tile, 256
 // threads; weights dequantized (exactly) once per tile into f16 shared memory, activations
 // converted to f16; nvcuda::wmma 16x16x16 with f32 accumulation under FG_GPU_HAS_MMA (sm_80+),
@@ -1050,7 +1052,8 @@ FG_UNROLL
 // Tile: MQM_BM = 128 weight rows x MQM_BN = 64 activation rows, MQM_BU = 4 units (128 K) a step,
 // 256 threads = 8 warps as 4 (m) x 2 (n), each warp 32 x 32 (2 x 4 mma tiles of 16 x 8).
 // A step stages 128 x 4 decoded weight units (16 KiB int8) and 64 x 4 activation units (8 KiB)
-// plus f32 scales (12 KiB): 36 KiB of static shared memory, two blocks an SM. Per step a block
+// plus f32 scales (12 KiB), 36 KiB, and the weight rows' raw blocks they are decoded from
+// (mqm_raw: 14-32 KiB by type): dynamic shared memory, two blocks an SM. Per step a block
 // reads ~128 x 4 x (block bytes / UPB) weight bytes and 64 x 4 x 36 activation bytes from
 // global memory for 2 x 128 x 64 x 128 = 2.1 MFLOP (~60 FLOP a loaded byte for Q4_K); each
 // warp issues 32 mma (64 for SPLIT) per step against 32 x 4 32-bit fragment loads and the
