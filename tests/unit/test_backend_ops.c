@@ -443,6 +443,13 @@ static void matmul_case(const target *tg, uint32_t type, int64_t n_in, int64_t n
     free(xa);
 }
 
+static bool in_types(uint32_t type, const uint32_t *types, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (types[i] == type)
+            return true;
+    return false;
+}
+
 static void test_matmul_all_types(void **state) {
     const target *tg = *state;
     need_target(tg);
@@ -456,10 +463,7 @@ static void test_matmul_all_types(void **state) {
     for (uint32_t type = 0; type < FG_TYPE_COUNT; type++) {
         if (!weight_type(type))
             continue;
-        bool in_quick = false;
-        for (size_t q = 0; q < FG_ARRAY_LEN(quick_types); q++)
-            in_quick |= quick_types[q] == type;
-        if (g_quick && !in_quick)
+        if (g_quick && !in_types(type, quick_types, FG_ARRAY_LEN(quick_types)))
             continue;
         if (!fg_backend_supports(be, FG_OP_MATMUL, type))
             fail_msg("%s: matmul does not support weight type %s", tg->name, fg_type_name(type));
@@ -522,10 +526,7 @@ static void test_matmul_integer_tiles(void **state) {
         const fg_type_traits *tr = fg_type_traits_get(type);
         if (!weight_type(type) || !tr->is_quantized)
             continue;
-        bool in_quick = false;
-        for (size_t q = 0; q < FG_ARRAY_LEN(quick_types); q++)
-            in_quick |= quick_types[q] == type;
-        if (g_quick && !in_quick)
+        if (g_quick && !in_types(type, quick_types, FG_ARRAY_LEN(quick_types)))
             continue;
         for (size_t i = 0; i < FG_ARRAY_LEN(rows); i++) {
             if (g_quick && i % 2 == 1)

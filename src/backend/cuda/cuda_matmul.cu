@@ -1163,6 +1163,22 @@ static FG_HD __forceinline__ const uint8_t *mqm_seg(const mq_args &a, int64_t m0
     return a.w + (size_t)(m0 + m) * a.w_nb1 + (size_t)(ku0 / Q::UPB) * Q::BYTES;
 }
 
+// Where row m's segment lies: its bytes [p, p + n), their offset in the first 16-byte window,
+// and the whole windows c0 .. c1 - 1 inside it (head bytes before window c0, tail from c1).
+struct mqm_span {
+    const uint8_t *p;
+    int n, off, c0, c1;
+};
+template <int WT>
+static FG_HD __forceinline__ mqm_span mqm_span_of(const mq_args &a, int64_t m0, int m, int ku0, int ku_end) {
+    mqm_span s;
+    s.p = mqm_seg<WT>(a, m0, m, ku0, ku_end, &s.n);
+    s.off = (int)((uintptr_t)s.p & 15);
+    s.c0 = (s.off + 15) / 16;
+    s.c1 = (s.off + s.n) / 16;
+    return s;
+}
+
 // Phase 1 of a step: the weight rows' raw segments into their slots, and the activation units
 // (n0 + n, ku0 + uu) with their scales into the activation tiles (zeros outside the matrix and
 // from unit ku_end on: the end of the block's K split). All global loads of a thread are issued
@@ -1178,11 +1194,9 @@ FG_UNROLL
     for (int k = 0; k < G::K; k++) {
         const int idx = tid + MQM_NT * k, m = idx / G::RW, j = idx % G::RW;
         if (m < MQM_BM && m0 + m < a.n_out) {
-            int n;
-            const uint8_t *p = mqm_seg<WT>(a, m0, m, ku0, ku_end, &n);
-            const int off = (int)((uintptr_t)p & 15), c0 = (off + 15) / 16, c1 = (off + n) / 16;
-            if (c0 + j < c1)
-                v[k] = *(const uint4 *)(p - off + 16 * (c0 + j));
+            const mqm_span sp = mqm_span_of<WT>(a, m0, m, ku0, ku_end);
+            if (sp.c0 + j < sp.c1)
+                v[k] = *(const uint4 *)(sp.p - sp.off + 16 * (sp.c0 + j));
         }
     }
 FG_UNROLL
@@ -1198,27 +1212,23 @@ FG_UNROLL
         const int m = tid / 2;
         if (2 * MQM_BM <= MQM_NT || m < MQM_BM) {
             if (m0 + m < a.n_out) {
-                int n;
-                const uint8_t *p = mqm_seg<WT>(a, m0, m, ku0, ku_end, &n);
-                const int off = (int)((uintptr_t)p & 15), c0 = (off + 15) / 16, c1 = (off + n) / 16;
-                uint8_t *slot = sm + G::OFFS + m * G::SLOT + off;
-                const int head = 16 * c0 - off < n ? 16 * c0 - off : n; // bytes [0, head)
-                const int t0 = (c1 > c0 ? 16 * c1 : 16 * c0) - off;      // bytes [t0, n)
-                const int b0 = tid % 2 ? t0 : 0, b1 = tid % 2 ? n : head;
+                const mqm_span sp = mqm_span_of<WT>(a, m0, m, ku0, ku_end);
+                uint8_t *slot = sm + G::OFFS + m * G::SLOT + sp.off;
+                const int head = 16 * sp.c0 - sp.off < sp.n ? 16 * sp.c0 - sp.off : sp.n; // bytes [0, head)
+                const int t0 = (sp.c1 > sp.c0 ? 16 * sp.c1 : 16 * sp.c0) - sp.off;      // bytes [t0, n)
+                const int b0 = tid % 2 ? t0 : 0, b1 = tid % 2 ? sp.n : head;
                 for (int b = b0; b < b1; b++)
-                    slot[b] = p[b];
+                    slot[b] = sp.p[b];
             }
         }
     }
 FG_UNROLL
     for (int k = 0; k < G::K; k++) {
         const int idx = tid + MQM_NT * k, m = idx / G::RW, j = idx % G::RW;
-        if (m < MQM_BM && m0 + m < a.n_out) {
-            int n;
-            const uint8_t *p = mqm_seg<WT>(a, m0, m, ku0, ku_end, &n);
-            const int off = (int)((uintptr_t)p & 15), c0 = (off + 15) / 16, c1 = (off + n) / 16;
-            if (c0 + j < c1)
-                *(uint4 *)(sm + G::OFFS + m * G::SLOT + 16 * (c0 + j)) = v[k];
+        if (m < MQM_BM && m0 + m < a.n_out) { // (the same span as the load: recomputed, not kept in registers)
+            const mqm_span sp = mqm_span_of<WT>(a, m0, m, ku0, ku_end);
+            if (sp.c0 + j < sp.c1)
+                *(uint4 *)(sm + G::OFFS + m * G::SLOT + 16 * (sp.c0 + j)) = v[k];
         }
     }
 }
@@ -1253,9 +1263,8 @@ FG_UNROLL
         const int idx = tid + MQM_NT * p, m = idx / MQM_BU, uu = idx % MQM_BU, ku = ku0 + uu;
         fg_qunit u;
         if (m0 + m < a.n_out && ku < ku_end) {
-            int n;
-            const uint8_t *seg = mqm_seg<WT>(a, m0, m, ku0, ku_end, &n);
-            const uint8_t *blk = sm + G::OFFS + m * G::SLOT + ((uintptr_t)seg & 15) + (Q::UPB == 1 ? uu * Q::BYTES : 0);
+            const mqm_span sp = mqm_span_of<WT>(a, m0, m, ku0, ku_end);
+            const uint8_t *blk = sm + G::OFFS + m * G::SLOT + sp.off + (Q::UPB == 1 ? uu * Q::BYTES : 0);
             fg_q_decode<WT, fg_rd_smem>(blk, ku % Q::UPB, u);
 FG_UNROLL
             for (int k = 0; k < 8; k++)
