@@ -51,8 +51,17 @@ static void drop_graphs(fg_cuda *c) {
 
 // ------------------------------------------------------------------------------ arenas
 
+static size_t arena_next(const fg_cuda_arena *a) {
+    return (a->used + FG_CUDA_ARENA_ALIGN - 1) & ~(FG_CUDA_ARENA_ALIGN - 1);
+}
+
+size_t fg_cuda_arena_left(const fg_cuda_arena *a) {
+    const size_t off = arena_next(a);
+    return off < a->size ? a->size - off : 0;
+}
+
 fg_status fg_cuda_arena_take(fg_cuda_arena *a, size_t n, const char *what, void **out) {
-    size_t off = (a->used + FG_CUDA_ARENA_ALIGN - 1) & ~(FG_CUDA_ARENA_ALIGN - 1);
+    size_t off = arena_next(a);
     if (off > a->size || n > a->size - off)
         return fg_fail(FG_ERR_CAPACITY,
                        "%s: %s needs %zu bytes of step scratch but %zu of the arena's %zu are left "

@@ -160,6 +160,8 @@ static inline fg_cuda *fg_cuda_ctx(fg_backend *be) { return (fg_cuda *)be->ctx; 
 // Takes n bytes (256-aligned) from an arena: FG_ERR_CAPACITY naming `what` when reserve sized
 // it too small (our bug: the *_scratch_bytes functions below must cover every step).
 fg_status fg_cuda_arena_take(fg_cuda_arena *a, size_t n, const char *what, void **out);
+// Bytes fg_cuda_arena_take could still give (after its alignment).
+size_t fg_cuda_arena_left(const fg_cuda_arena *a);
 
 // ---- cuda_prof.cu (FORGE_CUDA_PROFILE=1: per-op timing events, printed at destroy)
 fg_status fg_cuda_prof_init(fg_cuda *c);

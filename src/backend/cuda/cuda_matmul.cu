@@ -1894,8 +1894,7 @@ static int mq_plan_split(fg_cuda *c, mq_args &a) {
     n = n < steps / MQ_SPLIT_MIN_STEPS ? n : steps / MQ_SPLIT_MIN_STEPS;
     n = n < MQ_SPLIT_MAX ? n : MQ_SPLIT_MAX;
     const size_t part_nb1 = (size_t)a.n_out * 4, split_nb = part_nb1 * (size_t)a.n_rows;
-    const size_t off = (c->mm.used + FG_CUDA_ARENA_ALIGN - 1) & ~(FG_CUDA_ARENA_ALIGN - 1);
-    const size_t left = off < c->mm.size ? c->mm.size - off : 0;
+    const size_t left = fg_cuda_arena_left(&c->mm);
     if ((size_t)n * split_nb > left)
         n = (int)(left / split_nb);
     if (n < 2)
