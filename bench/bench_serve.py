@@ -73,14 +73,19 @@ def one_stream(url, body, headers, path="/v1/completions", out=None):
             else:
                 gaps.append(now - last)
             last = now
+    n_tokens = (usage or {}).get("completion_tokens", n_chunks)
     if out is not None:
         out["text"], out["usage"] = "".join(text), usage
-    return ttft, gaps, (usage or {}).get("completion_tokens", n_chunks)
+        # time per output token after the first: the request's mean inter-token latency, which
+        # does not depend on how the tokens were grouped into chunks (a token whose bytes do not
+        # yet form a character sends nothing: synthesised vocabularies are mostly byte pieces)
+        out["tpot"] = (sum(gaps) / (n_tokens - 1)) if ttft is not None and n_tokens > 1 else None
+    return ttft, gaps, n_tokens
 
 
 def run_level(url, conc, n_requests, body, headers, make_request=None):
     """make_request(i) -> (path, body) for request i (default: body on /v1/completions)."""
-    ttfts, gaps, tokens, lock = [], [], [0], threading.Lock()
+    ttfts, gaps, tpots, tokens, lock = [], [], [], [0], threading.Lock()
     todo = list(range(n_requests))
     outs = [None] * n_requests
 
@@ -97,6 +102,8 @@ def run_level(url, conc, n_requests, body, headers, make_request=None):
                 if t is not None:
                     ttfts.append(t)
                 gaps.extend(g)
+                if out.get("tpot") is not None:
+                    tpots.append(out["tpot"])
                 tokens[0] += n
                 outs[i] = out
 
@@ -116,6 +123,7 @@ def run_level(url, conc, n_requests, body, headers, make_request=None):
         "ttft_ms": {f"p{p}": round(pct(ttfts, p) * 1e3, 3) for p in (50, 90, 99)},
         "itl_ms": {f"p{p}": round(pct(gaps, p) * 1e3, 3) for p in (50, 90, 99)},
         "itl_mean_ms": round(statistics.fmean(gaps) * 1e3, 3) if gaps else None,
+        "tpot_ms": {f"p{p}": round(pct(tpots, p) * 1e3, 3) for p in (50, 90, 99)},
         "outputs": outs,
     }
 
@@ -172,13 +180,14 @@ def shared_prefix_run(url, headers, args, system, n_sys):
 
 def print_header(extra=""):
     print(f"{'conc':>4} {'reqs':>5} {'tokens':>7} {'tok/s':>9} {'ttft p50/p90/p99 ms':>24} "
-          f"{'itl p50/p90/p99 ms':>24}{extra}")
+          f"{'itl p50/p90/p99 ms':>24} {'tpot p50/p90/p99 ms':>24}{extra}")
 
 
 def print_row(r, extra=""):
-    t, i = r["ttft_ms"], r["itl_ms"]
+    t, i, q = r["ttft_ms"], r["itl_ms"], r["tpot_ms"]
     print(f"{r['concurrency']:>4} {r['requests']:>5} {r['completion_tokens']:>7} {r['tokens_per_s']:>9.1f} "
-          f"{t['p50']:>8.2f}/{t['p90']:.2f}/{t['p99']:.2f} {i['p50']:>10.3f}/{i['p90']:.3f}/{i['p99']:.3f}{extra}")
+          f"{t['p50']:>8.2f}/{t['p90']:.2f}/{t['p99']:.2f} {i['p50']:>10.3f}/{i['p90']:.3f}/{i['p99']:.3f} "
+          f"{q['p50']:>10.3f}/{q['p90']:.3f}/{q['p99']:.3f}{extra}")
 
 
 def start_server(args, extra=()):
@@ -251,6 +260,9 @@ def main():
     ap.add_argument("--requests", type=int, default=0, help="requests per level (default 4 x concurrency)")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--prompt", default="Once upon a time, there was a little")
+    ap.add_argument("--prompt-tokens", type=int, default=0, metavar="N",
+                    help="send a prompt of N token ids (ids 50..449, valid in any vocabulary of 450 or "
+                         "more) instead of --prompt: a fixed prompt length whatever the tokenizer")
     ap.add_argument("--api-key", default=os.environ.get("FORGE_API_KEY"))
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--shared-prefix", type=int, default=0, metavar="N",
@@ -271,7 +283,8 @@ def main():
     proc = None
     if args.model:
         proc, args.url = start_server(args)
-    body = {"prompt": args.prompt, "max_tokens": args.max_tokens, "temperature": 0, "stream": True,
+    prompt = [50 + (i * 37) % 400 for i in range(args.prompt_tokens)] if args.prompt_tokens > 0 else args.prompt
+    body = {"prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0, "stream": True,
             "ignore_eos": True, "stream_options": {"include_usage": True}}
     try:
         one_stream(args.url, {**body, "max_tokens": 8}, headers)  # warm-up
@@ -282,7 +295,7 @@ def main():
             r.pop("outputs")
             results.append(r)
             print_row(r)
-        out = {"url": args.url, "max_tokens": args.max_tokens, "prompt": args.prompt, "levels": results}
+        out = {"url": args.url, "max_tokens": args.max_tokens, "prompt": prompt, "levels": results}
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1))
     finally:

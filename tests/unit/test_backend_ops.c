@@ -508,10 +508,12 @@ static void test_matmul_all_types(void **state) {
 // the device has no mma), K split where its tiles are few (n_in 2,048: 4 splits), whole where
 // K is short. Each case must keep the reference's integer arithmetic. The CPU has no such
 // paths: skipped there.
-static void test_matmul_integer_tiles(void **state) {
-    const target *tg = *state;
+// The tiled kernels at the row counts of batched decode (see above), through the kernel that
+// FORGE_CUDA_MMQ names (mmq: NULL the default); every case must take the arithmetic `want_int`
+// says: the reference's integers (the integer kernels) or the F16 GEMM's (the F16 kernel).
+static void matmul_tiles(const target *tg, const char *mmq, bool want_int) {
     if (tg->cpu) {
-        print_message("SKIP: %s: the CUDA integer tiled kernels only\n", tg->name);
+        print_message("SKIP: %s: the CUDA tiled kernels only\n", tg->name);
         skip();
     }
     need_target(tg);
@@ -519,6 +521,8 @@ static void test_matmul_integer_tiles(void **state) {
     static const uint32_t quick_types[] = {FG_TYPE_Q4_0, FG_TYPE_Q4_K, FG_TYPE_Q6_K};
     setenv("FORGE_CUDA_MV_ROWS", "8", 1);
     setenv("FORGE_CUDA_QBLAS_ROWS", "0", 1);
+    if (mmq)
+        setenv("FORGE_CUDA_MMQ", mmq, 1);
     g_deviations = 0;
     g_int_cases = g_f16_cases = 0;
     int n_cases = 0;
@@ -538,12 +542,19 @@ static void test_matmul_integer_tiles(void **state) {
     }
     unsetenv("FORGE_CUDA_MV_ROWS");
     unsetenv("FORGE_CUDA_QBLAS_ROWS");
-    print_message("%s: integer tiled cases: %d in the reference's integer arithmetic, %d in the F16 GEMM's\n",
-                  tg->name, g_int_cases, g_f16_cases);
+    unsetenv("FORGE_CUDA_MMQ");
+    print_message("%s: tiled cases (FORGE_CUDA_MMQ=%s): %d in the reference's integer arithmetic, %d in the F16 "
+                  "GEMM's\n",
+                  tg->name, mmq ? mmq : "default", g_int_cases, g_f16_cases);
     if (g_deviations)
         fail_msg("%s: %d matmul cases off the reference's arithmetic (listed above)", tg->name, g_deviations);
-    assert_int_equal(g_int_cases, n_cases);
+    assert_int_equal(want_int ? g_int_cases : g_f16_cases, n_cases);
 }
+
+static void test_matmul_integer_tiles(void **state) { matmul_tiles(*state, "mma", true); }
+
+// The F16 tensor-core kernel (FORGE_CUDA_MMQ=f16), the same cases: the F16 GEMM's arithmetic.
+static void test_matmul_f16_tiles(void **state) { matmul_tiles(*state, "f16", false); }
 
 // convert: every activation type the backend converts to holds x within half a quantization
 // step of each block (8-bit types) or exactly rounded
@@ -2010,7 +2021,7 @@ int main(void) {
            fg_cpu_simd_name());
 #define T(tg, fn) {#tg ": " #fn, fn, NULL, NULL, (void *)&tg}
 #define PER_TARGET(tg)                                                                                        \
-    T(tg, test_matmul_all_types), T(tg, test_matmul_integer_tiles), T(tg, test_convert), T(tg, test_rmsnorm),   \
+    T(tg, test_matmul_all_types), T(tg, test_matmul_integer_tiles), T(tg, test_matmul_f16_tiles), T(tg, test_convert), T(tg, test_rmsnorm),   \
         T(tg, test_add_swiglu), T(tg, test_swiglu_convert), T(tg, test_rmsnorm_convert), T(tg, test_add_rmsnorm), \
         T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), T(tg, test_attention),           \
         T(tg, test_kv_types), T(tg, test_rope_kv_store), T(tg, test_sample), T(tg, test_sample_checks),           \

@@ -761,6 +761,189 @@ template <int WT> static void test_mq_type(void) {
     test_mq_case<WT>(40, 130, k2, true, false, true, 3); // a split of a partial step
 }
 
+// ---------------------------------------------------------------- F16 tensor-core kernel (mhm)
+// ldmatrix.x4 (PTX ISA, "ldmatrix"): lane l gives the address of row l % 8 of matrix l / 8; lane
+// l then holds in register q the two halves of matrix q at row l / 4, columns 2 (l % 4) and + 1.
+static void emu_ldm4(const uint8_t *base, const int *off, uint32_t (*r)[4]) {
+    for (int lane = 0; lane < 32; lane++)
+        for (int q = 0; q < 4; q++)
+            memcpy(&r[lane][q], base + off[8 * q + lane / 4] + 4 * (lane % 4), 4);
+}
+
+// mma.m16n8k16.row.col.f32.f16.f16.f32 from the PTX ISA's fragment tables (g = lane / 4,
+// t = lane % 4): A register q holds row g + 8 (q & 1), columns 2t + 8 (q >> 1) and + 1; B
+// register q rows (k) 2t + 8q and + 1 of column g; C element i row g + 8 (i >> 1), column
+// 2t + (i & 1). Products summed in double (the hardware's order is not specified).
+static void emu_hmma(const uint32_t (*a)[4], const uint32_t (*b)[2], float (*c)[4]) {
+    float A[16][16], B[16][8];
+    for (int lane = 0; lane < 32; lane++) {
+        const int g = lane / 4, t = lane % 4;
+        for (int q = 0; q < 4; q++) {
+            A[g + 8 * (q & 1)][2 * t + 8 * (q >> 1)] = fg_f16_to_f32((uint16_t)(a[lane][q] & 0xFFFF));
+            A[g + 8 * (q & 1)][2 * t + 8 * (q >> 1) + 1] = fg_f16_to_f32((uint16_t)(a[lane][q] >> 16));
+        }
+        for (int q = 0; q < 2; q++) {
+            B[2 * t + 8 * q][g] = fg_f16_to_f32((uint16_t)(b[lane][q] & 0xFFFF));
+            B[2 * t + 8 * q + 1][g] = fg_f16_to_f32((uint16_t)(b[lane][q] >> 16));
+        }
+    }
+    for (int lane = 0; lane < 32; lane++)
+        for (int i = 0; i < 4; i++) {
+            const int row = lane / 4 + 8 * (i >> 1), col = 2 * (lane % 4) + (i & 1);
+            double sum = c[lane][i];
+            for (int k = 0; k < 16; k++)
+                sum += (double)A[row][k] * B[k][col];
+            c[lane][i] = (float)sum;
+        }
+}
+
+// The kernel, block by block, in mhm_kernel's order: the loads of the first step, then per
+// step the slots stored, phase 2 (decode), the next step's loads, then every warp's ldmatrix
+// and mma (tiles past the last row skipped). Slots and tiles are poisoned before they are
+// written, so every byte read must have been. Split K and the epilogue as mqm.
+template <int WT> static void emu_mhm(const mq_args &a) {
+    typedef mqm_raw<WT> G;
+    buf smb(mhm_smem<WT>::SMEM, 0, 0xFF);
+    std::vector<uint4> v((size_t)MQM_NT * G::K), xv((size_t)MQM_NT * MHM_PX);
+    typedef uint4 v_t[G::K];
+    typedef uint4 xv_t[MHM_PX];
+    std::vector<float> acc((size_t)MQM_NT * MQM_NI * MQM_NJ * 4);
+    typedef float acc_t[MQM_NI][MQM_NJ][4];
+    const int n_split = a.part ? (a.n_units + a.ku_split - 1) / a.ku_split : 1;
+    for (int z = 0; z < n_split; z++)
+        for (int64_t m0 = 0; m0 < a.n_out; m0 += MQM_BM)
+            for (int64_t n0 = 0; n0 < a.n_rows; n0 += MQM_BN) {
+                std::fill(acc.begin(), acc.end(), 0.0f);
+                const int ku_lo = a.part ? z * a.ku_split : 0;
+                const int ku_end = a.part && a.n_units - ku_lo >= a.ku_split ? ku_lo + a.ku_split : a.n_units;
+                for (int tid = 0; tid < MQM_NT; tid++)
+                    mhm_load<WT>(a, m0, n0, ku_lo, ku_end, tid, *(v_t *)&v[(size_t)tid * G::K],
+                                 *(xv_t *)&xv[(size_t)tid * MHM_PX]);
+                for (int ku0 = ku_lo; ku0 < ku_end; ku0 += MHM_BU) {
+                    memset(smb.p + MHM_SMEM, 0xFF, (size_t)(mhm_smem<WT>::SMEM - MHM_SMEM));
+                    for (int tid = 0; tid < MQM_NT; tid++)
+                        mqm_stage_w_store<WT>(a, m0, ku0, ku_end, tid, smb.p + MHM_SMEM, *(const v_t *)&v[(size_t)tid * G::K]);
+                    memset(smb.p, 0xFF, MHM_SMEM);
+                    for (int tid = 0; tid < MQM_NT; tid++)
+                        mhm_decode<WT>(a, m0, ku0, ku_end, tid, smb.p, *(const xv_t *)&xv[(size_t)tid * MHM_PX]);
+                    if (ku0 + MHM_BU < ku_end)
+                        for (int tid = 0; tid < MQM_NT; tid++)
+                            mhm_load<WT>(a, m0, n0, ku0 + MHM_BU, ku_end, tid, *(v_t *)&v[(size_t)tid * G::K],
+                                         *(xv_t *)&xv[(size_t)tid * MHM_PX]);
+                    for (int warp = 0; warp < MQM_NT / 32; warp++) {
+                        const int wm = mqm_warp_m(warp), wn = mqm_warp_n(warp);
+                        const int64_t wn0 = n0 + wn;
+                        for (int uu = 0; uu < MHM_BU; uu++)
+                            for (int kh = 0; kh < 2; kh++) {
+                                const uint8_t *wt = smb.p + MHM_WH + uu * MQM_BM * 64;
+                                const uint8_t *xt = smb.p + MHM_XH + uu * MQM_BN * 64;
+                                uint32_t af[MQM_NI][32][4], bf[MQM_NJ / 2][32][4];
+                                int off[32];
+                                for (int i = 0; i < MQM_NI; i++) {
+                                    for (int lane = 0; lane < 32; lane++)
+                                        off[lane] = mhm_a_off(wm, i, kh, lane);
+                                    emu_ldm4(wt, off, af[i]);
+                                }
+                                for (int jp = 0; jp < MQM_NJ / 2; jp++) {
+                                    for (int lane = 0; lane < 32; lane++)
+                                        off[lane] = mhm_b_off(wn, jp, kh, lane);
+                                    emu_ldm4(xt, off, bf[jp]);
+                                }
+                                for (int i = 0; i < MQM_NI; i++)
+                                    for (int j = 0; j < MQM_NJ; j++) {
+                                        if (wn0 + 8 * j >= a.n_rows)
+                                            continue;
+                                        uint32_t fb[32][2];
+                                        float c[32][4];
+                                        for (int lane = 0; lane < 32; lane++) {
+                                            fb[lane][0] = bf[j / 2][lane][2 * (j % 2)];
+                                            fb[lane][1] = bf[j / 2][lane][2 * (j % 2) + 1];
+                                            memcpy(c[lane], (*(acc_t *)&acc[(size_t)(warp * 32 + lane) * MQM_NI * MQM_NJ * 4])[i][j],
+                                                   sizeof c[lane]);
+                                        }
+                                        emu_hmma(af[i], fb, c);
+                                        for (int lane = 0; lane < 32; lane++)
+                                            memcpy((*(acc_t *)&acc[(size_t)(warp * 32 + lane) * MQM_NI * MQM_NJ * 4])[i][j], c[lane],
+                                                   sizeof c[lane]);
+                                    }
+                            }
+                    }
+                }
+                for (int tid = 0; tid < MQM_NT; tid++)
+                    mqm_write(mq_split_part(a, z), m0, n0, tid / 32, tid % 32,
+                              *(acc_t *)&acc[(size_t)tid * MQM_NI * MQM_NJ * 4]);
+            }
+    if (a.part)
+        for (int64_t r = 0; r < a.n_rows; r++)
+            for (int64_t o = 0; o < a.n_out; o++)
+                mq_reduce_one(a, n_split, r, o);
+}
+
+// rows x n_out x n_in with F16 activation rows (16-byte aligned, padded stride) against the F16
+// GEMM's arithmetic: the dequantized weights and the activations each rounded to F16, summed in
+// double. Misaligned weight rows (base offset, padded stride) exercise the slots' head and tail.
+template <int WT>
+static void test_mhm_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumulate, bool use_bias, int split_steps,
+                          size_t w_off) {
+    wmat w(WT, n_out, n_in, w_off * 3, w_off);
+    for (auto &e : w.deq)
+        e = round_h(e);
+    std::vector<float> bias((size_t)n_out);
+    for (auto &e : bias)
+        e = rng_gauss();
+    const size_t x_nb1 = (size_t)n_in * 2 + 32;
+    buf xb(x_nb1 * (size_t)rows, 0, 0x5A);
+    std::vector<float> xv((size_t)(rows * n_in));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < n_in; i++) {
+            const uint16_t h = fg_f32_to_f16(rng_gauss() * (1.0f + (float)(r % 3)));
+            xv[(size_t)(r * n_in + i)] = fg_f16_to_f32(h);
+            memcpy(xb.p + (size_t)r * x_nb1 + (size_t)i * 2, &h, 2);
+        }
+    outbuf d(rows, n_out, accumulate);
+    mq_args a;
+    a.w = w.b.p;
+    a.w_nb1 = w.nb1;
+    a.x = xb.p;
+    a.x_nb1 = x_nb1;
+    a.dst = (float *)d.b.p;
+    a.d_nb1 = d.nb1;
+    a.bias = use_bias ? bias.data() : NULL;
+    a.n_out = n_out;
+    a.n_rows = rows;
+    a.n_units = (int)(n_in / 32);
+    a.accumulate = accumulate;
+    a.ku_split = a.n_units;
+    a.part = NULL;
+    a.part_nb1 = a.split_nb = 0;
+    const int n_split = split_steps > 0 ? (a.n_units + MHM_BU * split_steps - 1) / (MHM_BU * split_steps) : 1;
+    buf part((size_t)n_split * (size_t)rows * (size_t)(n_out + 3) * 4, 0, 0xFF);
+    if (split_steps > 0) {
+        a.ku_split = MHM_BU * split_steps;
+        a.part = part.p;
+        a.part_nb1 = (size_t)(n_out + 3) * 4;
+        a.split_nb = a.part_nb1 * (size_t)rows;
+    }
+    emu_mhm<WT>(a);
+    std::vector<double> ref, mag;
+    reference(w, xv, rows, a.bias, accumulate ? &d.prior : NULL, ref, mag);
+    char what[96];
+    snprintf(what, sizeof what, "mhm %s n_in %lld n_out %lld rows %lld splits %d", fg_type_name(WT), (long long)n_in,
+             (long long)n_out, (long long)rows, n_split);
+    compare(what, d.b.p, d.nb1, rows, n_out, ref, mag, 1e-5);
+}
+
+template <int WT> static void test_mhm_type(void) {
+    const int qk = fg_qt<WT>::QK;
+    const size_t off = WT == FG_TYPE_MXFP4 ? 1 : 2; // misaligned rows: the slots' head and tail bytes
+    const int64_t k1 = qk == 256 ? 256 : 7 * 32, k2 = qk == 256 ? 3 * 256 : 13 * 32, k3 = qk == 256 ? 5 * 256 : 37 * 32;
+    test_mhm_case<WT>(9, 131, k1, false, true, 0, 0);    // one n tile, partial K step, aligned rows
+    test_mhm_case<WT>(33, 131, k2, true, true, 0, off);  // 2 m tiles, ragged m
+    test_mhm_case<WT>(65, 77, k2, true, false, 0, 0);    // one row into a second n tile
+    test_mhm_case<WT>(17, 131, k3, true, true, 2, off);  // split K, uneven last split
+    test_mhm_case<WT>(3, 77, k3, false, true, 1, 0);     // splits of one step, 3 rows
+}
+
 // ---------------------------------------------------------------- decoders alone
 // fg_q_dequant_unit through the shared-memory reader (funnel shifts) at every misalignment
 // equals the exact reader's (and so the reference).
@@ -790,8 +973,10 @@ template <int WT> static void run_type(void) {
         test_smem_reader<WT>();
     test_mv_type<WT>();
     test_tm_type<WT>();
-    if constexpr (!mm_is_float(WT))
+    if constexpr (!mm_is_float(WT)) {
         test_mq_type<WT>();
+        test_mhm_type<WT>();
+    }
 }
 
 int main(void) {

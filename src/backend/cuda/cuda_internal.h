@@ -30,6 +30,7 @@ extern "C" {
 #define FG_MMQ_OFF 0                        // fg_cuda.mmq: quantized GEMMs through F16 + cuBLAS
 #define FG_MMQ_DP4A 1                       //   the integer tiled kernel, dp4a
 #define FG_MMQ_MMA 2                        //   the integer tiled kernel, mma.sync (sm_80+)
+#define FG_MMQ_F16 3                        //   the F16 tensor-core kernel, weights dequantized inside (sm_80+)
 
 struct fg_buffer {
     void *dev;
@@ -122,7 +123,8 @@ typedef struct fg_cuda {
     int mmq;                // quantized weights, many rows (FORGE_CUDA_MMQ): FG_MMQ_OFF the F16 GEMMs
                             // (=0), FG_MMQ_DP4A the dp4a integer kernel (=dp4a; the default without
                             // tensor cores), FG_MMQ_MMA the mma.sync one (default on sm_80+);
-                            // both integer kernels keep the reference's arithmetic
+                            // both integer kernels keep the reference's arithmetic; FG_MMQ_F16
+                            // (=f16, sm_80+) the F16 tensor-core kernel: the F16 GEMM's arithmetic
     bool pdl;               // the step's small kernels and matvecs launched with programmatic dependent
                             // launch (fg_launch; sm_90+, CUDA; FORGE_CUDA_PDL=0 off): each starts
                             // while the one before it ends, the matvecs' first weights in flight

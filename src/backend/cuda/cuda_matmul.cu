@@ -1179,17 +1179,15 @@ static FG_HD __forceinline__ mqm_span mqm_span_of(const mq_args &a, int64_t m0, 
     return s;
 }
 
-// Phase 1 of a step: the weight rows' raw segments into their slots, and the activation units
-// (n0 + n, ku0 + uu) with their scales into the activation tiles (zeros outside the matrix and
-// from unit ku_end on: the end of the block's K split). All global loads of a thread are issued
-// before its first store (stores in between would keep the compiler from hoisting them).
-enum { MQM_PX = MQM_BN * MQM_BU / MQM_NT }; // activation units a thread
+// The raw staging of a step's weight rows, in two halves so that a kernel issues its other
+// global loads in between: the whole 16-byte windows into registers, then (after the caller's
+// loads) the head and tail bytes one by one and the windows into the row slots at `slots`.
+// All global loads of a thread are issued before its first store (stores in between would keep
+// the compiler from hoisting them).
 template <int WT>
-static FG_HD __forceinline__ void mqm_stage(const mq_args &a, int64_t m0, int64_t n0, int ku0, int ku_end, int tid,
-                                            uint8_t *sm, fg_q8unit (&x)[MQM_PX]) {
+static FG_HD __forceinline__ void mqm_stage_w_load(const mq_args &a, int64_t m0, int ku0, int ku_end, int tid,
+                                                   uint4 (&v)[mqm_raw<WT>::K]) {
     typedef mqm_raw<WT> G;
-    constexpr int PX = MQM_PX;
-    uint4 v[G::K];
 FG_UNROLL
     for (int k = 0; k < G::K; k++) {
         const int idx = tid + MQM_NT * k, m = idx / G::RW, j = idx % G::RW;
@@ -1199,21 +1197,19 @@ FG_UNROLL
                 v[k] = *(const uint4 *)(sp.p - sp.off + 16 * (sp.c0 + j));
         }
     }
-FG_UNROLL
-    for (int p = 0; p < PX; p++) {
-        const int idx = tid + MQM_NT * p, n = idx / MQM_BU, uu = idx % MQM_BU, ku = ku0 + uu;
-        if (n0 + n < a.n_rows && ku < ku_end)
-            mm_x_unit<WT>(a.x + (size_t)(n0 + n) * a.x_nb1, ku, x[p]);
-        else
-            mm_x_unit_zero(x[p]);
-    }
+}
+
+template <int WT>
+static FG_HD __forceinline__ void mqm_stage_w_store(const mq_args &a, int64_t m0, int ku0, int ku_end, int tid,
+                                                    uint8_t *slots, const uint4 (&v)[mqm_raw<WT>::K]) {
+    typedef mqm_raw<WT> G;
     // head and tail bytes: thread 2 m (m < 128) the head of row m, thread 2 m + 1 its tail
     {
         const int m = tid / 2;
         if (2 * MQM_BM <= MQM_NT || m < MQM_BM) {
             if (m0 + m < a.n_out) {
                 const mqm_span sp = mqm_span_of<WT>(a, m0, m, ku0, ku_end);
-                uint8_t *slot = sm + G::OFFS + m * G::SLOT + sp.off;
+                uint8_t *slot = slots + m * G::SLOT + sp.off;
                 const int head = 16 * sp.c0 - sp.off < sp.n ? 16 * sp.c0 - sp.off : sp.n; // bytes [0, head)
                 const int t0 = (sp.c1 > sp.c0 ? 16 * sp.c1 : 16 * sp.c0) - sp.off;      // bytes [t0, n)
                 const int b0 = tid % 2 ? t0 : 0, b1 = tid % 2 ? sp.n : head;
@@ -1228,9 +1224,36 @@ FG_UNROLL
         if (m < MQM_BM && m0 + m < a.n_out) { // (the same span as the load: recomputed, not kept in registers)
             const mqm_span sp = mqm_span_of<WT>(a, m0, m, ku0, ku_end);
             if (sp.c0 + j < sp.c1)
-                *(uint4 *)(sm + G::OFFS + m * G::SLOT + 16 * (sp.c0 + j)) = v[k];
+                *(uint4 *)(slots + m * G::SLOT + 16 * (sp.c0 + j)) = v[k];
         }
     }
+}
+
+// Phase 1 of a step: the weight rows' raw segments into their slots, and the activation units
+// (n0 + n, ku0 + uu) with their scales into registers (zeros outside the matrix and from unit
+// ku_end on: the end of the block's K split).
+enum { MQM_PX = MQM_BN * MQM_BU / MQM_NT }; // activation units a thread
+// Its global loads (the kernel issues them a step ahead, v and x kept in registers meanwhile)
+// and the whole phase.
+template <int WT>
+static FG_HD __forceinline__ void mqm_load(const mq_args &a, int64_t m0, int64_t n0, int ku0, int ku_end, int tid,
+                                           uint4 (&v)[mqm_raw<WT>::K], fg_q8unit (&x)[MQM_PX]) {
+    mqm_stage_w_load<WT>(a, m0, ku0, ku_end, tid, v);
+FG_UNROLL
+    for (int p = 0; p < MQM_PX; p++) {
+        const int idx = tid + MQM_NT * p, n = idx / MQM_BU, uu = idx % MQM_BU, ku = ku0 + uu;
+        if (n0 + n < a.n_rows && ku < ku_end)
+            mm_x_unit<WT>(a.x + (size_t)(n0 + n) * a.x_nb1, ku, x[p]);
+        else
+            mm_x_unit_zero(x[p]);
+    }
+}
+template <int WT>
+static FG_HD __forceinline__ void mqm_stage(const mq_args &a, int64_t m0, int64_t n0, int ku0, int ku_end, int tid,
+                                            uint8_t *sm, fg_q8unit (&x)[MQM_PX]) {
+    uint4 v[mqm_raw<WT>::K];
+    mqm_load<WT>(a, m0, n0, ku0, ku_end, tid, v, x);
+    mqm_stage_w_store<WT>(a, m0, ku0, ku_end, tid, sm + mqm_raw<WT>::OFFS, v);
 }
 
 // Phase 2: weight units (m0 + m, ku0 + uu) decoded from the slots (OFF subtracted) into the
@@ -1409,6 +1432,126 @@ FG_UNROLL
         }
 }
 
+// ============================================================================ F16 tensor-core tiled (mhm)
+// Quantized weights x F16 activation rows for batched decode and prefill (FORGE_CUDA_MMQ=f16):
+// the F16 GEMM's arithmetic (each weight dequantized exactly as the reference, rounded to F16;
+// the activations F16: the 8-bit rows widened, d * q rounded, or F32 rows rounded; products
+// exact, summed in f32), as the library GEMM over F16 copies computes it, but with the weights
+// dequantized inside the kernel from their raw blocks, so that they are read once, from their
+// GGUF bytes, and no F16 copy is written. On the CUDA cores only the dequantization is left (per
+// weight, whatever the number of activation rows; mqm scales every output of every unit), the
+// products go to mma.sync m16n8k16 (f16 in, f32 accumulation).
+// Tile and step as mqm's (128 weight rows x 64 activation rows, 4 units of K a step, 8 warps of
+// 32 x 32, the same split K, C fragments and epilogue): a step stages the weight rows' raw
+// blocks (mqm_stage_w_*) and the activation chunks (registers), then decodes the weight units
+// into F16 tiles and stores the activation chunks, then computes from the tiles with ldmatrix.
+// Tiles: [MHM_BU][rows][32 halves], rows of four 16-byte chunks, chunk c of row r stored at
+// c ^ ((r >> 1) & 3), so that 8 consecutive rows of one chunk (an ldmatrix phase, a store
+// phase) fall on 8 different bank groups.
+enum {
+    MHM_BU = MQM_BU,
+    MHM_WH = 0,                                // weight tiles
+    MHM_XH = MHM_WH + MHM_BU * MQM_BM * 64,    // activation tiles
+    MHM_SMEM = MHM_XH + MHM_BU * MQM_BN * 64,  // then the raw slots (mqm_raw<WT>::SLOT each)
+    MHM_PX = MQM_BN * MHM_BU * 4 / MQM_NT,     // 16-byte activation chunks a thread a step
+    MHM_PW = MQM_BM * MHM_BU / MQM_NT,         // weight units a thread a step
+};
+static_assert(MQM_NT == 4 * MQM_BN && MHM_PX == MHM_BU, "a thread's activation chunks: one in each unit tile");
+template <int WT> struct mhm_smem {
+    static constexpr int SMEM = MHM_SMEM + MQM_BM * mqm_raw<WT>::SLOT; // the kernel's dynamic smem
+};
+
+// Byte offset of chunk c (0..3) of row r in a unit tile.
+static FG_HD __forceinline__ int mhm_chunk(int r, int c) { return 64 * r + 16 * (c ^ ((r >> 1) & 3)); }
+
+// The rows lane gives ldmatrix.x4 for one k16 half kh of a unit tile (matrix lane / 8, its row
+// lane % 8): the A fragment of mma tile i (a0..a3: rows 0-7 then 8-15 at k 0-7, the same at
+// k 8-15) and the B fragments of n tiles 2 jp, 2 jp + 1 (b0 b1 of the first, then of the second).
+static FG_HD __forceinline__ int mhm_a_off(int wm, int i, int kh, int lane) {
+    return mhm_chunk(wm + 16 * i + (lane & 15), 2 * kh + lane / 16);
+}
+static FG_HD __forceinline__ int mhm_b_off(int wn, int jp, int kh, int lane) {
+    return mhm_chunk(wn + 16 * jp + (lane & 7) + 8 * (lane / 16), 2 * kh + (lane / 8) % 2);
+}
+
+// A step's global loads (issued a step ahead: see mhm_kernel): the weight rows' whole 16-byte
+// windows into v, activation chunk p of the thread (row n0 + tid / 4, unit ku0 + p, halves
+// 8 (tid % 4) ..) into xv; zeros outside the matrix and from ku_end on.
+template <int WT>
+static FG_HD __forceinline__ void mhm_load(const mq_args &a, int64_t m0, int64_t n0, int ku0, int ku_end, int tid,
+                                           uint4 (&v)[mqm_raw<WT>::K], uint4 (&xv)[MHM_PX]) {
+    mqm_stage_w_load<WT>(a, m0, ku0, ku_end, tid, v);
+FG_UNROLL
+    for (int p = 0; p < MHM_PX; p++) {
+        const int c = tid % 4, n = tid / 4, ku = ku0 + p;
+        if (n0 + n < a.n_rows && ku < ku_end)
+            xv[p] = *(const uint4 *)(a.x + (size_t)(n0 + n) * a.x_nb1 + (size_t)ku * 64 + 16 * c);
+        else
+            xv[p] = make_uint4(0, 0, 0, 0);
+    }
+}
+
+// The 32 values of a decoded unit, as fg_q_dequant_unit computes them (the byte as int8, minus
+// OFF, times a, minus b: f32, rounded once each), rounded to F16, in pairs. The int8 to float
+// conversion without I2F: byte ^ 0x80 is int8 + 128 (0..255), the low byte of the float
+// 2^23 + that, from which 2^23 + 128 + OFF is subtracted exactly.
+template <int WT> static FG_HD __forceinline__ void mhm_halves(const fg_qunit &u, uint32_t (&h)[16]) {
+    typedef fg_qt<WT> Q;
+    const float bias = 8388608.0f + 128.0f + (float)Q::OFF;
+FG_UNROLL
+    for (int k = 0; k < 8; k++) {
+        const uint32_t w = u.q[k] ^ 0x80808080u;
+        const float a = k < 4 ? u.a_lo : u.a_hi, b = k < 4 ? u.b_lo : u.b_hi;
+        float f[4];
+FG_UNROLL
+        for (int e = 0; e < 4; e++) {
+            const uint32_t bits = fg_q_perm(w, 0x4B000000u, 0x7650u | (uint32_t)e); // 0x4B0000 : byte e
+            float x;
+            memcpy(&x, &bits, 4);
+            x = fg_fmul_rn(fg_fsub_rn(x, bias), a);
+            if constexpr (Q::MIN)
+                x = fg_fsub_rn(x, b);
+            f[e] = x;
+        }
+        h[2 * k] = (uint32_t)fg_q_f2h(f[0]) | ((uint32_t)fg_q_f2h(f[1]) << 16);
+        h[2 * k + 1] = (uint32_t)fg_q_f2h(f[2]) | ((uint32_t)fg_q_f2h(f[3]) << 16);
+    }
+}
+
+// Phase 2: the activation chunks into their tiles; weight units (m0 + m, ku0 + uu) decoded from
+// the slots and rounded to F16 (mhm_halves) into the weight tiles (zeros outside the matrix and
+// from ku_end on). Thread idx takes row idx % 128, so that a store phase covers 8 consecutive
+// rows of one tile.
+template <int WT>
+static FG_HD __forceinline__ void mhm_decode(const mq_args &a, int64_t m0, int ku0, int ku_end, int tid, uint8_t *sm,
+                                             const uint4 (&xv)[MHM_PX]) {
+    typedef fg_qt<WT> Q;
+    typedef mqm_raw<WT> G;
+FG_UNROLL
+    for (int p = 0; p < MHM_PX; p++)
+        *(uint4 *)(sm + MHM_XH + p * MQM_BN * 64 + mhm_chunk(tid / 4, tid % 4)) = xv[p];
+FG_UNROLL
+    for (int p = 0; p < MHM_PW; p++) {
+        const int idx = tid + MQM_NT * p, m = idx % MQM_BM, uu = idx / MQM_BM, ku = ku0 + uu;
+        uint32_t h[16];
+        if (m0 + m < a.n_out && ku < ku_end) {
+            const mqm_span sp = mqm_span_of<WT>(a, m0, m, ku0, ku_end);
+            const uint8_t *blk = sm + MHM_SMEM + m * G::SLOT + sp.off + (Q::UPB == 1 ? uu * Q::BYTES : 0);
+            fg_qunit u;
+            fg_q_decode<WT, fg_rd_smem>(blk, ku % Q::UPB, u);
+            mhm_halves<WT>(u, h);
+        } else {
+FG_UNROLL
+            for (int e = 0; e < 16; e++)
+                h[e] = 0;
+        }
+        uint8_t *row = sm + MHM_WH + uu * MQM_BM * 64;
+FG_UNROLL
+        for (int c = 0; c < 4; c++)
+            *(uint4 *)(row + mhm_chunk(m, c)) = make_uint4(h[4 * c], h[4 * c + 1], h[4 * c + 2], h[4 * c + 3]);
+    }
+}
+
 #if !defined(FG_MM_HOST_TEST)
 // lo (and hi) = the unit's integer dots biased by MQM_FBIAS: k32 over the unit, or k16 per half.
 template <bool SPLIT>
@@ -1454,11 +1597,16 @@ FG_UNROLL
 FG_UNROLL
             for (int r = 0; r < 4; r++)
                 acc[i][j][r] = 0.0f;
+    // software pipeline (as mhm): a step's global loads before the step before it decodes
+    uint4 v[mqm_raw<WT>::K];
+    fg_q8unit x[MQM_PX];
+    mqm_load<WT>(a, m0, n0, ku_lo, ku_end, tid, v, x);
     for (int ku0 = ku_lo; ku0 < ku_end; ku0 += MQM_BU) {
-        fg_q8unit x[MQM_PX];
-        mqm_stage<WT>(a, m0, n0, ku0, ku_end, tid, sm, x); // (the slots: free since the last barrier)
+        mqm_stage_w_store<WT>(a, m0, ku0, ku_end, tid, sm + mqm_raw<WT>::OFFS, v); // (the slots: free since the last barrier)
         __syncthreads();
         mqm_decode<WT>(a, m0, ku0, ku_end, tid, sm, x); // (the tiles: every warp is past its compute)
+        if (ku0 + MQM_BU < ku_end)
+            mqm_load<WT>(a, m0, n0, ku0 + MQM_BU, ku_end, tid, v, x);
         __syncthreads();
         if (nj > 0) {
 FG_UNROLL_N(1) // (unrolled, the units' operands spill at the 128 registers of 2 blocks an SM)
@@ -1475,6 +1623,87 @@ FG_UNROLL
                         mqm_mma<fg_qt<WT>::SPLIT>(f.a[i], f.b[j], lo, hi);
                         mqm_scale<WT>(f, i, j, lo, hi, acc[i][j]);
                     }
+            }
+        }
+    }
+    mqm_write(mq_split_part(a, (int)blockIdx.z), m0, n0, warp, lane, acc);
+}
+
+// ldmatrix.x4 at p (this lane's row) and one mma.m16n8k16 .f16 with f32 accumulation.
+static __device__ __forceinline__ void mhm_ldm4(const uint8_t *p, uint32_t (&r)[4]) {
+#if defined(FG_GPU_HAS_MMA)
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#else
+    (void)p;
+    r[0] = r[1] = r[2] = r[3] = 0;
+#endif
+}
+
+static __device__ __forceinline__ void mhm_mma(const uint32_t (&a)[4], uint32_t b0, uint32_t b1, float (&c)[4]) {
+#if defined(FG_GPU_HAS_MMA)
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    (void)a, (void)b0, (void)b1, (void)c;
+#endif
+}
+
+template <int WT> static __global__ __launch_bounds__(MQM_NT, 2) void mhm_kernel(mq_args a) {
+    extern __shared__ uint4 mhm_smem4[]; // mhm_smem<WT>::SMEM bytes
+    uint8_t *sm = (uint8_t *)mhm_smem4;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32; // the sm_80 warp
+    const int64_t n0 = (int64_t)blockIdx.x * MQM_BN, m0 = (int64_t)blockIdx.y * MQM_BM;
+    const int ku_lo = (int)blockIdx.z * a.ku_split;
+    const int ku_end = a.n_units - ku_lo < a.ku_split ? a.n_units : ku_lo + a.ku_split;
+    const int wm = mqm_warp_m(warp), wn = mqm_warp_n(warp);
+    const int64_t wn0 = n0 + wn;
+    const int nj = wn0 >= a.n_rows ? 0 : a.n_rows - wn0 >= 8 * MQM_NJ ? MQM_NJ : (int)((a.n_rows - wn0 + 7) / 8);
+    float acc[MQM_NI][MQM_NJ][4];
+FG_UNROLL
+    for (int i = 0; i < MQM_NI; i++)
+FG_UNROLL
+        for (int j = 0; j < MQM_NJ; j++)
+FG_UNROLL
+            for (int r = 0; r < 4; r++)
+                acc[i][j][r] = 0.0f;
+    // software pipeline: a step's global loads are issued before the step before it decodes and
+    // computes, so that their latency hides behind that work (v, xv: in registers meanwhile)
+    uint4 v[mqm_raw<WT>::K], xv[MHM_PX];
+    mhm_load<WT>(a, m0, n0, ku_lo, ku_end, tid, v, xv);
+    for (int ku0 = ku_lo; ku0 < ku_end; ku0 += MHM_BU) {
+        mqm_stage_w_store<WT>(a, m0, ku0, ku_end, tid, sm + MHM_SMEM, v); // (the slots: free since the last barrier)
+        __syncthreads();
+        mhm_decode<WT>(a, m0, ku0, ku_end, tid, sm, xv); // (the tiles: every warp is past its compute)
+        if (ku0 + MHM_BU < ku_end)
+            mhm_load<WT>(a, m0, n0, ku0 + MHM_BU, ku_end, tid, v, xv);
+        __syncthreads();
+        if (nj > 0) {
+FG_UNROLL
+            for (int uu = 0; uu < MHM_BU; uu++) {
+                const uint8_t *wt = sm + MHM_WH + uu * MQM_BM * 64, *xt = sm + MHM_XH + uu * MQM_BN * 64;
+FG_UNROLL
+                for (int kh = 0; kh < 2; kh++) {
+                    uint32_t af[MQM_NI][4], bf[MQM_NJ / 2][4];
+FG_UNROLL
+                    for (int i = 0; i < MQM_NI; i++)
+                        mhm_ldm4(wt + mhm_a_off(wm, i, kh, lane), af[i]);
+FG_UNROLL
+                    for (int jp = 0; jp < MQM_NJ / 2; jp++)
+                        if (2 * jp < nj)
+                            mhm_ldm4(xt + mhm_b_off(wn, jp, kh, lane), bf[jp]);
+FG_UNROLL
+                    for (int i = 0; i < MQM_NI; i++)
+FG_UNROLL
+                        for (int j = 0; j < MQM_NJ; j++) {
+                            if (j >= nj)
+                                break;
+                            mhm_mma(af[i], bf[j / 2][2 * (j % 2)], bf[j / 2][2 * (j % 2) + 1], acc[i][j]);
+                        }
+                }
             }
         }
     }
@@ -1933,6 +2162,27 @@ template <int WT> static fg_status mq_select(fg_cuda *c, const mq_args &a) {
     return mq_go<WT>(c, a);
 }
 
+// The F16 tensor-core kernel (FG_MMQ_F16): a's x are F16 rows (16-byte aligned), split K as mqm.
+template <int WT> static fg_status mhm_select(fg_cuda *c, const mq_args &a) {
+#if !defined(__HIPCC__)
+    FG_ASSERT(fg_div_up(a.n_out, MQM_BM) <= MM_MAX_GRID_Y);
+    mq_args b = a;
+    const int n_split = mq_plan_split(c, b);
+    dim3 grid(fg_div_up(a.n_rows, MQM_BN), fg_div_up(a.n_out, MQM_BM), n_split);
+    mhm_kernel<WT><<<grid, MQM_NT, mhm_smem<WT>::SMEM, c->stream>>>(b);
+    FG_GPU_LAUNCH_CHECK(c, "f16 tensor-core matmul");
+    if (n_split > 1) {
+        dim3 rg(fg_div_up(a.n_out, MM_NT), mm_grid_y(a.n_rows));
+        mq_reduce_kernel<<<rg, MM_NT, 0, c->stream>>>(b, n_split);
+        FG_GPU_LAUNCH_CHECK(c, "f16 tensor-core matmul: split sum");
+    }
+    return FG_OK;
+#else
+    (void)c, (void)a;
+    return fg_fail(FG_ERR_UNSUPPORTED, "%s: the f16 tensor-core matmul is NVIDIA only", FG_GPU_VENDOR);
+#endif
+}
+
 // ============================================================================ library GEMM (prefill)
 // For many activation rows the tensor-core GEMM of cuBLAS (F16 x F16 -> F32) beats the portable
 // tiled kernel by a wide margin; a quantized, BF16 or F32 weight is first dequantized into an
@@ -2090,13 +2340,21 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
 #endif
     c->mmq = mq && mq[0] == '0'            ? FG_MMQ_OFF
              : (mq && !strcmp(mq, "dp4a")) ? FG_MMQ_DP4A
-             : has_mma                     ? FG_MMQ_MMA
-                                           : FG_MMQ_DP4A;
+             : !has_mma                    ? FG_MMQ_DP4A
+             : (mq && !strcmp(mq, "f16"))  ? FG_MMQ_F16
+                                           : FG_MMQ_MMA;
 #if !defined(__HIPCC__)
     if (c->mmq == FG_MMQ_MMA) { // the tiles and the raw slots: over the 48 KiB default for most types
 #define X(T)                                                                                                \
     FG_GPU_CHECK(c, gpuFuncSetAttribute(mqm_kernel<T>, gpuFuncAttributeMaxDynamicSharedMemorySize, \
                                         (int)mqm_raw<T>::SMEM));
+        MM_QTYPES(X)
+#undef X
+    }
+    if (c->mmq == FG_MMQ_F16) {
+#define X(T)                                                                                                \
+    FG_GPU_CHECK(c, gpuFuncSetAttribute(mhm_kernel<T>, gpuFuncAttributeMaxDynamicSharedMemorySize, \
+                                        (int)mhm_smem<T>::SMEM));
         MM_QTYPES(X)
 #undef X
     }
@@ -2205,6 +2463,54 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     // quantized weights, many rows: the chunked F16 GEMM where it is faster (qblas_rows)
     const bool q_blas = !flt && c->blas && c->qblas_rows > FG_MV_MAX_ROWS && n_rows >= c->qblas_rows &&
                         n_rows <= INT32_MAX && n_out <= INT32_MAX && blas_chunk_rows(c, n_in) >= 1;
+    // quantized weights, many rows, FG_MMQ_F16: the F16 tensor-core kernel over F16 rows (the
+    // 8-bit or F32 rows widened into the arena, as the library GEMM reads them)
+    if (!flt && c->mmq == FG_MMQ_F16 && !q_blas && n_rows > mv_max && n_rows <= INT32_MAX &&
+        (xt != FG_TYPE_F16 || ((uintptr_t)x->data | x->nb[1]) % 16 == 0) && xt != FG_TYPE_BF16) {
+        const uint8_t *xh = (const uint8_t *)x->data;
+        size_t xh_nb1 = x->nb[1];
+        void *h = NULL;
+        FG_TRY(mm_scratch(c, (size_t)n_rows * (size_t)n_in * 2, &h)); // (resets the arena: this call's)
+        if (xt != FG_TYPE_F16) {
+            dim3 grid(fg_div_up(n_in, MM_NT), mm_grid_y(n_rows));
+            if (xt == FG_TYPE_F32)
+                cvt_half_kernel<false><<<grid, MM_NT, 0, c->stream>>>(mm_src(xh, xh_nb1), (uint16_t *)h, (int)n_in, n_rows);
+            else if (xt == FG_TYPE_Q8_K)
+                act_deq_f16_kernel<true><<<grid, MM_NT, 0, c->stream>>>(xh, xh_nb1, (uint16_t *)h, (int)n_in, n_rows);
+            else
+                act_deq_f16_kernel<false><<<grid, MM_NT, 0, c->stream>>>(xh, xh_nb1, (uint16_t *)h, (int)n_in, n_rows);
+            FG_GPU_LAUNCH_CHECK(c, "activations to f16");
+            xh = (const uint8_t *)h;
+            xh_nb1 = (size_t)n_in * 2;
+        } else {
+            c->mm.used = 0; // (the rows are used in place)
+        }
+        mq_args a;
+        a.w = (const uint8_t *)w->data;
+        a.w_nb1 = w->nb[1];
+        a.x = xh;
+        a.x_nb1 = xh_nb1;
+        a.dst = (float *)dst->data;
+        a.d_nb1 = dst->nb[1];
+        a.bias = b;
+        a.n_out = n_out;
+        a.n_rows = n_rows;
+        a.n_units = (int)(n_in / 32);
+        a.accumulate = accumulate;
+        a.ku_split = a.n_units;
+        a.part = NULL;
+        a.part_nb1 = a.split_nb = 0;
+        switch (wt) {
+#define X(T) \
+    case T:  \
+        return mhm_select<T>(c, a);
+            MM_QTYPES(X)
+#undef X
+        default:
+            break;
+        }
+        FG_ASSERT(!"f16 tensor-core matmul: unsupported type");
+    }
     const bool q_int = !flt && xt != FG_TYPE_F16 && xt != FG_TYPE_BF16 && !q_blas && (n_rows <= mv_max || c->mmq);
     if (q_int || (flt && n_rows <= FG_MV_MAX_ROWS && xt == FG_TYPE_F32)) {
         c->mm.used = 0; // the arena is this call's (converted rows, then split-K partial sums)

@@ -107,6 +107,8 @@ struct fg_rd_smem {
     static FG_HD __forceinline__ uint32_t u16(const uint8_t *p) { return fg_q_ld16(p); }
     template <int A> static FG_HD __forceinline__ uint32_t u32(const uint8_t *p) {
         const uintptr_t a = (uintptr_t)p;
+        if (A >= 4 || (a & 3) == 0) // (blocks staged 4-aligned, the usual case: one word)
+            return fg_q_ld32a(p);
         const uint8_t *w = (const uint8_t *)(a & ~(uintptr_t)3);
         const uint32_t sh = (uint32_t)(a & 3) * 8;
         const uint64_t v = (uint64_t)fg_q_ld32a(w) | ((uint64_t)fg_q_ld32a(w + 4) << 32);
