@@ -1256,6 +1256,43 @@ static FG_HD __forceinline__ void mqm_stage(const mq_args &a, int64_t m0, int64_
     mqm_stage_w_store<WT>(a, m0, ku0, ku_end, tid, sm + mqm_raw<WT>::OFFS, v);
 }
 
+// Unit sub of a block staged in a slot (fg_q_decode through fg_rd_smem). A Q4_K block at a
+// 16-aligned slot address (its row and the tensor 16-aligned: the usual case) is read in three
+// 16-byte loads (the header d dmin scales, the 32 bytes of its unit pair) instead of a word or
+// byte at a time.
+template <int WT> static FG_HD __forceinline__ void mqm_unit(const uint8_t *blk, int sub, fg_qunit &u) {
+    if constexpr (WT == FG_TYPE_Q4_K) {
+        if (((uintptr_t)blk & 15) == 0) {
+            const uint4 hd = *(const uint4 *)blk;
+            const uint4 q0 = *(const uint4 *)(blk + 16 + 32 * (sub >> 1));
+            const uint4 q1 = *(const uint4 *)(blk + 32 + 32 * (sub >> 1));
+            const uint32_t w[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+            const int sh = 4 * (sub & 1);
+FG_UNROLL
+            for (int k = 0; k < 8; k++)
+                u.q[k] = (w[k] >> sh) & 0x0F0F0F0Fu;
+            // scales[j] is byte j of {hd.y, hd.z, hd.w}: fg_q_scale_min_k4 on registers
+            const uint64_t s_lo = (uint64_t)hd.y | ((uint64_t)hd.z << 32); // scales 0..7
+            const uint32_t s_hi = hd.w;                                      // scales 8..11
+            const int j = sub;
+            int sc, m;
+            if (j < 4) {
+                sc = (int)((s_lo >> (8 * j)) & 63);
+                m = (int)((s_lo >> (8 * (j + 4))) & 63);
+            } else {
+                const uint32_t b4 = (s_hi >> (8 * (j - 4))) & 0xFF;                 // scales[j + 4]
+                sc = (int)((b4 & 0xF) | (((s_lo >> (8 * (j - 4))) & 0xFF) >> 6 << 4)); // | scales[j - 4] >> 6
+                m = (int)((b4 >> 4) | (((s_lo >> (8 * j)) & 0xFF) >> 6 << 4));          // | scales[j] >> 6
+            }
+            const float d = fg_q_h2f((uint16_t)(hd.x & 0xFFFFu)), dmin = fg_q_h2f((uint16_t)(hd.x >> 16));
+            u.a_lo = u.a_hi = fg_fmul_rn(d, (float)sc);
+            u.b_lo = u.b_hi = fg_fmul_rn(dmin, (float)m);
+            return;
+        }
+    }
+    fg_q_decode<WT, fg_rd_smem>(blk, sub, u);
+}
+
 // Phase 2: weight units (m0 + m, ku0 + uu) decoded from the slots (OFF subtracted) into the
 // weight tiles with their scales, zeros outside the matrix and from ku_end on; the activation
 // units phase 1 read into the activation tiles. Only phase 2 writes the tiles, so phase 1 of
@@ -1288,7 +1325,7 @@ FG_UNROLL
         if (m0 + m < a.n_out && ku < ku_end) {
             const mqm_span sp = mqm_span_of<WT>(a, m0, m, ku0, ku_end);
             const uint8_t *blk = sm + G::OFFS + m * G::SLOT + sp.off + (Q::UPB == 1 ? uu * Q::BYTES : 0);
-            fg_q_decode<WT, fg_rd_smem>(blk, ku % Q::UPB, u);
+            mqm_unit<WT>(blk, ku % Q::UPB, u);
 FG_UNROLL
             for (int k = 0; k < 8; k++)
                 u.q[k] = mqm_sub_off<Q::OFF>(u.q[k]);
@@ -1456,6 +1493,7 @@ enum {
     MHM_PX = MQM_BN * MHM_BU * 4 / MQM_NT,     // 16-byte activation chunks a thread a step
     MHM_PW = MQM_BM * MHM_BU / MQM_NT,         // weight units a thread a step
 };
+static_assert(MHM_PW * (MQM_NT / MQM_BM) == MHM_BU, "a thread's units: consecutive ones of one row");
 static_assert(MQM_NT == 4 * MQM_BN && MHM_PX == MHM_BU, "a thread's activation chunks: one in each unit tile");
 template <int WT> struct mhm_smem {
     static constexpr int SMEM = MHM_SMEM + MQM_BM * mqm_raw<WT>::SLOT; // the kernel's dynamic smem
@@ -1520,8 +1558,8 @@ FG_UNROLL
 
 // Phase 2: the activation chunks into their tiles; weight units (m0 + m, ku0 + uu) decoded from
 // the slots and rounded to F16 (mhm_halves) into the weight tiles (zeros outside the matrix and
-// from ku_end on). Thread idx takes row idx % 128, so that a store phase covers 8 consecutive
-// rows of one tile.
+// from ku_end on). Thread tid takes units 2 (tid / 128) and + 1 of row tid % 128 (a Q4_K pair
+// shares its bytes), so that a store phase covers 8 consecutive rows of one tile.
 template <int WT>
 static FG_HD __forceinline__ void mhm_decode(const mq_args &a, int64_t m0, int ku0, int ku_end, int tid, uint8_t *sm,
                                              const uint4 (&xv)[MHM_PX]) {
@@ -1532,13 +1570,13 @@ FG_UNROLL
         *(uint4 *)(sm + MHM_XH + p * MQM_BN * 64 + mhm_chunk(tid / 4, tid % 4)) = xv[p];
 FG_UNROLL
     for (int p = 0; p < MHM_PW; p++) {
-        const int idx = tid + MQM_NT * p, m = idx % MQM_BM, uu = idx / MQM_BM, ku = ku0 + uu;
+        const int m = tid % MQM_BM, uu = MHM_PW * (tid / MQM_BM) + p, ku = ku0 + uu;
         uint32_t h[16];
         if (m0 + m < a.n_out && ku < ku_end) {
             const mqm_span sp = mqm_span_of<WT>(a, m0, m, ku0, ku_end);
             const uint8_t *blk = sm + MHM_SMEM + m * G::SLOT + sp.off + (Q::UPB == 1 ? uu * Q::BYTES : 0);
             fg_qunit u;
-            fg_q_decode<WT, fg_rd_smem>(blk, ku % Q::UPB, u);
+            mqm_unit<WT>(blk, ku % Q::UPB, u);
             mhm_halves<WT>(u, h);
         } else {
 FG_UNROLL
