@@ -1233,8 +1233,7 @@ FG_UNROLL
 // (n0 + n, ku0 + uu) with their scales into registers (zeros outside the matrix and from unit
 // ku_end on: the end of the block's K split).
 enum { MQM_PX = MQM_BN * MQM_BU / MQM_NT }; // activation units a thread
-// Its global loads (the kernel issues them a step ahead, v and x kept in registers meanwhile)
-// and the whole phase.
+// Its global loads (into registers), and the whole phase.
 template <int WT>
 static FG_HD __forceinline__ void mqm_load(const mq_args &a, int64_t m0, int64_t n0, int ku0, int ku_end, int tid,
                                            uint4 (&v)[mqm_raw<WT>::K], fg_q8unit (&x)[MQM_PX]) {
@@ -1635,16 +1634,13 @@ FG_UNROLL
 FG_UNROLL
             for (int r = 0; r < 4; r++)
                 acc[i][j][r] = 0.0f;
-    // software pipeline (as mhm): a step's global loads before the step before it decodes
-    uint4 v[mqm_raw<WT>::K];
-    fg_q8unit x[MQM_PX];
-    mqm_load<WT>(a, m0, n0, ku_lo, ku_end, tid, v, x);
+    // (issuing a step's loads a step ahead, as mhm does, spills the K-quants other than Q4_K at
+    // 128 registers: not measured yet, so this kernel stages each step after the last one)
     for (int ku0 = ku_lo; ku0 < ku_end; ku0 += MQM_BU) {
-        mqm_stage_w_store<WT>(a, m0, ku0, ku_end, tid, sm + mqm_raw<WT>::OFFS, v); // (the slots: free since the last barrier)
+        fg_q8unit x[MQM_PX];
+        mqm_stage<WT>(a, m0, n0, ku0, ku_end, tid, sm, x); // (the slots: free since the last barrier)
         __syncthreads();
         mqm_decode<WT>(a, m0, ku0, ku_end, tid, sm, x); // (the tiles: every warp is past its compute)
-        if (ku0 + MQM_BU < ku_end)
-            mqm_load<WT>(a, m0, n0, ku0 + MQM_BU, ku_end, tid, v, x);
         __syncthreads();
         if (nj > 0) {
 FG_UNROLL_N(1) // (unrolled, the units' operands spill at the 128 registers of 2 blocks an SM)
