@@ -682,6 +682,23 @@ template <int WT> static void emu_mqm(const mq_args &a) {
                 mq_reduce_one(a, n_split, r, o);
 }
 
+// Split K of a tensor-core kernel's arguments into splits of `steps` K steps (0: whole K), the
+// partial sums in a poisoned buffer of padded rows (their own stride).
+struct split_k {
+    int n;
+    buf part;
+    split_k(mq_args &a, int steps)
+        : n(steps > 0 ? (a.n_units + MQM_BU * steps - 1) / (MQM_BU * steps) : 1),
+          part((size_t)n * (size_t)a.n_rows * (size_t)(a.n_out + 3) * 4, 0, 0xFF) {
+        if (steps > 0) {
+            a.ku_split = MQM_BU * steps;
+            a.part = part.p;
+            a.part_nb1 = (size_t)(a.n_out + 3) * 4;
+            a.split_nb = a.part_nb1 * (size_t)a.n_rows;
+        }
+    }
+};
+
 // rows x n_out x n_in with 8-bit activations on the weight's grid; against the double dot of
 // the dequantized weights and the dequantized activation bytes (the reference's arithmetic).
 template <int WT>
@@ -705,30 +722,10 @@ static void test_mq_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumul
             fg_quant_q8_1_act(&x.val[(size_t)(r * n_in)], q.p + (size_t)r * qb, n_in);
         fg_type_traits_ref(kq ? FG_TYPE_Q8_K : FG_TYPE_Q8_1)->to_float(q.p + (size_t)r * qb, &xv[(size_t)(r * n_in)], n_in);
     }
-    mq_args a;
-    a.w = w.b.p;
-    a.w_nb1 = w.nb1;
-    a.x = q.p;
-    a.x_nb1 = qb;
-    a.dst = (float *)d.b.p;
-    a.d_nb1 = d.nb1;
-    a.bias = use_bias ? bias.data() : NULL;
-    a.n_out = n_out;
-    a.n_rows = rows;
-    a.n_units = (int)(n_in / 32);
-    a.accumulate = accumulate;
-    a.ku_split = a.n_units;
-    a.part = NULL;
-    a.part_nb1 = a.split_nb = 0;
-    const int n_split = split_steps > 0 ? (a.n_units + MQM_BU * split_steps - 1) / (MQM_BU * split_steps) : 1;
-    // partial sums with rows padded (their own stride), poisoned
-    buf part((size_t)n_split * (size_t)rows * (size_t)(n_out + 3) * 4, 0, 0xFF);
-    if (split_steps > 0) {
-        a.ku_split = MQM_BU * split_steps;
-        a.part = part.p;
-        a.part_nb1 = (size_t)(n_out + 3) * 4;
-        a.split_nb = a.part_nb1 * (size_t)rows;
-    }
+    mq_args a = mq_args_make(w.b.p, w.nb1, q.p, qb, (float *)d.b.p, d.nb1, use_bias ? bias.data() : NULL, n_out, rows,
+                             n_in, accumulate);
+    split_k sk(a, split_steps);
+    const int n_split = sk.n;
     if (mma)
         emu_mqm<WT>(a);
     else
@@ -901,29 +898,10 @@ static void test_mhm_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumu
             memcpy(xb.p + (size_t)r * x_nb1 + (size_t)i * 2, &h, 2);
         }
     outbuf d(rows, n_out, accumulate);
-    mq_args a;
-    a.w = w.b.p;
-    a.w_nb1 = w.nb1;
-    a.x = xb.p;
-    a.x_nb1 = x_nb1;
-    a.dst = (float *)d.b.p;
-    a.d_nb1 = d.nb1;
-    a.bias = use_bias ? bias.data() : NULL;
-    a.n_out = n_out;
-    a.n_rows = rows;
-    a.n_units = (int)(n_in / 32);
-    a.accumulate = accumulate;
-    a.ku_split = a.n_units;
-    a.part = NULL;
-    a.part_nb1 = a.split_nb = 0;
-    const int n_split = split_steps > 0 ? (a.n_units + MHM_BU * split_steps - 1) / (MHM_BU * split_steps) : 1;
-    buf part((size_t)n_split * (size_t)rows * (size_t)(n_out + 3) * 4, 0, 0xFF);
-    if (split_steps > 0) {
-        a.ku_split = MHM_BU * split_steps;
-        a.part = part.p;
-        a.part_nb1 = (size_t)(n_out + 3) * 4;
-        a.split_nb = a.part_nb1 * (size_t)rows;
-    }
+    mq_args a = mq_args_make(w.b.p, w.nb1, xb.p, x_nb1, (float *)d.b.p, d.nb1, use_bias ? bias.data() : NULL, n_out,
+                             rows, n_in, accumulate);
+    split_k sk(a, split_steps);
+    const int n_split = sk.n;
     emu_mhm<WT>(a);
     std::vector<double> ref, mag;
     reference(w, xv, rows, a.bias, accumulate ? &d.prior : NULL, ref, mag);

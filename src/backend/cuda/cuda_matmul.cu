@@ -917,6 +917,28 @@ struct mq_args {
     size_t part_nb1, split_nb;
 };
 
+// The arguments of a whole-K call (the split fields are mq_plan_split's).
+static inline mq_args mq_args_make(const uint8_t *w, size_t w_nb1, const uint8_t *x, size_t x_nb1, float *dst,
+                                   size_t d_nb1, const float *bias, int64_t n_out, int64_t n_rows, int64_t n_in,
+                                   bool accumulate) {
+    mq_args a;
+    a.w = w;
+    a.w_nb1 = w_nb1;
+    a.x = x;
+    a.x_nb1 = x_nb1;
+    a.dst = dst;
+    a.d_nb1 = d_nb1;
+    a.bias = bias;
+    a.n_out = n_out;
+    a.n_rows = n_rows;
+    a.n_units = (int)(n_in / 32);
+    a.accumulate = accumulate;
+    a.ku_split = a.n_units;
+    a.part = NULL;
+    a.part_nb1 = a.split_nb = 0;
+    return a;
+}
+
 // Weight unit (m0 + tid / MQ_BU, ku0 + tid % MQ_BU) decoded into shared memory; zeros (a unit
 // that adds nothing) outside the matrix.
 template <int WT>
@@ -2176,22 +2198,29 @@ static int mq_plan_split(fg_cuda *c, mq_args &a) {
 #endif
 
 // The integer kernel c->mmq selects: the tensor-core one (FG_MMQ_MMA, sm_80+ NVIDIA only) or dp4a.
+#if !defined(__HIPCC__)
+// mqm and mhm (the same tiles and split K): the grid with the split mq_plan_split chooses, then
+// the split sum.
+static fg_status mqm_launch(fg_cuda *c, const mq_args &a, void (*kernel)(mq_args), int smem, const char *what) {
+    FG_ASSERT(fg_div_up(a.n_out, MQM_BM) <= MM_MAX_GRID_Y);
+    mq_args b = a;
+    const int n_split = mq_plan_split(c, b);
+    dim3 grid(fg_div_up(a.n_rows, MQM_BN), fg_div_up(a.n_out, MQM_BM), n_split);
+    kernel<<<grid, MQM_NT, smem, c->stream>>>(b);
+    FG_GPU_LAUNCH_CHECK(c, what);
+    if (n_split > 1) {
+        dim3 rg(fg_div_up(a.n_out, MM_NT), mm_grid_y(a.n_rows));
+        mq_reduce_kernel<<<rg, MM_NT, 0, c->stream>>>(b, n_split);
+        FG_GPU_LAUNCH_CHECK(c, "tensor-core matmul: split sum");
+    }
+    return FG_OK;
+}
+#endif
+
 template <int WT> static fg_status mq_select(fg_cuda *c, const mq_args &a) {
 #if !defined(__HIPCC__)
-    if (c->mmq == FG_MMQ_MMA) {
-        FG_ASSERT(fg_div_up(a.n_out, MQM_BM) <= MM_MAX_GRID_Y);
-        mq_args b = a;
-        const int n_split = mq_plan_split(c, b);
-        dim3 grid(fg_div_up(a.n_rows, MQM_BN), fg_div_up(a.n_out, MQM_BM), n_split);
-        mqm_kernel<WT><<<grid, MQM_NT, mqm_raw<WT>::SMEM, c->stream>>>(b);
-        FG_GPU_LAUNCH_CHECK(c, "integer tensor-core matmul");
-        if (n_split > 1) {
-            dim3 rg(fg_div_up(a.n_out, MM_NT), mm_grid_y(a.n_rows));
-            mq_reduce_kernel<<<rg, MM_NT, 0, c->stream>>>(b, n_split);
-            FG_GPU_LAUNCH_CHECK(c, "integer tensor-core matmul: split sum");
-        }
-        return FG_OK;
-    }
+    if (c->mmq == FG_MMQ_MMA)
+        return mqm_launch(c, a, mqm_kernel<WT>, mqm_raw<WT>::SMEM, "integer tensor-core matmul");
 #endif
     return mq_go<WT>(c, a);
 }
@@ -2199,18 +2228,7 @@ template <int WT> static fg_status mq_select(fg_cuda *c, const mq_args &a) {
 // The F16 tensor-core kernel (FG_MMQ_F16): a's x are F16 rows (16-byte aligned), split K as mqm.
 template <int WT> static fg_status mhm_select(fg_cuda *c, const mq_args &a) {
 #if !defined(__HIPCC__)
-    FG_ASSERT(fg_div_up(a.n_out, MQM_BM) <= MM_MAX_GRID_Y);
-    mq_args b = a;
-    const int n_split = mq_plan_split(c, b);
-    dim3 grid(fg_div_up(a.n_rows, MQM_BN), fg_div_up(a.n_out, MQM_BM), n_split);
-    mhm_kernel<WT><<<grid, MQM_NT, mhm_smem<WT>::SMEM, c->stream>>>(b);
-    FG_GPU_LAUNCH_CHECK(c, "f16 tensor-core matmul");
-    if (n_split > 1) {
-        dim3 rg(fg_div_up(a.n_out, MM_NT), mm_grid_y(a.n_rows));
-        mq_reduce_kernel<<<rg, MM_NT, 0, c->stream>>>(b, n_split);
-        FG_GPU_LAUNCH_CHECK(c, "f16 tensor-core matmul: split sum");
-    }
-    return FG_OK;
+    return mqm_launch(c, a, mhm_kernel<WT>, mhm_smem<WT>::SMEM, "f16 tensor-core matmul");
 #else
     (void)c, (void)a;
     return fg_fail(FG_ERR_UNSUPPORTED, "%s: the f16 tensor-core matmul is NVIDIA only", FG_GPU_VENDOR);
@@ -2519,21 +2537,8 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         } else {
             c->mm.used = 0; // (the rows are used in place)
         }
-        mq_args a;
-        a.w = (const uint8_t *)w->data;
-        a.w_nb1 = w->nb[1];
-        a.x = xh;
-        a.x_nb1 = xh_nb1;
-        a.dst = (float *)dst->data;
-        a.d_nb1 = dst->nb[1];
-        a.bias = b;
-        a.n_out = n_out;
-        a.n_rows = n_rows;
-        a.n_units = (int)(n_in / 32);
-        a.accumulate = accumulate;
-        a.ku_split = a.n_units;
-        a.part = NULL;
-        a.part_nb1 = a.split_nb = 0;
+        const mq_args a = mq_args_make((const uint8_t *)w->data, w->nb[1], xh, xh_nb1, (float *)dst->data, dst->nb[1], b,
+                                         n_out, n_rows, n_in, accumulate);
         switch (wt) {
 #define X(T) \
     case T:  \
@@ -2561,21 +2566,8 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
             xq_nb1 = mm_act_row_bytes(wt, n_in);
         }
         if (n_rows > mv_max) {
-            mq_args a;
-            a.w = (const uint8_t *)w->data;
-            a.w_nb1 = w->nb[1];
-            a.x = xq;
-            a.x_nb1 = xq_nb1;
-            a.dst = (float *)dst->data;
-            a.d_nb1 = dst->nb[1];
-            a.bias = b;
-            a.n_out = n_out;
-            a.n_rows = n_rows;
-            a.n_units = (int)(n_in / 32);
-            a.accumulate = accumulate;
-            a.ku_split = a.n_units;
-            a.part = NULL;
-            a.part_nb1 = a.split_nb = 0;
+            const mq_args a = mq_args_make((const uint8_t *)w->data, w->nb[1], xq, xq_nb1, (float *)dst->data, dst->nb[1], b,
+                                             n_out, n_rows, n_in, accumulate);
             switch (wt) {
 #define X(T) \
     case T:  \
