@@ -517,6 +517,16 @@ static void matmul_tiles(const target *tg, const char *mmq, bool want_int) {
         skip();
     }
     need_target(tg);
+    if (!want_int) { // the F16 kernel needs NVIDIA's mma (sm_80+); elsewhere the integer one runs
+        fg_backend *be = open_backend(tg, 0);
+        const char *sm = strstr(fg_backend_describe(be), "sm_");
+        const int cc = sm ? atoi(sm + 3) : 0;
+        fg_backend_destroy(be);
+        if (cc < 80) {
+            print_message("SKIP: %s: FORGE_CUDA_MMQ=%s needs sm_80+ (%s)\n", tg->name, mmq, sm ? sm : "not NVIDIA");
+            skip();
+        }
+    }
     static const int rows[] = {9, 17, 40, 65};
     static const uint32_t quick_types[] = {FG_TYPE_Q4_0, FG_TYPE_Q4_K, FG_TYPE_Q6_K};
     setenv("FORGE_CUDA_MV_ROWS", "8", 1);
