@@ -1376,6 +1376,16 @@ struct mqm_frag {
 static FG_HD __forceinline__ int mqm_warp_m(int warp) { return (warp % MQM_WARPS_M) * MQM_WM; }
 static FG_HD __forceinline__ int mqm_warp_n(int warp) { return (warp / MQM_WARPS_M) * MQM_WN; }
 
+// The end of the K split that starts at unit ku_lo; the mma tiles j of a warp with a row in the
+// matrix (the others are skipped: few-row batches).
+static FG_HD __forceinline__ int mqm_ku_end(const mq_args &a, int ku_lo) {
+    return a.n_units - ku_lo < a.ku_split ? a.n_units : ku_lo + a.ku_split;
+}
+static FG_HD __forceinline__ int mqm_nj(const mq_args &a, int64_t n0, int warp) {
+    const int64_t wn0 = n0 + mqm_warp_n(warp);
+    return wn0 >= a.n_rows ? 0 : a.n_rows - wn0 >= 8 * MQM_NJ ? MQM_NJ : (int)((a.n_rows - wn0 + 7) / 8);
+}
+
 template <int WT>
 static FG_HD __forceinline__ void mqm_frags(const uint8_t *sm, int uu, int warp, int lane, mqm_frag &f) {
     typedef fg_qt<WT> Q;
@@ -1643,11 +1653,8 @@ template <int WT> static __global__ __launch_bounds__(MQM_NT, 2) void mqm_kernel
     uint8_t *sm = (uint8_t *)mqm_smem4;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32; // the sm_80 warp
     const int64_t n0 = (int64_t)blockIdx.x * MQM_BN, m0 = (int64_t)blockIdx.y * MQM_BM;
-    const int ku_lo = (int)blockIdx.z * a.ku_split;
-    const int ku_end = a.n_units - ku_lo < a.ku_split ? a.n_units : ku_lo + a.ku_split;
-    // mma tiles j of this warp with a row in the matrix (the others are skipped: few-row batches)
-    const int64_t wn0 = n0 + mqm_warp_n(warp);
-    const int nj = wn0 >= a.n_rows ? 0 : a.n_rows - wn0 >= 8 * MQM_NJ ? MQM_NJ : (int)((a.n_rows - wn0 + 7) / 8);
+    const int ku_lo = (int)blockIdx.z * a.ku_split, ku_end = mqm_ku_end(a, ku_lo);
+    const int nj = mqm_nj(a, n0, warp);
     float acc[MQM_NI][MQM_NJ][4];
 FG_UNROLL
     for (int i = 0; i < MQM_NI; i++)
@@ -1713,11 +1720,9 @@ template <int WT> static __global__ __launch_bounds__(MQM_NT, 2) void mhm_kernel
     uint8_t *sm = (uint8_t *)mhm_smem4;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32; // the sm_80 warp
     const int64_t n0 = (int64_t)blockIdx.x * MQM_BN, m0 = (int64_t)blockIdx.y * MQM_BM;
-    const int ku_lo = (int)blockIdx.z * a.ku_split;
-    const int ku_end = a.n_units - ku_lo < a.ku_split ? a.n_units : ku_lo + a.ku_split;
+    const int ku_lo = (int)blockIdx.z * a.ku_split, ku_end = mqm_ku_end(a, ku_lo);
     const int wm = mqm_warp_m(warp), wn = mqm_warp_n(warp);
-    const int64_t wn0 = n0 + wn;
-    const int nj = wn0 >= a.n_rows ? 0 : a.n_rows - wn0 >= 8 * MQM_NJ ? MQM_NJ : (int)((a.n_rows - wn0 + 7) / 8);
+    const int nj = mqm_nj(a, n0, warp);
     float acc[MQM_NI][MQM_NJ][4];
 FG_UNROLL
     for (int i = 0; i < MQM_NI; i++)
@@ -2491,6 +2496,40 @@ void fg_cuda_matmul_free(fg_cuda *c) {
     c->deq.size = 0;
 }
 
+// F32, Q8_K or Q8_1 rows widened to F16 rows of n_in halves in the mm arena (taken from its
+// start: the call's), as the F16 GEMMs and mhm read them (8-bit: d * q rounded once).
+static fg_status mm_widen_f16(fg_cuda *c, const fg_tensor *x, int64_t n_in, int64_t n_rows, uint16_t **out) {
+    void *h = NULL;
+    FG_TRY(mm_scratch(c, (size_t)n_rows * (size_t)n_in * 2, &h));
+    const uint8_t *xp = (const uint8_t *)x->data;
+    dim3 grid(fg_div_up(n_in, MM_NT), mm_grid_y(n_rows));
+    if (x->type == FG_TYPE_F32)
+        cvt_half_kernel<false><<<grid, MM_NT, 0, c->stream>>>(mm_src(xp, x->nb[1]), (uint16_t *)h, (int)n_in, n_rows);
+    else if (x->type == FG_TYPE_Q8_K)
+        act_deq_f16_kernel<true><<<grid, MM_NT, 0, c->stream>>>(xp, x->nb[1], (uint16_t *)h, (int)n_in, n_rows);
+    else
+        act_deq_f16_kernel<false><<<grid, MM_NT, 0, c->stream>>>(xp, x->nb[1], (uint16_t *)h, (int)n_in, n_rows);
+    FG_GPU_LAUNCH_CHECK(c, "activations to f16");
+    *out = (uint16_t *)h;
+    return FG_OK;
+}
+
+// The tiled kernels of a quantized weight type: mhm over F16 rows (f16) or the integer ones
+// over 8-bit rows.
+static fg_status mm_tiled(fg_cuda *c, uint32_t wt, bool f16, const mq_args &a) {
+    switch (wt) {
+#define X(T) \
+    case T:  \
+        return f16 ? mhm_select<T>(c, a) : mq_select<T>(c, a);
+        MM_QTYPES(X)
+#undef X
+    default:
+        break;
+    }
+    FG_ASSERT(!"tiled matmul: unsupported type");
+    return FG_ERR_UNSUPPORTED;
+}
+
 fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x, const fg_tensor *bias,
                          bool accumulate) {
     const uint32_t wt = w->type, xt = x->type;
@@ -2521,34 +2560,16 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         (xt != FG_TYPE_F16 || ((uintptr_t)x->data | x->nb[1]) % 16 == 0) && xt != FG_TYPE_BF16) {
         const uint8_t *xh = (const uint8_t *)x->data;
         size_t xh_nb1 = x->nb[1];
-        void *h = NULL;
-        FG_TRY(mm_scratch(c, (size_t)n_rows * (size_t)n_in * 2, &h)); // (resets the arena: this call's)
+        c->mm.used = 0; // the arena is this call's (widened rows, then split-K partial sums)
         if (xt != FG_TYPE_F16) {
-            dim3 grid(fg_div_up(n_in, MM_NT), mm_grid_y(n_rows));
-            if (xt == FG_TYPE_F32)
-                cvt_half_kernel<false><<<grid, MM_NT, 0, c->stream>>>(mm_src(xh, xh_nb1), (uint16_t *)h, (int)n_in, n_rows);
-            else if (xt == FG_TYPE_Q8_K)
-                act_deq_f16_kernel<true><<<grid, MM_NT, 0, c->stream>>>(xh, xh_nb1, (uint16_t *)h, (int)n_in, n_rows);
-            else
-                act_deq_f16_kernel<false><<<grid, MM_NT, 0, c->stream>>>(xh, xh_nb1, (uint16_t *)h, (int)n_in, n_rows);
-            FG_GPU_LAUNCH_CHECK(c, "activations to f16");
+            uint16_t *h = NULL;
+            FG_TRY(mm_widen_f16(c, x, n_in, n_rows, &h));
             xh = (const uint8_t *)h;
             xh_nb1 = (size_t)n_in * 2;
-        } else {
-            c->mm.used = 0; // (the rows are used in place)
         }
-        const mq_args a = mq_args_make((const uint8_t *)w->data, w->nb[1], xh, xh_nb1, (float *)dst->data, dst->nb[1], b,
-                                         n_out, n_rows, n_in, accumulate);
-        switch (wt) {
-#define X(T) \
-    case T:  \
-        return mhm_select<T>(c, a);
-            MM_QTYPES(X)
-#undef X
-        default:
-            break;
-        }
-        FG_ASSERT(!"f16 tensor-core matmul: unsupported type");
+        return mm_tiled(c, wt, true,
+                        mq_args_make((const uint8_t *)w->data, w->nb[1], xh, xh_nb1, (float *)dst->data, dst->nb[1], b,
+                                     n_out, n_rows, n_in, accumulate));
     }
     const bool q_int = !flt && xt != FG_TYPE_F16 && xt != FG_TYPE_BF16 && !q_blas && (n_rows <= mv_max || c->mmq);
     if (q_int || (flt && n_rows <= FG_MV_MAX_ROWS && xt == FG_TYPE_F32)) {
@@ -2565,20 +2586,10 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
             xq = (const uint8_t *)q;
             xq_nb1 = mm_act_row_bytes(wt, n_in);
         }
-        if (n_rows > mv_max) {
-            const mq_args a = mq_args_make((const uint8_t *)w->data, w->nb[1], xq, xq_nb1, (float *)dst->data, dst->nb[1], b,
-                                             n_out, n_rows, n_in, accumulate);
-            switch (wt) {
-#define X(T) \
-    case T:  \
-        return mq_select<T>(c, a);
-                MM_QTYPES(X)
-#undef X
-            default:
-                break;
-            }
-            FG_ASSERT(!"integer tiled matmul: unsupported type");
-        }
+        if (n_rows > mv_max)
+            return mm_tiled(c, wt, false,
+                            mq_args_make((const uint8_t *)w->data, w->nb[1], xq, xq_nb1, (float *)dst->data, dst->nb[1],
+                                         b, n_out, n_rows, n_in, accumulate));
         mv_args a;
         a.w = (const uint8_t *)w->data;
         a.w_nb1 = w->nb[1];
@@ -2618,19 +2629,8 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     // read F16 rows, here the 8-bit rows widened, or F32 rows rounded
     fg_tensor xh;
     if (!flt && xt != FG_TYPE_F16) {
-        void *h = NULL;
-        FG_TRY(mm_scratch(c, (size_t)n_rows * (size_t)n_in * 2, &h));
-        dim3 grid(fg_div_up(n_in, MM_NT), mm_grid_y(n_rows));
-        if (xt == FG_TYPE_F32)
-            cvt_half_kernel<false><<<grid, MM_NT, 0, c->stream>>>(mm_src((const uint8_t *)x->data, x->nb[1]), (uint16_t *)h,
-                                                          (int)n_in, n_rows);
-        else if (xt == FG_TYPE_Q8_K)
-            act_deq_f16_kernel<true><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1],
-                                                                     (uint16_t *)h, (int)n_in, n_rows);
-        else
-            act_deq_f16_kernel<false><<<grid, MM_NT, 0, c->stream>>>((const uint8_t *)x->data, x->nb[1],
-                                                                      (uint16_t *)h, (int)n_in, n_rows);
-        FG_GPU_LAUNCH_CHECK(c, "activations to f16");
+        uint16_t *h = NULL;
+        FG_TRY(mm_widen_f16(c, x, n_in, n_rows, &h));
         int64_t ne[2] = {n_in, n_rows};
         xh = fg_tensor_view(NULL, h, 0, FG_TYPE_F16, 2, ne);
         x = &xh;
