@@ -4,7 +4,9 @@
 // shared-memory sort, top-p, min-p, penalties and logit bias through entries, none at all) and
 // vocabularies on both sides of the exact/large paths, in DRAW and SCORE modes with top-N
 // log-probabilities. Tokens, the "uniform used" flag and top-N ids must be equal; log-probs
-// within 1e-6 (the log-softmax sums in another order). Usage (via run_sample.sh):
+// within 1e-6 (the log-softmax sums in another order). Rows are split over several blocks
+// (greedy, top-k 1..1,024: samp_scan_kernel + samp_pick_kernel) with slices from 2 logits up,
+// so that small vocabularies span many slices. Usage (via run_sample.sh):
 // test_sample_emu [seed] [rows]   (FORGE_EMU_BIG=1: also a 150,001-token vocabulary)
 #include "backend/cuda/cuda_internal.h"
 extern "C" {
@@ -18,6 +20,16 @@ extern "C" {
 #include <random>
 #include <algorithm>
 
+// the matmul arena's scratch (cuda_matmul.cu is not in the emulator build)
+static std::vector<char> g_arena(4u << 20);
+fg_status fg_cuda_op_scratch(fg_cuda *c, size_t n, void **out) {
+    if (n > c->mm.size)
+        return FG_ERR_CAPACITY;
+    c->mm.used = n;
+    *out = c->mm.base;
+    return FG_OK;
+}
+
 int main(int argc, char **argv) {
     const unsigned seed = argc > 1 ? (unsigned)strtoul(argv[1], NULL, 0) : 20261206u;
     const int n_rows = argc > 2 ? atoi(argv[2]) : 160;
@@ -29,7 +41,8 @@ int main(int argc, char **argv) {
     const bool big = getenv("FORGE_EMU_BIG") && atoi(getenv("FORGE_EMU_BIG")) == 1;
     const int vocabs[] = {7, 300, 1500, 4099, 150001};
     const int n_vocabs = big ? 5 : 4;
-    int fails = 0, n_large = 0, n_draws = 0;
+    int fails = 0, n_large = 0, n_draws = 0, n_split = 0;
+    const int slices[] = {0, 2, 5, 64, 300, 1024}; // 0: the default (SAMP_SLICE)
     for (int row = 0; row < n_rows; row++) {
         const int n = vocabs[row % n_vocabs];
         std::vector<float> x(n);
@@ -113,6 +126,10 @@ int main(int argc, char **argv) {
         c.step.n_out = 1;
         c.step.sample = &p;
         c.step.sample_entries = ent.data();
+        c.mm.base = g_arena.data();
+        c.mm.size = g_arena.size();
+        c.sample_slice = slices[row % 6];
+        memset(g_arena.data(), 0xA5, 1u << 16); // stale scratch
         fg_sample_result got;
         memset(&got, 0xff, sizeof got);
         fg_tensor tl, to; // (views by hand: the emulator build links no tensor helpers)
@@ -137,6 +154,9 @@ int main(int argc, char **argv) {
         bool large = p.mode == FG_SAMPLE_DRAW && p.temperature > 0.0f && n > 1024 &&
                      (p.top_k == 0 || p.top_k > 1024);
         n_large += large;
+        const int per = (c.sample_slice > 0 ? c.sample_slice : 2048);
+        n_split += p.mode == FG_SAMPLE_DRAW && (n + per - 1) / per >= 2 &&
+                   (p.temperature <= 0.0f || (p.top_k >= 1 && p.top_k <= 1024 && p.top_k < n));
         n_draws += (want.flags & FG_SAMPLE_USED_UNIFORM) != 0;
         bool ok = got.token == want.token && got.flags == want.flags;
         if (p.n_top >= 0) {
@@ -164,7 +184,11 @@ int main(int argc, char **argv) {
                    want.n_top > 0 ? want.top[0].token : -1);
         }
     }
-    printf("test_sample_emu: warp %d: %d rows, %d draws (%d on the large path), %d differ\n", FG_WARP, n_rows,
-           n_draws, n_large, fails);
+    printf("test_sample_emu: warp %d: %d rows, %d draws (%d on the large path, %d rows split), %d differ\n",
+           FG_WARP, n_rows, n_draws, n_large, n_split, fails);
+    if (n_split < n_rows / 8) {
+        printf("test_sample_emu: too few split rows (%d)\n", n_split);
+        return 1;
+    }
     return fails ? 1 : 0;
 }

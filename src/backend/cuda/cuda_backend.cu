@@ -473,7 +473,8 @@ static fg_status cuda_reserve(fg_backend *be, const fg_backend_limits *lim) {
         c->d_meta = (int32_t *)d;
         c->meta_cap = need;
     }
-    FG_TRY(arena_grow(c, &c->mm, fg_cuda_matmul_scratch_bytes(&m), "matmul"));
+    const size_t mm_bytes = fg_cuda_matmul_scratch_bytes(&m), samp_bytes = fg_cuda_sample_scratch_bytes(&m);
+    FG_TRY(arena_grow(c, &c->mm, mm_bytes > samp_bytes ? mm_bytes : samp_bytes, "matmul"));
     FG_TRY(fg_cuda_matmul_reserve(c, &m));
     FG_TRY(arena_grow(c, &c->attn, fg_cuda_attn_scratch_bytes(&m), "attention"));
     c->lim = m;

@@ -128,6 +128,8 @@ typedef struct fg_cuda {
     bool pdl;               // the step's small kernels and matvecs launched with programmatic dependent
                             // launch (fg_launch; sm_90+, CUDA; FORGE_CUDA_PDL=0 off): each starts
                             // while the one before it ends, the matvecs' first weights in flight
+    int sample_slice;       // logits a block of the sample op's split pass reads (0: SAMP_SLICE;
+                            // the emulator test sets small ones to split small vocabularies)
     int dec_l_min;          // decode attention: fewest keys of a split chunk (FORGE_CUDA_DEC_L_MIN; 0: DEC_L_MIN)
     bool attn_dec;          // decode steps through attn_dec_kernel (FORGE_CUDA_ATTN_DEC=0: attn_kernel)
     bool attn_fa;           // other steps (F16 cache, head_dim 64/128, sm_80+) through the tensor-core
@@ -206,6 +208,8 @@ void fg_cuda_matmul_free(fg_cuda *c);
 
 // ---- cuda_sample.cu
 fg_status fg_cuda_sample(fg_cuda *c, fg_tensor *out, const fg_tensor *logits, int64_t row0);
+// matmul-arena bytes the sample op's split pass takes for the rows of a step (reserve)
+size_t fg_cuda_sample_scratch_bytes(const fg_backend_limits *lim);
 
 // ---- cuda_attn.cu
 bool fg_cuda_kv_supports(uint32_t kv_type);

@@ -37,13 +37,19 @@
 #define SAMP_CAP 1024                      // candidates sorted in shared memory
 #define SAMP_FILTER_WORDS 4096             // 131072 filter bits for the entry tokens
 #define SAMP_RADIX 256
+#define SAMP_SLICE 2048        // logits a block of the split pass reads (at least)
+#define SAMP_MAX_SLICES 64     // blocks a row is split over
+#define SAMP_SCAN_CANDS 2048   // candidate keys of a split row (slices x top-k), sorted in shared memory
 #define KEY_NONE (~0ull)
 
 typedef unsigned long long u64;
 typedef unsigned int u32;
 
 struct samp_shared {
-    u32 filter[SAMP_FILTER_WORDS];
+    union {
+        u32 filter[SAMP_FILTER_WORDS]; // the entry tokens' bits (where logits are adjusted)
+        u64 cand[SAMP_SCAN_CANDS];     // a split row's candidates (samp_pick_kernel: no adjusting)
+    } f;
     union {
         struct {
             u64 keys[SAMP_CAP];
@@ -164,7 +170,7 @@ static __device__ void block_sum_128(u64 lo, u64 hi, samp_shared &sh, u64 *olo, 
 
 struct samp_row {
     const float *x;
-    int n;
+    int i0, n; // the elements [i0, n) (a split pass's slice; else 0 and the vocabulary)
     const fg_sample_entry *ent;
     int n_ent;
     const u32 *filter;
@@ -249,7 +255,7 @@ static __device__ u32 count_mass(const samp_view &V, u64 kmax, const samp_weight
                                  u64 *hi) {
     u32 cnt = 0;
     u64 l = 0, h = 0;
-    for (int i = threadIdx.x; i < V.R.n; i += blockDim.x) {
+    for (int i = V.R.i0 + (int)threadIdx.x; i < V.R.n; i += blockDim.x) {
         float v;
         u64 k;
         if (elem(V, i, &v, &k) && k <= kmax) {
@@ -300,7 +306,7 @@ static __device__ u64 radix_select(const samp_view &V, u64 kmax, const samp_weig
         __syncthreads();
         const u64 prefix = sh.b_prefix;
         const u64 hmask = shift + 8 >= 64 ? 0ull : ~0ull << (shift + 8);
-        for (int i = threadIdx.x; i < V.R.n; i += blockDim.x) {
+        for (int i = V.R.i0 + (int)threadIdx.x; i < V.R.n; i += blockDim.x) {
             float v;
             u64 k;
             if (!elem(V, i, &v, &k) || k > kmax || (k & hmask) != (prefix & hmask))
@@ -375,7 +381,7 @@ static __device__ u64 radix_select(const samp_view &V, u64 kmax, const samp_weig
         }
         if (flag == 1) { // one element left under the prefix: find it
             const u64 pm = ~0ull << shift, pre = sh.b_prefix;
-            for (int i = threadIdx.x; i < V.R.n; i += blockDim.x) {
+            for (int i = V.R.i0 + (int)threadIdx.x; i < V.R.n; i += blockDim.x) {
                 float v;
                 u64 k;
                 if (elem(V, i, &v, &k) && k <= kmax && (k & pm) == (pre & pm))
@@ -403,7 +409,7 @@ static __device__ void collect(const samp_view &V, u64 kmax, int m, samp_shared 
     for (int j = threadIdx.x; j < p2; j += blockDim.x)
         sh.u.c.keys[j] = KEY_NONE;
     __syncthreads();
-    for (int i = threadIdx.x; i < V.R.n; i += blockDim.x) {
+    for (int i = V.R.i0 + (int)threadIdx.x; i < V.R.n; i += blockDim.x) {
         float v;
         u64 k;
         if (elem(V, i, &v, &k) && k <= kmax) {
@@ -444,7 +450,7 @@ static __device__ void collect(const samp_view &V, u64 kmax, int m, samp_shared 
 
 // The reference's draw over the m gathered candidates (in their order): weights
 // exp((v - mx) * inv_t) in parallel, the sums in order on thread 0. Returns the id.
-static __device__ int draw_gathered(const samp_view &V, int m, double mx, double inv_t, double u, samp_shared &sh) {
+static __device__ int draw_gathered(int m, double mx, double inv_t, double u, samp_shared &sh) {
     for (int j = threadIdx.x; j < m; j += blockDim.x)
         sh.u.c.w[j] = exp(((double)sh.vals[j] - mx) * inv_t);
     __syncthreads();
@@ -486,7 +492,7 @@ static __device__ int draw_large(const samp_view &V, u64 kmax, double mx, double
     if (k == KEY_NONE) { // the last element with a non-zero weight
         u64 best = 0;
         bool any = false;
-        for (int i = threadIdx.x; i < V.R.n; i += blockDim.x) {
+        for (int i = V.R.i0 + (int)threadIdx.x; i < V.R.n; i += blockDim.x) {
             float v;
             u64 kk;
             if (elem(V, i, &v, &kk) && kk <= kmax && fixed_w(weight_of(W, v)) > 0) {
@@ -499,6 +505,45 @@ static __device__ int draw_large(const samp_view &V, u64 kmax, double mx, double
     return (int)(k & 0xffffffffu);
 }
 
+// The reference's top-p cut, min-p cut and draw over the n (<= SAMP_CAP) sorted candidates in
+// sh.u.c.keys / sh.vals (the best first; mxf: the best value, 0 in inf mode).
+static __device__ int sorted_tail(u32 n, float mxf, const fg_sample_row &P, samp_shared &sh, bool *used) {
+    const double mx = (double)mxf;
+    if (P.top_p < 1.0f && n > 1) {
+        for (int j = threadIdx.x; j < (int)n; j += blockDim.x)
+            sh.u.c.w[j] = exp((double)sh.vals[j] - mx);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            double sum = 0.0;
+            for (u32 j = 0; j < n; j++)
+                sum += sh.u.c.w[j];
+            double cum = 0.0, target = (double)P.top_p * sum;
+            u32 cut = n;
+            for (u32 j = 0; j < n; j++) {
+                cum += sh.u.c.w[j];
+                if (cum >= target) {
+                    cut = j + 1;
+                    break;
+                }
+            }
+            sh.b_n = (int)cut;
+        }
+        __syncthreads();
+        n = (u32)sh.b_n;
+    }
+    if (P.min_p > 0.0f && n > 1) {
+        const float thr = mxf + P.log_min_p;
+        u32 m = 0; // a prefix: the candidates are sorted by value
+        while (m < n && sh.vals[m] >= thr)
+            m++;
+        n = m > 0 ? m : 1;
+    }
+    if (n == 1)
+        return (int)(sh.u.c.keys[0] & 0xffffffffu);
+    *used = true;
+    return draw_gathered((int)n, mx, P.inv_temp, P.uniform, sh);
+}
+
 // ------------------------------------------------------------------------ the kernel
 
 struct samp_stats {
@@ -507,13 +552,27 @@ struct samp_stats {
     u32 n_inf;    // +inf among them
     int fvalid;   // lowest valid id
     int fallback; // lowest id not NaN after the bias
+    int pad[2];   // 32 bytes (a split row's slices keep theirs in the scratch)
 };
+
+// The block's statistics from each thread's share (fv, fb_min: ids, KEY_NONE for none).
+static __device__ samp_stats stats_reduce(u64 kb, u32 nv, u32 ni, u64 fv, u64 fb_min, samp_shared &sh) {
+    samp_stats s;
+    s.kbest = block_min_u64(kb, sh);
+    s.n_valid = block_sum_u32(nv, sh);
+    s.n_inf = block_sum_u32(ni, sh);
+    const u64 f1 = block_min_u64(fv, sh), f2 = block_min_u64(fb_min, sh);
+    s.fvalid = f1 == KEY_NONE ? -1 : (int)f1;
+    s.fallback = f2 == KEY_NONE ? -1 : (int)f2;
+    s.pad[0] = s.pad[1] = 0;
+    return s;
+}
 
 static __device__ samp_stats row_stats(const samp_row &R, samp_shared &sh) {
     u64 kb = KEY_NONE;
     u32 nv = 0, ni = 0;
     u64 fv = KEY_NONE, fb_min = KEY_NONE;
-    for (int i = threadIdx.x; i < R.n; i += blockDim.x) {
+    for (int i = R.i0 + (int)threadIdx.x; i < R.n; i += blockDim.x) {
         bool fb;
         const float l = adjust(R, i, &fb);
         if (fb && (u64)i < fb_min)
@@ -527,20 +586,51 @@ static __device__ samp_stats row_stats(const samp_row &R, samp_shared &sh) {
         const u64 k = ((u64)desc_key(l) << 32) | (u64)(u32)i;
         kb = k < kb ? k : kb;
     }
-    samp_stats s;
-    s.kbest = block_min_u64(kb, sh);
-    s.n_valid = block_sum_u32(nv, sh);
-    s.n_inf = block_sum_u32(ni, sh);
-    const u64 f1 = block_min_u64(fv, sh), f2 = block_min_u64(fb_min, sh);
-    s.fvalid = f1 == KEY_NONE ? -1 : (int)f1;
-    s.fallback = f2 == KEY_NONE ? -1 : (int)f2;
-    return s;
+    return stats_reduce(kb, nv, ni, fv, fb_min, sh);
 }
 
-// The reference's draw (sample_ref.c: draw). *used: the uniform was consumed.
-static __device__ int sample_row(const samp_row &R, const fg_sample_row &P, samp_shared &sh, bool *used) {
+// A split row's n best candidates (value descending, ties to the lower id) from the m slots of
+// its slices' candidates (KEY_NONE: empty), into sh.u.c.keys / sh.vals, through a bitonic sort
+// in shared memory. Inf mode: only the +inf ones, each valued 0 (their order: by id).
+static __device__ void gather_split(const u64 *cand, int m, u32 n, bool inf_mode, samp_shared &sh) {
+    int p2 = 1;
+    while (p2 < m)
+        p2 <<= 1;
+    for (int j = threadIdx.x; j < p2; j += blockDim.x) {
+        u64 k = j < m ? cand[j] : KEY_NONE;
+        if (inf_mode && k != KEY_NONE && key_value(k) != INFINITY)
+            k = KEY_NONE; // the +inf keys (one value) are in id order
+        sh.f.cand[j] = k;
+    }
+    __syncthreads();
+    for (int k = 2; k <= p2; k <<= 1)
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int t = threadIdx.x; t < p2; t += blockDim.x) {
+                const int o = t ^ j;
+                if (o > t) {
+                    const u64 a = sh.f.cand[t], b = sh.f.cand[o];
+                    if ((a > b) == ((t & k) == 0)) {
+                        sh.f.cand[t] = b;
+                        sh.f.cand[o] = a;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    for (int j = threadIdx.x; j < (int)n; j += blockDim.x) {
+        const u64 k = sh.f.cand[j];
+        sh.u.c.keys[j] = k;
+        sh.vals[j] = inf_mode ? 0.0f : key_value(k);
+    }
+    __syncthreads();
+}
+
+// The reference's draw (sample_ref.c: draw) from the row's statistics. *used: the uniform was
+// consumed. cand (a split row: greedy, or top-k in 1..SAMP_CAP): the m slots of its slices'
+// candidates, every one of the n best among them; the row's logits are not read.
+static __device__ int sample_row(const samp_row &R, const fg_sample_row &P, const samp_stats &st, samp_shared &sh,
+                                 bool *used, const u64 *cand, int m) {
     *used = false;
-    const samp_stats st = row_stats(R, sh);
     const bool greedy = P.temperature <= 0.0f;
     const int best = st.kbest == KEY_NONE ? -1 : (int)(st.kbest & 0xffffffffu);
     if (greedy || best < 0)
@@ -580,48 +670,20 @@ static __device__ int sample_row(const samp_row &R, const fg_sample_row &P, samp
         *used = true;
         if (nf <= SAMP_CAP) {
             collect(V, KEY_NONE, (int)nf, sh);
-            return draw_gathered(V, (int)nf, mx, P.inv_temp, P.uniform, sh);
+            return draw_gathered((int)nf, mx, P.inv_temp, P.uniform, sh);
         }
         return draw_large(V, KEY_NONE, mx, P.inv_temp, P.uniform, sh);
     }
     // sorted: the candidates C are the n best (value descending, ties to the lower id)
+    if (cand) { // a split row: k in 1..SAMP_CAP, so n <= SAMP_CAP
+        gather_split(cand, m, n, inf_mode, sh);
+        return sorted_tail(n, mxf, P, sh, used);
+    }
     u32 nb;
     const u64 kc = n < n_cand ? radix_select(V, KEY_NONE, NULL, 0.0, false, n - 1, sh, &nb) : KEY_NONE;
     if (n <= SAMP_CAP) { // exact path: the reference's loops over the sorted candidates
         collect(V, kc, (int)n, sh);
-        if (P.top_p < 1.0f && n > 1) {
-            for (int j = threadIdx.x; j < (int)n; j += blockDim.x)
-                sh.u.c.w[j] = exp((double)sh.vals[j] - mx);
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                double sum = 0.0;
-                for (u32 j = 0; j < n; j++)
-                    sum += sh.u.c.w[j];
-                double cum = 0.0, target = (double)P.top_p * sum;
-                u32 cut = n;
-                for (u32 j = 0; j < n; j++) {
-                    cum += sh.u.c.w[j];
-                    if (cum >= target) {
-                        cut = j + 1;
-                        break;
-                    }
-                }
-                sh.b_n = (int)cut;
-            }
-            __syncthreads();
-            n = (u32)sh.b_n;
-        }
-        if (P.min_p > 0.0f && n > 1) {
-            const float thr = mxf + P.log_min_p;
-            u32 m = 0; // a prefix: the candidates are sorted by value
-            while (m < n && sh.vals[m] >= thr)
-                m++;
-            n = m > 0 ? m : 1;
-        }
-        if (n == 1)
-            return (int)(sh.u.c.keys[0] & 0xffffffffu);
-        *used = true;
-        return draw_gathered(V, (int)n, mx, P.inv_temp, P.uniform, sh);
+        return sorted_tail(n, mxf, P, sh, used);
     }
     // large path: C has more than SAMP_CAP elements
     u64 kf = kc;
@@ -650,7 +712,7 @@ static __device__ int sample_row(const samp_row &R, const fg_sample_row &P, samp
     *used = true;
     if (nf <= SAMP_CAP) {
         collect(V, kf, (int)nf, sh);
-        return draw_gathered(V, (int)nf, mx, P.inv_temp, P.uniform, sh);
+        return draw_gathered((int)nf, mx, P.inv_temp, P.uniform, sh);
     }
     return draw_large(V, kf, mx, P.inv_temp, P.uniform, sh);
 }
@@ -664,7 +726,7 @@ static __device__ void logprobs_row(const samp_row &R, int token, int n_top, sam
     V.inf_mode = V.id_order = V.thr_on = false;
     V.thr = 0.0f;
     u64 kb = KEY_NONE;
-    for (int i = threadIdx.x; i < R.n; i += blockDim.x) {
+    for (int i = R.i0 + (int)threadIdx.x; i < R.n; i += blockDim.x) {
         const float x = R.x[i];
         const u64 k = ((u64)desc_key(isnan(x) ? -INFINITY : x) << 32) | (u64)(u32)i;
         kb = k < kb ? k : kb;
@@ -676,7 +738,7 @@ static __device__ void logprobs_row(const samp_row &R, int token, int n_top, sam
         lse = maxv;
     } else {
         double s = 0.0;
-        for (int i = threadIdx.x; i < R.n; i += blockDim.x) {
+        for (int i = R.i0 + (int)threadIdx.x; i < R.n; i += blockDim.x) {
             const float x = R.x[i];
             if (!isnan(x))
                 s += exp((double)x - maxv);
@@ -701,9 +763,155 @@ static __device__ void logprobs_row(const samp_row &R, int token, int n_top, sam
     }
 }
 
+// ------------------------------------------------------------------------ the kernels
+// A row is split over several blocks when it draws greedily or with top-k in 1..SAMP_CAP from
+// a vocabulary of more than one slice: samp_scan_kernel reduces each slice to its statistics
+// and (top-k) its k best keys, samp_pick_kernel merges them and draws from the candidates
+// (the k best of the row are among them: each is among its slice's k best), sample_kernel then
+// adds the log-probabilities such a row asks for. Other rows: one block of sample_kernel.
+// Scratch per row: SAMP_MAX_SLICES statistics, SAMP_SCAN_CANDS keys.
+
+#define SAMP_SCAN_THREADS 256
+#define SAMP_ROW_SCRATCH (SAMP_MAX_SLICES * sizeof(samp_stats) + SAMP_SCAN_CANDS * sizeof(u64))
+
+// Slices of a split row (0: the row is not split). slice: the fewest logits of a slice.
+static __host__ __device__ __forceinline__ int samp_slices(const fg_sample_row &P, int n, int slice) {
+    if (slice <= 0 || P.mode != FG_SAMPLE_DRAW)
+        return 0;
+    const bool greedy = P.temperature <= 0.0f;
+    if (!greedy && !(P.top_k >= 1 && P.top_k <= SAMP_CAP && P.top_k < n))
+        return 0;
+    int s = (n + slice - 1) / slice;
+    const int by_cands = greedy ? SAMP_MAX_SLICES : SAMP_SCAN_CANDS / P.top_k;
+    s = s < by_cands ? s : by_cands;
+    s = s < SAMP_MAX_SLICES ? s : SAMP_MAX_SLICES;
+    return s >= 2 ? s : 0;
+}
+
+// The entry filter of a row (every thread; nothing when the row has no entries).
+static __device__ void build_filter(const samp_row &R, samp_shared &sh) {
+    if (R.n_ent == 0)
+        return;
+    for (int j = threadIdx.x; j < SAMP_FILTER_WORDS; j += blockDim.x)
+        sh.f.filter[j] = 0;
+    __syncthreads();
+    for (int j = threadIdx.x; j < R.n_ent; j += blockDim.x) {
+        const int t = R.ent[j].token;
+        atomicOr(&sh.f.filter[(t >> 5) & (SAMP_FILTER_WORDS - 1)], 1u << (t & 31));
+    }
+    __syncthreads();
+}
+
+static __device__ samp_row row_of(const float *logits, size_t ld, int n_vocab, const fg_sample_row &P,
+                                  const fg_sample_entry *ents, int r, samp_shared &sh) {
+    samp_row R;
+    R.x = logits + (size_t)r * ld;
+    R.i0 = 0;
+    R.n = n_vocab;
+    R.ent = ents + P.first_entry;
+    R.n_ent = P.mode == FG_SAMPLE_DRAW ? P.n_entries : 0;
+    R.filter = sh.f.filter;
+    R.rp = P.repeat_penalty;
+    R.fp = P.frequency_penalty;
+    R.pp = P.presence_penalty;
+    return R;
+}
+
+// grid (rows, SAMP_MAX_SLICES at most): block (r, s) reduces slice s of split row r.
+static __global__ void FG_LAUNCH_BOUNDS(SAMP_SCAN_THREADS, 2)
+samp_scan_kernel(const float *logits, size_t ld, int n_vocab, const fg_sample_row *rows, const fg_sample_entry *ents,
+                 int slice, char *scratch) {
+    __shared__ samp_shared sh;
+    const int r = blockIdx.x, s = blockIdx.y;
+    const fg_sample_row P = rows[r];
+    const int n_s = samp_slices(P, n_vocab, slice);
+    if (s >= n_s)
+        return;
+    samp_row R = row_of(logits, ld, n_vocab, P, ents, r, sh);
+    const int len = (n_vocab + n_s - 1) / n_s;
+    R.i0 = s * len < n_vocab ? s * len : n_vocab;
+    R.n = R.i0 + len < n_vocab ? R.i0 + len : n_vocab;
+    build_filter(R, sh);
+    const samp_stats st = row_stats(R, sh);
+    char *mine = scratch + (size_t)r * SAMP_ROW_SCRATCH;
+    if (threadIdx.x == 0)
+        ((samp_stats *)mine)[s] = st;
+    if (P.temperature <= 0.0f)
+        return; // greedy: the statistics say it all
+    // the slice's kc best keys (every valid one, as the reference sees them), KEY_NONE after
+    const int k = P.top_k;
+    const u32 kc = st.n_valid < (u32)k ? st.n_valid : (u32)k;
+    u64 *out = (u64 *)(mine + SAMP_MAX_SLICES * sizeof(samp_stats)) + (size_t)s * k;
+    samp_view V;
+    V.R = R;
+    V.raw = V.inf_mode = V.id_order = V.thr_on = false;
+    V.thr = 0.0f;
+    u32 nb;
+    const u64 kmax = kc > 0 && kc < st.n_valid ? radix_select(V, KEY_NONE, NULL, 0.0, false, kc - 1, sh, &nb) : KEY_NONE;
+    __syncthreads();
+    if (threadIdx.x == 0)
+        sh.b_n = 0;
+    __syncthreads();
+    for (int i = R.i0 + (int)threadIdx.x; i < R.n && kc > 0; i += blockDim.x) {
+        float v;
+        u64 key;
+        if (elem(V, i, &v, &key) && key <= kmax) {
+            const int at = atomicAdd(&sh.b_n, 1);
+            if (at < (int)kc)
+                out[at] = key;
+        }
+    }
+    for (int j = (int)kc + (int)threadIdx.x; j < k; j += blockDim.x)
+        out[j] = KEY_NONE;
+}
+
+// grid rows: block r merges split row r's slices and draws; other rows return at once.
+static __global__ void FG_LAUNCH_BOUNDS(SAMP_THREADS, 2)
+samp_pick_kernel(int n_vocab, const fg_sample_row *rows, int slice, const char *scratch, fg_sample_result *out) {
+    __shared__ samp_shared sh;
+    const int r = blockIdx.x;
+    const fg_sample_row P = rows[r];
+    const int n_s = samp_slices(P, n_vocab, slice);
+    if (n_s == 0)
+        return;
+    const char *mine = scratch + (size_t)r * SAMP_ROW_SCRATCH;
+    u64 kb = KEY_NONE, fv = KEY_NONE, fb = KEY_NONE;
+    u32 nv = 0, ni = 0;
+    for (int s = threadIdx.x; s < n_s; s += blockDim.x) {
+        const samp_stats q = ((const samp_stats *)mine)[s];
+        kb = q.kbest < kb ? q.kbest : kb;
+        nv += q.n_valid;
+        ni += q.n_inf;
+        if (q.fvalid >= 0 && (u64)q.fvalid < fv)
+            fv = (u64)q.fvalid;
+        if (q.fallback >= 0 && (u64)q.fallback < fb)
+            fb = (u64)q.fallback;
+    }
+    const samp_stats st = stats_reduce(kb, nv, ni, fv, fb, sh);
+    samp_row R; // only its size is read
+    R.x = NULL;
+    R.i0 = 0;
+    R.n = n_vocab;
+    R.ent = NULL;
+    R.n_ent = 0;
+    R.filter = NULL;
+    R.rp = R.fp = R.pp = 0.0f;
+    const u64 *cand = (const u64 *)(mine + SAMP_MAX_SLICES * sizeof(samp_stats));
+    bool used;
+    const int token = sample_row(R, P, st, sh, &used, cand, P.temperature > 0.0f ? n_s * P.top_k : 0);
+    if (threadIdx.x == 0) {
+        fg_sample_result *res = out + r;
+        res->token = token;
+        res->flags = used ? FG_SAMPLE_USED_UNIFORM : 0;
+        res->logprob = 0.0f;
+        res->n_top = 0;
+    }
+}
+
+// grid rows: the rows that are not split, and a split row's log-probabilities.
 static __global__ void FG_LAUNCH_BOUNDS(SAMP_THREADS, 2)
 sample_kernel(const float *logits, size_t ld, int n_vocab, const fg_sample_row *rows, const fg_sample_entry *ents,
-              fg_sample_result *out) {
+              int slice, fg_sample_result *out) {
     __shared__ samp_shared sh;
     const int r = blockIdx.x;
     const fg_sample_row P = rows[r];
@@ -717,49 +925,68 @@ sample_kernel(const float *logits, size_t ld, int n_vocab, const fg_sample_row *
         }
         return;
     }
-    samp_row R;
-    R.x = logits + (size_t)r * ld;
-    R.n = n_vocab;
-    R.ent = ents + P.first_entry;
-    R.n_ent = P.mode == FG_SAMPLE_DRAW ? P.n_entries : 0;
-    R.filter = sh.filter;
-    R.rp = P.repeat_penalty;
-    R.fp = P.frequency_penalty;
-    R.pp = P.presence_penalty;
-    if (R.n_ent > 0) {
-        for (int j = threadIdx.x; j < SAMP_FILTER_WORDS; j += blockDim.x)
-            sh.filter[j] = 0;
-        __syncthreads();
-        for (int j = threadIdx.x; j < R.n_ent; j += blockDim.x) {
-            const int t = R.ent[j].token;
-            atomicOr(&sh.filter[(t >> 5) & (SAMP_FILTER_WORDS - 1)], 1u << (t & 31));
-        }
-        __syncthreads();
-    }
+    const samp_row R = row_of(logits, ld, n_vocab, P, ents, r, sh);
     int token = P.token;
-    bool used = false;
-    if (P.mode == FG_SAMPLE_DRAW)
-        token = sample_row(R, P, sh, &used);
-    if (threadIdx.x == 0) {
-        res->token = token;
-        res->flags = used ? FG_SAMPLE_USED_UNIFORM : 0;
-        res->logprob = 0.0f;
-        res->n_top = 0;
+    if (samp_slices(P, n_vocab, slice) > 0) { // drawn by samp_pick_kernel
+        if (P.n_top < 0)
+            return;
+        token = res->token; // (the row's other fields: logprobs_row)
+    } else {
+        bool used = false;
+        if (P.mode == FG_SAMPLE_DRAW) {
+            build_filter(R, sh);
+            const samp_stats st = row_stats(R, sh);
+            token = sample_row(R, P, st, sh, &used, NULL, 0);
+        }
+        if (threadIdx.x == 0) {
+            res->token = token;
+            res->flags = used ? FG_SAMPLE_USED_UNIFORM : 0;
+            res->logprob = 0.0f;
+            res->n_top = 0;
+        }
     }
     if (P.n_top >= 0)
         logprobs_row(R, token, P.n_top, sh, res);
+}
+
+size_t fg_cuda_sample_scratch_bytes(const fg_backend_limits *lim) {
+    // rows of a step: at most its tokens; a vocabulary of one slice is never split
+    if (lim->max_cols <= SAMP_SLICE || lim->max_tokens <= 0)
+        return 0;
+    return (size_t)lim->max_tokens * SAMP_ROW_SCRATCH + FG_CUDA_ARENA_ALIGN;
 }
 
 fg_status fg_cuda_sample(fg_cuda *c, fg_tensor *out, const fg_tensor *logits, int64_t row0) {
     FG_ASSERT(c->step.sample && logits->type == FG_TYPE_F32 && logits->nb[0] == 4);
     const int64_t rows = logits->ne[1], n_vocab = logits->ne[0];
     FG_ASSERT(row0 >= 0 && row0 + rows <= c->step.n_out && n_vocab <= (1 << 24));
-    FG_ASSERT(SAMP_THREADS % c->warp == 0);
+    FG_ASSERT(SAMP_THREADS % c->warp == 0 && SAMP_SCAN_THREADS % c->warp == 0);
     if (rows == 0)
         return FG_OK;
-    sample_kernel<<<(unsigned)rows, SAMP_THREADS, 0, c->stream>>>(
-        (const float *)logits->data, logits->nb[1] / sizeof(float), (int)n_vocab, c->step.sample + row0,
-        c->step.sample_entries, (fg_sample_result *)out->data);
+    const float *x = (const float *)logits->data;
+    const size_t ld = logits->nb[1] / sizeof(float);
+    const fg_sample_row *prow = c->step.sample + row0;
+    fg_sample_result *res = (fg_sample_result *)out->data;
+    // the split pass where the vocabulary spans slices and the scratch holds the rows (the
+    // reserve sizes it for a step's tokens); else every row takes one block
+    int slice = c->sample_slice > 0 ? c->sample_slice : SAMP_SLICE;
+    const int64_t max_slices = (n_vocab + slice - 1) / slice;
+    const size_t need = (size_t)rows * SAMP_ROW_SCRATCH;
+    char *scratch = NULL;
+    if (max_slices >= 2 && need + FG_CUDA_ARENA_ALIGN <= c->mm.size)
+        FG_TRY(fg_cuda_op_scratch(c, need, (void **)&scratch));
+    else
+        slice = 0;
+    if (slice > 0) {
+        const dim3 grid((unsigned)rows, (unsigned)(max_slices < SAMP_MAX_SLICES ? max_slices : SAMP_MAX_SLICES));
+        samp_scan_kernel<<<grid, SAMP_SCAN_THREADS, 0, c->stream>>>(x, ld, (int)n_vocab, prow,
+                                                                   c->step.sample_entries, slice, scratch);
+        FG_GPU_LAUNCH_CHECK(c, "sample (split pass)");
+        samp_pick_kernel<<<(unsigned)rows, SAMP_THREADS, 0, c->stream>>>((int)n_vocab, prow, slice, scratch, res);
+        FG_GPU_LAUNCH_CHECK(c, "sample (split rows' draw)");
+    }
+    sample_kernel<<<(unsigned)rows, SAMP_THREADS, 0, c->stream>>>(x, ld, (int)n_vocab, prow, c->step.sample_entries,
+                                                                 slice, res);
     FG_GPU_LAUNCH_CHECK(c, "sample");
     return FG_OK;
 }
