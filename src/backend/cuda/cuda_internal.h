@@ -122,9 +122,9 @@ typedef struct fg_cuda {
                             // FG_MV_MAX_ROWS, more through the tiled kernel (FORGE_CUDA_MV_ROWS)
     int mmq;                // quantized weights, many rows (FORGE_CUDA_MMQ): FG_MMQ_OFF the F16 GEMMs
                             // (=0), FG_MMQ_DP4A the dp4a integer kernel (=dp4a; the default without
-                            // tensor cores), FG_MMQ_MMA the mma.sync one (default on sm_80+);
-                            // both integer kernels keep the reference's arithmetic; FG_MMQ_F16
-                            // (=f16, sm_80+) the F16 tensor-core kernel: the F16 GEMM's arithmetic
+                            // tensor cores), FG_MMQ_MMA the mma.sync one (=mma, sm_80+); both
+                            // integer kernels keep the reference's arithmetic; FG_MMQ_F16 (the
+                            // default on sm_80+) the F16 tensor-core kernel: the F16 GEMM's arithmetic
     bool pdl;               // the step's small kernels and matvecs launched with programmatic dependent
                             // launch (fg_launch; sm_90+, CUDA; FORGE_CUDA_PDL=0 off): each starts
                             // while the one before it ends, the matvecs' first weights in flight

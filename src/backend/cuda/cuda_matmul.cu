@@ -22,15 +22,19 @@
 // memory), then each thread decodes one unit of every weight row into registers and dots it
 // with that unit of every activation row: every weight byte is read from DRAM once per call,
 // every decoded unit serves NR rows. Partial sums are reduced with warp shuffles at the end.
-// Quantized weights from FORGE_CUDA_QBLAS_ROWS rows (128; where cuBLAS is): the library GEMM at
-// the end of this file, the weight dequantized to F16 a chunk of rows at a time (faster than
-// the integer kernels below from 128 rows on an H100; slower at 17-127: docs/PERF.md).
-// Integer tiled (quantized weights, 17 rows (FORGE_CUDA_MV_ROWS + 1) up to the library GEMM's,
-// or every row count without cuBLAS; 8-bit x): the matvec's per-unit integer dots and f32
-// scaling, so these keep the reference's arithmetic: on sm_80+ the tensor-core kernel (mqm:
-// 128 x 64 tiles, int8 mma.sync, K split when the tiles leave SMs idle), else (HIP,
-// FORGE_CUDA_MMQ=dp4a) the dp4a one (mq: 64 x 64 tiles). FORGE_CUDA_MMQ=0 sends these to the
-// F16 GEMMs below instead.
+// Quantized weights from FORGE_CUDA_QBLAS_ROWS rows (160 after mhm, 128 after the integer
+// kernels; where cuBLAS is): the library GEMM at the end of this file, the weight dequantized to
+// F16 a chunk of rows at a time (docs/PERF.md has the crossovers measured).
+// F16 tensor-core tiled (mhm; the default on NVIDIA sm_80+, FORGE_CUDA_MMQ=f16): quantized
+// weights, 9 rows up to the library GEMM's (every row count without cuBLAS); each weight unit
+// dequantized exactly, rounded to F16 into shared memory, ldmatrix + mma.m16n8k16 over the 8-bit
+// rows widened to F16: the F16 GEMM's arithmetic.
+// Integer tiled (FORGE_CUDA_MMQ=mma or dp4a, and the default without mma: HIP; quantized
+// weights, 17 rows (FORGE_CUDA_MV_ROWS + 1) up to the library GEMM's; 8-bit x): the matvec's
+// per-unit integer dots and f32 scaling, so these keep the reference's arithmetic: the
+// tensor-core kernel (mqm: 128 x 64 tiles, int8 mma.sync, K split when the tiles leave SMs
+// idle) or the dp4a one (mq: 64 x 64 tiles). FORGE_CUDA_MMQ=0 sends these to the F16 GEMMs
+// below instead.
 // Tiled (float weights with more rows, or F16 x): 128 weight rows x 64 activation rows x 64 K per tile, 256
 // threads; weights dequantized (exactly) once per tile into f16 shared memory, activations
 // converted to f16; nvcuda::wmma 16x16x16 with f32 accumulation under FG_GPU_HAS_MMA (sm_80+),
@@ -2253,6 +2257,7 @@ template <int WT> static fg_status mhm_select(fg_cuda *c, const mq_args &a) {
 #define FG_BLAS_WS_BYTES ((size_t)32 << 20)
 #define FG_BLAS_MIN_ROWS 32
 #define FG_QBLAS_MIN_ROWS 128 // quantized weights: rows from which the chunked F16 GEMM runs (measured)
+#define FG_QBLAS_MHM_ROWS 160 // the same after mhm (H100, 8B Q4_K: mhm faster at 128 rows, slower at 256)
 #define FG_DEQ_MB 256        // the F16 chunk buffer (MiB; FORGE_CUDA_DEQ_MB): at most the largest weight
 
 #ifdef FG_MM_CUBLAS
@@ -2387,8 +2392,9 @@ static bool mm_blas_rows(const fg_cuda *c, int64_t n_rows) {
 }
 
 fg_status fg_cuda_matmul_init(fg_cuda *c) {
-    // FORGE_CUDA_MMQ: 0 the F16 copy + cuBLAS, dp4a the dp4a integer kernel, otherwise (unset,
-    // 1, mma) the tensor-core integer kernel where the device has it (NVIDIA sm_80+), else dp4a
+    // FORGE_CUDA_MMQ: 0 the F16 copy + cuBLAS, dp4a the dp4a integer kernel, mma the tensor-core
+    // integer kernel (NVIDIA sm_80+), otherwise (unset, 1, f16) the F16 tensor-core kernel where
+    // the device has mma (sm_80+: faster from 9 rows, measured on H100 and H200), else dp4a
     const char *mq = getenv("FORGE_CUDA_MMQ");
 #if defined(__HIPCC__)
     const bool has_mma = false;
@@ -2398,8 +2404,8 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
     c->mmq = mq && mq[0] == '0'            ? FG_MMQ_OFF
              : (mq && !strcmp(mq, "dp4a")) ? FG_MMQ_DP4A
              : !has_mma                    ? FG_MMQ_DP4A
-             : (mq && !strcmp(mq, "f16"))  ? FG_MMQ_F16
-                                           : FG_MMQ_MMA;
+             : (mq && !strcmp(mq, "mma"))  ? FG_MMQ_MMA
+                                           : FG_MMQ_F16;
 #if !defined(__HIPCC__)
     if (c->mmq == FG_MMQ_MMA) { // the tiles and the raw slots: over the 48 KiB default for most types
 #define X(T)                                                                                                \
@@ -2423,14 +2429,18 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
     const char *ms = getenv("FORGE_CUDA_MQ_SPLIT");
     c->mq_split = !(ms && !strcmp(ms, "0"));
     const char *mr = getenv("FORGE_CUDA_MV_ROWS");
-    c->mv_rows = mr ? atoi(mr) : FG_MV_BATCH_ROWS;
+    // the matvec in passes pays off only against the integer kernels (mhm is faster from 9 rows)
+    c->mv_rows = mr ? atoi(mr) : c->mmq == FG_MMQ_F16 ? FG_MV_MAX_ROWS : FG_MV_BATCH_ROWS;
 #ifdef FG_MM_CUBLAS
     const char *e = getenv("FORGE_CUBLAS_MIN_ROWS");
     c->blas_min_rows = e ? atoi(e) : FG_BLAS_MIN_ROWS;
     // quantized weights through the chunked F16 GEMM from this many rows (FORGE_CUDA_QBLAS_ROWS;
     // 0: never, the integer kernels take them); FORGE_CUDA_MMQ=0 sends every GEMM-sized call
     const char *qb = getenv("FORGE_CUDA_QBLAS_ROWS");
-    c->qblas_rows = c->mmq == FG_MMQ_OFF ? c->blas_min_rows : qb ? atoi(qb) : FG_QBLAS_MIN_ROWS;
+    c->qblas_rows = c->mmq == FG_MMQ_OFF ? c->blas_min_rows
+                    : qb                 ? atoi(qb)
+                    : c->mmq == FG_MMQ_F16 ? FG_QBLAS_MHM_ROWS
+                                         : FG_QBLAS_MIN_ROWS;
     const char *dm = getenv("FORGE_CUDA_DEQ_MB");
     c->deq_want = (size_t)(dm && atoi(dm) > 0 ? atoi(dm) : FG_DEQ_MB) << 20;
     if (c->blas_min_rows <= 0) {
