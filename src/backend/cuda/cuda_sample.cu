@@ -397,6 +397,25 @@ static __device__ u64 radix_select(const samp_view &V, u64 kmax, const samp_weig
     return sh.b_prefix;
 }
 
+// Sorts keys[0..p2) ascending in shared memory (p2 a power of two; every thread calls it, after
+// a barrier; ends with one).
+static __device__ void bitonic_sort(u64 *keys, int p2) {
+    for (int k = 2; k <= p2; k <<= 1)
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int t = threadIdx.x; t < p2; t += blockDim.x) {
+                const int o = t ^ j;
+                if (o > t) {
+                    const u64 a = keys[t], b = keys[o];
+                    if ((a > b) == ((t & k) == 0)) {
+                        keys[t] = b;
+                        keys[o] = a;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+}
+
 // Gathers the m elements with key <= kmax (m <= SAMP_CAP, the caller counted them) into
 // sh.u.c.keys[0..m), ascending; their values into sh.vals.
 static __device__ void collect(const samp_view &V, u64 kmax, int m, samp_shared &sh) {
@@ -419,20 +438,7 @@ static __device__ void collect(const samp_view &V, u64 kmax, int m, samp_shared 
         }
     }
     __syncthreads();
-    for (int k = 2; k <= p2; k <<= 1)
-        for (int j = k >> 1; j > 0; j >>= 1) {
-            for (int t = threadIdx.x; t < p2; t += blockDim.x) {
-                const int o = t ^ j;
-                if (o > t) {
-                    const u64 a = sh.u.c.keys[t], b = sh.u.c.keys[o];
-                    if ((a > b) == ((t & k) == 0)) {
-                        sh.u.c.keys[t] = b;
-                        sh.u.c.keys[o] = a;
-                    }
-                }
-            }
-            __syncthreads();
-        }
+    bitonic_sort(sh.u.c.keys, p2);
     for (int j = threadIdx.x; j < m; j += blockDim.x) {
         const u64 k = sh.u.c.keys[j];
         float v;
@@ -603,20 +609,7 @@ static __device__ void gather_split(const u64 *cand, int m, u32 n, bool inf_mode
         sh.f.cand[j] = k;
     }
     __syncthreads();
-    for (int k = 2; k <= p2; k <<= 1)
-        for (int j = k >> 1; j > 0; j >>= 1) {
-            for (int t = threadIdx.x; t < p2; t += blockDim.x) {
-                const int o = t ^ j;
-                if (o > t) {
-                    const u64 a = sh.f.cand[t], b = sh.f.cand[o];
-                    if ((a > b) == ((t & k) == 0)) {
-                        sh.f.cand[t] = b;
-                        sh.f.cand[o] = a;
-                    }
-                }
-            }
-            __syncthreads();
-        }
+    bitonic_sort(sh.f.cand, p2);
     for (int j = threadIdx.x; j < (int)n; j += blockDim.x) {
         const u64 k = sh.f.cand[j];
         sh.u.c.keys[j] = k;
