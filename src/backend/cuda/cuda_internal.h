@@ -128,8 +128,9 @@ typedef struct fg_cuda {
     bool pdl;               // the step's small kernels and matvecs launched with programmatic dependent
                             // launch (fg_launch; sm_90+, CUDA; FORGE_CUDA_PDL=0 off): each starts
                             // while the one before it ends, the matvecs' first weights in flight
-    int sample_slice;       // logits a block of the sample op's split pass reads (0: SAMP_SLICE;
-                            // the emulator test sets small ones to split small vocabularies)
+    int sample_slice;       // logits a block of the sample op's split pass reads (FORGE_CUDA_SAMPLE_SLICE;
+                            // 0: SAMP_SLICE, below 0: rows never split; the emulator test sets
+                            // small ones to split small vocabularies)
     int dec_l_min;          // decode attention: fewest keys of a split chunk (FORGE_CUDA_DEC_L_MIN; 0: DEC_L_MIN)
     bool attn_dec;          // decode steps through attn_dec_kernel (FORGE_CUDA_ATTN_DEC=0: attn_kernel)
     bool attn_fa;           // other steps (F16 cache, head_dim 64/128, sm_80+) through the tensor-core

@@ -962,8 +962,8 @@ fg_status fg_cuda_sample(fg_cuda *c, fg_tensor *out, const fg_tensor *logits, in
     fg_sample_result *res = (fg_sample_result *)out->data;
     // the split pass where the vocabulary spans slices and the scratch holds the rows (the
     // reserve sizes it for a step's tokens); else every row takes one block
-    int slice = c->sample_slice > 0 ? c->sample_slice : SAMP_SLICE;
-    const int64_t max_slices = (n_vocab + slice - 1) / slice;
+    int slice = c->sample_slice > 0 ? c->sample_slice : c->sample_slice < 0 ? 0 : SAMP_SLICE;
+    const int64_t max_slices = slice > 0 ? (n_vocab + slice - 1) / slice : 0;
     const size_t need = (size_t)rows * SAMP_ROW_SCRATCH;
     char *scratch = NULL;
     if (max_slices >= 2 && need + FG_CUDA_ARENA_ALIGN <= c->mm.size)
