@@ -11,6 +11,7 @@
 #   bench/bench_serve.py --model ../shared/models/stories260K.gguf  # starts forge serve itself
 #   bench/bench_serve.py --model M.gguf --shared-prefix 1000 --concurrency 64 --ab-prefix-cache
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -261,8 +262,9 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--prompt", default="Once upon a time, there was a little")
     ap.add_argument("--prompt-tokens", type=int, default=0, metavar="N",
-                    help="send a prompt of N token ids (ids 50..449, valid in any vocabulary of 450 or "
-                         "more) instead of --prompt: a fixed prompt length whatever the tokenizer")
+                    help="send prompts of N token ids (ids 50..449, valid in any vocabulary of 450 or "
+                         "more; each request its own, so the prefix cache shares nothing) instead of "
+                         "--prompt: a fixed prompt length whatever the tokenizer")
     ap.add_argument("--api-key", default=os.environ.get("FORGE_API_KEY"))
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--shared-prefix", type=int, default=0, metavar="N",
@@ -286,12 +288,25 @@ def main():
     prompt = [50 + (i * 37) % 400 for i in range(args.prompt_tokens)] if args.prompt_tokens > 0 else args.prompt
     body = {"prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0, "stream": True,
             "ignore_eos": True, "stream_options": {"include_usage": True}}
+    n_sent = itertools.count()
+
+    def token_request(i):
+        # --prompt-tokens: every request its own ids (ids 50..449, the first two from a request
+        # counter), so that the prefix cache shares nothing and each prompt is prefilled
+        k = next(n_sent)
+        ids = [50 + (j * 37 + k * 101) % 400 for j in range(args.prompt_tokens)]
+        ids[0] = 50 + k % 400
+        if len(ids) > 1:
+            ids[1] = 50 + (k // 400) % 400
+        return "/v1/completions", {**body, "prompt": ids}
+
+    make = token_request if args.prompt_tokens > 0 else None
     try:
         one_stream(args.url, {**body, "max_tokens": 8}, headers)  # warm-up
         results = []
         print_header()
         for c in args.concurrency:
-            r = run_level(args.url, c, args.requests or 4 * c, body, headers)
+            r = run_level(args.url, c, args.requests or 4 * c, body, headers, make)
             r.pop("outputs")
             results.append(r)
             print_row(r)
