@@ -6,7 +6,7 @@
 //   cuda_ops.cu      row-wise ops: rmsnorm, add, swiglu, rope, gather_out, check_finite, fused
 //   cuda_matmul.cu   get_rows, convert, matmul for every weight type (matvec and tiled paths)
 //   cuda_attn.cu     kv_store, kv_copy_page, paged flash attention (prefill and decode)
-//   cuda_sample.cu   the sample op: one block per output row, radix selects, no vocabulary sort
+//   cuda_sample.cu   the sample op: a block per row (greedy/top-k rows split over blocks), radix selects
 //   cuda_prof.cu     the op profiler (FORGE_CUDA_PROFILE=1)
 //   comm_nccl.cu     the NCCL communicator of tensor parallelism (backend/comm.h)
 //   cuda_embd.cu     embedding models: layernorm, gelu, add_rows, pool (issue 14)

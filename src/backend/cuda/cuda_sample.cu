@@ -1,4 +1,5 @@
-// cuda_sample.cu - the sample op on the GPU: one block per output row samples (or scores) from
+// cuda_sample.cu - the sample op on the GPU: a block per output row (a row that draws greedily
+// or with top-k 1..1,024 split over up to 64 blocks, see "the kernels") samples (or scores) from
 // the row's raw logits with the reference's chain (src/backend/sample_ref.c): logit bias and
 // penalties from the row's entries -> top-k -> top-p -> min-p -> temperature -> draw with the
 // uniform the host passed in, and the log-softmax / top-N of the raw row. Only the
