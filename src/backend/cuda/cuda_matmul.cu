@@ -1296,22 +1296,15 @@ template <int WT> static FG_HD __forceinline__ void mqm_unit(const uint8_t *blk,
 FG_UNROLL
             for (int k = 0; k < 8; k++)
                 u.q[k] = (w[k] >> sh) & 0x0F0F0F0Fu;
-            // scales[j] is byte j of {hd.y, hd.z, hd.w}: fg_q_scale_min_k4 on registers
-            const uint64_t s_lo = (uint64_t)hd.y | ((uint64_t)hd.z << 32); // scales 0..7
-            const uint32_t s_hi = hd.w;                                      // scales 8..11
-            const int j = sub;
+            // the 12 scale bytes are bytes 4..15 of the block: hd.y, hd.z, hd.w (no indexed array:
+            // registers)
+            const uint64_t s_lo = (uint64_t)hd.y | ((uint64_t)hd.z << 32);
+            const uint32_t s_hi = hd.w;
             int sc, m;
-            if (j < 4) {
-                sc = (int)((s_lo >> (8 * j)) & 63);
-                m = (int)((s_lo >> (8 * (j + 4))) & 63);
-            } else {
-                const uint32_t b4 = (s_hi >> (8 * (j - 4))) & 0xFF;                 // scales[j + 4]
-                sc = (int)((b4 & 0xF) | (((s_lo >> (8 * (j - 4))) & 0xFF) >> 6 << 4)); // | scales[j - 4] >> 6
-                m = (int)((b4 >> 4) | (((s_lo >> (8 * j)) & 0xFF) >> 6 << 4));          // | scales[j] >> 6
-            }
-            const float d = fg_q_h2f((uint16_t)(hd.x & 0xFFFFu)), dmin = fg_q_h2f((uint16_t)(hd.x >> 16));
-            u.a_lo = u.a_hi = fg_fmul_rn(d, (float)sc);
-            u.b_lo = u.b_hi = fg_fmul_rn(dmin, (float)m);
+            fg_q_scale_min_k4_of(
+                sub, [s_lo, s_hi](int i) { return (uint32_t)(i < 8 ? s_lo >> (8 * i) : s_hi >> (8 * (i - 8))) & 0xFFu; },
+                &sc, &m);
+            fg_q_k4_scales(u, (uint16_t)(hd.x & 0xFFFFu), (uint16_t)(hd.x >> 16), sc, m);
             return;
         }
     }

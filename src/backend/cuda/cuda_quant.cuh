@@ -184,16 +184,25 @@ static FG_HD __forceinline__ uint32_t fg_q_mxfp4_lut(uint32_t v) {
     return (pos & ~m) | (neg & m);
 }
 
-// Q4_K / Q5_K: 6-bit scale and min of sub-block j (fg_get_scale_min_k4).
+// Q4_K / Q5_K: 6-bit scale and min of sub-block j (fg_get_scale_min_k4) from the 12 packed
+// bytes, byte(i) giving byte i (read through a reader, or taken from registers).
+template <class B> static FG_HD __forceinline__ void fg_q_scale_min_k4_of(int j, B byte, int *sc, int *m) {
+    if (j < 4) {
+        *sc = (int)(byte(j) & 63);
+        *m = (int)(byte(j + 4) & 63);
+    } else {
+        *sc = (int)((byte(j + 4) & 0xF) | ((byte(j - 4) >> 6) << 4));
+        *m = (int)((byte(j + 4) >> 4) | ((byte(j) >> 6) << 4));
+    }
+}
 template <class RD>
 static FG_HD __forceinline__ void fg_q_scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
-    if (j < 4) {
-        *sc = (int)(RD::u8(q + j) & 63);
-        *m = (int)(RD::u8(q + j + 4) & 63);
-    } else {
-        *sc = (int)((RD::u8(q + j + 4) & 0xF) | ((RD::u8(q + j - 4) >> 6) << 4));
-        *m = (int)((RD::u8(q + j + 4) >> 4) | ((RD::u8(q + j) >> 6) << 4));
-    }
+    fg_q_scale_min_k4_of(j, [q](int i) { return (uint32_t)RD::u8(q + i); }, sc, m);
+}
+// Q4_K / Q5_K: a unit's scale and min, d * sc and dmin * m (the halves' bits d, dmin).
+static FG_HD __forceinline__ void fg_q_k4_scales(fg_qunit &u, uint16_t d, uint16_t dmin, int sc, int m) {
+    u.a_lo = u.a_hi = fg_fmul_rn(fg_q_h2f(d), (float)sc);
+    u.b_lo = u.b_hi = fg_fmul_rn(fg_q_h2f(dmin), (float)m);
 }
 
 // Q3_K: stored 6-bit scale s (0..15) of the 12 packed bytes (fg_q3_k_scales), 0..63.
@@ -291,10 +300,7 @@ FG_UNROLL
         }
         int sc, m;
         fg_q_scale_min_k4<RD>(sub, b + FG_QOFF(T, scales), &sc, &m);
-        const float d = fg_q_h2f((uint16_t)RD::u16(b + FG_QOFF(T, d)));
-        const float dmin = fg_q_h2f((uint16_t)RD::u16(b + FG_QOFF(T, dmin)));
-        u.a_lo = u.a_hi = fg_fmul_rn(d, (float)sc);
-        u.b_lo = u.b_hi = fg_fmul_rn(dmin, (float)m);
+        fg_q_k4_scales(u, (uint16_t)RD::u16(b + FG_QOFF(T, d)), (uint16_t)RD::u16(b + FG_QOFF(T, dmin)), sc, m);
     } else if constexpr (T == FG_TYPE_Q6_K) {
         // element 128n + 32jj + l: nibble (jj >> 1) of ql[64n + 32 (jj & 1) + l], bits 2jj of
         // qh[32n + l] as bits 4-5; value - 32. Scales int8, scales[2 sub + l/16].

@@ -417,6 +417,20 @@ static __device__ void bitonic_sort(u64 *keys, int p2) {
         }
 }
 
+// The keys <= kmax of the view's elements (m of them, the caller counted) into out[0..m), in
+// no order (sh.b_n counts them: the caller zeroes it before a barrier).
+static __device__ void gather_keys(const samp_view &V, u64 kmax, int m, u64 *out, samp_shared &sh) {
+    for (int i = V.R.i0 + (int)threadIdx.x; i < V.R.n && m > 0; i += blockDim.x) {
+        float v;
+        u64 k;
+        if (elem(V, i, &v, &k) && k <= kmax) {
+            const int at = atomicAdd(&sh.b_n, 1);
+            if (at < m)
+                out[at] = k;
+        }
+    }
+}
+
 // Gathers the m elements with key <= kmax (m <= SAMP_CAP, the caller counted them) into
 // sh.u.c.keys[0..m), ascending; their values into sh.vals.
 static __device__ void collect(const samp_view &V, u64 kmax, int m, samp_shared &sh) {
@@ -429,15 +443,7 @@ static __device__ void collect(const samp_view &V, u64 kmax, int m, samp_shared 
     for (int j = threadIdx.x; j < p2; j += blockDim.x)
         sh.u.c.keys[j] = KEY_NONE;
     __syncthreads();
-    for (int i = V.R.i0 + (int)threadIdx.x; i < V.R.n; i += blockDim.x) {
-        float v;
-        u64 k;
-        if (elem(V, i, &v, &k) && k <= kmax) {
-            const int at = atomicAdd(&sh.b_n, 1);
-            if (at < m)
-                sh.u.c.keys[at] = k;
-        }
-    }
+    gather_keys(V, kmax, m, sh.u.c.keys, sh);
     __syncthreads();
     bitonic_sort(sh.u.c.keys, p2);
     for (int j = threadIdx.x; j < m; j += blockDim.x) {
@@ -846,15 +852,7 @@ samp_scan_kernel(const float *logits, size_t ld, int n_vocab, const fg_sample_ro
     if (threadIdx.x == 0)
         sh.b_n = 0;
     __syncthreads();
-    for (int i = R.i0 + (int)threadIdx.x; i < R.n && kc > 0; i += blockDim.x) {
-        float v;
-        u64 key;
-        if (elem(V, i, &v, &key) && key <= kmax) {
-            const int at = atomicAdd(&sh.b_n, 1);
-            if (at < (int)kc)
-                out[at] = key;
-        }
-    }
+    gather_keys(V, kmax, (int)kc, out, sh);
     for (int j = (int)kc + (int)threadIdx.x; j < k; j += blockDim.x)
         out[j] = KEY_NONE;
 }
@@ -882,14 +880,8 @@ samp_pick_kernel(int n_vocab, const fg_sample_row *rows, int slice, const char *
             fb = (u64)q.fallback;
     }
     const samp_stats st = stats_reduce(kb, nv, ni, fv, fb, sh);
-    samp_row R; // only its size is read
-    R.x = NULL;
-    R.i0 = 0;
+    samp_row R = {}; // only its size is read
     R.n = n_vocab;
-    R.ent = NULL;
-    R.n_ent = 0;
-    R.filter = NULL;
-    R.rp = R.fp = R.pp = 0.0f;
     const u64 *cand = (const u64 *)(mine + SAMP_MAX_SLICES * sizeof(samp_stats));
     bool used;
     const int token = sample_row(R, P, st, sh, &used, cand, P.temperature > 0.0f ? n_s * P.top_k : 0);
