@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 # bench_serve.py - HTTP benchmark of `forge serve` (or any OpenAI-compatible server): streams
 # greedy completions at several concurrency levels (default 1, 4, 16) and reports aggregate
-# generated tokens/s, time to first token and per-token latency percentiles (p50/p90/p99).
+# generated tokens/s, time to first token and per-token latency percentiles (p50/p90/p99), and
+# the mean GPU utilisation while each level ran (nvidia-smi, where there is one).
 # Shared-prefix mode (--shared-prefix N): every request is a chat whose N-token system prompt
 # is the same for all users (each has its own user message), the prefix warmed by one request
 # first; --ab-prefix-cache runs it against `forge serve` with and without --no-prefix-cache
@@ -14,6 +15,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -179,6 +181,33 @@ def shared_prefix_run(url, headers, args, system, n_sys):
     return results
 
 
+class GpuUtil:
+    """Mean GPU utilisation (%, nvidia-smi sampled every 200 ms) while a level runs; None
+    without nvidia-smi (no NVIDIA GPU, or another server)."""
+
+    def __init__(self):
+        self.vals, self.proc = [], None
+        if shutil.which("nvidia-smi"):
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                          "-i", os.environ.get("FORGE_BENCH_GPU", "0"), "-lms", "200"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                self.vals.append(float(line.strip()))
+            except ValueError:
+                pass
+
+    def stop(self):
+        if not self.proc:
+            return None
+        self.proc.terminate()
+        self.proc.wait(10)
+        return round(statistics.fmean(self.vals), 1) if self.vals else None
+
+
 def print_header(extra=""):
     print(f"{'conc':>4} {'reqs':>5} {'tokens':>7} {'tok/s':>9} {'ttft p50/p90/p99 ms':>24} "
           f"{'itl p50/p90/p99 ms':>24} {'tpot p50/p90/p99 ms':>24}{extra}")
@@ -304,12 +333,14 @@ def main():
     try:
         one_stream(args.url, {**body, "max_tokens": 8}, headers)  # warm-up
         results = []
-        print_header()
+        print_header(f" {'gpu%':>5}")
         for c in args.concurrency:
+            util = GpuUtil()
             r = run_level(args.url, c, args.requests or 4 * c, body, headers, make)
+            r["gpu_util_pct"] = util.stop()
             r.pop("outputs")
             results.append(r)
-            print_row(r)
+            print_row(r, f" {r['gpu_util_pct'] if r['gpu_util_pct'] is not None else '-':>5}")
         out = {"url": args.url, "max_tokens": args.max_tokens, "prompt": prompt, "levels": results}
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1))

@@ -13,6 +13,8 @@
 //   mqm          the same for the tensor-core kernel, 9..200 rows, odd n_out, with the mma
 //                emulated per warp from the PTX ISA's fragment tables (and the kernel's fragment
 //                helpers checked against those tables)
+//   mqr          Q4_K x Q8_K, the register-fed tensor-core kernel's lanes with the same mma
+//                emulation, 3..70 rows, every n-tile count, 1, 2 and 4 warps along K
 // Not checked here: warp shuffles, the wmma path, the mma instruction itself (its tables are),
 // the convert kernel (it mirrors fg_quant_q8_1_act, which this test uses), anything about speed.
 // Build and run (no GPU needed), from the repository root, with T a scratch directory:
@@ -911,6 +913,129 @@ static void test_mhm_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumu
     compare(what, d.b.p, d.nb1, rows, n_out, ref, mag, 1e-5);
 }
 
+// ---------------------------------------------------------------- register-fed tensor-core (mqr)
+// Q4_K only. The kernel's per-lane phases warp by warp (weights of a lane's two rows, their
+// scales, A and B fragments, the sub-block sums, the super-block's scaling, the write), the mma
+// emulated from the PTX tables (emu_mma, whose C starts at MQM_FBIAS: subtracted), the kw warps
+// of a row group added in kw order as the kernel's shared-memory sum does.
+template <int NT> static void emu_mqr(const mq_args &a, int kw) {
+    const int64_t n_rb = fg_div_up(fg_div_up(a.n_out, 16), MQR_WARPS / kw), n_cg = fg_div_up(a.n_rows, 8 * NT);
+    std::vector<float> part((size_t)MQR_WARPS * 32 * NT * 4);
+    std::vector<mqr_w> w(32);
+    std::vector<mqr_s> sc(32);
+    static uint32_t A[32][4], B[32][2];
+    static int S[32][4], si[32][NT][4], mi[32][NT][4];
+    for (int64_t by = 0; by < n_rb; by++)
+        for (int64_t bx = 0; bx < n_cg; bx++) {
+            const int64_t n0 = bx * 8 * NT;
+            for (int warp = 0; warp < MQR_WARPS; warp++) {
+                const int rg = warp / kw, kwi = warp % kw;
+                const int64_t m0 = (by * (MQR_WARPS / kw) + rg) * 16;
+                int sb0, sb1;
+                mqr_range(a, kw, kwi, &sb0, &sb1);
+                float *acc = &part[(size_t)warp * 32 * NT * 4]; // [lane][j][e]
+                for (int i = 0; i < 32 * NT * 4; i++)
+                    acc[i] = 0.0f;
+                for (int sb = sb0; sb < sb1; sb++) {
+                    for (int lane = 0; lane < 32; lane++) {
+                        mqr_load_w(a, m0, sb, lane, w[(size_t)lane]);
+                        mqr_scales(w[(size_t)lane], sc[(size_t)lane]);
+                        for (int j = 0; j < NT; j++)
+                            for (int e = 0; e < 4; e++)
+                                si[lane][j][e] = mi[lane][j][e] = 0;
+                    }
+                    for (int u = 0; u < 8; u++) {
+                        for (int lane = 0; lane < 32; lane++)
+                            mqr_a(w[(size_t)lane], u, A[lane]);
+                        for (int j = 0; j < NT; j++) {
+                            for (int lane = 0; lane < 32; lane++)
+                                mqr_b(a, n0 + 8 * j, sb, u, lane, B[lane]);
+                            emu_mma(false, A, B, S);
+                            for (int lane = 0; lane < 32; lane++) {
+                                int d[4];
+                                uint32_t Q[2];
+                                for (int e = 0; e < 4; e++)
+                                    d[e] = S[lane][e] - MQM_FBIAS;
+                                mqr_q(a, n0 + 8 * j, sb, u, lane, Q);
+                                mqr_unit(sc[(size_t)lane], u, d, Q, si[lane][j], mi[lane][j]);
+                            }
+                        }
+                    }
+                    for (int lane = 0; lane < 32; lane++)
+                        for (int j = 0; j < NT; j++)
+                            mqr_close(a, sc[(size_t)lane], n0 + 8 * j, sb, lane, si[lane][j], mi[lane][j],
+                                      *(float(*)[4]) & acc[((size_t)lane * NT + j) * 4]);
+                }
+            }
+            for (int warp = 0; warp < MQR_WARPS; warp += kw) {
+                const int64_t m0 = (by * (MQR_WARPS / kw) + warp / kw) * 16;
+                float *acc = &part[(size_t)warp * 32 * NT * 4];
+                for (int k = 1; k < kw; k++)
+                    for (int i = 0; i < 32 * NT * 4; i++)
+                        acc[i] += part[(size_t)(warp + k) * 32 * NT * 4 + (size_t)i];
+                for (int lane = 0; lane < 32; lane++)
+                    for (int j = 0; j < NT; j++)
+                        mqr_write(a, m0, n0 + 8 * j, lane, *(const float(*)[4]) & acc[((size_t)lane * NT + j) * 4]);
+            }
+        }
+}
+
+// rows x n_out x n_in Q4_K against Q8_K rows (stride padded by 8 bytes), kw warps along K, NT n
+// tiles a warp (rows past 8 NT: more column groups); against the reference's arithmetic.
+template <int NT>
+static void test_mqr_case(int64_t rows, int64_t n_out, int64_t n_in, int kw, bool accumulate, bool use_bias) {
+    wmat w(FG_TYPE_Q4_K, n_out, n_in, 16, 16);
+    std::vector<float> bias((size_t)n_out);
+    for (auto &v : bias)
+        v = rng_gauss();
+    acts x(rows, n_in);
+    outbuf d(rows, n_out, accumulate);
+    std::vector<float> xv = x.val;
+    const size_t qb = mm_q8_k_row_bytes(n_in), qs = qb + 8;
+    buf q(qs * (size_t)rows, 4, 0x77);
+    for (int64_t r = 0; r < rows; r++) {
+        fg_type_traits_ref(FG_TYPE_Q8_K)->from_float(&x.val[(size_t)(r * n_in)], q.p + (size_t)r * qs, n_in);
+        fg_type_traits_ref(FG_TYPE_Q8_K)->to_float(q.p + (size_t)r * qs, &xv[(size_t)(r * n_in)], n_in);
+    }
+    mq_args a = mq_args_make(w.b.p, w.nb1, q.p, qs, (float *)d.b.p, d.nb1, use_bias ? bias.data() : NULL, n_out, rows,
+                             n_in, accumulate);
+    emu_mqr<NT>(a, kw);
+    std::vector<double> ref, mag;
+    reference(w, xv, rows, a.bias, accumulate ? &d.prior : NULL, ref, mag);
+    char what[96];
+    snprintf(what, sizeof what, "mqr n_in %lld n_out %lld rows %lld kw %d nt %d", (long long)n_in, (long long)n_out,
+             (long long)rows, kw, NT);
+    compare(what, d.b.p, d.nb1, rows, n_out, ref, mag, 1e-5);
+}
+
+static void test_mqr(void) {
+    // the scales of a lane's rows, four sub-blocks at a time, against the reference's unpacking
+    int bad = 0;
+    for (int it = 0; it < 200; it++) {
+        mqr_w w;
+        uint8_t sb[16];
+        for (int i = 0; i < 16; i++)
+            sb[i] = (uint8_t)rng_next();
+        memcpy(&w.h[0], sb, 16);
+        memcpy(&w.h[1], sb, 16);
+        mqr_s s;
+        mqr_scales(w, s);
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            fg_q_scale_min_k4<fg_rd_exact>(j, sb + 4, &sc, &m);
+            bad += (int)((s.sc[1][j / 4] >> (8 * (j % 4))) & 0xFF) != sc || (int)((s.m[0][j / 4] >> (8 * (j % 4))) & 0xFF) != m;
+        }
+    }
+    CHECK(bad == 0, "mqr_scales differs from fg_get_scale_min_k4 in %d places", bad);
+    test_mqr_case<1>(3, 131, 2 * 256, 1, false, true);   // 3 rows, ragged weight rows
+    test_mqr_case<2>(9, 131, 2 * 256, 1, false, true);   // one partial n tile
+    test_mqr_case<2>(16, 64, 256, 2, true, false);       // a warp along K with no super-block
+    test_mqr_case<4>(33, 77, 5 * 256, 4, true, true);    // 2 column groups of 32, uneven K parts
+    test_mqr_case<8>(33, 77, 5 * 256, 2, false, true);   // one column group, a partial tile
+    test_mqr_case<8>(64, 130, 3 * 256, 2, true, false);  // exact tiles
+    test_mqr_case<8>(70, 45, 7 * 256, 4, true, true);    // 2 column groups, 7 super-blocks over 4
+}
+
 template <int WT> static void test_mhm_type(void) {
     const int qk = fg_qt<WT>::QK;
     const size_t off = WT == FG_TYPE_MXFP4 ? 1 : 2; // misaligned rows: the slots' head and tail bytes
@@ -955,6 +1080,8 @@ template <int WT> static void run_type(void) {
         test_mq_type<WT>();
         test_mhm_type<WT>();
     }
+    if constexpr (WT == FG_TYPE_Q4_K)
+        test_mqr();
 }
 
 int main(void) {

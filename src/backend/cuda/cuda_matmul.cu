@@ -50,6 +50,7 @@
 #include "backend/cuda/cuda_quant.cuh"
 
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 #include <type_traits>
 
@@ -58,6 +59,9 @@
 #endif
 
 #define FG_MV_MAX_ROWS 8 // activation rows up to which the matvec kernels run
+#define FG_MQR_MAX_ROWS 64 // Q4_K weights: rows up to which mqr runs (from FG_MV_MAX_ROWS + 1)
+#define FG_MQR_NT 8 // mqr: n tiles (8 rows each) a warp at most
+#define FG_MQR_DEFAULT 0 // mqr off unless FORGE_CUDA_MQR (not yet run on a GPU)
 #define FG_MV_BATCH_ROWS 16 // quantized weights: rows up to which the matvec runs in passes of 8 (measured)
 // split K of the tensor-core integer kernel (mq_plan_split)
 #define MQ_SPLIT_BLOCKS_PER_SM 2             // blocks an SM it aims for (2 are resident)
@@ -1778,6 +1782,256 @@ static __global__ void mq_reduce_kernel(mq_args a, int n_split) {
 #endif // !FG_MM_HOST_TEST
 #endif // !__HIPCC__
 
+// ============================================================================ register-fed integer tensor-core (mqr)
+// Q4_K weights x Q8_K activation rows for batched decode (FORGE_CUDA_MQR=1: rows 9..64; NVIDIA
+// sm_80+): the matvec's arithmetic on the tensor cores, without shared memory. Every warp
+// owns 16 weight rows and a range of super-blocks, and reads its weight bytes from global memory
+// straight into mma.m16n8k32 A fragments: lane (g, t) = (lane / 4, lane % 4) loads bytes
+// 8t .. 8t + 7 of each 32-byte pair j of rows g and g + 8, whose low nibbles are elements 8t ..
+// 8t + 7 of sub-block 2j and high nibbles the same elements of sub-block 2j + 1. The mma's k
+// order is free (a dot product is the same sum in any order) as long as both operands follow it:
+// k 4t + e (e < 4) is element 8t + e of the sub-block, k 16 + 4t + e element 8t + 4 + e, so a B
+// fragment is the 8 activation bytes 8t .. 8t + 7 of the same sub-block. Each mma is one
+// sub-block (one scale, one min), so its integer dots S are exact; per super-block, per output,
+//   SI = sum_j sc_j S_j,  MI = sum_j m_j Q_j   (Q_j: the sub-block's activation sum, from bsums)
+// in int32 (|SI| < 2^25), then acc += d_x (d SI - dmin MI) in f32: ggml's Q4_K x Q8_K
+// reference arithmetic (integers exact, then the float scales). Each activation row is re-read
+// from L1/L2 by every warp, 32 bytes a sub-block, against 256 weight bytes: mqr is for few rows.
+// Geometry: blocks of MQR_WARPS warps = (MQR_WARPS / kw) row groups of 16 rows x kw warps along
+// K (kw chosen so that enough warps are in flight; each sums its part, the block adds them up
+// through shared memory in kw order: deterministic), along grid y; along x, groups of 8 NT
+// activation rows (the blocks of one row block run together: the later groups' weight reads
+// hit L2).
+// Weight loads run a super-block ahead; before fg_pdl_wait only the weights are read.
+#if !defined(__HIPCC__)
+enum {
+    MQR_WARPS = 4,               // warps a block
+    MQR_NTH = 32 * MQR_WARPS,    // threads a block
+    MQR_MAX_NT = 8,              // mma n tiles (8 activation rows each) a warp at most
+    MQR_PASS_NT = 4,             // n tiles a pass over a super-block's sub-blocks
+    MQR_SB_W = 144,              // bytes of a Q4_K super-block
+    MQR_SB_X = 292,              // bytes of a Q8_K block
+    MQR_X_QS = 4, MQR_X_BS = 260 // Q8_K: offsets of qs and bsums
+};
+static_assert(sizeof(fg_block_q4_k) == MQR_SB_W && sizeof(fg_block_q8_k) == MQR_SB_X, "mqr: block sizes");
+static_assert(offsetof(fg_block_q8_k, qs) == MQR_X_QS && offsetof(fg_block_q8_k, bsums) == MQR_X_BS,
+              "mqr: Q8_K layout");
+
+// A lane's bytes of one super-block of its rows g and g + 8.
+struct mqr_w {
+    uint4 h[2];    // d, dmin (halves), scales[12]
+    uint2 q[2][4]; // qs bytes 32 j + 8 t .. + 7 of pair j
+};
+// The super-block's scales: byte k of sc[r][w] (m[r][w]) is the 6-bit scale (min) of sub-block
+// 4 w + k of row g + 8 r (fg_get_scale_min_k4, four at a time); d, dmin as floats.
+struct mqr_s {
+    uint32_t sc[2][2], m[2][2];
+    float d[2], dm[2];
+};
+
+// The rows a warp owns start at m0; row indices past n_out read row n_out - 1 (never written).
+static FG_HD __forceinline__ void mqr_load_w(const mq_args &a, int64_t m0, int sb, int lane, mqr_w &w) {
+FG_UNROLL
+    for (int r = 0; r < 2; r++) {
+        int64_t row = m0 + lane / 4 + 8 * r;
+        row = row < a.n_out ? row : a.n_out - 1;
+        const uint8_t *b = a.w + (size_t)row * a.w_nb1 + (size_t)sb * MQR_SB_W;
+        w.h[r] = *(const uint4 *)b;
+FG_UNROLL
+        for (int j = 0; j < 4; j++)
+            w.q[r][j] = *(const uint2 *)(b + 16 + 32 * j + 8 * (lane % 4));
+    }
+}
+
+static FG_HD __forceinline__ void mqr_scales(const mqr_w &w, mqr_s &s) {
+FG_UNROLL
+    for (int r = 0; r < 2; r++) {
+        const uint32_t w0 = w.h[r].y, w1 = w.h[r].z, w2 = w.h[r].w; // scales[0..3], [4..7], [8..11]
+        s.sc[r][0] = w0 & 0x3F3F3F3Fu;
+        s.m[r][0] = w1 & 0x3F3F3F3Fu;
+        s.sc[r][1] = (w2 & 0x0F0F0F0Fu) | ((w0 >> 2) & 0x30303030u);
+        s.m[r][1] = ((w2 >> 4) & 0x0F0F0F0Fu) | ((w1 >> 2) & 0x30303030u);
+        s.d[r] = fg_q_h2f((uint16_t)(w.h[r].x & 0xFFFFu));
+        s.dm[r] = fg_q_h2f((uint16_t)(w.h[r].x >> 16));
+    }
+}
+
+// The A fragment of sub-block u (0..7): a0 row g, a1 row g + 8 (k 4t ..), a2, a3 the same at k 16 + 4t.
+static FG_HD __forceinline__ void mqr_a(const mqr_w &w, int u, uint32_t (&A)[4]) {
+    const int j = u / 2, sh = 4 * (u % 2);
+    A[0] = (w.q[0][j].x >> sh) & 0x0F0F0F0Fu;
+    A[1] = (w.q[1][j].x >> sh) & 0x0F0F0F0Fu;
+    A[2] = (w.q[0][j].y >> sh) & 0x0F0F0F0Fu;
+    A[3] = (w.q[1][j].y >> sh) & 0x0F0F0F0Fu;
+}
+
+// Activation block sb of row n (rows past n_rows read the last row: never written).
+static FG_HD __forceinline__ const uint8_t *mqr_xblk(const mq_args &a, int64_t n, int sb) {
+    n = n < a.n_rows ? n : a.n_rows - 1;
+    return a.x + (size_t)n * a.x_nb1 + (size_t)sb * MQR_SB_X;
+}
+
+// The B fragment of sub-block u for the n tile at n0: activation row n0 + g, bytes 8t .. 8t + 7.
+static FG_HD __forceinline__ void mqr_b(const mq_args &a, int64_t n0, int sb, int u, int lane, uint32_t (&B)[2]) {
+    const uint8_t *p = mqr_xblk(a, n0 + lane / 4, sb) + MQR_X_QS + 32 * u + 8 * (lane % 4);
+    B[0] = fg_q_ld32a(p);
+    B[1] = fg_q_ld32a(p + 4);
+}
+
+// Sub-block u's activation sums of the lane's C columns n0 + 2t, n0 + 2t + 1: their two bsums
+// (int16 each, elements 0-15 and 16-31) in one word.
+static FG_HD __forceinline__ void mqr_q(const mq_args &a, int64_t n0, int sb, int u, int lane, uint32_t (&Q)[2]) {
+FG_UNROLL
+    for (int c = 0; c < 2; c++)
+        Q[c] = fg_q_ld32a(mqr_xblk(a, n0 + 2 * (lane % 4) + c, sb) + MQR_X_BS + 4 * u);
+}
+
+// c + the two int16 of a times the low two int8 of b (dp2a.lo).
+static FG_HD __forceinline__ int mqr_dp2a_lo(uint32_t a, uint32_t b, int c) {
+#if defined(__CUDA_ARCH__)
+    return __dp2a_lo((int)a, (int)b, c);
+#else
+    return c + (int)(int16_t)(a & 0xFFFFu) * (int)(int8_t)(b & 0xFFu) +
+           (int)(int16_t)(a >> 16) * (int)(int8_t)((b >> 8) & 0xFFu);
+#endif
+}
+
+// C register e of an n tile: row g + 8 (e / 2), column 2t + e % 2. One sub-block's dots S added
+// in: si += sc S, mi += m (bsum_lo + bsum_hi) (the min in both low bytes: one dp2a).
+static FG_HD __forceinline__ void mqr_unit(const mqr_s &s, int u, const int (&S)[4], const uint32_t (&Q)[2],
+                                           int (&si)[4], int (&mi)[4]) {
+FG_UNROLL
+    for (int e = 0; e < 4; e++) {
+        const int r = e / 2, sh = 8 * (u % 4);
+        const int sc = (int)((s.sc[r][u / 4] >> sh) & 0xFFu);
+        const uint32_t m = (s.m[r][u / 4] >> sh) & 0xFFu;
+        si[e] += sc * S[e];
+        mi[e] = mqr_dp2a_lo(Q[e % 2], m | (m << 8), mi[e]);
+    }
+}
+
+// The end of a super-block: its integer sums scaled into acc (n tile at n0).
+static FG_HD __forceinline__ void mqr_close(const mq_args &a, const mqr_s &s, int64_t n0, int sb, int lane,
+                                            const int (&si)[4], const int (&mi)[4], float (&acc)[4]) {
+    float dx[2];
+FG_UNROLL
+    for (int c = 0; c < 2; c++)
+        dx[c] = fg_q_ldf32(mqr_xblk(a, n0 + 2 * (lane % 4) + c, sb));
+FG_UNROLL
+    for (int e = 0; e < 4; e++) {
+        const int r = e / 2;
+        acc[e] += dx[e % 2] * (s.d[r] * (float)si[e] - s.dm[r] * (float)mi[e]);
+    }
+}
+
+// The super-blocks [sb0, sb1) of warp kwi of kw along K.
+static FG_HD __forceinline__ void mqr_range(const mq_args &a, int kw, int kwi, int *sb0, int *sb1) {
+    const int n_sb = a.n_units / 8, per = (n_sb + kw - 1) / kw;
+    *sb0 = kwi * per < n_sb ? kwi * per : n_sb;
+    *sb1 = *sb0 + per < n_sb ? *sb0 + per : n_sb;
+}
+
+// The warp's outputs (n tile at n0): rows m0 + g (+ 8), columns n0 + 2t (+ 1).
+static FG_HD __forceinline__ void mqr_write(const mq_args &a, int64_t m0, int64_t n0, int lane, const float (&acc)[4]) {
+FG_UNROLL
+    for (int e = 0; e < 4; e++) {
+        const int64_t o = m0 + lane / 4 + 8 * (e / 2), n = n0 + 2 * (lane % 4) + e % 2;
+        if (o < a.n_out && n < a.n_rows)
+            mm_store((float *)((uint8_t *)a.dst + (size_t)n * a.d_nb1) + o, a.bias, o, acc[e], a.accumulate);
+    }
+}
+
+#if !defined(FG_MM_HOST_TEST)
+static __device__ __forceinline__ void mqr_mma(const uint32_t (&A)[4], const uint32_t (&B)[2], int (&d)[4]) {
+#if defined(FG_GPU_HAS_MMA)
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(A[0]), "r"(A[1]), "r"(A[2]), "r"(A[3]), "r"(B[0]), "r"(B[1]), "r"(0));
+#else // never launched below sm_80
+    (void)A, (void)B;
+    d[0] = d[1] = d[2] = d[3] = 0;
+#endif
+}
+
+template <int NT>
+static __global__ __launch_bounds__(MQR_NTH, NT <= 2 ? 4 : NT <= 4 ? 3 : 2) void mqr_kernel(mq_args a, int kw) {
+    __shared__ float red[MQR_WARPS][NT * 4][32];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int rg = warp / kw, kwi = warp % kw;
+    const int64_t m0 = ((int64_t)blockIdx.y * (MQR_WARPS / kw) + rg) * 16;
+    const int64_t n0 = (int64_t)blockIdx.x * 8 * NT;
+    int sb0, sb1;
+    mqr_range(a, kw, kwi, &sb0, &sb1);
+    float acc[NT][4];
+FG_UNROLL
+    for (int j = 0; j < NT; j++)
+FG_UNROLL
+        for (int e = 0; e < 4; e++)
+            acc[j][e] = 0.0f;
+    mqr_w w;
+    if (sb0 < sb1)
+        mqr_load_w(a, m0, sb0, lane, w); // weights only before the wait
+    fg_pdl_wait();
+    fg_pdl_trigger();
+    for (int sb = sb0; sb < sb1; sb++) {
+        const mqr_w cur = w;
+        if (sb + 1 < sb1)
+            mqr_load_w(a, m0, sb + 1, lane, w);
+        mqr_s s;
+        mqr_scales(cur, s);
+        // the n tiles MQR_PASS_NT at a time (fewer integer sums live: NT 8 fits the registers)
+        constexpr int PT = NT < MQR_PASS_NT ? NT : MQR_PASS_NT;
+FG_UNROLL
+        for (int j0 = 0; j0 < NT; j0 += PT) {
+            int si[PT][4], mi[PT][4];
+FG_UNROLL
+            for (int j = 0; j < PT; j++)
+FG_UNROLL
+                for (int e = 0; e < 4; e++)
+                    si[j][e] = mi[j][e] = 0;
+FG_UNROLL
+            for (int u = 0; u < 8; u++) {
+                uint32_t A[4];
+                mqr_a(cur, u, A);
+FG_UNROLL
+                for (int j = 0; j < PT; j++) {
+                    uint32_t B[2], Q[2];
+                    int S[4];
+                    mqr_b(a, n0 + 8 * (j0 + j), sb, u, lane, B);
+                    mqr_q(a, n0 + 8 * (j0 + j), sb, u, lane, Q);
+                    mqr_mma(A, B, S);
+                    mqr_unit(s, u, S, Q, si[j], mi[j]);
+                }
+            }
+FG_UNROLL
+            for (int j = 0; j < PT; j++)
+                mqr_close(a, s, n0 + 8 * (j0 + j), sb, lane, si[j], mi[j], acc[j0 + j]);
+        }
+    }
+    if (kw > 1) { // the warps of a row group add up their parts in kw order
+        if (kwi > 0)
+FG_UNROLL
+            for (int j = 0; j < NT; j++)
+FG_UNROLL
+                for (int e = 0; e < 4; e++)
+                    red[warp][4 * j + e][lane] = acc[j][e];
+        __syncthreads();
+        if (kwi == 0)
+            for (int k = 1; k < kw; k++)
+FG_UNROLL
+                for (int j = 0; j < NT; j++)
+FG_UNROLL
+                    for (int e = 0; e < 4; e++)
+                        acc[j][e] += red[warp + k][4 * j + e][lane];
+    }
+    if (kwi == 0)
+FG_UNROLL
+        for (int j = 0; j < NT; j++)
+            mqr_write(a, m0, n0 + 8 * j, lane, acc[j]);
+}
+#endif // !FG_MM_HOST_TEST
+#endif // !__HIPCC__
+
 // ============================================================================ get_rows
 // Thread u of a row: unit u (32 elements) of a quantized row, or element u of a float row.
 // Values bit-identical to the type's reference to_float.
@@ -2237,6 +2491,41 @@ template <int WT> static fg_status mhm_select(fg_cuda *c, const mq_args &a) {
 #endif
 }
 
+#if !defined(__HIPCC__)
+// mqr: kw, the warps along K of a row group, doubled (up to MQR_WARPS) while fewer than about
+// MQR_WARPS_PER_SM warps an SM would be in flight and each would keep at least 2 super-blocks.
+#define MQR_WARPS_PER_SM 24
+static int mqr_kw(const fg_cuda *c, const mq_args &a) {
+    const int64_t groups = fg_div_up(a.n_out, 16), want = (int64_t)MQR_WARPS_PER_SM * (c->n_sm > 0 ? c->n_sm : 80);
+    const int n_sb = a.n_units / 8;
+    int kw = 1;
+    while (kw < MQR_WARPS && groups * kw < want && n_sb >= 4 * kw)
+        kw *= 2;
+    return kw;
+}
+
+template <int NT> static fg_status mqr_go(fg_cuda *c, const mq_args &a) {
+    const int kw = mqr_kw(c, a);
+    dim3 grid((unsigned)fg_div_up(a.n_rows, 8 * NT), (unsigned)fg_div_up(fg_div_up(a.n_out, 16), MQR_WARPS / kw));
+    FG_ASSERT(fg_div_up(a.n_out, 16) <= MM_MAX_GRID_Y); // (mm_mqr_ok)
+    fg_launch(c->pdl, mqr_kernel<NT>, grid, MQR_NTH, 0, c->stream, a, kw);
+    FG_GPU_LAUNCH_CHECK(c, "register-fed tensor-core matmul (Q4_K)");
+    return FG_OK;
+}
+
+// The n tiles a warp takes: the fewest that cover the rows, at most c->mqr_nt (more rows: more
+// column groups, each reading the weights again, mostly from L2).
+static fg_status mqr_launch(fg_cuda *c, const mq_args &a) {
+    if (a.n_rows <= 8 || c->mqr_nt <= 1)
+        return mqr_go<1>(c, a);
+    if (a.n_rows <= 16 || c->mqr_nt <= 2)
+        return mqr_go<2>(c, a);
+    if (a.n_rows <= 32 || c->mqr_nt <= 4)
+        return mqr_go<4>(c, a);
+    return mqr_go<MQR_MAX_NT>(c, a);
+}
+#endif
+
 // ============================================================================ library GEMM (prefill)
 // For many activation rows the tensor-core GEMM of cuBLAS (F16 x F16 -> F32) beats the portable
 // tiled kernel by a wide margin; a quantized, BF16 or F32 weight is first dequantized into an
@@ -2424,6 +2713,25 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
     const char *mr = getenv("FORGE_CUDA_MV_ROWS");
     // the matvec in passes pays off only against the integer kernels (mhm is faster from 9 rows)
     c->mv_rows = mr ? atoi(mr) : c->mmq == FG_MMQ_F16 ? FG_MV_MAX_ROWS : FG_MV_BATCH_ROWS;
+    // Q4_K weights from mqr_min to mqr_max rows: the register-fed kernel (mqr), where the device
+    // has mma and FORGE_CUDA_MMQ is not 0: FORGE_CUDA_MQR=1 rows 9..FG_MQR_MAX_ROWS, =LO:HI those
+    // rows, 0 or unset off (FG_MQR_DEFAULT: on by default once measured on the device)
+    const char *mr2 = getenv("FORGE_CUDA_MQR");
+    const char *mn = getenv("FORGE_CUDA_MQR_NT"); // n tiles a warp at most (1, 2, 4, 8)
+    c->mqr_nt = mn && atoi(mn) >= 1 ? atoi(mn) : FG_MQR_NT;
+    c->mqr_min = FG_MV_MAX_ROWS + 1;
+    c->mqr_max = FG_MQR_DEFAULT ? FG_MQR_MAX_ROWS : 0;
+    if (mr2) {
+        int lo = 0, hi = 0;
+        if (sscanf(mr2, "%d:%d", &lo, &hi) == 2 && lo >= 1 && hi >= lo) {
+            c->mqr_min = lo;
+            c->mqr_max = hi;
+        } else {
+            c->mqr_max = !strcmp(mr2, "1") ? FG_MQR_MAX_ROWS : 0;
+        }
+    }
+    if (!has_mma || c->mmq == FG_MMQ_OFF)
+        c->mqr_max = 0;
 #ifdef FG_MM_CUBLAS
     const char *e = getenv("FORGE_CUBLAS_MIN_ROWS");
     c->blas_min_rows = e ? atoi(e) : FG_BLAS_MIN_ROWS;
@@ -2557,6 +2865,26 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     // quantized weights, many rows: the chunked F16 GEMM where it is faster (qblas_rows)
     const bool q_blas = !flt && c->blas && c->qblas_rows > FG_MV_MAX_ROWS && n_rows >= c->qblas_rows &&
                         n_rows <= INT32_MAX && n_out <= INT32_MAX && blas_chunk_rows(c, n_in) >= 1;
+#if !defined(__HIPCC__)
+    // Q4_K weights, few rows (batched decode): mqr over the 8-bit rows (F32 rows quantized once)
+    if (wt == FG_TYPE_Q4_K && n_rows >= c->mqr_min && n_rows <= c->mqr_max && !q_blas &&
+        fg_div_up(n_out, 16) <= MM_MAX_GRID_Y &&
+        (xt == FG_TYPE_Q8_K || xt == FG_TYPE_F32) && ((uintptr_t)w->data | w->nb[1]) % 16 == 0 &&
+        ((uintptr_t)x->data | x->nb[1]) % 4 == 0) {
+        c->mm.used = 0; // the arena is this call's (converted rows)
+        const uint8_t *xq = (const uint8_t *)x->data;
+        size_t xq_nb1 = x->nb[1];
+        if (xt == FG_TYPE_F32) {
+            void *q = NULL;
+            FG_TRY(mm_scratch(c, mm_q8_k_row_bytes(n_in) * (size_t)n_rows, &q));
+            FG_TRY(mm_convert_q8_k(c, mm_src(xq, xq_nb1), (int)n_in, n_rows, (uint8_t *)q));
+            xq = (const uint8_t *)q;
+            xq_nb1 = mm_q8_k_row_bytes(n_in);
+        }
+        return mqr_launch(c, mq_args_make((const uint8_t *)w->data, w->nb[1], xq, xq_nb1, (float *)dst->data,
+                                          dst->nb[1], b, n_out, n_rows, n_in, accumulate));
+    }
+#endif
     // quantized weights, many rows, FG_MMQ_F16: the F16 tensor-core kernel over F16 rows (the
     // 8-bit or F32 rows widened into the arena, as the library GEMM reads them)
     if (!flt && c->mmq == FG_MMQ_F16 && !q_blas && n_rows > mv_max && n_rows <= INT32_MAX &&
