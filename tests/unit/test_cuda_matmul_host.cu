@@ -13,8 +13,9 @@
 //   mqm          the same for the tensor-core kernel, 9..200 rows, odd n_out, with the mma
 //                emulated per warp from the PTX ISA's fragment tables (and the kernel's fragment
 //                helpers checked against those tables)
-//   mqr          Q4_K x Q8_K, the register-fed tensor-core kernel's lanes with the same mma
-//                emulation, 3..70 rows, every n-tile count, 1, 2 and 4 warps along K
+//   mqr          Q4_K and Q6_K x Q8_K, the register-fed tensor-core kernel's lanes with the same
+//                mma emulation, 3..70 rows, every n-tile count, 1, 2 and 4 warps along K, Q6_K's
+//                2-aligned blocks and rows
 // Not checked here: warp shuffles, the wmma path, the mma instruction itself (its tables are),
 // the convert kernel (it mirrors fg_quant_q8_1_act, which this test uses), anything about speed.
 // Build and run (no GPU needed), from the repository root, with T a scratch directory:
@@ -918,11 +919,11 @@ static void test_mhm_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumu
 // scales, A and B fragments, the sub-block sums, the super-block's scaling, the write), the mma
 // emulated from the PTX tables (emu_mma, whose C starts at MQM_FBIAS: subtracted), the kw warps
 // of a row group added in kw order as the kernel's shared-memory sum does.
-template <int NT> static void emu_mqr(const mq_args &a, int kw) {
+template <int WT, int NT> static void emu_mqr(const mq_args &a, int kw) {
+    typedef mqr_t<WT> T;
     const int64_t n_rb = fg_div_up(fg_div_up(a.n_out, 16), MQR_WARPS / kw), n_cg = fg_div_up(a.n_rows, 8 * NT);
     std::vector<float> part((size_t)MQR_WARPS * 32 * NT * 4);
-    std::vector<mqr_w> w(32);
-    std::vector<mqr_s> sc(32);
+    std::vector<typename T::W> w(32);
     static uint32_t A[32][4], B[32][2];
     static int S[32][4], si[32][NT][4], mi[32][NT][4];
     for (int64_t by = 0; by < n_rb; by++)
@@ -938,33 +939,31 @@ template <int NT> static void emu_mqr(const mq_args &a, int kw) {
                     acc[i] = 0.0f;
                 for (int sb = sb0; sb < sb1; sb++) {
                     for (int lane = 0; lane < 32; lane++) {
-                        mqr_load_w(a, m0, sb, lane, w[(size_t)lane]);
-                        mqr_scales(w[(size_t)lane], sc[(size_t)lane]);
+                        T::load(a, m0, sb, lane, w[(size_t)lane]);
+                        T::prep(w[(size_t)lane]);
                         for (int j = 0; j < NT; j++)
                             for (int e = 0; e < 4; e++)
                                 si[lane][j][e] = mi[lane][j][e] = 0;
                     }
-                    for (int u = 0; u < 8; u++) {
+                    for (int g = 0; g < T::G; g++) {
                         for (int lane = 0; lane < 32; lane++)
-                            mqr_a(w[(size_t)lane], u, A[lane]);
+                            T::frag_a(w[(size_t)lane], g, A[lane]);
                         for (int j = 0; j < NT; j++) {
                             for (int lane = 0; lane < 32; lane++)
-                                mqr_b(a, n0 + 8 * j, sb, u, lane, B[lane]);
-                            emu_mma(false, A, B, S);
+                                T::frag_b(a, n0 + 8 * j, sb, g, lane, B[lane]);
+                            emu_mma(T::K16, A, B, S);
                             for (int lane = 0; lane < 32; lane++) {
                                 int d[4];
-                                uint32_t Q[2];
                                 for (int e = 0; e < 4; e++)
                                     d[e] = S[lane][e] - MQM_FBIAS;
-                                mqr_q(a, n0 + 8 * j, sb, u, lane, Q);
-                                mqr_unit(sc[(size_t)lane], u, d, Q, si[lane][j], mi[lane][j]);
+                                T::unit(a, w[(size_t)lane], n0 + 8 * j, sb, g, lane, d, si[lane][j], mi[lane][j]);
                             }
                         }
                     }
                     for (int lane = 0; lane < 32; lane++)
                         for (int j = 0; j < NT; j++)
-                            mqr_close(a, sc[(size_t)lane], n0 + 8 * j, sb, lane, si[lane][j], mi[lane][j],
-                                      *(float(*)[4]) & acc[((size_t)lane * NT + j) * 4]);
+                            T::close(a, w[(size_t)lane], n0 + 8 * j, sb, lane, si[lane][j], mi[lane][j],
+                                     *(float(*)[4]) & acc[((size_t)lane * NT + j) * 4]);
                 }
             }
             for (int warp = 0; warp < MQR_WARPS; warp += kw) {
@@ -980,11 +979,13 @@ template <int NT> static void emu_mqr(const mq_args &a, int kw) {
         }
 }
 
-// rows x n_out x n_in Q4_K against Q8_K rows (stride padded by 8 bytes), kw warps along K, NT n
-// tiles a warp (rows past 8 NT: more column groups); against the reference's arithmetic.
-template <int NT>
-static void test_mqr_case(int64_t rows, int64_t n_out, int64_t n_in, int kw, bool accumulate, bool use_bias) {
-    wmat w(FG_TYPE_Q4_K, n_out, n_in, 16, 16);
+// rows x n_out x n_in of WT (Q4_K rows 16-aligned; Q6_K rows at a 2 mod 4 address with pad 2)
+// against Q8_K rows (stride padded by 8 bytes), kw warps along K, NT n tiles a warp (rows past
+// 8 NT: more column groups); against the reference's arithmetic.
+template <int WT, int NT>
+static void test_mqr_case(int64_t rows, int64_t n_out, int64_t n_in, int kw, bool accumulate, bool use_bias,
+                          size_t pad = 16, size_t off = 16) {
+    wmat w(WT, n_out, n_in, pad, off);
     std::vector<float> bias((size_t)n_out);
     for (auto &v : bias)
         v = rng_gauss();
@@ -999,12 +1000,12 @@ static void test_mqr_case(int64_t rows, int64_t n_out, int64_t n_in, int kw, boo
     }
     mq_args a = mq_args_make(w.b.p, w.nb1, q.p, qs, (float *)d.b.p, d.nb1, use_bias ? bias.data() : NULL, n_out, rows,
                              n_in, accumulate);
-    emu_mqr<NT>(a, kw);
+    emu_mqr<WT, NT>(a, kw);
     std::vector<double> ref, mag;
     reference(w, xv, rows, a.bias, accumulate ? &d.prior : NULL, ref, mag);
     char what[96];
-    snprintf(what, sizeof what, "mqr n_in %lld n_out %lld rows %lld kw %d nt %d", (long long)n_in, (long long)n_out,
-             (long long)rows, kw, NT);
+    snprintf(what, sizeof what, "mqr %s n_in %lld n_out %lld rows %lld kw %d nt %d", fg_type_name(WT),
+             (long long)n_in, (long long)n_out, (long long)rows, kw, NT);
     compare(what, d.b.p, d.nb1, rows, n_out, ref, mag, 1e-5);
 }
 
@@ -1027,13 +1028,19 @@ static void test_mqr(void) {
         }
     }
     CHECK(bad == 0, "mqr_scales differs from fg_get_scale_min_k4 in %d places", bad);
-    test_mqr_case<1>(3, 131, 2 * 256, 1, false, true);   // 3 rows, ragged weight rows
-    test_mqr_case<2>(9, 131, 2 * 256, 1, false, true);   // one partial n tile
-    test_mqr_case<2>(16, 64, 256, 2, true, false);       // a warp along K with no super-block
-    test_mqr_case<4>(33, 77, 5 * 256, 4, true, true);    // 2 column groups of 32, uneven K parts
-    test_mqr_case<8>(33, 77, 5 * 256, 2, false, true);   // one column group, a partial tile
-    test_mqr_case<8>(64, 130, 3 * 256, 2, true, false);  // exact tiles
-    test_mqr_case<8>(70, 45, 7 * 256, 4, true, true);    // 2 column groups, 7 super-blocks over 4
+    const uint32_t K4 = FG_TYPE_Q4_K, K6 = FG_TYPE_Q6_K;
+    test_mqr_case<K4, 1>(3, 131, 2 * 256, 1, false, true);   // 3 rows, ragged weight rows
+    test_mqr_case<K4, 2>(9, 131, 2 * 256, 1, false, true);   // one partial n tile
+    test_mqr_case<K4, 2>(16, 64, 256, 2, true, false);       // a warp along K with no super-block
+    test_mqr_case<K4, 4>(33, 77, 5 * 256, 4, true, true);    // 2 column groups of 32, uneven K parts
+    test_mqr_case<K4, 8>(33, 77, 5 * 256, 2, false, true);   // one column group, a partial tile
+    test_mqr_case<K4, 8>(64, 130, 3 * 256, 2, true, false);  // exact tiles
+    test_mqr_case<K4, 8>(70, 45, 7 * 256, 4, true, true);    // 2 column groups, 7 super-blocks over 4
+    // Q6_K: 210-byte blocks, odd ones at 2 mod 4 (rows of 5 blocks + 2 bytes of pad: rows too)
+    test_mqr_case<K6, 1>(5, 37, 5 * 256, 1, false, true, 2, 2);
+    test_mqr_case<K6, 2>(16, 131, 5 * 256, 2, true, true, 2, 2);
+    test_mqr_case<K6, 4>(33, 64, 3 * 256, 4, false, false, 0, 0);
+    test_mqr_case<K6, 8>(70, 45, 7 * 256, 2, true, true, 2, 2);
 }
 
 template <int WT> static void test_mhm_type(void) {
@@ -1080,7 +1087,7 @@ template <int WT> static void run_type(void) {
         test_mq_type<WT>();
         test_mhm_type<WT>();
     }
-    if constexpr (WT == FG_TYPE_Q4_K)
+    if constexpr (WT == FG_TYPE_Q6_K)
         test_mqr();
 }
 

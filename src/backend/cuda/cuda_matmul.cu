@@ -1783,8 +1783,8 @@ static __global__ void mq_reduce_kernel(mq_args a, int n_split) {
 #endif // !__HIPCC__
 
 // ============================================================================ register-fed integer tensor-core (mqr)
-// Q4_K weights x Q8_K activation rows for batched decode (FORGE_CUDA_MQR=1: rows 9..64; NVIDIA
-// sm_80+): the matvec's arithmetic on the tensor cores, without shared memory. Every warp
+// Q4_K and Q6_K weights x Q8_K activation rows for batched decode (FORGE_CUDA_MQR=1: rows 9..64;
+// NVIDIA sm_80+; Q6_K: below, after Q4_K's helpers): the matvec's arithmetic on the tensor cores, without shared memory. Every warp
 // owns 16 weight rows and a range of super-blocks, and reads its weight bytes from global memory
 // straight into mma.m16n8k32 A fragments: lane (g, t) = (lane / 4, lane % 4) loads bytes
 // 8t .. 8t + 7 of each 32-byte pair j of rows g and g + 8, whose low nibbles are elements 8t ..
@@ -1924,6 +1924,151 @@ FG_UNROLL
     }
 }
 
+// ---- Q6_K: 16 groups of 16 a super-block (x = d sc (q - 32), q 6 bits, sc int8), one
+// mma.m16n8k16 (u8 x s8) a group. Group G = 8n + 2q + s holds elements 128n + 32q + 16s + l
+// (l < 16) from the low (q < 2) or high nibbles of ql bytes 64n + 32(q & 1) + 16s + l and bits
+// 2q of qh bytes 32n + 16s + l; lane t's k 4t .. 4t + 3 are l = 4t .. 4t + 3, so both fragments
+// are natural 4-byte words. The 6-bit q goes into the mma as is (u8); the 32 comes off with the
+// activation sums: SI = sum_G sc_G S_G, MI = sum_G sc_G bsum_G (dp2a over a bsums word), then
+// acc += d_x d (SI - 32 MI) in f32: the reference's integers. Blocks are 210 bytes, so a row's
+// blocks are 2-aligned: a word at a 2 mod 4 address is funnel-shifted from two aligned loads
+// that stay inside the block's bytes and the 2 before it (never past the block).
+struct mqr_w6 {
+    uint32_t ql[2][8]; // rows g, g + 8: ql bytes 64n + 32h + 16s + 4t .. + 3 at [4n + 2h + s]
+    uint32_t qh[2][4]; // qh bytes 32n + 16s + 4t .. + 3 at [2n + s]
+    uint32_t sc[2][4]; // scales[0..15]
+    float d[2];
+};
+
+// The word at al + sh / 8 + off, al 4-aligned, sh 0 or 16 (bytes past it read only when sh).
+static FG_HD __forceinline__ uint32_t mqr_ld_a2(const uint8_t *al, int sh, int off) {
+    const uint32_t lo = fg_q_ld32a(al + off);
+    if (!sh)
+        return lo;
+    return (lo >> 16) | (fg_q_ld32a(al + off + 4) << 16);
+}
+
+static FG_HD __forceinline__ void mqr_load_w6(const mq_args &a, int64_t m0, int sb, int lane, mqr_w6 &w) {
+    const int t = lane % 4;
+FG_UNROLL
+    for (int r = 0; r < 2; r++) {
+        int64_t row = m0 + lane / 4 + 8 * r;
+        row = row < a.n_out ? row : a.n_out - 1;
+        const uint8_t *p = a.w + (size_t)row * a.w_nb1 + (size_t)sb * 210;
+        const int sh = (int)((uintptr_t)p & 3) * 8;
+        const uint8_t *al = p - sh / 8;
+FG_UNROLL
+        for (int i = 0; i < 8; i++) // i = 4n + 2h + s
+            w.ql[r][i] = mqr_ld_a2(al, sh, 64 * (i / 4) + 32 * ((i / 2) % 2) + 16 * (i % 2) + 4 * t);
+FG_UNROLL
+        for (int i = 0; i < 4; i++) // i = 2n + s
+            w.qh[r][i] = mqr_ld_a2(al, sh, 128 + 32 * (i / 2) + 16 * (i % 2) + 4 * t);
+FG_UNROLL
+        for (int i = 0; i < 4; i++)
+            w.sc[r][i] = mqr_ld_a2(al, sh, 192 + 4 * i);
+        w.d[r] = fg_q_h2f((uint16_t)fg_q_ld16(p + 208));
+    }
+}
+
+// Group G's A fragment (a0 row g, a1 row g + 8; k 4t ..): the 6-bit values as bytes.
+static FG_HD __forceinline__ void mqr_a6(const mqr_w6 &w, int G, uint32_t (&A)[4]) {
+    const int n = G / 8, q = (G % 8) / 2, s = G % 2;
+FG_UNROLL
+    for (int r = 0; r < 2; r++) {
+        const uint32_t lo = (w.ql[r][4 * n + 2 * (q & 1) + s] >> (4 * (q >> 1))) & 0x0F0F0F0Fu;
+        const uint32_t hi = (w.qh[r][2 * n + s] >> (2 * q)) & 0x03030303u;
+        A[r] = lo | (hi << 4);
+    }
+    A[2] = A[3] = 0;
+}
+
+// Group G's B fragment for the n tile at n0: activation row n0 + g, bytes 16G + 4t .. + 3.
+static FG_HD __forceinline__ void mqr_b6(const mq_args &a, int64_t n0, int sb, int G, int lane, uint32_t (&B)[2]) {
+    B[0] = fg_q_ld32a(mqr_xblk(a, n0 + lane / 4, sb) + MQR_X_QS + 16 * G + 4 * (lane % 4));
+    B[1] = 0;
+}
+
+// Group G's dots S added in (si += sc S); after an odd group, the pair's sc x bsum (one dp2a).
+static FG_HD __forceinline__ void mqr_unit6(const mq_args &a, const mqr_w6 &w, int64_t n0, int sb, int G, int lane,
+                                            const int (&S)[4], int (&si)[4], int (&mi)[4]) {
+    uint32_t Q[2] = {0, 0};
+    if (G % 2)
+FG_UNROLL
+        for (int c = 0; c < 2; c++)
+            Q[c] = fg_q_ld32a(mqr_xblk(a, n0 + 2 * (lane % 4) + c, sb) + MQR_X_BS + 2 * (G - 1));
+FG_UNROLL
+    for (int e = 0; e < 4; e++) {
+        const uint32_t sw = w.sc[e / 2][G / 4];
+        si[e] += (int)(int8_t)((sw >> (8 * (G % 4))) & 0xFFu) * S[e];
+        if (G % 2)
+            mi[e] = mqr_dp2a_lo(Q[e % 2], sw >> (8 * ((G - 1) % 4)), mi[e]);
+    }
+}
+
+static FG_HD __forceinline__ void mqr_close6(const mq_args &a, const mqr_w6 &w, int64_t n0, int sb, int lane,
+                                             const int (&si)[4], const int (&mi)[4], float (&acc)[4]) {
+    float dx[2];
+FG_UNROLL
+    for (int c = 0; c < 2; c++)
+        dx[c] = fg_q_ldf32(mqr_xblk(a, n0 + 2 * (lane % 4) + c, sb));
+FG_UNROLL
+    for (int e = 0; e < 4; e++)
+        acc[e] += dx[e % 2] * (w.d[e / 2] * (float)(si[e] - 32 * mi[e]));
+}
+
+// The kernel's view of a weight type: W, a lane's bytes of a super-block of its rows (with what
+// its groups need: scales); G mma groups a super-block, k16 (m16n8k16, A and B's first
+// registers) or k32; load, a, b, unit (a group's dots into the integer sums), close.
+template <int WT> struct mqr_t;
+template <> struct mqr_t<FG_TYPE_Q4_K> {
+    struct W {
+        mqr_w w;
+        mqr_s s;
+    };
+    static constexpr int G = 8, BYTES = MQR_SB_W;
+    static constexpr bool K16 = false;
+    static FG_HD __forceinline__ void load(const mq_args &a, int64_t m0, int sb, int lane, W &w) {
+        mqr_load_w(a, m0, sb, lane, w.w);
+    }
+    static FG_HD __forceinline__ void prep(W &w) { mqr_scales(w.w, w.s); }
+    static FG_HD __forceinline__ void frag_a(const W &w, int g, uint32_t (&A)[4]) { mqr_a(w.w, g, A); }
+    static FG_HD __forceinline__ void frag_b(const mq_args &a, int64_t n0, int sb, int g, int lane, uint32_t (&B)[2]) {
+        mqr_b(a, n0, sb, g, lane, B);
+    }
+    static FG_HD __forceinline__ void unit(const mq_args &a, const W &w, int64_t n0, int sb, int g, int lane,
+                                           const int (&S)[4], int (&si)[4], int (&mi)[4]) {
+        uint32_t Q[2];
+        mqr_q(a, n0, sb, g, lane, Q);
+        mqr_unit(w.s, g, S, Q, si, mi);
+    }
+    static FG_HD __forceinline__ void close(const mq_args &a, const W &w, int64_t n0, int sb, int lane,
+                                            const int (&si)[4], const int (&mi)[4], float (&acc)[4]) {
+        mqr_close(a, w.s, n0, sb, lane, si, mi, acc);
+    }
+};
+template <> struct mqr_t<FG_TYPE_Q6_K> {
+    typedef mqr_w6 W;
+    static constexpr int G = 16, BYTES = 210;
+    static constexpr bool K16 = true;
+    static FG_HD __forceinline__ void load(const mq_args &a, int64_t m0, int sb, int lane, W &w) {
+        mqr_load_w6(a, m0, sb, lane, w);
+    }
+    static FG_HD __forceinline__ void prep(W &) {}
+    static FG_HD __forceinline__ void frag_a(const W &w, int g, uint32_t (&A)[4]) { mqr_a6(w, g, A); }
+    static FG_HD __forceinline__ void frag_b(const mq_args &a, int64_t n0, int sb, int g, int lane, uint32_t (&B)[2]) {
+        mqr_b6(a, n0, sb, g, lane, B);
+    }
+    static FG_HD __forceinline__ void unit(const mq_args &a, const W &w, int64_t n0, int sb, int g, int lane,
+                                           const int (&S)[4], int (&si)[4], int (&mi)[4]) {
+        mqr_unit6(a, w, n0, sb, g, lane, S, si, mi);
+    }
+    static FG_HD __forceinline__ void close(const mq_args &a, const W &w, int64_t n0, int sb, int lane,
+                                            const int (&si)[4], const int (&mi)[4], float (&acc)[4]) {
+        mqr_close6(a, w, n0, sb, lane, si, mi, acc);
+    }
+};
+static_assert(sizeof(fg_block_q6_k) == 210, "mqr: the Q6_K block");
+
 // The super-blocks [sb0, sb1) of warp kwi of kw along K.
 static FG_HD __forceinline__ void mqr_range(const mq_args &a, int kw, int kwi, int *sb0, int *sb1) {
     const int n_sb = a.n_units / 8, per = (n_sb + kw - 1) / kw;
@@ -1942,19 +2087,26 @@ FG_UNROLL
 }
 
 #if !defined(FG_MM_HOST_TEST)
-static __device__ __forceinline__ void mqr_mma(const uint32_t (&A)[4], const uint32_t (&B)[2], int (&d)[4]) {
+// D = A B: m16n8k32 s8 x s8, or (K16) m16n8k16 u8 x s8 on A's and B's first registers.
+template <bool K16> static __device__ __forceinline__ void mqr_mma(const uint32_t (&A)[4], const uint32_t (&B)[2], int (&d)[4]) {
 #if defined(FG_GPU_HAS_MMA)
-    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
-        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-        : "r"(A[0]), "r"(A[1]), "r"(A[2]), "r"(A[3]), "r"(B[0]), "r"(B[1]), "r"(0));
+    if constexpr (K16)
+        asm("mma.sync.aligned.m16n8k16.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%7,%7,%7};"
+            : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+            : "r"(A[0]), "r"(A[1]), "r"(B[0]), "r"(0));
+    else
+        asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
+            : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+            : "r"(A[0]), "r"(A[1]), "r"(A[2]), "r"(A[3]), "r"(B[0]), "r"(B[1]), "r"(0));
 #else // never launched below sm_80
     (void)A, (void)B;
     d[0] = d[1] = d[2] = d[3] = 0;
 #endif
 }
 
-template <int NT>
+template <int WT, int NT>
 static __global__ __launch_bounds__(MQR_NTH, NT <= 2 ? 4 : NT <= 4 ? 3 : 2) void mqr_kernel(mq_args a, int kw) {
+    typedef mqr_t<WT> T;
     __shared__ float red[MQR_WARPS][NT * 4][32];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int rg = warp / kw, kwi = warp % kw;
@@ -1968,18 +2120,17 @@ FG_UNROLL
 FG_UNROLL
         for (int e = 0; e < 4; e++)
             acc[j][e] = 0.0f;
-    mqr_w w;
+    typename T::W w;
     if (sb0 < sb1)
-        mqr_load_w(a, m0, sb0, lane, w); // weights only before the wait
+        T::load(a, m0, sb0, lane, w); // weights only before the wait
     fg_pdl_wait();
     fg_pdl_trigger();
     for (int sb = sb0; sb < sb1; sb++) {
-        const mqr_w cur = w;
+        typename T::W cur = w;
         if (sb + 1 < sb1)
-            mqr_load_w(a, m0, sb + 1, lane, w);
-        mqr_s s;
-        mqr_scales(cur, s);
-        // the n tiles MQR_PASS_NT at a time (fewer integer sums live: NT 8 fits the registers)
+            T::load(a, m0, sb + 1, lane, w);
+        T::prep(cur);
+        // the n tiles MQR_PASS_NT at a time (fewer integer sums live)
         constexpr int PT = NT < MQR_PASS_NT ? NT : MQR_PASS_NT;
 FG_UNROLL
         for (int j0 = 0; j0 < NT; j0 += PT) {
@@ -1990,22 +2141,21 @@ FG_UNROLL
                 for (int e = 0; e < 4; e++)
                     si[j][e] = mi[j][e] = 0;
 FG_UNROLL
-            for (int u = 0; u < 8; u++) {
+            for (int g = 0; g < T::G; g++) {
                 uint32_t A[4];
-                mqr_a(cur, u, A);
+                T::frag_a(cur, g, A);
 FG_UNROLL
                 for (int j = 0; j < PT; j++) {
-                    uint32_t B[2], Q[2];
+                    uint32_t B[2];
                     int S[4];
-                    mqr_b(a, n0 + 8 * (j0 + j), sb, u, lane, B);
-                    mqr_q(a, n0 + 8 * (j0 + j), sb, u, lane, Q);
-                    mqr_mma(A, B, S);
-                    mqr_unit(s, u, S, Q, si[j], mi[j]);
+                    T::frag_b(a, n0 + 8 * (j0 + j), sb, g, lane, B);
+                    mqr_mma<T::K16>(A, B, S);
+                    T::unit(a, cur, n0 + 8 * (j0 + j), sb, g, lane, S, si[j], mi[j]);
                 }
             }
 FG_UNROLL
             for (int j = 0; j < PT; j++)
-                mqr_close(a, s, n0 + 8 * (j0 + j), sb, lane, si[j], mi[j], acc[j0 + j]);
+                T::close(a, cur, n0 + 8 * (j0 + j), sb, lane, si[j], mi[j], acc[j0 + j]);
         }
     }
     if (kw > 1) { // the warps of a row group add up their parts in kw order
@@ -2504,25 +2654,28 @@ static int mqr_kw(const fg_cuda *c, const mq_args &a) {
     return kw;
 }
 
-template <int NT> static fg_status mqr_go(fg_cuda *c, const mq_args &a) {
+template <int WT, int NT> static fg_status mqr_go(fg_cuda *c, const mq_args &a) {
     const int kw = mqr_kw(c, a);
     dim3 grid((unsigned)fg_div_up(a.n_rows, 8 * NT), (unsigned)fg_div_up(fg_div_up(a.n_out, 16), MQR_WARPS / kw));
     FG_ASSERT(fg_div_up(a.n_out, 16) <= MM_MAX_GRID_Y); // (mm_mqr_ok)
-    fg_launch(c->pdl, mqr_kernel<NT>, grid, MQR_NTH, 0, c->stream, a, kw);
-    FG_GPU_LAUNCH_CHECK(c, "register-fed tensor-core matmul (Q4_K)");
+    fg_launch(c->pdl, mqr_kernel<WT, NT>, grid, MQR_NTH, 0, c->stream, a, kw);
+    FG_GPU_LAUNCH_CHECK(c, "register-fed tensor-core matmul");
     return FG_OK;
 }
 
 // The n tiles a warp takes: the fewest that cover the rows, at most c->mqr_nt (more rows: more
 // column groups, each reading the weights again, mostly from L2).
-static fg_status mqr_launch(fg_cuda *c, const mq_args &a) {
+template <int WT> static fg_status mqr_nt(fg_cuda *c, const mq_args &a) {
     if (a.n_rows <= 8 || c->mqr_nt <= 1)
-        return mqr_go<1>(c, a);
+        return mqr_go<WT, 1>(c, a);
     if (a.n_rows <= 16 || c->mqr_nt <= 2)
-        return mqr_go<2>(c, a);
+        return mqr_go<WT, 2>(c, a);
     if (a.n_rows <= 32 || c->mqr_nt <= 4)
-        return mqr_go<4>(c, a);
-    return mqr_go<MQR_MAX_NT>(c, a);
+        return mqr_go<WT, 4>(c, a);
+    return mqr_go<WT, MQR_MAX_NT>(c, a);
+}
+static fg_status mqr_launch(fg_cuda *c, uint32_t wt, const mq_args &a) {
+    return wt == FG_TYPE_Q6_K ? mqr_nt<FG_TYPE_Q6_K>(c, a) : mqr_nt<FG_TYPE_Q4_K>(c, a);
 }
 #endif
 
@@ -2867,10 +3020,9 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
                         n_rows <= INT32_MAX && n_out <= INT32_MAX && blas_chunk_rows(c, n_in) >= 1;
 #if !defined(__HIPCC__)
     // Q4_K weights, few rows (batched decode): mqr over the 8-bit rows (F32 rows quantized once)
-    if (wt == FG_TYPE_Q4_K && n_rows >= c->mqr_min && n_rows <= c->mqr_max && !q_blas &&
-        fg_div_up(n_out, 16) <= MM_MAX_GRID_Y &&
-        (xt == FG_TYPE_Q8_K || xt == FG_TYPE_F32) && ((uintptr_t)w->data | w->nb[1]) % 16 == 0 &&
-        ((uintptr_t)x->data | x->nb[1]) % 4 == 0) {
+    if ((wt == FG_TYPE_Q4_K || wt == FG_TYPE_Q6_K) && n_rows >= c->mqr_min && n_rows <= c->mqr_max && !q_blas &&
+        fg_div_up(n_out, 16) <= MM_MAX_GRID_Y && (xt == FG_TYPE_Q8_K || xt == FG_TYPE_F32) &&
+        ((uintptr_t)w->data | w->nb[1]) % (wt == FG_TYPE_Q4_K ? 16 : 2) == 0 && ((uintptr_t)x->data | x->nb[1]) % 4 == 0) {
         c->mm.used = 0; // the arena is this call's (converted rows)
         const uint8_t *xq = (const uint8_t *)x->data;
         size_t xq_nb1 = x->nb[1];
@@ -2881,7 +3033,7 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
             xq = (const uint8_t *)q;
             xq_nb1 = mm_q8_k_row_bytes(n_in);
         }
-        return mqr_launch(c, mq_args_make((const uint8_t *)w->data, w->nb[1], xq, xq_nb1, (float *)dst->data,
+        return mqr_launch(c, wt, mq_args_make((const uint8_t *)w->data, w->nb[1], xq, xq_nb1, (float *)dst->data,
                                           dst->nb[1], b, n_out, n_rows, n_in, accumulate));
     }
 #endif
