@@ -509,28 +509,34 @@ static void test_matmul_all_types(void **state) {
 // K is short. Each case must keep the reference's integer arithmetic. The CPU has no such
 // paths: skipped there.
 // The tiled kernels at the row counts of batched decode (see above), through the kernel that
-// FORGE_CUDA_MMQ names (mmq: NULL the default); every case must take the arithmetic `want_int`
-// says: the reference's integers (the integer kernels) or the F16 GEMM's (the F16 kernel).
-static void matmul_tiles(const target *tg, const char *mmq, bool want_int) {
+// FORGE_CUDA_MMQ names (mmq: NULL the default), mqr (Q4_K and Q6_K, FORGE_CUDA_MQR) off unless
+// `mqr`, which then runs its types alone at 9..64 rows; every case must take the arithmetic
+// `want_int` says: the reference's integers (the integer kernels, mqr) or the F16 GEMM's (the
+// F16 kernel).
+static void matmul_tiles(const target *tg, const char *mmq, bool want_int, bool mqr) {
     if (tg->cpu) {
         print_message("SKIP: %s: the CUDA tiled kernels only\n", tg->name);
         skip();
     }
     need_target(tg);
-    if (!want_int) { // the F16 kernel needs NVIDIA's mma (sm_80+); elsewhere the integer one runs
+    if (!want_int || mqr) { // the F16 kernel and mqr need NVIDIA's mma (sm_80+)
         fg_backend *be = open_backend(tg, 0);
         const char *sm = strstr(fg_backend_describe(be), "sm_");
         const int cc = sm ? atoi(sm + 3) : 0;
         fg_backend_destroy(be);
         if (cc < 80) {
-            print_message("SKIP: %s: FORGE_CUDA_MMQ=%s needs sm_80+ (%s)\n", tg->name, mmq, sm ? sm : "not NVIDIA");
+            print_message("SKIP: %s: %s needs sm_80+ (%s)\n", tg->name, mqr ? "mqr" : "FORGE_CUDA_MMQ=f16",
+                          sm ? sm : "not NVIDIA");
             skip();
         }
     }
     static const int rows[] = {9, 17, 40, 65};
+    static const int mqr_rows[] = {9, 17, 40, 64};
     static const uint32_t quick_types[] = {FG_TYPE_Q4_0, FG_TYPE_Q4_K, FG_TYPE_Q6_K};
+    static const uint32_t mqr_types[] = {FG_TYPE_Q4_K, FG_TYPE_Q6_K};
     setenv("FORGE_CUDA_MV_ROWS", "8", 1);
     setenv("FORGE_CUDA_QBLAS_ROWS", "0", 1);
+    setenv("FORGE_CUDA_MQR", mqr ? "9:64" : "0", 1);
     if (mmq)
         setenv("FORGE_CUDA_MMQ", mmq, 1);
     g_deviations = 0;
@@ -542,29 +548,36 @@ static void matmul_tiles(const target *tg, const char *mmq, bool want_int) {
             continue;
         if (g_quick && !in_types(type, quick_types, FG_ARRAY_LEN(quick_types)))
             continue;
+        if (mqr && !in_types(type, mqr_types, FG_ARRAY_LEN(mqr_types)))
+            continue;
         for (size_t i = 0; i < FG_ARRAY_LEN(rows); i++) {
             if (g_quick && i % 2 == 1)
                 continue;
-            matmul_case(tg, type, 8 * 256, 131, rows[i], i % 2 == 0, i == 1, i != 2, i >= 2); // split K
-            matmul_case(tg, type, 2 * 256, 259, rows[i], i % 2 == 1, false, i == 2, i < 2);   // whole K
+            const int nr = mqr ? mqr_rows[i] : rows[i];
+            matmul_case(tg, type, 8 * 256, 131, nr, i % 2 == 0, i == 1, i != 2, i >= 2); // split K
+            matmul_case(tg, type, 2 * 256, 259, nr, i % 2 == 1, false, i == 2, i < 2);   // whole K
             n_cases += 2;
         }
     }
     unsetenv("FORGE_CUDA_MV_ROWS");
     unsetenv("FORGE_CUDA_QBLAS_ROWS");
+    unsetenv("FORGE_CUDA_MQR");
     unsetenv("FORGE_CUDA_MMQ");
-    print_message("%s: tiled cases (FORGE_CUDA_MMQ=%s): %d in the reference's integer arithmetic, %d in the F16 "
+    print_message("%s: tiled cases (FORGE_CUDA_MMQ=%s%s): %d in the reference's integer arithmetic, %d in the F16 "
                   "GEMM's\n",
-                  tg->name, mmq ? mmq : "default", g_int_cases, g_f16_cases);
+                  tg->name, mmq ? mmq : "default", mqr ? ", mqr" : "", g_int_cases, g_f16_cases);
     if (g_deviations)
         fail_msg("%s: %d matmul cases off the reference's arithmetic (listed above)", tg->name, g_deviations);
     assert_int_equal(want_int ? g_int_cases : g_f16_cases, n_cases);
 }
 
-static void test_matmul_integer_tiles(void **state) { matmul_tiles(*state, "mma", true); }
+static void test_matmul_integer_tiles(void **state) { matmul_tiles(*state, "mma", true, false); }
 
 // The F16 tensor-core kernel (FORGE_CUDA_MMQ=f16), the same cases: the F16 GEMM's arithmetic.
-static void test_matmul_f16_tiles(void **state) { matmul_tiles(*state, "f16", false); }
+static void test_matmul_f16_tiles(void **state) { matmul_tiles(*state, "f16", false, false); }
+
+// mqr (Q4_K and Q6_K, 9..64 rows, every n-tile count; K split over warps): the reference's integers.
+static void test_matmul_mqr_tiles(void **state) { matmul_tiles(*state, NULL, true, true); }
 
 // convert: every activation type the backend converts to holds x within half a quantization
 // step of each block (8-bit types) or exactly rounded
@@ -2031,8 +2044,9 @@ int main(void) {
            fg_cpu_simd_name());
 #define T(tg, fn) {#tg ": " #fn, fn, NULL, NULL, (void *)&tg}
 #define PER_TARGET(tg)                                                                                        \
-    T(tg, test_matmul_all_types), T(tg, test_matmul_integer_tiles), T(tg, test_matmul_f16_tiles), T(tg, test_convert), T(tg, test_rmsnorm),   \
-        T(tg, test_add_swiglu), T(tg, test_swiglu_convert), T(tg, test_rmsnorm_convert), T(tg, test_add_rmsnorm), \
+    T(tg, test_matmul_all_types), T(tg, test_matmul_integer_tiles), T(tg, test_matmul_f16_tiles),              \
+        T(tg, test_matmul_mqr_tiles), T(tg, test_convert), T(tg, test_rmsnorm), T(tg, test_add_swiglu),            \
+        T(tg, test_swiglu_convert), T(tg, test_rmsnorm_convert), T(tg, test_add_rmsnorm), \
         T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), T(tg, test_attention),           \
         T(tg, test_kv_types), T(tg, test_rope_kv_store), T(tg, test_sample), T(tg, test_sample_checks),           \
         T(tg, test_layernorm), T(tg, test_gelu), T(tg, test_add_rows), T(tg, test_pool)
