@@ -1910,13 +1910,18 @@ FG_UNROLL
     }
 }
 
+// The activation scales (Q8_K d) of super-block sb of the lane's C columns n0 + 2t, n0 + 2t + 1.
+static FG_HD __forceinline__ void mqr_dx(const mq_args &a, int64_t n0, int sb, int lane, float (&dx)[2]) {
+FG_UNROLL
+    for (int c = 0; c < 2; c++)
+        dx[c] = fg_q_ldf32(mqr_xblk(a, n0 + 2 * (lane % 4) + c, sb));
+}
+
 // The end of a super-block: its integer sums scaled into acc (n tile at n0).
 static FG_HD __forceinline__ void mqr_close(const mq_args &a, const mqr_s &s, int64_t n0, int sb, int lane,
                                             const int (&si)[4], const int (&mi)[4], float (&acc)[4]) {
     float dx[2];
-FG_UNROLL
-    for (int c = 0; c < 2; c++)
-        dx[c] = fg_q_ldf32(mqr_xblk(a, n0 + 2 * (lane % 4) + c, sb));
+    mqr_dx(a, n0, sb, lane, dx);
 FG_UNROLL
     for (int e = 0; e < 4; e++) {
         const int r = e / 2;
@@ -2008,9 +2013,7 @@ FG_UNROLL
 static FG_HD __forceinline__ void mqr_close6(const mq_args &a, const mqr_w6 &w, int64_t n0, int sb, int lane,
                                              const int (&si)[4], const int (&mi)[4], float (&acc)[4]) {
     float dx[2];
-FG_UNROLL
-    for (int c = 0; c < 2; c++)
-        dx[c] = fg_q_ldf32(mqr_xblk(a, n0 + 2 * (lane % 4) + c, sb));
+    mqr_dx(a, n0, sb, lane, dx);
 FG_UNROLL
     for (int e = 0; e < 4; e++)
         acc[e] += dx[e % 2] * (w.d[e / 2] * (float)(si[e] - 32 * mi[e]));
