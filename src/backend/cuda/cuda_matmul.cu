@@ -1784,9 +1784,10 @@ static __global__ void mq_reduce_kernel(mq_args a, int n_split) {
 
 // ============================================================================ register-fed integer tensor-core (mqr)
 // Q4_K and Q6_K weights x Q8_K activation rows for batched decode (9..32 rows by default,
-// FORGE_CUDA_MQR; NVIDIA sm_80+; Q6_K: below, after Q4_K's helpers): the matvec's arithmetic on the tensor cores, without shared memory. Every warp
-// owns 16 weight rows and a range of super-blocks, and reads its weight bytes from global memory
-// straight into mma.m16n8k32 A fragments: lane (g, t) = (lane / 4, lane % 4) loads bytes
+// FORGE_CUDA_MQR; NVIDIA sm_80+; Q6_K: below, after Q4_K's helpers): the matvec's arithmetic on
+// the tensor cores, without shared memory. Every warp owns 16 weight rows and a range of
+// super-blocks, and reads its weight bytes from global memory straight into mma.m16n8k32 A
+// fragments: lane (g, t) = (lane / 4, lane % 4) loads bytes
 // 8t .. 8t + 7 of each 32-byte pair j of rows g and g + 8, whose low nibbles are elements 8t ..
 // 8t + 7 of sub-block 2j and high nibbles the same elements of sub-block 2j + 1. The mma's k
 // order is free (a dot product is the same sum in any order) as long as both operands follow it:
@@ -1829,13 +1830,19 @@ struct mqr_s {
     float d[2], dm[2];
 };
 
-// The rows a warp owns start at m0; row indices past n_out read row n_out - 1 (never written).
+// Super-block sb (bytes apart) of the lane's row g + 8 r of the warp's rows from m0; rows past
+// n_out read row n_out - 1 (never written).
+static FG_HD __forceinline__ const uint8_t *mqr_wblk(const mq_args &a, int64_t m0, int sb, int lane, int r,
+                                                     int bytes) {
+    int64_t row = m0 + lane / 4 + 8 * r;
+    row = row < a.n_out ? row : a.n_out - 1;
+    return a.w + (size_t)row * a.w_nb1 + (size_t)sb * (size_t)bytes;
+}
+
 static FG_HD __forceinline__ void mqr_load_w(const mq_args &a, int64_t m0, int sb, int lane, mqr_w &w) {
 FG_UNROLL
     for (int r = 0; r < 2; r++) {
-        int64_t row = m0 + lane / 4 + 8 * r;
-        row = row < a.n_out ? row : a.n_out - 1;
-        const uint8_t *b = a.w + (size_t)row * a.w_nb1 + (size_t)sb * MQR_SB_W;
+        const uint8_t *b = mqr_wblk(a, m0, sb, lane, r, MQR_SB_W);
         w.h[r] = *(const uint4 *)b;
 FG_UNROLL
         for (int j = 0; j < 4; j++)
@@ -1957,9 +1964,7 @@ static FG_HD __forceinline__ void mqr_load_w6(const mq_args &a, int64_t m0, int 
     const int t = lane % 4;
 FG_UNROLL
     for (int r = 0; r < 2; r++) {
-        int64_t row = m0 + lane / 4 + 8 * r;
-        row = row < a.n_out ? row : a.n_out - 1;
-        const uint8_t *p = a.w + (size_t)row * a.w_nb1 + (size_t)sb * 210;
+        const uint8_t *p = mqr_wblk(a, m0, sb, lane, r, 210);
         const int sh = (int)((uintptr_t)p & 3) * 8;
         const uint8_t *al = p - sh / 8;
 FG_UNROLL
@@ -2981,6 +2986,26 @@ static fg_status mm_widen_f16(fg_cuda *c, const fg_tensor *x, int64_t n_in, int6
     return FG_OK;
 }
 
+// The 8-bit rows (the weight type's matvec grid) of a quantized weight's x: x itself when it
+// comes converted, else its F32 rows quantized once into the mm arena (taken from its start).
+static fg_status mm_act_rows(fg_cuda *c, uint32_t wt, const fg_tensor *x, int64_t n_in, int64_t n_rows,
+                             const uint8_t **out, size_t *out_nb1) {
+    *out = (const uint8_t *)x->data;
+    *out_nb1 = x->nb[1];
+    if (x->type != FG_TYPE_F32)
+        return FG_OK;
+    void *q = NULL;
+    FG_TRY(mm_scratch(c, mm_act_row_bytes(wt, n_in) * (size_t)n_rows, &q));
+    const fg_src_rows src = mm_src((const uint8_t *)x->data, x->nb[1]);
+    if (mm_is_k((int)wt))
+        FG_TRY(mm_convert_q8_k(c, src, (int)n_in, n_rows, (uint8_t *)q));
+    else
+        FG_TRY(mm_convert_q8_1(c, src, (int)n_in, n_rows, (uint8_t *)q));
+    *out = (const uint8_t *)q;
+    *out_nb1 = mm_act_row_bytes(wt, n_in);
+    return FG_OK;
+}
+
 // The tiled kernels of a quantized weight type: mhm over F16 rows (f16) or the integer ones
 // over 8-bit rows.
 static fg_status mm_tiled(fg_cuda *c, uint32_t wt, bool f16, const mq_args &a) {
@@ -3022,20 +3047,15 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     const bool q_blas = !flt && c->blas && c->qblas_rows > FG_MV_MAX_ROWS && n_rows >= c->qblas_rows &&
                         n_rows <= INT32_MAX && n_out <= INT32_MAX && blas_chunk_rows(c, n_in) >= 1;
 #if !defined(__HIPCC__)
-    // Q4_K weights, few rows (batched decode): mqr over the 8-bit rows (F32 rows quantized once)
+    // Q4_K/Q6_K weights, few rows (batched decode): mqr over the 8-bit rows (F32 rows quantized once)
     if ((wt == FG_TYPE_Q4_K || wt == FG_TYPE_Q6_K) && n_rows >= c->mqr_min && n_rows <= c->mqr_max && !q_blas &&
         fg_div_up(n_out, 16) <= MM_MAX_GRID_Y && (xt == FG_TYPE_Q8_K || xt == FG_TYPE_F32) &&
-        ((uintptr_t)w->data | w->nb[1]) % (wt == FG_TYPE_Q4_K ? 16 : 2) == 0 && ((uintptr_t)x->data | x->nb[1]) % 4 == 0) {
+        ((uintptr_t)w->data | w->nb[1]) % (wt == FG_TYPE_Q4_K ? 16 : 2) == 0 &&
+        ((uintptr_t)x->data | x->nb[1]) % 4 == 0) {
         c->mm.used = 0; // the arena is this call's (converted rows)
-        const uint8_t *xq = (const uint8_t *)x->data;
-        size_t xq_nb1 = x->nb[1];
-        if (xt == FG_TYPE_F32) {
-            void *q = NULL;
-            FG_TRY(mm_scratch(c, mm_q8_k_row_bytes(n_in) * (size_t)n_rows, &q));
-            FG_TRY(mm_convert_q8_k(c, mm_src(xq, xq_nb1), (int)n_in, n_rows, (uint8_t *)q));
-            xq = (const uint8_t *)q;
-            xq_nb1 = mm_q8_k_row_bytes(n_in);
-        }
+        const uint8_t *xq = NULL;
+        size_t xq_nb1 = 0;
+        FG_TRY(mm_act_rows(c, wt, x, n_in, n_rows, &xq, &xq_nb1));
         return mqr_launch(c, wt, mq_args_make((const uint8_t *)w->data, w->nb[1], xq, xq_nb1, (float *)dst->data,
                                           dst->nb[1], b, n_out, n_rows, n_in, accumulate));
     }
@@ -3062,16 +3082,8 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
         c->mm.used = 0; // the arena is this call's (converted rows, then split-K partial sums)
         const uint8_t *xq = (const uint8_t *)x->data;
         size_t xq_nb1 = x->nb[1];
-        if (!flt && xt == FG_TYPE_F32) { // quantize the rows once into the arena
-            void *q = NULL;
-            FG_TRY(mm_scratch(c, mm_act_row_bytes(wt, n_in) * (size_t)n_rows, &q));
-            if (mm_is_k((int)wt))
-                FG_TRY(mm_convert_q8_k(c, mm_src(xq, xq_nb1), (int)n_in, n_rows, (uint8_t *)q));
-            else
-                FG_TRY(mm_convert_q8_1(c, mm_src(xq, xq_nb1), (int)n_in, n_rows, (uint8_t *)q));
-            xq = (const uint8_t *)q;
-            xq_nb1 = mm_act_row_bytes(wt, n_in);
-        }
+        if (!flt)
+            FG_TRY(mm_act_rows(c, wt, x, n_in, n_rows, &xq, &xq_nb1));
         if (n_rows > mv_max)
             return mm_tiled(c, wt, false,
                             mq_args_make((const uint8_t *)w->data, w->nb[1], xq, xq_nb1, (float *)dst->data, dst->nb[1],
