@@ -508,18 +508,22 @@ static void test_matmul_all_types(void **state) {
 // the device has no mma), K split where its tiles are few (n_in 2,048: 4 splits), whole where
 // K is short. Each case must keep the reference's integer arithmetic. The CPU has no such
 // paths: skipped there.
-// The tiled kernels at the row counts of batched decode (see above), through the kernel that
-// FORGE_CUDA_MMQ names (mmq: NULL the default), mqr (Q4_K and Q6_K, FORGE_CUDA_MQR) off unless
-// `mqr`, which then runs its types alone at 9..64 rows; every case must take the arithmetic
-// `want_int` says: the reference's integers (the integer kernels, mqr) or the F16 GEMM's (the
-// F16 kernel).
-static void matmul_tiles(const target *tg, const char *mmq, bool want_int, bool mqr) {
+// The tiled kernels at the row counts of batched decode (see above), through the path `path`
+// names: the integer mma kernel (TILES_MMA), the F16 tensor-core kernel (TILES_F16), mqr
+// (TILES_MQR: Q4_K and Q6_K alone, at 9..64 rows; FORGE_CUDA_MQR off otherwise) or the library
+// GEMM over F16 copies of the weights (TILES_BLAS: from 9 rows, the copies in 1 MiB chunks, so
+// that the 259-row weights take two); every case must take that path's arithmetic: the
+// reference's integers (mma, mqr) or the F16 GEMM's (f16, blas).
+typedef enum { TILES_MMA, TILES_F16, TILES_MQR, TILES_BLAS } tiles_path;
+static void matmul_tiles(const target *tg, tiles_path path) {
+    const char *mmq = path == TILES_MMA ? "mma" : path == TILES_F16 ? "f16" : NULL;
+    const bool want_int = path == TILES_MMA || path == TILES_MQR, mqr = path == TILES_MQR, blas = path == TILES_BLAS;
     if (tg->cpu) {
         print_message("SKIP: %s: the CUDA tiled kernels only\n", tg->name);
         skip();
     }
     need_target(tg);
-    if (!want_int || mqr) { // the F16 kernel and mqr need NVIDIA's mma (sm_80+)
+    if (path == TILES_F16 || mqr) { // the F16 kernel and mqr need NVIDIA's mma (sm_80+)
         fg_backend *be = open_backend(tg, 0);
         const char *sm = strstr(fg_backend_describe(be), "sm_");
         const int cc = sm ? atoi(sm + 3) : 0;
@@ -535,7 +539,9 @@ static void matmul_tiles(const target *tg, const char *mmq, bool want_int, bool 
     static const uint32_t quick_types[] = {FG_TYPE_Q4_0, FG_TYPE_Q4_K, FG_TYPE_Q6_K};
     static const uint32_t mqr_types[] = {FG_TYPE_Q4_K, FG_TYPE_Q6_K};
     setenv("FORGE_CUDA_MV_ROWS", "8", 1);
-    setenv("FORGE_CUDA_QBLAS_ROWS", "0", 1);
+    setenv("FORGE_CUDA_QBLAS_ROWS", blas ? "9" : "0", 1);
+    if (blas)
+        setenv("FORGE_CUDA_DEQ_MB", "1", 1);
     setenv("FORGE_CUDA_MQR", mqr ? "9:64" : "0", 1);
     if (mmq)
         setenv("FORGE_CUDA_MMQ", mmq, 1);
@@ -561,23 +567,29 @@ static void matmul_tiles(const target *tg, const char *mmq, bool want_int, bool 
     }
     unsetenv("FORGE_CUDA_MV_ROWS");
     unsetenv("FORGE_CUDA_QBLAS_ROWS");
+    unsetenv("FORGE_CUDA_DEQ_MB");
     unsetenv("FORGE_CUDA_MQR");
     unsetenv("FORGE_CUDA_MMQ");
     print_message("%s: tiled cases (FORGE_CUDA_MMQ=%s%s): %d in the reference's integer arithmetic, %d in the F16 "
                   "GEMM's\n",
-                  tg->name, mmq ? mmq : "default", mqr ? ", mqr" : "", g_int_cases, g_f16_cases);
+                  tg->name, mmq ? mmq : "default", mqr ? ", mqr" : blas ? ", library GEMM" : "", g_int_cases,
+                  g_f16_cases);
     if (g_deviations)
         fail_msg("%s: %d matmul cases off the reference's arithmetic (listed above)", tg->name, g_deviations);
     assert_int_equal(want_int ? g_int_cases : g_f16_cases, n_cases);
 }
 
-static void test_matmul_integer_tiles(void **state) { matmul_tiles(*state, "mma", true, false); }
+static void test_matmul_integer_tiles(void **state) { matmul_tiles(*state, TILES_MMA); }
 
 // The F16 tensor-core kernel (FORGE_CUDA_MMQ=f16), the same cases: the F16 GEMM's arithmetic.
-static void test_matmul_f16_tiles(void **state) { matmul_tiles(*state, "f16", false, false); }
+static void test_matmul_f16_tiles(void **state) { matmul_tiles(*state, TILES_F16); }
 
 // mqr (Q4_K and Q6_K, 9..64 rows, every n-tile count; K split over warps): the reference's integers.
-static void test_matmul_mqr_tiles(void **state) { matmul_tiles(*state, NULL, true, true); }
+static void test_matmul_mqr_tiles(void **state) { matmul_tiles(*state, TILES_MQR); }
+
+// The library GEMM over F16 copies of quantized weights (prefill), every quantized type, the
+// copies dequantized in chunks: the F16 GEMM's arithmetic.
+static void test_matmul_blas_tiles(void **state) { matmul_tiles(*state, TILES_BLAS); }
 
 // convert: every activation type the backend converts to holds x within half a quantization
 // step of each block (8-bit types) or exactly rounded
@@ -2045,8 +2057,8 @@ int main(void) {
 #define T(tg, fn) {#tg ": " #fn, fn, NULL, NULL, (void *)&tg}
 #define PER_TARGET(tg)                                                                                        \
     T(tg, test_matmul_all_types), T(tg, test_matmul_integer_tiles), T(tg, test_matmul_f16_tiles),              \
-        T(tg, test_matmul_mqr_tiles), T(tg, test_convert), T(tg, test_rmsnorm), T(tg, test_add_swiglu),            \
-        T(tg, test_swiglu_convert), T(tg, test_rmsnorm_convert), T(tg, test_add_rmsnorm), \
+        T(tg, test_matmul_mqr_tiles), T(tg, test_matmul_blas_tiles), T(tg, test_convert), T(tg, test_rmsnorm),     \
+        T(tg, test_add_swiglu), T(tg, test_swiglu_convert), T(tg, test_rmsnorm_convert), T(tg, test_add_rmsnorm), \
         T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), T(tg, test_attention),           \
         T(tg, test_kv_types), T(tg, test_rope_kv_store), T(tg, test_sample), T(tg, test_sample_checks),           \
         T(tg, test_layernorm), T(tg, test_gelu), T(tg, test_add_rows), T(tg, test_pool)

@@ -2704,47 +2704,52 @@ static fg_status mqr_launch(fg_cuda *c, uint32_t wt, const mq_args &a) {
 #define FG_DEQ_MB 256        // the F16 chunk buffer (MiB; FORGE_CUDA_DEQ_MB): at most the largest weight
 
 #ifdef FG_MM_CUBLAS
-// Dequantizes weight rows [o0, o0 + rows) of w into F16 rows (contiguous, n_in each). Quantized
-// types: four lanes a 32-element unit, each decoding the unit (the decode is cheap next to the
-// write; the block's bytes come from L1) and writing 8 of its elements as one 16-byte store, so
-// a warp writes 512 contiguous bytes at once. Float types: one element a thread (their rows need
-// not be whole multiples of anything).
+// Dequantizes weight rows [o0, o0 + rows) of w into F16 rows (contiguous, n_in each): one pass
+// over the weight, memory-bound (its bytes read, 2 bytes an element written). Float types: one
+// element a thread (their rows need not be whole multiples of anything).
 template <int WT>
 static __global__ void deq_f16_kernel(const uint8_t *w, size_t w_nb1, uint16_t *out, int n_in, int64_t rows) {
-    const int per = mm_is_float(WT) ? 1 : 32;
-    const int64_t units = n_in / per;
     const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if constexpr (mm_is_float(WT)) {
-        if (g >= units * rows)
-            return;
-        const int64_t o = g / units, u = g % units;
-        out[(size_t)o * (size_t)n_in + (size_t)u] =
-            fg_f2h(mm_float_elem<WT>(w + (size_t)o * w_nb1 + (size_t)u * (WT == FG_TYPE_F32 ? 4 : 2)));
-    } else {
-        typedef fg_qt<WT> Q;
-        if (g >= 4 * units * rows)
-            return;
-        const int part = (int)(g & 3);
-        const int64_t gu = g >> 2, o = gu / units, u = gu % units;
+    if (g >= (int64_t)n_in * rows)
+        return;
+    const int64_t o = g / n_in, u = g % n_in;
+    out[(size_t)o * (size_t)n_in + (size_t)u] =
+        fg_f2h(mm_float_elem<WT>(w + (size_t)o * w_nb1 + (size_t)u * (WT == FG_TYPE_F32 ? 4 : 2)));
+}
+
+// Quantized types: a thread a 32-element unit (unit g of the chunk, which is row g / units, unit
+// g % units of it: the output is contiguous, 64 bytes a unit), decoded once (fg_q_decode; 32-bit
+// reads as single loads where A4) and rounded to F16 as mhm does (mhm_halves: the reference's
+// value, then the F16 rounding), staged in shared memory, and the block's DEQ_NT units (8 KiB of
+// contiguous output) written back as 16-byte stores, a warp 512 contiguous bytes each.
+// Shared slot of a thread's chunk c: 4 t + (c ^ ((t >> 1) & 3)), so that the 8 threads of a
+// store phase (64 bytes apart) hit 8 different 16-byte bank groups.
+enum { DEQ_NT = 128 };
+template <int WT, bool A4>
+static __global__ __launch_bounds__(DEQ_NT) void deq_q_kernel(const uint8_t *w, size_t w_nb1, uint16_t *out,
+                                                              uint32_t units, uint32_t total) {
+    typedef fg_qt<WT> Q;
+    typedef typename std::conditional<A4, fg_rd_a4, fg_rd_exact>::type RD;
+    __shared__ uint4 st[4 * DEQ_NT];
+    const uint32_t t = threadIdx.x, g = blockIdx.x * DEQ_NT + t;
+    if (g < total) {
+        const uint32_t o = g / units, u = g % units;
         fg_qunit q;
-        fg_q_decode<WT, fg_rd_exact>(w + (size_t)o * w_nb1 + (size_t)(u / Q::UPB) * Q::BYTES, (int)(u % Q::UPB), q);
-        uint32_t h[4];
+        fg_q_decode<WT, RD>(w + (size_t)o * w_nb1 + (size_t)(u / Q::UPB) * Q::BYTES, (int)(u % Q::UPB), q);
+        uint32_t h[16];
+        mhm_halves<WT>(q, h);
 FG_UNROLL
-        for (int k = 0; k < 4; k++) {
-            float f[2];
+        for (int c = 0; c < 4; c++)
+            st[4 * t + (c ^ ((t >> 1) & 3))] = make_uint4(h[4 * c], h[4 * c + 1], h[4 * c + 2], h[4 * c + 3]);
+    }
+    __syncthreads();
+    const uint32_t first = blockIdx.x * DEQ_NT, n = total - first < DEQ_NT ? total - first : DEQ_NT;
+    uint4 *dst = (uint4 *)out + (size_t)first * 4;
 FG_UNROLL
-            for (int t = 0; t < 2; t++) {
-                const int e = 8 * part + 2 * k + t; // element of the unit
-                const int v = (int)(int8_t)(q.q[e >> 2] >> (8 * (e & 3))) - Q::OFF;
-                float x = fg_fmul_rn((float)v, e < 16 ? q.a_lo : q.a_hi);
-                if constexpr (Q::MIN)
-                    x = fg_fsub_rn(x, e < 16 ? q.b_lo : q.b_hi);
-                f[t] = x;
-            }
-            h[k] = (uint32_t)fg_f2h(f[0]) | ((uint32_t)fg_f2h(f[1]) << 16);
-        }
-        // n_in % 32 == 0: every unit starts 64-byte aligned
-        *(uint4 *)(out + (size_t)o * (size_t)n_in + (size_t)u * 32 + 8 * part) = make_uint4(h[0], h[1], h[2], h[3]);
+    for (int k = 0; k < 4; k++) {
+        const uint32_t i = t + k * DEQ_NT, ut = i / 4, c = i % 4; // chunk c of the block's unit ut
+        if (ut < n)
+            dst[i] = st[4 * ut + (c ^ ((ut >> 1) & 3))];
     }
 }
 
@@ -2757,10 +2762,22 @@ static __global__ void add_bias_kernel(float *dst, size_t d_nb1, const float *bi
 }
 
 template <int WT> static fg_status deq_go(fg_cuda *c, const fg_tensor *w, int64_t o0, int64_t rows, uint16_t *out) {
-    const int per = mm_is_float(WT) ? 1 : 32;
-    const int64_t n = (w->ne[0] / per) * rows * (mm_is_float(WT) ? 1 : 4);
-    deq_f16_kernel<WT><<<fg_div_up(n, MM_NT), MM_NT, 0, c->stream>>>(
-        (const uint8_t *)w->data + (size_t)o0 * w->nb[1], w->nb[1], out, (int)w->ne[0], rows);
+    const uint8_t *w0 = (const uint8_t *)w->data + (size_t)o0 * w->nb[1];
+    if constexpr (mm_is_float(WT)) {
+        deq_f16_kernel<WT><<<fg_div_up(w->ne[0] * rows, MM_NT), MM_NT, 0, c->stream>>>(w0, w->nb[1], out,
+                                                                                        (int)w->ne[0], rows);
+    } else {
+        typedef fg_qt<WT> Q;
+        const int64_t units = w->ne[0] / 32, total = units * rows;
+        FG_ASSERT(total <= (int64_t)UINT32_MAX - DEQ_NT); // a chunk: at most the F16 buffer's 64-byte units
+        const bool a4 = Q::BYTES % 4 == 0 && ((uintptr_t)w0 & 3) == 0 && w->nb[1] % 4 == 0;
+        if (a4)
+            deq_q_kernel<WT, Q::BYTES % 4 == 0><<<fg_div_up(total, DEQ_NT), DEQ_NT, 0, c->stream>>>(
+                w0, w->nb[1], out, (uint32_t)units, (uint32_t)total);
+        else
+            deq_q_kernel<WT, false><<<fg_div_up(total, DEQ_NT), DEQ_NT, 0, c->stream>>>(w0, w->nb[1], out,
+                                                                                       (uint32_t)units, (uint32_t)total);
+    }
     FG_GPU_LAUNCH_CHECK(c, "dequantize to f16");
     return FG_OK;
 }
