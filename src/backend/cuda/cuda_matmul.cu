@@ -22,7 +22,7 @@
 // memory), then each thread decodes one unit of every weight row into registers and dots it
 // with that unit of every activation row: every weight byte is read from DRAM once per call,
 // every decoded unit serves NR rows. Partial sums are reduced with warp shuffles at the end.
-// Quantized weights from FORGE_CUDA_QBLAS_ROWS rows (160 after mhm, 128 after the integer
+// Quantized weights from FORGE_CUDA_QBLAS_ROWS rows (65 after mhm, 128 after the integer
 // kernels; where cuBLAS is): the library GEMM at the end of this file, the weight dequantized to
 // F16 a chunk of rows at a time (docs/PERF.md has the crossovers measured).
 // F16 tensor-core tiled (mhm; the default on NVIDIA sm_80+, FORGE_CUDA_MMQ=f16): quantized
@@ -2700,7 +2700,8 @@ static fg_status mqr_launch(fg_cuda *c, uint32_t wt, const mq_args &a) {
 #define FG_BLAS_WS_BYTES ((size_t)32 << 20)
 #define FG_BLAS_MIN_ROWS 32
 #define FG_QBLAS_MIN_ROWS 128 // quantized weights: rows from which the chunked F16 GEMM runs (measured)
-#define FG_QBLAS_MHM_ROWS 160 // the same after mhm (H100, 8B Q4_K: mhm faster at 128 rows, slower at 256)
+#define FG_QBLAS_MHM_ROWS 65 // the same after mhm, whose 64-row tiles double their cost from 65 rows (H200, 8B Q4_K
+                             // decode step: 128 rows 15.2 ms against mhm's 23.9; 64 rows 11.6 against 13.1)
 #define FG_DEQ_MB 256        // the F16 chunk buffer (MiB; FORGE_CUDA_DEQ_MB): at most the largest weight
 
 #ifdef FG_MM_CUBLAS
