@@ -25,6 +25,10 @@
 #   FORGE_GPU_PYTEST      tests/py files to run against the GPU build (pytest, requests: from
 #                         .device/wheels when the machine's python3 lacks them)
 #   FORGE_BENCH           benchmark commands separated by ";;" (run from the repository root)
+#   FORGE_BENCH_SET       named sets appended to FORGE_BENCH (space-separated; 8B files synthesised in
+#                         /tmp): prefill (Q4_K, Q8_0, Q4_0: forge bench -p 512), decode (Q4_K:
+#                         bench_engine at 16..256 sequences), serve (Q4_K with a real tokenizer:
+#                         bench_serve.py, 128- and 512-token prompts, 128 tokens, 1..256 streams)
 #   FORGE_DEADLINE_S      wall-clock budget of the whole script (560): phases are cut short
 #                         so that the table still prints inside the device tool's 600 s
 #   FORGE_DEVICE          exported to the suites (default cuda: test_golden runs on the GPU)
@@ -295,6 +299,29 @@ if [ -n "${FORGE_GPU_PYTEST:-}" ]; then
 fi
 
 # ---------------------------------------------------------------- benchmarks
+# FORGE_BENCH_SET: the issues' benchmark sets as FORGE_BENCH commands
+bench_set() {
+    local F="$BUILD/forge" E="$BUILD/bench/bench_engine" V="$FORGE_SHARED/vocab/ggml-vocab-deepseek-llm.gguf"
+    local srv="--server-args --device cuda --parallel 256 --max-conns-per-ip 512" t
+    case "$1" in
+    prefill)
+        for t in q4_k q8_0 q4_0; do
+            printf '%s;;' "$F synth --preset llama3-8b --type $t -o /tmp/l8-$t.gguf >/dev/null && $F bench -m /tmp/l8-$t.gguf --device cuda -p 512 -n 0 -r 3; rm -f /tmp/l8-$t.gguf"
+        done ;;
+    decode)
+        printf '%s;;' "[ -f /tmp/l8k.gguf ] || $F synth --preset llama3-8b --type q4_k -o /tmp/l8k.gguf >/dev/null" \
+            "$E /tmp/l8k.gguf --device cuda --seqs 16,32,64,128,256 --gen 16" ;;
+    serve)
+        local py="python3 -c 'import requests' 2>/dev/null || pip install -q --no-index --find-links .device/wheels requests"
+        printf '%s;;' "[ -f /tmp/l8d.gguf ] || $F synth --preset llama3-8b --type q4_k --vocab-from $V -o /tmp/l8d.gguf >/dev/null; $py" \
+            "python3 -u bench/bench_serve.py --model /tmp/l8d.gguf --concurrency 1 4 16 64 128 256 --max-tokens 128 --prompt-tokens 128 --json ${OUT:-$LOGDIR}/serve128.json $srv" \
+            "python3 -u bench/bench_serve.py --model /tmp/l8d.gguf --concurrency 1 4 16 64 128 256 --max-tokens 128 --prompt-tokens 512 --json ${OUT:-$LOGDIR}/serve512.json $srv" ;;
+    *) echo "gpu-check: unknown FORGE_BENCH_SET '$1' (prefill, decode, serve)" >&2 ;;
+    esac
+}
+for set_name in ${FORGE_BENCH_SET:-}; do
+    FORGE_BENCH="${FORGE_BENCH:-};;$(bench_set "$set_name")"
+done
 if [ -n "${FORGE_BENCH:-}" ]; then
     : >"$LOGDIR/bench.log"
     i=0
