@@ -1394,6 +1394,11 @@ static void test_attention(void **state) {
         {2, {23, 9}, {23, 9}, 4, 2, 16, 16, FG_TYPE_F16, false, 0},            // non-causal (embeddings)
         {2, {12, 40}, {12, 40}, 2, 2, 8, 7, FG_TYPE_F32, false, 0},            // non-causal, tiny heads
         {2, {2100, 300}, {64, 1}, 8, 2, 128, 16, FG_TYPE_F16, true, 0},        // a 2,100-token sequence
+        // prefill chunks with few q tiles and many keys (the tensor-core kernel's long loops,
+        // tiles that are wholly visible, the diagonal ones, and non-causal rows)
+        {1, {900}, {300}, 8, 2, 128, 16, FG_TYPE_F16, true, 0},                // 300 tokens after 600
+        {1, {600}, {600}, 4, 2, 64, 16, FG_TYPE_F16, false, 0},                // non-causal, head_dim 64
+        {2, {1200, 700}, {40, 33}, 8, 2, 64, 16, FG_TYPE_F16, true, 0},        // two chunks, head_dim 64
         {1, {1000}, {1}, 4, 4, 256, 16, FG_TYPE_F16, true, 0},                 // head_dim 256, long decode
         {2, {77, 31}, {5, 31}, 10, 5, 80, 16, FG_TYPE_F16, true, 0},           // head_dim 80
         {1, {10}, {10}, 8, 4, 8, 16, FG_TYPE_F32, true, 0},                    // stories260K's shape
