@@ -514,10 +514,12 @@ static void test_matmul_all_types(void **state) {
 // GEMM over F16 copies of the weights (TILES_BLAS: from 9 rows, the copies in 1 MiB chunks, so
 // that the 259-row weights take two); every case must take that path's arithmetic: the
 // reference's integers (mma, mqr) or the F16 GEMM's (f16, blas).
-typedef enum { TILES_MMA, TILES_F16, TILES_MQR, TILES_BLAS } tiles_path;
+// TILES_MQR_PACK: mqr over activation rows repacked first (FORGE_CUDA_MQR_PACK=1).
+typedef enum { TILES_MMA, TILES_F16, TILES_MQR, TILES_MQR_PACK, TILES_BLAS } tiles_path;
 static void matmul_tiles(const target *tg, tiles_path path) {
     const char *mmq = path == TILES_MMA ? "mma" : path == TILES_F16 ? "f16" : NULL;
-    const bool want_int = path == TILES_MMA || path == TILES_MQR, mqr = path == TILES_MQR, blas = path == TILES_BLAS;
+    const bool mqr = path == TILES_MQR || path == TILES_MQR_PACK, blas = path == TILES_BLAS;
+    const bool want_int = path == TILES_MMA || mqr;
     if (tg->cpu) {
         print_message("SKIP: %s: the CUDA tiled kernels only\n", tg->name);
         skip();
@@ -543,6 +545,8 @@ static void matmul_tiles(const target *tg, tiles_path path) {
     if (blas)
         setenv("FORGE_CUDA_DEQ_MB", "1", 1);
     setenv("FORGE_CUDA_MQR", mqr ? "9:64" : "0", 1);
+    if (path == TILES_MQR_PACK)
+        setenv("FORGE_CUDA_MQR_PACK", "1", 1);
     if (mmq)
         setenv("FORGE_CUDA_MMQ", mmq, 1);
     g_deviations = 0;
@@ -569,10 +573,12 @@ static void matmul_tiles(const target *tg, tiles_path path) {
     unsetenv("FORGE_CUDA_QBLAS_ROWS");
     unsetenv("FORGE_CUDA_DEQ_MB");
     unsetenv("FORGE_CUDA_MQR");
+    unsetenv("FORGE_CUDA_MQR_PACK");
     unsetenv("FORGE_CUDA_MMQ");
     print_message("%s: tiled cases (FORGE_CUDA_MMQ=%s%s): %d in the reference's integer arithmetic, %d in the F16 "
                   "GEMM's\n",
-                  tg->name, mmq ? mmq : "default", mqr ? ", mqr" : blas ? ", library GEMM" : "", g_int_cases,
+                  tg->name, mmq ? mmq : "default",
+                  path == TILES_MQR_PACK ? ", mqr packed" : mqr ? ", mqr" : blas ? ", library GEMM" : "", g_int_cases,
                   g_f16_cases);
     if (g_deviations)
         fail_msg("%s: %d matmul cases off the reference's arithmetic (listed above)", tg->name, g_deviations);
@@ -586,6 +592,9 @@ static void test_matmul_f16_tiles(void **state) { matmul_tiles(*state, TILES_F16
 
 // mqr (Q4_K and Q6_K, 9..64 rows, every n-tile count; K split over warps): the reference's integers.
 static void test_matmul_mqr_tiles(void **state) { matmul_tiles(*state, TILES_MQR); }
+
+// The same over the repacked activation rows (FORGE_CUDA_MQR_PACK=1).
+static void test_matmul_mqr_pack_tiles(void **state) { matmul_tiles(*state, TILES_MQR_PACK); }
 
 // The library GEMM over F16 copies of quantized weights (prefill), every quantized type, the
 // copies dequantized in chunks: the F16 GEMM's arithmetic.
@@ -2062,7 +2071,8 @@ int main(void) {
 #define T(tg, fn) {#tg ": " #fn, fn, NULL, NULL, (void *)&tg}
 #define PER_TARGET(tg)                                                                                        \
     T(tg, test_matmul_all_types), T(tg, test_matmul_integer_tiles), T(tg, test_matmul_f16_tiles),              \
-        T(tg, test_matmul_mqr_tiles), T(tg, test_matmul_blas_tiles), T(tg, test_convert), T(tg, test_rmsnorm),     \
+        T(tg, test_matmul_mqr_tiles), T(tg, test_matmul_mqr_pack_tiles), T(tg, test_matmul_blas_tiles),            \
+        T(tg, test_convert), T(tg, test_rmsnorm),                                                                 \
         T(tg, test_add_swiglu), T(tg, test_swiglu_convert), T(tg, test_rmsnorm_convert), T(tg, test_add_rmsnorm), \
         T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), T(tg, test_attention),           \
         T(tg, test_kv_types), T(tg, test_rope_kv_store), T(tg, test_sample), T(tg, test_sample_checks),           \

@@ -990,7 +990,6 @@ static void test_mqr_case(int64_t rows, int64_t n_out, int64_t n_in, int kw, boo
     for (auto &v : bias)
         v = rng_gauss();
     acts x(rows, n_in);
-    outbuf d(rows, n_out, accumulate);
     std::vector<float> xv = x.val;
     const size_t qb = mm_q8_k_row_bytes(n_in), qs = qb + 8;
     buf q(qs * (size_t)rows, 4, 0x77);
@@ -998,15 +997,28 @@ static void test_mqr_case(int64_t rows, int64_t n_out, int64_t n_in, int kw, boo
         fg_type_traits_ref(FG_TYPE_Q8_K)->from_float(&x.val[(size_t)(r * n_in)], q.p + (size_t)r * qs, n_in);
         fg_type_traits_ref(FG_TYPE_Q8_K)->to_float(q.p + (size_t)r * qs, &xv[(size_t)(r * n_in)], n_in);
     }
-    mq_args a = mq_args_make(w.b.p, w.nb1, q.p, qs, (float *)d.b.p, d.nb1, use_bias ? bias.data() : NULL, n_out, rows,
-                             n_in, accumulate);
-    emu_mqr<WT, NT>(a, kw);
-    std::vector<double> ref, mag;
-    reference(w, xv, rows, a.bias, accumulate ? &d.prior : NULL, ref, mag);
-    char what[96];
-    snprintf(what, sizeof what, "mqr %s n_in %lld n_out %lld rows %lld kw %d nt %d", fg_type_name(WT),
-             (long long)n_in, (long long)n_out, (long long)rows, kw, NT);
-    compare(what, d.b.p, d.nb1, rows, n_out, ref, mag, 1e-5);
+    // the rows as they are, then repacked (FORGE_CUDA_MQR_PACK: mqr_pack_unit, every unit)
+    for (int pack = 0; pack < 2; pack++) {
+        outbuf d(rows, n_out, accumulate);
+        mq_args a = mq_args_make(w.b.p, w.nb1, q.p, qs, (float *)d.b.p, d.nb1, use_bias ? bias.data() : NULL, n_out,
+                                 rows, n_in, accumulate);
+        const int tiles = (int)((rows + 7) / 8);
+        const int64_t n_units = (int64_t)tiles * (n_in / 256) * MQR_XP_UNITS;
+        buf xp((size_t)n_units * 16, 0, 0x5A); // poisoned: every unit must be written
+        if (pack) {
+            a.xp_tiles = tiles;
+            for (int64_t i = 0; i < n_units; i++)
+                mqr_pack_unit<WT>(a, xp.p, i);
+            a.xp = xp.p;
+        }
+        emu_mqr<WT, NT>(a, kw);
+        std::vector<double> ref, mag;
+        reference(w, xv, rows, a.bias, accumulate ? &d.prior : NULL, ref, mag);
+        char what[112];
+        snprintf(what, sizeof what, "mqr %s n_in %lld n_out %lld rows %lld kw %d nt %d%s", fg_type_name(WT),
+                 (long long)n_in, (long long)n_out, (long long)rows, kw, NT, pack ? " packed" : "");
+        compare(what, d.b.p, d.nb1, rows, n_out, ref, mag, 1e-5);
+    }
 }
 
 static void test_mqr(void) {

@@ -923,6 +923,10 @@ struct mq_args {
     int ku_split; // a multiple of MQM_BU (>= n_units when not split)
     uint8_t *part;
     size_t part_nb1, split_nb;
+    // mqr: the activation rows repacked (mqr_pack), xp_tiles tiles of 8 rows a super-block; NULL:
+    // read from x as they are
+    const uint8_t *xp;
+    int xp_tiles;
 };
 
 // The arguments of a whole-K call (the split fields are mq_plan_split's).
@@ -944,6 +948,8 @@ static inline mq_args mq_args_make(const uint8_t *w, size_t w_nb1, const uint8_t
     a.ku_split = a.n_units;
     a.part = NULL;
     a.part_nb1 = a.split_nb = 0;
+    a.xp = NULL;
+    a.xp_tiles = 0;
     return a;
 }
 
@@ -1818,6 +1824,62 @@ static_assert(sizeof(fg_block_q4_k) == MQR_SB_W && sizeof(fg_block_q8_k) == MQR_
 static_assert(offsetof(fg_block_q8_k, qs) == MQR_X_QS && offsetof(fg_block_q8_k, bsums) == MQR_X_BS,
               "mqr: Q8_K layout");
 
+// The activation rows repacked for mqr (FORGE_CUDA_MQR_PACK=1; mqr_pack_kernel, one pass before
+// the matmul): the Q8_K rows read in their own layout cost each lane two 4-byte loads a B
+// fragment from 8 rows 292 bytes apart and two more for the bsums, every warp again (ncu, 16
+// rows: L1-bound). Repacked, a chunk of MQR_XP bytes per (super-block, tile of 8 rows), chunks
+// [sb][tile], holds the same bytes in the order the lanes read them:
+//   B   [0, 2048):    16 bytes a (pair of groups p, lane): Q4_K the B fragments of sub-blocks 2p
+//                     and 2p + 1 (qs 32 u + 8 t, 8 bytes each, of row 8 tile + lane / 4); Q6_K
+//                     those of groups 4p .. 4p + 3 (qs 16 G + 4 t, 4 bytes each)
+//   Q   [2048, 2304): 8 bytes a (t, u): bsums word u of rows 8 tile + 2 t and + 2 t + 1
+//   D   [2304, 2336): 8 bytes a t: the d of those two rows
+// Rows past n_rows repeat the last row (as mqr_xblk clamps); a warp's tiles past the packed
+// ones read the last packed tile (their outputs are never written).
+enum { MQR_XP_Q = 2048, MQR_XP_D = 2304, MQR_XP = 2336, MQR_XP_UNITS = MQR_XP / 16 };
+
+template <int WT>
+static FG_HD __forceinline__ void mqr_pack_unit(const mq_args &a, uint8_t *xp, int64_t idx) {
+    const int64_t c = idx / MQR_XP_UNITS;
+    const int k = (int)(idx % MQR_XP_UNITS);
+    const int sb = (int)(c / a.xp_tiles), tile = (int)(c % a.xp_tiles);
+    uint32_t v[4];
+    if (k < MQR_XP_Q / 16) { // B
+        const int p = k / 32, lane = k % 32, t = lane % 4;
+        int64_t row = 8 * (int64_t)tile + lane / 4;
+        row = row < a.n_rows ? row : a.n_rows - 1;
+        const uint8_t *qs = a.x + (size_t)row * a.x_nb1 + (size_t)sb * MQR_SB_X + MQR_X_QS;
+FG_UNROLL
+        for (int i = 0; i < 4; i++)
+            v[i] = WT == FG_TYPE_Q6_K ? fg_q_ld32a(qs + 16 * (4 * p + i) + 4 * t)
+                                      : fg_q_ld32a(qs + 32 * (2 * p + i / 2) + 8 * t + 4 * (i % 2));
+    } else if (k < MQR_XP_D / 16) { // Q: (t, u = 2 q, 2 q + 1), each for rows 2 t, 2 t + 1
+        const int kk = k - MQR_XP_Q / 16, t = kk / 4, q = kk % 4;
+FG_UNROLL
+        for (int i = 0; i < 4; i++) {
+            int64_t row = 8 * (int64_t)tile + 2 * t + i % 2;
+            row = row < a.n_rows ? row : a.n_rows - 1;
+            v[i] = fg_q_ld32a(a.x + (size_t)row * a.x_nb1 + (size_t)sb * MQR_SB_X + MQR_X_BS + 4 * (2 * q + i / 2));
+        }
+    } else { // D: t = 2 kk, 2 kk + 1
+        const int kk = k - MQR_XP_D / 16;
+FG_UNROLL
+        for (int i = 0; i < 4; i++) {
+            int64_t row = 8 * (int64_t)tile + 2 * (2 * kk + i / 2) + i % 2;
+            row = row < a.n_rows ? row : a.n_rows - 1;
+            v[i] = fg_q_ld32a(a.x + (size_t)row * a.x_nb1 + (size_t)sb * MQR_SB_X);
+        }
+    }
+    *(uint4 *)(xp + (size_t)idx * 16) = make_uint4(v[0], v[1], v[2], v[3]);
+}
+
+// The packed chunk of super-block sb for the tile at activation row n0 (a multiple of 8).
+static FG_HD __forceinline__ const uint8_t *mqr_xpc(const mq_args &a, int64_t n0, int sb) {
+    int64_t tile = n0 / 8;
+    tile = tile < a.xp_tiles ? tile : a.xp_tiles - 1;
+    return a.xp + ((size_t)sb * a.xp_tiles + (size_t)tile) * MQR_XP;
+}
+
 // A lane's bytes of one super-block of its rows g and g + 8.
 struct mqr_w {
     uint4 h[2];    // d, dmin (halves), scales[12]
@@ -1880,6 +1942,12 @@ static FG_HD __forceinline__ const uint8_t *mqr_xblk(const mq_args &a, int64_t n
 
 // The B fragment of sub-block u for the n tile at n0: activation row n0 + g, bytes 8t .. 8t + 7.
 static FG_HD __forceinline__ void mqr_b(const mq_args &a, int64_t n0, int sb, int u, int lane, uint32_t (&B)[2]) {
+    if (a.xp) {
+        const uint4 v = ((const uint4 *)mqr_xpc(a, n0, sb))[32 * (u / 2) + lane];
+        B[0] = u % 2 ? v.z : v.x;
+        B[1] = u % 2 ? v.w : v.y;
+        return;
+    }
     const uint8_t *p = mqr_xblk(a, n0 + lane / 4, sb) + MQR_X_QS + 32 * u + 8 * (lane % 4);
     B[0] = fg_q_ld32a(p);
     B[1] = fg_q_ld32a(p + 4);
@@ -1888,6 +1956,12 @@ static FG_HD __forceinline__ void mqr_b(const mq_args &a, int64_t n0, int sb, in
 // Sub-block u's activation sums of the lane's C columns n0 + 2t, n0 + 2t + 1: their two bsums
 // (int16 each, elements 0-15 and 16-31) in one word.
 static FG_HD __forceinline__ void mqr_q(const mq_args &a, int64_t n0, int sb, int u, int lane, uint32_t (&Q)[2]) {
+    if (a.xp) {
+        const uint2 v = *(const uint2 *)(mqr_xpc(a, n0, sb) + MQR_XP_Q + 64 * (lane % 4) + 8 * u);
+        Q[0] = v.x;
+        Q[1] = v.y;
+        return;
+    }
 FG_UNROLL
     for (int c = 0; c < 2; c++)
         Q[c] = fg_q_ld32a(mqr_xblk(a, n0 + 2 * (lane % 4) + c, sb) + MQR_X_BS + 4 * u);
@@ -1919,6 +1993,12 @@ FG_UNROLL
 
 // The activation scales (Q8_K d) of super-block sb of the lane's C columns n0 + 2t, n0 + 2t + 1.
 static FG_HD __forceinline__ void mqr_dx(const mq_args &a, int64_t n0, int sb, int lane, float (&dx)[2]) {
+    if (a.xp) {
+        const float2 v = *(const float2 *)(mqr_xpc(a, n0, sb) + MQR_XP_D + 8 * (lane % 4));
+        dx[0] = v.x;
+        dx[1] = v.y;
+        return;
+    }
 FG_UNROLL
     for (int c = 0; c < 2; c++)
         dx[c] = fg_q_ldf32(mqr_xblk(a, n0 + 2 * (lane % 4) + c, sb));
@@ -1994,7 +2074,12 @@ FG_UNROLL
 
 // Group G's B fragment for the n tile at n0: activation row n0 + g, bytes 16G + 4t .. + 3.
 static FG_HD __forceinline__ void mqr_b6(const mq_args &a, int64_t n0, int sb, int G, int lane, uint32_t (&B)[2]) {
-    B[0] = fg_q_ld32a(mqr_xblk(a, n0 + lane / 4, sb) + MQR_X_QS + 16 * G + 4 * (lane % 4));
+    if (a.xp) {
+        const uint4 v = ((const uint4 *)mqr_xpc(a, n0, sb))[32 * (G / 4) + lane];
+        B[0] = G % 4 == 0 ? v.x : G % 4 == 1 ? v.y : G % 4 == 2 ? v.z : v.w;
+    } else {
+        B[0] = fg_q_ld32a(mqr_xblk(a, n0 + lane / 4, sb) + MQR_X_QS + 16 * G + 4 * (lane % 4));
+    }
     B[1] = 0;
 }
 
@@ -2003,9 +2088,7 @@ static FG_HD __forceinline__ void mqr_unit6(const mq_args &a, const mqr_w6 &w, i
                                             const int (&S)[4], int (&si)[4], int (&mi)[4]) {
     uint32_t Q[2] = {0, 0};
     if (G % 2)
-FG_UNROLL
-        for (int c = 0; c < 2; c++)
-            Q[c] = fg_q_ld32a(mqr_xblk(a, n0 + 2 * (lane % 4) + c, sb) + MQR_X_BS + 2 * (G - 1));
+        mqr_q(a, n0, sb, G / 2, lane, Q); // bsums word (G - 1) / 2: groups G - 1 and G
 FG_UNROLL
     for (int e = 0; e < 4; e++) {
         const uint32_t sw = w.sc[e / 2][G / 4];
@@ -2186,6 +2269,15 @@ FG_UNROLL
 FG_UNROLL
         for (int j = 0; j < NT; j++)
             mqr_write(a, m0, n0 + 8 * j, lane, acc[j]);
+}
+
+// The activation rows repacked for mqr (mqr_pack_unit): a thread a 16-byte unit.
+template <int WT> static __global__ __launch_bounds__(256) void mqr_pack_kernel(mq_args a, uint8_t *xp, int64_t n) {
+    const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    fg_pdl_wait();
+    fg_pdl_trigger();
+    if (idx < n)
+        mqr_pack_unit<WT>(a, xp, idx);
 }
 #endif // !FG_MM_HOST_TEST
 #endif // !__HIPCC__
@@ -2682,7 +2774,24 @@ template <int WT> static fg_status mqr_nt(fg_cuda *c, const mq_args &a) {
         return mqr_go<WT, 4>(c, a);
     return mqr_go<WT, MQR_MAX_NT>(c, a);
 }
-static fg_status mqr_launch(fg_cuda *c, uint32_t wt, const mq_args &a) {
+// FORGE_CUDA_MQR_PACK=1: the activation rows are repacked first (mqr_pack_unit) into the arena
+// after the converted rows; read as they are when it has no room for them.
+static fg_status mqr_launch(fg_cuda *c, uint32_t wt, mq_args a) {
+    const int tiles = (int)fg_div_up(a.n_rows, 8);
+    const int64_t n_units = (int64_t)tiles * (a.n_units / 8) * MQR_XP_UNITS;
+    const size_t need = (size_t)n_units * 16;
+    if (c->mqr_pack && c->mm.size >= c->mm.used + need + FG_CUDA_ARENA_ALIGN) {
+        void *xp = NULL;
+        FG_TRY(fg_cuda_arena_take(&c->mm, need, "mqr packed activation rows", &xp));
+        a.xp_tiles = tiles;
+        const unsigned grid = (unsigned)fg_div_up(n_units, 256);
+        if (wt == FG_TYPE_Q6_K)
+            fg_launch(c->pdl, mqr_pack_kernel<FG_TYPE_Q6_K>, grid, 256, 0, c->stream, a, (uint8_t *)xp, n_units);
+        else
+            fg_launch(c->pdl, mqr_pack_kernel<FG_TYPE_Q4_K>, grid, 256, 0, c->stream, a, (uint8_t *)xp, n_units);
+        FG_GPU_LAUNCH_CHECK(c, "mqr activation packing");
+        a.xp = (const uint8_t *)xp;
+    }
     return wt == FG_TYPE_Q6_K ? mqr_nt<FG_TYPE_Q6_K>(c, a) : mqr_nt<FG_TYPE_Q4_K>(c, a);
 }
 #endif
@@ -2896,6 +3005,8 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
     // device has mma and FORGE_CUDA_MMQ is not 0: by default (FG_MQR_DEFAULT) and with
     // FORGE_CUDA_MQR=1 rows 9..FG_MQR_MAX_ROWS, =LO:HI those rows, =0 off
     const char *mr2 = getenv("FORGE_CUDA_MQR");
+    const char *mp2 = getenv("FORGE_CUDA_MQR_PACK"); // 1: activation rows repacked for mqr (not yet measured)
+    c->mqr_pack = mp2 && !strcmp(mp2, "1");
     const char *mn = getenv("FORGE_CUDA_MQR_NT"); // n tiles a warp at most (1, 2, 4, 8)
     c->mqr_nt = mn && atoi(mn) >= 1 ? atoi(mn) : FG_MQR_NT;
     c->mqr_min = FG_MV_MAX_ROWS + 1;
