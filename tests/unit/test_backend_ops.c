@@ -596,34 +596,6 @@ static void test_matmul_mqr_tiles(void **state) { matmul_tiles(*state, TILES_MQR
 // The same over the repacked activation rows (FORGE_CUDA_MQR_PACK=1).
 static void test_matmul_mqr_pack_tiles(void **state) { matmul_tiles(*state, TILES_MQR_PACK); }
 
-// The one-row direct matvec with its registers cut for more blocks an SM (FORGE_CUDA_MW_OCC=1),
-// every weight type, against the reference's arithmetic as in test_matmul_all_types.
-static void test_matvec_occ(void **state) {
-    const target *tg = *state;
-    if (tg->cpu) {
-        print_message("SKIP: %s: a CUDA launch variant only\n", tg->name);
-        skip();
-    }
-    need_target(tg);
-    setenv("FORGE_CUDA_MW_OCC", "1", 1);
-    g_deviations = 0;
-    int n_types = 0;
-    for (uint32_t type = 0; type < FG_TYPE_COUNT; type++) {
-        if (!weight_type(type))
-            continue;
-        const fg_type_traits *tr = fg_type_traits_get(type);
-        const fg_type_traits *vt = fg_type_traits_get(tr->vec_dot_type);
-        const int64_t blk = FG_MAX(tr->blck_size, vt->blck_size);
-        matmul_case(tg, type, blk == 1 ? 67 : (blk == 32 ? 7 * 32 : 2 * 256), 37, 1, true, false, false, false);
-        matmul_case(tg, type, blk == 1 ? 515 : 4 * 256, 300, 1, false, false, true, false);
-        n_types++;
-    }
-    unsetenv("FORGE_CUDA_MW_OCC");
-    if (g_deviations)
-        fail_msg("%s: %d matvec cases off the reference's arithmetic (listed above)", tg->name, g_deviations);
-    assert_int_equal(n_types, 14);
-}
-
 // The library GEMM over F16 copies of quantized weights (prefill), every quantized type, the
 // copies dequantized in chunks: the F16 GEMM's arithmetic.
 static void test_matmul_blas_tiles(void **state) { matmul_tiles(*state, TILES_BLAS); }
@@ -2100,7 +2072,7 @@ int main(void) {
 #define PER_TARGET(tg)                                                                                        \
     T(tg, test_matmul_all_types), T(tg, test_matmul_integer_tiles), T(tg, test_matmul_f16_tiles),              \
         T(tg, test_matmul_mqr_tiles), T(tg, test_matmul_mqr_pack_tiles), T(tg, test_matmul_blas_tiles),            \
-        T(tg, test_matvec_occ), T(tg, test_convert), T(tg, test_rmsnorm),                                         \
+        T(tg, test_convert), T(tg, test_rmsnorm),                                                                 \
         T(tg, test_add_swiglu), T(tg, test_swiglu_convert), T(tg, test_rmsnorm_convert), T(tg, test_add_rmsnorm), \
         T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), T(tg, test_attention),           \
         T(tg, test_kv_types), T(tg, test_rope_kv_store), T(tg, test_sample), T(tg, test_sample_checks),           \

@@ -115,7 +115,6 @@ typedef struct fg_cuda {
                             // GEMM (FORGE_CUDA_QBLAS_ROWS; 0: never)
     int mv_direct;          // quantized matvec: 1 the direct kernel (default), 0 the staged one (FORGE_CUDA_MV=staged),
                             // 2 the direct one with 16-bit weight reads only (FORGE_CUDA_MV=direct16)
-    bool mw_occ;            // direct matvec, one row: registers cut for MW_OCC_MINB blocks an SM (FORGE_CUDA_MW_OCC=1)
     int mv_pipe;            // direct quantized matvec, rows of more than 4,096 elements: the next
                             // unit read before this one is used (FORGE_CUDA_MV_PIPE=1; default one at a time)
     int mq_split;           // the tensor-core integer kernel splits K when its tiles leave SMs idle

@@ -623,12 +623,7 @@ FG_UNROLL
 }
 
 #ifndef FG_MM_HOST_TEST
-// MINB: blocks an SM the registers are cut for (1: the compiler's choice, 64 registers for the
-// quantized types: 8 blocks, half the warps an SM holds; FORGE_CUDA_MW_OCC=1: MW_OCC_MINB for one
-// activation row, not yet measured).
-enum { MW_OCC_MINB = 12 };
-template <int WT, int NR, bool A4, int MINB = 1>
-static __global__ FG_LAUNCH_BOUNDS(MW_NT, MINB) void mw_kernel(mv_args a) {
+template <int WT, int NR, bool A4> static __global__ __launch_bounds__(MW_NT) void mw_kernel(mv_args a) {
     constexpr int R = mw_r<NR>::R;
     __shared__ float red[MW_NG][R * NR];
     const int t = threadIdx.x, lane = t % 32, g = t / 32;
@@ -2605,22 +2600,19 @@ template <int WT, int NR> static fg_status mv_go(fg_cuda *c, const mv_args &a) {
     return FG_OK;
 }
 
-// The direct kernel for WT and NR rows: 32-bit weight reads where mw_a4 holds (quantized types).
-template <int WT, int NR, int MINB> static void (*mw_pick(const fg_cuda *c, const mv_args &a))(mv_args) {
-    if constexpr (!mm_is_float(WT)) {
-        if constexpr (fg_qt<WT>::BYTES % 4 == 0 || (fg_qt<WT>::UPB == 1 && fg_qt<WT>::BYTES % 4 == 2))
-            if (c->mv_direct == 1 && mw_a4<WT>(a))
-                return mw_kernel<WT, NR, true, MINB>;
-    }
-    return mw_kernel<WT, NR, false, MINB>;
-}
-
 template <int WT, int NR> static fg_status mw_go(fg_cuda *c, const mv_args &a) {
-    void (*fn)(mv_args) = mw_pick<WT, NR, 1>(c, a);
-    if constexpr (NR == 1)
-        if (c->mw_occ)
-            fn = mw_pick<WT, NR, MW_OCC_MINB>(c, a);
-    fg_launch(c->pdl, fn, fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream, a);
+    if constexpr (mm_is_float(WT)) {
+        fg_launch(c->pdl, mw_kernel<WT, NR, false>, fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream, a);
+        FG_GPU_LAUNCH_CHECK(c, "direct matvec");
+        return FG_OK;
+    } else if constexpr (fg_qt<WT>::BYTES % 4 == 0 || (fg_qt<WT>::UPB == 1 && fg_qt<WT>::BYTES % 4 == 2)) {
+        if (c->mv_direct == 1 && mw_a4<WT>(a)) {
+            fg_launch(c->pdl, mw_kernel<WT, NR, true>, fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream, a);
+            FG_GPU_LAUNCH_CHECK(c, "direct matvec");
+            return FG_OK;
+        }
+    }
+    fg_launch(c->pdl, mw_kernel<WT, NR, false>, fg_div_up(a.n_out, mw_r<NR>::R), MW_NT, 0, c->stream, a);
     FG_GPU_LAUNCH_CHECK(c, "direct matvec");
     return FG_OK;
 }
@@ -3002,8 +2994,6 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
 #endif
     const char *mv = getenv("FORGE_CUDA_MV");
     c->mv_direct = mv && !strcmp(mv, "staged") ? 0 : mv && !strcmp(mv, "direct16") ? 2 : 1;
-    const char *mo = getenv("FORGE_CUDA_MW_OCC"); // 1: the one-row direct matvec at MW_OCC_MINB blocks an SM
-    c->mw_occ = mo && !strcmp(mo, "1");
     const char *mp = getenv("FORGE_CUDA_MV_PIPE"); // off unless 1: no gain measured (H100, 18:15 UTC)
     c->mv_pipe = mp && !strcmp(mp, "1");
     const char *ms = getenv("FORGE_CUDA_MQ_SPLIT");
