@@ -919,7 +919,7 @@ static void test_mhm_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumu
 // scales, A and B fragments, the sub-block sums, the super-block's scaling, the write), the mma
 // emulated from the PTX tables (emu_mma, whose C starts at MQM_FBIAS: subtracted), the kw warps
 // of a row group added in kw order as the kernel's shared-memory sum does.
-template <int WT, int NT> static void emu_mqr(const mq_args &a, int kw) {
+template <int WT, int NT, bool XP> static void emu_mqr(const mq_args &a, int kw) {
     typedef mqr_t<WT> T;
     const int64_t n_rb = fg_div_up(fg_div_up(a.n_out, 16), MQR_WARPS / kw), n_cg = fg_div_up(a.n_rows, 8 * NT);
     std::vector<float> part((size_t)MQR_WARPS * 32 * NT * 4);
@@ -950,19 +950,19 @@ template <int WT, int NT> static void emu_mqr(const mq_args &a, int kw) {
                             T::frag_a(w[(size_t)lane], g, A[lane]);
                         for (int j = 0; j < NT; j++) {
                             for (int lane = 0; lane < 32; lane++)
-                                T::frag_b(a, n0 + 8 * j, sb, g, lane, B[lane]);
+                                T::template frag_b<XP>(a, n0 + 8 * j, sb, g, lane, B[lane]);
                             emu_mma(T::K16, A, B, S);
                             for (int lane = 0; lane < 32; lane++) {
                                 int d[4];
                                 for (int e = 0; e < 4; e++)
                                     d[e] = S[lane][e] - MQM_FBIAS;
-                                T::unit(a, w[(size_t)lane], n0 + 8 * j, sb, g, lane, d, si[lane][j], mi[lane][j]);
+                                T::template unit<XP>(a, w[(size_t)lane], n0 + 8 * j, sb, g, lane, d, si[lane][j], mi[lane][j]);
                             }
                         }
                     }
                     for (int lane = 0; lane < 32; lane++)
                         for (int j = 0; j < NT; j++)
-                            T::close(a, w[(size_t)lane], n0 + 8 * j, sb, lane, si[lane][j], mi[lane][j],
+                            T::template close<XP>(a, w[(size_t)lane], n0 + 8 * j, sb, lane, si[lane][j], mi[lane][j],
                                      *(float(*)[4]) & acc[((size_t)lane * NT + j) * 4]);
                 }
             }
@@ -1011,7 +1011,10 @@ static void test_mqr_case(int64_t rows, int64_t n_out, int64_t n_in, int kw, boo
                 mqr_pack_unit<WT>(a, xp.p, i);
             a.xp = xp.p;
         }
-        emu_mqr<WT, NT>(a, kw);
+        if (pack)
+            emu_mqr<WT, NT, true>(a, kw);
+        else
+            emu_mqr<WT, NT, false>(a, kw);
         std::vector<double> ref, mag;
         reference(w, xv, rows, a.bias, accumulate ? &d.prior : NULL, ref, mag);
         char what[112];

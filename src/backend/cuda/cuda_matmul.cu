@@ -1941,30 +1941,32 @@ static FG_HD __forceinline__ const uint8_t *mqr_xblk(const mq_args &a, int64_t n
 }
 
 // The B fragment of sub-block u for the n tile at n0: activation row n0 + g, bytes 8t .. 8t + 7.
+template <bool XP>
 static FG_HD __forceinline__ void mqr_b(const mq_args &a, int64_t n0, int sb, int u, int lane, uint32_t (&B)[2]) {
-    if (a.xp) {
+    if constexpr (XP) {
         const uint4 v = ((const uint4 *)mqr_xpc(a, n0, sb))[32 * (u / 2) + lane];
         B[0] = u % 2 ? v.z : v.x;
         B[1] = u % 2 ? v.w : v.y;
-        return;
+    } else {
+        const uint8_t *p = mqr_xblk(a, n0 + lane / 4, sb) + MQR_X_QS + 32 * u + 8 * (lane % 4);
+        B[0] = fg_q_ld32a(p);
+        B[1] = fg_q_ld32a(p + 4);
     }
-    const uint8_t *p = mqr_xblk(a, n0 + lane / 4, sb) + MQR_X_QS + 32 * u + 8 * (lane % 4);
-    B[0] = fg_q_ld32a(p);
-    B[1] = fg_q_ld32a(p + 4);
 }
 
 // Sub-block u's activation sums of the lane's C columns n0 + 2t, n0 + 2t + 1: their two bsums
 // (int16 each, elements 0-15 and 16-31) in one word.
+template <bool XP>
 static FG_HD __forceinline__ void mqr_q(const mq_args &a, int64_t n0, int sb, int u, int lane, uint32_t (&Q)[2]) {
-    if (a.xp) {
+    if constexpr (XP) {
         const uint2 v = *(const uint2 *)(mqr_xpc(a, n0, sb) + MQR_XP_Q + 64 * (lane % 4) + 8 * u);
         Q[0] = v.x;
         Q[1] = v.y;
-        return;
-    }
+    } else {
 FG_UNROLL
-    for (int c = 0; c < 2; c++)
-        Q[c] = fg_q_ld32a(mqr_xblk(a, n0 + 2 * (lane % 4) + c, sb) + MQR_X_BS + 4 * u);
+        for (int c = 0; c < 2; c++)
+            Q[c] = fg_q_ld32a(mqr_xblk(a, n0 + 2 * (lane % 4) + c, sb) + MQR_X_BS + 4 * u);
+    }
 }
 
 // c + the two int16 of a times the low two int8 of b (dp2a.lo).
@@ -1992,23 +1994,25 @@ FG_UNROLL
 }
 
 // The activation scales (Q8_K d) of super-block sb of the lane's C columns n0 + 2t, n0 + 2t + 1.
+template <bool XP>
 static FG_HD __forceinline__ void mqr_dx(const mq_args &a, int64_t n0, int sb, int lane, float (&dx)[2]) {
-    if (a.xp) {
+    if constexpr (XP) {
         const float2 v = *(const float2 *)(mqr_xpc(a, n0, sb) + MQR_XP_D + 8 * (lane % 4));
         dx[0] = v.x;
         dx[1] = v.y;
-        return;
-    }
+    } else {
 FG_UNROLL
-    for (int c = 0; c < 2; c++)
-        dx[c] = fg_q_ldf32(mqr_xblk(a, n0 + 2 * (lane % 4) + c, sb));
+        for (int c = 0; c < 2; c++)
+            dx[c] = fg_q_ldf32(mqr_xblk(a, n0 + 2 * (lane % 4) + c, sb));
+    }
 }
 
 // The end of a super-block: its integer sums scaled into acc (n tile at n0).
+template <bool XP>
 static FG_HD __forceinline__ void mqr_close(const mq_args &a, const mqr_s &s, int64_t n0, int sb, int lane,
                                             const int (&si)[4], const int (&mi)[4], float (&acc)[4]) {
     float dx[2];
-    mqr_dx(a, n0, sb, lane, dx);
+    mqr_dx<XP>(a, n0, sb, lane, dx);
 FG_UNROLL
     for (int e = 0; e < 4; e++) {
         const int r = e / 2;
@@ -2073,8 +2077,9 @@ FG_UNROLL
 }
 
 // Group G's B fragment for the n tile at n0: activation row n0 + g, bytes 16G + 4t .. + 3.
+template <bool XP>
 static FG_HD __forceinline__ void mqr_b6(const mq_args &a, int64_t n0, int sb, int G, int lane, uint32_t (&B)[2]) {
-    if (a.xp) {
+    if constexpr (XP) {
         const uint4 v = ((const uint4 *)mqr_xpc(a, n0, sb))[32 * (G / 4) + lane];
         B[0] = G % 4 == 0 ? v.x : G % 4 == 1 ? v.y : G % 4 == 2 ? v.z : v.w;
     } else {
@@ -2084,11 +2089,12 @@ static FG_HD __forceinline__ void mqr_b6(const mq_args &a, int64_t n0, int sb, i
 }
 
 // Group G's dots S added in (si += sc S); after an odd group, the pair's sc x bsum (one dp2a).
+template <bool XP>
 static FG_HD __forceinline__ void mqr_unit6(const mq_args &a, const mqr_w6 &w, int64_t n0, int sb, int G, int lane,
                                             const int (&S)[4], int (&si)[4], int (&mi)[4]) {
     uint32_t Q[2] = {0, 0};
     if (G % 2)
-        mqr_q(a, n0, sb, G / 2, lane, Q); // bsums word (G - 1) / 2: groups G - 1 and G
+        mqr_q<XP>(a, n0, sb, G / 2, lane, Q); // bsums word (G - 1) / 2: groups G - 1 and G
 FG_UNROLL
     for (int e = 0; e < 4; e++) {
         const uint32_t sw = w.sc[e / 2][G / 4];
@@ -2098,10 +2104,11 @@ FG_UNROLL
     }
 }
 
+template <bool XP>
 static FG_HD __forceinline__ void mqr_close6(const mq_args &a, const mqr_w6 &w, int64_t n0, int sb, int lane,
                                              const int (&si)[4], const int (&mi)[4], float (&acc)[4]) {
     float dx[2];
-    mqr_dx(a, n0, sb, lane, dx);
+    mqr_dx<XP>(a, n0, sb, lane, dx);
 FG_UNROLL
     for (int e = 0; e < 4; e++)
         acc[e] += dx[e % 2] * (w.d[e / 2] * (float)(si[e] - 32 * mi[e]));
@@ -2123,18 +2130,21 @@ template <> struct mqr_t<FG_TYPE_Q4_K> {
     }
     static FG_HD __forceinline__ void prep(W &w) { mqr_scales(w.w, w.s); }
     static FG_HD __forceinline__ void frag_a(const W &w, int g, uint32_t (&A)[4]) { mqr_a(w.w, g, A); }
+    template <bool XP>
     static FG_HD __forceinline__ void frag_b(const mq_args &a, int64_t n0, int sb, int g, int lane, uint32_t (&B)[2]) {
-        mqr_b(a, n0, sb, g, lane, B);
+        mqr_b<XP>(a, n0, sb, g, lane, B);
     }
+    template <bool XP>
     static FG_HD __forceinline__ void unit(const mq_args &a, const W &w, int64_t n0, int sb, int g, int lane,
                                            const int (&S)[4], int (&si)[4], int (&mi)[4]) {
         uint32_t Q[2];
-        mqr_q(a, n0, sb, g, lane, Q);
+        mqr_q<XP>(a, n0, sb, g, lane, Q);
         mqr_unit(w.s, g, S, Q, si, mi);
     }
+    template <bool XP>
     static FG_HD __forceinline__ void close(const mq_args &a, const W &w, int64_t n0, int sb, int lane,
                                             const int (&si)[4], const int (&mi)[4], float (&acc)[4]) {
-        mqr_close(a, w.s, n0, sb, lane, si, mi, acc);
+        mqr_close<XP>(a, w.s, n0, sb, lane, si, mi, acc);
     }
 };
 template <> struct mqr_t<FG_TYPE_Q6_K> {
@@ -2146,16 +2156,19 @@ template <> struct mqr_t<FG_TYPE_Q6_K> {
     }
     static FG_HD __forceinline__ void prep(W &) {}
     static FG_HD __forceinline__ void frag_a(const W &w, int g, uint32_t (&A)[4]) { mqr_a6(w, g, A); }
+    template <bool XP>
     static FG_HD __forceinline__ void frag_b(const mq_args &a, int64_t n0, int sb, int g, int lane, uint32_t (&B)[2]) {
-        mqr_b6(a, n0, sb, g, lane, B);
+        mqr_b6<XP>(a, n0, sb, g, lane, B);
     }
+    template <bool XP>
     static FG_HD __forceinline__ void unit(const mq_args &a, const W &w, int64_t n0, int sb, int g, int lane,
                                            const int (&S)[4], int (&si)[4], int (&mi)[4]) {
-        mqr_unit6(a, w, n0, sb, g, lane, S, si, mi);
+        mqr_unit6<XP>(a, w, n0, sb, g, lane, S, si, mi);
     }
+    template <bool XP>
     static FG_HD __forceinline__ void close(const mq_args &a, const W &w, int64_t n0, int sb, int lane,
                                             const int (&si)[4], const int (&mi)[4], float (&acc)[4]) {
-        mqr_close6(a, w, n0, sb, lane, si, mi, acc);
+        mqr_close6<XP>(a, w, n0, sb, lane, si, mi, acc);
     }
 };
 static_assert(sizeof(fg_block_q6_k) == 210, "mqr: the Q6_K block");
@@ -2195,7 +2208,9 @@ template <bool K16> static __device__ __forceinline__ void mqr_mma(const uint32_
 #endif
 }
 
-template <int WT, int NT>
+// XP: the activation rows repacked (a.xp; FORGE_CUDA_MQR_PACK), a separate instantiation so that the
+// rows read as they are compile as before (the readers' two paths in one kernel cost registers).
+template <int WT, int NT, bool XP>
 static __global__ __launch_bounds__(MQR_NTH, NT <= 2 ? 4 : NT <= 4 ? 3 : 2) void mqr_kernel(mq_args a, int kw) {
     typedef mqr_t<WT> T;
     __shared__ float red[MQR_WARPS][NT * 4][32];
@@ -2239,14 +2254,14 @@ FG_UNROLL
                 for (int j = 0; j < PT; j++) {
                     uint32_t B[2];
                     int S[4];
-                    T::frag_b(a, n0 + 8 * (j0 + j), sb, g, lane, B);
+                    T::template frag_b<XP>(a, n0 + 8 * (j0 + j), sb, g, lane, B);
                     mqr_mma<T::K16>(A, B, S);
-                    T::unit(a, cur, n0 + 8 * (j0 + j), sb, g, lane, S, si[j], mi[j]);
+                    T::template unit<XP>(a, cur, n0 + 8 * (j0 + j), sb, g, lane, S, si[j], mi[j]);
                 }
             }
 FG_UNROLL
             for (int j = 0; j < PT; j++)
-                T::close(a, cur, n0 + 8 * (j0 + j), sb, lane, si[j], mi[j], acc[j0 + j]);
+                T::template close<XP>(a, cur, n0 + 8 * (j0 + j), sb, lane, si[j], mi[j], acc[j0 + j]);
         }
     }
     if (kw > 1) { // the warps of a row group add up their parts in kw order
@@ -2758,7 +2773,7 @@ template <int WT, int NT> static fg_status mqr_go(fg_cuda *c, const mq_args &a) 
     const int kw = mqr_kw(c, a);
     dim3 grid((unsigned)fg_div_up(a.n_rows, 8 * NT), (unsigned)fg_div_up(fg_div_up(a.n_out, 16), MQR_WARPS / kw));
     FG_ASSERT(fg_div_up(a.n_out, 16) <= MM_MAX_GRID_Y); // (mm_mqr_ok)
-    fg_launch(c->pdl, mqr_kernel<WT, NT>, grid, MQR_NTH, 0, c->stream, a, kw);
+    fg_launch(c->pdl, a.xp ? mqr_kernel<WT, NT, true> : mqr_kernel<WT, NT, false>, grid, MQR_NTH, 0, c->stream, a, kw);
     FG_GPU_LAUNCH_CHECK(c, "register-fed tensor-core matmul");
     return FG_OK;
 }
