@@ -1838,48 +1838,6 @@ static_assert(offsetof(fg_block_q8_k, qs) == MQR_X_QS && offsetof(fg_block_q8_k,
 // ones read the last packed tile (their outputs are never written).
 enum { MQR_XP_Q = 2048, MQR_XP_D = 2304, MQR_XP = 2336, MQR_XP_UNITS = MQR_XP / 16 };
 
-template <int WT>
-static FG_HD __forceinline__ void mqr_pack_unit(const mq_args &a, uint8_t *xp, int64_t idx) {
-    const int64_t c = idx / MQR_XP_UNITS;
-    const int k = (int)(idx % MQR_XP_UNITS);
-    const int sb = (int)(c / a.xp_tiles), tile = (int)(c % a.xp_tiles);
-    uint32_t v[4];
-    if (k < MQR_XP_Q / 16) { // B
-        const int p = k / 32, lane = k % 32, t = lane % 4;
-        int64_t row = 8 * (int64_t)tile + lane / 4;
-        row = row < a.n_rows ? row : a.n_rows - 1;
-        const uint8_t *qs = a.x + (size_t)row * a.x_nb1 + (size_t)sb * MQR_SB_X + MQR_X_QS;
-FG_UNROLL
-        for (int i = 0; i < 4; i++)
-            v[i] = WT == FG_TYPE_Q6_K ? fg_q_ld32a(qs + 16 * (4 * p + i) + 4 * t)
-                                      : fg_q_ld32a(qs + 32 * (2 * p + i / 2) + 8 * t + 4 * (i % 2));
-    } else if (k < MQR_XP_D / 16) { // Q: (t, u = 2 q, 2 q + 1), each for rows 2 t, 2 t + 1
-        const int kk = k - MQR_XP_Q / 16, t = kk / 4, q = kk % 4;
-FG_UNROLL
-        for (int i = 0; i < 4; i++) {
-            int64_t row = 8 * (int64_t)tile + 2 * t + i % 2;
-            row = row < a.n_rows ? row : a.n_rows - 1;
-            v[i] = fg_q_ld32a(a.x + (size_t)row * a.x_nb1 + (size_t)sb * MQR_SB_X + MQR_X_BS + 4 * (2 * q + i / 2));
-        }
-    } else { // D: t = 2 kk, 2 kk + 1
-        const int kk = k - MQR_XP_D / 16;
-FG_UNROLL
-        for (int i = 0; i < 4; i++) {
-            int64_t row = 8 * (int64_t)tile + 2 * (2 * kk + i / 2) + i % 2;
-            row = row < a.n_rows ? row : a.n_rows - 1;
-            v[i] = fg_q_ld32a(a.x + (size_t)row * a.x_nb1 + (size_t)sb * MQR_SB_X);
-        }
-    }
-    *(uint4 *)(xp + (size_t)idx * 16) = make_uint4(v[0], v[1], v[2], v[3]);
-}
-
-// The packed chunk of super-block sb for the tile at activation row n0 (a multiple of 8).
-static FG_HD __forceinline__ const uint8_t *mqr_xpc(const mq_args &a, int64_t n0, int sb) {
-    int64_t tile = n0 / 8;
-    tile = tile < a.xp_tiles ? tile : a.xp_tiles - 1;
-    return a.xp + ((size_t)sb * a.xp_tiles + (size_t)tile) * MQR_XP;
-}
-
 // A lane's bytes of one super-block of its rows g and g + 8.
 struct mqr_w {
     uint4 h[2];    // d, dmin (halves), scales[12]
@@ -1938,6 +1896,41 @@ static FG_HD __forceinline__ void mqr_a(const mqr_w &w, int u, uint32_t (&A)[4])
 static FG_HD __forceinline__ const uint8_t *mqr_xblk(const mq_args &a, int64_t n, int sb) {
     n = n < a.n_rows ? n : a.n_rows - 1;
     return a.x + (size_t)n * a.x_nb1 + (size_t)sb * MQR_SB_X;
+}
+
+template <int WT>
+static FG_HD __forceinline__ void mqr_pack_unit(const mq_args &a, uint8_t *xp, int64_t idx) {
+    const int64_t c = idx / MQR_XP_UNITS;
+    const int k = (int)(idx % MQR_XP_UNITS);
+    const int sb = (int)(c / a.xp_tiles);
+    const int64_t r0 = 8 * (c % a.xp_tiles); // the tile's first row
+    uint32_t v[4];
+    if (k < MQR_XP_Q / 16) { // B
+        const int p = k / 32, lane = k % 32, t = lane % 4;
+        const uint8_t *qs = mqr_xblk(a, r0 + lane / 4, sb) + MQR_X_QS;
+FG_UNROLL
+        for (int i = 0; i < 4; i++)
+            v[i] = WT == FG_TYPE_Q6_K ? fg_q_ld32a(qs + 16 * (4 * p + i) + 4 * t)
+                                      : fg_q_ld32a(qs + 32 * (2 * p + i / 2) + 8 * t + 4 * (i % 2));
+    } else if (k < MQR_XP_D / 16) { // Q: (t, u = 2 q, 2 q + 1), each for rows 2 t, 2 t + 1
+        const int kk = k - MQR_XP_Q / 16, t = kk / 4, q = kk % 4;
+FG_UNROLL
+        for (int i = 0; i < 4; i++)
+            v[i] = fg_q_ld32a(mqr_xblk(a, r0 + 2 * t + i % 2, sb) + MQR_X_BS + 4 * (2 * q + i / 2));
+    } else { // D: t = 2 kk, 2 kk + 1
+        const int kk = k - MQR_XP_D / 16;
+FG_UNROLL
+        for (int i = 0; i < 4; i++)
+            v[i] = fg_q_ld32a(mqr_xblk(a, r0 + 2 * (2 * kk + i / 2) + i % 2, sb));
+    }
+    *(uint4 *)(xp + (size_t)idx * 16) = make_uint4(v[0], v[1], v[2], v[3]);
+}
+
+// The packed chunk of super-block sb for the tile at activation row n0 (a multiple of 8).
+static FG_HD __forceinline__ const uint8_t *mqr_xpc(const mq_args &a, int64_t n0, int sb) {
+    int64_t tile = n0 / 8;
+    tile = tile < a.xp_tiles ? tile : a.xp_tiles - 1;
+    return a.xp + ((size_t)sb * a.xp_tiles + (size_t)tile) * MQR_XP;
 }
 
 // The B fragment of sub-block u for the n tile at n0: activation row n0 + g, bytes 8t .. 8t + 7.
@@ -2792,18 +2785,15 @@ template <int WT> static fg_status mqr_nt(fg_cuda *c, const mq_args &a) {
 // FORGE_CUDA_MQR_PACK=1: the activation rows are repacked first (mqr_pack_unit) into the arena
 // after the converted rows; read as they are when it has no room for them.
 static fg_status mqr_launch(fg_cuda *c, uint32_t wt, mq_args a) {
-    const int tiles = (int)fg_div_up(a.n_rows, 8);
+    const int tiles = c->mqr_pack ? (int)fg_div_up(a.n_rows, 8) : 0;
     const int64_t n_units = (int64_t)tiles * (a.n_units / 8) * MQR_XP_UNITS;
-    const size_t need = (size_t)n_units * 16;
-    if (c->mqr_pack && c->mm.size >= c->mm.used + need + FG_CUDA_ARENA_ALIGN) {
+    if (n_units > 0 && c->mm.size >= c->mm.used + (size_t)n_units * 16 + FG_CUDA_ARENA_ALIGN) {
         void *xp = NULL;
-        FG_TRY(fg_cuda_arena_take(&c->mm, need, "mqr packed activation rows", &xp));
+        FG_TRY(fg_cuda_arena_take(&c->mm, (size_t)n_units * 16, "mqr packed activation rows", &xp));
         a.xp_tiles = tiles;
-        const unsigned grid = (unsigned)fg_div_up(n_units, 256);
-        if (wt == FG_TYPE_Q6_K)
-            fg_launch(c->pdl, mqr_pack_kernel<FG_TYPE_Q6_K>, grid, 256, 0, c->stream, a, (uint8_t *)xp, n_units);
-        else
-            fg_launch(c->pdl, mqr_pack_kernel<FG_TYPE_Q4_K>, grid, 256, 0, c->stream, a, (uint8_t *)xp, n_units);
+        void (*pack)(mq_args, uint8_t *, int64_t) =
+            wt == FG_TYPE_Q6_K ? mqr_pack_kernel<FG_TYPE_Q6_K> : mqr_pack_kernel<FG_TYPE_Q4_K>;
+        fg_launch(c->pdl, pack, (unsigned)fg_div_up(n_units, 256), 256, 0, c->stream, a, (uint8_t *)xp, n_units);
         FG_GPU_LAUNCH_CHECK(c, "mqr activation packing");
         a.xp = (const uint8_t *)xp;
     }
