@@ -2885,13 +2885,11 @@ template <int WT> static fg_status deq_go(fg_cuda *c, const fg_tensor *w, int64_
         typedef fg_qt<WT> Q;
         const int64_t units = w->ne[0] / 32, total = units * rows;
         FG_ASSERT(total <= (int64_t)UINT32_MAX - DEQ_NT); // a chunk: at most the F16 buffer's 64-byte units
-        const bool a4 = Q::BYTES % 4 == 0 && ((uintptr_t)w0 & 3) == 0 && w->nb[1] % 4 == 0;
-        if (a4)
-            deq_q_kernel<WT, Q::BYTES % 4 == 0><<<fg_div_up(total, DEQ_NT), DEQ_NT, 0, c->stream>>>(
-                w0, w->nb[1], out, (uint32_t)units, (uint32_t)total);
-        else
-            deq_q_kernel<WT, false><<<fg_div_up(total, DEQ_NT), DEQ_NT, 0, c->stream>>>(w0, w->nb[1], out,
-                                                                                       (uint32_t)units, (uint32_t)total);
+        void (*fn)(const uint8_t *, size_t, uint16_t *, uint32_t, uint32_t) = deq_q_kernel<WT, false>;
+        if constexpr (Q::BYTES % 4 == 0) // 32-bit reads where the blocks and the rows are 4-aligned
+            if (((uintptr_t)w0 & 3) == 0 && w->nb[1] % 4 == 0)
+                fn = deq_q_kernel<WT, true>;
+        fn<<<fg_div_up(total, DEQ_NT), DEQ_NT, 0, c->stream>>>(w0, w->nb[1], out, (uint32_t)units, (uint32_t)total);
     }
     FG_GPU_LAUNCH_CHECK(c, "dequantize to f16");
     return FG_OK;
