@@ -476,7 +476,8 @@ static void test_matmul_all_types(void **state) {
                 matmul_case(tg, type, n_in, 37, rows[i], i % 2 == 0, i == 3, i == 4, i == 5);
         // both sides of any matvec/matmul crossover, threaded on the CPU
         matmul_case(tg, type, blk == 1 ? 515 : 4 * 256, 131, 9, true, false, false, true);
-        matmul_case(tg, type, blk == 1 ? 515 : 4 * 256, 300, 1, false, false, true, false);
+        // (one row over 17 super-blocks: the K-quant matvec's lanes take a second batch of chunks)
+        matmul_case(tg, type, blk == 1 ? 515 : blk == 256 ? 17 * 256 : 4 * 256, 300, 1, false, false, true, false);
         // past the batched matvec (16 rows on CUDA): the integer tiled kernels' ragged tiles
         matmul_case(tg, type, blk == 1 ? 131 : 2 * 256, 131, 65, true, false, true, true);
         // few tiles over a long K: the tensor-core kernel splits K (partial sums after the
@@ -514,7 +515,8 @@ static void test_matmul_all_types(void **state) {
 // GEMM over F16 copies of the weights (TILES_BLAS: from 9 rows, the copies in 1 MiB chunks, so
 // that the 259-row weights take two); every case must take that path's arithmetic: the
 // reference's integers (mma, mqr) or the F16 GEMM's (f16, blas).
-// TILES_MQR_PACK: mqr over activation rows repacked first (FORGE_CUDA_MQR_PACK=1).
+// TILES_MQR: mqr over the activation rows as they are (FORGE_CUDA_MQR_PACK=0); TILES_MQR_PACK:
+// repacked first (the default).
 typedef enum { TILES_MMA, TILES_F16, TILES_MQR, TILES_MQR_PACK, TILES_BLAS } tiles_path;
 static void matmul_tiles(const target *tg, tiles_path path) {
     const char *mmq = path == TILES_MMA ? "mma" : path == TILES_F16 ? "f16" : NULL;
@@ -545,8 +547,7 @@ static void matmul_tiles(const target *tg, tiles_path path) {
     if (blas)
         setenv("FORGE_CUDA_DEQ_MB", "1", 1);
     setenv("FORGE_CUDA_MQR", mqr ? "9:64" : "0", 1);
-    if (path == TILES_MQR_PACK)
-        setenv("FORGE_CUDA_MQR_PACK", "1", 1);
+    setenv("FORGE_CUDA_MQR_PACK", path == TILES_MQR ? "0" : "1", 1);
     if (mmq)
         setenv("FORGE_CUDA_MMQ", mmq, 1);
     g_deviations = 0;
@@ -593,7 +594,7 @@ static void test_matmul_f16_tiles(void **state) { matmul_tiles(*state, TILES_F16
 // mqr (Q4_K and Q6_K, 9..64 rows, every n-tile count; K split over warps): the reference's integers.
 static void test_matmul_mqr_tiles(void **state) { matmul_tiles(*state, TILES_MQR); }
 
-// The same over the repacked activation rows (FORGE_CUDA_MQR_PACK=1).
+// The same over the repacked activation rows (the default).
 static void test_matmul_mqr_pack_tiles(void **state) { matmul_tiles(*state, TILES_MQR_PACK); }
 
 // The library GEMM over F16 copies of quantized weights (prefill), every quantized type, the

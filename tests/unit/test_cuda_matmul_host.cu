@@ -200,6 +200,47 @@ template <int WT> static bool emu_mw_rows(const mv_args &a) {
     }
 }
 
+// The K-quant matvec (Q4_K/Q5_K, 1-2 rows, 16-aligned rows; mw_go's pick): the activation rows
+// staged by every thread of a block into poisoned shared memory, then each 32-lane group's WR
+// rows, every lane, the lanes' sums added. Returns false where mw_go keeps the direct matvec.
+struct staged_nop { // (the kernel's PDL wait and staging: done above, for every thread)
+    FG_HD void operator()() const {}
+};
+template <int WT, int NR, int WR> static void emu_mwk(const mv_args &a) {
+    std::vector<uint8_t> sm((size_t)NR * mwk_row_smem(a.n_in) + 16);
+    uint8_t *s = sm.data() + (16 - ((uintptr_t)sm.data() & 15)) % 16;
+    memset(s, 0xFF, (size_t)NR * mwk_row_smem(a.n_in));
+    for (int t = 0; t < MWK_NT; t++)
+        for (int j = 0; j < a.nr; j++)
+            mwk_stage(a, j, t, MWK_NT, s);
+    for (int64_t o0 = 0; o0 < a.n_out; o0 += WR) {
+        float sum[WR][NR] = {};
+        for (int lane = 0; lane < 32; lane++) {
+            float acc[WR][NR] = {};
+            mwk_lane<WT, NR, WR>(a, o0, lane, s, acc, staged_nop());
+            for (int r = 0; r < WR; r++)
+                for (int j = 0; j < NR; j++)
+                    sum[r][j] += acc[r][j];
+        }
+        for (int r = 0; r < WR; r++)
+            for (int j = 0; j < NR; j++)
+                mv_write<WT, NR>(a, o0, r, j, sum[r][j]);
+    }
+}
+template <int WT, int WR> static bool emu_mwk_rows(const mv_args &a) {
+    if constexpr (WT == FG_TYPE_Q4_K || WT == FG_TYPE_Q5_K) {
+        if (a.nr <= 1 && mwk_ok<WT>(a, 1)) {
+            emu_mwk<WT, 1, WR>(a);
+            return true;
+        }
+        if (a.nr == 2 && mwk_ok<WT>(a, 2)) {
+            emu_mwk<WT, 2, WR>(a);
+            return true;
+        }
+    }
+    return false;
+}
+
 // As mv_rows picks the kernel.
 template <int WT> static void emu_mv_rows(const mv_args &a) {
     if (a.nr <= 1)
@@ -326,10 +367,12 @@ template <int WT> static void test_mv_type(void) {
     // reads: fg_rd_a4 and mw_image)
     // (float: a fourth size whose rows take the direct float matvec a second, partial batch)
     const int64_t n_ins[4] = {flt ? 67 : qk == 256 ? 2 * 256 : 7 * 32, flt ? 1103 : qk == 256 ? 21 * 256 : 139 * 32,
-                              flt ? 256 : qk == 256 ? 6 * 256 : 70 * 32, 8 * (4 * MW_NT + 5)};
+                              flt ? 256 : qk == 256 ? 6 * 256 : 70 * 32, flt ? 8 * (4 * MW_NT + 5) : 17 * 256};
     const int64_t n_outs[4] = {37, 9, 13, 5};
-    int n_direct = 0;
-    for (int si = 0; si < (flt ? 4 : 3); si++) {
+    int n_direct = 0, n_mwk = 0;
+    const bool kq16 = WT == FG_TYPE_Q4_K || WT == FG_TYPE_Q5_K;
+    // (Q4_K/Q5_K: a fourth size, 17 super-blocks, whose K-quant matvec lanes take a second batch)
+    for (int si = 0; si < (flt || kq16 ? 4 : 3); si++) {
         const int64_t n_in = n_ins[si], n_out = n_outs[si];
         const size_t off = WT == FG_TYPE_MXFP4 ? 1 : WT == FG_TYPE_F32 ? 4 : 2;
         wmat w(WT, n_out, n_in, si == 1 ? off * 3 : 0, si == 1 ? off : 0);
@@ -391,10 +434,22 @@ template <int WT> static void test_mv_type(void) {
                 compare(what, d.b.p, d.nb1, nr, n_out, ref, mag, 1e-5);
                 n_direct++;
             }
+            for (int wr = 1; wr <= 2; wr++) {
+                d.b.raw = before;
+                if (wr == 1 ? emu_mwk_rows<WT, 1>(a) : emu_mwk_rows<WT, 2>(a)) {
+                    snprintf(what, sizeof what, "K-quant matvec %s n_in %lld n_out %lld rows %d, %d a group",
+                             fg_type_name(WT), (long long)n_in, (long long)n_out, nr, wr);
+                    compare(what, d.b.p, d.nb1, nr, n_out, ref, mag, 1e-5);
+                    n_mwk++;
+                }
+            }
         }
     }
     // every type but F32 has rows the direct matvec takes (the 16-aligned sizes)
     CHECK(WT == FG_TYPE_F32 ? n_direct == 0 : n_direct > 0, "direct matvec %s: %d cases", fg_type_name(WT), n_direct);
+    // the K-quant matvec: Q4_K and Q5_K rows of 1 and 2 activation rows in 16-aligned rows (three
+    // sizes of four: the second is misaligned), both group widths
+    CHECK(n_mwk == (kq16 ? 3 * 2 * 2 : 0), "K-quant matvec %s: %d cases", fg_type_name(WT), n_mwk);
 }
 
 // ---------------------------------------------------------------- tiled (FMA twin)

@@ -117,11 +117,13 @@ typedef struct fg_cuda {
                             // 2 the direct one with 16-bit weight reads only (FORGE_CUDA_MV=direct16)
     int mv_pipe;            // direct quantized matvec, rows of more than 4,096 elements: the next
                             // unit read before this one is used (FORGE_CUDA_MV_PIPE=1; default one at a time)
+    int mwk;                // Q4_K/Q5_K, 1-2 rows: the K-quant matvec (mwk) with this many weight rows a
+                            // 32-lane group (FORGE_CUDA_MWK: 1 or 2; 0: the direct matvec)
     int mq_split;           // the tensor-core integer kernel splits K when its tiles leave SMs idle
     int mqr_min, mqr_max;   // Q4_K weights: rows through the register-fed tensor-core kernel (mqr;
                             // FORGE_CUDA_MQR=LO:HI, 0 off; mqr_max 0: never)
     int mqr_nt;             // mqr: mma n tiles a warp at most (FORGE_CUDA_MQR_NT: 1, 2, 4, 8)
-    bool mqr_pack;          // mqr: the activation rows repacked in the lanes' order first (FORGE_CUDA_MQR_PACK=1)
+    bool mqr_pack;          // mqr: the activation rows repacked in the lanes' order first (FORGE_CUDA_MQR_PACK=0 off)
     int mv_rows;            // quantized weights: up to this many rows through the matvec in passes of
                             // FG_MV_MAX_ROWS, more through the tiled kernel (FORGE_CUDA_MV_ROWS)
     int mmq;                // quantized weights, many rows (FORGE_CUDA_MMQ): FG_MMQ_OFF the F16 GEMMs

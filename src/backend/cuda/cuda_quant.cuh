@@ -338,6 +338,16 @@ FG_UNROLL
     }
 }
 
+// c + the two int16 of a times the low two int8 of b (dp2a.lo).
+static FG_HD __forceinline__ int fg_dp2a_lo(uint32_t a, uint32_t b, int c) {
+#if defined(__CUDA_ARCH__) && !defined(__HIPCC__)
+    return __dp2a_lo((int)a, (int)b, c);
+#else
+    return c + (int)(int16_t)(a & 0xFFFFu) * (int)(int8_t)(b & 0xFFu) +
+           (int)(int16_t)(a >> 16) * (int)(int8_t)((b >> 8) & 0xFFu);
+#endif
+}
+
 // ---------------------------------------------------------------- dot with Q8_1 activations
 // A Q8_1 activation block (d, s, 32 int8): the bytes, the integer sums of each half, d, and
 // the stored s (f16 of d * sum), which the reference's Q4_1/Q5_1 dots use for the min term.
