@@ -680,7 +680,7 @@ FG_UNROLL
 // Arithmetic: per chunk the reference's integers (sc x dot, m x bsums), then
 // d_x (d S - dmin M) in f32; the reference sums a super-block's integers before scaling, so
 // only rounding differs (summation-order noise).
-enum { MWK_NT = 128, MWK_NG = MWK_NT / 32, MWK_B = 4 };
+enum { MWK_NT = 128, MWK_B = 4 }; // threads a block (the default; FORGE_CUDA_MWK_NT=256: twice), chunks in flight
 
 template <int WT> struct mwk_t {
     static constexpr int BYTES = WT == FG_TYPE_Q5_K ? 176 : 144;
@@ -816,11 +816,11 @@ FG_UNROLL
 }
 
 #ifndef FG_MM_HOST_TEST
-template <int WT, int NR, int WR> static __global__ __launch_bounds__(MWK_NT) void mwk_kernel(mv_args a) {
+template <int WT, int NR, int WR, int NT> static __global__ __launch_bounds__(NT) void mwk_kernel(mv_args a) {
     extern __shared__ uint4 mwk_sm[];
     uint8_t *sm = (uint8_t *)mwk_sm;
     const int t = threadIdx.x, lane = t % 32;
-    const int64_t o0 = ((int64_t)blockIdx.x * MWK_NG + t / 32) * WR;
+    const int64_t o0 = ((int64_t)blockIdx.x * (NT / 32) + t / 32) * WR;
     float acc[WR][NR];
 FG_UNROLL
     for (int r = 0; r < WR; r++)
@@ -831,7 +831,7 @@ FG_UNROLL
         fg_pdl_wait();
         fg_pdl_trigger();
         for (int j = 0; j < a.nr; j++)
-            mwk_stage(a, j, t, MWK_NT, sm);
+            mwk_stage(a, j, t, NT, sm);
         __syncthreads();
     });
 FG_UNROLL
@@ -2788,10 +2788,10 @@ template <int WT, int NR> static fg_status mv_go(fg_cuda *c, const mv_args &a) {
 
 template <int WT, int NR> static fg_status mwk_go(fg_cuda *c, const mv_args &a) {
     const size_t smem = (size_t)NR * mwk_row_smem(a.n_in);
-    if (c->mwk == 1)
-        fg_launch(c->pdl, mwk_kernel<WT, NR, 1>, fg_div_up(a.n_out, MWK_NG), MWK_NT, smem, c->stream, a);
-    else
-        fg_launch(c->pdl, mwk_kernel<WT, NR, 2>, fg_div_up(a.n_out, 2 * MWK_NG), MWK_NT, smem, c->stream, a);
+    const int nt = c->mwk_nt == 256 ? 256 : MWK_NT, rows = c->mwk * nt / 32; // weight rows a block
+    void (*fn)(mv_args) = c->mwk == 1 ? (nt == 256 ? mwk_kernel<WT, NR, 1, 256> : mwk_kernel<WT, NR, 1, MWK_NT>)
+                                      : (nt == 256 ? mwk_kernel<WT, NR, 2, 256> : mwk_kernel<WT, NR, 2, MWK_NT>);
+    fg_launch(c->pdl, fn, fg_div_up(a.n_out, rows), nt, smem, c->stream, a);
     FG_GPU_LAUNCH_CHECK(c, "K-quant matvec");
     return FG_OK;
 }
@@ -3193,6 +3193,8 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
     c->mv_pipe = mp && !strcmp(mp, "1");
     const char *mk = getenv("FORGE_CUDA_MWK");
     c->mwk = mk && (!strcmp(mk, "0") || !strcmp(mk, "1")) ? atoi(mk) : 2;
+    const char *mkt = getenv("FORGE_CUDA_MWK_NT"); // threads a block: 128 (default) or 256
+    c->mwk_nt = mkt && !strcmp(mkt, "256") ? 256 : MWK_NT;
     const char *ms = getenv("FORGE_CUDA_MQ_SPLIT");
     c->mq_split = !(ms && !strcmp(ms, "0"));
     const char *mr = getenv("FORGE_CUDA_MV_ROWS");
