@@ -424,6 +424,16 @@ FG_UNROLL
 // shared memory. K is split over the whole block so that every row's loads are in flight at
 // once and a 4096-row matrix still fills the GPU (2048 blocks).
 enum { MW_NT = 128, MW_NG = MW_NT / 32 };
+
+#ifndef FG_MM_HOST_TEST
+// The sum over a 32-lane group (a warp on NVIDIA, half a wavefront on CDNA), in every lane.
+template <typename T> static __device__ __forceinline__ T mm_sum32(T v) {
+FG_UNROLL
+    for (int off = 16; off > 0; off >>= 1)
+        v += fg_shfl_xor(v, off);
+    return v;
+}
+#endif
 template <int NR> struct mw_r {
     static constexpr int R = NR <= 2 ? 2 : 4; // more rows share each activation load when NR grows
 };
@@ -645,10 +655,7 @@ FG_UNROLL
     for (int r = 0; r < R; r++)
 FG_UNROLL
         for (int j = 0; j < NR; j++) {
-            float v = acc[r][j];
-FG_UNROLL
-            for (int off = 16; off > 0; off >>= 1)
-                v += fg_shfl_xor(v, off);
+            const float v = mm_sum32(acc[r][j]);
             if (lane == 0)
                 red[g][r * NR + j] = v;
         }
@@ -838,10 +845,7 @@ FG_UNROLL
     for (int r = 0; r < WR; r++)
 FG_UNROLL
         for (int j = 0; j < NR; j++) {
-            float v = acc[r][j];
-FG_UNROLL
-            for (int off = 16; off > 0; off >>= 1)
-                v += fg_shfl_xor(v, off);
+            const float v = mm_sum32(acc[r][j]);
             if (lane == r * NR + j)
                 mv_write<WT, NR>(a, o0, r, j, v);
         }
@@ -2521,10 +2525,7 @@ FG_UNROLL
             amax = fmaxf(amax, fg_shfl_xor(amax, off));
         const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
         const int q = __float2int_rn(fg_fmul_rn(v, id));
-        int sum = q;
-FG_UNROLL
-        for (int off = 16; off > 0; off >>= 1)
-            sum += fg_shfl_xor(sum, off);
+        const int sum = mm_sum32(q);
         if (i < n) {
             uint8_t *blk = y + (size_t)r * y_nb1 + (size_t)(i / 32) * sizeof(fg_block_q8_1);
             blk[offsetof(fg_block_q8_1, qs) + i % 32] = (uint8_t)(int8_t)q;
