@@ -1387,10 +1387,7 @@ static void attention_case(const target *tg, const kv_case *kc) {
     free_step(&sd);
 }
 
-static void test_attention(void **state) {
-    const target *tg = *state;
-    need_target(tg);
-    static const kv_case cases[] = {
+static const kv_case attn_cases[] = {
         // n_seqs, n_kv, n_new, n_head, n_head_kv, head_dim, page_size, type, causal, share
         {1, {1}, {1}, 4, 4, 64, 16, FG_TYPE_F16, true, 0},                     // 1 token, first position
         {2, {37, 5}, {1, 1}, 8, 4, 64, 16, FG_TYPE_F16, true, 0},              // 2 decodes, GQA 2, mid-page
@@ -1437,10 +1434,35 @@ static void test_attention(void **state) {
         {3, {200, 50, 129}, {1, 1, 1}, 8, 8, 64, 5, FG_TYPE_Q8_0, true, 0},    // MHA, page size 5
         {2, {513, 64}, {1, 1}, 16, 2, 256, 16, FG_TYPE_Q8_0, true, 3},         // GQA 8, head_dim 256, shared
         {2, {45, 20}, {1, 1}, 8, 4, 96, 16, FG_TYPE_Q8_0, true, 0},            // head_dim 96: attn_kernel
-    };
-    for (size_t i = 0; i < FG_ARRAY_LEN(cases); i++)
-        if (!g_quick || cases[i].n_kv[0] < 1000)
-            attention_case(tg, &cases[i]);
+};
+
+static void test_attention(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    for (size_t i = 0; i < FG_ARRAY_LEN(attn_cases); i++)
+        if (!g_quick || attn_cases[i].n_kv[0] < 1000)
+            attention_case(tg, &attn_cases[i]);
+}
+
+// The CUDA decode kernel's variants, every case again: four warp passes in flight an iteration
+// (FORGE_CUDA_DEC_PASSES=4), and short sequences split too (FORGE_CUDA_DEC_L_MIN=16: chunks of
+// 16 keys and more, so the 37-, 50- and 61-key decodes are merged from partials).
+static void test_attention_dec_variants(void **state) {
+    const target *tg = *state;
+    if (tg->cpu) {
+        print_message("SKIP: %s: the CUDA decode kernel's variants only\n", tg->name);
+        skip();
+    }
+    need_target(tg);
+    static const char *const env[][2] = {{"FORGE_CUDA_DEC_PASSES", "4"}, {"FORGE_CUDA_DEC_L_MIN", "16"}};
+    for (size_t v = 0; v < FG_ARRAY_LEN(env); v++) {
+        setenv(env[v][0], env[v][1], 1);
+        print_message("%s: attention cases with %s=%s\n", tg->name, env[v][0], env[v][1]);
+        for (size_t i = 0; i < FG_ARRAY_LEN(attn_cases); i++)
+            if (!g_quick || attn_cases[i].n_kv[0] < 1000)
+                attention_case(tg, &attn_cases[i]);
+        unsetenv(env[v][0]);
+    }
 }
 
 // The KV types every backend takes, and a Q8_0 pool whose head_dim is not whole blocks refused
@@ -2076,8 +2098,8 @@ int main(void) {
         T(tg, test_convert), T(tg, test_rmsnorm),                                                                 \
         T(tg, test_add_swiglu), T(tg, test_swiglu_convert), T(tg, test_rmsnorm_convert), T(tg, test_add_rmsnorm), \
         T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), T(tg, test_attention),           \
-        T(tg, test_kv_types), T(tg, test_rope_kv_store), T(tg, test_sample), T(tg, test_sample_checks),           \
-        T(tg, test_layernorm), T(tg, test_gelu), T(tg, test_add_rows), T(tg, test_pool)
+        T(tg, test_attention_dec_variants), T(tg, test_kv_types), T(tg, test_rope_kv_store), T(tg, test_sample),  \
+        T(tg, test_sample_checks), T(tg, test_layernorm), T(tg, test_gelu), T(tg, test_add_rows), T(tg, test_pool)
     const struct CMUnitTest tests[] = {
         PER_TARGET(k_cpu),
 #ifdef FG_HAVE_CUDA

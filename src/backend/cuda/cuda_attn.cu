@@ -473,6 +473,7 @@ typedef struct attn_args {
     // the decode kernel (attn_dec_kernel) instead of the plan: chunks per sequence, and the
     // partials as [n_seqs][n_head][n_split] rows of pstat / pacc when n_split > 1
     int n_split;
+    int dec_passes; // attn_dec_kernel: warp passes whose loads are in flight together (2 or 4)
 } attn_args;
 
 // Partial row of (kv head hk, flattened row fr = token_in_seq * group + g, chunk ch) of a split
@@ -1189,24 +1190,27 @@ __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args 
 
     const int32_t *pt = a.page_table + (size_t)s * a.max_pages;
     const size_t head_off = (size_t)hk * DT::KVT::row_bytes(D);
-    // two passes of the warp per iteration: both keys' loads are in flight before either is used
-    constexpr int STEP = DEC_NW * KPW;
-    for (int j0 = lo + w * KPW; j0 < hi; j0 += 2 * STEP) { // warp-uniform trip count
-        const int ja = j0 + kk, jb = j0 + STEP + kk;
-        typename DT::kreg ka = typename DT::kreg(), va = typename DT::kreg();
-        typename DT::kreg kb = typename DT::kreg(), vb = typename DT::kreg();
-        if (ja < hi) {
-            const size_t ro = (size_t)pt[ja / a.page_size] * a.kv_nb2 + (size_t)(ja % a.page_size) * a.kv_nb1 + head_off;
-            DT::load(a.k + ro, e, ka);
-            DT::load(a.v + ro, e, va);
+    // np passes of the warp per iteration (a.dec_passes, 2 or 4: block-uniform): every pass's
+    // keys are loaded before any is used, so that np keys a lane group are in flight at once
+    constexpr int STEP = DEC_NW * KPW, P_MAX = 4;
+    const int np = a.dec_passes == 4 ? 4 : 2;
+    for (int j0 = lo + w * KPW; j0 < hi; j0 += np * STEP) { // warp-uniform trip count
+        typename DT::kreg kr[P_MAX], vr[P_MAX];
+#pragma unroll
+        for (int p = 0; p < P_MAX; p++) {
+            const int j = j0 + p * STEP + kk;
+            kr[p] = typename DT::kreg();
+            vr[p] = typename DT::kreg();
+            if (p < np && j < hi) {
+                const size_t ro = (size_t)pt[j / a.page_size] * a.kv_nb2 + (size_t)(j % a.page_size) * a.kv_nb1 + head_off;
+                DT::load(a.k + ro, e, kr[p]);
+                DT::load(a.v + ro, e, vr[p]);
+            }
         }
-        if (jb < hi) {
-            const size_t ro = (size_t)pt[jb / a.page_size] * a.kv_nb2 + (size_t)(jb % a.page_size) * a.kv_nb1 + head_off;
-            DT::load(a.k + ro, e, kb);
-            DT::load(a.v + ro, e, vb);
-        }
-        dec_key<DT, GM, TPK>(q, ka, va, ja < hi, m, l, acc);
-        dec_key<DT, GM, TPK>(q, kb, vb, jb < hi, m, l, acc);
+#pragma unroll
+        for (int p = 0; p < P_MAX; p++)
+            if (p < np) // (uniform)
+                dec_key<DT, GM, TPK>(q, kr[p], vr[p], j0 + p * STEP + kk < hi, m, l, acc);
     }
 
     // merge the KPW lane groups of the warp (xor over the lane bits above the group's)
@@ -1625,6 +1629,7 @@ static bool dec_fits(const fg_cuda *c, uint32_t kv_type, attn_args &a) {
             n_split = 1;
     }
     a.n_split = (int)n_split;
+    a.dec_passes = c->dec_passes;
     a.pstat = (float2 *)c->attn.base;
     a.pacc = (float *)(c->attn.base + align256((size_t)st->n_seqs * n_head * n_split * sizeof(float2)));
     return true;

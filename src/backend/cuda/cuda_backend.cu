@@ -1110,6 +1110,8 @@ static fg_status init_device(fg_cuda *c) {
     c->attn_dec = !(ad && !strcmp(ad, "0"));
     const char *dl = getenv("FORGE_CUDA_DEC_L_MIN");
     c->dec_l_min = dl ? atoi(dl) : 0;
+    const char *dp = getenv("FORGE_CUDA_DEC_PASSES"); // 2 (default) or 4
+    c->dec_passes = dp && !strcmp(dp, "4") ? 4 : 2;
     const char *ss = getenv("FORGE_CUDA_SAMPLE_SLICE"); // logits a block of the split sample pass
     c->sample_slice = ss ? atoi(ss) : 0;                // (0: SAMP_SLICE; below 0: no split)
     FG_TRY(fg_cuda_attn_init(c));

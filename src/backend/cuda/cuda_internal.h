@@ -139,6 +139,8 @@ typedef struct fg_cuda {
                             // 0: SAMP_SLICE, below 0: rows never split; the emulator test sets
                             // small ones to split small vocabularies)
     int dec_l_min;          // decode attention: fewest keys of a split chunk (FORGE_CUDA_DEC_L_MIN; 0: DEC_L_MIN)
+    int dec_passes;         // decode attention: warp passes with their loads in flight together
+                            // (FORGE_CUDA_DEC_PASSES: 2, the default, or 4)
     bool attn_dec;          // decode steps through attn_dec_kernel (FORGE_CUDA_ATTN_DEC=0: attn_kernel)
     bool attn_fa;           // other steps (F16 cache, head_dim 64/128, sm_80+) through the tensor-core
                             // attn_fa_kernel (FORGE_CUDA_ATTN_MMA=0: attn_kernel)
