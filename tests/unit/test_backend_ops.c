@@ -597,6 +597,38 @@ static void test_matmul_mqr_tiles(void **state) { matmul_tiles(*state, TILES_MQR
 // The same over the repacked activation rows (the default).
 static void test_matmul_mqr_pack_tiles(void **state) { matmul_tiles(*state, TILES_MQR_PACK); }
 
+// The K-quant matvec's (mwk: Q4_K, Q5_K, 1-2 rows) other shapes: 1 weight row a 32-lane group
+// (FORGE_CUDA_MWK=1) and 256-thread blocks (FORGE_CUDA_MWK_NT=256), each with the default's
+// partner; one and two rows, K of 2 and 17 super-blocks (a lane's second batch of chunks).
+static void test_matmul_mwk_variants(void **state) {
+    const target *tg = *state;
+    if (tg->cpu) {
+        print_message("SKIP: %s: the CUDA K-quant matvec's variants only\n", tg->name);
+        skip();
+    }
+    need_target(tg);
+    static const char *const env[][2] = {{"1", "128"}, {"1", "256"}, {"2", "256"}};
+    static const uint32_t types[] = {FG_TYPE_Q4_K, FG_TYPE_Q5_K};
+    int n_cases = 0;
+    g_deviations = 0;
+    g_int_cases = g_f16_cases = 0;
+    for (size_t v = 0; v < FG_ARRAY_LEN(env); v++) {
+        setenv("FORGE_CUDA_MWK", env[v][0], 1);
+        setenv("FORGE_CUDA_MWK_NT", env[v][1], 1);
+        for (size_t t = 0; t < FG_ARRAY_LEN(types); t++)
+            for (int nr = 1; nr <= 2; nr++) {
+                matmul_case(tg, types[t], 2 * 256, 37, nr, nr == 1, nr == 2, false, true);
+                matmul_case(tg, types[t], 17 * 256, 300, nr, nr == 2, false, nr == 1, false);
+                n_cases += 2;
+            }
+    }
+    unsetenv("FORGE_CUDA_MWK");
+    unsetenv("FORGE_CUDA_MWK_NT");
+    if (g_deviations)
+        fail_msg("%s: %d K-quant matvec cases off the reference's arithmetic (listed above)", tg->name, g_deviations);
+    assert_int_equal(g_int_cases, n_cases);
+}
+
 // The library GEMM over F16 copies of quantized weights (prefill), every quantized type, the
 // copies dequantized in chunks: the F16 GEMM's arithmetic.
 static void test_matmul_blas_tiles(void **state) { matmul_tiles(*state, TILES_BLAS); }
@@ -2095,6 +2127,7 @@ int main(void) {
 #define PER_TARGET(tg)                                                                                        \
     T(tg, test_matmul_all_types), T(tg, test_matmul_integer_tiles), T(tg, test_matmul_f16_tiles),              \
         T(tg, test_matmul_mqr_tiles), T(tg, test_matmul_mqr_pack_tiles), T(tg, test_matmul_blas_tiles),            \
+        T(tg, test_matmul_mwk_variants),                                                                          \
         T(tg, test_convert), T(tg, test_rmsnorm),                                                                 \
         T(tg, test_add_swiglu), T(tg, test_swiglu_convert), T(tg, test_rmsnorm_convert), T(tg, test_add_rmsnorm), \
         T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), T(tg, test_attention),           \
