@@ -670,6 +670,17 @@ FG_UNROLL
 }
 #endif // FG_MM_HOST_TEST
 
+// Q4_K/Q5_K: the 6-bit scales (sc) and mins (m) of sub-blocks 0-3 ([0]) and 4-7 ([1]), a byte
+// each, from a block's first 16 bytes h (d, dmin, then the 12 scale bytes): fg_q_scale_min_k4,
+// four at a time.
+static FG_HD __forceinline__ void mm_k4_scales4(const uint4 &h, uint32_t (&sc)[2], uint32_t (&m)[2]) {
+    const uint32_t w0 = h.y, w1 = h.z, w2 = h.w; // scales[0..3], [4..7], [8..11]
+    sc[0] = w0 & 0x3F3F3F3Fu;
+    m[0] = w1 & 0x3F3F3F3Fu;
+    sc[1] = (w2 & 0x0F0F0F0Fu) | ((w0 >> 2) & 0x30303030u);
+    m[1] = ((w2 >> 4) & 0x0F0F0F0Fu) | ((w1 >> 2) & 0x30303030u);
+}
+
 // ============================================================================ K-quant matvec (mwk)
 // Q4_K and Q5_K weights, 1-2 activation rows (single-stream decode), rows that start 16-byte
 // aligned (their blocks are 144 and 176 bytes: every block then does): a lane takes a 16-byte
@@ -689,18 +700,22 @@ FG_UNROLL
 // only rounding differs (summation-order noise).
 enum { MWK_NT = 128, MWK_B = 4 }; // threads a block (the default; FORGE_CUDA_MWK_NT=256: twice), chunks in flight
 
-template <int WT> struct mwk_t {
-    static constexpr int BYTES = WT == FG_TYPE_Q5_K ? 176 : 144;
-    static constexpr int QS = WT == FG_TYPE_Q5_K ? 48 : 16; // offset of qs
-    static constexpr bool QH = WT == FG_TYPE_Q5_K;           // qh at 16
-};
-
 // Shared-memory bytes of one staged activation row of n_in elements (n_in / 256 Q8_K blocks):
 // qs permuted [256 nb], d [4 nb], the chunks' bsum pairs [32 nb], padded to 16.
-static FG_HD __forceinline__ int mwk_row_smem(int n_in) { return (n_in / 256 * 292 + 15) / 16 * 16; }
+enum { // a Q8_K activation block: bytes, offsets of qs and bsums
+    MWK_XB = sizeof(fg_block_q8_k),
+    MWK_XQS = offsetof(fg_block_q8_k, qs),
+    MWK_XBS = offsetof(fg_block_q8_k, bsums)
+};
+static_assert(MWK_XB == 256 + 4 + 32 && offsetof(fg_block_q8_k, d) == 0,
+              "mwk: a staged block (qs, d, bsum pairs) as large as a Q8_K block");
+static FG_HD __forceinline__ int mwk_row_smem(int n_in) { return (n_in / 256 * MWK_XB + 15) / 16 * 16; }
 
 static FG_HD __forceinline__ uint4 mwk_ld16(const uint8_t *p) { return *(const uint4 *)p; } // p 16-aligned
 
+static_assert(sizeof(fg_block_q4_k) % 16 == 0 && sizeof(fg_block_q5_k) % 16 == 0 &&
+                  offsetof(fg_block_q4_k, scales) == 4 && offsetof(fg_block_q5_k, scales) == 4,
+              "mwk: 16-aligned K-quant blocks that start with d, dmin and the 12 scale bytes");
 template <int WT> static FG_HD __forceinline__ bool mwk_ok(const mv_args &a, int nr_max) {
     return (WT == FG_TYPE_Q4_K || WT == FG_TYPE_Q5_K) && a.nr <= nr_max && a.n_in % 256 == 0 &&
            ((uintptr_t)a.w | a.w_nb1) % 16 == 0 && ((uintptr_t)a.x | a.x_nb1) % 4 == 0 &&
@@ -718,7 +733,7 @@ static FG_HD __forceinline__ void mwk_stage(const mv_args &a, int j, int tid, in
     uint8_t *s = sm + (size_t)j * mwk_row_smem(a.n_in);
     for (int p = tid; p < 16 * nb; p += nt) {
         const int b = p / 16, q = p % 16, g = q / 4, sh = (q / 2) % 2, h = q % 2;
-        const uint8_t *src = x + (size_t)b * 292 + 4 + 16 * q;
+        const uint8_t *src = x + (size_t)b * MWK_XB + MWK_XQS + 16 * q;
         uint4 v;
         v.x = fg_q_ld32a(src);
         v.y = fg_q_ld32a(src + 4);
@@ -728,10 +743,10 @@ static FG_HD __forceinline__ void mwk_stage(const mv_args &a, int j, int tid, in
     }
     for (int i = tid; i < 9 * nb; i += nt) {
         if (i < nb) {
-            *(uint32_t *)(s + 256 * nb + 4 * i) = fg_q_ld32a(x + (size_t)i * 292);
+            *(uint32_t *)(s + 256 * nb + 4 * i) = fg_q_ld32a(x + (size_t)i * MWK_XB); // d
         } else {
             const int c = i - nb, b = c / 8, g = (c % 8) / 2, h = c % 2;
-            const uint8_t *bs = x + (size_t)b * 292 + 260;
+            const uint8_t *bs = x + (size_t)b * MWK_XB + MWK_XBS;
             *(uint32_t *)(s + 260 * nb + 4 * c) = fg_q_ld16(bs + 2 * (4 * g + h)) | (fg_q_ld16(bs + 2 * (4 * g + 2 + h)) << 16);
         }
     }
@@ -742,12 +757,11 @@ template <int WT> struct mwk_w {
     uint4 q, hd, qh;
 };
 template <int WT> static FG_HD __forceinline__ void mwk_load(const mv_args &a, int64_t o, int c, mwk_w<WT> &w) {
-    typedef mwk_t<WT> T;
-    const uint8_t *blk = a.w + (size_t)o * a.w_nb1 + (size_t)(c / 8) * T::BYTES;
+    const uint8_t *blk = a.w + (size_t)o * a.w_nb1 + (size_t)(c / 8) * fg_qt<WT>::BYTES;
     w.hd = mwk_ld16(blk);
-    w.q = mwk_ld16(blk + T::QS + 16 * (c % 8));
-    if constexpr (T::QH)
-        w.qh = mwk_ld16(blk + 16 + 16 * (c % 2));
+    w.q = mwk_ld16(blk + FG_QOFF(WT, qs) + 16 * (c % 8));
+    if constexpr (WT == FG_TYPE_Q5_K)
+        w.qh = mwk_ld16(blk + FG_QOFF(WT, qh) + 16 * (c % 2));
 }
 
 // sum over chunk c of weight row w (loaded) . activation row staged at s (nb blocks).
@@ -757,7 +771,7 @@ template <int WT> static FG_HD __forceinline__ float mwk_dot(const mwk_w<WT> &w,
     const uint32_t q[4] = {w.q.x, w.q.y, w.q.z, w.q.w}, xlo[4] = {xl.x, xl.y, xl.z, xl.w},
                    xhi[4] = {xh.x, xh.y, xh.z, xh.w};
     int dl = 0, dh = 0;
-    if constexpr (mwk_t<WT>::QH) {
+    if constexpr (WT == FG_TYPE_Q5_K) {
         const uint32_t qh[4] = {w.qh.x, w.qh.y, w.qh.z, w.qh.w};
 FG_UNROLL
         for (int k = 0; k < 4; k++) {
@@ -773,13 +787,11 @@ FG_UNROLL
             dh = fg_dp4a((int)((q[k] >> 4) & 0x0F0F0F0Fu), (int)xhi[k], dh);
         }
     }
-    // the 6-bit scales and mins of sub-blocks 0-3 and 4-7 (fg_q_scale_min_k4, four at a time);
-    // bytes 2 (g % 2) and 2 (g % 2) + 1 of the word for g are those of sub-blocks 2 g, 2 g + 1
-    const uint32_t s03 = w.hd.y & 0x3F3F3F3Fu, m03 = w.hd.z & 0x3F3F3F3Fu;
-    const uint32_t s47 = (w.hd.w & 0x0F0F0F0Fu) | ((w.hd.y >> 2) & 0x30303030u);
-    const uint32_t m47 = ((w.hd.w >> 4) & 0x0F0F0F0Fu) | ((w.hd.z >> 2) & 0x30303030u);
+    // bytes 2 (g % 2) and 2 (g % 2) + 1 of word g / 2 are the scales (mins) of sub-blocks 2 g, 2 g + 1
+    uint32_t scw[2], mw[2];
+    mm_k4_scales4(w.hd, scw, mw);
     const int sh = 16 * (g % 2);
-    const uint32_t sc = (g < 2 ? s03 : s47) >> sh, mn = (g < 2 ? m03 : m47) >> sh;
+    const uint32_t sc = (g < 2 ? scw[0] : scw[1]) >> sh, mn = (g < 2 ? mw[0] : mw[1]) >> sh;
     const int si = dl * (int)(sc & 0xFFu) + dh * (int)((sc >> 8) & 0xFFu);
     const int mi = fg_dp2a_lo(fg_q_ld32a(s + 260 * nb + 4 * c), mn, 0);
     const float d = fg_q_h2f((uint16_t)(w.hd.x & 0xFFFFu)), dmin = fg_q_h2f((uint16_t)(w.hd.x >> 16));
@@ -2065,11 +2077,7 @@ FG_UNROLL
 static FG_HD __forceinline__ void mqr_scales(const mqr_w &w, mqr_s &s) {
 FG_UNROLL
     for (int r = 0; r < 2; r++) {
-        const uint32_t w0 = w.h[r].y, w1 = w.h[r].z, w2 = w.h[r].w; // scales[0..3], [4..7], [8..11]
-        s.sc[r][0] = w0 & 0x3F3F3F3Fu;
-        s.m[r][0] = w1 & 0x3F3F3F3Fu;
-        s.sc[r][1] = (w2 & 0x0F0F0F0Fu) | ((w0 >> 2) & 0x30303030u);
-        s.m[r][1] = ((w2 >> 4) & 0x0F0F0F0Fu) | ((w1 >> 2) & 0x30303030u);
+        mm_k4_scales4(w.h[r], s.sc[r], s.m[r]);
         s.d[r] = fg_q_h2f((uint16_t)(w.h[r].x & 0xFFFFu));
         s.dm[r] = fg_q_h2f((uint16_t)(w.h[r].x >> 16));
     }
