@@ -555,8 +555,8 @@ fg_status fg_op_kv_store(fg_backend *be, const fg_kv_view *kv, int32_t layer, co
     return be->ops->kv_store(be, kv, layer, k, v);
 }
 
-fg_status fg_op_attention(fg_backend *be, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
-                          const fg_attn_params *p) {
+static fg_status check_attention(fg_backend *be, const fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
+                                 const fg_attn_params *p) {
     FG_TRY(need_step(be, "attention"));
     if (!p)
         return FG_FAIL(FG_ERR_INVALID_ARG, "attention: params are NULL");
@@ -571,6 +571,12 @@ fg_status fg_op_attention(fg_backend *be, fg_tensor *dst, const fg_tensor *q, co
     int64_t width = (int64_t)p->n_head * kv->head_dim;
     FG_TRY(check_f32_rows("attention", "q", q, width, be->state.step.n_tokens));
     FG_TRY(check_f32_rows("attention", "dst", dst, width, be->state.step.n_tokens));
+    return FG_OK;
+}
+
+fg_status fg_op_attention(fg_backend *be, fg_tensor *dst, const fg_tensor *q, const fg_kv_view *kv,
+                          const fg_attn_params *p) {
+    FG_TRY(check_attention(be, dst, q, kv, p));
     return be->ops->attention(be, dst, q, kv, p);
 }
 
@@ -639,23 +645,54 @@ fg_status fg_op_add_rmsnorm(fg_backend *be, fg_tensor *x, fg_tensor *xn, const f
     return be->ops->rmsnorm(be, xn, x, w, eps);
 }
 
-fg_status fg_op_rope_kv_store(fg_backend *be, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
-                              const fg_rope_params *p, int32_t n_head_kv, const fg_kv_view *kv, int32_t layer) {
-    FG_TRY(need_step(be, "rope_kv_store"));
+// The checks of rope_kv_store's operands (q, k, v, the KV view) in one place.
+static fg_status check_rope_kv(fg_backend *be, const char *op, const fg_tensor *q, const fg_tensor *k,
+                               const fg_tensor *v, const fg_rope_params *p, int32_t n_head_kv,
+                               const fg_kv_view *kv, int32_t layer) {
+    FG_TRY(need_step(be, op));
     FG_TRY(check_rope(be, q, p));
     FG_TRY(check_kv(be, "kv_store", kv, layer, true));
     fg_rope_params pk = *p;
     pk.n_head = n_head_kv;
     if (n_head_kv != kv->n_head_kv || p->head_dim != kv->head_dim)
-        return FG_FAIL(FG_ERR_INVALID_ARG, "rope_kv_store: %d heads of %d for a KV view of %d heads of %d", n_head_kv,
+        return FG_FAIL(FG_ERR_INVALID_ARG, "%s: %d heads of %d for a KV view of %d heads of %d", op, n_head_kv,
                        p->head_dim, kv->n_head_kv, kv->head_dim);
     FG_TRY(check_rope(be, k, &pk));
-    FG_TRY(check_kv_rows(be, "kv_store", kv, k, v));
+    return check_kv_rows(be, "kv_store", kv, k, v);
+}
+
+static fg_status compose_rope_kv_store(fg_backend *be, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
+                                       const fg_rope_params *p, int32_t n_head_kv, const fg_kv_view *kv,
+                                       int32_t layer) {
     if (be->ops->rope_kv_store)
         return be->ops->rope_kv_store(be, q, k, v, p, n_head_kv, kv, layer);
+    fg_rope_params pk = *p;
+    pk.n_head = n_head_kv;
     FG_TRY(be->ops->rope(be, q, p));
     FG_TRY(be->ops->rope(be, k, &pk));
     return be->ops->kv_store(be, kv, layer, k, v);
+}
+
+fg_status fg_op_rope_kv_store(fg_backend *be, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
+                              const fg_rope_params *p, int32_t n_head_kv, const fg_kv_view *kv, int32_t layer) {
+    FG_TRY(check_rope_kv(be, "rope_kv_store", q, k, v, p, n_head_kv, kv, layer));
+    return compose_rope_kv_store(be, q, k, v, p, n_head_kv, kv, layer);
+}
+
+fg_status fg_op_rope_kv_attention(fg_backend *be, fg_tensor *dst, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
+                                  const fg_rope_params *rp, int32_t n_head_kv, const fg_kv_view *kv,
+                                  const fg_attn_params *ap) {
+    if (!ap)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "rope_kv_attention: attention params are NULL");
+    FG_TRY(check_rope_kv(be, "rope_kv_attention", q, k, v, rp, n_head_kv, kv, ap->layer));
+    FG_TRY(check_attention(be, dst, q, kv, ap));
+    if (rp->n_head != ap->n_head)
+        return FG_FAIL(FG_ERR_INVALID_ARG, "rope_kv_attention: rope over %d q heads, attention over %d", rp->n_head,
+                       ap->n_head);
+    if (be->ops->rope_kv_attention)
+        return be->ops->rope_kv_attention(be, dst, q, k, v, rp, n_head_kv, kv, ap);
+    FG_TRY(compose_rope_kv_store(be, q, k, v, rp, n_head_kv, kv, ap->layer));
+    return be->ops->attention(be, dst, q, kv, ap);
 }
 
 fg_status fg_op_all_reduce(fg_backend *be, fg_comm *comm, fg_tensor *x) {

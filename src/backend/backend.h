@@ -15,7 +15,7 @@
 //
 // Validation lives in one place: the fg_step_begin / fg_op_* wrappers check the step once and
 // each op's shapes in O(1); backend ops are trusting launchers (FG_ASSERT for our own bugs).
-// Fused ops (fg_op_add_rmsnorm, fg_op_rope_kv_store) have a default composition here that a
+// Fused ops (fg_op_add_rmsnorm, fg_op_rope_kv_store, fg_op_rope_kv_attention) have a default composition here that a
 // backend overrides by filling the optional table entry.
 // Rules: weights, activations and KV pages live in backend-owned buffers; code outside a
 // backend never dereferences fg_tensor.data. Not here: who owns which KV page (src/engine),
@@ -275,6 +275,11 @@ typedef struct fg_backend_ops {
     fg_status (*rope_kv_store)(fg_backend *be, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
                           const fg_rope_params *p, int32_t n_head_kv, const fg_kv_view *kv,
                           int32_t layer);
+    // rope_kv_store(q, k, v) into layer ap->layer, then attention(dst, q): q and k may be left
+    // rotated or not (nothing reads them after)
+    fg_status (*rope_kv_attention)(fg_backend *be, fg_tensor *dst, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
+                                   const fg_rope_params *rp, int32_t n_head_kv, const fg_kv_view *kv,
+                                   const fg_attn_params *ap);
 
     // ---- embedding models (issue 14): BERT's LayerNorm, GELU, position / token-type rows,
     // pooling. Required of every backend (backend.c does not compose them).
@@ -371,6 +376,11 @@ fg_status fg_op_add_rmsnorm(fg_backend *be, fg_tensor *x, fg_tensor *xn, const f
 fg_status fg_op_rope_kv_store(fg_backend *be, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
                               const fg_rope_params *p, int32_t n_head_kv, const fg_kv_view *kv,
                               int32_t layer);
+// fg_op_rope_kv_store then fg_op_attention (layer ap->layer); afterwards q and k hold their
+// rows rotated or as they were (a backend may rotate copies: nothing may read them after).
+fg_status fg_op_rope_kv_attention(fg_backend *be, fg_tensor *dst, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
+                                  const fg_rope_params *rp, int32_t n_head_kv, const fg_kv_view *kv,
+                                  const fg_attn_params *ap);
 // x ([rows][cols] F32, contiguous) summed over comm's ranks in place; every rank calls it at
 // the same point of the same step (a communicator of size 1: nothing to do).
 fg_status fg_op_all_reduce(fg_backend *be, fg_comm *comm, fg_tensor *x);

@@ -298,6 +298,9 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
         q = rows_of(&s->q, n);
         k = rows_of(&s->k, n);
     }
+    const bool kv_only = last && n_out == 0; // no logits wanted: the K/V of the step is all that matters
+    fg_tensor att = rows_of(&s->att, n);
+    fg_attn_params ap = {.layer = il, .n_head = n_head, .scale = 1.0f / sqrtf((float)D), .causal = hp->causal};
     if (hp->n_rot > 0) {
         fg_rope_params rp = {
             .n_head = n_head,
@@ -308,15 +311,15 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
             .freq_scale = hp->rope_freq_scale,
             .freq_factors = m->rope_freqs,
         };
-        OP(fg_op_rope_kv_store(be, &q, &k, &v, &rp, n_head_kv, &kv->view, il));
+        if (kv_only)
+            return fg_op_rope_kv_store(be, &q, &k, &v, &rp, n_head_kv, &kv->view, il);
+        OP(fg_op_rope_kv_attention(be, &att, &q, &k, &v, &rp, n_head_kv, &kv->view, &ap)); // (q, k: spent)
     } else {
         OP(fg_op_kv_store(be, &kv->view, il, &k, &v));
+        if (kv_only)
+            return FG_OK;
+        OP(fg_op_attention(be, &att, &q, &kv->view, &ap));
     }
-    if (last && n_out == 0)
-        return FG_OK; // no logits wanted: the K/V of the step is all that matters
-    fg_tensor att = rows_of(&s->att, n);
-    fg_attn_params ap = {.layer = il, .n_head = n_head, .scale = 1.0f / sqrtf((float)D), .causal = hp->causal};
-    OP(fg_op_attention(be, &att, &q, &kv->view, &ap));
     if (last && n_out >= 0 && n_out < n) {
         fg_tensor ag = rows_of(&s->q, n_out), xg = rows_of(&s->xo, n_out);
         OP(fg_op_gather_out(be, &ag, &att));

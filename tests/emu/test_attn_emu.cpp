@@ -31,6 +31,9 @@ struct Scn {
     bool share = true;
     unsigned seed = 1;
     bool stale_max = false; // step.max_n_kv left at 1 (a replayed graph): the grid is too small
+    int n_rot = 0;          // > 0: rope_kv_attention (rope of q and k over n_rot dims, then the store
+    bool neox = false;      // and attention in one op; decode steps: inside the decode kernel)
+    bool ff = false;        // frequency factors
 };
 
 static float nanf_() { return __builtin_nanf(""); }
@@ -113,11 +116,41 @@ static int run(const Scn &sc) {
     for (auto &x : vin) x = U(rng);
     for (auto &x : qin) x = 2.0f * U(rng);
     std::vector<float> dst((size_t)n_tokens * d_stride, nanf_());
+    // rope: q and k rotated here as the CPU reference rotates them (angles by repeated float
+    // multiplication, pairs without contraction) for the expected cache and attention
+    const float freq_base = 10000.0f, freq_scale = 0.75f;
+    std::vector<float> qr = qin, kr = kin, ffv;
+    if (sc.n_rot > 0) {
+        const int half = sc.n_rot / 2;
+        const float theta_scale = powf(freq_base, -2.0f / (float)sc.n_rot);
+        if (sc.ff) { ffv.resize(half); for (auto &x : ffv) x = 1.0f + 1.5f * (U(rng) + 1.0f); }
+        for (int t = 0; t < n_tokens; t++) {
+            std::vector<float> cs(half), sn(half);
+            for (int i = 0; i < half; i++) {
+                float theta = (float)pos[t];
+                for (int j = 0; j < i; j++) theta *= theta_scale;
+                const float th = freq_scale * (theta / (sc.ff ? ffv[i] : 1.0f));
+                cs[i] = cosf(th); sn[i] = sinf(th);
+            }
+            auto rot = [&](float *x, int heads) {
+                for (int h = 0; h < heads; h++)
+                    for (int i = 0; i < half; i++) {
+                        float *v = x + (size_t)h * hd;
+                        const int i0 = sc.neox ? i : 2 * i, i1 = sc.neox ? i + half : 2 * i + 1;
+                        const float a = v[i0], b = v[i1];
+                        volatile float ac = a * cs[i], bs = b * sn[i], as = a * sn[i], bc = b * cs[i];
+                        v[i0] = ac - bs; v[i1] = as + bc;
+                    }
+            };
+            rot(&qr[t * q_stride], nh);
+            rot(&kr[t * k_stride], nkvh);
+        }
+    }
     // expected cache after kv_store
     std::vector<char> kx = kc, vx = vc;
     for (int t = 0; t < n_tokens; t++) {
         int page = pt[(size_t)seq[t] * max_pages + pos[t] / ps];
-        put_row(kx, slot_row(layer, page, pos[t] % ps), &kin[t * k_stride]);
+        put_row(kx, slot_row(layer, page, pos[t] % ps), &kr[t * k_stride]);
         put_row(vx, slot_row(layer, page, pos[t] % ps), &vin[t * k_stride]);
     }
     // backend context
@@ -160,7 +193,18 @@ static int run(const Scn &sc) {
     };
     fg_tensor kt = f32t(kin.data(), row, n_tokens, k_stride * 4), vt = f32t(vin.data(), row, n_tokens, k_stride * 4);
     fg_tensor qt = f32t(qin.data(), (int64_t)nh * hd, n_tokens, q_stride * 4), dt = f32t(dst.data(), (int64_t)nh * hd, n_tokens, d_stride * 4);
-    if (fg_cuda_kv_store(&c, &kv, layer, &kt, &vt) != FG_OK) { printf("kv_store failed\n"); return 1; }
+    fg_attn_params p;
+    p.layer = layer; p.n_head = nh; p.scale = 1.0f / sqrtf((float)hd); p.causal = sc.causal;
+    fg_tensor fft = f32t(ffv.data(), (int64_t)ffv.size(), 1, ffv.size() * 4);
+    fg_rope_params rp = {nh, hd, sc.n_rot, sc.neox ? FG_ROPE_NEOX : FG_ROPE_NORMAL, freq_base, freq_scale,
+                         sc.ff ? &fft : NULL};
+    if (sc.n_rot > 0) {
+        c.dec_rope = getenv("FORGE_CUDA_DEC_ROPE") == NULL || strcmp(getenv("FORGE_CUDA_DEC_ROPE"), "0") != 0;
+        if (fg_cuda_rope_kv_attention(&c, &dt, &qt, &kt, &vt, &rp, nkvh, &kv, &p) != FG_OK) {
+            printf("  FAIL rope_kv_attention: %s\n", fg_last_error());
+            return 1;
+        }
+    } else if (fg_cuda_kv_store(&c, &kv, layer, &kt, &vt) != FG_OK) { printf("kv_store failed\n"); return 1; }
     int fails = 0;
     if (memcmp(kc.data(), kx.data(), kc.size()) || memcmp(vc.data(), vx.data(), vc.size())) {
         size_t at = 0;
@@ -171,10 +215,10 @@ static int run(const Scn &sc) {
                kdiff ? "k" : "v", at, at / row_b, at % row_b);
         fails++;
     }
-    fg_attn_params p;
-    p.layer = layer; p.n_head = nh; p.scale = 1.0f / sqrtf((float)hd); p.causal = sc.causal;
-    fg_status st = fg_cuda_attention(&c, &dt, &qt, &kv, &p);
-    if (st != FG_OK) { printf("  FAIL attention: status %d\n", (int)st); return 1; }
+    if (sc.n_rot == 0) {
+        fg_status st = fg_cuda_attention(&c, &dt, &qt, &kv, &p);
+        if (st != FG_OK) { printf("  FAIL attention: status %d\n", (int)st); return 1; }
+    }
     const int *hdr = (const int *)arena_mem.data();
     // reference
     const int G = nh / nkvh;
@@ -184,7 +228,7 @@ static int run(const Scn &sc) {
         for (int h = 0; h < nh; h++) {
             int hk = h / G;
             std::vector<double> sc_(end), qv(hd);
-            const float *qh = &qin[t * q_stride + (size_t)h * hd];
+            const float *qh = &qr[t * q_stride + (size_t)h * hd];
             if (q8) { // the reference's Q8_0 grid
                 std::vector<fg_block_q8_0> qb(hd / 32);
                 fg_quantize_row(FG_TYPE_Q8_0, qh, qb.data(), hd);
@@ -379,6 +423,27 @@ int main(int argc, char **argv) {
             q.push_back(x);
         }
         v.insert(v.end() - 1, q.begin(), q.end()); // the 2048-token prompt stays last
+    }
+    // rope_kv_attention: decode steps (the decode kernel rotates and stores; split sequences:
+    // the chunk holding the position stores it), NORMAL and NEOX,
+    // partial rotary dims, frequency factors, both cache types; a prefill step and an F32
+    // cache (the two ops)
+    {
+        const uint32_t Q = FG_TYPE_Q8_0, H = FG_TYPE_F16;
+        std::vector<Scn> r;
+        auto add = [&](Scn x, int n_rot, bool neox, bool ff, int n_sm) {
+            x.n_rot = n_rot; x.neox = neox; x.ff = ff; x.n_sm = n_sm; r.push_back(x);
+        };
+        add({"rope decode gqa4 hd64 f16 normal", 16, 8, 2, 64, H, true, {{40, 1}, {17, 1}, {1, 1}, {100, 1}}}, 64, false, false, 4);
+        add({"rope decode gqa4 hd128 f16 neox ff", 16, 8, 2, 128, H, true, {{90, 1}, {130, 1}, {3, 1}}}, 128, true, true, 4);
+        add({"rope decode gqa7 hd128 q8_0 neox n_rot 64", 16, 14, 2, 128, Q, true, {{50, 1}, {31, 1}}}, 64, true, false, 4);
+        add({"rope decode mha hd64 q8_0 normal ps5", 5, 4, 4, 64, Q, true, {{26, 1}, {11, 1}, {1, 1}}}, 32, false, true, 4);
+        add({"rope decode split 3000 gqa4 hd64 f16", 16, 8, 2, 64, H, true, {{3000, 1}, {20, 1}, {700, 1}}}, 64, true, false, 64);
+        add({"rope decode split q8_0 hd128 normal", 16, 8, 1, 128, Q, true, {{1200, 1}, {300, 1}}}, 128, false, false, 32);
+        add({"rope decode gqa8 hd256 f16 noncausal", 16, 16, 2, 256, H, false, {{70, 1}, {40, 1}}}, 256, true, false, 4);
+        add({"rope prefill+decode gqa4 hd64 f16 (two ops)", 7, 8, 2, 64, H, true, {{30, 30}, {50, 1}, {23, 9}}}, 64, false, true, 4);
+        add({"rope decode f32 cache hd64 (two ops)", 16, 4, 2, 64, FG_TYPE_F32, true, {{40, 1}, {9, 1}}}, 48, true, false, 4);
+        v.insert(v.end() - 1, r.begin(), r.end());
     }
     int fails = 0;
     if (only < 0) {

@@ -31,6 +31,7 @@
 #include "quant/blocks.h"
 #include "quant/quant.h"
 
+#include <fnmatch.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,7 +43,8 @@
 
 static uint64_t g_seed = 0x0b5eedf00dULL;
 // FORGE_OPS_QUICK=1: fewer types and shapes (for runs under compute-sanitizer, which is slow);
-// FORGE_TEST_FILTER=pattern: only the tests whose name matches (cmocka's filter, e.g. "k_cuda*").
+// FORGE_TEST_FILTER=patterns: only the tests whose name matches one of the comma-separated fnmatch
+// patterns (e.g. "k_cuda*", "*_variants,*rope_kv_attention").
 static bool g_quick;
 static uint64_t g_rng;
 static uint64_t rnd_u64(void) { // splitmix64
@@ -1826,6 +1828,130 @@ static void test_rope_kv_store(void **state) {
     rope_kv_store_case(tg, FG_TYPE_F32, FG_ROPE_NEOX, 48);
 }
 
+// rope_kv_attention equals rope_kv_store then attention on the same backend, bit for bit (the
+// cache and the output): the CUDA decode kernel rotates q and the new k in shared memory and
+// stores K/V itself on decode steps (split sequences included: the store is the work of the
+// chunk that holds the position); prefill steps and F32 caches run the two ops. The cache
+// holds random history; the other layer's pages must stay as they were.
+typedef struct {
+    uint32_t kv_type;
+    fg_rope_mode mode;
+    int n_rot, head_dim, n_head, n_head_kv, n_seqs;
+    int n_kv[4], n_new[4];
+    bool ff;
+} rka_case;
+
+static void rope_kv_attention_case(const target *tg, const rka_case *rc) {
+    const int n_layer = 2, layer = 1, hd = rc->head_dim, nkv = rc->n_head_kv, ps = 16;
+    const int64_t qw = (int64_t)rc->n_head * hd, kw = (int64_t)nkv * hd;
+    step_data sd;
+    make_step(&sd, rc->n_seqs, rc->n_kv, rc->n_new, ps, 100, 0);
+    const int nt = sd.st.n_tokens;
+    const size_t row_b = fg_type_row_size_n(rc->kv_type, kw);
+    const size_t cache_rows = (size_t)n_layer * sd.n_pages * ps, cache_bytes = cache_rows * row_b;
+    unsigned char *k0 = malloc(cache_bytes), *v0 = malloc(cache_bytes);
+    float *tmp = malloc(sizeof(float) * (size_t)kw);
+    for (size_t r = 0; r < cache_rows; r++) {
+        fill(tmp, (size_t)kw, 2.0f);
+        kv_put_row(k0, rc->kv_type, kw, r, tmp);
+        fill(tmp, (size_t)kw, 1.0f);
+        kv_put_row(v0, rc->kv_type, kw, r, tmp);
+    }
+    free(tmp);
+    float *q = malloc(sizeof(float) * qw * nt), *k = malloc(sizeof(float) * kw * nt), *v = malloc(sizeof(float) * kw * nt);
+    fill(q, (size_t)(qw * nt), 2.0f);
+    fill(k, (size_t)(kw * nt), 2.0f);
+    fill(v, (size_t)(kw * nt), 1.0f);
+    float ffv[256];
+    for (int i = 0; i < rc->n_rot / 2; i++)
+        ffv[i] = 1.0f + 3.0f * fabsf(rnd_f());
+    char what[160];
+    snprintf(what, sizeof(what), "%s rope_kv_attention %s %s n_rot=%d hd=%d heads %d/%d%s", tg->name,
+             fg_type_name(rc->kv_type), rc->mode == FG_ROPE_NEOX ? "neox" : "normal", rc->n_rot, hd, rc->n_head, nkv,
+             rc->ff ? " freq_factors" : "");
+    unsigned char *kres[2], *vres[2];
+    float *out[2];
+    for (int fused = 0; fused < 2; fused++) {
+        fg_backend *be = open_backend(tg, 0);
+        reserve(be, nt, rc->n_seqs, sd.max_pages, sd.max_pages * ps, qw);
+        fg_kv_view kv = {n_layer, sd.n_pages, ps, nkv, hd, rc->kv_type, {0}, {0}};
+        fg_buffer *kvbuf = NULL;
+        assert_int_equal(be->ops->kv_alloc(be, &kv, &kvbuf), FG_OK);
+        assert_int_equal(fg_tensor_nbytes(&kv.k), cache_bytes);
+        assert_int_equal(be->ops->upload(be, &kv.k, 0, k0, cache_bytes), FG_OK);
+        assert_int_equal(be->ops->upload(be, &kv.v, 0, v0, cache_bytes), FG_OK);
+        dev dq = dev_2d(be, FG_TYPE_F32, qw, nt), dk = dev_2d(be, FG_TYPE_F32, kw, nt), dv = dev_2d(be, FG_TYPE_F32, kw, nt);
+        dev dd = dev_2d(be, FG_TYPE_F32, qw, nt), dff = dev_2d(be, FG_TYPE_F32, 128, 1);
+        dev_put(be, &dq, q);
+        dev_put(be, &dk, k);
+        dev_put(be, &dv, v);
+        float ffp[128] = {0};
+        memcpy(ffp, ffv, sizeof(float) * (size_t)(rc->n_rot / 2));
+        dev_put(be, &dff, ffp);
+        fg_rope_params rp = {rc->n_head, hd, rc->n_rot, rc->mode, 1e4f, 0.5f, rc->ff ? &dff.t : NULL};
+        fg_attn_params ap = {layer, rc->n_head, 1.0f / sqrtf((float)hd), true};
+        begin(be, &sd);
+        if (fused) {
+            if (fg_op_rope_kv_attention(be, &dd.t, &dq.t, &dk.t, &dv.t, &rp, nkv, &kv, &ap) != FG_OK)
+                fail_msg("%s: %s", what, fg_last_error());
+        } else {
+            assert_int_equal(fg_op_rope_kv_store(be, &dq.t, &dk.t, &dv.t, &rp, nkv, &kv, layer), FG_OK);
+            assert_int_equal(fg_op_attention(be, &dd.t, &dq.t, &kv, &ap), FG_OK);
+        }
+        end(be);
+        kres[fused] = malloc(cache_bytes);
+        vres[fused] = malloc(cache_bytes);
+        assert_int_equal(be->ops->download(be, &kv.k, 0, kres[fused], cache_bytes), FG_OK);
+        assert_int_equal(be->ops->download(be, &kv.v, 0, vres[fused], cache_bytes), FG_OK);
+        out[fused] = dev_get(be, &dd);
+        dev_check_guard(be, &dd, what);
+        be->ops->buf_free(be, kvbuf);
+        dev_free(be, &dq);
+        dev_free(be, &dk);
+        dev_free(be, &dv);
+        dev_free(be, &dd);
+        dev_free(be, &dff);
+        fg_backend_destroy(be);
+    }
+    const size_t layer_bytes = cache_bytes / n_layer; // layer 0 untouched
+    check_same(what, kres[0], k0, layer_bytes);
+    check_same(what, kres[1], k0, layer_bytes);
+    check_same(what, vres[1], v0, layer_bytes);
+    check_same(what, kres[1], kres[0], cache_bytes);
+    check_same(what, vres[1], vres[0], cache_bytes);
+    check_same(what, out[1], out[0], sizeof(float) * (size_t)(qw * nt));
+    for (int i = 0; i < 2; i++) {
+        free(kres[i]);
+        free(vres[i]);
+        free(out[i]);
+    }
+    free(k0);
+    free(v0);
+    free(q);
+    free(k);
+    free(v);
+    free_step(&sd);
+}
+
+static void test_rope_kv_attention(void **state) {
+    const target *tg = *state;
+    need_target(tg);
+    static const rka_case cases[] = {
+        // type, mode, n_rot, head_dim, n_head, n_head_kv, n_seqs, n_kv, n_new, freq factors
+        {FG_TYPE_F16, FG_ROPE_NORMAL, 128, 128, 32, 8, 1, {37}, {1}, false},               // 8B's shape
+        {FG_TYPE_F16, FG_ROPE_NEOX, 64, 64, 8, 2, 3, {1, 70, 17}, {1, 1, 1}, true},        // first position, ff
+        {FG_TYPE_Q8_0, FG_ROPE_NEOX, 64, 128, 28, 4, 2, {300, 45}, {1, 1}, false},         // GQA 7, partial rotary
+        {FG_TYPE_Q8_0, FG_ROPE_NORMAL, 32, 64, 4, 4, 2, {20, 9}, {1, 1}, true},            // MHA, partial, ff
+        {FG_TYPE_F16, FG_ROPE_NORMAL, 128, 128, 32, 8, 2, {4000, 33}, {1, 1}, false},      // a split sequence
+        {FG_TYPE_Q8_0, FG_ROPE_NEOX, 256, 256, 8, 2, 1, {1000}, {1}, false},               // head_dim 256, split
+        {FG_TYPE_F16, FG_ROPE_NEOX, 64, 64, 8, 2, 2, {40, 12}, {20, 3}, true},             // prefill: two ops
+        {FG_TYPE_F32, FG_ROPE_NORMAL, 48, 64, 8, 2, 2, {40, 12}, {1, 1}, false},           // F32 cache: two ops
+    };
+    for (size_t i = 0; i < FG_ARRAY_LEN(cases); i++)
+        if (!g_quick || cases[i].n_kv[0] < 1000)
+            rope_kv_attention_case(tg, &cases[i]);
+}
+
 // ---------------------------------------------------------------- embedding models (issue 14)
 // layernorm: rows of odd widths on both sides of the GPU's warp/block switch (1,024 columns),
 // with weight and bias, without them, and in place; the inputs carry an offset, so the mean
@@ -2119,8 +2245,6 @@ int main(void) {
         g_seed = strtoull(s, NULL, 0);
     g_rng = g_seed;
     g_quick = getenv("FORGE_OPS_QUICK") && !strcmp(getenv("FORGE_OPS_QUICK"), "1");
-    if (getenv("FORGE_TEST_FILTER"))
-        cmocka_set_test_filter(getenv("FORGE_TEST_FILTER"));
     printf("test_backend_ops: seed 0x%llx (FORGE_SEED replays it), cpu kernels %s\n", (unsigned long long)g_seed,
            fg_cpu_simd_name());
 #define T(tg, fn) {#tg ": " #fn, fn, NULL, NULL, (void *)&tg}
@@ -2131,7 +2255,7 @@ int main(void) {
         T(tg, test_convert), T(tg, test_rmsnorm),                                                                 \
         T(tg, test_add_swiglu), T(tg, test_swiglu_convert), T(tg, test_rmsnorm_convert), T(tg, test_add_rmsnorm), \
         T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), T(tg, test_attention),           \
-        T(tg, test_attention_dec_variants), T(tg, test_kv_types), T(tg, test_rope_kv_store), T(tg, test_sample),  \
+        T(tg, test_attention_dec_variants), T(tg, test_kv_types), T(tg, test_rope_kv_store), T(tg, test_rope_kv_attention), T(tg, test_sample),  \
         T(tg, test_sample_checks), T(tg, test_layernorm), T(tg, test_gelu), T(tg, test_add_rows), T(tg, test_pool)
     const struct CMUnitTest tests[] = {
         PER_TARGET(k_cpu),
@@ -2139,5 +2263,27 @@ int main(void) {
         PER_TARGET(k_cuda),
 #endif
     };
-    return cmocka_run_group_tests_name("backend_ops", tests, NULL, NULL);
+    // FORGE_TEST_FILTER: comma-separated fnmatch patterns over "target: test" names
+    struct CMUnitTest sel[FG_ARRAY_LEN(tests)];
+    size_t n_sel = 0;
+    const char *filter = getenv("FORGE_TEST_FILTER");
+    for (size_t i = 0; i < FG_ARRAY_LEN(tests); i++) {
+        bool take = !filter || !*filter;
+        for (const char *f = filter; f && *f && !take; f = strchr(f, ',') ? strchr(f, ',') + 1 : NULL) {
+            char pat[128];
+            size_t len = strcspn(f, ",");
+            if (len >= sizeof(pat))
+                len = sizeof(pat) - 1;
+            memcpy(pat, f, len);
+            pat[len] = '\0';
+            take = fnmatch(pat, tests[i].name, 0) == 0;
+        }
+        if (take)
+            sel[n_sel++] = tests[i];
+    }
+    if (n_sel == 0) {
+        fprintf(stderr, "test_backend_ops: FORGE_TEST_FILTER=%s matches no test\n", filter);
+        return 1;
+    }
+    return _cmocka_run_group_tests("backend_ops", sel, n_sel, NULL, NULL);
 }

@@ -474,6 +474,14 @@ typedef struct attn_args {
     // partials as [n_seqs][n_head][n_split] rows of pstat / pacc when n_split > 1
     int n_split;
     int dec_passes; // attn_dec_kernel: warp passes whose loads are in flight together (2 or 4)
+    // attn_dec_kernel with rope + KV store (rope_kv_attention; rope_half 0: q as it is, the
+    // step's K/V already stored): q and the new k rotated in shared memory, k and v stored by
+    // the block whose keys hold the token's position
+    int rope_half, rope_neox;
+    const float *rope_ff;
+    float theta_scale, freq_scale;
+    const char *kn, *vn; // the step's f32 k and v rows ([n_tokens][n_head_kv * head_dim])
+    size_t kn_nb1, vn_nb1;
 } attn_args;
 
 // Partial row of (kv head hk, flattened row fr = token_in_seq * group + g, chunk ch) of a split
@@ -1144,6 +1152,8 @@ static __device__ __forceinline__ void dec_key(const typename DT::qreg &q, const
 template <int D, int GM> struct dec_smem {
     float m[DEC_NW][GM], l[DEC_NW][GM];
     float acc[DEC_NW][GM][D];
+    float rq[GM + 1][D]; // rope_kv_attention: the block's q heads, then its new k head, rotated
+    float cs[D];         // their angles: cos [half], sin [half]
 };
 
 template <typename DT, int D, int GM>
@@ -1172,8 +1182,37 @@ __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args 
         hi = min(lo + len, kv_end);
     }
 
+    const int32_t *pt = a.page_table + (size_t)s * a.max_pages;
+    const size_t head_off = (size_t)hk * DT::KVT::row_bytes(D);
+    const float *qrow = (const float *)(a.q + (size_t)t * a.q_nb1) + (size_t)hk * G * D;
+    if (a.rope_half > 0) { // rope_kv_attention (block-uniform)
+        const int p = a.pos[t], hf = a.rope_half;
+        fg_rope_angles(sm.cs, hf, p, a.rope_ff, a.theta_scale, a.freq_scale);
+        const float *kin = (const float *)(a.kn + (size_t)t * a.kn_nb1) + (size_t)hk * D;
+        for (int x = threadIdx.x; x < (G + 1) * D; x += DEC_NW * W)
+            (&sm.rq[0][0])[x] = x < G * D ? qrow[x] : kin[x - G * D];
+        __syncthreads();
+        for (int x = threadIdx.x; x < (G + 1) * hf; x += DEC_NW * W) {
+            const int g = x / hf, i = x % hf;
+            float *r = x < G * hf ? sm.rq[g] : sm.rq[G];
+            const int i0 = a.rope_neox ? i : 2 * i, i1 = a.rope_neox ? i + hf : 2 * i + 1;
+            fg_rope_pair(r[i0], r[i1], sm.cs[i], sm.cs[hf + i]);
+        }
+        __syncthreads();
+        // the key at the token's position: stored by the block whose keys hold it (the last
+        // chunk when it lies past every chunk), read back after the barrier like any other
+        if ((p >= lo && p < hi) || (split == a.n_split - 1 && p >= hi)) {
+            const size_t ro = (size_t)a.page_table[(size_t)a.seq[t] * a.max_pages + p / a.page_size] * a.kv_nb2 +
+                              (size_t)(p % a.page_size) * a.kv_nb1 + head_off;
+            kv_store_row<typename DT::KVT>((char *)a.k + ro, sm.rq[G], D);
+            kv_store_row<typename DT::KVT>((char *)a.v + ro, (const float *)(a.vn + (size_t)t * a.vn_nb1) + (size_t)hk * D,
+                                           D);
+            __syncthreads();
+        }
+        qrow = &sm.rq[0][0];
+    }
     typename DT::qreg q;
-    const float *qrow = (const float *)(a.q + (size_t)t * a.q_nb1) + (size_t)hk * G * D + e;
+    qrow += e;
 #pragma unroll
     for (int g = 0; g < GM; g++)
         DT::template set_q<GM>(q, g, qrow + (size_t)g * D, a.qscale, g < G);
@@ -1188,8 +1227,6 @@ __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args 
             acc[g][i] = 0.0f;
     }
 
-    const int32_t *pt = a.page_table + (size_t)s * a.max_pages;
-    const size_t head_off = (size_t)hk * DT::KVT::row_bytes(D);
     // np passes of the warp per iteration (a.dec_passes, 2 or 4: block-uniform): every pass's
     // keys are loaded before any is used, so that np keys a lane group are in flight at once
     constexpr int STEP = DEC_NW * KPW, P_MAX = 4;
@@ -1827,4 +1864,38 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
         FG_GPU_LAUNCH_CHECK(c, "attention reduce");
     }
     return FG_OK;
+}
+
+// rope(q), rope(k), kv_store(k, v), attention: a decode step that the decode kernel takes does
+// all of it in attn_dec_kernel (one launch instead of two; q and k are rotated in shared memory,
+// their rows in memory stay as they were); any other step runs the two ops.
+fg_status fg_cuda_rope_kv_attention(fg_cuda *c, fg_tensor *dst, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
+                                   const fg_rope_params *rp, int32_t n_head_kv, const fg_kv_view *kv,
+                                   const fg_attn_params *ap) {
+    const fg_cuda_step *st = &c->step;
+    FG_ASSERT(fg_cuda_kv_supports(kv->type) && rp->head_dim == kv->head_dim && n_head_kv == kv->n_head_kv);
+    FG_ASSERT(rp->n_rot >= 2 && rp->n_rot % 2 == 0 && rp->n_rot <= rp->head_dim && rp->n_head == ap->n_head);
+    FG_ASSERT(rp->mode == FG_ROPE_NORMAL || rp->mode == FG_ROPE_NEOX);
+    FG_ASSERT(ap->layer >= 0 && ap->layer < kv->n_layer && kv->k.nb[1] == kv->v.nb[1] && kv->k.nb[2] == kv->v.nb[2]);
+    if (c->dec_rope && st->n_tokens > 0 && st->n_seqs > 0 && kv->head_dim <= 512) {
+        attn_args a = attn_args_of(c, dst, q, kv, ap);
+        if (dec_fits(c, kv->type, a)) {
+            a.rope_half = rp->n_rot / 2;
+            a.rope_neox = rp->mode == FG_ROPE_NEOX;
+            a.rope_ff = NULL;
+            if (rp->freq_factors) {
+                FG_ASSERT(rp->freq_factors->type == FG_TYPE_F32 && rp->freq_factors->ne[0] >= rp->n_rot / 2);
+                a.rope_ff = (const float *)rp->freq_factors->data;
+            }
+            a.theta_scale = powf(rp->freq_base, -2.0f / (float)rp->n_rot); // the host's powf, as the CPU's
+            a.freq_scale = rp->freq_scale;
+            a.kn = (const char *)k->data;
+            a.kn_nb1 = k->nb[1];
+            a.vn = (const char *)v->data;
+            a.vn_nb1 = v->nb[1];
+            return dec_launch(c, a, kv->type);
+        }
+    }
+    FG_TRY(fg_cuda_rope_kv_store(c, q, k, v, rp, n_head_kv, kv, ap->layer));
+    return fg_cuda_attention(c, dst, q, kv, ap);
 }

@@ -906,6 +906,17 @@ static fg_status op_rope_kv_store(fg_backend *be, fg_tensor *q, fg_tensor *k, co
     PROF_RETURN(c, fg_cuda_rope_kv_store(c, q, k, v, p, n_head_kv, kv, layer), "rope_kv_store %s x%lld",
                 fg_type_name(kv->type), LL(q->ne[1]));
 }
+static fg_status op_rope_kv_attention(fg_backend *be, fg_tensor *dst, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
+                                     const fg_rope_params *rp, int32_t n_head_kv, const fg_kv_view *kv,
+                                     const fg_attn_params *ap) {
+    fg_cuda *c = fg_cuda_ctx(be);
+    CHECK_STICKY(c);
+    if (c->graph_mode == 2)
+        return FG_OK; // the recorded step does it
+    c->attn.used = 0;
+    PROF_RETURN(c, fg_cuda_rope_kv_attention(c, dst, q, k, v, rp, n_head_kv, kv, ap),
+                "rope_kv_attention %s kv<=%d x%lld", fg_type_name(kv->type), c->step.max_n_kv, LL(q->ne[1]));
+}
 static fg_status op_kv_copy_page(fg_backend *be, const fg_kv_view *kv, int32_t dst_page, int32_t src_page) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
@@ -1048,6 +1059,7 @@ static fg_backend_ops make_cuda_ops(void) {
     o.download_async = cuda_download_async;
     o.add_rmsnorm = op_add_rmsnorm;
     o.rope_kv_store = op_rope_kv_store;
+    o.rope_kv_attention = op_rope_kv_attention;
     o.kv_copy_page = op_kv_copy_page;
     o.copy_bandwidth = cuda_copy_bandwidth;
     o.all_reduce = op_all_reduce;
@@ -1112,6 +1124,8 @@ static fg_status init_device(fg_cuda *c) {
     c->dec_l_min = dl ? atoi(dl) : 0;
     const char *dp = getenv("FORGE_CUDA_DEC_PASSES"); // 2 (default) or 4
     c->dec_passes = dp && !strcmp(dp, "4") ? 4 : 2;
+    const char *dr = getenv("FORGE_CUDA_DEC_ROPE");
+    c->dec_rope = !(dr && !strcmp(dr, "0"));
     const char *ss = getenv("FORGE_CUDA_SAMPLE_SLICE"); // logits a block of the split sample pass
     c->sample_slice = ss ? atoi(ss) : 0;                // (0: SAMP_SLICE; below 0: no split)
     FG_TRY(fg_cuda_attn_init(c));

@@ -66,6 +66,13 @@ static __device__ __forceinline__ void fg_rope_angles(float *cs, int half, int32
         cs[half + i] = sinf(th);
     }
 }
+// One rotated pair, (x0 c - x1 s, x0 s + x1 c), without contractions (the reference's roundings;
+// every rope of the backend goes through it, so the fused and the separate ropes agree bit for bit).
+static __device__ __forceinline__ void fg_rope_pair(float &x0, float &x1, float c, float s) {
+    const float a = x0, b = x1;
+    x0 = fg_fsub_rn(fg_fmul_rn(a, c), fg_fmul_rn(b, s));
+    x1 = fg_fadd_rn(fg_fmul_rn(a, s), fg_fmul_rn(b, c));
+}
 // Rotates every (head, pair) of one row in place with the angles of fg_rope_angles (NORMAL:
 // pairs (2i, 2i + 1); NEOX: (i, i + half)), by the block's threads.
 static __device__ __forceinline__ void fg_rope_row(float *row, int n_head, int head_dim, int half, int neox,
@@ -76,9 +83,7 @@ static __device__ __forceinline__ void fg_rope_row(float *row, int n_head, int h
         const int h = k / half, i = k - h * half;
         float *v = row + (size_t)h * head_dim;
         const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
-        const float x0 = v[i0], x1 = v[i1];
-        v[i0] = x0 * cs[i] - x1 * sn[i];
-        v[i1] = x0 * sn[i] + x1 * cs[i];
+        fg_rope_pair(v[i0], v[i1], cs[i], sn[i]);
     }
 }
 
