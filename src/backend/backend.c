@@ -679,9 +679,9 @@ fg_status fg_op_rope_kv_store(fg_backend *be, fg_tensor *q, fg_tensor *k, const 
     return compose_rope_kv_store(be, q, k, v, p, n_head_kv, kv, layer);
 }
 
-fg_status fg_op_rope_kv_attention(fg_backend *be, fg_tensor *dst, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
-                                  const fg_rope_params *rp, int32_t n_head_kv, const fg_kv_view *kv,
-                                  const fg_attn_params *ap) {
+fg_status fg_op_rope_kv_attention(fg_backend *be, fg_tensor *dst, fg_tensor *dq, fg_tensor *q, fg_tensor *k,
+                                  const fg_tensor *v, const fg_rope_params *rp, int32_t n_head_kv,
+                                  const fg_kv_view *kv, const fg_attn_params *ap) {
     if (!ap)
         return FG_FAIL(FG_ERR_INVALID_ARG, "rope_kv_attention: attention params are NULL");
     FG_TRY(check_rope_kv(be, "rope_kv_attention", q, k, v, rp, n_head_kv, kv, ap->layer));
@@ -689,10 +689,17 @@ fg_status fg_op_rope_kv_attention(fg_backend *be, fg_tensor *dst, fg_tensor *q, 
     if (rp->n_head != ap->n_head)
         return FG_FAIL(FG_ERR_INVALID_ARG, "rope_kv_attention: rope over %d q heads, attention over %d", rp->n_head,
                        ap->n_head);
+    if (dq) {
+        if (!fg_backend_supports(be, FG_OP_CONVERT, dq->type))
+            return FG_FAIL(FG_ERR_UNSUPPORTED, "rope_kv_attention: activation type %s is not supported by the %s backend",
+                           fg_type_name(dq->type), be->ops->name);
+        FG_TRY(check_act("rope_kv_attention", "dq", dq, dq->type, dst->ne[0], dst->ne[1]));
+    }
     if (be->ops->rope_kv_attention)
-        return be->ops->rope_kv_attention(be, dst, q, k, v, rp, n_head_kv, kv, ap);
+        return be->ops->rope_kv_attention(be, dst, dq, q, k, v, rp, n_head_kv, kv, ap);
     FG_TRY(compose_rope_kv_store(be, q, k, v, rp, n_head_kv, kv, ap->layer));
-    return be->ops->attention(be, dst, q, kv, ap);
+    FG_TRY(be->ops->attention(be, dst, q, kv, ap));
+    return dq ? be->ops->convert(be, dq, dst) : FG_OK;
 }
 
 fg_status fg_op_all_reduce(fg_backend *be, fg_comm *comm, fg_tensor *x) {

@@ -275,11 +275,12 @@ typedef struct fg_backend_ops {
     fg_status (*rope_kv_store)(fg_backend *be, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
                           const fg_rope_params *p, int32_t n_head_kv, const fg_kv_view *kv,
                           int32_t layer);
-    // rope_kv_store(q, k, v) into layer ap->layer, then attention(dst, q): q and k may be left
-    // rotated or not (nothing reads them after)
-    fg_status (*rope_kv_attention)(fg_backend *be, fg_tensor *dst, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
-                                   const fg_rope_params *rp, int32_t n_head_kv, const fg_kv_view *kv,
-                                   const fg_attn_params *ap);
+    // rope_kv_store(q, k, v) into layer ap->layer, then attention(dst, q), then (dq not NULL)
+    // convert(dq, dst); with dq the backend may write dq straight and leave dst unwritten. q
+    // and k may be left rotated or not (nothing reads them after).
+    fg_status (*rope_kv_attention)(fg_backend *be, fg_tensor *dst, fg_tensor *dq, fg_tensor *q, fg_tensor *k,
+                                   const fg_tensor *v, const fg_rope_params *rp, int32_t n_head_kv,
+                                   const fg_kv_view *kv, const fg_attn_params *ap);
 
     // ---- embedding models (issue 14): BERT's LayerNorm, GELU, position / token-type rows,
     // pooling. Required of every backend (backend.c does not compose them).
@@ -376,11 +377,13 @@ fg_status fg_op_add_rmsnorm(fg_backend *be, fg_tensor *x, fg_tensor *xn, const f
 fg_status fg_op_rope_kv_store(fg_backend *be, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
                               const fg_rope_params *p, int32_t n_head_kv, const fg_kv_view *kv,
                               int32_t layer);
-// fg_op_rope_kv_store then fg_op_attention (layer ap->layer); afterwards q and k hold their
+// fg_op_rope_kv_store then fg_op_attention (layer ap->layer), then, when dq is not NULL,
+// fg_op_convert(dq, dst) (the output projection's activations): with dq, dst's contents are
+// unspecified afterwards (a backend may quantize in the attention kernel). q and k hold their
 // rows rotated or as they were (a backend may rotate copies: nothing may read them after).
-fg_status fg_op_rope_kv_attention(fg_backend *be, fg_tensor *dst, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
-                                  const fg_rope_params *rp, int32_t n_head_kv, const fg_kv_view *kv,
-                                  const fg_attn_params *ap);
+fg_status fg_op_rope_kv_attention(fg_backend *be, fg_tensor *dst, fg_tensor *dq, fg_tensor *q, fg_tensor *k,
+                                  const fg_tensor *v, const fg_rope_params *rp, int32_t n_head_kv,
+                                  const fg_kv_view *kv, const fg_attn_params *ap);
 // x ([rows][cols] F32, contiguous) summed over comm's ranks in place; every rank calls it at
 // the same point of the same step (a communicator of size 1: nothing to do).
 fg_status fg_op_all_reduce(fg_backend *be, fg_comm *comm, fg_tensor *x);

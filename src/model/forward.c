@@ -313,7 +313,24 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
         };
         if (kv_only)
             return fg_op_rope_kv_store(be, &q, &k, &v, &rp, n_head_kv, &kv->view, il);
-        OP(fg_op_rope_kv_attention(be, &att, &q, &k, &v, &rp, n_head_kv, &kv->view, &ap)); // (q, k: spent)
+        // the output projection's activations straight from the attention (the act cache then
+        // holds them as att's), unless the last layer gathers att's rows first
+        const uint32_t at = fg_backend_act_type(be, ly->wo->type, n);
+        fg_tensor attq;
+        const bool conv = at != FG_TYPE_F32 && !(last && n_out >= 0 && n_out < n);
+        if (conv) {
+            int64_t ne[2] = {att.ne[0], n};
+            attq = fg_tensor_view(m->s.buf, m->s.act, 0, at, 2, ne);
+            FG_ASSERT(fg_tensor_nbytes(&attq) <= m->s.act_bytes);
+        }
+        ac->src = NULL; // (the act buffer: attq from here)
+        OP(fg_op_rope_kv_attention(be, &att, conv ? &attq : NULL, &q, &k, &v, &rp, n_head_kv, &kv->view, &ap));
+        if (conv) {
+            ac->t = attq;
+            ac->src = att.data;
+            ac->rows = n;
+            ac->type = at;
+        }
     } else {
         OP(fg_op_kv_store(be, &kv->view, il, &k, &v));
         if (kv_only)

@@ -38,6 +38,15 @@ struct Scn {
 
 static float nanf_() { return __builtin_nanf(""); }
 
+// The backend's convert (cuda_matmul.cu, not built here) for the paths of rope_kv_attention that
+// convert after the attention: the reference's activation quantizer.
+fg_status fg_cuda_convert(fg_cuda *, fg_tensor *dst, const fg_tensor *x) {
+    for (int64_t r = 0; r < x->ne[1]; r++)
+        fg_quantize_row(dst->type, (const float *)((const char *)x->data + r * x->nb[1]), (char *)dst->data + r * dst->nb[1],
+                        x->ne[0]);
+    return FG_OK;
+}
+
 static int run(const Scn &sc) {
     auto t0 = std::chrono::steady_clock::now();
     std::mt19937 rng(sc.seed);
@@ -198,9 +207,11 @@ static int run(const Scn &sc) {
     fg_tensor fft = f32t(ffv.data(), (int64_t)ffv.size(), 1, ffv.size() * 4);
     fg_rope_params rp = {nh, hd, sc.n_rot, sc.neox ? FG_ROPE_NEOX : FG_ROPE_NORMAL, freq_base, freq_scale,
                          sc.ff ? &fft : NULL};
+    const std::vector<float> qin0 = qin, kin0 = kin; // (the two ops rotate them in place)
     if (sc.n_rot > 0) {
         c.dec_rope = getenv("FORGE_CUDA_DEC_ROPE") == NULL || strcmp(getenv("FORGE_CUDA_DEC_ROPE"), "0") != 0;
-        if (fg_cuda_rope_kv_attention(&c, &dt, &qt, &kt, &vt, &rp, nkvh, &kv, &p) != FG_OK) {
+        c.dec_quant = true;
+        if (fg_cuda_rope_kv_attention(&c, &dt, NULL, &qt, &kt, &vt, &rp, nkvh, &kv, &p) != FG_OK) {
             printf("  FAIL rope_kv_attention: %s\n", fg_last_error());
             return 1;
         }
@@ -258,6 +269,33 @@ static int run(const Scn &sc) {
             }
         }
         if (!isnan(dst[t * d_stride + (size_t)nh * hd])) { printf("  FAIL: row padding of dst written (t=%d)\n", t); fails++; }
+    }
+    // the output projection's activations from the same op (dq): the rows of dst quantized as
+    // the reference quantizes activations, bit for bit (Q8_K where a kv head's outputs are whole
+    // Q8_K blocks, else Q8_1); the cache already holds this step's K/V (stored again, the same)
+    if (sc.n_rot > 0 && hd % 32 == 0) {
+        const int G_ = nh / nkvh;
+        const uint32_t qt_ = (G_ * hd) % 256 == 0 ? FG_TYPE_Q8_K : FG_TYPE_Q8_1;
+        const size_t qrow = fg_type_row_size_n(qt_, (int64_t)nh * hd);
+        std::vector<uint8_t> dqb((size_t)n_tokens * qrow, 0xA5), want((size_t)n_tokens * qrow);
+        std::vector<float> dst2((size_t)n_tokens * d_stride, nanf_());
+        fg_tensor d2 = f32t(dst2.data(), (int64_t)nh * hd, n_tokens, d_stride * 4), dqt = d2;
+        dqt.type = qt_; dqt.data = dqb.data(); dqt.nb[0] = fg_type_block_bytes(qt_); dqt.nb[1] = qrow;
+        dqt.nb[2] = dqt.nb[3] = qrow * n_tokens;
+        qin = qin0;
+        kin = kin0;
+        if (fg_cuda_rope_kv_attention(&c, &d2, &dqt, &qt, &kt, &vt, &rp, nkvh, &kv, &p) != FG_OK) {
+            printf("  FAIL rope_kv_attention (dq): %s\n", fg_last_error());
+            return 1;
+        }
+        for (int t = 0; t < n_tokens; t++)
+            fg_quantize_row(qt_, &dst[t * d_stride], want.data() + t * qrow, (int64_t)nh * hd);
+        if (memcmp(dqb.data(), want.data(), dqb.size())) {
+            size_t at = 0;
+            while (dqb[at] == want[at]) at++;
+            printf("  FAIL dq %s differs from the quantized output at byte %zu (token %zu)\n", fg_type_name(qt_), at, at / qrow);
+            fails++;
+        }
     }
     double nmse = den > 0 ? num / den : num;
     if (bad) { printf("  FAIL: %ld non-finite outputs\n", bad); fails++; }

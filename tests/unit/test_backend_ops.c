@@ -1828,10 +1828,11 @@ static void test_rope_kv_store(void **state) {
     rope_kv_store_case(tg, FG_TYPE_F32, FG_ROPE_NEOX, 48);
 }
 
-// rope_kv_attention equals rope_kv_store then attention on the same backend, bit for bit (the
-// cache and the output): the CUDA decode kernel rotates q and the new k in shared memory and
-// stores K/V itself on decode steps (split sequences included: the store is the work of the
-// chunk that holds the position); prefill steps and F32 caches run the two ops. The cache
+// rope_kv_attention equals rope_kv_store then attention (then convert, with dq) on the same
+// backend, bit for bit (the cache and the output): the CUDA decode kernel rotates q and the new
+// k in shared memory and stores K/V itself on decode steps (split sequences included: the store
+// is the work of the chunk that holds the position) and, unsplit, quantizes its output rows
+// into dq; prefill steps and F32 caches run the ops. The cache
 // holds random history; the other layer's pages must stay as they were.
 typedef struct {
     uint32_t kv_type;
@@ -1839,6 +1840,7 @@ typedef struct {
     int n_rot, head_dim, n_head, n_head_kv, n_seqs;
     int n_kv[4], n_new[4];
     bool ff;
+    uint32_t dq_type; // the output projection's activations from the op too (0: none)
 } rka_case;
 
 static void rope_kv_attention_case(const target *tg, const rka_case *rc) {
@@ -1866,11 +1868,12 @@ static void rope_kv_attention_case(const target *tg, const rka_case *rc) {
     for (int i = 0; i < rc->n_rot / 2; i++)
         ffv[i] = 1.0f + 3.0f * fabsf(rnd_f());
     char what[160];
-    snprintf(what, sizeof(what), "%s rope_kv_attention %s %s n_rot=%d hd=%d heads %d/%d%s", tg->name,
+    snprintf(what, sizeof(what), "%s rope_kv_attention %s %s n_rot=%d hd=%d heads %d/%d%s%s%s", tg->name,
              fg_type_name(rc->kv_type), rc->mode == FG_ROPE_NEOX ? "neox" : "normal", rc->n_rot, hd, rc->n_head, nkv,
-             rc->ff ? " freq_factors" : "");
+             rc->ff ? " freq_factors" : "", rc->dq_type ? " into " : "", rc->dq_type ? fg_type_name(rc->dq_type) : "");
     unsigned char *kres[2], *vres[2];
-    float *out[2];
+    void *out[2];
+    size_t obytes = 0;
     for (int fused = 0; fused < 2; fused++) {
         fg_backend *be = open_backend(tg, 0);
         reserve(be, nt, rc->n_seqs, sd.max_pages, sd.max_pages * ps, qw);
@@ -1882,6 +1885,7 @@ static void rope_kv_attention_case(const target *tg, const rka_case *rc) {
         assert_int_equal(be->ops->upload(be, &kv.v, 0, v0, cache_bytes), FG_OK);
         dev dq = dev_2d(be, FG_TYPE_F32, qw, nt), dk = dev_2d(be, FG_TYPE_F32, kw, nt), dv = dev_2d(be, FG_TYPE_F32, kw, nt);
         dev dd = dev_2d(be, FG_TYPE_F32, qw, nt), dff = dev_2d(be, FG_TYPE_F32, 128, 1);
+        dev dqd = dev_2d(be, rc->dq_type ? rc->dq_type : FG_TYPE_F32, qw, nt);
         dev_put(be, &dq, q);
         dev_put(be, &dk, k);
         dev_put(be, &dv, v);
@@ -1892,25 +1896,31 @@ static void rope_kv_attention_case(const target *tg, const rka_case *rc) {
         fg_attn_params ap = {layer, rc->n_head, 1.0f / sqrtf((float)hd), true};
         begin(be, &sd);
         if (fused) {
-            if (fg_op_rope_kv_attention(be, &dd.t, &dq.t, &dk.t, &dv.t, &rp, nkv, &kv, &ap) != FG_OK)
+            if (fg_op_rope_kv_attention(be, &dd.t, rc->dq_type ? &dqd.t : NULL, &dq.t, &dk.t, &dv.t, &rp, nkv, &kv,
+                                        &ap) != FG_OK)
                 fail_msg("%s: %s", what, fg_last_error());
         } else {
             assert_int_equal(fg_op_rope_kv_store(be, &dq.t, &dk.t, &dv.t, &rp, nkv, &kv, layer), FG_OK);
             assert_int_equal(fg_op_attention(be, &dd.t, &dq.t, &kv, &ap), FG_OK);
+            if (rc->dq_type)
+                assert_int_equal(fg_op_convert(be, &dqd.t, &dd.t), FG_OK);
         }
         end(be);
         kres[fused] = malloc(cache_bytes);
         vres[fused] = malloc(cache_bytes);
         assert_int_equal(be->ops->download(be, &kv.k, 0, kres[fused], cache_bytes), FG_OK);
         assert_int_equal(be->ops->download(be, &kv.v, 0, vres[fused], cache_bytes), FG_OK);
-        out[fused] = dev_get(be, &dd);
+        out[fused] = rc->dq_type ? dev_get(be, &dqd) : dev_get(be, &dd); // (with dq, dst is unspecified)
         dev_check_guard(be, &dd, what);
+        dev_check_guard(be, &dqd, what);
+        obytes = rc->dq_type ? dqd.bytes : dd.bytes;
         be->ops->buf_free(be, kvbuf);
         dev_free(be, &dq);
         dev_free(be, &dk);
         dev_free(be, &dv);
         dev_free(be, &dd);
         dev_free(be, &dff);
+        dev_free(be, &dqd);
         fg_backend_destroy(be);
     }
     const size_t layer_bytes = cache_bytes / n_layer; // layer 0 untouched
@@ -1919,7 +1929,7 @@ static void rope_kv_attention_case(const target *tg, const rka_case *rc) {
     check_same(what, vres[1], v0, layer_bytes);
     check_same(what, kres[1], kres[0], cache_bytes);
     check_same(what, vres[1], vres[0], cache_bytes);
-    check_same(what, out[1], out[0], sizeof(float) * (size_t)(qw * nt));
+    check_same(what, out[1], out[0], obytes);
     for (int i = 0; i < 2; i++) {
         free(kres[i]);
         free(vres[i]);
@@ -1937,15 +1947,19 @@ static void test_rope_kv_attention(void **state) {
     const target *tg = *state;
     need_target(tg);
     static const rka_case cases[] = {
-        // type, mode, n_rot, head_dim, n_head, n_head_kv, n_seqs, n_kv, n_new, freq factors
-        {FG_TYPE_F16, FG_ROPE_NORMAL, 128, 128, 32, 8, 1, {37}, {1}, false},               // 8B's shape
-        {FG_TYPE_F16, FG_ROPE_NEOX, 64, 64, 8, 2, 3, {1, 70, 17}, {1, 1, 1}, true},        // first position, ff
-        {FG_TYPE_Q8_0, FG_ROPE_NEOX, 64, 128, 28, 4, 2, {300, 45}, {1, 1}, false},         // GQA 7, partial rotary
-        {FG_TYPE_Q8_0, FG_ROPE_NORMAL, 32, 64, 4, 4, 2, {20, 9}, {1, 1}, true},            // MHA, partial, ff
-        {FG_TYPE_F16, FG_ROPE_NORMAL, 128, 128, 32, 8, 2, {4000, 33}, {1, 1}, false},      // a split sequence
-        {FG_TYPE_Q8_0, FG_ROPE_NEOX, 256, 256, 8, 2, 1, {1000}, {1}, false},               // head_dim 256, split
-        {FG_TYPE_F16, FG_ROPE_NEOX, 64, 64, 8, 2, 2, {40, 12}, {20, 3}, true},             // prefill: two ops
-        {FG_TYPE_F32, FG_ROPE_NORMAL, 48, 64, 8, 2, 2, {40, 12}, {1, 1}, false},           // F32 cache: two ops
+        // type, mode, n_rot, head_dim, n_head, n_head_kv, n_seqs, n_kv, n_new, freq factors, dq
+        {FG_TYPE_F16, FG_ROPE_NORMAL, 128, 128, 32, 8, 1, {37}, {1}, false, 0},                  // 8B's shape
+        {FG_TYPE_F16, FG_ROPE_NORMAL, 128, 128, 32, 8, 1, {37}, {1}, false, FG_TYPE_Q8_K},       // ... into Q8_K
+        {FG_TYPE_F16, FG_ROPE_NEOX, 64, 64, 32, 8, 2, {5, 90}, {1, 1}, false, FG_TYPE_Q8_1},     // 1B's, Q8_1
+        {FG_TYPE_F16, FG_ROPE_NEOX, 64, 64, 8, 2, 3, {1, 70, 17}, {1, 1, 1}, true, 0},           // first position, ff
+        {FG_TYPE_Q8_0, FG_ROPE_NEOX, 64, 128, 28, 4, 2, {300, 45}, {1, 1}, false, FG_TYPE_Q8_1}, // GQA 7, partial rotary
+        {FG_TYPE_Q8_0, FG_ROPE_NEOX, 64, 128, 28, 4, 2, {300, 45}, {1, 1}, false, FG_TYPE_Q8_K}, // (896: convert after)
+        {FG_TYPE_Q8_0, FG_ROPE_NORMAL, 32, 64, 4, 4, 2, {20, 9}, {1, 1}, true, FG_TYPE_Q8_1},    // MHA, partial, ff
+        {FG_TYPE_F16, FG_ROPE_NORMAL, 128, 128, 32, 8, 2, {4000, 33}, {1, 1}, false, 0},         // a split sequence
+        {FG_TYPE_F16, FG_ROPE_NORMAL, 128, 128, 32, 8, 2, {4000, 33}, {1, 1}, false, FG_TYPE_Q8_K},
+        {FG_TYPE_Q8_0, FG_ROPE_NEOX, 256, 256, 8, 2, 1, {1000}, {1}, false, 0},                  // head_dim 256, split
+        {FG_TYPE_F16, FG_ROPE_NEOX, 64, 64, 8, 2, 2, {40, 12}, {20, 3}, true, FG_TYPE_Q8_1},     // prefill: the ops
+        {FG_TYPE_F32, FG_ROPE_NORMAL, 48, 64, 8, 2, 2, {40, 12}, {1, 1}, false, FG_TYPE_Q8_K},   // F32 cache: the ops
     };
     for (size_t i = 0; i < FG_ARRAY_LEN(cases); i++)
         if (!g_quick || cases[i].n_kv[0] < 1000)

@@ -482,6 +482,11 @@ typedef struct attn_args {
     float theta_scale, freq_scale;
     const char *kn, *vn; // the step's f32 k and v rows ([n_tokens][n_head_kv * head_dim])
     size_t kn_nb1, vn_nb1;
+    // attn_dec_kernel, unsplit: the output rows quantized in the kernel (dq_type Q8_1 or Q8_K,
+    // 0: f32 into dst), as convert quantizes them
+    uint8_t *dq;
+    size_t dq_nb1;
+    uint32_t dq_type;
 } attn_args;
 
 // Partial row of (kv head hk, flattened row fr = token_in_seq * group + g, chunk ch) of a split
@@ -1152,9 +1157,97 @@ static __device__ __forceinline__ void dec_key(const typename DT::qreg &q, const
 template <int D, int GM> struct dec_smem {
     float m[DEC_NW][GM], l[DEC_NW][GM];
     float acc[DEC_NW][GM][D];
-    float rq[GM + 1][D]; // rope_kv_attention: the block's q heads, then its new k head, rotated
+    float rq[GM + 1][D]; // rope_kv_attention: the block's q heads, then its new k head, rotated;
+                         // after the merge: the block's output row (dq)
     float cs[D];         // their angles: cos [half], sin [half]
+    float qv[16];        // dq Q8_K: per 32-lane group, the largest |x| and its index
+    int qi[16];
 };
+
+// The block's n outputs (shared memory, a whole number of blocks of the type) quantized as
+// convert quantizes (cuda_matmul.cu: cvt_q8_1_kernel, cvt_q8_k_kernel) into y: 32-lane groups
+// (xor shuffles below 32: inside a half of a 64-wide wavefront) take Q8_1 blocks; a Q8_K block
+// takes the whole block (arg-max of |x|, ties to the lowest index), iq [256] ints of scratch.
+// Every thread of the block calls it.
+static __device__ void dec_quant_out(const float *x, int n, uint32_t type, uint8_t *y, float *qv, int *qi, int *iq) {
+    const int t = threadIdx.x, nt = blockDim.x, lane = t % 32, grp = t / 32, n_grp = nt / 32;
+    if (type == FG_TYPE_Q8_1) {
+        for (int b = grp; b < n / 32; b += n_grp) {
+            const float v = x[b * 32 + lane];
+            float amax = fabsf(v);
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1)
+                amax = fmaxf(amax, fg_shfl_xor(amax, off));
+            const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+            const int q = __float2int_rn(fg_fmul_rn(v, id));
+            float sum = (float)q; // |sum| <= 4064: exact in f32
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1)
+                sum += fg_shfl_xor(sum, off);
+            uint8_t *blk = y + (size_t)b * sizeof(fg_block_q8_1);
+            blk[offsetof(fg_block_q8_1, qs) + lane] = (uint8_t)(int8_t)q;
+            if (lane == 0) {
+                *(uint16_t *)(blk + offsetof(fg_block_q8_1, d)) = fg_f2h(d);
+                *(uint16_t *)(blk + offsetof(fg_block_q8_1, s)) = fg_f2h(fg_fmul_rn(d, sum));
+            }
+        }
+        return;
+    }
+    for (int b = 0; b < n / 256; b++) { // Q8_K
+        const float *xb = x + b * 256;
+        float a = -1.0f;
+        int idx = 0;
+        for (int i = t; i < 256; i += nt) {
+            const float ax = fabsf(xb[i]);
+            if (ax > a) {
+                a = ax;
+                idx = i;
+            }
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            const float oa = fg_shfl_xor(a, off);
+            const int oi = fg_shfl_xor(idx, off);
+            if (oa > a || (oa == a && oi < idx)) {
+                a = oa;
+                idx = oi;
+            }
+        }
+        if (lane == 0) {
+            qv[grp] = a;
+            qi[grp] = idx;
+        }
+        __syncthreads();
+        float amax = qv[0];
+        int at = qi[0];
+        for (int k = 1; k < n_grp; k++)
+            if (qv[k] > amax || (qv[k] == amax && qi[k] < at)) {
+                amax = qv[k];
+                at = qi[k];
+            }
+        fg_block_q8_k *blk = (fg_block_q8_k *)y + b;
+        const float iscale = amax == 0.0f ? 0.0f : -127.0f / xb[at];
+        for (int i = t; i < 256; i += nt) {
+            int q = 0;
+            if (amax != 0.0f) {
+                q = __float2int_rn(fg_fmul_rn(iscale, xb[i]));
+                q = q < 127 ? q : 127;
+            }
+            blk->qs[i] = (int8_t)q;
+            iq[i] = q;
+        }
+        __syncthreads();
+        if (t < 16) {
+            int sum = 0;
+            for (int k = 0; k < 16; k++)
+                sum += iq[t * 16 + k];
+            blk->bsums[t] = (int16_t)sum;
+        }
+        if (t == 0)
+            blk->d = amax == 0.0f ? 0.0f : 1.0f / iscale;
+        __syncthreads(); // qv, qi, iq reused by the next block
+    }
+}
 
 template <typename DT, int D, int GM>
 __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args a) {
@@ -1298,7 +1391,9 @@ __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args 
             }
         }
         const int h = hk * G + g;
-        if (a.n_split == 1) {
+        if (a.n_split == 1 && a.dq_type) {
+            (&sm.rq[0][0])[x] = lsum > 0.0f ? o / lsum : 0.0f;
+        } else if (a.n_split == 1) {
             float *out = (float *)(a.dst + (size_t)t * a.dst_nb1) + (size_t)h * D;
             out[d] = lsum > 0.0f ? o / lsum : 0.0f;
         } else {
@@ -1307,6 +1402,13 @@ __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args 
             if (d == 0)
                 a.pstat[pr] = make_float2(mx, lsum);
         }
+    }
+    if (a.n_split == 1 && a.dq_type) { // (block-uniform) the row's G heads, whole blocks of dq_type
+        __syncthreads();
+        const size_t e0 = (size_t)hk * G * D;
+        uint8_t *y = a.dq + (size_t)t * a.dq_nb1 +
+                     (a.dq_type == FG_TYPE_Q8_1 ? e0 / 32 * sizeof(fg_block_q8_1) : e0 / 256 * sizeof(fg_block_q8_k));
+        dec_quant_out(&sm.rq[0][0], G * D, a.dq_type, y, sm.qv, sm.qi, (int *)&sm.acc[0][0][0]);
     }
 }
 
@@ -1866,12 +1968,13 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
     return FG_OK;
 }
 
-// rope(q), rope(k), kv_store(k, v), attention: a decode step that the decode kernel takes does
-// all of it in attn_dec_kernel (one launch instead of two; q and k are rotated in shared memory,
-// their rows in memory stay as they were); any other step runs the two ops.
-fg_status fg_cuda_rope_kv_attention(fg_cuda *c, fg_tensor *dst, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
-                                   const fg_rope_params *rp, int32_t n_head_kv, const fg_kv_view *kv,
-                                   const fg_attn_params *ap) {
+// rope(q), rope(k), kv_store(k, v), attention (, convert(dq, dst)): a decode step that the decode
+// kernel takes does all of it in attn_dec_kernel (one launch instead of two or three; q and k
+// are rotated in shared memory, their rows in memory stay as they were; unsplit, the output
+// rows go straight to dq, dst is not written); any other step runs the ops.
+fg_status fg_cuda_rope_kv_attention(fg_cuda *c, fg_tensor *dst, fg_tensor *dq, fg_tensor *q, fg_tensor *k,
+                                   const fg_tensor *v, const fg_rope_params *rp, int32_t n_head_kv,
+                                   const fg_kv_view *kv, const fg_attn_params *ap) {
     const fg_cuda_step *st = &c->step;
     FG_ASSERT(fg_cuda_kv_supports(kv->type) && rp->head_dim == kv->head_dim && n_head_kv == kv->n_head_kv);
     FG_ASSERT(rp->n_rot >= 2 && rp->n_rot % 2 == 0 && rp->n_rot <= rp->head_dim && rp->n_head == ap->n_head);
@@ -1893,9 +1996,20 @@ fg_status fg_cuda_rope_kv_attention(fg_cuda *c, fg_tensor *dst, fg_tensor *q, fg
             a.kn_nb1 = k->nb[1];
             a.vn = (const char *)v->data;
             a.vn_nb1 = v->nb[1];
-            return dec_launch(c, a, kv->type);
+            // the output projection's activations from the kernel: unsplit, whole blocks a kv head
+            const int gd = a.group * a.head_dim;
+            if (dq && c->dec_quant && a.n_split == 1 &&
+                ((dq->type == FG_TYPE_Q8_1 && gd % 32 == 0) || (dq->type == FG_TYPE_Q8_K && gd % 256 == 0))) {
+                a.dq = (uint8_t *)dq->data;
+                a.dq_nb1 = dq->nb[1];
+                a.dq_type = dq->type;
+                return dec_launch(c, a, kv->type);
+            }
+            FG_TRY(dec_launch(c, a, kv->type));
+            return dq ? fg_cuda_convert(c, dq, dst) : FG_OK;
         }
     }
     FG_TRY(fg_cuda_rope_kv_store(c, q, k, v, rp, n_head_kv, kv, ap->layer));
-    return fg_cuda_attention(c, dst, q, kv, ap);
+    FG_TRY(fg_cuda_attention(c, dst, q, kv, ap));
+    return dq ? fg_cuda_convert(c, dq, dst) : FG_OK;
 }

@@ -906,15 +906,15 @@ static fg_status op_rope_kv_store(fg_backend *be, fg_tensor *q, fg_tensor *k, co
     PROF_RETURN(c, fg_cuda_rope_kv_store(c, q, k, v, p, n_head_kv, kv, layer), "rope_kv_store %s x%lld",
                 fg_type_name(kv->type), LL(q->ne[1]));
 }
-static fg_status op_rope_kv_attention(fg_backend *be, fg_tensor *dst, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
-                                     const fg_rope_params *rp, int32_t n_head_kv, const fg_kv_view *kv,
-                                     const fg_attn_params *ap) {
+static fg_status op_rope_kv_attention(fg_backend *be, fg_tensor *dst, fg_tensor *dq, fg_tensor *q, fg_tensor *k,
+                                     const fg_tensor *v, const fg_rope_params *rp, int32_t n_head_kv,
+                                     const fg_kv_view *kv, const fg_attn_params *ap) {
     fg_cuda *c = fg_cuda_ctx(be);
     CHECK_STICKY(c);
     if (c->graph_mode == 2)
         return FG_OK; // the recorded step does it
     c->attn.used = 0;
-    PROF_RETURN(c, fg_cuda_rope_kv_attention(c, dst, q, k, v, rp, n_head_kv, kv, ap),
+    PROF_RETURN(c, fg_cuda_rope_kv_attention(c, dst, dq, q, k, v, rp, n_head_kv, kv, ap),
                 "rope_kv_attention %s kv<=%d x%lld", fg_type_name(kv->type), c->step.max_n_kv, LL(q->ne[1]));
 }
 static fg_status op_kv_copy_page(fg_backend *be, const fg_kv_view *kv, int32_t dst_page, int32_t src_page) {
@@ -1126,6 +1126,8 @@ static fg_status init_device(fg_cuda *c) {
     c->dec_passes = dp && !strcmp(dp, "4") ? 4 : 2;
     const char *dr = getenv("FORGE_CUDA_DEC_ROPE");
     c->dec_rope = !(dr && !strcmp(dr, "0"));
+    const char *dqe = getenv("FORGE_CUDA_DEC_QUANT");
+    c->dec_quant = !(dqe && !strcmp(dqe, "0"));
     const char *ss = getenv("FORGE_CUDA_SAMPLE_SLICE"); // logits a block of the split sample pass
     c->sample_slice = ss ? atoi(ss) : 0;                // (0: SAMP_SLICE; below 0: no split)
     FG_TRY(fg_cuda_attn_init(c));

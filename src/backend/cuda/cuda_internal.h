@@ -143,6 +143,8 @@ typedef struct fg_cuda {
                             // (FORGE_CUDA_DEC_PASSES: 2, the default, or 4)
     bool dec_rope;          // decode steps: rope + KV store inside attn_dec_kernel (rope_kv_attention;
                             // FORGE_CUDA_DEC_ROPE=0: rope_kv_store_kernel, then attention)
+    bool dec_quant;         // ... and the output projection's Q8_1/Q8_K rows from it (FORGE_CUDA_DEC_QUANT=0:
+                            // the f32 rows, then convert)
     bool attn_dec;          // decode steps through attn_dec_kernel (FORGE_CUDA_ATTN_DEC=0: attn_kernel)
     bool attn_fa;           // other steps (F16 cache, head_dim 64/128, sm_80+) through the tensor-core
                             // attn_fa_kernel (FORGE_CUDA_ATTN_MMA=0: attn_kernel)
@@ -232,9 +234,9 @@ fg_status fg_cuda_attention(fg_cuda *c, fg_tensor *dst, const fg_tensor *q, cons
                             const fg_attn_params *p);
 fg_status fg_cuda_rope_kv_store(fg_cuda *c, fg_tensor *q, fg_tensor *k, const fg_tensor *v, const fg_rope_params *p,
                                 int32_t n_head_kv, const fg_kv_view *kv, int32_t layer);
-fg_status fg_cuda_rope_kv_attention(fg_cuda *c, fg_tensor *dst, fg_tensor *q, fg_tensor *k, const fg_tensor *v,
-                                   const fg_rope_params *rp, int32_t n_head_kv, const fg_kv_view *kv,
-                                   const fg_attn_params *ap);
+fg_status fg_cuda_rope_kv_attention(fg_cuda *c, fg_tensor *dst, fg_tensor *dq, fg_tensor *q, fg_tensor *k,
+                                   const fg_tensor *v, const fg_rope_params *rp, int32_t n_head_kv,
+                                   const fg_kv_view *kv, const fg_attn_params *ap);
 fg_status fg_cuda_kv_copy_page(fg_cuda *c, const fg_kv_view *kv, int32_t dst_page, int32_t src_page);
 
 // ---- cuda_embd.cu (embedding models, issue 14)
