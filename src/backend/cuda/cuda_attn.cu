@@ -267,13 +267,33 @@ fg_status fg_cuda_kv_store(fg_cuda *c, const fg_kv_view *kv, int32_t layer, cons
 // token's q row in place; y = 1 rotates its k row in place, then stores it (the block's own
 // global writes, visible after the barrier); y = 2 stores its v row. Same arithmetic as
 // rope_kernel and kv_store_kernel (the shared helpers).
+// The rope of both fused kernels: pairs, mode, frequency factors, the angle's factors.
+typedef struct rope_geo {
+    int half, neox;
+    const float *ff;
+    float theta_scale, freq_scale;
+} rope_geo;
+
+static rope_geo rope_geo_of(const fg_rope_params *p) {
+    rope_geo g;
+    g.half = p->n_rot / 2;
+    g.neox = p->mode == FG_ROPE_NEOX;
+    g.ff = NULL;
+    if (p->freq_factors) {
+        FG_ASSERT(p->freq_factors->type == FG_TYPE_F32 && p->freq_factors->ne[0] >= p->n_rot / 2);
+        g.ff = (const float *)p->freq_factors->data;
+    }
+    g.theta_scale = powf(p->freq_base, -2.0f / (float)p->n_rot); // the host's powf, as the CPU's
+    g.freq_scale = p->freq_scale;
+    return g;
+}
+
 typedef struct rkv_args {
     char *q, *k;
     const char *v;
     size_t q_nb1, k_nb1, v_nb1;
-    int n_head, n_head_kv, head_dim, half, neox;
-    const float *ff;
-    float theta_scale, freq_scale;
+    int n_head, n_head_kv, head_dim;
+    rope_geo rg;
     char *k_dst, *v_dst;
     size_t kv_nb1, kv_nb2;
     const int32_t *pos, *seq, *page_table;
@@ -287,10 +307,10 @@ template <typename KVT> __global__ void __launch_bounds__(256) rope_kv_store_ker
     const int t = blockIdx.x, y = blockIdx.y;
     const int p = a.pos[t];
     if (y < 2) {
-        fg_rope_angles(rkv_sh, a.half, p, a.ff, a.theta_scale, a.freq_scale);
+        fg_rope_angles(rkv_sh, a.rg.half, p, a.rg.ff, a.rg.theta_scale, a.rg.freq_scale);
         __syncthreads();
         float *row = (float *)(y == 0 ? a.q + (size_t)t * a.q_nb1 : a.k + (size_t)t * a.k_nb1);
-        fg_rope_row(row, y == 0 ? a.n_head : a.n_head_kv, a.head_dim, a.half, a.neox, rkv_sh);
+        fg_rope_row(row, y == 0 ? a.n_head : a.n_head_kv, a.head_dim, a.rg.half, a.rg.neox, rkv_sh);
         if (y == 0)
             return;
         __syncthreads(); // the rotated k row, written by this block, is read back below
@@ -321,15 +341,7 @@ fg_status fg_cuda_rope_kv_store(fg_cuda *c, fg_tensor *q, fg_tensor *k, const fg
     a.n_head = p->n_head;
     a.n_head_kv = n_head_kv;
     a.head_dim = p->head_dim;
-    a.half = p->n_rot / 2;
-    a.neox = p->mode == FG_ROPE_NEOX;
-    a.ff = NULL;
-    if (p->freq_factors) {
-        FG_ASSERT(p->freq_factors->type == FG_TYPE_F32 && p->freq_factors->ne[0] >= p->n_rot / 2);
-        a.ff = (const float *)p->freq_factors->data;
-    }
-    a.theta_scale = powf(p->freq_base, -2.0f / (float)p->n_rot); // the host's powf, as the CPU's
-    a.freq_scale = p->freq_scale;
+    a.rg = rope_geo_of(p);
     a.k_dst = (char *)kv->k.data + (size_t)layer * kv->k.nb[3];
     a.v_dst = (char *)kv->v.data + (size_t)layer * kv->v.nb[3];
     a.kv_nb1 = kv->k.nb[1];
@@ -341,7 +353,7 @@ fg_status fg_cuda_rope_kv_store(fg_cuda *c, fg_tensor *q, fg_tensor *k, const fg
     a.page_size = kv->page_size;
     const dim3 grid((unsigned)st->n_tokens, 3);
     const unsigned threads = 256; // a multiple of 64: whole Q8_0 lane groups on 32- and 64-wide warps
-    const size_t smem = 2 * (size_t)a.half * sizeof(float);
+    const size_t smem = 2 * (size_t)a.rg.half * sizeof(float);
     if (kv->type == FG_TYPE_F16) {
         fg_launch(c->pdl, rope_kv_store_kernel<kv_f16>, grid, threads, smem, c->stream, a);
     } else if (kv->type == FG_TYPE_Q8_0) {
@@ -474,12 +486,10 @@ typedef struct attn_args {
     // partials as [n_seqs][n_head][n_split] rows of pstat / pacc when n_split > 1
     int n_split;
     int dec_passes; // attn_dec_kernel: warp passes whose loads are in flight together (2 or 4)
-    // attn_dec_kernel with rope + KV store (rope_kv_attention; rope_half 0: q as it is, the
+    // attn_dec_kernel with rope + KV store (rope_kv_attention; rg.half 0: q as it is, the
     // step's K/V already stored): q and the new k rotated in shared memory, k and v stored by
     // the block whose keys hold the token's position
-    int rope_half, rope_neox;
-    const float *rope_ff;
-    float theta_scale, freq_scale;
+    rope_geo rg; // rg.half 0: no rope
     const char *kn, *vn; // the step's f32 k and v rows ([n_tokens][n_head_kv * head_dim])
     size_t kn_nb1, vn_nb1;
     // attn_dec_kernel, unsplit: the output rows quantized in the kernel (dq_type Q8_1 or Q8_K,
@@ -1178,75 +1188,20 @@ static __device__ void dec_quant_out(const float *x, int n, uint32_t type, uint8
 #pragma unroll
             for (int off = 16; off > 0; off >>= 1)
                 amax = fmaxf(amax, fg_shfl_xor(amax, off));
-            const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
-            const int q = __float2int_rn(fg_fmul_rn(v, id));
+            const int q = fg_q8_1_q(v, fg_q8_1_id(amax));
             float sum = (float)q; // |sum| <= 4064: exact in f32
 #pragma unroll
             for (int off = 16; off > 0; off >>= 1)
                 sum += fg_shfl_xor(sum, off);
             uint8_t *blk = y + (size_t)b * sizeof(fg_block_q8_1);
             blk[offsetof(fg_block_q8_1, qs) + lane] = (uint8_t)(int8_t)q;
-            if (lane == 0) {
-                *(uint16_t *)(blk + offsetof(fg_block_q8_1, d)) = fg_f2h(d);
-                *(uint16_t *)(blk + offsetof(fg_block_q8_1, s)) = fg_f2h(fg_fmul_rn(d, sum));
-            }
+            if (lane == 0)
+                fg_q8_1_head(blk, amax, (int)sum);
         }
         return;
     }
-    for (int b = 0; b < n / 256; b++) { // Q8_K
-        const float *xb = x + b * 256;
-        float a = -1.0f;
-        int idx = 0;
-        for (int i = t; i < 256; i += nt) {
-            const float ax = fabsf(xb[i]);
-            if (ax > a) {
-                a = ax;
-                idx = i;
-            }
-        }
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
-            const float oa = fg_shfl_xor(a, off);
-            const int oi = fg_shfl_xor(idx, off);
-            if (oa > a || (oa == a && oi < idx)) {
-                a = oa;
-                idx = oi;
-            }
-        }
-        if (lane == 0) {
-            qv[grp] = a;
-            qi[grp] = idx;
-        }
-        __syncthreads();
-        float amax = qv[0];
-        int at = qi[0];
-        for (int k = 1; k < n_grp; k++)
-            if (qv[k] > amax || (qv[k] == amax && qi[k] < at)) {
-                amax = qv[k];
-                at = qi[k];
-            }
-        fg_block_q8_k *blk = (fg_block_q8_k *)y + b;
-        const float iscale = amax == 0.0f ? 0.0f : -127.0f / xb[at];
-        for (int i = t; i < 256; i += nt) {
-            int q = 0;
-            if (amax != 0.0f) {
-                q = __float2int_rn(fg_fmul_rn(iscale, xb[i]));
-                q = q < 127 ? q : 127;
-            }
-            blk->qs[i] = (int8_t)q;
-            iq[i] = q;
-        }
-        __syncthreads();
-        if (t < 16) {
-            int sum = 0;
-            for (int k = 0; k < 16; k++)
-                sum += iq[t * 16 + k];
-            blk->bsums[t] = (int16_t)sum;
-        }
-        if (t == 0)
-            blk->d = amax == 0.0f ? 0.0f : 1.0f / iscale;
-        __syncthreads(); // qv, qi, iq reused by the next block
-    }
+    for (int b = 0; b < n / 256; b++) // Q8_K
+        fg_q8_k_block(x + b * 256, (fg_block_q8_k *)y + b, qv, qi, iq);
 }
 
 template <typename DT, int D, int GM>
@@ -1278,9 +1233,9 @@ __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args 
     const int32_t *pt = a.page_table + (size_t)s * a.max_pages;
     const size_t head_off = (size_t)hk * DT::KVT::row_bytes(D);
     const float *qrow = (const float *)(a.q + (size_t)t * a.q_nb1) + (size_t)hk * G * D;
-    if (a.rope_half > 0) { // rope_kv_attention (block-uniform)
-        const int p = a.pos[t], hf = a.rope_half;
-        fg_rope_angles(sm.cs, hf, p, a.rope_ff, a.theta_scale, a.freq_scale);
+    if (a.rg.half > 0) { // rope_kv_attention (block-uniform)
+        const int p = a.pos[t], hf = a.rg.half;
+        fg_rope_angles(sm.cs, hf, p, a.rg.ff, a.rg.theta_scale, a.rg.freq_scale);
         const float *kin = (const float *)(a.kn + (size_t)t * a.kn_nb1) + (size_t)hk * D;
         for (int x = threadIdx.x; x < (G + 1) * D; x += DEC_NW * W)
             (&sm.rq[0][0])[x] = x < G * D ? qrow[x] : kin[x - G * D];
@@ -1288,7 +1243,7 @@ __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args 
         for (int x = threadIdx.x; x < (G + 1) * hf; x += DEC_NW * W) {
             const int g = x / hf, i = x % hf;
             float *r = x < G * hf ? sm.rq[g] : sm.rq[G];
-            const int i0 = a.rope_neox ? i : 2 * i, i1 = a.rope_neox ? i + hf : 2 * i + 1;
+            const int i0 = a.rg.neox ? i : 2 * i, i1 = a.rg.neox ? i + hf : 2 * i + 1;
             fg_rope_pair(r[i0], r[i1], sm.cs[i], sm.cs[hf + i]);
         }
         __syncthreads();
@@ -1983,15 +1938,7 @@ fg_status fg_cuda_rope_kv_attention(fg_cuda *c, fg_tensor *dst, fg_tensor *dq, f
     if (c->dec_rope && st->n_tokens > 0 && st->n_seqs > 0 && kv->head_dim <= 512) {
         attn_args a = attn_args_of(c, dst, q, kv, ap);
         if (dec_fits(c, kv->type, a)) {
-            a.rope_half = rp->n_rot / 2;
-            a.rope_neox = rp->mode == FG_ROPE_NEOX;
-            a.rope_ff = NULL;
-            if (rp->freq_factors) {
-                FG_ASSERT(rp->freq_factors->type == FG_TYPE_F32 && rp->freq_factors->ne[0] >= rp->n_rot / 2);
-                a.rope_ff = (const float *)rp->freq_factors->data;
-            }
-            a.theta_scale = powf(rp->freq_base, -2.0f / (float)rp->n_rot); // the host's powf, as the CPU's
-            a.freq_scale = rp->freq_scale;
+            a.rg = rope_geo_of(rp);
             a.kn = (const char *)k->data;
             a.kn_nb1 = k->nb[1];
             a.vn = (const char *)v->data;

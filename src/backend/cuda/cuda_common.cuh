@@ -5,6 +5,9 @@
 #define FG_BACKEND_CUDA_COMMON_CUH
 
 #include "backend/cuda/gpu_compat.h"
+#include "quant/blocks.h"
+
+#include <stddef.h>
 
 static __device__ __forceinline__ float fg_warp_sum(float v) {
 #pragma unroll
@@ -97,6 +100,83 @@ static __device__ __forceinline__ uint16_t fg_f2h(float f) {
 // bfloat16 bits -> float (exact)
 static __device__ __forceinline__ float fg_bf2f(uint16_t h) {
     return __uint_as_float((uint32_t)h << 16);
+}
+
+// The reference's 8-bit activation grids (fg_quantize_row), shared by every kernel that writes
+// them (convert, rmsnorm and swiglu into an activation type, the decode attention's output):
+// Q8_1: d = amax / 127, q = nearest-even(x * (127 / amax)), s = f16(d * sum q); Q8_K: the
+// element of largest |x| (the first of equals) sets iscale = -127 / x, q = nearest-even(iscale
+// x) capped at 127, d = 1 / iscale; all zeros when amax is 0.
+static __device__ __forceinline__ float fg_q8_1_id(float amax) { return amax != 0.0f ? 127.0f / amax : 0.0f; }
+static __device__ __forceinline__ int fg_q8_1_q(float x, float id) { return __float2int_rn(fg_fmul_rn(x, id)); }
+// d and s of a Q8_1 block (blk: its first byte) whose quants sum to qsum
+static __device__ __forceinline__ void fg_q8_1_head(uint8_t *blk, float amax, int qsum) {
+    const float d = amax / 127.0f;
+    *(uint16_t *)(blk + offsetof(fg_block_q8_1, d)) = fg_f2h(d);
+    *(uint16_t *)(blk + offsetof(fg_block_q8_1, s)) = fg_f2h(fg_fmul_rn(d, (float)qsum));
+}
+// whether (|x| oa at index oi) replaces (a at i) as the arg-max of |x|: ties to the lower index
+static __device__ __forceinline__ bool fg_q8_k_takes(float oa, int oi, float a, int i) {
+    return oa > a || (oa == a && oi < i);
+}
+static __device__ __forceinline__ float fg_q8_k_iscale(float amax, float xmax) {
+    return amax != 0.0f ? -127.0f / xmax : 0.0f;
+}
+static __device__ __forceinline__ int fg_q8_k_q(float x, float iscale, float amax) {
+    const int q = __float2int_rn(fg_fmul_rn(iscale, x));
+    return amax != 0.0f ? (q < 127 ? q : 127) : 0;
+}
+static __device__ __forceinline__ float fg_q8_k_d(float amax, float iscale) { return amax != 0.0f ? 1.0f / iscale : 0.0f; }
+
+// One Q8_K block from 256 values in shared memory (xs), by all threads of the block (a multiple
+// of 32 of them, at most 512; xor shuffles below 32 stay inside a half of a 64-wide wavefront):
+// the arg-max of |x| over 32-lane groups, then across them (sv, si: 16 slots), the quants (iq:
+// 256 ints of scratch), the bsums of each 16. Every thread calls it; it ends with a barrier.
+static __device__ void fg_q8_k_block(const float *xs, fg_block_q8_k *blk, float *sv, int *si, int *iq) {
+    const int t = threadIdx.x, nt = blockDim.x;
+    float a = -1.0f;
+    int idx = 0;
+    for (int i = t; i < 256; i += nt)
+        if (fg_q8_k_takes(fabsf(xs[i]), i, a, idx)) {
+            a = fabsf(xs[i]);
+            idx = i;
+        }
+    for (int off = 16; off > 0; off >>= 1) {
+        const float oa = fg_shfl_xor(a, off);
+        const int oi = fg_shfl_xor(idx, off);
+        if (fg_q8_k_takes(oa, oi, a, idx)) {
+            a = oa;
+            idx = oi;
+        }
+    }
+    if (t % 32 == 0) {
+        sv[t / 32] = a;
+        si[t / 32] = idx;
+    }
+    __syncthreads();
+    float amax = sv[0];
+    int at = si[0];
+    for (int k = 1; k < nt / 32; k++)
+        if (fg_q8_k_takes(sv[k], si[k], amax, at)) {
+            amax = sv[k];
+            at = si[k];
+        }
+    const float iscale = fg_q8_k_iscale(amax, xs[at]);
+    for (int i = t; i < 256; i += nt) {
+        const int q = fg_q8_k_q(xs[i], iscale, amax);
+        blk->qs[i] = (int8_t)q;
+        iq[i] = q;
+    }
+    __syncthreads();
+    if (t < 16) {
+        int sum = 0;
+        for (int k = 0; k < 16; k++)
+            sum += iq[t * 16 + k];
+        blk->bsums[t] = (int16_t)sum;
+    }
+    if (t == 0)
+        blk->d = fg_q8_k_d(amax, iscale);
+    __syncthreads(); // (sv, si, iq: free again)
 }
 
 static inline unsigned fg_div_up(int64_t a, int64_t b) { return (unsigned)((a + b - 1) / b); }

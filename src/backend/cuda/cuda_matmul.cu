@@ -2531,16 +2531,13 @@ static __global__ void cvt_q8_1_kernel(fg_src_rows x, uint8_t *y, size_t y_nb1, 
 FG_UNROLL
         for (int off = 16; off > 0; off >>= 1)
             amax = fmaxf(amax, fg_shfl_xor(amax, off));
-        const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
-        const int q = __float2int_rn(fg_fmul_rn(v, id));
+        const int q = fg_q8_1_q(v, fg_q8_1_id(amax));
         const int sum = mm_sum32(q);
         if (i < n) {
             uint8_t *blk = y + (size_t)r * y_nb1 + (size_t)(i / 32) * sizeof(fg_block_q8_1);
             blk[offsetof(fg_block_q8_1, qs) + i % 32] = (uint8_t)(int8_t)q;
-            if (i % 32 == 0) {
-                *(uint16_t *)(blk + offsetof(fg_block_q8_1, d)) = fg_f2h(d);
-                *(uint16_t *)(blk + offsetof(fg_block_q8_1, s)) = fg_f2h(fg_fmul_rn(d, (float)sum));
-            }
+            if (i % 32 == 0)
+                fg_q8_1_head(blk, amax, sum);
         }
     }
 }
@@ -2564,61 +2561,15 @@ static __global__ void cvt_half_kernel(fg_src_rows x, uint16_t *y, int n, int64_
 // equals) sets iscale = -127 / x, q = nearest_int(iscale * x) capped at 127, d = 1 / iscale,
 // bsums of each 16. One block of 256 threads per 256 elements.
 static __global__ void cvt_q8_k_kernel(fg_src_rows x, uint8_t *y, size_t y_nb1, int n_blocks) {
-    __shared__ float s_v[256 / 32];
-    __shared__ int s_i[256 / 32];
-    __shared__ int s_q[256];
+    __shared__ float s_x[256], s_v[256 / 32];
+    __shared__ int s_i[256 / 32], s_q[256];
     fg_pdl_wait(); // PDL: the earlier kernels' outputs are visible from here
     fg_pdl_trigger();
     const int t = threadIdx.x, b = blockIdx.x;
     const int64_t r = blockIdx.y;
-    const float v = x.at(r, (int64_t)b * 256 + t);
-    // arg-max of |v|, ties to the lowest index, over the block (warps of 32 lanes, any FG_WARP)
-    float a = fabsf(v);
-    int idx = t;
-    for (int off = 16; off > 0; off >>= 1) {
-        const float oa = fg_shfl_xor(a, off);
-        const int oi = fg_shfl_xor(idx, off);
-        if (oa > a || (oa == a && oi < idx)) {
-            a = oa;
-            idx = oi;
-        }
-    }
-    if (t % 32 == 0) {
-        s_v[t / 32] = a;
-        s_i[t / 32] = idx;
-    }
+    s_x[t] = x.at(r, (int64_t)b * 256 + t);
     __syncthreads();
-    float amax = s_v[0];
-    int at = s_i[0];
-    for (int k = 1; k < 8; k++)
-        if (s_v[k] > amax || (s_v[k] == amax && s_i[k] < at)) {
-            amax = s_v[k];
-            at = s_i[k];
-        }
-    fg_block_q8_k *blk = (fg_block_q8_k *)(y + (size_t)r * y_nb1) + b;
-    if (amax == 0.0f) {
-        blk->qs[t] = 0;
-        if (t < 16)
-            blk->bsums[t] = 0;
-        if (t == 0)
-            blk->d = 0.0f;
-        return;
-    }
-    const float mx = x.at(r, (int64_t)b * 256 + at);
-    const float iscale = -127.0f / mx;
-    int q = __float2int_rn(fg_fmul_rn(iscale, v));
-    q = q < 127 ? q : 127;
-    blk->qs[t] = (int8_t)q;
-    s_q[t] = q;
-    __syncthreads();
-    if (t < 16) {
-        int sum = 0;
-        for (int k = 0; k < 16; k++)
-            sum += s_q[t * 16 + k];
-        blk->bsums[t] = (int16_t)sum;
-    }
-    if (t == 0)
-        blk->d = 1.0f / iscale;
+    fg_q8_k_block(s_x, (fg_block_q8_k *)(y + (size_t)r * y_nb1) + b, s_v, s_i, s_q);
 }
 
 // 8-bit activation rows (Q8_1 or Q8_K, the reference's grid) -> F16 rows (contiguous) for a GEMM.

@@ -155,7 +155,7 @@ struct norm_act {
 };
 
 static __device__ __forceinline__ void norm_argmax(float &am, int &ai, float &mv, float oa, int oi, float ov) {
-    if (oa > am || (oa == am && oi < ai)) {
+    if (fg_q8_k_takes(oa, oi, am, ai)) {
         am = oa;
         ai = oi;
         mv = ov;
@@ -188,12 +188,10 @@ static __device__ __forceinline__ void norm_put(const norm_act &y, int64_t r, in
         __syncthreads();
         norm_argmax(am, ai, mv, s_a[h ^ 1], s_i[h ^ 1], s_v[h ^ 1]);
         __syncthreads(); // (the next k reuses the slots)
-        const float iscale = am != 0.0f ? -127.0f / mv : 0.0f;
+        const float iscale = fg_q8_k_iscale(am, mv);
         int q[4];
-        for (int c = 0; c < 4; c++) {
-            const int v = __float2int_rn(fg_fmul_rn(iscale, e[c]));
-            q[c] = am != 0.0f ? (v < 127 ? v : 127) : 0;
-        }
+        for (int c = 0; c < 4; c++)
+            q[c] = fg_q8_k_q(e[c], iscale, am);
         int sum = q[0] + q[1] + q[2] + q[3];
         sum += fg_shfl_xor(sum, 1);
         sum += fg_shfl_xor(sum, 2);
@@ -205,16 +203,16 @@ static __device__ __forceinline__ void norm_put(const norm_act &y, int64_t r, in
             if (i % 4 == 0)
                 blk->bsums[(i % 64) / 4] = (int16_t)sum;
             if (i % 64 == 0)
-                blk->d = am != 0.0f ? 1.0f / iscale : 0.0f;
+                blk->d = fg_q8_k_d(am, iscale);
         }
     } else if constexpr (OUT == FG_TYPE_Q8_1) {
         float am = fmaxf(fmaxf(fabsf(e[0]), fabsf(e[1])), fmaxf(fabsf(e[2]), fabsf(e[3])));
         for (int off = 1; off < 8; off <<= 1)
             am = fmaxf(am, fg_shfl_xor(am, off));
-        const float d = am / 127.0f, id = am != 0.0f ? 127.0f / am : 0.0f;
+        const float id = fg_q8_1_id(am);
         int q[4];
         for (int c = 0; c < 4; c++)
-            q[c] = __float2int_rn(fg_fmul_rn(e[c], id));
+            q[c] = fg_q8_1_q(e[c], id);
         int sum = q[0] + q[1] + q[2] + q[3];
         for (int off = 1; off < 8; off <<= 1)
             sum += fg_shfl_xor(sum, off);
@@ -223,10 +221,8 @@ static __device__ __forceinline__ void norm_put(const norm_act &y, int64_t r, in
             *(uint32_t *)(blk + offsetof(fg_block_q8_1, qs) + 4 * (i % 8)) =
                 (uint32_t)(uint8_t)q[0] | (uint32_t)(uint8_t)q[1] << 8 | (uint32_t)(uint8_t)q[2] << 16 |
                 (uint32_t)(uint8_t)q[3] << 24;
-            if (i % 8 == 0) {
-                *(uint16_t *)(blk + offsetof(fg_block_q8_1, d)) = fg_f2h(d);
-                *(uint16_t *)(blk + offsetof(fg_block_q8_1, s)) = fg_f2h(fg_fmul_rn(d, (float)sum));
-            }
+            if (i % 8 == 0)
+                fg_q8_1_head(blk, am, sum);
         }
     } else {
         static_assert(OUT == FG_TYPE_F16 || OUT == FG_TYPE_BF16, "rmsnorm into F16/BF16/Q8_1/Q8_K");
