@@ -210,7 +210,7 @@ static int run(const Scn &sc) {
     const std::vector<float> qin0 = qin, kin0 = kin; // (the two ops rotate them in place)
     if (sc.n_rot > 0) {
         c.dec_rope = getenv("FORGE_CUDA_DEC_ROPE") == NULL || strcmp(getenv("FORGE_CUDA_DEC_ROPE"), "0") != 0;
-        c.dec_quant = true;
+        c.dec_quant = 2; // (Q8_K too)
         if (fg_cuda_rope_kv_attention(&c, &dt, NULL, &qt, &kt, &vt, &rp, nkvh, &kv, &p) != FG_OK) {
             printf("  FAIL rope_kv_attention: %s\n", fg_last_error());
             return 1;

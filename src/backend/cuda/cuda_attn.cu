@@ -1946,7 +1946,8 @@ fg_status fg_cuda_rope_kv_attention(fg_cuda *c, fg_tensor *dst, fg_tensor *dq, f
             // the output projection's activations from the kernel: unsplit, whole blocks a kv head
             const int gd = a.group * a.head_dim;
             if (dq && c->dec_quant && a.n_split == 1 &&
-                ((dq->type == FG_TYPE_Q8_1 && gd % 32 == 0) || (dq->type == FG_TYPE_Q8_K && gd % 256 == 0))) {
+                ((dq->type == FG_TYPE_Q8_1 && gd % 32 == 0) ||
+                 (dq->type == FG_TYPE_Q8_K && gd % 256 == 0 && c->dec_quant == 2))) {
                 a.dq = (uint8_t *)dq->data;
                 a.dq_nb1 = dq->nb[1];
                 a.dq_type = dq->type;

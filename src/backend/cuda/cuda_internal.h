@@ -143,8 +143,9 @@ typedef struct fg_cuda {
                             // (FORGE_CUDA_DEC_PASSES: 2, the default, or 4)
     bool dec_rope;          // decode steps: rope + KV store inside attn_dec_kernel (rope_kv_attention;
                             // FORGE_CUDA_DEC_ROPE=0: rope_kv_store_kernel, then attention)
-    bool dec_quant;         // ... and the output projection's Q8_1/Q8_K rows from it (FORGE_CUDA_DEC_QUANT=0:
-                            // the f32 rows, then convert)
+    int dec_quant;          // ... and the output projection's activations from it: 1 (default) Q8_1 rows,
+                            // 2 Q8_1 and Q8_K (H100: Q8_K slower than the convert kernel), 0 none
+                            // (FORGE_CUDA_DEC_QUANT; otherwise the f32 rows, then convert)
     bool attn_dec;          // decode steps through attn_dec_kernel (FORGE_CUDA_ATTN_DEC=0: attn_kernel)
     bool attn_fa;           // other steps (F16 cache, head_dim 64/128, sm_80+) through the tensor-core
                             // attn_fa_kernel (FORGE_CUDA_ATTN_MMA=0: attn_kernel)
