@@ -231,7 +231,8 @@ typedef struct fg_backend_ops {
     // dst[..][r][:] = x[..][r][:] / sqrt(mean(x^2) + eps) * w[:] over every row of 3-D views
     // [ne2][ne1][n] (per-head norms), w F32 [n] or NULL; dst may alias x. dst F32, or (2-D x,
     // where supports(FG_OP_RMSNORM, type)) an activation type of convert: the F32 result
-    // converted as convert would, byte for byte.
+    // converted as convert would, byte for byte. w is a weight (no op of a step writes it: a
+    // backend may read it ahead of the op's turn), as in add_rmsnorm.
     fg_status (*rmsnorm)(fg_backend *be, fg_tensor *dst, const fg_tensor *x, const fg_tensor *w, float eps);
     // dst = x converted row by row to dst->type (act_type's types); dst rows contiguous.
     fg_status (*convert)(fg_backend *be, fg_tensor *dst, const fg_tensor *x);

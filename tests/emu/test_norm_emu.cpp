@@ -127,6 +127,24 @@ int main(int argc, char **argv) {
                 fails++;
                 continue;
             }
+            // the F32 rows themselves against rmsnorm in double (the weights applied, the scale right)
+            for (int64_t r = 0; r < rows; r++) {
+                const float *xr = xp + (size_t)r * x_nb1 / 4;
+                double ss = 0.0;
+                for (int64_t i = 0; i < n; i++)
+                    ss += (double)xr[i] * xr[i];
+                const double sc = 1.0 / sqrt(ss / (double)n + 1e-5);
+                for (int64_t i = 0; i < n; i++) {
+                    const double e = xr[i] * sc * wp[i], g = fp[(size_t)r * n + i];
+                    if (!(fabs(g - e) <= 1e-5 * (1.0 + fabs(e)))) {
+                        printf("FAIL %s n %lld row %lld: f32 element %lld is %.9g, rmsnorm %.9g\n", tr->name, (long long)n,
+                               (long long)r, (long long)i, g, e);
+                        fails++;
+                        r = rows;
+                        break;
+                    }
+                }
+            }
             ref_convert(want.data(), t, fp, (size_t)n * 4, n, rows);
             size_t bad = 0;
             while (bad < want.size() && got[bad] == want[bad])

@@ -152,6 +152,7 @@ static __global__ void rmsnorm_block_kernel(rows_view dst, rows_view x, rows_vie
 struct norm_act {
     uint8_t *y; // activation rows, y_nb1 bytes apart
     size_t y_nb1;
+    int w_late; // the norm weights read after the PDL wait (FORGE_CUDA_NORM_W_EARLY=0; measurements)
 };
 
 static __device__ __forceinline__ void norm_argmax(float &am, int &ai, float &mv, float oa, int oi, float ov) {
@@ -242,6 +243,16 @@ static __global__ void rmsnorm_vec_kernel(rows_view dst, rows_view x, rows_view 
     __shared__ float sh[1024 / FG_WARP];
     __shared__ float s_a[32], s_v[32];
     __shared__ int s_i[32];
+    // the norm's weights before the PDL wait (a weight: no op of the step writes it), so that
+    // their load is not one more memory round trip after the row's
+    float4 wv[RMS_V];
+    if (y.w_late)
+        fg_pdl_wait();
+#pragma unroll
+    for (int k = 0; k < RMS_V; k++) {
+        const int i = threadIdx.x + k * blockDim.x;
+        wv[k] = w && i < n4 ? ((const float4 *)w)[i] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+    }
     fg_pdl_wait(); // PDL: the earlier kernels' outputs are visible from here
     fg_pdl_trigger();
     const int64_t r = blockIdx.x;
@@ -282,11 +293,10 @@ static __global__ void rmsnorm_vec_kernel(rows_view dst, rows_view x, rows_view 
         if (i < n4) {
             o = make_float4(v[k].x * scale, v[k].y * scale, v[k].z * scale, v[k].w * scale);
             if (w) {
-                const float4 wv = ((const float4 *)w)[i];
-                o.x *= wv.x;
-                o.y *= wv.y;
-                o.z *= wv.z;
-                o.w *= wv.w;
+                o.x *= wv[k].x;
+                o.y *= wv[k].y;
+                o.z *= wv[k].z;
+                o.w *= wv[k].w;
             }
         }
         if constexpr (OUT == FG_TYPE_F32) {
@@ -320,7 +330,7 @@ static fg_status launch_rmsnorm(fg_cuda *c, const char *what, fg_tensor *dst, co
         int threads = round_up((n4 + 1) / 2, c->warp); // two float4s a thread where the block allows
         threads = threads > 1024 ? 1024 : threads;
         fg_launch(c->pdl, rmsnorm_vec_kernel<kAdd>, (unsigned)n_rows, threads, 0, c->stream, vd, vx, va, wp, (int)n4, eps,
-                  norm_act{NULL, 0});
+                  norm_act{NULL, 0, c->norm_w_late});
     } else {
         int threads = round_up((n + 7) / 8, c->warp);
         threads = threads > 1024 ? 1024 : threads;
@@ -351,7 +361,7 @@ fg_status fg_cuda_rmsnorm(fg_cuda *c, fg_tensor *dst, const fg_tensor *x, const 
     threads = threads > 1024 ? 1024 : threads;
     if (n > FG_NORM_WARP_MAX && n % 4 == 0 && n <= 4 * RMS_V * 1024 && is_f32_rows_a16(x) &&
         (!wp || (uintptr_t)wp % 16 == 0) && (at != FG_TYPE_Q8_K || threads % 64 == 0) && rows <= INT32_MAX) {
-        const norm_act y = {(uint8_t *)dst->data, dst->nb[1]};
+        const norm_act y = {(uint8_t *)dst->data, dst->nb[1], c->norm_w_late};
         const rows_view vx = rows_flat(x);
         if (at == FG_TYPE_Q8_K)
             launch_norm_act<FG_TYPE_Q8_K>(c, vx, wp, (int)n4, rows, threads, eps, y);
