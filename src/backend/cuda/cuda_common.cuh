@@ -132,7 +132,7 @@ static __device__ __forceinline__ float fg_q8_k_d(float amax, float iscale) { re
 // of 32 of them, at most 512; xor shuffles below 32 stay inside a half of a 64-wide wavefront):
 // the arg-max of |x| over 32-lane groups, then across them (sv, si: 16 slots), the quants (iq:
 // 256 ints of scratch), the bsums of each 16. Every thread calls it; it ends with a barrier.
-static __device__ void fg_q8_k_block(const float *xs, fg_block_q8_k *blk, float *sv, int *si, int *iq) {
+static inline __device__ void fg_q8_k_block(const float *xs, fg_block_q8_k *blk, float *sv, int *si, int *iq) {
     const int t = threadIdx.x, nt = blockDim.x;
     float a = -1.0f;
     int idx = 0;
