@@ -211,6 +211,7 @@ static int run(const Scn &sc) {
     if (sc.n_rot > 0) {
         c.dec_rope = getenv("FORGE_CUDA_DEC_ROPE") == NULL || strcmp(getenv("FORGE_CUDA_DEC_ROPE"), "0") != 0;
         c.dec_quant = 2; // (Q8_K too)
+        c.dec_l_min = sc.n_sm >= 32 ? 0 : 1 << 20; // the small-grid scenarios unsplit: the quantizing kernel
         if (fg_cuda_rope_kv_attention(&c, &dt, NULL, &qt, &kt, &vt, &rp, nkvh, &kv, &p) != FG_OK) {
             printf("  FAIL rope_kv_attention: %s\n", fg_last_error());
             return 1;

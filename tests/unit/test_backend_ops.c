@@ -1479,8 +1479,8 @@ static void test_attention(void **state) {
 }
 
 // The CUDA decode kernel's variants, every case again: four warp passes in flight an iteration
-// (FORGE_CUDA_DEC_PASSES=4), and short sequences split too (FORGE_CUDA_DEC_L_MIN=16: chunks of
-// 16 keys and more, so the 37-, 50- and 61-key decodes are merged from partials).
+// (FORGE_CUDA_DEC_PASSES=4), and sequences split only past 1,000 keys (FORGE_CUDA_DEC_L_MIN=1000:
+// the 37-, 50- and 61-key decodes, split by default, in one block a kv head).
 static void test_attention_dec_variants(void **state) {
     const target *tg = *state;
     if (tg->cpu) {
@@ -1488,7 +1488,7 @@ static void test_attention_dec_variants(void **state) {
         skip();
     }
     need_target(tg);
-    static const char *const env[][2] = {{"FORGE_CUDA_DEC_PASSES", "4"}, {"FORGE_CUDA_DEC_L_MIN", "16"}};
+    static const char *const env[][2] = {{"FORGE_CUDA_DEC_PASSES", "4"}, {"FORGE_CUDA_DEC_L_MIN", "1000"}};
     for (size_t v = 0; v < FG_ARRAY_LEN(env); v++) {
         setenv(env[v][0], env[v][1], 1);
         print_message("%s: attention cases with %s=%s\n", tg->name, env[v][0], env[v][1]);
@@ -1951,6 +1951,7 @@ static void test_rope_kv_attention(void **state) {
         {FG_TYPE_F16, FG_ROPE_NORMAL, 128, 128, 32, 8, 1, {37}, {1}, false, 0},                  // 8B's shape
         {FG_TYPE_F16, FG_ROPE_NORMAL, 128, 128, 32, 8, 1, {37}, {1}, false, FG_TYPE_Q8_K},       // ... into Q8_K
         {FG_TYPE_F16, FG_ROPE_NEOX, 64, 64, 32, 8, 2, {5, 90}, {1, 1}, false, FG_TYPE_Q8_1},     // 1B's, Q8_1
+        {FG_TYPE_F16, FG_ROPE_NEOX, 64, 64, 32, 8, 2, {5, 14}, {1, 1}, false, FG_TYPE_Q8_1},     // short: unsplit
         {FG_TYPE_F16, FG_ROPE_NEOX, 64, 64, 8, 2, 3, {1, 70, 17}, {1, 1, 1}, true, 0},           // first position, ff
         {FG_TYPE_Q8_0, FG_ROPE_NEOX, 64, 128, 28, 4, 2, {300, 45}, {1, 1}, false, FG_TYPE_Q8_1}, // GQA 7, partial rotary
         {FG_TYPE_Q8_0, FG_ROPE_NEOX, 64, 128, 28, 4, 2, {300, 45}, {1, 1}, false, FG_TYPE_Q8_K}, // (896: convert after)
@@ -1961,14 +1962,18 @@ static void test_rope_kv_attention(void **state) {
         {FG_TYPE_F16, FG_ROPE_NEOX, 64, 64, 8, 2, 2, {40, 12}, {20, 3}, true, FG_TYPE_Q8_1},     // prefill: the ops
         {FG_TYPE_F32, FG_ROPE_NORMAL, 48, 64, 8, 2, 2, {40, 12}, {1, 1}, false, FG_TYPE_Q8_K},   // F32 cache: the ops
     };
-    // the CUDA decode kernel's Q8_K output rows are opt-in (FORGE_CUDA_DEC_QUANT=2): both
+    // the CUDA decode kernel quantizes its output only unsplit, and Q8_K rows only where asked
+    // (FORGE_CUDA_DEC_QUANT=2): the cases again with both, short sequences unsplit
     for (int pass = 0; pass < (tg->cpu ? 1 : 2); pass++) {
-        if (pass == 1)
+        if (pass == 1) {
             setenv("FORGE_CUDA_DEC_QUANT", "2", 1);
+            setenv("FORGE_CUDA_DEC_L_MIN", "1000", 1);
+        }
         for (size_t i = 0; i < FG_ARRAY_LEN(cases); i++)
             if (!g_quick || cases[i].n_kv[0] < 1000)
                 rope_kv_attention_case(tg, &cases[i]);
         unsetenv("FORGE_CUDA_DEC_QUANT");
+        unsetenv("FORGE_CUDA_DEC_L_MIN");
     }
 }
 

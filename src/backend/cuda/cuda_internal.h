@@ -143,8 +143,8 @@ typedef struct fg_cuda {
                             // (FORGE_CUDA_DEC_PASSES: 2, the default, or 4)
     bool dec_rope;          // decode steps: rope + KV store inside attn_dec_kernel (rope_kv_attention;
                             // FORGE_CUDA_DEC_ROPE=0: rope_kv_store_kernel, then attention)
-    int norm_w_late;        // rmsnorm: its weights loaded after the PDL wait (the default until measured),
-                            // FORGE_CUDA_NORM_W_EARLY=1: before it (one memory round trip less)
+    int norm_w_late;        // rmsnorm: its weights loaded after the PDL wait (FORGE_CUDA_NORM_W_EARLY=0);
+                            // by default before it (one memory round trip less)
     int dec_quant;          // ... and the output projection's activations from it: 1 (default) Q8_1 rows,
                             // 2 Q8_1 and Q8_K (H100: Q8_K slower than the convert kernel), 0 none
                             // (FORGE_CUDA_DEC_QUANT; otherwise the f32 rows, then convert)

@@ -152,7 +152,7 @@ static __global__ void rmsnorm_block_kernel(rows_view dst, rows_view x, rows_vie
 struct norm_act {
     uint8_t *y; // activation rows, y_nb1 bytes apart
     size_t y_nb1;
-    int w_late; // the norm weights read after the PDL wait (the default; FORGE_CUDA_NORM_W_EARLY=1: before it)
+    int w_late; // the norm weights read after the PDL wait (FORGE_CUDA_NORM_W_EARLY=0), else before it
 };
 
 static __device__ __forceinline__ void norm_argmax(float &am, int &ai, float &mv, float oa, int oi, float ov) {
@@ -243,8 +243,8 @@ static __global__ void rmsnorm_vec_kernel(rows_view dst, rows_view x, rows_view 
     __shared__ float sh[1024 / FG_WARP];
     __shared__ float s_a[32], s_v[32];
     __shared__ int s_i[32];
-    // the norm's weights before the PDL wait where asked (a weight: no op of the step writes
-    // it), so that their load is not one more memory round trip after the row's
+    // the norm's weights before the PDL wait (a weight: no op of the step writes it), so that
+    // their load is not one more memory round trip after the row's
     float4 wv[RMS_V];
     if (y.w_late)
         fg_pdl_wait();
