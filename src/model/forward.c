@@ -142,6 +142,22 @@ typedef struct act_cache {
     fg_tensor t;
 } act_cache;
 
+// The act buffer as [rows][cols] of an activation type.
+static fg_tensor act_view(fg_model *m, uint32_t type, int64_t cols, int64_t rows) {
+    int64_t ne[2] = {cols, rows};
+    fg_tensor t = fg_tensor_view(m->s.buf, m->s.act, 0, type, 2, ne);
+    FG_ASSERT(fg_tensor_nbytes(&t) <= m->s.act_bytes);
+    return t;
+}
+
+// The act cache holds t, the conversion of the rows at src.
+static void act_hold(act_cache *ac, const fg_tensor *t, const void *src) {
+    ac->t = *t;
+    ac->src = src;
+    ac->rows = t->ne[1];
+    ac->type = t->type;
+}
+
 static fg_status matmul(fg_model *m, act_cache *ac, fg_tensor *dst, const fg_tensor *w, const fg_tensor *x,
                         const fg_tensor *bias, bool accumulate) {
     fg_backend *be = m->be;
@@ -150,13 +166,10 @@ static fg_status matmul(fg_model *m, act_cache *ac, fg_tensor *dst, const fg_ten
     if (at == FG_TYPE_F32 || x->type == at) // (x already converted: swiglu_into)
         return fg_op_matmul(be, dst, w, x, bias, accumulate);
     if (ac->src != x->data || ac->rows != rows || ac->type != at) {
-        int64_t ne[2] = {x->ne[0], rows};
-        ac->t = fg_tensor_view(m->s.buf, m->s.act, 0, at, 2, ne);
-        FG_ASSERT(fg_tensor_nbytes(&ac->t) <= m->s.act_bytes);
-        OP(fg_op_convert(be, &ac->t, x));
-        ac->src = x->data;
-        ac->rows = rows;
-        ac->type = at;
+        fg_tensor t = act_view(m, at, x->ne[0], rows);
+        ac->src = NULL;
+        OP(fg_op_convert(be, &t, x));
+        act_hold(ac, &t, x->data);
     }
     return fg_op_matmul(be, dst, w, &ac->t, bias, accumulate);
 }
@@ -171,9 +184,7 @@ static fg_status swiglu_into(fg_model *m, act_cache *ac, fg_tensor *h, fg_tensor
     const uint32_t at = fg_backend_act_type(be, w_down->type, n);
     *hx = *h;
     if (at != FG_TYPE_F32 && fg_backend_supports(be, FG_OP_SWIGLU, at)) {
-        int64_t ne[2] = {gate->ne[0], n};
-        *hx = fg_tensor_view(m->s.buf, m->s.act, 0, at, 2, ne);
-        FG_ASSERT(fg_tensor_nbytes(hx) <= m->s.act_bytes);
+        *hx = act_view(m, at, gate->ne[0], n);
         ac->src = NULL;
     }
     return fg_op_swiglu(be, hx, gate, up);
@@ -199,14 +210,9 @@ static fg_status rmsnorm_into(fg_model *m, act_cache *ac, fg_tensor *xn, const f
     ac->src = NULL;
     if (mixed || at == FG_TYPE_COUNT || at == FG_TYPE_F32 || !fg_backend_supports(be, FG_OP_RMSNORM, at))
         return fg_op_rmsnorm(be, xn, x, w, m->hp.rms_eps);
-    int64_t ne[2] = {x->ne[0], n};
-    fg_tensor t = fg_tensor_view(m->s.buf, m->s.act, 0, at, 2, ne);
-    FG_ASSERT(fg_tensor_nbytes(&t) <= m->s.act_bytes);
+    fg_tensor t = act_view(m, at, x->ne[0], n);
     FG_TRY(fg_op_rmsnorm(be, &t, x, w, m->hp.rms_eps));
-    ac->t = t;
-    ac->src = xn->data;
-    ac->rows = n;
-    ac->type = at;
+    act_hold(ac, &t, xn->data);
     return FG_OK;
 }
 
@@ -316,21 +322,12 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
         // the output projection's activations straight from the attention (the act cache then
         // holds them as att's), unless the last layer gathers att's rows first
         const uint32_t at = fg_backend_act_type(be, ly->wo->type, n);
-        fg_tensor attq;
         const bool conv = at != FG_TYPE_F32 && !(last && n_out >= 0 && n_out < n);
-        if (conv) {
-            int64_t ne[2] = {att.ne[0], n};
-            attq = fg_tensor_view(m->s.buf, m->s.act, 0, at, 2, ne);
-            FG_ASSERT(fg_tensor_nbytes(&attq) <= m->s.act_bytes);
-        }
+        fg_tensor attq = conv ? act_view(m, at, att.ne[0], n) : att;
         ac->src = NULL; // (the act buffer: attq from here)
         OP(fg_op_rope_kv_attention(be, &att, conv ? &attq : NULL, &q, &k, &v, &rp, n_head_kv, &kv->view, &ap));
-        if (conv) {
-            ac->t = attq;
-            ac->src = att.data;
-            ac->rows = n;
-            ac->type = at;
-        }
+        if (conv)
+            act_hold(ac, &attq, att.data);
     } else {
         OP(fg_op_kv_store(be, &kv->view, il, &k, &v));
         if (kv_only)

@@ -263,10 +263,6 @@ fg_status fg_cuda_kv_store(fg_cuda *c, const fg_kv_view *kv, int32_t layer, cons
 }
 
 // ---------------------------------------------------------------- rope_kv_store (fused)
-// One launch for rope(q), rope(k) and kv_store(k, v): grid (token, 3). y = 0 rotates the
-// token's q row in place; y = 1 rotates its k row in place, then stores it (the block's own
-// global writes, visible after the barrier); y = 2 stores its v row. Same arithmetic as
-// rope_kernel and kv_store_kernel (the shared helpers).
 // The rope of both fused kernels: pairs, mode, frequency factors, the angle's factors.
 typedef struct rope_geo {
     int half, neox;
@@ -288,6 +284,10 @@ static rope_geo rope_geo_of(const fg_rope_params *p) {
     return g;
 }
 
+// One launch for rope(q), rope(k) and kv_store(k, v): grid (token, 3). y = 0 rotates the
+// token's q row in place; y = 1 rotates its k row in place, then stores it (the block's own
+// global writes, visible after the barrier); y = 2 stores its v row. Same arithmetic as
+// rope_kernel and kv_store_kernel (the shared helpers).
 typedef struct rkv_args {
     char *q, *k;
     const char *v;
@@ -1946,16 +1946,16 @@ fg_status fg_cuda_rope_kv_attention(fg_cuda *c, fg_tensor *dst, fg_tensor *dq, f
             a.vn_nb1 = v->nb[1];
             // the output projection's activations from the kernel: unsplit, whole blocks a kv head
             const int gd = a.group * a.head_dim;
-            if (dq && c->dec_quant && a.n_split == 1 &&
-                ((dq->type == FG_TYPE_Q8_1 && gd % 32 == 0) ||
-                 (dq->type == FG_TYPE_Q8_K && gd % 256 == 0 && c->dec_quant == 2))) {
+            const bool in_kernel = dq && c->dec_quant && a.n_split == 1 &&
+                                   ((dq->type == FG_TYPE_Q8_1 && gd % 32 == 0) ||
+                                    (dq->type == FG_TYPE_Q8_K && gd % 256 == 0 && c->dec_quant == 2));
+            if (in_kernel) {
                 a.dq = (uint8_t *)dq->data;
                 a.dq_nb1 = dq->nb[1];
                 a.dq_type = dq->type;
-                return dec_launch(c, a, kv->type);
             }
             FG_TRY(dec_launch(c, a, kv->type));
-            return dq ? fg_cuda_convert(c, dq, dst) : FG_OK;
+            return dq && !in_kernel ? fg_cuda_convert(c, dq, dst) : FG_OK;
         }
     }
     FG_TRY(fg_cuda_rope_kv_store(c, q, k, v, rp, n_head_kv, kv, ap->layer));
