@@ -156,6 +156,23 @@ typedef uint32_t fg_lane_mask;
 #endif
 #endif
 
+// 16 bytes global -> shared memory (both 16-aligned): asynchronous on NVIDIA sm_80+ (cp.async,
+// complete and visible to the issuing thread after fg_cp16_wait), a plain copy elsewhere (HIP,
+// the host pass of host-side tests).
+static __host__ __device__ __forceinline__ void fg_cp16(void *dst, const void *src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(__HIPCC__)
+    const unsigned sa = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sa), "l"(src) : "memory");
+#else
+    *(uint4 *)dst = *(const uint4 *)src;
+#endif
+}
+static __host__ __device__ __forceinline__ void fg_cp16_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(__HIPCC__)
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
 // Kernel launch bounds: at most `threads` per block and, on NVIDIA, at least `min_blocks`
 // blocks resident per SM (registers capped at 64K / (threads * min_blocks)). HIP reads a
 // second argument differently (waves per execution unit), so there it is dropped.
