@@ -518,11 +518,23 @@ static void test_matmul_all_types(void **state) {
 // that the 259-row weights take two); every case must take that path's arithmetic: the
 // reference's integers (mma, mqr) or the F16 GEMM's (f16, blas).
 // TILES_MQR: mqr over the activation rows as they are (FORGE_CUDA_MQR_PACK=0); TILES_MQR_PACK:
-// repacked first (the default).
-typedef enum { TILES_MMA, TILES_F16, TILES_MQR, TILES_MQR_PACK, TILES_BLAS } tiles_path;
+// repacked first (the default); then Q4_K's variants over repacked rows: chained (FORGE_CUDA_MQR_CHAIN=1),
+// staged (FORGE_CUDA_MQR_STAGE=1), both.
+typedef enum {
+    TILES_MMA,
+    TILES_F16,
+    TILES_MQR,
+    TILES_MQR_PACK,
+    TILES_MQR_CHAIN,
+    TILES_MQR_STAGE,
+    TILES_MQR_CHAIN_STAGE,
+    TILES_BLAS
+} tiles_path;
 static void matmul_tiles(const target *tg, tiles_path path) {
     const char *mmq = path == TILES_MMA ? "mma" : path == TILES_F16 ? "f16" : NULL;
-    const bool mqr = path == TILES_MQR || path == TILES_MQR_PACK, blas = path == TILES_BLAS;
+    const bool chain = path == TILES_MQR_CHAIN || path == TILES_MQR_CHAIN_STAGE;
+    const bool stage = path == TILES_MQR_STAGE || path == TILES_MQR_CHAIN_STAGE;
+    const bool mqr = path == TILES_MQR || path == TILES_MQR_PACK || chain || stage, blas = path == TILES_BLAS;
     const bool want_int = path == TILES_MMA || mqr;
     if (tg->cpu) {
         print_message("SKIP: %s: the CUDA tiled kernels only\n", tg->name);
@@ -550,6 +562,8 @@ static void matmul_tiles(const target *tg, tiles_path path) {
         setenv("FORGE_CUDA_DEQ_MB", "1", 1);
     setenv("FORGE_CUDA_MQR", mqr ? "9:64" : "0", 1);
     setenv("FORGE_CUDA_MQR_PACK", path == TILES_MQR ? "0" : "1", 1);
+    setenv("FORGE_CUDA_MQR_CHAIN", chain ? "1" : "0", 1);
+    setenv("FORGE_CUDA_MQR_STAGE", stage ? "1" : "0", 1);
     if (mmq)
         setenv("FORGE_CUDA_MMQ", mmq, 1);
     g_deviations = 0;
@@ -577,11 +591,18 @@ static void matmul_tiles(const target *tg, tiles_path path) {
     unsetenv("FORGE_CUDA_DEQ_MB");
     unsetenv("FORGE_CUDA_MQR");
     unsetenv("FORGE_CUDA_MQR_PACK");
+    unsetenv("FORGE_CUDA_MQR_CHAIN");
+    unsetenv("FORGE_CUDA_MQR_STAGE");
     unsetenv("FORGE_CUDA_MMQ");
     print_message("%s: tiled cases (FORGE_CUDA_MMQ=%s%s): %d in the reference's integer arithmetic, %d in the F16 "
                   "GEMM's\n",
                   tg->name, mmq ? mmq : "default",
-                  path == TILES_MQR_PACK ? ", mqr packed" : mqr ? ", mqr" : blas ? ", library GEMM" : "", g_int_cases,
+                  chain && stage ? ", mqr chained staged"
+                  : chain        ? ", mqr chained"
+                  : stage        ? ", mqr staged"
+                  : path == TILES_MQR_PACK ? ", mqr packed"
+                  : mqr                    ? ", mqr"
+                                           : blas ? ", library GEMM" : "", g_int_cases,
                   g_f16_cases);
     if (g_deviations)
         fail_msg("%s: %d matmul cases off the reference's arithmetic (listed above)", tg->name, g_deviations);
@@ -598,6 +619,12 @@ static void test_matmul_mqr_tiles(void **state) { matmul_tiles(*state, TILES_MQR
 
 // The same over the repacked activation rows (the default).
 static void test_matmul_mqr_pack_tiles(void **state) { matmul_tiles(*state, TILES_MQR_PACK); }
+
+// The same with Q4_K's variants (Q6_K as before): chained (the scales in the A fragments), staged
+// (the weights through shared memory), both.
+static void test_matmul_mqr_chain_tiles(void **state) { matmul_tiles(*state, TILES_MQR_CHAIN); }
+static void test_matmul_mqr_stage_tiles(void **state) { matmul_tiles(*state, TILES_MQR_STAGE); }
+static void test_matmul_mqr_chain_stage_tiles(void **state) { matmul_tiles(*state, TILES_MQR_CHAIN_STAGE); }
 
 // The K-quant matvec's (mwk: Q4_K, Q5_K, 1-2 rows) other shapes: 1 weight row a 32-lane group
 // (FORGE_CUDA_MWK=1) and weights landing in shared memory (FORGE_CUDA_MWK_LAND=1), with 1 and 2
@@ -2276,8 +2303,9 @@ int main(void) {
 #define T(tg, fn) {#tg ": " #fn, fn, NULL, NULL, (void *)&tg}
 #define PER_TARGET(tg)                                                                                        \
     T(tg, test_matmul_all_types), T(tg, test_matmul_integer_tiles), T(tg, test_matmul_f16_tiles),              \
-        T(tg, test_matmul_mqr_tiles), T(tg, test_matmul_mqr_pack_tiles), T(tg, test_matmul_blas_tiles),            \
-        T(tg, test_matmul_mwk_variants),                                                                          \
+        T(tg, test_matmul_mqr_tiles), T(tg, test_matmul_mqr_pack_tiles), T(tg, test_matmul_mqr_chain_tiles),   \
+        T(tg, test_matmul_mqr_stage_tiles), T(tg, test_matmul_mqr_chain_stage_tiles),                          \
+        T(tg, test_matmul_blas_tiles), T(tg, test_matmul_mwk_variants),                                           \
         T(tg, test_convert), T(tg, test_rmsnorm),                                                                 \
         T(tg, test_add_swiglu), T(tg, test_swiglu_convert), T(tg, test_rmsnorm_convert), T(tg, test_add_rmsnorm), \
         T(tg, test_rope), T(tg, test_get_rows_gather), T(tg, test_check_finite), T(tg, test_attention),           \

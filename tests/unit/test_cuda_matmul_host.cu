@@ -625,6 +625,35 @@ static void emu_mma(bool k16, const uint32_t (*a)[4], const uint32_t (*b)[2], in
         }
 }
 
+// The same with the operands' signedness (.u8 / .s8) and C read from c (NULL: 0), as the chained
+// mqr variant's instructions: D = A B + C.
+static void emu_mma_x(bool k16, bool a_s8, bool b_s8, const uint32_t (*a)[4], const uint32_t (*b)[2], const int (*c)[4],
+                      int (*d)[4]) {
+    const int K = k16 ? 16 : 32;
+    int A[16][32], B[32][8];
+    for (int lane = 0; lane < 32; lane++) {
+        for (int e = 0; e < K / 2; e++) {
+            int r, col;
+            (k16 ? ptx_k16_a : ptx_k32_a)(lane, e, &r, &col);
+            A[r][col] = a_s8 ? frag_byte(a[lane], e) : (int)(uint8_t)frag_byte(a[lane], e);
+        }
+        for (int e = 0; e < K / 4; e++) {
+            int r, col;
+            (k16 ? ptx_k16_b : ptx_k32_b)(lane, e, &r, &col);
+            B[r][col] = b_s8 ? frag_byte(b[lane], e) : (int)(uint8_t)frag_byte(b[lane], e);
+        }
+    }
+    for (int lane = 0; lane < 32; lane++)
+        for (int e = 0; e < 4; e++) {
+            int r, col;
+            ptx_c(lane, e, &r, &col);
+            int s = c ? c[lane][e] : 0;
+            for (int k = 0; k < K; k++)
+                s += A[r][k] * B[k][col];
+            d[lane][e] = s;
+        }
+}
+
 // The kernel's helpers against the transcription: every register's row and word.
 static void test_mqm_layout(void) {
     int bad = 0;
@@ -982,7 +1011,25 @@ static void test_mhm_case(int64_t rows, int64_t n_out, int64_t n_in, bool accumu
 // scales, A and B fragments, the sub-block sums, the super-block's scaling, the write), the mma
 // emulated from the PTX tables (emu_mma, whose C starts at MQM_FBIAS: subtracted), the kw warps
 // of a row group added in kw order as the kernel's shared-memory sum does.
-template <int WT, int NT, bool XP> static void emu_mqr(const mq_args &a, int kw) {
+// ST (Q4_K): the weights through a warp's stage (mqr_stage_copy by every lane into a poisoned
+// stage, then each lane's mqr_load_w_stage), as the staged variant reads them.
+template <int WT> static void emu_load(const mq_args &a, int64_t m0, int sb, bool st, std::vector<typename mqr_t<WT>::W> &w) {
+    static uint8_t stage[MQR_STAGE_BYTES];
+    if constexpr (WT == FG_TYPE_Q4_K) {
+        if (st) {
+            memset(stage, 0xA5, sizeof stage);
+            for (int lane = 0; lane < 32; lane++)
+                mqr_stage_copy(a, m0, sb, lane, stage);
+            for (int lane = 0; lane < 32; lane++)
+                mqr_load_w_stage(stage, lane, w[(size_t)lane].w);
+            return;
+        }
+    }
+    for (int lane = 0; lane < 32; lane++)
+        mqr_t<WT>::load(a, m0, sb, lane, w[(size_t)lane]);
+}
+
+template <int WT, int NT, bool XP> static void emu_mqr(const mq_args &a, int kw, bool st = false) {
     typedef mqr_t<WT> T;
     const int64_t n_rb = fg_div_up(fg_div_up(a.n_out, 16), MQR_WARPS / kw), n_cg = fg_div_up(a.n_rows, 8 * NT);
     std::vector<float> part((size_t)MQR_WARPS * 32 * NT * 4);
@@ -1001,8 +1048,8 @@ template <int WT, int NT, bool XP> static void emu_mqr(const mq_args &a, int kw)
                 for (int i = 0; i < 32 * NT * 4; i++)
                     acc[i] = 0.0f;
                 for (int sb = sb0; sb < sb1; sb++) {
+                    emu_load<WT>(a, m0, sb, st, w);
                     for (int lane = 0; lane < 32; lane++) {
-                        T::load(a, m0, sb, lane, w[(size_t)lane]);
                         T::prep(w[(size_t)lane]);
                         for (int j = 0; j < NT; j++)
                             for (int e = 0; e < 4; e++)
@@ -1042,6 +1089,85 @@ template <int WT, int NT, bool XP> static void emu_mqr(const mq_args &a, int kw)
         }
 }
 
+// Q4_K's chained variant (FORGE_CUDA_MQR_CHAIN=1, repacked rows): A fragments with the scales in
+// (mqr_a_c), two u8 x s8 chains a super-block through the mma's accumulator, the mins by two
+// m16n8k16 over the packed bsum bytes (mqr_am, mqr_bm), mqr_close_c: the kernel's order.
+template <int NT> static void emu_mqr_chain(const mq_args &a, int kw, bool st) {
+    typedef mqr_t<FG_TYPE_Q4_K> T;
+    const int64_t n_rb = fg_div_up(fg_div_up(a.n_out, 16), MQR_WARPS / kw), n_cg = fg_div_up(a.n_rows, 8 * NT);
+    std::vector<float> part((size_t)MQR_WARPS * 32 * NT * 4);
+    std::vector<T::W> w(32);
+    static uint32_t Al[32][4], Ah[32][4], B[32][2], Am[32][4], Bl[32][2], Bh[32][2];
+    static int cl[32][NT][4], ch[32][NT][4], tmp[32][4], ml[32][4], mh[32][4];
+    for (int64_t by = 0; by < n_rb; by++)
+        for (int64_t bx = 0; bx < n_cg; bx++) {
+            const int64_t n0 = bx * 8 * NT;
+            for (int warp = 0; warp < MQR_WARPS; warp++) {
+                const int rg = warp / kw, kwi = warp % kw;
+                const int64_t m0 = (by * (MQR_WARPS / kw) + rg) * 16;
+                int sb0, sb1;
+                mqr_range(a, kw, kwi, &sb0, &sb1);
+                float *acc = &part[(size_t)warp * 32 * NT * 4];
+                for (int i = 0; i < 32 * NT * 4; i++)
+                    acc[i] = 0.0f;
+                for (int sb = sb0; sb < sb1; sb++) {
+                    emu_load<FG_TYPE_Q4_K>(a, m0, sb, st, w);
+                    for (int lane = 0; lane < 32; lane++) {
+                        T::prep(w[(size_t)lane]);
+                        uint32_t am[2];
+                        mqr_am(w[(size_t)lane].s, lane, am);
+                        Am[lane][0] = am[0];
+                        Am[lane][1] = am[1];
+                        for (int j = 0; j < NT; j++)
+                            for (int e = 0; e < 4; e++)
+                                cl[lane][j][e] = ch[lane][j][e] = 0;
+                    }
+                    for (int g = 0; g < T::G; g++) {
+                        for (int lane = 0; lane < 32; lane++)
+                            mqr_a_c(w[(size_t)lane].w, w[(size_t)lane].s, g, Al[lane], Ah[lane]);
+                        for (int j = 0; j < NT; j++) {
+                            for (int lane = 0; lane < 32; lane++)
+                                T::template frag_b<true>(a, n0 + 8 * j, sb, g, lane, B[lane]);
+                            int cin[32][4];
+                            for (int lane = 0; lane < 32; lane++)
+                                memcpy(cin[lane], cl[lane][j], sizeof cin[lane]);
+                            emu_mma_x(false, false, true, Al, B, cin, tmp);
+                            for (int lane = 0; lane < 32; lane++)
+                                memcpy(cl[lane][j], tmp[lane], sizeof tmp[lane]);
+                            for (int lane = 0; lane < 32; lane++)
+                                memcpy(cin[lane], ch[lane][j], sizeof cin[lane]);
+                            emu_mma_x(false, false, true, Ah, B, cin, tmp);
+                            for (int lane = 0; lane < 32; lane++)
+                                memcpy(ch[lane][j], tmp[lane], sizeof tmp[lane]);
+                        }
+                    }
+                    for (int j = 0; j < NT; j++) {
+                        for (int lane = 0; lane < 32; lane++) {
+                            const uint2 bm = mqr_bm(a, n0 + 8 * j, sb, lane);
+                            Bl[lane][0] = bm.x;
+                            Bh[lane][0] = bm.y;
+                        }
+                        emu_mma_x(true, false, false, Am, Bl, NULL, ml);
+                        emu_mma_x(true, false, true, Am, Bh, NULL, mh);
+                        for (int lane = 0; lane < 32; lane++)
+                            mqr_close_c(a, w[(size_t)lane].s, n0 + 8 * j, sb, lane, cl[lane][j], ch[lane][j], ml[lane],
+                                        mh[lane], *(float(*)[4]) & acc[((size_t)lane * NT + j) * 4]);
+                    }
+                }
+            }
+            for (int warp = 0; warp < MQR_WARPS; warp += kw) {
+                const int64_t m0 = (by * (MQR_WARPS / kw) + warp / kw) * 16;
+                float *acc = &part[(size_t)warp * 32 * NT * 4];
+                for (int k = 1; k < kw; k++)
+                    for (int i = 0; i < 32 * NT * 4; i++)
+                        acc[i] += part[(size_t)(warp + k) * 32 * NT * 4 + (size_t)i];
+                for (int lane = 0; lane < 32; lane++)
+                    for (int j = 0; j < NT; j++)
+                        mqr_write(a, m0, n0 + 8 * j, lane, *(const float(*)[4]) & acc[((size_t)lane * NT + j) * 4]);
+            }
+        }
+}
+
 // rows x n_out x n_in of WT (Q4_K rows 16-aligned; Q6_K rows at a 2 mod 4 address with pad 2)
 // against Q8_K rows (stride padded by 8 bytes), kw warps along K, NT n tiles a warp (rows past
 // 8 NT: more column groups); against the reference's arithmetic.
@@ -1063,6 +1189,7 @@ static void test_mqr_case(int64_t rows, int64_t n_out, int64_t n_in, int kw, boo
     // the rows as they are, then repacked (FORGE_CUDA_MQR_PACK: mqr_pack_unit, every unit)
     for (int pack = 0; pack < 2; pack++) {
         outbuf d(rows, n_out, accumulate);
+        std::vector<uint8_t> dc(d.b.p, d.b.p + d.nb1 * (size_t)rows); // the chained variant's: the same start
         mq_args a = mq_args_make(w.b.p, w.nb1, q.p, qs, (float *)d.b.p, d.nb1, use_bias ? bias.data() : NULL, n_out,
                                  rows, n_in, accumulate);
         const int tiles = (int)((rows + 7) / 8);
@@ -1084,6 +1211,22 @@ static void test_mqr_case(int64_t rows, int64_t n_out, int64_t n_in, int kw, boo
         snprintf(what, sizeof what, "mqr %s n_in %lld n_out %lld rows %lld kw %d nt %d%s", fg_type_name(WT),
                  (long long)n_in, (long long)n_out, (long long)rows, kw, NT, pack ? " packed" : "");
         compare(what, d.b.p, d.nb1, rows, n_out, ref, mag, 1e-5);
+        // Q4_K's variants over the same packed rows (chained, staged, both): the same integers and
+        // the same float order, so the same bits
+        for (int v = 0; pack && WT == FG_TYPE_Q4_K && v < 3; v++) {
+            std::vector<uint8_t> dv(dc);
+            mq_args av = a;
+            av.dst = (float *)dv.data();
+            if (v == 1)
+                emu_mqr<WT, NT, true>(av, kw, true);
+            else
+                emu_mqr_chain<NT>(av, kw, v == 2);
+            int diff = 0;
+            for (int64_t r = 0; r < rows; r++)
+                diff += memcmp(d.b.p + (size_t)r * d.nb1, dv.data() + (size_t)r * d.nb1, (size_t)n_out * 4) != 0;
+            CHECK(diff == 0, "%s: the %s variant differs from mqr in %d of %lld rows", what,
+                  v == 0 ? "chained" : v == 1 ? "staged" : "chained staged", diff, (long long)rows);
+        }
     }
 }
 

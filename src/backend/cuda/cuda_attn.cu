@@ -1460,13 +1460,6 @@ static __device__ __forceinline__ void fa_ldm4t(uint32_t (&r)[4], const uint16_t
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(sa));
 }
-// 16 bytes global -> shared, asynchronously; n = 0 writes zeros and reads nothing
-static __device__ __forceinline__ void fa_cp16(uint16_t *dst, const void *src, int n) {
-    const unsigned sa = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(sa), "l"(src), "r"(n));
-}
-static __device__ __forceinline__ void fa_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N> static __device__ __forceinline__ void fa_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
 // Copies keys [j0, j0 + FA_BN) of kv head hk (K and V) into a stage; keys at kv_hi or past it
 // are zeros (a masked score times a zero V row adds nothing, never a NaN from stale bytes).
@@ -1481,8 +1474,8 @@ static __device__ __forceinline__ void fa_load(const attn_args &a, const int32_t
         if (ok)
             off = (size_t)pt[j / a.page_size] * a.kv_nb2 + (size_t)(j % a.page_size) * a.kv_nb1 +
                   (size_t)hk * D * 2 + (size_t)ch * 16;
-        fa_cp16(ks + key * G::SROW + ch * 8, a.k + off, ok ? 16 : 0);
-        fa_cp16(vs + key * G::SROW + ch * 8, a.v + off, ok ? 16 : 0);
+        fg_cp16_zfill(ks + key * G::SROW + ch * 8, a.k + off, ok ? 16 : 0);
+        fg_cp16_zfill(vs + key * G::SROW + ch * 8, a.v + off, ok ? 16 : 0);
     }
 }
 #endif
@@ -1544,15 +1537,15 @@ template <int D> __global__ void __launch_bounds__(FA_NT) attn_fa_kernel(attn_ar
         __syncthreads(); // the previous item is done with the stages
         if (n_tiles > 0)
             fa_load<D>(a, pt, hk, 0, kv_end, sm, sm + GEO::TILE, tid);
-        fa_commit();
+        fg_cp_commit();
         for (int it = 0; it < n_tiles; it++) {
             uint16_t *const ks = sm + (size_t)(it & 1) * 2 * GEO::TILE, *const vs = ks + GEO::TILE;
             if (it + 1 < n_tiles) {
                 uint16_t *const kn = sm + (size_t)((it + 1) & 1) * 2 * GEO::TILE;
                 fa_load<D>(a, pt, hk, (it + 1) * FA_BN, kv_end, kn, kn + GEO::TILE, tid);
             }
-            fa_commit();
-            fa_wait<1>(); // this tile's group is complete (the next one may fly)
+            fg_cp_commit();
+            fg_cp_wait<1>(); // this tile's group is complete (the next one may fly)
             __syncthreads();
 
             float sc[NS][4];
@@ -1623,7 +1616,7 @@ template <int D> __global__ void __launch_bounds__(FA_NT) attn_fa_kernel(attn_ar
             }
             __syncthreads(); // this stage is rewritten two tiles on
         }
-        fa_wait<0>();
+        fg_cp_wait<0>();
 
         // the rows' sums over their 4 lanes; out = O / sum
 #pragma unroll

@@ -63,6 +63,7 @@
 // (mqr_pack) it beats mhm up to 64 (H100, 8B Q4_K step: 48 rows 9.20 against 11.72 ms, 64 rows
 // 10.26 against 12.47; unpacked it lost from 33 rows on)
 #define FG_MQR_MAX_ROWS 64
+#define FG_MQR_XP_BYTES 2592 // mqr: bytes of a repacked chunk (8 rows, a super-block; MQR_XP below)
 #define FG_MQR_NT 8 // mqr: n tiles (8 rows each) a warp at most
 #define FG_MQR_DEFAULT 1 // mqr on (H100, unpacked: 16 rows 6.03 ms a step against mhm's 9.74)
 #define FG_MV_BATCH_ROWS 16 // quantized weights: rows up to which the matvec runs in passes of 8 (measured)
@@ -2120,9 +2121,12 @@ static_assert(offsetof(fg_block_q8_k, qs) == MQR_X_QS && offsetof(fg_block_q8_k,
 //                     those of groups 4p .. 4p + 3 (qs 16 G + 4 t, 4 bytes each)
 //   Q   [2048, 2304): 8 bytes a (t, u): bsums word u of rows 8 tile + 2 t and + 2 t + 1
 //   D   [2304, 2336): 8 bytes a t: the d of those two rows
+//   M   [2336, 2592): 8 bytes a lane (g, t): the low bytes of bsums 4t .. 4t + 3 of row 8 tile + g,
+//                     then their high bytes (the B fragment of the chained variant's mins mma)
 // Rows past n_rows repeat the last row (as mqr_xblk clamps); a warp's tiles past the packed
 // ones read the last packed tile (their outputs are never written).
-enum { MQR_XP_Q = 2048, MQR_XP_D = 2304, MQR_XP = 2336, MQR_XP_UNITS = MQR_XP / 16 };
+enum { MQR_XP_Q = 2048, MQR_XP_D = 2304, MQR_XP_M = 2336, MQR_XP = 2592, MQR_XP_UNITS = MQR_XP / 16 };
+static_assert(MQR_XP == FG_MQR_XP_BYTES, "mqr: the scratch estimate's chunk size");
 
 // A lane's bytes of one super-block of its rows g and g + 8.
 struct mqr_w {
@@ -2149,6 +2153,29 @@ static FG_HD __forceinline__ void mqr_load_w(const mq_args &a, int64_t m0, int s
 FG_UNROLL
     for (int r = 0; r < 2; r++) {
         const uint8_t *b = mqr_wblk(a, m0, sb, lane, r, MQR_SB_W);
+        w.h[r] = *(const uint4 *)b;
+FG_UNROLL
+        for (int j = 0; j < 4; j++)
+            w.q[r][j] = *(const uint2 *)(b + 16 + 32 * j + 8 * (lane % 4));
+    }
+}
+
+// The staged variant (FORGE_CUDA_MQR_STAGE=1, Q4_K): a warp's 16 rows of one super-block (16 x 144
+// bytes, 144 16-byte pieces) copied as they are into its shared-memory stage by asynchronous copies,
+// MQR_STAGES super-blocks ahead (what a warp has in flight no longer costs registers), then each
+// lane reads its bytes from there as mqr_load_w reads them from global memory.
+enum { MQR_STAGES = 4, MQR_STAGE_BYTES = 16 * MQR_SB_W };
+static FG_HD __forceinline__ void mqr_stage_copy(const mq_args &a, int64_t m0, int sb, int lane, uint8_t *stage) {
+    for (int c = lane; c < MQR_STAGE_BYTES / 16; c += 32) {
+        int64_t row = m0 + c / 9;
+        row = row < a.n_out ? row : a.n_out - 1; // (as mqr_wblk)
+        fg_cp16(stage + 16 * c, a.w + (size_t)row * a.w_nb1 + (size_t)sb * MQR_SB_W + 16 * (c % 9));
+    }
+}
+static FG_HD __forceinline__ void mqr_load_w_stage(const uint8_t *stage, int lane, mqr_w &w) {
+FG_UNROLL
+    for (int r = 0; r < 2; r++) {
+        const uint8_t *b = stage + (size_t)(lane / 4 + 8 * r) * MQR_SB_W;
         w.h[r] = *(const uint4 *)b;
 FG_UNROLL
         for (int j = 0; j < 4; j++)
@@ -2199,11 +2226,21 @@ FG_UNROLL
 FG_UNROLL
         for (int i = 0; i < 4; i++)
             v[i] = fg_q_ld32a(mqr_xblk(a, r0 + 2 * t + i % 2, sb) + MQR_X_BS + 4 * (2 * q + i / 2));
-    } else { // D: t = 2 kk, 2 kk + 1
+    } else if (k < MQR_XP_M / 16) { // D: t = 2 kk, 2 kk + 1
         const int kk = k - MQR_XP_D / 16;
 FG_UNROLL
         for (int i = 0; i < 4; i++)
             v[i] = fg_q_ld32a(mqr_xblk(a, r0 + 2 * (2 * kk + i / 2) + i % 2, sb));
+    } else { // M: lanes 2 kk, 2 kk + 1; an int16 bsum = 256 (its high byte, signed) + its low byte
+        const int kk = k - MQR_XP_M / 16;
+FG_UNROLL
+        for (int h = 0; h < 2; h++) {
+            const int lane = 2 * kk + h;
+            const uint8_t *bs = mqr_xblk(a, r0 + lane / 4, sb) + MQR_X_BS + 8 * (lane % 4);
+            const uint32_t w0 = fg_q_ld32a(bs), w1 = fg_q_ld32a(bs + 4); // bsums 4t, 4t + 1 | 4t + 2, 4t + 3
+            v[2 * h] = (w0 & 0xFFu) | ((w0 >> 8) & 0xFF00u) | ((w1 & 0xFFu) << 16) | ((w1 << 8) & 0xFF000000u);
+            v[2 * h + 1] = ((w0 >> 8) & 0xFFu) | ((w0 >> 16) & 0xFF00u) | ((w1 << 8) & 0xFF0000u) | (w1 & 0xFF000000u);
+        }
     }
     *(uint4 *)(xp + (size_t)idx * 16) = make_uint4(v[0], v[1], v[2], v[3]);
 }
@@ -2283,6 +2320,53 @@ FG_UNROLL
         const int r = e / 2;
         acc[e] += dx[e % 2] * (s.d[r] * (float)si[e] - s.dm[r] * (float)mi[e]);
     }
+}
+
+// ---- Q4_K, the chained variant (FORGE_CUDA_MQR_CHAIN=1, over the repacked rows): the sub-block
+// scales go into the A fragments, so that the mma's own accumulator sums a super-block's eight
+// sub-blocks: a 6-bit scale sc = 16 sh + sl, A_l = q sl (<= 225, u8) and A_h = q sh (<= 45), two
+// m16n8k32 u8 x s8 chains a super-block, SI = C_l + 16 C_h. The mins the same way, once a
+// super-block: A_m holds each sub-block's min at its two bsums (k = 2j, 2j + 1 of m16n8k16), B
+// the bsums split into low (u8) and high (s8) bytes, MI = M_l + 256 M_h. The same integers as
+// mqr_unit's (so the same outputs, bit for bit), in 2 mma a sub-block and n tile instead of 1
+// mma and 8 integer instructions.
+static FG_HD __forceinline__ void mqr_a_c(const mqr_w &w, const mqr_s &s, int u, uint32_t (&Al)[4], uint32_t (&Ah)[4]) {
+    uint32_t A[4];
+    mqr_a(w, u, A);
+FG_UNROLL
+    for (int i = 0; i < 4; i++) { // A[i]: row g + 8 (i % 2); bytes <= 15, products without carries
+        const uint32_t sc = (s.sc[i % 2][u / 4] >> (8 * (u % 4))) & 0x3Fu;
+        Al[i] = A[i] * (sc & 15u);
+        Ah[i] = A[i] * (sc >> 4);
+    }
+}
+
+// The mins' A fragment (m16n8k16): row g + 8 r, k 4t .. 4t + 3 = the mins of sub-blocks 2t, 2t, 2t + 1, 2t + 1.
+static FG_HD __forceinline__ void mqr_am(const mqr_s &s, int lane, uint32_t (&Am)[2]) {
+FG_UNROLL
+    for (int r = 0; r < 2; r++) {
+        const uint32_t x = ((lane & 2) ? s.m[r][1] : s.m[r][0]) >> (16 * (lane % 2)); // (no dynamic index: registers)
+        Am[r] = (x & 0xFFu) * 0x0101u | ((x >> 8) & 0xFFu) * 0x01010000u;
+    }
+}
+
+// The mins' B fragments (low bytes, high bytes) of the n tile at n0.
+static FG_HD __forceinline__ uint2 mqr_bm(const mq_args &a, int64_t n0, int sb, int lane) {
+    return *(const uint2 *)(mqr_xpc(a, n0, sb) + MQR_XP_M + 8 * lane);
+}
+
+// The end of a super-block in the chained variant: its chains' sums and mins products scaled into acc
+// (mqr_close's arithmetic on the same integers).
+static FG_HD __forceinline__ void mqr_close_c(const mq_args &a, const mqr_s &s, int64_t n0, int sb, int lane,
+                                              const int (&cl)[4], const int (&ch)[4], const int (&ml)[4],
+                                              const int (&mh)[4], float (&acc)[4]) {
+    int si[4], mi[4];
+FG_UNROLL
+    for (int e = 0; e < 4; e++) {
+        si[e] = cl[e] + 16 * ch[e];
+        mi[e] = ml[e] + 256 * mh[e];
+    }
+    mqr_close<true>(a, s, n0, sb, lane, si, mi, acc);
 }
 
 // ---- Q6_K: 16 groups of 16 a super-block (x = d sc (q - 32), q 6 bits, sc int8), one
@@ -2473,12 +2557,47 @@ template <bool K16> static __device__ __forceinline__ void mqr_mma(const uint32_
 #endif
 }
 
+// C += A B: m16n8k32 u8 x s8 (the chained variant's sums).
+static __device__ __forceinline__ void mqr_mma_acc(const uint32_t (&A)[4], const uint32_t (&B)[2], int (&c)[4]) {
+#if defined(FG_GPU_HAS_MMA)
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(A[0]), "r"(A[1]), "r"(A[2]), "r"(A[3]), "r"(B[0]), "r"(B[1]));
+#else
+    (void)A, (void)B, (void)c;
+#endif
+}
+// D = A B: m16n8k16 u8 x (BS ? s8 : u8) (the chained variant's mins).
+template <bool BS> static __device__ __forceinline__ void mqr_mma16(const uint32_t (&A)[2], uint32_t B, int (&d)[4]) {
+#if defined(FG_GPU_HAS_MMA)
+    if constexpr (BS)
+        asm("mma.sync.aligned.m16n8k16.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%7,%7,%7};"
+            : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+            : "r"(A[0]), "r"(A[1]), "r"(B), "r"(0));
+    else
+        asm("mma.sync.aligned.m16n8k16.row.col.s32.u8.u8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%7,%7,%7};"
+            : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+            : "r"(A[0]), "r"(A[1]), "r"(B), "r"(0));
+#else
+    (void)A, (void)B;
+    d[0] = d[1] = d[2] = d[3] = 0;
+#endif
+}
+
 // XP: the activation rows repacked (a.xp; the default), a separate instantiation so that the
 // rows read as they are compile as before (the readers' two paths in one kernel cost registers).
-template <int WT, int NT, bool XP>
+// CH: Q4_K's chained variant (over repacked rows); ST: Q4_K's weights staged in shared memory.
+template <int WT, int NT, bool XP, bool CH = false, bool ST = false>
 static __global__ __launch_bounds__(MQR_NTH, NT <= 2 ? 4 : NT <= 4 ? 3 : 2) void mqr_kernel(mq_args a, int kw) {
+    static_assert(!CH || (WT == FG_TYPE_Q4_K && XP), "mqr: the chained variant is Q4_K's, over repacked rows");
+    static_assert(!ST || WT == FG_TYPE_Q4_K, "mqr: the staged variant is Q4_K's");
     typedef mqr_t<WT> T;
-    __shared__ float red[MQR_WARPS][NT * 4][32];
+    // the warps' partial sums at the end; before, (ST) the warps' stages: one buffer (48 KB of static
+    // shared memory at most: at 8 n tiles the two would not fit side by side)
+    constexpr int RED = MQR_WARPS * NT * 4 * 32 * 4, STG = ST ? MQR_WARPS * MQR_STAGES * MQR_STAGE_BYTES : 0;
+    __shared__ __align__(16) uint8_t smem[RED > STG ? RED : STG];
+    float(*red)[NT * 4][32] = (float(*)[NT * 4][32])smem;
+    uint8_t(*stages)[MQR_STAGES][MQR_STAGE_BYTES] = (uint8_t(*)[MQR_STAGES][MQR_STAGE_BYTES])smem;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int rg = warp / kw, kwi = warp % kw;
     const int64_t m0 = ((int64_t)blockIdx.y * (MQR_WARPS / kw) + rg) * 16;
@@ -2492,44 +2611,100 @@ FG_UNROLL
         for (int e = 0; e < 4; e++)
             acc[j][e] = 0.0f;
     typename T::W w;
-    if (sb0 < sb1)
+    if constexpr (ST) { // the first MQR_STAGES - 1 super-blocks in flight (a group each, empty or not)
+FG_UNROLL
+        for (int k = 0; k < MQR_STAGES - 1; k++) {
+            if (sb0 + k < sb1)
+                mqr_stage_copy(a, m0, sb0 + k, lane, stages[warp][k]);
+            fg_cp_commit();
+        }
+    } else if (sb0 < sb1) {
         T::load(a, m0, sb0, lane, w); // weights only before the wait
+    }
     fg_pdl_wait();
     fg_pdl_trigger();
     for (int sb = sb0; sb < sb1; sb++) {
-        typename T::W cur = w;
-        if (sb + 1 < sb1)
-            T::load(a, m0, sb + 1, lane, w);
+        typename T::W cur;
+        if constexpr (ST) {
+            const int i = sb - sb0;
+            __syncwarp(); // every lane done with the stage the next copy refills (read at i - 1)
+            if (sb + MQR_STAGES - 1 < sb1)
+                mqr_stage_copy(a, m0, sb + MQR_STAGES - 1, lane, stages[warp][(i + MQR_STAGES - 1) % MQR_STAGES]);
+            fg_cp_commit();
+            fg_cp_wait<MQR_STAGES - 1>(); // this lane's copies of super-block sb landed
+            __syncwarp();                  // and every lane's
+            mqr_load_w_stage(stages[warp][i % MQR_STAGES], lane, cur.w);
+        } else {
+            cur = w;
+            if (sb + 1 < sb1)
+                T::load(a, m0, sb + 1, lane, w);
+        }
         T::prep(cur);
         // the n tiles MQR_PASS_NT at a time (fewer integer sums live)
         constexpr int PT = NT < MQR_PASS_NT ? NT : MQR_PASS_NT;
+        if constexpr (CH) {
+            uint32_t Am[2];
+            mqr_am(cur.s, lane, Am);
 FG_UNROLL
-        for (int j0 = 0; j0 < NT; j0 += PT) {
-            int si[PT][4], mi[PT][4];
+            for (int j0 = 0; j0 < NT; j0 += PT) {
+                int cl[PT][4], ch[PT][4];
 FG_UNROLL
-            for (int j = 0; j < PT; j++)
+                for (int j = 0; j < PT; j++)
 FG_UNROLL
-                for (int e = 0; e < 4; e++)
-                    si[j][e] = mi[j][e] = 0;
+                    for (int e = 0; e < 4; e++)
+                        cl[j][e] = ch[j][e] = 0;
 FG_UNROLL
-            for (int g = 0; g < T::G; g++) {
-                uint32_t A[4];
-                T::frag_a(cur, g, A);
+                for (int g = 0; g < T::G; g++) {
+                    uint32_t Al[4], Ah[4];
+                    mqr_a_c(cur.w, cur.s, g, Al, Ah);
+FG_UNROLL
+                    for (int j = 0; j < PT; j++) {
+                        uint32_t B[2];
+                        T::template frag_b<XP>(a, n0 + 8 * (j0 + j), sb, g, lane, B);
+                        mqr_mma_acc(Al, B, cl[j]);
+                        mqr_mma_acc(Ah, B, ch[j]);
+                    }
+                }
 FG_UNROLL
                 for (int j = 0; j < PT; j++) {
-                    uint32_t B[2];
-                    int S[4];
-                    T::template frag_b<XP>(a, n0 + 8 * (j0 + j), sb, g, lane, B);
-                    mqr_mma<T::K16>(A, B, S);
-                    T::template unit<XP>(a, cur, n0 + 8 * (j0 + j), sb, g, lane, S, si[j], mi[j]);
+                    const uint2 bm = mqr_bm(a, n0 + 8 * (j0 + j), sb, lane);
+                    int ml[4], mh[4];
+                    mqr_mma16<false>(Am, bm.x, ml);
+                    mqr_mma16<true>(Am, bm.y, mh);
+                    mqr_close_c(a, cur.s, n0 + 8 * (j0 + j), sb, lane, cl[j], ch[j], ml, mh, acc[j0 + j]);
                 }
             }
+        } else {
 FG_UNROLL
-            for (int j = 0; j < PT; j++)
-                T::template close<XP>(a, cur, n0 + 8 * (j0 + j), sb, lane, si[j], mi[j], acc[j0 + j]);
+            for (int j0 = 0; j0 < NT; j0 += PT) {
+                int si[PT][4], mi[PT][4];
+FG_UNROLL
+                for (int j = 0; j < PT; j++)
+FG_UNROLL
+                    for (int e = 0; e < 4; e++)
+                        si[j][e] = mi[j][e] = 0;
+FG_UNROLL
+                for (int g = 0; g < T::G; g++) {
+                    uint32_t A[4];
+                    T::frag_a(cur, g, A);
+FG_UNROLL
+                    for (int j = 0; j < PT; j++) {
+                        uint32_t B[2];
+                        int S[4];
+                        T::template frag_b<XP>(a, n0 + 8 * (j0 + j), sb, g, lane, B);
+                        mqr_mma<T::K16>(A, B, S);
+                        T::template unit<XP>(a, cur, n0 + 8 * (j0 + j), sb, g, lane, S, si[j], mi[j]);
+                    }
+                }
+FG_UNROLL
+                for (int j = 0; j < PT; j++)
+                    T::template close<XP>(a, cur, n0 + 8 * (j0 + j), sb, lane, si[j], mi[j], acc[j0 + j]);
+            }
         }
     }
     if (kw > 1) { // the warps of a row group add up their parts in kw order
+        if constexpr (ST)
+            __syncthreads(); // every warp done with its stages (red overlays them)
         if (kwi > 0)
 FG_UNROLL
             for (int j = 0; j < NT; j++)
@@ -2730,8 +2905,11 @@ size_t fg_cuda_matmul_scratch_bytes(const fg_backend_limits *lim) {
     const size_t q8 = (size_t)rows * (mm_q8_k_row_bytes(cols + 255) > mm_q8_1_row_bytes(cols + 31)
                                           ? mm_q8_k_row_bytes(cols + 255)
                                           : mm_q8_1_row_bytes(cols + 31));
+    // mqr's repacked rows after the converted ones (up to FG_MQR_MAX_ROWS rows)
+    const int64_t xr = rows < FG_MQR_MAX_ROWS ? rows : FG_MQR_MAX_ROWS;
+    const size_t xp = (size_t)fg_div_up(xr, 8) * (size_t)((cols + 255) / 256) * FG_MQR_XP_BYTES + 256;
     const size_t f32 = (size_t)(lim->max_tokens > 0 ? lim->max_tokens : 0) * (size_t)cols * 4;
-    return (q8 > f32 ? q8 : f32) + 256 + MQ_SPLIT_BYTES;
+    return (q8 + xp > f32 ? q8 + xp : f32) + 256 + MQ_SPLIT_BYTES;
 }
 
 // The mm arena as per-call scratch: everything a call enqueues runs on c->stream after the
@@ -3002,7 +3180,14 @@ template <int WT, int NT> static fg_status mqr_go(fg_cuda *c, const mq_args &a) 
     const int kw = mqr_kw(c, a);
     dim3 grid((unsigned)fg_div_up(a.n_rows, 8 * NT), (unsigned)fg_div_up(fg_div_up(a.n_out, 16), MQR_WARPS / kw));
     FG_ASSERT(fg_div_up(a.n_out, 16) <= MM_MAX_GRID_Y); // (mm_mqr_ok)
-    fg_launch(c->pdl, a.xp ? mqr_kernel<WT, NT, true> : mqr_kernel<WT, NT, false>, grid, MQR_NTH, 0, c->stream, a, kw);
+    void (*fn)(mq_args, int) = a.xp ? mqr_kernel<WT, NT, true> : mqr_kernel<WT, NT, false>;
+    if constexpr (WT == FG_TYPE_Q4_K) {
+        if (a.xp && c->mqr_chain)
+            fn = c->mqr_stage ? mqr_kernel<WT, NT, true, true, true> : mqr_kernel<WT, NT, true, true>;
+        else if (a.xp && c->mqr_stage)
+            fn = mqr_kernel<WT, NT, true, false, true>;
+    }
+    fg_launch(c->pdl, fn, grid, MQR_NTH, 0, c->stream, a, kw);
     FG_GPU_LAUNCH_CHECK(c, "register-fed tensor-core matmul");
     return FG_OK;
 }
@@ -3252,6 +3437,10 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
     // a 16-sequence 8B Q4_K decode step 5.99 -> 4.58 ms, 32 sequences 9.05 -> 6.15 ms
     const char *mp2 = getenv("FORGE_CUDA_MQR_PACK");
     c->mqr_pack = !(mp2 && !strcmp(mp2, "0"));
+    const char *mch = getenv("FORGE_CUDA_MQR_CHAIN"); // 1: Q4_K's chained variant (mqr_a_c)
+    c->mqr_chain = mch && !strcmp(mch, "1");
+    const char *mst = getenv("FORGE_CUDA_MQR_STAGE"); // 1: Q4_K's weights staged in shared memory (mqr_stage_copy)
+    c->mqr_stage = mst && !strcmp(mst, "1");
     const char *mn = getenv("FORGE_CUDA_MQR_NT"); // n tiles a warp at most (1, 2, 4, 8)
     c->mqr_nt = mn && atoi(mn) >= 1 ? atoi(mn) : FG_MQR_NT;
     c->mqr_min = FG_MV_MAX_ROWS + 1;

@@ -167,9 +167,31 @@ static __host__ __device__ __forceinline__ void fg_cp16(void *dst, const void *s
     *(uint4 *)dst = *(const uint4 *)src;
 #endif
 }
+// The same with a source size: n = 16 copies, n = 0 writes 16 zero bytes and reads nothing.
+static __host__ __device__ __forceinline__ void fg_cp16_zfill(void *dst, const void *src, int n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(__HIPCC__)
+    const unsigned sa = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(sa), "l"(src), "r"(n) : "memory");
+#else
+    const uint4 zero = {0u, 0u, 0u, 0u};
+    *(uint4 *)dst = n ? *(const uint4 *)src : zero;
+#endif
+}
 static __host__ __device__ __forceinline__ void fg_cp16_wait(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(__HIPCC__)
     asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+// Groups of those copies: fg_cp_commit closes the thread's group; fg_cp_wait<N> waits until at
+// most N of its groups are still in flight (the older ones complete and visible to the thread).
+static __host__ __device__ __forceinline__ void fg_cp_commit(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(__HIPCC__)
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N> static __host__ __device__ __forceinline__ void fg_cp_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(__HIPCC__)
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 #endif
 }
 
