@@ -1029,52 +1029,23 @@ template <int WT> static void emu_load(const mq_args &a, int64_t m0, int sb, boo
         mqr_t<WT>::load(a, m0, sb, lane, w[(size_t)lane]);
 }
 
-template <int WT, int NT, bool XP> static void emu_mqr(const mq_args &a, int kw, bool st = false) {
-    typedef mqr_t<WT> T;
+// The kernel's grid: blocks of MQR_WARPS warps (row groups x kw along K) by column groups of NT
+// n tiles; body(m0, n0, sb0, sb1, acc) runs one warp over its super-blocks into acc [lane][j][e];
+// the kw warps of a row group are then added in kw order, as the kernel's shared-memory sum does.
+template <int NT, class F> static void emu_mqr_grid(const mq_args &a, int kw, F body) {
     const int64_t n_rb = fg_div_up(fg_div_up(a.n_out, 16), MQR_WARPS / kw), n_cg = fg_div_up(a.n_rows, 8 * NT);
     std::vector<float> part((size_t)MQR_WARPS * 32 * NT * 4);
-    std::vector<typename T::W> w(32);
-    static uint32_t A[32][4], B[32][2];
-    static int S[32][4], si[32][NT][4], mi[32][NT][4];
     for (int64_t by = 0; by < n_rb; by++)
         for (int64_t bx = 0; bx < n_cg; bx++) {
             const int64_t n0 = bx * 8 * NT;
             for (int warp = 0; warp < MQR_WARPS; warp++) {
                 const int rg = warp / kw, kwi = warp % kw;
-                const int64_t m0 = (by * (MQR_WARPS / kw) + rg) * 16;
                 int sb0, sb1;
                 mqr_range(a, kw, kwi, &sb0, &sb1);
-                float *acc = &part[(size_t)warp * 32 * NT * 4]; // [lane][j][e]
+                float *acc = &part[(size_t)warp * 32 * NT * 4];
                 for (int i = 0; i < 32 * NT * 4; i++)
                     acc[i] = 0.0f;
-                for (int sb = sb0; sb < sb1; sb++) {
-                    emu_load<WT>(a, m0, sb, st, w);
-                    for (int lane = 0; lane < 32; lane++) {
-                        T::prep(w[(size_t)lane]);
-                        for (int j = 0; j < NT; j++)
-                            for (int e = 0; e < 4; e++)
-                                si[lane][j][e] = mi[lane][j][e] = 0;
-                    }
-                    for (int g = 0; g < T::G; g++) {
-                        for (int lane = 0; lane < 32; lane++)
-                            T::frag_a(w[(size_t)lane], g, A[lane]);
-                        for (int j = 0; j < NT; j++) {
-                            for (int lane = 0; lane < 32; lane++)
-                                T::template frag_b<XP>(a, n0 + 8 * j, sb, g, lane, B[lane]);
-                            emu_mma(T::K16, A, B, S);
-                            for (int lane = 0; lane < 32; lane++) {
-                                int d[4];
-                                for (int e = 0; e < 4; e++)
-                                    d[e] = S[lane][e] - MQM_FBIAS;
-                                T::template unit<XP>(a, w[(size_t)lane], n0 + 8 * j, sb, g, lane, d, si[lane][j], mi[lane][j]);
-                            }
-                        }
-                    }
-                    for (int lane = 0; lane < 32; lane++)
-                        for (int j = 0; j < NT; j++)
-                            T::template close<XP>(a, w[(size_t)lane], n0 + 8 * j, sb, lane, si[lane][j], mi[lane][j],
-                                     *(float(*)[4]) & acc[((size_t)lane * NT + j) * 4]);
-                }
+                body((by * (MQR_WARPS / kw) + rg) * 16, n0, sb0, sb1, acc);
             }
             for (int warp = 0; warp < MQR_WARPS; warp += kw) {
                 const int64_t m0 = (by * (MQR_WARPS / kw) + warp / kw) * 16;
@@ -1089,83 +1060,96 @@ template <int WT, int NT, bool XP> static void emu_mqr(const mq_args &a, int kw,
         }
 }
 
+template <int WT, int NT, bool XP> static void emu_mqr(const mq_args &a, int kw, bool st = false) {
+    typedef mqr_t<WT> T;
+    std::vector<typename T::W> w(32);
+    static uint32_t A[32][4], B[32][2];
+    static int S[32][4], si[32][NT][4], mi[32][NT][4];
+    emu_mqr_grid<NT>(a, kw, [&](int64_t m0, int64_t n0, int sb0, int sb1, float *acc) {
+        for (int sb = sb0; sb < sb1; sb++) {
+            emu_load<WT>(a, m0, sb, st, w);
+            for (int lane = 0; lane < 32; lane++) {
+                T::prep(w[(size_t)lane]);
+                for (int j = 0; j < NT; j++)
+                    for (int e = 0; e < 4; e++)
+                        si[lane][j][e] = mi[lane][j][e] = 0;
+            }
+            for (int g = 0; g < T::G; g++) {
+                for (int lane = 0; lane < 32; lane++)
+                    T::frag_a(w[(size_t)lane], g, A[lane]);
+                for (int j = 0; j < NT; j++) {
+                    for (int lane = 0; lane < 32; lane++)
+                        T::template frag_b<XP>(a, n0 + 8 * j, sb, g, lane, B[lane]);
+                    emu_mma(T::K16, A, B, S);
+                    for (int lane = 0; lane < 32; lane++) {
+                        int d[4];
+                        for (int e = 0; e < 4; e++)
+                            d[e] = S[lane][e] - MQM_FBIAS;
+                        T::template unit<XP>(a, w[(size_t)lane], n0 + 8 * j, sb, g, lane, d, si[lane][j], mi[lane][j]);
+                    }
+                }
+            }
+            for (int lane = 0; lane < 32; lane++)
+                for (int j = 0; j < NT; j++)
+                    T::template close<XP>(a, w[(size_t)lane], n0 + 8 * j, sb, lane, si[lane][j], mi[lane][j],
+                                          *(float(*)[4]) & acc[((size_t)lane * NT + j) * 4]);
+        }
+    });
+}
+
 // Q4_K's chained variant (FORGE_CUDA_MQR_CHAIN=1, repacked rows): A fragments with the scales in
 // (mqr_a_c), two u8 x s8 chains a super-block through the mma's accumulator, the mins by two
 // m16n8k16 over the packed bsum bytes (mqr_am, mqr_bm), mqr_close_c: the kernel's order.
 template <int NT> static void emu_mqr_chain(const mq_args &a, int kw, bool st) {
     typedef mqr_t<FG_TYPE_Q4_K> T;
-    const int64_t n_rb = fg_div_up(fg_div_up(a.n_out, 16), MQR_WARPS / kw), n_cg = fg_div_up(a.n_rows, 8 * NT);
-    std::vector<float> part((size_t)MQR_WARPS * 32 * NT * 4);
     std::vector<T::W> w(32);
     static uint32_t Al[32][4], Ah[32][4], B[32][2], Am[32][4], Bl[32][2], Bh[32][2];
-    static int cl[32][NT][4], ch[32][NT][4], tmp[32][4], ml[32][4], mh[32][4];
-    for (int64_t by = 0; by < n_rb; by++)
-        for (int64_t bx = 0; bx < n_cg; bx++) {
-            const int64_t n0 = bx * 8 * NT;
-            for (int warp = 0; warp < MQR_WARPS; warp++) {
-                const int rg = warp / kw, kwi = warp % kw;
-                const int64_t m0 = (by * (MQR_WARPS / kw) + rg) * 16;
-                int sb0, sb1;
-                mqr_range(a, kw, kwi, &sb0, &sb1);
-                float *acc = &part[(size_t)warp * 32 * NT * 4];
-                for (int i = 0; i < 32 * NT * 4; i++)
-                    acc[i] = 0.0f;
-                for (int sb = sb0; sb < sb1; sb++) {
-                    emu_load<FG_TYPE_Q4_K>(a, m0, sb, st, w);
-                    for (int lane = 0; lane < 32; lane++) {
-                        T::prep(w[(size_t)lane]);
-                        uint32_t am[2];
-                        mqr_am(w[(size_t)lane].s, lane, am);
-                        Am[lane][0] = am[0];
-                        Am[lane][1] = am[1];
-                        for (int j = 0; j < NT; j++)
-                            for (int e = 0; e < 4; e++)
-                                cl[lane][j][e] = ch[lane][j][e] = 0;
-                    }
-                    for (int g = 0; g < T::G; g++) {
-                        for (int lane = 0; lane < 32; lane++)
-                            mqr_a_c(w[(size_t)lane].w, w[(size_t)lane].s, g, Al[lane], Ah[lane]);
-                        for (int j = 0; j < NT; j++) {
-                            for (int lane = 0; lane < 32; lane++)
-                                T::template frag_b<true>(a, n0 + 8 * j, sb, g, lane, B[lane]);
-                            int cin[32][4];
-                            for (int lane = 0; lane < 32; lane++)
-                                memcpy(cin[lane], cl[lane][j], sizeof cin[lane]);
-                            emu_mma_x(false, false, true, Al, B, cin, tmp);
-                            for (int lane = 0; lane < 32; lane++)
-                                memcpy(cl[lane][j], tmp[lane], sizeof tmp[lane]);
-                            for (int lane = 0; lane < 32; lane++)
-                                memcpy(cin[lane], ch[lane][j], sizeof cin[lane]);
-                            emu_mma_x(false, false, true, Ah, B, cin, tmp);
-                            for (int lane = 0; lane < 32; lane++)
-                                memcpy(ch[lane][j], tmp[lane], sizeof tmp[lane]);
-                        }
-                    }
-                    for (int j = 0; j < NT; j++) {
-                        for (int lane = 0; lane < 32; lane++) {
-                            const uint2 bm = mqr_bm(a, n0 + 8 * j, sb, lane);
-                            Bl[lane][0] = bm.x;
-                            Bh[lane][0] = bm.y;
-                        }
-                        emu_mma_x(true, false, false, Am, Bl, NULL, ml);
-                        emu_mma_x(true, false, true, Am, Bh, NULL, mh);
-                        for (int lane = 0; lane < 32; lane++)
-                            mqr_close_c(a, w[(size_t)lane].s, n0 + 8 * j, sb, lane, cl[lane][j], ch[lane][j], ml[lane],
-                                        mh[lane], *(float(*)[4]) & acc[((size_t)lane * NT + j) * 4]);
-                    }
+    static int cl[32][NT][4], ch[32][NT][4], cin[32][4], tmp[32][4], ml[32][4], mh[32][4];
+    // one chain's mma for n tile j: c[lane][j] = A B + c[lane][j]
+    auto chain = [&](const uint32_t(*A)[4], int (*c)[NT][4], int j) {
+        for (int lane = 0; lane < 32; lane++)
+            memcpy(cin[lane], c[lane][j], sizeof cin[lane]);
+        emu_mma_x(false, false, true, A, B, cin, tmp);
+        for (int lane = 0; lane < 32; lane++)
+            memcpy(c[lane][j], tmp[lane], sizeof tmp[lane]);
+    };
+    emu_mqr_grid<NT>(a, kw, [&](int64_t m0, int64_t n0, int sb0, int sb1, float *acc) {
+        for (int sb = sb0; sb < sb1; sb++) {
+            emu_load<FG_TYPE_Q4_K>(a, m0, sb, st, w);
+            for (int lane = 0; lane < 32; lane++) {
+                T::prep(w[(size_t)lane]);
+                uint32_t am[2];
+                mqr_am(w[(size_t)lane].s, lane, am);
+                Am[lane][0] = am[0];
+                Am[lane][1] = am[1];
+                for (int j = 0; j < NT; j++)
+                    for (int e = 0; e < 4; e++)
+                        cl[lane][j][e] = ch[lane][j][e] = 0;
+            }
+            for (int g = 0; g < T::G; g++) {
+                for (int lane = 0; lane < 32; lane++)
+                    mqr_a_c(w[(size_t)lane].w, w[(size_t)lane].s, g, Al[lane], Ah[lane]);
+                for (int j = 0; j < NT; j++) {
+                    for (int lane = 0; lane < 32; lane++)
+                        T::template frag_b<true>(a, n0 + 8 * j, sb, g, lane, B[lane]);
+                    chain(Al, cl, j);
+                    chain(Ah, ch, j);
                 }
             }
-            for (int warp = 0; warp < MQR_WARPS; warp += kw) {
-                const int64_t m0 = (by * (MQR_WARPS / kw) + warp / kw) * 16;
-                float *acc = &part[(size_t)warp * 32 * NT * 4];
-                for (int k = 1; k < kw; k++)
-                    for (int i = 0; i < 32 * NT * 4; i++)
-                        acc[i] += part[(size_t)(warp + k) * 32 * NT * 4 + (size_t)i];
+            for (int j = 0; j < NT; j++) {
+                for (int lane = 0; lane < 32; lane++) {
+                    const uint2 bm = mqr_bm(a, n0 + 8 * j, sb, lane);
+                    Bl[lane][0] = bm.x;
+                    Bh[lane][0] = bm.y;
+                }
+                emu_mma_x(true, false, false, Am, Bl, NULL, ml);
+                emu_mma_x(true, false, true, Am, Bh, NULL, mh);
                 for (int lane = 0; lane < 32; lane++)
-                    for (int j = 0; j < NT; j++)
-                        mqr_write(a, m0, n0 + 8 * j, lane, *(const float(*)[4]) & acc[((size_t)lane * NT + j) * 4]);
+                    mqr_close_c(a, w[(size_t)lane].s, n0 + 8 * j, sb, lane, cl[lane][j], ch[lane][j], ml[lane], mh[lane],
+                                *(float(*)[4]) & acc[((size_t)lane * NT + j) * 4]);
             }
         }
+    });
 }
 
 // rows x n_out x n_in of WT (Q4_K rows 16-aligned; Q6_K rows at a 2 mod 4 address with pad 2)
