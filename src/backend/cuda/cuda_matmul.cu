@@ -2905,9 +2905,9 @@ size_t fg_cuda_matmul_scratch_bytes(const fg_backend_limits *lim) {
     const size_t q8 = (size_t)rows * (mm_q8_k_row_bytes(cols + 255) > mm_q8_1_row_bytes(cols + 31)
                                           ? mm_q8_k_row_bytes(cols + 255)
                                           : mm_q8_1_row_bytes(cols + 31));
-    // mqr's repacked rows after the converted ones (up to FG_MQR_MAX_ROWS rows)
-    const int64_t xr = rows < FG_MQR_MAX_ROWS ? rows : FG_MQR_MAX_ROWS;
-    const size_t xp = (size_t)fg_div_up(xr, 8) * (size_t)((cols + 255) / 256) * FG_MQR_XP_BYTES + 256;
+    // mqr's repacked rows after the converted ones (every row: FORGE_CUDA_MQR may take more than
+    // FG_MQR_MAX_ROWS)
+    const size_t xp = (size_t)fg_div_up(rows, 8) * (size_t)((cols + 255) / 256) * FG_MQR_XP_BYTES + 256;
     const size_t f32 = (size_t)(lim->max_tokens > 0 ? lim->max_tokens : 0) * (size_t)cols * 4;
     return (q8 + xp > f32 ? q8 + xp : f32) + 256 + MQ_SPLIT_BYTES;
 }
