@@ -518,8 +518,8 @@ static void test_matmul_all_types(void **state) {
 // that the 259-row weights take two); every case must take that path's arithmetic: the
 // reference's integers (mma, mqr) or the F16 GEMM's (f16, blas).
 // TILES_MQR: mqr over the activation rows as they are (FORGE_CUDA_MQR_PACK=0); TILES_MQR_PACK:
-// repacked first (the default); then Q4_K's variants over repacked rows: chained (FORGE_CUDA_MQR_CHAIN=1),
-// staged (FORGE_CUDA_MQR_STAGE=1), both.
+// repacked first, without Q4_K's variants (FORGE_CUDA_MQR_CHAIN=0 FORGE_CUDA_MQR_STAGE=0); then those
+// variants over repacked rows: chained, staged, both (the default).
 typedef enum {
     TILES_MMA,
     TILES_F16,
@@ -617,11 +617,11 @@ static void test_matmul_f16_tiles(void **state) { matmul_tiles(*state, TILES_F16
 // mqr (Q4_K and Q6_K, 9..64 rows, every n-tile count; K split over warps): the reference's integers.
 static void test_matmul_mqr_tiles(void **state) { matmul_tiles(*state, TILES_MQR); }
 
-// The same over the repacked activation rows (the default).
+// The same over the repacked activation rows (Q4_K without its chained and staged variants).
 static void test_matmul_mqr_pack_tiles(void **state) { matmul_tiles(*state, TILES_MQR_PACK); }
 
 // The same with Q4_K's variants (Q6_K as before): chained (the scales in the A fragments), staged
-// (the weights through shared memory), both.
+// (the weights through shared memory), both (the default).
 static void test_matmul_mqr_chain_tiles(void **state) { matmul_tiles(*state, TILES_MQR_CHAIN); }
 static void test_matmul_mqr_stage_tiles(void **state) { matmul_tiles(*state, TILES_MQR_STAGE); }
 static void test_matmul_mqr_chain_stage_tiles(void **state) { matmul_tiles(*state, TILES_MQR_CHAIN_STAGE); }

@@ -125,8 +125,8 @@ typedef struct fg_cuda {
                             // FORGE_CUDA_MQR=LO:HI, 0 off; mqr_max 0: never)
     int mqr_nt;             // mqr: mma n tiles a warp at most (FORGE_CUDA_MQR_NT: 1, 2, 4, 8)
     bool mqr_pack;          // mqr: the activation rows repacked in the lanes' order first (FORGE_CUDA_MQR_PACK=0 off)
-    bool mqr_chain;         // mqr, Q4_K over repacked rows: the scales in the A fragments (FORGE_CUDA_MQR_CHAIN=1)
-    bool mqr_stage;         // mqr, Q4_K over repacked rows: weights staged in shared memory (FORGE_CUDA_MQR_STAGE=1)
+    bool mqr_chain;         // mqr, Q4_K over repacked rows: the scales in the A fragments (FORGE_CUDA_MQR_CHAIN=0 off)
+    bool mqr_stage;         // mqr, Q4_K: weights staged in shared memory (FORGE_CUDA_MQR_STAGE=0 off)
     int mv_rows;            // quantized weights: up to this many rows through the matvec in passes of
                             // FG_MV_MAX_ROWS, more through the tiled kernel (FORGE_CUDA_MV_ROWS)
     int mmq;                // quantized weights, many rows (FORGE_CUDA_MMQ): FG_MMQ_OFF the F16 GEMMs

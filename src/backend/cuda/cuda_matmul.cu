@@ -2160,7 +2160,7 @@ FG_UNROLL
     }
 }
 
-// The staged variant (FORGE_CUDA_MQR_STAGE=1, Q4_K): a warp's 16 rows of one super-block (16 x 144
+// The staged variant (Q4_K, the default; FORGE_CUDA_MQR_STAGE=0 off): a warp's 16 rows of one super-block (16 x 144
 // bytes, 144 16-byte pieces) copied as they are into its shared-memory stage by asynchronous copies,
 // MQR_STAGES super-blocks ahead (what a warp has in flight no longer costs registers), then each
 // lane reads its bytes from there as mqr_load_w reads them from global memory.
@@ -2322,7 +2322,7 @@ FG_UNROLL
     }
 }
 
-// ---- Q4_K, the chained variant (FORGE_CUDA_MQR_CHAIN=1, over the repacked rows): the sub-block
+// ---- Q4_K, the chained variant (the default over the repacked rows; FORGE_CUDA_MQR_CHAIN=0 off): the sub-block
 // scales go into the A fragments, so that the mma's own accumulator sums a super-block's eight
 // sub-blocks: a 6-bit scale sc = 16 sh + sl, A_l = q sl (<= 225, u8) and A_h = q sh (<= 45), two
 // m16n8k32 u8 x s8 chains a super-block, SI = C_l + 16 C_h. The mins the same way, once a
@@ -3437,10 +3437,13 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
     // a 16-sequence 8B Q4_K decode step 5.99 -> 4.58 ms, 32 sequences 9.05 -> 6.15 ms
     const char *mp2 = getenv("FORGE_CUDA_MQR_PACK");
     c->mqr_pack = !(mp2 && !strcmp(mp2, "0"));
-    const char *mch = getenv("FORGE_CUDA_MQR_CHAIN"); // 1: Q4_K's chained variant (mqr_a_c)
-    c->mqr_chain = mch && !strcmp(mch, "1");
-    const char *mst = getenv("FORGE_CUDA_MQR_STAGE"); // 1: Q4_K's weights staged in shared memory (mqr_stage_copy)
-    c->mqr_stage = mst && !strcmp(mst, "1");
+    // Q4_K over repacked rows: the chained variant (mqr_a_c) with its weights staged in shared
+    // memory (mqr_stage_copy), each =0 off. H100, 8B Q4_K decode step, both against neither (r57s):
+    // 16 sequences 4.66 -> 4.34 ms, 32 6.32 -> 5.80, 64 10.30 -> 8.93
+    const char *mch = getenv("FORGE_CUDA_MQR_CHAIN");
+    c->mqr_chain = !(mch && !strcmp(mch, "0"));
+    const char *mst = getenv("FORGE_CUDA_MQR_STAGE");
+    c->mqr_stage = !(mst && !strcmp(mst, "0"));
     const char *mn = getenv("FORGE_CUDA_MQR_NT"); // n tiles a warp at most (1, 2, 4, 8)
     c->mqr_nt = mn && atoi(mn) >= 1 ? atoi(mn) : FG_MQR_NT;
     c->mqr_min = FG_MV_MAX_ROWS + 1;
