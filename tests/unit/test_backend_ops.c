@@ -627,9 +627,8 @@ static void test_matmul_mqr_stage_tiles(void **state) { matmul_tiles(*state, TIL
 static void test_matmul_mqr_chain_stage_tiles(void **state) { matmul_tiles(*state, TILES_MQR_CHAIN_STAGE); }
 
 // The K-quant matvec's (mwk: Q4_K, Q5_K, 1-2 rows) other shapes: 1 weight row a 32-lane group
-// (FORGE_CUDA_MWK=1) and weights landing in shared memory (FORGE_CUDA_MWK_LAND=1), with 1 and 2
-// rows a group; one and two activation rows, K of 2 and 17 super-blocks (17: a lane's second
-// round, its slots rewritten).
+// (FORGE_CUDA_MWK=1) and 2 (the default, set explicitly); one and two activation rows, K of 2 and
+// 17 super-blocks (17: a lane's second round of loads).
 static void test_matmul_mwk_variants(void **state) {
     const target *tg = *state;
     if (tg->cpu) {
@@ -637,14 +636,13 @@ static void test_matmul_mwk_variants(void **state) {
         skip();
     }
     need_target(tg);
-    static const char *const env[][2] = {{"1", "0"}, {"1", "1"}, {"2", "1"}};
+    static const char *const env[] = {"1", "2"};
     static const uint32_t types[] = {FG_TYPE_Q4_K, FG_TYPE_Q5_K};
     int n_cases = 0;
     g_deviations = 0;
     g_int_cases = g_f16_cases = 0;
     for (size_t v = 0; v < FG_ARRAY_LEN(env); v++) {
-        setenv("FORGE_CUDA_MWK", env[v][0], 1);
-        setenv("FORGE_CUDA_MWK_LAND", env[v][1], 1);
+        setenv("FORGE_CUDA_MWK", env[v], 1);
         for (size_t t = 0; t < FG_ARRAY_LEN(types); t++)
             for (int nr = 1; nr <= 2; nr++) {
                 matmul_case(tg, types[t], 2 * 256, 37, nr, nr == 1, nr == 2, false, true);
@@ -653,7 +651,6 @@ static void test_matmul_mwk_variants(void **state) {
             }
     }
     unsetenv("FORGE_CUDA_MWK");
-    unsetenv("FORGE_CUDA_MWK_LAND");
     if (g_deviations)
         fail_msg("%s: %d K-quant matvec cases off the reference's arithmetic (listed above)", tg->name, g_deviations);
     assert_int_equal(g_int_cases, n_cases);

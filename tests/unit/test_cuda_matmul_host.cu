@@ -206,11 +206,10 @@ template <int WT> static bool emu_mw_rows(const mv_args &a) {
 struct staged_nop { // (the kernel's PDL wait and staging: done above, for every thread)
     FG_HD void operator()() const {}
 };
-template <int WT, int NR, int WR, int LAND> static void emu_mwk(const mv_args &a, int nt) {
-    const size_t land = LAND ? (size_t)mwk_land_smem<WT, WR>(32) : 0; // one warp's slots (its lanes in turn)
-    std::vector<uint8_t> sm((size_t)NR * mwk_row_smem(a.n_in) + land + 16);
+template <int WT, int NR, int WR> static void emu_mwk(const mv_args &a, int nt) {
+    std::vector<uint8_t> sm((size_t)NR * mwk_row_smem(a.n_in) + 16);
     uint8_t *s = sm.data() + (16 - ((uintptr_t)sm.data() & 15)) % 16;
-    memset(s, 0xFF, (size_t)NR * mwk_row_smem(a.n_in) + land);
+    memset(s, 0xFF, (size_t)NR * mwk_row_smem(a.n_in));
     for (int t = 0; t < nt; t++)
         for (int j = 0; j < a.nr; j++)
             mwk_stage(a, j, t, nt, s);
@@ -218,8 +217,7 @@ template <int WT, int NR, int WR, int LAND> static void emu_mwk(const mv_args &a
         float sum[WR][NR] = {};
         for (int lane = 0; lane < 32; lane++) {
             float acc[WR][NR] = {};
-            uint8_t *wl = LAND ? s + (size_t)NR * mwk_row_smem(a.n_in) + 16 * lane : nullptr;
-            mwk_lane<WT, NR, WR, LAND>(a, o0, lane, s, acc, staged_nop(), wl, 32);
+            mwk_lane<WT, NR, WR>(a, o0, lane, s, acc, staged_nop());
             for (int r = 0; r < WR; r++)
                 for (int j = 0; j < NR; j++)
                     sum[r][j] += acc[r][j];
@@ -229,15 +227,15 @@ template <int WT, int NR, int WR, int LAND> static void emu_mwk(const mv_args &a
                 mv_write<WT, NR>(a, o0, r, j, sum[r][j]);
     }
 }
-// (nt: the block's threads, which stage the activation rows; LAND: FORGE_CUDA_MWK_LAND's slots)
-template <int WT, int WR, int LAND> static bool emu_mwk_rows(const mv_args &a, int nt) {
+// (nt: the block's threads, which stage the activation rows)
+template <int WT, int WR> static bool emu_mwk_rows(const mv_args &a, int nt) {
     if constexpr (WT == FG_TYPE_Q4_K || WT == FG_TYPE_Q5_K) {
         if (a.nr <= 1 && mwk_ok<WT>(a, 1)) {
-            emu_mwk<WT, 1, WR, LAND>(a, nt);
+            emu_mwk<WT, 1, WR>(a, nt);
             return true;
         }
         if (a.nr == 2 && mwk_ok<WT>(a, 2)) {
-            emu_mwk<WT, 2, WR, LAND>(a, nt);
+            emu_mwk<WT, 2, WR>(a, nt);
             return true;
         }
     }
@@ -437,16 +435,14 @@ template <int WT> static void test_mv_type(void) {
                 compare(what, d.b.p, d.nb1, nr, n_out, ref, mag, 1e-5);
                 n_direct++;
             }
-            for (int v = 0; v < 6; v++) { // 1 or 2 rows a group; weights in registers or shared memory
+            for (int v = 0; v < 4; v++) { // 1 or 2 rows a group
                 // (staged by the kernel's 128 threads; also by 256: any block stages alike)
-                const int wr = 1 + v % 2, land = v / 2 % 2, nt = v < 4 ? MWK_NT : 256;
+                const int wr = 1 + v % 2, nt = v < 2 ? MWK_NT : 256;
                 d.b.raw = before;
-                const bool took = wr == 1 ? (land ? emu_mwk_rows<WT, 1, 1>(a, nt) : emu_mwk_rows<WT, 1, 0>(a, nt))
-                                          : (land ? emu_mwk_rows<WT, 2, 1>(a, nt) : emu_mwk_rows<WT, 2, 0>(a, nt));
+                const bool took = wr == 1 ? emu_mwk_rows<WT, 1>(a, nt) : emu_mwk_rows<WT, 2>(a, nt);
                 if (took) {
-                    snprintf(what, sizeof what,
-                             "K-quant matvec %s n_in %lld n_out %lld rows %d, %d a group, land %d, %d threads",
-                             fg_type_name(WT), (long long)n_in, (long long)n_out, nr, wr, land, nt);
+                    snprintf(what, sizeof what, "K-quant matvec %s n_in %lld n_out %lld rows %d, %d a group, %d threads",
+                             fg_type_name(WT), (long long)n_in, (long long)n_out, nr, wr, nt);
                     compare(what, d.b.p, d.nb1, nr, n_out, ref, mag, 1e-5);
                     n_mwk++;
                 }
@@ -456,8 +452,8 @@ template <int WT> static void test_mv_type(void) {
     // every type but F32 has rows the direct matvec takes (the 16-aligned sizes)
     CHECK(WT == FG_TYPE_F32 ? n_direct == 0 : n_direct > 0, "direct matvec %s: %d cases", fg_type_name(WT), n_direct);
     // the K-quant matvec: Q4_K and Q5_K rows of 1 and 2 activation rows in 16-aligned rows (three
-    // sizes of four: the second is misaligned), both group widths, weights in registers and slots
-    CHECK(n_mwk == (kq16 ? 3 * 2 * 6 : 0), "K-quant matvec %s: %d cases", fg_type_name(WT), n_mwk);
+    // sizes of four: the second is misaligned), both group widths, staged by 128 and 256 threads
+    CHECK(n_mwk == (kq16 ? 3 * 2 * 4 : 0), "K-quant matvec %s: %d cases", fg_type_name(WT), n_mwk);
 }
 
 // ---------------------------------------------------------------- tiled (FMA twin)

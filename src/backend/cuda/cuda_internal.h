@@ -119,7 +119,6 @@ typedef struct fg_cuda {
                             // unit read before this one is used (FORGE_CUDA_MV_PIPE=1; default one at a time)
     int mwk;                // Q4_K/Q5_K, 1-2 rows: the K-quant matvec (mwk) with this many weight rows a
                             // 32-lane group (FORGE_CUDA_MWK: 1 or 2; 0: the direct matvec)
-    bool mwk_land;          // mwk: weight loads land in shared memory, not registers (FORGE_CUDA_MWK_LAND=1)
     int mq_split;           // the tensor-core integer kernel splits K when its tiles leave SMs idle
     int mqr_min, mqr_max;   // Q4_K weights: rows through the register-fed tensor-core kernel (mqr;
                             // FORGE_CUDA_MQR=LO:HI, 0 off; mqr_max 0: never)

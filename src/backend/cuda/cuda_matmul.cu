@@ -799,44 +799,19 @@ FG_UNROLL
     return fg_q_ldf32(s + 256 * nb + 4 * b) * (d * (float)si - dmin * (float)mi);
 }
 
-// Where a lane's weight bytes land (FORGE_CUDA_MWK_LAND): registers (0, the default), or its
-// own 16-byte slots in shared memory (1), filled by asynchronous copies (fg_cp16), read back
-// chunk by chunk for the dot products. Registers hold a round's loads (MWK_B chunks x WR rows x
-// 32 bytes a lane: 120 registers, 16 warps an SM); slots free them, so more blocks are resident
-// (more rows' loads in flight before the PDL wait, a q|k|v projection's blocks in one wave).
-// Slot (k, r, part) of thread t of nt: wl + ((k WR + r) P + part) nt 16 + 16 t (P: parts a
-// chunk), part 0 the block's first 16 bytes, 1 the qs chunk, 2 (Q5_K) the qh half; bytes a
-// block: mwk_land_smem.
-template <int WT> static FG_HD constexpr int mwk_parts() { return WT == FG_TYPE_Q5_K ? 3 : 2; }
-template <int WT, int WR> static FG_HD __forceinline__ int mwk_land_smem(int nt) {
-    return MWK_B * WR * mwk_parts<WT>() * nt * 16;
-}
-template <int WT, int WR>
-static FG_HD __forceinline__ uint8_t *mwk_slot(uint8_t *wl, int nt, int k, int r, int part) {
-    return wl + (size_t)(((k * WR + r) * mwk_parts<WT>() + part) * nt) * 16;
-}
-
 // One round of a lane's weight loads: chunks i0 + 32 k + lane (k < MWK_B) of its WR rows, into
-// registers (wl NULL) or its slots at wl (threads nt apart).
+// registers (MWK_B chunks x WR rows x 32 bytes a lane: 120 registers at WR 2, 16 warps an SM;
+// landing them in shared memory through cp.async instead measured 23% slower, H100 2026-12-07).
 template <int WT, int WR>
 static FG_HD __forceinline__ void mwk_round_load(const mv_args &a, const int64_t (&o)[WR], int i0, int lane, int nc,
-                                                 mwk_w<WT> (&w)[MWK_B][WR], uint8_t *wl, int nt) {
+                                                 mwk_w<WT> (&w)[MWK_B][WR]) {
 FG_UNROLL
     for (int k = 0; k < MWK_B; k++) {
         const int c = i0 + 32 * k + lane;
         if (c < nc)
 FG_UNROLL
-            for (int r = 0; r < WR; r++) {
-                if (wl) {
-                    const uint8_t *blk = a.w + (size_t)o[r] * a.w_nb1 + (size_t)(c / 8) * fg_qt<WT>::BYTES;
-                    fg_cp16(mwk_slot<WT, WR>(wl, nt, k, r, 0), blk);
-                    fg_cp16(mwk_slot<WT, WR>(wl, nt, k, r, 1), blk + FG_QOFF(WT, qs) + 16 * (c % 8));
-                    if constexpr (WT == FG_TYPE_Q5_K)
-                        fg_cp16(mwk_slot<WT, WR>(wl, nt, k, r, 2), blk + FG_QOFF(WT, qh) + 16 * (c % 2));
-                } else {
-                    mwk_load<WT>(a, o[r], c, w[k][r]);
-                }
-            }
+            for (int r = 0; r < WR; r++)
+                mwk_load<WT>(a, o[r], c, w[k][r]);
     }
 }
 
@@ -859,65 +834,29 @@ FG_UNROLL
 
 // Lane `lane`'s partial sums for weight rows o0 .. o0 + WR - 1 (rows past n_out clamped) over
 // the activation rows staged at sm; staged() runs once, after the first round's loads (the
-// kernel: the PDL wait, the staging and a block barrier). LAND: the loads land in the lane's
-// slots at wl (threads nt apart), else in registers. A round's slots are rewritten only after
-// the same lane has read them (its own program order).
-template <int WT, int NR, int WR, int LAND = 0, class F>
+// kernel: the PDL wait, the staging and a block barrier).
+template <int WT, int NR, int WR, class F>
 static FG_HD __forceinline__ void mwk_lane(const mv_args &a, int64_t o0, int lane, const uint8_t *sm,
-                                           float (&acc)[WR][NR], F staged, uint8_t *wl = nullptr, int nt = 0) {
+                                           float (&acc)[WR][NR], F staged) {
     const int nc = 8 * (a.n_in / 256);
     int64_t o[WR];
 FG_UNROLL
     for (int r = 0; r < WR; r++)
         o[r] = o0 + r < a.n_out ? o0 + r : a.n_out - 1;
-    if constexpr (LAND) {
-        const int nb = a.n_in / 256, rs = mwk_row_smem(a.n_in);
-        mwk_w<WT> none[MWK_B][WR]; // (unused: the slots hold the bytes)
-        for (int i0 = 0; i0 < nc; i0 += 32 * MWK_B) {
-            mwk_round_load<WT, WR>(a, o, i0, lane, nc, none, wl, nt);
-            if (i0 == 0)
-                staged();
-            fg_cp16_wait();
-            // one chunk's slots at a time (not unrolled: the registers stay few)
-FG_UNROLL_N(1)
-            for (int k = 0; k < MWK_B; k++) {
-                const int c = i0 + 32 * k + lane;
-                if (c >= nc)
-                    break;
-FG_UNROLL
-                for (int r = 0; r < WR; r++) {
-                    mwk_w<WT> v;
-                    v.hd = *(const uint4 *)mwk_slot<WT, WR>(wl, nt, k, r, 0);
-                    v.q = *(const uint4 *)mwk_slot<WT, WR>(wl, nt, k, r, 1);
-                    if constexpr (WT == FG_TYPE_Q5_K)
-                        v.qh = *(const uint4 *)mwk_slot<WT, WR>(wl, nt, k, r, 2);
-FG_UNROLL
-                    for (int j = 0; j < NR; j++)
-                        if (j < a.nr)
-                            acc[r][j] += mwk_dot<WT>(v, c, sm + (size_t)j * rs, nb);
-                }
-            }
-        }
-    } else {
-        mwk_w<WT> w[MWK_B][WR];
-        for (int i0 = 0; i0 < nc; i0 += 32 * MWK_B) {
-            mwk_round_load<WT, WR>(a, o, i0, lane, nc, w, nullptr, 0);
-            if (i0 == 0)
-                staged();
-            mwk_round_dot<WT, NR, WR>(a, i0, lane, nc, sm, w, acc);
-        }
+    mwk_w<WT> w[MWK_B][WR];
+    for (int i0 = 0; i0 < nc; i0 += 32 * MWK_B) {
+        mwk_round_load<WT, WR>(a, o, i0, lane, nc, w);
+        if (i0 == 0)
+            staged();
+        mwk_round_dot<WT, NR, WR>(a, i0, lane, nc, sm, w, acc);
     }
 }
 
 #ifndef FG_MM_HOST_TEST
-// (LAND: registers capped for the 5 blocks an SM that its shared memory allows, 37 KB a block at
-// K = 4,096 and one row: 228 KB an SM on sm_90)
-template <int WT, int NR, int WR, int LAND>
-static __global__ FG_LAUNCH_BOUNDS(MWK_NT, LAND ? 5 : 1) void mwk_kernel(mv_args a) {
+template <int WT, int NR, int WR> static __global__ FG_LAUNCH_BOUNDS(MWK_NT, 1) void mwk_kernel(mv_args a) {
     constexpr int NT = MWK_NT;
     extern __shared__ uint4 mwk_sm[];
-    uint8_t *sm = (uint8_t *)mwk_sm; // NR staged activation rows, then (LAND) the weight slots
-    uint8_t *wl = LAND ? sm + (size_t)NR * mwk_row_smem(a.n_in) + 16 * threadIdx.x : nullptr;
+    uint8_t *sm = (uint8_t *)mwk_sm; // NR staged activation rows
     const int t = threadIdx.x, lane = t % 32;
     const int64_t o0 = ((int64_t)blockIdx.x * (NT / 32) + t / 32) * WR;
     float acc[WR][NR];
@@ -926,7 +865,7 @@ FG_UNROLL
 FG_UNROLL
         for (int j = 0; j < NR; j++)
             acc[r][j] = 0.0f;
-    mwk_lane<WT, NR, WR, LAND>(
+    mwk_lane<WT, NR, WR>(
         a, o0, lane, sm, acc,
         [&]() {
             fg_pdl_wait();
@@ -934,8 +873,7 @@ FG_UNROLL
             for (int j = 0; j < a.nr; j++)
                 mwk_stage(a, j, t, NT, sm);
             __syncthreads();
-        },
-        wl, NT);
+        });
 FG_UNROLL
     for (int r = 0; r < WR; r++)
 FG_UNROLL
@@ -3009,11 +2947,8 @@ template <int WT, int NR> static fg_status mv_go(fg_cuda *c, const mv_args &a) {
 template <int WT, int NR> static fg_status mwk_go(fg_cuda *c, const mv_args &a) {
     const size_t smem = (size_t)NR * mwk_row_smem(a.n_in);
     const int rows = c->mwk * MWK_NT / 32; // weight rows a block
-    const size_t land = c->mwk == 1 ? mwk_land_smem<WT, 1>(MWK_NT) : mwk_land_smem<WT, 2>(MWK_NT);
-    const bool l = c->mwk_land && smem + land <= 48 * 1024; // (else the registers)
-    void (*const fns[2][2])(mv_args) = {{mwk_kernel<WT, NR, 1, 0>, mwk_kernel<WT, NR, 1, 1>},
-                                        {mwk_kernel<WT, NR, 2, 0>, mwk_kernel<WT, NR, 2, 1>}};
-    fg_launch(c->pdl, fns[c->mwk - 1][l], fg_div_up(a.n_out, rows), MWK_NT, smem + (l ? land : 0), c->stream, a);
+    void (*const fn)(mv_args) = c->mwk == 1 ? mwk_kernel<WT, NR, 1> : mwk_kernel<WT, NR, 2>;
+    fg_launch(c->pdl, fn, fg_div_up(a.n_out, rows), MWK_NT, smem, c->stream, a);
     FG_GPU_LAUNCH_CHECK(c, "K-quant matvec");
     return FG_OK;
 }
@@ -3422,8 +3357,6 @@ fg_status fg_cuda_matmul_init(fg_cuda *c) {
     c->mv_pipe = mp && !strcmp(mp, "1");
     const char *mk = getenv("FORGE_CUDA_MWK");
     c->mwk = mk && (!strcmp(mk, "0") || !strcmp(mk, "1")) ? atoi(mk) : 2;
-    const char *mkl = getenv("FORGE_CUDA_MWK_LAND"); // 1: mwk's weight loads land in shared memory
-    c->mwk_land = mkl && !strcmp(mkl, "1");
     const char *ms = getenv("FORGE_CUDA_MQ_SPLIT");
     c->mq_split = !(ms && !strcmp(ms, "0"));
     const char *mr = getenv("FORGE_CUDA_MV_ROWS");
