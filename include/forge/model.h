@@ -46,7 +46,17 @@ typedef struct fg_model_opts {
                               // and stops the group (0: 120)
     bool tp_skip_all_reduce;  // benchmarks only: the all-reduces are left out (every result is
                               // wrong); a step's time with and without them is their share
+    uint32_t bench_skip_ops;  // benchmarks only: FG_SKIP_* ops left out of every decoder layer
+                              // (every result is wrong; their inputs' buffers are read stale):
+                              // a step's time with and without them is their share
 } fg_model_opts;
+
+// fg_model_opts.bench_skip_ops
+enum {
+    FG_SKIP_NORM = 1u << 0,   // the decoder's rmsnorms between the residual and the projections
+    FG_SKIP_SWIGLU = 1u << 1, // the FFN's gate activation
+    FG_SKIP_ATTN = 1u << 2,   // rope, the KV store and attention
+};
 
 typedef struct fg_model_info {
     const char *arch;     // "llama", "qwen2", "qwen3", "glm4", "bert", "nomic-bert"

@@ -31,6 +31,8 @@ static void bench_usage(FILE *f) {
                "  --gpu N         GPU index (default 0)\n"
                "  --tensor-parallel N  split the model across N GPUs (gpu..gpu+N-1) or N groups of CPU threads\n"
                "  --tp-skip-all-reduce  leave the all-reduces out (wrong results): with and without, their share\n"
+               "  --skip-ops LIST  leave these ops out of every layer (wrong results; their share): norm, swiglu,\n"
+               "                  attn, comma-separated\n"
                "  --json          one JSON object on stdout\n");
 }
 
@@ -99,12 +101,36 @@ static double attn_flops(const fg_model_info *in, int64_t p) {
     return 4.0 * in->n_layer * w * ((double)p * (double)(p + 1) / 2.0);
 }
 
+// --skip-ops: comma-separated names into FG_SKIP_* bits.
+static bool parse_skip_ops(const char *val, uint32_t *out) {
+    static const struct {
+        const char *name;
+        uint32_t bit;
+    } ops[] = {{"norm", FG_SKIP_NORM}, {"swiglu", FG_SKIP_SWIGLU}, {"attn", FG_SKIP_ATTN}};
+    uint32_t bits = 0;
+    for (const char *p = val; *p;) {
+        const size_t len = strcspn(p, ",");
+        size_t i = 0;
+        while (i < FG_ARRAY_LEN(ops) && !(strlen(ops[i].name) == len && !strncmp(p, ops[i].name, len)))
+            i++;
+        if (i == FG_ARRAY_LEN(ops)) {
+            fprintf(stderr, "forge bench: --skip-ops: unknown op '%.*s' (norm, swiglu, attn)\n", (int)len, p);
+            return false;
+        }
+        bits |= ops[i].bit;
+        p += len + (p[len] == ',');
+    }
+    *out = bits;
+    return bits != 0 || (fprintf(stderr, "forge bench: --skip-ops: empty list\n"), false);
+}
+
 int fg_cmd_bench(int argc, char **argv) {
     const char *C = "bench";
     const char *model = NULL, *device = NULL;
     int64_t P[MAX_LIST] = {512}, D[MAX_LIST] = {0}, n_g = 128, reps = 5, threads = 0, batch = 512, gpu = 0, tp = 1;
     int n_p = 1, n_d = 1;
     bool json = false, skip_ar = false;
+    uint32_t skip_ops = 0;
     uint32_t kv_type = FG_TYPE_F16;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
@@ -129,7 +155,7 @@ int fg_cmd_bench(int argc, char **argv) {
         bool known = !strcmp(f, "-m") || !strcmp(f, "--model") || !strcmp(f, "-p") || !strcmp(f, "-n") ||
                      !strcmp(f, "-d") || !strcmp(f, "-r") || !strcmp(f, "-b") || !strcmp(f, "-t") ||
                      !strcmp(f, "--threads") || !strcmp(f, "--device") || !strcmp(f, "--gpu") ||
-                     !strcmp(f, "--tensor-parallel");
+                     !strcmp(f, "--tensor-parallel") || !strcmp(f, "--skip-ops");
         if (!known) {
             fprintf(stderr, "forge bench: unknown option '%s' (see forge bench --help)\n", f);
             return 2;
@@ -158,6 +184,9 @@ int fg_cmd_bench(int argc, char **argv) {
                 return 2;
         } else if (!strcmp(f, "--gpu")) {
             if (!fg_cli_parse_i64(C, f, val, 0, 1023, &gpu))
+                return 2;
+        } else if (!strcmp(f, "--skip-ops")) {
+            if (!parse_skip_ops(val, &skip_ops))
                 return 2;
         } else if (!strcmp(f, "--tensor-parallel")) {
             if (!fg_cli_parse_i64(C, f, val, 1, 8, &tp))
@@ -192,6 +221,9 @@ int fg_cmd_bench(int argc, char **argv) {
     fg_backend_opts tp_bo;
     fg_cli_tensor_parallel((int)tp, rank_threads, (int)gpu, &tp_bo, &mo);
     mo.tp_skip_all_reduce = skip_ar;
+    mo.bench_skip_ops = skip_ops;
+    if (skip_ops && !json)
+        fprintf(stderr, "forge bench: --skip-ops: ops are left out, every result is wrong\n");
     if (skip_ar && !json)
         fprintf(stderr, "forge bench: --tp-skip-all-reduce: the all-reduces are left out, every result is wrong\n");
     if (fg_model_load(model, be, &mo, &c.m) != FG_OK)
@@ -269,11 +301,11 @@ int fg_cmd_bench(int argc, char **argv) {
     const double kv_pos = 2.0 * info->n_layer * (info->n_head_kv / info->tp_size) * info->head_dim * kv_el;
     if (json) {
         printf("{\"model\": \"%s\", \"arch\": \"%s\", \"backend\": \"%s\", \"device\": \"%s\", \"threads\": %lld, "
-               "\"tensor_parallel\": %d, \"tp_skip_all_reduce\": %s, \"kv_type\": \"%s\", \"n_params\": %llu, \"weight_bytes\": %llu, \"bytes_per_token\": %llu, \"reps\": %lld, "
+               "\"tensor_parallel\": %d, \"tp_skip_all_reduce\": %s, \"skip_ops\": %u, \"kv_type\": \"%s\", \"n_params\": %llu, \"weight_bytes\": %llu, \"bytes_per_token\": %llu, \"reps\": %lld, "
                "\"batch\": %lld, \"copy_bandwidth_gb_s\": %.2f, \"mem_bandwidth_gb_s\": %.2f, "
                "\"vram_used_bytes\": %llu, \"pp\": [",
                info->name, info->arch, fg_backend_name(be), fg_backend_describe(be), (long long)threads,
-               info->tp_size, skip_ar ? "true" : "false", fg_type_name(kv_type), (unsigned long long)info->n_params, (unsigned long long)info->weight_bytes,
+               info->tp_size, skip_ar ? "true" : "false", (unsigned)skip_ops, fg_type_name(kv_type), (unsigned long long)info->n_params, (unsigned long long)info->weight_bytes,
                (unsigned long long)info->bytes_per_token, (long long)reps, (long long)batch, bw, bw,
                (unsigned long long)(mem_total - mem_free));
         for (int i = 0, k = 0; i < n_p; i++) {

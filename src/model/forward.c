@@ -187,6 +187,8 @@ static fg_status swiglu_into(fg_model *m, act_cache *ac, fg_tensor *h, fg_tensor
         *hx = act_view(m, at, gate->ne[0], n);
         ac->src = NULL;
     }
+    if (m->skip_ops & FG_SKIP_SWIGLU) // (benchmarks: hx's buffer read stale)
+        return FG_OK;
     return fg_op_swiglu(be, hx, gate, up);
 }
 
@@ -208,10 +210,12 @@ static fg_status rmsnorm_into(fg_model *m, act_cache *ac, fg_tensor *xn, const f
         at = t;
     }
     ac->src = NULL;
+    const bool skip = m->skip_ops & FG_SKIP_NORM; // (benchmarks: the outputs' buffers read stale)
     if (mixed || at == FG_TYPE_COUNT || at == FG_TYPE_F32 || !fg_backend_supports(be, FG_OP_RMSNORM, at))
-        return fg_op_rmsnorm(be, xn, x, w, m->hp.rms_eps);
+        return skip ? FG_OK : fg_op_rmsnorm(be, xn, x, w, m->hp.rms_eps);
     fg_tensor t = act_view(m, at, x->ne[0], n);
-    FG_TRY(fg_op_rmsnorm(be, &t, x, w, m->hp.rms_eps));
+    if (!skip)
+        FG_TRY(fg_op_rmsnorm(be, &t, x, w, m->hp.rms_eps));
     act_hold(ac, &t, xn->data);
     return FG_OK;
 }
@@ -325,7 +329,8 @@ static fg_status run_layer(fg_model *m, fg_kv_store *kv, act_cache *ac, int32_t 
         const bool conv = at != FG_TYPE_F32 && !(last && n_out >= 0 && n_out < n);
         fg_tensor attq = conv ? act_view(m, at, att.ne[0], n) : att;
         ac->src = NULL; // (the act buffer: attq from here)
-        OP(fg_op_rope_kv_attention(be, &att, conv ? &attq : NULL, &q, &k, &v, &rp, n_head_kv, &kv->view, &ap));
+        if (!(m->skip_ops & FG_SKIP_ATTN)) // (benchmarks: att's buffers read stale)
+            OP(fg_op_rope_kv_attention(be, &att, conv ? &attq : NULL, &q, &k, &v, &rp, n_head_kv, &kv->view, &ap));
         if (conv)
             act_hold(ac, &attq, att.data);
     } else {

@@ -159,6 +159,7 @@ struct fg_model {
 
     fg_scratch s;
     fg_tp tp;
+    uint32_t skip_ops; // fg_model_opts.bench_skip_ops (benchmarks)
     // host step metadata, sized at load
     int32_t *seq_count; // [max_seqs]
     int32_t *seq_first; // [max_seqs]

@@ -974,6 +974,7 @@ fg_status fg_model_load(const char *path, fg_backend *be, const fg_model_opts *o
     if ((st = tp_setup(&L, o.tp_size, o.tp_rank, o.tp_comm)) != FG_OK)
         goto fail;
     m->tp.skip_all_reduce = o.tp_skip_all_reduce;
+    m->skip_ops = o.bench_skip_ops;
 
     fg_tokenizer_opts to = {.pre_override = o.tokenizer_pre};
     if ((st = fg_tokenizer_create(m->gguf, &to, &m->tok)) != FG_OK)

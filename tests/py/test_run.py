@@ -149,7 +149,7 @@ def test_bench_json():
     # all 2-D weights (stories260K is F32, untied) plus one embedding row
     assert j["bytes_per_token"] == 1037568
     assert j["n_prompt"] == 8 and j["n_gen"] == 4 and j["threads"] == 1
-    assert j["kv_type"] == "f16"
+    assert j["kv_type"] == "f16" and j["skip_ops"] == 0
 
 
 def test_bench_kv_type():
@@ -167,6 +167,16 @@ def test_bench_kv_type():
     p = bench("-m", synth, "-p", 8, "-n", 2, "-r", 1, "-t", 1, "--kv-type", "q8_0")
     assert p.returncode == 0, p.stderr
     assert "kv cache q8_0, 0.5 KB per token" in p.stdout.decode()
+
+
+def test_bench_skip_ops():
+    # the ops' share (benchmarks only): the run completes, the JSON names the bits left out
+    for ops, bits in (("norm", 1), ("swiglu,attn", 6), ("attn,norm,swiglu", 7)):
+        p = bench("-m", STORIES, "-p", 8, "-n", 4, "-r", 1, "-t", 1, "--json", "--skip-ops", ops)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["skip_ops"] == bits
+    p = bench("-m", STORIES, "-p", 0, "-n", 4, "-r", 1, "-t", 1, "--skip-ops", "norm")
+    assert p.returncode == 0 and "every result is wrong" in p.stderr.decode(), p.stderr
 
 
 def test_run_kv_type():
@@ -193,6 +203,9 @@ def test_run_kv_type():
     (["--what"], "unknown option '--what'"),
     (["-p", "0", "-n", "0"], "nothing to measure"),
     (["--kv-type", "q4"], "forge bench: --kv-type expects f16, q8_0 or f32, got 'q4'"),
+    (["--skip-ops", "norm,rope"], "forge bench: --skip-ops: unknown op 'rope' (norm, swiglu, attn)"),
+    (["--skip-ops", ","], "forge bench: --skip-ops: unknown op '' (norm, swiglu, attn)"),
+    (["--skip-ops", ""], "forge bench: --skip-ops: empty list"),
 ])
 def test_bench_bad_input(args, needle):
     p = bench("-m", STORIES, *args)
