@@ -513,7 +513,7 @@ static void test_matmul_all_types(void **state) {
 // paths: skipped there.
 // The tiled kernels at the row counts of batched decode (see above), through the path `path`
 // names: the integer mma kernel (TILES_MMA), the F16 tensor-core kernel (TILES_F16), mqr
-// (TILES_MQR: Q4_K and Q6_K alone, at 9..64 rows; FORGE_CUDA_MQR off otherwise) or the library
+// (TILES_MQR: Q4_K and Q6_K alone, at 9..121 rows; FORGE_CUDA_MQR off otherwise) or the library
 // GEMM over F16 copies of the weights (TILES_BLAS: from 9 rows, the copies in 1 MiB chunks, so
 // that the 259-row weights take two); every case must take that path's arithmetic: the
 // reference's integers (mma, mqr) or the F16 GEMM's (f16, blas).
@@ -553,14 +553,14 @@ static void matmul_tiles(const target *tg, tiles_path path) {
         }
     }
     static const int rows[] = {9, 17, 40, 65};
-    static const int mqr_rows[] = {9, 17, 40, 64};
+    static const int mqr_rows[] = {9, 17, 64, 121}; // (121: two row blocks of 8 tiles, the last partial)
     static const uint32_t quick_types[] = {FG_TYPE_Q4_0, FG_TYPE_Q4_K, FG_TYPE_Q6_K};
     static const uint32_t mqr_types[] = {FG_TYPE_Q4_K, FG_TYPE_Q6_K};
     setenv("FORGE_CUDA_MV_ROWS", "8", 1);
     setenv("FORGE_CUDA_QBLAS_ROWS", blas ? "9" : "0", 1);
     if (blas)
         setenv("FORGE_CUDA_DEQ_MB", "1", 1);
-    setenv("FORGE_CUDA_MQR", mqr ? "9:64" : "0", 1);
+    setenv("FORGE_CUDA_MQR", mqr ? "9:128" : "0", 1);
     setenv("FORGE_CUDA_MQR_PACK", path == TILES_MQR ? "0" : "1", 1);
     setenv("FORGE_CUDA_MQR_CHAIN", chain ? "1" : "0", 1);
     setenv("FORGE_CUDA_MQR_STAGE", stage ? "1" : "0", 1);

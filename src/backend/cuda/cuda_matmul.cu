@@ -3546,8 +3546,9 @@ fg_status fg_cuda_matmul(fg_cuda *c, fg_tensor *dst, const fg_tensor *w, const f
     const bool q_blas = !flt && c->blas && c->qblas_rows > FG_MV_MAX_ROWS && n_rows >= c->qblas_rows &&
                         n_rows <= INT32_MAX && n_out <= INT32_MAX && blas_chunk_rows(c, n_in) >= 1;
 #if !defined(__HIPCC__)
-    // Q4_K/Q6_K weights, few rows (batched decode): mqr over the 8-bit rows (F32 rows quantized once)
-    if ((wt == FG_TYPE_Q4_K || wt == FG_TYPE_Q6_K) && n_rows >= c->mqr_min && n_rows <= c->mqr_max && !q_blas &&
+    // Q4_K/Q6_K weights, few rows (batched decode): mqr over the 8-bit rows (F32 rows quantized
+    // once), before the library GEMM in the rows they share
+    if ((wt == FG_TYPE_Q4_K || wt == FG_TYPE_Q6_K) && n_rows >= c->mqr_min && n_rows <= c->mqr_max &&
         fg_div_up(n_out, 16) <= MM_MAX_GRID_Y && (xt == FG_TYPE_Q8_K || xt == FG_TYPE_F32) &&
         ((uintptr_t)w->data | w->nb[1]) % (wt == FG_TYPE_Q4_K ? 16 : 2) == 0 &&
         ((uintptr_t)x->data | x->nb[1]) % 4 == 0) {
