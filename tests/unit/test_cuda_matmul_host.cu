@@ -1237,11 +1237,13 @@ static void test_mqr(void) {
     test_mqr_case<K4, 8>(33, 77, 5 * 256, 2, false, true);   // one column group, a partial tile
     test_mqr_case<K4, 8>(64, 130, 3 * 256, 2, true, false);  // exact tiles
     test_mqr_case<K4, 8>(70, 45, 7 * 256, 4, true, true);    // 2 column groups, 7 super-blocks over 4
+    test_mqr_case<K4, 8>(121, 45, 3 * 256, 4, false, true);  // 2 column groups, the second's last tile partial
     // Q6_K: 210-byte blocks, odd ones at 2 mod 4 (rows of 5 blocks + 2 bytes of pad: rows too)
     test_mqr_case<K6, 1>(5, 37, 5 * 256, 1, false, true, 2, 2);
     test_mqr_case<K6, 2>(16, 131, 5 * 256, 2, true, true, 2, 2);
     test_mqr_case<K6, 4>(33, 64, 3 * 256, 4, false, false, 0, 0);
     test_mqr_case<K6, 8>(70, 45, 7 * 256, 2, true, true, 2, 2);
+    test_mqr_case<K6, 8>(128, 37, 3 * 256, 4, false, true, 2, 2); // 2 whole column groups
 }
 
 template <int WT> static void test_mhm_type(void) {
