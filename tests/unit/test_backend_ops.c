@@ -1504,8 +1504,9 @@ static void test_attention(void **state) {
 }
 
 // The CUDA decode kernel's variants, every case again: four warp passes in flight an iteration
-// (FORGE_CUDA_DEC_PASSES=4), and sequences split only past 1,000 keys (FORGE_CUDA_DEC_L_MIN=1000:
-// the 37-, 50- and 61-key decodes, split by default, in one block a kv head).
+// (FORGE_CUDA_DEC_PASSES=4), sequences split only past 1,000 keys (FORGE_CUDA_DEC_L_MIN=1000:
+// the 37-, 50- and 61-key decodes, split by default, in one block a kv head), and a kv head's q
+// heads over 2 and 4 blocks (FORGE_CUDA_DEC_HSPLIT; groups it does not divide stay whole).
 static void test_attention_dec_variants(void **state) {
     const target *tg = *state;
     if (tg->cpu) {
@@ -1513,7 +1514,10 @@ static void test_attention_dec_variants(void **state) {
         skip();
     }
     need_target(tg);
-    static const char *const env[][2] = {{"FORGE_CUDA_DEC_PASSES", "4"}, {"FORGE_CUDA_DEC_L_MIN", "1000"}};
+    static const char *const env[][2] = {{"FORGE_CUDA_DEC_PASSES", "4"},
+                                         {"FORGE_CUDA_DEC_L_MIN", "1000"},
+                                         {"FORGE_CUDA_DEC_HSPLIT", "2"},
+                                         {"FORGE_CUDA_DEC_HSPLIT", "4"}};
     for (size_t v = 0; v < FG_ARRAY_LEN(env); v++) {
         setenv(env[v][0], env[v][1], 1);
         print_message("%s: attention cases with %s=%s\n", tg->name, env[v][0], env[v][1]);
@@ -1988,17 +1992,22 @@ static void test_rope_kv_attention(void **state) {
         {FG_TYPE_F32, FG_ROPE_NORMAL, 48, 64, 8, 2, 2, {40, 12}, {1, 1}, false, FG_TYPE_Q8_K},   // F32 cache: the ops
     };
     // the CUDA decode kernel quantizes its output only unsplit, and Q8_K rows only where asked
-    // (FORGE_CUDA_DEC_QUANT=2): the cases again with both, short sequences unsplit
-    for (int pass = 0; pass < (tg->cpu ? 1 : 2); pass++) {
-        if (pass == 1) {
+    // (FORGE_CUDA_DEC_QUANT=2): the cases again with both, short sequences unsplit; then with a
+    // kv head's q heads over 4 blocks (FORGE_CUDA_DEC_HSPLIT=4: every block stores the new k and
+    // v), and over 2 with both (two heads a block: 256 elements, Q8_K rows from the kernel)
+    for (int pass = 0; pass < (tg->cpu ? 1 : 4); pass++) {
+        if (pass == 1 || pass == 3) {
             setenv("FORGE_CUDA_DEC_QUANT", "2", 1);
             setenv("FORGE_CUDA_DEC_L_MIN", "1000", 1);
         }
+        if (pass >= 2)
+            setenv("FORGE_CUDA_DEC_HSPLIT", pass == 2 ? "4" : "2", 1);
         for (size_t i = 0; i < FG_ARRAY_LEN(cases); i++)
             if (!g_quick || cases[i].n_kv[0] < 1000)
                 rope_kv_attention_case(tg, &cases[i]);
         unsetenv("FORGE_CUDA_DEC_QUANT");
         unsetenv("FORGE_CUDA_DEC_L_MIN");
+        unsetenv("FORGE_CUDA_DEC_HSPLIT");
     }
 }
 

@@ -486,6 +486,8 @@ typedef struct attn_args {
     // partials as [n_seqs][n_head][n_split] rows of pstat / pacc when n_split > 1
     int n_split;
     int dec_passes; // attn_dec_kernel: warp passes whose loads are in flight together (2 or 4)
+    int dec_hs;     // attn_dec_kernel: blocks a kv head's q heads are split over (group / dec_hs
+                    // heads a block; each of them ropes and stores the new k and v: the same bytes)
     // attn_dec_kernel with rope + KV store (rope_kv_attention; rg.half 0: q as it is, the
     // step's K/V already stored): q and the new k rotated in shared memory, k and v stored by
     // the block whose keys hold the token's position
@@ -1217,8 +1219,8 @@ __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args 
 
     const int lane = threadIdx.x % W, w = threadIdx.x / W;
     const int gi = lane % TPK, kk = lane / TPK, e = gi * 8;
-    const int split = blockIdx.x, hk = blockIdx.y, s = blockIdx.z;
-    const int G = a.group;
+    const int split = blockIdx.x, s = blockIdx.z;
+    const int hk = blockIdx.y / a.dec_hs, G = a.group / a.dec_hs, g0 = blockIdx.y % a.dec_hs * G;
     const int t = a.seq_first[s];
     const int n_kv = a.seq_n_kv[s];
     const int kv_end = a.causal ? min(a.pos[t] + 1, n_kv) : n_kv;
@@ -1233,7 +1235,7 @@ __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args 
 
     const int32_t *pt = a.page_table + (size_t)s * a.max_pages;
     const size_t head_off = (size_t)hk * DT::KVT::row_bytes(D);
-    const float *qrow = (const float *)(a.q + (size_t)t * a.q_nb1) + (size_t)hk * G * D;
+    const float *qrow = (const float *)(a.q + (size_t)t * a.q_nb1) + ((size_t)hk * a.group + g0) * D;
     if (a.rg.half > 0) { // rope_kv_attention (block-uniform)
         const int p = a.pos[t], hf = a.rg.half;
         fg_rope_angles(sm.cs, hf, p, a.rg.ff, a.rg.theta_scale, a.rg.freq_scale);
@@ -1346,14 +1348,14 @@ __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args 
                 o = fmaf(sm.acc[k][g][d], f, o);
             }
         }
-        const int h = hk * G + g;
+        const int h = hk * a.group + g0 + g;
         if (a.n_split == 1 && a.dq_type) {
             (&sm.rq[0][0])[x] = lsum > 0.0f ? o / lsum : 0.0f;
         } else if (a.n_split == 1) {
             float *out = (float *)(a.dst + (size_t)t * a.dst_nb1) + (size_t)h * D;
             out[d] = lsum > 0.0f ? o / lsum : 0.0f;
         } else {
-            const size_t pr = ((size_t)s * (size_t)(a.n_head_kv * G) + h) * a.n_split + split;
+            const size_t pr = ((size_t)s * (size_t)a.n_head + h) * a.n_split + split;
             a.pacc[pr * D + d] = o;
             if (d == 0)
                 a.pstat[pr] = make_float2(mx, lsum);
@@ -1361,7 +1363,7 @@ __global__ void FG_LAUNCH_BOUNDS(DEC_NW * FG_WARP, 2) attn_dec_kernel(attn_args 
     }
     if (a.n_split == 1 && a.dq_type) { // (block-uniform) the row's G heads, whole blocks of dq_type
         __syncthreads();
-        const size_t e0 = (size_t)hk * G * D;
+        const size_t e0 = ((size_t)hk * a.group + g0) * D;
         uint8_t *y = a.dq + (size_t)t * a.dq_nb1 +
                      (a.dq_type == FG_TYPE_Q8_1 ? e0 / 32 * sizeof(fg_block_q8_1) : e0 / 256 * sizeof(fg_block_q8_k));
         dec_quant_out(&sm.rq[0][0], G * D, a.dq_type, y, sm.qv, sm.qi, (int *)&sm.acc[0][0][0]);
@@ -1699,7 +1701,8 @@ static bool dec_fits(const fg_cuda *c, uint32_t kv_type, attn_args &a) {
         return false;
     // split long sequences when the step has too few (sequence, kv head) blocks to fill the
     // device: max_n_kv is part of a recorded step's shape, so the split count is too
-    const long long base = (long long)st->n_seqs * a.n_head_kv;
+    a.dec_hs = c->dec_hsplit > 1 && a.group % c->dec_hsplit == 0 ? c->dec_hsplit : 1;
+    const long long base = (long long)st->n_seqs * a.n_head_kv * a.dec_hs;
     const long long target = (long long)DEC_BLOCKS_PER_SM * (c->n_sm > 0 ? c->n_sm : 80);
     long long n_split = 1;
     const long long l_min = c->dec_l_min > 0 ? c->dec_l_min : DEC_L_MIN;
@@ -1724,10 +1727,10 @@ static bool dec_fits(const fg_cuda *c, uint32_t kv_type, attn_args &a) {
 }
 
 static fg_status dec_launch(fg_cuda *c, const attn_args &a, uint32_t kv_type) {
-    const dim3 grid((unsigned)a.n_split, (unsigned)a.n_head_kv, (unsigned)a.n_seqs);
+    const dim3 grid((unsigned)a.n_split, (unsigned)(a.n_head_kv * a.dec_hs), (unsigned)a.n_seqs);
     const unsigned threads = (unsigned)(DEC_NW * c->warp);
-    void (*fn)(attn_args) =
-        kv_type == FG_TYPE_F16 ? dec_pick<dec_f16>(a.head_dim, a.group) : dec_pick<dec_q8_0>(a.head_dim, a.group);
+    const int gb = a.group / a.dec_hs; // q heads a block
+    void (*fn)(attn_args) = kv_type == FG_TYPE_F16 ? dec_pick<dec_f16>(a.head_dim, gb) : dec_pick<dec_q8_0>(a.head_dim, gb);
     fg_launch(c->pdl, fn, grid, threads, 0, c->stream, a);
     FG_GPU_LAUNCH_CHECK(c, "attention (decode)");
     if (a.n_split > 1) {
@@ -1938,7 +1941,7 @@ fg_status fg_cuda_rope_kv_attention(fg_cuda *c, fg_tensor *dst, fg_tensor *dq, f
             a.vn = (const char *)v->data;
             a.vn_nb1 = v->nb[1];
             // the output projection's activations from the kernel: unsplit, whole blocks a kv head
-            const int gd = a.group * a.head_dim;
+            const int gd = a.group / a.dec_hs * a.head_dim;
             const bool in_kernel = dq && c->dec_quant && a.n_split == 1 &&
                                    ((dq->type == FG_TYPE_Q8_1 && gd % 32 == 0) ||
                                     (dq->type == FG_TYPE_Q8_K && gd % 256 == 0 && c->dec_quant == 2));

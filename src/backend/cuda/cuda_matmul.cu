@@ -59,10 +59,12 @@
 #endif
 
 #define FG_MV_MAX_ROWS 8 // activation rows up to which the matvec kernels run
-// Q4_K/Q6_K weights: rows up to which mqr runs (from FG_MV_MAX_ROWS + 1). Over repacked rows
-// (mqr_pack) it beats mhm up to 64 (H100, 8B Q4_K step: 48 rows 9.20 against 11.72 ms, 64 rows
-// 10.26 against 12.47; unpacked it lost from 33 rows on)
-#define FG_MQR_MAX_ROWS 64
+// Q4_K/Q6_K weights: rows up to which mqr runs (from FG_MV_MAX_ROWS + 1), before the library
+// GEMM (from 65 rows). Over repacked rows (mqr_pack) it beats mhm up to 64 (H100, 8B Q4_K step:
+// 48 rows 9.20 against 11.72 ms, 64 rows 10.26 against 12.47; unpacked it lost from 33 rows on)
+// and, with its chained and staged variants, the GEMM up to 128 (H100, r58, two runs each: 96
+// rows 13.91 / 14.02 against 14.62 / 15.97 ms, 128 rows 14.81 / 14.49 against 16.16 / 18.02)
+#define FG_MQR_MAX_ROWS 128
 #define FG_MQR_XP_BYTES 2592 // mqr: bytes of a repacked chunk (8 rows, a super-block; MQR_XP below)
 #define FG_MQR_NT 8 // mqr: n tiles (8 rows each) a warp at most
 #define FG_MQR_DEFAULT 1 // mqr on (H100, unpacked: 16 rows 6.03 ms a step against mhm's 9.74)
