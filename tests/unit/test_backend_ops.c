@@ -1506,7 +1506,8 @@ static void test_attention(void **state) {
 // The CUDA decode kernel's variants, every case again: four warp passes in flight an iteration
 // (FORGE_CUDA_DEC_PASSES=4), sequences split only past 1,000 keys (FORGE_CUDA_DEC_L_MIN=1000:
 // the 37-, 50- and 61-key decodes, split by default, in one block a kv head), and a kv head's q
-// heads over 2 and 4 blocks (FORGE_CUDA_DEC_HSPLIT; groups it does not divide stay whole).
+// heads in one block and over 2 (FORGE_CUDA_DEC_HSPLIT=1, 2; by default over up to 4: the group's
+// largest divisor up to it).
 static void test_attention_dec_variants(void **state) {
     const target *tg = *state;
     if (tg->cpu) {
@@ -1516,8 +1517,8 @@ static void test_attention_dec_variants(void **state) {
     need_target(tg);
     static const char *const env[][2] = {{"FORGE_CUDA_DEC_PASSES", "4"},
                                          {"FORGE_CUDA_DEC_L_MIN", "1000"},
-                                         {"FORGE_CUDA_DEC_HSPLIT", "2"},
-                                         {"FORGE_CUDA_DEC_HSPLIT", "4"}};
+                                         {"FORGE_CUDA_DEC_HSPLIT", "1"},
+                                         {"FORGE_CUDA_DEC_HSPLIT", "2"}};
     for (size_t v = 0; v < FG_ARRAY_LEN(env); v++) {
         setenv(env[v][0], env[v][1], 1);
         print_message("%s: attention cases with %s=%s\n", tg->name, env[v][0], env[v][1]);
@@ -1993,15 +1994,16 @@ static void test_rope_kv_attention(void **state) {
     };
     // the CUDA decode kernel quantizes its output only unsplit, and Q8_K rows only where asked
     // (FORGE_CUDA_DEC_QUANT=2): the cases again with both, short sequences unsplit; then with a
-    // kv head's q heads over 4 blocks (FORGE_CUDA_DEC_HSPLIT=4: every block stores the new k and
-    // v), and over 2 with both (two heads a block: 256 elements, Q8_K rows from the kernel)
+    // kv head's q heads in one block (FORGE_CUDA_DEC_HSPLIT=1; by default over up to 4, each
+    // block storing the new k and v), and over 2 with both (two heads a block: 256 elements,
+    // Q8_K rows from the kernel)
     for (int pass = 0; pass < (tg->cpu ? 1 : 4); pass++) {
         if (pass == 1 || pass == 3) {
             setenv("FORGE_CUDA_DEC_QUANT", "2", 1);
             setenv("FORGE_CUDA_DEC_L_MIN", "1000", 1);
         }
         if (pass >= 2)
-            setenv("FORGE_CUDA_DEC_HSPLIT", pass == 2 ? "4" : "2", 1);
+            setenv("FORGE_CUDA_DEC_HSPLIT", pass == 2 ? "1" : "2", 1);
         for (size_t i = 0; i < FG_ARRAY_LEN(cases); i++)
             if (!g_quick || cases[i].n_kv[0] < 1000)
                 rope_kv_attention_case(tg, &cases[i]);

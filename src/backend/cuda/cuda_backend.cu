@@ -1123,7 +1123,7 @@ static fg_status init_device(fg_cuda *c) {
     const char *dl = getenv("FORGE_CUDA_DEC_L_MIN");
     c->dec_l_min = dl ? atoi(dl) : 0;
     const char *dh = getenv("FORGE_CUDA_DEC_HSPLIT"); // blocks a kv head's q heads are split over
-    c->dec_hsplit = dh && atoi(dh) > 1 ? atoi(dh) : 1;
+    c->dec_hsplit = dh && atoi(dh) >= 1 ? atoi(dh) : 0; // (0: DEC_HSPLIT)
     const char *dp = getenv("FORGE_CUDA_DEC_PASSES"); // 2 (default) or 4
     c->dec_passes = dp && !strcmp(dp, "4") ? 4 : 2;
     const char *dr = getenv("FORGE_CUDA_DEC_ROPE");

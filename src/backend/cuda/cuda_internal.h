@@ -140,8 +140,8 @@ typedef struct fg_cuda {
                             // 0: SAMP_SLICE, below 0: rows never split; the emulator test sets
                             // small ones to split small vocabularies)
     int dec_l_min;          // decode attention: fewest keys of a split chunk (FORGE_CUDA_DEC_L_MIN; 0: DEC_L_MIN)
-    int dec_hsplit;         // decode attention: blocks a kv head's q heads are split over (FORGE_CUDA_DEC_HSPLIT;
-                            // 1 default; taken where it divides the group)
+    int dec_hsplit;         // decode attention: blocks a kv head's q heads are split over at most
+                            // (FORGE_CUDA_DEC_HSPLIT, 1: unsplit; 0: DEC_HSPLIT): the group's largest divisor up to it
     int dec_passes;         // decode attention: warp passes with their loads in flight together
                             // (FORGE_CUDA_DEC_PASSES: 2, the default, or 4)
     bool dec_rope;          // decode steps: rope + KV store inside attn_dec_kernel (rope_kv_attention;
