@@ -2016,7 +2016,7 @@ static __global__ void mq_reduce_kernel(mq_args a, int n_split) {
 #endif // !__HIPCC__
 
 // ============================================================================ register-fed integer tensor-core (mqr)
-// Q4_K and Q6_K weights x Q8_K activation rows for batched decode (9..64 rows by default,
+// Q4_K and Q6_K weights x Q8_K activation rows for batched decode (9..128 rows by default,
 // FORGE_CUDA_MQR; NVIDIA sm_80+; Q6_K: below, after Q4_K's helpers): the matvec's arithmetic on
 // the tensor cores, without shared memory. Every warp owns 16 weight rows and a range of
 // super-blocks, and reads its weight bytes from global memory straight into mma.m16n8k32 A

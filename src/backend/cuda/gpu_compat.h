@@ -157,7 +157,7 @@ typedef uint32_t fg_lane_mask;
 #endif
 
 // 16 bytes global -> shared memory (both 16-aligned): asynchronous on NVIDIA sm_80+ (cp.async,
-// complete and visible to the issuing thread after fg_cp16_wait), a plain copy elsewhere (HIP,
+// complete and visible to the issuing thread after fg_cp_commit + fg_cp_wait), a plain copy elsewhere (HIP,
 // the host pass of host-side tests).
 static __host__ __device__ __forceinline__ void fg_cp16(void *dst, const void *src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(__HIPCC__)
@@ -175,11 +175,6 @@ static __host__ __device__ __forceinline__ void fg_cp16_zfill(void *dst, const v
 #else
     const uint4 zero = {0u, 0u, 0u, 0u};
     *(uint4 *)dst = n ? *(const uint4 *)src : zero;
-#endif
-}
-static __host__ __device__ __forceinline__ void fg_cp16_wait(void) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(__HIPCC__)
-    asm volatile("cp.async.wait_all;" ::: "memory");
 #endif
 }
 // Groups of those copies: fg_cp_commit closes the thread's group; fg_cp_wait<N> waits until at
